@@ -1,0 +1,56 @@
+// Errors: every failure names the call and the object it was made on, e.g.
+// "bind @ktricks/once/u0/x: Address already in use". Library code throws; the CLI maps an
+// exception to one stderr line and a sysexits.h exit status (exit_status_for).
+#pragma once
+
+#include <cerrno>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace ktricks {
+
+// Throws std::system_error(errno) with the message "CALL OBJECT" (object may be empty).
+[[noreturn]] void throw_errno(std::string_view call, std::string_view object = {});
+[[noreturn]] void throw_error(int error_number, std::string_view call, std::string_view object = {});
+
+// Bad input from the user (an address, a name, a rule): the message says which input and what is
+// wrong. Maps to EX_USAGE (64) when it came from the command line, EX_DATAERR (65) otherwise.
+class InputError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// A resource is held by someone else right now (a lock, a busy peer): EX_TEMPFAIL (75).
+class BusyError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// sysexits.h codes the CLI uses.
+namespace exit_code {
+inline constexpr int ok = 0;
+inline constexpr int usage = 64;        // EX_USAGE
+inline constexpr int data = 65;         // EX_DATAERR
+inline constexpr int no_input = 66;     // EX_NOINPUT
+inline constexpr int unavailable = 69;  // EX_UNAVAILABLE
+inline constexpr int software = 70;     // EX_SOFTWARE
+inline constexpr int os_error = 71;     // EX_OSERR
+inline constexpr int temp_fail = 75;    // EX_TEMPFAIL
+inline constexpr int no_permission = 77;  // EX_NOPERM
+}  // namespace exit_code
+
+// The exit status for an exception escaping a subcommand.
+int exit_status_for(const std::exception& error) noexcept;
+
+}  // namespace ktricks
+
+namespace ktricks {
+// A program could not be executed. Shells exit 127 for "not found" and 126 for "not executable";
+// exit_status_for follows them.
+class SpawnError : public std::system_error {
+public:
+    using std::system_error::system_error;
+};
+}  // namespace ktricks

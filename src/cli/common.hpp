@@ -1,0 +1,30 @@
+// What every subcommand file shares: registration with the top-level app, and the mapping from a
+// library exception to one stderr line and an exit status.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <exception>
+#include <functional>
+#include <string_view>
+
+namespace ktricks::cli {
+
+// The work a parsed subcommand does; returns the process exit status.
+using Action = std::function<int()>;
+
+struct Subcommand {
+    CLI::App* app;
+    Action action;
+};
+
+Subcommand add_once(CLI::App& app);
+Subcommand add_tour(CLI::App& app);
+
+// Prints "ktricks SUBCOMMAND: what" and returns the exit status for the exception.
+int report_error(std::string_view subcommand, const std::exception& error);
+
+// Seconds as given on the command line ("2", "0.5") to milliseconds; throws InputError naming the flag.
+long long parse_seconds_ms(std::string_view flag, const std::string& text);
+
+}  // namespace ktricks::cli

@@ -1,0 +1,31 @@
+#include "ktricks/core/event.hpp"
+
+#include <fmt/format.h>
+
+#include <ctime>
+
+namespace ktricks {
+
+std::string format_timestamp(std::chrono::system_clock::time_point when) {
+    using namespace std::chrono;
+    auto micros = duration_cast<microseconds>(when.time_since_epoch()).count();
+    std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
+    std::tm utc{};
+    ::gmtime_r(&seconds, &utc);
+    return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", utc.tm_year + 1900, utc.tm_mon + 1,
+                       utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, micros % 1'000'000);
+}
+
+Event::Event(std::string_view source, std::string_view event, std::chrono::system_clock::time_point when) {
+    json_["ts"] = format_timestamp(when);
+    json_["source"] = source;
+    json_["event"] = event;
+}
+
+std::string Event::to_line() const {
+    // Invalid UTF-8 (a file name, a command line) is replaced rather than thrown on: an event line
+    // must never be lost because of one odd byte.
+    return json_.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+}
+
+}  // namespace ktricks

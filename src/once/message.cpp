@@ -1,0 +1,58 @@
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/once.hpp"
+
+namespace ktricks::once {
+
+std::string Message::to_json_line() const {
+    nlohmann::json json{{"pid", pid}, {"uid", uid}, {"gid", gid}, {"cwd", cwd}, {"args", args}, {"stdio", has_stdio()}};
+    return json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+Message Message::from_json(std::string_view text) {
+    nlohmann::json json;
+    try {
+        json = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& error) {
+        throw InputError(fmt::format("message is not valid JSON: {}", error.what()));
+    }
+    if (!json.is_object()) throw InputError("message is not a JSON object");
+    Message message;
+    auto number = [&](const char* key, auto& out) {
+        auto it = json.find(key);
+        if (it == json.end()) return;
+        if (!it->is_number_unsigned()) throw InputError(fmt::format("message field \"{}\" is not a whole number", key));
+        out = it->template get<std::remove_reference_t<decltype(out)>>();
+    };
+    number("pid", message.pid);
+    number("uid", message.uid);
+    number("gid", message.gid);
+    if (auto it = json.find("cwd"); it != json.end()) {
+        if (!it->is_string()) throw InputError("message field \"cwd\" is not a string");
+        message.cwd = it->get<std::string>();
+    }
+    if (auto it = json.find("args"); it != json.end()) {
+        if (!it->is_array()) throw InputError("message field \"args\" is not an array");
+        for (const auto& arg : *it) {
+            if (!arg.is_string()) throw InputError("message field \"args\" holds a non-string");
+            message.args.push_back(arg.get<std::string>());
+        }
+    }
+    return message;
+}
+
+const char* to_string(Delivery delivery) noexcept {
+    switch (delivery) {
+        case Delivery::delivered: return "delivered";
+        case Delivery::no_inbox: return "no-inbox";
+        case Delivery::inbox_full: return "inbox-full";
+        case Delivery::inbox_closed: return "inbox-closed";
+        case Delivery::refused: return "refused";
+    }
+    return "refused";
+}
+
+}  // namespace ktricks::once
