@@ -73,7 +73,8 @@ int run_tour(const TourOptions& options) {
         if (log.ok()) ++passed;
         fmt::print("  {}\n\n", log.ok() ? "ok" : "stop failed");
     }
-    fmt::print("tour: {} stops ran, {} passed, {} failed, {} skipped\n", ran, passed, ran - passed, skipped);
+    fmt::print("tour: {} stop{} ran, {} passed, {} failed, {} skipped\n", ran, ran == 1 ? "" : "s", passed, ran - passed,
+               skipped);
     return ran == passed ? 0 : 1;
 }
 

@@ -1,0 +1,41 @@
+# Front door. Everything real happens in CMake/ctest; these targets only chain the steps.
+#   make tour    install dependencies, build, run the live tour
+#   make test    install dependencies, build (with the libFuzzer targets), run every test, print totals
+#   make bench   build and run every benchmark in bench/ (slow; not part of make test)
+BUILD    ?= build
+PREFIX   ?= /usr/local
+FUZZ_DIR := $(BUILD)/libfuzzer
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build fuzz test tour bench install clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure:
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD)
+
+# libFuzzer needs clang; only the library and the fuzz targets are built there.
+fuzz:
+	@CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTRICKS_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_DIR)
+
+test: deps build fuzz
+	@cd $(BUILD) && ctest --output-on-failure --label-exclude bench --timeout 300
+
+tour: deps build
+	@$(BUILD)/ktricks tour
+
+bench: deps build
+	@set -e; for script in bench/*.sh; do echo "### $$script"; KTRICKS=$(abspath $(BUILD))/ktricks $$script; echo; done
+
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD)
