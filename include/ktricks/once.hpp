@@ -162,7 +162,8 @@ struct RunOptions {
 
 // Takes the lock (or throws BusyError "NAME is held by pid PID (COMMAND)"), runs the command as a
 // child with the lock descriptors closed to it, serves waiters and messages, forwards TERM, INT,
-// HUP, QUIT, USR1 and USR2 to it, and releases the lock the moment it exits. The command gets
+// HUP, QUIT, USR1 and USR2 to it, and releases the lock the moment it exits. If this process is
+// killed outright, the kernel kills the command too (PR_SET_PDEATHSIG): it never runs unlocked. The command gets
 // KTRICKS_ONCE_NAME, and with `inbox` KTRICKS_INBOX_FD. Returns how the command ended.
 ExitStatus run(const LockName& name, const RunOptions& options);
 

@@ -15,6 +15,7 @@ namespace {
 
 struct OnceOptions {
     std::string name;
+    const CLI::Option* name_option = nullptr;  // tells `once ''` (an empty name) from no name at all
     std::vector<std::string> command;
     std::string wait;  // "" not given, "true" for a bare --wait, else seconds
     bool status = false;
@@ -66,7 +67,7 @@ int run_once(const OnceOptions& options) {
         fmt::print("{}", message->to_json_line());
         return 0;
     }
-    if (options.name.empty()) throw InputError("missing lock NAME");
+    if (options.name.empty() && options.name_option->count() == 0) throw InputError("missing lock NAME");
     auto name = once::LockName::make(options.name, options.global ? once::Scope::global : once::Scope::user);
 
     if (options.status) {
@@ -104,7 +105,7 @@ int run_once(const OnceOptions& options) {
 Subcommand add_once(CLI::App& app) {
     auto options = std::make_shared<OnceOptions>();
     auto* sub = app.add_subcommand("once", "Run a command at most once at a time: a lock on an abstract unix socket");
-    sub->add_option("name", options->name, "Lock name (per user unless --global)");
+    options->name_option = sub->add_option("name", options->name, "Lock name (per user unless --global)");
     sub->add_option("command", options->command, "Command to run while holding the lock (with --send: the message)");
     sub->add_flag("--wait", options->wait,
                   "If the lock is held, wait for it (no polling: the kernel wakes us when the holder's socket "

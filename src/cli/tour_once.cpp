@@ -25,10 +25,12 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// The listening socket's line in /proc/net/unix (flags 00010000 = __SO_ACCEPTCON); accepted
+// connections carry the name too, so match the listener only.
 std::optional<std::string> proc_net_unix_line(const once::LockName& name) {
     std::ifstream table("/proc/net/unix");
     for (std::string line; std::getline(table, line);)
-        if (line.ends_with(" " + name.socket_name())) return line;
+        if (line.ends_with(" " + name.socket_name()) && line.find(" 00010000 ") != std::string::npos) return line;
     return std::nullopt;
 }
 

@@ -1,9 +1,11 @@
 #include "ktricks/core/child.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/close_range.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -22,12 +24,38 @@ extern char** environ;
 namespace ktricks {
 namespace {
 
+// What the child reports on the close-on-exec pipe when a step before exec fails. Only an execve
+// failure is the program's fault (SpawnError, 126/127); a missing working directory or a bad fd
+// to pass must not be reported as "exec PROG: No such file or directory".
+struct ChildFailure {
+    enum class Step : int { exec, setpgid, prctl, chdir, dup, dup2, clear_cloexec } step;
+    int error;
+    int fd;  // the descriptor involved, or -1
+};
+static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
+
 // Everything the child does between fork and exec must be async-signal-safe: no allocation, no
 // locks. So all strings and arrays are prepared before fork, and the child only rearranges fds.
-[[noreturn]] void child_fail(int report_fd, int error) {
-    ssize_t ignored = ::write(report_fd, &error, sizeof(error));
+[[noreturn]] void child_fail(int report_fd, ChildFailure::Step step, int error, int fd = -1) {
+    ChildFailure failure{step, error, fd};
+    ssize_t ignored = ::write(report_fd, &failure, sizeof(failure));
     (void)ignored;
     ::_exit(127);
+}
+
+[[noreturn]] void throw_child_failure(const ChildFailure& failure, const SpawnOptions& options) {
+    using Step = ChildFailure::Step;
+    const std::string& program = options.argv[0];
+    switch (failure.step) {
+        case Step::exec: throw SpawnError(failure.error, std::system_category(), "exec " + program);
+        case Step::setpgid: throw_error(failure.error, "setpgid", fmt::format("(for {})", program));
+        case Step::prctl: throw_error(failure.error, "prctl(PR_SET_PDEATHSIG)", fmt::format("(for {})", program));
+        case Step::chdir: throw_error(failure.error, "chdir", options.working_directory.value_or(""));
+        case Step::dup: throw_error(failure.error, "fcntl(F_DUPFD_CLOEXEC)", fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::dup2: throw_error(failure.error, "dup2", fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::clear_cloexec: throw_error(failure.error, "fcntl(F_SETFD)", fmt::format("fd {} (for {})", failure.fd, program));
+    }
+    throw_error(failure.error, "spawn", program);
 }
 
 void format_decimal(char* out, long value) {  // out has room for 20 digits and a NUL
@@ -157,6 +185,7 @@ Child Child::spawn(const SpawnOptions& options) {
     if (::pipe2(report, O_CLOEXEC) < 0) throw_errno("pipe2");
     Fd report_read(report[0]), report_write(report[1]);
 
+    const pid_t parent = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) throw_errno("fork", options.argv[0]);
     if (pid == 0) {
@@ -170,29 +199,36 @@ Child Child::spawn(const SpawnOptions& options) {
         default_action.sa_handler = SIG_DFL;
         for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &default_action, nullptr);
 
-        if (options.new_process_group && ::setpgid(0, 0) < 0) child_fail(out, errno);
-        if (working_directory && ::chdir(working_directory) < 0) child_fail(out, errno);
+        using Step = ChildFailure::Step;
+        if (options.new_process_group && ::setpgid(0, 0) < 0) child_fail(out, Step::setpgid, errno);
+        if (options.parent_death_signal) {
+            if (::prctl(PR_SET_PDEATHSIG, options.parent_death_signal) < 0) child_fail(out, Step::prctl, errno);
+            // The parent may have died before prctl took effect: then no signal will ever come.
+            if (::getppid() != parent) ::_exit(128 + options.parent_death_signal);
+        }
+        if (working_directory && ::chdir(working_directory) < 0) child_fail(out, Step::chdir, errno);
 
         // Move every fd we place out of the way first, so that placing fd 3 cannot clobber a
         // source that happens to be fd 3..n. The report pipe is moved above them too.
         int base = highest + 1;
         int moved_out = ::fcntl(out, F_DUPFD_CLOEXEC, base + pass_count + 3);
-        if (moved_out < 0) child_fail(out, errno);
+        if (moved_out < 0) child_fail(out, Step::dup, errno, out);
         const int std_sources[3] = {options.stdin_fd, options.stdout_fd, options.stderr_fd};
         int std_staged[3] = {-1, -1, -1};
         for (int i = 0; i < 3; ++i)
             if (std_sources[i] >= 0 && (std_staged[i] = ::fcntl(std_sources[i], F_DUPFD_CLOEXEC, base)) < 0)
-                child_fail(moved_out, errno);
+                child_fail(moved_out, Step::dup, errno, std_sources[i]);
         for (int i = 0; i < pass_count; ++i)
-            if ((staged[i] = ::fcntl(options.pass_fds[i], F_DUPFD_CLOEXEC, base)) < 0) child_fail(moved_out, errno);
+            if ((staged[i] = ::fcntl(options.pass_fds[i], F_DUPFD_CLOEXEC, base)) < 0)
+                child_fail(moved_out, Step::dup, errno, options.pass_fds[i]);
         for (int i = 0; i < 3; ++i)
-            if (std_staged[i] >= 0 && ::dup2(std_staged[i], i) < 0) child_fail(moved_out, errno);
+            if (std_staged[i] >= 0 && ::dup2(std_staged[i], i) < 0) child_fail(moved_out, Step::dup2, errno, std_sources[i]);
         // dup2 clears FD_CLOEXEC on the copy: these are the descriptors the program inherits.
         for (int i = 0; i < pass_count; ++i)
-            if (::dup2(staged[i], 3 + i) < 0) child_fail(moved_out, errno);
+            if (::dup2(staged[i], 3 + i) < 0) child_fail(moved_out, Step::dup2, errno, options.pass_fds[i]);
         for (int fd : keep) {
             int flags = ::fcntl(fd, F_GETFD);
-            if (flags < 0 || ::fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) child_fail(moved_out, errno);
+            if (flags < 0 || ::fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) child_fail(moved_out, Step::clear_cloexec, errno, fd);
         }
         if (options.close_other_fds) {
             int keep_all[256];
@@ -206,19 +242,20 @@ Child Child::spawn(const SpawnOptions& options) {
         }
         if (listen_pid_digits) format_decimal(listen_pid_digits, ::getpid());
         ::execve(program.c_str(), const_cast<char* const*>(argv.data()), envp.data());
-        child_fail(moved_out, errno);
+        child_fail(moved_out, Step::exec, errno);
     }
 
     report_write.reset();
-    int child_errno = 0;
+    ChildFailure failure{};
     ssize_t got;
     do {
-        got = ::read(report_read.get(), &child_errno, sizeof(child_errno));
+        got = ::read(report_read.get(), &failure, sizeof(failure));
     } while (got < 0 && errno == EINTR);
-    if (got == static_cast<ssize_t>(sizeof(child_errno))) {
+    if (got == static_cast<ssize_t>(sizeof(failure))) {
         int ignored;
-        ::waitpid(pid, &ignored, 0);
-        throw SpawnError(child_errno, std::system_category(), "exec " + options.argv[0]);
+        while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
+        }
+        throw_child_failure(failure, options);
     }
 
     Child child;
@@ -259,6 +296,10 @@ void Child::detach() noexcept {
 
 bool Child::signal(int signal_number) {
     if (pid_ <= 0 || status_) return false;
+    // An exited but unreaped child (a zombie) still accepts signals without error, and nothing
+    // receives them. Its pidfd turns readable at exit, which tells the two apart without reaping.
+    pollfd exited{pidfd_.get(), POLLIN, 0};
+    if (::poll(&exited, 1, 0) == 1 && (exited.revents & POLLIN)) return false;
     if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signal_number, nullptr, 0) < 0) {
         if (errno == ESRCH) return false;
         throw_errno("pidfd_send_signal", fmt::format("pid {}", pid_));

@@ -8,12 +8,15 @@ namespace ktricks {
 
 std::string format_timestamp(std::chrono::system_clock::time_point when) {
     using namespace std::chrono;
-    auto micros = duration_cast<microseconds>(when.time_since_epoch()).count();
-    std::time_t seconds = static_cast<std::time_t>(micros / 1'000'000);
+    // floor, not duration_cast: before 1970 the latter rounds toward zero and leaves a negative
+    // fraction ("...:00.-00001Z"); floor keeps the fraction in 0..999999 of the second before.
+    auto micros = floor<microseconds>(when.time_since_epoch());
+    auto seconds = floor<std::chrono::seconds>(micros);
+    std::time_t whole = static_cast<std::time_t>(seconds.count());
     std::tm utc{};
-    ::gmtime_r(&seconds, &utc);
+    ::gmtime_r(&whole, &utc);
     return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z", utc.tm_year + 1900, utc.tm_mon + 1,
-                       utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, micros % 1'000'000);
+                       utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, (micros - seconds).count());
 }
 
 Event::Event(std::string_view source, std::string_view event, std::chrono::system_clock::time_point when) {

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <fstream>
+
+#include "ktricks/core/error.hpp"
 #include <iterator>
 
 namespace ktricks {
@@ -25,7 +27,9 @@ std::optional<std::vector<std::string>> process_command_line(pid_t pid) {
 
 std::string shell_join(const std::vector<std::string>& argv) {
     std::string out;
-    for (const auto& arg : argv) {
+    // Control bytes come out as \xNN (inside quotes): an argv is whatever its process chose.
+    for (const auto& raw : argv) {
+        std::string arg = printable(raw);
         if (!out.empty()) out += ' ';
         bool plain = !arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                                           "0123456789@%+=:,./-_") == std::string::npos;

@@ -1,5 +1,6 @@
 #include "ktricks/core/scm_rights.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <fmt/format.h>
@@ -40,10 +41,18 @@ void send_fds(int socket, std::span<const std::byte> data, std::span<const int> 
     } while (sent < 0 && errno == EINTR);
     if (sent < 0) throw_errno("sendmsg", fmt::format("fd {} ({} fds)", socket, fds.size()));
     // A stream socket may take fewer bytes; the fds went with the first byte, the rest is plain data.
+    // From here on the message must be finished even on a non-blocking socket: the peer already
+    // holds the descriptors, and giving up on EAGAIN would leave it a message that never completes
+    // and a stream whose next message starts mid-payload. So wait for room instead.
     std::size_t done = static_cast<std::size_t>(sent);
     while (done < data.size()) {
         ssize_t more = ::send(socket, data.data() + done, data.size() - done, MSG_NOSIGNAL);
         if (more < 0 && errno == EINTR) continue;
+        if (more < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            pollfd writable{socket, POLLOUT, 0};
+            if (::poll(&writable, 1, -1) < 0 && errno != EINTR) throw_errno("poll", fmt::format("fd {}", socket));
+            continue;
+        }
         if (more < 0) throw_errno("send", fmt::format("fd {}", socket));
         done += static_cast<std::size_t>(more);
     }

@@ -20,7 +20,7 @@ namespace {
 constexpr std::size_t sun_path_size = sizeof(sockaddr_un::sun_path);
 
 [[noreturn]] void bad(std::string_view text, std::string_view why) {
-    throw InputError(fmt::format("address \"{}\": {}", text, why));
+    throw InputError(fmt::format("address \"{}\": {}", printable(text), why));
 }
 
 std::uint16_t parse_port(std::string_view text, std::string_view port) {
@@ -46,10 +46,11 @@ std::uint32_t parse_scope(std::string_view text, std::string_view scope) {
     return index;
 }
 
-bool has_control_or_nul(std::string_view s) {
+// The first control byte (NUL included) in `s`, or -1.
+int first_control_byte(std::string_view s) {
     for (unsigned char c : s)
-        if (c < 0x20 || c == 0x7f) return true;
-    return false;
+        if (c < 0x20 || c == 0x7f) return c;
+    return -1;
 }
 
 }  // namespace
@@ -91,7 +92,8 @@ SocketAddress SocketAddress::unix_abstract(std::string_view name) {
 
 SocketAddress SocketAddress::parse(std::string_view text) {
     if (text.empty()) bad(text, "empty address (expected e.g. tcp://127.0.0.1:8080 or unix:/run/x.sock)");
-    if (has_control_or_nul(text)) bad(text, "contains control characters");
+    if (text.find('\0') != std::string_view::npos) bad(text, "contains a NUL byte");
+    if (int c = first_control_byte(text); c >= 0) bad(text, fmt::format("contains a control character (byte 0x{:02x})", c));
 
     if (text.starts_with("unix:")) {
         std::string_view rest = text.substr(5);

@@ -11,6 +11,7 @@
 #include <climits>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "ktricks/core/error.hpp"
@@ -54,7 +55,7 @@ Connect connect_to(const LockName& name, Fd& out) {
     switch (errno) {
         case ECONNREFUSED: return Connect::refused;  // free, or bound and not (yet) listening
         case EAGAIN: return Connect::backlog_full;
-        case EPROTOTYPE: return Connect::not_a_lock;  // bound by a stream or datagram socket
+        case EPROTOTYPE: return Connect::not_a_lock;  // a socket of another type (not seen for abstract names)
         default: throw_errno("connect", name.socket_name());
     }
 }
@@ -82,12 +83,24 @@ Holder holder_of(const LockName& name, int connected) {
 }
 
 // /proc/net/unix lists the bound unix sockets of our network namespace; abstract names start with '@'.
+// The kernel keeps abstract names apart per socket type (the type is part of the name's hash), so a
+// stream or datagram socket on our name neither blocks a bind nor holds the lock: count only
+// SOCK_SEQPACKET lines ("Num RefCount Protocol Flags Type St Inode Path", Type in hex).
 bool name_is_bound(const LockName& name) {
     std::ifstream table("/proc/net/unix");
-    std::string suffix = " " + name.socket_name();
-    for (std::string line; std::getline(table, line);)
-        if (line.size() >= suffix.size() && line.compare(line.size() - suffix.size(), suffix.size(), suffix) == 0)
-            return true;
+    std::string wanted = name.socket_name();
+    std::string line;
+    std::getline(table, line);  // the header
+    while (std::getline(table, line)) {
+        std::istringstream fields(line);
+        std::string slot, refcount, protocol, flags, path;
+        unsigned type = 0, state = 0;
+        unsigned long inode = 0;
+        fields >> slot >> refcount >> protocol >> flags >> std::hex >> type >> state >> std::dec >> inode;
+        if (!fields) continue;
+        std::getline(fields >> std::ws, path);
+        if (type == SOCK_SEQPACKET && path == wanted) return true;
+    }
     return false;
 }
 

@@ -2,14 +2,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
+#include <limits>
+
 #include "ktricks/core/error.hpp"
 #include "ktricks/once.hpp"
 
 namespace ktricks::once {
 
 std::string Message::to_json_line() const {
-    nlohmann::json json{{"pid", pid}, {"uid", uid}, {"gid", gid}, {"cwd", cwd}, {"args", args}, {"stdio", has_stdio()}};
-    return json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    // ordered_json: the record's keys come in the documented order (nlohmann::json would sort them).
+    nlohmann::ordered_json json{{"pid", pid}, {"uid", uid}, {"gid", gid}, {"cwd", cwd}, {"args", args}, {"stdio", has_stdio()}};
+    return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 Message Message::from_json(std::string_view text) {
@@ -24,8 +28,13 @@ Message Message::from_json(std::string_view text) {
     auto number = [&](const char* key, auto& out) {
         auto it = json.find(key);
         if (it == json.end()) return;
+        using Field = std::remove_reference_t<decltype(out)>;
         if (!it->is_number_unsigned()) throw InputError(fmt::format("message field \"{}\" is not a whole number", key));
-        out = it->template get<std::remove_reference_t<decltype(out)>>();
+        // get<>() would wrap silently: uid 4294967296 would read as 0, root.
+        auto value = it->template get<std::uint64_t>();
+        if (value > static_cast<std::uint64_t>(std::numeric_limits<Field>::max()))
+            throw InputError(fmt::format("message field \"{}\" is out of range: {}", key, value));
+        out = static_cast<Field>(value);
     };
     number("pid", message.pid);
     number("uid", message.uid);

@@ -43,6 +43,9 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     SpawnOptions spawn;
     spawn.argv = options.command;
     spawn.close_other_fds = false;  // the user's own inherited fds pass through; ours are all CLOEXEC
+    // If we are killed (SIGKILL cannot be forwarded), the lock is gone at once; the command must go
+    // with it, or a new holder would run beside it.
+    spawn.parent_death_signal = SIGKILL;
     spawn.set_env.push_back("KTRICKS_ONCE_NAME=" + name.name());
     spawn.unset_env.push_back("KTRICKS_INBOX_FD");
     if (options.inbox) {

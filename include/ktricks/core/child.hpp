@@ -39,6 +39,10 @@ struct SpawnOptions {
     std::vector<int> keep_fds;             // kept at their own numbers (close-on-exec cleared)
     int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;  // replace 0/1/2 when >= 0
     bool new_process_group = false;
+    // Signal the child gets when we die (PR_SET_PDEATHSIG), e.g. SIGKILL so that a command that must
+    // not outlive its supervisor (it would run without the lock the supervisor held) never does.
+    // 0: none. The kernel sends it when the thread that spawned the child exits.
+    int parent_death_signal = 0;
     std::optional<std::string> working_directory;
 };
 

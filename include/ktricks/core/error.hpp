@@ -15,6 +15,11 @@ namespace ktricks {
 [[noreturn]] void throw_errno(std::string_view call, std::string_view object = {});
 [[noreturn]] void throw_error(int error_number, std::string_view call, std::string_view object = {});
 
+// Outside text as it may appear in a message: control bytes as \xNN. Raw, a NUL would cut the
+// message short (what() is a C string), and a newline or an escape sequence would split the one
+// stderr line or drive the reader's terminal (a squatter's argv, a hostile address).
+std::string printable(std::string_view text);
+
 // Bad input from the user (an address, a name, a rule): the message says which input and what is
 // wrong. Maps to EX_USAGE (64) when it came from the command line, EX_DATAERR (65) otherwise.
 class InputError : public std::runtime_error {
