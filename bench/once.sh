@@ -87,37 +87,36 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 
 # The pidfile approach, as such scripts are commonly written: check the pidfile, `kill -0` the pid
 # in it, write $$, run, remove. (Not atomic: two starters can both pass the check. Not what is
 # measured here, but a reason people move off it.)
-cat >"$tmp/pidlock.sh" <<'EOF'
-#!/usr/bin/env bash
-# pidlock.sh PIDFILE CMD [ARGS...]: run CMD unless the pid in PIDFILE is alive (then exit 75).
-pidfile=$1; shift
-if [[ -f $pidfile ]]; then
+# write_pid_script FILE USAGE CHECK: an executable pidfile wrapper. USAGE is its comment line, CHECK
+# the code that decides whether (or when) it may go on; what follows is the same for every variant:
+# write $$ to the pidfile, run CMD, remove the pidfile, exit with CMD's status.
+write_pid_script() {
+    {
+        printf '#!/usr/bin/env bash\n# %s\npidfile=$1; shift\n%s\n' "$2" "$3"
+        cat <<'EOF'
+echo $$ >"$pidfile"
+"$@"
+rc=$?
+rm -f "$pidfile"
+exit $rc
+EOF
+    } >"$1"
+    chmod +x "$1"
+}
+write_pid_script "$tmp/pidlock.sh" \
+    'pidlock.sh PIDFILE CMD [ARGS...]: run CMD unless the pid in PIDFILE is alive (then exit 75).' \
+    'if [[ -f $pidfile ]]; then
     pid=$(cat "$pidfile" 2>/dev/null)
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
         echo "already running as pid $pid" >&2
         exit 75
     fi
     # else: a stale pidfile from a process that died without cleaning up; take it over
-fi
-echo $$ >"$pidfile"
-"$@"
-rc=$?
-rm -f "$pidfile"
-exit $rc
-EOF
+fi'
 # The waiting variant: poll the pidfile until its process is gone, then take over.
-cat >"$tmp/pidwait.sh" <<'EOF'
-#!/usr/bin/env bash
-# pidwait.sh PIDFILE CMD [ARGS...]: wait until the pid in PIDFILE is gone, then run CMD.
-pidfile=$1; shift
-while kill -0 $(cat "$pidfile" 2>/dev/null) 2>/dev/null; do sleep 0.1; done
-echo $$ >"$pidfile"
-"$@"
-rc=$?
-rm -f "$pidfile"
-exit $rc
-EOF
-chmod +x "$tmp/pidlock.sh" "$tmp/pidwait.sh"
+write_pid_script "$tmp/pidwait.sh" \
+    'pidwait.sh PIDFILE CMD [ARGS...]: wait until the pid in PIDFILE is gone, then run CMD.' \
+    'while kill -0 $(cat "$pidfile" 2>/dev/null) 2>/dev/null; do sleep 0.1; done'
 
 # ---------------------------------------------------------------------------------------------
 # Tools: each knows how to hold a lock, wait for it, and probe it without waiting.
@@ -260,6 +259,14 @@ fi
 log "2/3 takeover after SIGKILL, $RUNS rounds ..."
 takeover_tools=(ktricks flock_o pidfile)
 declare -A takeover_fail=()
+# takeover_failed TOOL: one more round of TOOL that measured nothing.
+takeover_failed() { takeover_fail[$1]=$((${takeover_fail[$1]:-0} + 1)); }
+# stop_watchdog: kill and reap the round's watchdog timer.
+stop_watchdog() {
+    kill -KILL "$watchdog" 2>/dev/null || true
+    wait "$watchdog" 2>/dev/null || true
+    bgpids=()
+}
 settle=$(awk -v ms="$SETTLE_MS" 'BEGIN { printf "%.3f", ms / 1000 }')
 for ((r = 1; r <= RUNS; r++)); do
     order=()  # rotate the order each round
@@ -270,7 +277,7 @@ for ((r = 1; r <= RUNS; r++)); do
         out="$tmp/$id.t1"
         locked_argv "$tool" "$lock" sleep 60; start_group holder
         if ! wait_for_child "$holder"; then
-            takeover_fail[$tool]=$((${takeover_fail[$tool]:-0} + 1)); stop_group "$holder"; continue
+            takeover_failed "$tool"; stop_group "$holder"; continue
         fi
         # $EPOCHREALTIME and $1 are expanded by the waiter's bash, not here
         waiting_argv "$tool" "$lock" bash -c 'echo "$EPOCHREALTIME" >"$1"' _ "$out"
@@ -279,26 +286,24 @@ for ((r = 1; r <= RUNS; r++)); do
         bgpids+=("$watchdog")
         snooze "$settle"
         if [[ -e $out ]] || ! kill -0 "$waiter" 2>/dev/null; then  # the waiter must still be waiting
-            takeover_fail[$tool]=$((${takeover_fail[$tool]:-0} + 1))
-            kill -KILL "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true; bgpids=()
+            takeover_failed "$tool"
+            stop_watchdog
             stop_group "$waiter"; stop_group "$holder"; continue
         fi
         t0=$EPOCHREALTIME
         kill -KILL "$holder"
         wait -n "$waiter" "$watchdog" 2>/dev/null || true
-        kill -KILL "$watchdog" 2>/dev/null || true
-        wait "$watchdog" 2>/dev/null || true
-        bgpids=()
+        stop_watchdog
         if [[ -s $out ]]; then
             ms=$(awk -v a="$t0" -v b="$(<"$out")" 'BEGIN { printf "%.4f", (b - a) * 1000 }')
             # $EPOCHREALTIME is the wall clock: a clock step in between would make nonsense of one sample.
             if awk -v ms="$ms" 'BEGIN { exit !(ms >= 0 && ms < 10000) }'; then
                 echo "$ms" >>"$tmp/tk-$tool.ms"
             else
-                takeover_fail[$tool]=$((${takeover_fail[$tool]:-0} + 1))
+                takeover_failed "$tool"
             fi
         else
-            takeover_fail[$tool]=$((${takeover_fail[$tool]:-0} + 1))
+            takeover_failed "$tool"
         fi
         stop_group "$waiter"
         stop_group "$holder"  # reaps the killed wrapper and kills its orphaned `sleep 60`
@@ -329,14 +334,10 @@ for tool in "${tools[@]}"; do
         flock | flock_o) leftover[$tool]=$(if [[ -e $lock ]]; then echo "yes (lock file; harmless)"; else echo no; fi) ;;
         pidfile) leftover[$tool]=$(if [[ -s $lock ]]; then echo "yes (pidfile with a dead pid: pid reuse would make it look held)"; else echo no; fi) ;;
     esac
-    # A new, non-waiting starter: exit 0 means it got in.
+    # A new, non-waiting starter: exit 0 means it got in. (Its "held" complaint is not wanted here.)
     rc=0
-    case $tool in
-        ktricks) "$K" once "$lock" -- true >/dev/null 2>&1 || rc=$? ;;
-        flock) flock -n "$lock" true || rc=$? ;;
-        flock_o) flock -n -o "$lock" true || rc=$? ;;
-        pidfile) bash "$tmp/pidlock.sh" "$lock" true 2>/dev/null || rc=$? ;;
-    esac
+    locked_argv "$tool" "$lock" true
+    "${argv[@]}" >/dev/null 2>&1 || rc=$?
     if ((rc == 0)); then stale[$tool]=no; starter[$tool]=yes; else stale[$tool]=yes; starter[$tool]="no (exit $rc)"; fi
     stop_group "$holder"  # kills the orphaned CMD too
 done

@@ -58,6 +58,20 @@ static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
     throw_error(failure.error, "spawn", program);
 }
 
+// Ignored signals stay ignored across exec. glibc's sigaction() refuses the two real-time signals
+// it reserves for itself (32 and 33), yet a parent can inherit them ignored and a non-glibc program
+// would keep that; so talk to the kernel directly, with its own struct layout.
+void reset_all_signal_dispositions() {
+    struct {
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)();
+        unsigned long mask;
+    } default_action{SIG_DFL, 0, nullptr, 0};
+    for (int sig = 1; sig <= 64; ++sig)  // SIGKILL and SIGSTOP answer EINVAL: they are never changed
+        ::syscall(SYS_rt_sigaction, sig, &default_action, nullptr, sizeof(default_action.mask));
+}
+
 void format_decimal(char* out, long value) {  // out has room for 20 digits and a NUL
     char digits[24];
     int n = 0;
@@ -195,9 +209,7 @@ Child Child::spawn(const SpawnOptions& options) {
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        struct sigaction default_action {};
-        default_action.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &default_action, nullptr);
+        reset_all_signal_dispositions();
 
         using Step = ChildFailure::Step;
         if (options.new_process_group && ::setpgid(0, 0) < 0) child_fail(out, Step::setpgid, errno);

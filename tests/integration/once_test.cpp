@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <initializer_list>
 #include <map>
 #include <set>
 
@@ -100,6 +101,17 @@ std::string fd_table(const std::map<int, std::string>& fds) {
 bool one_line(const std::string& text) {
     return !text.empty() && text.back() == '\n' && std::count(text.begin(), text.end(), '\n') == 1;
 }
+
+// The command failed with `status` and said why in one line of stderr that contains each of `parts`.
+void expect_failure_line(const Result& result, int status, std::initializer_list<std::string> parts) {
+    EXPECT_EQ(result.status, status) << result.describe;
+    EXPECT_TRUE(one_line(result.err)) << result.err;
+    for (const auto& part : parts) EXPECT_NE(result.err.find(part), std::string::npos) << result.err;
+}
+
+// How many bytes a lock name of this uid may have: sun_path holds 108, and the leading NUL and
+// "ktricks/once/u<uid>/" come first (root's names get 91).
+std::size_t room_for_names() { return 107 - fmt::format("ktricks/once/u{}/", me).size(); }
 
 // ---------------------------------------------------------------------------------------------
 // Holding, refusing, releasing
@@ -373,19 +385,14 @@ TEST(Once, SendToAHolderWithoutInboxFailsWith69) {
     ASSERT_TRUE(listens(user_socket(name), holder));
 
     auto sent = run({K, "once", "--send", name, "--", "hello"});
-    EXPECT_EQ(sent.status, 69) << sent.describe;
-    EXPECT_TRUE(one_line(sent.err)) << sent.err;
-    EXPECT_NE(sent.err.find(name), std::string::npos) << sent.err;
-    EXPECT_NE(sent.err.find("without --inbox"), std::string::npos) << sent.err;
+    expect_failure_line(sent, 69, {name, "without --inbox"});
     EXPECT_TRUE(holder.running());  // a refused message does not disturb the holder
 }
 
 TEST(Once, SendToAFreeNameFailsWith69) {
     auto name = unique_name();
     auto sent = run({K, "once", "--send", name, "--", "hello"});
-    EXPECT_EQ(sent.status, 69) << sent.describe;
-    EXPECT_TRUE(one_line(sent.err)) << sent.err;
-    EXPECT_NE(sent.err.find("nobody holds the lock"), std::string::npos) << sent.err;
+    expect_failure_line(sent, 69, {"nobody holds the lock"});
 }
 
 // The instance answers on the sender's own stdout/stderr and decides the sender's exit status.
@@ -455,9 +462,7 @@ TEST(Once, SendToAnInstanceThatClosedItsInboxFails) {
     ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "closed"); })) << holder.describe();
 
     auto sent = run({K, "once", "--send", name, "--", "hello"});
-    EXPECT_EQ(sent.status, 69) << sent.describe;  // EX_UNAVAILABLE: nobody is reading
-    EXPECT_TRUE(one_line(sent.err)) << sent.err;
-    EXPECT_NE(sent.err.find("closed its inbox"), std::string::npos) << sent.err;
+    expect_failure_line(sent, 69, {"closed its inbox"});  // EX_UNAVAILABLE: nobody is reading
     holder.close_stdin();
     EXPECT_EQ(holder.wait(), 0) << holder.describe();
 }
@@ -748,8 +753,7 @@ TEST(Once, RejectsAnEmptyName) {
 }
 
 TEST(Once, RejectsANameTooLongForAnAbstractSocket) {
-    // sun_path holds 108 bytes; the leading NUL and "ktricks/once/u0/" leave 91 for root's names.
-    const std::size_t room = 107 - fmt::format("ktricks/once/u{}/", me).size();
+    const std::size_t room = room_for_names();
     auto name = unique_name();
     std::string too_long = name + std::string(room + 1 - name.size(), 'x');
     auto result = run({K, "once", too_long, "--", "true"});
@@ -761,7 +765,7 @@ TEST(Once, RejectsANameTooLongForAnAbstractSocket) {
 
 TEST(Once, AcceptsTheLongestNameThatFits) {
     auto name = unique_name();
-    const std::size_t room = 107 - fmt::format("ktricks/once/u{}/", me).size();
+    const std::size_t room = room_for_names();
     std::string longest = name + std::string(room - name.size(), 'x');
     auto result = run({K, "once", longest, "--", "sh", "-c", "grep -c \"$1\\$\" /proc/net/unix", "sh", longest});
     EXPECT_EQ(result.status, 0) << result.describe;
@@ -781,9 +785,7 @@ TEST(Once, RejectsAMissingCommand) {
 TEST(Once, RejectsANonNumericWaitTimeout) {
     auto name = unique_name();
     auto result = run({K, "once", "--wait=abc", name, "--", "true"});
-    EXPECT_EQ(result.status, 64) << result.describe;
-    EXPECT_TRUE(one_line(result.err)) << result.err;
-    EXPECT_NE(result.err.find("--wait=\"abc\""), std::string::npos) << result.err;
+    expect_failure_line(result, 64, {"--wait=\"abc\""});
 }
 
 TEST(Once, MissingProgramExits127AndFreesTheLock) {

@@ -26,50 +26,14 @@
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
+#include "test_support.hpp"
 
 namespace ktricks {
 namespace {
 
 using namespace std::chrono_literals;
+using namespace test_support;
 using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void fail(const char* call) { throw std::system_error(errno, std::system_category(), call); }
-
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (std::filesystem::temp_directory_path() / "ktricks-test-XXXXXX").string();
-        if (!::mkdtemp(pattern.data())) fail("mkdtemp");
-        path_ = std::filesystem::canonical(pattern);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    const std::filesystem::path& path() const { return path_; }
-
-    std::string write_file(const std::string& name, const std::string& content, std::filesystem::perms perms) const {
-        auto file = path_ / name;
-        std::ofstream(file) << content;
-        std::filesystem::permissions(file, perms);
-        return file.string();
-    }
-
-private:
-    std::filesystem::path path_;
-};
-
-struct Pipe {
-    Pipe() {
-        int fds[2];
-        if (::pipe2(fds, O_CLOEXEC) < 0) fail("pipe2");
-        read_end.reset(fds[0]);
-        write_end.reset(fds[1]);
-    }
-    Fd read_end, write_end;
-};
 
 // Sets (or unsets) an environment variable of this process for the length of a test.
 class EnvGuard {
@@ -89,17 +53,6 @@ public:
 private:
     std::string key_;
     std::optional<std::string> old_;
-};
-
-class SignalMaskGuard {
-public:
-    SignalMaskGuard() { pthread_sigmask(SIG_SETMASK, nullptr, &saved_); }
-    ~SignalMaskGuard() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
-    SignalMaskGuard(const SignalMaskGuard&) = delete;
-    SignalMaskGuard& operator=(const SignalMaskGuard&) = delete;
-
-private:
-    sigset_t saved_;
 };
 
 class SignalActionGuard {
@@ -130,7 +83,7 @@ public:
                 continue;
             }
             int saved = ::fcntl(fd, F_DUPFD_CLOEXEC, 100);
-            if (saved < 0) fail("fcntl(F_DUPFD_CLOEXEC)");
+            if (saved < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
             slots_.push_back({fd, saved, flags});
             ::close(fd);
         }
@@ -153,25 +106,18 @@ private:
     std::vector<Slot> slots_;
 };
 
-SpawnOptions command(std::vector<std::string> argv) {
-    SpawnOptions options;
-    options.argv = std::move(argv);
-    return options;
-}
-
 // Reads until end of file, giving up after `limit`.
 std::string read_all(int fd, std::chrono::milliseconds limit = 10s) {
     std::string out;
     auto deadline = Clock::now() + limit;
     char buffer[4096];
     while (true) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-        pollfd poll_fd{fd, POLLIN, 0};
-        if (left <= 0 || ::poll(&poll_fd, 1, static_cast<int>(left)) != 1)
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left <= 0ms || !readable_within(fd, left))
             throw std::runtime_error("read_all: no end of file in time; got \"" + out + "\"");
         ssize_t got = ::read(fd, buffer, sizeof(buffer));
         if (got < 0 && errno == EINTR) continue;
-        if (got < 0) fail("read");
+        if (got < 0) throw_errno("read");
         if (got == 0) return out;
         out.append(buffer, static_cast<std::size_t>(got));
     }
@@ -207,26 +153,29 @@ std::set<int> descriptors_of_cat(SpawnOptions options, pid_t* pid_out = nullptr)
     auto child = Child::spawn(options);
     in.read_end.reset();
     out.write_end.reset();
-    if (::write(in.write_end.get(), "x\n", 2) != 2) fail("write");
-    pollfd poll_fd{out.read_end.get(), POLLIN, 0};
-    if (::poll(&poll_fd, 1, 10'000) != 1) throw std::runtime_error("cat did not answer");
-    std::set<int> fds;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(child.pid()) + "/fd"))
-        fds.insert(std::stoi(entry.path().filename().string()));
+    if (::write(in.write_end.get(), "x\n", 2) != 2) throw_errno("write");
+    if (!readable_within(out.read_end.get(), 10s)) throw std::runtime_error("cat did not answer");
+    auto fds = fds_listed_in("/proc/" + std::to_string(child.pid()) + "/fd");
     if (pid_out) *pid_out = child.pid();
     in.write_end.reset();  // cat sees end of file and exits
     if (!child.wait(10s)) throw std::runtime_error("cat did not exit");
     return fds;
 }
 
-bool same_file(const std::string& path, int fd) {
-    struct stat a {}, b {};
-    return ::stat(path.c_str(), &a) == 0 && ::fstat(fd, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-}
-
 bool reaped(pid_t pid) {
     int status;
     return ::waitpid(pid, &status, WNOHANG) < 0 && errno == ECHILD;
+}
+
+// The SpawnError that spawning `options` throws (the program could not be executed); nullopt if it
+// spawned. Any other exception goes on up and fails the test.
+std::optional<SpawnError> spawn_error(const SpawnOptions& options) {
+    try {
+        Child::spawn(options);
+    } catch (const SpawnError& error) {
+        return error;
+    }
+    return std::nullopt;
 }
 
 // ---- exit status ----
@@ -256,60 +205,45 @@ TEST(ChildExitStatus, SuccessIsZero) {
 
 TEST(ChildSpawnError, MissingProgramIsEnoentAndExits127) {
     int before = count_open_fds();
-    try {
-        Child::spawn(command({"ktricks-no-such-program"}));
-        FAIL() << "spawned a program that does not exist";
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), ENOENT);
-        EXPECT_EQ(std::string(error.what()), "exec ktricks-no-such-program: No such file or directory");
-        EXPECT_EQ(exit_status_for(error), 127);
-    }
+    auto error = spawn_error(command({"ktricks-no-such-program"}));
+    ASSERT_TRUE(error) << "spawned a program that does not exist";
+    EXPECT_EQ(error->code().value(), ENOENT);
+    EXPECT_EQ(std::string(error->what()), "exec ktricks-no-such-program: No such file or directory");
+    EXPECT_EQ(exit_status_for(*error), 127);
     EXPECT_EQ(count_open_fds(), before);
 }
 
 TEST(ChildSpawnError, MissingProgramByPathIsEnoent) {
-    try {
-        Child::spawn(command({"/nonexistent/ktricks-prog"}));
-        FAIL();
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), ENOENT);
-        EXPECT_EQ(exit_status_for(error), 127);
-    }
+    auto error = spawn_error(command({"/nonexistent/ktricks-prog"}));
+    ASSERT_TRUE(error);
+    EXPECT_EQ(error->code().value(), ENOENT);
+    EXPECT_EQ(exit_status_for(*error), 127);
 }
 
 TEST(ChildSpawnError, NonExecutableFileIsEaccesAndExits126) {
     TempDir dir;
     auto path = dir.write_file("not-executable", "#!/bin/sh\nexit 0\n", std::filesystem::perms(0644));
-    try {
-        Child::spawn(command({path}));
-        FAIL() << "spawned a file without execute permission";
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), EACCES);
-        EXPECT_EQ(std::string(error.what()), "exec " + path + ": Permission denied");
-        EXPECT_EQ(exit_status_for(error), 126);
-    }
+    auto error = spawn_error(command({path}));
+    ASSERT_TRUE(error) << "spawned a file without execute permission";
+    EXPECT_EQ(error->code().value(), EACCES);
+    EXPECT_EQ(std::string(error->what()), "exec " + path + ": Permission denied");
+    EXPECT_EQ(exit_status_for(*error), 126);
 }
 
 TEST(ChildSpawnError, NonExecutableFileFoundInPathIsEaccesNotEnoent) {
     TempDir dir;
     dir.write_file("ktricks-test-prog", "#!/bin/sh\nexit 0\n", std::filesystem::perms(0644));
     EnvGuard path("PATH", (dir.path().string() + ":/usr/bin:/bin").c_str());
-    try {
-        Child::spawn(command({"ktricks-test-prog"}));
-        FAIL();
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), EACCES);
-    }
+    auto error = spawn_error(command({"ktricks-test-prog"}));
+    ASSERT_TRUE(error);
+    EXPECT_EQ(error->code().value(), EACCES);
 }
 
 TEST(ChildSpawnError, DirectoryIsNotAProgram) {
     TempDir dir;
-    try {
-        Child::spawn(command({dir.path().string()}));
-        FAIL();
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), EACCES);
-    }
+    auto error = spawn_error(command({dir.path().string()}));
+    ASSERT_TRUE(error);
+    EXPECT_EQ(error->code().value(), EACCES);
 }
 
 TEST(ChildSpawnError, ExecFailureInTheForkedChildIsReportedAndTheChildReaped) {
@@ -317,13 +251,10 @@ TEST(ChildSpawnError, ExecFailureInTheForkedChildIsReportedAndTheChildReaped) {
     TempDir dir;
     auto path = dir.write_file("bad-interpreter", "#!/nonexistent/interpreter\n", std::filesystem::perms(0755));
     int before = count_open_fds();
-    try {
-        Child::spawn(command({path}));
-        FAIL();
-    } catch (const SpawnError& error) {
-        EXPECT_EQ(error.code().value(), ENOENT);
-        EXPECT_EQ(std::string(error.what()), "exec " + path + ": No such file or directory");
-    }
+    auto error = spawn_error(command({path}));
+    ASSERT_TRUE(error);
+    EXPECT_EQ(error->code().value(), ENOENT);
+    EXPECT_EQ(std::string(error->what()), "exec " + path + ": No such file or directory");
     EXPECT_TRUE(reaped(-1)) << "a child is left unreaped";
     EXPECT_EQ(count_open_fds(), before);
 }
@@ -412,7 +343,7 @@ TEST(ChildFds, PassFdsThatAlreadySitAtTheTargetsArePermutedCorrectly) {
     BorrowedFdSlots slots({3, 4, 5});  // the test runner may have left something there
     Fd placed[3];
     for (int i = 0; i < 3; ++i) {
-        if (::dup3(pipes[i].write_end.get(), 5 - i, O_CLOEXEC) < 0) fail("dup3");
+        if (::dup3(pipes[i].write_end.get(), 5 - i, O_CLOEXEC) < 0) throw_errno("dup3");
         placed[i].reset(5 - i);
     }
     auto options = command({"sh", "-c", "echo zero >&3; echo one >&4; echo two >&5"});
@@ -486,7 +417,7 @@ TEST(ChildFds, KeepFdsStayAtTheirNumbersEvenIfCloexec) {
 
 TEST(ChildFds, StdioReplacements) {
     Pipe in, err;
-    if (::write(in.write_end.get(), "from stdin\n", 11) != 11) fail("write");
+    if (::write(in.write_end.get(), "from stdin\n", 11) != 11) throw_errno("write");
     in.write_end.reset();
     auto options = command({"sh", "-c", "read line; echo \"$line\" >&2"});
     options.stdin_fd = in.read_end.get();
@@ -570,10 +501,7 @@ TEST(ChildEnvironment, ReplacedVariableAppearsOnce) {
 TEST(ChildProcessState, SignalMaskAndIgnoredSignalsAreResetEvenIfTheParentChangedThem) {
     SignalMaskGuard mask;
     SignalActionGuard ignore_pipe(SIGPIPE, SIG_IGN);
-    sigset_t term;
-    sigemptyset(&term);
-    sigaddset(&term, SIGTERM);
-    ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &term, nullptr), 0);
+    ASSERT_EQ(block_signal(SIGTERM), 0);
     auto output = run(command({"grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"})).output;
     EXPECT_EQ(output, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
@@ -618,8 +546,7 @@ TEST(ChildLifetime, WaitReturnsTheSameStatusAgain) {
 
 TEST(ChildLifetime, TryWaitReapsAnExitedChildWithoutBlocking) {
     auto child = Child::spawn(command({"true"}));
-    pollfd poll_fd{child.pidfd(), POLLIN, 0};
-    ASSERT_EQ(::poll(&poll_fd, 1, 10'000), 1);  // the pidfd turns readable at exit
+    ASSERT_TRUE(readable_within(child.pidfd(), 10s));  // the pidfd turns readable at exit
     auto status = child.try_wait();
     ASSERT_TRUE(status);
     EXPECT_EQ(status->code, 0);
@@ -644,8 +571,7 @@ TEST(ChildLifetime, SignalAfterWaitReturnsFalse) {
 
 TEST(ChildLifetime, SignalAfterExitButBeforeWaitReturnsFalse) {
     auto child = Child::spawn(command({"true"}));
-    pollfd poll_fd{child.pidfd(), POLLIN, 0};
-    ASSERT_EQ(::poll(&poll_fd, 1, 10'000), 1);
+    ASSERT_TRUE(readable_within(child.pidfd(), 10s));
     EXPECT_FALSE(child.signal(SIGTERM));
     auto status = child.wait(10s);
     ASSERT_TRUE(status);

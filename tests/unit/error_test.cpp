@@ -66,37 +66,49 @@ TEST(ExitStatusFor, BusyErrorIsTempfail75) {
     EXPECT_EQ(exit_status_for(BusyError("held by pid 1")), 75);
 }
 
-TEST(ExitStatusFor, PermissionErrorsAreNoperm77) {
-    EXPECT_EQ(exit_status_for(caught_system_error(EACCES, "open", "x")), 77);
-    EXPECT_EQ(exit_status_for(caught_system_error(EPERM, "setns", "x")), 77);
+// ---- errno values: the sysexits.h status each maps to ----
+
+struct ErrnoCase {
+    const char* name;  // the test's name
+    int error_number;
+    int status;
+};
+
+void PrintTo(const ErrnoCase& test, std::ostream* out) { *out << test.name; }
+
+const ErrnoCase errno_statuses[] = {
+    // permission errors
+    {"EaccesIsNoperm77", EACCES, 77},
+    {"EpermIsNoperm77", EPERM, 77},
+    // a missing file
+    {"EnoentIsNoinput66", ENOENT, 66},
+    // temporary conditions
+    {"EaddrinuseIsTempfail75", EADDRINUSE, 75},
+    {"EagainIsTempfail75", EAGAIN, 75},
+    {"EbusyIsTempfail75", EBUSY, 75},
+    {"EtimedoutIsTempfail75", ETIMEDOUT, 75},
+    // missing kernel or peer support
+    {"EnosysIsUnavailable69", ENOSYS, 69},
+    {"EopnotsuppIsUnavailable69", EOPNOTSUPP, 69},
+    {"EafnosupportIsUnavailable69", EAFNOSUPPORT, 69},
+    {"EprotonosupportIsUnavailable69", EPROTONOSUPPORT, 69},
+    {"EconnrefusedIsUnavailable69", ECONNREFUSED, 69},
+    // bad data
+    {"EinvalIsDataerr65", EINVAL, 65},
+    // any other system error
+    {"EmfileIsOserr71", EMFILE, 71},
+    {"EioIsOserr71", EIO, 71},
+};
+
+class ExitStatusForErrno : public ::testing::TestWithParam<ErrnoCase> {};
+
+TEST_P(ExitStatusForErrno, IsTheSysexitsStatusOfItsKind) {
+    const auto& test = GetParam();
+    EXPECT_EQ(exit_status_for(caught_system_error(test.error_number, "call", "x")), test.status);
 }
 
-TEST(ExitStatusFor, MissingFileIsNoinput66) {
-    EXPECT_EQ(exit_status_for(caught_system_error(ENOENT, "open", "x")), 66);
-}
-
-TEST(ExitStatusFor, TemporaryConditionsAreTempfail75) {
-    for (int error : {EADDRINUSE, EAGAIN, EBUSY, ETIMEDOUT}) {
-        SCOPED_TRACE(std::strerror(error));
-        EXPECT_EQ(exit_status_for(caught_system_error(error, "call", "x")), 75);
-    }
-}
-
-TEST(ExitStatusFor, MissingKernelOrPeerSupportIsUnavailable69) {
-    for (int error : {ENOSYS, EOPNOTSUPP, EAFNOSUPPORT, EPROTONOSUPPORT, ECONNREFUSED}) {
-        SCOPED_TRACE(std::strerror(error));
-        EXPECT_EQ(exit_status_for(caught_system_error(error, "call", "x")), 69);
-    }
-}
-
-TEST(ExitStatusFor, EinvalIsDataerr65) {
-    EXPECT_EQ(exit_status_for(caught_system_error(EINVAL, "call", "x")), 65);
-}
-
-TEST(ExitStatusFor, OtherSystemErrorsAreOserr71) {
-    EXPECT_EQ(exit_status_for(caught_system_error(EMFILE, "call", "x")), 71);
-    EXPECT_EQ(exit_status_for(caught_system_error(EIO, "call", "x")), 71);
-}
+INSTANTIATE_TEST_SUITE_P(, ExitStatusForErrno, ::testing::ValuesIn(errno_statuses),
+                         [](const ::testing::TestParamInfo<ErrnoCase>& test) { return test.param.name; });
 
 TEST(ExitStatusFor, SpawnErrorFollowsTheShell127NotFound126NotExecutable) {
     EXPECT_EQ(exit_status_for(SpawnError(ENOENT, std::system_category(), "exec nosuchprogram")), 127);

@@ -23,38 +23,23 @@
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
+#include "test_support.hpp"
 
 namespace ktricks {
 namespace {
 
 using namespace std::chrono_literals;
+using namespace test_support;
 using Clock = std::chrono::steady_clock;
 
-struct Pipe {
-    Pipe() {
-        int fds[2];
-        if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw std::system_error(errno, std::system_category(), "pipe2");
-        read_end.reset(fds[0]);
-        write_end.reset(fds[1]);
-    }
-    void write_byte() const {
-        char c = 'x';
-        if (::write(write_end.get(), &c, 1) != 1) throw std::system_error(errno, std::system_category(), "write");
-    }
-    Fd read_end, write_end;
+// A pipe with both ends non-blocking.
+struct NonblockingPipe : Pipe {
+    NonblockingPipe() : Pipe(O_CLOEXEC | O_NONBLOCK) {}
 };
-
-SpawnOptions command(std::vector<std::string> argv) {
-    SpawnOptions options;
-    options.argv = std::move(argv);
-    return options;
-}
 
 // The descriptor numbers open in this process right now.
 std::set<int> open_fds() {
-    std::set<int> fds;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd"))
-        fds.insert(std::stoi(entry.path().filename().string()));
+    auto fds = fds_listed_in("/proc/self/fd");
     // The iterator's own directory handle was open while listing; it is closed now.
     std::erase_if(fds, [](int fd) { return ::fcntl(fd, F_GETFD) < 0; });
     return fds;
@@ -66,17 +51,10 @@ bool signal_blocked(int signal_number) {
     return sigismember(&current, signal_number);
 }
 
-// Restores this thread's signal mask when the test ends, whatever happened in it.
-class SignalMaskGuard {
-public:
-    SignalMaskGuard() { pthread_sigmask(SIG_SETMASK, nullptr, &saved_); }
-    ~SignalMaskGuard() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
-    SignalMaskGuard(const SignalMaskGuard&) = delete;
-    SignalMaskGuard& operator=(const SignalMaskGuard&) = delete;
-
-private:
-    sigset_t saved_;
-};
+// A watchdog: if stop() did not work, run() ends by this exception (after 5 s) instead of hanging.
+void add_watchdog(EventLoop& loop) {
+    loop.add_timer(5s, [] { throw std::runtime_error("watchdog: run() did not stop"); });
+}
 
 // Runs the loop until `done` holds or `limit` passes; returns whether `done` held.
 bool run_until(EventLoop& loop, const std::function<bool()>& done, std::chrono::milliseconds limit = 5000ms) {
@@ -100,7 +78,7 @@ TEST(EventLoop, RunOnceWithNothingReadyTimesOutAndReturnsZero) {
 
 TEST(EventLoop, ReadableFdRunsItsCallbackWithTheEvents) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     int calls = 0;
     std::uint32_t seen = 0;
     loop.add_fd(pipe.read_end.get(), EPOLLIN, [&](std::uint32_t events) {
@@ -119,7 +97,7 @@ TEST(EventLoop, ReadableFdRunsItsCallbackWithTheEvents) {
 
 TEST(EventLoop, ModifyFdChangesTheEventsWatched) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     int calls = 0;
     std::uint32_t seen = 0;
     auto id = loop.add_fd(pipe.write_end.get(), 0, [&](std::uint32_t events) {
@@ -135,7 +113,7 @@ TEST(EventLoop, ModifyFdChangesTheEventsWatched) {
 
 TEST(EventLoop, HangupIsReported) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     std::uint32_t seen = 0;
     loop.add_fd(pipe.read_end.get(), EPOLLIN, [&](std::uint32_t events) { seen = events; });
     pipe.write_end.reset();
@@ -145,7 +123,7 @@ TEST(EventLoop, HangupIsReported) {
 
 TEST(EventLoop, SecondSourceForTheSameFdIsRefusedNamingIt) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     loop.add_fd(pipe.read_end.get(), EPOLLIN, [](std::uint32_t) {});
     try {
         loop.add_fd(pipe.read_end.get(), EPOLLIN, [](std::uint32_t) {});
@@ -159,7 +137,7 @@ TEST(EventLoop, SecondSourceForTheSameFdIsRefusedNamingIt) {
 
 TEST(EventLoop, RemovedFdSourceNoLongerFires) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     int calls = 0;
     auto id = loop.add_fd(pipe.read_end.get(), EPOLLIN, [&](std::uint32_t) { ++calls; });
     loop.remove(id);
@@ -176,7 +154,7 @@ TEST(EventLoop, RemovedFdSourceNoLongerFires) {
 
 TEST(EventLoop, SourceRemovedByAnEarlierCallbackInTheSameBatchDoesNotRun) {
     EventLoop loop;
-    Pipe first, second;
+    NonblockingPipe first, second;
     EventLoop::SourceId first_id = 0, second_id = 0;
     int calls = 0;
     // Whichever epoll reports first removes the other, which is ready in the same epoll_wait batch.
@@ -198,7 +176,7 @@ TEST(EventLoop, SourceRemovedByAnEarlierCallbackInTheSameBatchDoesNotRun) {
 
 TEST(EventLoop, FdCallbackMayRemoveItsOwnSource) {
     EventLoop loop;
-    Pipe pipe;
+    NonblockingPipe pipe;
     int calls = 0;
     EventLoop::SourceId id = 0;
     // The lambda's captures live in the source being destroyed: the loop must not run it from there.
@@ -308,8 +286,7 @@ TEST(EventLoopRun, StopFromACallbackEndsRun) {
     loop.add_timer(1ms, [&] {
         if (++ticks == 3) loop.stop();
     }, 1ms);
-    // A watchdog: if stop() did not work, run() ends by this exception instead of hanging.
-    loop.add_timer(5s, [] { throw std::runtime_error("watchdog: run() did not stop"); });
+    add_watchdog(loop);
     EXPECT_NO_THROW(loop.run());
     EXPECT_TRUE(loop.stopped());
     EXPECT_EQ(ticks, 3);
@@ -322,7 +299,7 @@ TEST(EventLoopRun, RunCanBeStartedAgainAfterStop) {
         ++rounds;
         loop.stop();
     }, 1ms);
-    loop.add_timer(5s, [] { throw std::runtime_error("watchdog: run() did not stop"); });
+    add_watchdog(loop);
     loop.run();
     loop.run();
     EXPECT_EQ(rounds, 2);
@@ -383,10 +360,7 @@ TEST(EventLoopSignal, MaskIsRestoredWhenTheSourceIsRemoved) {
 
 TEST(EventLoopSignal, SignalBlockedBeforehandStaysBlockedAfterRemove) {
     SignalMaskGuard mask;
-    sigset_t usr2;
-    sigemptyset(&usr2);
-    sigaddset(&usr2, SIGUSR2);
-    pthread_sigmask(SIG_BLOCK, &usr2, nullptr);
+    block_signal(SIGUSR2);
     EventLoop loop;
     auto id = loop.add_signal(SIGUSR2, [](const signalfd_siginfo&) {});
     loop.remove(id);
@@ -441,7 +415,7 @@ TEST(EventLoop, DestroyedLoopLeaksNoDescriptors) {
     SignalMaskGuard mask;
     int before = count_open_fds();
     {
-        Pipe pipe;
+        NonblockingPipe pipe;
         EventLoop loop;
         loop.add_fd(pipe.read_end.get(), EPOLLIN, [](std::uint32_t) {});
         loop.add_timer(1h, [] {});

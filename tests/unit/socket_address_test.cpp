@@ -21,31 +21,13 @@
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
+#include "test_support.hpp"
 
 namespace ktricks {
 namespace {
 
 using namespace std::string_literals;
-
-// A private directory under /tmp, removed with everything in it when the test ends.
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (std::filesystem::temp_directory_path() / "ktricks-test-XXXXXX").string();
-        if (!::mkdtemp(pattern.data())) throw std::system_error(errno, std::system_category(), "mkdtemp");
-        path_ = pattern;
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    const std::filesystem::path& path() const { return path_; }
-
-private:
-    std::filesystem::path path_;
-};
+using namespace test_support;
 
 // An abstract name no other test (or concurrent test binary) uses.
 std::string unique_abstract_name(std::string_view what) {
@@ -83,6 +65,18 @@ const sockaddr_in6& as_in6(const SocketAddress& address) {
 }
 const sockaddr_un& as_un(const SocketAddress& address) {
     return *reinterpret_cast<const sockaddr_un*>(address.sockaddr_ptr());
+}
+
+// Binds `address` while something else holds it: bind_socket must fail with EADDRINUSE, and the
+// message must be "bind TEXT: Address already in use".
+void expect_address_in_use(const SocketAddress& address, const std::string& text) {
+    try {
+        bind_socket(address);
+        ADD_FAILURE() << "second bind succeeded";
+    } catch (const std::system_error& error) {
+        EXPECT_EQ(error.code().value(), EADDRINUSE);
+        EXPECT_EQ(std::string(error.what()), "bind " + text + ": Address already in use");
+    }
 }
 
 int socket_option(int fd, int level, int name) {
@@ -284,69 +278,81 @@ TEST(SocketAddressFactories, FromSockaddrTakesTheTransportFromTheSocketType) {
 
 // ---- parse errors: each names the input and says what is wrong ----
 
-TEST(SocketAddressParseError, MissingPort) {
-    expect_parse_error("tcp://127.0.0.1", "tcp://127.0.0.1", "missing port");
-    expect_parse_error("tcp://127.0.0.1:", "tcp://127.0.0.1:", "missing port");
-    expect_parse_error("tcp6://[::1]", "tcp6://[::1]", "missing ':PORT'");
-    expect_parse_error("tcp6://[::1]:", "tcp6://[::1]:", "missing port");
-}
+struct ParseErrorCase {
+    ParseErrorCase(const char* test_name, std::string text, std::string what_is_wrong, std::string quoted = {})
+        : name(test_name), input(std::move(text)), reason(std::move(what_is_wrong)),
+          shown(quoted.empty() ? input : std::move(quoted)) {}
+    const char* name;    // the test's name
+    std::string input;
+    std::string reason;  // what the message must say is wrong
+    std::string shown;   // how the message quotes the input (escaped, where it holds control bytes)
+};
 
-TEST(SocketAddressParseError, PortAbove65535) {
-    expect_parse_error("tcp://127.0.0.1:65536", "tcp://127.0.0.1:65536", "port 65536 is out of range 0-65535");
-    expect_parse_error("tcp://127.0.0.1:99999999999999999999", "tcp://127.0.0.1:99999999999999999999",
-                       "out of range");
-}
+void PrintTo(const ParseErrorCase& test, std::ostream* out) { *out << test.name; }
 
-TEST(SocketAddressParseError, PortThatIsNotANumber) {
-    expect_parse_error("tcp://127.0.0.1:x", "tcp://127.0.0.1:x", "port \"x\" is not a number");
-    expect_parse_error("tcp://127.0.0.1:80x", "tcp://127.0.0.1:80x", "port \"80x\" is not a number");
-    expect_parse_error("tcp://127.0.0.1:-1", "tcp://127.0.0.1:-1", "not a number");
-    expect_parse_error("tcp://127.0.0.1:+80", "tcp://127.0.0.1:+80", "not a number");
-    expect_parse_error("tcp://127.0.0.1: 80", "tcp://127.0.0.1: 80", "not a number");
-}
-
-TEST(SocketAddressParseError, Ipv4AddressThatIsNotADottedQuad) {
-    expect_parse_error("tcp://1.2.3:80", "tcp://1.2.3:80", "\"1.2.3\" is not an IPv4 address");
-    expect_parse_error("tcp://256.1.1.1:80", "tcp://256.1.1.1:80", "not an IPv4 address");
-    expect_parse_error("tcp://0x7f.0.0.1:80", "tcp://0x7f.0.0.1:80", "not an IPv4 address");
+const ParseErrorCase parse_errors[] = {
+    // missing port
+    {"MissingPortAfterIpv4", "tcp://127.0.0.1", "missing port"},
+    {"EmptyPortAfterIpv4", "tcp://127.0.0.1:", "missing port"},
+    {"MissingPortAfterIpv6", "tcp6://[::1]", "missing ':PORT'"},
+    {"EmptyPortAfterIpv6", "tcp6://[::1]:", "missing port"},
+    // port above 65535
+    {"Port65536", "tcp://127.0.0.1:65536", "port 65536 is out of range 0-65535"},
+    {"PortOf20Digits", "tcp://127.0.0.1:99999999999999999999", "out of range"},
+    // port that is not a number
+    {"PortThatIsALetter", "tcp://127.0.0.1:x", "port \"x\" is not a number"},
+    {"PortWithATrailingLetter", "tcp://127.0.0.1:80x", "port \"80x\" is not a number"},
+    {"NegativePort", "tcp://127.0.0.1:-1", "not a number"},
+    {"PortWithAPlusSign", "tcp://127.0.0.1:+80", "not a number"},
+    {"PortWithALeadingSpace", "tcp://127.0.0.1: 80", "not a number"},
+    // IPv4 address that is not a dotted quad
+    {"Ipv4OfThreeParts", "tcp://1.2.3:80", "\"1.2.3\" is not an IPv4 address"},
+    {"Ipv4PartAbove255", "tcp://256.1.1.1:80", "not an IPv4 address"},
+    {"Ipv4PartInHex", "tcp://0x7f.0.0.1:80", "not an IPv4 address"},
     // No DNS: a host name is refused, and the message says why.
-    expect_parse_error("tcp://example.com:80", "tcp://example.com:80", "no DNS");
+    {"HostName", "tcp://example.com:80", "no DNS"},
+    // IPv6 address without brackets
+    {"Ipv6WithoutBracketsForTcp6", "tcp6://::1:443", "IPv6 addresses must be in brackets"},
+    {"Ipv6WithoutBracketsForTcp", "tcp://::1:443", "IPv6 addresses must be in brackets"},
+    {"Ipv4ForTcp6", "tcp6://127.0.0.1:443", "must be in brackets"},
+    // malformed bracketed IPv6
+    {"Ipv6WithoutClosingBracket", "tcp6://[::1:443", "missing ']'"},
+    {"Ipv4InBrackets", "tcp6://[1.2.3.4]:443", "\"1.2.3.4\" is not an IPv6 address"},
+    {"EmptyIpv6Scope", "tcp6://[::1%]:443", "empty IPv6 scope"},
+    {"Ipv6ScopeNamingNoInterface", "tcp6://[fe80::1%nosuchif0]:443", "no network interface named \"nosuchif0\""},
+    {"BracketedIpv6ForTcp4", "tcp4://[::1]:443", "needs tcp6/udp6"},
+    // unknown scheme
+    {"UnknownScheme", "http://127.0.0.1:80", "unknown scheme \"http\""},
+    {"MissingScheme", "127.0.0.1:80", "missing scheme"},
+    {"UppercaseScheme", "TCP://127.0.0.1:80", "unknown scheme \"TCP\""},
+    // nothing, or too much
+    {"EmptyText", "", "empty address"},
+    {"PathAfterHostAndPort", "tcp://127.0.0.1:80/x", "unexpected '/'"},
+    // unix with an empty path or name
+    {"UnixWithEmptyPath", "unix:", "empty unix socket path"},
+    {"UnixWithEmptyAbstractName", "unix:@", "empty abstract socket name"},
+    {"UnixWithDoubleSlash", "unix://tmp/x", "not unix://"},
+    // The message must survive a NUL in the input: std::exception::what() is a C string, so a raw
+    // NUL would cut off the reason.
+    {"NulByteInUnixPath", "unix:/tmp/a\0b"s, "NUL", "unix:/tmp/a\\x00b"},
+    {"NulByteInAbstractName", "unix:@a\0b"s, "NUL", "unix:@a\\x00b"},
+    {"NulByteAfterPort", "tcp://127.0.0.1:80\0"s, "NUL", "tcp://127.0.0.1:80\\x00"},
+    // control characters are reported and shown escaped
+    {"NewlineAfterPort", "tcp://127.0.0.1:80\n", "control character", "tcp://127.0.0.1:80\\x0a"},
+    {"EscapeSequenceInUnixPath", "unix:/tmp/\x1b[31mred", "control character", "unix:/tmp/\\x1b[31mred"},
+    {"DelInAbstractName", "unix:@x\x7f", "control character", "unix:@x\\x7f"},
+    {"TabBeforeScheme", "\ttcp://127.0.0.1:80", "control character", "\\x09tcp://127.0.0.1:80"},
+};
+
+class SocketAddressBadInput : public ::testing::TestWithParam<ParseErrorCase> {};
+
+TEST_P(SocketAddressBadInput, IsRejectedNamingTheInputAndWhatIsWrong) {
+    const auto& test = GetParam();
+    expect_parse_error(test.input, test.shown, test.reason);
 }
 
-TEST(SocketAddressParseError, Ipv6AddressWithoutBrackets) {
-    expect_parse_error("tcp6://::1:443", "tcp6://::1:443", "IPv6 addresses must be in brackets");
-    expect_parse_error("tcp://::1:443", "tcp://::1:443", "IPv6 addresses must be in brackets");
-    expect_parse_error("tcp6://127.0.0.1:443", "tcp6://127.0.0.1:443", "must be in brackets");
-}
-
-TEST(SocketAddressParseError, MalformedBracketedIpv6) {
-    expect_parse_error("tcp6://[::1:443", "tcp6://[::1:443", "missing ']'");
-    expect_parse_error("tcp6://[1.2.3.4]:443", "tcp6://[1.2.3.4]:443", "\"1.2.3.4\" is not an IPv6 address");
-    expect_parse_error("tcp6://[::1%]:443", "tcp6://[::1%]:443", "empty IPv6 scope");
-    expect_parse_error("tcp6://[fe80::1%nosuchif0]:443", "tcp6://[fe80::1%nosuchif0]:443",
-                       "no network interface named \"nosuchif0\"");
-    expect_parse_error("tcp4://[::1]:443", "tcp4://[::1]:443", "needs tcp6/udp6");
-}
-
-TEST(SocketAddressParseError, UnknownScheme) {
-    expect_parse_error("http://127.0.0.1:80", "http://127.0.0.1:80", "unknown scheme \"http\"");
-    expect_parse_error("127.0.0.1:80", "127.0.0.1:80", "missing scheme");
-    expect_parse_error("TCP://127.0.0.1:80", "TCP://127.0.0.1:80", "unknown scheme \"TCP\"");
-}
-
-TEST(SocketAddressParseError, EmptyText) {
-    expect_parse_error("", "", "empty address");
-}
-
-TEST(SocketAddressParseError, PathAfterHostAndPort) {
-    expect_parse_error("tcp://127.0.0.1:80/x", "tcp://127.0.0.1:80/x", "unexpected '/'");
-}
-
-TEST(SocketAddressParseError, UnixWithEmptyPathOrName) {
-    expect_parse_error("unix:", "unix:", "empty unix socket path");
-    expect_parse_error("unix:@", "unix:@", "empty abstract socket name");
-    expect_parse_error("unix://tmp/x", "unix://tmp/x", "not unix://");
-}
+INSTANTIATE_TEST_SUITE_P(, SocketAddressBadInput, ::testing::ValuesIn(parse_errors),
+                         [](const ::testing::TestParamInfo<ParseErrorCase>& test) { return test.param.name; });
 
 TEST(SocketAddressParseError, UnixPathOf108BytesIsTooLong) {
     std::string path = "/" + std::string(107, 'p');
@@ -358,21 +364,6 @@ TEST(SocketAddressParseError, AbstractNameOf108BytesIsTooLong) {
     std::string name(108, 'a');
     expect_parse_error("unix:@" + name, "unix:@" + name,
                        "abstract socket name is 108 bytes; the kernel allows at most 107");
-}
-
-TEST(SocketAddressParseError, NulByteIsReportedAndShownEscaped) {
-    // The message must survive a NUL in the input: std::exception::what() is a C string, so a raw
-    // NUL would cut off the reason.
-    expect_parse_error("unix:/tmp/a\0b"s, "unix:/tmp/a\\x00b", "NUL");
-    expect_parse_error("unix:@a\0b"s, "unix:@a\\x00b", "NUL");
-    expect_parse_error("tcp://127.0.0.1:80\0"s, "tcp://127.0.0.1:80\\x00", "NUL");
-}
-
-TEST(SocketAddressParseError, ControlCharactersAreReportedAndShownEscaped) {
-    expect_parse_error("tcp://127.0.0.1:80\n", "tcp://127.0.0.1:80\\x0a", "control character");
-    expect_parse_error("unix:/tmp/\x1b[31mred", "unix:/tmp/\\x1b[31mred", "control character");
-    expect_parse_error("unix:@x\x7f", "unix:@x\\x7f", "control character");
-    expect_parse_error("\ttcp://127.0.0.1:80", "\\x09tcp://127.0.0.1:80", "control character");
 }
 
 TEST(SocketAddressFactoriesError, UnixPathAndAbstractValidateLikeParse) {
@@ -411,13 +402,7 @@ TEST(BindSocket, TcpPortZeroGetsAKernelChosenPortAndListens) {
 TEST(BindSocket, SecondTcpBindOfTheSamePortNamesTheAddress) {
     auto first = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
     auto taken = SocketAddress::of_socket(first.get());
-    try {
-        bind_socket(taken);
-        FAIL() << "second bind succeeded";
-    } catch (const std::system_error& error) {
-        EXPECT_EQ(error.code().value(), EADDRINUSE);
-        EXPECT_EQ(std::string(error.what()), "bind " + taken.to_string() + ": Address already in use");
-    }
+    expect_address_in_use(taken, taken.to_string());
 }
 
 TEST(BindSocket, UdpIsABoundDatagramSocket) {
@@ -466,13 +451,7 @@ TEST(BindSocket, UnixPathThatExistsFailsWithEaddrinuse) {
     TempDir dir;
     std::string path = (dir.path() / "s.sock").string();
     auto first = bind_socket(SocketAddress::unix_path(path));
-    try {
-        bind_socket(SocketAddress::unix_path(path));
-        FAIL() << "second bind succeeded";
-    } catch (const std::system_error& error) {
-        EXPECT_EQ(error.code().value(), EADDRINUSE);
-        EXPECT_EQ(std::string(error.what()), "bind unix:" + path + ": Address already in use");
-    }
+    expect_address_in_use(SocketAddress::unix_path(path), "unix:" + path);
 }
 
 TEST(BindSocket, UnixSeqpacketOverride) {
@@ -495,13 +474,7 @@ TEST(BindSocket, AbstractNameIsBoundWithoutAFile) {
 TEST(BindSocket, SecondBindOfAnAbstractNameFailsNamingIt) {
     std::string name = unique_abstract_name("twice");
     auto first = bind_socket(SocketAddress::parse("unix:@" + name));
-    try {
-        bind_socket(SocketAddress::parse("unix:@" + name));
-        FAIL() << "second bind succeeded";
-    } catch (const std::system_error& error) {
-        EXPECT_EQ(error.code().value(), EADDRINUSE);
-        EXPECT_EQ(std::string(error.what()), "bind unix:@" + name + ": Address already in use");
-    }
+    expect_address_in_use(SocketAddress::parse("unix:@" + name), "unix:@" + name);
 }
 
 TEST(BindSocket, AbstractNameIsFreedWhenTheSocketCloses) {
