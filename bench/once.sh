@@ -316,6 +316,7 @@ done
 log "3/3 stale-lock behaviour after SIGKILL of the wrapper ..."
 declare -A stale=() starter=() orphan=() leftover=()
 yesno() { if "$@"; then echo yes; else echo no; fi; }
+alive_not_zombie() { local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) && [[ ${stat##*) } != Z* ]]; }
 for tool in "${tools[@]}"; do
     id="st-$tool"
     lock=$(lock_of "$tool" "$id")
@@ -325,7 +326,8 @@ for tool in "${tools[@]}"; do
     kill -KILL "$holder"
     wait "$holder" 2>/dev/null || true
     snooze 0.02
-    orphan[$tool]=$(yesno kill -0 "$cmd_pid" 2>/dev/null)
+    # A killed CMD may linger as a zombie until init reaps it: only a live one "survives".
+    orphan[$tool]=$(yesno alive_not_zombie "$cmd_pid")
     # Leftovers first: the probe below would create a lock file or remove a pidfile.
     case $tool in
         ktricks)

@@ -149,11 +149,13 @@ std::string find_program(const std::string& name) {
 
 Child Child::spawn(const SpawnOptions& options) {
     if (options.argv.empty()) throw InputError("spawn: empty command");
-    std::string program;
-    try {
-        program = find_program(options.argv[0]);
-    } catch (const std::system_error& error) {
-        throw SpawnError(error.code(), "exec " + options.argv[0]);
+    std::string program = options.executable;
+    if (program.empty()) {
+        try {
+            program = find_program(options.argv[0]);
+        } catch (const std::system_error& error) {
+            throw SpawnError(error.code(), "exec " + options.argv[0]);
+        }
     }
 
     std::vector<const char*> argv;

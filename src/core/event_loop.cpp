@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <string>
 #include <vector>
 
 #include "ktricks/core/error.hpp"
@@ -21,8 +22,7 @@ struct EventLoop::Source {
     SignalCallback on_signal;
     TimerCallback on_timer;
     ChildCallback on_child;
-    int signal_number = 0;
-    bool unblock_on_remove = false;
+    sigset_t unblock_on_remove;  // the signals that were not blocked before we blocked them
     bool repeating = false;
 };
 
@@ -65,17 +65,27 @@ void EventLoop::modify_fd(SourceId id, std::uint32_t events) {
 }
 
 EventLoop::SourceId EventLoop::add_signal(int signal_number, SignalCallback callback) {
+    return add_signals({signal_number}, std::move(callback));
+}
+
+EventLoop::SourceId EventLoop::add_signals(std::initializer_list<int> signal_numbers, SignalCallback callback) {
     sigset_t mask, previous;
     sigemptyset(&mask);
-    sigaddset(&mask, signal_number);
-    if (int error = ::pthread_sigmask(SIG_BLOCK, &mask, &previous)) throw_error(error, "pthread_sigmask", strsignal(signal_number));
+    for (int signal_number : signal_numbers) sigaddset(&mask, signal_number);
+    std::string names;
+    for (int signal_number : signal_numbers) names += (names.empty() ? "" : ",") + std::string(strsignal(signal_number));
+    if (int error = ::pthread_sigmask(SIG_BLOCK, &mask, &previous)) throw_error(error, "pthread_sigmask", names);
     auto source = std::make_unique<Source>();
     source->kind = Source::Kind::signal;
-    source->signal_number = signal_number;
-    source->unblock_on_remove = !sigismember(&previous, signal_number);
+    sigemptyset(&source->unblock_on_remove);
+    for (int signal_number : signal_numbers)
+        if (!sigismember(&previous, signal_number)) sigaddset(&source->unblock_on_remove, signal_number);
     source->on_signal = std::move(callback);
     source->owned = Fd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
-    if (!source->owned) throw_errno("signalfd", strsignal(signal_number));
+    if (!source->owned) {
+        ::pthread_sigmask(SIG_UNBLOCK, &source->unblock_on_remove, nullptr);
+        throw_errno("signalfd", names);
+    }
     int fd = source->owned.get();
     return add_source(std::move(source), fd, EPOLLIN);
 }
@@ -112,12 +122,7 @@ void EventLoop::remove(SourceId id) noexcept {
     if (it == sources_.end()) return;
     Source& source = *it->second;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, source.fd, nullptr);
-    if (source.kind == Source::Kind::signal && source.unblock_on_remove) {
-        sigset_t mask;
-        sigemptyset(&mask);
-        sigaddset(&mask, source.signal_number);
-        ::pthread_sigmask(SIG_UNBLOCK, &mask, nullptr);
-    }
+    if (source.kind == Source::Kind::signal) ::pthread_sigmask(SIG_UNBLOCK, &source.unblock_on_remove, nullptr);
     sources_.erase(it);
 }
 

@@ -8,9 +8,6 @@
 namespace ktricks::once {
 namespace {
 
-// Signals that mean "you, stop or do something" and belong to the command, not to us.
-constexpr int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-
 [[noreturn]] void throw_held(const LockName& name) {
     auto holder = find_holder(name);
     if (!holder) throw BusyError(fmt::format("{} was held a moment ago and is free now; try again", name.name()));
@@ -24,6 +21,15 @@ constexpr int forwarded_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, 
 
 ExitStatus run(const LockName& name, const RunOptions& options) {
     if (options.command.empty()) throw InputError("no command to run");
+    SpawnOptions spawn;
+    spawn.argv = options.command;
+    // Before the lock: a command that cannot run fails at once instead of taking (or waiting for)
+    // the lock first, and a waiter that wins has less to do before its command starts.
+    try {
+        spawn.executable = find_program(options.command[0]);
+    } catch (const std::system_error& error) {
+        throw SpawnError(error.code(), "exec " + options.command[0]);
+    }
     std::optional<Lock> lock = options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
     if (!lock) throw_held(name);
 
@@ -31,17 +37,15 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     // Block the forwarded signals before the child exists, so none is lost in between; Child
     // restores the default mask in the child.
     std::optional<Child> child;
-    for (int signal_number : forwarded_signals)
-        loop.add_signal(signal_number, [&child](const signalfd_siginfo& info) {
-            // A signal from the terminal (Ctrl-C) already went to the whole foreground process group,
-            // the command included: forwarding it would deliver it twice.
-            if (info.ssi_code == SI_KERNEL) return;
-            if (child) child->signal(static_cast<int>(info.ssi_signo));
-        });
+    // Signals that mean "you, stop or do something" belong to the command, not to us.
+    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}, [&child](const signalfd_siginfo& info) {
+        // A signal from the terminal (Ctrl-C) already went to the whole foreground process group,
+        // the command included: forwarding it would deliver it twice.
+        if (info.ssi_code == SI_KERNEL) return;
+        if (child) child->signal(static_cast<int>(info.ssi_signo));
+    });
 
     std::optional<Inbox> inbox;
-    SpawnOptions spawn;
-    spawn.argv = options.command;
     spawn.close_other_fds = false;  // the user's own inherited fds pass through; ours are all CLOEXEC
     // If we are killed (SIGKILL cannot be forwarded), the lock is gone at once; the command must go
     // with it, or a new holder would run beside it.

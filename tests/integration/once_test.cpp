@@ -796,5 +796,15 @@ TEST(Once, MissingProgramExits127AndFreesTheLock) {
     EXPECT_TRUE(unix_sockets_named(user_socket(name)).empty());
 }
 
+TEST(Once, MissingProgramFailsBeforeTakingOrWaitingForTheLock) {
+    auto name = unique_name();
+    Process holder = Process::start({K, "once", name, "--", "sleep", "30"});
+    ASSERT_TRUE(listens(user_socket(name), holder));
+    // A held lock would mean 75, and --wait would wait: the missing program is the real problem.
+    auto result = run({K, "once", "--wait", name, "--", "nosuchprog"}, {}, 5000ms);
+    EXPECT_EQ(result.status, 127) << result.describe;
+    EXPECT_EQ(result.err, "ktricks once: exec nosuchprog: No such file or directory\n");
+}
+
 }  // namespace
 }  // namespace ktricks::test

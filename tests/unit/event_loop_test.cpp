@@ -348,6 +348,23 @@ TEST(EventLoopSignal, TwoSignalsReachTheirOwnCallbacks) {
     EXPECT_EQ(usr2, 1);
 }
 
+TEST(EventLoopSignal, OneSourceForSeveralSignalsDeliversEachAndRestoresOnlyWhatItBlocked) {
+    SignalMaskGuard mask;
+    block_signal(SIGUSR2);
+    EventLoop loop;
+    std::vector<std::uint32_t> seen;
+    auto id = loop.add_signals({SIGUSR1, SIGUSR2}, [&](const signalfd_siginfo& info) { seen.push_back(info.ssi_signo); });
+    EXPECT_TRUE(signal_blocked(SIGUSR1));
+    ::raise(SIGUSR1);
+    ::raise(SIGUSR2);
+    ASSERT_TRUE(run_until(loop, [&] { return seen.size() == 2; }, 1000ms));
+    EXPECT_NE(std::find(seen.begin(), seen.end(), static_cast<std::uint32_t>(SIGUSR1)), seen.end());
+    EXPECT_NE(std::find(seen.begin(), seen.end(), static_cast<std::uint32_t>(SIGUSR2)), seen.end());
+    loop.remove(id);
+    EXPECT_FALSE(signal_blocked(SIGUSR1));
+    EXPECT_TRUE(signal_blocked(SIGUSR2));  // it was blocked before the loop blocked it
+}
+
 TEST(EventLoopSignal, MaskIsRestoredWhenTheSourceIsRemoved) {
     SignalMaskGuard mask;
     ASSERT_FALSE(signal_blocked(SIGUSR1));

@@ -29,6 +29,7 @@ struct ExitStatus {
 
 struct SpawnOptions {
     std::vector<std::string> argv;         // argv[0] is looked up in PATH unless it contains '/'
+    std::string executable;                // if set, run this file instead of looking argv[0] up
     std::vector<std::string> set_env;      // "KEY=VALUE" added to (or replacing in) our environment
     std::vector<std::string> unset_env;    // keys removed from the environment
     std::vector<int> pass_fds;             // become fds 3.. in the child, close-on-exec cleared

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -43,6 +44,8 @@ public:
     // Blocks `signal_number` in the calling thread and delivers it here. The mask is restored when
     // the source is removed. Blocked signals are inherited by children: Child resets the mask.
     SourceId add_signal(int signal_number, SignalCallback callback);
+    // The same for several signals on one signalfd.
+    SourceId add_signals(std::initializer_list<int> signal_numbers, SignalCallback callback);
 
     // Fires once after `delay`, or every `interval` if one is given.
     SourceId add_timer(std::chrono::nanoseconds delay, TimerCallback callback,
