@@ -24,6 +24,10 @@ extern char** environ;
 namespace ktricks {
 namespace {
 
+[[noreturn]] void throw_spawn_error(int error_number, const std::string& program) {
+    throw SpawnError(error_number, std::system_category(), "exec " + (program.empty() ? std::string("''") : program));
+}
+
 // What the child reports on the close-on-exec pipe when a step before exec fails. Only an execve
 // failure is the program's fault (SpawnError, 126/127); a missing working directory or a bad fd
 // to pass must not be reported as "exec PROG: No such file or directory".
@@ -47,7 +51,7 @@ static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
     using Step = ChildFailure::Step;
     const std::string& program = options.argv[0];
     switch (failure.step) {
-        case Step::exec: throw SpawnError(failure.error, std::system_category(), "exec " + program);
+        case Step::exec: throw_spawn_error(failure.error, program);
         case Step::setpgid: throw_error(failure.error, "setpgid", fmt::format("(for {})", program));
         case Step::prctl: throw_error(failure.error, "prctl(PR_SET_PDEATHSIG)", fmt::format("(for {})", program));
         case Step::chdir: throw_error(failure.error, "chdir", options.working_directory.value_or(""));
@@ -122,14 +126,14 @@ Fd open_pidfd(pid_t pid) {
 }
 
 std::string find_program(const std::string& name) {
-    if (name.empty()) throw_error(ENOENT, "exec", "''");
+    if (name.empty()) throw_spawn_error(ENOENT, name);
     auto executable = [](const std::string& path) {
         struct stat st {};
         return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
     };
     if (name.find('/') != std::string::npos) {
-        if (::access(name.c_str(), F_OK) != 0) throw_errno("exec", name);
-        if (!executable(name)) throw_error(EACCES, "exec", name);
+        if (::access(name.c_str(), F_OK) != 0) throw_spawn_error(errno, name);
+        if (!executable(name)) throw_spawn_error(EACCES, name);
         return name;
     }
     const char* path_env = ::getenv("PATH");
@@ -144,19 +148,13 @@ std::string find_program(const std::string& name) {
         if (colon == std::string_view::npos) break;
         path.remove_prefix(colon + 1);
     }
-    throw_error(found_unexecutable ? EACCES : ENOENT, "exec", name);
+    throw_spawn_error(found_unexecutable ? EACCES : ENOENT, name);
 }
 
 Child Child::spawn(const SpawnOptions& options) {
     if (options.argv.empty()) throw InputError("spawn: empty command");
     std::string program = options.executable;
-    if (program.empty()) {
-        try {
-            program = find_program(options.argv[0]);
-        } catch (const std::system_error& error) {
-            throw SpawnError(error.code(), "exec " + options.argv[0]);
-        }
-    }
+    if (program.empty()) program = find_program(options.argv[0]);
 
     std::vector<const char*> argv;
     for (const auto& arg : options.argv) argv.push_back(arg.c_str());

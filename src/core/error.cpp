@@ -23,6 +23,12 @@ std::string printable(std::string_view text) {
     return out;
 }
 
+int first_control_byte(std::string_view text) noexcept {
+    for (unsigned char c : text)
+        if (c < 0x20 || c == 0x7f) return c;
+    return -1;
+}
+
 int exit_status_for(const std::exception& error) noexcept {
     if (dynamic_cast<const InputError*>(&error)) return exit_code::usage;
     if (dynamic_cast<const BusyError*>(&error)) return exit_code::temp_fail;

@@ -46,13 +46,6 @@ std::uint32_t parse_scope(std::string_view text, std::string_view scope) {
     return index;
 }
 
-// The first control byte (NUL included) in `s`, or -1.
-int first_control_byte(std::string_view s) {
-    for (unsigned char c : s)
-        if (c < 0x20 || c == 0x7f) return c;
-    return -1;
-}
-
 }  // namespace
 
 SocketAddress SocketAddress::unix_path(std::string_view path) {

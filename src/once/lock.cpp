@@ -222,7 +222,7 @@ struct Lock::State {
                 throw_errno("accept4", name.socket_name());
             }
             Peer peer{Fd(fd), 0};
-            peer.source = loop->add_fd(fd, EPOLLIN | EPOLLRDHUP, [this, fd](std::uint32_t events) { on_peer(fd, events); });
+            peer.source = loop->add_fd(fd, EPOLLIN | EPOLLRDHUP, [this, fd](std::uint32_t) { on_peer(fd); });
             peers.emplace(fd, std::move(peer));
         }
     }
@@ -235,7 +235,7 @@ struct Lock::State {
         if (!listener_source && !resume_timer && listener) watch_listener();
     }
 
-    void on_peer(int fd, std::uint32_t events) {
+    void on_peer(int fd) {  // a hang-up also reads as 0 bytes below
         std::array<std::byte, max_message_bytes> buffer;
         ReceivedMessage received;
         try {
@@ -253,7 +253,6 @@ struct Lock::State {
             drop_peer(fd);
             return;
         }
-        (void)events;
         if (received.data_truncated) {
             send_reply(fd, Delivery::refused, fmt::format("message larger than {} bytes", max_message_bytes));
             return;
@@ -345,10 +344,10 @@ Delivery send(const LockName& name, const std::vector<std::string>& args, bool s
     if (result == Connect::refused) throw_error(ECONNREFUSED, "send", fmt::format("{}: nobody holds the lock", name.name()));
     if (result != Connect::connected)
         throw BusyError(fmt::format("send {}: the holder does not accept connections", name.name()));
-    Holder holder = holder_of(name, connection.get());
-    if (holder.squatted)
+    ucred holder_credentials = peer_credentials(connection.get());
+    if (squats(name, holder_credentials.uid))
         throw_error(EPERM, "send", fmt::format("{}: held by uid {}, not uid {} (squatted); not sending", name.name(),
-                                               holder.uid, *name.expected_uid()));
+                                               holder_credentials.uid, *name.expected_uid()));
     char cwd[PATH_MAX];
     nlohmann::json request{{"cwd", ::getcwd(cwd, sizeof(cwd)) ? cwd : ""}, {"args", args}, {"stdio", stdio}};
     std::string text = request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -375,7 +374,7 @@ Delivery send(const LockName& name, const std::vector<std::string>& args, bool s
     } while (ready < 0 && errno == EINTR);
     if (ready == 0)
         throw BusyError(fmt::format("send {}: the holder, {}, did not answer within {} ms (it may not serve messages)",
-                                    name.name(), holder.describe(), timeout.count()));
+                                    name.name(), holder_of(name, connection.get()).describe(), timeout.count()));
     char answer[512];
     ssize_t got = ::recv(connection.get(), answer, sizeof(answer), 0);
     if (got <= 0) throw BusyError(fmt::format("send {}: the holder closed the connection without answering", name.name()));

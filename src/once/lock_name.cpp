@@ -6,13 +6,13 @@
 #include "ktricks/once.hpp"
 
 namespace ktricks::once {
+
 LockName LockName::make(std::string_view name, Scope scope, uid_t uid) {
     if (name.empty()) throw InputError("lock name is empty");
     if (name.find('\0') != std::string_view::npos) throw InputError("lock name contains a NUL byte");
-    for (unsigned char c : name)
-        if (c < 0x20 || c == 0x7f)
-            throw InputError(fmt::format("lock name \"{}\" contains a control character (byte 0x{:02x})",
-                                         printable(name.substr(0, 40)), c));
+    if (int c = first_control_byte(name); c >= 0)
+        throw InputError(fmt::format("lock name \"{}\" contains a control character (byte 0x{:02x})",
+                                     printable(name.substr(0, 40)), c));
     std::string prefix = scope == Scope::user ? fmt::format("ktricks/once/u{}/", uid) : "ktricks/once/global/";
     // sun_path is 108 bytes and an abstract name spends the first on its leading NUL.
     constexpr std::size_t room = sizeof(sockaddr_un::sun_path) - 1;

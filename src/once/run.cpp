@@ -25,11 +25,7 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     spawn.argv = options.command;
     // Before the lock: a command that cannot run fails at once instead of taking (or waiting for)
     // the lock first, and a waiter that wins has less to do before its command starts.
-    try {
-        spawn.executable = find_program(options.command[0]);
-    } catch (const std::system_error& error) {
-        throw SpawnError(error.code(), "exec " + options.command[0]);
-    }
+    spawn.executable = find_program(options.command[0]);
     std::optional<Lock> lock = options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
     if (!lock) throw_held(name);
 

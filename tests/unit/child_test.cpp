@@ -646,5 +646,16 @@ TEST(ChildFindProgram, SearchesPathLikeExecvp) {
     EXPECT_EQ(::access(sh.c_str(), X_OK), 0);
 }
 
+TEST(ChildFindProgram, MissingProgramIsTheSameSpawnErrorSpawnGives) {
+    try {
+        find_program("nosuchprogram-ktricks");
+        FAIL() << "find_program found a program that does not exist";
+    } catch (const SpawnError& error) {
+        EXPECT_EQ(error.code().value(), ENOENT);
+        EXPECT_STREQ(error.what(), "exec nosuchprogram-ktricks: No such file or directory");
+        EXPECT_EQ(exit_status_for(error), 127);
+    }
+}
+
 }  // namespace
 }  // namespace ktricks

@@ -81,8 +81,8 @@ private:
     std::optional<ExitStatus> status_;
 };
 
-// Full path of an executable, searching PATH like execvp; throws std::system_error(ENOENT/EACCES)
-// naming the program.
+// Full path of an executable, searching PATH like execvp; throws SpawnError (ENOENT/EACCES)
+// "exec NAME: ...", the same error Child::spawn gives.
 std::string find_program(const std::string& name);
 
 // pidfd_open(2) (Linux 5.3+).

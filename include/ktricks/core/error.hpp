@@ -19,6 +19,8 @@ namespace ktricks {
 // message short (what() is a C string), and a newline or an escape sequence would split the one
 // stderr line or drive the reader's terminal (a squatter's argv, a hostile address).
 std::string printable(std::string_view text);
+// The first byte of `text` that printable() would escape (NUL included), or -1 if none.
+int first_control_byte(std::string_view text) noexcept;
 
 // Bad input from the user (an address, a name, a rule): the message says which input and what is
 // wrong. Maps to EX_USAGE (64) when it came from the command line, EX_DATAERR (65) otherwise.
