@@ -19,6 +19,19 @@ struct Subcommand {
 };
 
 Subcommand add_once(CLI::App& app);
+
+// handoff: serve, reload, takeover
+
+// jail
+
+// netlink: sockets, procwatch
+
+// netwatch
+
+// mysql-watch
+
+// tvfs
+
 Subcommand add_tour(CLI::App& app);
 
 // Prints "ktricks SUBCOMMAND: what" and returns the exit status for the exception.

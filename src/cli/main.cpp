@@ -25,7 +25,23 @@ int main(int argc, char** argv) {
     app.footer("Run 'ktricks SUBCOMMAND --help' for a subcommand's options. Exit status follows sysexits.h:\n"
                "64 usage, 66 no input, 69 unavailable, 75 temporary failure (e.g. a held lock), 77 no permission.");
 
-    std::vector<cli::Subcommand> subcommands = {cli::add_once(app), cli::add_tour(app)};
+    // Order here is the order of `ktricks --help`.
+    std::vector<cli::Subcommand> subcommands;
+    subcommands.push_back(cli::add_once(app));
+
+    // handoff: serve, reload, takeover
+
+    // jail
+
+    // netlink: sockets, procwatch
+
+    // netwatch
+
+    // mysql-watch
+
+    // tvfs
+
+    subcommands.push_back(cli::add_tour(app));
 
     try {
         app.parse(argc, argv);

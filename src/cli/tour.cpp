@@ -36,7 +36,24 @@ std::string format_ms(double milliseconds) {
 
 namespace {
 
-std::vector<TourStop> all_stops() { return {once_tour_stop()}; }
+std::vector<TourStop> all_stops() {
+    std::vector<TourStop> stops;
+    stops.push_back(once_tour_stop());
+
+    // handoff
+
+    // jail
+
+    // netlink: sockets, procwatch
+
+    // netwatch
+
+    // mysql-watch
+
+    // tvfs
+
+    return stops;
+}
 
 struct TourOptions {
     bool list = false;

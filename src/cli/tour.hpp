@@ -33,6 +33,19 @@ struct TourStop {
 
 TourStop once_tour_stop();
 
+// handoff
+
+// jail
+
+// netlink: sockets, procwatch
+
+// netwatch
+
+// mysql-watch
+
+// tvfs
+
+
 // Median and percentile of a sample, and a duration printed with a sensible unit ("0.42 ms").
 double percentile(std::vector<double> values, double fraction);
 std::string format_ms(double milliseconds);
