@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <linux/close_range.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -32,16 +33,18 @@ namespace {
 // failure is the program's fault (SpawnError, 126/127); a missing working directory or a bad fd
 // to pass must not be reported as "exec PROG: No such file or directory".
 struct ChildFailure {
-    enum class Step : int { exec, setpgid, prctl, chdir, dup, dup2, clear_cloexec } step;
+    enum class Step : int { exec, setpgid, prctl, chdir, dup, dup2, clear_cloexec, setup } step;
     int error;
     int fd;  // the descriptor involved, or -1
+    char what[sizeof(ChildSetupError::what)];  // Step::setup: the failed call and object
 };
 static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
 
 // Everything the child does between fork and exec must be async-signal-safe: no allocation, no
 // locks. So all strings and arrays are prepared before fork, and the child only rearranges fds.
-[[noreturn]] void child_fail(int report_fd, ChildFailure::Step step, int error, int fd = -1) {
-    ChildFailure failure{step, error, fd};
+[[noreturn]] void child_fail(int report_fd, ChildFailure::Step step, int error, int fd = -1, const char* what = "") {
+    ChildFailure failure{step, error, fd, {}};
+    for (std::size_t i = 0; i + 1 < sizeof(failure.what) && what[i]; ++i) failure.what[i] = what[i];
     ssize_t ignored = ::write(report_fd, &failure, sizeof(failure));
     (void)ignored;
     ::_exit(127);
@@ -58,6 +61,10 @@ static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
         case Step::dup: throw_error(failure.error, "fcntl(F_DUPFD_CLOEXEC)", fmt::format("fd {} (for {})", failure.fd, program));
         case Step::dup2: throw_error(failure.error, "dup2", fmt::format("fd {} (for {})", failure.fd, program));
         case Step::clear_cloexec: throw_error(failure.error, "fcntl(F_SETFD)", fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::setup: {
+            std::string what(failure.what, strnlen(failure.what, sizeof(failure.what)));
+            throw std::system_error(failure.error, std::system_category(), what);
+        }
     }
     throw_error(failure.error, "spawn", program);
 }
@@ -110,6 +117,21 @@ void close_from(int first, const int* keep, std::size_t keep_count) {
 std::string_view env_key(std::string_view entry) { return entry.substr(0, entry.find('=')); }
 
 }  // namespace
+
+bool ChildSetupError::fail(int error_number, const char* call, const char* object) noexcept {
+    error = error_number ? error_number : EIO;
+    std::size_t n = 0;
+    auto append = [&](const char* text) {
+        for (; *text && n + 1 < sizeof(what); ++text) what[n++] = *text;
+    };
+    append(call);
+    if (*object) {
+        append(" ");
+        append(object);
+    }
+    what[n] = '\0';
+    return false;
+}
 
 std::string ExitStatus::to_string() const {
     if (signaled) return fmt::format("killed by signal {} ({})", code, ::strsignal(code));
@@ -200,8 +222,12 @@ Child Child::spawn(const SpawnOptions& options) {
     Fd report_read(report[0]), report_write(report[1]);
 
     const pid_t parent = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) throw_errno("fork", options.argv[0]);
+    // clone without a new stack behaves like fork (the child gets a copy of our stack), but can
+    // also put the child in new namespaces.
+    pid_t pid = options.clone_flags
+                    ? static_cast<pid_t>(::syscall(SYS_clone, options.clone_flags | SIGCHLD, nullptr, nullptr, nullptr, 0))
+                    : ::fork();
+    if (pid < 0) throw_errno(options.clone_flags ? "clone" : "fork", options.argv[0]);
     if (pid == 0) {
         const int out = report_write.get();
         // The parent may have blocked signals for its signalfd and ignored SIGPIPE; both would be
@@ -216,7 +242,13 @@ Child Child::spawn(const SpawnOptions& options) {
         if (options.parent_death_signal) {
             if (::prctl(PR_SET_PDEATHSIG, options.parent_death_signal) < 0) child_fail(out, Step::prctl, errno);
             // The parent may have died before prctl took effect: then no signal will ever come.
-            if (::getppid() != parent) ::_exit(128 + options.parent_death_signal);
+            // (In a new pid namespace the parent is outside it and getppid() is always 0.)
+            if (!(options.clone_flags & CLONE_NEWPID) && ::getppid() != parent) ::_exit(128 + options.parent_death_signal);
+        }
+        if (options.setup_in_child) {
+            ChildSetupError setup;
+            options.setup_in_child(setup);
+            if (setup.error) child_fail(out, Step::setup, setup.error, -1, setup.what);
         }
         if (working_directory && ::chdir(working_directory) < 0) child_fail(out, Step::chdir, errno);
 

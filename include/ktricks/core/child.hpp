@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,6 +26,15 @@ struct ExitStatus {
     // The shell convention: the exit code, or 128 + signal number.
     int shell_status() const noexcept { return signaled ? 128 + code : code; }
     std::string to_string() const;  // "exited with status 3", "killed by signal 9 (Killed)"
+};
+
+// A step of SpawnOptions::setup_in_child that failed: the errno and "call object", copied into the
+// spawn's failure report and thrown by Child::spawn as std::system_error(error, what).
+struct ChildSetupError {
+    int error = 0;
+    char what[240] = {};
+    // Records the failure (errno and a message truncated to fit); returns false for `if (!...) return`.
+    bool fail(int error_number, const char* call, const char* object = "") noexcept;
 };
 
 struct SpawnOptions {
@@ -45,6 +55,14 @@ struct SpawnOptions {
     // 0: none. The kernel sends it when the thread that spawned the child exits.
     int parent_death_signal = 0;
     std::optional<std::string> working_directory;
+    // CLONE_NEW* flags: the child starts in new namespaces (clone instead of fork). With
+    // CLONE_NEWPID it is pid 1 of the new pid namespace, and LISTEN_PID says so.
+    int clone_flags = 0;
+    // Runs in the child before its descriptors are rearranged and before chdir/exec (after the signal
+    // reset, process group and parent-death signal). It sees the parent's descriptors. Between fork
+    // and exec only async-signal-safe calls are safe if the parent has other threads. On failure it
+    // fills in the ChildSetupError (error != 0) and the spawn fails with it.
+    std::function<void(ChildSetupError&)> setup_in_child;
 };
 
 class Child {
