@@ -23,6 +23,7 @@ Subcommand add_once(CLI::App& app);
 // handoff: serve, reload, takeover
 
 // jail
+Subcommand add_jail(CLI::App& app);
 
 // netlink: sockets, procwatch
 

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     // handoff: serve, reload, takeover
 
     // jail
+    subcommands.push_back(cli::add_jail(app));
 
     // netlink: sockets, procwatch
 

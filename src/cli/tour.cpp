@@ -43,6 +43,7 @@ std::vector<TourStop> all_stops() {
     // handoff
 
     // jail
+    stops.push_back(jail_tour_stop());
 
     // netlink: sockets, procwatch
 

@@ -36,6 +36,7 @@ TourStop once_tour_stop();
 // handoff
 
 // jail
+TourStop jail_tour_stop();
 
 // netlink: sockets, procwatch
 

@@ -1,0 +1,175 @@
+// jail: a server in an empty network namespace, serving only the sockets handed to it.
+//
+// A socket belongs to the network namespace it was created in, for its whole life, whoever holds
+// it. So the listeners are bound here, in the caller's namespace, and the server runs in a fresh
+// network namespace that has nothing but a loopback device (down unless asked): it accepts and
+// answers clients on the sockets it was given, with their real addresses, at native speed, but
+// any connection of its own fails with ENETUNREACH. It also gets new mount, IPC, UTS and PID
+// namespaces (and a user namespace when not run as root).
+//
+// The sockets arrive with systemd's LISTEN_FDS protocol (sd_listen_fds(3)): fds 3, 4, ... in the
+// order given, LISTEN_FDS=N and LISTEN_PID=1, because the command is pid 1 of the new PID
+// namespace. There is no init process in between; the supervisor outside forwards signals and,
+// because the kernel drops signals that pid 1 of a namespace does not handle, turns a forwarded
+// terminating signal the command does not catch into SIGKILL (what that signal would have done to
+// any other process). Descendants the command leaves behind die with it (the kernel kills a PID
+// namespace when its pid 1 exits).
+//
+// More listeners at run time: with a broker, the command can ask for a socket on a unix socket
+// inside the jail ($KTRICKS_BROKER); the supervisor binds it outside if an allow-list rule
+// matches and passes it with SCM_RIGHTS, or answers with the reason it refused.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ktricks/core/child.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/fd.hpp"
+#include "ktricks/core/socket_address.hpp"
+
+namespace ktricks::jail {
+
+// One --allow rule: SCHEME://HOST:PORT[-PORT], e.g. tcp://0.0.0.0:8000-8100, udp6://[::1]:53,
+// tcp://*:9000 (any IPv4 host), tcp6://*:443. Unix sockets are never granted by the broker.
+class AllowRule {
+public:
+    // Throws InputError naming the text and what is wrong.
+    static AllowRule parse(std::string_view text);
+    bool allows(const SocketAddress& address) const noexcept;
+    std::string to_string() const;
+
+private:
+    SocketAddress::Transport transport_ = SocketAddress::Transport::tcp;
+    int family_ = 0;
+    std::optional<SocketAddress> host_;  // nullopt: any host of the family
+    std::uint16_t first_port_ = 0, last_port_ = 0;
+};
+
+// The isolation around the command; also what `serve --jail` applies to every generation.
+struct SandboxOptions {
+    bool loopback = false;                // bring `lo` up inside (127.0.0.1 reaches the jail only)
+    bool readonly = false;                // read-only view of every mount; private tmpfs on /tmp
+    struct Bind {
+        std::string source, target;       // target must exist; mounted read-write
+    };
+    std::vector<Bind> binds;
+    std::optional<uid_t> uid;             // drop to this uid (and gid) after setup
+    std::optional<gid_t> gid;
+    bool no_new_privs = true;             // PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+    bool seccomp_deny_socket = false;     // socket() of any family but AF_UNIX fails with EPERM
+    std::string hostname = "jail";
+    std::optional<std::string> broker_path;  // where the broker socket appears inside the jail
+    // Parses --bind SRC[:DST]; throws InputError.
+    static Bind parse_bind(std::string_view text);
+};
+
+// A prepared sandbox: options checked, the seccomp program compiled, the kernel's support checked.
+// apply() turns a SpawnOptions into one that starts the command inside the jail.
+class Sandbox {
+public:
+    // Throws InputError for bad options and std::system_error if the kernel lacks what they need.
+    static Sandbox prepare(const SandboxOptions& options);
+    Sandbox(Sandbox&&) noexcept;
+    Sandbox& operator=(Sandbox&&) noexcept;
+    ~Sandbox();
+
+    // Sets clone_flags and setup_in_child (and KTRICKS_BROKER when there is a broker). `broker_fd`
+    // is an unbound AF_UNIX SOCK_SEQPACKET socket the child binds at broker_path (or -1).
+    void apply(SpawnOptions& spawn, int broker_fd = -1) const;
+    const SandboxOptions& options() const noexcept;
+
+    struct State;  // defined in src/jail/sandbox.cpp
+
+private:
+    explicit Sandbox(std::unique_ptr<State> state);
+    std::unique_ptr<State> state_;
+};
+
+// The supervisor side of a broker: answers requests arriving on the broker socket.
+class Broker {
+public:
+    // Creates the socket that Sandbox::apply binds inside the jail. With `verbose`, each grant and
+    // refusal is one line on stderr.
+    explicit Broker(std::vector<AllowRule> allow, bool verbose = true);
+    Broker(Broker&&) noexcept;
+    Broker& operator=(Broker&&) noexcept;
+    ~Broker();
+    int socket_fd() const noexcept;
+    // Watches the socket on `loop` (call once the child has been spawned, so it is bound).
+    void serve(EventLoop& loop);
+    // The answer to one request text, with the socket granted (if any). Exposed for tests.
+    struct Answer {
+        std::string reply;  // "ok ADDRESS" or "refused REASON"
+        Fd socket;
+    };
+    Answer answer(std::string_view request) const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+// `ktricks jail --listen ... -- CMD`.
+struct RunOptions {
+    std::vector<SocketAddress> listen;
+    std::vector<std::string> command;
+    SandboxOptions sandbox;
+    std::vector<AllowRule> allow;          // for the broker
+    bool verbose = true;                   // say on stderr what was bound and granted
+};
+
+// Binds every address (in our namespace), starts the command in the jail, forwards TERM, INT,
+// HUP, QUIT, USR1, USR2 and WINCH, answers the broker, and returns how the command ended (if it
+// was SIGKILLed in place of an uncaught forwarded signal, as if killed by that signal). If this
+// process dies, the kernel kills the jail (PR_SET_PDEATHSIG).
+ExitStatus run(const RunOptions& options);
+
+// ---- Inside the jail (or in any process that wants sockets handed to it) ----
+
+// The broker refused a request; what() is its reason.
+class RefusedError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Asks the broker at `broker_path` ($KTRICKS_BROKER if empty) for a listener on `address`;
+// returns it (close-on-exec). Throws RefusedError with the broker's reason, std::system_error if
+// the broker cannot be reached, InputError if neither path nor $KTRICKS_BROKER is set.
+Fd request_listener(const SocketAddress& address, std::string_view broker_path = {},
+                    std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+// A unix socket (SOCK_SEQPACKET) on which a process accepts listeners handed to it from outside
+// its network namespace by `ktricks jail --into PID --listen ADDR --socket PATH`.
+class Inbox {
+public:
+    struct Handed {
+        Fd socket;
+        SocketAddress address;  // as bound outside
+    };
+    // Binds `path` (replacing a stale socket file).
+    static Inbox bind(const std::string& path);
+    int fd() const noexcept { return socket_.get(); }
+    // Waits for the next handed socket (blocking), acknowledges it and returns it.
+    Handed receive();
+
+private:
+    explicit Inbox(Fd socket) : socket_(std::move(socket)) {}
+    Fd socket_;
+};
+
+// Binds `address` here and hands it to the process `pid` through its inbox at `path` as seen by
+// that process (reached through /proc/PID/root, so it works across mount namespaces). Returns the
+// bound address. Throws RefusedError if the target refused it, std::system_error otherwise.
+SocketAddress hand_into(pid_t pid, const SocketAddress& address, const std::string& path,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+}  // namespace ktricks::jail

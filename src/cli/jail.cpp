@@ -1,0 +1,145 @@
+// ktricks jail: argument parsing for the network jail (library: ktricks/jail.hpp).
+#include <grp.h>
+#include <pwd.h>
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <memory>
+
+#include "cli/common.hpp"
+#include "cli/jail_options.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/jail.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+std::optional<unsigned> number(std::string_view text) {
+    unsigned value = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
+}  // namespace
+
+void JailFlags::add_to(CLI::App& sub) {
+    sub.add_flag("--loopback", loopback, "Bring lo up inside the jail (it reaches only the jail itself)");
+    sub.add_flag("--readonly", readonly, "Read-only view of every mount, with a private tmpfs on /tmp");
+    sub.add_option("--bind", binds, "SRC[:DST]: mount SRC read-write at DST (which must exist) inside the jail")->allow_extra_args(false);
+    sub.add_option("--user", user, "UID[:GID] or NAME[:GROUP]: run CMD as this user once the jail is set up");
+    sub.add_flag("--no-new-privs{true}", no_new_privs, "Set PR_SET_NO_NEW_PRIVS (default on; --no-new-privs=false to keep setuid working)")
+        ->capture_default_str();
+    sub.add_flag("--seccomp-deny-socket", seccomp_deny_socket,
+                 "Make socket() of every family except AF_UNIX (and io_uring_setup) fail with EPERM inside the jail");
+    sub.add_option("--hostname", hostname, "Host name inside the jail")->capture_default_str();
+    sub.add_option("--broker", broker, "Unix socket path inside the jail where CMD may ask for more listeners ($KTRICKS_BROKER)");
+    sub.add_option("--allow", allow, "With --broker: what may be granted, e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")->allow_extra_args(false);
+}
+
+bool JailFlags::given() const {
+    return loopback || readonly || !binds.empty() || !user.empty() || seccomp_deny_socket || !broker.empty() || !allow.empty() ||
+           hostname != "jail";
+}
+
+jail::SandboxOptions JailFlags::sandbox() const {
+    jail::SandboxOptions options;
+    options.loopback = loopback;
+    options.readonly = readonly;
+    options.no_new_privs = no_new_privs;
+    options.seccomp_deny_socket = seccomp_deny_socket;
+    options.hostname = hostname;
+    for (const auto& text : binds) options.binds.push_back(jail::SandboxOptions::parse_bind(text));
+    if (!broker.empty()) options.broker_path = broker;
+    if (!user.empty()) {
+        auto colon = user.find(':');
+        std::string name = user.substr(0, colon);
+        if (auto uid = number(name)) {
+            options.uid = *uid;
+        } else if (passwd* entry = ::getpwnam(name.c_str())) {
+            options.uid = entry->pw_uid;
+            options.gid = entry->pw_gid;
+        } else {
+            throw InputError(fmt::format("--user {}: no such user (give a number or a name from /etc/passwd)", user));
+        }
+        if (colon != std::string::npos) {
+            std::string group = user.substr(colon + 1);
+            if (auto gid = number(group)) options.gid = *gid;
+            else if (::group* entry = ::getgrnam(group.c_str())) options.gid = entry->gr_gid;
+            else throw InputError(fmt::format("--user {}: no such group \"{}\"", user, group));
+        }
+    }
+    return options;
+}
+
+std::vector<jail::AllowRule> JailFlags::allow_rules() const {
+    std::vector<jail::AllowRule> rules;
+    for (const auto& text : allow) rules.push_back(jail::AllowRule::parse(text));
+    return rules;
+}
+
+namespace {
+
+struct Options {
+    std::vector<std::string> listen;
+    std::vector<std::string> command;
+    JailFlags flags;
+    int into = 0;
+    std::string socket = "/run/ktricks-inbox.sock";
+    bool quiet = false;
+};
+
+int run_jail(const Options& options) {
+    std::vector<SocketAddress> addresses;
+    for (const auto& text : options.listen) addresses.push_back(SocketAddress::parse(text));
+    if (options.into) {
+        if (!options.command.empty() || options.flags.given())
+            throw InputError("--into hands sockets to a running process: it takes only --listen and --socket");
+        if (addresses.empty()) throw InputError("--into needs at least one --listen ADDR");
+        for (const auto& address : addresses) {
+            auto bound = jail::hand_into(options.into, address, options.socket);
+            fmt::print("{}\n", bound.to_string());
+        }
+        return 0;
+    }
+    jail::RunOptions run;
+    run.listen = std::move(addresses);
+    run.command = options.command;
+    run.sandbox = options.flags.sandbox();
+    run.allow = options.flags.allow_rules();
+    run.verbose = !options.quiet;
+    if (run.listen.empty() && !run.sandbox.broker_path)
+        throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker)");
+    return jail::run(run).shell_status();
+}
+
+}  // namespace
+
+Subcommand add_jail(CLI::App& app) {
+    auto options = std::make_shared<Options>();
+    auto* sub = app.add_subcommand("jail", "Run a server in an empty network namespace, serving only the sockets handed to it");
+    sub->add_option("--listen", options->listen,
+                    "Bind ADDR here and pass it in (LISTEN_FDS, fds 3, 4, ... in order): tcp://HOST:PORT, tcp6://[ADDR]:PORT, "
+                    "udp://..., unix:/path, unix:@name")
+        ->allow_extra_args(false);
+    options->flags.add_to(*sub);
+    sub->add_option("--into", options->into, "Hand the --listen sockets to the running process PID (e.g. in a container) instead")
+        ->check(CLI::PositiveNumber);
+    sub->add_option("--socket", options->socket, "With --into: the target's inbox, a unix socket path as the target sees it")
+        ->capture_default_str();
+    sub->add_flag("--quiet", options->quiet, "Do not report bound sockets and broker decisions on stderr");
+    sub->add_option("command", options->command, "CMD [ARGS...]");
+    sub->footer(
+        "Inside: new network (only lo, down unless --loopback), mount, IPC, UTS and PID namespaces (and a user namespace\n"
+        "when not root); CMD is pid 1 with LISTEN_FDS=N LISTEN_PID=1. Its own connect() fails with ENETUNREACH.\n"
+        "Exit status: CMD's own (128+N if killed by signal N); 127/126 if CMD cannot be found/executed; 64 bad usage.\n"
+        "Examples:\n"
+        "  ktricks jail --listen tcp://0.0.0.0:8080 --readonly --user nobody -- python3 -m http.server  # needs LISTEN_FDS support\n"
+        "  ktricks jail --listen udp://0.0.0.0:5353 --seccomp-deny-socket -- ./dns-server\n"
+        "  ktricks jail --listen tcp://0.0.0.0:8000 --broker /tmp/broker.sock --allow 'tcp://0.0.0.0:8000-8100' -- ./server\n"
+        "  ktricks jail --into $(pidof server) --socket /run/inbox.sock --listen tcp://0.0.0.0:9000");
+    return {sub, [options] { return run_jail(*options); }};
+}
+
+}  // namespace ktricks::cli

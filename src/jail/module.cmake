@@ -1,0 +1,21 @@
+# jail: a server in an empty network namespace, serving only the sockets handed to it.
+pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)
+target_sources(ktricks PRIVATE
+  src/jail/allow.cpp
+  src/jail/protocol.cpp
+  src/jail/sandbox.cpp
+  src/jail/broker.cpp
+  src/jail/client.cpp
+  src/jail/run.cpp)
+target_link_libraries(ktricks PUBLIC PkgConfig::SECCOMP)
+
+if(TARGET ktricks_cli)
+  target_sources(ktricks_cli PRIVATE src/cli/jail.cpp src/cli/tour_jail.cpp)
+endif()
+
+# A LISTEN_FDS server for the jail's integration tests and benchmark (also copied into a container).
+if(KTRICKS_TESTS AND NOT KTRICKS_FUZZ)
+  add_executable(jail_test_server tests/integration/jail_test_server.cpp)
+  target_link_libraries(jail_test_server PRIVATE ktricks ktricks_warnings)
+  set_target_properties(jail_test_server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+endif()

@@ -1,0 +1,110 @@
+// `ktricks jail`: bind here, run there, forward signals, answer the broker, report how it ended.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/jail.hpp"
+
+namespace ktricks::jail {
+namespace {
+
+// Whether `pid` has a handler for, or ignores, `signal_number` (SigCgt/SigIgn in /proc/PID/status).
+bool handles_or_ignores(pid_t pid, int signal_number) {
+    std::ifstream status(fmt::format("/proc/{}/status", pid));
+    std::uint64_t mask = 0;
+    for (std::string line; std::getline(status, line);) {
+        if (line.starts_with("SigCgt:") || line.starts_with("SigIgn:")) mask |= std::stoull(line.substr(7), nullptr, 16);
+    }
+    return mask & (std::uint64_t{1} << (signal_number - 1));
+}
+
+std::string describe_clone_error(const std::system_error& error) {
+    if (error.code().value() == EPERM && ::geteuid() != 0) {
+        std::ifstream knob("/proc/sys/kernel/unprivileged_userns_clone");
+        int enabled = 1;
+        if (knob >> enabled; !enabled)
+            return fmt::format("{} (unprivileged user namespaces are off: sysctl kernel.unprivileged_userns_clone=0; run as root)", error.what());
+        return fmt::format("{} (this kernel does not let unprivileged users create the namespaces; run as root)", error.what());
+    }
+    return error.what();
+}
+
+}  // namespace
+
+ExitStatus run(const RunOptions& options) {
+    if (options.command.empty()) throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
+    if (!options.allow.empty() && !options.sandbox.broker_path) throw InputError("--allow needs --broker PATH");
+    Sandbox sandbox = Sandbox::prepare(options.sandbox);
+
+    std::vector<Fd> listeners;
+    std::vector<int> pass;
+    for (const auto& address : options.listen) {
+        listeners.push_back(bind_socket(address));
+        pass.push_back(listeners.back().get());
+        if (options.verbose)
+            fmt::print(stderr, "ktricks jail: fd {} = {}\n", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
+    }
+    std::optional<Broker> broker;
+    if (options.sandbox.broker_path) broker.emplace(options.allow, options.verbose);
+
+    SpawnOptions spawn;
+    spawn.argv = options.command;
+    spawn.pass_fds = pass;
+    spawn.listen_fds_env = true;
+    spawn.new_process_group = true;
+    spawn.parent_death_signal = SIGKILL;
+    sandbox.apply(spawn, broker ? broker->socket_fd() : -1);
+
+    // Signals arriving while the child starts must wait for it, not kill us: block them first.
+    EventLoop loop;
+    std::optional<int> translated;  // a forwarded signal we had to deliver as SIGKILL
+    std::optional<Child> child;
+    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}, [&](const signalfd_siginfo& info) {
+        int number = static_cast<int>(info.ssi_signo);
+        if (!child || !child->running()) return;
+        // pid 1 of a PID namespace only gets the signals it has a handler for; one it would take by
+        // default is dropped by the kernel. Terminating signals are then delivered as SIGKILL.
+        if (number != SIGWINCH && !handles_or_ignores(child->pid(), number)) {
+            translated = number;
+            child->signal(SIGKILL);
+        } else {
+            child->signal(number);
+        }
+    });
+
+    try {
+        child.emplace(Child::spawn(spawn));
+    } catch (const SpawnError&) {
+        throw;
+    } catch (const std::system_error& error) {
+        throw std::system_error(error.code(), describe_clone_error(error));
+    }
+    // The child holds its own copies now; ours would keep a port bound after the command quits.
+    listeners.clear();
+    // The broker's socket file lives in the jail's view (a private /tmp, or a shared directory);
+    // this handle on that view lets us remove it when the jail is gone.
+    Fd jail_root;
+    if (broker) jail_root = Fd(::open(fmt::format("/proc/{}/root", child->pid()).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+
+    std::optional<ExitStatus> status;
+    loop.add_child(child->pidfd(), [&] {
+        status = child->wait();
+        loop.stop();
+    });
+    if (broker) broker->serve(loop);
+    loop.run();
+    if (jail_root) ::unlinkat(jail_root.get(), options.sandbox.broker_path->c_str() + 1, 0);
+    if (status->signaled && status->code == SIGKILL && translated) status->code = *translated;
+    return *status;
+}
+
+}  // namespace ktricks::jail
