@@ -23,6 +23,7 @@ Subcommand add_once(CLI::App& app);
 // handoff: serve, reload, takeover
 Subcommand add_serve(CLI::App& app);
 Subcommand add_reload(CLI::App& app);
+Subcommand add_takeover(CLI::App& app);
 
 // jail
 

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     // handoff: serve, reload, takeover
     subcommands.push_back(cli::add_serve(app));
     subcommands.push_back(cli::add_reload(app));
+    subcommands.push_back(cli::add_takeover(app));
 
     // jail
 

@@ -10,6 +10,7 @@
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/socket_address.hpp"
 #include "ktricks/handoff.hpp"
 
 namespace ktricks::cli {
@@ -54,6 +55,11 @@ std::string describe(const nlohmann::ordered_json& e) {
     if (name == "status") return fmt::format("{} status: {}", who, field("status"));
     if (name == "fdstore") return fmt::format("{} stored {} fd(s) named {}", who, field("count"), field("name"));
     if (name == "stopping") return who.empty() ? "stopping: every generation gets the drain signal" : who + " is stopping (STOPPING=1)";
+    if (name == "adopted") return fmt::format("took fd {} ({}) from pid {}", field("fd"), field("address"), field("pid"));
+    if (name == "retired" || name == "retired-with-loss")
+        return fmt::format("pid {} retired with SIG{} after {} ms ({} check(s)); connections lost: {}{}", field("pid"),
+                           field("signal"), field("ms"), field("attempts"), field("lost_connections"),
+                           e.contains("lost") ? " " + field("lost") : "");
     if (name == "zerg") return fmt::format("zerg pid {} attached to {} listener(s)", field("pid"), field("listeners"));
     std::string rest;
     for (auto it = e.begin(); it != e.end(); ++it)
@@ -153,6 +159,30 @@ int run_reload(const ReloadCli& cli) {
     return result.ok ? 0 : exit_code::temp_fail;
 }
 
+struct TakeoverCli {
+    ServeCli serve;
+    int pid = 0;
+    std::vector<int> fds;
+    std::string signal = "TERM";
+};
+
+int run_takeover(const TakeoverCli& cli) {
+    handoff::TakeoverOptions options;
+    options.pid = cli.pid;
+    options.fds = cli.fds;
+    for (const auto& text : cli.serve.listen) options.listen.push_back(SocketAddress::parse(text));
+    options.signal = parse_signal("--signal", cli.signal);
+    ServeCli serve = cli.serve;
+    serve.listen.clear();  // the listeners come from the target, not from bind
+    options.serve = serve_options(serve, "takeover");
+    try {
+        return handoff::takeover(std::move(options)).shell_status();
+    } catch (const handoff::GenerationFailed& error) {
+        fmt::print(stderr, "ktricks takeover: {} (pid {} was left serving)\n", error.what(), cli.pid);
+        return exit_code::unavailable;
+    }
+}
+
 }  // namespace
 
 Subcommand add_serve(CLI::App& app) {
@@ -169,6 +199,25 @@ Subcommand add_serve(CLI::App& app) {
         "  ktricks serve --listen web=tcp://:8080 --ready=tcp -- python3 app.py\n"
         "  ktricks serve --listen tcp://:8000 --protocol gunicorn --ready=delay:1000 -- gunicorn app:app");
     return {sub, [cli] { return run_serve(*cli); }};
+}
+
+Subcommand add_takeover(CLI::App& app) {
+    auto cli = std::make_shared<TakeoverCli>();
+    auto* sub = app.add_subcommand("takeover", "Adopt the listening sockets of a running server (pidfd_getfd) and replace it");
+    sub->add_option("--pid", cli->pid, "The running server")->required();
+    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)");
+    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)");
+    sub->add_option("--signal", cli->signal, "Signal that ends the old server once it holds no accepted connection")
+        ->capture_default_str();
+    add_serve_options(sub, cli->serve);
+    sub->footer(
+        "Without --listen/--fd every listening socket of PID is taken. CMD starts with them as LISTEN_FDS; once it is\n"
+        "ready the old server is stopped (SIGSTOP), checked through /proc for connections it accepted and has not\n"
+        "answered (let run briefly and checked again until --drain-timeout), then sent --signal. takeover then stays\n"
+        "on as `ktricks serve` for the adopted sockets: SIGHUP and --control reloads work.\n"
+        "Example:\n"
+        "  ktricks takeover --pid $(pgrep -f 'http.server 8000') --control /tmp/web.ctl -- python3 my_server.py");
+    return {sub, [cli] { return run_takeover(*cli); }};
 }
 
 Subcommand add_reload(CLI::App& app) {
