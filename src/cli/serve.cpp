@@ -188,7 +188,9 @@ int run_takeover(const TakeoverCli& cli) {
 Subcommand add_serve(CLI::App& app) {
     auto cli = std::make_shared<ServeCli>();
     auto* sub = app.add_subcommand("serve", "Run a server on sockets it inherits, and replace it without dropping a connection");
-    sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable");
+    // One value per occurrence: a vector option would otherwise swallow the "--" before CMD.
+    sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
+        ->allow_extra_args(false);
     add_serve_options(sub, *cli);
     sub->footer(
         "CMD gets the listeners as fds 3.. with LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES and NOTIFY_SOCKET, exactly as\n"
@@ -205,8 +207,8 @@ Subcommand add_takeover(CLI::App& app) {
     auto cli = std::make_shared<TakeoverCli>();
     auto* sub = app.add_subcommand("takeover", "Adopt the listening sockets of a running server (pidfd_getfd) and replace it");
     sub->add_option("--pid", cli->pid, "The running server")->required();
-    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)");
-    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)");
+    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)")->allow_extra_args(false);
+    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)")->allow_extra_args(false);
     sub->add_option("--signal", cli->signal, "Signal that ends the old server once it holds no accepted connection")
         ->capture_default_str();
     add_serve_options(sub, cli->serve);

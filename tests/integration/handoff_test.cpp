@@ -211,7 +211,8 @@ struct Served {
     std::optional<Process> process;
 
     explicit Served(std::vector<std::string> command, std::vector<std::string> extra = {}) {
-        std::vector<std::string> argv = {K, "serve", "--listen", addr(port), "--control", control, "--drain-timeout", "10"};
+        std::vector<std::string> argv = {K, "serve", "--listen", addr(port), "--control", control};
+        if (std::find(extra.begin(), extra.end(), "--drain-timeout") == extra.end()) extra.insert(extra.end(), {"--drain-timeout", "10"});
         argv.insert(argv.end(), extra.begin(), extra.end());
         argv.push_back("--");
         argv.insert(argv.end(), command.begin(), command.end());
@@ -288,7 +289,8 @@ TEST(HandoffServe, SpeaksTheNginxEinhornAndGunicornConventions) {
 TEST(HandoffServe, HandsStoredFdsToTheNextGenerationWithTheirNames) {
     Served served({python, show_env, "--store"}, {"--ready=delay:300"});
     ASSERT_TRUE(eventually([&] { return served.process->out().find('\n') != std::string::npos; }));
-    ASSERT_TRUE(eventually([&] { return served.status()["fdstore"] == 1; })) << served.process->describe();
+    ASSERT_TRUE(eventually([&] { return served.status()["fdstore"] == 1 && served.status()["generation"] == 1; }))
+        << served.process->describe();
     auto result = served.reload();
     ASSERT_TRUE(result.ok) << result.message;
     ASSERT_TRUE(eventually([&] { return lines_of(served.process->out()).size() >= 2; })) << served.process->describe();
