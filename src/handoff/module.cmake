@@ -9,7 +9,7 @@ target_sources(ktricks PRIVATE
 )
 
 if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/serve.cpp)
+  target_sources(ktricks_cli PRIVATE src/cli/serve.cpp src/cli/tour_handoff.cpp)
 
   # The example server of the live-connection API (Upgrader).
   add_executable(handoff_chat examples/handoff_chat.cpp)
