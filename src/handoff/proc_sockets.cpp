@@ -82,16 +82,23 @@ std::string read_all(const std::string& path) {
     return text.str();
 }
 
+// The lines of a /proc/net table after its header.
+std::vector<std::string_view> data_lines(std::string_view table) {
+    std::vector<std::string_view> lines;
+    bool header = true;
+    while (!table.empty()) {
+        auto newline = table.find('\n');
+        if (!std::exchange(header, false)) lines.push_back(table.substr(0, newline));
+        table = newline == std::string_view::npos ? std::string_view() : table.substr(newline + 1);
+    }
+    return lines;
+}
+
 }  // namespace
 
 std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::Kind kind, bool ipv6) {
     std::vector<ProcSocket> sockets;
-    bool header = true;
-    while (!table.empty()) {
-        auto newline = table.find('\n');
-        std::string_view line = table.substr(0, newline);
-        table = newline == std::string_view::npos ? std::string_view() : table.substr(newline + 1);
-        if (std::exchange(header, false)) continue;
+    for (std::string_view line : data_lines(table)) {
         auto fields = fields_of(line);
         // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
         if (fields.size() < 10) continue;
@@ -117,12 +124,7 @@ std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::
 
 std::vector<ProcSocket> parse_proc_net_unix(std::string_view table) {
     std::vector<ProcSocket> sockets;
-    bool header = true;
-    while (!table.empty()) {
-        auto newline = table.find('\n');
-        std::string_view line = table.substr(0, newline);
-        table = newline == std::string_view::npos ? std::string_view() : table.substr(newline + 1);
-        if (std::exchange(header, false)) continue;
+    for (std::string_view line : data_lines(table)) {
         // Num RefCount Protocol Flags Type St Inode [Path]; a path may contain spaces.
         auto fields = fields_of(line);
         if (fields.size() < 7) continue;
