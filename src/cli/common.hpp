@@ -21,6 +21,9 @@ struct Subcommand {
 Subcommand add_once(CLI::App& app);
 
 // handoff: serve, reload, takeover
+Subcommand add_serve(CLI::App& app);
+Subcommand add_reload(CLI::App& app);
+Subcommand add_takeover(CLI::App& app);
 
 // jail
 Subcommand add_jail(CLI::App& app);

@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
     subcommands.push_back(cli::add_once(app));
 
     // handoff: serve, reload, takeover
+    subcommands.push_back(cli::add_serve(app));
+    subcommands.push_back(cli::add_reload(app));
+    subcommands.push_back(cli::add_takeover(app));
 
     // jail
     subcommands.push_back(cli::add_jail(app));

@@ -41,6 +41,7 @@ std::vector<TourStop> all_stops() {
     stops.push_back(once_tour_stop());
 
     // handoff
+    stops.push_back(handoff_tour_stop());
 
     // jail
     stops.push_back(jail_tour_stop());

@@ -34,6 +34,7 @@ struct TourStop {
 TourStop once_tour_stop();
 
 // handoff
+TourStop handoff_tour_stop();
 
 // jail
 TourStop jail_tour_stop();

@@ -195,7 +195,12 @@ Child Child::spawn(const SpawnOptions& options) {
     for (const auto& entry : options.set_env) env_strings.push_back(entry);
     std::size_t listen_pid_index = 0;
     if (options.listen_fds_env) {
-        env_strings.push_back(fmt::format("LISTEN_FDS={}", options.pass_fds.size()));
+        if (options.listen_fds_count > static_cast<int>(options.pass_fds.size()))
+            throw InputError(fmt::format("spawn: LISTEN_FDS={} but only {} fds are passed", options.listen_fds_count,
+                                         options.pass_fds.size()));
+        std::size_t announced = options.listen_fds_count >= 0 ? static_cast<std::size_t>(options.listen_fds_count)
+                                                              : options.pass_fds.size();
+        env_strings.push_back(fmt::format("LISTEN_FDS={}", announced));
         listen_pid_index = env_strings.size();
         env_strings.push_back("LISTEN_PID=" + std::string(24, '\0'));  // filled in by the child
     }

@@ -47,6 +47,9 @@ struct SpawnOptions {
     // Sets LISTEN_PID to the child's own pid (known only after fork) and LISTEN_FDS to the count of
     // pass_fds; LISTEN_FDNAMES is the caller's business (set_env).
     bool listen_fds_env = false;
+    // With listen_fds_env: LISTEN_FDS counts only the first N of pass_fds (-1: all of them). The
+    // rest still land right after them (fd 3+N...) but are not announced as listeners.
+    int listen_fds_count = -1;
     std::vector<int> keep_fds;             // kept at their own numbers (close-on-exec cleared)
     int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;  // replace 0/1/2 when >= 0
     bool new_process_group = false;

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# bench/handoff.sh — replacing a running HTTP server under wrk load, four ways:
+#   naive       SIGTERM the old server, start the new one (it binds the port itself)
+#   reuseport   start the new one on the same port with SO_REUSEPORT, wait until it is ready, SIGTERM the old
+#   serve       `ktricks serve` + `ktricks reload` (the listener is passed, never closed)
+#   takeover    `ktricks takeover --pid` of the running server, chained (each takes over the previous one)
+# The server is the same small Python ThreadingHTTPServer in every case (graceful: on SIGTERM it answers each
+# open connection's next request with "Connection: close" and exits when its handlers are done).
+#
+#   KTRICKS=path/to/ktricks RUNS=3 RELOADS=10 bench/handoff.sh
+#
+# Per run: wrk (2 threads, 8 keep-alive connections) for the whole run while RELOADS replacements happen
+# 0.3 s apart. Reported per approach, medians over RUNS: failed requests (wrk socket errors + non-2xx),
+# p99 latency, and reload latency (replacement asked -> new server serving: for serve the `ktricks reload`
+# round trip, for naive until the port answers again, for reuseport/takeover until the new one said ready).
+set -euo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
+RUNS=${RUNS:-3}
+RELOADS=${RELOADS:-10}
+PY=/usr/bin/python3
+[[ -x $K ]] || { echo "handoff.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
+[[ $RUNS =~ ^[1-9][0-9]*$ && $RELOADS =~ ^[1-9][0-9]*$ ]] || { echo "handoff.sh: RUNS and RELOADS must be positive integers" >&2; exit 1; }
+for tool in wrk curl awk sort; do command -v "$tool" >/dev/null || { echo "handoff.sh: needs $tool" >&2; exit 1; }; done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ktricks-bench-handoff.XXXXXX")
+cp "$K" "$tmp/ktricks"
+K=$tmp/ktricks
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+log() { printf '%s\n' "$*" >&2; }
+
+cat >"$tmp/server.py" <<'PY'
+import http.server, os, signal, socket, socketserver, sys, threading
+draining = threading.Event()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"hello\n"
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        if draining.is_set():
+            self.send_header("Connection", "close"); self.close_connection = True
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = False; block_on_close = True; request_queue_size = 1024
+    def server_bind(self):
+        if "--reuseport" in sys.argv: self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+if "--bind" in sys.argv:
+    s = S(("127.0.0.1", int(sys.argv[sys.argv.index("--bind") + 1])), H)
+else:
+    s = S(("", 0), H, bind_and_activate=False); s.socket.close(); s.socket = socket.socket(fileno=3)
+s.socket.setblocking(False)
+def term(*a):
+    draining.set(); threading.Thread(target=s.shutdown).start()
+signal.signal(signal.SIGTERM, term)
+n = os.environ.get("NOTIFY_SOCKET")
+if n:
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", "\0" + n[1:] if n[0] == "@" else n)
+if os.environ.get("READY_FILE"):
+    open(os.environ["READY_FILE"], "w").close()
+s.serve_forever(poll_interval=0.05); s.server_close()
+PY
+
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { echo "${EPOCHREALTIME/./}" | awk '{ printf "%.3f\n", $1 / 1000 }'; }
+wait_port() { local i; for ((i = 0; i < 1000; i++)); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.005; done; return 1; }
+wait_gone() { local i; for ((i = 0; i < 2000; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.005; done; return 1; }
+wait_file() { local i; for ((i = 0; i < 2000; i++)); do [[ -e $1 ]] && return 0; sleep 0.005; done; return 1; }
+start() { setsid "$@" >/dev/null 2>&1 & pids+=($!); echo $!; }
+
+duration=$(( 3 + RELOADS * 6 / 10 ))
+# wrk in the background for the whole run; its report goes to $1.
+start_wrk() { wrk -t2 -c8 -d"${duration}s" --latency "http://127.0.0.1:$2/" >"$1" 2>&1 & wrk_pid=$!; sleep 0.5; }
+# failed p99_ms requests from a wrk report
+parse_wrk() {
+    awk '/Socket errors/ { gsub(",", ""); f += $4 + $6 + $8 + $10 }
+         /Non-2xx/ { f += $5 }
+         /requests in/ { n = $1 }
+         $1 == "99%" { v = $2; u = v; gsub(/[0-9.]/, "", u); sub(/[a-z]+$/, "", v);
+                       p = (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : v }
+         END { printf "%d %.2f %d\n", f, p, n }' "$1"
+}
+
+run_naive() {  # $1 = result file for reload latencies
+    local port old new t0; port=$(free_port)
+    old=$(start $PY "$tmp/server.py" --bind "$port"); wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); kill -TERM "$old"; wait_gone "$old" || kill -KILL "$old"
+        new=$(start $PY "$tmp/server.py" --bind "$port"); wait_port "$port"
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; old=$new; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+}
+
+run_reuseport() {
+    local port old new t0; port=$(free_port)
+    old=$(start $PY "$tmp/server.py" --bind "$port" --reuseport); wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); rm -f "$tmp/ready"
+        new=$(READY_FILE=$tmp/ready start $PY "$tmp/server.py" --bind "$port" --reuseport); wait_file "$tmp/ready"
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
+        kill -TERM "$old"; old=$new; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+}
+
+run_serve() {
+    local port sv t0; port=$(free_port)
+    sv=$(start "$K" serve --listen "tcp://127.0.0.1:$port" --control "$tmp/ctl" --drain-timeout 5 -- $PY "$tmp/server.py")
+    wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+}
+
+run_takeover() {
+    local port target t0 out; port=$(free_port)
+    target=$(start $PY "$tmp/server.py" --bind "$port"); wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        out=$tmp/takeover.$i.json; t0=$(now_ms)
+        # not start(): its JSON events (the new generation's pid) are needed for the next round
+        setsid "$K" takeover --json --pid "$target" --drain-timeout 5 -- $PY "$tmp/server.py" >"$out" 2>/dev/null &
+        pids+=($!)
+        local j; for ((j = 0; j < 2000; j++)); do grep -q '"event":"ready"' "$out" 2>/dev/null && break; sleep 0.005; done
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
+        wait_gone "$target" || true
+        target=$(awk -F'"pid":' '/"event":"started"/ { split($2, a, /[,}]/); print a[1]; exit }' "$out")
+        sleep 0.3
+    done
+    wait "$wrk_pid"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A failed p99 reload total
+for approach in naive reuseport serve takeover; do
+    : >"$tmp/$approach.failed"; : >"$tmp/$approach.p99"; : >"$tmp/$approach.reload"; : >"$tmp/$approach.total"
+    for ((run = 1; run <= RUNS; run++)); do
+        log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk, ${duration} s)"
+        "run_$approach" "$tmp/$approach.reload"
+        read -r f p n < <(parse_wrk "$tmp/wrk.out")
+        echo "$f" >>"$tmp/$approach.failed"; echo "$p" >>"$tmp/$approach.p99"; echo "$n" >>"$tmp/$approach.total"
+    done
+    failed[$approach]=$(median <"$tmp/$approach.failed" | sed "s/\\.00$//")
+    p99[$approach]=$(median <"$tmp/$approach.p99")
+    reload[$approach]=$(median <"$tmp/$approach.reload")
+    total[$approach]=$(median <"$tmp/$approach.total" | sed "s/\\.00$//")
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.1fx\n", a / b }'; }
+echo
+echo "Replacing a Python HTTP server $RELOADS times under wrk (-t2 -c8), medians of $RUNS runs ($(uname -r), $(nproc) CPUs)"
+echo
+echo "| approach | requests served | failed requests | p99 latency | p99 vs serve | reload latency | reload vs serve |"
+echo "|---|---|---|---|---|---|---|"
+for approach in naive reuseport serve takeover; do
+    name=$approach
+    case $approach in
+        naive) name="naive stop + start" ;;
+        reuseport) name="SO_REUSEPORT start-new-then-stop-old" ;;
+        serve) name='`ktricks serve` + `ktricks reload`' ;;
+        takeover) name='`ktricks takeover` (chained)' ;;
+    esac
+    echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | $(ratio "${p99[$approach]}" "${p99[serve]}") | ${reload[$approach]} ms | $(ratio "${reload[$approach]}" "${reload[serve]}") |"
+done

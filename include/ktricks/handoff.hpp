@@ -1,0 +1,202 @@
+// handoff: replace a server without closing its listening sockets, and move live connections.
+//
+// A socket is a kernel object, not a property of a process: a descriptor for it can be inherited
+// across exec, sent over a unix socket (SCM_RIGHTS) or taken from another process (pidfd_getfd).
+// Every copy refers to the same open file description, so the accept queue survives any one
+// holder's exit. The supervisor always keeps its own copy of every listener; a generation that dies
+// never takes a queued connection with it.
+//
+// Three nouns:
+//   - serve():    a zero-downtime supervisor. Binds (or adopts) listeners, runs a command with them
+//                 (systemd's LISTEN_FDS protocol or an adapter), waits for readiness (NOTIFY_SOCKET
+//                 READY=1 or another check), and on reload starts a new generation before retiring
+//                 the old one. A failing new generation is rolled back; the old one keeps serving.
+//   - takeover(): pidfd_getfd's the listeners of a running process that knows nothing of this,
+//                 starts the command under serve(), and retires the old process without losing a
+//                 request it already accepted.
+//   - Upgrader:   for a C++ server run under `serve --handoff`: inherit listeners, say ready, and
+//                 hand established connections (with an opaque state blob) to the successor.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ktricks/core/child.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/fd.hpp"
+#include "ktricks/core/socket_address.hpp"
+
+namespace ktricks::handoff {
+
+using std::chrono::milliseconds;
+
+// `--listen [NAME=]ADDR`: an address to bind and the name it gets in LISTEN_FDNAMES.
+struct ListenSpec {
+    std::string name;  // empty: no name given
+    SocketAddress address;
+    // Throws InputError: "NAME=ADDR" with NAME of [A-Za-z0-9_.-] (systemd's rule: no ':'), or ADDR.
+    static ListenSpec parse(std::string_view text);
+};
+
+// A listening socket the supervisor holds (its own copy; generations get duplicates via exec).
+struct Listener {
+    std::string name;
+    Fd fd;
+    std::string describe() const;  // "tcp://127.0.0.1:8080" or "web=tcp://127.0.0.1:8080"
+};
+
+// When a new generation counts as ready (`--ready`).
+struct ReadyCheck {
+    enum class Kind { notify, tcp, exec, delay } kind = Kind::notify;
+    std::string command;  // exec: run by /bin/sh -c, ready when it exits 0 (retried every 100 ms)
+    milliseconds delay{0};
+    // "notify", "tcp", "exec:CMD", "delay:MS". Throws InputError.
+    static ReadyCheck parse(std::string_view text);
+};
+
+// How the listeners are announced to the command (`--protocol`).
+enum class Protocol { systemd, nginx, einhorn, gunicorn };
+Protocol parse_protocol(std::string_view text);  // throws InputError
+// The environment entries ("KEY=VALUE") announcing `count` descriptors at 3.. in `protocol`'s
+// convention. systemd's LISTEN_FDS/LISTEN_PID are set by Child::spawn (LISTEN_PID is only known
+// after fork); this returns LISTEN_FDNAMES for it.
+std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names);
+
+struct ServeOptions {
+    std::vector<std::string> command;
+    std::vector<ListenSpec> listen;       // bound by serve()
+    std::vector<Listener> adopted;        // already-open listeners (takeover), announced before `listen`
+    ReadyCheck ready;
+    milliseconds ready_timeout{30'000};
+    int drain_signal = SIGTERM;
+    milliseconds drain_timeout{30'000};
+    std::optional<std::string> control_path;  // unix socket for `ktricks reload`; "@name" is abstract
+    Protocol protocol = Protocol::systemd;
+    std::optional<std::string> zerg_path;     // also act as a uWSGI zerg server on this unix socket
+    bool handoff = false;                     // give generations KTRICKS_HANDOFF_FD (see Upgrader)
+    // Hook for wrappers (e.g. a jail): called for every generation with its SpawnOptions fully
+    // prepared (argv, pass_fds = listeners at 3.., LISTEN_* / adapter env, NOTIFY_SOCKET,
+    // new_process_group). It may rewrite argv (a prefix such as a sandbox launcher that execs the
+    // rest with the fds and environment untouched), add env or keep_fds. It must keep pass_fds and
+    // listen_fds_env as they are, and the process it makes spawn must be, or exec, the process that
+    // LISTEN_PID names: LISTEN_PID is filled in with the pid Child::spawn forks.
+    std::function<void(SpawnOptions&)> customize_spawn;
+    // Lifecycle events (source "serve"): listening, started, ready, status, reload, rollback,
+    // draining, drained, exited, fdstore, refused, zerg. Called on the supervisor's thread.
+    std::function<void(const Event&)> on_event;
+    // Called once, on the supervisor's thread, when the first generation is ready (takeover retires
+    // the old process from here; it may start a thread).
+    std::function<void(pid_t first_generation)> on_first_ready;
+};
+
+// The first generation exited or timed out before it was ready: nothing was ever served.
+class GenerationFailed : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Runs the supervisor until the current generation exits on its own (returns its status) or
+// SIGTERM/SIGINT asks serve to stop (every generation gets the drain signal, SIGKILL after the
+// drain timeout; returns 0). SIGHUP or a control-socket "reload" starts a reload. Throws if the
+// listeners cannot be bound or the first generation fails before it is ready.
+ExitStatus serve(ServeOptions options);
+
+// `ktricks reload`: asks the serve behind `control_path` to reload and waits for the outcome.
+struct ReloadResult {
+    bool ok = false;
+    std::string message;     // why not, when !ok
+    unsigned generation = 0; // the generation now serving
+    pid_t pid = 0;
+    double ready_ms = 0;     // reload request -> new generation ready
+};
+ReloadResult request_reload(const std::string& control_path, milliseconds timeout);
+// `status` on the control socket: one JSON object (generation, pid, draining, reloading).
+std::string request_status(const std::string& control_path, milliseconds timeout);
+
+// `ktricks takeover`.
+struct TakeoverOptions {
+    pid_t pid = 0;
+    std::vector<SocketAddress> listen;  // which of the target's listeners to take (by address)
+    std::vector<int> fds;               // ... or by descriptor number; neither: all its listeners
+    int signal = SIGTERM;               // sent to the old process once it holds no accepted connection
+    ServeOptions serve;                 // command, readiness, drain settings for what follows
+};
+
+// A listening socket found in another process.
+struct FoundListener {
+    int fd = -1;             // its number in the target
+    unsigned long inode = 0;
+    std::string address;     // as SocketAddress prints it
+};
+// The listening sockets (tcp LISTEN, bound udp, listening unix) of `pid`, from /proc/PID/fd and
+// /proc/PID/net/{tcp,tcp6,udp,udp6,unix}.
+std::vector<FoundListener> find_listeners(pid_t pid);
+// pidfd_getfd with an error that says why it failed and what to do (kernel too old, target
+// non-dumpable, Yama ptrace_scope, other user without CAP_SYS_PTRACE).
+Fd take_fd(int pidfd, pid_t pid, int target_fd);
+// Takes the listeners, runs serve() with them, and retires the old process (see docs/handoff.md).
+ExitStatus takeover(TakeoverOptions options);
+
+// ---------------------------------------------------------------------------------------------
+// Upgrader: live connections for a server run under `ktricks serve --handoff`.
+//
+// Lifecycle of one generation:
+//   auto up = Upgrader::from_environment();        // listeners; the link to serve and predecessor
+//   Fd l = up.listener(addr);                       // inherited, or bound if run standalone
+//   ... poll up.inherit_fd(): receive_connection() yields the predecessor's connections + state
+//   up.ready();                                     // READY=1: serve may now retire the predecessor
+//   ... poll up.upgrade_fd(): when upgrade_requested() is true, stop accepting, then for each
+//   connection hand_over(fd, state), then finish() and exit.
+// Connections keep their open file description: bytes the client sent meanwhile wait in the socket
+// buffer for the successor, and the client never sees a reconnect.
+struct Connection {
+    Fd fd;
+    std::string state;  // the opaque blob the predecessor attached
+};
+
+class Upgrader {
+public:
+    // Reads LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, NOTIFY_SOCKET, KTRICKS_HANDOFF_FD and
+    // KTRICKS_HANDOFF_INHERIT_FD and removes them from the environment (our own children must not
+    // believe they were meant). Outside serve, there is nothing inherited and every call still works.
+    static Upgrader from_environment();
+
+    Upgrader(Upgrader&&) noexcept;
+    Upgrader& operator=(Upgrader&&) noexcept;
+    ~Upgrader();
+
+    // The inherited listener bound to `address`, or a freshly bound one (close-on-exec).
+    Fd listener(const SocketAddress& address);
+    // Readable when a predecessor connection arrives (or its end closed); -1 if there is none.
+    int inherit_fd() const noexcept;
+    // The next handed-over connection; nullopt when none is waiting (non-blocking) or the
+    // predecessor is done (then inherit_fd() is closed and returns -1).
+    std::optional<Connection> receive_connection();
+    // Tells serve we are ready (READY=1 on NOTIFY_SOCKET). Idempotent.
+    void ready();
+    // Readable when serve asks us to hand over; -1 outside `serve --handoff`.
+    int upgrade_fd() const noexcept;
+    // Reads the request if there is one. True: stop accepting and hand everything over.
+    bool upgrade_requested();
+    // Sends one connection (ours is closed afterwards) with its state (at most 64 KiB).
+    void hand_over(Fd connection, std::string_view state);
+    // Tells the successor nothing more is coming.
+    void finish();
+
+private:
+    struct State;
+    explicit Upgrader(std::unique_ptr<State> state);
+    std::unique_ptr<State> state_;
+};
+
+}  // namespace ktricks::handoff

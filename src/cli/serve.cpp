@@ -1,0 +1,236 @@
+// ktricks serve / reload / takeover: argument parsing for socket handoff (library: ktricks/handoff.hpp).
+#include <signal.h>
+#include <string.h>
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <memory>
+
+#include "cli/common.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/socket_address.hpp"
+#include "ktricks/handoff.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+using handoff::milliseconds;
+
+// "TERM", "SIGTERM", "term" or "15".
+int parse_signal(std::string_view flag, const std::string& text) {
+    int number = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (error == std::errc() && end == text.data() + text.size() && number > 0 && number < 65) return number;
+    std::string name;
+    for (char c : text) name += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    if (name.starts_with("SIG")) name.erase(0, 3);
+    for (int sig = 1; sig < 32; ++sig)
+        if (const char* abbrev = ::sigabbrev_np(sig); abbrev && name == abbrev) return sig;
+    throw InputError(fmt::format("{} {}: not a signal (use a name like TERM or a number)", flag, printable(text)));
+}
+
+// One stderr line per lifecycle event, for people; --json prints the events themselves.
+std::string describe(const nlohmann::ordered_json& e) {
+    auto field = [&](const char* key) -> std::string {
+        if (!e.contains(key)) return "";
+        const auto& value = e[key];
+        if (value.is_string()) return value.get<std::string>();
+        if (value.is_number_float()) return fmt::format("{:.1f}", value.get<double>());
+        return value.dump();
+    };
+    std::string who = e.contains("generation") ? fmt::format("generation {} (pid {})", field("generation"), field("pid")) : "";
+    std::string name = e["event"].get<std::string>();
+    if (name == "listening") return "listening on " + field("listeners");
+    if (name == "started") return fmt::format("{} started: {}", who, field("command"));
+    if (name == "ready") return fmt::format("{} ready after {} ms", who, field("ready_ms"));
+    if (name == "reload") return fmt::format("reload: starting generation {}", field("generation"));
+    if (name == "rollback") return fmt::format("reload failed, rolled back: {} {}", who, field("reason"));
+    if (name == "refused") return "reload refused: " + field("reason");
+    if (name == "draining") return fmt::format("{} draining ({}, up to {} ms)", who, field("how"), field("drain_timeout_ms"));
+    if (name == "drain-timeout") return fmt::format("{} still running after the drain timeout: {}", who, field("action"));
+    if (name == "drained") return fmt::format("{} drained: {} after {} ms", who, field("status"), field("drain_ms"));
+    if (name == "exited") return fmt::format("{} exited: {}", who, field("status"));
+    if (name == "status") return fmt::format("{} status: {}", who, field("status"));
+    if (name == "fdstore") return fmt::format("{} stored {} fd(s) named {}", who, field("count"), field("name"));
+    if (name == "stopping") return who.empty() ? "stopping: every generation gets the drain signal" : who + " is stopping (STOPPING=1)";
+    if (name == "adopted") return fmt::format("took fd {} ({}) from pid {}", field("fd"), field("address"), field("pid"));
+    if (name == "retired" || name == "retired-with-loss")
+        return fmt::format("pid {} retired with SIG{} after {} ms ({} check(s)); connections lost: {}{}", field("pid"),
+                           field("signal"), field("ms"), field("attempts"), field("lost_connections"),
+                           e.contains("lost") ? " " + field("lost") : "");
+    if (name == "zerg") return fmt::format("zerg pid {} attached to {} listener(s)", field("pid"), field("listeners"));
+    std::string rest;
+    for (auto it = e.begin(); it != e.end(); ++it)
+        if (it.key() != "ts" && it.key() != "source" && it.key() != "event") rest += fmt::format(" {}={}", it.key(), it.value().dump());
+    return name + rest;
+}
+
+struct ServeCli {
+    std::vector<std::string> listen;
+    std::vector<std::string> command;
+    std::string ready = "notify";
+    std::string ready_timeout = "30";
+    std::string drain_signal = "TERM";
+    std::string drain_timeout = "30";
+    std::string control;
+    std::string protocol = "systemd";
+    std::string zerg;
+    bool handoff = false;
+    bool json = false;
+};
+
+handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source) {
+    handoff::ServeOptions options;
+    options.command = cli.command;
+    for (const auto& text : cli.listen) options.listen.push_back(handoff::ListenSpec::parse(text));
+    options.ready = handoff::ReadyCheck::parse(cli.ready);
+    options.ready_timeout = milliseconds(parse_seconds_ms("--ready-timeout", cli.ready_timeout));
+    options.drain_signal = parse_signal("--drain-signal", cli.drain_signal);
+    options.drain_timeout = milliseconds(parse_seconds_ms("--drain-timeout", cli.drain_timeout));
+    if (!cli.control.empty()) options.control_path = cli.control;
+    if (!cli.zerg.empty()) options.zerg_path = cli.zerg;
+    options.protocol = handoff::parse_protocol(cli.protocol);
+    options.handoff = cli.handoff;
+    bool json = cli.json;
+    std::string prefix = fmt::format("ktricks {}", source);
+    options.on_event = [json, prefix](const Event& event) {
+        if (json) {
+            fmt::print("{}", event.to_line());
+            std::fflush(stdout);
+        } else {
+            fmt::print(stderr, "{}: {}\n", prefix, describe(event.json()));
+        }
+    };
+    return options;
+}
+
+void add_serve_options(CLI::App* sub, ServeCli& cli) {
+    sub->add_option("--ready", cli.ready,
+                    "When a generation is ready: notify (READY=1 on NOTIFY_SOCKET), tcp, exec:CMD, delay:MS")
+        ->capture_default_str();
+    sub->add_option("--ready-timeout", cli.ready_timeout, "Seconds a new generation gets to become ready")->capture_default_str();
+    sub->add_option("--drain-signal", cli.drain_signal, "Signal telling an old generation to finish and exit")->capture_default_str();
+    sub->add_option("--drain-timeout", cli.drain_timeout, "Seconds before a draining generation is killed")->capture_default_str();
+    sub->add_option("--control", cli.control, "Unix socket (path, or @abstract) for `ktricks reload --control`");
+    sub->add_option("--protocol", cli.protocol, "How CMD learns its fds: systemd, nginx, einhorn, gunicorn")->capture_default_str();
+    sub->add_option("--zerg", cli.zerg, "Also hand the listeners to uWSGI instances started with --zerg PATH");
+    sub->add_flag("--handoff", cli.handoff, "Give CMD KTRICKS_HANDOFF_FD to move live connections (see Upgrader)");
+    sub->add_flag("--json", cli.json, "Print lifecycle events as JSON lines on stdout");
+    sub->add_option("command", cli.command, "The server to run")->required();
+}
+
+int run_serve(const ServeCli& cli) {
+    if (cli.listen.empty()) throw InputError("give at least one --listen [NAME=]ADDR");
+    try {
+        return handoff::serve(serve_options(cli, "serve")).shell_status();
+    } catch (const handoff::GenerationFailed& error) {
+        fmt::print(stderr, "ktricks serve: {}\n", error.what());
+        return exit_code::unavailable;
+    }
+}
+
+struct ReloadCli {
+    std::string control;
+    double timeout_seconds = 60;
+    bool status = false;
+    bool json = false;
+};
+
+int run_reload(const ReloadCli& cli) {
+    auto timeout = milliseconds(static_cast<long long>(cli.timeout_seconds * 1000));
+    if (cli.status) {
+        fmt::print("{}\n", handoff::request_status(cli.control, timeout));
+        return 0;
+    }
+    auto result = handoff::request_reload(cli.control, timeout);
+    if (cli.json) {
+        Event event("reload", result.ok ? "ready" : "failed");
+        event.set("generation", result.generation).set("pid", result.pid);
+        if (result.ok) event.set("ready_ms", result.ready_ms);
+        else event.set("error", result.message);
+        fmt::print("{}", event.to_line());
+    } else if (result.ok) {
+        fmt::print("generation {} (pid {}) ready after {:.1f} ms\n", result.generation, result.pid, result.ready_ms);
+    } else {
+        fmt::print(stderr, "ktricks reload: {}\n", result.message);
+    }
+    return result.ok ? 0 : exit_code::temp_fail;
+}
+
+struct TakeoverCli {
+    ServeCli serve;
+    int pid = 0;
+    std::vector<int> fds;
+    std::string signal = "TERM";
+};
+
+int run_takeover(const TakeoverCli& cli) {
+    handoff::TakeoverOptions options;
+    options.pid = cli.pid;
+    options.fds = cli.fds;
+    for (const auto& text : cli.serve.listen) options.listen.push_back(SocketAddress::parse(text));
+    options.signal = parse_signal("--signal", cli.signal);
+    ServeCli serve = cli.serve;
+    serve.listen.clear();  // the listeners come from the target, not from bind
+    options.serve = serve_options(serve, "takeover");
+    try {
+        return handoff::takeover(std::move(options)).shell_status();
+    } catch (const handoff::GenerationFailed& error) {
+        fmt::print(stderr, "ktricks takeover: {} (pid {} was left serving)\n", error.what(), cli.pid);
+        return exit_code::unavailable;
+    }
+}
+
+}  // namespace
+
+Subcommand add_serve(CLI::App& app) {
+    auto cli = std::make_shared<ServeCli>();
+    auto* sub = app.add_subcommand("serve", "Run a server on sockets it inherits, and replace it without dropping a connection");
+    // One value per occurrence: a vector option would otherwise swallow the "--" before CMD.
+    sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
+        ->allow_extra_args(false);
+    add_serve_options(sub, *cli);
+    sub->footer(
+        "CMD gets the listeners as fds 3.. with LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES and NOTIFY_SOCKET, exactly as\n"
+        "systemd socket activation gives them. SIGHUP (or `ktricks reload --control PATH`) starts a new generation; once\n"
+        "it is ready the old one gets the drain signal. If the new one fails, the old one keeps serving.\n"
+        "Examples:\n"
+        "  ktricks serve --listen tcp://0.0.0.0:8080 --control /run/web.ctl -- /usr/bin/my-sd-server\n"
+        "  ktricks serve --listen web=tcp://:8080 --ready=tcp -- python3 app.py\n"
+        "  ktricks serve --listen tcp://:8000 --protocol gunicorn --ready=delay:1000 -- gunicorn app:app");
+    return {sub, [cli] { return run_serve(*cli); }};
+}
+
+Subcommand add_takeover(CLI::App& app) {
+    auto cli = std::make_shared<TakeoverCli>();
+    auto* sub = app.add_subcommand("takeover", "Adopt the listening sockets of a running server (pidfd_getfd) and replace it");
+    sub->add_option("--pid", cli->pid, "The running server")->required();
+    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)")->allow_extra_args(false);
+    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)")->allow_extra_args(false);
+    sub->add_option("--signal", cli->signal, "Signal that ends the old server once it holds no accepted connection")
+        ->capture_default_str();
+    add_serve_options(sub, cli->serve);
+    sub->footer(
+        "Without --listen/--fd every listening socket of PID is taken. CMD starts with them as LISTEN_FDS; once it is\n"
+        "ready the old server is stopped (SIGSTOP), checked through /proc for connections it accepted and has not\n"
+        "answered (let run briefly and checked again until --drain-timeout), then sent --signal. takeover then stays\n"
+        "on as `ktricks serve` for the adopted sockets: SIGHUP and --control reloads work.\n"
+        "Example:\n"
+        "  ktricks takeover --pid $(pgrep -f 'http.server 8000') --control /tmp/web.ctl -- python3 my_server.py");
+    return {sub, [cli] { return run_takeover(*cli); }};
+}
+
+Subcommand add_reload(CLI::App& app) {
+    auto cli = std::make_shared<ReloadCli>();
+    auto* sub = app.add_subcommand("reload", "Ask a running `ktricks serve --control PATH` to reload, and wait for the outcome");
+    sub->add_option("--control", cli->control, "serve's control socket")->required();
+    sub->add_option("--timeout", cli->timeout_seconds, "Seconds to wait for the new generation")->capture_default_str();
+    sub->add_flag("--status", cli->status, "Print serve's state as JSON instead of reloading");
+    sub->add_flag("--json", cli->json, "Print the outcome as a JSON line");
+    sub->footer("Exit status: 0 when the new generation is ready; 75 if the reload was refused or rolled back.");
+    return {sub, [cli] { return run_reload(*cli); }};
+}
+
+}  // namespace ktricks::cli

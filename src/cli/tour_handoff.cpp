@@ -1,0 +1,217 @@
+// Tour stop "handoff": a Python server under `ktricks serve`, driven by a steady client while it is
+// reloaded five times; then a plain `python3 -m http.server` taken over under the same load. Every
+// request is counted: failed, refused and reset must all be zero.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "cli/tour.hpp"
+#include "ktricks/core/child.hpp"
+#include "ktricks/core/socket_address.hpp"
+#include "ktricks/handoff.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+const char* const python = "/usr/bin/python3";
+
+// A socket-activated server in a dozen lines: adopts fd 3, says READY=1 on NOTIFY_SOCKET, and on
+// SIGTERM finishes what it accepted (its handler threads are joined) before exiting.
+constexpr const char* fd3_server = R"(import http.server, os, signal, socket, socketserver, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"generation {os.environ['KTRICKS_SERVE_GENERATION']}\n".encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer): block_on_close = True
+s = S(("", 0), H, bind_and_activate=False); s.socket.close(); s.socket = socket.socket(fileno=3)
+s.socket.setblocking(False)
+signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=s.shutdown).start())
+n = os.environ["NOTIFY_SOCKET"]; n = "\0" + n[1:] if n[0] == "@" else n
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", n)
+s.serve_forever(poll_interval=0.05); s.server_close()
+)";
+
+struct Counts {
+    std::atomic<long> ok = 0, failed = 0, refused = 0, reset = 0;
+};
+
+// One request per connection, every 2 ms, from two threads: an HTTP client as plain as they come.
+class Client {
+public:
+    Client(std::uint16_t port, Counts& counts) {
+        for (int i = 0; i < 2; ++i) threads_.emplace_back([this, port, &counts] {
+            while (!stop_) {
+                one(port, counts);
+                std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            }
+        });
+    }
+    ~Client() { stop_ = true; }
+
+private:
+    void one(std::uint16_t port, Counts& counts) {
+        Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        timeval timeout{5, 0};
+        ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_port = htons(port);
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::connect(s.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) {
+            ++(errno == ECONNREFUSED ? counts.refused : counts.failed);
+            return;
+        }
+        static constexpr std::string_view request = "GET /hello.txt HTTP/1.0\r\n\r\n";
+        if (::send(s.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+            ++counts.reset;
+            return;
+        }
+        std::string response;
+        char buffer[1024];
+        ssize_t got;
+        while ((got = ::recv(s.get(), buffer, sizeof(buffer), 0)) > 0) response.append(buffer, static_cast<std::size_t>(got));
+        if (got < 0) ++(errno == ECONNRESET ? counts.reset : counts.failed);
+        else if (response.starts_with("HTTP/1.0 200")) ++counts.ok;
+        else ++counts.failed;
+    }
+    std::atomic<bool> stop_ = false;
+    std::vector<std::jthread> threads_;
+};
+
+std::uint16_t free_port() {
+    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    return SocketAddress::of_socket(probe.get()).port();
+}
+
+bool answers(std::uint16_t port) {
+    Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return ::connect(s.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+}
+
+bool wait_for(const std::function<bool()>& condition, std::chrono::seconds limit) {
+    auto deadline = Clock::now() + limit;
+    while (Clock::now() < deadline) {
+        if (condition()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+Child start(std::vector<std::string> argv, const std::string& cwd) {
+    SpawnOptions spawn;
+    spawn.argv = std::move(argv);
+    spawn.working_directory = cwd;
+    Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    spawn.stdin_fd = spawn.stdout_fd = spawn.stderr_fd = null.get();
+    spawn.new_process_group = true;
+    spawn.parent_death_signal = SIGKILL;
+    return Child::spawn(spawn);
+}
+
+void report(TourLog& log, const Counts& counts, const std::string& what) {
+    log.measured(fmt::format("{}: requests ok / failed / refused / reset", what),
+                 fmt::format("{} / {} / {} / {}", counts.ok.load(), counts.failed.load(), counts.refused.load(),
+                             counts.reset.load()));
+    if (counts.failed || counts.refused || counts.reset) log.failed(what + " lost requests");
+    if (counts.ok == 0) log.failed(what + ": no request succeeded");
+}
+
+void run_stop(TourLog& log) {
+    auto dir = std::filesystem::temp_directory_path() / fmt::format("ktricks-tour-handoff-{}", ::getpid());
+    std::filesystem::create_directories(dir);
+    struct Cleanup {
+        std::filesystem::path dir;
+        ~Cleanup() {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir, ignored);
+        }
+    } cleanup{dir};
+    std::ofstream(dir / "server.py") << fd3_server;
+    std::ofstream(dir / "hello.txt") << "hello\n";
+    std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::string script = (dir / "server.py").string();
+
+    std::uint16_t port = free_port();
+    std::string control = (dir / "serve.ctl").string();
+    log.say(fmt::format("ktricks serve --listen tcp://127.0.0.1:{} --control {} -- python3 server.py", port, control));
+    Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control", control, "--",
+                         python, script},
+                        dir.string());
+    if (!wait_for([&] { return std::filesystem::exists(control) && answers(port); }, std::chrono::seconds(10)))
+        throw std::runtime_error("serve did not come up within 10 s");
+    std::vector<double> ready_ms;
+    {
+        Counts counts;
+        auto client = std::make_unique<Client>(port, counts);
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        for (int i = 0; i < 5; ++i) {
+            auto result = handoff::request_reload(control, std::chrono::seconds(20));
+            if (!result.ok) log.failed("reload: " + result.message);
+            ready_ms.push_back(result.ready_ms);
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        client.reset();
+        report(log, counts, "5 reloads under load");
+    }
+    log.measured("reload -> new generation ready (median, max)",
+                 fmt::format("{}, {}", format_ms(percentile(ready_ms, 0.5)), format_ms(percentile(ready_ms, 1.0))));
+    serve.signal(SIGTERM);
+    serve.wait(std::chrono::seconds(10));
+
+    port = free_port();
+    log.say(fmt::format("python3 -m http.server {} (knows nothing of ktricks), then ktricks takeover --pid ...", port));
+    Child plain = start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, dir.string());
+    if (!wait_for([&] { return answers(port); }, std::chrono::seconds(10)))
+        throw std::runtime_error("python3 -m http.server did not come up within 10 s");
+    {
+        Counts counts;
+        auto client = std::make_unique<Client>(port, counts);
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        auto started = Clock::now();
+        Child takeover = start({self, "takeover", "--pid", std::to_string(plain.pid()), "--drain-timeout", "5", "--", python,
+                                script},
+                               dir.string());
+        auto status = plain.wait(std::chrono::seconds(10));
+        double took = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        client.reset();
+        if (!status) log.failed("the old server was not retired within 10 s");
+        else log.measured("takeover: command start -> old server gone", format_ms(took));
+        report(log, counts, "takeover under load");
+        takeover.signal(SIGTERM);
+        takeover.wait(std::chrono::seconds(10));
+    }
+}
+
+}  // namespace
+
+TourStop handoff_tour_stop() {
+    return {"handoff", "replace a server without dropping a request: serve, reload, takeover",
+            [] {
+                if (::access(python, X_OK) != 0) return std::optional<std::string>("needs /usr/bin/python3");
+                return std::optional<std::string>();
+            },
+            run_stop};
+}
+
+}  // namespace ktricks::cli

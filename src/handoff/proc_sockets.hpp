@@ -1,0 +1,38 @@
+// The sockets of another process, as /proc shows them: /proc/PID/fd names each socket by inode,
+// and /proc/PID/net/{tcp,tcp6,udp,udp6,unix} (the tables of that process's network namespace)
+// give each inode its address and state. No netlink needed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ktricks::handoff::detail {
+
+struct ProcSocket {
+    enum class Kind { tcp, udp, unix_stream } kind = Kind::tcp;
+    unsigned long inode = 0;
+    std::string local;   // SocketAddress text: tcp://127.0.0.1:8080, unix:/run/x.sock, unix:@name
+    std::string remote;  // for connections, else empty
+    int state = 0;       // tcp: 0x0A listen, 0x01 established ...; unix: 1 unconnected, 3 connected
+    bool listening = false;
+};
+
+// One table of /proc/net in its own format; bad lines are skipped.
+std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::Kind kind, bool ipv6);
+std::vector<ProcSocket> parse_proc_net_unix(std::string_view table);
+
+// inode -> fd number for every socket in /proc/PID/fd.
+std::map<unsigned long, int> socket_inodes(pid_t pid);
+// Every socket of the network namespace `pid` lives in.
+std::vector<ProcSocket> proc_sockets(pid_t pid);
+
+// Whether a connection's local address belongs to a listener's (a wildcard listener matches any
+// local address with its port).
+bool belongs_to(const ProcSocket& connection, const ProcSocket& listener);
+
+}  // namespace ktricks::handoff::detail

@@ -1,0 +1,668 @@
+// The serve() state machine.
+//
+// Generations: at most one `pending` (started, not yet ready), one `current` (serving) and any
+// number `draining` (told to stop, given drain_timeout). A reload makes a pending generation; when
+// it is ready it becomes current and the old current drains. If it exits or times out first, it is
+// killed and the current one never noticed (rollback).
+//
+// Invariant: serve holds its own descriptor for every listener for its whole life, so the
+// listening socket (one open file description shared by every generation) and its accept queue
+// outlive any generation. A connection queued while the old generation exits is accepted by the
+// new one; nothing is reset.
+//
+// Each generation is started in its own process group (so a whole generation, workers included,
+// can be killed), with PR_SET_PDEATHSIG=SIGKILL (nothing outlives its supervisor), its own
+// NOTIFY_SOCKET (an autobound abstract datagram socket, so a message always names its generation
+// whatever process inside it sent it).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <list>
+#include <map>
+#include <memory>
+#include <span>
+
+#include "handoff/protocol.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/proc.hpp"
+#include "ktricks/core/scm_rights.hpp"
+
+namespace ktricks::handoff {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::size_t max_stored_fds = 512;
+constexpr std::size_t max_control_clients = 64;
+
+double ms_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+std::string describe_status(const ExitStatus& status) { return status.to_string(); }
+
+struct StoredFd {
+    std::string name;
+    Fd fd;
+};
+
+struct Generation {
+    unsigned number = 0;
+    std::optional<Child> child;
+    pid_t pid = 0;
+    Fd notify;
+    Fd channel;        // serve's end of the handoff channel (with --handoff)
+    Fd successor_end;  // the socket on which connections reach this generation from its predecessor
+    bool handoff_capable = false;
+    bool drain_sent = false;
+    Clock::time_point started, retired;
+    EventLoop::SourceId exit_source = 0, notify_source = 0, channel_source = 0;
+    std::vector<EventLoop::SourceId> sources;  // readiness checks and timers
+    std::optional<Child> health;               // a running exec: readiness check
+};
+
+struct ControlClient {
+    Fd fd;
+    std::string input;
+    EventLoop::SourceId source = 0;
+};
+
+// A unix socket address from a --control / --zerg argument: "@name" is abstract, anything else a path.
+SocketAddress control_address(const std::string& path) {
+    if (path.starts_with("@")) return SocketAddress::unix_abstract(path.substr(1));
+    return SocketAddress::unix_path(path);
+}
+
+// Binds a unix stream socket at `path`. A socket file left by a dead serve (nobody accepts on it)
+// is replaced; a live one is an error.
+Fd bind_control_socket(const std::string& path, const char* flag) {
+    auto address = control_address(path);
+    if (!path.starts_with("@")) {
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0) {
+            if (!S_ISSOCK(st.st_mode))
+                throw InputError(fmt::format("{} {}: exists and is not a socket", flag, printable(path)));
+            Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            if (::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0)
+                throw_error(EADDRINUSE, "bind", fmt::format("{} (another serve answers on it)", printable(path)));
+            ::unlink(path.c_str());
+        }
+    }
+    Fd fd = bind_socket(address, BindOptions{.backlog = 64});
+    if (!path.starts_with("@")) ::chmod(path.c_str(), 0600);
+    set_nonblocking(fd.get());
+    return fd;
+}
+
+bool peer_allowed(int fd) {
+    ucred cred{};
+    socklen_t length = sizeof(cred);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0) return false;
+    return cred.uid == 0 || cred.uid == ::geteuid();
+}
+
+class Supervisor {
+public:
+    explicit Supervisor(ServeOptions options) : o_(std::move(options)) {}
+    ~Supervisor() {
+        for (auto& [fd, client] : clients_) loop_.remove(client->source);
+        for (const auto& path : unlink_at_exit_) ::unlink(path.c_str());
+    }
+
+    ExitStatus run();
+
+private:
+    void emit(Event event) {
+        if (o_.on_event) o_.on_event(event);
+    }
+    Event event(std::string_view name, const Generation* g = nullptr) {
+        Event e("serve", name);
+        if (g) e.set("generation", g->number).set("pid", g->pid);
+        return e;
+    }
+
+    void bind_listeners();
+    std::unique_ptr<Generation> start_generation();
+    void watch_readiness(Generation& g);
+    void on_notify(Generation& g);
+    void on_channel(Generation& g);
+    void on_exit(Generation& g);
+    void become_ready(Generation& g);
+    void fail_pending(const std::string& reason);
+    void retire(Generation& g);
+    void forget(Generation& g);
+    std::optional<std::string> reload();
+    void begin_stop();
+    void maybe_finish();
+    void kill_group(Generation& g, int signal_number);
+    void answer_waiters(const ReloadResult& result);
+    void on_control_accept();
+    void on_control_input(int fd);
+    void close_client(int fd);
+    void on_zerg_accept();
+    std::string status_json() const;
+
+    ServeOptions o_;
+    EventLoop loop_;
+    std::vector<Listener> listeners_;
+    std::vector<StoredFd> fdstore_;
+    std::unique_ptr<Generation> pending_, current_;
+    std::list<std::unique_ptr<Generation>> draining_;
+    unsigned next_number_ = 1;
+    Clock::time_point reload_started_;
+    bool stopping_ = false, first_ready_done_ = false;
+    std::optional<ExitStatus> result_, last_exit_;
+    std::optional<std::string> fatal_;
+    Fd control_, zerg_;
+    std::map<int, std::unique_ptr<ControlClient>> clients_;
+    std::vector<int> reload_waiters_;
+    std::vector<std::string> unlink_at_exit_;
+};
+
+void Supervisor::bind_listeners() {
+    listeners_ = std::move(o_.adopted);
+    for (const auto& spec : o_.listen) listeners_.push_back({spec.name, bind_socket(spec.address)});
+    if (listeners_.empty()) throw InputError("nothing to listen on: give at least one --listen ADDR");
+    Event e = event("listening");
+    std::vector<std::string> described;
+    for (const auto& listener : listeners_) described.push_back(listener.describe());
+    e.set("listeners", described);
+    emit(std::move(e));
+}
+
+std::unique_ptr<Generation> Supervisor::start_generation() {
+    auto g = std::make_unique<Generation>();
+    g->number = next_number_++;
+
+    g->notify = Fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!g->notify) throw_errno("socket(AF_UNIX, SOCK_DGRAM)", "NOTIFY_SOCKET");
+    // Binding with only the family asks the kernel for a fresh abstract name (autobind): no file to
+    // clean up, no name to collide with.
+    sockaddr_un autobind{};
+    autobind.sun_family = AF_UNIX;
+    if (::bind(g->notify.get(), reinterpret_cast<sockaddr*>(&autobind), sizeof(sa_family_t)) < 0)
+        throw_errno("bind", "NOTIFY_SOCKET (autobind)");
+    std::string notify_name = SocketAddress::of_socket(g->notify.get()).to_string().substr(5);  // "@xxxxx"
+
+    SpawnOptions spawn;
+    spawn.argv = o_.command;
+    std::vector<std::string> names;
+    for (const auto& listener : listeners_) {
+        spawn.pass_fds.push_back(listener.fd.get());
+        names.push_back(listener.name);
+    }
+    for (const auto& stored : fdstore_) {
+        spawn.pass_fds.push_back(stored.fd.get());
+        names.push_back(stored.name);
+    }
+    const int announced = static_cast<int>(spawn.pass_fds.size());
+    Fd child_channel, child_inherit;
+    if (o_.handoff) {
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "handoff channel");
+        g->channel = Fd(pair[0]);
+        child_channel = Fd(pair[1]);
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "handoff inherit");
+        g->successor_end = Fd(pair[0]);
+        child_inherit = Fd(pair[1]);
+        spawn.pass_fds.push_back(child_channel.get());
+        spawn.pass_fds.push_back(child_inherit.get());
+        spawn.set_env.push_back(fmt::format("KTRICKS_HANDOFF_FD={}", 3 + announced));
+        spawn.set_env.push_back(fmt::format("KTRICKS_HANDOFF_INHERIT_FD={}", 3 + announced + 1));
+    } else {
+        spawn.unset_env = {"KTRICKS_HANDOFF_FD", "KTRICKS_HANDOFF_INHERIT_FD"};
+    }
+    spawn.listen_fds_env = o_.protocol == Protocol::systemd;
+    spawn.listen_fds_count = announced;
+    if (o_.protocol != Protocol::systemd)
+        for (const char* key : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) spawn.unset_env.emplace_back(key);
+    for (auto& entry : protocol_environment(o_.protocol, names)) spawn.set_env.push_back(std::move(entry));
+    spawn.set_env.push_back("NOTIFY_SOCKET=" + notify_name);
+    spawn.set_env.push_back(fmt::format("KTRICKS_SERVE_GENERATION={}", g->number));
+    spawn.new_process_group = true;
+    spawn.parent_death_signal = SIGKILL;
+    if (o_.customize_spawn) o_.customize_spawn(spawn);
+
+    g->started = Clock::now();
+    g->child.emplace(Child::spawn(spawn));
+    g->pid = g->child->pid();
+
+    Generation* raw = g.get();
+    g->exit_source = loop_.add_child(g->child->pidfd(), [this, raw] { on_exit(*raw); });
+    g->notify_source = loop_.add_fd(g->notify.get(), EPOLLIN, [this, raw](std::uint32_t) { on_notify(*raw); });
+    if (g->channel)
+        g->channel_source = loop_.add_fd(g->channel.get(), EPOLLIN, [this, raw](std::uint32_t) { on_channel(*raw); });
+    Event e = event("started", raw);
+    e.set("command", shell_join(o_.command));
+    emit(std::move(e));
+    return g;
+}
+
+void Supervisor::watch_readiness(Generation& g) {
+    Generation* raw = &g;
+    g.sources.push_back(loop_.add_timer(o_.ready_timeout, [this] {
+        fail_pending(fmt::format("not ready within {} ms (--ready-timeout)", o_.ready_timeout.count()));
+    }));
+    switch (o_.ready.kind) {
+        case ReadyCheck::Kind::notify: break;
+        case ReadyCheck::Kind::delay:
+            g.sources.push_back(loop_.add_timer(o_.ready.delay, [this, raw] { become_ready(*raw); }));
+            break;
+        case ReadyCheck::Kind::tcp: {
+            // Weak: the listener is shared, so the kernel completes the handshake whoever will
+            // accept; this only shows that the socket exists and is not full.
+            auto address = SocketAddress::of_socket(listeners_.front().fd.get());
+            g.sources.push_back(loop_.add_timer(
+                std::chrono::milliseconds(20),
+                [this, raw, address] {
+                    Fd probe(::socket(address.family(), address.socket_type() | SOCK_CLOEXEC, 0));
+                    if (probe && ::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0) become_ready(*raw);
+                },
+                std::chrono::milliseconds(50)));
+            break;
+        }
+        case ReadyCheck::Kind::exec:
+            g.sources.push_back(loop_.add_timer(
+                std::chrono::milliseconds(1),
+                [this, raw] {
+                    if (raw->health) return;  // the last check is still running
+                    SpawnOptions check;
+                    check.argv = {"/bin/sh", "-c", o_.ready.command};
+                    check.set_env.push_back(fmt::format("KTRICKS_SERVE_PID={}", raw->pid));
+                    check.parent_death_signal = SIGKILL;
+                    raw->health.emplace(Child::spawn(check));
+                    raw->sources.push_back(loop_.add_child(raw->health->pidfd(), [this, raw] {
+                        auto status = raw->health->wait();
+                        raw->health.reset();
+                        if (status && !status->signaled && status->code == 0) become_ready(*raw);
+                    }));
+                },
+                std::chrono::milliseconds(100)));
+            break;
+    }
+}
+
+void Supervisor::on_notify(Generation& g) {
+    while (true) {
+        std::array<std::byte, 4096> buffer;
+        ReceivedMessage message;
+        try {
+            message = recv_fds(g.notify.get(), buffer, max_fds_per_message);
+        } catch (const std::system_error& error) {
+            if (error.code().value() == EAGAIN || error.code().value() == EWOULDBLOCK) return;
+            // One bad datagram (too many fds) is logged and dropped; the generation goes on.
+            Event e = event("notify-error", &g);
+            e.set("error", error.what());
+            emit(std::move(e));
+            continue;
+        }
+        auto parsed = detail::parse_notify({reinterpret_cast<const char*>(buffer.data()), message.size});
+        if (parsed.status) {
+            Event e = event("status", &g);
+            e.set("status", *parsed.status);
+            emit(std::move(e));
+        }
+        if (parsed.fdstore_remove && parsed.fdname)
+            std::erase_if(fdstore_, [&](const StoredFd& s) { return s.name == *parsed.fdname; });
+        if (parsed.fdstore && !message.fds.empty()) {
+            std::string name = parsed.fdname.value_or("stored");
+            std::size_t kept = 0;
+            for (auto& fd : message.fds)
+                if (fdstore_.size() < max_stored_fds) {
+                    fdstore_.push_back({name, std::move(fd)});
+                    ++kept;
+                }
+            Event e = event("fdstore", &g);
+            e.set("name", name).set("count", kept).set("dropped", message.fds.size() - kept);
+            emit(std::move(e));
+        }
+        if (parsed.stopping) emit(event("stopping", &g));
+        if (parsed.ready && &g == pending_.get() && o_.ready.kind == ReadyCheck::Kind::notify) {
+            become_ready(g);
+            return;  // g may be retired below us only on a later event; keep this one simple
+        }
+    }
+}
+
+void Supervisor::on_channel(Generation& g) {
+    char buffer[64];
+    ssize_t got = ::recv(g.channel.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (got > 0 && std::string_view(buffer, static_cast<std::size_t>(got)) == detail::hello_message) {
+        g.handoff_capable = true;
+        return;
+    }
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) {
+        loop_.remove(std::exchange(g.channel_source, 0));  // closed by the generation: stop watching
+        g.handoff_capable = false;
+    }
+}
+
+void Supervisor::forget(Generation& g) {
+    for (auto id : {g.exit_source, g.notify_source, g.channel_source}) loop_.remove(id);
+    for (auto id : g.sources) loop_.remove(id);
+    g.sources.clear();
+}
+
+void Supervisor::kill_group(Generation& g, int signal_number) {
+    if (!g.child || !g.child->running()) return;
+    if (::kill(-g.pid, signal_number) < 0) g.child->signal(signal_number);
+}
+
+void Supervisor::become_ready(Generation& g) {
+    if (&g != pending_.get()) return;
+    // Readiness timers and checks go; the exit watcher and the notify socket stay.
+    for (auto id : g.sources) loop_.remove(id);
+    g.sources.clear();
+    g.health.reset();
+
+    double ready_ms = ms_since(g.number == 1 ? g.started : reload_started_);
+    Event e = event("ready", &g);
+    e.set("ready_ms", ready_ms);
+    emit(std::move(e));
+
+    std::unique_ptr<Generation> old = std::move(current_);
+    current_ = std::move(pending_);
+    if (old) {
+        if (old->handoff_capable && current_->successor_end) {
+            std::array<int, 1> fds{current_->successor_end.get()};
+            try {
+                send_fds(old->channel.get(), std::as_bytes(std::span(detail::upgrade_message)), fds);
+            } catch (const std::exception&) {
+                old->handoff_capable = false;  // it closed its channel: fall back to the drain signal
+            }
+        }
+        retire(*old);
+        draining_.push_back(std::move(old));
+    }
+    current_->successor_end.reset();  // connections reach it only from the predecessor it was given to
+    answer_waiters({true, "", current_->number, current_->pid, ready_ms});
+    if (!first_ready_done_) {
+        first_ready_done_ = true;
+        if (o_.on_first_ready) o_.on_first_ready(current_->pid);
+    }
+}
+
+void Supervisor::retire(Generation& g) {
+    g.retired = Clock::now();
+    Event e = event("draining", &g);
+    if (g.handoff_capable) {
+        e.set("how", "handoff");
+    } else {
+        e.set("how", fmt::format("signal {}", sigabbrev_np(o_.drain_signal) ? sigabbrev_np(o_.drain_signal) : "?"));
+        if (g.child->signal(o_.drain_signal)) g.drain_sent = true;
+    }
+    e.set("drain_timeout_ms", o_.drain_timeout.count());
+    emit(std::move(e));
+    Generation* raw = &g;
+    g.sources.push_back(loop_.add_timer(o_.drain_timeout, [this, raw] {
+        Event killed = event("drain-timeout", raw);
+        killed.set("action", "SIGKILL to its process group");
+        emit(std::move(killed));
+        kill_group(*raw, SIGKILL);
+    }));
+}
+
+void Supervisor::fail_pending(const std::string& reason) {
+    std::unique_ptr<Generation> g = std::move(pending_);
+    if (!g) return;
+    forget(*g);
+    kill_group(*g, SIGKILL);
+    Event e = event("rollback", g.get());
+    e.set("reason", reason);
+    if (current_) e.set("serving", current_->number);
+    emit(std::move(e));
+    answer_waiters({false, fmt::format("generation {} (pid {}) {}; {}", g->number, g->pid, reason,
+                                       current_ ? fmt::format("generation {} (pid {}) keeps serving", current_->number,
+                                                              current_->pid)
+                                                : std::string("nothing is serving")),
+                    current_ ? current_->number : 0, current_ ? current_->pid : 0, 0});
+    if (!current_) {
+        if (!result_) result_ = last_exit_;
+        if (g->number == 1)
+            fatal_ = fmt::format("{}: {} before it was ready", shell_join(o_.command), reason);
+        begin_stop();
+    }
+    g.reset();  // Child's destructor reaps the killed process
+    maybe_finish();
+}
+
+void Supervisor::on_exit(Generation& g) {
+    auto status = g.child->wait();
+    last_exit_ = status;
+    if (&g == pending_.get()) {
+        fail_pending(fmt::format("{} before it was ready", describe_status(*status)));
+        return;
+    }
+    forget(g);
+    if (&g == current_.get()) {
+        Event e = event("exited", &g);
+        e.set("status", describe_status(*status)).set("exit_status", status->shell_status());
+        emit(std::move(e));
+        current_.reset();
+        if (!stopping_ && !pending_) {
+            result_ = status;
+            begin_stop();
+        }
+    } else {
+        Event e = event("drained", &g);
+        e.set("status", describe_status(*status)).set("drain_ms", ms_since(g.retired));
+        emit(std::move(e));
+        draining_.remove_if([&](const std::unique_ptr<Generation>& d) { return d.get() == &g; });
+    }
+    maybe_finish();
+}
+
+std::optional<std::string> Supervisor::reload() {
+    if (stopping_) return std::string("serve is stopping");
+    if (pending_)
+        return fmt::format("a reload is already in progress: generation {} (pid {}) started {:.0f} ms ago and is not "
+                           "ready yet; try again once it is",
+                           pending_->number, pending_->pid, ms_since(pending_->started));
+    reload_started_ = Clock::now();
+    Event e("serve", "reload");
+    e.set("generation", next_number_);
+    emit(std::move(e));
+    try {
+        pending_ = start_generation();
+        watch_readiness(*pending_);
+    } catch (const std::exception& error) {
+        pending_.reset();
+        Event rollback("serve", "rollback");
+        rollback.set("reason", error.what());
+        emit(std::move(rollback));
+        return fmt::format("{}; {}", error.what(),
+                           current_ ? fmt::format("generation {} keeps serving", current_->number) : "nothing is serving");
+    }
+    return std::nullopt;
+}
+
+void Supervisor::begin_stop() {
+    if (stopping_) return;
+    stopping_ = true;
+    emit(Event("serve", "stopping"));
+    auto drain = [&](Generation& g) {
+        if (!g.drain_sent && g.child && g.child->signal(o_.drain_signal)) g.drain_sent = true;
+    };
+    if (pending_) drain(*pending_);
+    if (current_) drain(*current_);
+    for (auto& g : draining_) drain(*g);
+    loop_.add_timer(o_.drain_timeout, [this] {
+        if (pending_) kill_group(*pending_, SIGKILL);
+        if (current_) kill_group(*current_, SIGKILL);
+        for (auto& g : draining_) kill_group(*g, SIGKILL);
+    });
+    answer_waiters({false, "serve is stopping", 0, 0, 0});
+    maybe_finish();
+}
+
+void Supervisor::maybe_finish() {
+    if (!stopping_ && !pending_ && !current_) {
+        result_ = last_exit_;
+        begin_stop();
+        return;
+    }
+    if (stopping_ && !pending_ && !current_ && draining_.empty()) loop_.stop();
+}
+
+void Supervisor::answer_waiters(const ReloadResult& result) {
+    std::string answer = detail::reload_answer(result);
+    for (int fd : std::exchange(reload_waiters_, {})) {
+        if (!clients_.count(fd)) continue;
+        (void)::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        close_client(fd);
+    }
+}
+
+std::string Supervisor::status_json() const {
+    nlohmann::ordered_json status;
+    status["ok"] = true;
+    status["generation"] = current_ ? current_->number : 0;
+    status["pid"] = current_ ? current_->pid : 0;
+    status["reloading"] = pending_ != nullptr;
+    std::vector<pid_t> draining;
+    for (const auto& g : draining_) draining.push_back(g->pid);
+    status["draining"] = draining;
+    std::vector<std::string> listeners;
+    for (const auto& listener : listeners_) listeners.push_back(listener.describe());
+    status["listeners"] = listeners;
+    status["fdstore"] = fdstore_.size();
+    return status.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+}
+
+void Supervisor::close_client(int fd) {
+    auto it = clients_.find(fd);
+    if (it == clients_.end()) return;
+    loop_.remove(it->second->source);
+    clients_.erase(it);
+}
+
+void Supervisor::on_control_accept() {
+    while (true) {
+        Fd client(::accept4(control_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (!client) return;  // EAGAIN, or a client that vanished: nothing to do
+        if (!peer_allowed(client.get()) || clients_.size() >= max_control_clients) continue;
+        int fd = client.get();
+        auto entry = std::make_unique<ControlClient>();
+        entry->fd = std::move(client);
+        entry->source = loop_.add_fd(fd, EPOLLIN, [this, fd](std::uint32_t) { on_control_input(fd); });
+        clients_.emplace(fd, std::move(entry));
+    }
+}
+
+void Supervisor::on_control_input(int fd) {
+    auto& client = *clients_.at(fd);
+    char buffer[512];
+    ssize_t got = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (got <= 0) {
+        std::erase(reload_waiters_, fd);
+        close_client(fd);
+        return;
+    }
+    client.input.append(buffer, static_cast<std::size_t>(got));
+    auto newline = client.input.find('\n');
+    if (newline == std::string::npos) {
+        if (client.input.size() > 256) close_client(fd);
+        return;
+    }
+    auto reply = [&](const std::string& text) {
+        (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        close_client(fd);
+    };
+    try {
+        switch (detail::parse_control_request(std::string_view(client.input).substr(0, newline))) {
+            case detail::ControlRequest::status: reply(status_json()); return;
+            case detail::ControlRequest::reload:
+                if (auto refused = reload()) {
+                    Event e("serve", "refused");
+                    e.set("reason", *refused);
+                    emit(std::move(e));
+                    reply(detail::reload_answer({false, *refused, current_ ? current_->number : 0,
+                                                 current_ ? current_->pid : 0, 0}));
+                    return;
+                }
+                reload_waiters_.push_back(fd);
+                return;
+        }
+    } catch (const InputError& error) {
+        nlohmann::json answer{{"ok", false}, {"error", error.what()}};
+        reply(answer.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    }
+}
+
+void Supervisor::on_zerg_accept() {
+    while (true) {
+        Fd client(::accept4(zerg_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!client) return;
+        if (!peer_allowed(client.get())) continue;
+        std::vector<int> fds;
+        for (const auto& listener : listeners_) fds.push_back(listener.fd.get());
+        std::string greeting = detail::zerg_greeting(static_cast<int>(fds.size()));
+        try {
+            send_fds(client.get(), std::as_bytes(std::span(greeting)), fds);
+            ucred cred{};
+            socklen_t length = sizeof(cred);
+            ::getsockopt(client.get(), SOL_SOCKET, SO_PEERCRED, &cred, &length);
+            Event e("serve", "zerg");
+            e.set("pid", cred.pid).set("listeners", fds.size());
+            emit(std::move(e));
+        } catch (const std::exception& error) {
+            Event e("serve", "zerg-error");
+            e.set("error", error.what());
+            emit(std::move(e));
+        }
+    }
+}
+
+ExitStatus Supervisor::run() {
+    if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
+    bind_listeners();
+    if (o_.control_path) {
+        control_ = bind_control_socket(*o_.control_path, "--control");
+        if (!o_.control_path->starts_with("@")) unlink_at_exit_.push_back(*o_.control_path);
+        loop_.add_fd(control_.get(), EPOLLIN, [this](std::uint32_t) { on_control_accept(); });
+    }
+    if (o_.zerg_path) {
+        zerg_ = bind_control_socket(*o_.zerg_path, "--zerg");
+        if (!o_.zerg_path->starts_with("@")) unlink_at_exit_.push_back(*o_.zerg_path);
+        loop_.add_fd(zerg_.get(), EPOLLIN, [this](std::uint32_t) { on_zerg_accept(); });
+    }
+    loop_.add_signal(SIGHUP, [this](const signalfd_siginfo&) {
+        if (auto refused = reload()) {
+            Event e("serve", "refused");
+            e.set("reason", *refused);
+            emit(std::move(e));
+        }
+    });
+    loop_.add_signals({SIGTERM, SIGINT}, [this](const signalfd_siginfo&) {
+        result_ = ExitStatus{};
+        begin_stop();
+    });
+    reload_started_ = Clock::now();
+    pending_ = start_generation();
+    watch_readiness(*pending_);
+    loop_.run();
+    if (fatal_) throw GenerationFailed(*fatal_);
+    return result_.value_or(ExitStatus{});
+}
+
+}  // namespace
+
+ExitStatus serve(ServeOptions options) {
+    Supervisor supervisor(std::move(options));
+    return supervisor.run();
+}
+
+}  // namespace ktricks::handoff

@@ -1,0 +1,282 @@
+// takeover(): adopt the listeners of a process that never offered them, then retire it.
+//
+// pidfd_getfd(2) (Linux 5.6) duplicates a descriptor of another process into ours: the same open
+// file description, as if it had been passed over SCM_RIGHTS. It needs the permission of
+// PTRACE_MODE_ATTACH_REALCREDS: same uid and a dumpable target, or CAP_SYS_PTRACE; Yama's
+// ptrace_scope can narrow that further.
+//
+// Retiring a server that knows nothing of draining (python3 -m http.server dies on SIGTERM with
+// whatever it accepted) without losing a request: stop it (SIGSTOP), so it accepts nothing more
+// and its accept queue, shared with our new generation, is served by that one alone; look in its
+// /proc/PID/fd for connections to our listeners. None: it owes nobody an answer, so send the signal
+// while it is stopped (a fatal default-action signal kills a stopped process) and SIGCONT. Some: let
+// it run a moment (SIGCONT) to finish them and look again, until --drain-timeout, then signal it
+// anyway and report the connections it took with it.
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "handoff/proc_sockets.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/proc.hpp"
+#include "ktricks/handoff.hpp"
+
+namespace ktricks::handoff {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string read_all(const std::string& path) {
+    std::ifstream file(path);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
+
+// A "Key:\tvalue" line of /proc/PID/status.
+std::string status_field(pid_t pid, std::string_view key) {
+    std::istringstream status(read_all(pid ? fmt::format("/proc/{}/status", pid) : "/proc/self/status"));
+    for (std::string line; std::getline(status, line);)
+        if (line.starts_with(key) && line.size() > key.size() && line[key.size()] == ':') {
+            auto value = line.substr(key.size() + 1);
+            return value.substr(value.find_first_not_of(" \t") == std::string::npos ? 0 : value.find_first_not_of(" \t"));
+        }
+    return "";
+}
+
+bool have_cap_sys_ptrace() {
+    auto caps = status_field(0, "CapEff");
+    if (caps.empty()) return false;
+    unsigned long long bits = std::stoull(caps, nullptr, 16);
+    return bits & (1ULL << 19);  // CAP_SYS_PTRACE
+}
+
+std::optional<uid_t> process_uid(pid_t pid) {
+    auto uids = status_field(pid, "Uid");
+    if (uids.empty()) return std::nullopt;
+    std::istringstream fields(uids);
+    uid_t real = 0, effective = 0;
+    fields >> real >> effective;
+    return effective;
+}
+
+std::string kernel_release() {
+    utsname name{};
+    ::uname(&name);
+    return name.release;
+}
+
+// Why pidfd_getfd said EPERM, and what to do about it. The kernel says only "no"; each cause leaves
+// a trace we can read.
+std::string explain_eperm(pid_t pid) {
+    std::string yama = read_all("/proc/sys/kernel/yama/ptrace_scope");
+    int scope = yama.empty() ? 0 : std::atoi(yama.c_str());
+    bool privileged = have_cap_sys_ptrace();
+    if (scope == 3)
+        return "kernel.yama.ptrace_scope is 3: no process may take another's descriptors until reboot; start the "
+               "server under `ktricks serve` instead";
+    if (scope == 2 && !privileged)
+        return "kernel.yama.ptrace_scope is 2: only a process with CAP_SYS_PTRACE may do this; run takeover as root";
+    auto target_uid = process_uid(pid);
+    if (target_uid && *target_uid != ::geteuid() && !privileged)
+        return fmt::format("pid {} runs as uid {} and we are uid {} without CAP_SYS_PTRACE; run takeover as uid {} or as root",
+                           pid, *target_uid, ::geteuid(), *target_uid);
+    if (scope == 1 && !privileged)
+        return "kernel.yama.ptrace_scope is 1: only an ancestor may take descriptors; run takeover as root (CAP_SYS_PTRACE) "
+               "or set `sysctl kernel.yama.ptrace_scope=0`";
+    // A process that changed credentials (dropped root, setuid) is non-dumpable: its /proc files
+    // then belong to root, and only CAP_SYS_PTRACE gets in.
+    struct stat st {};
+    if (::stat(fmt::format("/proc/{}/fd", pid).c_str(), &st) == 0 && target_uid && st.st_uid != *target_uid)
+        return fmt::format("pid {} is not dumpable (it changed its credentials, e.g. dropped root, or called "
+                           "prctl(PR_SET_DUMPABLE, 0)); run takeover as root",
+                           pid);
+    return "permission denied (needs the same uid and a dumpable target, or CAP_SYS_PTRACE); run takeover as root";
+}
+
+char process_state(pid_t pid) {
+    std::string stat = read_all(fmt::format("/proc/{}/stat", pid));
+    auto paren = stat.rfind(')');  // the command name may contain spaces and parentheses
+    if (paren == std::string::npos || paren + 2 >= stat.size()) return '?';
+    return stat[paren + 2];
+}
+
+bool send_signal(int pidfd, int signal_number) {
+    return ::syscall(SYS_pidfd_send_signal, pidfd, signal_number, nullptr, 0) == 0;
+}
+
+bool exited(int pidfd, milliseconds within) {
+    pollfd p{pidfd, POLLIN, 0};
+    return ::poll(&p, 1, static_cast<int>(within.count())) == 1;
+}
+
+// The connections the old process holds on our listeners (remote addresses).
+std::vector<std::string> held_connections(pid_t pid, const std::vector<detail::ProcSocket>& listeners) {
+    auto inodes = detail::socket_inodes(pid);
+    std::vector<std::string> held;
+    for (const auto& socket : detail::proc_sockets(pid)) {
+        if (!inodes.count(socket.inode)) continue;
+        for (const auto& listener : listeners)
+            if (detail::belongs_to(socket, listener)) {
+                held.push_back(socket.remote.empty() ? socket.local : socket.remote);
+                break;
+            }
+    }
+    return held;
+}
+
+struct Retirement {
+    pid_t pid;
+    int pidfd;
+    int signal_number;
+    milliseconds drain_timeout;
+    std::vector<detail::ProcSocket> listeners;
+    std::function<void(const Event&)> on_event;
+};
+
+void retire(const Retirement& r) {
+    auto emit = [&](Event e) {
+        if (r.on_event) r.on_event(e);
+    };
+    auto start = Clock::now();
+    auto deadline = start + r.drain_timeout;
+    int attempts = 0;
+    std::vector<std::string> held;
+    while (true) {
+        ++attempts;
+        if (!send_signal(r.pidfd, SIGSTOP)) break;  // gone already
+        // The fd table is stable only once every thread has stopped.
+        for (int i = 0; i < 1000 && process_state(r.pid) != 'T' && process_state(r.pid) != 't'; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        try {
+            held = held_connections(r.pid, r.listeners);
+        } catch (const std::exception&) {
+            held.clear();  // it exited meanwhile
+        }
+        if (held.empty() || Clock::now() >= deadline) break;
+        send_signal(r.pidfd, SIGCONT);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    send_signal(r.pidfd, r.signal_number);
+    send_signal(r.pidfd, SIGCONT);
+    bool gone = exited(r.pidfd, std::chrono::milliseconds(5000));
+    Event e("takeover", held.empty() ? "retired" : "retired-with-loss");
+    e.set("pid", r.pid).set("signal", sigabbrev_np(r.signal_number) ? sigabbrev_np(r.signal_number) : "?");
+    e.set("attempts", attempts).set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    e.set("lost_connections", held.size()).set("exited", gone);
+    if (!held.empty()) e.set("lost", held);
+    emit(std::move(e));
+}
+
+}  // namespace
+
+std::vector<FoundListener> find_listeners(pid_t pid) {
+    auto inodes = detail::socket_inodes(pid);
+    std::vector<FoundListener> found;
+    for (const auto& socket : detail::proc_sockets(pid)) {
+        auto it = inodes.find(socket.inode);
+        if (!socket.listening || it == inodes.end()) continue;
+        found.push_back({it->second, socket.inode, socket.local});
+    }
+    std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.fd < b.fd; });
+    return found;
+}
+
+Fd take_fd(int pidfd, pid_t pid, int target_fd) {
+    int fd = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, target_fd, 0));
+    if (fd >= 0) return Fd(fd);  // pidfd_getfd always sets FD_CLOEXEC on the new descriptor
+    std::string object = fmt::format("fd {} of pid {}", target_fd, pid);
+    switch (errno) {
+        case ENOSYS:
+            throw_error(ENOSYS, "pidfd_getfd",
+                        fmt::format("{}: needs Linux 5.6 or newer (this is {}); upgrade the kernel, or start the server "
+                                    "under `ktricks serve` so that no takeover is needed",
+                                    object, kernel_release()));
+        case EPERM: throw_error(EPERM, "pidfd_getfd", fmt::format("{}: {}", object, explain_eperm(pid)));
+        case EBADF: throw_error(EBADF, "pidfd_getfd", fmt::format("{}: no such descriptor (closed meanwhile?)", object));
+        case ESRCH: throw_error(ESRCH, "pidfd_getfd", fmt::format("{}: the process exited", object));
+        default: throw_errno("pidfd_getfd", object);
+    }
+}
+
+ExitStatus takeover(TakeoverOptions options) {
+    if (options.pid <= 0) throw InputError("--pid: expected a process id");
+    if (options.pid == ::getpid()) throw InputError("--pid: that is this process");
+    Fd pidfd;
+    try {
+        pidfd = open_pidfd(options.pid);
+    } catch (const std::system_error& error) {
+        if (error.code().value() == ESRCH) throw_error(ESRCH, "takeover", fmt::format("pid {}: no such process", options.pid));
+        throw;
+    }
+    std::vector<FoundListener> found;
+    try {
+        found = find_listeners(options.pid);
+    } catch (const std::system_error& error) {
+        if (error.code().value() != EACCES && error.code().value() != EPERM) throw;
+        throw_error(EPERM, "takeover", fmt::format("pid {}: cannot read /proc/{}/fd: {}", options.pid, options.pid,
+                                                   explain_eperm(options.pid)));
+    }
+    auto describe_found = [&] {
+        std::string list;
+        for (const auto& f : found) list += fmt::format("{}fd {} {}", list.empty() ? "" : ", ", f.fd, f.address);
+        return list.empty() ? std::string("none") : list;
+    };
+    std::vector<FoundListener> chosen;
+    for (int fd : options.fds) {
+        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.fd == fd; });
+        if (it == found.end())
+            throw InputError(fmt::format("--fd {}: pid {} has no listening socket at fd {} (it has: {})", fd, options.pid, fd,
+                                         describe_found()));
+        chosen.push_back(*it);
+    }
+    for (const auto& address : options.listen) {
+        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.address == address.to_string(); });
+        if (it == found.end())
+            throw InputError(fmt::format("--listen {}: pid {} does not listen there (it has: {})", address.to_string(),
+                                         options.pid, describe_found()));
+        chosen.push_back(*it);
+    }
+    if (options.fds.empty() && options.listen.empty()) chosen = found;
+    if (chosen.empty()) throw InputError(fmt::format("pid {} has no listening socket to take over", options.pid));
+
+    Retirement retirement{options.pid, pidfd.get(), options.signal, options.serve.drain_timeout, {}, options.serve.on_event};
+    std::set<unsigned long> taken;
+    for (const auto& listener : chosen) {
+        if (!taken.insert(listener.inode).second) continue;  // asked for twice
+        options.serve.adopted.push_back({"", take_fd(pidfd.get(), options.pid, listener.fd)});
+        detail::ProcSocket socket;
+        socket.inode = listener.inode;
+        socket.local = listener.address;
+        socket.listening = true;
+        socket.kind = listener.address.starts_with("unix:") ? detail::ProcSocket::Kind::unix_stream
+                      : listener.address.starts_with("udp") ? detail::ProcSocket::Kind::udp
+                                                              : detail::ProcSocket::Kind::tcp;
+        retirement.listeners.push_back(socket);
+        if (options.serve.on_event) {
+            Event e("takeover", "adopted");
+            e.set("pid", options.pid).set("fd", listener.fd).set("address", listener.address);
+            options.serve.on_event(e);
+        }
+    }
+
+    std::jthread retiring;
+    options.serve.on_first_ready = [&retiring, &retirement](pid_t) {
+        retiring = std::jthread([&retirement] { retire(retirement); });
+    };
+    return serve(std::move(options.serve));
+}
+
+}  // namespace ktricks::handoff

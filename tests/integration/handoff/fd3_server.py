@@ -1,0 +1,57 @@
+# A Python socketserver that adopts fd 3 (systemd socket activation, no library but python-systemd
+# for READY=1): what `ktricks serve` and `ktricks takeover` run in the integration tests.
+# Answers every GET with "generation G pid P". On SIGTERM it answers each open connection's next
+# request with "Connection: close", stops accepting and exits when its handlers are done.
+import http.server
+import os
+import signal
+import socket
+import socketserver
+import threading
+
+from systemd import daemon
+
+draining = threading.Event()
+body = f"generation {os.environ.get('KTRICKS_SERVE_GENERATION', '?')} pid {os.getpid()}\n".encode()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if draining.is_set():
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = False
+    block_on_close = True
+
+
+assert os.environ.get("LISTEN_PID") == str(os.getpid()), "LISTEN_PID is not this process"
+server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+# The listener is shared with other generations: a blocking accept() after select() could hang
+# when another process won the connection.
+server.socket.setblocking(False)
+
+
+def on_term(*_):
+    draining.set()
+    threading.Thread(target=server.shutdown).start()
+
+
+signal.signal(signal.SIGTERM, on_term)
+daemon.notify("READY=1")
+server.serve_forever(poll_interval=0.05)
+server.server_close()
