@@ -8,6 +8,10 @@
 
 #include "ktricks/jail.hpp"
 
+namespace ktricks::handoff {
+struct ServeOptions;
+}
+
 namespace ktricks::cli {
 
 struct JailFlags {
@@ -27,5 +31,13 @@ struct JailFlags {
     jail::SandboxOptions sandbox() const;  // throws InputError
     std::vector<jail::AllowRule> allow_rules() const;
 };
+
+// `ktricks serve --jail [jail flags]`: the flags (without --broker/--allow, which belong to one
+// process, not to a line of generations) on serve's command line ...
+void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags);
+// ... and every generation spawned through handoff's customize_spawn hook, inside a fresh jail.
+// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach, so
+// --ready notify becomes --ready tcp (a connect to the listener from outside).
+void apply_jail(handoff::ServeOptions& options, const JailFlags& flags);
 
 }  // namespace ktricks::cli

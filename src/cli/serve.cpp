@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "cli/common.hpp"
+#include "cli/jail_options.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/socket_address.hpp"
@@ -79,6 +80,8 @@ struct ServeCli {
     std::string zerg;
     bool handoff = false;
     bool json = false;
+    bool jail = false;  // --jail: every generation runs in a jail (see jail_options.hpp)
+    JailFlags jail_flags;
 };
 
 handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source) {
@@ -93,6 +96,7 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
     if (!cli.zerg.empty()) options.zerg_path = cli.zerg;
     options.protocol = handoff::parse_protocol(cli.protocol);
     options.handoff = cli.handoff;
+    if (cli.jail) apply_jail(options, cli.jail_flags);
     bool json = cli.json;
     std::string prefix = fmt::format("ktricks {}", source);
     options.on_event = [json, prefix](const Event& event) {
@@ -192,6 +196,7 @@ Subcommand add_serve(CLI::App& app) {
     sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
         ->allow_extra_args(false);
     add_serve_options(sub, *cli);
+    add_jail_to_serve(*sub, cli->jail, cli->jail_flags);
     sub->footer(
         "CMD gets the listeners as fds 3.. with LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES and NOTIFY_SOCKET, exactly as\n"
         "systemd socket activation gives them. SIGHUP (or `ktricks reload --control PATH`) starts a new generation; once\n"

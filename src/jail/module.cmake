@@ -10,7 +10,7 @@ target_sources(ktricks PRIVATE
 target_link_libraries(ktricks PUBLIC PkgConfig::SECCOMP)
 
 if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/jail.cpp src/cli/tour_jail.cpp)
+  target_sources(ktricks_cli PRIVATE src/cli/jail.cpp src/cli/tour_jail.cpp src/cli/serve_jail.cpp)
 endif()
 
 # A LISTEN_FDS server for the jail's integration tests and benchmark (also copied into a container).

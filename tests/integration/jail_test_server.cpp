@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -109,13 +110,23 @@ public:
         std::fflush(stdout);
     }
 
+    // SIGTERM drains: no new connections (the listeners may live on in a successor), the open ones
+    // are served until their clients close them, then exit 0.
     [[noreturn]] void run() {
         epoll_event events[64];
         while (true) {
-            int count = ::epoll_wait(epoll_, events, 64, -1);
+            int count = ::epoll_wait(epoll_, events, 64, draining ? 50 : -1);
+            if (draining) {
+                for (int fd : listeners_) ::close(fd);
+                for (int fd : datagram_) ::close(fd);
+                listeners_.clear();
+                datagram_.clear();
+                if (connections_.empty()) std::exit(0);
+            }
             for (int i = 0; i < count; ++i) handle(events[i].data.fd);
         }
     }
+    static inline volatile sig_atomic_t draining = 0;
 
 private:
     void watch(int fd) {
@@ -250,6 +261,9 @@ int main(int argc, char** argv) {
         }
         if (args[0] != "serve") return 64;
         Server server;
+        struct sigaction drain {};
+        drain.sa_handler = [](int) { Server::draining = 1; };
+        ::sigaction(SIGTERM, &drain, nullptr);
         const char* count = std::getenv("LISTEN_FDS");
         const char* pid = std::getenv("LISTEN_PID");
         if (count && pid && std::atoi(pid) == ::getpid())
