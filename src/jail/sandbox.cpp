@@ -32,6 +32,8 @@
 
 namespace ktricks::jail {
 
+constexpr std::size_t max_binds = 64;
+
 struct Sandbox::State {
     SandboxOptions options;
     int clone_flags = 0;
@@ -98,6 +100,21 @@ bool set_readonly(ChildSetupError& error, const char* path, bool readonly) {
     return true;
 }
 
+// mkdir -p without allocation; failures show up in the mount that follows.
+void make_directories(const char* path) {
+    char buffer[4096];
+    std::size_t length = ::strnlen(path, sizeof(buffer) - 1);
+    std::memcpy(buffer, path, length);
+    buffer[length] = '\0';
+    for (std::size_t i = 1; i <= length; ++i) {
+        if (buffer[i] != '/' && buffer[i] != '\0') continue;
+        char saved = buffer[i];
+        buffer[i] = '\0';
+        ::mkdir(buffer, 0755);
+        buffer[i] = saved;
+    }
+}
+
 bool loopback_up(ChildSetupError& error) {
     int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return error.fail(errno, "socket", "(to bring lo up)");
@@ -120,14 +137,22 @@ bool setup(const Sandbox::State& state, int broker_fd, ChildSetupError& error) {
     }
     // Our mounts must not propagate back to the host's mount namespace.
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) return error.fail(errno, "mount(MS_PRIVATE)", "/");
-    for (const auto& bind : options.binds)
-        if (::mount(bind.source.c_str(), bind.target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) < 0)
-            return error.fail(errno, "mount(MS_BIND)", bind.target.c_str());
+    // Binds are cut from the host view first (open_tree): a tmpfs on /tmp must not hide a source
+    // below /tmp, and the read-only pass must not reach them.
+    int trees[max_binds];
+    for (std::size_t i = 0; i < options.binds.size(); ++i) {
+        trees[i] = static_cast<int>(::open_tree(AT_FDCWD, options.binds[i].source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+        if (trees[i] < 0) return error.fail(errno, "open_tree", options.binds[i].source.c_str());
+    }
     if (options.readonly) {
         if (!set_readonly(error, "/", true)) return false;
-        for (const auto& bind : options.binds)
-            if (!set_readonly(error, bind.target.c_str(), false)) return false;
         if (::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return error.fail(errno, "mount(tmpfs)", "/tmp");
+    }
+    for (std::size_t i = 0; i < options.binds.size(); ++i) {
+        const char* target = options.binds[i].target.c_str();
+        make_directories(target);  // a target below the new /tmp exists only in the host view
+        if (::move_mount(trees[i], "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0) return error.fail(errno, "move_mount", target);
+        ::close(trees[i]);
     }
     // A procfs shows the pid namespace it was mounted from, a sysfs the network namespace: the host's
     // would show host processes and host interfaces (/sys/class/net).
@@ -185,6 +210,7 @@ Sandbox Sandbox::prepare(const SandboxOptions& options) {
             throw InputError(fmt::format("--user {}: without root only your own uid ({}) exists in the jail", *options.uid, euid));
     }
     if (options.hostname.empty() || options.hostname.size() > 64) throw InputError("jail hostname must be 1-64 bytes");
+    if (options.binds.size() > max_binds) throw InputError(fmt::format("at most {} --bind options", max_binds));
     for (const auto& bind : options.binds) {
         std::error_code error;
         if (!std::filesystem::exists(bind.source, error)) throw InputError(fmt::format("--bind {}: no such file or directory", bind.source));

@@ -1,0 +1,332 @@
+// ktricks jail against the real kernel: a jailed server (jail_test_server) answers host clients on
+// the sockets it was handed, and can reach nothing by itself.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <regex>
+#include <thread>
+
+#include "ktricks/core/socket_address.hpp"
+#include "ktricks/jail.hpp"
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+const std::string ktricks = KTRICKS_BINARY;
+const std::string server = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
+
+// "ktricks jail: fd 3 = tcp://127.0.0.1:41234" lines, in fd order.
+std::vector<std::string> bound_addresses(const Process& process) {
+    std::vector<std::string> found;
+    static const std::regex line("ktricks jail: fd [0-9]+ = (\\S+)");
+    for (const auto& text : lines_of(process.err())) {
+        std::smatch match;
+        if (std::regex_search(text, match, line)) found.push_back(match[1]);
+    }
+    return found;
+}
+
+// Starts `ktricks jail ARGS -- jail_test_server serve EXTRA` and waits for "ready".
+Process start_jail(std::vector<std::string> args, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{ktricks, "jail"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"--", server, "serve"});
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Process process = Process::start(argv);
+    EXPECT_TRUE(eventually([&] { return process.out().find("ready pid=") != std::string::npos || !process.running(); }))
+        << process.describe();
+    return process;
+}
+
+// One request line over a fresh connection (stream) or one datagram; returns the answer.
+std::string ask(const std::string& text, std::string* client_address = nullptr) {
+    SocketAddress address = SocketAddress::parse(text);
+    Fd socket(::socket(address.family(), address.socket_type() | SOCK_CLOEXEC, 0));
+    if (address.family() != AF_UNIX) {
+        // Bind the client to the server's host address so we know what the server should see.
+        SocketAddress local = SocketAddress::parse(address.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://127.0.0.1:0");
+        ::bind(socket.get(), local.sockaddr_ptr(), local.length());
+        if (client_address) *client_address = SocketAddress::of_socket(socket.get()).to_string();
+    }
+    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) return std::string("connect: ") + strerror(errno);
+    ::send(socket.get(), "hello\n", 6, MSG_NOSIGNAL);
+    pollfd readable{socket.get(), POLLIN, 0};
+    if (::poll(&readable, 1, 5000) != 1) return "no answer";
+    char buffer[512];
+    ssize_t got = ::recv(socket.get(), buffer, sizeof(buffer), 0);
+    return got > 0 ? std::string(buffer, static_cast<std::size_t>(got)) : "closed";
+}
+
+// What the jailed test server must answer to a client at `client`.
+std::string expected_from(const std::string& client) { return "peer=" + client + " pid=1\n"; }
+
+// Asks `address` and checks that the server saw this very client (its real address).
+void expect_real_peer(const std::string& address) {
+    std::string client;
+    std::string answer = ask(address, &client);
+    EXPECT_EQ(answer, expected_from(client)) << address;
+}
+
+std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
+
+std::string run_in_jail(std::vector<std::string> jail_args, std::vector<std::string> command) {
+    std::vector<std::string> argv{ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0"};
+    argv.insert(argv.end(), jail_args.begin(), jail_args.end());
+    argv.push_back("--");
+    argv.insert(argv.end(), command.begin(), command.end());
+    Result result = run(argv);
+    EXPECT_EQ(result.status, 0) << result.describe;
+    return result.out;
+}
+
+TEST(Jail, ServesHostClientsOnTcpTcp6UdpAndUnixWithTheirRealAddresses) {
+    TempDir dir;
+    std::string unix_path = dir / "jail.sock";
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--listen", "tcp6://[::1]:0", "--listen", "udp://127.0.0.1:0",
+                               "--listen", "unix:" + unix_path});
+    auto addresses = bound_addresses(jail);
+    ASSERT_EQ(addresses.size(), 4u) << jail.describe();
+    // The server sees the client's own address: no proxy in between.
+    for (int i = 0; i < 3; ++i) expect_real_peer(addresses[i]);
+    EXPECT_EQ(ask(addresses[3]), "peer=unix: pid=1\n");
+}
+
+TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
+    Process jail = start_jail({"--listen", "udp://0.0.0.0:0"});
+    auto addresses = bound_addresses(jail);
+    ASSERT_EQ(addresses.size(), 1u) << jail.describe();
+    // A connected UDP socket accepts replies only from the address it sent to.
+    for (const char* host : {"127.0.0.1", "127.0.0.2"}) expect_real_peer(fmt::format("udp://{}:{}", host, port_of(addresses[0])));
+}
+
+TEST(Jail, CommandIsPid1WithListenPidOne) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+    EXPECT_NE(jail.out().find("ready pid=1\n"), std::string::npos) << jail.describe();
+    // echo is a shell builtin: the glob lists every process the jail can see.
+    std::string ps = run_in_jail({}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    EXPECT_EQ(ps, "1 1 1\n/proc/1\n");
+}
+
+TEST(Jail, OutboundConnectFailsWithEnetunreach) {
+    Fd host_listener = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    std::string host = SocketAddress::of_socket(host_listener.get()).to_string();
+    std::string out = run_in_jail({}, {server, "probe", host, "tcp://1.1.1.1:443", "udp://8.8.8.8:53", "tcp6://[::1]:80"});
+    EXPECT_EQ(out, fmt::format("{} ENETUNREACH\ntcp://1.1.1.1:443 ENETUNREACH\nudp://8.8.8.8:53 ENETUNREACH\ntcp6://[::1]:80 EADDRNOTAVAIL\n", host));
+    // (With lo down the jail has no IPv6 address at all, not even ::1, hence EADDRNOTAVAIL.)
+    // With lo up, 127.0.0.1 is the jail's own loopback: the host's port is not there.
+    EXPECT_EQ(run_in_jail({"--loopback"}, {server, "probe", host}), host + " ECONNREFUSED\n");
+}
+
+// A veth pair between our namespace and a test namespace: the peer answers from the host, not
+// from the jail.
+class VethPair {
+public:
+    VethPair() : name_(fmt::format("ktj{}", ::getpid() % 100000)) {
+        run({"ip", "netns", "add", name_});
+        run({"ip", "link", "add", name_ + "a", "type", "veth", "peer", "name", name_ + "b", "netns", name_});
+        run({"ip", "addr", "add", "10.213.7.1/30", "dev", name_ + "a"});
+        run({"ip", "link", "set", name_ + "a", "up"});
+        run({"ip", "-n", name_, "addr", "add", "10.213.7.2/30", "dev", name_ + "b"});
+        run({"ip", "-n", name_, "link", "set", name_ + "b", "up"});
+    }
+    ~VethPair() {
+        run({"ip", "link", "del", name_ + "a"});
+        run({"ip", "netns", "del", name_});
+    }
+    const std::string& netns() const { return name_; }
+
+private:
+    std::string name_;
+};
+
+TEST(Jail, CannotReachAVethPeerThatTheHostReaches) {
+    VethPair veth;
+    Process peer = Process::start({"ip", "netns", "exec", veth.netns(), "socat", "TCP-LISTEN:7000,bind=10.213.7.2,fork", "EXEC:echo peer"});
+    ASSERT_TRUE(eventually([&] { return run({server, "probe", "tcp://10.213.7.2:7000"}).out.find("connected") != std::string::npos; }))
+        << "the host cannot reach the veth peer";
+    EXPECT_EQ(run_in_jail({}, {server, "probe", "tcp://10.213.7.2:7000"}), "tcp://10.213.7.2:7000 ENETUNREACH\n");
+}
+
+TEST(Jail, SeesOnlyItsOwnLoopbackInterface) {
+    EXPECT_EQ(run_in_jail({}, {"ls", "/sys/class/net"}), "lo\n");
+    std::string links = run_in_jail({}, {"ip", "-o", "link", "show"});  // an RTM_GETLINK netlink dump
+    EXPECT_EQ(lines_of(links).size(), 1u) << links;
+    EXPECT_NE(links.find("1: lo:"), std::string::npos) << links;
+}
+
+TEST(Jail, ReadonlyCannotWriteOutsideBindMounts) {
+    TempDir writable, other;
+    std::string script = fmt::format("touch {}/nope 2>/dev/null || echo outside-refused; touch {}/yes && echo bind-ok; "
+                                     "touch /tmp/t && echo tmp-ok",
+                                     other.path().string(), writable.path().string());
+    EXPECT_EQ(run_in_jail({"--readonly", "--bind", writable.path().string()}, {"sh", "-c", script}), "outside-refused\nbind-ok\ntmp-ok\n");
+    EXPECT_TRUE(std::filesystem::exists(writable / "yes"));
+    EXPECT_FALSE(std::filesystem::exists(other / "nope"));
+    EXPECT_FALSE(std::filesystem::exists("/tmp/t"));  // the jail's /tmp was its own tmpfs
+}
+
+TEST(Jail, SeccompDeniesInetSocketsButNotUnixPairs) {
+    EXPECT_EQ(run_in_jail({"--seccomp-deny-socket"}, {server, "socket"}), "socket(AF_INET) EPERM\nsocketpair(AF_UNIX) ok\n");
+    EXPECT_EQ(run_in_jail({}, {server, "socket"}), "socket(AF_INET) ok\nsocketpair(AF_UNIX) ok\n");
+}
+
+TEST(Jail, UserDropsPrivilegesAfterSetup) {
+    EXPECT_EQ(run_in_jail({"--user", "65534:65534"}, {"sh", "-c", "id -u; id -g; grep NoNewPrivs /proc/self/status"}),
+              "65534\n65534\nNoNewPrivs:\t1\n");
+}
+
+TEST(Jail, BrokerGrantsAnAllowedPortAndRefusesOthers) {
+    // Two free ports: bound, read, closed (the broker binds them again).
+    auto free_port = [] {
+        Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+        return SocketAddress::of_socket(probe.get()).port();
+    };
+    auto allowed = free_port(), other = free_port();
+    Process jail = start_jail({"--broker", "/tmp/broker.sock", "--readonly", "--allow", fmt::format("tcp://127.0.0.1:{}", allowed)},
+                              {"--request", fmt::format("tcp://127.0.0.1:{}", allowed), "--request", fmt::format("tcp://127.0.0.1:{}", other)});
+    std::string out = jail.out();
+    EXPECT_NE(out.find(fmt::format("granted tcp://127.0.0.1:{}", allowed)), std::string::npos) << jail.describe();
+    EXPECT_NE(out.find(fmt::format("refused broker refused tcp://127.0.0.1:{}: tcp://127.0.0.1:{} is not in the allow-list", other, other)),
+              std::string::npos)
+        << jail.describe();
+    expect_real_peer(fmt::format("tcp://127.0.0.1:{}", allowed));
+}
+
+TEST(Jail, ForwardsSignalsAndPassesTheExitStatusOn) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+    jail.signal(SIGTERM);  // the test server drains and exits 0 on SIGTERM
+    EXPECT_EQ(jail.wait(), 0) << jail.describe();
+    // sleep has no handler: as pid 1 the kernel would drop SIGTERM, so it is delivered as SIGKILL.
+    Process sleeper = Process::start({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "sleep", "60"});
+    ASSERT_TRUE(eventually([&] { return sleeper.err().find("fd 3") != std::string::npos; })) << sleeper.describe();
+    std::this_thread::sleep_for(100ms);
+    sleeper.signal(SIGTERM);
+    EXPECT_EQ(sleeper.wait(), 128 + SIGTERM) << sleeper.describe();
+    EXPECT_EQ(run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "exit 3"}).status, 3);
+    EXPECT_EQ(run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "no-such-program"}).status, 127);
+}
+
+TEST(Jail, RejectsBadInputWithOneLine) {
+    Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1", "--broker", "/tmp/b", "--", "true"});
+    EXPECT_EQ(result.status, 64);
+    EXPECT_EQ(result.err, "ktricks jail: --allow \"tcp://*:9-1\": the port range ends before it starts\n");
+}
+
+// ---- serve --jail ----
+
+TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
+    TempDir dir;
+    std::string control = dir / "control.sock";
+    Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--listen", "tcp://127.0.0.1:0", "--control", control,
+                                    "--drain-timeout", "5", "--", server, "serve"});
+    std::smatch match;
+    std::string err;
+    ASSERT_TRUE(eventually([&] {
+        err = serve.err();
+        return err.find("ready after") != std::string::npos;
+    })) << serve.describe();
+    ASSERT_TRUE(std::regex_search(err, match, std::regex("tcp://127\\.0\\.0\\.1:[0-9]+")));
+    std::string address = match[0];
+
+    std::atomic<bool> stop{false};
+    std::atomic<int> answered{0}, failed{0};
+    std::thread clients([&] {
+        while (!stop) {
+            std::string answer = ask(address);
+            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=1\n") ? answered : failed)++;
+        }
+    });
+    for (int i = 0; i < 3; ++i) {
+        Result reload = run({ktricks, "reload", "--control", control});
+        EXPECT_EQ(reload.status, 0) << reload.describe;
+        std::this_thread::sleep_for(100ms);
+    }
+    stop = true;
+    clients.join();
+    EXPECT_EQ(failed, 0);
+    EXPECT_GT(answered, 10);
+    EXPECT_NE(serve.err().find("generation 4"), std::string::npos) << serve.describe();
+}
+
+// ---- a real container runtime ----
+
+// An OCI bundle: a busybox-static root with the test server and the libraries it links.
+class Bundle {
+public:
+    Bundle() {
+        auto rootfs = dir_.path() / "rootfs";
+        for (const char* sub : {"bin", "proc", "sys", "dev", "tmp", "run"}) std::filesystem::create_directories(rootfs / sub);
+        std::filesystem::copy_file("/bin/busybox", rootfs / "bin/busybox");
+        std::filesystem::create_symlink("busybox", rootfs / "bin/sh");
+        std::filesystem::copy_file(server, rootfs / "jail_test_server");
+        Result libraries = run({"ldd", server});
+        static const std::regex path("(/[^ ]+\\.so[^ ]*)");
+        for (const auto& line : lines_of(libraries.out)) {
+            std::smatch match;
+            if (!std::regex_search(line, match, path)) continue;
+            std::filesystem::path library = match[1].str();
+            std::filesystem::create_directories(rootfs / library.relative_path().parent_path());
+            std::filesystem::copy_file(std::filesystem::canonical(library), rootfs / library.relative_path(),
+                                       std::filesystem::copy_options::overwrite_existing);
+        }
+        run({"runc", "spec", "-b", dir_.path().string()});
+        auto config = nlohmann::json::parse(read_file(dir_.path() / "config.json"));
+        config["process"]["terminal"] = false;
+        config["process"]["args"] = {"/jail_test_server", "serve", "--inbox", "/run/inbox.sock"};
+        // runc passes the fd (--preserve-fds) but announces nothing: LISTEN_* go in the spec.
+        config["process"]["env"].push_back("LISTEN_FDS=1");
+        config["process"]["env"].push_back("LISTEN_PID=1");
+        config["root"]["readonly"] = false;
+        write_file(dir_.path() / "config.json", config.dump());
+    }
+    std::string path() const { return dir_.path().string(); }
+    std::string state_root() const { return dir_ / "runc-state"; }
+
+private:
+    TempDir dir_;
+};
+
+TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMoreWithInto) {
+    Bundle bundle;
+    std::string id = fmt::format("ktricks-jail-{}", ::getpid());
+    Fd listener = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    std::string address = SocketAddress::of_socket(listener.get()).to_string();
+    Fd out = make_capture("runc-out");
+    SpawnOptions spawn;
+    spawn.argv = {"runc", "--root", bundle.state_root(), "run", "--preserve-fds", "1", "-b", bundle.path(), id};
+    spawn.pass_fds = {listener.get()};
+    spawn.stdout_fd = out.get();
+    spawn.stderr_fd = out.get();
+    spawn.new_process_group = true;
+    std::optional<Child> runc(Child::spawn(spawn));
+    struct Cleanup {
+        std::string root, id;
+        ~Cleanup() { run({"runc", "--root", root, "delete", "--force", id}); }
+    } cleanup{bundle.state_root(), id};
+    listener.reset();
+    ASSERT_TRUE(eventually([&] { return read_capture(out.get()).find("ready pid=1") != std::string::npos; })) << read_capture(out.get());
+
+    expect_real_peer(address);
+
+    Result state = run({"runc", "--root", bundle.state_root(), "state", id});
+    int pid = nlohmann::json::parse(state.out)["pid"];
+    Result into = run({ktricks, "jail", "--into", std::to_string(pid), "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
+    ASSERT_EQ(into.status, 0) << into.describe;
+    std::string handed = lines_of(into.out).at(0);
+    expect_real_peer(handed);
+    // The container itself has no way out.
+    Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe", "tcp://1.1.1.1:80"});
+    EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
+}
+
+}  // namespace
+}  // namespace ktricks::test
