@@ -1,0 +1,82 @@
+// The jail's pure logic: --allow rules, --bind parsing and the broker's answers.
+#include <gtest/gtest.h>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/jail.hpp"
+
+namespace ktricks::jail {
+namespace {
+
+bool allows(std::string_view rule, std::string_view address) {
+    return AllowRule::parse(rule).allows(SocketAddress::parse(address));
+}
+
+TEST(AllowRule, PortRangeIsInclusive) {
+    EXPECT_TRUE(allows("tcp://0.0.0.0:8000-8100", "tcp://0.0.0.0:8000"));
+    EXPECT_TRUE(allows("tcp://0.0.0.0:8000-8100", "tcp://0.0.0.0:8100"));
+    EXPECT_FALSE(allows("tcp://0.0.0.0:8000-8100", "tcp://0.0.0.0:8101"));
+    EXPECT_FALSE(allows("tcp://0.0.0.0:8000-8100", "tcp://0.0.0.0:7999"));
+}
+
+TEST(AllowRule, HostMustMatchExactlyUnlessStar) {
+    EXPECT_FALSE(allows("tcp://0.0.0.0:80", "tcp://127.0.0.1:80"));
+    EXPECT_TRUE(allows("tcp://*:80", "tcp://127.0.0.1:80"));
+    EXPECT_FALSE(allows("tcp://*:80", "tcp6://[::1]:80"));
+    EXPECT_TRUE(allows("tcp6://*:80", "tcp6://[::1]:80"));
+    EXPECT_TRUE(allows("udp6://[::1]:53", "udp6://[::1]:53"));
+}
+
+TEST(AllowRule, TransportMustMatch) {
+    EXPECT_FALSE(allows("tcp://*:53", "udp://127.0.0.1:53"));
+    EXPECT_TRUE(allows("udp://*:53", "udp://127.0.0.1:53"));
+}
+
+TEST(AllowRule, PrintsBackToWhatItParses) {
+    for (const char* text : {"tcp://0.0.0.0:8000-8100", "udp6://*:53", "tcp6://[::1]:443", "tcp://*:9000"})
+        EXPECT_EQ(AllowRule::parse(text).to_string(), text);
+}
+
+TEST(AllowRule, RejectsBadRulesNamingThem) {
+    for (const char* text : {"", "tcp://*:9-1", "unix:/x", "tcp://*:70000", "ftp://*:21", "tcp://host:80", "tcp://*:", "tcp://*:1-"})
+        EXPECT_THROW(AllowRule::parse(text), InputError) << text;
+    try {
+        AllowRule::parse("tcp://*:9-1");
+    } catch (const InputError& error) {
+        EXPECT_STREQ(error.what(), "--allow \"tcp://*:9-1\": the port range ends before it starts");
+    }
+}
+
+TEST(SandboxOptions, BindTakesSourceAndOptionalTarget) {
+    auto same = SandboxOptions::parse_bind("/srv/data");
+    EXPECT_EQ(same.source, "/srv/data");
+    EXPECT_EQ(same.target, "/srv/data");
+    auto moved = SandboxOptions::parse_bind("/srv/data:/data");
+    EXPECT_EQ(moved.target, "/data");
+    EXPECT_THROW(SandboxOptions::parse_bind("/srv:relative"), InputError);
+    EXPECT_THROW(SandboxOptions::parse_bind(""), InputError);
+}
+
+TEST(Broker, RefusesWhatTheAllowListDoesNotCover) {
+    Broker broker({AllowRule::parse("tcp://127.0.0.1:1-2")}, false);
+    auto answer = broker.answer("listen tcp://127.0.0.1:80");
+    EXPECT_FALSE(answer.socket);
+    EXPECT_EQ(answer.reply, "refused tcp://127.0.0.1:80 is not in the allow-list");
+}
+
+TEST(Broker, GrantsAnAllowedAddressWithABoundSocket) {
+    Broker broker({AllowRule::parse("tcp://127.0.0.1:0")}, false);
+    auto answer = broker.answer("listen tcp://127.0.0.1:0");
+    ASSERT_TRUE(answer.socket) << answer.reply;
+    EXPECT_TRUE(answer.reply.starts_with("ok tcp://127.0.0.1:")) << answer.reply;
+}
+
+TEST(Broker, AnswersGarbageWithOnePrintableRefusal) {
+    Broker broker({}, false);
+    EXPECT_EQ(broker.answer("hello\n").reply.substr(0, 8), "refused ");
+    EXPECT_EQ(broker.answer("offer tcp://127.0.0.1:1").reply, "refused the broker only answers \"listen ADDRESS\"");
+    EXPECT_TRUE(broker.answer("listen nonsense").reply.starts_with("refused address \"nonsense\"") ||
+                broker.answer("listen nonsense").reply.starts_with("refused "));
+}
+
+}  // namespace
+}  // namespace ktricks::jail
