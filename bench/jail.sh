@@ -32,7 +32,12 @@ trap cleanup EXIT INT TERM
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; echo "jail.sh: nothing on port $1" >&2; return 1; }
-stop_all() { for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
 
 # start MODE PORT: the server reachable on 127.0.0.1:PORT.
 start() {

@@ -11,15 +11,15 @@
 namespace ktricks::cli {
 
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
-    serve.add_flag("--jail", jail,
+    auto* jail_flag = serve.add_flag("--jail", jail,
                    "Run every generation in a jail: empty network namespace, new mount/IPC/UTS/PID namespaces "
                    "(--ready notify becomes tcp)");
-    serve.add_flag("--loopback", flags.loopback, "With --jail: bring lo up inside");
-    serve.add_flag("--readonly", flags.readonly, "With --jail: read-only root view, private tmpfs /tmp");
-    serve.add_option("--bind", flags.binds, "With --jail: SRC[:DST] mounted read-write inside")->allow_extra_args(false);
-    serve.add_option("--user", flags.user, "With --jail: UID[:GID] or NAME[:GROUP] to run CMD as");
-    serve.add_flag("--no-new-privs{true}", flags.no_new_privs, "With --jail: PR_SET_NO_NEW_PRIVS (default on)");
-    serve.add_flag("--seccomp-deny-socket", flags.seccomp_deny_socket, "With --jail: socket() only for AF_UNIX");
+    serve.add_flag("--loopback", flags.loopback, "With --jail: bring lo up inside")->needs(jail_flag);
+    serve.add_flag("--readonly", flags.readonly, "With --jail: read-only root view, private tmpfs /tmp")->needs(jail_flag);
+    serve.add_option("--bind", flags.binds, "With --jail: SRC[:DST] mounted read-write inside")->allow_extra_args(false)->needs(jail_flag);
+    serve.add_option("--user", flags.user, "With --jail: UID[:GID] or NAME[:GROUP] to run CMD as")->needs(jail_flag);
+    serve.add_flag("--no-new-privs{true}", flags.no_new_privs, "With --jail: PR_SET_NO_NEW_PRIVS (default on)")->needs(jail_flag);
+    serve.add_flag("--seccomp-deny-socket", flags.seccomp_deny_socket, "With --jail: socket() only for AF_UNIX")->needs(jail_flag);
 }
 
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {

@@ -184,6 +184,16 @@ TEST(Jail, UserDropsPrivilegesAfterSetup) {
               "65534\n65534\nNoNewPrivs:\t1\n");
 }
 
+TEST(Jail, WorksUnprivilegedThroughAUserNamespace) {
+    if (::access(ktricks.c_str(), X_OK) != 0) GTEST_SKIP() << "cannot run the binary";
+    Result result = run({"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", ktricks, "jail", "--quiet", "--listen",
+                         "tcp://127.0.0.1:0", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
+    if (result.err.find("Permission denied") != std::string::npos) GTEST_SKIP() << "uid 65534 cannot execute " << ktricks;
+    if (result.err.find("unprivileged user namespaces are off") != std::string::npos) GTEST_SKIP() << result.err;
+    EXPECT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(result.out, "65534\n1\nlo\n") << result.describe;
+}
+
 TEST(Jail, BrokerGrantsAnAllowedPortAndRefusesOthers) {
     // Two free ports: bound, read, closed (the broker binds them again).
     auto free_port = [] {
