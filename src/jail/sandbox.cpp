@@ -64,7 +64,9 @@ std::vector<sock_filter> compile_deny_socket() {
     auto check = [](int result, const char* what) {
         if (result < 0) throw_error(-result, what);
     };
-    check(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, SCMP_A0(SCMP_CMP_NE, AF_UNIX)),
+    // Spelled out: SCMP_A0() leaves datum_b to the compiler, which clang's -Wextra rejects.
+    scmp_arg_cmp not_unix{0, SCMP_CMP_NE, AF_UNIX, 0};
+    check(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, not_unix),
           "seccomp_rule_add(socket)");
     check(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(io_uring_setup), 0), "seccomp_rule_add(io_uring_setup)");
     // We build the program and load it ourselves (seccomp_load would allocate in the child).
