@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/jail.sh — the same HTTP server on the same kind of socket, three ways, under wrk:
-#   native  systemd-socket-activate hands it the listener (no namespaces)
+#   native  `ktricks serve` hands it the listener (no namespaces; the same core bind_socket, so the
+#           very same socket options and backlog as the jailed run)
 #   jailed  `ktricks jail` hands it the listener inside an empty network namespace
 #   proxy   native server on a second port, clients go through a userspace proxy (socat), which is
 #           what a sandbox without socket passing would need
@@ -16,7 +17,7 @@ SERVER=${SERVER:-$(dirname "$K")/jail_test_server}
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-3}
 CONNECTIONS=${CONNECTIONS:-32}
-for tool in wrk socat systemd-socket-activate awk sort; do
+for tool in wrk socat awk sort; do
     command -v "$tool" >/dev/null || { echo "jail.sh: needs $tool" >&2; exit 1; }
 done
 [[ -x $K && -x $SERVER ]] || { echo "jail.sh: build ktricks and jail_test_server first (or set KTRICKS/SERVER)" >&2; exit 1; }
@@ -43,11 +44,11 @@ stop_all() {
 start() {
     local mode=$1 port=$2 inner
     case $mode in
-        native) setsid systemd-socket-activate -l "127.0.0.1:$port" "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
+        native) setsid "$K" serve --ready tcp --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
         jailed) setsid "$K" jail --quiet --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
         proxy)
             inner=$(free_port)
-            setsid systemd-socket-activate -l "127.0.0.1:$inner" "$SERVER" serve >/dev/null 2>&1 & pids+=($!)
+            setsid "$K" serve --ready tcp --listen "tcp://127.0.0.1:$inner" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!)
             wait_port "$inner"
             setsid socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=1024" "TCP:127.0.0.1:$inner" >/dev/null 2>&1 & pids+=($!) ;;
     esac
