@@ -438,6 +438,32 @@ TEST(HandoffTakeover, ExplainsWhyAnotherUsersServerCannotBeTaken) {
     EXPECT_TRUE(http_get(port).has_value()) << "the server must be left alone";
 }
 
+TEST(HandoffTakeover, ExplainsThatANonDumpableServerNeedsRoot) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to start processes as another uid";
+    TempDir dir;
+    std::uint16_t port = free_port();
+    // Same uid as the caller, but non-dumpable, like a server that dropped root.
+    std::string server = fmt::format(
+        "import ctypes, http.server; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "
+        "http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port={}, bind='127.0.0.1')",
+        port);
+    std::vector<std::string> nobody = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+    auto as_nobody = [&](std::vector<std::string> argv) {
+        std::vector<std::string> full = nobody;
+        full.insert(full.end(), argv.begin(), argv.end());
+        return full;
+    };
+    Process old = Process::start(as_nobody({python, "-c", server}), in_dir(dir.path()));
+    ASSERT_TRUE(serves(port, old));
+    std::string binary = dir / "ktricks";
+    std::filesystem::copy_file(K, binary);
+    // setpriv execs python directly, so the pid we started is the server.
+    auto result = run(as_nobody({binary, "takeover", "--pid", std::to_string(old.pid()), "--", "/bin/true"}), in_dir("/"));
+    EXPECT_EQ(result.status, 77) << result.describe;
+    EXPECT_NE(result.err.find("is not dumpable"), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("run takeover as root"), std::string::npos) << result.err;
+}
+
 TEST(HandoffTakeover, NamesTheListenersWhenTheAskedOneIsNotThere) {
     TempDir dir;
     std::uint16_t port = free_port();
