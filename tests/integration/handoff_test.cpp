@@ -218,12 +218,27 @@ struct Served {
         argv.insert(argv.end(), command.begin(), command.end());
         process.emplace(Process::start(argv));
     }
+    // Answering HTTP is not enough: the first generation answers before serve has read its READY=1,
+    // and a reload until then is refused as "already in progress".
+    ::testing::AssertionResult up() {
+        auto answering = serves(port, *process);
+        if (!answering) return answering;
+        if (eventually([&] {
+                try {
+                    return status()["generation"] == 1;
+                } catch (const std::exception&) {
+                    return false;
+                }
+            }))
+            return ::testing::AssertionSuccess();
+        return ::testing::AssertionFailure() << "generation 1 never became ready\n" << process->describe();
+    }
     handoff::ReloadResult reload() { return handoff::request_reload(control, std::chrono::seconds(20)); }
     nlohmann::json status() { return nlohmann::json::parse(handoff::request_status(control, std::chrono::seconds(5))); }
 };
 
 void reload_under_load(Served& served, int reloads) {
-    ASSERT_TRUE(serves(served.port, *served.process));
+    ASSERT_TRUE(served.up());
     Load load(served.port, "/");
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     for (int i = 0; i < reloads; ++i) {
@@ -303,7 +318,7 @@ TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
     std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --fail; fi; exec {}",
                                      sd_server, sd_server);
     Served served({"/bin/sh", "-c", script});
-    ASSERT_TRUE(serves(served.port, *served.process));
+    ASSERT_TRUE(served.up());
     Load load(served.port, "/");
     auto result = served.reload();
     EXPECT_FALSE(result.ok);
@@ -323,7 +338,7 @@ TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
 TEST(HandoffServe, ANewGenerationThatNeverGetsReadyIsRolledBackAfterTheTimeout) {
     std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec sleep 30; fi; exec {}", sd_server);
     Served served({"/bin/sh", "-c", script}, {"--ready-timeout", "0.5"});
-    ASSERT_TRUE(serves(served.port, *served.process));
+    ASSERT_TRUE(served.up());
     auto result = served.reload();
     EXPECT_FALSE(result.ok);
     EXPECT_NE(result.message.find("not ready within 500 ms"), std::string::npos) << result.message;
@@ -334,7 +349,7 @@ TEST(HandoffServe, RefusesAReloadWhileOneIsInProgress) {
     std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --start-delay 1500; fi; exec {}",
                                      sd_server, sd_server);
     Served served({"/bin/sh", "-c", script});
-    ASSERT_TRUE(serves(served.port, *served.process));
+    ASSERT_TRUE(served.up());
     std::optional<handoff::ReloadResult> first;
     std::jthread reloading([&] { first = served.reload(); });
     ASSERT_TRUE(eventually([&] { return served.status()["reloading"] == true; }));
@@ -350,7 +365,7 @@ TEST(HandoffServe, SeveralOldGenerationsDrainAtOnce) {
     // The generations ignore the drain signal, so each one drains until the timeout kills it.
     std::string script = fmt::format("trap '' USR2; exec {}", sd_server);
     Served served({"/bin/sh", "-c", script}, {"--drain-signal", "USR2", "--drain-timeout", "2"});
-    ASSERT_TRUE(serves(served.port, *served.process));
+    ASSERT_TRUE(served.up());
     for (int i = 0; i < 3; ++i) ASSERT_TRUE(served.reload().ok);
     EXPECT_EQ(served.status()["draining"].size(), 3u);
     EXPECT_TRUE(http_get(served.port).has_value());
@@ -361,7 +376,7 @@ TEST(HandoffServe, SeveralOldGenerationsDrainAtOnce) {
 TEST(HandoffServe, ReloadsOnSighupAndReportsJsonEvents) {
     std::uint16_t port = free_port();
     Process serve = Process::start({K, "serve", "--json", "--listen", addr(port), "--", sd_server});
-    ASSERT_TRUE(serves(port, serve));
+    ASSERT_TRUE(eventually([&] { return serve.out().find("\"event\":\"ready\"") != std::string::npos; })) << serve.describe();
     serve.signal(SIGHUP);
     ASSERT_TRUE(eventually([&] { return http_get(port).value_or("").starts_with("generation 2 "); })) << serve.describe();
     serve.signal(SIGTERM);
@@ -517,6 +532,13 @@ TEST(HandoffUpgrader, HundredClientsStayConnectedThroughTenUpgradesWithoutLosing
     ASSERT_TRUE(eventually([&] {
         int error = 0;
         return static_cast<bool>(connect_tcp(port, error));
+    })) << serve.describe();
+    ASSERT_TRUE(eventually([&] {
+        try {
+            return nlohmann::json::parse(handoff::request_status(control, std::chrono::seconds(5)))["generation"] == 1;
+        } catch (const std::exception&) {
+            return false;
+        }
     })) << serve.describe();
     std::vector<LineClient> clients;
     for (int i = 0; i < 100; ++i) {
