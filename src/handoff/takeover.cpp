@@ -129,7 +129,10 @@ bool exited(int pidfd, milliseconds within) {
 // hundreds of milliseconds while the old server sits stopped.
 std::vector<std::string> held_connections(pid_t pid, int pidfd, const std::vector<detail::ProcSocket>& listeners) {
     std::vector<std::string> held;
-    for (const auto& [inode, fd] : detail::socket_inodes(pid)) {
+    for (const auto& entry : detail::socket_inodes(pid)) {
+        // (not a structured binding: clang 14 cannot capture one in the lambda)
+        const unsigned long inode = entry.first;
+        const int fd = entry.second;
         if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; })) continue;
         Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
         if (!copy) continue;  // closed meanwhile
