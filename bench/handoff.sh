@@ -40,14 +40,14 @@ trap 'exit 130' INT TERM HUP
 log() { printf '%s\n' "$*" >&2; }
 
 cat >"$tmp/server.py" <<'PY'
-import http.server, os, signal, socket, socketserver, sys, threading
-draining = threading.Event()
+import http.server, os, signal, socket, socketserver, sys
+draining = []  # set by SIGTERM; a handler that starts threads can deadlock (it runs inside any lock)
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         body = b"hello\n"
         self.send_response(200); self.send_header("Content-Length", str(len(body)))
-        if draining.is_set():
+        if draining:
             self.send_header("Connection", "close"); self.close_connection = True
         self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
@@ -61,15 +61,15 @@ if "--bind" in sys.argv:
 else:
     s = S(("", 0), H, bind_and_activate=False); s.socket.close(); s.socket = socket.socket(fileno=3)
 s.socket.setblocking(False)
-def term(*a):
-    draining.set(); threading.Thread(target=s.shutdown).start()
-signal.signal(signal.SIGTERM, term)
+signal.signal(signal.SIGTERM, lambda *a: draining.append(1))
 n = os.environ.get("NOTIFY_SOCKET")
 if n:
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", "\0" + n[1:] if n[0] == "@" else n)
 if os.environ.get("READY_FILE"):
     open(os.environ["READY_FILE"], "w").close()
-s.serve_forever(poll_interval=0.05); s.server_close()
+s.timeout = 0.05
+while not draining: s.handle_request()
+s.server_close()
 PY
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

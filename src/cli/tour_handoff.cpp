@@ -29,8 +29,10 @@ using Clock = std::chrono::steady_clock;
 const char* const python = "/usr/bin/python3";
 
 // A socket-activated server in a dozen lines: adopts fd 3, says READY=1 on NOTIFY_SOCKET, and on
-// SIGTERM finishes what it accepted (its handler threads are joined) before exiting.
-constexpr const char* fd3_server = R"(import http.server, os, signal, socket, socketserver, threading
+// SIGTERM finishes what it accepted (its handler threads are joined) before exiting. The signal
+// handler only sets a flag: Python runs it between bytecodes of the main thread, possibly inside
+// threading's locked sections, so starting a thread from it can deadlock.
+constexpr const char* fd3_server = R"(import http.server, os, signal, socket, socketserver
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = f"generation {os.environ['KTRICKS_SERVE_GENERATION']}\n".encode()
@@ -40,10 +42,13 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer): block_on_close = True
 s = S(("", 0), H, bind_and_activate=False); s.socket.close(); s.socket = socket.socket(fileno=3)
 s.socket.setblocking(False)
-signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=s.shutdown).start())
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 n = os.environ["NOTIFY_SOCKET"]; n = "\0" + n[1:] if n[0] == "@" else n
 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", n)
-s.serve_forever(poll_interval=0.05); s.server_close()
+s.timeout = 0.05
+while not stop: s.handle_request()
+s.server_close()
 )";
 
 struct Counts {
@@ -156,8 +161,15 @@ void run_stop(TourLog& log) {
     Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control", control, "--",
                          python, script},
                         dir.string());
-    if (!wait_for([&] { return std::filesystem::exists(control) && answers(port); }, std::chrono::seconds(10)))
-        throw std::runtime_error("serve did not come up within 10 s");
+    // Generation 1 is serving once serve has read its READY=1 (until then a reload is refused).
+    auto serving = [&] {
+        try {
+            return handoff::request_status(control, std::chrono::seconds(2)).find("\"generation\":1") != std::string::npos;
+        } catch (const std::exception&) {
+            return false;
+        }
+    };
+    if (!wait_for(serving, std::chrono::seconds(10))) throw std::runtime_error("serve did not come up within 10 s");
     std::vector<double> ready_ms;
     {
         Counts counts;

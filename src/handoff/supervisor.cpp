@@ -356,8 +356,10 @@ void Supervisor::forget(Generation& g) {
 }
 
 void Supervisor::kill_group(Generation& g, int signal_number) {
-    if (!g.child || !g.child->running()) return;
-    if (::kill(-g.pid, signal_number) < 0) g.child->signal(signal_number);
+    // The whole group, even when the leader is gone: workers it forked may still hold connections.
+    // The kernel never hands out a pid that is still some group's id, so this cannot hit strangers.
+    if (g.pid > 0 && ::kill(-g.pid, signal_number) == 0) return;
+    if (g.child && g.child->running()) g.child->signal(signal_number);
 }
 
 void Supervisor::become_ready(Generation& g) {

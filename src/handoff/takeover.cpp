@@ -17,6 +17,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -122,17 +123,44 @@ bool exited(int pidfd, milliseconds within) {
     return ::poll(&p, 1, static_cast<int>(within.count())) == 1;
 }
 
-// The connections the old process holds on our listeners (remote addresses).
-std::vector<std::string> held_connections(pid_t pid, const std::vector<detail::ProcSocket>& listeners) {
-    auto inodes = detail::socket_inodes(pid);
+// The connections the old process holds on our listeners (their peers' addresses). Each of its
+// sockets is duplicated (pidfd_getfd) and asked directly (getsockname, SO_ACCEPTCONN): reading
+// /proc/net/tcp instead would walk every TIME_WAIT entry of the namespace, which under load takes
+// hundreds of milliseconds while the old server sits stopped.
+std::vector<std::string> held_connections(pid_t pid, int pidfd, const std::vector<detail::ProcSocket>& listeners) {
     std::vector<std::string> held;
-    for (const auto& socket : detail::proc_sockets(pid)) {
-        if (!inodes.count(socket.inode)) continue;
-        for (const auto& listener : listeners)
-            if (detail::belongs_to(socket, listener)) {
-                held.push_back(socket.remote.empty() ? socket.local : socket.remote);
-                break;
+    for (const auto& entry : detail::socket_inodes(pid)) {
+        // (not a structured binding: clang 14 cannot capture one in the lambda)
+        const unsigned long inode = entry.first;
+        const int fd = entry.second;
+        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; })) continue;
+        Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
+        if (!copy) continue;  // closed meanwhile
+        int listening = 0;
+        socklen_t length = sizeof(listening);
+        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening) continue;
+        detail::ProcSocket socket;
+        try {
+            auto local = SocketAddress::of_socket(copy.get());
+            socket.local = local.to_string();
+            socket.kind = local.transport() == SocketAddress::Transport::udp           ? detail::ProcSocket::Kind::udp
+                          : local.transport() == SocketAddress::Transport::unix_stream ? detail::ProcSocket::Kind::unix_stream
+                                                                                       : detail::ProcSocket::Kind::tcp;
+        } catch (const std::exception&) {
+            continue;  // not an address family we listen on
+        }
+        if (!std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return detail::belongs_to(socket, l); }))
+            continue;
+        sockaddr_storage peer{};
+        socklen_t peer_length = sizeof(peer);
+        std::string remote = socket.local;
+        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 && peer_length > sizeof(sa_family_t)) {
+            try {
+                remote = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM).to_string();
+            } catch (const std::exception&) {
             }
+        }
+        held.push_back(remote);
     }
     return held;
 }
@@ -158,16 +186,21 @@ void retire(const Retirement& r) {
         ++attempts;
         if (!send_signal(r.pidfd, SIGSTOP)) break;  // gone already
         // The fd table is stable only once every thread has stopped.
-        for (int i = 0; i < 1000 && process_state(r.pid) != 'T' && process_state(r.pid) != 't'; ++i)
+        for (int i = 0; i < 1000; ++i) {
+            char state = process_state(r.pid);
+            if (state == 'T' || state == 't' || state == '?') break;
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
         try {
-            held = held_connections(r.pid, r.listeners);
+            held = held_connections(r.pid, r.pidfd, r.listeners);
         } catch (const std::exception&) {
             held.clear();  // it exited meanwhile
         }
         if (held.empty() || Clock::now() >= deadline) break;
         send_signal(r.pidfd, SIGCONT);
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        // Let it run a little longer each time: on a busy machine its threads may need a while to be
+        // scheduled at all, and every stop delays its clients again.
+        std::this_thread::sleep_for(std::chrono::milliseconds(std::min(20 << std::min(attempts - 1, 4), 200)));
     }
     send_signal(r.pidfd, r.signal_number);
     send_signal(r.pidfd, SIGCONT);

@@ -7,11 +7,13 @@ import os
 import signal
 import socket
 import socketserver
-import threading
 
 from systemd import daemon
 
-draining = threading.Event()
+# Set by the SIGTERM handler. Python runs signal handlers in the main thread between bytecodes, even
+# inside threading's own locked sections: starting a thread (or taking any lock) from the handler can
+# deadlock, so the handler only sets this flag and the main loop looks at it.
+draining = False
 body = f"generation {os.environ.get('KTRICKS_SERVE_GENERATION', '?')} pid {os.getpid()}\n".encode()
 
 
@@ -22,7 +24,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
-        if draining.is_set():
+        if draining:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
@@ -47,11 +49,13 @@ server.socket.setblocking(False)
 
 
 def on_term(*_):
-    draining.set()
-    threading.Thread(target=server.shutdown).start()
+    global draining
+    draining = True
 
 
 signal.signal(signal.SIGTERM, on_term)
 daemon.notify("READY=1")
-server.serve_forever(poll_interval=0.05)
-server.server_close()
+server.timeout = 0.05
+while not draining:
+    server.handle_request()
+server.server_close()  # joins the handler threads: every accepted request is answered
