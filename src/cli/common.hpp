@@ -25,6 +25,8 @@ Subcommand add_once(CLI::App& app);
 // jail
 
 // netlink: sockets, procwatch
+Subcommand add_sockets(CLI::App& app);
+Subcommand add_procwatch(CLI::App& app);
 
 // netwatch
 

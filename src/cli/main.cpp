@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
     // jail
 
     // netlink: sockets, procwatch
+    subcommands.push_back(cli::add_sockets(app));
+    subcommands.push_back(cli::add_procwatch(app));
 
     // netwatch
 

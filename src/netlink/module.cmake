@@ -4,3 +4,13 @@ target_sources(ktricks PRIVATE
   src/netlink/netlink.cpp
 )
 target_link_libraries(ktricks PUBLIC PkgConfig::LIBMNL)
+target_sources(ktricks PRIVATE
+  src/netlink/filter.cpp
+  src/netlink/decode.cpp
+  src/netlink/owners.cpp
+  src/netlink/sockets.cpp
+  src/netlink/procwatch.cpp
+)
+if(TARGET ktricks_cli)
+  target_sources(ktricks_cli PRIVATE src/cli/sockets.cpp src/cli/procwatch.cpp)
+endif()
