@@ -165,7 +165,18 @@ private:
     std::vector<std::byte> buffer_;
 };
 
-// --- decoding ------------------------------------------------------------------------------------
+// --- decoding ---
+
+// Whether a message of `remaining` bytes starts with a complete nlmsghdr whose length fits.
+// (libmnl's mnl_nlmsg_ok casts nlmsg_len to int, so a length near 4 GiB passes it.)
+inline bool message_fits(const nlmsghdr* message, std::size_t remaining) noexcept {
+    return remaining >= sizeof(nlmsghdr) && message->nlmsg_len >= sizeof(nlmsghdr) && message->nlmsg_len <= remaining;
+}
+// Calls visit(message) for each complete message in a datagram; stops at the first that does not
+// fit, or when visit returns false.
+void for_each_message(std::span<const std::byte> datagram, const std::function<bool(const nlmsghdr&)>& visit);
+
+// -----------------------------------------------------------------------------------------------
 
 // The family header that follows nlmsghdr, copied out; nullopt if the message is too short.
 template <typename T>

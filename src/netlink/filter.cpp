@@ -69,7 +69,9 @@ std::vector<Token> tokenize(std::string_view text) {
         if (matched) continue;
         std::size_t start = i;
         // Addresses contain ':' '[' ']' '/' '.', so a word runs to a space, paren or operator.
-        while (i < text.size() && !std::strchr(" \t\n()=!<>&|", text[i])) ++i;
+        // (string_view::find, not strchr: strchr would "find" a NUL byte and stall the scan.)
+        constexpr std::string_view stops = " \t\n()=!<>&|";
+        while (i < text.size() && stops.find(text[i]) == std::string_view::npos) ++i;
         tokens.push_back({std::string(text.substr(start, i - start)), start + 1});
     }
     return tokens;

@@ -55,7 +55,21 @@ std::string extack_of(const nlmsghdr& message, std::size_t offset) {
     throw NetlinkError(error_number, std::string(what), std::move(extack));
 }
 
+// The message after `message`; `remaining` shrinks by its aligned length (to 0 past the end).
+const nlmsghdr* next_message(const nlmsghdr* message, std::size_t& remaining) noexcept {
+    std::size_t step = NLMSG_ALIGN(message->nlmsg_len);
+    remaining = step < remaining ? remaining - step : 0;
+    return reinterpret_cast<const nlmsghdr*>(reinterpret_cast<const char*>(message) + (remaining ? step : 0));
+}
+
 }  // namespace
+
+void for_each_message(std::span<const std::byte> datagram, const std::function<bool(const nlmsghdr&)>& visit) {
+    std::size_t remaining = datagram.size();
+    for (auto* message = reinterpret_cast<const nlmsghdr*>(datagram.data()); message_fits(message, remaining);
+         message = next_message(message, remaining))
+        if (!visit(*message)) return;
+}
 
 NetlinkError::NetlinkError(int error_number, const std::string& what, std::string extack)
     : std::system_error(error_number, std::generic_category(), what), extack_(std::move(extack)) {
@@ -140,9 +154,9 @@ bool Socket::read_replies(std::uint32_t sequence, bool dump, const MessageHandle
             // incomplete and unrecoverable in place; the caller's retry is a new dump.
             throw_errno("receive netlink reply", what);
         }
-        int remaining = static_cast<int>(got);
-        for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data()); mnl_nlmsg_ok(message, remaining);
-             message = mnl_nlmsg_next(message, &remaining)) {
+        std::size_t remaining = static_cast<std::size_t>(got);
+        for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data()); message_fits(message, remaining);
+             message = next_message(message, remaining)) {
             // Stale replies of an abandoned request (or a stray multicast) carry another sequence.
             if (message->nlmsg_seq != sequence) continue;
             if (message->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = true;
@@ -219,9 +233,9 @@ Received Socket::receive(const MessageHandler& handler) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Received::would_block;
         throw_errno("receive netlink", protocol_name(protocol_));
     }
-    int remaining = static_cast<int>(got);
-    for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data()); mnl_nlmsg_ok(message, remaining);
-         message = mnl_nlmsg_next(message, &remaining)) {
+    std::size_t remaining = static_cast<std::size_t>(got);
+    for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data()); message_fits(message, remaining);
+         message = next_message(message, remaining)) {
         if (message->nlmsg_type == NLMSG_ERROR) {
             auto error = read_header<nlmsgerr>(*message);
             if (!error || error->error == 0) continue;
@@ -253,8 +267,16 @@ int fill_table(const nlattr* attribute, void* data) {
 Attributes::Attributes(const nlmsghdr& message, std::size_t header_size, std::uint16_t max_type)
     : max_type_(std::min(max_type, limit)) {
     if (message.nlmsg_len < MNL_NLMSG_HDRLEN + MNL_ALIGN(header_size)) return;
-    TableFill fill{&table_, max_type_};
-    mnl_attr_parse(&message, static_cast<unsigned>(header_size), fill_table, &fill);
+    // Walked here rather than with mnl_attr_parse, whose end is the *aligned* message length: for
+    // a last message of unaligned length that is up to 3 bytes past the datagram.
+    const char* start = reinterpret_cast<const char*>(&message) + MNL_NLMSG_HDRLEN + MNL_ALIGN(header_size);
+    const char* end = reinterpret_cast<const char*>(&message) + message.nlmsg_len;
+    for (auto* attribute = reinterpret_cast<const nlattr*>(start);
+         mnl_attr_ok(attribute, static_cast<int>(end - reinterpret_cast<const char*>(attribute)));
+         attribute = mnl_attr_next(attribute)) {
+        auto type = mnl_attr_get_type(attribute);
+        if (type <= max_type_) table_[type] = attribute;
+    }
 }
 
 Attributes::Attributes(const nlattr* nest, std::uint16_t max_type) : max_type_(std::min(max_type, limit)) {
