@@ -45,6 +45,7 @@ std::vector<TourStop> all_stops() {
     // jail
 
     // netlink: sockets, procwatch
+    stops.push_back(sockets_tour_stop());
 
     // netwatch
 

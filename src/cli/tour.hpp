@@ -38,6 +38,7 @@ TourStop once_tour_stop();
 // jail
 
 // netlink: sockets, procwatch
+TourStop sockets_tour_stop();
 
 // netwatch
 

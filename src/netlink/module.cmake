@@ -12,5 +12,5 @@ target_sources(ktricks PRIVATE
   src/netlink/procwatch.cpp
 )
 if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/sockets.cpp src/cli/procwatch.cpp)
+  target_sources(ktricks_cli PRIVATE src/cli/sockets.cpp src/cli/procwatch.cpp src/cli/tour_sockets.cpp)
 endif()
