@@ -150,6 +150,7 @@ struct TableOptions {
     bool netid = false;      // the Netid column (more than one kind listed)
     bool extended = false;   // -e: uid, inode, cookie
     bool netns = false;      // --all-netns: the namespace column
+    bool header = true;      // the column titles line
 };
 // ss's columns, aligned; written to `fd` in large chunks.
 void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& options, int fd);

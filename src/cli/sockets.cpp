@@ -55,7 +55,7 @@ int run_sockets(const SocketsOptions& options) {
         action.sa_handler = [](int) { interrupted = true; };
         ::sigaction(SIGINT, &action, nullptr);
         ::sigaction(SIGTERM, &action, nullptr);
-        sockets::TableOptions table{.numeric = true, .netid = true, .extended = options.extended};
+        sockets::TableOptions table{.numeric = true, .netid = true, .extended = options.extended, .header = false};
         sockets::watch(
             query, options.netns,
             [&](const sockets::SocketInfo& socket) {
@@ -65,23 +65,9 @@ int run_sockets(const SocketsOptions& options) {
                     for (auto& [key, value] : object.items()) event.set(key, value);
                     fmt::print("{}", event.to_line());
                 } else {
-                    fmt::memory_buffer line;
                     fmt::print("{} closed ", format_timestamp(std::chrono::system_clock::now()));
                     std::fflush(stdout);
-                    std::vector<sockets::SocketInfo> one{socket};
-                    // One row without the header line.
-                    int pipe_fds[2];
-                    if (::pipe(pipe_fds) == 0) {
-                        sockets::write_table(one, table, pipe_fds[1]);
-                        ::close(pipe_fds[1]);
-                        std::string text;
-                        char buffer[4096];
-                        for (ssize_t got; (got = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;)
-                            text.append(buffer, static_cast<std::size_t>(got));
-                        ::close(pipe_fds[0]);
-                        auto newline = text.find('\n');
-                        fmt::print("{}", text.substr(newline + 1));
-                    }
+                    sockets::write_table({socket}, table, STDOUT_FILENO);
                 }
                 std::fflush(stdout);
             },

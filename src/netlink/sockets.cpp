@@ -70,11 +70,10 @@ struct Kind {
 // loadable (sock_diag's request_module failed).
 bool is_missing_module(const std::system_error& error) { return error.code().value() == ENOENT; }
 
-std::uint32_t request_states(const Query& query, bool is_udp_like) {
-    std::uint32_t states = query.states ? query.states : connected_states;
-    if (query.filter && query.filter->states()) states = query.filter->states();
-    (void)is_udp_like;
-    return states;
+// The filter's `state` clauses win over -a/-l, which win over ss's default (connected only).
+std::uint32_t request_states(const Query& query) {
+    if (query.filter && query.filter->states()) return query.filter->states();
+    return query.states ? query.states : connected_states;
 }
 
 void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std::vector<SocketInfo>& out) {
@@ -82,7 +81,7 @@ void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std:
     inet_diag_req_v2 header{};
     header.sdiag_family = static_cast<std::uint8_t>(kind.family);
     header.sdiag_protocol = static_cast<std::uint8_t>(kind.protocol);
-    header.idiag_states = request_states(query, kind.protocol != IPPROTO_TCP);
+    header.idiag_states = request_states(query);
     if (query.tcp_info && kind.protocol == IPPROTO_TCP)
         header.idiag_ext |= (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_CONG - 1));
     if (query.memory) header.idiag_ext |= 1 << (INET_DIAG_SKMEMINFO - 1);
@@ -92,10 +91,6 @@ void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std:
         auto code = query.filter->bytecode();
         request.ensure_room(MNL_ATTR_HDRLEN + code.size());
         mnl_attr_put(request.header(), INET_DIAG_REQ_BYTECODE, code.size(), code.data());
-    }
-    if (kind.protocol == IPPROTO_RAW) {
-        // raw_diag finds sockets by the protocol in INET_DIAG_REQ_PROTOCOL when present; without
-        // it, sdiag_raw_protocol (pad) = IPPROTO_RAW matches every raw socket.
     }
     std::size_t first = out.size();
     auto protocol = static_cast<std::uint8_t>(kind.protocol);
@@ -113,9 +108,7 @@ void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo
     netlink::Request request(SOCK_DIAG_BY_FAMILY, 0);
     unix_diag_req header{};
     header.sdiag_family = AF_UNIX;
-    std::uint32_t states = query.states ? query.states : connected_states;
-    if (query.filter && query.filter->states()) states = query.filter->states();
-    header.udiag_states = states;
+    header.udiag_states = request_states(query);
     header.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID |
                         (query.memory ? UDIAG_SHOW_MEMINFO : 0);
     request.put_header(header);
@@ -131,9 +124,7 @@ void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo
 }
 
 void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketInfo>& out) {
-    std::uint32_t states = query.states ? query.states : connected_states;
-    if (query.filter && query.filter->states()) states = query.filter->states();
-    if (!(states & (1u << closed))) return;  // packet sockets have no state: ss shows them as UNCONN
+    if (!(request_states(query) & (1u << closed))) return;  // packet sockets have no state: ss shows them as UNCONN
     netlink::Request request(SOCK_DIAG_BY_FAMILY, 0);
     packet_diag_req header{};
     header.sdiag_family = AF_PACKET;
@@ -298,7 +289,7 @@ std::string address_text(const Endpoint& end, std::uint32_t ifindex, const std::
     std::string out;
     if (end.family == AF_INET) {
         if (std::all_of(end.address.begin(), end.address.begin() + 4, [](auto b) { return b == 0; }))
-            out = end.port == 0 ? "0.0.0.0" : "0.0.0.0";
+            out = "0.0.0.0";
         else append_ipv4(out, end.address.data());
     } else if (end.family == AF_INET6) {
         char text[INET6_ADDRSTRLEN];
@@ -476,14 +467,16 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
     Writer writer(fd);
     auto& out = writer.buffer();
     auto space = [&] { out.push_back(' '); };
-    if (options.netns) put(out, "Netns", w_netns), space();
-    if (options.netid) put(out, "Netid", w_netid), space();
-    put(out, "State", w_state), space();
-    put(out, "Recv-Q", w_recv), space();
-    put(out, "Send-Q", w_send), space();
-    put(out, "Local Address", w_laddr, true), out.push_back(':'), put(out, "Port", w_lport), space();
-    put(out, "Peer Address", w_paddr, true), out.push_back(':'), put(out, "Port", w_pport), space();
-    out.append(std::string_view("Process\n"));
+    if (options.header) {
+        if (options.netns) put(out, "Netns", w_netns), space();
+        if (options.netid) put(out, "Netid", w_netid), space();
+        put(out, "State", w_state), space();
+        put(out, "Recv-Q", w_recv), space();
+        put(out, "Send-Q", w_send), space();
+        put(out, "Local Address", w_laddr, true), out.push_back(':'), put(out, "Port", w_lport), space();
+        put(out, "Peer Address", w_paddr, true), out.push_back(':'), put(out, "Port", w_pport), space();
+        out.append(std::string_view("Process\n"));
+    }
     for (std::size_t i = 0; i < sockets.size(); ++i) {
         const SocketInfo& socket = sockets[i];
         const Row& row = rows[i];
