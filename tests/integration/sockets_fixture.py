@@ -4,6 +4,7 @@
 Prints one JSON object (ports, inodes, pid), then obeys commands on stdin, one per line:
   recv_killed   -> prints the errno name recv() gives on the connection -K destroyed
   close_watched -> closes the connection the --watch test follows, prints "closed"
+  churn         -> opens and closes a new connection from 127.0.0.5, prints its client port
 """
 import errno
 import json
@@ -63,3 +64,9 @@ for line in sys.stdin:
         watched.close()
         watched_server.close()
         print("closed", flush=True)
+    elif command == "churn":
+        client, server = connect("127.0.0.5")
+        churned = client.getsockname()[1]
+        client.close()
+        server.close()
+        print(churned, flush=True)

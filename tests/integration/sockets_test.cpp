@@ -221,8 +221,14 @@ TEST_F(SocketsInNamespace, KillDestroysTheChosenConnectionOnly) {
 
 TEST_F(SocketsInNamespace, WatchReportsAClosedConnection) {
     auto watcher = Process::start({KTRICKS_BINARY, "sockets", "--netns", name_, "--watch", "-t", "--json"});
-    // The subscription is made right after start; give it a moment (there is no readiness signal).
-    std::this_thread::sleep_for(300ms);
+    // There is no readiness signal: churn short connections until the watcher reports one, so we
+    // know it is subscribed, then close the connection under test.
+    auto reported = [&](long port) {
+        for (auto& event : json_lines(watcher.out()))
+            if (event["event"] == "destroy" && event["local"]["port"] == port) return true;
+        return false;
+    };
+    ASSERT_TRUE(eventually([&] { return reported(std::stol(fixture_say("churn"))); }, 10s, 100ms)) << watcher.err();
     ASSERT_EQ(fixture_say("close_watched"), "closed\n");
     auto watched_port = known("watched_port");
     bool seen = eventually([&] {
