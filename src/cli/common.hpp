@@ -29,6 +29,8 @@ Subcommand add_takeover(CLI::App& app);
 Subcommand add_jail(CLI::App& app);
 
 // netlink: sockets, procwatch
+Subcommand add_sockets(CLI::App& app);
+Subcommand add_procwatch(CLI::App& app);
 
 // netwatch
 

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
     subcommands.push_back(cli::add_jail(app));
 
     // netlink: sockets, procwatch
+    subcommands.push_back(cli::add_sockets(app));
+    subcommands.push_back(cli::add_procwatch(app));
 
     // netwatch
 

@@ -47,6 +47,7 @@ std::vector<TourStop> all_stops() {
     stops.push_back(jail_tour_stop());
 
     // netlink: sockets, procwatch
+    stops.push_back(sockets_tour_stop());
 
     // netwatch
 

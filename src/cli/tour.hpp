@@ -40,6 +40,7 @@ TourStop handoff_tour_stop();
 TourStop jail_tour_stop();
 
 // netlink: sockets, procwatch
+TourStop sockets_tour_stop();
 
 // netwatch
 

@@ -205,6 +205,8 @@ public:
         if (child_) child_->signal(signal_number);
     }
     void close_stdin() noexcept { stdin_write_.reset(); }
+    // The write end of a piped stdin (with_piped_stdin), -1 otherwise.
+    int stdin_fd() const noexcept { return stdin_write_.get(); }
 
     // SIGKILL to every process in the group, then reap the leader. Safe to call twice.
     void kill_group() noexcept {

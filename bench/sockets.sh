@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# bench/sockets.sh — `ktricks sockets` next to `ss` and `netstat` on N established TCP connections.
+#
+#   KTRICKS=path/to/ktricks RUNS=5 SIZES="1000 10000 100000" bench/sockets.sh
+#
+# Runs inside a private network namespace (unshare -n: it re-executes itself there), so the counts
+# are exact and nothing of the host is touched. For each N it opens N loopback connections with
+# bench/sockets_connections.py (2N sockets: both ends; workers of <= 9000 connections, each from its
+# own 127.0.0.x, so neither RLIMIT_NOFILE nor the ephemeral port range runs out), then times RUNS
+# runs of each command (wall clock, output to /dev/null) and prints one markdown table of medians
+# and ratios against ktricks. Row counts of ktricks, ss and netstat are compared first.
+# Environment: KTRICKS (default ../build/ktricks), RUNS (default 5), SIZES (default 1000 10000 100000),
+# NETSTAT_P_MAX (largest N at which `netstat -tanp` is timed, default 10000: it takes minutes beyond).
+set -euo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
+RUNS=${RUNS:-5}
+SIZES=${SIZES:-1000 10000 100000}
+NETSTAT_P_MAX=${NETSTAT_P_MAX:-10000}
+[[ -x $K ]] || { echo "sockets.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "sockets.sh: RUNS must be a positive integer" >&2; exit 1; }
+for tool in ss netstat unshare /usr/bin/python3 awk sort; do
+    command -v "$tool" >/dev/null || { echo "sockets.sh: needs $tool" >&2; exit 1; }
+done
+[[ $(id -u) == 0 ]] || { echo "sockets.sh: needs root (network namespace)" >&2; exit 77; }
+
+if [[ -z ${KTRICKS_BENCH_INSIDE:-} ]]; then
+    # Copy the binary: it may be rebuilt while we run.
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/ktricks-bench-sockets.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    cp "$K" "$tmp/ktricks"
+    KTRICKS_BENCH_INSIDE=1 KTRICKS="$tmp/ktricks" RUNS=$RUNS SIZES=$SIZES NETSTAT_P_MAX=$NETSTAT_P_MAX unshare -n "$0" "$@"
+    exit
+fi
+
+ip link set lo up
+# Per namespace: room for every connection.
+sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.core.somaxconn=65535 2>/dev/null || true
+# Descriptors: as many as the hard limit lets us (raising it needs CAP_SYS_RESOURCE, which a
+# container may withhold; the helper's workers stay under 20k each either way).
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+helper_pid=
+cleanup() {
+    if [[ -n $helper_pid ]]; then
+        { exec {helper_in}>&-; } 2>/dev/null || true
+        pkill -KILL -P "$helper_pid" 2>/dev/null || true
+        kill -KILL "$helper_pid" 2>/dev/null || true
+        wait "$helper_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+median() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit }
+        if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# Median wall milliseconds of RUNS runs of "$@".
+time_ms() {
+    local i start end
+    for ((i = 0; i < RUNS; i++)); do
+        start=$EPOCHREALTIME
+        "$@" >/dev/null 2>&1
+        end=$EPOCHREALTIME
+        awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }'
+    done | median
+}
+rows() { "$@" 2>/dev/null | wc -l; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b + 0 > 0) printf "%.1fx", b / a; else print "-" }'; }
+
+table="| N connections | query | ktricks (ms) | ss (ms) | netstat (ms) | ss / ktricks | netstat / ktricks |
+|---:|---|---:|---:|---:|---:|---:|"
+round=0
+for n in $SIZES; do
+    echo "sockets.sh: opening $n connections..." >&2
+    # A fresh port range per size: the previous size's sockets may still be closing (FIN-WAIT).
+    port=$((5000 + 100 * round++))
+    coproc HELPER { exec /usr/bin/python3 "$here/sockets_connections.py" "$n" "$port"; }
+    helper_pid=$HELPER_PID
+    exec {helper_in}>&"${HELPER[1]}"
+    read -r ready _ _ <&"${HELPER[0]}" || { echo "sockets.sh: the connection helper failed" >&2; exit 1; }
+    [[ $ready == ready ]] || exit 1
+    # Row counts: 2n established + listeners; ktricks and ss print one header line, netstat two.
+    k_rows=$(( $(rows "$KTRICKS" sockets -tan) - 1 ))
+    s_rows=$(( $(rows ss -tan) - 1 ))
+    n_rows=$(( $(rows netstat -tan) - 2 ))
+    kf=$(( $(rows "$KTRICKS" sockets -tan "sport = :$port") - 1 ))
+    sf=$(( $(rows ss -tan "sport = :$port") - 1 ))
+    echo "sockets.sh: N=$n rows: ktricks $k_rows, ss $s_rows, netstat $n_rows; filtered: ktricks $kf, ss $sf" >&2
+    if [[ $k_rows != "$s_rows" || $k_rows != "$n_rows" || $kf != "$sf" ]]; then
+        echo "sockets.sh: row counts disagree" >&2
+        exit 1
+    fi
+    k=$(time_ms "$KTRICKS" sockets -tan); s=$(time_ms ss -tan); t=$(time_ms netstat -tan)
+    table+=$'\n'"| $n | \`-tan\` ($k_rows rows) | $k | $s | $t | $(ratio "$k" "$s") | $(ratio "$k" "$t") |"
+    k=$(time_ms "$KTRICKS" sockets -tanp); s=$(time_ms ss -tanp)
+    # netstat -p takes minutes per run at 100k connections; past NETSTAT_P_MAX it is not timed.
+    if ((n <= NETSTAT_P_MAX)); then t=$(time_ms netstat -tanp); else t="(not run)"; fi
+    table+=$'\n'"| $n | \`-tanp\` (with processes) | $k | $s | $t | $(ratio "$k" "$s") | $(ratio "$k" "$t") |"
+    k=$(time_ms "$KTRICKS" sockets -tan "sport = :$port"); s=$(time_ms ss -tan "sport = :$port")
+    table+=$'\n'"| $n | \`-tan sport = :$port\` ($kf rows) | $k | $s | - | $(ratio "$k" "$s") | - |"
+    # (An `exec` with a 2>/dev/null would silence this shell's stderr for good: braces scope it.)
+    { exec {helper_in}>&-; } 2>/dev/null || true
+    kill "$helper_pid" 2>/dev/null || true
+    pkill -KILL -P "$helper_pid" 2>/dev/null || true
+    wait "$helper_pid" 2>/dev/null || true
+    helper_pid=
+done
+echo
+echo "ktricks sockets vs ss vs netstat, median of $RUNS runs each, wall time, output to /dev/null"
+echo "($(nproc) CPUs, kernel $(uname -r), $(ss -V))"
+echo
+echo "$table"

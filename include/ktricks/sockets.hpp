@@ -1,0 +1,167 @@
+// sockets: `ss`, but faster and scriptable. Lists sockets through sock_diag (NETLINK_SOCK_DIAG):
+// one dump per protocol and address family, filtered in the kernel by inet_diag bytecode, no
+// /proc/net text to parse. Maps sockets to processes by socket inode (/proc/PID/fd), streams
+// socket-destroy events, destroys sockets (SOCK_DESTROY).
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace ktricks::sockets {
+
+enum class Netid : std::uint8_t { tcp, udp, raw, u_str, u_dgr, u_seq, p_raw, p_dgr };
+const char* to_string(Netid netid) noexcept;
+bool is_inet(Netid netid) noexcept;
+
+// TCP states as the kernel numbers them (include/net/tcp_states.h); UDP and unix reuse them
+// (ESTABLISHED = connected, CLOSE = unconnected, LISTEN).
+enum State : std::uint8_t {
+    established = 1, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, closed, close_wait, last_ack,
+    listen, closing, new_syn_recv,
+};
+inline constexpr std::uint32_t all_states = 0x1ffe;  // bits 1..12
+// ss's names: ESTAB, SYN-SENT, ..., UNCONN for CLOSE, LISTEN.
+const char* state_name(std::uint8_t state) noexcept;
+
+struct Endpoint {
+    int family = 0;                       // AF_INET, AF_INET6; 0 for unix/packet
+    std::array<std::uint8_t, 16> address{};
+    std::uint16_t port = 0;               // host order; raw sockets: the protocol
+    std::string name;                     // unix: path or "@abstract"; packet: interface
+};
+
+struct ProcessRef {
+    pid_t pid = 0;
+    int fd = -1;
+    std::string command;  // /proc/PID/comm
+};
+
+// What tcp_info says, for -i. Fields a kernel did not send read as 0 (tcp_info grows).
+struct TcpDetails {
+    std::uint8_t snd_wscale = 0, rcv_wscale = 0;
+    std::uint32_t rto = 0, ato = 0, snd_mss = 0, rcv_mss = 0, pmtu = 0, advmss = 0;
+    std::uint32_t rtt = 0, rttvar = 0, min_rtt = 0, snd_cwnd = 0, snd_ssthresh = 0;
+    std::uint32_t retrans = 0, total_retrans = 0, lost = 0, unacked = 0, rcv_space = 0;
+    std::uint32_t last_data_sent = 0, last_data_recv = 0, last_ack_recv = 0;
+    std::uint64_t bytes_sent = 0, bytes_acked = 0, bytes_received = 0, delivery_rate = 0, pacing_rate = 0;
+    std::uint32_t segs_out = 0, segs_in = 0;
+    std::size_t kernel_size = 0;  // bytes of tcp_info this kernel sent
+};
+
+struct SocketInfo {
+    Netid netid = Netid::tcp;
+    std::uint8_t state = 0;
+    std::uint8_t protocol = 0;   // IPPROTO_* for inet sockets
+    std::uint32_t recv_q = 0, send_q = 0;
+    Endpoint local, peer;
+    std::uint32_t inode = 0, uid = 0, peer_inode = 0, ifindex = 0;
+    std::uint64_t cookie = 0;
+    std::shared_ptr<const TcpDetails> tcp;  // shared: keeps SocketInfo small for 100k-row listings
+    std::string congestion;
+    std::optional<std::array<std::uint32_t, 9>> memory;  // SK_MEMINFO_*: r rb t tb f w o bl d
+    std::vector<ProcessRef> processes;
+    std::string netns;          // with --all-netns: the namespace's name ("" = ours)
+};
+
+// A filter expression in ss's grammar, compiled to inet_diag bytecode:
+//   [state NAME]... [exclude NAME]... EXPR
+//   EXPR := EXPR or EXPR | EXPR [and] EXPR | not EXPR | ( EXPR )
+//         | sport|dport OP [:]PORT    OP: = == != > < >= <= eq ne gt lt ge le
+//         | src|dst [=|!=] ADDR[/PREFIX][:PORT]  ADDR: 10.0.0.1, [::1], *
+// State names: established syn-sent syn-recv fin-wait-1 fin-wait-2 time-wait closed close-wait
+// last-ack listening closing, and the groups all connected synchronized bucket big.
+class Filter {
+public:
+    // Throws InputError naming the offending token and its position:
+    // filter "sport = :http5": bad port "http5" at character 8 (expected a number 0-65535).
+    static Filter parse(std::string_view text);
+
+    // States selected by `state`/`exclude` (bit 1 << state), or 0 if the text names none.
+    std::uint32_t states() const noexcept { return states_; }
+    bool has_conditions() const noexcept { return root_ != nullptr; }
+    // The expression as INET_DIAG_REQ_BYTECODE; empty if there are no conditions.
+    std::vector<std::byte> bytecode() const;
+    // The same decision made here (for destroy events, which the kernel does not filter).
+    bool matches(const SocketInfo& socket) const;
+
+    struct Node;
+
+private:
+    std::uint32_t states_ = 0;
+    std::shared_ptr<const Node> root_;
+};
+
+// One state name (as in `state NAME`) to its bit mask; nullopt if unknown.
+std::optional<std::uint32_t> parse_state(std::string_view name);
+
+struct Query {
+    // Which kinds; none set means tcp, udp, unix, raw and packet (those the kernel can list).
+    bool tcp = false, udp = false, unix_sockets = false, raw = false, packet = false;
+    bool ipv4 = true, ipv6 = true;
+    // Bit mask of states (1 << State). 0: connected ones only (ss's default); see listening_states.
+    std::uint32_t states = 0;
+    std::optional<Filter> filter;
+    bool tcp_info = false;   // -i: tcp_info and the congestion algorithm
+    bool memory = false;     // -m: skmem
+    bool processes = false;  // -p: owning processes, by socket inode
+};
+
+// The states ss shows by default (all but LISTEN, CLOSE, TIME-WAIT, SYN-RECV), for -l, for -a.
+inline constexpr std::uint32_t connected_states =
+    all_states & ~((1u << listen) | (1u << closed) | (1u << time_wait) | (1u << syn_recv));
+inline constexpr std::uint32_t listening_states = (1u << listen) | (1u << closed);
+
+struct Listing {
+    std::vector<SocketInfo> sockets;
+    // Kinds that were asked for implicitly but cannot be listed here ("raw: the kernel has no
+    // raw_diag module (CONFIG_INET_RAW_DIAG)"). Asked for explicitly, they throw instead.
+    std::vector<std::string> warnings;
+};
+
+// Lists sockets of the current network namespace, or of `netns` (a name in /run/netns or a
+// path). Throws std::system_error (EX_UNAVAILABLE for a missing diag module asked for by name).
+Listing list(const Query& query, const std::string& netns = {});
+// Every namespace: ours (netns "") then each one in /run/netns.
+Listing list_all_namespaces(const Query& query);
+
+// Socket inode -> processes holding it, from one pass over /proc/*/fd (one readlinkat per
+// descriptor, relative to an open /proc/PID/fd, and /proc/PID/comm only for owners found).
+// With `wanted` non-empty, only those inodes are recorded.
+std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(
+    const std::vector<std::uint32_t>& wanted = {});
+
+// -K: destroys each TCP/UDP socket in `sockets` (SOCK_DESTROY); returns those the kernel
+// destroyed. Throws std::system_error if the kernel lacks CONFIG_INET_DIAG_DESTROY (EOPNOTSUPP) or
+// we lack CAP_NET_ADMIN.
+std::vector<SocketInfo> destroy(const std::vector<SocketInfo>& sockets, const std::string& netns = {});
+
+struct TableOptions {
+    bool numeric = true;     // -n: no service names
+    bool netid = false;      // the Netid column (more than one kind listed)
+    bool extended = false;   // -e: uid, inode, cookie
+    bool netns = false;      // --all-netns: the namespace column
+    bool header = true;      // the column titles line
+};
+// ss's columns, aligned; written to `fd` in large chunks.
+void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& options, int fd);
+// {"netid":"tcp","state":"ESTAB","recv_q":0,...}
+std::string to_json_line(const SocketInfo& socket);
+
+// --watch: socket-destroy multicast (SKNLGRP_INET_TCP_DESTROY, ...) of the namespace; calls
+// `on_socket` for each destroyed socket matching `query` (kinds, families, states, filter), and
+// `on_lost` when the kernel dropped events (ENOBUFS). Runs until `keep_going` returns false
+// (checked at least every `poll_ms`).
+void watch(const Query& query, const std::string& netns, const std::function<void(const SocketInfo&)>& on_socket,
+           const std::function<void()>& on_lost, const std::function<bool()>& keep_going, int poll_ms = 200);
+
+}  // namespace ktricks::sockets

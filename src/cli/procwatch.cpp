@@ -1,0 +1,183 @@
+// ktricks procwatch: argument parsing for process events (library: ktricks/procwatch.hpp).
+#include <signal.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <charconv>
+#include <list>
+#include <memory>
+
+#include "cli/common.hpp"
+#include "ktricks/core/child.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/proc.hpp"
+#include "ktricks/procwatch.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+struct ProcwatchOptions {
+    std::vector<std::string> events;
+    std::string comm;
+    std::string uid;
+    std::string exec;
+    bool threads = false;
+    bool json = false;
+    std::string duration;
+};
+
+std::atomic<bool> stop_requested = false;
+
+std::string describe(const procwatch::ProcessEvent& event) {
+    using procwatch::EventType;
+    switch (event.type) {
+        case EventType::fork: return fmt::format("parent={}", event.parent_tgid);
+        case EventType::exit:
+            if (event.killed_by()) return fmt::format("signal={}{}", event.killed_by(), event.exit_code & 0x80 ? " core" : "");
+            return fmt::format("status={}", event.exit_status());
+        case EventType::uid: return fmt::format("ruid={} euid={}", event.uid, event.euid);
+        case EventType::gid: return fmt::format("rgid={} egid={}", event.uid, event.euid);
+        case EventType::ptrace:
+            return event.tracer_tgid ? fmt::format("tracer={}", event.tracer_tgid) : std::string("detached");
+        case EventType::comm: return fmt::format("comm={}", printable(event.comm));
+        case EventType::coredump: return fmt::format("parent={}", event.parent_tgid);
+        default: return {};
+    }
+}
+
+int run_procwatch(const ProcwatchOptions& options) {
+    procwatch::Options watch_options;
+    for (const auto& list : options.events) {
+        std::size_t start = 0;
+        while (start <= list.size()) {
+            auto comma = list.find(',', start);
+            std::string name = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+            auto type = procwatch::parse_event_type(name);
+            if (!type)
+                throw InputError(fmt::format("--event \"{}\": unknown event (expected fork, exec, exit, uid, gid, sid, "
+                                             "ptrace, comm, coredump)", printable(name)));
+            watch_options.events.push_back(*type);
+            if (comma == std::string::npos) break;
+            start = comma + 1;
+        }
+    }
+    watch_options.comm_glob = options.comm;
+    watch_options.threads = options.threads;
+    if (!options.uid.empty()) {
+        std::uint32_t uid = 0;
+        auto [end, error] = std::from_chars(options.uid.data(), options.uid.data() + options.uid.size(), uid);
+        if (error != std::errc() || end != options.uid.data() + options.uid.size())
+            throw InputError(fmt::format("--uid \"{}\": expected a numeric uid", printable(options.uid)));
+        watch_options.uid = uid;
+    }
+    std::optional<std::chrono::steady_clock::time_point> deadline;
+    if (!options.duration.empty())
+        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+
+    struct sigaction action{};
+    action.sa_handler = [](int) { stop_requested = true; };
+    ::sigaction(SIGINT, &action, nullptr);
+    ::sigaction(SIGTERM, &action, nullptr);
+
+    std::list<Child> children;  // --exec commands still running
+    auto reap = [&] {
+        for (auto it = children.begin(); it != children.end();) it = it->try_wait() ? children.erase(it) : std::next(it);
+    };
+    pid_t self = ::getpid();
+    procwatch::watch(
+        watch_options,
+        [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
+            std::string command = enrichment.command.empty() ? std::string() : shell_join(enrichment.command);
+            if (options.json) {
+                Event line("procwatch", procwatch::to_string(event.type));
+                line.set("pid", event.tgid);
+                if (event.thread()) line.set("tid", event.pid);
+                if (event.parent_tgid) line.set("ppid", event.parent_tgid);
+                if (event.type == procwatch::EventType::exit) {
+                    if (event.killed_by()) line.set("signal", event.killed_by());
+                    else line.set("exit_code", event.exit_status());
+                }
+                if (event.type == procwatch::EventType::uid || event.type == procwatch::EventType::gid)
+                    line.set("real", event.uid).set("effective", event.euid);
+                if (event.type == procwatch::EventType::ptrace) line.set("tracer", event.tracer_tgid);
+                if (event.type == procwatch::EventType::comm) line.set("new_comm", printable(event.comm));
+                line.set("comm", printable(enrichment.comm)).set("command", enrichment.command);
+                if (enrichment.uid) line.set("uid", *enrichment.uid).set("user", enrichment.user);
+                line.set("readable", enrichment.readable);
+                fmt::print("{}", line.to_line());
+            } else {
+                fmt::print("{} {:<8} pid={} {}{} {}{}\n", format_timestamp(std::chrono::system_clock::now()),
+                           procwatch::to_string(event.type), event.tgid,
+                           event.thread() ? fmt::format("tid={} ", event.pid) : std::string(), describe(event),
+                           enrichment.uid ? fmt::format("user={} ", enrichment.user.empty() ? std::to_string(*enrichment.uid) : enrichment.user) : std::string(),
+                           command.empty() ? (enrichment.comm.empty() ? std::string("(gone before it could be read)")
+                                                                      : "[" + printable(enrichment.comm) + "]")
+                                           : (enrichment.readable ? command : command + " (remembered; gone now)"));
+            }
+            std::fflush(stdout);
+            if (!options.exec.empty()) {
+                SpawnOptions spawn;
+                spawn.argv = {"/bin/sh", "-c", options.exec};
+                spawn.set_env = {fmt::format("KTRICKS_EVENT={}", procwatch::to_string(event.type)),
+                                 fmt::format("KTRICKS_PID={}", event.tgid),
+                                 fmt::format("KTRICKS_PPID={}", event.parent_tgid),
+                                 fmt::format("KTRICKS_COMM={}", enrichment.comm),
+                                 fmt::format("KTRICKS_COMMAND={}", command),
+                                 fmt::format("KTRICKS_EXIT_CODE={}", event.exit_status())};
+                try {
+                    children.push_back(Child::spawn(spawn));
+                } catch (const std::exception& error) {
+                    fmt::print(stderr, "ktricks procwatch: --exec: {}\n", error.what());
+                }
+            }
+            reap();
+        },
+        [&] {
+            if (options.json) fmt::print("{}", Event("procwatch", "lost").set("reason", "ENOBUFS").to_line());
+            else fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
+                            format_timestamp(std::chrono::system_clock::now()));
+            std::fflush(stdout);
+        },
+        [&] {
+            reap();
+            return !stop_requested && (!deadline || std::chrono::steady_clock::now() < *deadline);
+        },
+        [&](pid_t pid) {
+            if (pid == self) return true;
+            for (auto& child : children)
+                if (child.pid() == pid) return true;
+            return false;
+        },
+        100);
+    for (auto& child : children) child.wait(std::chrono::seconds(5));
+    return 0;
+}
+
+}  // namespace
+
+Subcommand add_procwatch(CLI::App& app) {
+    auto options = std::make_shared<ProcwatchOptions>();
+    auto* sub = app.add_subcommand("procwatch", "Every fork, exec and exit as it happens, from the kernel's proc connector");
+    sub->add_option("--event", options->events, "Only these events: fork,exec,exit,uid,gid,sid,ptrace,comm,coredump")
+        ->delimiter(',');
+    sub->add_option("--comm", options->comm, "Only processes whose comm matches this glob");
+    sub->add_option("--uid", options->uid, "Only processes with this real uid");
+    sub->add_option("--exec", options->exec,
+                    "Run this shell command for each matching event (env: KTRICKS_EVENT, KTRICKS_PID, KTRICKS_PPID, "
+                    "KTRICKS_COMM, KTRICKS_COMMAND, KTRICKS_EXIT_CODE)");
+    sub->add_flag("--threads", options->threads, "Also thread creation and exit");
+    sub->add_flag("--json", options->json, "One JSON object per event");
+    sub->add_option("--duration", options->duration, "Stop after SECONDS");
+    sub->footer(
+        "Examples:\n"
+        "  ktricks procwatch                                  # everything\n"
+        "  ktricks procwatch --event exec,exit --comm 'python*' --json\n"
+        "  ktricks procwatch --event exit --exec 'logger \"$KTRICKS_COMM exited $KTRICKS_EXIT_CODE\"'\n"
+        "Needs root (CAP_NET_ADMIN). Exit status: 0 when stopped by INT/TERM or --duration.");
+    return {sub, [options] { return run_procwatch(*options); }};
+}
+
+}  // namespace ktricks::cli

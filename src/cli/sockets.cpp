@@ -1,0 +1,149 @@
+// ktricks sockets: argument parsing for socket listing (library: ktricks/sockets.hpp).
+#include <signal.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <memory>
+
+#include "cli/common.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/sockets.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+struct SocketsOptions {
+    bool tcp = false, udp = false, unix_sockets = false, raw = false, packet = false;
+    bool listening = false, all = false, numeric = false, processes = false, extended = false;
+    bool info = false, memory = false, ipv4 = false, ipv6 = false, kill = false, json = false;
+    bool all_netns = false, watch = false;
+    std::string netns;
+    std::vector<std::string> filter;
+};
+
+std::atomic<bool> interrupted = false;
+
+int run_sockets(const SocketsOptions& options) {
+    sockets::Query query;
+    query.tcp = options.tcp;
+    query.udp = options.udp;
+    query.unix_sockets = options.unix_sockets;
+    query.raw = options.raw;
+    query.packet = options.packet;
+    if (options.ipv4 || options.ipv6) {
+        query.ipv4 = options.ipv4;
+        query.ipv6 = options.ipv6;
+    }
+    query.states = options.all ? sockets::all_states : options.listening ? sockets::listening_states : 0;
+    query.tcp_info = options.info;
+    query.memory = options.memory;
+    query.processes = options.processes;
+    std::string expression;
+    for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
+    if (!expression.empty()) query.filter = sockets::Filter::parse(expression);
+    if (options.all_netns && !options.netns.empty()) throw InputError("--netns and --all-netns exclude each other");
+    if (options.kill && options.all_netns) throw InputError("-K works on one namespace at a time (use --netns)");
+
+    if (options.watch) {
+        if (options.unix_sockets || options.raw || options.packet)
+            throw InputError("--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
+        if (options.all || options.listening) query.states = 0;
+        struct sigaction action{};
+        action.sa_handler = [](int) { interrupted = true; };
+        ::sigaction(SIGINT, &action, nullptr);
+        ::sigaction(SIGTERM, &action, nullptr);
+        sockets::TableOptions table{.numeric = true, .netid = true, .extended = options.extended, .header = false};
+        sockets::watch(
+            query, options.netns,
+            [&](const sockets::SocketInfo& socket) {
+                if (options.json) {
+                    Event event("sockets", "destroy");
+                    auto object = nlohmann::ordered_json::parse(sockets::to_json_line(socket));
+                    for (auto& [key, value] : object.items()) event.set(key, value);
+                    fmt::print("{}", event.to_line());
+                } else {
+                    fmt::print("{} closed ", format_timestamp(std::chrono::system_clock::now()));
+                    std::fflush(stdout);
+                    sockets::write_table({socket}, table, STDOUT_FILENO);
+                }
+                std::fflush(stdout);
+            },
+            [&] {
+                if (options.json) fmt::print("{}", Event("sockets", "lost").set("reason", "ENOBUFS").to_line());
+                else fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
+                                format_timestamp(std::chrono::system_clock::now()));
+                std::fflush(stdout);
+            },
+            [] { return !interrupted.load(); });
+        return 0;
+    }
+
+    sockets::Listing listing = options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
+    for (const auto& warning : listing.warnings) fmt::print(stderr, "ktricks sockets: {}\n", warning);
+    std::vector<sockets::SocketInfo>* shown = &listing.sockets;
+    std::vector<sockets::SocketInfo> destroyed;
+    if (options.kill) {
+        destroyed = sockets::destroy(listing.sockets, options.netns);
+        shown = &destroyed;
+    }
+    if (options.json) {
+        std::string out;
+        for (const auto& socket : *shown) {
+            out += sockets::to_json_line(socket);
+            if (out.size() > 64 * 1024) {
+                fmt::print("{}", out);
+                out.clear();
+            }
+        }
+        fmt::print("{}", out);
+        return 0;
+    }
+    int kinds = options.tcp + options.udp + options.unix_sockets + options.raw + options.packet;
+    sockets::TableOptions table{.numeric = options.numeric, .netid = kinds != 1, .extended = options.extended,
+                                .netns = options.all_netns};
+    std::fflush(stdout);
+    sockets::write_table(*shown, table, STDOUT_FILENO);
+    return 0;
+}
+
+}  // namespace
+
+Subcommand add_sockets(CLI::App& app) {
+    auto options = std::make_shared<SocketsOptions>();
+    auto* sub = app.add_subcommand("sockets", "ss, but faster and scriptable: list sockets through sock_diag netlink");
+    sub->add_flag("-t,--tcp", options->tcp, "TCP sockets");
+    sub->add_flag("-u,--udp", options->udp, "UDP sockets");
+    sub->add_flag("-x,--unix", options->unix_sockets, "unix sockets");
+    sub->add_flag("-w,--raw", options->raw, "raw sockets");
+    sub->add_flag("-0,--packet", options->packet, "packet sockets");
+    sub->add_flag("-l,--listening", options->listening, "listening (and unconnected) sockets only");
+    sub->add_flag("-a,--all", options->all, "sockets in every state");
+    sub->add_flag("-n,--numeric", options->numeric, "numeric ports (no service names)");
+    sub->add_flag("-p,--processes", options->processes, "owning processes (by socket inode, from /proc/*/fd)");
+    sub->add_flag("-e,--extended", options->extended, "uid, inode and socket cookie");
+    sub->add_flag("-i,--info", options->info, "TCP internals (tcp_info, congestion control)");
+    sub->add_flag("-m,--memory", options->memory, "socket memory (skmem)");
+    sub->add_flag("-4,--ipv4", options->ipv4, "IPv4 only");
+    sub->add_flag("-6,--ipv6", options->ipv6, "IPv6 only");
+    sub->add_flag("-K,--kill", options->kill, "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
+    sub->add_flag("--json", options->json, "one JSON object per socket");
+    sub->add_option("-N,--netns", options->netns, "list the network namespace NAME (/run/netns) or PATH");
+    sub->add_flag("--all-netns", options->all_netns, "list ours and every namespace in /run/netns");
+    sub->add_flag("--watch", options->watch, "stream TCP/UDP socket destroy events until interrupted");
+    sub->add_option("filter", options->filter, "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
+    sub->footer(
+        "Examples:\n"
+        "  ktricks sockets -tan                              # like ss -tan\n"
+        "  ktricks sockets -tlnp                             # listeners and their processes\n"
+        "  ktricks sockets -t state established '( dport = :443 or dport = :80 )'\n"
+        "  ktricks sockets -tn dst 10.0.0.0/8 --json         # filtered by the kernel, as JSON\n"
+        "  ktricks sockets -K -t dst 192.0.2.7               # destroy those connections\n"
+        "  ktricks sockets --watch -t                        # closed TCP sockets as they close\n"
+        "Exit status: 0; 64 bad flags or filter; 69 a diag module asked for is missing; 77 not permitted.");
+    return {sub, [options] { return run_sockets(*options); }};
+}
+
+}  // namespace ktricks::cli

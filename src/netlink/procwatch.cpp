@@ -1,0 +1,269 @@
+// The proc connector: a NETLINK_CONNECTOR socket bound to group CN_IDX_PROC receives nothing until
+// it sends PROC_CN_MCAST_LISTEN (the kernel counts listeners and only then builds events). Each
+// event is nlmsghdr + cn_msg + proc_event; the kernel sends them as NLMSG_DONE messages.
+#include "ktricks/procwatch.hpp"
+
+#include <fnmatch.h>
+#include <linux/cn_proc.h>
+#include <linux/connector.h>
+#include <poll.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
+#include <algorithm>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/proc.hpp"
+#include "ktricks/netlink.hpp"
+
+namespace ktricks::procwatch {
+
+const char* to_string(EventType type) noexcept {
+    switch (type) {
+        case EventType::fork: return "fork";
+        case EventType::exec: return "exec";
+        case EventType::uid: return "uid";
+        case EventType::gid: return "gid";
+        case EventType::sid: return "sid";
+        case EventType::ptrace: return "ptrace";
+        case EventType::comm: return "comm";
+        case EventType::coredump: return "coredump";
+        case EventType::exit: return "exit";
+    }
+    return "?";
+}
+
+std::optional<EventType> parse_event_type(std::string_view name) {
+    for (auto type : {EventType::fork, EventType::exec, EventType::uid, EventType::gid, EventType::sid,
+                      EventType::ptrace, EventType::comm, EventType::coredump, EventType::exit})
+        if (name == to_string(type)) return type;
+    return std::nullopt;
+}
+
+std::optional<ProcessEvent> decode(const nlmsghdr& message) {
+    // Bounds: the payload must hold cn_msg, cn_msg.len must fit the payload, and the proc_event
+    // header must fit cn_msg.len. The union part is copied zero-filled from what is present.
+    std::size_t payload = message.nlmsg_len >= NLMSG_HDRLEN ? message.nlmsg_len - NLMSG_HDRLEN : 0;
+    if (payload < sizeof(cn_msg)) return std::nullopt;
+    cn_msg header;
+    const auto* bytes = static_cast<const std::uint8_t*>(mnl_nlmsg_get_payload(&message));
+    std::memcpy(&header, bytes, sizeof(header));
+    if (header.id.idx != CN_IDX_PROC || header.id.val != CN_VAL_PROC) return std::nullopt;
+    std::size_t length = std::min<std::size_t>(header.len, payload - sizeof(cn_msg));
+    constexpr std::size_t head = offsetof(proc_event, event_data);
+    if (length < head) return std::nullopt;
+    proc_event event;
+    std::memset(&event, 0, sizeof(event));
+    std::memcpy(&event, bytes + sizeof(cn_msg), std::min(length, sizeof(event)));
+    ProcessEvent out;
+    out.timestamp_ns = event.timestamp_ns;
+    out.cpu = event.cpu;
+    const auto& d = event.event_data;
+    switch (event.what) {
+        case proc_event::PROC_EVENT_FORK:
+            out.type = EventType::fork;
+            out.pid = d.fork.child_pid;
+            out.tgid = d.fork.child_tgid;
+            out.parent_pid = d.fork.parent_pid;
+            out.parent_tgid = d.fork.parent_tgid;
+            break;
+        case proc_event::PROC_EVENT_EXEC:
+            out.type = EventType::exec;
+            out.pid = d.exec.process_pid;
+            out.tgid = d.exec.process_tgid;
+            break;
+        case proc_event::PROC_EVENT_UID:
+        case proc_event::PROC_EVENT_GID:
+            out.type = event.what == proc_event::PROC_EVENT_UID ? EventType::uid : EventType::gid;
+            out.pid = d.id.process_pid;
+            out.tgid = d.id.process_tgid;
+            out.uid = d.id.r.ruid;
+            out.euid = d.id.e.euid;
+            break;
+        case proc_event::PROC_EVENT_SID:
+            out.type = EventType::sid;
+            out.pid = d.sid.process_pid;
+            out.tgid = d.sid.process_tgid;
+            break;
+        case proc_event::PROC_EVENT_PTRACE:
+            out.type = EventType::ptrace;
+            out.pid = d.ptrace.process_pid;
+            out.tgid = d.ptrace.process_tgid;
+            out.tracer_pid = d.ptrace.tracer_pid;
+            out.tracer_tgid = d.ptrace.tracer_tgid;
+            break;
+        case proc_event::PROC_EVENT_COMM: {
+            out.type = EventType::comm;
+            out.pid = d.comm.process_pid;
+            out.tgid = d.comm.process_tgid;
+            const char* name = d.comm.comm;
+            out.comm.assign(name, strnlen(name, sizeof(d.comm.comm)));
+            break;
+        }
+        case proc_event::PROC_EVENT_COREDUMP:
+            out.type = EventType::coredump;
+            out.pid = d.coredump.process_pid;
+            out.tgid = d.coredump.process_tgid;
+            out.parent_pid = d.coredump.parent_pid;
+            out.parent_tgid = d.coredump.parent_tgid;
+            break;
+        case proc_event::PROC_EVENT_EXIT:
+            out.type = EventType::exit;
+            out.pid = d.exit.process_pid;
+            out.tgid = d.exit.process_tgid;
+            out.exit_code = d.exit.exit_code;
+            out.exit_signal = d.exit.exit_signal;
+            out.parent_pid = d.exit.parent_pid;
+            out.parent_tgid = d.exit.parent_tgid;
+            break;
+        default: return std::nullopt;  // PROC_EVENT_NONE (the listen ack) and future types
+    }
+    return out;
+}
+
+namespace {
+
+std::optional<std::string> read_comm(pid_t pid) {
+    std::ifstream file(fmt::format("/proc/{}/comm", pid));
+    std::string line;
+    if (!file || !std::getline(file, line)) return std::nullopt;
+    return line;
+}
+
+std::optional<std::uint32_t> read_uid(pid_t pid) {
+    std::ifstream file(fmt::format("/proc/{}/status", pid));
+    for (std::string line; std::getline(file, line);)
+        if (line.starts_with("Uid:")) return static_cast<std::uint32_t>(std::strtoul(line.c_str() + 4, nullptr, 10));
+    return std::nullopt;
+}
+
+std::string user_name(std::uint32_t uid) {
+    static std::unordered_map<std::uint32_t, std::string> cache;
+    if (auto found = cache.find(uid); found != cache.end()) return found->second;
+    passwd entry{}, *result = nullptr;
+    char buffer[4096];
+    ::getpwuid_r(uid, &entry, buffer, sizeof(buffer), &result);
+    return cache[uid] = result ? result->pw_name : "";
+}
+
+// What we last knew of each live process, so its exit can still be named. Bounded: entries are
+// dropped at exit, and the table is cleared if it ever grows past a limit (a lost exit event).
+struct Remembered {
+    std::vector<std::string> command;
+    std::string comm;
+    std::optional<std::uint32_t> uid;
+};
+
+class Memory {
+public:
+    Remembered* find(pid_t pid) {
+        auto found = table_.find(pid);
+        return found == table_.end() ? nullptr : &found->second;
+    }
+    void put(pid_t pid, Remembered value) {
+        if (table_.size() > 100000) table_.clear();
+        table_[pid] = std::move(value);
+    }
+    void forget(pid_t pid) { table_.erase(pid); }
+
+private:
+    std::unordered_map<pid_t, Remembered> table_;
+};
+
+Enrichment enrich(const ProcessEvent& event, Memory& memory) {
+    Enrichment out;
+    pid_t pid = event.tgid;
+    if (event.type != EventType::exit) {
+        auto comm = read_comm(event.thread() ? event.pid : pid);
+        auto command = process_command_line(pid);
+        auto uid = read_uid(pid);
+        if (comm && command && uid) {
+            out.readable = true;
+            out.comm = *comm;
+            out.command = *command;
+            out.uid = uid;
+            if (!event.thread()) memory.put(pid, {out.command, out.comm, out.uid});
+        }
+    }
+    if (!out.readable)
+        if (Remembered* known = memory.find(pid)) {
+            out.command = known->command;
+            out.comm = known->comm;
+            out.uid = known->uid;
+        }
+    if (event.type == EventType::exit && !event.thread()) memory.forget(pid);
+    if (out.uid) out.user = user_name(*out.uid);
+    return out;
+}
+
+bool matches(const Options& options, const ProcessEvent& event, const Enrichment& enrichment) {
+    if (!options.threads && event.thread()) return false;
+    if (!options.events.empty() &&
+        std::find(options.events.begin(), options.events.end(), event.type) == options.events.end())
+        return false;
+    if (!options.comm_glob.empty()) {
+        std::string comm = event.type == EventType::comm ? event.comm : enrichment.comm;
+        if (::fnmatch(options.comm_glob.c_str(), comm.c_str(), 0) != 0) return false;
+    }
+    if (options.uid && (!enrichment.uid || *enrichment.uid != *options.uid)) return false;
+    return true;
+}
+
+}  // namespace
+
+void watch(const Options& options, const std::function<void(const ProcessEvent&, const Enrichment&)>& on_event,
+           const std::function<void()>& on_lost, const std::function<bool()>& keep_going,
+           const std::function<bool(pid_t)>& ignore, int poll_ms) {
+    auto socket = netlink::Socket::open(NETLINK_CONNECTOR, CN_IDX_PROC);
+    socket.set_receive_buffer(options.receive_buffer);
+    // The listen request: nlmsghdr + cn_msg + op, as one message. The kernel gives no error for
+    // a missing privilege here on every version, so EPERM may only show up as silence; bind()
+    // above already failed with EPERM on kernels that check there.
+    netlink::Request request(NLMSG_DONE, 0);
+    request.header()->nlmsg_flags = 0;  // the connector ignores flags; no ack is sent
+    cn_msg header{};
+    header.id = {CN_IDX_PROC, CN_VAL_PROC};
+    header.len = sizeof(proc_cn_mcast_op);
+    request.put_header(header);
+    request.put_header(PROC_CN_MCAST_LISTEN);
+    socket.send(request, "proc connector listen");
+    socket.set_nonblocking();
+    Memory memory;
+    std::unordered_set<pid_t> descendants;
+    while (keep_going()) {
+        pollfd descriptor{socket.fd(), POLLIN, 0};
+        int ready = ::poll(&descriptor, 1, poll_ms);
+        if (ready < 0 && errno != EINTR) throw_errno("poll", "proc connector");
+        if (ready <= 0) continue;
+        while (true) {
+            auto received = socket.receive([&](const nlmsghdr& message) {
+                auto event = decode(message);
+                if (!event) return true;
+                // Our own children's events (and their descendants') would feed back into --exec.
+                auto ignored = [&](pid_t pid) { return descendants.count(pid) || (ignore && ignore(pid)); };
+                if (event->type == EventType::fork && ignored(event->parent_tgid)) {
+                    descendants.insert(event->tgid);
+                    return true;
+                }
+                if (ignored(event->tgid)) {
+                    if (event->type == EventType::exit && !event->thread()) descendants.erase(event->tgid);
+                    return true;
+                }
+                Enrichment enrichment = enrich(*event, memory);
+                if (matches(options, *event, enrichment)) on_event(*event, enrichment);
+                return true;
+            });
+            if (received == netlink::Received::would_block) break;
+            if (received == netlink::Received::overrun) on_lost();
+        }
+    }
+}
+
+}  // namespace ktricks::procwatch

@@ -1,0 +1,305 @@
+// ktricks sockets and procwatch against the real kernel, in a network namespace of their own.
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <set>
+
+#include "ktricks/core/child.hpp"
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+using nlohmann::json;
+
+Child spawn(std::vector<std::string> argv) {
+    SpawnOptions options;
+    options.argv = std::move(argv);
+    return Child::spawn(options);
+}
+
+const std::string fixture_script = (std::filesystem::path(__FILE__).parent_path() / "sockets_fixture.py").string();
+
+std::vector<json> json_lines(const std::string& text) {
+    std::vector<json> out;
+    for (const auto& line : lines_of(text))
+        if (!line.empty()) out.push_back(json::parse(line));
+    return out;
+}
+
+// A network namespace made with `ip netns add`, deleted on destruction, holding the fixture's
+// known sockets in a python process.
+class SocketsInNamespace : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (::geteuid() != 0) return;
+        name_ = fmt::format("ktricks-it-{}", ::getpid());
+        auto added = run({"ip", "netns", "add", name_});
+        ASSERT_EQ(added.status, 0) << added.err;
+        ASSERT_EQ(run({"ip", "-n", name_, "link", "set", "lo", "up"}).status, 0);
+        temp_ = new TempDir();
+        fixture_ = new Process(Process::start({"ip", "netns", "exec", name_, "/usr/bin/python3", fixture_script,
+                                               *temp_ / "unix.sock"},
+                                              piped_stdin()));
+        ASSERT_TRUE(eventually([] { return fixture_->out().find('\n') != std::string::npos; }))
+            << fixture_->err();
+        known_ = json::parse(lines_of(fixture_->out())[0]);
+    }
+    static void TearDownTestSuite() {
+        delete fixture_;
+        fixture_ = nullptr;
+        if (!name_.empty()) run({"ip", "netns", "del", name_});
+        delete temp_;
+        temp_ = nullptr;
+    }
+    void SetUp() override {
+        if (::geteuid() != 0) GTEST_SKIP() << "network namespaces need root";
+        ASSERT_NE(fixture_, nullptr);
+    }
+
+    static Result sockets(std::vector<std::string> args) {
+        std::vector<std::string> argv{KTRICKS_BINARY, "sockets", "--netns", name_};
+        argv.insert(argv.end(), args.begin(), args.end());
+        return run(argv);
+    }
+    static std::map<std::uint64_t, json> by_inode(const Result& result) {
+        std::map<std::uint64_t, json> out;
+        for (auto& socket : json_lines(result.out)) out[socket["inode"].get<std::uint64_t>()] = socket;
+        return out;
+    }
+    static std::set<std::uint64_t> inodes(const Result& result) {
+        std::set<std::uint64_t> out;
+        for (auto& [inode, socket] : by_inode(result)) out.insert(inode);
+        return out;
+    }
+    static std::uint64_t known(const char* key) { return known_[key].get<std::uint64_t>(); }
+    static std::string fixture_say(const std::string& command) {
+        std::string before = fixture_->out();
+        if (::write(fixture_->stdin_fd(), (command + "\n").data(), command.size() + 1) < 0) return {};
+        eventually([&] { return fixture_->out().size() > before.size() && fixture_->out().back() == '\n'; });
+        return fixture_->out().substr(before.size());
+    }
+
+    static inline std::string name_;
+    static inline TempDir* temp_ = nullptr;
+    static inline Process* fixture_ = nullptr;
+    static inline json known_;
+};
+
+TEST_F(SocketsInNamespace, ListsKnownSocketsWithStatesAddressesInodesAndOwner) {
+    auto result = sockets({"-tuxap", "--json"});
+    ASSERT_EQ(result.status, 0) << result.err;
+    auto all = by_inode(result);
+    int pid = known_["pid"].get<int>();
+
+    auto& listener = all.at(known("listener"));
+    EXPECT_EQ(listener["netid"], "tcp");
+    EXPECT_EQ(listener["state"], "LISTEN");
+    EXPECT_EQ(listener["local"]["address"], "127.0.0.1");
+    EXPECT_EQ(listener["local"]["port"], known("port"));
+    ASSERT_TRUE(listener.contains("processes"));
+    EXPECT_EQ(listener["processes"][0]["pid"], pid);
+    EXPECT_EQ(listener["processes"][0]["command"], "python3");
+
+    auto& client = all.at(known("client"));
+    EXPECT_EQ(client["state"], "ESTAB");
+    EXPECT_EQ(client["local"]["address"], "127.0.0.2");
+    EXPECT_EQ(client["local"]["port"], known("client_port"));
+    EXPECT_EQ(client["peer"]["address"], "127.0.0.1");
+    EXPECT_EQ(client["peer"]["port"], known("port"));
+    EXPECT_EQ(client["processes"][0]["pid"], pid);
+
+    auto& server = all.at(known("server"));
+    EXPECT_EQ(server["state"], "ESTAB");
+    EXPECT_EQ(server["local"]["port"], known("port"));
+    EXPECT_EQ(server["peer"]["port"], known("client_port"));
+
+    auto& udp = all.at(known("udp"));
+    EXPECT_EQ(udp["netid"], "udp");
+    EXPECT_EQ(udp["state"], "UNCONN");
+    EXPECT_EQ(udp["local"]["port"], known("udp_port"));
+
+    auto& unix_listener = all.at(known("unix_listener"));
+    EXPECT_EQ(unix_listener["netid"], "u_str");
+    EXPECT_EQ(unix_listener["state"], "LISTEN");
+    EXPECT_EQ(unix_listener["local"]["path"], *temp_ / "unix.sock");
+    auto& unix_a = all.at(known("unix_a"));
+    EXPECT_EQ(unix_a["state"], "ESTAB");
+    EXPECT_EQ(unix_a["peer"]["inode"], known("unix_b"));
+}
+
+TEST_F(SocketsInNamespace, DefaultListingShowsConnectedSocketsOnly) {
+    auto found = inodes(sockets({"-t", "--json"}));
+    EXPECT_TRUE(found.count(known("client")));
+    EXPECT_FALSE(found.count(known("listener")));
+}
+
+TEST_F(SocketsInNamespace, StateFilterSelectsListeners) {
+    auto found = inodes(sockets({"-t", "--json", "state", "listening"}));
+    EXPECT_EQ(found, (std::set<std::uint64_t>{known("listener"), known("other")}));
+}
+
+TEST_F(SocketsInNamespace, PortFiltersReturnExactlyTheExpectedSets) {
+    auto port = std::to_string(known("port"));
+    EXPECT_EQ(inodes(sockets({"-ta", "--json", "sport", "=", ":" + port})),
+              (std::set<std::uint64_t>{known("listener"), known("server"), known("killed_server"), known("watched_server")}));
+    EXPECT_EQ(inodes(sockets({"-t", "--json", "dport = :" + port})),
+              (std::set<std::uint64_t>{known("client"), known("killed"), known("watched")}));
+    EXPECT_EQ(inodes(sockets({"-ta", "--json", "sport = :" + port + " and not dport = :" +
+                                                   std::to_string(known("client_port"))})),
+              (std::set<std::uint64_t>{known("listener"), known("killed_server"), known("watched_server")}));
+    EXPECT_EQ(inodes(sockets({"-ta", "--json", "( sport = :" + std::to_string(known("other_port")) + " or src 127.0.0.2 )"})),
+              (std::set<std::uint64_t>{known("other"), known("client")}));
+}
+
+TEST_F(SocketsInNamespace, AddressFiltersUsePrefixesAndPorts) {
+    EXPECT_EQ(inodes(sockets({"-t", "--json", "src", "127.0.0.2/32"})), (std::set<std::uint64_t>{known("client")}));
+    EXPECT_EQ(inodes(sockets({"-t", "--json", "dst", "127.0.0.3:" + std::to_string(known("killed_port"))})),
+              (std::set<std::uint64_t>{known("killed_server")}));
+    auto in_eight = inodes(sockets({"-ta", "--json", "dst", "127.0.0.0/8"}));
+    EXPECT_TRUE(in_eight.count(known("client")));
+    EXPECT_TRUE(in_eight.count(known("server")));
+    EXPECT_TRUE(inodes(sockets({"-ta", "--json", "dst", "10.0.0.0/8"})).empty());
+    EXPECT_EQ(inodes(sockets({"-u", "-a", "--json", "sport > :" + std::to_string(known("udp_port") - 1)})),
+              (std::set<std::uint64_t>{known("udp")}));
+}
+
+TEST_F(SocketsInNamespace, BadFilterPointsAtTheOffendingToken) {
+    auto result = sockets({"-t", "sport", "=", ":http5"});
+    EXPECT_EQ(result.status, 64);
+    EXPECT_NE(result.err.find("bad port \"http5\" at character 9"), std::string::npos) << result.err;
+    result = sockets({"-t", "sport = :80 frob 1"});
+    EXPECT_EQ(result.status, 64);
+    EXPECT_NE(result.err.find("unknown keyword \"frob\" at character 13"), std::string::npos) << result.err;
+}
+
+TEST_F(SocketsInNamespace, TableMatchesSsInTheSameNamespace) {
+    // Rows as token lists minus the queue columns (the only values that may move between calls).
+    auto rows = [](const std::string& text) {
+        std::multiset<std::string> out;
+        auto lines = lines_of(text);
+        for (std::size_t i = 1; i < lines.size(); ++i) {
+            std::istringstream words(lines[i]);
+            std::vector<std::string> tokens{std::istream_iterator<std::string>(words), {}};
+            if (tokens.size() < 6) continue;
+            std::string key = tokens[0] + " " + tokens[1];
+            for (std::size_t t = 4; t < tokens.size(); ++t) key += " " + tokens[t];
+            out.insert(key);
+        }
+        return out;
+    };
+    auto ours = sockets({"-tuanx"});
+    auto theirs = run({"ip", "netns", "exec", name_, "ss", "-tuanx"});
+    ASSERT_EQ(ours.status, 0) << ours.err;
+    ASSERT_EQ(theirs.status, 0) << theirs.err;
+    EXPECT_EQ(rows(ours.out), rows(theirs.out)) << "ours:\n" << ours.out << "ss:\n" << theirs.out;
+}
+
+TEST_F(SocketsInNamespace, AllNetnsIncludesTheTestNamespace) {
+    auto result = run({KTRICKS_BINARY, "sockets", "--all-netns", "-tl", "--json"});
+    ASSERT_EQ(result.status, 0) << result.err;
+    bool seen = false;
+    for (auto& socket : json_lines(result.out))
+        if (socket.value("netns", "") == name_ && socket["inode"] == known("listener")) seen = true;
+    EXPECT_TRUE(seen) << result.out;
+}
+
+TEST_F(SocketsInNamespace, KillDestroysTheChosenConnectionOnly) {
+    auto chosen = "sport = :" + std::to_string(known("killed_port"));
+    auto result = sockets({"-K", "-t", "--json", chosen});
+    if (result.status == 69) GTEST_SKIP() << "kernel without CONFIG_INET_DIAG_DESTROY: " << result.err;
+    ASSERT_EQ(result.status, 0) << result.err;
+    EXPECT_EQ(inodes(result), (std::set<std::uint64_t>{known("killed")}));
+    auto after = inodes(sockets({"-t", "--json"}));
+    EXPECT_FALSE(after.count(known("killed")));
+    EXPECT_TRUE(after.count(known("client")));
+    EXPECT_EQ(fixture_say("recv_killed"), "ECONNABORTED\n");
+}
+
+TEST_F(SocketsInNamespace, WatchReportsAClosedConnection) {
+    auto watcher = Process::start({KTRICKS_BINARY, "sockets", "--netns", name_, "--watch", "-t", "--json"});
+    // There is no readiness signal: churn short connections until the watcher reports one, so we
+    // know it is subscribed, then close the connection under test.
+    auto reported = [&](long port) {
+        for (auto& event : json_lines(watcher.out()))
+            if (event["event"] == "destroy" && event["local"]["port"] == port) return true;
+        return false;
+    };
+    ASSERT_TRUE(eventually([&] { return reported(std::stol(fixture_say("churn"))); }, 10s, 100ms)) << watcher.err();
+    ASSERT_EQ(fixture_say("close_watched"), "closed\n");
+    auto watched_port = known("watched_port");
+    bool seen = eventually([&] {
+        for (auto& event : json_lines(watcher.out()))
+            // The file (and its inode number) is gone by the time the socket is destroyed.
+            if (event["event"] == "destroy" && event["local"]["port"] == watched_port &&
+                event["local"]["address"] == "127.0.0.4" && event["peer"]["port"] == known("port"))
+                return true;
+        return false;
+    }, 5s);
+    EXPECT_TRUE(seen) << watcher.out() << watcher.err();
+}
+
+TEST(Sockets, MissingDiagModuleAskedForByNameIsUnavailable) {
+    auto result = run({KTRICKS_BINARY, "sockets", "-w", "-a"});
+    if (result.status == 0) GTEST_SKIP() << "this kernel has raw_diag";
+    EXPECT_EQ(result.status, 69);
+    EXPECT_NE(result.err.find("raw_diag"), std::string::npos) << result.err;
+}
+
+// --- procwatch ----------------------------------------------------------------------------------
+
+TEST(Procwatch, SeesForkExecAndExitOfAChildWithPidCommandAndStatus) {
+    if (::geteuid() != 0) GTEST_SKIP() << "the proc connector needs CAP_NET_ADMIN";
+    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--json", "--event", "fork,exec,exit", "--duration", "30"});
+    // Wait until it is listening: it reports the exec of probes we start until one shows up.
+    ASSERT_TRUE(eventually([&] {
+        Child probe = spawn({"/bin/true"});
+        probe.wait();
+        return watcher.out().find("\"true\"") != std::string::npos;
+    }, 10s, 50ms)) << watcher.err();
+    Child child = spawn({"/bin/sh", "-c", "sleep 0.3; exit 7"});
+    pid_t pid = child.pid();
+    ASSERT_EQ(child.wait()->code, 7);
+    std::map<std::string, json> seen;
+    ASSERT_TRUE(eventually([&] {
+        for (auto& event : json_lines(watcher.out()))
+            if (event["pid"] == pid) seen[event["event"].get<std::string>()] = event;
+        return seen.count("fork") && seen.count("exec") && seen.count("exit");
+    }, 5s)) << watcher.out();
+    EXPECT_EQ(seen["fork"]["ppid"], ::getpid());
+    EXPECT_EQ(seen["exec"]["comm"], "sh");
+    EXPECT_EQ(seen["exec"]["command"], json({"/bin/sh", "-c", "sleep 0.3; exit 7"}));
+    EXPECT_EQ(seen["exit"]["exit_code"], 7);
+    EXPECT_EQ(seen["exit"]["command"], json({"/bin/sh", "-c", "sleep 0.3; exit 7"}));  // remembered from exec
+}
+
+TEST(Procwatch, ExecRunsACommandPerMatchingEvent) {
+    if (::geteuid() != 0) GTEST_SKIP() << "the proc connector needs CAP_NET_ADMIN";
+    TempDir temp;
+    std::string probe = temp / "ktricks-probe";
+    std::filesystem::create_symlink("/bin/sh", probe);  // comm is the name executed: ktricks-probe
+    std::string log = temp / "log";
+    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-pro*", "--exec",
+                                   "echo \"$KTRICKS_EVENT $KTRICKS_PID $KTRICKS_EXIT_CODE\" >> " + log, "--duration", "30"});
+    pid_t pid = 0;
+    ASSERT_TRUE(eventually([&] {
+        Child child = spawn({probe, "-c", "exit 5"});
+        pid = child.pid();
+        child.wait();
+        return read_file(log).find(fmt::format("exit {} 5\n", pid)) != std::string::npos;
+    }, 10s, 100ms)) << watcher.out() << watcher.err() << read_file(log);
+    // Only the probe's exits matched: the sh/echo that --exec started are not reported back.
+    for (const auto& line : lines_of(read_file(log))) EXPECT_TRUE(line.ends_with(" 5")) << line;
+}
+
+TEST(Procwatch, UnknownEventIsAUsageError) {
+    auto result = run({KTRICKS_BINARY, "procwatch", "--event", "exec,bogus"});
+    EXPECT_EQ(result.status, 64);
+    EXPECT_NE(result.err.find("\"bogus\""), std::string::npos) << result.err;
+}
+
+}  // namespace
+}  // namespace ktricks::test
