@@ -27,6 +27,7 @@ Subcommand add_once(CLI::App& app);
 // netlink: sockets, procwatch
 
 // netwatch
+Subcommand add_netwatch(CLI::App& app);
 
 // mysql-watch
 

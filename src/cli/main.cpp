@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
     // netlink: sockets, procwatch
 
     // netwatch
+    subcommands.push_back(cli::add_netwatch(app));
 
     // mysql-watch
 

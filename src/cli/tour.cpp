@@ -47,6 +47,7 @@ std::vector<TourStop> all_stops() {
     // netlink: sockets, procwatch
 
     // netwatch
+    stops.push_back(netwatch_tour_stop());
 
     // mysql-watch
 

@@ -40,6 +40,7 @@ TourStop once_tour_stop();
 // netlink: sockets, procwatch
 
 // netwatch
+TourStop netwatch_tour_stop();
 
 // mysql-watch
 
