@@ -32,8 +32,14 @@ int run_netwatch(const NetwatchOptions& options) {
         throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)", options.on.size(),
                                      options.exec.size()));
     for (const auto& file : options.rules_files) {
-        auto rules = netwatch::load_rules_file(file);
-        watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
+        try {
+            auto rules = netwatch::load_rules_file(file);
+            watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
+        } catch (const InputError& error) {
+            // A bad file is bad data (65), not bad usage (64).
+            fmt::print(stderr, "ktricks netwatch: {}\n", error.what());
+            return exit_code::data;
+        }
     }
     for (std::size_t i = 0; i < options.on.size(); ++i)
         watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));

@@ -23,7 +23,7 @@ const std::vector<std::string>& event_types() {
     static const std::vector<std::string> types = {
         "link-add",   "link-remove",  "link-up",     "link-down",   "link-rename",
         "addr-add",   "addr-remove",  "route-add",   "route-remove", "default-route-change",
-        "online",     "offline",      "wifi-connect", "wifi-disconnect", "wifi-roam"};
+        "online",     "offline",      "wifi-connect", "wifi-disconnect", "wifi-roam", "resync"};
     return types;
 }
 

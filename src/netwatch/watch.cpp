@@ -406,6 +406,14 @@ void Watcher::replay() {
 int Watcher::run() {
     if (!options_.dispatcher_dir.empty()) dispatcher_.emplace(options_.dispatcher_dir);
     loop_.add_signals({SIGINT, SIGTERM}, [this](const signalfd_siginfo&) { loop_.stop(); });
+    // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
+    loop_.add_signal(SIGUSR1, [this](const signalfd_siginfo&) {
+        Event line("netwatch", "state");
+        line.set("state", state_.describe());
+        std::string text = line.to_line();
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+    });
     if (options_.duration) loop_.add_timer(*options_.duration, [this] { loop_.stop(); });
     if (!options_.replay_file.empty()) {
         replay();
