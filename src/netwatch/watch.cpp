@@ -59,6 +59,7 @@ private:
     void open_rtnl();
     State dump_rtnl();
     void read_rtnl();
+    void resync(Clock::time_point when);
     // nl80211
     void open_nl80211();
     std::optional<Wifi> query_wifi(int ifindex, const std::string& bssid_hint);
@@ -77,6 +78,7 @@ private:
     State state_;
     std::optional<netlink::Socket> rtnl_, nl80211_events_, nl80211_query_;
     int nl80211_id_ = 0;
+    EventLoop::SourceId resync_retry_ = 0;
     std::optional<Recorder> recorder_;
     std::optional<Dispatcher> dispatcher_;
     struct Pending {
@@ -141,20 +143,42 @@ void Watcher::read_rtnl() {
         });
         if (result == netlink::Received::would_block) return;
         if (result == netlink::Received::overrun) {
-            // The kernel dropped events: the only truth left is a fresh dump.
             if (recorder_) recorder_->overrun();
-            State fresh = dump_rtnl();
-            state_.resync(fresh, events, {.initial = false, .resync = true});
-            NetEvent note;
-            note.type = "resync";
-            note.netns = state_.netns;
-            note.resync = true;
-            note.fields["reason"] = "netlink receive buffer overrun (ENOBUFS)";
-            note.fields["changes"] = events.size();
-            events.insert(events.begin(), note);
+            resync(when);
         }
         for (auto& event : events) handle(event, when);
     }
+}
+
+void Watcher::resync(Clock::time_point when) {
+    // The kernel dropped events: the only truth left is a fresh dump.
+    loop_.remove(resync_retry_);
+    resync_retry_ = 0;
+    // What is still queued predates the dump about to be taken, and the messages after it are
+    // the ones that were dropped: applied after the dump, the stale ones would undo it. Every
+    // message queued from here on is newer than this point, so applying those afterwards converges.
+    int drained = 0;
+    while (rtnl_->receive([&](const nlmsghdr&) { return ++drained, true; }) != netlink::Received::would_block) {}
+    State fresh;
+    try {
+        fresh = dump_rtnl();
+    } catch (const std::system_error& error) {
+        // Under a storm of changes a dump can be interrupted again and again (NLM_F_DUMP_INTR);
+        // keep applying events and try again shortly, never give up on the cache silently.
+        fmt::print(stderr, "ktricks netwatch: resync after overrun: {}; retrying\n", error.what());
+        resync_retry_ = loop_.add_timer(std::chrono::milliseconds(200), [this] { resync(Clock::now()); });
+        return;
+    }
+    std::vector<NetEvent> events;
+    state_.resync(fresh, events, {.initial = false, .resync = true});
+    NetEvent note;
+    note.type = "resync";
+    note.netns = state_.netns;
+    note.resync = true;
+    note.fields["reason"] = "netlink receive buffer overrun (ENOBUFS)";
+    note.fields["changes"] = events.size();
+    events.insert(events.begin(), note);
+    for (auto& event : events) handle(event, when);
 }
 
 void Watcher::open_nl80211() {

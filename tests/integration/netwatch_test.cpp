@@ -229,14 +229,16 @@ TEST(Netwatch, OverrunResyncsTheCacheToTheKernelsState) {
     Netns netns;
     TempDir dir;
     netns.ip("link add va type veth peer name vb");
-    // A tiny receive buffer that thousands of address changes overflow while the watcher runs a
-    // script per event (the scripts slow it down just enough).
+    // A tiny receive buffer, and a watcher stopped (SIGSTOP) while thousands of addresses change:
+    // the kernel must drop events, and the watcher must notice when it runs again.
     auto watcher = start_netwatch(netns, {"--no-initial", "--receive-buffer", "4096", "--on", "resync", "--exec", "true"});
     std::string batch;
     for (int i = 0; i < 3000; ++i) batch += fmt::format("addr add 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
     for (int i = 0; i < 3000; i += 2) batch += fmt::format("addr del 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
     write_file(dir / "batch", batch);
+    watcher.signal(SIGSTOP);
     netns.batch(dir / "batch");
+    watcher.signal(SIGCONT);
     ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"resync\"") != std::string::npos; }, 20s))
         << watcher.err();
     // Compare the cache (SIGUSR1) with the kernel once things are quiet.
