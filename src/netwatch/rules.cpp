@@ -232,8 +232,10 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
         Rule rule;
         rule.name = fmt::format("rule {}", number);
         rule.where = fmt::format("{}:{}", source_name, entry.source().begin.line);
-        for (const auto& [key_node, node] : *table) {
-            std::string key(key_node.str());
+        for (const auto& item_pair : *table) {
+            // (no structured binding: clang 14 cannot capture one in the lambdas below)
+            const toml::node& node = item_pair.second;
+            std::string key(item_pair.first.str());
             auto string_value = [&]() -> std::string {
                 auto* s = node.as_string();
                 if (!s) throw fail(node, fmt::format("\"{}\" must be a string", key));
