@@ -73,7 +73,7 @@ struct Rule {
     std::string command;                    // run with /bin/sh -c
     std::chrono::milliseconds debounce{0};  // run once the (rule, iface) stream was quiet this long
     std::chrono::milliseconds timeout{60000};
-    bool in_netns = false;                  // with --all-netns: run the script inside the event's namespace
+    bool in_netns = false;                  // run the script inside the event's named namespace (nsenter)
     std::string where;                      // "FILE:LINE" or "--on #N", for messages
 
     bool matches(const NetEvent& event) const;
@@ -100,7 +100,7 @@ struct WatchOptions {
     bool dry_run = false;           // print which rules would fire instead of running them
     bool initial = true;            // emit `initial` events for the state found at start-up
     bool wifi = true;               // also watch nl80211 (silently skipped if the kernel has none)
-    bool all_netns = false;         // NETLINK_LISTEN_ALL_NSID
+    bool all_netns = false;         // also every namespace named in /run/netns (one socket inside each)
     std::string dispatcher_dir;     // NetworkManager-dispatcher compatible scripts
     std::string record_file;        // append the raw netlink stream (with timestamps) here
     std::string replay_file;        // read events from a recording instead of the kernel

@@ -45,8 +45,7 @@ int run_netwatch(const NetwatchOptions& options) {
         watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));
     if (watch.rules.empty() && !options.json && options.dispatcher_dir.empty())
         throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR or --json");
-    if (options.all_netns)
-        throw_error(EOPNOTSUPP, "--all-netns", "watching every network namespace is not implemented yet");
+    watch.all_netns = options.all_netns;
     watch.json = options.json;
     watch.dry_run = options.dry_run;
     watch.initial = !options.no_initial;
@@ -73,7 +72,7 @@ Subcommand add_netwatch(CLI::App& app) {
     sub->add_flag("--dry-run", options->dry_run, "Print which rules would fire instead of running them");
     sub->add_flag("--no-initial", options->no_initial, "Do not emit `initial` events for the state found at start-up");
     sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
-    sub->add_flag("--all-netns", options->all_netns, "Watch every network namespace (not implemented yet)");
+    sub->add_flag("--all-netns", options->all_netns, "Also watch every namespace named in /run/netns; events carry netns=NAME");
     sub->add_option("--dispatcher-dir", options->dispatcher_dir,
                     "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...)");
     sub->add_option("--record", options->record, "Save the raw netlink stream with timestamps to FILE");

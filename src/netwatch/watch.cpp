@@ -55,11 +55,27 @@ public:
     int run();
 
 private:
+    // One watched network namespace: its own rtnetlink socket and cache. The first is ours.
+    struct Namespace {
+        std::string name;  // "" for our own (unless it has a name in /run/netns)
+        Fd fd;             // the namespace, for opening sockets inside it; empty for our own
+        std::optional<netlink::Socket> rtnl;
+        State state;
+        EventLoop::SourceId resync_retry = 0;
+    };
+    static std::vector<std::unique_ptr<Namespace>> own_namespace() {
+        std::vector<std::unique_ptr<Namespace>> list;
+        list.push_back(std::make_unique<Namespace>());
+        return list;
+    }
+    void add_named_namespaces();
+    State& state_of(const std::string& netns);
+    netlink::Socket open_socket(Namespace& ns, int protocol);
     // rtnetlink
-    void open_rtnl();
-    State dump_rtnl();
-    void read_rtnl();
-    void resync(Clock::time_point when);
+    void open_rtnl(Namespace& ns);
+    State dump_rtnl(Namespace& ns);
+    void read_rtnl(Namespace& ns);
+    void resync(Namespace& ns, Clock::time_point when);
     // nl80211
     void open_nl80211();
     std::optional<Wifi> query_wifi(int ifindex, const std::string& bssid_hint);
@@ -75,10 +91,10 @@ private:
     const WatchOptions& options_;
     EventLoop loop_;
     Runner runner_;
-    State state_;
-    std::optional<netlink::Socket> rtnl_, nl80211_events_, nl80211_query_;
+    std::vector<std::unique_ptr<Namespace>> namespaces_ = own_namespace();
+    State& state_ = namespaces_.front()->state;  // our own namespace (wifi, replay)
+    std::optional<netlink::Socket> nl80211_events_, nl80211_query_;
     int nl80211_id_ = 0;
-    EventLoop::SourceId resync_retry_ = 0;
     std::optional<Recorder> recorder_;
     std::optional<Dispatcher> dispatcher_;
     struct Pending {
@@ -89,28 +105,72 @@ private:
     std::map<std::pair<std::size_t, std::string>, Pending> debounced_;
 };
 
-void Watcher::open_rtnl() {
-    rtnl_.emplace(netlink::Socket::open(NETLINK_ROUTE));
+netlink::Socket Watcher::open_socket(Namespace& ns, int protocol) {
+    if (!ns.fd) return netlink::Socket::open(protocol);
+    return netlink::open_in_netns(ns.fd.get(), ns.name, protocol);
+}
+
+State& Watcher::state_of(const std::string& netns) {
+    for (auto& ns : namespaces_)
+        if (ns->name == netns) return ns->state;
+    return state_;
+}
+
+// --all-netns: every namespace named in /run/netns (as `ip netns add` makes them) gets its own
+// subscribed socket, opened inside it, and its own cache. That is what NETLINK_LISTEN_ALL_NSID
+// cannot give: it forwards other namespaces' events to one socket, but a dump (for the initial
+// state and for resync after an overrun) only ever covers the socket's own namespace.
+void Watcher::add_named_namespaces() {
+    struct stat own;
+    if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat", "/proc/self/ns/net");
+    for (const auto& name : netlink::list_netns()) {
+        struct stat info;
+        std::string path = "/run/netns/" + name;
+        if (::stat(path.c_str(), &info) < 0) continue;
+        if (info.st_dev == own.st_dev && info.st_ino == own.st_ino) {
+            // We run inside a named namespace: tag our own events with its name.
+            namespaces_.front()->name = name;
+            state_.netns = name;
+            continue;
+        }
+        auto ns = std::make_unique<Namespace>();
+        ns->name = name;
+        ns->state.netns = name;
+        try {
+            ns->fd = netlink::open_netns(name);
+        } catch (const std::system_error& error) {
+            fmt::print(stderr, "ktricks netwatch: skipping namespace {}: {}\n", name, error.what());
+            continue;
+        }
+        namespaces_.push_back(std::move(ns));
+    }
+}
+
+void Watcher::open_rtnl(Namespace& ns) {
+    ns.rtnl.emplace(open_socket(ns, NETLINK_ROUTE));
+    auto& socket = *ns.rtnl;
     // Subscribe before dumping: a change between dump and subscription would otherwise be lost.
     for (auto [group, name] : {std::pair{RTNLGRP_LINK, "link"}, {RTNLGRP_IPV4_IFADDR, "ipv4-ifaddr"},
                                {RTNLGRP_IPV6_IFADDR, "ipv6-ifaddr"}, {RTNLGRP_IPV4_ROUTE, "ipv4-route"},
                                {RTNLGRP_IPV6_ROUTE, "ipv6-route"}})
-        rtnl_->subscribe(group, name);
-    rtnl_->set_receive_buffer(options_.receive_buffer > 0 ? static_cast<std::size_t>(options_.receive_buffer)
+        socket.subscribe(group, name);
+    socket.set_receive_buffer(options_.receive_buffer > 0 ? static_cast<std::size_t>(options_.receive_buffer)
                                                           : 8u << 20);
-    rtnl_->set_nonblocking();
+    socket.set_nonblocking();
 }
 
-State Watcher::dump_rtnl() {
+State Watcher::dump_rtnl(Namespace& ns) {
     // A second socket for the dump, so the subscription's queued events are not interleaved with
     // dump replies; they are applied afterwards, and applying an event the dump already reflects
     // changes nothing.
-    auto socket = netlink::Socket::open(NETLINK_ROUTE);
+    auto socket = open_socket(ns, NETLINK_ROUTE);
     State fresh;
-    fresh.netns = state_.netns;
-    if (recorder_) recorder_->begin_dump();
+    fresh.netns = ns.name;
+    // Only our own namespace is recorded: a replay has one cache.
+    Recorder* recorder = ns.fd ? nullptr : (recorder_ ? &*recorder_ : nullptr);
+    if (recorder) recorder->begin_dump();
     auto collect = [&](const nlmsghdr& message) {
-        if (recorder_) recorder_->message(Record::dump, message);
+        if (recorder) recorder->message(Record::dump, message);
         std::vector<NetEvent> ignored;
         fresh.apply(decode_rtnl(&message), ignored);
         return true;
@@ -127,53 +187,53 @@ State Watcher::dump_rtnl() {
         std::memcpy(mnl_nlmsg_put_extra_header(request.header(), header_size), header.data(), header_size);
         socket.dump(request, collect, what, restart);
     }
-    if (nl80211_query_) dump_wifi(fresh);
-    if (recorder_) recorder_->end_dump();
+    if (nl80211_query_ && !ns.fd) dump_wifi(fresh);
+    if (recorder) recorder->end_dump();
     return fresh;
 }
 
-void Watcher::read_rtnl() {
+void Watcher::read_rtnl(Namespace& ns) {
     while (true) {
         auto when = Clock::now();
         std::vector<NetEvent> events;
-        auto result = rtnl_->receive([&](const nlmsghdr& message) {
-            if (recorder_) recorder_->message(Record::event, message);
-            state_.apply(decode_rtnl(&message), events);
+        auto result = ns.rtnl->receive([&](const nlmsghdr& message) {
+            if (recorder_ && !ns.fd) recorder_->message(Record::event, message);
+            ns.state.apply(decode_rtnl(&message), events);
             return true;
         });
         if (result == netlink::Received::would_block) return;
         if (result == netlink::Received::overrun) {
-            if (recorder_) recorder_->overrun();
-            resync(when);
+            if (recorder_ && !ns.fd) recorder_->overrun();
+            resync(ns, when);
         }
         for (auto& event : events) handle(event, when);
     }
 }
 
-void Watcher::resync(Clock::time_point when) {
+void Watcher::resync(Namespace& ns, Clock::time_point when) {
     // The kernel dropped events: the only truth left is a fresh dump.
-    loop_.remove(resync_retry_);
-    resync_retry_ = 0;
+    loop_.remove(ns.resync_retry);
+    ns.resync_retry = 0;
     // What is still queued predates the dump about to be taken, and the messages after it are
     // the ones that were dropped: applied after the dump, the stale ones would undo it. Every
     // message queued from here on is newer than this point, so applying those afterwards converges.
     int drained = 0;
-    while (rtnl_->receive([&](const nlmsghdr&) { return ++drained, true; }) != netlink::Received::would_block) {}
+    while (ns.rtnl->receive([&](const nlmsghdr&) { return ++drained, true; }) != netlink::Received::would_block) {}
     State fresh;
     try {
-        fresh = dump_rtnl();
+        fresh = dump_rtnl(ns);
     } catch (const std::system_error& error) {
         // Under a storm of changes a dump can be interrupted again and again (NLM_F_DUMP_INTR);
         // keep applying events and try again shortly, never give up on the cache silently.
         fmt::print(stderr, "ktricks netwatch: resync after overrun: {}; retrying\n", error.what());
-        resync_retry_ = loop_.add_timer(std::chrono::milliseconds(200), [this] { resync(Clock::now()); });
+        ns.resync_retry = loop_.add_timer(std::chrono::milliseconds(200), [this, &ns] { resync(ns, Clock::now()); });
         return;
     }
     std::vector<NetEvent> events;
-    state_.resync(fresh, events, {.initial = false, .resync = true});
+    ns.state.resync(fresh, events, {.initial = false, .resync = true});
     NetEvent note;
     note.type = "resync";
-    note.netns = state_.netns;
+    note.netns = ns.name;
     note.resync = true;
     note.fields["reason"] = "netlink receive buffer overrun (ENOBUFS)";
     note.fields["changes"] = events.size();
@@ -344,7 +404,7 @@ void Watcher::handle(const NetEvent& event, Clock::time_point when) {
             run_rule(i, settled.event, settled.when);
         });
     }
-    if (dispatcher_) dispatcher_->handle(event, state_, when, runner_, options_.dry_run);
+    if (dispatcher_) dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run);
 }
 
 void Watcher::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
@@ -433,9 +493,12 @@ int Watcher::run() {
     // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
     loop_.add_signal(SIGUSR1, [this](const signalfd_siginfo&) {
         Event line("netwatch", "state");
-        line.set("state", state_.describe());
-        std::string text = line.to_line();
-        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::string text;
+        for (const auto& ns : namespaces_)
+            text += (ns->name.empty() ? std::string() : "netns " + ns->name + "\n") + ns->state.describe();
+        line.set("state", text);
+        std::string out = line.to_line();
+        std::fwrite(out.data(), 1, out.size(), stdout);
         std::fflush(stdout);
     });
     if (options_.duration) loop_.add_timer(*options_.duration, [this] { loop_.stop(); });
@@ -448,20 +511,26 @@ int Watcher::run() {
         return 0;
     }
     if (!options_.record_file.empty()) recorder_.emplace(options_.record_file);
-    open_rtnl();
+    if (options_.all_netns) add_named_namespaces();
     open_nl80211();
-    State fresh = dump_rtnl();
-    std::vector<NetEvent> events;
-    state_.resync(fresh, events, {.initial = true, .resync = false});
-    if (options_.initial) emit(events);
-    loop_.add_fd(rtnl_->fd(), EPOLLIN, [this](std::uint32_t) { read_rtnl(); });
+    for (auto& ns : namespaces_) {
+        open_rtnl(*ns);
+        State fresh = dump_rtnl(*ns);
+        std::vector<NetEvent> events;
+        ns->state.resync(fresh, events, {.initial = true, .resync = false});
+        if (options_.initial) emit(events);
+        loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
+    }
     if (nl80211_events_) loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
-    // Messages that arrived during the dump are waiting; apply them now.
-    read_rtnl();
+    // Messages that arrived during the dumps are waiting; apply them now.
+    for (auto& ns : namespaces_) read_rtnl(*ns);
     if (nl80211_events_) read_nl80211();
     if (options_.json) {
         Event ready("netwatch", "ready");
         ready.set("wifi", nl80211_events_.has_value());
+        std::vector<std::string> names;
+        for (const auto& ns : namespaces_) names.push_back(ns->name);
+        if (options_.all_netns) ready.set("netns", names);
         std::string text = ready.to_line();
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);

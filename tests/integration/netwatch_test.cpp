@@ -316,3 +316,29 @@ TEST(Netwatch, BadRulesFileIsOneLineNamingFileAndLine) {
 
 }  // namespace
 }  // namespace ktricks::test
+
+namespace ktricks::test {
+namespace {
+
+TEST(Netwatch, AllNetnsTagsEventsWithTheNamespaceAndCanRunScriptsInside) {
+    Netns home;
+    Netns other;
+    TempDir dir;
+    write_file(dir / "rules.toml",
+               "[[rule]]\non = \"link-add\"\nnetns = \"" + other.name() + "\"\nin_netns = true\n"
+               "run = \"echo $KTRICKS_NETNS $KTRICKS_IFACE $(ip -o link show $KTRICKS_IFACE | wc -l) >> " + dir / "log" + "\"\n");
+    auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--rules", dir / "rules.toml"});
+    home.ip("link add ha type veth peer name hb");  // our own namespace: the netns filter rejects it
+    other.ip("link add oa type veth peer name ob");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", other.name() + " oa 1"); }))
+        << read_file(dir / "log") << watcher.describe();
+    std::this_thread::sleep_for(200ms);
+    for (const auto& line : log_lines(dir / "log")) EXPECT_EQ(line.find("ha"), std::string::npos) << line;
+    bool tagged = false;
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("iface", "") == "ha" && line.value("netns", "") == home.name()) tagged = true;
+    EXPECT_TRUE(tagged) << "our own namespace is tagged with its /run/netns name";
+}
+
+}  // namespace
+}  // namespace ktricks::test
