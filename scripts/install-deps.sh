@@ -18,6 +18,8 @@ packages=(
   runc podman busybox-static
   # netwatch wifi test: a Debian kernel with mac80211_hwsim booted under qemu
   qemu-system-x86 hostapd wpasupplicant iw kmod ifplugd
+  # netwatch wifi test: regulatory.db for the guest's cfg80211
+  wireless-regdb
   # mysql-watch: a throwaway MariaDB per test
   mariadb-server mariadb-client libmariadb-dev
   # tvfs: FUSE, FFmpeg libraries, the anchors it is measured against, a DLNA server

@@ -33,6 +33,7 @@ Subcommand add_sockets(CLI::App& app);
 Subcommand add_procwatch(CLI::App& app);
 
 // netwatch
+Subcommand add_netwatch(CLI::App& app);
 
 // mysql-watch
 

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
     subcommands.push_back(cli::add_procwatch(app));
 
     // netwatch
+    subcommands.push_back(cli::add_netwatch(app));
 
     // mysql-watch
 

@@ -50,6 +50,7 @@ std::vector<TourStop> all_stops() {
     stops.push_back(sockets_tour_stop());
 
     // netwatch
+    stops.push_back(netwatch_tour_stop());
 
     // mysql-watch
 

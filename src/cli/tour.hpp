@@ -43,6 +43,7 @@ TourStop jail_tour_stop();
 TourStop sockets_tour_stop();
 
 // netwatch
+TourStop netwatch_tour_stop();
 
 // mysql-watch
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# bench/netwatch.sh — `ktricks netwatch` next to what people use instead: an `ip monitor`-driven
+# shell loop, and ifplugd (which polls the link every second by default).
+#
+#   KTRICKS=path/to/ktricks RUNS=20 bench/netwatch.sh
+#
+# Setup: a veth pair va/vb in a private network namespace. Each run takes vb down (so va loses its
+# carrier: link-down), T0 = $EPOCHREALTIME just before `ip link set vb down`, T1 = the time the
+# tool's action script wrote (the same script for every tool: `date +%s.%N`). Latency = T1 - T0,
+# p50 and p99 over RUNS. Then idle cost: context switches of each watcher process over IDLE_S
+# seconds with nothing happening, scaled to one minute (a process that sleeps in the kernel until
+# an event has none).
+set -euo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
+RUNS=${RUNS:-20}
+IDLE_S=${IDLE_S:-10}
+[[ -x $K ]] || { echo "netwatch.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || { echo "netwatch.sh: needs root (network namespaces)" >&2; exit 1; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ktricks-bench-netwatch.XXXXXX")
+ns="ktnw-bench-$$"
+watcher=""
+cleanup() {
+    [[ -n $watcher ]] && kill -KILL -- "-$watcher" 2>/dev/null || true
+    wait 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+ip netns add "$ns"
+ipn() { ip -n "$ns" "$@"; }
+ipn link set lo up
+# No IPv6: its link-local address and DAD would add address/route events seconds after each
+# toggle, which the idle measurement would count against the tools that listen to them.
+ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+ipn link add va type veth peer name vb
+ipn link set va up
+ipn link set vb up
+
+cat >"$tmp/stamp" <<EOF
+#!/bin/sh
+date +%s.%N >> $tmp/stamps
+EOF
+chmod +x "$tmp/stamp"
+# ifplugd calls its action as `ACTION IFACE up|down`: only "down" counts.
+cat >"$tmp/ifplugd.action" <<EOF
+#!/bin/sh
+[ "\$2" = down ] && date +%s.%N >> $tmp/stamps
+exit 0
+EOF
+chmod +x "$tmp/ifplugd.action"
+
+# start_watcher NAME COMMAND...: runs it in its own process group inside the namespace.
+start_watcher() {
+    : >"$tmp/stamps"
+    setsid ip netns exec "$ns" "$@" >"$tmp/watcher.log" 2>&1 &
+    watcher=$!
+    sleep 1.5  # let it subscribe (or take its first poll)
+}
+stop_watcher() {
+    kill -KILL -- "-$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
+    watcher=""
+}
+
+# measure: RUNS toggles; prints the latencies in ms, one per line.
+measure() {
+    local i before t0 deadline
+    for ((i = 0; i < RUNS; i++)); do
+        before=$(wc -l <"$tmp/stamps")
+        t0=$EPOCHREALTIME
+        ipn link set vb down
+        deadline=$((SECONDS + 5))
+        while (($(wc -l <"$tmp/stamps") <= before)) && ((SECONDS < deadline)); do sleep 0.005; done
+        if (($(wc -l <"$tmp/stamps") > before)); then
+            awk -v t0="$t0" -v n="$before" 'NR == n + 1 { printf "%.3f\n", ($1 - t0) * 1000 }' "$tmp/stamps"
+        fi
+        ipn link set vb up
+        sleep 0.3
+        # The up transition may stamp too (ip monitor loop); skip to the end.
+    done
+}
+
+# idle_wakeups PID: context switches of PID over IDLE_S seconds, per minute.
+idle_wakeups() {
+    local pid=$1 a b
+    a=$(awk '/ctxt_switches/ { s += $2 } END { print s }' "/proc/$pid/status")
+    sleep "$IDLE_S"
+    b=$(awk '/ctxt_switches/ { s += $2 } END { print s }' "/proc/$pid/status")
+    echo $(((b - a) * 60 / IDLE_S))
+}
+
+stats() { # file -> "p50 p99"
+    sort -n "$1" | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "- -"; exit }
+        p50 = v[int((NR - 1) * 0.50) + 1]; p99 = v[int((NR - 1) * 0.99) + 1]; printf "%.2f %.2f\n", p50, p99 }'
+}
+
+declare -A p50 p99 wake
+run_tool() {
+    local name=$1 pid_pattern=$2
+    shift 2
+    start_watcher "$@"
+    measure >"$tmp/$name.lat"
+    local pid
+    sleep 2  # let the last toggle's events settle before measuring idle
+    pid=$(pgrep -g "$watcher" -f "$pid_pattern" | head -1)
+    wake[$name]=$( [[ -n $pid ]] && idle_wakeups "$pid" || echo "-")
+    read -r p50[$name] p99[$name] < <(stats "$tmp/$name.lat")
+    stop_watcher
+}
+
+run_tool ktricks "ktricks netwatch" "$K" netwatch --no-initial --no-wifi --on "link-down,iface=va" --exec "$tmp/stamp"
+# What people write instead: ip monitor piped into a shell loop.
+cat >"$tmp/ipmon.sh" <<EOF
+#!/bin/bash
+ip monitor link | while read -r line; do
+    case "\$line" in *" va@"*"NO-CARRIER"*) $tmp/stamp ;; esac
+done
+EOF
+chmod +x "$tmp/ipmon.sh"
+run_tool ip-monitor "ip monitor" "$tmp/ipmon.sh"
+tools=(ktricks ip-monitor)
+if command -v ifplugd >/dev/null; then
+    run_tool ifplugd "ifplugd" ifplugd -n -s -i va -r "$tmp/ifplugd.action" -I -p -q -u 0 -d 0 -f
+    tools+=(ifplugd)
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || a == 0) print "-"; else printf "%.1fx", b / a }'; }
+echo "netwatch: link-down on a veth, event to action script ($RUNS runs; idle over ${IDLE_S} s; $(uname -r))"
+echo
+echo "| tool | latency p50 (ms) | latency p99 (ms) | p50 vs ktricks | idle wakeups/min |"
+echo "|---|---|---|---|---|"
+for tool in "${tools[@]}"; do
+    echo "| $tool | ${p50[$tool]} | ${p99[$tool]} | $(ratio "${p50[ktricks]}" "${p50[$tool]}") | ${wake[$tool]} |"
+done

@@ -1,0 +1,95 @@
+// ktricks netwatch: argument parsing for the network event watcher (library: ktricks/netwatch.hpp).
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "cli/common.hpp"
+#include "ktricks/core/error.hpp"
+#include "ktricks/netwatch.hpp"
+
+namespace ktricks::cli {
+namespace {
+
+struct NetwatchOptions {
+    std::vector<std::string> rules_files;
+    std::vector<std::string> on;
+    std::vector<std::string> exec;
+    bool json = false;
+    bool dry_run = false;
+    bool no_initial = false;
+    bool no_wifi = false;
+    bool all_netns = false;
+    std::string dispatcher_dir;
+    std::string record;
+    std::string replay;
+    int receive_buffer = 0;
+    std::string duration;
+};
+
+int run_netwatch(const NetwatchOptions& options) {
+    netwatch::WatchOptions watch;
+    if (options.on.size() != options.exec.size())
+        throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)", options.on.size(),
+                                     options.exec.size()));
+    for (const auto& file : options.rules_files) {
+        try {
+            auto rules = netwatch::load_rules_file(file);
+            watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
+        } catch (const InputError& error) {
+            // A bad file is bad data (65), not bad usage (64).
+            fmt::print(stderr, "ktricks netwatch: {}\n", error.what());
+            return exit_code::data;
+        }
+    }
+    for (std::size_t i = 0; i < options.on.size(); ++i)
+        watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));
+    if (watch.rules.empty() && !options.json && options.dispatcher_dir.empty())
+        throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR or --json");
+    watch.all_netns = options.all_netns;
+    watch.json = options.json;
+    watch.dry_run = options.dry_run;
+    watch.initial = !options.no_initial;
+    watch.wifi = !options.no_wifi;
+    watch.dispatcher_dir = options.dispatcher_dir;
+    watch.record_file = options.record;
+    watch.replay_file = options.replay;
+    watch.receive_buffer = options.receive_buffer;
+    if (!options.duration.empty()) watch.duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+    return netwatch::watch(watch);
+}
+
+}  // namespace
+
+Subcommand add_netwatch(CLI::App& app) {
+    auto options = std::make_shared<NetwatchOptions>();
+    auto* sub = app.add_subcommand("netwatch", "Run scripts on network events (link, address, route, wifi): no polling");
+    sub->add_option("--rules", options->rules_files, "TOML rules file ([[rule]] on=... run=...); repeatable");
+    sub->add_option("--on", options->on, "EVENT[|EVENT...][,FILTER...] for the next --exec; filters: iface=GLOB "
+                                         "ssid=GLOB ssid!=GLOB bssid= family=inet|inet6 addr=CIDR netns=NAME "
+                                         "debounce_ms=N timeout=SECONDS");
+    sub->add_option("--exec", options->exec, "Shell command run for the matching --on");
+    sub->add_flag("--json", options->json, "Print every event (and every script's end) as a JSON line");
+    sub->add_flag("--dry-run", options->dry_run, "Print which rules would fire instead of running them");
+    sub->add_flag("--no-initial", options->no_initial, "Do not emit `initial` events for the state found at start-up");
+    sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
+    sub->add_flag("--all-netns", options->all_netns, "Also watch every namespace named in /run/netns; events carry netns=NAME");
+    sub->add_option("--dispatcher-dir", options->dispatcher_dir,
+                    "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...)");
+    sub->add_option("--record", options->record, "Save the raw netlink stream with timestamps to FILE");
+    sub->add_option("--replay", options->replay, "Feed a --record FILE through the rules instead of the kernel");
+    sub->add_option("--receive-buffer", options->receive_buffer, "SO_RCVBUF of the rtnetlink socket in bytes (default 8 MiB)");
+    sub->add_option("--duration", options->duration, "Stop after SECONDS (default: run until SIGINT/SIGTERM)");
+    sub->footer(
+        "Events: link-add link-remove link-up link-down link-rename addr-add addr-remove route-add route-remove\n"
+        "        default-route-change online offline wifi-connect wifi-disconnect wifi-roam\n"
+        "Scripts get KTRICKS_EVENT, KTRICKS_IFACE, KTRICKS_IFINDEX, KTRICKS_ADDR, KTRICKS_SSID, KTRICKS_BSSID, ...\n"
+        "in the environment and the event as JSON on stdin.\n"
+        "Examples:\n"
+        "  ktricks netwatch --on 'wifi-connect,ssid=home' --exec 'mount /mnt/nas'\n"
+        "  ktricks netwatch --on 'default-route-change,family=inet' --exec 'notify-send \"route: $KTRICKS_GATEWAY\"'\n"
+        "  ktricks netwatch --rules /etc/ktricks/netwatch.toml\n"
+        "  ktricks netwatch --json --no-initial");
+    return {sub, [options] { return run_netwatch(*options); }};
+}
+
+}  // namespace ktricks::cli

@@ -1,0 +1,60 @@
+// Decoders of the kernel's netlink messages into netwatch's objects. Pure functions of bytes, so
+// they are fuzzed: a message from the kernel is outside input like any other (truncated or
+// unknown attributes must never crash the watcher).
+#pragma once
+
+#include <linux/netlink.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "netwatch/state.hpp"
+
+namespace ktricks::netwatch {
+
+// RTM_NEWLINK/DELLINK, RTM_NEWADDR/DELADDR, RTM_NEWROUTE/DELROUTE (IPv4/IPv6, unicast routes of
+// every table except local) into a Change; Kind::none for anything else or anything malformed.
+Change decode_rtnl(const nlmsghdr* message);
+
+// An nl80211 message (NL80211_CMD_*): the fields netwatch uses.
+struct Nl80211Message {
+    int command = 0;
+    int ifindex = 0;
+    std::string mac;          // NL80211_ATTR_MAC (the BSSID in CONNECT/ROAM)
+    std::string ssid;         // NL80211_ATTR_SSID (GET_INTERFACE answers)
+    int freq = 0;             // NL80211_ATTR_WIPHY_FREQ
+    int iftype = -1;          // NL80211_ATTR_IFTYPE
+    std::optional<int> status;  // NL80211_ATTR_STATUS_CODE (CONNECT; 0 = success)
+    // From a GET_SCAN dump entry (NL80211_ATTR_BSS): the BSS we are associated with.
+    bool bss_associated = false;
+    std::string bss_bssid, bss_ssid;
+    int bss_freq = 0;
+    std::optional<int> bss_signal;  // dBm
+};
+// nullopt for malformed messages.
+std::optional<Nl80211Message> decode_nl80211(const nlmsghdr* message);
+
+// Walks a buffer of netlink messages, calling `each` for every complete one; stops at the first
+// malformed header. Returns false if the buffer was malformed.
+// (Not mnl_nlmsg_ok: it casts nlmsg_len to int, so a length above 2 GiB passes its check.)
+template <typename F>
+bool for_each_message(const void* buffer, std::size_t length, F&& each) {
+    auto* bytes = static_cast<const unsigned char*>(buffer);
+    std::size_t offset = 0;
+    while (length - offset >= NLMSG_HDRLEN) {
+        auto* message = reinterpret_cast<const nlmsghdr*>(bytes + offset);
+        if (message->nlmsg_len < NLMSG_HDRLEN || message->nlmsg_len > length - offset) return false;
+        each(message);
+        std::size_t step = NLMSG_ALIGN(message->nlmsg_len);
+        if (step > length - offset) break;
+        offset += step;
+    }
+    return true;
+}
+
+std::string format_mac(const void* bytes, std::size_t length);
+
+}  // namespace ktricks::netwatch

@@ -1,0 +1,549 @@
+// The watcher: netlink sockets, the state cache, rules, debounce, scripts, recording and replay.
+#include <linux/genetlink.h>
+#include <linux/if.h>
+#include <linux/if_addr.h>
+#include <linux/nl80211.h>
+#include <linux/rtnetlink.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/netlink.hpp"
+#include "ktricks/netwatch.hpp"
+#include "netwatch/decode.hpp"
+#include "netwatch/dispatcher.hpp"
+#include "netwatch/record.hpp"
+#include "netwatch/runner.hpp"
+#include "netwatch/state.hpp"
+
+namespace ktricks::netwatch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const char* opposite(const std::string& type) {
+    static const std::pair<const char*, const char*> pairs[] = {
+        {"link-up", "link-down"},   {"link-add", "link-remove"},   {"addr-add", "addr-remove"},
+        {"route-add", "route-remove"}, {"online", "offline"}, {"wifi-connect", "wifi-disconnect"}};
+    for (auto [a, b] : pairs) {
+        if (type == a) return b;
+        if (type == b) return a;
+    }
+    return nullptr;
+}
+
+class Watcher {
+public:
+    explicit Watcher(const WatchOptions& options)
+        : options_(options),
+          runner_(loop_, options.json ? STDERR_FILENO : -1, [this](const JobReport& report) { reported(report); }) {}
+
+    int run();
+
+private:
+    // One watched network namespace: its own rtnetlink socket and cache. The first is ours.
+    struct Namespace {
+        std::string name;  // "" for our own (unless it has a name in /run/netns)
+        Fd fd;             // the namespace, for opening sockets inside it; empty for our own
+        std::optional<netlink::Socket> rtnl;
+        State state;
+        EventLoop::SourceId resync_retry = 0;
+    };
+    static std::vector<std::unique_ptr<Namespace>> own_namespace() {
+        std::vector<std::unique_ptr<Namespace>> list;
+        list.push_back(std::make_unique<Namespace>());
+        return list;
+    }
+    void add_named_namespaces();
+    State& state_of(const std::string& netns);
+    netlink::Socket open_socket(Namespace& ns, int protocol);
+    // rtnetlink
+    void open_rtnl(Namespace& ns);
+    State dump_rtnl(Namespace& ns);
+    void read_rtnl(Namespace& ns);
+    void resync(Namespace& ns, Clock::time_point when);
+    // nl80211
+    void open_nl80211();
+    std::optional<Wifi> query_wifi(int ifindex, const std::string& bssid_hint);
+    void dump_wifi(State& into);
+    void read_nl80211();
+    // events
+    void emit(std::vector<NetEvent>& events);
+    void handle(const NetEvent& event, Clock::time_point when);
+    void run_rule(std::size_t index, const NetEvent& event, Clock::time_point when);
+    void reported(const JobReport& report);
+    void replay();
+
+    const WatchOptions& options_;
+    EventLoop loop_;
+    Runner runner_;
+    std::vector<std::unique_ptr<Namespace>> namespaces_ = own_namespace();
+    State& state_ = namespaces_.front()->state;  // our own namespace (wifi, replay)
+    std::optional<netlink::Socket> nl80211_events_, nl80211_query_;
+    int nl80211_id_ = 0;
+    std::optional<Recorder> recorder_;
+    std::optional<Dispatcher> dispatcher_;
+    struct Pending {
+        NetEvent event;
+        Clock::time_point when;
+        EventLoop::SourceId timer = 0;
+    };
+    std::map<std::pair<std::size_t, std::string>, Pending> debounced_;
+};
+
+netlink::Socket Watcher::open_socket(Namespace& ns, int protocol) {
+    if (!ns.fd) return netlink::Socket::open(protocol);
+    return netlink::open_in_netns(ns.fd.get(), ns.name, protocol);
+}
+
+State& Watcher::state_of(const std::string& netns) {
+    for (auto& ns : namespaces_)
+        if (ns->name == netns) return ns->state;
+    return state_;
+}
+
+// --all-netns: every namespace named in /run/netns (as `ip netns add` makes them) gets its own
+// subscribed socket, opened inside it, and its own cache. That is what NETLINK_LISTEN_ALL_NSID
+// cannot give: it forwards other namespaces' events to one socket, but a dump (for the initial
+// state and for resync after an overrun) only ever covers the socket's own namespace.
+void Watcher::add_named_namespaces() {
+    struct stat own;
+    if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat", "/proc/self/ns/net");
+    for (const auto& name : netlink::list_netns()) {
+        struct stat info;
+        std::string path = "/run/netns/" + name;
+        if (::stat(path.c_str(), &info) < 0) continue;
+        if (info.st_dev == own.st_dev && info.st_ino == own.st_ino) {
+            // We run inside a named namespace: tag our own events with its name.
+            namespaces_.front()->name = name;
+            state_.netns = name;
+            continue;
+        }
+        auto ns = std::make_unique<Namespace>();
+        ns->name = name;
+        ns->state.netns = name;
+        try {
+            ns->fd = netlink::open_netns(name);
+        } catch (const std::system_error& error) {
+            fmt::print(stderr, "ktricks netwatch: skipping namespace {}: {}\n", name, error.what());
+            continue;
+        }
+        namespaces_.push_back(std::move(ns));
+    }
+}
+
+void Watcher::open_rtnl(Namespace& ns) {
+    ns.rtnl.emplace(open_socket(ns, NETLINK_ROUTE));
+    auto& socket = *ns.rtnl;
+    // Subscribe before dumping: a change between dump and subscription would otherwise be lost.
+    for (auto [group, name] : {std::pair{RTNLGRP_LINK, "link"}, {RTNLGRP_IPV4_IFADDR, "ipv4-ifaddr"},
+                               {RTNLGRP_IPV6_IFADDR, "ipv6-ifaddr"}, {RTNLGRP_IPV4_ROUTE, "ipv4-route"},
+                               {RTNLGRP_IPV6_ROUTE, "ipv6-route"}})
+        socket.subscribe(group, name);
+    socket.set_receive_buffer(options_.receive_buffer > 0 ? static_cast<std::size_t>(options_.receive_buffer)
+                                                          : 8u << 20);
+    socket.set_nonblocking();
+}
+
+State Watcher::dump_rtnl(Namespace& ns) {
+    // A second socket for the dump, so the subscription's queued events are not interleaved with
+    // dump replies; they are applied afterwards, and applying an event the dump already reflects
+    // changes nothing.
+    auto socket = open_socket(ns, NETLINK_ROUTE);
+    State fresh;
+    fresh.netns = ns.name;
+    // Only our own namespace is recorded: a replay has one cache.
+    Recorder* recorder = ns.fd ? nullptr : (recorder_ ? &*recorder_ : nullptr);
+    if (recorder) recorder->begin_dump();
+    auto collect = [&](const nlmsghdr& message) {
+        if (recorder) recorder->message(Record::dump, message);
+        std::vector<NetEvent> ignored;
+        fresh.apply(decode_rtnl(&message), ignored);
+        return true;
+    };
+    netlink::DumpOptions restart;
+    for (auto [type, family, header_size, what] :
+         {std::tuple{RTM_GETLINK, AF_UNSPEC, sizeof(ifinfomsg), "dump links"},
+          std::tuple{RTM_GETADDR, AF_UNSPEC, sizeof(ifaddrmsg), "dump addresses"},
+          std::tuple{RTM_GETROUTE, AF_UNSPEC, sizeof(rtmsg), "dump routes"}}) {
+        netlink::Request request(type, 0);
+        // Every family header starts with its family byte; the rest is zero.
+        std::array<unsigned char, sizeof(ifinfomsg)> header{};
+        header[0] = static_cast<unsigned char>(family);
+        std::memcpy(mnl_nlmsg_put_extra_header(request.header(), header_size), header.data(), header_size);
+        socket.dump(request, collect, what, restart);
+    }
+    if (nl80211_query_ && !ns.fd) dump_wifi(fresh);
+    if (recorder) recorder->end_dump();
+    return fresh;
+}
+
+void Watcher::read_rtnl(Namespace& ns) {
+    while (true) {
+        auto when = Clock::now();
+        std::vector<NetEvent> events;
+        auto result = ns.rtnl->receive([&](const nlmsghdr& message) {
+            if (recorder_ && !ns.fd) recorder_->message(Record::event, message);
+            ns.state.apply(decode_rtnl(&message), events);
+            return true;
+        });
+        if (result == netlink::Received::would_block) return;
+        if (result == netlink::Received::overrun) {
+            if (recorder_ && !ns.fd) recorder_->overrun();
+            resync(ns, when);
+        }
+        for (auto& event : events) handle(event, when);
+    }
+}
+
+void Watcher::resync(Namespace& ns, Clock::time_point when) {
+    // The kernel dropped events: the only truth left is a fresh dump.
+    loop_.remove(ns.resync_retry);
+    ns.resync_retry = 0;
+    // What is still queued predates the dump about to be taken, and the messages after it are
+    // the ones that were dropped: applied after the dump, the stale ones would undo it. Every
+    // message queued from here on is newer than this point, so applying those afterwards converges.
+    int drained = 0;
+    while (ns.rtnl->receive([&](const nlmsghdr&) { return ++drained, true; }) != netlink::Received::would_block) {}
+    State fresh;
+    try {
+        fresh = dump_rtnl(ns);
+    } catch (const std::system_error& error) {
+        // Under a storm of changes a dump can be interrupted again and again (NLM_F_DUMP_INTR);
+        // keep applying events and try again shortly, never give up on the cache silently.
+        fmt::print(stderr, "ktricks netwatch: resync after overrun: {}; retrying\n", error.what());
+        ns.resync_retry = loop_.add_timer(std::chrono::milliseconds(200), [this, &ns] { resync(ns, Clock::now()); });
+        return;
+    }
+    std::vector<NetEvent> events;
+    ns.state.resync(fresh, events, {.initial = false, .resync = true});
+    NetEvent note;
+    note.type = "resync";
+    note.netns = ns.name;
+    note.resync = true;
+    note.fields["reason"] = "netlink receive buffer overrun (ENOBUFS)";
+    note.fields["changes"] = events.size();
+    events.insert(events.begin(), note);
+    for (auto& event : events) handle(event, when);
+}
+
+void Watcher::open_nl80211() {
+    if (!options_.wifi) return;
+    try {
+        auto events = netlink::Socket::open(NETLINK_GENERIC);
+        auto family = netlink::resolve_family(events, "nl80211");
+        nl80211_id_ = family.id;
+        events.subscribe(family.group("mlme"), "nl80211 mlme");
+        events.set_receive_buffer(1u << 20);
+        events.set_nonblocking();
+        nl80211_events_.emplace(std::move(events));
+        nl80211_query_.emplace(netlink::Socket::open(NETLINK_GENERIC));
+    } catch (const std::system_error&) {
+        // No cfg80211 in this kernel (or the module is not loaded): no wifi events, the rest works.
+        nl80211_events_.reset();
+        nl80211_query_.reset();
+    }
+}
+
+// What systemd-networkd does: the SSID from NL80211_CMD_GET_INTERFACE (cfg80211 reports the
+// current SSID of a connected station there), the rest from the BSS we are associated with in
+// the scan results (NL80211_CMD_GET_SCAN), which also has the SSID in its information elements.
+std::optional<Wifi> Watcher::query_wifi(int ifindex, const std::string& bssid_hint) {
+    Wifi wifi;
+    wifi.index = ifindex;
+    wifi.bssid = bssid_hint;
+    bool station = false;
+    try {
+        netlink::Request request(static_cast<std::uint16_t>(nl80211_id_), 0);
+        request.put_header(genlmsghdr{NL80211_CMD_GET_INTERFACE, 0, 0});
+        mnl_attr_put_u32(request.header(), NL80211_ATTR_IFINDEX, static_cast<std::uint32_t>(ifindex));
+        nl80211_query_->transact(request, [&](const nlmsghdr& message) {
+            if (recorder_) recorder_->message(Record::wifi_query, message);
+            if (auto decoded = decode_nl80211(&message)) {
+                station = decoded->iftype == NL80211_IFTYPE_STATION || decoded->iftype == NL80211_IFTYPE_P2P_CLIENT;
+                wifi.ssid = decoded->ssid;
+                if (decoded->freq) wifi.freq = decoded->freq;
+            }
+            return true;
+        }, "nl80211 get interface");
+        netlink::Request scan(static_cast<std::uint16_t>(nl80211_id_), 0);
+        scan.put_header(genlmsghdr{NL80211_CMD_GET_SCAN, 0, 0});
+        mnl_attr_put_u32(scan.header(), NL80211_ATTR_IFINDEX, static_cast<std::uint32_t>(ifindex));
+        nl80211_query_->dump(scan, [&](const nlmsghdr& message) {
+            if (recorder_) recorder_->message(Record::wifi_query, message);
+            auto decoded = decode_nl80211(&message);
+            if (!decoded || !decoded->bss_associated) return true;
+            if (wifi.bssid.empty()) wifi.bssid = decoded->bss_bssid;
+            if (decoded->bss_bssid != wifi.bssid) return true;
+            if (wifi.ssid.empty()) wifi.ssid = decoded->bss_ssid;
+            if (decoded->bss_freq) wifi.freq = decoded->bss_freq;
+            wifi.signal = decoded->bss_signal;
+            return true;
+        }, "nl80211 get scan");
+    } catch (const std::system_error&) {
+        return std::nullopt;  // the interface went away meanwhile
+    }
+    if (!station || wifi.bssid.empty()) return std::nullopt;
+    return wifi;
+}
+
+void Watcher::dump_wifi(State& into) {
+    std::vector<int> stations;
+    try {
+        netlink::Request request(static_cast<std::uint16_t>(nl80211_id_), 0);
+        request.put_header(genlmsghdr{NL80211_CMD_GET_INTERFACE, 0, 0});
+        nl80211_query_->dump(request, [&](const nlmsghdr& message) {
+            auto decoded = decode_nl80211(&message);
+            if (decoded && decoded->iftype == NL80211_IFTYPE_STATION && decoded->ifindex) stations.push_back(decoded->ifindex);
+            return true;
+        }, "nl80211 dump interfaces");
+    } catch (const std::system_error&) {
+        return;
+    }
+    for (int index : stations)
+        if (auto wifi = query_wifi(index, {})) into.wifi[index] = *wifi;
+}
+
+void Watcher::read_nl80211() {
+    while (true) {
+        auto when = Clock::now();
+        std::vector<Nl80211Message> messages;
+        auto result = nl80211_events_->receive([&](const nlmsghdr& message) {
+            if (message.nlmsg_type != nl80211_id_) return true;
+            if (recorder_) recorder_->message(Record::wifi_event, message);
+            if (auto decoded = decode_nl80211(&message)) messages.push_back(*decoded);
+            return true;
+        });
+        if (result == netlink::Received::would_block) return;
+        std::vector<NetEvent> events;
+        if (result == netlink::Received::overrun) {
+            State fresh = state_;
+            fresh.wifi.clear();
+            dump_wifi(fresh);
+            state_.resync(fresh, events, {.initial = false, .resync = true});
+        }
+        for (const auto& message : messages) {
+            Change change;
+            change.wifi.index = message.ifindex;
+            switch (message.command) {
+                case NL80211_CMD_CONNECT:
+                case NL80211_CMD_ROAM: {
+                    if (message.status && *message.status != 0) continue;  // a failed attempt
+                    auto wifi = query_wifi(message.ifindex, message.mac);
+                    if (!wifi) continue;
+                    change.kind = message.command == NL80211_CMD_ROAM ? Change::Kind::wifi_roam : Change::Kind::wifi_connect;
+                    change.wifi = *wifi;
+                    break;
+                }
+                case NL80211_CMD_DISCONNECT: change.kind = Change::Kind::wifi_disconnect; break;
+                default: continue;
+            }
+            if (recorder_) recorder_->wifi(change);
+            state_.apply(change, events);
+        }
+        for (auto& event : events) handle(event, when);
+    }
+}
+
+void Watcher::emit(std::vector<NetEvent>& events) {
+    auto now = Clock::now();
+    for (auto& event : events) handle(event, now);
+}
+
+void Watcher::handle(const NetEvent& event, Clock::time_point when) {
+    if (options_.json) {
+        std::string line = event.to_json().dump() + "\n";
+        std::fwrite(line.data(), 1, line.size(), stdout);
+        std::fflush(stdout);
+    }
+    if (options_.on_event) options_.on_event(event);
+    for (std::size_t i = 0; i < options_.rules.size(); ++i) {
+        const Rule& rule = options_.rules[i];
+        auto key = std::pair{i, event.netns + "/" + event.iface};
+        if (rule.debounce.count() > 0) {
+            auto pending = debounced_.find(key);
+            // The opposite event cancels a pending one: a link that went down and came back within
+            // the quiet period never settled down.
+            if (pending != debounced_.end()) {
+                const char* reverse = opposite(pending->second.event.type);
+                if (reverse && event.type == reverse && !rule.matches(event)) {
+                    loop_.remove(pending->second.timer);
+                    debounced_.erase(pending);
+                    continue;
+                }
+            }
+        }
+        if (!rule.matches(event)) continue;
+        if (rule.debounce.count() == 0) {
+            run_rule(i, event, when);
+            continue;
+        }
+        auto& pending = debounced_[key];
+        loop_.remove(pending.timer);
+        pending.event = event;
+        pending.when = when;
+        pending.timer = loop_.add_timer(rule.debounce, [this, key, i] {
+            auto it = debounced_.find(key);
+            if (it == debounced_.end()) return;
+            Pending settled = std::move(it->second);
+            debounced_.erase(it);
+            run_rule(i, settled.event, settled.when);
+        });
+    }
+    if (dispatcher_) dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run);
+}
+
+void Watcher::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
+    const Rule& rule = options_.rules[index];
+    std::string label = fmt::format("{} ({} {})", rule.name, event.type, event.iface.empty() ? "-" : event.iface);
+    if (options_.dry_run) {
+        fmt::print(options_.json ? stderr : stdout, "would run {}: {}\n", label, rule.command);
+        std::fflush(options_.json ? stderr : stdout);
+        return;
+    }
+    Job job;
+    job.queue = fmt::format("{}/{}/{}", index, event.netns, event.iface);
+    job.argv = {"/bin/sh", "-c", rule.command};
+    if (rule.in_netns && !event.netns.empty())
+        job.argv = {"nsenter", "--net=/run/netns/" + event.netns, "/bin/sh", "-c", rule.command};
+    job.env = event.environment();
+    job.env.push_back("KTRICKS_RULE=" + rule.name);
+    job.input = event.to_json().dump() + "\n";
+    job.timeout = rule.timeout;
+    job.label = label;
+    job.event_time = when;
+    runner_.submit(std::move(job));
+}
+
+void Watcher::reported(const JobReport& report) {
+    bool failed = !report.error.empty() || report.timed_out || report.status.signaled || report.status.code != 0;
+    if (options_.json) {
+        Event line("netwatch", report.timed_out ? "script-timeout" : failed ? "script-failed" : "script-done");
+        line.set("script", report.label).set("latency_ms", report.latency.count()).set("duration_ms", report.duration.count());
+        if (!report.error.empty()) line.set("error", report.error);
+        else line.set("status", report.status.to_string());
+        std::string text = line.to_line();
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+    }
+    if (!failed) return;
+    if (!report.error.empty())
+        fmt::print(stderr, "ktricks netwatch: {}: {}\n", report.label, report.error);
+    else if (report.timed_out)
+        fmt::print(stderr, "ktricks netwatch: {}: timed out after {} ms, killed ({})\n", report.label,
+                   report.duration.count(), report.status.to_string());
+    else
+        fmt::print(stderr, "ktricks netwatch: {}: {}\n", report.label, report.status.to_string());
+}
+
+void Watcher::replay() {
+    Player player(options_.replay_file);
+    std::optional<State> fresh;
+    bool first_dump = true;
+    while (auto record = player.next()) {
+        std::vector<NetEvent> events;
+        switch (record->kind) {
+            case Record::dump_begin:
+                fresh.emplace();
+                break;
+            case Record::dump:
+                if (fresh) {
+                    std::vector<NetEvent> ignored;
+                    fresh->apply(decode_rtnl(record->message()), ignored);
+                }
+                break;
+            case Record::dump_end:
+                if (!fresh) break;
+                state_.resync(*fresh, events, {.initial = first_dump, .resync = !first_dump});
+                if (first_dump && !options_.initial) events.clear();
+                first_dump = false;
+                fresh.reset();
+                break;
+            case Record::event:
+                state_.apply(decode_rtnl(record->message()), events);
+                break;
+            case Record::wifi_change:
+                state_.apply(record->change, events);
+                break;
+            default: break;
+        }
+        emit(events);
+        // Let scripts start and finish between records, without waiting.
+        loop_.run_once(std::chrono::milliseconds(0));
+    }
+}
+
+int Watcher::run() {
+    if (!options_.dispatcher_dir.empty()) dispatcher_.emplace(options_.dispatcher_dir);
+    loop_.add_signals({SIGINT, SIGTERM}, [this](const signalfd_siginfo&) { loop_.stop(); });
+    // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
+    loop_.add_signal(SIGUSR1, [this](const signalfd_siginfo&) {
+        Event line("netwatch", "state");
+        std::string text;
+        for (const auto& ns : namespaces_)
+            text += (ns->name.empty() ? std::string() : "netns " + ns->name + "\n") + ns->state.describe();
+        line.set("state", text);
+        std::string out = line.to_line();
+        std::fwrite(out.data(), 1, out.size(), stdout);
+        std::fflush(stdout);
+    });
+    if (options_.duration) loop_.add_timer(*options_.duration, [this] { loop_.stop(); });
+    if (!options_.replay_file.empty()) {
+        replay();
+        // Scripts started by the replay finish (bounded by their timeouts) before we return.
+        while (runner_.busy() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
+        while (!debounced_.empty() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
+        while (runner_.busy() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
+        return 0;
+    }
+    if (!options_.record_file.empty()) recorder_.emplace(options_.record_file);
+    if (options_.all_netns) add_named_namespaces();
+    open_nl80211();
+    for (auto& ns : namespaces_) {
+        open_rtnl(*ns);
+        State fresh = dump_rtnl(*ns);
+        std::vector<NetEvent> events;
+        ns->state.resync(fresh, events, {.initial = true, .resync = false});
+        if (options_.initial) emit(events);
+        loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
+    }
+    if (nl80211_events_) loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
+    // Messages that arrived during the dumps are waiting; apply them now.
+    for (auto& ns : namespaces_) read_rtnl(*ns);
+    if (nl80211_events_) read_nl80211();
+    if (options_.json) {
+        Event ready("netwatch", "ready");
+        ready.set("wifi", nl80211_events_.has_value());
+        std::vector<std::string> names;
+        for (const auto& ns : namespaces_) names.push_back(ns->name);
+        if (options_.all_netns) ready.set("netns", names);
+        std::string text = ready.to_line();
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+    }
+    loop_.run();
+    return 0;
+}
+
+}  // namespace
+
+int watch(const WatchOptions& options) {
+    Watcher watcher(options);
+    return watcher.run();
+}
+
+}  // namespace ktricks::netwatch

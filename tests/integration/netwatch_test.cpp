@@ -1,0 +1,345 @@
+// netwatch against the real kernel: veth pairs in private network namespaces, real rtnetlink.
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+// A named network namespace (ip netns add), deleted with everything in it when the test ends.
+class Netns {
+public:
+    Netns() {
+        static std::atomic<int> counter{0};
+        name_ = fmt::format("ktnw-{}-{}", ::getpid(), counter++);
+        auto result = run({"ip", "netns", "add", name_});
+        if (result.status != 0) throw std::runtime_error("ip netns add: " + result.err);
+        ip("link set lo up");
+    }
+    ~Netns() { run({"ip", "netns", "del", name_}); }
+    Netns(const Netns&) = delete;
+    Netns& operator=(const Netns&) = delete;
+
+    const std::string& name() const noexcept { return name_; }
+    // Runs `ip -n NS ARGS` (ARGS split on spaces) and fails the test if it fails.
+    void ip(const std::string& args) const {
+        std::vector<std::string> argv = {"ip", "-n", name_};
+        for (const auto& word : lines_of(replace_spaces(args))) argv.push_back(word);
+        auto result = run(argv);
+        ASSERT_EQ(result.status, 0) << result.describe;
+    }
+    // `ip -n NS -batch FILE`
+    void batch(const std::string& file) const {
+        auto result = run({"ip", "-n", name_, "-force", "-batch", file}, {}, std::chrono::seconds(60));
+        ASSERT_EQ(result.status, 0) << result.describe;
+    }
+    std::vector<std::string> exec_prefix() const { return {"ip", "netns", "exec", name_}; }
+
+private:
+    static std::string replace_spaces(std::string text) {
+        std::replace(text.begin(), text.end(), ' ', '\n');
+        return text;
+    }
+    std::string name_;
+};
+
+// `ktricks netwatch --json ARGS` inside the namespace, started and waited for until it is ready.
+Process start_netwatch(const Netns& netns, std::vector<std::string> args) {
+    std::vector<std::string> argv = netns.exec_prefix();
+    argv.push_back(KTRICKS_BINARY);
+    argv.push_back("netwatch");
+    argv.push_back("--json");
+    argv.insert(argv.end(), args.begin(), args.end());
+    Process process = Process::start(argv);
+    bool ready = eventually([&] { return process.out().find("\"event\":\"ready\"") != std::string::npos; });
+    EXPECT_TRUE(ready) << process.describe();
+    return process;
+}
+
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+    std::vector<nlohmann::json> lines;
+    for (const auto& line : lines_of(text)) {
+        auto json = nlohmann::json::parse(line, nullptr, false);
+        if (json.is_object()) lines.push_back(json);
+    }
+    return lines;
+}
+
+// Lines of a log file the scripts append to ("" if it does not exist yet).
+std::vector<std::string> log_lines(const std::string& path) { return lines_of(read_file(path)); }
+
+bool has_line(const std::string& path, const std::string& line) {
+    auto lines = log_lines(path);
+    return std::find(lines.begin(), lines.end(), line) != lines.end();
+}
+
+constexpr const char* log_variables =
+    "printf '%s %s %s %s %s %s\\n' \"$KTRICKS_EVENT\" \"$KTRICKS_IFACE\" \"${KTRICKS_ADDR:--}\" "
+    "\"${KTRICKS_DST:--}\" \"${KTRICKS_GATEWAY:--}\" \"$KTRICKS_INITIAL\" >> ";
+
+TEST(Netwatch, EachEventTypeFiresItsRuleWithItsVariables) {
+    Netns netns;
+    TempDir dir;
+    std::string log = dir / "log";
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "*,iface=va", "--exec", log_variables + log});
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    netns.ip("link set vb up");
+    netns.ip("link set va up");
+    netns.ip("route add default via 10.9.0.2 dev va");
+    auto expect = [&](const std::string& line) {
+        EXPECT_TRUE(eventually([&] { return has_line(log, line); })) << line << "\n" << read_file(log) << watcher.describe();
+    };
+    expect("link-add va - - - 0");
+    expect("addr-add va 10.9.0.1 - - 0");
+    expect("link-up va - - - 0");
+    expect("route-add va - default 10.9.0.2 0");
+    expect("default-route-change va - - 10.9.0.2 0");
+    expect("online va - - - 0");
+    // Carrier loss: the peer goes down.
+    netns.ip("link set vb down");
+    expect("link-down va - - - 0");
+    expect("offline va - - - 0");
+    // Administratively down: the kernel flushes the IPv4 routes without telling anyone.
+    netns.ip("link set va down");
+    expect("route-remove va - default 10.9.0.2 0");
+    expect("route-remove va - 10.9.0.0/24 - 0");
+    netns.ip("addr del 10.9.0.1/24 dev va");
+    expect("addr-remove va 10.9.0.1 - - 0");
+    netns.ip("link del va");
+    expect("link-remove va - - - 0");
+    auto derived = json_lines(watcher.out());
+    bool flagged = std::any_of(derived.begin(), derived.end(), [](const nlohmann::json& line) {
+        return line.value("event", "") == "route-remove" && line.value("derived", false);
+    });
+    EXPECT_TRUE(flagged) << watcher.out();
+}
+
+TEST(Netwatch, ScriptGetsTheEventAsJsonOnStdin) {
+    Netns netns;
+    TempDir dir;
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "addr-add,family=inet,addr=10.9.0.0/16", "--exec",
+                                          "cat > " + dir / "event.json"});
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.8.0.1/24 dev va");  // outside the CIDR: no run
+    netns.ip("addr add 10.9.3.1/24 dev va");
+    ASSERT_TRUE(eventually([&] { return !read_file(dir / "event.json").empty(); })) << watcher.describe();
+    auto event = nlohmann::json::parse(read_file(dir / "event.json"));
+    EXPECT_EQ(event["event"], "addr-add");
+    EXPECT_EQ(event["iface"], "va");
+    EXPECT_EQ(event["addr"], "10.9.3.1");
+    EXPECT_EQ(event["prefixlen"], 24);
+    EXPECT_EQ(event["source"], "netwatch");
+}
+
+TEST(Netwatch, DebounceCollapsesAFlappingLinkIntoOneSettledEvent) {
+    Netns netns;
+    TempDir dir;
+    std::string log = dir / "log";
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("link set va up");
+    // The kernel's linkwatch batches carrier changes (at most about one run per second), so the
+    // flaps are spread over two seconds and the quiet period is longer than linkwatch's delay.
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-up,iface=va,debounce_ms=1500", "--exec",
+                                          "echo settled >> " + log, "--on", "link-up,iface=va", "--exec",
+                                          "echo raw >> " + dir / "raw"});
+    auto flaps = run({"ip", "netns", "exec", netns.name(), "sh", "-c",
+                      "for i in $(seq 20); do ip link set vb down; sleep 0.05; ip link set vb up; sleep 0.05; done"},
+                     {}, 20s);
+    ASSERT_EQ(flaps.status, 0) << flaps.describe;
+    ASSERT_TRUE(eventually([&] { return log_lines(log).size() == 1; })) << watcher.describe();
+    std::this_thread::sleep_for(800ms);
+    EXPECT_EQ(log_lines(log).size(), 1u);
+    EXPECT_GE(log_lines(dir / "raw").size(), 2u) << "the burst should have produced several raw link-up events";
+}
+
+TEST(Netwatch, DebouncedEventThatIsUndoneWithinTheQuietPeriodNeverFires) {
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("link set va up");
+    netns.ip("link set vb up");
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-down,iface=va,debounce_ms=500", "--exec",
+                                          "echo down >> " + dir / "log"});
+    write_file(dir / "flap", "link set vb down\nlink set vb up\n");
+    netns.batch(dir / "flap");
+    std::this_thread::sleep_for(1200ms);
+    EXPECT_TRUE(log_lines(dir / "log").empty()) << read_file(dir / "log");
+}
+
+TEST(Netwatch, HangingScriptDoesNotDelayOtherEventsAndIsKilledAtItsTimeout) {
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-add,timeout=2", "--exec", "sleep 100",
+                                          "--on", "addr-add,iface=va", "--exec", "echo fired >> " + dir / "log"});
+    netns.ip("link add vc type veth peer name vd");
+    auto start = Clock::now();
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    ASSERT_TRUE(eventually([&] { return !log_lines(dir / "log").empty(); }, 3s)) << watcher.describe();
+    EXPECT_LT(Clock::now() - start, 1500ms);
+    EXPECT_TRUE(eventually([&] { return watcher.err().find("timed out") != std::string::npos; }, 8s))
+        << watcher.describe();
+    EXPECT_NE(watcher.out().find("script-timeout"), std::string::npos);
+}
+
+TEST(Netwatch, RunsOfOneRuleOnOneInterfaceStayInEventOrder) {
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    // The first run is the slowest: without per-rule ordering the later ones would overtake it.
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "addr-add,iface=va", "--exec",
+                                          "[ \"$KTRICKS_ADDR\" = 10.9.0.1 ] && sleep 0.5; echo $KTRICKS_ADDR >> " +
+                                              dir / "log"});
+    for (int i = 1; i <= 4; ++i) netns.ip(fmt::format("addr add 10.9.0.{}/24 dev va", i));
+    ASSERT_TRUE(eventually([&] { return log_lines(dir / "log").size() == 4; })) << watcher.describe();
+    EXPECT_EQ(log_lines(dir / "log"), (std::vector<std::string>{"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"}));
+}
+
+TEST(Netwatch, InitialEventsDescribeTheStateFoundAtStartUp) {
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    netns.ip("link set vb up");
+    netns.ip("link set va up");
+    netns.ip("route add default via 10.9.0.2 dev va");
+    ASSERT_TRUE(eventually([&] {
+        return run({"ip", "-n", netns.name(), "link", "show", "va"}).out.find("state UP") != std::string::npos;
+    }));
+    auto watcher = start_netwatch(netns, {"--on", "online", "--exec", log_variables + dir / "log"});
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "online va - - - 1"); })) << watcher.describe();
+
+    auto quiet = start_netwatch(netns, {"--no-initial", "--on", "online", "--exec", "echo x >> " + dir / "quiet"});
+    std::this_thread::sleep_for(300ms);
+    EXPECT_TRUE(log_lines(dir / "quiet").empty());
+    EXPECT_EQ(quiet.out().find("\"initial\":true"), std::string::npos);
+}
+
+TEST(Netwatch, OverrunResyncsTheCacheToTheKernelsState) {
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    // A tiny receive buffer, and a watcher stopped (SIGSTOP) while thousands of addresses change:
+    // the kernel must drop events, and the watcher must notice when it runs again.
+    auto watcher = start_netwatch(netns, {"--no-initial", "--receive-buffer", "4096", "--on", "resync", "--exec", "true"});
+    std::string batch;
+    for (int i = 0; i < 3000; ++i) batch += fmt::format("addr add 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
+    for (int i = 0; i < 3000; i += 2) batch += fmt::format("addr del 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
+    write_file(dir / "batch", batch);
+    watcher.signal(SIGSTOP);
+    netns.batch(dir / "batch");
+    watcher.signal(SIGCONT);
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"resync\"") != std::string::npos; }, 20s))
+        << watcher.err();
+    // Compare the cache (SIGUSR1) with the kernel once things are quiet.
+    std::this_thread::sleep_for(1s);
+    auto kernel = run({"ip", "-n", netns.name(), "-o", "-4", "addr", "show", "dev", "va"});
+    std::set<std::string> expected;
+    for (const auto& line : lines_of(kernel.out)) {
+        auto at = line.find("inet ");
+        if (at == std::string::npos) continue;
+        expected.insert(line.substr(at + 5, line.find(' ', at + 5) - at - 5));
+    }
+    ASSERT_EQ(expected.size(), 1500u);
+    watcher.signal(SIGUSR1);
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"state\"") != std::string::npos; }));
+    std::set<std::string> cached;
+    for (const auto& line : json_lines(watcher.out())) {
+        if (line.value("event", "") != "state") continue;
+        for (const auto& entry : lines_of(line.value("state", ""))) {
+            if (entry.rfind("addr ", 0) != 0) continue;
+            std::string address = entry.substr(entry.find(' ', 5) + 1);
+            if (address.find(':') == std::string::npos && address.rfind("127.", 0) != 0) cached.insert(address);
+        }
+    }
+    EXPECT_EQ(cached, expected);
+}
+
+TEST(Netwatch, DispatcherDirRunsAScriptWrittenForNetworkManager) {
+    Netns netns;
+    TempDir dir;
+    std::string scripts = dir / "dispatcher.d";
+    std::filesystem::create_directory(scripts);
+    write_file(scripts + "/10-log",
+               "#!/bin/sh\n"
+               "# A NetworkManager-dispatcher script: $1 interface, $2 action.\n"
+               "IFACE=\"$1\"\nACTION=\"$2\"\n"
+               "case \"$ACTION\" in\n"
+               "  up) echo \"up $IFACE $DEVICE_IFACE $CONNECTION_ID $IP4_NUM_ADDRESSES $IP4_ADDRESS_0\" >> " + dir / "log" + " ;;\n"
+               "  down) echo \"down $IFACE\" >> " + dir / "log" + " ;;\n"
+               "esac\n",
+               0755);
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    auto watcher = start_netwatch(netns, {"--no-initial", "--dispatcher-dir", scripts});
+    netns.ip("link set vb up");
+    netns.ip("link set va up");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "up va va va 1 10.9.0.1/24 0.0.0.0"); }))
+        << read_file(dir / "log") << watcher.describe();
+    netns.ip("link set va down");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "down va"); })) << read_file(dir / "log");
+}
+
+TEST(Netwatch, RecordedStreamReplaysThroughTheRules) {
+    Netns netns;
+    TempDir dir;
+    {
+        auto watcher = start_netwatch(netns, {"--record", dir / "rec"});
+        netns.ip("link add va type veth peer name vb");
+        netns.ip("addr add 10.9.0.7/24 dev va");
+        ASSERT_TRUE(eventually([&] { return watcher.out().find("10.9.0.7") != std::string::npos; }));
+    }
+    auto replay = run({KTRICKS_BINARY, "netwatch", "--replay", dir / "rec", "--on", "addr-add,iface=va", "--exec",
+                       "echo $KTRICKS_ADDR >> " + dir / "log"});
+    EXPECT_EQ(replay.status, 0) << replay.describe;
+    EXPECT_EQ(log_lines(dir / "log"), std::vector<std::string>{"10.9.0.7"});
+}
+
+TEST(Netwatch, BadRulesFileIsOneLineNamingFileAndLine) {
+    TempDir dir;
+    write_file(dir / "rules.toml", "[[rule]]\non = \"link-up\"\nrun = \"true\"\n\n[[rule]]\non = \"link-upp\"\nrun = \"x\"\n");
+    auto result = run({KTRICKS_BINARY, "netwatch", "--rules", dir / "rules.toml"});
+    EXPECT_EQ(result.status, 65) << result.describe;
+    EXPECT_EQ(lines_of(result.err).size(), 1u) << result.err;
+    EXPECT_NE(result.err.find(dir / "rules.toml:6: unknown event \"link-upp\""), std::string::npos) << result.err;
+}
+
+}  // namespace
+}  // namespace ktricks::test
+
+namespace ktricks::test {
+namespace {
+
+TEST(Netwatch, AllNetnsTagsEventsWithTheNamespaceAndCanRunScriptsInside) {
+    Netns home;
+    Netns other;
+    TempDir dir;
+    write_file(dir / "rules.toml",
+               "[[rule]]\non = \"link-add\"\nnetns = \"" + other.name() + "\"\nin_netns = true\n"
+               "run = \"echo $KTRICKS_NETNS $KTRICKS_IFACE $(ip -o link show $KTRICKS_IFACE | wc -l) >> " + dir / "log" + "\"\n");
+    auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--rules", dir / "rules.toml"});
+    home.ip("link add ha type veth peer name hb");  // our own namespace: the netns filter rejects it
+    other.ip("link add oa type veth peer name ob");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", other.name() + " oa 1"); }))
+        << read_file(dir / "log") << watcher.describe();
+    std::this_thread::sleep_for(200ms);
+    for (const auto& line : log_lines(dir / "log")) EXPECT_EQ(line.find("ha"), std::string::npos) << line;
+    bool tagged = false;
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("iface", "") == "ha" && line.value("netns", "") == home.name()) tagged = true;
+    EXPECT_TRUE(tagged) << "our own namespace is tagged with its /run/netns name";
+}
+
+}  // namespace
+}  // namespace ktricks::test

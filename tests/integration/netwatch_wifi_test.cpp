@@ -1,0 +1,23 @@
+// Wifi events for real: Debian's kernel with mac80211_hwsim under qemu, hostapd and wpa_supplicant
+// inside, netwatch reporting over the serial console (see netwatch_wifi_vm.sh for the scenario).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+TEST(NetwatchWifi, ConnectAndDisconnectInAVirtualMachineCarrySsidAndBssid) {
+    auto script = std::filesystem::path(__FILE__).parent_path() / "netwatch_wifi_vm.sh";
+    auto cache = std::filesystem::path(KTRICKS_BINARY).parent_path() / "netwatch-vm";
+    if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
+    // Booting under TCG takes 15-45 s depending on how busy the machine is.
+    auto result = run({script.string(), KTRICKS_BINARY, cache.string()}, {}, std::chrono::seconds(115));
+    if (result.status == 77) GTEST_SKIP() << result.out;
+    EXPECT_EQ(result.status, 0) << result.out << result.err;
+}
+
+}  // namespace
+}  // namespace ktricks::test
