@@ -29,6 +29,7 @@ Subcommand add_once(CLI::App& app);
 // netwatch
 
 // mysql-watch
+Subcommand add_mysql_watch(CLI::App& app);
 
 // tvfs
 

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
     // netwatch
 
     // mysql-watch
+    subcommands.push_back(cli::add_mysql_watch(app));
 
     // tvfs
 

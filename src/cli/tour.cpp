@@ -49,6 +49,7 @@ std::vector<TourStop> all_stops() {
     // netwatch
 
     // mysql-watch
+    stops.push_back(mysql_watch_tour_stop());
 
     // tvfs
 

@@ -42,6 +42,7 @@ TourStop once_tour_stop();
 // netwatch
 
 // mysql-watch
+TourStop mysql_watch_tour_stop();
 
 // tvfs
 
