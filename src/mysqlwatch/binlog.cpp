@@ -85,7 +85,7 @@ bool BinlogParser::plausible_at(std::size_t at) const {
     if (log_pos != 0 && log_pos != static_cast<std::uint32_t>(end)) return false;
     if (checksum_ && rest.size() >= size) {
         auto stored = static_cast<std::uint32_t>(le(rest, size - 4, 4));
-        if (stored != crc32_of_event(rest.substr(0, size))) return false;
+        if (stored != crc32_of_event(rest.substr(0, size - 4))) return false;
     }
     return true;
 }

@@ -75,9 +75,16 @@ std::string engine_of(const fs::path& datadir, const std::string& db, const std:
     fs::path base = datadir / *encoded_db / *encoded_table;
     std::error_code error;
     static const std::pair<const char*, const char*> by_extension[] = {
-        {".ibd", "InnoDB"}, {".MYD", "MyISAM"}, {".MAD", "Aria"}, {".CSV", "CSV"}, {".ARZ", "ARCHIVE"}, {".par", "partitioned"}};
+        {".ibd", "InnoDB"}, {".MYD", "MyISAM"}, {".MAD", "Aria"}, {".CSV", "CSV"}, {".ARZ", "ARCHIVE"}};
     for (auto [extension, engine] : by_extension)
         if (fs::exists(base.string() + extension, error)) return engine;
+    // A partitioned table's engine is its partitions' (t#P#p0.ibd, ...).
+    std::string prefix = *encoded_table + "#P#";
+    for (const auto& entry : fs::directory_iterator(datadir / *encoded_db, error)) {
+        auto name = entry.path().filename().string();
+        if (!name.starts_with(prefix)) continue;
+        if (auto file = parse_table_file(name); file && !file->engine.empty()) return file->engine;
+    }
     return "";
 }
 
@@ -334,7 +341,8 @@ private:
             auto out = parser_->feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
             for (const std::string& problem : out.problems) log(fmt::format("{}: {}", binlog_path_.filename().string(), problem));
             for (Change& change : out.changes) {
-                change.engine = engine_of(options_.datadir, change.db, change.table);
+                change.engine = engine_of(options_.datadir, change.new_db.empty() ? change.db : change.new_db,
+                                          change.new_table.empty() ? change.table : change.new_table);
                 queue(std::move(change));
             }
             if (out.rotate_to) {
