@@ -81,8 +81,9 @@ bool BinlogParser::plausible_at(std::size_t at) const {
     auto type = static_cast<std::uint8_t>(rest[4]);
     if (size < header_size + (checksum_ ? 4 : 0) || size > max_event_size || type == 0) return false;
     std::uint64_t end = offset_ + at + size;
-    // log_pos is 32 bits: files beyond 4 GiB wrap it.
-    if (log_pos != 0 && log_pos != static_cast<std::uint32_t>(end)) return false;
+    // The server always writes log_pos in a file (only the network stream has 0s); it is 32 bits, so
+    // files beyond 4 GiB wrap it.
+    if (log_pos != static_cast<std::uint32_t>(end)) return false;
     if (checksum_ && rest.size() >= size) {
         auto stored = static_cast<std::uint32_t>(le(rest, size - 4, 4));
         if (stored != crc32_of_event(rest.substr(0, size - 4))) return false;
