@@ -101,6 +101,8 @@ public:
 private:
     struct TableRef {
         std::string db, table;
+        std::string types;                // column types, one byte each
+        std::vector<std::uint16_t> meta;  // per column
     };
     void parse_event(std::string_view event, Output& out);
     bool plausible_at(std::size_t at) const;

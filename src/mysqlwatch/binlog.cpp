@@ -69,7 +69,106 @@ std::uint32_t crc32_of_event(std::string_view event) {
     return crc32_of(copy);
 }
 
+// Length-encoded ("packed") integer.
+std::optional<std::uint64_t> packed_int(std::string_view body, std::size_t& at) {
+    if (at >= body.size()) return std::nullopt;
+    auto first = static_cast<unsigned char>(body[at]);
+    int size = first < 251 ? 0 : first == 252 ? 2 : first == 253 ? 3 : first == 254 ? 8 : -1;
+    if (size < 0 || at + 1 + size > body.size()) return std::nullopt;
+    std::uint64_t value = size == 0 ? first : le(body, at + 1, size);
+    at += 1 + size;
+    return value;
+}
+
+// Column types of the row format (MYSQL_TYPE_*), as TABLE_MAP lists them.
+int metadata_bytes(std::uint8_t type) {
+    switch (type) {
+    case 4: case 5: case 17: case 18: case 19: case 245: case 249: case 250: case 251: case 252: case 255: return 1;
+    case 15: case 16: case 246: case 247: case 248: case 253: case 254: return 2;
+    default: return 0;
+    }
+}
+
+// Bytes one value of a column takes in a row image, or nullopt if this parser cannot tell.
+std::optional<std::size_t> value_size(std::uint8_t type, std::uint16_t meta, std::string_view row, std::size_t at) {
+    auto prefixed = [&](int length_bytes) -> std::optional<std::size_t> {
+        if (at + length_bytes > row.size()) return std::nullopt;
+        return length_bytes + le(row, at, length_bytes);
+    };
+    switch (type) {
+    case 1: case 13: return 1;
+    case 2: return 2;
+    case 9: case 10: case 11: case 14: return 3;
+    case 3: case 4: case 7: return 4;
+    case 5: case 8: case 12: return 8;
+    case 6: return 0;
+    case 17: return 4 + (meta + 1) / 2;
+    case 18: return 5 + (meta + 1) / 2;
+    case 19: return 3 + (meta + 1) / 2;
+    case 15: return prefixed(meta > 255 ? 2 : 1);
+    case 16: return (meta >> 8) + ((meta & 0xFF) ? 1 : 0);
+    case 245: case 249: case 250: case 251: case 252: case 255:
+        if (meta < 1 || meta > 4) return std::nullopt;
+        return prefixed(meta);
+    case 246: {
+        static constexpr int digit_bytes[] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4};
+        int precision = meta >> 8, scale = meta & 0xFF;
+        if (scale > precision) return std::nullopt;
+        int integral = precision - scale;
+        return (integral / 9) * 4 + digit_bytes[integral % 9] + (scale / 9) * 4 + digit_bytes[scale % 9];
+    }
+    case 253: case 254: {
+        int real_type = meta >> 8;
+        if (real_type == 247 || real_type == 248) return meta & 0xFF;
+        std::size_t max_length = ((((meta >> 4) & 0x300) ^ 0x300) | (meta & 0xFF));
+        return prefixed(max_length > 255 ? 2 : 1);
+    }
+    default: return std::nullopt;
+    }
+}
+
+std::size_t bits_set(std::string_view bitmap, std::size_t count) {
+    std::size_t set = 0;
+    for (std::size_t i = 0; i < count; ++i) set += (static_cast<unsigned char>(bitmap[i / 8]) >> (i % 8)) & 1;
+    return set;
+}
+
 }  // namespace
+
+// Rows in a row event's body (after the post-header): each row is a null bitmap over the present
+// columns and their values; UPDATE has a before and an after image per row. nullopt if a column
+// type is one this parser cannot size.
+static std::optional<std::uint64_t> count_rows(std::string_view body, bool update, const std::string& types,
+                                        const std::vector<std::uint16_t>& meta) {
+    std::size_t at = 0;
+    auto columns = packed_int(body, at);
+    if (!columns || *columns != types.size()) return std::nullopt;
+    std::size_t bitmap_bytes = (*columns + 7) / 8;
+    if (at + bitmap_bytes * (update ? 2 : 1) > body.size()) return std::nullopt;
+    std::string_view present[2] = {body.substr(at, bitmap_bytes), body.substr(at + (update ? bitmap_bytes : 0), bitmap_bytes)};
+    at += bitmap_bytes * (update ? 2 : 1);
+    std::uint64_t rows = 0;
+    while (at < body.size()) {
+        for (int image = 0; image < (update ? 2 : 1); ++image) {
+            std::size_t null_bytes = (bits_set(present[image], *columns) + 7) / 8;
+            if (at + null_bytes > body.size()) return std::nullopt;
+            std::string_view nulls = body.substr(at, null_bytes);
+            at += null_bytes;
+            std::size_t present_index = 0;
+            for (std::size_t column = 0; column < *columns; ++column) {
+                if (!((static_cast<unsigned char>(present[image][column / 8]) >> (column % 8)) & 1)) continue;
+                bool is_null = (static_cast<unsigned char>(nulls[present_index / 8]) >> (present_index % 8)) & 1;
+                ++present_index;
+                if (is_null) continue;
+                auto size = value_size(static_cast<std::uint8_t>(types[column]), meta[column], body, at);
+                if (!size || at + *size > body.size()) return std::nullopt;
+                at += *size;
+            }
+        }
+        ++rows;
+    }
+    return rows;
+}
 
 BinlogParser::BinlogParser() = default;
 
@@ -158,6 +257,7 @@ void BinlogParser::add_change(Change change, Output& out, bool in_group) {
         if (pending.event == change.event && pending.db == change.db && pending.table == change.table &&
             pending.new_table == change.new_table) {
             if (pending.rows && change.rows) *pending.rows += *change.rows;
+            else pending.rows.reset();
             return;
         }
     }
@@ -266,7 +366,34 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         at += db_len + 1;
         std::size_t table_len = static_cast<unsigned char>(body[at++]);
         if (at + table_len > body.size()) return;
-        tables_[id] = TableRef{std::move(db), std::string(body.substr(at, table_len))};
+        TableRef ref{std::move(db), std::string(body.substr(at, table_len)), {}, {}};
+        at += table_len + 1;
+        // column_count (packed) | types, one byte each | metadata length (packed) | metadata
+        if (auto columns = packed_int(body, at); columns && at + *columns <= body.size()) {
+            ref.types = std::string(body.substr(at, *columns));
+            at += *columns;
+            auto meta_length = packed_int(body, at);
+            std::size_t meta_at = at;
+            bool ok = meta_length && at + *meta_length <= body.size();
+            for (std::size_t column = 0; ok && column < ref.types.size(); ++column) {
+                int size = metadata_bytes(static_cast<std::uint8_t>(ref.types[column]));
+                if (meta_at + size > at + *meta_length) ok = false;
+                else if (size == 0) ref.meta.push_back(0);
+                else if (size == 1) ref.meta.push_back(static_cast<unsigned char>(body[meta_at]));
+                else {
+                    auto column_type = static_cast<std::uint8_t>(ref.types[column]);
+                    // VARCHAR and BIT store little-endian; STRING, ENUM, SET, NEWDECIMAL big-endian.
+                    auto b0 = static_cast<unsigned char>(body[meta_at]), b1 = static_cast<unsigned char>(body[meta_at + 1]);
+                    ref.meta.push_back(static_cast<std::uint16_t>(column_type == 15 || column_type == 16 ? (b1 << 8) | b0 : (b0 << 8) | b1));
+                }
+                meta_at += size;
+            }
+            if (!ok) {
+                ref.types.clear();
+                ref.meta.clear();
+            }
+        }
+        tables_[id] = std::move(ref);
         if (tables_.size() > 100000) tables_.clear();  // ids only grow; do not keep them forever
         return;
     }
@@ -291,7 +418,8 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
     }
     if (is_rows_event(type)) {
         std::size_t id_size = post_header(type, 8) == 6 ? 4 : 6;
-        if (body.size() < id_size) return;
+        std::size_t fixed = post_header(type, 8);
+        if (body.size() < id_size || body.size() < fixed) return;
         auto found = tables_.find(le(body, 0, static_cast<int>(id_size)));
         if (found == tables_.end()) {
             if (!quiet_)
@@ -303,6 +431,17 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         change.db = found->second.db;
         change.table = found->second.table;
         change.via = Via::binlog;
+        bool compressed = type >= write_rows_compressed_v1;
+        bool v2 = type >= write_rows_v2 && type <= delete_rows_v2;
+        std::size_t rows_at = fixed;
+        if (v2 && fixed >= 10) {
+            std::size_t extra = le(body, fixed - 2, 2);  // extra data, its own two length bytes included
+            rows_at = extra >= 2 ? fixed + extra - 2 : body.size() + 1;
+        }
+        if (!compressed && !found->second.types.empty() && rows_at <= body.size()) {
+            bool update = type == update_rows_v1 || type == update_rows_v2;
+            change.rows = count_rows(body.substr(rows_at), update, found->second.types, found->second.meta);
+        }
         add_change(std::move(change), out, in_group_);
     }
 }

@@ -104,7 +104,10 @@ TEST_F(MysqlWatchBinlog, PartitionedTableIsReportedAsTheTable) {
     Process watcher = start_watcher(*server_, "parts");
     server_->sql("INSERT INTO parts.p VALUES (1), (2), (3)");
     EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "parts", "p"); })) << watcher.describe();
-    for (const json& e : events_of(watcher)) EXPECT_EQ(e["engine"], "InnoDB");
+    for (const json& e : events_of(watcher)) {
+        EXPECT_EQ(e["engine"], "InnoDB");
+        EXPECT_EQ(e["rows"], 3);
+    }
 }
 
 TEST_F(MysqlWatchBinlog, CreateRenameTruncateAndDropAreReported) {

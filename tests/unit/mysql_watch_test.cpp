@@ -114,6 +114,18 @@ TEST(MysqlBinlog, CapturedRowsAndDdlAreReportedAtCommit) {
     EXPECT_EQ(parser.pending_bytes(), 0U);
 }
 
+TEST(MysqlBinlog, RowEventsCountTheirRows) {
+    BinlogParser parser;
+    auto out = parser.feed(captured("rows_and_ddl_crc32.binlog"));
+    int row_changes = 0;
+    for (const Change& change : out.changes) {
+        if (change.event != "change" || change.table == "c2") continue;  // c2: ALTER, no rows
+        ++row_changes;
+        EXPECT_EQ(change.rows, 1U) << change.table;
+    }
+    EXPECT_EQ(row_changes, 3);
+}
+
 TEST(MysqlBinlog, BytesFedOneAtATimeGiveTheSameChanges) {
     std::string bytes = captured("rows_and_ddl_crc32.binlog");
     BinlogParser whole, split;
