@@ -51,8 +51,11 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     watch.max_changes = options.count;
     if (options.quiet) watch.log = [](const std::string&) {};
     if (options.check) {
-        fmt::print("{}", mysqlwatch::format_report(mysqlwatch::check(watch, options.probe)));
-        return 0;
+        auto report = mysqlwatch::check(watch, options.probe);
+        fmt::print("{}", mysqlwatch::format_report(report));
+        bool any_usable = false;
+        for (const auto& [path, usable] : report.paths) any_usable = any_usable || usable;
+        return any_usable ? exit_code::ok : exit_code::no_input;
     }
     mysqlwatch::watch(watch, [&](const mysqlwatch::Change& change) {
         if (options.json) {

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
@@ -99,9 +101,11 @@ CheckReport check(const WatchOptions& options, bool probe) {
         if (variable("log_bin_compress") == "1")
             report.blind_spots.push_back("log_bin_compress=ON: compressed query events (DDL) are not decoded");
         if (variable("innodb_use_native_aio") == "1")
-            report.blind_spots.push_back("innodb_use_native_aio=ON: InnoDB page writes may go through io_submit, "
-                                         "which inotify never sees (.ibd events may never come)");
-        if (variable("innodb_max_dirty_pages_pct_lwm") == "0")
+            report.blind_spots.push_back("innodb_use_native_aio=ON: InnoDB page writes go through io_uring or, where the "
+                                         "server falls back to libaio, io_submit, which inotify never sees (.ibd events "
+                                         "may never come)");
+        auto lwm = variable("innodb_max_dirty_pages_pct_lwm");
+        if (!lwm.empty() && std::strtod(lwm.c_str(), nullptr) == 0.0)
             report.blind_spots.push_back("innodb_max_dirty_pages_pct_lwm=0: InnoDB flushes pages late; .ibd events lag commits "
                                          "by seconds to minutes");
         if (variable("innodb_file_per_table") == "0")
@@ -128,8 +132,11 @@ std::string format_report(const CheckReport& report) {
     text += fmt::format("binlog index: {}\n", report.binlog_index ? report.binlog_index->string() : "(none)");
     for (const auto& [path, usable] : report.paths) text += fmt::format("path {}: {}\n", path, usable ? "usable" : "not usable");
     text += fmt::format("auto mode uses: {}\n", mode_names[static_cast<int>(report.chosen)]);
-    if (report.probe_latency_ms)
-        text += fmt::format("probe: commit to event {:.2f} ms\n", *report.probe_latency_ms);
+    if (report.probe_latency_ms && *report.probe_latency_ms >= 0)
+        text += fmt::format("probe: the event came {:.2f} ms after the COMMIT returned\n", *report.probe_latency_ms);
+    else if (report.probe_latency_ms)
+        text += fmt::format("probe: the event came {:.2f} ms before the COMMIT returned (the server writes the binlog "
+                            "before it answers)\n", -*report.probe_latency_ms);
     for (const std::string& spot : report.blind_spots) text += fmt::format("blind spot: {}\n", spot);
     return text;
 }

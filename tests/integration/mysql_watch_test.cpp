@@ -154,6 +154,29 @@ TEST_F(MysqlWatchBinlog, ServerRestartIsSurvived) {
     EXPECT_TRUE(watcher.running());
 }
 
+TEST_F(MysqlWatchBinlog, ExecRunsTheCommandWithTheEventInItsEnvironment) {
+    server_->sql("CREATE DATABASE ex; CREATE TABLE ex.t (v INT)");
+    TempDir out;
+    Process watcher = start_watcher(*server_, "ex",
+                                    {"--exec", fmt::format("echo \"$KTRICKS_EVENT $KTRICKS_DB $KTRICKS_TABLE $KTRICKS_ENGINE "
+                                                           "$KTRICKS_VIA $KTRICKS_ROWS\" >> {}", out / "log")});
+    server_->sql("INSERT INTO ex.t VALUES (1), (2)");
+    EXPECT_TRUE(eventually([&] { return read_file(out / "log") == "change ex t InnoDB binlog 2\n"; }))
+        << read_file(out / "log") << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {
+    server_->sql("CREATE DATABASE deb; CREATE TABLE deb.t (v INT)");
+    Process watcher = start_watcher(*server_, "deb", {"--debounce", "2000"});
+    std::string burst;
+    for (int i = 0; i < 10; ++i) burst += "INSERT INTO deb.t VALUES (1);";
+    server_->sql(burst);
+    EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 2; }, std::chrono::seconds(5)))
+        << watcher.describe();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(count_events(watcher, "change", "t"), 2) << watcher.describe();
+}
+
 TEST(MysqlWatchStartup, WatcherStartedBeforeTheServerWaitsForIt) {
     if (!MariaDbServer::available()) GTEST_SKIP() << "needs root and MariaDB";
     MariaDbServer server({.binlog = true, .install = false});
