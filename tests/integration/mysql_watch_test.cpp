@@ -177,6 +177,16 @@ TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {
     EXPECT_EQ(count_events(watcher, "change", "t"), 2) << watcher.describe();
 }
 
+TEST_F(MysqlWatchBinlog, CheckWithProbeMeasuresTheBinlogPath) {
+    auto result = run({KTRICKS_BINARY, "mysql-watch", "--check", "--probe", "--datadir", server_->datadir(), "--socket",
+                       server_->socket(), "--user", "root"});
+    ASSERT_EQ(result.status, 0) << result.describe;
+    EXPECT_NE(result.out.find("path binlog: usable"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("auto mode uses: binlog"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("probe: the event came"), std::string::npos) << result.out;
+    EXPECT_NE(server_->sql_status("USE ktricks_probe"), 0) << "the probe database was left behind";
+}
+
 TEST(MysqlWatchStartup, WatcherStartedBeforeTheServerWaitsForIt) {
     if (!MariaDbServer::available()) GTEST_SKIP() << "needs root and MariaDB";
     MariaDbServer server({.binlog = true, .install = false});

@@ -180,6 +180,24 @@ TEST(MysqlBinlog, PartialEventAtTheTailWaitsForTheRest) {
     EXPECT_EQ(describe(rest.changes).front(), "change db1.inno");
 }
 
+TEST(MysqlBinlog, EncryptedBinlogIsReportedAsUnsupported) {
+    BinlogParser parser;  // captured with file_key_management and encrypt_binlog=ON
+    auto out = parser.feed(captured("encrypted.binlog"));
+    EXPECT_TRUE(out.changes.empty());
+    ASSERT_EQ(out.problems.size(), 1U);
+    EXPECT_NE(out.problems[0].find("encrypted (encrypt_binlog=ON)"), std::string::npos) << out.problems[0];
+    EXPECT_TRUE(parser.feed("more encrypted bytes").problems.empty());  // said once, not per event
+}
+
+TEST(MysqlBinlog, CompressedRowEventsStillNameTheirTableAndCompressedQueriesAreReported) {
+    BinlogParser parser;  // captured with log_bin_compress=ON, log_bin_compress_min_len=10
+    auto out = parser.feed(captured("compressed.binlog"));
+    EXPECT_EQ(describe(out.changes), (std::vector<std::string>{"change x.u", "change x.t"}));
+    EXPECT_EQ(out.changes[0].rows, std::nullopt);  // compressed row image: not counted
+    ASSERT_EQ(out.problems.size(), 1U);
+    EXPECT_NE(out.problems[0].find("compressed query events (log_bin_compress=ON"), std::string::npos) << out.problems[0];
+}
+
 TEST(MysqlBinlog, NotABinlogIsReported) {
     BinlogParser parser;
     auto out = parser.feed("hello, this is not a binary log at all, just text");
