@@ -90,9 +90,13 @@ std::string engine_of(const fs::path& datadir, const std::string& db, const std:
 
 namespace {
 
-constexpr std::uint32_t datadir_mask = IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
-                                       IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
-constexpr std::uint32_t database_mask = IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
+// No IN_MODIFY on the data directory itself: the server writes ib_logfile0, ibdata1 and the
+// binlog all the time, and a directory watch cannot filter by name. The files a path needs (the
+// current binlog, its index, the redo logs) get watches of their own, so an idle watcher in binlog
+// mode is woken by nothing but the binlog.
+constexpr std::uint32_t datadir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
+                                       IN_MOVE_SELF | IN_ONLYDIR;
+constexpr std::uint32_t directory_events = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
 
 class Watcher {
 public:
@@ -146,7 +150,10 @@ private:
         std::error_code error;
         for (const auto& entry : fs::directory_iterator(options_.datadir, error))
             if (entry.is_directory(error)) watch_database(entry.path().filename().string());
-        if (redo_wanted()) connect_for_redo(false);
+        if (redo_wanted()) {
+            connect_for_redo(false);
+            watch_redo_logs();
+        }
         if (binlog_wanted()) start_binlog(true);
         if (options_.mode == Mode::binlog && !binlog_active())
             log("no binary log yet (log_bin off, or the server has not started): waiting for its index");
@@ -159,6 +166,11 @@ private:
         log(fmt::format("the data directory {} went away; waiting for it", options_.datadir.string()));
         for (auto& [wd, db] : databases_) ::inotify_rm_watch(inotify_.get(), wd);
         databases_.clear();
+        raw_names_.clear();
+        for (int wd : redo_wds_) ::inotify_rm_watch(inotify_.get(), wd);
+        redo_wds_.clear();
+        unwatch(binlog_wd_);
+        unwatch(index_wd_);
         datadir_wd_ = -1;
         parser_.reset();
         binlog_fd_.reset();
@@ -172,12 +184,48 @@ private:
         auto db = decode_filename(raw);
         if (!db) return;
         fs::path path = options_.datadir / raw;
-        int wd = ::inotify_add_watch(inotify_.get(), path.c_str(), database_mask);
+        int wd = ::inotify_add_watch(inotify_.get(), path.c_str(), database_mask());
         if (wd < 0) {
             log(fmt::format("cannot watch database directory {}: {}", path.string(), std::strerror(errno)));
             return;
         }
         databases_[wd] = *db;
+        raw_names_[wd] = raw;
+    }
+
+    // Table files' writes matter only to the files path; with the binlog they would only wake us.
+    std::uint32_t database_mask() const { return directory_events | (file_changes_active() ? IN_MODIFY : 0); }
+
+    void rewatch_databases() {
+        for (const auto& [wd, raw] : raw_names_)
+            ::inotify_add_watch(inotify_.get(), (options_.datadir / raw).c_str(), database_mask());
+    }
+
+    void watch_file(int& wd, const fs::path& path, std::uint32_t mask) {
+        unwatch(wd);
+        wd = ::inotify_add_watch(inotify_.get(), path.c_str(), mask);
+        if (wd < 0) log(fmt::format("cannot watch {}: {}", path.string(), std::strerror(errno)));
+    }
+
+    void unwatch(int& wd) {
+        if (wd >= 0) ::inotify_rm_watch(inotify_.get(), wd);
+        wd = -1;
+    }
+
+    static bool is_redo_log(const std::string& name) {
+        return name == "ib_logfile0" || (name.starts_with("aria_log.") && name != "aria_log_control");
+    }
+
+    void watch_redo_log(const std::string& name) {
+        int wd = -1;
+        watch_file(wd, options_.datadir / name, IN_MODIFY);
+        if (wd >= 0) redo_wds_.insert(wd);
+    }
+
+    void watch_redo_logs() {
+        std::error_code error;
+        for (const auto& entry : fs::directory_iterator(options_.datadir, error))
+            if (is_redo_log(entry.path().filename().string())) watch_redo_log(entry.path().filename().string());
     }
 
     // ---- inotify ----
@@ -202,6 +250,17 @@ private:
                     continue;
                 }
                 if (event->wd == datadir_wd_) on_datadir_event(event->mask, name);
+                else if (event->wd == binlog_wd_) {
+                    if (event->mask & IN_IGNORED) binlog_wd_ = -1;
+                    else read_binlog();
+                } else if (event->wd == index_wd_) {
+                    if (event->mask & IN_IGNORED) index_wd_ = -1;
+                    else if (binlog_active()) check_index();
+                    else if (binlog_wanted()) start_binlog(false);
+                } else if (redo_wds_.contains(event->wd)) {
+                    if (event->mask & IN_IGNORED) redo_wds_.erase(event->wd);
+                    else on_redo_log_write();
+                }
                 else if (auto db = databases_.find(event->wd); db != databases_.end())
                     on_database_event(db->first, event->mask, name, event->cookie);
             }
@@ -226,24 +285,31 @@ private:
             }
             return;
         }
+        bool appeared = mask & (IN_CREATE | IN_MOVED_TO);
         if (binlog_active()) {
-            if (name == binlog_path_.filename().string() && (mask & IN_MODIFY)) read_binlog();
-            else if (name == index_path_.filename().string()) check_index();
-            else if (name.starts_with(binlog_path_.stem().string() + ".") && (mask & (IN_CREATE | IN_MODIFY))) check_index();
-        } else if (binlog_wanted() && name.ends_with(".index") && (mask & (IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_MODIFY))) {
+            if (name == index_path_.filename().string() && appeared) {
+                // Rewritten through a new file and rename(2): the old watch went with the old inode.
+                watch_file(index_wd_, index_path_, IN_MODIFY | IN_CLOSE_WRITE);
+                check_index();
+            } else if (name.starts_with(binlog_path_.stem().string() + ".") && appeared) {
+                check_index();
+            }
+        } else if (binlog_wanted() && name.ends_with(".index") && appeared) {
             start_binlog(false);
         }
-        if ((mask & IN_MODIFY) && (name == "ib_logfile0" || name.starts_with("aria_log.")) ) {
-            if (!redo_usable_ && redo_wanted() && !binlog_active())
-                connect_for_redo(true);
-            if (redo_active()) schedule_redo_query();
-        }
+        if (appeared && is_redo_log(name) && redo_wanted()) watch_redo_log(name);
+    }
+
+    void on_redo_log_write() {
+        if (!redo_usable_ && redo_wanted() && !binlog_active()) connect_for_redo(true);
+        if (redo_active()) schedule_redo_query();
     }
 
     void on_database_event(int wd, std::uint32_t mask, const std::string& name, std::uint32_t cookie) {
         const std::string& db = databases_[wd];
         if (mask & IN_IGNORED) {
             databases_.erase(wd);
+            raw_names_.erase(wd);
             return;
         }
         auto file = parse_table_file(name);
@@ -301,12 +367,16 @@ private:
     void start_binlog(bool existing) {
         auto index = find_binlog_index(options_.datadir);
         if (!index) return;
+        // An index created empty fills later: its writes retry this. Watched before it is read, so
+        // that no write falls between the two.
+        index_path_ = *index;
+        watch_file(index_wd_, index_path_, IN_MODIFY | IN_CLOSE_WRITE);
         auto files = read_binlog_index(*index, options_.datadir);
         if (files.empty()) return;
-        index_path_ = *index;
         // A watcher that starts next to a running server reports what happens from now on; one
         // that sees the binlog appear reads it from its first byte.
         open_binlog(files.back(), existing);
+        rewatch_databases();
         log(fmt::format("binlog path: tailing {}{}", binlog_path_.string(),
                         parser_ && parser_->checksums() ? " (CRC32 verified)" : ""));
     }
@@ -319,6 +389,7 @@ private:
         }
         binlog_fd_ = std::move(fd);
         binlog_path_ = path;
+        watch_file(binlog_wd_, path, IN_MODIFY);
         binlog_read_ = 0;
         parser_ = std::make_unique<BinlogParser>();
         parser_->set_quiet(skip_existing);
@@ -503,6 +574,10 @@ private:
     EventLoop loop_;
     Fd inotify_;
     int datadir_wd_ = -1;
+    int binlog_wd_ = -1;
+    int index_wd_ = -1;
+    std::set<int> redo_wds_;
+    std::map<int, std::string> raw_names_;
     EventLoop::SourceId waiting_timer_ = 0;
     std::map<int, std::string> databases_;
     std::map<std::uint32_t, Move> moves_;
