@@ -202,5 +202,5 @@ for name, count, lat, missed, cpu, wakeups in results:
 print()
 print("Latency: from the client's COMMIT returning to the moment the bench read the tool's output line (the same "
       "pipe and reader for every tool). Commits not seen within 2-3 s count as unseen. Idle: 3 s with the server idle "
-      "(its own background writes to ib_logfile0 still wake inotify watchers of the data directory).")
+      "(the redo path still wakes for its background writes to ib_logfile0).")
 PY
