@@ -316,8 +316,8 @@ private:
         if (!file) return;
         bool frm = file->extension == "frm";
         if (mask & IN_MOVED_FROM) {
+            if (moves_.size() > 1024) moves_.clear();  // moved out of the watched tree: no MOVED_TO will come
             moves_[cookie] = Move{db, *file};
-            if (file->extension == "ibd" && !file->temporary) truncating_.insert({db, file->table});
             return;
         }
         if (mask & IN_MOVED_TO) {
@@ -325,6 +325,8 @@ private:
             if (from == moves_.end()) return;
             Move move = from->second;
             moves_.erase(from);
+            // InnoDB's TRUNCATE: t.ibd becomes #sql-ib*.ibd, then a new t.ibd is created.
+            if (file->extension == "ibd" && !move.file.temporary && file->temporary) truncating_.insert({move.db, move.file.table});
             if (!frm || !file_ddl_active()) return;
             if (move.file.temporary && !file->temporary) {
                 queue(make_change("change", db, file->table, engine_of(options_.datadir, db, file->table), Via::file));

@@ -269,6 +269,27 @@ TEST_F(MysqlWatchNoBinlog, FilesPathReportsCreateRenameTruncateAndDrop) {
     EXPECT_TRUE(has_event(watcher, "truncate", "fddl", "b"));
 }
 
+TEST_F(MysqlWatchNoBinlog, FilesPathFollowsADatabaseCreatedAfterItStarted) {
+    Process watcher = start_watcher(*server_, "fnew", {"--mode", "files"});
+    server_->sql("CREATE DATABASE fnew; CREATE TABLE fnew.t (v INT) ENGINE=MyISAM; INSERT INTO fnew.t VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "create", "fnew", "") && has_event(watcher, "create", "fnew", "t") &&
+               has_event(watcher, "change", "fnew", "t");
+    })) << watcher.describe();
+    server_->sql("DROP DATABASE fnew");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "fnew", ""); })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchNoBinlog, FilesPathTellsARenameFromATruncate) {
+    server_->sql("CREATE DATABASE fren; CREATE TABLE fren.a (v INT) ENGINE=InnoDB");
+    Process watcher = start_watcher(*server_, "fren", {"--mode", "files"});
+    server_->sql("RENAME TABLE fren.a TO fren.b; CREATE TABLE fren.a (v INT) ENGINE=InnoDB; DROP TABLE fren.b");
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "drop", "fren", "b"); })) << watcher.describe();
+    EXPECT_TRUE(has_event(watcher, "rename", "fren", "a"));
+    EXPECT_TRUE(has_event(watcher, "create", "fren", "a"));
+    EXPECT_EQ(count_events(watcher, "truncate", "a"), 0) << watcher.describe();
+}
+
 TEST_F(MysqlWatchNoBinlog, RedoPathNamesInnodbAndAriaTables) {
     server_->sql("CREATE DATABASE redo; CREATE TABLE redo.inno (v INT) ENGINE=InnoDB; CREATE TABLE redo.ari (v INT) ENGINE=Aria");
     Process watcher = start_watcher(*server_, "redo", {"--mode", "redo", "--socket", server_->socket(), "--user", "root"});
