@@ -118,7 +118,6 @@ private:
     bool quiet_ = false;
     bool in_group_ = false;
     bool encrypted_ = false;
-    bool reported_compression_ = false;
     std::string post_header_lengths_;  // from the format description, one byte per event type
     std::map<std::uint64_t, TableRef> tables_;
     std::vector<Change> group_;

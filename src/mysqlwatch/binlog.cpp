@@ -133,6 +133,26 @@ std::size_t bits_set(std::string_view bitmap, std::size_t count) {
     return set;
 }
 
+// MariaDB's log_bin_compress format: one byte 0x80 | N, the inflated length in N (1-4) big-endian
+// bytes, then a zlib stream.
+std::optional<std::string> inflate(std::string_view data) {
+    if (data.empty() || (static_cast<unsigned char>(data[0]) & 0xF8) != 0x80) return std::nullopt;
+    std::size_t length_bytes = static_cast<unsigned char>(data[0]) & 0x07;
+    if (length_bytes < 1 || length_bytes > 4 || data.size() < 1 + length_bytes) return std::nullopt;
+    std::size_t length = 0;
+    for (std::size_t k = 0; k < length_bytes; ++k) length = (length << 8) | static_cast<unsigned char>(data[1 + k]);
+    auto input = data.substr(1 + length_bytes);
+    // deflate cannot do better than about 1032:1: a larger claim is corrupt, and must not make us
+    // allocate it.
+    if (length > max_event_size || length > input.size() * 1032 + 1024) return std::nullopt;
+    std::string text(length, '\0');
+    uLongf produced = length;
+    if (::uncompress(reinterpret_cast<Bytef*>(text.data()), &produced, reinterpret_cast<const Bytef*>(input.data()),
+                     static_cast<uLong>(input.size())) != Z_OK || produced != length)
+        return std::nullopt;
+    return text;
+}
+
 }  // namespace
 
 // Rows in a row event's body (after the post-header): each row is a null bitmap over the present
@@ -322,9 +342,10 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
     case xid:
         commit(out);
         return;
-    case query: {
+    case query:
+    case query_compressed: {
         // thread_id u32 | exec_time u32 | db_len u8 | error u16 | status_vars_len u16 | vars | db \0 | sql
-        std::size_t fixed = post_header(query, 13);
+        std::size_t fixed = post_header(type, 13);
         if (body.size() < fixed || fixed < 13) return;
         std::size_t db_len = static_cast<unsigned char>(body[8]);
         std::size_t vars_len = le(body, 11, 2);
@@ -335,6 +356,16 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         }
         std::string db(body.substr(db_at, db_len));
         std::string_view sql = body.substr(db_at + db_len + 1);
+        std::string inflated;
+        if (type == query_compressed) {
+            auto text = inflate(sql);
+            if (!text) {
+                out.problems.push_back(fmt::format("compressed query event at offset {} does not inflate", event_offset));
+                return;
+            }
+            inflated = std::move(*text);
+            sql = inflated;
+        }
         auto is = [&](std::string_view word) {
             return sql.size() == word.size() &&
                    std::equal(sql.begin(), sql.end(), word.begin(),
@@ -404,15 +435,6 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
             event_offset));
         encrypted_ = true;
         return;
-    case query_compressed:
-        if (!reported_compression_) {
-            out.problems.push_back(fmt::format(
-                "compressed query events (log_bin_compress=ON, offset {}) are not supported: DDL and statements "
-                "in them are not reported",
-                event_offset));
-            reported_compression_ = true;
-        }
-        return;
     default:
         break;
     }
@@ -432,15 +454,28 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         change.table = found->second.table;
         change.via = Via::binlog;
         bool compressed = type >= write_rows_compressed_v1;
-        bool v2 = type >= write_rows_v2 && type <= delete_rows_v2;
+        bool v2 = (type >= write_rows_v2 && type <= delete_rows_v2) || type >= write_rows_compressed_v1 + 3;
         std::size_t rows_at = fixed;
         if (v2 && fixed >= 10) {
             std::size_t extra = le(body, fixed - 2, 2);  // extra data, its own two length bytes included
             rows_at = extra >= 2 ? fixed + extra - 2 : body.size() + 1;
         }
-        if (!compressed && !found->second.types.empty() && rows_at <= body.size()) {
-            bool update = type == update_rows_v1 || type == update_rows_v2;
-            change.rows = count_rows(body.substr(rows_at), update, found->second.types, found->second.meta);
+        if (!found->second.types.empty() && rows_at <= body.size()) {
+            bool update = type == update_rows_v1 || type == update_rows_v2 || type == write_rows_compressed_v1 + 1 ||
+                          type == delete_rows_compressed_v2 - 1;
+            std::string_view rows = body.substr(rows_at);
+            std::optional<std::string> inflated;
+            if (compressed) {
+                // The column count and bitmaps stay plain; the row images are one zlib block.
+                std::size_t at = 0;
+                auto columns = packed_int(rows, at);
+                std::size_t plain = columns ? at + (*columns + 7) / 8 * (update ? 2 : 1) : rows.size() + 1;
+                if (plain <= rows.size()) inflated = inflate(rows.substr(plain));
+                if (inflated) inflated->insert(0, rows.substr(0, plain));
+            }
+            if (!compressed || inflated)
+                change.rows = count_rows(inflated ? std::string_view(*inflated) : rows, update, found->second.types,
+                                         found->second.meta);
         }
         add_change(std::move(change), out, in_group_);
     }

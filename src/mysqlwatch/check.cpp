@@ -98,8 +98,6 @@ CheckReport check(const WatchOptions& options, bool probe) {
                                                      variable("binlog_format")));
         if (variable("encrypt_binlog") == "1")
             report.blind_spots.push_back("encrypt_binlog=ON: the binlog cannot be read; use --mode redo");
-        if (variable("log_bin_compress") == "1")
-            report.blind_spots.push_back("log_bin_compress=ON: compressed query events (DDL) are not decoded");
         if (variable("innodb_use_native_aio") == "1")
             report.blind_spots.push_back("innodb_use_native_aio=ON: InnoDB page writes go through io_uring or, where the "
                                          "server falls back to libaio, io_submit, which inotify never sees (.ibd events "
