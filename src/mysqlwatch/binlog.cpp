@@ -169,6 +169,7 @@ static std::optional<std::uint64_t> count_rows(std::string_view body, bool updat
     at += bitmap_bytes * (update ? 2 : 1);
     std::uint64_t rows = 0;
     while (at < body.size()) {
+        std::size_t row_start = at;
         for (int image = 0; image < (update ? 2 : 1); ++image) {
             std::size_t null_bytes = (bits_set(present[image], *columns) + 7) / 8;
             if (at + null_bytes > body.size()) return std::nullopt;
@@ -185,6 +186,7 @@ static std::optional<std::uint64_t> count_rows(std::string_view body, bool updat
                 at += *size;
             }
         }
+        if (at == row_start) return std::nullopt;  // no column present: a corrupt bitmap, not endless empty rows
         ++rows;
     }
     return rows;

@@ -513,12 +513,14 @@ private:
         return change;
     }
 
-    // Changes from one inotify read() are merged per table before delivery.
+    // File changes from one inotify read() are merged per table before delivery (one MyISAM INSERT
+    // writes .MYI, .MYD, .MYI); binlog changes are one per committed transaction and table.
     void queue(Change change) {
-        for (const Change& queued : batch_)
-            if (queued.event == change.event && queued.db == change.db && queued.table == change.table &&
-                queued.new_table == change.new_table && queued.via == change.via)
-                return;
+        if (change.via != Via::binlog)
+            for (const Change& queued : batch_)
+                if (queued.event == change.event && queued.db == change.db && queued.table == change.table &&
+                    queued.new_table == change.new_table && queued.via == change.via)
+                    return;
         batch_.push_back(std::move(change));
     }
 
