@@ -36,6 +36,7 @@ Subcommand add_procwatch(CLI::App& app);
 Subcommand add_netwatch(CLI::App& app);
 
 // mysql-watch
+Subcommand add_mysql_watch(CLI::App& app);
 
 // tvfs
 

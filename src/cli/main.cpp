@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     subcommands.push_back(cli::add_netwatch(app));
 
     // mysql-watch
+    subcommands.push_back(cli::add_mysql_watch(app));
 
     // tvfs
 

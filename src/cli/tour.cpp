@@ -53,6 +53,7 @@ std::vector<TourStop> all_stops() {
     stops.push_back(netwatch_tour_stop());
 
     // mysql-watch
+    stops.push_back(mysql_watch_tour_stop());
 
     // tvfs
 

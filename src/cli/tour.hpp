@@ -46,6 +46,7 @@ TourStop sockets_tour_stop();
 TourStop netwatch_tour_stop();
 
 // mysql-watch
+TourStop mysql_watch_tour_stop();
 
 // tvfs
 

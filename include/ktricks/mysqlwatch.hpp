@@ -1,0 +1,173 @@
+// mysql-watch: learn which MySQL/MariaDB tables changed by watching the server's data directory
+// with inotify. No SQL login, no replication privilege, no trigger: read access to the files.
+//
+// Three detection paths (Via), chosen by Mode:
+//   binlog  the binary log is tailed: every appended event is parsed (checksum verified), tables
+//           come from TABLE_MAP events and DDL from QUERY events. Exact, per committed transaction
+//           (a rolled-back InnoDB transaction never reaches the binlog).
+//   redo    a write to ib_logfile0 / aria_log.* says "something committed"; one query of
+//           information_schema.TABLES.UPDATE_TIME (needs a login) names the tables.
+//   file    the tables' own files: .MYD (MyISAM) immediately, .MAI (Aria) at statement end, .ibd
+//           (InnoDB) only when the page cleaner flushes (late, or never with Linux native AIO);
+//           CREATE/DROP/RENAME/TRUNCATE from directory events.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ktricks/core/event.hpp"
+
+namespace ktricks::mysqlwatch {
+
+enum class Via { binlog, redo, file };
+enum class Mode { automatic, binlog, redo, files };
+
+std::string_view to_string(Via via) noexcept;
+// "auto", "binlog", "redo", "files"; throws InputError for anything else.
+Mode parse_mode(std::string_view text);
+
+// One thing that happened to one table (or to a database, when table is empty).
+struct Change {
+    std::string event;  // change | create | drop | rename | truncate
+    std::string db;
+    std::string table;
+    std::string new_table;  // rename: the new name (db stays the same unless new_db is set)
+    std::string new_db;
+    std::string engine;  // InnoDB, MyISAM, Aria, ... or "" if unknown
+    Via via = Via::binlog;
+    std::optional<std::uint64_t> rows;  // binlog ROW format: rows written/updated/deleted
+    bool delayed = false;               // file path on .ibd: seen when flushed, not when committed
+    std::chrono::system_clock::time_point when = std::chrono::system_clock::now();
+};
+
+// {"ts","source":"mysql","event","db","table","engine","via","rows"?,...}
+Event to_event(const Change& change);
+// KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, KTRICKS_VIA, KTRICKS_ROWS, ...
+std::map<std::string, std::string> to_environment(const Change& change);
+
+// ---- MariaDB's "filename" character set (identifier <-> file name) ----
+
+// `my@002dtable` -> `my-table`, `gr@1i@1je` -> `größe`: letters, digits and `_` stand for
+// themselves, `@XXXX` is a hex code point, `@` + two characters indexes MariaDB's table of letters.
+// nullopt if `name` is not a valid encoding.
+std::optional<std::string> decode_filename(std::string_view name);
+// The inverse (UTF-8 identifier -> file name); nullopt for invalid UTF-8.
+std::optional<std::string> encode_filename(std::string_view identifier);
+
+// What a file inside a database directory stands for.
+struct TableFile {
+    std::string table;      // decoded, partition suffix removed
+    std::string extension;  // "ibd", "MYD", ...
+    std::string engine;     // from the extension ("" if it tells nothing)
+    bool temporary = false;  // #sql... (ALTER/TRUNCATE/DROP work files)
+    bool partition = false;  // t#P#p0 (or a subpartition)
+};
+std::optional<TableFile> parse_table_file(std::string_view file_name);
+
+// ---- binary log ----
+
+// Incremental parser of a binlog file's bytes (v4 format, as MariaDB and MySQL write it).
+// Bytes are fed as they are appended; an event is parsed once it is complete. Row events are
+// buffered per transaction and reported at its XID / COMMIT; ROLLBACK discards them.
+// A corrupt event (bad length, bad checksum, end position that does not match) is reported and
+// the parser resynchronises at the next offset where a valid event starts.
+class BinlogParser {
+public:
+    struct Output {
+        std::vector<Change> changes;
+        std::vector<std::string> problems;   // corrupt events, unsupported features
+        std::optional<std::string> rotate_to;  // a ROTATE event names the next file
+    };
+
+    // The bytes fed begin at offset 0 of the file (with the magic number).
+    BinlogParser();
+    Output feed(std::string_view bytes);
+    // Offset in the file of the next unparsed byte.
+    std::uint64_t offset() const noexcept { return offset_ + consumed_; }
+    bool checksums() const noexcept { return checksum_; }
+    std::size_t pending_bytes() const noexcept { return buffer_.size() - consumed_; }
+
+    // Skips the events of an existing file without reporting them (a watcher starting late wants
+    // what happens next, but needs the format description and the table map).
+    void set_quiet(bool quiet) noexcept { quiet_ = quiet; }
+
+private:
+    struct TableRef {
+        std::string db, table;
+        std::string types;                // column types, one byte each
+        std::vector<std::uint16_t> meta;  // per column
+    };
+    void parse_event(std::string_view event, Output& out);
+    bool plausible_at(std::size_t at) const;
+    void resync(Output& out);
+    void add_change(Change change, Output& out, bool in_group);
+    void commit(Output& out);
+
+    std::string buffer_;
+    std::size_t consumed_ = 0;
+    std::uint64_t offset_ = 0;  // file offset of buffer_[0]
+    bool magic_pending_ = true;
+    bool checksum_ = false;
+    bool quiet_ = false;
+    bool in_group_ = false;
+    bool encrypted_ = false;
+    std::string post_header_lengths_;  // from the format description, one byte per event type
+    std::map<std::uint64_t, TableRef> tables_;
+    std::vector<Change> group_;
+};
+
+// Database and table named by an SQL statement, as far as a small tokenizer can tell:
+// CREATE/DROP/ALTER/RENAME/TRUNCATE TABLE, CREATE/DROP DATABASE, INSERT/UPDATE/DELETE/REPLACE.
+// `default_db` is the session's database. Empty if the statement is none of those.
+std::vector<Change> changes_from_statement(std::string_view sql, std::string_view default_db);
+
+// ---- the watcher ----
+
+struct Credentials {
+    std::string defaults_file;
+    std::string socket;
+    std::string user;
+    std::string password;
+};
+
+struct WatchOptions {
+    std::filesystem::path datadir = "/var/lib/mysql";
+    Mode mode = Mode::automatic;
+    Credentials credentials;
+    std::string db_glob = "*";
+    std::string table_glob = "*";
+    std::chrono::milliseconds debounce{0};  // per table: at most one event per window (+ a trailing one)
+    std::chrono::milliseconds redo_delay{20};  // redo path: wait this long after the log write
+    // Warnings and state changes ("binlog binlog.000002 opened"), one line each.
+    std::function<void(const std::string&)> log;
+    // Stop after this many changes were delivered (0: never). For tests and the tour.
+    std::size_t max_changes = 0;
+    // Stop after this long (0: never). For the self-check's probe and the tour.
+    std::chrono::milliseconds timeout{0};
+};
+
+// Runs until SIGINT/SIGTERM (or max_changes); calls `on_change` for each change that passes the
+// filters. Waits for the data directory and the binlog to appear; survives restarts and rotation.
+void watch(const WatchOptions& options, const std::function<void(const Change&)>& on_change);
+
+// What --check prints: where the server writes, which paths work and what each cannot see.
+struct CheckReport {
+    std::filesystem::path datadir;
+    std::string server_version;             // "" without a login
+    std::optional<std::filesystem::path> binlog_index;
+    std::vector<std::pair<std::string, bool>> paths;  // ("binlog", usable), ...
+    std::vector<std::string> blind_spots;
+    std::optional<double> probe_latency_ms;  // measured on a probe table when a login allows it
+    Mode chosen = Mode::files;
+};
+CheckReport check(const WatchOptions& options, bool probe);
+std::string format_report(const CheckReport& report);
+
+}  // namespace ktricks::mysqlwatch

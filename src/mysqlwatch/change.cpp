@@ -1,0 +1,54 @@
+#include <fmt/format.h>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/mysqlwatch.hpp"
+
+namespace ktricks::mysqlwatch {
+
+std::string_view to_string(Via via) noexcept {
+    switch (via) {
+    case Via::binlog: return "binlog";
+    case Via::redo: return "redo";
+    case Via::file: return "file";
+    }
+    return "?";
+}
+
+Mode parse_mode(std::string_view text) {
+    if (text == "auto") return Mode::automatic;
+    if (text == "binlog") return Mode::binlog;
+    if (text == "redo") return Mode::redo;
+    if (text == "files") return Mode::files;
+    throw InputError(fmt::format("--mode {}: expected auto, binlog, redo or files", printable(text)));
+}
+
+Event to_event(const Change& change) {
+    Event event("mysql", change.event, change.when);
+    event.set("db", change.db);
+    if (!change.table.empty()) event.set("table", change.table);
+    if (!change.new_table.empty()) event.set("new_table", change.new_table);
+    if (!change.new_db.empty()) event.set("new_db", change.new_db);
+    event.set("engine", change.engine);
+    event.set("via", std::string(to_string(change.via)));
+    if (change.rows) event.set("rows", *change.rows);
+    if (change.delayed) event.set("delayed", true);
+    return event;
+}
+
+std::map<std::string, std::string> to_environment(const Change& change) {
+    std::map<std::string, std::string> env{
+        {"KTRICKS_EVENT", change.event},
+        {"KTRICKS_DB", change.db},
+        {"KTRICKS_TABLE", change.table},
+        {"KTRICKS_ENGINE", change.engine},
+        {"KTRICKS_VIA", std::string(to_string(change.via))},
+        {"KTRICKS_TS", format_timestamp(change.when)},
+    };
+    if (!change.new_table.empty()) env["KTRICKS_NEW_TABLE"] = change.new_table;
+    if (!change.new_db.empty()) env["KTRICKS_NEW_DB"] = change.new_db;
+    if (change.rows) env["KTRICKS_ROWS"] = std::to_string(*change.rows);
+    if (change.delayed) env.insert_or_assign("KTRICKS_DELAYED", std::string(1, '1'));
+    return env;
+}
+
+}  // namespace ktricks::mysqlwatch

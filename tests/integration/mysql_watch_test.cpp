@@ -1,0 +1,315 @@
+// ktricks mysql-watch against a real MariaDB: one server with a binary log and one without, each
+// shared by its suite (a server starts in about a second; a watcher per test, on its own database).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "mariadb_server.hpp"
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+using nlohmann::json;
+
+std::vector<json> events_of(const Process& watcher) {
+    std::vector<json> events;
+    for (const auto& line : lines_of(watcher.out())) {
+        auto parsed = json::parse(line, nullptr, false);
+        if (!parsed.is_discarded()) events.push_back(parsed);
+    }
+    return events;
+}
+
+bool has_event(const Process& watcher, const std::string& event, const std::string& db, const std::string& table,
+               const std::string& via = "") {
+    for (const json& e : events_of(watcher))
+        if (e.value("event", "") == event && e.value("db", "") == db && e.value("table", "") == table &&
+            (via.empty() || e.value("via", "") == via))
+            return true;
+    return false;
+}
+
+int count_events(const Process& watcher, const std::string& event, const std::string& table) {
+    int count = 0;
+    for (const json& e : events_of(watcher)) count += e.value("event", "") == event && e.value("table", "") == table;
+    return count;
+}
+
+Process start_watcher(const MariaDbServer& server, const std::string& db, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(), "--json", "--db", db};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Process watcher = Process::start(argv);
+    if (!eventually([&] { return watcher.err().find("watching") != std::string::npos; }))
+        ADD_FAILURE() << "the watcher did not start\n" << watcher.describe();
+    return watcher;
+}
+
+class MysqlWatchBinlog : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (!MariaDbServer::available()) return;
+        server_ = new MariaDbServer({.binlog = true});
+        server_->start();
+    }
+    static void TearDownTestSuite() {
+        delete server_;
+        server_ = nullptr;
+    }
+    void SetUp() override {
+        if (!server_) GTEST_SKIP() << "needs root and MariaDB (mariadb-server, mariadb-client)";
+    }
+    static MariaDbServer* server_;
+};
+MariaDbServer* MysqlWatchBinlog::server_ = nullptr;
+
+TEST_F(MysqlWatchBinlog, SingleRowCommitsToInnodbMyisamAndAriaNameTheirTables) {
+    server_->sql("CREATE DATABASE engines; CREATE TABLE engines.inno (v INT) ENGINE=InnoDB;"
+                 "CREATE TABLE engines.myi (v INT) ENGINE=MyISAM; CREATE TABLE engines.ari (v INT) ENGINE=Aria");
+    Process watcher = start_watcher(*server_, "engines");
+    server_->sql("INSERT INTO engines.inno VALUES (1)");
+    server_->sql("INSERT INTO engines.myi VALUES (1)");
+    server_->sql("INSERT INTO engines.ari VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "change", "engines", "inno", "binlog") && has_event(watcher, "change", "engines", "myi", "binlog") &&
+               has_event(watcher, "change", "engines", "ari", "binlog");
+    })) << watcher.describe();
+    for (const json& e : events_of(watcher)) {
+        if (e["table"] == "inno") {
+            EXPECT_EQ(e["engine"], "InnoDB");
+        }
+        if (e["table"] == "myi") {
+            EXPECT_EQ(e["engine"], "MyISAM");
+        }
+        if (e["table"] == "ari") {
+            EXPECT_EQ(e["engine"], "Aria");
+        }
+        EXPECT_EQ(e["source"], "mysql");
+    }
+}
+
+TEST_F(MysqlWatchBinlog, NamesWithDashSpaceAndNonAsciiLettersAreReportedAsWritten) {
+    server_->sql("CREATE DATABASE `odd-db`; CREATE TABLE `odd-db`.`my table` (v INT); CREATE TABLE `odd-db`.`größe` (v INT) ENGINE=Aria");
+    Process watcher = start_watcher(*server_, "odd-db");
+    server_->sql("INSERT INTO `odd-db`.`my table` VALUES (1); INSERT INTO `odd-db`.`größe` VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "change", "odd-db", "my table") && has_event(watcher, "change", "odd-db", "größe");
+    })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, PartitionedTableIsReportedAsTheTable) {
+    server_->sql("CREATE DATABASE parts; CREATE TABLE parts.p (id INT) PARTITION BY HASH(id) PARTITIONS 3");
+    Process watcher = start_watcher(*server_, "parts");
+    server_->sql("INSERT INTO parts.p VALUES (1), (2), (3)");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "parts", "p"); })) << watcher.describe();
+    for (const json& e : events_of(watcher)) {
+        EXPECT_EQ(e["engine"], "InnoDB");
+        EXPECT_EQ(e["rows"], 3);
+    }
+}
+
+TEST_F(MysqlWatchBinlog, CreateRenameTruncateAndDropAreReported) {
+    server_->sql("CREATE DATABASE ddl");
+    Process watcher = start_watcher(*server_, "ddl");
+    server_->sql("CREATE TABLE ddl.a (v INT); RENAME TABLE ddl.a TO ddl.b; TRUNCATE TABLE ddl.b; DROP TABLE ddl.b");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "ddl", "b"); })) << watcher.describe();
+    EXPECT_TRUE(has_event(watcher, "create", "ddl", "a"));
+    EXPECT_TRUE(has_event(watcher, "rename", "ddl", "a"));
+    EXPECT_TRUE(has_event(watcher, "truncate", "ddl", "b"));
+    for (const json& e : events_of(watcher))
+        if (e["event"] == "rename") {
+            EXPECT_EQ(e["new_table"], "b");
+        }
+}
+
+TEST_F(MysqlWatchBinlog, RolledBackTransactionProducesNoChange) {
+    server_->sql("CREATE DATABASE rb; CREATE TABLE rb.t (v INT) ENGINE=InnoDB; CREATE TABLE rb.marker (v INT)");
+    Process watcher = start_watcher(*server_, "rb");
+    server_->sql("BEGIN; INSERT INTO rb.t VALUES (1); ROLLBACK");
+    server_->sql("INSERT INTO rb.marker VALUES (1)");  // committed after the rollback: once seen, all before it was read
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "rb", "marker"); })) << watcher.describe();
+    EXPECT_EQ(count_events(watcher, "change", "t"), 0) << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, FlushBinaryLogsLosesNothing) {
+    server_->sql("CREATE DATABASE rot; CREATE TABLE rot.t (v INT)");
+    Process watcher = start_watcher(*server_, "rot", {"--table", "t"});
+    std::string statements;
+    for (int i = 0; i < 20; ++i) statements += "INSERT INTO rot.t VALUES (1); FLUSH BINARY LOGS;";
+    server_->sql(statements);
+    EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 20; })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, ServerRestartIsSurvived) {
+    server_->sql("CREATE DATABASE rs; CREATE TABLE rs.t (v INT)");
+    Process watcher = start_watcher(*server_, "rs");
+    server_->sql("INSERT INTO rs.t VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 1; })) << watcher.describe();
+    server_->stop();
+    server_->start();
+    server_->sql("INSERT INTO rs.t VALUES (2)");
+    EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 2; })) << watcher.describe();
+    EXPECT_TRUE(watcher.running());
+}
+
+TEST_F(MysqlWatchBinlog, ExecRunsTheCommandWithTheEventInItsEnvironment) {
+    server_->sql("CREATE DATABASE ex; CREATE TABLE ex.t (v INT)");
+    TempDir out;
+    Process watcher = start_watcher(*server_, "ex",
+                                    {"--exec", fmt::format("echo \"$KTRICKS_EVENT $KTRICKS_DB $KTRICKS_TABLE $KTRICKS_ENGINE "
+                                                           "$KTRICKS_VIA $KTRICKS_ROWS\" >> {}", out / "log")});
+    server_->sql("INSERT INTO ex.t VALUES (1), (2)");
+    EXPECT_TRUE(eventually([&] { return read_file(out / "log") == "change ex t InnoDB binlog 2\n"; }))
+        << read_file(out / "log") << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {
+    server_->sql("CREATE DATABASE deb; CREATE TABLE deb.t (v INT)");
+    Process watcher = start_watcher(*server_, "deb", {"--debounce", "2000"});
+    server_->sql("INSERT INTO deb.t VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 1; })) << watcher.describe();
+    std::string burst;
+    for (int i = 0; i < 9; ++i) burst += "INSERT INTO deb.t VALUES (1);";
+    server_->sql(burst);  // within the window the first event opened: held back, then one trailing event
+    EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 2; }, std::chrono::seconds(5)))
+        << watcher.describe();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(count_events(watcher, "change", "t"), 2) << watcher.describe();
+}
+
+TEST_F(MysqlWatchBinlog, CheckWithProbeMeasuresTheBinlogPath) {
+    auto result = run({KTRICKS_BINARY, "mysql-watch", "--check", "--probe", "--datadir", server_->datadir(), "--socket",
+                       server_->socket(), "--user", "root"});
+    ASSERT_EQ(result.status, 0) << result.describe;
+    EXPECT_NE(result.out.find("path binlog: usable"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("auto mode uses: binlog"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("probe: the event came"), std::string::npos) << result.out;
+    EXPECT_NE(server_->sql_status("USE ktricks_probe"), 0) << "the probe database was left behind";
+}
+
+TEST(MysqlWatchStartup, WatcherStartedBeforeTheServerWaitsForIt) {
+    if (!MariaDbServer::available()) GTEST_SKIP() << "needs root and MariaDB";
+    MariaDbServer server({.binlog = true, .install = false});
+    Process watcher = Process::start({KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(), "--json", "--db", "late"});
+    ASSERT_TRUE(eventually([&] { return watcher.err().find("waiting for the data directory") != std::string::npos; }))
+        << watcher.describe();
+    server.install();
+    server.start();
+    server.sql("CREATE DATABASE late; CREATE TABLE late.t (v INT); INSERT INTO late.t VALUES (1)");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "late", "t", "binlog"); })) << watcher.describe();
+}
+
+// A binlog copied with one corrupt byte, then appended to as a server would: the watcher reports the
+// bad event, skips to the next valid one and goes on reporting.
+TEST_F(MysqlWatchBinlog, CorruptByteInACopiedBinlogIsReportedWithoutACrash) {
+    server_->sql("CREATE DATABASE cor; CREATE TABLE cor.t1 (v INT); CREATE TABLE cor.t2 (v INT); CREATE TABLE cor.t3 (v INT);"
+                 "FLUSH BINARY LOGS");
+    auto index = read_file(std::filesystem::path(server_->datadir()) / "binlog.index");
+    auto files = lines_of(index);
+    ASSERT_FALSE(files.empty());
+    std::filesystem::path current = std::filesystem::path(server_->datadir()) / std::filesystem::path(files.back()).filename();
+    auto before = std::filesystem::file_size(current);
+    server_->sql("INSERT INTO cor.t1 VALUES (1); INSERT INTO cor.t2 VALUES (1); INSERT INTO cor.t3 VALUES (1)");
+    std::string bytes = read_file(current);
+    ASSERT_GT(bytes.size(), before);
+
+    TempDir copy;
+    std::filesystem::create_directory(copy / "data");
+    write_file(copy / "data/binlog.index", "./binlog.000001\n");
+    write_file(copy / "data/binlog.000001", bytes.substr(0, before));
+    Process watcher = Process::start({KTRICKS_BINARY, "mysql-watch", "--datadir", copy / "data", "--json", "--mode", "binlog"});
+    ASSERT_TRUE(eventually([&] { return watcher.err().find("watching") != std::string::npos; })) << watcher.describe();
+    std::string appended = bytes.substr(before);
+    // Inside t1's transaction (the first third of what was appended): its event fails its checksum.
+    appended[appended.size() / 6] ^= 0x5a;
+    {
+        std::ofstream out(copy / "data/binlog.000001", std::ios::binary | std::ios::app);
+        out << appended;
+    }
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "cor", "t3"); })) << watcher.describe();
+    EXPECT_NE(watcher.err().find("corrupt event"), std::string::npos) << watcher.describe();
+    EXPECT_TRUE(watcher.running());
+}
+
+class MysqlWatchNoBinlog : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (!MariaDbServer::available()) return;
+        server_ = new MariaDbServer({.binlog = false});
+        server_->start();
+    }
+    static void TearDownTestSuite() {
+        delete server_;
+        server_ = nullptr;
+    }
+    void SetUp() override {
+        if (!server_) GTEST_SKIP() << "needs root and MariaDB (mariadb-server, mariadb-client)";
+    }
+    static MariaDbServer* server_;
+};
+MariaDbServer* MysqlWatchNoBinlog::server_ = nullptr;
+
+TEST_F(MysqlWatchNoBinlog, FilesPathSeesMyisamCommitsAndDecodesFileNames) {
+    server_->sql("CREATE DATABASE `f-db`; CREATE TABLE `f-db`.`a b-c` (v INT) ENGINE=MyISAM;"
+                 "CREATE TABLE `f-db`.`größe` (v INT) ENGINE=MyISAM");
+    Process watcher = start_watcher(*server_, "f-db", {"--mode", "files"});
+    server_->sql("INSERT INTO `f-db`.`a b-c` VALUES (1); INSERT INTO `f-db`.`größe` VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "change", "f-db", "a b-c", "file") && has_event(watcher, "change", "f-db", "größe", "file");
+    })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchNoBinlog, FilesPathReportsCreateRenameTruncateAndDrop) {
+    server_->sql("CREATE DATABASE fddl");
+    Process watcher = start_watcher(*server_, "fddl", {"--mode", "files"});
+    server_->sql("CREATE TABLE fddl.a (v INT) ENGINE=InnoDB; RENAME TABLE fddl.a TO fddl.b; TRUNCATE TABLE fddl.b; DROP TABLE fddl.b");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "fddl", "b", "file"); })) << watcher.describe();
+    EXPECT_TRUE(has_event(watcher, "create", "fddl", "a"));
+    EXPECT_TRUE(has_event(watcher, "rename", "fddl", "a"));
+    EXPECT_TRUE(has_event(watcher, "truncate", "fddl", "b"));
+}
+
+TEST_F(MysqlWatchNoBinlog, FilesPathFollowsADatabaseCreatedAfterItStarted) {
+    Process watcher = start_watcher(*server_, "fnew", {"--mode", "files"});
+    server_->sql("CREATE DATABASE fnew; CREATE TABLE fnew.t (v INT) ENGINE=MyISAM; INSERT INTO fnew.t VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "create", "fnew", "") && has_event(watcher, "create", "fnew", "t") &&
+               has_event(watcher, "change", "fnew", "t");
+    })) << watcher.describe();
+    server_->sql("DROP DATABASE fnew");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "fnew", ""); })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchNoBinlog, FilesPathTellsARenameFromATruncate) {
+    server_->sql("CREATE DATABASE fren; CREATE TABLE fren.a (v INT) ENGINE=InnoDB");
+    Process watcher = start_watcher(*server_, "fren", {"--mode", "files"});
+    server_->sql("RENAME TABLE fren.a TO fren.b; CREATE TABLE fren.a (v INT) ENGINE=InnoDB; DROP TABLE fren.b");
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "drop", "fren", "b"); })) << watcher.describe();
+    EXPECT_TRUE(has_event(watcher, "rename", "fren", "a"));
+    EXPECT_TRUE(has_event(watcher, "create", "fren", "a"));
+    EXPECT_EQ(count_events(watcher, "truncate", "a"), 0) << watcher.describe();
+}
+
+TEST_F(MysqlWatchNoBinlog, RedoPathNamesInnodbAndAriaTables) {
+    server_->sql("CREATE DATABASE redo; CREATE TABLE redo.inno (v INT) ENGINE=InnoDB; CREATE TABLE redo.ari (v INT) ENGINE=Aria");
+    Process watcher = start_watcher(*server_, "redo", {"--mode", "redo", "--socket", server_->socket(), "--user", "root"});
+    server_->sql("INSERT INTO redo.inno VALUES (1); INSERT INTO redo.ari VALUES (1)");
+    EXPECT_TRUE(eventually([&] {
+        return has_event(watcher, "change", "redo", "inno", "redo") && has_event(watcher, "change", "redo", "ari", "redo");
+    })) << watcher.describe();
+}
+
+TEST_F(MysqlWatchNoBinlog, CheckNamesTheMissingBinlogAsABlindSpot) {
+    auto result = run({KTRICKS_BINARY, "mysql-watch", "--check", "--datadir", server_->datadir(), "--socket",
+                       server_->socket(), "--user", "root"});
+    ASSERT_EQ(result.status, 0) << result.describe;
+    EXPECT_NE(result.out.find("path binlog: not usable"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("path redo: usable"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("blind spot: no binary log"), std::string::npos) << result.out;
+    EXPECT_NE(result.out.find("server: 10."), std::string::npos) << result.out;
+}
+
+}  // namespace
+}  // namespace ktricks::test
