@@ -31,6 +31,7 @@ Subcommand add_once(CLI::App& app);
 // mysql-watch
 
 // tvfs
+Subcommand add_tvfs(CLI::App& app);
 
 Subcommand add_tour(CLI::App& app);
 

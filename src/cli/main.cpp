@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
     // mysql-watch
 
     // tvfs
+    subcommands.push_back(cli::add_tvfs(app));
 
     subcommands.push_back(cli::add_tour(app));
 

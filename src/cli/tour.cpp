@@ -51,6 +51,7 @@ std::vector<TourStop> all_stops() {
     // mysql-watch
 
     // tvfs
+    stops.push_back(tvfs_tour_stop());
 
     return stops;
 }

@@ -44,6 +44,7 @@ TourStop once_tour_stop();
 // mysql-watch
 
 // tvfs
+TourStop tvfs_tour_stop();
 
 
 // Median and percentile of a sample, and a duration printed with a sensible unit ("0.42 ms").
