@@ -70,8 +70,13 @@ struct Output {
     bool worker_running = false, stopping = false;
     std::thread worker;
     // remux
+    std::mutex remux_mutex;  // held while the one remux runs; taken without `mutex`
     bool remux_ready = false;
     std::string remux_error;
+
+    ~Output() {
+        if (worker.joinable()) worker.join();
+    }
 };
 
 class Tvfs {
@@ -228,9 +233,13 @@ public:
     static std::string segment_path(const Output& out, std::size_t k) { return fmt::format("{}/{}.ts", out.dir, k); }
 
     void open_output(Output& out) {
-        std::unique_lock lock(out.mutex);
-        ++out.readers;
-        if (out.entry.decision.action != Action::remux || out.remux_ready) return;
+        {
+            std::lock_guard lock(out.mutex);
+            ++out.readers;
+        }
+        if (out.entry.decision.action != Action::remux) return;
+        std::lock_guard lock(out.remux_mutex);
+        if (out.remux_ready) return;
         auto final_path = out.dir + "/remux.mp4";
         std::error_code ignored;
         if (fs::file_size(final_path, ignored) == out.entry.layout.size) {
@@ -320,6 +329,7 @@ public:
     }
 
     void work(Output& out) {
+        ::pthread_setname_np(::pthread_self(), "tvfs-segment");  // so tests and ps can count them
         ::sigset_t all;
         ::sigfillset(&all);
         ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
@@ -445,6 +455,8 @@ public:
             for (const auto& file : fs::directory_iterator(cache_ + "/out/" + victim, ignored)) freed += file.file_size(ignored);
             fs::remove_all(cache_ + "/out/" + victim, ignored);
             used_ -= std::min(used_, freed);
+            if (auto out = outputs_.find(victim); out != outputs_.end() && out->second->worker.joinable())
+                out->second->worker.join();  // it has exited (checked above): reap it before the Output goes
             outputs_.erase(victim);
             last_use_.erase(victim);
         }
@@ -815,7 +827,14 @@ struct FuseArgs {
 
 }  // namespace
 
-int mount(const MountOptions& options) {
+int mount(const MountOptions& given) {
+    // fuse_daemonize() changes to "/" even in the foreground: every path is made absolute first.
+    MountOptions options = given;
+    options.source = fs::absolute(given.source).lexically_normal().string();
+    options.mountpoint = fs::absolute(given.mountpoint).lexically_normal().string();
+    if (options.mountpoint.size() > 1 && options.mountpoint.ends_with('/')) options.mountpoint.pop_back();
+    if (!options.cache_dir.empty()) options.cache_dir = fs::absolute(given.cache_dir).lexically_normal().string();
+    if (!options.profile.empty() && options.profile.find('/') != std::string::npos) options.profile = fs::absolute(given.profile).string();
     struct stat st{};
     if (::stat(options.source.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
         throw InputError(fmt::format("source {} is not a directory", printable(options.source)));
@@ -872,7 +891,8 @@ int mount(const MountOptions& options) {
     tvfs.stop_workers();
     tvfs.save_probe_cache();
     log_line("unmounted");
-    return status == 0 ? 0 : exit_code::software;
+    // libfuse reports the signal that ended the loop; SIGINT/SIGTERM/SIGHUP are a clean unmount.
+    return status == 0 || status == SIGINT || status == SIGTERM || status == SIGHUP ? 0 : exit_code::software;
 }
 
 }  // namespace ktricks::tvfs
