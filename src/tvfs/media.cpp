@@ -42,7 +42,8 @@ void check(int status, std::string_view call, const std::string& object) {
 struct OutputCloser {
     void operator()(AVFormatContext* context) const noexcept {
         if (!context) return;
-        if (context->pb && !(context->oformat->flags & AVFMT_NOFILE) && !context->pb->opaque) avio_closep(&context->pb);
+        // A sink of ours (AVFMT_FLAG_CUSTOM_IO) is freed by its owner, maybe already; a file is ours to close.
+        if (context->pb && !(context->flags & AVFMT_FLAG_CUSTOM_IO)) avio_closep(&context->pb);
         avformat_free_context(context);
     }
 };
@@ -118,6 +119,7 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
     if (out.empty()) {
         avio = sink_avio(sink, true);
         output->pb = avio.get();
+        output->flags |= AVFMT_FLAG_CUSTOM_IO;
     } else {
         check(avio_open(&output->pb, out.c_str(), AVIO_FLAG_WRITE), "open", out);
     }
@@ -324,6 +326,7 @@ private:
         sink_.data = &data_;
         avio_ = sink_avio(sink_, false);
         output_->pb = avio_.get();
+        output_->flags |= AVFMT_FLAG_CUSTOM_IO;
         // Segments are muxed separately but play as one stream: timestamps must not be re-based.
         output_->avoid_negative_ts = AVFMT_AVOID_NEG_TS_DISABLED;
     }

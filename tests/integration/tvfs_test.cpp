@@ -335,6 +335,29 @@ TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
     EXPECT_LT(warm, cold);
 }
 
+// The media path (probe, decide, layout, remux, every segment), built with AddressSanitizer, on
+// garbage, truncated files and files with damaged bytes in the middle of their streams.
+TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
+    auto checker = (fs::path(KTRICKS_BINARY).parent_path() / "tvfs_asan_check").string();
+    if (!fs::exists(checker)) GTEST_SKIP() << "tvfs_asan_check is not built (sanitized or fuzz build)";
+    TempDir damaged;
+    std::vector<std::string> argv = {checker};
+    for (const auto& name : {"garbage.mkv", "truncated.mp4", "damaged.mkv", "notes.txt"}) argv.push_back(media_dir() + "/" + name);
+    for (const auto& name : {"vp9.webm", "ac3.mkv", "interlaced.ts", "hevc10.mkv"}) {
+        // Every 997th byte after the first 4 KiB flipped: headers survive, streams are damaged.
+        auto data = read_file(media_dir() + "/" + name);
+        for (std::size_t i = 4096; i < data.size(); i += 997) data[i] = static_cast<char>(~data[i]);
+        write_file(damaged / name, data);
+        argv.push_back(damaged / name);
+    }
+    ProcessOptions options;
+    options.env = {"ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99"};
+    auto result = run(argv, options, std::chrono::seconds(100));
+    EXPECT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(result.err.find("AddressSanitizer"), std::string::npos) << result.err;
+    EXPECT_NE(result.out.find("garbage.mkv: rejected"), std::string::npos) << result.out;
+}
+
 // minidlna sees MNT, answers a ContentDirectory Browse and serves byte ranges; after a change in SRC
 // it is restarted with -r and lists the new item. In a private network namespace (it binds 0.0.0.0).
 TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
