@@ -290,6 +290,29 @@ TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {
     EXPECT_EQ(bytes_read(mount / "ac3.ts"), static_cast<std::uint64_t>(st.st_size));
 }
 
+TEST_F(Tvfs, AFullCacheDiskIsLoggedAndTheFileIsStillServedWhole) {
+    TempDir disk;
+    if (::mount("tvfs-test", disk.path().c_str(), "tmpfs", 0, "size=256k") != 0) GTEST_SKIP() << "mount tmpfs: " << std::strerror(errno);
+    struct Unmount {
+        std::string path;
+        ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+    } unmount{disk.path().string()};
+    TempDir mnt;
+    auto process = Process::start({KTRICKS_BINARY, "tvfs", media_dir(), mnt.path(), "-f", "--cache", disk.path(), "--grace", "0.5"});
+    ASSERT_TRUE(eventually([&] { return is_mounted(mnt.path()); })) << process.describe();
+    struct Fusermount {
+        std::string path;
+        ~Fusermount() { run({"fusermount3", "-u", "-z", path}); }
+    } fusermount{mnt.path()};
+    auto path = mnt / "interlaced.ts";  // 1.1 MB of segments for a 256 KiB disk
+    struct stat st{};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(bytes_read(path), static_cast<std::uint64_t>(st.st_size));
+    EXPECT_NE(process.err().find("No space left on device"), std::string::npos) << process.describe();
+    for (const auto& entry : fs::recursive_directory_iterator(disk.path()))
+        EXPECT_NE(entry.path().extension(), ".part") << entry.path();
+}
+
 TEST_F(Tvfs, TranscoderThreadsEndAfterTheLastCloseAndSigtermUnmounts) {
     Mount mount(media_dir());
     {
