@@ -21,7 +21,7 @@ bool have(const char* program) { return run({"sh", "-c", fmt::format("command -v
 // The test corpus, generated once per machine (deterministic) and shared by every test process.
 const std::string& media_dir() {
     static const std::string dir = [] {
-        std::string final_dir = "/tmp/ktricks-tvfs-media-v3";
+        std::string final_dir = "/tmp/ktricks-tvfs-media-v4";
         if (fs::exists(final_dir + "/complete")) return final_dir;
         std::string work = fmt::format("{}.{}", final_dir, ::getpid());
         fs::create_directories(work);
@@ -41,6 +41,7 @@ const std::string& media_dir() {
                 " -i subs.srt -t 4 -map 0 -map 1 -map 2 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -c:s srt subtitled.mkv"
                 " && rm subs.srt",
             f + " " + small + " -t 24 -c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p -c:a libopus long.mkv",
+            f + " " + small + " -t 24 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k -c:a libopus longvp9.webm",
             "head -c 100000 remux.mkv > damaged.mkv && head -c 50000 /dev/urandom >> damaged.mkv && "
             "head -c 100000 /dev/urandom > garbage.mkv && "
             "head -c 64 pass.mp4 > truncated.mp4 && echo 'not a video' > notes.txt",
@@ -137,7 +138,7 @@ protected:
 TEST_F(Tvfs, ListingShowsOneNamePerPlayableVideoAndSkipsBrokenFiles) {
     Mount mount(media_dir());
     std::set<std::string> expected = {"pass.mp4",  "remux.mp4",  "ac3.ts",   "hevc10.ts", "vp9.ts",
-                                      "interlaced.ts", "uhd60.ts", "subtitled.mp4", "long.ts", "damaged.mp4"};
+                                      "interlaced.ts", "uhd60.ts", "subtitled.mp4", "long.ts", "longvp9.ts", "damaged.mp4"};
     EXPECT_EQ(mount.names(), expected);
     // Garbage and a truncated MP4 are skipped with a log line; a damaged MKV is served as far as it reads.
     for (const auto& file : {"garbage.mkv", "truncated.mp4"})
@@ -212,9 +213,13 @@ TEST_F(Tvfs, SizeFromTheFirstStatEqualsTheBytesReadEveryTime) {
     }
 }
 
-TEST_F(Tvfs, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEverything) {
+// long.ts copies its video (segments at the source's keyframes); longvp9.ts is fully transcoded.
+class TvfsSeek : public Tvfs, public ::testing::WithParamInterface<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Outputs, TvfsSeek, ::testing::Values("long.ts", "longvp9.ts"));
+
+TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEverything) {
     Mount mount(media_dir());
-    auto path = mount / "long.ts";
+    auto path = mount / GetParam();
     struct stat st{};
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     auto start = Clock::now();
@@ -224,14 +229,35 @@ TEST_F(Tvfs, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEverythin
     EXPECT_LT(elapsed, std::chrono::seconds(5));
     // A TS packet boundary in this read starts with the sync byte; the data is real MPEG-TS.
     EXPECT_NE(data.find('\x47'), std::string::npos);
-    // Only the segments around the seek target were made, not the 12 before them.
+    // A metadata reader's head and tail reads (minidlna, a TV) are two more seeks.
+    EXPECT_EQ(read_range(path, 0, 65536).size(), 65536u);
+    EXPECT_EQ(read_range(path, static_cast<std::uint64_t>(st.st_size) - 4096, 4096).size(), 4096u);
+    // Only the segments around those reads were made (plus three of read-ahead), not all 12.
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // read-ahead and grace run out
     std::size_t segments = 0;
     for (const auto& entry : fs::recursive_directory_iterator(mount.cache() + "/out"))
         if (entry.path().extension() == ".ts") ++segments;
-    EXPECT_LT(segments, 8u);
-    // ...and the head and tail reads of a metadata probe are served the same way.
+    EXPECT_LE(segments, 8u) << "of 12";
     auto probe = run({"ffprobe", "-v", "error", "-show_format", path}, {}, std::chrono::seconds(20));
     EXPECT_EQ(probe.status, 0) << probe.describe;
+
+    // What a TV gets when it jumps to 80%: audio and video start together, at about 80% of the time.
+    TempDir cut;
+    auto from = static_cast<std::uint64_t>(st.st_size) * 8 / 10 / 188 * 188;
+    write_file(cut / "tail.ts", read_range(path, from, static_cast<std::size_t>(static_cast<std::uint64_t>(st.st_size) - from)));
+    auto packets = run({"ffprobe", "-v", "error", "-show_entries", "packet=codec_type,pts_time", "-of", "csv=p=0", cut / "tail.ts"}, {},
+                       std::chrono::seconds(20));
+    std::optional<double> video, audio;
+    for (const auto& line : lines_of(packets.out)) {
+        auto comma = line.find(',');
+        if (comma == std::string::npos || line.substr(comma + 1) == "N/A") continue;
+        double t = std::stod(line.substr(comma + 1));
+        if (line.starts_with("video") && !video) video = t;
+        if (line.starts_with("audio") && !audio) audio = t;
+    }
+    ASSERT_TRUE(video && audio) << packets.describe;
+    EXPECT_NEAR(*video, *audio, 0.1);
+    EXPECT_NEAR(*video - 1.4, 0.8 * 24, 2.5);  // 1.4 s: the MPEG-TS muxer's fixed initial delay
 }
 
 TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
@@ -260,6 +286,9 @@ TEST_F(Tvfs, ChangesInTheSourceShowUpInTheMount) {
     EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"one.mp4", "two.mp4"}; }, std::chrono::seconds(5)));
     fs::remove(source / "one.mp4");
     EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.mp4"}; }, std::chrono::seconds(5)));
+    // Modified in place: now H.264 + AC-3, so the same source becomes an audio-only transcode.
+    fs::copy_file(media_dir() + "/ac3.mkv", source / "two.mkv", fs::copy_options::overwrite_existing);
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.ts"}; }, std::chrono::seconds(5)));
     fs::create_directory(source / "sub");
     fs::copy_file(media_dir() + "/ac3.mkv", source / "sub/three.mkv");
     EXPECT_TRUE(eventually([&] { return fs::exists(mount / "sub/three.ts"); }, std::chrono::seconds(5)));
