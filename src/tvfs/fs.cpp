@@ -415,7 +415,6 @@ public:
                 else bytes += file.file_size(inner);
             }
             auto key = dir.path().filename().string();
-            usage_[key] = bytes;
             used_ += bytes;
             auto age = fs::last_write_time(dir.path(), inner);
             last_use_[key] = static_cast<std::int64_t>(age.time_since_epoch().count());
@@ -547,7 +546,6 @@ private:
     bool probes_dirty_ = false;
     std::map<std::string, std::shared_ptr<Output>> outputs_;
     std::mutex usage_mutex_;  // after mutex_
-    std::map<std::string, std::uint64_t> usage_;
     std::map<std::string, std::int64_t> last_use_;
     std::int64_t use_clock_ = 0;
     std::uint64_t used_ = 0;
