@@ -15,14 +15,32 @@ struct TvfsOptions {
     bool list_profiles = false;
 };
 
+// Bad bytes in a file (a TOML profile, a media file) rather than on the command line: EX_DATAERR.
+struct DataError : InputError {
+    using InputError::InputError;
+};
+
+template <typename Function>
+auto from_file(Function function) {
+    try {
+        return function();
+    } catch (const DataError&) {
+        throw;
+    } catch (const InputError& error) {
+        throw DataError(error.what());
+    }
+}
+
 int run_tvfs(TvfsOptions& options) {
     if (options.list_profiles) {
         for (const auto& name : tvfs::builtin_profile_names()) fmt::print("{}", tvfs::builtin_profile(name).describe());
         return 0;
     }
-    auto profile = tvfs::load_profile(options.mount.profile);
+    bool profile_is_file = options.mount.profile.find('/') != std::string::npos || options.mount.profile.ends_with(".toml");
+    auto profile = profile_is_file ? from_file([&] { return tvfs::load_profile(options.mount.profile); })
+                                   : tvfs::load_profile(options.mount.profile);
     if (!options.explain.empty()) {
-        auto media = tvfs::probe(options.explain);
+        auto media = from_file([&] { return tvfs::probe(options.explain); });
         auto decision = tvfs::decide(media, profile);
         fmt::print("{}", tvfs::explain(options.explain, media, decision));
         return 0;
@@ -59,7 +77,14 @@ Subcommand add_tvfs(CLI::App& app) {
         "  ktricks tvfs ~/Videos /srv/tv -f                # mount in the foreground; Ctrl-C unmounts\n"
         "  ktricks tvfs ~/Videos /srv/tv --profile samsung --dlna --dlna-iface eth0\n"
         "  fusermount3 -u /srv/tv                           # unmount");
-    return {sub, [options] { return run_tvfs(*options); }};
+    return {sub, [options] {
+                try {
+                    return run_tvfs(*options);
+                } catch (const DataError& error) {
+                    report_error("tvfs", error);
+                    return exit_code::data;
+                }
+            }};
 }
 
 }  // namespace ktricks::cli

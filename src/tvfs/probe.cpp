@@ -25,6 +25,9 @@ std::string av_message(int error) {
 InputPtr open_input(const std::string& path) {
     AVFormatContext* raw = nullptr;
     int status = avformat_open_input(&raw, path.c_str(), nullptr, nullptr);
+    // A missing or unreadable file is the system's error; anything else is the bytes' fault.
+    if (status == AVERROR(ENOENT) || status == AVERROR(EACCES) || status == AVERROR(EISDIR) || status == AVERROR(EPERM))
+        throw_error(AVUNERROR(status), "open", path);
     if (status < 0) throw InputError(fmt::format("{}: {}", printable(path), av_message(status)));
     InputPtr input(raw);
     status = avformat_find_stream_info(input.get(), nullptr);
