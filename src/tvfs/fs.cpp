@@ -283,18 +283,17 @@ public:
                                           layout.segments.begin()) - 1;
         while (copied < size && k < layout.segments.size()) {
             const auto& segment = layout.segments[k];
-            auto data = get_segment(out, k);
-            if (!data) return copied ? static_cast<int>(copied) : -EIO;
             std::uint64_t within = offset + copied - segment.offset;
             auto take = static_cast<std::size_t>(std::min<std::uint64_t>(size - copied, segment.bytes - within));
-            std::memcpy(buffer + copied, data->data() + within, take);
+            if (!copy_from_segment(out, k, within, take, buffer + copied)) return copied ? static_cast<int>(copied) : -EIO;
             copied += take;
             ++k;
         }
         return static_cast<int>(copied);
     }
 
-    std::shared_ptr<const std::string> get_segment(Output& out, std::size_t k) {
+    // Copies [within, within+take) of segment k, waiting for the worker to make it; false if it cannot be made.
+    bool copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take, char* destination) {
         std::unique_lock lock(out.mutex);
         // A read ahead of (or behind) the worker repositions it: a TV seeking.
         if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) out.cursor = k;
@@ -303,20 +302,23 @@ public:
         ensure_worker(out);
         out.changed.notify_all();
         while (true) {
-            if (auto found = out.memory.find(k); found != out.memory.end()) return found->second;
+            if (auto found = out.memory.find(k); found != out.memory.end()) {
+                std::memcpy(destination, found->second->data() + within, take);
+                return true;
+            }
             if (out.done[k]) {
-                auto text = std::make_shared<std::string>();
-                std::ifstream file(segment_path(out, k), std::ios::binary);
-                std::stringstream data;
-                data << file.rdbuf();
-                *text = data.str();
-                if (text->size() == out.entry.layout.segments[k].bytes) return text;
+                lock.unlock();  // the worker must not wait for our disk read
+                Fd fd(::open(segment_path(out, k).c_str(), O_RDONLY | O_CLOEXEC));
+                auto got = fd ? ::pread(fd.get(), destination, take, static_cast<off_t>(within)) : -1;
+                if (got == static_cast<ssize_t>(take)) return true;
+                lock.lock();
                 out.done[k] = 0;  // evicted under us: produce it again (same bytes: deterministic)
                 out.cursor = std::min(out.cursor, k);
                 ensure_worker(out);
                 out.changed.notify_all();
+                continue;
             }
-            if (out.failed.count(k)) return nullptr;
+            if (out.failed.count(k)) return false;
             out.changed.wait_for(lock, std::chrono::milliseconds(200));
         }
     }
