@@ -792,6 +792,9 @@ private:
                     fuse_invalidate_path(fuse_, dir.empty() ? "/" : dir.c_str());
                 }
             }
+            // Outputs that were open when the cache went over its limit become evictable once
+            // closed: enforce the limit here too, not only before the next write.
+            tvfs_.make_room(0);
             if (changed) {
                 tvfs_.save_probe_cache();
                 dlna_pending = true;
