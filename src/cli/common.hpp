@@ -39,6 +39,7 @@ Subcommand add_netwatch(CLI::App& app);
 Subcommand add_mysql_watch(CLI::App& app);
 
 // tvfs
+Subcommand add_tvfs(CLI::App& app);
 
 Subcommand add_tour(CLI::App& app);
 

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
     subcommands.push_back(cli::add_mysql_watch(app));
 
     // tvfs
+    subcommands.push_back(cli::add_tvfs(app));
 
     subcommands.push_back(cli::add_tour(app));
 

@@ -56,6 +56,7 @@ std::vector<TourStop> all_stops() {
     stops.push_back(mysql_watch_tour_stop());
 
     // tvfs
+    stops.push_back(tvfs_tour_stop());
 
     return stops;
 }

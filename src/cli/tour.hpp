@@ -49,6 +49,7 @@ TourStop netwatch_tour_stop();
 TourStop mysql_watch_tour_stop();
 
 // tvfs
+TourStop tvfs_tour_stop();
 
 
 // Median and percentile of a sample, and a duration printed with a sensible unit ("0.42 ms").

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# bench/tvfs.sh — `ktricks tvfs` next to ffmpegfs (Debian 2.13, --desttype=ts: its closest mode to
+# "every file becomes an MPEG-TS the TV plays").
+#
+#   KTRICKS=path/to/ktricks RUNS=3 bench/tvfs.sh
+#
+# Corpus: one 30 s 640x360 VP9+Opus WebM (both tools must transcode it), and 200 hard links of a 4 s
+# clip for the listing test. Every run mounts afresh with an empty cache (cold). Measured:
+#   ttfb        first 64 KiB of the transcoded file, cold
+#   full read   the whole file, cold (and the realtime factor: 30 s / time)
+#   seek        64 KiB at 50% of a cold file
+#   ls -l 200   listing 200 never-seen files (tvfs probes them; its cache is then warm)
+#   size error  |st_size from the first stat - bytes read| / bytes read
+#   peak memory VmHWM of the daemon after the full read
+# Prints one markdown table of medians over RUNS, and ffmpegfs/tvfs ratios.
+set -euo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
+RUNS=${RUNS:-3}
+[[ -x $K ]] || { echo "tvfs.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "tvfs.sh: RUNS must be a positive integer" >&2; exit 1; }
+for tool in ffmpeg ffmpegfs fusermount3 awk dd; do
+    command -v "$tool" >/dev/null || { echo "tvfs.sh: needs $tool" >&2; exit 1; }
+done
+[[ -w /dev/fuse ]] || { echo "tvfs.sh: needs /dev/fuse" >&2; exit 77; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ktricks-bench-tvfs.XXXXXX")
+daemon=
+cleanup() {
+    for m in "$tmp"/mnt*; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u -z "$m" 2>/dev/null; done
+    [[ -n $daemon ]] && kill "$daemon" 2>/dev/null
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$tmp/src" "$tmp/many"
+ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=640x360:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000 \
+    -t 30 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 800k -c:a libopus "$tmp/src/movie.webm"
+ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=sample_rate=48000 \
+    -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -c:a libopus "$tmp/clip.webm"
+for i in $(seq -w 1 200); do ln "$tmp/clip.webm" "$tmp/many/clip$i.webm"; done
+
+now() { echo "$EPOCHREALTIME"; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
+
+# mount TOOL SRC MNT CACHE: starts the daemon in the foreground, waits for the mount.
+mount_tool() {
+    local tool=$1 src=$2 mnt=$3 cache=$4
+    mkdir -p "$mnt" "$cache"
+    if [[ $tool == tvfs ]]; then
+        "$K" tvfs "$src" "$mnt" -f --cache "$cache" 2>/dev/null &
+    else
+        ffmpegfs "$src" "$mnt" -f --desttype=ts --cachepath="$cache" --log_maxlevel=ERROR >/dev/null 2>&1 &
+    fi
+    daemon=$!
+    for _ in $(seq 1 500); do mountpoint -q "$mnt" && return 0; sleep 0.02; done
+    echo "tvfs.sh: $tool did not mount" >&2; exit 1
+}
+unmount_tool() {
+    fusermount3 -u "$1"
+    wait "$daemon" 2>/dev/null || true
+    daemon=
+}
+target_of() { if [[ $1 == tvfs ]]; then echo movie.ts; else echo movie.webm.ts; fi; }
+
+declare -A samples
+add() { samples[$1,$2]+="$3 "; }
+
+for run in $(seq 1 "$RUNS"); do
+    for tool in tvfs ffmpegfs; do
+        base=$tmp/$tool-$run
+        # ttfb + full read + size error + memory, one cold mount
+        mount_tool "$tool" "$tmp/src" "$tmp/mnt-a" "$base-cache-a"
+        file=$tmp/mnt-a/$(target_of "$tool")
+        size=$(stat -c %s "$file")
+        t0=$(now); dd if="$file" of=/dev/null bs=64k count=1 status=none; t1=$(now)
+        add "$tool" ttfb "$(ms "$t0" "$t1")"
+        t0=$(now); got=$(cat "$file" | wc -c); t1=$(now)
+        add "$tool" full "$(ms "$t0" "$t1")"
+        add "$tool" error "$(awk -v s="$size" -v g="$got" 'BEGIN { d = s - g; if (d < 0) d = -d; printf "%.2f", 100 * d / (g ? g : 1) }')"
+        add "$tool" memory "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$daemon/status")"
+        unmount_tool "$tmp/mnt-a"
+        # seek: 64 KiB at 50% of a cold file
+        mount_tool "$tool" "$tmp/src" "$tmp/mnt-b" "$base-cache-b"
+        file=$tmp/mnt-b/$(target_of "$tool")
+        size=$(stat -c %s "$file")
+        t0=$(now); dd if="$file" of=/dev/null bs=64k skip=$((size / 2 / 65536)) count=1 status=none; t1=$(now)
+        add "$tool" seek "$(ms "$t0" "$t1")"
+        unmount_tool "$tmp/mnt-b"
+        # ls -l on 200 never-seen files
+        mount_tool "$tool" "$tmp/many" "$tmp/mnt-c" "$base-cache-c"
+        t0=$(now); timeout 300 ls -l "$tmp/mnt-c" >/dev/null; t1=$(now)
+        add "$tool" ls "$(ms "$t0" "$t1")"
+        unmount_tool "$tmp/mnt-c"
+        rm -rf "$base"-cache-*
+    done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+row() {
+    local label=$1 key=$2 unit=$3 a b ratio
+    a=$(echo "${samples[tvfs,$key]}" | median)
+    b=$(echo "${samples[ffmpegfs,$key]}" | median)
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.2fx", b / a; else print "-" }')
+    echo "| $label | $a $unit | $b $unit | $ratio |"
+}
+full_t=$(echo "${samples[tvfs,full]}" | median)
+full_f=$(echo "${samples[ffmpegfs,full]}" | median)
+echo "Corpus: 30 s 640x360 VP9+Opus WebM -> H.264+AAC MPEG-TS; 200 x 4 s WebM for ls. Medians of $RUNS cold runs."
+echo
+echo "| measure | ktricks tvfs | ffmpegfs 2.13 | ffmpegfs / tvfs |"
+echo "|---|---|---|---|"
+row "time to first byte (cold)" ttfb ms
+row "read whole file (cold)" full ms
+echo "| realtime factor (30 s / read time) | $(awk -v t="$full_t" 'BEGIN { printf "%.1fx", 30000 / t }') | $(awk -v t="$full_f" 'BEGIN { printf "%.1fx", 30000 / t }') | |"
+row "seek: 64 KiB at 50% (cold)" seek ms
+row "ls -l, 200 new files" ls ms
+row "size error, st_size vs bytes read" error "%"
+row "peak memory (VmHWM)" memory MiB

@@ -1,0 +1,69 @@
+// RAII for the FFmpeg objects tvfs uses, and the output layouts (private to tvfs).
+#pragma once
+
+extern "C" {
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/opt.h>
+}
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ktricks/tvfs.hpp"
+
+namespace ktricks::tvfs {
+
+struct InputCloser {
+    void operator()(AVFormatContext* context) const noexcept { avformat_close_input(&context); }
+};
+using InputPtr = std::unique_ptr<AVFormatContext, InputCloser>;
+struct CodecCloser {
+    void operator()(AVCodecContext* context) const noexcept { avcodec_free_context(&context); }
+};
+using CodecPtr = std::unique_ptr<AVCodecContext, CodecCloser>;
+struct PacketFree {
+    void operator()(AVPacket* packet) const noexcept { av_packet_free(&packet); }
+};
+using PacketPtr = std::unique_ptr<AVPacket, PacketFree>;
+struct FrameFree {
+    void operator()(AVFrame* frame) const noexcept { av_frame_free(&frame); }
+};
+using FramePtr = std::unique_ptr<AVFrame, FrameFree>;
+
+// "av_read_frame FILE: Invalid data found when processing input"
+std::string av_message(int error);
+InputPtr open_input(const std::string& path);
+
+// One output segment: [start, end) seconds of the source timeline, a fixed byte size.
+struct Segment {
+    double start = 0, end = 0;
+    std::uint64_t offset = 0, bytes = 0;
+};
+
+// How an output file is laid out; computed at the first stat and kept in the probe cache.
+struct Layout {
+    Action action = Action::skip;
+    std::uint64_t size = 0;
+    std::vector<Segment> segments;  // transcodes only
+    int fps_num = 0, fps_den = 1;   // full transcode output frame rate
+    int width = 0, height = 0;      // full transcode output size
+    int video_kbps = 0;
+};
+
+// Seconds of output per transcoded segment: also the fixed closed GOP and the seek granularity.
+inline constexpr double segment_seconds = 2.0;
+
+// The exact byte size of the faststart MP4 a remux produces: a dry run of the muxer over the packets.
+std::uint64_t remux_size(const std::string& path, const Decision& decision);
+// Writes that MP4 to `out` (a path in the cache); throws on any failure (the caller removes `out`).
+void remux(const std::string& path, const Decision& decision, const std::string& out);
+// Segments and their byte budgets; for audio-only transcodes this reads the video packet index.
+Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile);
+// Segment k's bytes, exactly layout.segments[k].bytes long (MPEG-TS, null-packet padded).
+std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision,
+                            const Profile& profile, const Layout& layout, std::size_t k);
+
+}  // namespace ktricks::tvfs

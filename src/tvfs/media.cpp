@@ -1,0 +1,730 @@
+// Producing outputs whose size is known before the first byte.
+//
+// Remux: the MP4 muxer is deterministic, so a dry run over the source packets into a seekable sink
+// that only counts bytes gives the exact size of the real run; `+faststart` moves moov to the front
+// without changing the total (same boxes, moved; checked by the integration tests on every read).
+//
+// Transcodes: the output is a sequence of segments of fixed duration. Each segment is a pure
+// function of (source, profile, k): the source is sought, decoded, and encoded by a fresh encoder
+// (so every segment starts with an IDR: a closed GOP) into a fresh MPEG-TS muxer, then padded with
+// null packets (PID 0x1FFF, which every demuxer discards) up to a byte budget fixed from the
+// segment's duration and the encoder's VBV limits. An offset therefore names a segment, a segment
+// names a time, and a segment produced twice (after cache eviction) has the same bytes.
+#include <fmt/format.h>
+
+extern "C" {
+#include <libavcodec/bsf.h>
+#include <libavfilter/buffersink.h>
+#include <libavfilter/buffersrc.h>
+#include <libavfilter/avfilter.h>
+#include <libavutil/channel_layout.h>
+#include <libavutil/audio_fifo.h>
+#include <libswresample/swresample.h>
+}
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ktricks/core/error.hpp"
+#include "tvfs/av.hpp"
+
+namespace ktricks::tvfs {
+namespace {
+
+constexpr int ts_packet = 188;
+constexpr int audio_rate = 48000;
+
+void check(int status, std::string_view call, const std::string& object) {
+    if (status < 0) throw std::runtime_error(fmt::format("{} {}: {}", call, printable(object), av_message(status)));
+}
+
+struct OutputCloser {
+    void operator()(AVFormatContext* context) const noexcept {
+        if (!context) return;
+        // A sink of ours (AVFMT_FLAG_CUSTOM_IO) is freed by its owner, maybe already; a file is ours to close.
+        if (context->pb && !(context->flags & AVFMT_FLAG_CUSTOM_IO)) avio_closep(&context->pb);
+        avformat_free_context(context);
+    }
+};
+using OutputPtr = std::unique_ptr<AVFormatContext, OutputCloser>;
+
+// A seekable sink: counts (dry run) or collects (segments) what a muxer writes.
+struct Sink {
+    std::string* data = nullptr;  // null: count only
+    std::int64_t position = 0, size = 0;
+    static int write(void* opaque, std::uint8_t* buffer, int length) {
+        auto* self = static_cast<Sink*>(opaque);
+        if (self->data) {
+            if (static_cast<std::int64_t>(self->data->size()) < self->position + length)
+                self->data->resize(static_cast<std::size_t>(self->position + length));
+            std::memcpy(self->data->data() + self->position, buffer, static_cast<std::size_t>(length));
+        }
+        self->position += length;
+        self->size = std::max(self->size, self->position);
+        return length;
+    }
+    static std::int64_t seek(void* opaque, std::int64_t offset, int whence) {
+        auto* self = static_cast<Sink*>(opaque);
+        if (whence & AVSEEK_SIZE) return self->size;
+        switch (whence & ~AVSEEK_FORCE) {
+            case SEEK_SET: self->position = offset; break;
+            case SEEK_CUR: self->position += offset; break;
+            case SEEK_END: self->position = self->size + offset; break;
+            default: return AVERROR(EINVAL);
+        }
+        return self->position;
+    }
+};
+
+struct AvioFree {
+    void operator()(AVIOContext* context) const noexcept {
+        if (context) av_freep(&context->buffer);
+        avio_context_free(&context);
+    }
+};
+using AvioPtr = std::unique_ptr<AVIOContext, AvioFree>;
+
+AvioPtr sink_avio(Sink& sink, bool seekable) {
+    auto* buffer = static_cast<unsigned char*>(av_malloc(65536));
+    AVIOContext* avio = avio_alloc_context(buffer, 65536, 1, &sink, nullptr, &Sink::write, seekable ? &Sink::seek : nullptr);
+    if (!avio) {
+        av_free(buffer);
+        throw std::bad_alloc();
+    }
+    if (!seekable) avio->seekable = 0;
+    return AvioPtr(avio);
+}
+
+std::vector<int> kept_streams(const Decision& decision, const AVFormatContext* input) {
+    std::vector<int> streams;
+    for (unsigned i = 0; i < input->nb_streams; ++i) {
+        auto type = input->streams[i]->codecpar->codec_type;
+        if (input->streams[i]->disposition & AV_DISPOSITION_ATTACHED_PIC) continue;
+        if (type == AVMEDIA_TYPE_VIDEO && streams.empty()) streams.push_back(static_cast<int>(i));
+    }
+    if (decision.audio_stream >= 0) streams.push_back(decision.audio_stream);
+    return streams;
+}
+
+// The remux: copy the kept streams' packets into MP4. With `out` empty, a dry run into a counter.
+std::uint64_t run_remux(const std::string& path, const Decision& decision, const std::string& out) {
+    auto input = open_input(path);
+    auto streams = kept_streams(decision, input.get());
+    AVFormatContext* raw = nullptr;
+    check(avformat_alloc_output_context2(&raw, nullptr, "mp4", out.empty() ? nullptr : out.c_str()), "avformat_alloc_output_context2", out);
+    OutputPtr output(raw);
+    Sink sink;
+    AvioPtr avio;
+    if (out.empty()) {
+        avio = sink_avio(sink, true);
+        output->pb = avio.get();
+        output->flags |= AVFMT_FLAG_CUSTOM_IO;
+    } else {
+        check(avio_open(&output->pb, out.c_str(), AVIO_FLAG_WRITE), "open", out);
+    }
+    std::vector<int> map(input->nb_streams, -1);
+    for (int index : streams) {
+        AVStream* stream = avformat_new_stream(output.get(), nullptr);
+        check(avcodec_parameters_copy(stream->codecpar, input->streams[index]->codecpar), "avcodec_parameters_copy", path);
+        stream->codecpar->codec_tag = 0;
+        stream->time_base = input->streams[index]->time_base;
+        map[static_cast<std::size_t>(index)] = stream->index;
+    }
+    AVDictionary* options = nullptr;
+    // faststart needs to read its own output back, so only the real run asks for it (same size).
+    if (!out.empty()) av_dict_set(&options, "movflags", "+faststart", 0);
+    int status = avformat_write_header(output.get(), &options);
+    av_dict_free(&options);
+    check(status, "avformat_write_header", out.empty() ? path : out);
+    PacketPtr packet(av_packet_alloc());
+    while ((status = av_read_frame(input.get(), packet.get())) >= 0) {
+        int target = map[static_cast<std::size_t>(packet->stream_index)];
+        if (target < 0) {
+            av_packet_unref(packet.get());
+            continue;
+        }
+        av_packet_rescale_ts(packet.get(), input->streams[packet->stream_index]->time_base, output->streams[target]->time_base);
+        packet->stream_index = target;
+        packet->pos = -1;
+        check(av_interleaved_write_frame(output.get(), packet.get()), "av_interleaved_write_frame", path);
+    }
+    if (status != AVERROR_EOF) check(status, "av_read_frame", path);
+    check(av_write_trailer(output.get()), "av_write_trailer", out.empty() ? path : out);
+    if (out.empty()) {
+        avio_flush(avio.get());
+        output->pb = nullptr;
+        return static_cast<std::uint64_t>(sink.size);
+    }
+    avio_closep(&output->pb);
+    return 0;
+}
+
+// Output frame rate of a full transcode: the source's, halved while above the profile (60 -> 30).
+AVRational output_rate(const AVStream* stream, const Profile& profile) {
+    AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
+    if (rate.num <= 0 || rate.den <= 0 || av_q2d(rate) > 240) rate = AVRational{25, 1};
+    double limit = std::min(profile.max_fps, 30.0);
+    while (av_q2d(rate) > limit + 0.01) rate = av_mul_q(rate, AVRational{1, 2});
+    if (av_q2d(rate) < 10) rate = AVRational{25, 1};
+    return av_inv_q(av_inv_q(rate));  // reduced
+}
+
+std::uint64_t round_up_packets(double bytes) {
+    return static_cast<std::uint64_t>(std::ceil(bytes / ts_packet)) * ts_packet;
+}
+
+// Worst-case TS bytes for a segment: payload 184 of 188, a PES header and a part-filled packet per
+// frame, PAT+PMT every 0.1 s, SDT every second, and the audio encoder's overshoot.
+std::uint64_t segment_budget(double seconds, double video_bytes, int video_frames, int audio_kbps) {
+    double audio_bytes = audio_kbps * 1000.0 / 8 * seconds * 1.3 + 2 * 1536;
+    int audio_frames = static_cast<int>(std::ceil(seconds * audio_rate / 1024)) + 2;
+    double bytes = (video_bytes + audio_bytes) * ts_packet / 184.0 + (video_frames + audio_frames) * 2.0 * ts_packet +
+                   (seconds * 11 * 2 + 4) * ts_packet;
+    return round_up_packets(bytes);
+}
+
+}  // namespace
+
+std::uint64_t remux_size(const std::string& path, const Decision& decision) { return run_remux(path, decision, ""); }
+
+void remux(const std::string& path, const Decision& decision, const std::string& out) { run_remux(path, decision, out); }
+
+Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile) {
+    Layout layout;
+    layout.action = decision.action;
+    if (!media.video) throw InputError(fmt::format("{}: no video stream", printable(path)));
+    if (decision.action == Action::full_transcode) {
+        auto input = open_input(path);
+        AVRational rate = output_rate(input->streams[media.video->index], profile);
+        layout.fps_num = rate.num;
+        layout.fps_den = rate.den;
+        double scale = std::min({1.0, 1920.0 / media.video->width, 1080.0 / media.video->height,
+                                 double(profile.max_width) / media.video->width, double(profile.max_height) / media.video->height});
+        layout.width = std::max(16, static_cast<int>(std::lround(media.video->width * scale / 2)) * 2);
+        layout.height = std::max(16, static_cast<int>(std::lround(media.video->height * scale / 2)) * 2);
+        double pixels = double(layout.width) * layout.height / (1920.0 * 1080.0);
+        layout.video_kbps = std::max(300, static_cast<int>(profile.video_kbps * pixels));
+        // Segments of a whole number of frames, so every frame time is exact.
+        auto frames_per_segment = static_cast<std::int64_t>(std::lround(segment_seconds * av_q2d(rate)));
+        auto total_frames = static_cast<std::int64_t>(std::ceil(media.duration * av_q2d(rate) - 1e-6));
+        std::uint64_t offset = 0;
+        for (std::int64_t first = 0; first < total_frames; first += frames_per_segment) {
+            auto frames = std::min(frames_per_segment, total_frames - first);
+            Segment segment;
+            segment.start = double(first) / av_q2d(rate);
+            segment.end = double(first + frames) / av_q2d(rate);
+            double seconds = segment.end - segment.start;
+            // VBV: at most maxrate * t + bufsize bits in any window of t seconds.
+            double video_bytes = layout.video_kbps * 1000.0 / 8 * (seconds + 1.0);
+            segment.bytes = segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps);
+            segment.offset = offset;
+            offset += segment.bytes;
+            layout.segments.push_back(segment);
+        }
+        layout.size = offset;
+        return layout;
+    }
+    // Audio-only: the video packets are copied, so segments start at the source's keyframes (the
+    // first keyframe at least segment_seconds after the previous start) and their budgets count the
+    // actual video packet bytes, read once from the packet index.
+    auto input = open_input(path);
+    const AVStream* video = input->streams[media.video->index];
+    double start_time = input->start_time != AV_NOPTS_VALUE ? double(input->start_time) / AV_TIME_BASE : 0;
+    struct Run {
+        double start;
+        double video_bytes = 0;
+        int frames = 0;
+    };
+    std::vector<Run> runs;
+    PacketPtr packet(av_packet_alloc());
+    int extradata = video->codecpar->extradata_size;
+    int status;
+    while ((status = av_read_frame(input.get(), packet.get())) >= 0) {
+        if (packet->stream_index == media.video->index) {
+            std::int64_t ts = packet->pts != AV_NOPTS_VALUE ? packet->pts : packet->dts;
+            double t = ts == AV_NOPTS_VALUE ? 0 : ts * av_q2d(video->time_base) - start_time;
+            bool key = packet->flags & AV_PKT_FLAG_KEY;
+            if (runs.empty() || (key && t >= runs.back().start + segment_seconds - 1e-3)) runs.push_back(Run{runs.empty() ? 0.0 : t});
+            runs.back().video_bytes += packet->size + (key ? extradata + 64 : 0);
+            ++runs.back().frames;
+        }
+        av_packet_unref(packet.get());
+    }
+    if (runs.empty()) throw InputError(fmt::format("{}: no video packets", printable(path)));
+    std::uint64_t offset = 0;
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        Segment segment;
+        segment.start = runs[i].start;
+        segment.end = i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
+        segment.bytes = segment_budget(segment.end - segment.start, runs[i].video_bytes, runs[i].frames, profile.audio_kbps);
+        segment.offset = offset;
+        offset += segment.bytes;
+        layout.segments.push_back(segment);
+    }
+    layout.size = offset;
+    return layout;
+}
+
+namespace {
+
+struct GraphFree {
+    void operator()(AVFilterGraph* graph) const noexcept { avfilter_graph_free(&graph); }
+};
+struct SwrFree {
+    void operator()(SwrContext* swr) const noexcept { swr_free(&swr); }
+};
+struct FifoFree {
+    void operator()(AVAudioFifo* fifo) const noexcept { av_audio_fifo_free(fifo); }
+};
+struct BsfFree {
+    void operator()(AVBSFContext* bsf) const noexcept { av_bsf_free(&bsf); }
+};
+
+CodecPtr open_decoder(const AVStream* stream, const std::string& path) {
+    const AVCodec* codec = avcodec_find_decoder(stream->codecpar->codec_id);
+    if (!codec) throw InputError(fmt::format("{}: no decoder for {}", printable(path), avcodec_get_name(stream->codecpar->codec_id)));
+    CodecPtr context(avcodec_alloc_context3(codec));
+    check(avcodec_parameters_to_context(context.get(), stream->codecpar), "avcodec_parameters_to_context", path);
+    context->pkt_timebase = stream->time_base;
+    context->thread_count = 2;
+    check(avcodec_open2(context.get(), codec, nullptr), "avcodec_open2", path);
+    return context;
+}
+
+// One segment's production state; everything is created fresh per segment (see the file comment).
+class SegmentJob {
+public:
+    SegmentJob(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile,
+               const Layout& layout, const Segment& segment, double video_scale)
+        : path_(path), media_(media), decision_(decision), profile_(profile), layout_(layout), segment_(segment),
+          video_scale_(video_scale) {}
+
+    std::string run() {
+        input_ = open_input(path_);
+        start_time_ = input_->start_time != AV_NOPTS_VALUE ? double(input_->start_time) / AV_TIME_BASE : 0;
+        copy_video_ = decision_.action == Action::audio_transcode;
+        video_in_ = input_->streams[media_.video->index];
+        open_output();
+        if (!copy_video_) open_video();
+        if (decision_.audio_stream >= 0) open_audio();
+        // Seek a little early: the frames before the segment prime the decoders and are dropped.
+        double target = segment_.start + start_time_ - (copy_video_ ? 0 : 0.5);
+        if (segment_.start > 0)
+            av_seek_frame(input_.get(), -1, static_cast<std::int64_t>(std::max(0.0, target) * AV_TIME_BASE), AVSEEK_FLAG_BACKWARD);
+        demux();
+        check(av_write_trailer(output_.get()), "av_write_trailer", path_);
+        avio_flush(avio_.get());
+        return std::move(data_);
+    }
+
+private:
+    void open_output() {
+        AVFormatContext* raw = nullptr;
+        check(avformat_alloc_output_context2(&raw, nullptr, "mpegts", nullptr), "avformat_alloc_output_context2", path_);
+        output_.reset(raw);
+        sink_.data = &data_;
+        avio_ = sink_avio(sink_, false);
+        output_->pb = avio_.get();
+        output_->flags |= AVFMT_FLAG_CUSTOM_IO;
+        // Segments are muxed separately but play as one stream: timestamps must not be re-based.
+        output_->avoid_negative_ts = AVFMT_AVOID_NEG_TS_DISABLED;
+    }
+
+    void open_video() {
+        decoder_ = open_decoder(video_in_, path_);
+        const AVCodec* codec = avcodec_find_encoder_by_name("libx264");
+        if (!codec) codec = avcodec_find_encoder(AV_CODEC_ID_H264);
+        if (!codec) throw std::runtime_error("no H.264 encoder in this FFmpeg build");
+        encoder_.reset(avcodec_alloc_context3(codec));
+        auto* e = encoder_.get();
+        rate_ = AVRational{layout_.fps_num, layout_.fps_den};
+        e->width = layout_.width;
+        e->height = layout_.height;
+        e->pix_fmt = AV_PIX_FMT_YUV420P;
+        e->time_base = av_inv_q(rate_);
+        e->framerate = rate_;
+        e->sample_aspect_ratio = AVRational{1, 1};
+        frames_ = static_cast<std::int64_t>(std::lround((segment_.end - segment_.start) * av_q2d(rate_)));
+        first_frame_ = static_cast<std::int64_t>(std::lround(segment_.start * av_q2d(rate_)));
+        e->gop_size = static_cast<int>(std::lround(segment_seconds * av_q2d(rate_)));
+        e->keyint_min = e->gop_size;
+        // No B-frames: DTS == PTS, so decode timestamps stay monotonic across independent segments.
+        e->max_b_frames = 0;
+        int kbps = static_cast<int>(layout_.video_kbps * video_scale_);
+        e->bit_rate = kbps * 1000LL;
+        e->rc_max_rate = kbps * 1000LL;
+        e->rc_buffer_size = kbps * 1000;
+        e->thread_count = 2;
+        av_opt_set(e->priv_data, "preset", profile_.preset.c_str(), 0);
+        av_opt_set(e->priv_data, "profile", "high", 0);
+        av_opt_set(e->priv_data, "level", "4.1", 0);
+        av_opt_set(e->priv_data, "x264-params", "scenecut=0:open-gop=0:repeat-headers=1:nal-hrd=none", 0);
+        check(avcodec_open2(e, codec, nullptr), "avcodec_open2 libx264", path_);
+        video_out_ = avformat_new_stream(output_.get(), nullptr);
+        check(avcodec_parameters_from_context(video_out_->codecpar, e), "avcodec_parameters_from_context", path_);
+        video_out_->time_base = AVRational{1, 90000};
+
+        // Deinterlace (yadif, only frames flagged interlaced), scale and convert to 8-bit 4:2:0.
+        graph_.reset(avfilter_graph_alloc());
+        graph_->nb_threads = 1;
+        auto args = fmt::format("video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}", decoder_->width, decoder_->height,
+                                static_cast<int>(decoder_->pix_fmt), video_in_->time_base.num, video_in_->time_base.den,
+                                std::max(1, decoder_->sample_aspect_ratio.num), std::max(1, decoder_->sample_aspect_ratio.den));
+        check(avfilter_graph_create_filter(&source_, avfilter_get_by_name("buffer"), "in", args.c_str(), nullptr, graph_.get()),
+              "buffer", path_);
+        check(avfilter_graph_create_filter(&sink_filter_, avfilter_get_by_name("buffersink"), "out", nullptr, nullptr, graph_.get()),
+              "buffersink", path_);
+        AVFilterInOut* outputs = avfilter_inout_alloc();
+        AVFilterInOut* inputs = avfilter_inout_alloc();
+        outputs->name = av_strdup("in");
+        outputs->filter_ctx = source_;
+        inputs->name = av_strdup("out");
+        inputs->filter_ctx = sink_filter_;
+        auto chain = fmt::format("{}scale={}:{}:flags=bicubic,format=yuv420p,setsar=1", media_.video->interlaced ? "yadif=deint=interlaced," : "",
+                                 layout_.width, layout_.height);
+        int status = avfilter_graph_parse_ptr(graph_.get(), chain.c_str(), &inputs, &outputs, nullptr);
+        avfilter_inout_free(&inputs);
+        avfilter_inout_free(&outputs);
+        check(status, "avfilter_graph_parse_ptr", chain);
+        check(avfilter_graph_config(graph_.get(), nullptr), "avfilter_graph_config", chain);
+    }
+
+    void open_audio() {
+        const AVStream* stream = input_->streams[decision_.audio_stream];
+        audio_decoder_ = open_decoder(stream, path_);
+        const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_AAC);
+        audio_encoder_.reset(avcodec_alloc_context3(codec));
+        auto* e = audio_encoder_.get();
+        e->sample_rate = audio_rate;
+        av_channel_layout_default(&e->ch_layout, 2);
+        e->sample_fmt = AV_SAMPLE_FMT_FLTP;
+        e->bit_rate = profile_.audio_kbps * 1000LL;
+        e->time_base = AVRational{1, audio_rate};
+        e->profile = FF_PROFILE_AAC_LOW;
+        check(avcodec_open2(e, codec, nullptr), "avcodec_open2 aac", path_);
+        audio_out_ = avformat_new_stream(output_.get(), nullptr);
+        check(avcodec_parameters_from_context(audio_out_->codecpar, e), "avcodec_parameters_from_context", path_);
+        audio_out_->time_base = AVRational{1, 90000};
+        SwrContext* swr = nullptr;
+        AVChannelLayout stereo;
+        av_channel_layout_default(&stereo, 2);
+        AVChannelLayout in_layout;
+        if (audio_decoder_->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
+            av_channel_layout_default(&in_layout, audio_decoder_->ch_layout.nb_channels);
+        else
+            av_channel_layout_copy(&in_layout, &audio_decoder_->ch_layout);
+        check(swr_alloc_set_opts2(&swr, &stereo, AV_SAMPLE_FMT_FLTP, audio_rate, &in_layout, audio_decoder_->sample_fmt,
+                                  audio_decoder_->sample_rate, 0, nullptr),
+              "swr_alloc_set_opts2", path_);
+        av_channel_layout_uninit(&in_layout);
+        swr_.reset(swr);
+        check(swr_init(swr), "swr_init", path_);
+        fifo_.reset(av_audio_fifo_alloc(AV_SAMPLE_FMT_FLTP, 2, 4096));
+        // Audio segments sit on a global grid of 1024-sample AAC frames, so consecutive segments'
+        // packets tile the timeline with neither gap nor overlap.
+        auto grid = [](double seconds) { return std::llround(seconds * audio_rate) / 1024 * 1024; };
+        audio_first_ = grid(segment_.start);
+        audio_end_ = &segment_ == &layout_.segments.back() ? std::llround(segment_.end * audio_rate) : grid(segment_.end);
+    }
+
+    void write_header_once() {
+        if (header_written_) return;
+        AVDictionary* options = nullptr;
+        av_dict_set(&options, "mpegts_flags", "+resend_headers", 0);
+        int status = avformat_write_header(output_.get(), &options);
+        av_dict_free(&options);
+        check(status, "avformat_write_header", path_);
+        header_written_ = true;
+    }
+
+    void demux() {
+        if (copy_video_) {
+            video_out_ = avformat_new_stream(output_.get(), nullptr);
+            check(avcodec_parameters_copy(video_out_->codecpar, video_in_->codecpar), "avcodec_parameters_copy", path_);
+            video_out_->codecpar->codec_tag = 0;
+            video_out_->time_base = AVRational{1, 90000};
+            const char* filter = nullptr;
+            const auto* par = video_in_->codecpar;
+            if (par->codec_id == AV_CODEC_ID_H264 && par->extradata_size > 0 && par->extradata[0] == 1) filter = "h264_mp4toannexb";
+            if (par->codec_id == AV_CODEC_ID_HEVC && par->extradata_size > 0 && par->extradata[0] == 1) filter = "hevc_mp4toannexb";
+            if (filter) {
+                AVBSFContext* bsf = nullptr;
+                check(av_bsf_alloc(av_bsf_get_by_name(filter), &bsf), "av_bsf_alloc", filter);
+                bsf_.reset(bsf);
+                check(avcodec_parameters_copy(bsf->par_in, video_in_->codecpar), "avcodec_parameters_copy", filter);
+                bsf->time_base_in = video_in_->time_base;
+                check(av_bsf_init(bsf), "av_bsf_init", filter);
+            }
+            // An audio stream was added before the video one in open_audio(); TS does not care.
+        }
+        write_header_once();
+        PacketPtr packet(av_packet_alloc());
+        bool video_done = false, audio_done = decision_.audio_stream < 0;
+        bool started_copy = false;
+        int status;
+        while (!(video_done && audio_done) && (status = av_read_frame(input_.get(), packet.get())) >= 0) {
+            if (packet->stream_index == media_.video->index && !video_done) {
+                if (copy_video_) video_done = copy_packet(packet.get(), started_copy);
+                else video_done = decode_video(packet.get());
+            } else if (packet->stream_index == decision_.audio_stream && !audio_done) {
+                audio_done = decode_audio(packet.get());
+            }
+            av_packet_unref(packet.get());
+        }
+        if (!copy_video_ && !video_done) decode_video(nullptr);
+        if (!copy_video_) finish_video();
+        if (decision_.audio_stream >= 0) finish_audio();
+    }
+
+    // Copies the packets of [segment start keyframe, next segment's keyframe); true when done.
+    bool copy_packet(AVPacket* packet, bool& started) {
+        std::int64_t ts = packet->pts != AV_NOPTS_VALUE ? packet->pts : packet->dts;
+        double t = ts == AV_NOPTS_VALUE ? 0 : ts * av_q2d(video_in_->time_base) - start_time_;
+        bool key = packet->flags & AV_PKT_FLAG_KEY;
+        if (!started) {
+            if (!(key && (segment_.start == 0 || t >= segment_.start - 1e-3))) return false;
+            started = true;
+        } else if (key && t >= segment_.end - 1e-3) {
+            return true;
+        }
+        auto offset = static_cast<std::int64_t>(std::llround(start_time_ / av_q2d(video_in_->time_base)));
+        if (packet->pts != AV_NOPTS_VALUE) packet->pts -= offset;
+        if (packet->dts != AV_NOPTS_VALUE) packet->dts -= offset;
+        auto write = [&](AVPacket* p) {
+            av_packet_rescale_ts(p, video_in_->time_base, video_out_->time_base);
+            p->stream_index = video_out_->index;
+            p->pos = -1;
+            check(av_interleaved_write_frame(output_.get(), p), "av_interleaved_write_frame", path_);
+        };
+        if (!bsf_) {
+            write(packet);
+            return false;
+        }
+        check(av_bsf_send_packet(bsf_.get(), packet), "av_bsf_send_packet", path_);
+        PacketPtr filtered(av_packet_alloc());
+        while (av_bsf_receive_packet(bsf_.get(), filtered.get()) >= 0) write(filtered.get());
+        return false;
+    }
+
+    // Decodes, filters and feeds the encoder; true once the segment's frames are all covered.
+    bool decode_video(const AVPacket* packet) {
+        int status = avcodec_send_packet(decoder_.get(), packet);
+        if (status < 0 && status != AVERROR_EOF) return false;  // a damaged packet: skip it, keep going
+        FramePtr frame(av_frame_alloc());
+        while (avcodec_receive_frame(decoder_.get(), frame.get()) >= 0) {
+            std::int64_t ts = frame->best_effort_timestamp;
+            double t = ts == AV_NOPTS_VALUE ? last_video_time_ : ts * av_q2d(video_in_->time_base) - start_time_;
+            last_video_time_ = t;
+            frame->pts = ts;
+            if (t < segment_.start - 1.0) {
+                av_frame_unref(frame.get());
+                continue;
+            }
+            if (av_buffersrc_add_frame(source_, frame.get()) < 0) {
+                av_frame_unref(frame.get());
+                continue;
+            }
+            drain_filter();
+            if (t >= segment_.end + 0.5) return true;
+        }
+        if (!packet) {
+            if (av_buffersrc_add_frame(source_, nullptr) < 0) return false;
+            drain_filter();
+        }
+        return false;
+    }
+
+    void drain_filter() {
+        FramePtr filtered(av_frame_alloc());
+        while (av_buffersink_get_frame(sink_filter_, filtered.get()) >= 0) {
+            if (!held_) held_.reset(av_frame_clone(filtered.get()));  // the first picture also covers any gap before it
+            double t = filtered->pts == AV_NOPTS_VALUE ? last_video_time_ : filtered->pts * av_q2d(av_buffersink_get_time_base(sink_filter_)) - start_time_;
+            // Constant frame rate: output frame n shows the latest source frame at or before its time.
+            while (next_ < frames_ && double(first_frame_ + next_) / av_q2d(rate_) + 0.5 / av_q2d(rate_) < t) emit(held_.get());
+            held_.reset(av_frame_clone(filtered.get()));
+            av_frame_unref(filtered.get());
+        }
+    }
+
+    void emit(AVFrame* frame) {
+        if (!frame) {
+            ++next_;  // nothing decoded yet for this time: the frame is skipped (the source starts later)
+            return;
+        }
+        FramePtr copy(av_frame_clone(frame));
+        copy->pts = first_frame_ + next_;
+        copy->pict_type = next_ == 0 ? AV_PICTURE_TYPE_I : AV_PICTURE_TYPE_NONE;
+        copy->key_frame = next_ == 0;
+        ++next_;
+        encode_video(copy.get());
+    }
+
+    void finish_video() {
+        while (next_ < frames_ && held_) emit(held_.get());
+        encode_video(nullptr);
+    }
+
+    void encode_video(const AVFrame* frame) {
+        check(avcodec_send_frame(encoder_.get(), frame), "avcodec_send_frame libx264", path_);
+        PacketPtr packet(av_packet_alloc());
+        while (avcodec_receive_packet(encoder_.get(), packet.get()) >= 0) {
+            av_packet_rescale_ts(packet.get(), encoder_->time_base, video_out_->time_base);
+            packet->stream_index = video_out_->index;
+            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame", path_);
+        }
+    }
+
+    bool decode_audio(const AVPacket* packet) {
+        if (avcodec_send_packet(audio_decoder_.get(), packet) < 0) return false;
+        FramePtr frame(av_frame_alloc());
+        const AVStream* stream = input_->streams[decision_.audio_stream];
+        while (avcodec_receive_frame(audio_decoder_.get(), frame.get()) >= 0) {
+            if (audio_position_ < 0) {
+                std::int64_t ts = frame->best_effort_timestamp;
+                double t = ts == AV_NOPTS_VALUE ? segment_.start : ts * av_q2d(stream->time_base) - start_time_;
+                audio_position_ = std::llround(t * audio_rate);
+            }
+            int capacity = swr_get_out_samples(swr_.get(), frame->nb_samples);
+            FramePtr converted(av_frame_alloc());
+            converted->format = AV_SAMPLE_FMT_FLTP;
+            av_channel_layout_default(&converted->ch_layout, 2);
+            converted->sample_rate = audio_rate;
+            converted->nb_samples = capacity;
+            check(av_frame_get_buffer(converted.get(), 0), "av_frame_get_buffer", path_);
+            int got = swr_convert(swr_.get(), converted->data, capacity, const_cast<const std::uint8_t**>(frame->extended_data), frame->nb_samples);
+            av_frame_unref(frame.get());
+            if (got <= 0) continue;
+            take_audio(converted.get(), got);
+            if (audio_position_ >= audio_end_) return true;
+        }
+        return false;
+    }
+
+    // Places converted samples on the output timeline: before the segment dropped, after it ignored.
+    void take_audio(AVFrame* converted, int count) {
+        std::int64_t start = audio_position_;
+        audio_position_ += count;
+        std::int64_t skip = std::clamp<std::int64_t>(audio_first_ - start, 0, count);
+        std::int64_t fifo_end = audio_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
+        if (start + skip > fifo_end && fifo_end >= audio_first_) pad_silence(start + skip - fifo_end);
+        std::int64_t end = std::min<std::int64_t>(count, audio_end_ - start);
+        if (end <= skip) return;
+        void* planes[2] = {converted->data[0] + skip * 4, converted->data[1] + skip * 4};
+        av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(end - skip));
+        encode_audio_frames(false);
+    }
+
+    void pad_silence(std::int64_t count) {
+        std::vector<float> zeros(static_cast<std::size_t>(std::min<std::int64_t>(count, audio_end_ - audio_first_)), 0.0f);
+        void* planes[2] = {zeros.data(), zeros.data()};
+        av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(zeros.size()));
+    }
+
+    void encode_audio_frames(bool flush) {
+        const int frame_size = audio_encoder_->frame_size;
+        while (av_audio_fifo_size(fifo_.get()) >= frame_size || (flush && av_audio_fifo_size(fifo_.get()) > 0)) {
+            int count = std::min(frame_size, av_audio_fifo_size(fifo_.get()));
+            FramePtr frame(av_frame_alloc());
+            frame->format = AV_SAMPLE_FMT_FLTP;
+            av_channel_layout_default(&frame->ch_layout, 2);
+            frame->sample_rate = audio_rate;
+            frame->nb_samples = count;
+            check(av_frame_get_buffer(frame.get(), 0), "av_frame_get_buffer", path_);
+            av_audio_fifo_read(fifo_.get(), reinterpret_cast<void**>(frame->data), count);
+            frame->pts = audio_first_ + audio_written_;
+            audio_written_ += count;
+            send_audio(frame.get());
+        }
+        if (flush) send_audio(nullptr);
+    }
+
+    void send_audio(const AVFrame* frame) {
+        check(avcodec_send_frame(audio_encoder_.get(), frame), "avcodec_send_frame aac", path_);
+        PacketPtr packet(av_packet_alloc());
+        while (avcodec_receive_packet(audio_encoder_.get(), packet.get()) >= 0) {
+            // The encoder's first packet is its priming frame (1024 samples of delay). Segment 0 keeps
+            // it; later segments drop it, so packet i carries time first + (i - 1) * 1024 and the
+            // previous segment's last packet ends exactly where this one begins.
+            auto index = audio_packets_++;
+            if (index == 0 && audio_first_ > 0) {
+                av_packet_unref(packet.get());
+                continue;
+            }
+            packet->pts = packet->dts = audio_first_ + (index - 1) * 1024;
+            packet->duration = 1024;
+            av_packet_rescale_ts(packet.get(), audio_encoder_->time_base, audio_out_->time_base);
+            packet->stream_index = audio_out_->index;
+            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame", path_);
+        }
+    }
+
+    void finish_audio() {
+        // A source whose audio ends early: silence to the segment's end keeps A/V lengths equal.
+        std::int64_t have = audio_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
+        if (have < audio_end_) pad_silence(audio_end_ - have);
+        encode_audio_frames(true);
+    }
+
+    const std::string& path_;
+    const MediaInfo& media_;
+    const Decision& decision_;
+    const Profile& profile_;
+    const Layout& layout_;
+    const Segment& segment_;
+    double video_scale_;
+    InputPtr input_;
+    OutputPtr output_;
+    Sink sink_;
+    std::string data_;
+    AvioPtr avio_;
+    bool header_written_ = false;
+    bool copy_video_ = false;
+    double start_time_ = 0;
+    const AVStream* video_in_ = nullptr;
+    AVStream* video_out_ = nullptr;
+    AVStream* audio_out_ = nullptr;
+    CodecPtr decoder_, encoder_, audio_decoder_, audio_encoder_;
+    std::unique_ptr<AVFilterGraph, GraphFree> graph_;
+    AVFilterContext* source_ = nullptr;
+    AVFilterContext* sink_filter_ = nullptr;
+    std::unique_ptr<AVBSFContext, BsfFree> bsf_;
+    std::unique_ptr<SwrContext, SwrFree> swr_;
+    std::unique_ptr<AVAudioFifo, FifoFree> fifo_;
+    AVRational rate_{25, 1};
+    std::int64_t frames_ = 0, first_frame_ = 0, next_ = 0;
+    FramePtr held_;
+    double last_video_time_ = 0;
+    std::int64_t audio_first_ = 0, audio_end_ = 0, audio_written_ = 0, audio_position_ = -1, audio_packets_ = 0;
+};
+
+}  // namespace
+
+std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile,
+                            const Layout& layout, std::size_t k) {
+    const Segment& segment = layout.segments.at(k);
+    // Over budget only if the encoder overshot its VBV; a lower rate is retried (deterministically).
+    for (double scale : {1.0, 0.7, 0.45, 0.25}) {
+        std::string data = SegmentJob(path, media, decision, profile, layout, segment, scale).run();
+        if (data.size() % ts_packet != 0) throw std::runtime_error(fmt::format("{}: MPEG-TS output not packet aligned", printable(path)));
+        if (data.size() > segment.bytes) {
+            if (decision.action == Action::audio_transcode) break;
+            continue;
+        }
+        // Null packets: PID 0x1FFF, payload only, continuity counter ignored by every demuxer.
+        static const std::string null_packet = [] {
+            std::string packet(ts_packet, '\xff');
+            packet[0] = 0x47;
+            packet[1] = 0x1f;
+            packet[2] = '\xff';
+            packet[3] = 0x10;
+            return packet;
+        }();
+        data.reserve(segment.bytes);
+        while (data.size() < segment.bytes) data += null_packet;
+        return data;
+    }
+    throw std::runtime_error(fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
+}
+
+}  // namespace ktricks::tvfs

@@ -1,0 +1,463 @@
+// tvfs on a real FUSE mount: media generated with the ffmpeg command from lavfi sources, read back
+// through the mount, checked with ffprobe/ffmpeg; minidlna end to end in a private network namespace.
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+
+#include <future>
+#include <set>
+
+#include "process_helpers.hpp"
+
+namespace ktricks::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool have(const char* program) { return run({"sh", "-c", fmt::format("command -v {} >/dev/null", program)}).status == 0; }
+
+// The test corpus, generated once per machine (deterministic) and shared by every test process.
+const std::string& media_dir() {
+    static const std::string dir = [] {
+        std::string final_dir = "/tmp/ktricks-tvfs-media-v4";
+        if (fs::exists(final_dir + "/complete")) return final_dir;
+        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
+        fs::create_directories(work);
+        const std::string f = "ffmpeg -v error -nostdin -y";
+        const std::string small = "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000";
+        std::vector<std::string> commands = {
+            f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 -movflags +faststart pass.mp4",
+            f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 remux.mkv",
+            f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a ac3 -ac 2 ac3.mkv",
+            f + " " + small + " -t 4 -c:v libx265 -preset ultrafast -pix_fmt yuv420p10le -x265-params log-level=none -c:a aac hevc10.mkv",
+            f + " " + small + " -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 300k -c:a libopus vp9.webm",
+            f + " -f lavfi -i testsrc2=size=720x480:rate=30000/1001 -f lavfi -i sine=sample_rate=48000 -t 4 -c:v mpeg2video "
+                "-flags +ilme+ildct -top 1 -c:a mp2 interlaced.ts",
+            f + " -f lavfi -i testsrc2=size=3840x2160:rate=60 -f lavfi -i sine=sample_rate=48000 -t 1.5 -c:v libx264 -preset ultrafast "
+                "-pix_fmt yuv420p -c:a aac uhd60.mp4",
+            "printf '1\\n00:00:00,000 --> 00:00:02,000\\nhello\\n' > subs.srt && " + f + " " + small +
+                " -i subs.srt -t 4 -map 0 -map 1 -map 2 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -c:s srt subtitled.mkv"
+                " && rm subs.srt",
+            f + " " + small + " -t 24 -c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p -c:a libopus long.mkv",
+            f + " " + small + " -t 24 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k -c:a libopus longvp9.webm",
+            "head -c 100000 remux.mkv > damaged.mkv && head -c 50000 /dev/urandom >> damaged.mkv && "
+            "head -c 100000 /dev/urandom > garbage.mkv && "
+            "head -c 64 pass.mp4 > truncated.mp4 && echo 'not a video' > notes.txt",
+        };
+        for (const auto& command : commands) {
+            auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
+            if (result.status != 0) throw std::runtime_error("generating test media failed: " + result.describe);
+        }
+        write_file(work + "/complete", "");
+        std::error_code error;
+        fs::rename(work, final_dir, error);  // another test process may have won the race: fine
+        if (error) fs::remove_all(work, error);
+        return final_dir;
+    }();
+    return dir;
+}
+
+std::uint64_t bytes_read(const std::string& path) {
+    std::ifstream file(path, std::ios::binary);
+    char buffer[65536];
+    std::uint64_t total = 0;
+    while (file.read(buffer, sizeof(buffer)) || file.gcount() > 0) total += static_cast<std::uint64_t>(file.gcount());
+    return total;
+}
+
+std::string read_range(const std::string& path, std::uint64_t offset, std::size_t size) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    std::string data(size, '\0');
+    auto n = ::pread(fd.get(), data.data(), size, static_cast<off_t>(offset));
+    data.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    return data;
+}
+
+bool is_mounted(const std::string& path) {
+    std::ifstream mounts("/proc/self/mountinfo");
+    for (std::string line; std::getline(mounts, line);)
+        if (line.find(" " + path + " ") != std::string::npos && line.find("fuse.tvfs") != std::string::npos) return true;
+    return false;
+}
+
+// `ktricks tvfs SRC MNT -f`, unmounted (lazily, even after a crash) and killed on destruction.
+class Mount {
+public:
+    Mount(const std::string& source, std::vector<std::string> extra = {}) : mountpoint_(dir_ / "mnt"), cache_(dir_ / "cache") {
+        fs::create_directories(mountpoint_);
+        std::vector<std::string> argv = {KTRICKS_BINARY, "tvfs", source, mountpoint_, "-f", "--cache", cache_, "--grace", "0.5"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        process_.emplace(Process::start(argv));
+        if (!eventually([&] { return is_mounted(mountpoint_) || !process_->running(); }, std::chrono::seconds(10)) || !is_mounted(mountpoint_))
+            throw std::runtime_error("tvfs did not mount: " + process_->describe());
+    }
+    ~Mount() {
+        if (is_mounted(mountpoint_)) run({"fusermount3", "-u", "-z", mountpoint_});
+    }
+    std::string operator/(std::string_view name) const { return mountpoint_ + "/" + std::string(name); }
+    const std::string& path() const { return mountpoint_; }
+    const std::string& cache() const { return cache_; }
+    Process& process() { return *process_; }
+    std::set<std::string> names() const {
+        std::set<std::string> names;
+        for (const auto& entry : fs::directory_iterator(mountpoint_)) names.insert(entry.path().filename().string());
+        return names;
+    }
+    int segment_threads() const {
+        int count = 0;
+        std::error_code error;
+        for (const auto& task : fs::directory_iterator(fmt::format("/proc/{}/task", process_->pid()), error))
+            if (read_file(task.path() / "comm").starts_with("tvfs-segment")) ++count;
+        return count;
+    }
+
+private:
+    TempDir dir_;
+    std::string mountpoint_, cache_;
+    std::optional<Process> process_;
+};
+
+class Tvfs : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "no /dev/fuse";
+        if (!have("ffmpeg") || !have("ffprobe") || !have("fusermount3")) GTEST_SKIP() << "needs ffmpeg, ffprobe and fusermount3";
+        media_dir();
+    }
+
+    nlohmann::json ffprobe(const std::string& path) {
+        auto result = run({"ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path}, {}, std::chrono::seconds(30));
+        EXPECT_EQ(result.status, 0) << result.describe;
+        return nlohmann::json::parse(result.out.empty() ? "{}" : result.out);
+    }
+    double duration(const std::string& path) { return std::stod(ffprobe(path)["format"].value("duration", "0")); }
+};
+
+TEST_F(Tvfs, ListingShowsOneNamePerPlayableVideoAndSkipsBrokenFiles) {
+    Mount mount(media_dir());
+    std::set<std::string> expected = {"pass.mp4",  "remux.mp4",  "ac3.ts",   "hevc10.ts", "vp9.ts",
+                                      "interlaced.ts", "uhd60.ts", "subtitled.mp4", "long.ts", "longvp9.ts", "damaged.mp4"};
+    EXPECT_EQ(mount.names(), expected);
+    // Garbage and a truncated MP4 are skipped with a log line; a damaged MKV is served as far as it reads.
+    for (const auto& file : {"garbage.mkv", "truncated.mp4"})
+        EXPECT_TRUE(eventually([&] { return mount.process().err().find(file) != std::string::npos; })) << mount.process().describe();
+    EXPECT_EQ(bytes_read(mount / "damaged.mp4"), fs::file_size(mount / "damaged.mp4"));
+}
+
+TEST_F(Tvfs, ExplainNamesTheDecisionAndTheReason) {
+    auto cases = std::vector<std::pair<std::string, std::string>>{
+        {"pass.mp4", "pass-through"}, {"remux.mkv", "remux"},        {"ac3.mkv", "audio-transcode"},
+        {"hevc10.mkv", "transcode"},  {"interlaced.ts", "transcode"}, {"uhd60.mp4", "transcode"}};
+    for (const auto& [file, action] : cases) {
+        auto result = run({KTRICKS_BINARY, "tvfs", "--explain", media_dir() + "/" + file});
+        ASSERT_EQ(result.status, 0) << result.describe;
+        EXPECT_NE(result.out.find(": " + action + "\n"), std::string::npos) << result.out;
+    }
+    auto hevc = run({KTRICKS_BINARY, "tvfs", "--explain", media_dir() + "/hevc10.mkv"});
+    EXPECT_NE(hevc.out.find("10-bit > 8-bit"), std::string::npos) << hevc.out;
+    auto broken = run({KTRICKS_BINARY, "tvfs", "--explain", media_dir() + "/garbage.mkv"});
+    EXPECT_NE(broken.status, 0);
+    EXPECT_NE(broken.err.find("garbage.mkv"), std::string::npos) << broken.describe;
+}
+
+TEST_F(Tvfs, EveryOutputMeetsTheProfileDecodesCleanlyAndKeepsItsDuration) {
+    Mount mount(media_dir());
+    std::map<std::string, std::string> sources = {{"pass.mp4", "pass.mp4"},       {"remux.mp4", "remux.mkv"},
+                                                  {"ac3.ts", "ac3.mkv"},           {"hevc10.ts", "hevc10.mkv"},
+                                                  {"vp9.ts", "vp9.webm"},          {"interlaced.ts", "interlaced.ts"},
+                                                  {"uhd60.ts", "uhd60.mp4"},       {"subtitled.mp4", "subtitled.mkv"}};
+    for (const auto& [shown, source] : sources) {
+        SCOPED_TRACE(shown);
+        auto path = mount / shown;
+        auto info = ffprobe(path);
+        bool has_video = false, has_audio = false;
+        for (const auto& stream : info["streams"]) {
+            if (stream["codec_type"] == "video") {
+                has_video = true;
+                EXPECT_EQ(stream["codec_name"], "h264");
+                EXPECT_EQ(stream["pix_fmt"], "yuv420p");
+                EXPECT_LE(stream["width"].get<int>(), 1920);
+                EXPECT_LE(stream["height"].get<int>(), 1080);
+                EXPECT_LE(stream["level"].get<int>(), 41);
+                auto rate = stream["avg_frame_rate"].get<std::string>();
+                auto slash = rate.find('/');
+                EXPECT_LE(std::stod(rate.substr(0, slash)) / std::stod(rate.substr(slash + 1)), 30.01);
+                EXPECT_TRUE(stream.value("field_order", "progressive") == "progressive") << stream.dump();
+            } else if (stream["codec_type"] == "audio") {
+                has_audio = true;
+                EXPECT_EQ(stream["codec_name"], "aac");
+                EXPECT_EQ(stream["profile"], "LC");
+                EXPECT_LE(stream["channels"].get<int>(), 2);
+                EXPECT_EQ(stream["sample_rate"], "48000");
+            }
+        }
+        EXPECT_TRUE(has_video && has_audio) << info.dump();
+        EXPECT_NEAR(duration(path), duration(media_dir() + "/" + source), 0.5);
+        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", path, "-f", "null", "-"}, {}, std::chrono::seconds(60));
+        EXPECT_EQ(decode.status, 0) << decode.describe;
+        EXPECT_EQ(decode.err, "") << "decoding " << shown << " reported errors";
+    }
+}
+
+TEST_F(Tvfs, SizeFromTheFirstStatEqualsTheBytesReadEveryTime) {
+    Mount mount(media_dir());
+    for (const auto& name : {"remux.mp4", "ac3.ts", "vp9.ts", "hevc10.ts", "pass.mp4"}) {
+        struct stat st{};
+        ASSERT_EQ(::stat((mount / name).c_str(), &st), 0) << name;  // the very first stat: nothing produced yet
+        EXPECT_EQ(bytes_read(mount / name), static_cast<std::uint64_t>(st.st_size)) << name << " first read";
+        EXPECT_EQ(bytes_read(mount / name), static_cast<std::uint64_t>(st.st_size)) << name << " second read";
+        auto cat = run({"sh", "-c", "cat \"$0\" | wc -c", mount / name});
+        EXPECT_EQ(std::stoull(cat.out), static_cast<std::uint64_t>(st.st_size)) << name << " through cat";
+    }
+}
+
+// long.ts copies its video (segments at the source's keyframes); longvp9.ts is fully transcoded.
+class TvfsSeek : public Tvfs, public ::testing::WithParamInterface<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Outputs, TvfsSeek, ::testing::Values("long.ts", "longvp9.ts"));
+
+TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEverything) {
+    Mount mount(media_dir());
+    auto path = mount / GetParam();
+    struct stat st{};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    auto start = Clock::now();
+    auto data = read_range(path, static_cast<std::uint64_t>(st.st_size) * 8 / 10, 65536);
+    auto elapsed = Clock::now() - start;
+    EXPECT_EQ(data.size(), 65536u);
+    EXPECT_LT(elapsed, std::chrono::seconds(5));
+    // A TS packet boundary in this read starts with the sync byte; the data is real MPEG-TS.
+    EXPECT_NE(data.find('\x47'), std::string::npos);
+    // A metadata reader's head and tail reads (minidlna, a TV) are two more seeks.
+    EXPECT_EQ(read_range(path, 0, 65536).size(), 65536u);
+    EXPECT_EQ(read_range(path, static_cast<std::uint64_t>(st.st_size) - 4096, 4096).size(), 4096u);
+    // Only the segments around those reads were made (plus three of read-ahead), not all 12.
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // read-ahead and grace run out
+    std::size_t segments = 0;
+    for (const auto& entry : fs::recursive_directory_iterator(mount.cache() + "/out"))
+        if (entry.path().extension() == ".ts") ++segments;
+    EXPECT_LE(segments, 8u) << "of 12";
+    auto probe = run({"ffprobe", "-v", "error", "-show_format", path}, {}, std::chrono::seconds(20));
+    EXPECT_EQ(probe.status, 0) << probe.describe;
+
+    // What a TV gets when it jumps to 80%: audio and video start together, at about 80% of the time.
+    TempDir cut;
+    auto from = static_cast<std::uint64_t>(st.st_size) * 8 / 10 / 188 * 188;
+    write_file(cut / "tail.ts", read_range(path, from, static_cast<std::size_t>(static_cast<std::uint64_t>(st.st_size) - from)));
+    auto packets = run({"ffprobe", "-v", "error", "-show_entries", "packet=codec_type,pts_time", "-of", "csv=p=0", cut / "tail.ts"}, {},
+                       std::chrono::seconds(20));
+    std::optional<double> video, audio;
+    for (const auto& line : lines_of(packets.out)) {
+        auto comma = line.find(',');
+        if (comma == std::string::npos || line.substr(comma + 1) == "N/A") continue;
+        double t = std::stod(line.substr(comma + 1));
+        if (line.starts_with("video") && !video) video = t;
+        if (line.starts_with("audio") && !audio) audio = t;
+    }
+    ASSERT_TRUE(video && audio) << packets.describe;
+    EXPECT_NEAR(*video, *audio, 0.1);
+    EXPECT_NEAR(*video - 1.4, 0.8 * 24, 2.5);  // 1.4 s: the MPEG-TS muxer's fixed initial delay
+}
+
+TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
+    Mount mount(media_dir());
+    auto path = mount / "vp9.ts";
+    auto reader = [&] { return read_file(path); };
+    auto first = std::async(std::launch::async, reader);
+    auto second = std::async(std::launch::async, reader);
+    auto a = first.get();
+    auto b = second.get();
+    struct stat st{};
+    ::stat(path.c_str(), &st);
+    EXPECT_EQ(a.size(), static_cast<std::size_t>(st.st_size));
+    EXPECT_TRUE(a == b);
+    // Produced once: one cache directory for the file.
+    EXPECT_EQ(std::distance(fs::directory_iterator(mount.cache() + "/out"), fs::directory_iterator{}), 1);
+}
+
+TEST_F(Tvfs, ChangesInTheSourceShowUpInTheMount) {
+    TempDir source;
+    fs::copy_file(media_dir() + "/pass.mp4", source / "one.mp4");
+    Mount mount(source.path().string());
+    EXPECT_EQ(mount.names(), (std::set<std::string>{"one.mp4"}));
+    fs::copy_file(media_dir() + "/remux.mkv", source / "two.mkv.part");
+    fs::rename(source / "two.mkv.part", source / "two.mkv");
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"one.mp4", "two.mp4"}; }, std::chrono::seconds(5)));
+    fs::remove(source / "one.mp4");
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.mp4"}; }, std::chrono::seconds(5)));
+    // Modified in place: now H.264 + AC-3, so the same source becomes an audio-only transcode.
+    fs::copy_file(media_dir() + "/ac3.mkv", source / "two.mkv", fs::copy_options::overwrite_existing);
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.ts"}; }, std::chrono::seconds(5)));
+    fs::create_directory(source / "sub");
+    fs::copy_file(media_dir() + "/ac3.mkv", source / "sub/three.mkv");
+    EXPECT_TRUE(eventually([&] { return fs::exists(mount / "sub/three.ts"); }, std::chrono::seconds(5)));
+}
+
+TEST_F(Tvfs, NameCollisionsKeepBothFiles) {
+    TempDir source;
+    fs::copy_file(media_dir() + "/pass.mp4", source / "clip.mp4");
+    fs::copy_file(media_dir() + "/remux.mkv", source / "clip.mkv");
+    Mount mount(source.path().string());
+    EXPECT_EQ(mount.names(), (std::set<std::string>{"clip.mp4", "clip.mkv.mp4"}));
+}
+
+TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {
+    Mount mount(media_dir(), {"--cache-size", "1M"});
+    for (const auto& name : {"ac3.ts", "vp9.ts", "hevc10.ts", "remux.mp4"}) bytes_read(mount / name);
+    EXPECT_TRUE(eventually(
+        [&] {
+            std::uint64_t total = 0;
+            for (const auto& entry : fs::recursive_directory_iterator(mount.cache() + "/out"))
+                if (entry.is_regular_file()) total += entry.file_size();
+            return total <= (1u << 20);
+        },
+        std::chrono::seconds(5)));
+    // Evicted outputs are produced again, byte for byte the same size.
+    struct stat st{};
+    ::stat((mount / "ac3.ts").c_str(), &st);
+    EXPECT_EQ(bytes_read(mount / "ac3.ts"), static_cast<std::uint64_t>(st.st_size));
+}
+
+TEST_F(Tvfs, AFullCacheDiskIsLoggedAndTheFileIsStillServedWhole) {
+    TempDir disk;
+    if (::mount("tvfs-test", disk.path().c_str(), "tmpfs", 0, "size=256k") != 0) GTEST_SKIP() << "mount tmpfs: " << std::strerror(errno);
+    struct Unmount {
+        std::string path;
+        ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+    } unmount{disk.path().string()};
+    TempDir mnt;
+    auto process = Process::start({KTRICKS_BINARY, "tvfs", media_dir(), mnt.path(), "-f", "--cache", disk.path(), "--grace", "0.5"});
+    ASSERT_TRUE(eventually([&] { return is_mounted(mnt.path()); })) << process.describe();
+    struct Fusermount {
+        std::string path;
+        ~Fusermount() { run({"fusermount3", "-u", "-z", path}); }
+    } fusermount{mnt.path()};
+    auto path = mnt / "interlaced.ts";  // 1.1 MB of segments for a 256 KiB disk
+    struct stat st{};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(bytes_read(path), static_cast<std::uint64_t>(st.st_size));
+    EXPECT_NE(process.err().find("No space left on device"), std::string::npos) << process.describe();
+    for (const auto& entry : fs::recursive_directory_iterator(disk.path()))
+        EXPECT_NE(entry.path().extension(), ".part") << entry.path();
+}
+
+TEST_F(Tvfs, TranscoderThreadsEndAfterTheLastCloseAndSigtermUnmounts) {
+    Mount mount(media_dir());
+    {
+        Fd fd(::open((mount / "long.ts").c_str(), O_RDONLY | O_CLOEXEC));
+        char buffer[4096];
+        ASSERT_GT(::pread(fd.get(), buffer, sizeof(buffer), 0), 0);
+        EXPECT_GE(mount.segment_threads(), 1);
+    }
+    EXPECT_TRUE(eventually([&] { return mount.segment_threads() == 0; }, std::chrono::seconds(10)));
+    mount.process().signal(SIGTERM);
+    auto status = mount.process().wait(std::chrono::seconds(10));
+    EXPECT_EQ(status, 0) << mount.process().describe();
+    EXPECT_FALSE(is_mounted(mount.path()));
+}
+
+TEST_F(Tvfs, FusermountUnmountEndsTheDaemon) {
+    Mount mount(media_dir());
+    bytes_read(mount / "vp9.ts");
+    auto result = run({"fusermount3", "-u", mount.path()});
+    EXPECT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(mount.process().wait(std::chrono::seconds(10)), 0) << mount.process().describe();
+}
+
+TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
+    TempDir source;
+    for (int i = 0; i < 200; ++i) fs::create_hard_link(media_dir() + "/remux.mkv", source / fmt::format("clip{:03}.mkv", i));
+    TempDir cache;
+    auto list = [&] {
+        TempDir mnt;
+        auto process = Process::start({KTRICKS_BINARY, "tvfs", source.path(), mnt.path(), "-f", "--cache", cache.path()});
+        EXPECT_TRUE(eventually([&] { return is_mounted(mnt.path()); }));
+        auto start = Clock::now();
+        auto result = run({"ls", "-l", mnt.path()}, {}, std::chrono::seconds(60));
+        auto elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+        EXPECT_EQ(lines_of(result.out).size(), 201u) << result.describe;
+        run({"fusermount3", "-u", mnt.path()});
+        process.wait(std::chrono::seconds(10));
+        return elapsed;
+    };
+    double cold = list();
+    double warm = list();
+    EXPECT_LT(warm, 1.0) << "cold " << cold << " s";
+    EXPECT_LT(warm, cold);
+}
+
+// The media path (probe, decide, layout, remux, every segment), built with AddressSanitizer, on
+// garbage, truncated files and files with damaged bytes in the middle of their streams.
+TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
+    auto checker = (fs::path(KTRICKS_BINARY).parent_path() / "tvfs_asan_check").string();
+    if (!fs::exists(checker)) GTEST_SKIP() << "tvfs_asan_check is not built (sanitized or fuzz build)";
+    TempDir damaged;
+    std::vector<std::string> argv = {checker};
+    for (const auto& name : {"garbage.mkv", "truncated.mp4", "damaged.mkv", "notes.txt"}) argv.push_back(media_dir() + "/" + name);
+    for (const auto& name : {"vp9.webm", "ac3.mkv", "interlaced.ts", "hevc10.mkv"}) {
+        // Every 997th byte after the first 4 KiB flipped: headers survive, streams are damaged.
+        auto data = read_file(media_dir() + "/" + name);
+        for (std::size_t i = 4096; i < data.size(); i += 997) data[i] = static_cast<char>(~data[i]);
+        write_file(damaged / name, data);
+        argv.push_back(damaged / name);
+    }
+    ProcessOptions options;
+    options.env = {"ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99"};
+    auto result = run(argv, options, std::chrono::seconds(100));
+    EXPECT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(result.err.find("AddressSanitizer"), std::string::npos) << result.err;
+    EXPECT_NE(result.out.find("garbage.mkv: rejected"), std::string::npos) << result.out;
+}
+
+// minidlna sees MNT, answers a ContentDirectory Browse and serves byte ranges; after a change in SRC
+// it is restarted with -r and lists the new item. In a private network namespace (it binds 0.0.0.0).
+TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
+    if (!have("minidlnad") || !have("curl")) GTEST_SKIP() << "needs minidlnad and curl";
+    if (::unshare(CLONE_NEWNET) != 0) GTEST_SKIP() << "unshare(CLONE_NEWNET): " << std::strerror(errno);
+    ASSERT_EQ(run({"ip", "link", "set", "lo", "up"}).status, 0);
+    TempDir source;
+    fs::copy_file(media_dir() + "/pass.mp4", source / "one.mp4");
+    fs::copy_file(media_dir() + "/vp9.webm", source / "two.webm");
+    Mount mount(source.path().string(), {"--dlna", "--dlna-port", "8299"});
+    auto browse = [&] {
+        std::string body =
+            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" "
+            "s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>"
+            "<u:Browse xmlns:u=\"urn:schemas-upnp-org:service:ContentDirectory:1\"><ObjectID>2$8</ObjectID>"
+            "<BrowseFlag>BrowseDirectChildren</BrowseFlag><Filter>*</Filter><StartingIndex>0</StartingIndex>"
+            "<RequestedCount>100</RequestedCount><SortCriteria></SortCriteria></u:Browse></s:Body></s:Envelope>";
+        return run({"curl", "-s", "-m", "5", "-H", "Content-Type: text/xml; charset=\"utf-8\"", "-H",
+                    "SOAPAction: \"urn:schemas-upnp-org:service:ContentDirectory:1#Browse\"", "--data", body,
+                    "http://127.0.0.1:8299/ctl/ContentDir"})
+            .out;
+    };
+    ASSERT_TRUE(eventually([&] { auto r = browse(); return r.find("&gt;one&lt;") != std::string::npos && r.find("&gt;two&lt;") != std::string::npos; },
+                           std::chrono::seconds(30)))
+        << browse() << mount.process().describe();
+    // The item's URL, then a range request on it.
+    auto listing = browse();
+    auto url_start = listing.find("http://127.0.0.1:8299/MediaItems/");
+    ASSERT_NE(url_start, std::string::npos) << listing;
+    std::string url;
+    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i) url += listing[i];
+    TempDir download;
+    auto fetch = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H", "Range: bytes=0-", url},
+                     {}, std::chrono::seconds(30));
+    ASSERT_EQ(fetch.status, 0) << fetch.describe;
+    auto headers = read_file(download / "headers");
+    EXPECT_NE(headers.find("206"), std::string::npos) << headers;
+    auto length_at = headers.find("Content-Length: ");
+    ASSERT_NE(length_at, std::string::npos) << headers;
+    auto length = std::stoull(headers.substr(length_at + 16));
+    std::set<std::uint64_t> sizes;
+    for (const auto& entry : fs::directory_iterator(mount.path())) sizes.insert(entry.file_size());
+    EXPECT_TRUE(sizes.count(length)) << "Content-Length " << length << " is no file's st_size";
+    EXPECT_EQ(run({"ffprobe", "-v", "error", download / "body"}).status, 0);
+
+    fs::copy_file(media_dir() + "/ac3.mkv", source / "three.mkv");
+    EXPECT_TRUE(eventually([&] { return browse().find("&gt;three&lt;") != std::string::npos; }, std::chrono::seconds(30))) << browse();
+}
+
+}  // namespace
+}  // namespace ktricks::test
