@@ -8,6 +8,11 @@ trap 'rm -rf "$scratch"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v systemd-analyze >/dev/null || { echo "SKIP: systemd-analyze is not installed"; exit 77; }
 
+# verify also runs man(1) on Documentation=man:... entries: point it at the generated pages.
+mkdir -p "$scratch/man/man1"
+cp "$1"/cli-docs/man/*.1 "$scratch/man/man1/"
+export MANPATH=$scratch/man
+
 units=("$source_dir"/packaging/systemd/*.service)
 [[ -e ${units[0]} ]] || fail "no units in packaging/systemd"
 for unit in "${units[@]}"; do
