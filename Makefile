@@ -2,12 +2,13 @@
 #   make tour    install dependencies, build, run the live tour
 #   make test    install dependencies, build (with the libFuzzer targets), run every test, print totals
 #   make bench   build and run every benchmark in bench/ (slow; not part of make test)
+#   make deb     build the Debian packages ktricks and libktricks-dev
 BUILD    ?= build
 PREFIX   ?= /usr/local
 FUZZ_DIR := $(BUILD)/libfuzzer
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build fuzz test tour bench install clean
+.PHONY: all deps configure build fuzz test tour bench install deb clean
 
 all: build
 
@@ -36,6 +37,10 @@ bench: deps build
 
 install: build
 	@cmake --install $(BUILD) --prefix $(PREFIX)
+
+# Debian packages ktricks (binary, man pages, completions, docs, units) and libktricks-dev in $(BUILD)/deb.
+deb: deps build
+	@cd $(BUILD) && cpack -G DEB -B $(abspath $(BUILD))/deb >/dev/null && ls -1 $(abspath $(BUILD))/deb/*.deb
 
 clean:
 	rm -rf $(BUILD)

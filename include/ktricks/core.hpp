@@ -7,5 +7,6 @@
 #include "ktricks/core/fd.hpp"
 #include "ktricks/core/proc.hpp"
 #include "ktricks/core/scm_rights.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/socket_address.hpp"
 #include "ktricks/version.hpp"
