@@ -103,7 +103,10 @@ table change detection (inotify) and a FUSE filesystem that shows videos
 already transcoded for a smart TV.")
 set(CPACK_DEBIAN_DEV_PACKAGE_NAME libktricks-dev)
 set(CPACK_DEBIAN_DEV_PACKAGE_SECTION libdevel)
-set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libfmt-dev, nlohmann-json3-dev${KTRICKS_DEV_PACKAGE_DEPENDS}")
+# The -dev packages of what ktricks_link_pkg linked (the library is static: consumers link them too).
+set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libfmt-dev, nlohmann-json3-dev, libmnl-dev, libseccomp-dev, \
+libmariadb-dev, zlib1g-dev, libtomlplusplus-dev, libavformat-dev, libavcodec-dev, libavfilter-dev, \
+libavutil-dev, libswscale-dev, libswresample-dev, libfuse3-dev")
 set(CPACK_COMPONENT_DEV_DESCRIPTION_SUMMARY "C++20 library behind the ktricks command (development files)")
 set(CPACK_DEBIAN_DEV_DESCRIPTION
 "The static library libktricks, its headers, a pkg-config file and a CMake

@@ -10,6 +10,7 @@
 
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/version.hpp"
 
 int main(int argc, char** argv) {
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
 
     for (auto& sub : subcommands)
         if (sub.app->parsed()) {
+            set_log_program("ktricks " + sub.app->get_name());
             try {
                 return sub.action();
             } catch (const std::exception& error) {

@@ -1,5 +1,5 @@
 # jail: a server in an empty network namespace, serving only the sockets handed to it.
-pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)
+ktricks_link_pkg(SECCOMP libseccomp)
 target_sources(ktricks PRIVATE
   src/jail/allow.cpp
   src/jail/protocol.cpp
@@ -7,7 +7,6 @@ target_sources(ktricks PRIVATE
   src/jail/broker.cpp
   src/jail/client.cpp
   src/jail/run.cpp)
-target_link_libraries(ktricks PUBLIC PkgConfig::SECCOMP)
 
 if(TARGET ktricks_cli)
   target_sources(ktricks_cli PRIVATE src/cli/jail.cpp src/cli/tour_jail.cpp src/cli/serve_jail.cpp)

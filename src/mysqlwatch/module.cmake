@@ -1,6 +1,6 @@
 # mysql-watch: binlog parser, filename decoder, inotify watcher, libmariadb for the redo path.
-pkg_check_modules(MARIADB REQUIRED IMPORTED_TARGET libmariadb)
-pkg_check_modules(ZLIB REQUIRED IMPORTED_TARGET zlib)
+ktricks_link_pkg(MARIADB libmariadb)
+ktricks_link_pkg(ZLIB zlib)
 target_sources(ktricks PRIVATE
   src/mysqlwatch/filename.cpp
   src/mysqlwatch/statement.cpp
@@ -10,7 +10,6 @@ target_sources(ktricks PRIVATE
   src/mysqlwatch/watch.cpp
   src/mysqlwatch/check.cpp
 )
-target_link_libraries(ktricks PUBLIC PkgConfig::MARIADB PkgConfig::ZLIB)
 if(TARGET ktricks_cli)
   target_sources(ktricks_cli PRIVATE src/cli/mysql_watch.cpp src/cli/tour_mysql_watch.cpp)
 endif()

@@ -26,6 +26,7 @@
 #include <iostream>
 #include <set>
 
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/fd.hpp"
@@ -118,14 +119,21 @@ public:
                 if (attach()) loop_.remove(waiting_timer_);
             }, 250ms);
         }
+        // Under systemd (Type=notify): ready once the watches are in place, even while waiting
+        // for the server; the status line says which.
+        notify_ready(last_log_);
         loop_.run();
+        notify_stopping();
     }
 
 private:
     void log(const std::string& line) {
+        last_log_ = line;
+        notify_status(line);
         if (options_.log) options_.log(line);
-        else std::cerr << "ktricks mysql-watch: " << line << '\n';
+        else log_info("{}", line);
     }
+    std::string last_log_;
 
     bool binlog_wanted() const { return options_.mode == Mode::binlog || options_.mode == Mode::automatic; }
     bool binlog_active() const { return parser_ != nullptr; }

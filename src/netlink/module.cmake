@@ -1,9 +1,8 @@
 # netlink: the libmnl-based layer (src/netlink/netlink.cpp) and the tools on it (sockets, procwatch).
-pkg_check_modules(LIBMNL REQUIRED IMPORTED_TARGET libmnl)
+ktricks_link_pkg(LIBMNL libmnl)
 target_sources(ktricks PRIVATE
   src/netlink/netlink.cpp
 )
-target_link_libraries(ktricks PUBLIC PkgConfig::LIBMNL)
 target_sources(ktricks PRIVATE
   src/netlink/filter.cpp
   src/netlink/decode.cpp

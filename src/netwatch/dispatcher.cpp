@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 
 namespace ktricks::netwatch {
@@ -31,7 +32,7 @@ std::vector<std::string> Dispatcher::scripts() const {
         if (::stat(path.c_str(), &info) < 0 || !S_ISREG(info.st_mode) || !(info.st_mode & S_IXUSR)) continue;
         // NetworkManager's own rules: a script anyone but root could change would run as root.
         if (info.st_uid != 0 || (info.st_mode & (S_IWGRP | S_IWOTH)) || (info.st_mode & S_ISUID)) {
-            fmt::print(stderr, "ktricks netwatch: skipping {}: not owned by root, or writable by others, or setuid\n",
+            log_warning("skipping {}: not owned by root, or writable by others, or setuid",
                        printable(path));
             continue;
         }

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <set>
 
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -139,7 +140,7 @@ void Watcher::add_named_namespaces() {
         try {
             ns->fd = netlink::open_netns(name);
         } catch (const std::system_error& error) {
-            fmt::print(stderr, "ktricks netwatch: skipping namespace {}: {}\n", name, error.what());
+            log_warning("skipping namespace {}: {}", name, error.what());
             continue;
         }
         namespaces_.push_back(std::move(ns));
@@ -225,7 +226,7 @@ void Watcher::resync(Namespace& ns, Clock::time_point when) {
     } catch (const std::system_error& error) {
         // Under a storm of changes a dump can be interrupted again and again (NLM_F_DUMP_INTR);
         // keep applying events and try again shortly, never give up on the cache silently.
-        fmt::print(stderr, "ktricks netwatch: resync after overrun: {}; retrying\n", error.what());
+        log_warning("resync after overrun: {}; retrying", error.what());
         ns.resync_retry = loop_.add_timer(std::chrono::milliseconds(200), [this, &ns] { resync(ns, Clock::now()); });
         return;
     }
@@ -442,12 +443,12 @@ void Watcher::reported(const JobReport& report) {
     }
     if (!failed) return;
     if (!report.error.empty())
-        fmt::print(stderr, "ktricks netwatch: {}: {}\n", report.label, report.error);
+        log_warning("{}: {}", report.label, report.error);
     else if (report.timed_out)
-        fmt::print(stderr, "ktricks netwatch: {}: timed out after {} ms, killed ({})\n", report.label,
+        log_warning("{}: timed out after {} ms, killed ({})", report.label,
                    report.duration.count(), report.status.to_string());
     else
-        fmt::print(stderr, "ktricks netwatch: {}: {}\n", report.label, report.status.to_string());
+        log_warning("{}: {}", report.label, report.status.to_string());
 }
 
 void Watcher::replay() {
@@ -535,7 +536,11 @@ int Watcher::run() {
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);
     }
+    // Under systemd (Type=notify): ready once the initial state is known and the rules have seen it.
+    notify_ready(fmt::format("watching {} namespace{}{}", namespaces_.size(), namespaces_.size() == 1 ? "" : "s",
+                             nl80211_events_ ? " and wifi" : ""));
     loop_.run();
+    notify_stopping();
     return 0;
 }
 

@@ -35,6 +35,7 @@
 #include <set>
 #include <thread>
 
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
@@ -47,10 +48,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-void log_line(const std::string& text) {
-    auto line = "tvfs: " + text + "\n";
-    [[maybe_unused]] auto ignored = ::write(2, line.data(), line.size());
-}
+void log_line(const std::string& text) { log_info("{}", text); }
 
 // One output file being read: its segments (transcodes) or its MP4 (remux) in the cache.
 struct Output {
@@ -888,7 +886,10 @@ int mount(const MountOptions& given) {
     int status;
     {
         Watcher watcher(tvfs, f, dlna ? &*dlna : nullptr);
+        // Under systemd (Type=notify): the mount is in place and answers once the loop runs.
+        notify_ready(fmt::format("{} on {}", tvfs.source_root(), options.mountpoint));
         status = fuse_loop_mt(f, 0);
+        notify_stopping();
     }
     dlna.reset();
     tvfs.stop_workers();

@@ -1,13 +1,11 @@
 # tvfs: probe + decision engine (pure), profiles (toml++), and, outside the fuzz build, the FUSE
 # filesystem with the FFmpeg libraries.
-pkg_check_modules(TOMLPLUSPLUS REQUIRED IMPORTED_TARGET tomlplusplus)
-pkg_check_modules(TVFS_AV REQUIRED IMPORTED_TARGET libavformat libavcodec libavfilter libavutil libswscale libswresample)
+ktricks_link_pkg(TOMLPLUSPLUS tomlplusplus)
+ktricks_link_pkg(TVFS_AV libavformat libavcodec libavfilter libavutil libswscale libswresample)
 target_sources(ktricks PRIVATE src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp)
-target_link_libraries(ktricks PUBLIC PkgConfig::TOMLPLUSPLUS PkgConfig::TVFS_AV)
 if(NOT KTRICKS_FUZZ)
-  pkg_check_modules(TVFS_FUSE REQUIRED IMPORTED_TARGET fuse3)
+  ktricks_link_pkg(TVFS_FUSE fuse3)
   target_sources(ktricks PRIVATE src/tvfs/media.cpp src/tvfs/fs.cpp)
-  target_link_libraries(ktricks PUBLIC PkgConfig::TVFS_FUSE)
 endif()
 if(TARGET ktricks_cli)
   target_sources(ktricks_cli PRIVATE src/cli/tvfs.cpp src/cli/tour_tvfs.cpp)
