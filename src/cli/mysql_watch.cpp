@@ -112,7 +112,9 @@ Subcommand add_mysql_watch(CLI::App& app) {
         "  ktricks mysql-watch --datadir /srv/db --db shop --table 'order*'\n"
         "  ktricks mysql-watch --mode redo --socket /run/mysqld/mysqld.sock --user watcher\n"
         "  ktricks mysql-watch --exec 'echo $KTRICKS_DB.$KTRICKS_TABLE changed' --debounce 500\n"
-        "  ktricks mysql-watch --check --socket /run/mysqld/mysqld.sock --user root --probe");
+        "  ktricks mysql-watch --check --socket /run/mysqld/mysqld.sock --user root --probe\n"
+        "Exit status: 0 when stopped by INT/TERM or after --count events; --check: 0, or 66 when no detection path is\n"
+        "usable. A corrupt binlog event is logged and skipped, never fatal.");
     return {sub, [options] { return run_mysql_watch(*options); }};
 }
 

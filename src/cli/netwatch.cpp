@@ -88,7 +88,9 @@ Subcommand add_netwatch(CLI::App& app) {
         "  ktricks netwatch --on 'wifi-connect,ssid=home' --exec 'mount /mnt/nas'\n"
         "  ktricks netwatch --on 'default-route-change,family=inet' --exec 'notify-send \"route: $KTRICKS_GATEWAY\"'\n"
         "  ktricks netwatch --rules /etc/ktricks/netwatch.toml\n"
-        "  ktricks netwatch --json --no-initial");
+        "  ktricks netwatch --json --no-initial\n"
+        "Exit status: 0 when stopped by INT/TERM or --duration; 65 for a bad rules file (FILE:LINE and the problem);\n"
+        "64 for bad usage. A failing or hung script is logged, never fatal.");
     return {sub, [options] { return run_netwatch(*options); }};
 }
 

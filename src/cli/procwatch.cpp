@@ -176,7 +176,8 @@ Subcommand add_procwatch(CLI::App& app) {
         "  ktricks procwatch                                  # everything\n"
         "  ktricks procwatch --event exec,exit --comm 'python*' --json\n"
         "  ktricks procwatch --event exit --exec 'logger \"$KTRICKS_COMM exited $KTRICKS_EXIT_CODE\"'\n"
-        "Needs root (CAP_NET_ADMIN). Exit status: 0 when stopped by INT/TERM or --duration.");
+        "Needs root (CAP_NET_ADMIN).\n"
+        "Exit status: 0 when stopped by INT/TERM or --duration; 77 without the privilege.");
     return {sub, [options] { return run_procwatch(*options); }};
 }
 

@@ -204,7 +204,9 @@ Subcommand add_serve(CLI::App& app) {
         "Examples:\n"
         "  ktricks serve --listen tcp://0.0.0.0:8080 --control /run/web.ctl -- /usr/bin/my-sd-server\n"
         "  ktricks serve --listen web=tcp://:8080 --ready=tcp -- python3 app.py\n"
-        "  ktricks serve --listen tcp://:8000 --protocol gunicorn --ready=delay:1000 -- gunicorn app:app");
+        "  ktricks serve --listen tcp://:8000 --protocol gunicorn --ready=delay:1000 -- gunicorn app:app\n"
+        "Exit status: the last generation's own when it ends without a reload; 69 if the first generation never\n"
+        "becomes ready; 64 for bad usage; 75 if an address is in use.");
     return {sub, [cli] { return run_serve(*cli); }};
 }
 
@@ -222,8 +224,11 @@ Subcommand add_takeover(CLI::App& app) {
         "ready the old server is stopped (SIGSTOP), checked through /proc for connections it accepted and has not\n"
         "answered (let run briefly and checked again until --drain-timeout), then sent --signal. takeover then stays\n"
         "on as `ktricks serve` for the adopted sockets: SIGHUP and --control reloads work.\n"
-        "Example:\n"
-        "  ktricks takeover --pid $(pgrep -f 'http.server 8000') --control /tmp/web.ctl -- python3 my_server.py");
+        "Examples:\n"
+        "  ktricks takeover --pid $(pgrep -f 'http.server 8000') --control /tmp/web.ctl -- python3 my_server.py\n"
+        "  ktricks takeover --pid 1234 --listen tcp://0.0.0.0:80 --signal QUIT -- /usr/sbin/my-sd-server\n"
+        "Exit status: as serve; 77 if pidfd_getfd is not permitted (the message says why and what to do), 64 if PID\n"
+        "has no matching listener, 69 if the kernel lacks pidfd_getfd (< 5.6).");
     return {sub, [cli] { return run_takeover(*cli); }};
 }
 
@@ -234,7 +239,10 @@ Subcommand add_reload(CLI::App& app) {
     sub->add_option("--timeout", cli->timeout_seconds, "Seconds to wait for the new generation")->capture_default_str();
     sub->add_flag("--status", cli->status, "Print serve's state as JSON instead of reloading");
     sub->add_flag("--json", cli->json, "Print the outcome as a JSON line");
-    sub->footer("Exit status: 0 when the new generation is ready; 75 if the reload was refused or rolled back.");
+    sub->footer("Examples:\n"
+                "  ktricks reload --control /run/web.ctl            # wait until the new generation is ready\n"
+                "  ktricks reload --control /run/web.ctl --status   # generations, their state and age, as JSON\n"
+                "Exit status: 0 when the new generation is ready; 75 if the reload was refused or rolled back.");
     return {sub, [cli] { return run_reload(*cli); }};
 }
 

@@ -76,7 +76,9 @@ Subcommand add_tvfs(CLI::App& app) {
         "  ktricks tvfs --explain movie.mkv                # pass-through, remux, audio-transcode or transcode, and why\n"
         "  ktricks tvfs ~/Videos /srv/tv -f                # mount in the foreground; Ctrl-C unmounts\n"
         "  ktricks tvfs ~/Videos /srv/tv --profile samsung --dlna --dlna-iface eth0\n"
-        "  fusermount3 -u /srv/tv                           # unmount");
+        "  fusermount3 -u /srv/tv                           # unmount\n"
+        "Exit status: 0 after a clean unmount (SIGINT, SIGTERM or fusermount3 -u); 66 if SRC or FILE is missing;\n"
+        "65 for a bad profile or an unreadable media file (--explain); 64 for bad usage.");
     return {sub, [options] {
                 try {
                     return run_tvfs(*options);

@@ -35,9 +35,15 @@ for applet in sh mount echo cat sleep grep kill poweroff ip mkdir ls ps; do ln -
 copy_with_libraries() {
     local program=$1 target=$2
     cp "$program" "$root/$target"
+    # The initramfs is unpacked into the guest's RAM: without symbols ktricks and its libraries
+    # (FFmpeg's among them, linked for tvfs) are a fraction of the size.
+    strip --strip-all "$root/$target" 2>/dev/null || true
     ldd "$program" | grep -o '/[^ ]*' | while read -r library; do
         mkdir -p "$root/$(dirname "$library")"
-        [ -e "$root/$library" ] || cp -L "$library" "$root/$library"
+        if [ ! -e "$root/$library" ]; then
+            cp -L "$library" "$root/$library"
+            strip --strip-unneeded "$root/$library" 2>/dev/null || true
+        fi
     done
 }
 copy_with_libraries "$KTRICKS" bin/ktricks
@@ -110,7 +116,7 @@ chmod +x "$root/init"
 
 # --- boot it (KVM does not run a stock kernel on every host: TCG is what works everywhere) -------
 accel="tcg,thread=multi"
-timeout 100 qemu-system-x86_64 -accel "$accel" -smp 2 -m 512 -net none -nographic -no-reboot \
+timeout 100 qemu-system-x86_64 -accel "$accel" -smp 2 -m 1024 -net none -nographic -no-reboot \
     -kernel "kernel/boot/vmlinuz-$version" -initrd initramfs.gz \
     -append "console=ttyS0 quiet panic=-1" >console.log 2>&1 || true
 tr -d '\r' <console.log >console.txt
