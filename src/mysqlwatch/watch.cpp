@@ -445,10 +445,16 @@ private:
             if (!files.empty()) open_binlog(files.back(), false);
             return;
         }
+        // read_binlog() follows ROTATE events itself, possibly across several files: continue from
+        // wherever it stopped, never from the file we started in (that re-read files, twice reporting
+        // their changes, when FLUSH BINARY LOGS ran in a tight loop).
         read_binlog();
-        for (auto next = current + 1; next != files.end(); ++next) {
-            open_binlog(*next, false);
-            log(fmt::format("binlog rotated to {}", next->filename().string()));
+        for (;;) {
+            auto now = std::find(files.begin(), files.end(), binlog_path_);
+            if (now == files.end() || now + 1 == files.end()) break;
+            open_binlog(*(now + 1), false);
+            if (binlog_path_ != *(now + 1)) break;  // could not open it (logged); the next index change retries
+            log(fmt::format("binlog rotated to {}", binlog_path_.filename().string()));
         }
     }
 

@@ -23,6 +23,9 @@ namespace {
 
 const std::string ktricks = KTRICKS_BINARY;
 const std::string server = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
+// --readonly gives the jail a private /tmp: a checkout under /tmp (CI clones there) must be bound in
+// for the jail to find the test server at all.
+const std::string build_dir = std::filesystem::path(KTRICKS_BINARY).parent_path().string();
 
 // "ktricks jail: fd 3 = tcp://127.0.0.1:41234" lines, in fd order.
 std::vector<std::string> bound_addresses(const Process& process) {
@@ -201,7 +204,7 @@ TEST(Jail, BrokerGrantsAnAllowedPortAndRefusesOthers) {
         return SocketAddress::of_socket(probe.get()).port();
     };
     auto allowed = free_port(), other = free_port();
-    Process jail = start_jail({"--broker", "/tmp/broker.sock", "--readonly", "--allow", fmt::format("tcp://127.0.0.1:{}", allowed)},
+    Process jail = start_jail({"--broker", "/tmp/broker.sock", "--readonly", "--bind", build_dir, "--allow", fmt::format("tcp://127.0.0.1:{}", allowed)},
                               {"--request", fmt::format("tcp://127.0.0.1:{}", allowed), "--request", fmt::format("tcp://127.0.0.1:{}", other)});
     std::string out = jail.out();
     EXPECT_NE(out.find(fmt::format("granted tcp://127.0.0.1:{}", allowed)), std::string::npos) << jail.describe();
@@ -236,7 +239,7 @@ TEST(Jail, RejectsBadInputWithOneLine) {
 TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     TempDir dir;
     std::string control = dir / "control.sock";
-    Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--listen", "tcp://127.0.0.1:0", "--control", control,
+    Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--bind", build_dir, "--listen", "tcp://127.0.0.1:0", "--control", control,
                                     "--drain-timeout", "5", "--", server, "serve"});
     std::smatch match;
     std::string err;
