@@ -452,8 +452,9 @@ private:
         for (;;) {
             auto now = std::find(files.begin(), files.end(), binlog_path_);
             if (now == files.end() || now + 1 == files.end()) break;
+            fs::path before = binlog_path_;
             open_binlog(*(now + 1), false);
-            if (binlog_path_ != *(now + 1)) break;  // could not open it (logged); the next index change retries
+            if (binlog_path_ == before) break;  // could not open it (logged); the next index change retries
             log(fmt::format("binlog rotated to {}", binlog_path_.filename().string()));
         }
     }
