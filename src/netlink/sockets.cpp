@@ -76,6 +76,22 @@ std::uint32_t request_states(const Query& query) {
     return query.states ? query.states : connected_states;
 }
 
+// Appends every socket of one sock_diag dump that DECODE accepts. A dump the kernel restarts
+// (NLM_F_DUMP_INTR) first drops what the interrupted pass appended, so no socket is listed twice.
+template <typename Decode>
+void dump_into(netlink::Socket& diag, netlink::Request& request, const std::string& what, std::vector<SocketInfo>& out,
+               Decode decode) {
+    std::size_t first = out.size();
+    diag.dump(
+        request,
+        [&](const nlmsghdr& message) {
+            SocketInfo info;
+            if (decode(message, info)) out.push_back(std::move(info));
+            return true;
+        },
+        what, {.on_restart = [&] { out.resize(first); }});
+}
+
 void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std::vector<SocketInfo>& out) {
     netlink::Request request(SOCK_DIAG_BY_FAMILY, 0, 64 * 1024);
     inet_diag_req_v2 header{};
@@ -92,16 +108,9 @@ void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std:
         request.ensure_room(MNL_ATTR_HDRLEN + code.size());
         mnl_attr_put(request.header(), INET_DIAG_REQ_BYTECODE, code.size(), code.data());
     }
-    std::size_t first = out.size();
     auto protocol = static_cast<std::uint8_t>(kind.protocol);
-    diag.dump(
-        request,
-        [&](const nlmsghdr& message) {
-            SocketInfo info;
-            if (detail::decode_inet(message, protocol, info)) out.push_back(std::move(info));
-            return true;
-        },
-        fmt::format("list {} sockets", kind.name), {.on_restart = [&] { out.resize(first); }});
+    dump_into(diag, request, fmt::format("list {} sockets", kind.name), out,
+              [&](const nlmsghdr& message, SocketInfo& info) { return detail::decode_inet(message, protocol, info); });
 }
 
 void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo>& out) {
@@ -112,15 +121,7 @@ void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo
     header.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID |
                         (query.memory ? UDIAG_SHOW_MEMINFO : 0);
     request.put_header(header);
-    std::size_t first = out.size();
-    diag.dump(
-        request,
-        [&](const nlmsghdr& message) {
-            SocketInfo info;
-            if (detail::decode_unix(message, info)) out.push_back(std::move(info));
-            return true;
-        },
-        "list unix sockets", {.on_restart = [&] { out.resize(first); }});
+    dump_into(diag, request, "list unix sockets", out, detail::decode_unix);
 }
 
 void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketInfo>& out) {
@@ -130,15 +131,7 @@ void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketIn
     header.sdiag_family = AF_PACKET;
     header.pdiag_show = PACKET_SHOW_INFO | (query.memory ? PACKET_SHOW_MEMINFO : 0);
     request.put_header(header);
-    std::size_t first = out.size();
-    diag.dump(
-        request,
-        [&](const nlmsghdr& message) {
-            SocketInfo info;
-            if (detail::decode_packet(message, info)) out.push_back(std::move(info));
-            return true;
-        },
-        "list packet sockets", {.on_restart = [&] { out.resize(first); }});
+    dump_into(diag, request, "list packet sockets", out, detail::decode_packet);
 }
 
 void list_here(const Query& query, Listing& listing) {

@@ -47,11 +47,13 @@ Process start_watcher(const MariaDbServer& server, const std::string& db, std::v
     return watcher;
 }
 
-class MysqlWatchBinlog : public ::testing::Test {
+// One throwaway server per suite (starting one costs about a second), with or without a binary log.
+template <bool WithBinlog>
+class MariaDbSuite : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
         if (!MariaDbServer::available()) return;
-        server_ = new MariaDbServer({.binlog = true});
+        server_ = new MariaDbServer({.binlog = WithBinlog});
         server_->start();
     }
     static void TearDownTestSuite() {
@@ -61,9 +63,9 @@ protected:
     void SetUp() override {
         if (!server_) GTEST_SKIP() << "needs root and MariaDB (mariadb-server, mariadb-client)";
     }
-    static MariaDbServer* server_;
+    static inline MariaDbServer* server_ = nullptr;
 };
-MariaDbServer* MysqlWatchBinlog::server_ = nullptr;
+using MysqlWatchBinlog = MariaDbSuite<true>;
 
 TEST_F(MysqlWatchBinlog, SingleRowCommitsToInnodbMyisamAndAriaNameTheirTables) {
     server_->sql("CREATE DATABASE engines; CREATE TABLE engines.inno (v INT) ENGINE=InnoDB;"
@@ -233,23 +235,7 @@ TEST_F(MysqlWatchBinlog, CorruptByteInACopiedBinlogIsReportedWithoutACrash) {
     EXPECT_TRUE(watcher.running());
 }
 
-class MysqlWatchNoBinlog : public ::testing::Test {
-protected:
-    static void SetUpTestSuite() {
-        if (!MariaDbServer::available()) return;
-        server_ = new MariaDbServer({.binlog = false});
-        server_->start();
-    }
-    static void TearDownTestSuite() {
-        delete server_;
-        server_ = nullptr;
-    }
-    void SetUp() override {
-        if (!server_) GTEST_SKIP() << "needs root and MariaDB (mariadb-server, mariadb-client)";
-    }
-    static MariaDbServer* server_;
-};
-MariaDbServer* MysqlWatchNoBinlog::server_ = nullptr;
+using MysqlWatchNoBinlog = MariaDbSuite<false>;
 
 TEST_F(MysqlWatchNoBinlog, FilesPathSeesMyisamCommitsAndDecodesFileNames) {
     server_->sql("CREATE DATABASE `f-db`; CREATE TABLE `f-db`.`a b-c` (v INT) ENGINE=MyISAM;"
