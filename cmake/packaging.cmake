@@ -46,34 +46,70 @@ add_custom_command(
   VERBATIM)
 add_custom_target(changelog ALL DEPENDS ${CMAKE_BINARY_DIR}/packaging/changelog.Debian.gz)
 
-# Development component: the static library and what a consumer needs to find and link it.
-install(TARGETS ktricks EXPORT ktricksTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
+# Development component: one static library per trick component, each with its own CMake export
+# set and pkg-config file, so that a consumer links exactly the components it uses (and their
+# dependencies, since the libraries are static) and nothing else.
 install(DIRECTORY include/ktricks DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev)
 install(FILES ${CMAKE_BINARY_DIR}/generated/ktricks/version.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/ktricks
         COMPONENT dev)
-install(EXPORT ktricksTargets NAMESPACE ktricks:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ktricks COMPONENT dev)
-
-# The library is static, so a consumer links its dependencies too: the package config recreates
-# the pkg-config imported targets the library was linked with (recorded by ktricks_link_pkg).
-get_property(KTRICKS_PKG_LINKS GLOBAL PROPERTY KTRICKS_PKG_LINKS)
-get_property(KTRICKS_PKG_REQUIRES GLOBAL PROPERTY KTRICKS_PKG_REQUIRES)
-set(KTRICKS_FIND_PKG_MODULES "")
-foreach(link ${KTRICKS_PKG_LINKS})
-  string(REPLACE "|" ";" parts "${link}")
-  list(POP_FRONT parts prefix)
-  list(JOIN parts " " modules)
-  string(APPEND KTRICKS_FIND_PKG_MODULES "  pkg_check_modules(${prefix} REQUIRED IMPORTED_TARGET GLOBAL ${modules})\n")
+get_property(KTRICKS_COMPONENTS GLOBAL PROPERTY KTRICKS_COMPONENTS)
+set(KTRICKS_CONFIG_GRAPH "")
+set(KTRICKS_ALL_PC_REQUIRES "")
+foreach(component ${KTRICKS_COMPONENTS})
+  install(TARGETS ktricks_${component} EXPORT ktricks-${component}-targets
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
+  install(EXPORT ktricks-${component}-targets NAMESPACE ktricks:: FILE ktricks-${component}-targets.cmake
+          DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ktricks COMPONENT dev)
+  get_property(depends GLOBAL PROPERTY KTRICKS_COMPONENT_DEPENDS_${component})
+  get_property(packages GLOBAL PROPERTY KTRICKS_COMPONENT_PKG_${component})
+  # For ktricksConfig.cmake: what the component needs before its targets can be imported.
+  set(pc_requires "")
+  foreach(dependency ${depends})
+    list(APPEND pc_requires ktricks-${dependency})
+  endforeach()
+  set(config_packages "")
+  foreach(package ${packages})
+    string(REPLACE "|" ";" parts "${package}")
+    list(POP_FRONT parts prefix)
+    list(APPEND pc_requires ${parts})
+    list(JOIN parts " " modules)
+    string(APPEND config_packages "\n  pkg_check_modules(${prefix} REQUIRED IMPORTED_TARGET GLOBAL ${modules})")
+  endforeach()
+  string(APPEND KTRICKS_CONFIG_GRAPH "set(_ktricks_depends_${component} \"${depends}\")\n")
+  string(APPEND KTRICKS_CONFIG_GRAPH "set(_ktricks_packages_${component} \"${config_packages}\")\n")
+  # ktricks-COMPONENT.pc. Requires (not .private): a static library's dependencies are the consumer's.
+  if(component STREQUAL "core")
+    set(pc_requires nlohmann_json)
+    set(KTRICKS_PC_EXTRA_LIBS " -pthread")
+    # The libraries were built with {fmt} header-only; a consumer must see the same inline definitions.
+    set(KTRICKS_PC_EXTRA_CFLAGS " -std=c++20 -DFMT_HEADER_ONLY=1")
+  else()
+    set(KTRICKS_PC_EXTRA_LIBS "")
+    set(KTRICKS_PC_EXTRA_CFLAGS "")
+  endif()
+  list(JOIN pc_requires ", " KTRICKS_PC_REQUIRES)
+  set(KTRICKS_PC_NAME ktricks-${component})
+  set(KTRICKS_PC_LIBS "-L\${libdir} -lktricks-${component}${KTRICKS_PC_EXTRA_LIBS}")
+  configure_file(packaging/ktricks.pc.in ${CMAKE_BINARY_DIR}/pkgconfig/ktricks-${component}.pc @ONLY)
+  install(FILES ${CMAKE_BINARY_DIR}/pkgconfig/ktricks-${component}.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
+          COMPONENT dev)
+  list(APPEND KTRICKS_ALL_PC_REQUIRES ktricks-${component})
 endforeach()
+string(APPEND KTRICKS_CONFIG_GRAPH "set(_ktricks_components \"${KTRICKS_COMPONENTS}\")\n")
+# ktricks.pc: every component, for a program that wants them all.
+list(JOIN KTRICKS_ALL_PC_REQUIRES ", " KTRICKS_PC_REQUIRES)
+set(KTRICKS_PC_NAME ktricks)
+set(KTRICKS_PC_LIBS "")
+set(KTRICKS_PC_EXTRA_CFLAGS "")
+configure_file(packaging/ktricks.pc.in ${CMAKE_BINARY_DIR}/pkgconfig/ktricks.pc @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/pkgconfig/ktricks.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig COMPONENT dev)
+
 include(CMakePackageConfigHelpers)
 configure_package_config_file(cmake/ktricksConfig.cmake.in ${CMAKE_BINARY_DIR}/ktricksConfig.cmake
                               INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ktricks)
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/ktricksConfigVersion.cmake COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/ktricksConfig.cmake ${CMAKE_BINARY_DIR}/ktricksConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/ktricks COMPONENT dev)
-list(REMOVE_DUPLICATES KTRICKS_PKG_REQUIRES)
-list(JOIN KTRICKS_PKG_REQUIRES ", " KTRICKS_PC_REQUIRES_PRIVATE)
-configure_file(packaging/ktricks.pc.in ${CMAKE_BINARY_DIR}/ktricks.pc @ONLY)
-install(FILES ${CMAKE_BINARY_DIR}/ktricks.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig COMPONENT dev)
 
 # CPack: `make deb`.
 set(CPACK_GENERATOR DEB)
@@ -103,10 +139,12 @@ table change detection (inotify) and a FUSE filesystem that shows videos
 already transcoded for a smart TV.")
 set(CPACK_DEBIAN_DEV_PACKAGE_NAME libktricks-dev)
 set(CPACK_DEBIAN_DEV_PACKAGE_SECTION libdevel)
-# The -dev packages of what ktricks_link_pkg linked (the library is static: consumers link them too).
-set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libfmt-dev, nlohmann-json3-dev, libmnl-dev, libseccomp-dev, \
-libmariadb-dev, zlib1g-dev, libtomlplusplus-dev, libavformat-dev, libavcodec-dev, libavfilter-dev, \
-libavutil-dev, libswscale-dev, libswresample-dev, libfuse3-dev")
+# The libraries are static, so a consumer links their dependencies too: core's always, each other
+# component's only when it uses that component (its pkg-config file or find_package COMPONENT says so).
+set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS "libfmt-dev, nlohmann-json3-dev")
+set(CPACK_DEBIAN_DEV_PACKAGE_RECOMMENDS "libmnl-dev, libseccomp-dev, libmariadb-dev, zlib1g-dev, \
+libtomlplusplus-dev, libavformat-dev, libavcodec-dev, libavfilter-dev, libavutil-dev, libswscale-dev, \
+libswresample-dev, libfuse3-dev")
 set(CPACK_COMPONENT_DEV_DESCRIPTION_SUMMARY "C++20 library behind the ktricks command (development files)")
 set(CPACK_DEBIAN_DEV_DESCRIPTION
 "The static library libktricks, its headers, a pkg-config file and a CMake

@@ -1,11 +1,13 @@
 // What every subcommand file shares: registration with the top-level app, and the mapping from a
-// library exception to one stderr line and an exit status.
+// library exception to one stderr line and an exit status. The front door (main.cpp) and each helper
+// program (helper_main.cpp) link the same files; see subcommands.hpp for which is where.
 #pragma once
 
 #include <CLI/CLI.hpp>
 
 #include <exception>
 #include <functional>
+#include <span>
 #include <string_view>
 
 namespace ktricks::cli {
@@ -42,6 +44,20 @@ Subcommand add_mysql_watch(CLI::App& app);
 Subcommand add_tvfs(CLI::App& app);
 
 Subcommand add_tour(CLI::App& app);
+
+// app.add_subcommand(NAME) with the summary from the subcommand table (subcommands.hpp).
+CLI::App* add_subcommand(CLI::App& app, std::string_view name);
+
+// A subcommand this program has built in: its name and the function that registers it.
+struct Registration {
+    std::string_view name;
+    Subcommand (*add)(CLI::App&);
+};
+
+// The whole of a `ktricks` process after routing: builds the top-level app with BUILT_IN registered
+// (and, when LIST_OTHERS, the table's remaining subcommands listed for --help only), parses ARGV, runs
+// the chosen subcommand and returns the exit status. Usage errors are one line and exit 64.
+int run(int argc, char** argv, std::span<const Registration> built_in, bool list_others);
 
 // Prints "ktricks SUBCOMMAND: what" and returns the exit status for the exception.
 int report_error(std::string_view subcommand, const std::exception& error);

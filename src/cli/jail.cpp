@@ -118,7 +118,7 @@ int run_jail(const Options& options) {
 
 Subcommand add_jail(CLI::App& app) {
     auto options = std::make_shared<Options>();
-    auto* sub = app.add_subcommand("jail", "Run a server in an empty network namespace, serving only the sockets handed to it");
+    auto* sub = add_subcommand(app, "jail");
     sub->add_option("--listen", options->listen,
                     "Bind ADDR here and pass it in (LISTEN_FDS, fds 3, 4, ... in order): tcp://HOST:PORT, tcp6://[ADDR]:PORT, "
                     "udp://..., unix:/path, unix:@name")

@@ -1,87 +1,63 @@
-// ktricks: one binary, one subcommand per trick. This file only routes: parsing errors become one
-// line and exit 64; each subcommand does its own work.
-#include <signal.h>
+// ktricks, the front door: the light subcommands are built in; a heavy one (subcommands.hpp names its
+// helper) is exec'd from libexec/ktricks/ before anything is parsed, so its libraries never load here.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
-#include <CLI/CLI.hpp>
-
-#include <vector>
-
 #include "cli/common.hpp"
+#include "cli/subcommands.hpp"
 #include "ktricks/core/error.hpp"
-#include "ktricks/core/service.hpp"
-#include "ktricks/version.hpp"
+
+namespace {
+
+using namespace ktricks;
+
+// Where the helpers are, relative to this binary: the installed layout (bin/ → libexec/ktricks/,
+// computed by CMake from the install directories) and the build tree (build/ → build/libexec/ktricks/).
+constexpr const char* helper_dirs[] = {KTRICKS_LIBEXEC_FROM_BINDIR, "libexec/ktricks"};
+
+// Replaces this process with the helper PROGRAM, passing ARGV unchanged. Returns only on failure.
+int exec_helper(const cli::SubcommandInfo& info, char** argv) {
+    char self[4096];
+    ssize_t length = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (length <= 0) {
+        fmt::print(stderr, "ktricks {}: readlink /proc/self/exe: {}\n", info.name, std::strerror(errno));
+        return exit_code::unavailable;
+    }
+    self[length] = '\0';
+    // The helpers (the tour in particular) start further subcommands through the front door.
+    ::setenv("KTRICKS_PROGRAM", self, 1);
+    std::string own_dir(self, std::string(self).rfind('/'));
+    std::vector<std::string> tried;
+    int first_error = 0;
+    for (const char* dir : helper_dirs) {
+        std::string path = fmt::format("{}/{}/{}", own_dir, dir, info.helper);
+        ::execv(path.c_str(), argv);
+        if (!first_error || first_error == ENOENT) first_error = errno;
+        tried.push_back(path);
+    }
+    fmt::print(stderr, "ktricks {}: cannot run its helper program {} (tried {}): {}\n", info.name, info.helper,
+               fmt::join(tried, ", "), std::strerror(first_error));
+    return exit_code::unavailable;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-    using namespace ktricks;
-    // A reader that went away (`ktricks ... | head`) must end us quietly, not kill us mid-cleanup.
-    ::signal(SIGPIPE, SIG_IGN);
+    using namespace ktricks::cli;
+    if (argc > 1)
+        if (const auto* info = find_subcommand(argv[1]); info && !info->helper.empty()) return exec_helper(*info, argv);
 
-    CLI::App app{"ktricks: the Linux kernel's lesser-known networking, IPC and filesystem services, put to work.",
-                 "ktricks"};
-    app.set_version_flag("--version", fmt::format("ktricks {}", version));
-    app.require_subcommand(1);
-    app.fallthrough(false);
-    app.footer("Run 'ktricks SUBCOMMAND --help' for a subcommand's options. Exit status follows sysexits.h:\n"
-               "64 usage, 66 no input, 69 unavailable, 75 temporary failure (e.g. a held lock), 77 no permission.");
-
-    // Order here is the order of `ktricks --help`.
-    std::vector<cli::Subcommand> subcommands;
-    subcommands.push_back(cli::add_once(app));
-
-    // handoff: serve, reload, takeover
-    subcommands.push_back(cli::add_serve(app));
-    subcommands.push_back(cli::add_reload(app));
-    subcommands.push_back(cli::add_takeover(app));
-
-    // jail
-    subcommands.push_back(cli::add_jail(app));
-
-    // netlink: sockets, procwatch
-    subcommands.push_back(cli::add_sockets(app));
-    subcommands.push_back(cli::add_procwatch(app));
-
-    // netwatch
-    subcommands.push_back(cli::add_netwatch(app));
-
-    // mysql-watch
-    subcommands.push_back(cli::add_mysql_watch(app));
-
-    // tvfs
-    subcommands.push_back(cli::add_tvfs(app));
-
-    subcommands.push_back(cli::add_tour(app));
-
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& help) {
-        return app.exit(help);
-    } catch (const CLI::CallForAllHelp& help) {
-        return app.exit(help);
-    } catch (const CLI::CallForVersion& version_request) {
-        return app.exit(version_request);
-    } catch (const CLI::ParseError& error) {
-        std::string where = "ktricks";
-        for (auto& sub : subcommands)
-            if (sub.app->parsed()) where = "ktricks " + sub.app->get_name();
-        std::string message = error.what();
-        bool unknown_subcommand = where == "ktricks" && argc > 1 && argv[1][0] != '-';
-        if (unknown_subcommand) message = fmt::format("unknown subcommand \"{}\"", argv[1]);
-        else if (dynamic_cast<const CLI::RequiredError*>(&error) && message.find("subcommand") != std::string::npos)
-            message = "a subcommand is required";
-        fmt::print(stderr, "{}: {} (see '{} --help')\n", where, message, where);
-        return exit_code::usage;
-    }
-
-    for (auto& sub : subcommands)
-        if (sub.app->parsed()) {
-            set_log_program("ktricks " + sub.app->get_name());
-            try {
-                return sub.action();
-            } catch (const std::exception& error) {
-                return cli::report_error(sub.app->get_name(), error);
-            }
-        }
-    return exit_code::usage;
+    static const Registration built_in[] = {
+        {"once", add_once},           {"serve", add_serve},         {"reload", add_reload},
+        {"takeover", add_takeover},   {"jail", add_jail},           {"sockets", add_sockets},
+        {"procwatch", add_procwatch}, {"netwatch", add_netwatch},
+    };
+    return run(argc, argv, built_in, true);
 }

@@ -82,8 +82,7 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
 
 Subcommand add_mysql_watch(CLI::App& app) {
     auto options = std::make_shared<MysqlWatchOptions>();
-    auto* sub = app.add_subcommand("mysql-watch",
-                                   "Report which MySQL/MariaDB tables changed, by watching the data directory with inotify");
+    auto* sub = add_subcommand(app, "mysql-watch");
     sub->add_option("--datadir", options->datadir, "The server's data directory")->capture_default_str();
     sub->add_option("--mode", options->mode,
                     "auto (binlog if there is one, else redo+query with a login, else files), binlog, redo or files")

@@ -62,7 +62,7 @@ int run_netwatch(const NetwatchOptions& options) {
 
 Subcommand add_netwatch(CLI::App& app) {
     auto options = std::make_shared<NetwatchOptions>();
-    auto* sub = app.add_subcommand("netwatch", "Run scripts on network events (link, address, route, wifi): no polling");
+    auto* sub = add_subcommand(app, "netwatch");
     sub->add_option("--rules", options->rules_files, "TOML rules file ([[rule]] on=... run=...); repeatable");
     sub->add_option("--on", options->on, "EVENT[|EVENT...][,FILTER...] for the next --exec; filters: iface=GLOB "
                                          "ssid=GLOB ssid!=GLOB bssid= family=inet|inet6 addr=CIDR netns=NAME "

@@ -104,7 +104,7 @@ int run_once(const OnceOptions& options) {
 
 Subcommand add_once(CLI::App& app) {
     auto options = std::make_shared<OnceOptions>();
-    auto* sub = app.add_subcommand("once", "Run a command at most once at a time: a lock on an abstract unix socket");
+    auto* sub = add_subcommand(app, "once");
     options->name_option = sub->add_option("name", options->name, "Lock name (per user unless --global)");
     sub->add_option("command", options->command, "Command to run while holding the lock (with --send: the message)");
     sub->add_flag("--wait", options->wait,

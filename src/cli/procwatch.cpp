@@ -160,7 +160,7 @@ int run_procwatch(const ProcwatchOptions& options) {
 
 Subcommand add_procwatch(CLI::App& app) {
     auto options = std::make_shared<ProcwatchOptions>();
-    auto* sub = app.add_subcommand("procwatch", "Every fork, exec and exit as it happens, from the kernel's proc connector");
+    auto* sub = add_subcommand(app, "procwatch");
     sub->add_option("--event", options->events, "Only these events: fork,exec,exit,uid,gid,sid,ptrace,comm,coredump")
         ->delimiter(',');
     sub->add_option("--comm", options->comm, "Only processes whose comm matches this glob");

@@ -191,7 +191,7 @@ int run_takeover(const TakeoverCli& cli) {
 
 Subcommand add_serve(CLI::App& app) {
     auto cli = std::make_shared<ServeCli>();
-    auto* sub = app.add_subcommand("serve", "Run a server on sockets it inherits, and replace it without dropping a connection");
+    auto* sub = add_subcommand(app, "serve");
     // One value per occurrence: a vector option would otherwise swallow the "--" before CMD.
     sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
         ->allow_extra_args(false);
@@ -212,7 +212,7 @@ Subcommand add_serve(CLI::App& app) {
 
 Subcommand add_takeover(CLI::App& app) {
     auto cli = std::make_shared<TakeoverCli>();
-    auto* sub = app.add_subcommand("takeover", "Adopt the listening sockets of a running server (pidfd_getfd) and replace it");
+    auto* sub = add_subcommand(app, "takeover");
     sub->add_option("--pid", cli->pid, "The running server")->required();
     sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)")->allow_extra_args(false);
     sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)")->allow_extra_args(false);
@@ -234,7 +234,7 @@ Subcommand add_takeover(CLI::App& app) {
 
 Subcommand add_reload(CLI::App& app) {
     auto cli = std::make_shared<ReloadCli>();
-    auto* sub = app.add_subcommand("reload", "Ask a running `ktricks serve --control PATH` to reload, and wait for the outcome");
+    auto* sub = add_subcommand(app, "reload");
     sub->add_option("--control", cli->control, "serve's control socket")->required();
     sub->add_option("--timeout", cli->timeout_seconds, "Seconds to wait for the new generation")->capture_default_str();
     sub->add_flag("--status", cli->status, "Print serve's state as JSON instead of reloading");

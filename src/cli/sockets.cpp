@@ -113,7 +113,7 @@ int run_sockets(const SocketsOptions& options) {
 
 Subcommand add_sockets(CLI::App& app) {
     auto options = std::make_shared<SocketsOptions>();
-    auto* sub = app.add_subcommand("sockets", "ss, but faster and scriptable: list sockets through sock_diag netlink");
+    auto* sub = add_subcommand(app, "sockets");
     sub->add_flag("-t,--tcp", options->tcp, "TCP sockets");
     sub->add_flag("-u,--udp", options->udp, "UDP sockets");
     sub->add_flag("-x,--unix", options->unix_sockets, "unix sockets");

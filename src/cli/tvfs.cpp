@@ -54,7 +54,7 @@ int run_tvfs(TvfsOptions& options) {
 
 Subcommand add_tvfs(CLI::App& app) {
     auto options = std::make_shared<TvfsOptions>();
-    auto* sub = app.add_subcommand("tvfs", "Mount a folder of videos so that every file plays on a TV (FUSE + FFmpeg)");
+    auto* sub = add_subcommand(app, "tvfs");
     sub->add_option("source", options->mount.source, "Folder of videos (SRC)");
     sub->add_option("mountpoint", options->mount.mountpoint, "Where to mount (MNT)");
     sub->add_option("--profile", options->mount.profile, "Built-in profile (tv, roku, samsung, lg, chromecast) or a TOML file")

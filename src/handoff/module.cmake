@@ -1,19 +1,16 @@
 # handoff: serve, reload, takeover and the live-connection Upgrader (include/ktricks/handoff.hpp).
-target_sources(ktricks PRIVATE
+ktricks_component(handoff DEPENDS core SOURCES
   src/handoff/protocol.cpp
   src/handoff/supervisor.cpp
   src/handoff/control.cpp
   src/handoff/proc_sockets.cpp
   src/handoff/takeover.cpp
-  src/handoff/upgrader.cpp
-)
+  src/handoff/upgrader.cpp)
 
-if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/serve.cpp src/cli/tour_handoff.cpp)
-
+if(NOT KTRICKS_FUZZ)
   # The example server of the live-connection API (Upgrader).
   add_executable(handoff_chat examples/handoff_chat.cpp)
-  target_link_libraries(handoff_chat PRIVATE ktricks ktricks_warnings)
+  target_link_libraries(handoff_chat PRIVATE ktricks_handoff ktricks_warnings)
   set_target_properties(handoff_chat PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/examples)
 
   # A real systemd-socket-activated server for the integration tests: libsystemd's sd_listen_fds

@@ -1,20 +1,16 @@
 # jail: a server in an empty network namespace, serving only the sockets handed to it.
-ktricks_link_pkg(SECCOMP libseccomp)
-target_sources(ktricks PRIVATE
+ktricks_component(jail DEPENDS core SOURCES
   src/jail/allow.cpp
   src/jail/protocol.cpp
   src/jail/sandbox.cpp
   src/jail/broker.cpp
   src/jail/client.cpp
   src/jail/run.cpp)
-
-if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/jail.cpp src/cli/tour_jail.cpp src/cli/serve_jail.cpp)
-endif()
+ktricks_component_pkg(jail SECCOMP libseccomp)
 
 # A LISTEN_FDS server for the jail's integration tests and benchmark (also copied into a container).
 if(KTRICKS_TESTS AND NOT KTRICKS_FUZZ)
   add_executable(jail_test_server tests/integration/jail_test_server.cpp)
-  target_link_libraries(jail_test_server PRIVATE ktricks ktricks_warnings)
+  target_link_libraries(jail_test_server PRIVATE ktricks_jail ktricks_warnings)
   set_target_properties(jail_test_server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
 endif()

@@ -1,15 +1,4 @@
-# netlink: the libmnl-based layer (src/netlink/netlink.cpp) and the tools on it (sockets, procwatch).
-ktricks_link_pkg(LIBMNL libmnl)
-target_sources(ktricks PRIVATE
-  src/netlink/netlink.cpp
-)
-target_sources(ktricks PRIVATE
-  src/netlink/filter.cpp
-  src/netlink/decode.cpp
-  src/netlink/owners.cpp
-  src/netlink/sockets.cpp
-  src/netlink/procwatch.cpp
-)
-if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/sockets.cpp src/cli/procwatch.cpp src/cli/tour_sockets.cpp)
-endif()
+# netlink: the libmnl-based layer (dumps, subscriptions, attributes, netns) that sockets, procwatch
+# and netwatch are built on.
+ktricks_component(netlink DEPENDS core SOURCES src/netlink/netlink.cpp)
+ktricks_component_pkg(netlink LIBMNL libmnl)

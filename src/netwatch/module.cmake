@@ -1,14 +1,12 @@
-# netwatch: run scripts on rtnetlink / nl80211 events (built on the netlink layer in src/netlink).
-ktricks_link_pkg(TOMLPLUSPLUS tomlplusplus)
-target_sources(ktricks PRIVATE
+# netwatch: run scripts on rtnetlink / nl80211 events (built on the netlink layer).
+ktricks_component(netwatch DEPENDS netlink SOURCES
   src/netwatch/decode.cpp
   src/netwatch/dispatcher.cpp
   src/netwatch/record.cpp
   src/netwatch/rules.cpp
   src/netwatch/runner.cpp
   src/netwatch/state.cpp
-  src/netwatch/watch.cpp
-)
-if(TARGET ktricks_cli)
-  target_sources(ktricks_cli PRIVATE src/cli/netwatch.cpp src/cli/tour_netwatch.cpp)
-endif()
+  src/netwatch/watch.cpp)
+# toml++ header-only (its default; Debian's pkg-config file would select the shared library): the
+# front door maps no C++ shared library at all, so it can link libstdc++ statically.
+target_compile_definitions(ktricks_netwatch PRIVATE TOML_HEADER_ONLY=1)

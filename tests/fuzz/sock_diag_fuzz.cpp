@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "../../src/netlink/decode.hpp"
+#include "../../src/sockets/decode.hpp"
 #include "ktricks/netlink.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

@@ -2,7 +2,6 @@
 // reloaded five times; then a plain `python3 -m http.server` taken over under the same load. Every
 // request is counted: failed, refused and reset must all be zero.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -11,21 +10,18 @@
 #include <fmt/format.h>
 
 #include <atomic>
-#include <filesystem>
 #include <fstream>
-#include <functional>
 #include <memory>
 #include <thread>
 
-#include "cli/tour.hpp"
 #include "ktricks/core/child.hpp"
-#include "ktricks/core/socket_address.hpp"
+#include "ktricks/core/fd.hpp"
 #include "ktricks/handoff.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 const char* const python = "/usr/bin/python3";
 
 // A socket-activated server in a dozen lines: adopts fd 3, says READY=1 on NOTIFY_SOCKET, and on
@@ -98,11 +94,6 @@ private:
     std::vector<std::jthread> threads_;
 };
 
-std::uint16_t free_port() {
-    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
-    return SocketAddress::of_socket(probe.get()).port();
-}
-
 bool answers(std::uint16_t port) {
     Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_in address{};
@@ -112,24 +103,15 @@ bool answers(std::uint16_t port) {
     return ::connect(s.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
 }
 
-bool wait_for(const std::function<bool()>& condition, std::chrono::seconds limit) {
-    auto deadline = Clock::now() + limit;
-    while (Clock::now() < deadline) {
-        if (condition()) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
-}
-
-Child start(std::vector<std::string> argv, const std::string& cwd) {
+// A server or a ktricks command of the stop: in the scratch directory, its output in the stop's
+// log, in a process group of its own, and killed with us if the tour dies mid-stop.
+Child start(std::vector<std::string> argv, const TempDir& dir, const OutputLog& output) {
     SpawnOptions spawn;
     spawn.argv = std::move(argv);
-    spawn.working_directory = cwd;
-    Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
-    spawn.stdin_fd = spawn.stdout_fd = spawn.stderr_fd = null.get();
+    spawn.working_directory = dir.path().string();
     spawn.new_process_group = true;
     spawn.parent_death_signal = SIGKILL;
-    return Child::spawn(spawn);
+    return spawn_quiet(std::move(spawn), output.path());
 }
 
 void report(TourLog& log, const Counts& counts, const std::string& what) {
@@ -141,18 +123,11 @@ void report(TourLog& log, const Counts& counts, const std::string& what) {
 }
 
 void run_stop(TourLog& log) {
-    auto dir = std::filesystem::temp_directory_path() / fmt::format("ktricks-tour-handoff-{}", ::getpid());
-    std::filesystem::create_directories(dir);
-    struct Cleanup {
-        std::filesystem::path dir;
-        ~Cleanup() {
-            std::error_code ignored;
-            std::filesystem::remove_all(dir, ignored);
-        }
-    } cleanup{dir};
+    TempDir dir("handoff");
+    OutputLog output(log, dir / "servers.log");
     std::ofstream(dir / "server.py") << fd3_server;
     std::ofstream(dir / "hello.txt") << "hello\n";
-    std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+    std::string self = ktricks_program();
     std::string script = (dir / "server.py").string();
 
     std::uint16_t port = free_port();
@@ -160,7 +135,7 @@ void run_stop(TourLog& log) {
     log.say(fmt::format("ktricks serve --listen tcp://127.0.0.1:{} --control {} -- python3 server.py", port, control));
     Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control", control, "--",
                          python, script},
-                        dir.string());
+                        dir, output);
     // Generation 1 is serving once serve has read its READY=1 (until then a reload is refused).
     auto serving = [&] {
         try {
@@ -192,7 +167,7 @@ void run_stop(TourLog& log) {
 
     port = free_port();
     log.say(fmt::format("python3 -m http.server {} (knows nothing of ktricks), then ktricks takeover --pid ...", port));
-    Child plain = start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, dir.string());
+    Child plain = start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, dir, output);
     if (!wait_for([&] { return answers(port); }, std::chrono::seconds(10)))
         throw std::runtime_error("python3 -m http.server did not come up within 10 s");
     {
@@ -202,9 +177,9 @@ void run_stop(TourLog& log) {
         auto started = Clock::now();
         Child takeover = start({self, "takeover", "--pid", std::to_string(plain.pid()), "--drain-timeout", "5", "--", python,
                                 script},
-                               dir.string());
+                               dir, output);
         auto status = plain.wait(std::chrono::seconds(10));
-        double took = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+        double took = ms_since(started);
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         client.reset();
         if (!status) log.failed("the old server was not retired within 10 s");
@@ -217,7 +192,7 @@ void run_stop(TourLog& log) {
 
 }  // namespace
 
-TourStop handoff_tour_stop() {
+TourStop handoff_stop() {
     return {"handoff", "replace a server without dropping a request: serve, reload, takeover",
             [] {
                 if (::access(python, X_OK) != 0) return std::optional<std::string>("needs /usr/bin/python3");
@@ -226,4 +201,4 @@ TourStop handoff_tour_stop() {
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

@@ -10,19 +10,15 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <filesystem>
 #include <regex>
-#include <thread>
 
-#include "cli/tour.hpp"
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/socket_address.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // The server: fd 3 from LISTEN_FDS; it tries two outbound connections first and reports them.
 constexpr const char* server_script = R"(
@@ -76,28 +72,26 @@ std::string http_get(const SocketAddress& address) {
 void run_stop(TourLog& log) {
     Fd err(::memfd_create("jail-stderr", MFD_CLOEXEC));
     SpawnOptions spawn;
-    spawn.argv = {std::filesystem::read_symlink("/proc/self/exe").string(), "jail", "--readonly", "--user", "65534",
+    spawn.argv = {ktricks_program(), "jail", "--readonly", "--user", "65534",
                   "--listen", "tcp://127.0.0.1:0", "--", "/usr/bin/python3", "-c", server_script};
     spawn.stderr_fd = err.get();
     spawn.new_process_group = true;
-    auto started = Clock::now();
     Child jail = Child::spawn(spawn);
     log.say("Started `ktricks jail --readonly --user 65534 --listen tcp://127.0.0.1:0 -- python3 -c SERVER`.");
     std::smatch match;
     std::string text;
     static const std::regex bound("fd 3 = (\\S+)");
-    while (!std::regex_search(text = read_memfd(err.get()), match, bound)) {
-        if (!jail.running() || Clock::now() - started > std::chrono::seconds(5)) {
-            log.failed("the jail did not report its listener: " + text);
-            return;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    wait_for([&] { return std::regex_search(text = read_memfd(err.get()), bound) || jail.try_wait(); },
+             std::chrono::seconds(5));
+    if (!std::regex_search(text, match, bound)) {
+        log.failed("the jail did not report its listener: " + text);
+        return;
     }
     SocketAddress address = SocketAddress::parse(match[1].str());
     log.say(fmt::format("The listener {} was bound on the host, then handed in as fd 3.", address.to_string()));
     auto before = Clock::now();
     std::string response = http_get(address);
-    double ms = std::chrono::duration<double, std::milli>(Clock::now() - before).count();
+    double ms = ms_since(before);
     auto body_at = response.find("\r\n\r\n");
     std::string body = body_at == std::string::npos ? response : response.substr(body_at + 4);
     log.say("The host fetched http://" + address.to_string().substr(6) + "/ and got:");
@@ -118,7 +112,7 @@ void run_stop(TourLog& log) {
 
 }  // namespace
 
-TourStop jail_tour_stop() {
+TourStop jail_stop() {
     return {"jail", "a server in an empty network namespace: clients in, nothing out",
             [] {
                 return ::access("/usr/bin/python3", X_OK) == 0 ? std::optional<std::string>()
@@ -127,4 +121,4 @@ TourStop jail_tour_stop() {
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

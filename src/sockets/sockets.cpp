@@ -24,7 +24,7 @@
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/netlink.hpp"
-#include "netlink/decode.hpp"
+#include "sockets/decode.hpp"
 
 namespace ktricks::sockets {
 

@@ -1,7 +1,7 @@
 // Tour stop "sockets": a scratch network namespace with a few thousand loopback connections,
-// listed by ktricks, ss and netstat (timed, the same rows), then the process events of a child.
+// listed by the `ktricks` front door, ss and netstat (timed side by side, the same rows), then the
+// process events of a child.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -10,18 +10,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <fmt/format.h>
-
 #include <sys/mman.h>
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <filesystem>
 #include <mutex>
 #include <thread>
 
-#include "cli/tour.hpp"
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
@@ -29,11 +27,11 @@
 #include "ktricks/netlink.hpp"
 #include "ktricks/procwatch.hpp"
 #include "ktricks/sockets.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 constexpr int connections = 3000;
 
 // A fresh network namespace, held by a descriptor (it lives as long as the fd or a socket in it).
@@ -77,26 +75,30 @@ std::vector<Fd> open_connections(int count, std::uint16_t port) {
     return fds;
 }
 
-// Median wall time of `runs` runs of argv (stdout to /dev/null), and the line count of one run.
-std::pair<double, std::size_t> time_command(const std::vector<std::string>& argv, int runs) {
-    std::vector<double> ms;
-    Fd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
-    for (int i = 0; i < runs; ++i) {
-        SpawnOptions spawn;
-        spawn.argv = argv;
-        spawn.stdout_fd = null.get();
-        spawn.stderr_fd = null.get();
-        auto start = Clock::now();
-        Child child = Child::spawn(spawn);
-        child.wait();
-        ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
-    }
-    Fd capture(::memfd_create("tour-rows", MFD_CLOEXEC));
+// argv run inside the scratch namespace. setns in the child rather than nsenter in front of the
+// command, so that the time measured is the listing program's alone.
+SpawnOptions in_namespace(std::vector<std::string> argv, int netns) {
     SpawnOptions spawn;
-    spawn.argv = argv;
+    spawn.argv = std::move(argv);
+    spawn.setup_in_child = [netns](ChildSetupError& error) {
+        if (::setns(netns, CLONE_NEWNET) < 0) error.fail(errno, "setns", "scratch network namespace");
+    };
+    return spawn;
+}
+
+// Runs the command quietly to the end; throws, naming it, unless it exited with status 0.
+void run_checked(const SpawnOptions& spawn) {
+    auto status = spawn_quiet(spawn).wait().value();  // no timeout: always a status
+    if (status.shell_status() != 0)
+        throw std::runtime_error(fmt::format("`{}` {}", shell_join(spawn.argv), status.to_string()));
+}
+
+// Rows the command lists (one run): the lines it prints, less its `header` lines.
+std::size_t rows(SpawnOptions spawn, std::size_t header) {
+    Fd capture(::memfd_create("tour-rows", MFD_CLOEXEC));
+    if (!capture) throw_errno("memfd_create", "tour-rows");
     spawn.stdout_fd = capture.get();
-    spawn.stderr_fd = null.get();
-    Child::spawn(spawn).wait();
+    run_checked(spawn);
     std::size_t lines = 0;
     char buffer[65536];
     ssize_t got;
@@ -105,7 +107,74 @@ std::pair<double, std::size_t> time_command(const std::vector<std::string>& argv
         lines += static_cast<std::size_t>(std::count(buffer, buffer + got, '\n'));
         offset += got;
     }
-    return {percentile(ms, 0.5), lines};
+    return lines > header ? lines - header : 0;
+}
+
+// Median wall time, spawn to exit, of each command (output to /dev/null), over `runs` rounds that
+// run every command once in turn: a disturbance (another process, a cache flush, frequency scaling)
+// then hits all of them rather than one.
+std::vector<double> interleaved_medians(const std::vector<SpawnOptions>& commands, int runs) {
+    std::vector<std::vector<double>> ms(commands.size());
+    for (int round = 0; round < runs; ++round)
+        for (std::size_t i = 0; i < commands.size(); ++i) {
+            auto start = Clock::now();
+            run_checked(commands[i]);
+            ms[i].push_back(ms_since(start));
+        }
+    std::vector<double> medians;
+    for (auto& sample : ms) medians.push_back(percentile(std::move(sample), 0.5));
+    return medians;
+}
+
+// "0.62x the time of ss -tan: 1.6x faster"; the word comes from the ratio, within 5% it is a tie.
+std::string compared(double ours, double theirs, std::string_view them) {
+    if (theirs <= 0) return fmt::format("{} took no measurable time", them);
+    double ratio = ours / theirs;
+    if (ratio < 0.95) return fmt::format("{:.2f}x the time of {}: {:.1f}x faster", ratio, them, 1 / ratio);
+    if (ratio > 1.05) return fmt::format("{:.2f}x the time of {}: {:.1f}x slower", ratio, them, ratio);
+    return fmt::format("{:.2f}x the time of {}: as fast (within 5%)", ratio, them);
+}
+
+// ktricks and ss (and netstat, if installed) on the same sockets, timed side by side.
+void compare_with_ss(TourLog& log, int netns) {
+    if (!find_program("ss")) {
+        log.say("ss is not installed: skipping the side-by-side timing.");
+        return;
+    }
+    std::string self = ktricks_program();
+    auto ours = in_namespace({self, "sockets", "-tan"}, netns);
+    auto theirs = in_namespace({"ss", "-tan"}, netns);
+    // A run each before timing also warms the page cache for both binaries.
+    std::size_t our_rows = rows(ours, 1), their_rows = rows(theirs, 1);
+    if (our_rows != their_rows) log.failed(fmt::format("ktricks listed {} rows, ss {}", our_rows, their_rows));
+    std::vector<SpawnOptions> commands{ours, theirs};
+    bool netstat = find_program("netstat").has_value();
+    std::size_t netstat_rows = 0;
+    if (netstat) {
+        commands.push_back(in_namespace({"netstat", "-tan"}, netns));
+        netstat_rows = rows(commands.back(), 2);
+    }
+
+    constexpr int runs = 7;
+    auto ms = interleaved_medians(commands, runs);
+    log.measured(fmt::format("ktricks sockets -tan, {} rows (median of {}, interleaved)", our_rows, runs), format_ms(ms[0]));
+    log.measured(fmt::format("ss -tan, {} rows", their_rows), format_ms(ms[1]));
+    log.measured("ktricks sockets -tan vs ss -tan", compared(ms[0], ms[1], "ss -tan"));
+    if (netstat) {
+        log.measured(fmt::format("netstat -tan, {} rows (parses /proc/net/tcp)", netstat_rows), format_ms(ms[2]));
+        log.measured("ktricks sockets -tan vs netstat -tan", compared(ms[0], ms[2], "netstat -tan"));
+    } else {
+        log.say("netstat is not installed: skipped.");
+    }
+
+    // -p walks /proc/*/fd of the whole machine: its cost depends on everything else running.
+    constexpr int p_runs = 3;
+    auto p_ms = interleaved_medians({in_namespace({self, "sockets", "-tanp"}, netns), in_namespace({"ss", "-tanp"}, netns)},
+                                    p_runs);
+    log.measured(fmt::format("ktricks sockets -tanp, with owning processes (median of {}, interleaved)", p_runs),
+                 format_ms(p_ms[0]));
+    log.measured("ss -tanp", format_ms(p_ms[1]));
+    log.measured("ktricks sockets -tanp vs ss -tanp", compared(p_ms[0], p_ms[1], "ss -tanp"));
 }
 
 void run_stop(TourLog& log) {
@@ -127,42 +196,7 @@ void run_stop(TourLog& log) {
     log.say(fmt::format("Opened {} loopback connections ({} sockets) in a scratch network namespace.", connections,
                         2 * connections + 1));
 
-    std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-    auto in_namespace = [&](std::vector<std::string> argv) {
-        std::vector<std::string> full{"nsenter", "--net=" + netns_path};
-        full.insert(full.end(), argv.begin(), argv.end());
-        return full;
-    };
-    bool have_nsenter = true;
-    try {
-        find_program("nsenter");
-    } catch (const std::exception&) {
-        have_nsenter = false;
-    }
-    if (have_nsenter) {
-        constexpr int runs = 3;
-        auto [k, k_rows] = time_command(in_namespace({self, "sockets", "-tan"}), runs);
-        auto [s, s_rows] = time_command(in_namespace({"ss", "-tan"}), runs);
-        log.measured(fmt::format("ktricks sockets -tan, {} rows (median of {})", k_rows - 1, runs), format_ms(k));
-        log.measured(fmt::format("ss -tan, {} rows", s_rows - 1), format_ms(s));
-        if (k_rows != s_rows) log.failed(fmt::format("ktricks listed {} rows, ss {}", k_rows - 1, s_rows - 1));
-        try {
-            find_program("netstat");
-            auto [n, n_rows] = time_command(in_namespace({"netstat", "-tan"}), runs);
-            log.measured(fmt::format("netstat -tan, {} rows (parses /proc/net/tcp)", n_rows - 2), format_ms(n));
-        } catch (const SpawnError&) {
-            log.say("netstat is not installed: skipped.");
-        }
-        // -p walks /proc/*/fd of the whole machine: its cost depends on everything else running.
-        auto [kp, kp_rows] = time_command(in_namespace({self, "sockets", "-tanp"}), 1);
-        auto [sp, sp_rows] = time_command(in_namespace({"ss", "-tanp"}), 1);
-        log.measured("ktricks sockets -tanp (with owning processes, one run)", format_ms(kp));
-        log.measured("ss -tanp", format_ms(sp));
-        (void)kp_rows;
-        (void)sp_rows;
-    } else {
-        log.say("nsenter is not installed: skipping the side-by-side timing.");
-    }
+    compare_with_ss(log, scratch.get());
 
     // The kernel filters: only the listener's side of each connection comes back.
     sockets::Query query;
@@ -170,7 +204,7 @@ void run_stop(TourLog& log) {
     query.filter = sockets::Filter::parse("sport = :7000");
     auto start = Clock::now();
     auto listing = sockets::list(query, netns_path);
-    double filtered_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    double filtered_ms = ms_since(start);
     log.measured(fmt::format("library call, filter \"sport = :7000\" compiled to inet_diag bytecode: {} sockets",
                              listing.sockets.size()),
                  format_ms(filtered_ms));
@@ -179,12 +213,12 @@ void run_stop(TourLog& log) {
     held.clear();
 
     // Process events of a child we start, pushed by the proc connector.
-    std::atomic<bool> listening = false, done = false;
+    std::atomic<bool> listening = false;
     std::mutex lock;
     std::vector<std::string> lines;
     std::exception_ptr failure;
     pid_t child_pid = 0;
-    std::thread watcher([&] {
+    std::jthread watcher([&](std::stop_token stop) {
         try {
             procwatch::Options options;
             options.events = {procwatch::EventType::fork, procwatch::EventType::exec, procwatch::EventType::exit};
@@ -200,13 +234,14 @@ void run_stop(TourLog& log) {
                                                         ? fmt::format(" -> exit status {}", event.exit_status())
                                                         : std::string()));
                 },
-                [] {}, [&] { return listening = true, !done.load(); }, {}, 20);
+                [] {}, [&] { return listening = true, !stop.stop_requested(); }, {}, 20);
         } catch (...) {
             failure = std::current_exception();
             listening = true;
         }
     });
-    while (!listening) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (!wait_for([&] { return listening.load(); }, std::chrono::seconds(5)))
+        throw std::runtime_error("the proc connector watcher did not start within 5 s");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     SpawnOptions spawn;
     spawn.argv = {"/bin/sh", "-c", "sleep 0.2; /bin/true; exit 3"};
@@ -219,10 +254,10 @@ void run_stop(TourLog& log) {
     }();
     child.wait();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    done = true;
+    watcher.request_stop();
     watcher.join();
     if (failure) std::rethrow_exception(failure);
-    log.say("The proc connector's events for a child we started (no polling):");
+    log.say("The proc connector's events for a child we started, pushed by the kernel as they happened:");
     for (const auto& line : lines) log.say("  " + line);
     bool exited = std::any_of(lines.begin(), lines.end(), [](const std::string& l) { return l.find("exit status 3") != std::string::npos; });
     if (!exited) log.failed("the child's exit (status 3) was not seen");
@@ -230,8 +265,8 @@ void run_stop(TourLog& log) {
 
 }  // namespace
 
-TourStop sockets_tour_stop() {
-    return {"sockets", "ss but faster: sock_diag netlink listing, and proc connector process events",
+TourStop sockets_stop() {
+    return {"sockets", "sock_diag netlink listing timed against ss, and proc connector process events",
             [] {
                 if (::geteuid() != 0) return std::optional<std::string>("needs root (network namespaces, proc connector)");
                 return std::optional<std::string>();
@@ -239,4 +274,4 @@ TourStop sockets_tour_stop() {
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

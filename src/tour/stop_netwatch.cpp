@@ -1,40 +1,45 @@
 // Tour stop "netwatch": a veth pair in a scratch network namespace, a rule on link-down, the peer
 // toggled a few times; the time from `ip link set` to the event and to the rule's script, measured.
-#include <sys/stat.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <atomic>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
-#include "cli/tour.hpp"
-#include "ktricks/core/child.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/netlink.hpp"
 #include "ktricks/netwatch.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+// iproute2's ip, its output in the stop's log.
+class Ip {
+public:
+    explicit Ip(const OutputLog& output) : program_(find_program("ip").value_or("ip")), output_(output.path()) {}
+    void operator()(const std::vector<std::string>& args) const {
+        std::vector<std::string> argv{program_};
+        argv.insert(argv.end(), args.begin(), args.end());
+        if (!run_quiet(argv, std::chrono::seconds(10), output_))
+            throw std::runtime_error(fmt::format("ip {} failed", fmt::join(args, " ")));
+    }
 
-void ip(const std::vector<std::string>& args) {
-    SpawnOptions spawn;
-    spawn.argv = {"ip"};
-    spawn.argv.insert(spawn.argv.end(), args.begin(), args.end());
-    auto status = Child::spawn(spawn).wait();
-    if (!status || status->code != 0 || status->signaled)
-        throw std::runtime_error(fmt::format("ip {} failed", fmt::join(args, " ")));
-}
+private:
+    std::string program_;
+    std::filesystem::path output_;
+};
 
 // The scratch namespace, deleted (with the veth pair in it) whatever happens.
 struct ScratchNetns {
+    const Ip& ip;
     std::string name = fmt::format("ktricks-tour-{}", ::getpid());
-    ScratchNetns() { ip({"netns", "add", name}); }
+    explicit ScratchNetns(const Ip& run_ip) : ip(run_ip) { ip({"netns", "add", name}); }
     ~ScratchNetns() {
         try {
             ip({"netns", "del", name});
@@ -43,12 +48,27 @@ struct ScratchNetns {
     }
 };
 
+// How often the calling thread blocked (voluntary context switches) and the CPU it used.
+struct ThreadUsage {
+    long wakeups = 0;
+    double cpu_ms = 0;
+};
+ThreadUsage thread_usage() {
+    rusage usage{};
+    ::getrusage(RUSAGE_THREAD, &usage);
+    auto ms = [](const timeval& t) { return static_cast<double>(t.tv_sec) * 1000 + static_cast<double>(t.tv_usec) / 1000; };
+    return {usage.ru_nvcsw, ms(usage.ru_utime) + ms(usage.ru_stime)};
+}
+
 void run_stop(TourLog& log) {
-    ScratchNetns netns;
+    TempDir dir("netwatch");
+    OutputLog output(log, dir / "ip.log");
+    Ip ip(output);
+    ScratchNetns netns(ip);
     ip({"-n", netns.name, "link", "add", "va", "type", "veth", "peer", "name", "vb"});
     ip({"-n", netns.name, "link", "set", "va", "up"});
     ip({"-n", netns.name, "link", "set", "vb", "up"});
-    std::string stamp = fmt::format("/tmp/ktricks-tour-netwatch-{}", ::getpid());
+    std::string stamp = (dir / "stamps").string();
     log.say(fmt::format("Namespace {} holds veth va <-> vb. Rule: on link-down,iface=va run 'date +%s%N >> {}'.",
                         netns.name, stamp));
 
@@ -68,22 +88,26 @@ void run_stop(TourLog& log) {
     };
     Fd netns_fd = netlink::open_netns(netns.name);
     std::exception_ptr failure;
-    std::thread watcher([&] {
+    ThreadUsage used;
+    // Ends by itself when options.duration has passed.
+    std::jthread watcher([&] {
         try {
             netlink::run_in_netns(netns_fd.get(), netns.name, [&] {
                 options.on_event = [&, inner = options.on_event](const netwatch::NetEvent& event) {
                     ready = true;
                     inner(event);
                 };
+                auto before = thread_usage();
                 netwatch::watch(options);
+                auto after = thread_usage();
+                used = {after.wakeups - before.wakeups, after.cpu_ms - before.cpu_ms};
             });
         } catch (...) {
             failure = std::current_exception();
         }
     });
     // The initial events arrive right after the watcher subscribed and dumped.
-    auto deadline = Clock::now() + std::chrono::seconds(3);
-    while (!ready && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    wait_for([&] { return ready.load(); }, std::chrono::seconds(3));
 
     constexpr int toggles = 5;
     std::vector<double> to_event, to_script;
@@ -91,30 +115,26 @@ void run_stop(TourLog& log) {
         auto t0 = Clock::now();
         auto wall0 = std::chrono::system_clock::now();
         ip({"-n", netns.name, "link", "set", "vb", "down"});
-        auto until = Clock::now() + std::chrono::seconds(2);
-        std::size_t lines = 0;
-        while (Clock::now() < until) {
+        // The script's own clock reading, not when we notice its line, is the time it ran.
+        auto script_ran = [&] {
             std::ifstream file(stamp);
             std::string line, last;
-            lines = 0;
+            std::size_t lines = 0;
             while (std::getline(file, line)) ++lines, last = line;
-            if (lines == static_cast<std::size_t>(i + 1)) {
-                auto wall1 = std::chrono::system_clock::time_point(std::chrono::nanoseconds(std::stoll(last)));
-                to_script.push_back(std::chrono::duration<double, std::milli>(wall1 - wall0).count());
-                break;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+            if (lines != static_cast<std::size_t>(i + 1)) return false;
+            auto wall1 = std::chrono::system_clock::time_point(std::chrono::nanoseconds(std::stoll(last)));
+            to_script.push_back(to_ms(wall1 - wall0));
+            return true;
+        };
+        wait_for(script_ran, std::chrono::seconds(2));
         {
             std::lock_guard lock(mutex);
-            if (seen.size() == static_cast<std::size_t>(i + 1))
-                to_event.push_back(std::chrono::duration<double, std::milli>(seen.back() - t0).count());
+            if (seen.size() == static_cast<std::size_t>(i + 1)) to_event.push_back(to_ms(seen.back() - t0));
         }
         ip({"-n", netns.name, "link", "set", "vb", "up"});
         std::this_thread::sleep_for(std::chrono::milliseconds(150));
     }
     watcher.join();
-    std::filesystem::remove(stamp);
     if (failure) std::rethrow_exception(failure);
     log.say(fmt::format("Toggled vb down/up {} times; netwatch saw va lose its carrier {} times and ran the rule {} times.",
                         toggles, to_event.size(), to_script.size()));
@@ -124,20 +144,28 @@ void run_stop(TourLog& log) {
     }
     log.measured("ip link set -> link-down event (median)", format_ms(percentile(to_event, 0.5)));
     log.measured("ip link set -> script ran (median)", format_ms(percentile(to_script, 0.5)));
-    log.say("No polling: the process slept in the kernel between events (rtnetlink multicast).");
+    // A poll would wake the watcher on a schedule whether or not anything happened.
+    constexpr auto poll = std::chrono::milliseconds(10);
+    long poll_wakeups = static_cast<long>(*options.duration / poll);
+    log.measured(fmt::format("watching thread over {}, with the toggles and rule runs", format_ms(to_ms(*options.duration))),
+                 fmt::format("{} wake-ups, {} of CPU (a {} ms poll alone would wake {} times)", used.wakeups,
+                             format_ms(used.cpu_ms), poll.count(), poll_wakeups));
+    if (used.wakeups < poll_wakeups / 2)
+        log.say("It slept in the kernel between events: rtnetlink multicast woke it only when a link changed.");
+    else
+        log.say("It woke about as often as a poll would: the events alone do not explain its wake-ups.");
 }
 
 }  // namespace
 
-TourStop netwatch_tour_stop() {
+TourStop netwatch_stop() {
     return {"netwatch", "network events run scripts without polling (a veth in a scratch namespace)",
             []() -> std::optional<std::string> {
                 if (::geteuid() != 0) return "needs root (network namespaces)";
-                if (::access("/usr/sbin/ip", X_OK) != 0 && ::access("/sbin/ip", X_OK) != 0 && ::access("/usr/bin/ip", X_OK) != 0)
-                    return "needs iproute2's ip";
+                if (!find_program("ip")) return "needs iproute2's ip";
                 return std::nullopt;
             },
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

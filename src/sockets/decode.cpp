@@ -1,4 +1,4 @@
-#include "netlink/decode.hpp"
+#include "sockets/decode.hpp"
 
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>

@@ -8,30 +8,17 @@
 
 #include <filesystem>
 #include <fstream>
-#include <thread>
 
-#include "cli/tour.hpp"
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/tvfs.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
-
-bool run_quiet(std::vector<std::string> argv, std::chrono::seconds timeout = std::chrono::seconds(30)) {
-    SpawnOptions spawn;
-    spawn.argv = std::move(argv);
-    Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
-    spawn.stdin_fd = spawn.stdout_fd = spawn.stderr_fd = null.get();
-    auto child = Child::spawn(spawn);
-    auto status = child.wait(timeout);
-    return status && status->shell_status() == 0;
-}
+constexpr auto program_timeout = std::chrono::seconds(30);
 
 bool mounted(const std::string& path) {
     std::ifstream mounts("/proc/self/mountinfo");
@@ -40,25 +27,32 @@ bool mounted(const std::string& path) {
     return false;
 }
 
-void run_stop(TourLog& log) {
-    auto root = fs::temp_directory_path() / fmt::format("ktricks-tour-tvfs-{}", ::getpid());
-    struct Cleanup {
-        fs::path root;
-        ~Cleanup() {
-            if (mounted((root / "tv").string())) run_quiet({"fusermount3", "-u", "-z", (root / "tv").string()});
-            std::error_code ignored;
-            fs::remove_all(root, ignored);
+// Unmounts (lazily) whatever is still mounted at `path` on destruction, so that the TempDir
+// declared before it can remove the tree instead of descending into a live mount.
+struct LazyUnmount {
+    std::string path;
+    ~LazyUnmount() {
+        try {
+            if (mounted(path)) run_quiet({"fusermount3", "-u", "-z", path}, program_timeout);
+        } catch (...) {
         }
-    } cleanup{root};
+    }
+};
+
+void run_stop(TourLog& log) {
+    TempDir root("tvfs");
+    OutputLog output(log, root / "programs.log");
     fs::create_directories(root / "videos");
     fs::create_directories(root / "tv");
+    LazyUnmount unmount{(root / "tv").string()};
     auto videos = (root / "videos").string();
     const std::string source = "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000 -t 6";
     log.say("Generating two 6 s clips with ffmpeg: ready.mp4 (H.264+AAC, faststart) and phone.mkv (HEVC 10-bit + Opus).");
     if (!run_quiet({"sh", "-c", fmt::format("cd {} && ffmpeg -v error -nostdin -y {} -c:v libx264 -preset ultrafast -pix_fmt yuv420p "
                                             "-c:a aac -movflags +faststart ready.mp4 && ffmpeg -v error -nostdin -y {} -c:v libx265 "
                                             "-preset ultrafast -pix_fmt yuv420p10le -x265-params log-level=none -c:a libopus phone.mkv",
-                                            videos, source, source)}))
+                                            videos, source, source)},
+                    program_timeout, output.path()))
         return log.failed("ffmpeg could not generate the clips");
     for (const auto& name : {"ready.mp4", "phone.mkv"}) {
         auto media = tvfs::probe(videos + "/" + name);
@@ -67,15 +61,13 @@ void run_stop(TourLog& log) {
                             decision.reasons.empty() ? "" : decision.reasons.front()));
     }
 
-    auto mountpoint = (root / "tv").string();
+    auto mountpoint = unmount.path;
     SpawnOptions spawn;
-    spawn.argv = {fs::read_symlink("/proc/self/exe").string(), "tvfs", videos, mountpoint, "-f", "--cache", (root / "cache").string()};
-    Fd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
-    spawn.stdout_fd = spawn.stderr_fd = null.get();
+    spawn.argv = {ktricks_program(), "tvfs", videos, mountpoint, "-f", "--cache", (root / "cache").string()};
     auto start = Clock::now();
-    auto daemon = Child::spawn(spawn);
-    while (!mounted(mountpoint) && ms_since(start) < 10000) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    if (!mounted(mountpoint)) return log.failed("tvfs did not mount within 10 s");
+    auto daemon = spawn_quiet(spawn, output.path());
+    if (!wait_for([&] { return mounted(mountpoint); }, std::chrono::seconds(10)))
+        return log.failed("tvfs did not mount within 10 s");
     log.measured("mount", format_ms(ms_since(start)));
     std::string listing;
     for (const auto& entry : fs::directory_iterator(mountpoint))
@@ -96,14 +88,19 @@ void run_stop(TourLog& log) {
     log.measured("whole file", fmt::format("{} ({:.1f}x realtime)", format_ms(whole), 6000.0 / whole));
     log.say(fmt::format("st_size {} bytes, read {} bytes: {}", st.st_size, total, total == static_cast<std::uint64_t>(st.st_size) ? "equal" : "DIFFERENT"));
     if (total != static_cast<std::uint64_t>(st.st_size)) log.failed("bytes read differ from st_size");
-    if (run_quiet({"sh", "-c", fmt::format("ffprobe -v error -select_streams v -show_entries stream=codec_name -of csv=p=0 {} | grep -qx h264 && "
-                                           "ffmpeg -v error -nostdin -i {} -f null - 2>&1 | (! grep -q .)", path, path)}))
+    // Each claim of the line below is checked: the codecs and container ffprobe reads, then a full
+    // decode by ffmpeg that prints nothing at -v error.
+    if (run_quiet({"sh", "-c", fmt::format("test \"$(ffprobe -v error -show_entries stream=codec_name:format=format_name "
+                                           "-of default=nw=1:nk=1 {} | sort | tr '\\n' ' ')\" = 'aac h264 mpegts ' && "
+                                           "ffmpeg -v error -nostdin -i {} -f null - 2>&1 | (! grep .)", path, path)},
+                   program_timeout, output.path()))
         log.say("ffprobe: H.264 + AAC in MPEG-TS; ffmpeg decodes it without one error.");
     else
         log.failed("ffprobe/ffmpeg rejected phone.ts");
     file = Fd();
     start = Clock::now();
-    if (!run_quiet({"fusermount3", "-u", mountpoint})) return log.failed("fusermount3 -u failed");
+    if (!run_quiet({"fusermount3", "-u", mountpoint}, program_timeout, output.path()))
+        return log.failed("fusermount3 -u failed");
     auto status = daemon.wait(std::chrono::seconds(10));
     log.measured("unmount", format_ms(ms_since(start)));
     if (!status || status->shell_status() != 0) log.failed("tvfs did not exit cleanly after fusermount3 -u");
@@ -111,18 +108,15 @@ void run_stop(TourLog& log) {
 
 }  // namespace
 
-TourStop tvfs_tour_stop() {
+TourStop tvfs_stop() {
     return {"tvfs", "a FUSE filesystem that shows every video as one the TV plays",
             []() -> std::optional<std::string> {
                 if (::access("/dev/fuse", R_OK | W_OK) != 0) return "no /dev/fuse";
-                for (auto program : {"ffmpeg", "ffprobe", "fusermount3"}) try {
-                        find_program(program);
-                    } catch (const std::exception&) {
-                        return fmt::format("{} is not installed", program);
-                    }
+                for (auto program : {"ffmpeg", "ffprobe", "fusermount3"})
+                    if (!find_program(program)) return fmt::format("{} is not installed", program);
                 return std::nullopt;
             },
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

@@ -7,23 +7,16 @@
 
 #include <atomic>
 #include <barrier>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
-#include "cli/tour.hpp"
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/proc.hpp"
 #include "ktricks/once.hpp"
+#include "tour/support.hpp"
 
-namespace ktricks::cli {
+namespace ktricks::tour {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double ms_between(Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double, std::milli>(b - a).count();
-}
 
 // The listening socket's line in /proc/net/unix (flags 00010000 = __SO_ACCEPTCON); accepted
 // connections carry the name too, so match the listener only.
@@ -38,15 +31,16 @@ std::optional<std::string> proc_net_unix_line(const once::LockName& name) {
 // the whole job can be killed at once.
 Child start_holder(const once::LockName& name) {
     SpawnOptions spawn;
-    spawn.argv = {std::filesystem::read_symlink("/proc/self/exe").string(), "once", "--inbox", name.name(), "--", "sleep", "60"};
+    spawn.argv = {ktricks_program(), "once", "--inbox", name.name(), "--", "sleep", "60"};
     spawn.new_process_group = true;
     Child holder = Child::spawn(spawn);
-    auto deadline = Clock::now() + std::chrono::seconds(5);
-    while (Clock::now() < deadline) {
-        if (auto found = once::find_holder(name); found && found->pid == holder.pid()) return holder;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    throw std::runtime_error("the holder process did not take the lock within 5 s");
+    auto holds = [&] {
+        auto found = once::find_holder(name);
+        return found && found->pid == holder.pid();
+    };
+    if (!wait_for(holds, std::chrono::seconds(5)))
+        throw std::runtime_error("the holder process did not take the lock within 5 s");
+    return holder;
 }
 
 void kill_job(Child& holder) {
@@ -64,7 +58,7 @@ void run_stop(TourLog& log) {
         auto start = Clock::now();
         auto lock = once::Lock::try_acquire(name);
         lock.reset();
-        acquire_ms.push_back(ms_between(start, Clock::now()));
+        acquire_ms.push_back(ms_since(start));
     }
     log.measured(fmt::format("acquire + release, median of {}", rounds), format_ms(percentile(acquire_ms, 0.5)));
 
@@ -80,7 +74,7 @@ void run_stop(TourLog& log) {
     for (int i = 0; i < 20; ++i) {
         auto start = Clock::now();
         auto delivery = once::send(name, {"open", fmt::format("file-{}.txt", i)}, false, std::chrono::seconds(5));
-        send_ms.push_back(ms_between(start, Clock::now()));
+        send_ms.push_back(ms_since(start));
         if (delivery != once::Delivery::delivered) log.failed(fmt::format("message {} was {}", i, once::to_string(delivery)));
     }
     log.measured("message to the running instance's inbox, round trip (median of 20)", format_ms(percentile(send_ms, 0.5)));
@@ -119,7 +113,7 @@ void run_stop(TourLog& log) {
             log.failed("the waiter did not get the lock within 5 s of the holder's death");
             return;
         }
-        takeover_ms.push_back(ms_between(killed, acquired));
+        takeover_ms.push_back(to_ms(acquired - killed));
     }
     log.measured(fmt::format("holder killed with SIGKILL -> waiter holds the lock (median of {}, max)", takeovers),
                  fmt::format("{}, {}", format_ms(percentile(takeover_ms, 0.5)),
@@ -130,9 +124,9 @@ void run_stop(TourLog& log) {
 
 }  // namespace
 
-TourStop once_tour_stop() {
+TourStop once_stop() {
     return {"once", "single-instance lock on an abstract unix socket", [] { return std::optional<std::string>(); },
             run_stop};
 }
 
-}  // namespace ktricks::cli
+}  // namespace ktricks::tour

@@ -1,0 +1,42 @@
+# One static library per trick ("component"), each linking only what it needs:
+#
+#   ktricks_component(NAME SOURCES src... [DEPENDS component...])
+#       the target ktricks_NAME (alias ktricks::NAME, file libktricks-NAME.a), public headers from
+#       include/, private ones from src/; DEPENDS are other components (core, netlink), never a trick.
+#   ktricks_component_pkg(NAME PREFIX module...)
+#       links the component with pkg-config MODULEs (imported target PkgConfig::PREFIX, shared with
+#       tests and tools) and records them for its installed CMake package and pkg-config file.
+#
+# The graph is recorded in global properties so that cmake/packaging.cmake can write one export set,
+# one pkg-config file (ktricks-NAME.pc) and one find_package COMPONENT per component.
+
+function(ktricks_component name)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "" "SOURCES;DEPENDS")
+  set(target ktricks_${name})
+  add_library(${target} STATIC ${arg_SOURCES})
+  add_library(ktricks::${name} ALIAS ${target})
+  set_target_properties(${target} PROPERTIES OUTPUT_NAME ktricks-${name} EXPORT_NAME ${name})
+  target_include_directories(${target}
+    PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+           $<BUILD_INTERFACE:${PROJECT_BINARY_DIR}/generated>
+           $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
+    PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(${target} PRIVATE $<BUILD_INTERFACE:ktricks_warnings>)
+  foreach(dependency ${arg_DEPENDS})
+    target_link_libraries(${target} PUBLIC ktricks_${dependency})
+  endforeach()
+  set_property(GLOBAL APPEND PROPERTY KTRICKS_COMPONENTS ${name})
+  set_property(GLOBAL PROPERTY KTRICKS_COMPONENT_DEPENDS_${name} ${arg_DEPENDS})
+  # The umbrella target `ktricks` (tests, fuzzers, the tour) links every component.
+  target_link_libraries(ktricks INTERFACE ${target})
+endfunction()
+
+function(ktricks_component_pkg name prefix)
+  if(NOT TARGET PkgConfig::${prefix})
+    pkg_check_modules(${prefix} REQUIRED IMPORTED_TARGET GLOBAL ${ARGN})
+  endif()
+  # PUBLIC: the libraries are static, and some headers name these libraries' types (libmnl).
+  target_link_libraries(ktricks_${name} PUBLIC PkgConfig::${prefix})
+  list(JOIN ARGN "|" modules)
+  set_property(GLOBAL APPEND PROPERTY KTRICKS_COMPONENT_PKG_${name} "${prefix}|${modules}")
+endfunction()
