@@ -10,6 +10,7 @@
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/heap.hpp"
 #include "ktricks/sockets.hpp"
 
 namespace ktricks::cli {
@@ -27,6 +28,9 @@ struct SocketsOptions {
 std::atomic<bool> interrupted = false;
 
 int run_sockets(const SocketsOptions& options) {
+    // A listing fills its result and exits: cheap page faults matter more than returning memory.
+    // (--watch is a long-running process and keeps the allocator's defaults.)
+    if (!options.watch) prefer_huge_page_heap();
     sockets::Query query;
     query.tcp = options.tcp;
     query.udp = options.udp;

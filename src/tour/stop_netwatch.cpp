@@ -151,7 +151,7 @@ void run_stop(TourLog& log) {
                  fmt::format("{} wake-ups, {} of CPU (a {} ms poll alone would wake {} times)", used.wakeups,
                              format_ms(used.cpu_ms), poll.count(), poll_wakeups));
     if (used.wakeups < poll_wakeups / 2)
-        log.say("It slept in the kernel between events: rtnetlink multicast woke it only when a link changed.");
+        log.say("It slept in the kernel between events: rtnetlink multicast wakes it when something changes, not on a schedule.");
     else
         log.say("It woke about as often as a poll would: the events alone do not explain its wake-ups.");
 }
