@@ -20,30 +20,12 @@ struct Subcommand {
     Action action;
 };
 
-Subcommand add_once(CLI::App& app);
-
-// handoff: serve, reload, takeover
-Subcommand add_serve(CLI::App& app);
-Subcommand add_reload(CLI::App& app);
-Subcommand add_takeover(CLI::App& app);
-
-// jail
-Subcommand add_jail(CLI::App& app);
-
-// netlink: sockets, procwatch
-Subcommand add_sockets(CLI::App& app);
-Subcommand add_procwatch(CLI::App& app);
-
-// netwatch
-Subcommand add_netwatch(CLI::App& app);
-
-// mysql-watch
-Subcommand add_mysql_watch(CLI::App& app);
-
-// tvfs
-Subcommand add_tvfs(CLI::App& app);
-
-Subcommand add_tour(CLI::App& app);
+// add_ID registers subcommand ID (subcommands.def) with APP and returns what running it does.
+#define KTRICKS_BUILT_IN(id, name, summary) Subcommand add_##id(CLI::App& app);
+#define KTRICKS_HELPER(id, name, summary, program) Subcommand add_##id(CLI::App& app);
+#include "cli/subcommands.def"
+#undef KTRICKS_BUILT_IN
+#undef KTRICKS_HELPER
 
 // app.add_subcommand(NAME) with the summary from the subcommand table (subcommands.hpp).
 CLI::App* add_subcommand(CLI::App& app, std::string_view name);

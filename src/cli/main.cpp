@@ -55,9 +55,11 @@ int main(int argc, char** argv) {
         if (const auto* info = find_subcommand(argv[1]); info && !info->helper.empty()) return exec_helper(*info, argv);
 
     static const Registration built_in[] = {
-        {"once", add_once},           {"serve", add_serve},         {"reload", add_reload},
-        {"takeover", add_takeover},   {"jail", add_jail},           {"sockets", add_sockets},
-        {"procwatch", add_procwatch}, {"netwatch", add_netwatch},
+#define KTRICKS_BUILT_IN(id, name, summary) {name, add_##id},
+#define KTRICKS_HELPER(id, name, summary, program)
+#include "cli/subcommands.def"
+#undef KTRICKS_BUILT_IN
+#undef KTRICKS_HELPER
     };
     return run(argc, argv, built_in, true);
 }

@@ -1,4 +1,4 @@
-// The subcommands of `ktricks`, written once, in the order of `ktricks --help`.
+// The subcommand table (from subcommands.def, where the list is written once).
 //
 // Light subcommands are built into the front door (`ktricks`); the heavy ones live in helper programs
 // in libexec/ktricks/ that the front door execs, so that `ktricks once` never maps FFmpeg, libfuse or
@@ -16,18 +16,11 @@ struct SubcommandInfo {
 };
 
 inline constexpr SubcommandInfo subcommands[] = {
-    {"once", "Run a command at most once at a time: a lock on an abstract unix socket", ""},
-    {"serve", "Run a server on sockets it inherits, and replace it without dropping a connection", ""},
-    {"reload", "Ask a running `ktricks serve --control PATH` to reload, and wait for the outcome", ""},
-    {"takeover", "Adopt the listening sockets of a running server (pidfd_getfd) and replace it", ""},
-    {"jail", "Run a server in an empty network namespace, serving only the sockets handed to it", ""},
-    {"sockets", "ss, but faster and scriptable: list sockets through sock_diag netlink", ""},
-    {"procwatch", "Every fork, exec and exit as it happens, from the kernel's proc connector", ""},
-    {"netwatch", "Run scripts on network events (link, address, route, wifi): no polling", ""},
-    {"mysql-watch", "Report which MySQL/MariaDB tables changed, by watching the data directory with inotify",
-     "ktricks-mysql-watch"},
-    {"tvfs", "Mount a folder of videos so that every file plays on a TV (FUSE + FFmpeg)", "ktricks-tvfs"},
-    {"tour", "Run every trick live on built-in defaults and print what it measured", "ktricks-tour"},
+#define KTRICKS_BUILT_IN(id, name, summary) {name, summary, ""},
+#define KTRICKS_HELPER(id, name, summary, program) {name, summary, program},
+#include "cli/subcommands.def"
+#undef KTRICKS_BUILT_IN
+#undef KTRICKS_HELPER
 };
 
 // The entry for NAME, or nullptr.

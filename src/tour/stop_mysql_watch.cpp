@@ -127,7 +127,7 @@ void run_stop(TourLog& log) {
 TourStop mysql_watch_stop() {
     return TourStop{
         "mysql-watch",
-        "mysql-watch: which tables changed, from the binlog a throwaway MariaDB writes",
+        "which tables changed, from the binlog a throwaway MariaDB writes",
         [] () -> std::optional<std::string> {
             if (!find_program("mariadbd") || !find_program("mariadb-install-db") || !find_program("mariadb"))
                 return std::string("MariaDB (mariadb-server, mariadb-client) is not installed");
