@@ -156,6 +156,7 @@ Mount::~Mount() {
 void Mount::start(EventLoop& loop, std::function<void(std::exception_ptr)> on_end) {
     auto& state = *state_;
     if (!state.threads.empty()) return;
+    if (fuse_start_cleanup_thread(state.session) != 0) throw std::runtime_error("fuse_start_cleanup_thread failed");
     state.loop = &loop;
     state.on_end = std::move(on_end);
     state.ended_source = loop.add_fd(state.ended.get(), EPOLLIN, [&state](std::uint32_t) {
@@ -171,7 +172,6 @@ void Mount::start(EventLoop& loop, std::function<void(std::exception_ptr)> on_en
     // Outputs that were open when the cache went over its limit become evictable once closed.
     state.trim_source = loop.add_timer(
         std::chrono::milliseconds(500), [&state] { state.fs->outputs.make_room(0); }, std::chrono::milliseconds(500));
-    if (fuse_start_cleanup_thread(state.session) != 0) throw std::runtime_error("fuse_start_cleanup_thread failed");
     for (int i = 0; i < serving_threads; ++i) state.threads.emplace_back([&state] { state.serve(); });
     log_info("{} mounted on {} (profile {})", state.fs->source, state.mountpoint, state.fs->profile.name);
 }

@@ -87,6 +87,7 @@ void ProbeCache::forget(const std::string& rel) {
 }
 
 void ProbeCache::save() {
+    std::lock_guard saving(save_mutex_);
     nlohmann::json json = nlohmann::json::object();
     {
         std::lock_guard lock(mutex_);

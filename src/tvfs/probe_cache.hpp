@@ -40,6 +40,9 @@ private:
     // One lock per file being probed: held for the whole probe, taken before mutex_.
     std::map<std::string, std::shared_ptr<std::mutex>> probing_;
     bool dirty_ = false;
+    // Guards the file: FUSE threads and the source watcher all save, one write at a time (two
+    // would write the same temporary file at once). Taken before mutex_.
+    std::mutex save_mutex_;
 };
 
 }  // namespace ktricks::tvfs
