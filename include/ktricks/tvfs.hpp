@@ -12,10 +12,17 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+namespace ktricks {
+class EventLoop;
+}
 
 namespace ktricks::tvfs {
 
@@ -104,16 +111,58 @@ struct MountOptions {
     std::string profile = "tv";       // a built-in name or a TOML file
     std::string cache_dir;            // default: $XDG_CACHE_HOME/ktricks-tvfs or /var/cache/ktricks-tvfs
     std::uint64_t cache_size = 4ull << 30;
-    bool foreground = false;
     std::vector<std::string> fuse_options;  // each as given to -o
-    bool dlna = false;
-    std::string dlna_iface = "lo";
-    int dlna_port = 8200;
     double grace_seconds = 2;         // transcoder threads stop this long after the last close
 };
 
-// Mounts and serves until unmounted (fusermount3 -u) or SIGINT/SIGTERM; returns the exit status.
-int mount(const MountOptions& options);
+// A mounted tvfs. The constructor mounts; start() serves requests on a pool of threads of its own,
+// whose signals are all blocked; the destructor stops serving and unmounts. It never daemonizes and
+// never touches signal handlers or stdout: that is the program's business (ktricks tvfs does it).
+class Mount {
+public:
+    // Checks SRC and MNT, loads the profile and the caches and mounts MNT (requests wait until
+    // start()). Paths are made absolute first. Throws InputError naming a bad directory or
+    // profile, std::system_error when /dev/fuse cannot be used, std::runtime_error if mounting fails.
+    explicit Mount(const MountOptions& options);
+    ~Mount();
+    Mount(const Mount&) = delete;
+    Mount& operator=(const Mount&) = delete;
+
+    // Serves until stop(). If the filesystem goes away first (fusermount3 -u), `on_end` runs on
+    // LOOP with nullptr, or with the error that ended serving. Also keeps the cache under its limit
+    // as outputs close (a timer on LOOP).
+    void start(EventLoop& loop, std::function<void(std::exception_ptr)> on_end);
+    // Stops serving: reads waiting for a segment fail, threads are joined. Idempotent.
+    void stop();
+
+    const std::string& source() const noexcept;      // canonical
+    const std::string& mountpoint() const noexcept;  // absolute
+    const Profile& profile() const noexcept;
+
+private:
+    friend class SourceWatch;
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+// inotify on every directory of a mount's source: a file added, removed, replaced or changed shows
+// up in the mount at once (the kernel's caches of the old names are invalidated), and `on_change`
+// runs on LOOP after each batch of changes (ktricks tvfs --dlna restarts minidlna then).
+class SourceWatch {
+public:
+    SourceWatch(EventLoop& loop, Mount& mount, std::function<void()> on_change = {});
+    ~SourceWatch();
+    SourceWatch(const SourceWatch&) = delete;
+    SourceWatch& operator=(const SourceWatch&) = delete;
+
+    // Watches SRC and every directory below it (and those created later). Throws std::system_error.
+    void start();
+    void stop();  // idempotent
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 // "4G", "500M", "1048576" -> bytes; throws InputError.
 std::uint64_t parse_size(std::string_view text);

@@ -88,8 +88,9 @@ void run_stop(TourLog& log) {
     log.measured("whole file", fmt::format("{} ({:.1f}x realtime)", format_ms(whole), 6000.0 / whole));
     log.say(fmt::format("st_size {} bytes, read {} bytes: {}", st.st_size, total, total == static_cast<std::uint64_t>(st.st_size) ? "equal" : "DIFFERENT"));
     if (total != static_cast<std::uint64_t>(st.st_size)) log.failed("bytes read differ from st_size");
-    // Each claim of the line below is checked: the codecs and container ffprobe reads (sort -u: an
-    // MPEG-TS program lists its streams a second time), then a full decode that prints no error.
+    // Each claim of the line below is checked: the codecs and container ffprobe reads, then a full
+    // decode by ffmpeg that prints nothing at -v error. ffprobe lists an MPEG-TS stream twice (under
+    // its program and on its own): hence sort -u.
     if (run_quiet({"sh", "-c", fmt::format("test \"$(ffprobe -v error -show_entries stream=codec_name:format=format_name "
                                            "-of default=nw=1:nk=1 {} | sort -u | tr '\\n' ' ')\" = 'aac h264 mpegts ' && "
                                            "ffmpeg -v error -nostdin -i {} -f null - 2>&1 | (! grep .)", path, path)},

@@ -1,8 +1,10 @@
 # tvfs: probe + decision engine (pure), profiles (toml++), and, outside the fuzz build, the FUSE
-# filesystem with the FFmpeg libraries.
+# filesystem with the FFmpeg libraries: catalog (names), probe cache, output cache (LRU), segments
+# (the outputs and their worker), the FUSE operations, the mount and the source watcher.
 set(tvfs_sources src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp)
 if(NOT KTRICKS_FUZZ)
-  list(APPEND tvfs_sources src/tvfs/media.cpp src/tvfs/fs.cpp)
+  list(APPEND tvfs_sources src/tvfs/media.cpp src/tvfs/catalog.cpp src/tvfs/probe_cache.cpp src/tvfs/cache.cpp
+       src/tvfs/segments.cpp src/tvfs/operations.cpp src/tvfs/mount.cpp src/tvfs/source_watch.cpp)
 endif()
 ktricks_component(tvfs DEPENDS core SOURCES ${tvfs_sources})
 target_compile_definitions(ktricks_tvfs PRIVATE TOML_HEADER_ONLY=1)  # as netwatch (src/netwatch/module.cmake)

@@ -1,8 +1,15 @@
-// tvfs decisions and profiles: pure functions of a MediaInfo and a Profile.
+// tvfs decisions and profiles: pure functions of a MediaInfo and a Profile. The output cache and the
+// catalog, on real directories, without a FUSE mount.
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/tvfs.hpp"
+#include "test_support.hpp"
+#include "tvfs/cache.hpp"
+#include "tvfs/catalog.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -159,6 +166,212 @@ TEST(TvfsSize, SizesTakeBinaryUnits) {
     EXPECT_THROW(parse_size("5X"), InputError);
     EXPECT_THROW(parse_size("99999999999999999999"), InputError);
     EXPECT_THROW(parse_size("99999999999T"), InputError);
+}
+
+
+// ---- the output cache (LRU over output directories) ----
+
+namespace fs = std::filesystem;
+using test_support::TempDir;
+
+// A directory KEY under ROOT holding BYTES bytes, as an output would leave it.
+void fill(const fs::path& root, const std::string& key, std::size_t bytes, const std::string& file = "0.ts") {
+    fs::create_directories(root / key);
+    std::ofstream(root / key / file) << std::string(bytes, 'x');
+}
+
+// Made through the cache, as the outputs do it: written, counted, used.
+void produce(OutputCache& cache, const fs::path& root, const std::string& key, std::size_t bytes) {
+    fill(root, key, bytes);
+    cache.add(bytes);
+    cache.touch(key);
+}
+
+const auto anything = [](const std::string&) { return true; };
+
+TEST(TvfsCache, EvictsTheLeastRecentlyUsedFirstUntilTheNewBytesFit) {
+    TempDir dir;
+    auto root = dir.path() / "out";
+    OutputCache cache(root.string(), 1000);
+    produce(cache, root, "a", 300);
+    produce(cache, root, "b", 300);
+    produce(cache, root, "c", 300);
+    cache.touch("a");  // a read again: now the most recent
+    EXPECT_EQ(cache.used(), 900u);
+    EXPECT_EQ(cache.make_room(500, anything), (std::vector<std::string>{"b", "c"}));
+    EXPECT_EQ(cache.used(), 300u);
+    EXPECT_TRUE(fs::exists(root / "a"));
+    EXPECT_FALSE(fs::exists(root / "b"));
+    EXPECT_FALSE(fs::exists(root / "c"));
+}
+
+TEST(TvfsCache, RoomThatIsThereEvictsNothing) {
+    TempDir dir;
+    auto root = dir.path() / "out";
+    OutputCache cache(root.string(), 1000);
+    produce(cache, root, "a", 600);
+    EXPECT_TRUE(cache.make_room(400, anything).empty());
+    EXPECT_TRUE(cache.make_room(0, anything).empty());
+    EXPECT_EQ(cache.used(), 600u);
+}
+
+TEST(TvfsCache, OutputsInUseAreSparedAndTheCacheStaysOverItsLimitUntilTheyClose) {
+    TempDir dir;
+    auto root = dir.path() / "out";
+    OutputCache cache(root.string(), 1000);
+    produce(cache, root, "open", 700);
+    produce(cache, root, "closed", 200);
+    produce(cache, root, "also-open", 300);  // over the limit now: 1200
+    auto in_use = [](const std::string& key) { return key != "open" && key != "also-open"; };
+    EXPECT_EQ(cache.make_room(0, in_use), (std::vector<std::string>{"closed"}));
+    EXPECT_EQ(cache.used(), 1000u);
+    EXPECT_TRUE(cache.make_room(1, in_use).empty());  // nothing evictable left: over the limit, no loop
+    EXPECT_EQ(cache.make_room(1, anything), (std::vector<std::string>{"open"}));
+    EXPECT_EQ(cache.used(), 300u);
+}
+
+TEST(TvfsCache, DirectoriesFoundAtStartAreCountedOrderedByMtimeAndOlderThanAnyUsedSince) {
+    TempDir dir;
+    auto root = dir.path() / "out";
+    fill(root, "old", 100);
+    fill(root, "older", 100);
+    fill(root, "newer", 100);
+    fill(root, "crashed", 50);
+    fill(root, "crashed", 999, "1.ts.part");  // a write cut short by a crash
+    auto now = fs::file_time_type::clock::now();
+    fs::last_write_time(root / "older", now - std::chrono::hours(3));
+    fs::last_write_time(root / "old", now - std::chrono::hours(2));
+    fs::last_write_time(root / "crashed", now - std::chrono::hours(1));
+    fs::last_write_time(root / "newer", now);
+    OutputCache cache(root.string(), 1000);
+    EXPECT_EQ(cache.used(), 350u);
+    EXPECT_FALSE(fs::exists(root / "crashed" / "1.ts.part"));
+    cache.touch("older");  // used in this run: newer than anything found at start
+    EXPECT_EQ(cache.make_room(1000 - 100, anything), (std::vector<std::string>{"old", "crashed", "newer"}));
+    EXPECT_TRUE(fs::exists(root / "older"));
+}
+
+// ---- the catalog (names in the mount) ----
+
+Decision decision(Action action) {
+    Decision d;
+    d.action = action;
+    d.extension = action == Action::remux ? ".mp4" : action == Action::pass_through || action == Action::skip ? "" : ".ts";
+    return d;
+}
+
+SourceItem file(std::string name, Action action) { return SourceItem{std::move(name), false, decision(action)}; }
+
+std::set<std::string> names(const Listing& listing) {
+    std::set<std::string> result;
+    for (const auto& [name, item] : listing) result.insert(name);
+    return result;
+}
+
+// Whether TEXT is well-formed UTF-8 (no sequence cut short, no stray continuation byte).
+bool valid_utf8(std::string_view text) {
+    for (std::size_t i = 0; i < text.size();) {
+        auto lead = static_cast<unsigned char>(text[i]);
+        std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+        if (length == 0 || i + length > text.size()) return false;
+        for (std::size_t j = 1; j < length; ++j)
+            if ((static_cast<unsigned char>(text[i + j]) & 0xC0) != 0x80) return false;
+        i += length;
+    }
+    return true;
+}
+
+TEST(TvfsCatalog, APassThroughNameWinsAndTheConvertedFileKeepsItsSourceNameInFront) {
+    auto listing = name_items({file("clip.mkv", Action::remux), file("clip.mp4", Action::pass_through),
+                               file("talk.avi", Action::full_transcode), file("talk.ts", Action::pass_through)});
+    EXPECT_EQ(names(listing), (std::set<std::string>{"clip.mp4", "clip.mkv.mp4", "talk.ts", "talk.avi.ts"}));
+    EXPECT_EQ(listing.at("clip.mp4").source_name, "clip.mp4");
+    EXPECT_EQ(listing.at("clip.mkv.mp4").source_name, "clip.mkv");
+    EXPECT_EQ(listing.at("talk.avi.ts").source_name, "talk.avi");
+}
+
+TEST(TvfsCatalog, SkippedFilesAreLeftOutAndDirectoriesKeepTheirNames) {
+    auto listing = name_items({file("notes.txt", Action::skip), SourceItem{"season1", true, {}}, file("a.webm", Action::full_transcode),
+                               SourceItem{"b.ts", true, {}}, file("b.mkv", Action::audio_transcode)});
+    EXPECT_EQ(names(listing), (std::set<std::string>{"season1", "a.ts", "b.ts", "b.mkv.ts"}));
+    EXPECT_TRUE(listing.at("b.ts").directory);
+    EXPECT_FALSE(listing.at("b.mkv.ts").directory);
+}
+
+TEST(TvfsCatalog, NamesNeverExceed255BytesStayDistinctAndKeepTheirExtension) {
+    // Every source name is at most 255 bytes (the kernel's limit); their outputs may be longer.
+    std::string one = std::string(253, 'a') + ".m", two = std::string(252, 'a') + "b.m";  // -> 256 bytes with ".ts"
+    std::string clash(250, 'c');                                                          // -> "ccc.mkv.mp4": 258 bytes
+    std::string accented;
+    for (int i = 0; i < 126; ++i) accented += "\xC3\xA9";  // "é" x 126: a cut at an odd byte would split one
+    std::string fits = std::string(251, 'p') + ".mp4";       // 255 bytes: kept as it is
+    auto listing = name_items({file(one, Action::full_transcode), file(two, Action::full_transcode),
+                               file(clash + ".mp4", Action::pass_through), file(clash + ".mkv", Action::remux),
+                               file(accented + "x.m", Action::full_transcode), file(fits, Action::pass_through),
+                               file("short.mkv", Action::remux)});
+    EXPECT_EQ(listing.size(), 7u) << "distinct long names stay distinct";
+    EXPECT_TRUE(listing.count("short.mp4"));
+    EXPECT_TRUE(listing.count(fits));
+    EXPECT_TRUE(listing.count(clash + ".mp4"));
+    for (const auto& [name, item] : listing) {
+        EXPECT_LE(name.size(), 255u) << name;
+        EXPECT_TRUE(valid_utf8(name)) << name;
+        if (item.source_name.ends_with(".mkv")) {
+            EXPECT_TRUE(name.ends_with(".mp4")) << name;
+        }
+        if (item.source_name.ends_with(".m")) {
+            EXPECT_TRUE(name.ends_with(".ts")) << name;
+        }
+    }
+    EXPECT_EQ(fit_name("short.mp4", 4), "short.mp4");
+}
+
+// The catalog on a real directory, with a probe of our own (by extension) in place of FFmpeg's.
+struct ByExtension {
+    std::string root;
+    int probes = 0;
+    std::optional<Entry> operator()(const std::string& rel) {
+        ++probes;
+        if (!fs::exists(root + rel)) return std::nullopt;
+        Entry entry;
+        entry.decision = decision(rel.ends_with(".mkv") ? Action::remux : rel.ends_with(".mp4") ? Action::pass_through : Action::skip);
+        return entry;
+    }
+};
+
+TEST(TvfsCatalog, AListingIsReadOnceAndKeptUntilForgotten) {
+    TempDir dir;
+    auto root = dir.path().string();
+    std::ofstream(dir.path() / "a.mkv") << "";
+    std::ofstream(dir.path() / ".hidden.mkv") << "";
+    std::ofstream(dir.path() / "notes.txt") << "";
+    fs::create_directory(dir.path() / "sub");
+    std::ofstream(dir.path() / "sub" / "c.mp4") << "";
+    ByExtension probe{root};
+    int scans = 0;
+    Catalog catalog(root, std::ref(probe), [&] { ++scans; });
+    EXPECT_EQ(names(*catalog.listing("")), (std::set<std::string>{"a.mp4", "sub"}));
+    std::ofstream(dir.path() / "b.mkv") << "";
+    EXPECT_EQ(names(*catalog.listing("")), (std::set<std::string>{"a.mp4", "sub"})) << "kept until forgotten";
+    EXPECT_EQ(scans, 1);
+    EXPECT_EQ(catalog.names_of("", "a.mkv"), std::vector<std::string>{"a.mp4"});
+    catalog.forget("");
+    EXPECT_EQ(names(*catalog.listing("")), (std::set<std::string>{"a.mp4", "b.mp4", "sub"}));
+    EXPECT_EQ(scans, 2);
+
+    auto resolved = catalog.resolve("/a.mp4");
+    ASSERT_TRUE(resolved);
+    EXPECT_FALSE(resolved->directory);
+    EXPECT_EQ(resolved->source_rel, "/a.mkv");
+    ASSERT_TRUE(catalog.resolve("/sub"));
+    EXPECT_TRUE(catalog.resolve("/sub")->directory);
+    ASSERT_TRUE(catalog.resolve("/sub/c.mp4"));
+    EXPECT_EQ(catalog.resolve("/sub/c.mp4")->source_rel, "/sub/c.mp4");
+    EXPECT_FALSE(catalog.resolve("/a.mkv")) << "the source name is not in the mount";
+    EXPECT_FALSE(catalog.resolve("/notes.txt"));
+    EXPECT_FALSE(catalog.resolve("/.hidden.mp4"));
+    fs::remove(dir.path() / "a.mkv");
+    EXPECT_FALSE(catalog.resolve("/a.mp4")) << "a file gone from the source resolves to nothing even before forget()";
 }
 
 }  // namespace

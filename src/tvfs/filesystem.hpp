@@ -1,0 +1,55 @@
+// The state of one mounted tvfs, shared by the FUSE operations (private to tvfs). Each part is one
+// job: the catalog names files, the probe cache remembers what probing found, the output cache
+// bounds the disk, the outputs make remuxes and segments.
+//
+// Lock order. A thread holding a lock takes only locks further down its chain, never one above:
+//   Output::remux_mutex -> Outputs::mutex_ -> OutputCache::mutex_ -> Output::mutex
+//       (a remux makes room in the cache; eviction asks each output whether it is being read)
+//   ProbeCache::probing_[file] -> ProbeCache::mutex_
+//       (a probe runs under its file's lock; the map is locked only to read or store an entry)
+//   ProbeCache::save_mutex_ -> ProbeCache::mutex_   (a save copies the entries, then writes the file)
+//   Catalog::mutex_ alone: released before the source is read or a file is probed.
+//   Mount::State::error_mutex alone (mount_state.hpp).
+// The chains never meet: no function holds a lock of one chain while taking a lock of another.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "ktricks/tvfs.hpp"
+#include "tvfs/cache.hpp"
+#include "tvfs/catalog.hpp"
+#include "tvfs/probe_cache.hpp"
+#include "tvfs/segments.hpp"
+
+namespace ktricks::tvfs {
+
+struct Filesystem {
+    // OPTIONS with absolute paths; SOURCE the canonical source root.
+    Filesystem(const MountOptions& given, std::string source_root, std::string cache_root)
+        : options(given),
+          profile(load_profile(given.profile)),
+          source(std::move(source_root)),
+          cache_dir(std::move(cache_root)),
+          cache(cache_dir + "/out", given.cache_size),
+          probes(source, profile, probe_file(cache_dir, profile)),
+          catalog(
+              source, [this](const std::string& rel) { return probes.lookup(rel); }, [this] { probes.save(); }),
+          outputs(source, profile, std::chrono::milliseconds(static_cast<long>(given.grace_seconds * 1000)), cache) {}
+
+    // One probe cache per profile: a decision depends on the profile's limits.
+    static std::string probe_file(const std::string& cache_dir, const Profile& profile) {
+        return cache_dir + "/probe-" + std::to_string(std::hash<std::string>{}(profile.name + profile.describe())) + ".json";
+    }
+
+    const MountOptions options;
+    const Profile profile;
+    const std::string source;
+    const std::string cache_dir;
+    OutputCache cache;
+    ProbeCache probes;
+    Catalog catalog;
+    Outputs outputs;  // last: its workers use the others until it is destroyed
+};
+
+}  // namespace ktricks::tvfs

@@ -1,0 +1,257 @@
+#include "tvfs/segments.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "ktricks/core/error.hpp"
+#include "ktricks/core/fd.hpp"
+#include "ktricks/core/service.hpp"
+
+namespace ktricks::tvfs {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Read-ahead: the worker runs this many segments past the furthest read.
+constexpr std::size_t read_ahead = 3;
+// Segments kept in memory per output besides those the disk could not take.
+constexpr std::size_t memory_segments = 4;
+
+Outputs::Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace, OutputCache& cache)
+    : source_root_(std::move(source_root)), profile_(profile), grace_(grace), cache_(cache) {}
+
+std::string Outputs::segment_path(const Output& out, std::size_t k) { return fmt::format("{}/{}.ts", out.dir, k); }
+
+std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry) {
+    auto key = fmt::format("{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}", rel, entry.size, entry.mtime_ns, profile_.describe())));
+    std::lock_guard lock(mutex_);
+    auto& slot = outputs_[key];
+    if (!slot) {
+        slot = std::make_shared<Output>();
+        slot->source = source_root_ + rel;
+        slot->dir = cache_.directory(key);
+        slot->entry = entry;
+        slot->stopping = stopped_;
+        slot->done.assign(entry.layout.segments.size(), 0);
+        std::error_code ignored;
+        for (std::size_t k = 0; k < slot->done.size(); ++k)
+            slot->done[k] = fs::file_size(segment_path(*slot, k), ignored) == entry.layout.segments[k].bytes;
+    }
+    cache_.touch(key);
+    return slot;
+}
+
+void Outputs::open(Output& out) {
+    {
+        std::lock_guard lock(out.mutex);
+        ++out.readers;
+    }
+    if (out.entry.decision.action != Action::remux) return;
+    std::lock_guard lock(out.remux_mutex);
+    if (out.remux_ready) return;
+    auto final_path = out.dir + "/remux.mp4";
+    std::error_code ignored;
+    if (fs::file_size(final_path, ignored) == out.entry.layout.size) {
+        out.remux_ready = true;
+        return;
+    }
+    // Made under remux_mutex: concurrent openers wait for the one remux.
+    fs::create_directories(out.dir, ignored);
+    auto temp = final_path + ".part";
+    try {
+        make_room(out.entry.layout.size);
+        remux(out.source, out.entry.decision, temp);
+        auto made = fs::file_size(temp);
+        if (made != out.entry.layout.size)
+            throw std::runtime_error(fmt::format("remux produced {} bytes, {} announced", made, out.entry.layout.size));
+        fs::rename(temp, final_path);
+        cache_.add(made);
+        out.remux_ready = true;
+    } catch (const std::exception& error) {
+        fs::remove(temp, ignored);
+        out.remux_error = error.what();
+        log_info("{}: remux failed: {}", printable(out.source), error.what());
+    }
+}
+
+void Outputs::release(Output& out) {
+    std::lock_guard lock(out.mutex);
+    --out.readers;
+    out.last_close = Clock::now();
+    out.changed.notify_all();
+}
+
+int Outputs::read(Output& out, char* buffer, std::size_t size, std::uint64_t offset) {
+    const auto& layout = out.entry.layout;
+    if (offset >= layout.size) return 0;
+    size = static_cast<std::size_t>(std::min<std::uint64_t>(size, layout.size - offset));
+    std::size_t copied = 0;
+    auto after = std::upper_bound(layout.segments.begin(), layout.segments.end(), offset,
+                                  [](std::uint64_t value, const Segment& s) { return value < s.offset; });
+    auto k = static_cast<std::size_t>(after - layout.segments.begin()) - 1;
+    while (copied < size && k < layout.segments.size()) {
+        const auto& segment = layout.segments[k];
+        std::uint64_t within = offset + copied - segment.offset;
+        auto take = static_cast<std::size_t>(std::min<std::uint64_t>(size - copied, segment.bytes - within));
+        if (!copy_from_segment(out, k, within, take, buffer + copied)) return copied ? static_cast<int>(copied) : -EIO;
+        copied += take;
+        ++k;
+    }
+    return static_cast<int>(copied);
+}
+
+// Copies [within, within+take) of segment k, waiting for the worker to make it; false if it cannot be made.
+bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take, char* destination) {
+    std::unique_lock lock(out.mutex);
+    // A read ahead of (or behind) the worker repositions it: a TV seeking.
+    if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) out.cursor = k;
+    out.wanted = std::max(out.wanted, k + read_ahead);
+    if (out.wanted < out.cursor) out.wanted = out.cursor + read_ahead;
+    ensure_worker(out);
+    out.changed.notify_all();
+    while (true) {
+        if (auto found = out.memory.find(k); found != out.memory.end()) {
+            std::memcpy(destination, found->second->data() + within, take);
+            return true;
+        }
+        if (out.done[k]) {
+            lock.unlock();  // the worker must not wait for our disk read
+            Fd fd(::open(segment_path(out, k).c_str(), O_RDONLY | O_CLOEXEC));
+            auto got = fd ? ::pread(fd.get(), destination, take, static_cast<off_t>(within)) : -1;
+            if (got == static_cast<ssize_t>(take)) return true;
+            lock.lock();
+            out.done[k] = 0;  // evicted under us: made again (the same bytes: segments are deterministic)
+            out.cursor = std::min(out.cursor, k);
+            ensure_worker(out);
+            out.changed.notify_all();
+            continue;
+        }
+        if (out.failed.count(k) || out.stopping) return false;
+        out.changed.wait_for(lock, std::chrono::milliseconds(200));
+    }
+}
+
+// Called with out.mutex held.
+void Outputs::ensure_worker(Output& out) {
+    if (out.worker_running || out.stopping) return;
+    if (out.worker.joinable()) out.worker.join();  // a worker that exited after its grace period
+    out.worker_running = true;
+    out.worker = std::thread([this, &out] { work(out); });
+}
+
+void Outputs::work(Output& out) {
+    ::pthread_setname_np(::pthread_self(), "tvfs-segment");  // so tests and ps can count them
+    // Signals are the embedding program's: none of them may land on this thread.
+    ::sigset_t all;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    std::unique_lock lock(out.mutex);
+    while (!out.stopping) {
+        std::optional<std::size_t> next;
+        for (std::size_t j = out.cursor; j < out.done.size() && j <= out.wanted; ++j)
+            if (!out.done[j] && !out.memory.count(j) && !out.failed.count(j)) {
+                next = j;
+                break;
+            }
+        if (!next) {
+            if (out.readers == 0 && Clock::now() - out.last_close >= grace_) break;
+            out.changed.wait_for(lock, std::chrono::milliseconds(100));
+            continue;
+        }
+        std::size_t k = *next;
+        lock.unlock();
+        std::shared_ptr<const std::string> data;
+        try {
+            data = std::make_shared<const std::string>(
+                produce_segment(out.source, out.entry.media, out.entry.decision, profile_, out.entry.layout, k));
+        } catch (const std::exception& error) {
+            log_info("{}: segment {}: {}", printable(out.source), k, error.what());
+        }
+        bool stored = data && store_segment(out, k, *data);
+        lock.lock();
+        if (!data) out.failed.insert(k);
+        else if (stored) out.done[k] = 1;
+        if (data) {
+            out.memory[k] = data;
+            while (out.memory.size() > memory_segments) {
+                // Keep only what the disk does not hold, plus the newest few.
+                auto oldest = out.memory.begin();
+                if (oldest->first == k) ++oldest;
+                out.memory.erase(oldest);
+            }
+        }
+        if (out.cursor == k) out.cursor = k + 1;
+        out.changed.notify_all();
+    }
+    out.worker_running = false;
+    out.memory.clear();
+    out.changed.notify_all();
+}
+
+bool Outputs::store_segment(Output& out, std::size_t k, const std::string& data) {
+    std::error_code ignored;
+    fs::create_directories(out.dir, ignored);
+    make_room(data.size());
+    auto final_path = segment_path(out, k);
+    auto temp = final_path + ".part";
+    Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    bool ok = bool(fd);
+    for (std::size_t written = 0; ok && written < data.size();) {
+        auto n = ::write(fd.get(), data.data() + written, data.size() - written);
+        if (n <= 0) ok = false;
+        else written += static_cast<std::size_t>(n);
+    }
+    int error = errno;
+    fd = Fd();
+    if (ok && ::rename(temp.c_str(), final_path.c_str()) == 0) {
+        cache_.add(data.size());
+        return true;
+    }
+    ::unlink(temp.c_str());
+    log_info("cache {}: {} (segment served from memory, not cached)", fs::path(out.dir).parent_path().string(), std::strerror(error));
+    return false;
+}
+
+void Outputs::make_room(std::uint64_t bytes) {
+    std::lock_guard lock(mutex_);
+    auto evicted = cache_.make_room(bytes, [&](const std::string& key) {
+        auto found = outputs_.find(key);
+        if (found == outputs_.end()) return true;
+        if (found->second.use_count() > 1) return false;  // an open file (or stop_all) holds it
+        std::lock_guard out_lock(found->second->mutex);
+        return found->second->readers == 0 && !found->second->worker_running;
+    });
+    for (const auto& key : evicted) {
+        auto found = outputs_.find(key);
+        if (found == outputs_.end()) continue;
+        if (found->second->worker.joinable()) found->second->worker.join();  // it has exited (checked above)
+        outputs_.erase(found);
+    }
+}
+
+void Outputs::stop_all() {
+    std::map<std::string, std::shared_ptr<Output>> outputs;
+    {
+        std::lock_guard lock(mutex_);
+        stopped_ = true;
+        outputs = outputs_;
+    }
+    for (auto& [key, out] : outputs) {
+        {
+            std::lock_guard lock(out->mutex);
+            out->stopping = true;
+            out->changed.notify_all();
+        }
+        if (out->worker.joinable()) out->worker.join();
+    }
+}
+
+}  // namespace ktricks::tvfs

@@ -1,0 +1,91 @@
+// Outputs: what a converted file's reads are served from (private to tvfs).
+//   remux       one faststart MP4, made in full into the cache on the first open (openers wait)
+//   transcodes  fixed-size MPEG-TS segments made by one worker thread per output, shared by all its
+//               readers; the worker starts at the segment a read asks for (a seek), runs a few
+//               segments ahead of the furthest reader and exits `grace` after the last close
+// Segments are written to a temporary name and renamed: a full disk leaves no partial file, and the
+// segment is then served from memory (the error is logged).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tvfs/cache.hpp"
+#include "tvfs/cache_json.hpp"
+
+namespace ktricks::tvfs {
+
+// One output file (of one source version under one profile).
+struct Output {
+    std::string source;  // absolute source path
+    std::string dir;     // its directory in the output cache
+    Entry entry;
+
+    // Lock order: filesystem.hpp.
+    std::mutex mutex;  // guards every member below except those of the remux
+    std::condition_variable changed;  // with `mutex`: a segment made or failed, a reader came or went
+    int readers = 0;
+    std::chrono::steady_clock::time_point last_close = std::chrono::steady_clock::now();
+    // transcodes
+    std::vector<char> done;  // segment k is in the cache
+    std::map<std::size_t, std::shared_ptr<const std::string>> memory;  // recent and unstorable segments
+    std::set<std::size_t> failed;
+    std::size_t cursor = 0, wanted = 0;  // the worker makes [cursor, wanted]
+    bool worker_running = false, stopping = false;
+    std::thread worker;
+    // remux
+    std::mutex remux_mutex;  // guards remux_ready and remux_error; held while the one remux runs
+    bool remux_ready = false;
+    std::string remux_error;
+
+    ~Output() {
+        if (worker.joinable()) worker.join();
+    }
+};
+
+class Outputs {
+public:
+    Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace, OutputCache& cache);
+    ~Outputs() { stop_all(); }
+
+    // The output of source file REL (relative to the source root) in version ENTRY.
+    std::shared_ptr<Output> get(const std::string& rel, const Entry& entry);
+
+    // A reader opens OUT; for a remux the MP4 is made now if it is not in the cache (remux_error
+    // says why it could not be).
+    void open(Output& out);
+    void release(Output& out);
+    // Copies [offset, offset+size) of a transcode into BUFFER, waiting for its segments; returns the
+    // bytes copied or -EIO if the first segment cannot be made.
+    int read(Output& out, char* buffer, std::size_t size, std::uint64_t offset);
+
+    // Evicts from the cache until BYTES more fit, sparing outputs being read or made.
+    void make_room(std::uint64_t bytes);
+    // Stops every worker (reads waiting for a segment fail) and starts no more; joins them.
+    void stop_all();
+
+private:
+    bool copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take, char* destination);
+    void ensure_worker(Output& out);
+    void work(Output& out);
+    bool store_segment(Output& out, std::size_t k, const std::string& data);
+    static std::string segment_path(const Output& out, std::size_t k);
+
+    std::string source_root_;
+    const Profile& profile_;
+    std::chrono::milliseconds grace_;
+    OutputCache& cache_;
+    // Lock order: filesystem.hpp.
+    std::mutex mutex_;  // guards outputs_ and stopped_
+    std::map<std::string, std::shared_ptr<Output>> outputs_;  // cache key -> output
+    bool stopped_ = false;
+};
+
+}  // namespace ktricks::tvfs
