@@ -162,9 +162,9 @@ def app(environ, start_response):
 application = app
 PY
 mkdir -p "$tmp/www"; echo hello >"$tmp/www/index.html"
-nginx_conf() {  # $1 port, $2 config file; a unix probe listener for `serve --server nginx`
+nginx_conf() {  # $1 port, $2 config file, $3 daemon on|off; a unix probe listener for `serve --server nginx`
     cat >"$2" <<CONF
-daemon off; master_process on; worker_processes 2; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
+daemon ${3:-off}; master_process on; worker_processes 2; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $tmp/b; proxy_temp_path $tmp/p; fastcgi_temp_path $tmp/f;
        uwsgi_temp_path $tmp/u; scgi_temp_path $tmp/s;
@@ -178,12 +178,13 @@ wait_pidfile() {  # $1 file, $2 a pid it must not hold; prints the pid in it
 }
 
 run_nginx_native() {
-    local port old new t0; port=$(free_port); nginx_conf "$port" "$tmp/nginx.conf"; rm -f "$tmp/nginx.pid"
-    start /usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf" >/dev/null; wait_port "$port"
-    old=$(wait_pidfile "$tmp/nginx.pid" "")
+    # Daemonized: with `daemon off` nginx ignores USR2 while its parent is the one it started with.
+    local port old new t0; port=$(free_port); nginx_conf "$port" "$tmp/nginx.conf" on; rm -f "$tmp/nginx.pid"
+    /usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf"; wait_port "$port"
+    old=$(wait_pidfile "$tmp/nginx.pid" ""); pids+=("$old")
     start_wrk "$tmp/wrk.out" "$port"
     for ((i = 0; i < RELOADS; i++)); do
-        t0=$(now_ms); kill -USR2 "$old"; new=$(wait_pidfile "$tmp/nginx.pid" "$old")
+        t0=$(now_ms); kill -USR2 "$old"; new=$(wait_pidfile "$tmp/nginx.pid" "$old"); pids+=("$new")
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
         kill -WINCH "$old"; kill -QUIT "$old"; wait_gone "$old" || true; old=$new; sleep 0.3
     done

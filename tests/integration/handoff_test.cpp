@@ -838,6 +838,20 @@ TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLo
     EXPECT_TRUE(http_get(port).has_value());
 }
 
+TEST(HandoffServe, KeepsThePidFileOnTheServingGenerationAndRemovesItAtTheEnd) {
+    TempDir files;
+    std::string pid_file = files / "web.pid";
+    Served served({sd_server}, {"--pid-file", pid_file});
+    ASSERT_TRUE(served.up());
+    EXPECT_EQ(read_file(pid_file), fmt::format("{}\n", served.status()["pid"].get<int>()));
+    auto result = served.reload();
+    ASSERT_TRUE(result.ok) << result.message;
+    EXPECT_EQ(read_file(pid_file), fmt::format("{}\n", result.pid));  // the old one's exit leaves it alone
+    served.process->signal(SIGTERM);
+    ASSERT_EQ(served.process->wait(), 0) << served.process->describe();
+    EXPECT_FALSE(std::filesystem::exists(pid_file));
+}
+
 TEST(HandoffTakeover, ANonexistentPidIsOneClearLineAndExit66) {
     auto result = run({K, "takeover", "--pid", "999999", "--", "/bin/true"});
     EXPECT_EQ(result.status, 66) << result.describe;
