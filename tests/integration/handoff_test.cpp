@@ -852,6 +852,30 @@ TEST(HandoffServe, KeepsThePidFileOnTheServingGenerationAndRemovesItAtTheEnd) {
     EXPECT_FALSE(std::filesystem::exists(pid_file));
 }
 
+TEST(HandoffServe, ConnectReadinessWaitsUntilTheNewGenerationAcceptsOnItsProbe) {
+    if (!std::filesystem::exists("/usr/bin/gunicorn")) GTEST_SKIP() << "gunicorn is not installed (scripts/install-deps.sh)";
+    Served served(Served::Later{});
+    write_file(served.dir / "app.py", wsgi_app);
+    served.start({"/usr/bin/gunicorn", "--chdir", served.dir.path().string(), "--workers", "1", "--log-level", "warning", "app:app"},
+                 {"--server", "gunicorn", "--ready=connect", "--ready-timeout", "15"});
+    ASSERT_TRUE(served.up());
+    auto good = served.reload();
+    ASSERT_TRUE(good.ok) << good.message << "\n" << served.process->describe();
+    // Generation 1 may still take a connection or two from the shared listener as it drains.
+    EXPECT_TRUE(eventually([&] { return http_get(served.port).value_or("").starts_with("generation 2"); }));
+    write_file(served.dir / "app.py", broken_python);  // the arbiter says READY=1; no worker ever accepts
+    auto broken = served.reload();
+    EXPECT_FALSE(broken.ok);
+    EXPECT_TRUE(http_get(served.port).value_or("").starts_with("generation 2"));
+    EXPECT_NE(served.process->err().find("says READY=1; waiting for the probe"), std::string::npos) << served.process->describe();
+}
+
+TEST(HandoffServe, NginxWithoutAProbeAddressIsAUsageError) {
+    auto result = run({K, "serve", "--server", "nginx", "--listen", addr(free_port()), "--", "/usr/sbin/nginx"});
+    EXPECT_EQ(result.status, 64) << result.describe;
+    EXPECT_NE(result.err.find("--probe unix:/PATH"), std::string::npos) << result.err;
+}
+
 TEST(HandoffTakeover, ANonexistentPidIsOneClearLineAndExit66) {
     auto result = run({K, "takeover", "--pid", "999999", "--", "/bin/true"});
     EXPECT_EQ(result.status, 66) << result.describe;
