@@ -7,7 +7,12 @@
 # The server is the same small Python ThreadingHTTPServer in every case (graceful: on SIGTERM it answers each
 # open connection's next request with "Connection: close" and exits when its handlers are done).
 #
-#   KTRICKS=path/to/ktricks RUNS=3 RELOADS=10 bench/handoff.sh
+# A second table (PART=servers) replaces the servers people run, from Debian, each with the same wrk load:
+#   nginx-native      nginx's own binary upgrade: USR2 (new master), WINCH (old workers stop), QUIT (old master)
+#   gunicorn-native   gunicorn's own: USR2 (new master), WINCH, TERM (old master)
+#   <server>-serve    `ktricks serve --server <server>` + `ktricks reload`, for nginx, gunicorn, lighttpd, uwsgi
+#
+#   KTRICKS=path/to/ktricks RUNS=3 RELOADS=10 PART=all|python|servers bench/handoff.sh
 #
 # Per run: wrk (2 threads, 8 keep-alive connections) for the whole run while RELOADS replacements happen
 # 0.3 s apart. Reported per approach, medians over RUNS: failed requests (wrk socket errors + non-2xx),
@@ -20,6 +25,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
 RUNS=${RUNS:-3}
 RELOADS=${RELOADS:-10}
+PART=${PART:-all}
 PY=/usr/bin/python3
 [[ -x $K ]] || { echo "handoff.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ && $RELOADS =~ ^[1-9][0-9]*$ ]] || { echo "handoff.sh: RUNS and RELOADS must be positive integers" >&2; exit 1; }
@@ -147,10 +153,100 @@ run_takeover() {
     wait "$wrk_pid"
 }
 
+# --- the servers people run -------------------------------------------------------------------------
+cat >"$tmp/app.py" <<'PY'
+def app(environ, start_response):
+    body = b"hello\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+application = app
+PY
+mkdir -p "$tmp/www"; echo hello >"$tmp/www/index.html"
+nginx_conf() {  # $1 port, $2 config file, $3 daemon on|off; a unix probe listener for `serve --server nginx`
+    cat >"$2" <<CONF
+daemon ${3:-off}; master_process on; worker_processes 2; pid $tmp/nginx.pid; error_log $tmp/nginx.err;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $tmp/b; proxy_temp_path $tmp/p; fastcgi_temp_path $tmp/f;
+       uwsgi_temp_path $tmp/u; scgi_temp_path $tmp/s;
+       server { listen 127.0.0.1:$1; listen unix:$tmp/probe.sock; location / { return 200 "hello\n"; } } }
+CONF
+}
+wait_pidfile() {  # $1 file, $2 a pid it must not hold; prints the pid in it
+    local i p; for ((i = 0; i < 4000; i++)); do
+        p=$(cat "$1" 2>/dev/null || true); [[ -n $p && $p != "$2" ]] && { echo "$p"; return 0; }; sleep 0.005
+    done; return 1
+}
+
+run_nginx_native() {
+    # Daemonized: with `daemon off` nginx ignores USR2 while its parent is the one it started with.
+    local port old new t0; port=$(free_port); nginx_conf "$port" "$tmp/nginx.conf" on; rm -f "$tmp/nginx.pid"
+    /usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf"; wait_port "$port"
+    old=$(wait_pidfile "$tmp/nginx.pid" ""); pids+=("$old")
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); kill -USR2 "$old"; new=$(wait_pidfile "$tmp/nginx.pid" "$old"); pids+=("$new")
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
+        kill -WINCH "$old"; kill -QUIT "$old"; wait_gone "$old" || true; old=$new; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -QUIT "$old"; wait_gone "$old" || true
+}
+
+run_gunicorn_native() {
+    # gunicorn 20.1: on USR2 the old master renames its pid file to .oldbin and the new one writes PID.2
+    # until the old master is gone, then renames it back. WINCH stops workers only when daemonized.
+    local port old new t0; port=$(free_port); rm -f "$tmp/g.pid" "$tmp/g.pid.2" "$tmp/g.pid.oldbin"
+    start /usr/bin/gunicorn --chdir "$tmp" --workers 2 --bind "127.0.0.1:$port" --pid "$tmp/g.pid" app:app >/dev/null
+    wait_port "$port"; old=$(wait_pidfile "$tmp/g.pid" "")
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); kill -USR2 "$old"; new=$(wait_pidfile "$tmp/g.pid.2" "")
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
+        kill -WINCH "$old"; kill -TERM "$old"; wait_gone "$old" || true; wait_pidfile "$tmp/g.pid" "$old" >/dev/null || true
+        rm -f "$tmp/g.pid.2"; old=$new; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+}
+
+run_server_serve() {  # $1 result file, $2 server
+    local port sv t0 cmd=() extra=(); port=$(free_port)
+    case $2 in
+        nginx) nginx_conf "$port" "$tmp/nginx.conf"; extra=(--probe "unix:$tmp/probe.sock")
+               cmd=(/usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf") ;;
+        gunicorn) cmd=(/usr/bin/gunicorn --chdir "$tmp" --workers 2 app:app) ;;
+        lighttpd) printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\nserver.systemd-socket-activation = "enable"\nindex-file.names = ("index.html")\n' \
+                      "$tmp" "$port" >"$tmp/lighttpd.conf"
+                  cmd=(/usr/sbin/lighttpd -D -f "$tmp/lighttpd.conf") ;;
+        uwsgi) cmd=(/usr/bin/uwsgi --plugin python3 --wsgi-file "$tmp/app.py" --need-app --master --workers 2 --protocol http
+                    --disable-logging --add-header "Connection: close") ;;
+    esac
+    sv=$(start "$K" serve --server "$2" --listen "tcp://127.0.0.1:$port" --control "$tmp/ctl" --drain-timeout 5 \
+         "${extra[@]}" -- "${cmd[@]}")
+    wait_port "$port"
+    local j; for ((j = 0; j < 2000; j++)); do "$K" reload --control "$tmp/ctl" --status 2>/dev/null | grep -q '"generation":1' && break; sleep 0.01; done
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null || log "handoff.sh: $2 reload $i failed"
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
+    done
+    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+}
+run_nginx_serve() { run_server_serve "$1" nginx; }
+run_gunicorn_serve() { run_server_serve "$1" gunicorn; }
+run_lighttpd_serve() { run_server_serve "$1" lighttpd; }
+run_uwsgi_serve() { run_server_serve "$1" uwsgi; }
+
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A failed p99 reload total
-for approach in naive reuseport serve takeover; do
+approaches=()
+[[ $PART == all || $PART == python ]] && approaches+=(naive reuseport serve takeover)
+if [[ $PART == all || $PART == servers ]]; then
+    for tool in /usr/sbin/nginx /usr/bin/gunicorn /usr/sbin/lighttpd /usr/bin/uwsgi; do
+        [[ -x $tool ]] || { echo "handoff.sh: PART=servers needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
+    done
+    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve)
+fi
+for approach in "${approaches[@]}"; do
     : >"$tmp/$approach.failed"; : >"$tmp/$approach.p99"; : >"$tmp/$approach.reload"; : >"$tmp/$approach.total"
     for ((run = 1; run <= RUNS; run++)); do
         log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk, ${duration} s)"
@@ -165,6 +261,23 @@ for approach in naive reuseport serve takeover; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.1fx\n", a / b }'; }
+server_table() {
+    echo
+    echo "Reloading Debian's servers $RELOADS times under wrk (-t2 -c8 keep-alive), medians of $RUNS runs ($(uname -r), $(nproc) CPUs)"
+    echo
+    echo "| approach | requests served | failed requests | p99 latency | reload latency |"
+    echo "|---|---|---|---|---|"
+    local approach name
+    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve; do
+        case $approach in
+            nginx_native) name="nginx native upgrade (USR2+WINCH+QUIT)" ;;
+            gunicorn_native) name="gunicorn native (USR2+WINCH+TERM)" ;;
+            *) name="\`ktricks serve --server ${approach%_serve}\` + \`ktricks reload\`" ;;
+        esac
+        echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | ${reload[$approach]} ms |"
+    done
+}
+if [[ $PART == servers ]]; then server_table; exit 0; fi
 echo
 echo "Replacing a Python HTTP server $RELOADS times under wrk (-t2 -c8), medians of $RUNS runs ($(uname -r), $(nproc) CPUs)"
 echo
@@ -180,3 +293,5 @@ for approach in naive reuseport serve takeover; do
     esac
     echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | $(ratio "${p99[$approach]}" "${p99[serve]}") | ${reload[$approach]} ms | $(ratio "${reload[$approach]}" "${reload[serve]}") |"
 done
+[[ $PART == all ]] && server_table
+exit 0

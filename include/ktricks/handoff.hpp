@@ -56,22 +56,46 @@ struct Listener {
 };
 
 // When a new generation counts as ready (`--ready`).
+//
+// `http` and `connect` go through the generation's private probe listener (see ServeOptions::probe):
+// they prove that the new generation's own code accepts (connect) or answers (http), not merely that
+// the shared listener exists. With them, READY=1 from the generation is reported and not trusted.
 struct ReadyCheck {
-    enum class Kind { notify, tcp, exec, delay } kind = Kind::notify;
+    enum class Kind { notify, tcp, exec, delay, http, connect } kind = Kind::notify;
     std::string command;  // exec: run by /bin/sh -c, ready when it exits 0 (retried every 100 ms)
     milliseconds delay{0};
-    // "notify", "tcp", "exec:CMD", "delay:MS". Throws InputError.
+    std::string path;     // http: the request target, e.g. "/health"
+    int status = 0;       // http: the status that counts as ready; 0: any status below 500
+    // "notify", "tcp", "exec:CMD", "delay:MS", "http:PATH[=STATUS]", "connect". Throws InputError.
     static ReadyCheck parse(std::string_view text);
+    bool uses_probe() const noexcept { return kind == Kind::http || kind == Kind::connect; }
 };
+
+// The name of the probe listener in LISTEN_FDNAMES.
+inline constexpr std::string_view probe_name = "ktricks-probe";
 
 // How the listeners are announced to the command (`--protocol`).
 enum class Protocol { systemd, nginx, einhorn, gunicorn };
 Protocol parse_protocol(std::string_view text);  // throws InputError
 // The environment entries ("KEY=VALUE") announcing `count` descriptors at 3.. in `protocol`'s
 // convention. systemd's LISTEN_FDS/LISTEN_PID are set by Child::spawn (LISTEN_PID is only known
-// after fork); this returns LISTEN_FDNAMES for it.
-std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names);
+// after fork); this returns LISTEN_FDNAMES for it. gunicorn reads GUNICORN_FD only when
+// GUNICORN_PID is set too: `parent` is the pid it gets (serve's own).
+std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names,
+                                              pid_t parent = 0);
 
+// `--server`: what a known server needs, in one word. Fields left empty by the caller's own flags
+// are filled from the preset; ServerPreset::apply never overrides what the user set explicitly.
+enum class Server { nginx, gunicorn, lighttpd, uwsgi, systemd };
+Server parse_server(std::string_view text);  // throws InputError
+struct ServerPreset {
+    Protocol protocol = Protocol::systemd;
+    int drain_signal = SIGTERM;
+    ReadyCheck ready;
+    bool nonblocking_listeners = false;    // nginx assumes O_NONBLOCK on inherited listeners
+    std::vector<std::string> environment;  // "KEY=VALUE" the server needs (uWSGI's graceful TERM)
+};
+ServerPreset server_preset(Server server);
 struct ServeOptions {
     std::vector<std::string> command;
     std::vector<ListenSpec> listen;       // bound by serve()
@@ -82,6 +106,22 @@ struct ServeOptions {
     milliseconds drain_timeout{30'000};
     std::optional<std::string> control_path;  // unix socket for `ktricks reload`; "@name" is abstract
     Protocol protocol = Protocol::systemd;
+    // Each generation as pid 1 of its own PID namespace: when its init dies (SIGKILL through
+    // PR_SET_PDEATHSIG when serve dies, even by SIGKILL) the kernel kills every process in it. Falls
+    // back to a plain child (event "pid-namespace-unavailable") where CLONE_NEWPID is refused. The
+    // command must handle its drain signal: pid 1 ignores signals it has no handler for.
+    bool pid_namespace = false;
+    // Set O_NONBLOCK on the listeners (a flag of the open file description, so every generation
+    // sees it): for servers that assume it on inherited sockets (nginx).
+    bool nonblocking_listeners = false;
+    std::vector<std::string> environment;  // extra "KEY=VALUE" for every generation
+    // The private probe listener each generation gets as its last LISTEN_FDS entry, named
+    // "ktricks-probe" (`--probe`); used by the http and connect readiness checks. Default
+    // tcp://127.0.0.1:0 (a fresh port per generation). A unix path is rebound for each generation.
+    std::optional<SocketAddress> probe;
+    // `--pid-file`: serve writes the serving generation's pid here (as seen from serve's namespace)
+    // at every switch, and removes it when it ends.
+    std::optional<std::string> pid_file;
     std::optional<std::string> zerg_path;     // also act as a uWSGI zerg server on this unix socket
     bool handoff = false;                     // give generations KTRICKS_HANDOFF_FD (see Upgrader)
     // Hook for wrappers (e.g. a jail): called for every generation with its SpawnOptions fully
@@ -128,19 +168,25 @@ struct TakeoverOptions {
     pid_t pid = 0;
     std::vector<SocketAddress> listen;  // which of the target's listeners to take (by address)
     std::vector<int> fds;               // ... or by descriptor number; neither: all its listeners
-    int signal = SIGTERM;               // sent to the old process once it holds no accepted connection
+    // Sent to the old process and each of its descendants once none of them holds an accepted
+    // connection (they are all stopped then).
+    int signal = SIGTERM;
     ServeOptions serve;                 // command, readiness, drain settings for what follows
 };
 
 // A listening socket found in another process.
 struct FoundListener {
-    int fd = -1;             // its number in the target
+    int fd = -1;             // its number in `pid`
     unsigned long inode = 0;
     std::string address;     // as SocketAddress prints it
+    pid_t pid = 0;           // the process holding it: the target, or else one of its descendants
 };
-// The listening sockets (tcp LISTEN, bound udp, listening unix) of `pid`, from /proc/PID/fd and
-// /proc/PID/net/{tcp,tcp6,udp,udp6,unix}.
+// The listening sockets (tcp LISTEN, bound udp, listening unix) of `pid` and of its descendants
+// (nginx's or gunicorn's workers), each once, from /proc/PID/fd and /proc/PID/net/{tcp,tcp6,udp,
+// udp6,unix}. A socket the target itself holds is reported with the target's fd number.
 std::vector<FoundListener> find_listeners(pid_t pid);
+// `pid` and its descendants, parents before children (from the ppid field of /proc/*/stat).
+std::vector<pid_t> process_tree(pid_t pid);
 // pidfd_getfd with an error that says why it failed and what to do (kernel too old, target
 // non-dumpable, Yama ptrace_scope, other user without CAP_SYS_PTRACE).
 Fd take_fd(int pidfd, pid_t pid, int target_fd);

@@ -48,6 +48,10 @@ std::string describe(const nlohmann::ordered_json& e) {
     if (name == "ready") return fmt::format("{} ready after {} ms", who, field("ready_ms"));
     if (name == "reload") return fmt::format("reload: starting generation {}", field("generation"));
     if (name == "rollback") return fmt::format("reload failed, rolled back: {} {}", who, field("reason"));
+    if (name == "failed") return fmt::format("{} never became ready: {}", who, field("reason"));
+    if (name == "notified-ready") return fmt::format("{} says READY=1; waiting for the probe to prove it", who);
+    if (name == "pid-namespace-unavailable")
+        return fmt::format("no PID namespace ({}): {}", field("error"), field("consequence"));
     if (name == "refused") return "reload refused: " + field("reason");
     if (name == "draining") return fmt::format("{} draining ({}, up to {} ms)", who, field("how"), field("drain_timeout_ms"));
     if (name == "drain-timeout") return fmt::format("{} still running after the drain timeout: {}", who, field("action"));
@@ -68,15 +72,20 @@ std::string describe(const nlohmann::ordered_json& e) {
     return name + rest;
 }
 
+// Empty strings are "not given": the --server preset, or else the built-in default, fills them.
 struct ServeCli {
     std::vector<std::string> listen;
     std::vector<std::string> command;
-    std::string ready = "notify";
+    std::string server;
+    std::string ready;
     std::string ready_timeout = "30";
-    std::string drain_signal = "TERM";
+    std::string drain_signal;
     std::string drain_timeout = "30";
     std::string control;
-    std::string protocol = "systemd";
+    std::string protocol;
+    std::string probe;
+    std::string pid_file;
+    int pid_namespace = -1;  // --pid-namespace 1, --no-pid-namespace 0, neither -1 (on with --server)
     std::string zerg;
     bool handoff = false;
     bool json = false;
@@ -88,13 +97,35 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
     handoff::ServeOptions options;
     options.command = cli.command;
     for (const auto& text : cli.listen) options.listen.push_back(handoff::ListenSpec::parse(text));
-    options.ready = handoff::ReadyCheck::parse(cli.ready);
+    std::optional<handoff::ServerPreset> preset;
+    if (!cli.server.empty()) preset = handoff::server_preset(handoff::parse_server(cli.server));
+    options.ready = !cli.ready.empty() ? handoff::ReadyCheck::parse(cli.ready) : preset ? preset->ready : handoff::ReadyCheck{};
     options.ready_timeout = milliseconds(parse_seconds_ms("--ready-timeout", cli.ready_timeout));
-    options.drain_signal = parse_signal("--drain-signal", cli.drain_signal);
+    options.drain_signal = !cli.drain_signal.empty() ? parse_signal("--drain-signal", cli.drain_signal)
+                           : preset                   ? preset->drain_signal
+                                                      : SIGTERM;
     options.drain_timeout = milliseconds(parse_seconds_ms("--drain-timeout", cli.drain_timeout));
     if (!cli.control.empty()) options.control_path = cli.control;
     if (!cli.zerg.empty()) options.zerg_path = cli.zerg;
-    options.protocol = handoff::parse_protocol(cli.protocol);
+    options.protocol = !cli.protocol.empty() ? handoff::parse_protocol(cli.protocol)
+                       : preset               ? preset->protocol
+                                              : handoff::Protocol::systemd;
+    if (preset) {
+        options.nonblocking_listeners = preset->nonblocking_listeners;
+        options.environment = preset->environment;
+    }
+    options.pid_namespace = cli.pid_namespace < 0 ? preset.has_value() : cli.pid_namespace == 1;
+    if (!cli.probe.empty()) {
+        options.probe = SocketAddress::parse(cli.probe);
+        if (options.probe->transport() == SocketAddress::Transport::udp)
+            throw InputError(fmt::format("--probe {}: the probe must be a stream socket (tcp or unix)", printable(cli.probe)));
+    }
+    // nginx takes an inherited socket only where a `listen` directive names its address, so a probe
+    // on a fresh port would never be served: the generation would always be rolled back.
+    if (cli.server == "nginx" && options.ready.uses_probe() && !options.probe)
+        throw InputError("--server nginx: nginx serves only the inherited sockets its configuration names; give --probe "
+                         "unix:/PATH and add `listen unix:/PATH;` to a server block (or choose another --ready)");
+    if (!cli.pid_file.empty()) options.pid_file = cli.pid_file;
     options.handoff = cli.handoff;
     if (cli.jail) apply_jail(options, cli.jail_flags);
     bool json = cli.json;
@@ -111,14 +142,28 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
 }
 
 void add_serve_options(CLI::App* sub, ServeCli& cli) {
+    sub->add_option("--server", cli.server,
+                    "Preset for a known server: nginx, gunicorn, lighttpd, uwsgi, systemd (protocol, environment, "
+                    "drain signal, --ready=http:/, PID namespace); explicit flags override it");
     sub->add_option("--ready", cli.ready,
-                    "When a generation is ready: notify (READY=1 on NOTIFY_SOCKET), tcp, exec:CMD, delay:MS")
-        ->capture_default_str();
+                    "When a generation is ready: notify (READY=1 on NOTIFY_SOCKET), tcp, exec:CMD, delay:MS, "
+                    "http:PATH[=STATUS] or connect (both through the generation's private probe listener) "
+                    "[default: notify; http:/ with --server]");
+    sub->add_option("--probe", cli.probe,
+                    "Address of each generation's private probe listener (LISTEN_FDNAMES ktricks-probe) "
+                    "[default: tcp://127.0.0.1:0]; a unix:/path is rebound per generation");
     sub->add_option("--ready-timeout", cli.ready_timeout, "Seconds a new generation gets to become ready")->capture_default_str();
-    sub->add_option("--drain-signal", cli.drain_signal, "Signal telling an old generation to finish and exit")->capture_default_str();
+    sub->add_option("--drain-signal", cli.drain_signal,
+                    "Signal telling an old generation to finish and exit [default: TERM; nginx QUIT, lighttpd INT]");
     sub->add_option("--drain-timeout", cli.drain_timeout, "Seconds before a draining generation is killed")->capture_default_str();
     sub->add_option("--control", cli.control, "Unix socket (path, or @abstract) for `ktricks reload --control`");
-    sub->add_option("--protocol", cli.protocol, "How CMD learns its fds: systemd, nginx, einhorn, gunicorn")->capture_default_str();
+    sub->add_option("--protocol", cli.protocol,
+                    "How CMD learns its fds: systemd, nginx, einhorn, gunicorn [default: systemd, or the --server preset's]");
+    sub->add_option("--pid-file", cli.pid_file, "Keep the serving generation's pid in this file (replaced at every switch)");
+    sub->add_flag_callback("--pid-namespace", [&cli] { cli.pid_namespace = 1; },
+                           "Run each generation as pid 1 of its own PID namespace, so that nothing of it outlives "
+                           "serve [default: on with --server]");
+    sub->add_flag_callback("--no-pid-namespace", [&cli] { cli.pid_namespace = 0; }, "Run generations as plain children");
     sub->add_option("--zerg", cli.zerg, "Also hand the listeners to uWSGI instances started with --zerg PATH");
     sub->add_flag("--handoff", cli.handoff, "Give CMD KTRICKS_HANDOFF_FD to move live connections (see Upgrader)");
     sub->add_flag("--json", cli.json, "Print lifecycle events as JSON lines on stdout");
@@ -184,6 +229,11 @@ int run_takeover(const TakeoverCli& cli) {
     } catch (const handoff::GenerationFailed& error) {
         fmt::print(stderr, "ktricks takeover: {} (pid {} was left serving)\n", error.what(), cli.pid);
         return exit_code::unavailable;
+    } catch (const std::system_error& error) {
+        // The process named by --pid is not there (or exited before its listeners were taken).
+        if (error.code() != std::errc::no_such_process) throw;
+        fmt::print(stderr, "ktricks takeover: --pid {}: no such process\n", cli.pid);
+        return exit_code::no_input;
     }
 }
 
@@ -204,9 +254,11 @@ Subcommand add_serve(CLI::App& app) {
         "Examples:\n"
         "  ktricks serve --listen tcp://0.0.0.0:8080 --control /run/web.ctl -- /usr/bin/my-sd-server\n"
         "  ktricks serve --listen web=tcp://:8080 --ready=tcp -- python3 app.py\n"
-        "  ktricks serve --listen tcp://:8000 --protocol gunicorn --ready=delay:1000 -- gunicorn app:app\n"
-        "Exit status: the last generation's own when it ends without a reload; 69 if the first generation never\n"
-        "becomes ready; 64 for bad usage; 75 if an address is in use.");
+        "  ktricks serve --listen tcp://:8000 --server gunicorn --control /run/app.ctl -- gunicorn app:app\n"
+        "  ktricks serve --listen tcp://:80 --server nginx --probe unix:/run/web-probe.sock -- nginx -g 'daemon off;'\n"
+        "Exit status: the last generation's own when it ends without a reload (0 when serve is stopped by TERM or\n"
+        "INT); 69 if the first generation never becomes ready or cannot be started; 64 for bad usage; 75 if an\n"
+        "address is in use; 77 if binding or spawning is not permitted.");
     return {sub, [cli] { return run_serve(*cli); }};
 }
 
@@ -220,15 +272,17 @@ Subcommand add_takeover(CLI::App& app) {
         ->capture_default_str();
     add_serve_options(sub, cli->serve);
     sub->footer(
-        "Without --listen/--fd every listening socket of PID is taken. CMD starts with them as LISTEN_FDS; once it is\n"
-        "ready the old server is stopped (SIGSTOP), checked through /proc for connections it accepted and has not\n"
-        "answered (let run briefly and checked again until --drain-timeout), then sent --signal. takeover then stays\n"
-        "on as `ktricks serve` for the adopted sockets: SIGHUP and --control reloads work.\n"
+        "Without --listen/--fd every listening socket of PID and of its descendants (workers) is taken. CMD starts\n"
+        "with them as LISTEN_FDS; once it is ready the old server and its descendants are stopped (SIGSTOP), checked\n"
+        "through /proc for connections they accepted and have not answered (let run briefly and checked again until\n"
+        "--drain-timeout), then each is sent --signal. takeover then stays on as `ktricks serve` for the adopted\n"
+        "sockets: SIGHUP and --control reloads work.\n"
         "Examples:\n"
         "  ktricks takeover --pid $(pgrep -f 'http.server 8000') --control /tmp/web.ctl -- python3 my_server.py\n"
         "  ktricks takeover --pid 1234 --listen tcp://0.0.0.0:80 --signal QUIT -- /usr/sbin/my-sd-server\n"
-        "Exit status: as serve; 77 if pidfd_getfd is not permitted (the message says why and what to do), 64 if PID\n"
-        "has no matching listener, 69 if the kernel lacks pidfd_getfd (< 5.6).");
+        "Exit status: as serve; 66 if PID does not exist; 77 if pidfd_getfd is not permitted (the message says why\n"
+        "and what to do); 64 if PID has no matching listener; 69 if the kernel lacks pidfd_getfd (< 5.6) or CMD never\n"
+        "becomes ready (PID is then left serving).");
     return {sub, [cli] { return run_takeover(*cli); }};
 }
 

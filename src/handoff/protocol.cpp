@@ -81,7 +81,76 @@ ReadyCheck ReadyCheck::parse(std::string_view text) {
         check.delay = milliseconds(*ms);
         return check;
     }
-    throw InputError(fmt::format("--ready={}: expected notify, tcp, exec:CMD or delay:MS", printable(text)));
+    if (text == "connect") {
+        check.kind = Kind::connect;
+        return check;
+    }
+    if (text.starts_with("http:")) {
+        std::string_view target = text.substr(5);
+        // A query string may hold '=': only a final "=NNN" is a status.
+        if (auto equals = target.rfind('='); equals != std::string_view::npos) {
+            auto status = parse_integer(target.substr(equals + 1));
+            if (status && target.size() - equals - 1 == 3) {
+                if (*status < 100 || *status > 599)
+                    throw InputError(fmt::format("--ready={}: the status must be 100-599", printable(text)));
+                check.status = static_cast<int>(*status);
+                target = target.substr(0, equals);
+            }
+        }
+        if (!target.starts_with("/") || target.size() > 1024)
+            throw InputError(fmt::format("--ready={}: expected http:/PATH[=STATUS] (the path starts with '/')", printable(text)));
+        for (unsigned char c : target)
+            if (c <= 0x20 || c >= 0x7f)
+                throw InputError(fmt::format("--ready={}: the path must be printable ASCII without spaces", printable(text)));
+        check.kind = Kind::http;
+        check.path = std::string(target);
+        return check;
+    }
+    throw InputError(fmt::format("--ready={}: expected notify, tcp, exec:CMD, delay:MS, http:PATH[=STATUS] or connect",
+                                 printable(text)));
+}
+
+Server parse_server(std::string_view text) {
+    if (text == "nginx") return Server::nginx;
+    if (text == "gunicorn") return Server::gunicorn;
+    if (text == "lighttpd") return Server::lighttpd;
+    if (text == "uwsgi") return Server::uwsgi;
+    if (text == "systemd") return Server::systemd;
+    throw InputError(fmt::format("--server {}: expected nginx, gunicorn, lighttpd, uwsgi or systemd", printable(text)));
+}
+
+ServerPreset server_preset(Server server) {
+    ServerPreset preset;
+    // Every preset proves readiness through the probe: gunicorn says READY=1 before its workers
+    // import the application, and nginx, lighttpd and uWSGI say nothing useful at all.
+    preset.ready.kind = ReadyCheck::Kind::http;
+    preset.ready.path = "/";
+    switch (server) {
+        case Server::nginx:
+            // nginx reads NGINX=fd;fd; on its own binary upgrade, whose sockets are already
+            // non-blocking, so it never sets O_NONBLOCK on inherited ones; a blocking listener
+            // lets its workers sleep in accept(). QUIT is its graceful stop (TERM is fast).
+            preset.protocol = Protocol::nginx;
+            preset.nonblocking_listeners = true;
+            preset.drain_signal = SIGQUIT;
+            break;
+        case Server::gunicorn:
+            // gunicorn takes LISTEN_FDS itself. GUNICORN_FD would need GUNICORN_PID equal to its
+            // parent pid, which is 0 for pid 1 of a PID namespace, and a gunicorn that believes
+            // its "old master" gone unlinks unix socket paths that serve still listens on.
+            // TERM is its graceful stop (workers finish within graceful_timeout).
+            break;
+        case Server::lighttpd:
+            preset.drain_signal = SIGINT;  // graceful; TERM drops requests in flight
+            break;
+        case Server::uwsgi:
+            // uWSGI 2.0 treats TERM as "reload" and INT/QUIT as a brutal stop; its documented way to
+            // a graceful stop on a signal is this master hook (every option reads UWSGI_<NAME>).
+            preset.environment.push_back("UWSGI_HOOK_MASTER_START=unix_signal:15 gracefully_kill_them_all");
+            break;
+        case Server::systemd: break;
+    }
+    return preset;
 }
 
 Protocol parse_protocol(std::string_view text) {
@@ -92,7 +161,7 @@ Protocol parse_protocol(std::string_view text) {
     throw InputError(fmt::format("--protocol {}: expected systemd, nginx, einhorn or gunicorn", printable(text)));
 }
 
-std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names) {
+std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names, pid_t parent) {
     std::vector<std::string> fds;
     for (std::size_t i = 0; i < names.size(); ++i) fds.push_back(std::to_string(3 + i));
     std::vector<std::string> env;
@@ -109,8 +178,12 @@ std::vector<std::string> protocol_environment(Protocol protocol, const std::vect
             env.push_back(fmt::format("EINHORN_FD_COUNT={}", fds.size()));
             for (std::size_t i = 0; i < fds.size(); ++i) env.push_back(fmt::format("EINHORN_FD_{}={}", i, fds[i]));
             break;
-        // gunicorn's arbiter splits GUNICORN_FD on ','.
-        case Protocol::gunicorn: env.push_back("GUNICORN_FD=" + join(fds, ",")); break;
+        // gunicorn's arbiter splits GUNICORN_FD on ',' and reads it only when GUNICORN_PID names its
+        // "old master" (it then promotes itself once that is no longer its parent).
+        case Protocol::gunicorn:
+            env.push_back("GUNICORN_FD=" + join(fds, ","));
+            env.push_back(fmt::format("GUNICORN_PID={}", parent > 0 ? parent : 1));
+            break;
     }
     return env;
 }
@@ -199,6 +272,16 @@ std::optional<std::vector<std::string>> parse_listen_environment(const char* lis
         }
     }
     return names;
+}
+
+int parse_http_status(std::string_view response) noexcept {
+    if (!response.starts_with("HTTP/1.") || response.size() < 12 || response[8] != ' ') return 0;
+    int code = 0;
+    for (char c : response.substr(9, 3)) {
+        if (c < '0' || c > '9') return 0;
+        code = code * 10 + (c - '0');
+    }
+    return code >= 100 ? code : 0;
 }
 
 std::string zerg_greeting(int fd_count) {

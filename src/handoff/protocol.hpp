@@ -46,6 +46,10 @@ std::string reload_answer(const ReloadResult& result);
 std::optional<std::vector<std::string>> parse_listen_environment(const char* listen_fds, const char* listen_pid,
                                                                   const char* listen_fdnames, pid_t self);
 
+// The status code of the HTTP response a readiness probe read ("HTTP/1.1 200 OK" -> 200), or 0 if
+// `response` does not start with an HTTP/1.x status line.
+int parse_http_status(std::string_view response) noexcept;
+
 // The uWSGI zerg greeting: "uwsgi-zerg" followed by the descriptor count as a native int.
 inline constexpr std::string_view zerg_magic = "uwsgi-zerg";
 std::string zerg_greeting(int fd_count);

@@ -11,11 +11,18 @@
 // new one; nothing is reset.
 //
 // Each generation is started in its own process group (so a whole generation, workers included,
-// can be killed), with PR_SET_PDEATHSIG=SIGKILL (nothing outlives its supervisor), its own
-// NOTIFY_SOCKET (an autobound abstract datagram socket, so a message always names its generation
-// whatever process inside it sent it).
+// can be killed), with PR_SET_PDEATHSIG=SIGKILL, its own NOTIFY_SOCKET (an autobound abstract
+// datagram socket, so a message always names its generation whatever process inside it sent it).
+// PR_SET_PDEATHSIG reaches only the direct child; its workers would survive a SIGKILLed serve. With
+// pid_namespace the direct child is pid 1 of a new PID namespace, and the kernel kills every process
+// of a namespace whose init dies: then nothing of a generation outlives serve.
+//
+// Readiness through the probe: each generation also gets a listener of its own ("ktricks-probe",
+// the last LISTEN_FDS entry). Nobody else accepts on it, so a connection accepted there, or an HTTP
+// answer read from it, came from the new generation's code, not from its predecessor.
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -71,7 +78,27 @@ struct Generation {
     EventLoop::SourceId exit_source = 0, notify_source = 0, channel_source = 0;
     std::vector<EventLoop::SourceId> sources;  // readiness checks and timers
     std::optional<Child> health;               // a running exec: readiness check
+    bool pid_namespace = false;                // pid 1 of its own PID namespace
+    // The probe listener (serve's copy, closed once the generation is ready) and one probe attempt.
+    Fd probe;
+    std::optional<SocketAddress> probe_address;
+    Fd probe_connection;
+    EventLoop::SourceId probe_source = 0;
+    Clock::time_point probe_started;
+    bool probe_sent = false;
+    std::string probe_response, probe_last;  // bytes read so far; how the last attempt ended
 };
+
+// Replaces `path` with one line, the pid, atomically (readers never see an empty file).
+void write_pid_file(const std::string& path, pid_t pid) {
+    std::string temporary = path + ".ktricks-tmp";
+    Fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) throw_errno("open", temporary);
+    std::string text = fmt::format("{}\n", pid);
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw_errno("write", temporary);
+    fd.reset();
+    if (::rename(temporary.c_str(), path.c_str()) < 0) throw_errno("rename", path);
+}
 
 struct ControlClient {
     Fd fd;
@@ -119,6 +146,7 @@ public:
     ~Supervisor() {
         for (auto& [fd, client] : clients_) loop_.remove(client->source);
         for (const auto& path : unlink_at_exit_) ::unlink(path.c_str());
+        if (o_.pid_file) ::unlink(o_.pid_file->c_str());
     }
 
     ExitStatus run();
@@ -136,6 +164,10 @@ private:
     void bind_listeners();
     std::unique_ptr<Generation> start_generation();
     void watch_readiness(Generation& g);
+    void probe_tick(Generation& g);
+    void probe_io(Generation& g, std::uint32_t events);
+    void probe_reset(Generation& g, std::string outcome);
+    Fd bind_probe();
     void on_notify(Generation& g);
     void on_channel(Generation& g);
     void on_exit(Generation& g);
@@ -169,12 +201,15 @@ private:
     std::map<int, std::unique_ptr<ControlClient>> clients_;
     std::vector<int> reload_waiters_;
     std::vector<std::string> unlink_at_exit_;
+    bool pid_namespace_refused_ = false;
 };
 
 void Supervisor::bind_listeners() {
     listeners_ = std::move(o_.adopted);
     for (const auto& spec : o_.listen) listeners_.push_back({spec.name, bind_socket(spec.address)});
     if (listeners_.empty()) throw InputError("nothing to listen on: give at least one --listen ADDR");
+    if (o_.nonblocking_listeners)
+        for (const auto& listener : listeners_) set_nonblocking(listener.fd.get());
     Event e = event("listening");
     std::vector<std::string> described;
     for (const auto& listener : listeners_) described.push_back(listener.describe());
@@ -207,8 +242,14 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
         spawn.pass_fds.push_back(stored.fd.get());
         names.push_back(stored.name);
     }
-    const int announced = static_cast<int>(spawn.pass_fds.size());
     Fd child_channel, child_inherit;
+    if (o_.ready.uses_probe()) {
+        g->probe = bind_probe();
+        g->probe_address = SocketAddress::of_socket(g->probe.get());
+        spawn.pass_fds.push_back(g->probe.get());
+        names.emplace_back(probe_name);
+    }
+    const int announced = static_cast<int>(spawn.pass_fds.size());
     if (o_.handoff) {
         int pair[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "handoff channel");
@@ -228,15 +269,35 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
     spawn.listen_fds_count = announced;
     if (o_.protocol != Protocol::systemd)
         for (const char* key : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) spawn.unset_env.emplace_back(key);
-    for (auto& entry : protocol_environment(o_.protocol, names)) spawn.set_env.push_back(std::move(entry));
+    for (auto& entry : protocol_environment(o_.protocol, names, ::getpid())) spawn.set_env.push_back(std::move(entry));
+    for (const auto& entry : o_.environment) spawn.set_env.push_back(entry);
     spawn.set_env.push_back("NOTIFY_SOCKET=" + notify_name);
     spawn.set_env.push_back(fmt::format("KTRICKS_SERVE_GENERATION={}", g->number));
     spawn.new_process_group = true;
     spawn.parent_death_signal = SIGKILL;
     if (o_.customize_spawn) o_.customize_spawn(spawn);
+    const bool hook_pid_namespace = spawn.clone_flags & CLONE_NEWPID;
+    if (o_.pid_namespace && !pid_namespace_refused_) spawn.clone_flags |= CLONE_NEWPID;
 
     g->started = Clock::now();
-    g->child.emplace(Child::spawn(spawn));
+    try {
+        g->child.emplace(Child::spawn(spawn));
+    } catch (const std::system_error& error) {
+        // Without CAP_SYS_ADMIN (or in a namespace nested too deep) CLONE_NEWPID is refused: run
+        // the generation as a plain child and say that its workers can now outlive a killed serve.
+        int code = error.code().value();
+        if (!(spawn.clone_flags & CLONE_NEWPID) || hook_pid_namespace ||
+            (code != EPERM && code != EINVAL && code != ENOSPC && code != EUSERS))
+            throw;
+        pid_namespace_refused_ = true;
+        spawn.clone_flags &= ~CLONE_NEWPID;
+        Event e("serve", "pid-namespace-unavailable");
+        e.set("error", error.what());
+        e.set("consequence", "generations run as plain children: if serve is SIGKILLed, their own children survive");
+        emit(std::move(e));
+        g->child.emplace(Child::spawn(spawn));
+    }
+    g->pid_namespace = spawn.clone_flags & CLONE_NEWPID;
     g->pid = g->child->pid();
 
     Generation* raw = g.get();
@@ -246,17 +307,123 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
         g->channel_source = loop_.add_fd(g->channel.get(), EPOLLIN, [this, raw](std::uint32_t) { on_channel(*raw); });
     Event e = event("started", raw);
     e.set("command", shell_join(o_.command));
+    if (g->pid_namespace) e.set("pid_namespace", true);
+    if (g->probe_address) e.set("probe", g->probe_address->to_string());
     emit(std::move(e));
     return g;
 }
 
+Fd Supervisor::bind_probe() {
+    SocketAddress address = o_.probe.value_or(SocketAddress::parse("tcp://127.0.0.1:0"));
+    if (address.transport() == SocketAddress::Transport::udp)
+        throw InputError(fmt::format("--probe {}: the probe must be a stream socket", address.to_string()));
+    if (address.family() == AF_UNIX && !address.is_abstract()) {
+        // Each generation gets a fresh socket at the same path (a server's configuration can name
+        // only one path): the previous generation keeps its own socket, reachable through its fd.
+        std::string path = address.to_string().substr(5);
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+    }
+    Fd fd = bind_socket(address, BindOptions{.backlog = 16});
+    if (o_.nonblocking_listeners) set_nonblocking(fd.get());
+    return fd;
+}
+
+void Supervisor::probe_reset(Generation& g, std::string outcome) {
+    if (g.probe_source) loop_.remove(std::exchange(g.probe_source, 0));
+    g.probe_connection.reset();
+    g.probe_sent = false;
+    g.probe_response.clear();
+    if (!outcome.empty()) g.probe_last = std::move(outcome);
+}
+
+// Every 100 ms: start one probe attempt unless one is under way (an attempt gets 2 s).
+void Supervisor::probe_tick(Generation& g) {
+    if (g.probe_connection) {
+        if (o_.ready.kind == ReadyCheck::Kind::connect && g.probe_sent) {
+            // serve holds the probe listener too: it is readable while a connection waits in its
+            // accept queue, and ours is the only one that can be there. Judged a tick after the
+            // handshake completed, so the kernel has long queued it: empty now means accepted.
+            pollfd queue{g.probe.get(), POLLIN, 0};
+            if (::poll(&queue, 1, 0) == 0) {
+                probe_reset(g, "");
+                become_ready(g);
+                return;
+            }
+        }
+        if (Clock::now() - g.probe_started < std::chrono::seconds(2)) return;
+        probe_reset(g, o_.ready.kind == ReadyCheck::Kind::connect ? "the connection was never accepted"
+                                                                  : "no answer within 2 s");
+    }
+    const SocketAddress& address = *g.probe_address;
+    Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) return;
+    if (::connect(fd.get(), address.sockaddr_ptr(), address.length()) < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+        g.probe_last = fmt::format("connect: {}", std::strerror(errno));
+        return;
+    }
+    g.probe_connection = std::move(fd);
+    g.probe_started = Clock::now();
+    Generation* raw = &g;
+    g.probe_source = loop_.add_fd(g.probe_connection.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP,
+                                  [this, raw](std::uint32_t events) { probe_io(*raw, events); });
+}
+
+void Supervisor::probe_io(Generation& g, std::uint32_t events) {
+    if (o_.ready.kind == ReadyCheck::Kind::connect) {
+        if (events & EPOLLERR) return probe_reset(g, "connect failed");
+        // Established (or already closed by whoever accepted it): probe_tick looks at the accept
+        // queue. Nothing more to wait for here, and a level-triggered HUP would spin.
+        g.probe_sent = true;
+        loop_.remove(std::exchange(g.probe_source, 0));
+        return;
+    }
+    if ((events & EPOLLOUT) && !g.probe_sent) {
+        std::string request = fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ktricks-serve-probe\r\n"
+                                          "Connection: close\r\n\r\n",
+                                          o_.ready.path);
+        if (::send(g.probe_connection.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
+            return probe_reset(g, fmt::format("send: {}", std::strerror(errno)));
+        g.probe_sent = true;
+        loop_.modify_fd(g.probe_source, EPOLLIN | EPOLLRDHUP);
+    }
+    if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return;
+    char buffer[512];
+    ssize_t got = ::recv(g.probe_connection.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (got > 0) g.probe_response.append(buffer, static_cast<std::size_t>(std::min<ssize_t>(got, 512)));
+    if (g.probe_response.find('\n') == std::string::npos && got > 0 && g.probe_response.size() < 512) return;
+    int status = detail::parse_http_status(g.probe_response);
+    bool good = status != 0 && (o_.ready.status ? status == o_.ready.status : status < 500);
+    if (good) {
+        probe_reset(g, "");
+        become_ready(g);
+        return;
+    }
+    probe_reset(g, status ? fmt::format("GET {} answered {}", o_.ready.path, status)
+                          : got < 0 ? fmt::format("recv: {}", std::strerror(errno))
+                                    : fmt::format("GET {}: the connection closed without an HTTP answer", o_.ready.path));
+}
+
 void Supervisor::watch_readiness(Generation& g) {
     Generation* raw = &g;
-    g.sources.push_back(loop_.add_timer(o_.ready_timeout, [this] {
-        fail_pending(fmt::format("not ready within {} ms (--ready-timeout)", o_.ready_timeout.count()));
+    g.sources.push_back(loop_.add_timer(o_.ready_timeout, [this, raw] {
+        std::string reason = fmt::format("not ready within {} ms (--ready-timeout)", o_.ready_timeout.count());
+        if (raw->probe_address) {
+            reason += fmt::format("; the probe {} ", raw->probe_address->to_string());
+            reason += raw->probe_last.empty() ? std::string("was never answered") : "failed: " + raw->probe_last;
+            reason += " (the server must serve every inherited socket, or name the probe in its configuration: "
+                      "--probe unix:PATH and e.g. nginx's `listen unix:PATH;`)";
+        }
+        fail_pending(reason);
     }));
     switch (o_.ready.kind) {
         case ReadyCheck::Kind::notify: break;
+        case ReadyCheck::Kind::http:
+        case ReadyCheck::Kind::connect:
+            g.sources.push_back(loop_.add_timer(
+                std::chrono::milliseconds(10), [this, raw] { probe_tick(*raw); }, std::chrono::milliseconds(100)));
+            break;
         case ReadyCheck::Kind::delay:
             g.sources.push_back(loop_.add_timer(o_.ready.delay, [this, raw] { become_ready(*raw); }));
             break;
@@ -329,6 +496,7 @@ void Supervisor::on_notify(Generation& g) {
             emit(std::move(e));
         }
         if (parsed.stopping) emit(event("stopping", &g));
+        if (parsed.ready && &g == pending_.get() && o_.ready.uses_probe()) emit(event("notified-ready", &g));
         if (parsed.ready && &g == pending_.get() && o_.ready.kind == ReadyCheck::Kind::notify) {
             become_ready(g);
             return;  // g may be retired below us only on a later event; keep this one simple
@@ -350,7 +518,8 @@ void Supervisor::on_channel(Generation& g) {
 }
 
 void Supervisor::forget(Generation& g) {
-    for (auto id : {g.exit_source, g.notify_source, g.channel_source}) loop_.remove(id);
+    for (auto id : {g.exit_source, g.notify_source, g.channel_source, g.probe_source}) loop_.remove(id);
+    g.probe_source = 0;
     for (auto id : g.sources) loop_.remove(id);
     g.sources.clear();
 }
@@ -368,6 +537,8 @@ void Supervisor::become_ready(Generation& g) {
     for (auto id : g.sources) loop_.remove(id);
     g.sources.clear();
     g.health.reset();
+    probe_reset(g, "");
+    g.probe.reset();  // the generation keeps its own copy; serve needs it no more
 
     double ready_ms = ms_since(g.number == 1 ? g.started : reload_started_);
     Event e = event("ready", &g);
@@ -389,6 +560,15 @@ void Supervisor::become_ready(Generation& g) {
         draining_.push_back(std::move(old));
     }
     current_->successor_end.reset();  // connections reach it only from the predecessor it was given to
+    if (o_.pid_file) {
+        try {
+            write_pid_file(*o_.pid_file, current_->pid);
+        } catch (const std::exception& error) {
+            Event failed("serve", "pid-file-error");
+            failed.set("error", error.what());
+            emit(std::move(failed));
+        }
+    }
     answer_waiters({true, "", current_->number, current_->pid, ready_ms});
     if (!first_ready_done_) {
         first_ready_done_ = true;
@@ -421,7 +601,8 @@ void Supervisor::fail_pending(const std::string& reason) {
     if (!g) return;
     forget(*g);
     kill_group(*g, SIGKILL);
-    Event e = event("rollback", g.get());
+    // The first generation has nothing to roll back to: that is a failed start, not a reload.
+    Event e = event(current_ || g->number > 1 ? "rollback" : "failed", g.get());
     e.set("reason", reason);
     if (current_) e.set("serving", current_->number);
     emit(std::move(e));
@@ -433,7 +614,7 @@ void Supervisor::fail_pending(const std::string& reason) {
     if (!current_) {
         if (!result_) result_ = last_exit_;
         if (g->number == 1)
-            fatal_ = fmt::format("{}: {} before it was ready", shell_join(o_.command), reason);
+            fatal_ = fmt::format("{}: generation 1 (pid {}) {}", shell_join(o_.command), g->pid, reason);
         begin_stop();
     }
     g.reset();  // Child's destructor reaps the killed process

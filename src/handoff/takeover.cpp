@@ -12,6 +12,12 @@
 // while it is stopped (a fatal default-action signal kills a stopped process) and SIGCONT. Some: let
 // it run a moment (SIGCONT) to finish them and look again, until --drain-timeout, then signal it
 // anyway and report the connections it took with it.
+//
+// A server is often a tree: nginx's master holds the listeners and its workers accept. Everything
+// above applies to the whole tree (the target and its descendants): listeners are looked for in
+// every process, every process is stopped and searched for accepted connections, and every one
+// gets the signal while stopped. Looking at the master alone reported "0 lost" while its workers
+// took requests with them.
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -24,7 +30,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -165,6 +174,37 @@ std::vector<std::string> held_connections(pid_t pid, int pidfd, const std::vecto
     return held;
 }
 
+// pidfds of the processes of a tree, opened once each (a pidfd never names a recycled pid).
+class TreeHandles {
+public:
+    TreeHandles(pid_t root, int root_pidfd) : root_(root), root_pidfd_(root_pidfd) {}
+    // The tree as it is now, with a pidfd for each process still there.
+    std::vector<std::pair<pid_t, int>> current() {
+        std::vector<std::pair<pid_t, int>> members;
+        for (pid_t pid : process_tree(root_)) {
+            if (pid == root_) {
+                members.emplace_back(pid, root_pidfd_);
+                continue;
+            }
+            auto it = pidfds_.find(pid);
+            if (it == pidfds_.end()) {
+                try {
+                    it = pidfds_.emplace(pid, open_pidfd(pid)).first;
+                } catch (const std::exception&) {
+                    continue;  // exited meanwhile
+                }
+            }
+            members.emplace_back(pid, it->second.get());
+        }
+        return members;
+    }
+
+private:
+    pid_t root_;
+    int root_pidfd_;
+    std::map<pid_t, Fd> pidfds_;
+};
+
 struct Retirement {
     pid_t pid;
     int pidfd;
@@ -182,31 +222,51 @@ void retire(const Retirement& r) {
     auto deadline = start + r.drain_timeout;
     int attempts = 0;
     std::vector<std::string> held;
+    TreeHandles handles(r.pid, r.pidfd);
+    std::vector<std::pair<pid_t, int>> tree;
+    auto resume = [&] {
+        // Descendants first: a master resumed first could hand work to a worker still stopped.
+        for (auto it = tree.rbegin(); it != tree.rend(); ++it) send_signal(it->second, SIGCONT);
+    };
     while (true) {
         ++attempts;
+        // The target first, so that it forks no new worker while we collect the others.
         if (!send_signal(r.pidfd, SIGSTOP)) break;  // gone already
-        // The fd table is stable only once every thread has stopped.
-        for (int i = 0; i < 1000; ++i) {
-            char state = process_state(r.pid);
-            if (state == 'T' || state == 't' || state == '?') break;
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
-        try {
-            held = held_connections(r.pid, r.pidfd, r.listeners);
-        } catch (const std::exception&) {
-            held.clear();  // it exited meanwhile
+        tree = handles.current();
+        for (const auto& [pid, pidfd] : tree)
+            if (pid != r.pid) send_signal(pidfd, SIGSTOP);
+        // The fd tables are stable only once every thread of every process has stopped.
+        for (const auto& member : tree)
+            for (int i = 0; i < 1000; ++i) {
+                char state = process_state(member.first);
+                if (state == 'T' || state == 't' || state == '?' || state == 'Z') break;
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+        held.clear();
+        for (const auto& [pid, pidfd] : tree) {
+            try {
+                auto more = held_connections(pid, pidfd, r.listeners);
+                held.insert(held.end(), more.begin(), more.end());
+            } catch (const std::exception&) {
+                // it exited meanwhile
+            }
         }
         if (held.empty() || Clock::now() >= deadline) break;
-        send_signal(r.pidfd, SIGCONT);
+        resume();
         // Let it run a little longer each time: on a busy machine its threads may need a while to be
         // scheduled at all, and every stop delays its clients again.
         std::this_thread::sleep_for(std::chrono::milliseconds(std::min(20 << std::min(attempts - 1, 4), 200)));
     }
-    send_signal(r.pidfd, r.signal_number);
+    // Every process of the tree gets the signal while stopped: it is dequeued before any of their
+    // code runs again, so a worker cannot accept one more connection on its way out.
+    for (const auto& [pid, pidfd] : tree) send_signal(pidfd, r.signal_number);
+    if (tree.empty()) send_signal(r.pidfd, r.signal_number);
+    resume();
     send_signal(r.pidfd, SIGCONT);
     bool gone = exited(r.pidfd, std::chrono::milliseconds(5000));
     Event e("takeover", held.empty() ? "retired" : "retired-with-loss");
     e.set("pid", r.pid).set("signal", sigabbrev_np(r.signal_number) ? sigabbrev_np(r.signal_number) : "?");
+    e.set("processes", tree.size());
     e.set("attempts", attempts).set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
     e.set("lost_connections", held.size()).set("exited", gone);
     if (!held.empty()) e.set("lost", held);
@@ -215,15 +275,49 @@ void retire(const Retirement& r) {
 
 }  // namespace
 
-std::vector<FoundListener> find_listeners(pid_t pid) {
-    auto inodes = detail::socket_inodes(pid);
-    std::vector<FoundListener> found;
-    for (const auto& socket : detail::proc_sockets(pid)) {
-        auto it = inodes.find(socket.inode);
-        if (!socket.listening || it == inodes.end()) continue;
-        found.push_back({it->second, socket.inode, socket.local});
+std::vector<pid_t> process_tree(pid_t root) {
+    std::multimap<pid_t, pid_t> children;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+        const std::string name = entry.path().filename().string();
+        pid_t pid = 0;
+        if (std::from_chars(name.data(), name.data() + name.size(), pid).ec != std::errc() || pid <= 0) continue;
+        std::string stat = read_all(entry.path().string() + "/stat");
+        auto paren = stat.rfind(')');  // the command name may contain spaces and parentheses
+        if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
+        pid_t parent = std::atoi(stat.c_str() + paren + 4);  // ") S PPID"
+        children.emplace(parent, pid);
     }
-    std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.fd < b.fd; });
+    std::vector<pid_t> tree{root};
+    for (std::size_t i = 0; i < tree.size() && tree.size() < 65536; ++i) {
+        auto [from, to] = children.equal_range(tree[i]);
+        for (auto it = from; it != to; ++it) tree.push_back(it->second);
+    }
+    return tree;
+}
+
+std::vector<FoundListener> find_listeners(pid_t pid) {
+    // One look at the network namespace's tables (the tree shares the target's, as servers do).
+    auto sockets = detail::proc_sockets(pid);
+    std::vector<FoundListener> found;
+    std::set<unsigned long> seen;
+    for (pid_t member : process_tree(pid)) {
+        std::map<unsigned long, int> inodes;
+        try {
+            inodes = detail::socket_inodes(member);
+        } catch (const std::system_error&) {
+            if (member == pid) throw;  // the target itself must be readable
+            continue;                  // a descendant that exited meanwhile
+        }
+        std::vector<FoundListener> mine;
+        for (const auto& socket : sockets) {
+            auto it = inodes.find(socket.inode);
+            if (!socket.listening || it == inodes.end() || !seen.insert(socket.inode).second) continue;
+            mine.push_back({it->second, socket.inode, socket.local, member});
+        }
+        std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.fd < b.fd; });
+        found.insert(found.end(), mine.begin(), mine.end());
+    }
     return found;
 }
 
@@ -264,12 +358,14 @@ ExitStatus takeover(TakeoverOptions options) {
     }
     auto describe_found = [&] {
         std::string list;
-        for (const auto& f : found) list += fmt::format("{}fd {} {}", list.empty() ? "" : ", ", f.fd, f.address);
+        for (const auto& f : found)
+            list += fmt::format("{}fd {} {}{}", list.empty() ? "" : ", ", f.fd, f.address,
+                                f.pid == options.pid ? std::string() : fmt::format(" (in its descendant pid {})", f.pid));
         return list.empty() ? std::string("none") : list;
     };
     std::vector<FoundListener> chosen;
     for (int fd : options.fds) {
-        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.fd == fd; });
+        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.fd == fd && f.pid == options.pid; });
         if (it == found.end())
             throw InputError(fmt::format("--fd {}: pid {} has no listening socket at fd {} (it has: {})", fd, options.pid, fd,
                                          describe_found()));
@@ -287,9 +383,16 @@ ExitStatus takeover(TakeoverOptions options) {
 
     Retirement retirement{options.pid, pidfd.get(), options.signal, options.serve.drain_timeout, {}, options.serve.on_event};
     std::set<unsigned long> taken;
+    std::map<pid_t, Fd> holders;  // pidfds of descendants that hold a listener the target does not
     for (const auto& listener : chosen) {
         if (!taken.insert(listener.inode).second) continue;  // asked for twice
-        options.serve.adopted.push_back({"", take_fd(pidfd.get(), options.pid, listener.fd)});
+        int holder = pidfd.get();
+        if (listener.pid != options.pid) {
+            auto it = holders.find(listener.pid);
+            if (it == holders.end()) it = holders.emplace(listener.pid, open_pidfd(listener.pid)).first;
+            holder = it->second.get();
+        }
+        options.serve.adopted.push_back({"", take_fd(holder, listener.pid, listener.fd)});
         detail::ProcSocket socket;
         socket.inode = listener.inode;
         socket.local = listener.address;
@@ -300,7 +403,7 @@ ExitStatus takeover(TakeoverOptions options) {
         retirement.listeners.push_back(socket);
         if (options.serve.on_event) {
             Event e("takeover", "adopted");
-            e.set("pid", options.pid).set("fd", listener.fd).set("address", listener.address);
+            e.set("pid", listener.pid).set("fd", listener.fd).set("address", listener.address);
             options.serve.on_event(e);
         }
     }

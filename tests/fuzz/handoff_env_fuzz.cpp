@@ -1,5 +1,6 @@
-// Fuzzes what a generation sends or inherits: NOTIFY_SOCKET datagrams, the LISTEN_* variables,
-// --listen/--ready arguments and the /proc/net tables takeover reads.
+// Fuzzes what a generation sends or inherits: NOTIFY_SOCKET datagrams, the answer to a readiness
+// probe, the LISTEN_* variables, --listen/--ready/--server arguments and the /proc/net tables
+// takeover reads.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -14,6 +15,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     using namespace ktricks::handoff;
     using namespace ktricks::handoff::detail;
     (void)parse_notify(input);
+    (void)parse_http_status(input);
+    try {
+        (void)parse_server(input);
+    } catch (const ktricks::InputError&) {
+    }
     // Three NUL-separated parts: LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES.
     std::string parts[3];
     std::size_t part = 0;

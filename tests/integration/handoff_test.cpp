@@ -14,7 +14,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <functional>
+#include <map>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -210,7 +214,10 @@ struct Served {
     std::string control = dir / "control.sock";
     std::optional<Process> process;
 
-    explicit Served(std::vector<std::string> command, std::vector<std::string> extra = {}) {
+    explicit Served(std::vector<std::string> command, std::vector<std::string> extra = {}) { start(command, extra); }
+    struct Later {};
+    explicit Served(Later) {}  // start() follows, once the command (which may name `port`) is known
+    void start(std::vector<std::string> command, std::vector<std::string> extra) {
         std::vector<std::string> argv = {K, "serve", "--listen", addr(port), "--control", control};
         if (std::find(extra.begin(), extra.end(), "--drain-timeout") == extra.end()) extra.insert(extra.end(), {"--drain-timeout", "10"});
         argv.insert(argv.end(), extra.begin(), extra.end());
@@ -564,6 +571,328 @@ TEST(HandoffUpgrader, HundredClientsStayConnectedThroughTenUpgradesWithoutLosing
     clients[0].send("WHO\n");
     EXPECT_EQ(clients[0].line(), "100 connected");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The servers people run, from Debian, under `serve --server NAME`: nginx, gunicorn, lighttpd, uWSGI.
+
+// wrk with connection-close clients (every request a new connection, so a listener that is not
+// answered shows at once), stopped with SIGINT, on which it prints its summary.
+struct WrkResult {
+    long requests = 0, socket_errors = 0, bad_status = 0;
+    std::string text;
+};
+
+class Wrk {
+public:
+    explicit Wrk(std::uint16_t port)
+        : process_(Process::start({"/usr/bin/wrk", "-t1", "-c4", "-d120s", "--timeout", "5s", "-H", "Connection: close",
+                                   fmt::format("http://127.0.0.1:{}/", port)})) {}
+    WrkResult finish() {
+        process_.signal(SIGINT);
+        WrkResult result;
+        auto status = process_.wait(std::chrono::seconds(10));
+        result.text = process_.describe();
+        if (!status) {
+            result.socket_errors = -1;
+            return result;
+        }
+        std::string out = process_.out();
+        auto number_after = [&](const std::string& label) -> long {
+            auto at = out.find(label);
+            return at == std::string::npos ? 0 : std::atol(out.c_str() + at + label.size());
+        };
+        auto done = out.find(" requests in ");
+        if (done != std::string::npos) {
+            auto start = out.rfind('\n', done);
+            result.requests = std::atol(out.c_str() + (start == std::string::npos ? 0 : start + 1));
+        }
+        for (const char* label : {"Socket errors: connect ", ", read ", ", write ", ", timeout "}) result.socket_errors += number_after(label);
+        result.bad_status = number_after("Non-2xx or 3xx responses: ");
+        return result;
+    }
+
+private:
+    Process process_;
+};
+
+// Pids of `root`'s descendants, from the ppid field of /proc/PID/stat.
+std::vector<pid_t> descendants(pid_t root) {
+    std::multimap<pid_t, pid_t> children;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+        pid_t pid = std::atoi(entry.path().filename().c_str());
+        if (pid <= 0) continue;
+        std::string stat = read_file(entry.path() / "stat");
+        auto paren = stat.rfind(')');
+        if (paren == std::string::npos) continue;
+        pid_t parent = 0;
+        char state = 0;
+        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &parent) == 2) children.emplace(parent, pid);
+    }
+    std::vector<pid_t> found, queue{root};
+    while (!queue.empty()) {
+        pid_t next = queue.back();
+        queue.pop_back();
+        auto [from, to] = children.equal_range(next);
+        for (auto it = from; it != to; ++it) {
+            found.push_back(it->second);
+            queue.push_back(it->second);
+        }
+    }
+    return found;
+}
+
+// Alive and not a zombie (a zombie holds no descriptor; its reaper is whoever inherited it).
+bool alive(pid_t pid) {
+    std::string stat = read_file(fmt::format("/proc/{}/stat", pid));
+    auto paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+bool port_free(std::uint16_t port) {
+    try {
+        bind_socket(SocketAddress::parse(addr(port)));
+        return true;
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+// One real server: how to configure and run it on a port, and how to break its next version.
+struct RealServer {
+    std::string name;
+    std::string binary;
+    std::function<std::vector<std::string>(const TempDir&, std::uint16_t port)> setup;  // writes files, returns CMD
+    std::function<void(const TempDir&)> break_next;
+    std::function<std::vector<std::string>(const TempDir&)> flags = [](const TempDir&) { return std::vector<std::string>{}; };
+};
+
+const std::string wsgi_app = R"(import os
+def app(environ, start_response):
+    body = ("generation %s\n" % os.environ.get("KTRICKS_SERVE_GENERATION", "?")).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+application = app
+)";
+const std::string broken_python = "def app(:\n";
+
+std::string nginx_config(const TempDir& dir, std::uint16_t port) {
+    std::string d = dir.path().string();
+    return fmt::format(R"(daemon off;
+master_process on;
+worker_processes 2;
+pid {0}/nginx.pid;
+error_log {0}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {0}/body; proxy_temp_path {0}/proxy; fastcgi_temp_path {0}/fastcgi;
+    uwsgi_temp_path {0}/uwsgi; scgi_temp_path {0}/scgi;
+    server {{
+        listen 127.0.0.1:{1};
+        listen unix:{0}/probe.sock;
+        location / {{ return 200 "nginx\n"; }}
+    }}
+}}
+)",
+                       d, port);
+}
+
+const std::vector<RealServer>& real_servers() {
+    static const std::vector<RealServer> servers = {
+        {"nginx", "/usr/sbin/nginx",
+         [](const TempDir& dir, std::uint16_t port) {
+             write_file(dir / "nginx.conf", nginx_config(dir, port));
+             return std::vector<std::string>{"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c",
+                                              dir / "nginx.conf"};
+         },
+         [](const TempDir& dir) { write_file(dir / "nginx.conf", read_file(dir / "nginx.conf") + "not_a_directive;\n"); },
+         [](const TempDir& dir) { return std::vector<std::string>{"--probe", "unix:" + dir / "probe.sock"}; }},
+        {"gunicorn", "/usr/bin/gunicorn",
+         [](const TempDir& dir, std::uint16_t) {
+             write_file(dir / "app.py", wsgi_app);
+             return std::vector<std::string>{"/usr/bin/gunicorn", "--chdir", dir.path().string(), "--workers", "2",
+                                              "--graceful-timeout", "5", "--log-level", "warning", "app:app"};
+         },
+         [](const TempDir& dir) { write_file(dir / "app.py", broken_python); }},
+        {"lighttpd", "/usr/sbin/lighttpd",
+         [](const TempDir& dir, std::uint16_t port) {
+             std::filesystem::create_directory(dir.path() / "www");
+             write_file(dir / "www/index.html", "lighttpd\n");
+             write_file(dir / "lighttpd.conf",
+                        fmt::format("server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\nserver.port = {1}\n"
+                                    "server.systemd-socket-activation = \"enable\"\nserver.errorlog = \"{0}/error.log\"\n"
+                                    "index-file.names = (\"index.html\")\n",
+                                    dir.path().string(), port));
+             return std::vector<std::string>{"/usr/sbin/lighttpd", "-D", "-f", dir / "lighttpd.conf"};
+         },
+         [](const TempDir& dir) { write_file(dir / "lighttpd.conf", read_file(dir / "lighttpd.conf") + "this is not lighttpd syntax\n"); }},
+        {"uwsgi", "/usr/bin/uwsgi",
+         [](const TempDir& dir, std::uint16_t) {
+             write_file(dir / "app.py", wsgi_app);
+             return std::vector<std::string>{"/usr/bin/uwsgi", "--plugin", "python3", "--wsgi-file", dir / "app.py", "--need-app",
+                                              "--master", "--workers", "2", "--protocol", "http", "--disable-logging",
+                                              // uWSGI answers HTTP/1.1 without it and then closes, which
+                                              // wrk counts as a read error on every request.
+                                              "--add-header", "Connection: close"};
+         },
+         [](const TempDir& dir) { write_file(dir / "app.py", broken_python); }},
+    };
+    return servers;
+}
+
+class HandoffRealServer : public ::testing::TestWithParam<std::string> {
+protected:
+    void SetUp() override {
+        for (const auto& candidate : real_servers())
+            if (candidate.name == GetParam()) server_ = &candidate;
+        ASSERT_NE(server_, nullptr);
+        if (!std::filesystem::exists(server_->binary)) GTEST_SKIP() << server_->binary << " is not installed (scripts/install-deps.sh)";
+        served_.emplace(Served::Later{});
+        std::vector<std::string> flags = {"--server", server_->name, "--ready-timeout", "15"};
+        for (auto& flag : server_->flags(served_->dir)) flags.push_back(flag);
+        served_->start(server_->setup(served_->dir, served_->port), flags);
+        ASSERT_TRUE(served_->up()) << served_->process->describe();
+    }
+    const RealServer* server_ = nullptr;
+    std::optional<Served> served_;
+};
+
+TEST_P(HandoffRealServer, TenReloadsUnderConnectionCloseLoadLoseNoRequest) {
+    if (!std::filesystem::exists("/usr/bin/wrk")) GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
+    Wrk wrk(served_->port);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    for (int i = 0; i < 10; ++i) {
+        auto result = served_->reload();
+        ASSERT_TRUE(result.ok) << result.message << "\n" << served_->process->describe();
+        EXPECT_EQ(result.generation, static_cast<unsigned>(i + 2));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto load = wrk.finish();
+    EXPECT_EQ(load.socket_errors, 0) << load.text << "\n" << served_->process->describe();
+    EXPECT_EQ(load.bad_status, 0) << load.text;
+    EXPECT_GE(load.requests, 100) << load.text;
+}
+
+TEST_P(HandoffRealServer, ABrokenNewVersionIsRolledBackWhileTheOldOneServes) {
+    Load load(served_->port, "/");
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    server_->break_next(served_->dir);
+    auto result = served_->reload();
+    EXPECT_FALSE(result.ok) << served_->process->describe();
+    EXPECT_NE(result.message.find("generation 1"), std::string::npos) << result.message;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    load.stop();
+    EXPECT_TRUE(no_request_lost(load)) << served_->process->describe();
+    EXPECT_TRUE(http_get(served_->port).has_value());
+    EXPECT_EQ(served_->status()["generation"], 1);
+    EXPECT_TRUE(served_->process->running());
+}
+
+TEST_P(HandoffRealServer, KillNineOfServeLeavesNoProcessAndFreesThePort) {
+    ASSERT_TRUE(served_->reload().ok);  // a draining generation too, if it is still finishing
+    std::vector<pid_t> tree = descendants(served_->process->pid());
+    // lighttpd runs as one process; the others as a master and its workers.
+    ASSERT_GE(tree.size(), server_->name == "lighttpd" ? 1u : 2u) << "expected a master and its workers";
+    served_->process->signal(SIGKILL);
+    ASSERT_TRUE(served_->process->wait(std::chrono::seconds(5)));
+    auto killed = Clock::now();
+    bool gone = eventually(
+        [&] { return std::none_of(tree.begin(), tree.end(), alive) && port_free(served_->port); }, std::chrono::seconds(1));
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - killed).count();
+    std::string left;
+    for (pid_t pid : tree)
+        if (alive(pid)) left += fmt::format(" {} ({})", pid, read_file(fmt::format("/proc/{}/comm", pid)));
+    EXPECT_TRUE(gone) << "still running:" << left << "; port free: " << port_free(served_->port) << " after " << ms << " ms";
+}
+
+TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLoad) {
+    if (!std::filesystem::exists("/usr/sbin/nginx") || !std::filesystem::exists("/usr/bin/wrk"))
+        GTEST_SKIP() << "nginx or wrk is not installed (scripts/install-deps.sh)";
+    TempDir dir;
+    std::uint16_t port = free_port();
+    write_file(dir / "nginx.conf", nginx_config(dir, port));
+    std::vector<std::string> nginx = {"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c", dir / "nginx.conf"};
+    Process old = Process::start(nginx);  // binds the port itself: knows nothing of ktricks
+    ASSERT_TRUE(serves(port, old));
+    Wrk wrk(port);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // Only the TCP listener: the new nginx binds its own probe path (the old one's is in its config too).
+    std::vector<std::string> argv = {K, "takeover", "--json", "--pid", std::to_string(old.pid()), "--listen", addr(port),
+                                     "--server", "nginx", "--probe", "unix:" + dir / "probe.sock", "--drain-timeout", "10",
+                                     "--"};
+    argv.insert(argv.end(), nginx.begin(), nginx.end());
+    Process takeover = Process::start(argv);
+    ASSERT_TRUE(old.wait(std::chrono::seconds(20))) << "the old nginx is still running\n" << takeover.describe();
+    ASSERT_TRUE(eventually([&] { return takeover.out().find("\"retired") != std::string::npos; }, std::chrono::seconds(10)))
+        << takeover.describe();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto load = wrk.finish();
+    nlohmann::json retired;
+    for (const auto& line : lines_of(takeover.out()))
+        if (line.find("\"retired") != std::string::npos) retired = nlohmann::json::parse(line);
+    EXPECT_GE(retired["processes"].get<int>(), 3) << "the master and its two workers: " << retired.dump();
+    // Truthful: what wrk lost and what takeover reports agree, and with the whole tree checked both are 0.
+    EXPECT_EQ(load.socket_errors, 0) << load.text << "\n" << takeover.describe();
+    EXPECT_EQ(retired["event"], "retired") << retired.dump();
+    EXPECT_EQ(retired["lost_connections"], 0) << retired.dump();
+    EXPECT_TRUE(http_get(port).has_value());
+}
+
+TEST(HandoffServe, KeepsThePidFileOnTheServingGenerationAndRemovesItAtTheEnd) {
+    TempDir files;
+    std::string pid_file = files / "web.pid";
+    Served served({sd_server}, {"--pid-file", pid_file});
+    ASSERT_TRUE(served.up());
+    EXPECT_EQ(read_file(pid_file), fmt::format("{}\n", served.status()["pid"].get<int>()));
+    auto result = served.reload();
+    ASSERT_TRUE(result.ok) << result.message;
+    EXPECT_EQ(read_file(pid_file), fmt::format("{}\n", result.pid));  // the old one's exit leaves it alone
+    served.process->signal(SIGTERM);
+    ASSERT_EQ(served.process->wait(), 0) << served.process->describe();
+    EXPECT_FALSE(std::filesystem::exists(pid_file));
+}
+
+TEST(HandoffServe, ConnectReadinessWaitsUntilTheNewGenerationAcceptsOnItsProbe) {
+    if (!std::filesystem::exists("/usr/bin/gunicorn")) GTEST_SKIP() << "gunicorn is not installed (scripts/install-deps.sh)";
+    Served served(Served::Later{});
+    write_file(served.dir / "app.py", wsgi_app);
+    served.start({"/usr/bin/gunicorn", "--chdir", served.dir.path().string(), "--workers", "1", "--log-level", "warning", "app:app"},
+                 {"--server", "gunicorn", "--ready=connect", "--ready-timeout", "15"});
+    ASSERT_TRUE(served.up());
+    auto good = served.reload();
+    ASSERT_TRUE(good.ok) << good.message << "\n" << served.process->describe();
+    // Generation 1 may still take a connection or two from the shared listener as it drains.
+    EXPECT_TRUE(eventually([&] { return http_get(served.port).value_or("").starts_with("generation 2"); }));
+    write_file(served.dir / "app.py", broken_python);  // the arbiter says READY=1; no worker ever accepts
+    auto broken = served.reload();
+    EXPECT_FALSE(broken.ok);
+    EXPECT_TRUE(http_get(served.port).value_or("").starts_with("generation 2"));
+    EXPECT_NE(served.process->err().find("says READY=1; waiting for the probe"), std::string::npos) << served.process->describe();
+}
+
+TEST(HandoffServe, NginxWithoutAProbeAddressIsAUsageError) {
+    auto result = run({K, "serve", "--server", "nginx", "--listen", addr(free_port()), "--", "/usr/sbin/nginx"});
+    EXPECT_EQ(result.status, 64) << result.describe;
+    EXPECT_NE(result.err.find("--probe unix:/PATH"), std::string::npos) << result.err;
+}
+
+TEST(HandoffTakeover, ANonexistentPidIsOneClearLineAndExit66) {
+    auto result = run({K, "takeover", "--pid", "999999", "--", "/bin/true"});
+    EXPECT_EQ(result.status, 66) << result.describe;
+    EXPECT_EQ(result.err, "ktricks takeover: --pid 999999: no such process\n");
+}
+
+TEST(HandoffServe, AFirstGenerationThatTimesOutIsNotCalledARollback) {
+    auto result = run({K, "serve", "--listen", addr(free_port()), "--ready-timeout", "0.3", "--", "/bin/sleep", "30"});
+    EXPECT_EQ(result.status, 69) << result.describe;
+    EXPECT_EQ(result.err.find("rolled back"), std::string::npos) << result.err;
+    EXPECT_EQ(result.err.find("before it was ready"), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("generation 1 (pid "), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("not ready within 300 ms"), std::string::npos) << result.err;
+}
+
+INSTANTIATE_TEST_SUITE_P(Servers, HandoffRealServer, ::testing::Values("nginx", "gunicorn", "lighttpd", "uwsgi"),
+                         [](const ::testing::TestParamInfo<std::string>& server) { return server.param; });
 
 }  // namespace
 }  // namespace ktricks::test

@@ -48,11 +48,52 @@ TEST(HandoffReadyCheck, ParsesEveryMode) {
     EXPECT_THROW(ReadyCheck::parse("http"), InputError);
 }
 
+TEST(HandoffReadyCheck, ParsesProbeChecksWithPathAndStatus) {
+    auto any = ReadyCheck::parse("http:/health");
+    EXPECT_EQ(any.kind, ReadyCheck::Kind::http);
+    EXPECT_EQ(any.path, "/health");
+    EXPECT_EQ(any.status, 0);
+    EXPECT_TRUE(any.uses_probe());
+    auto exact = ReadyCheck::parse("http:/ready?x=1=204");
+    EXPECT_EQ(exact.path, "/ready?x=1");
+    EXPECT_EQ(exact.status, 204);
+    EXPECT_EQ(ReadyCheck::parse("http:/a=b").path, "/a=b");  // not a status: the '=' is part of the path
+    EXPECT_EQ(ReadyCheck::parse("connect").kind, ReadyCheck::Kind::connect);
+    EXPECT_FALSE(ReadyCheck::parse("notify").uses_probe());
+    EXPECT_THROW(ReadyCheck::parse("http:health"), InputError);
+    EXPECT_THROW(ReadyCheck::parse("http:/a b"), InputError);
+    EXPECT_THROW(ReadyCheck::parse("http:/=999"), InputError);
+}
+
+TEST(HandoffReadyCheck, ReadsTheStatusOfAnHttpAnswer) {
+    EXPECT_EQ(parse_http_status("HTTP/1.1 200 OK\r\n"), 200);
+    EXPECT_EQ(parse_http_status("HTTP/1.0 404 Not Found\r\n"), 404);
+    EXPECT_EQ(parse_http_status("HTTP/1.1 20"), 0);  // cut short
+    EXPECT_EQ(parse_http_status("HTTP/2 200"), 0);
+    EXPECT_EQ(parse_http_status("SSH-2.0-OpenSSH_9.2\r\n"), 0);
+    EXPECT_EQ(parse_http_status("HTTP/1.1 099 x"), 0);
+}
+
+TEST(HandoffServer, PresetsCarryEachServersGracefulSignalAndConventions) {
+    auto nginx = server_preset(Server::nginx);
+    EXPECT_EQ(nginx.protocol, Protocol::nginx);
+    EXPECT_EQ(nginx.drain_signal, SIGQUIT);
+    EXPECT_TRUE(nginx.nonblocking_listeners);
+    EXPECT_EQ(server_preset(Server::lighttpd).drain_signal, SIGINT);
+    EXPECT_EQ(server_preset(Server::gunicorn).drain_signal, SIGTERM);
+    EXPECT_EQ(server_preset(Server::gunicorn).ready.kind, ReadyCheck::Kind::http);
+    EXPECT_FALSE(server_preset(Server::uwsgi).environment.empty());
+    EXPECT_EQ(parse_server("uwsgi"), Server::uwsgi);
+    EXPECT_THROW(parse_server("apache"), InputError);
+}
+
 TEST(HandoffProtocol, AnnouncesDescriptorsInEachConvention) {
     std::vector<std::string> names{"web", ""};
     EXPECT_EQ(protocol_environment(Protocol::systemd, names), std::vector<std::string>{"LISTEN_FDNAMES=web:unknown"});
     EXPECT_EQ(protocol_environment(Protocol::nginx, names), std::vector<std::string>{"NGINX=3;4;"});
-    EXPECT_EQ(protocol_environment(Protocol::gunicorn, names), std::vector<std::string>{"GUNICORN_FD=3,4"});
+    // gunicorn 20.1 reads GUNICORN_FD only together with GUNICORN_PID.
+    EXPECT_EQ(protocol_environment(Protocol::gunicorn, names, 42),
+              (std::vector<std::string>{"GUNICORN_FD=3,4", "GUNICORN_PID=42"}));
     EXPECT_EQ(protocol_environment(Protocol::einhorn, names),
               (std::vector<std::string>{"EINHORN_FD_COUNT=2", "EINHORN_FD_0=3", "EINHORN_FD_1=4"}));
     EXPECT_THROW(parse_protocol("inetd"), InputError);
