@@ -10,7 +10,7 @@ namespace ktricks::test {
 namespace {
 
 TEST(NetwatchWifi, ConnectAndDisconnectInAVirtualMachineCarrySsidAndBssid) {
-    auto script = std::filesystem::path(__FILE__).parent_path() / "netwatch_wifi_vm.sh";
+    auto script = std::filesystem::path(KTRICKS_TESTS_DIR) / "netwatch_wifi_vm.sh";
     auto cache = std::filesystem::path(KTRICKS_BINARY).parent_path() / "netwatch-vm";
     if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
     // Booting under TCG takes 15-45 s depending on how busy the machine is.

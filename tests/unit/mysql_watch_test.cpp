@@ -12,7 +12,7 @@ namespace ktricks::mysqlwatch {
 namespace {
 
 std::string captured(const std::string& name) {
-    auto path = std::filesystem::path(__FILE__).parent_path() / "data/mysql" / name;
+    auto path = std::filesystem::path(KTRICKS_TESTS_DIR) / "data/mysql" / name;
     std::ifstream in(path, std::ios::binary);
     std::stringstream bytes;
     bytes << in.rdbuf();
