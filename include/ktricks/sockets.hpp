@@ -98,6 +98,8 @@ struct FilterContext {
     int family = 0;
     // Which services tables resolve :name (ss: those of the kinds listed; both if none).
     bool tcp = true, udp = true;
+    // Look host names up (NSS: /etc/hosts, DNS); false makes a name an error (fuzzing, no network).
+    bool resolve_names = true;
 };
 
 class Filter {

@@ -76,7 +76,8 @@ int run_sockets(const SocketsOptions& options) {
     if (options.watch) {
         if (options.unix_sockets || options.raw || options.packet)
             throw InputError("--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
-        if (!(query.filter && query.filter->states())) query.states = (options.all || options.listening) ? 0 : query.states;
+        // Destroyed sockets arrive in their last state (often CLOSE): only `state` clauses narrow them.
+        query.states = query.filter ? query.filter->states() : 0;
         struct sigaction action{};
         action.sa_handler = [](int) { interrupted = true; };
         ::sigaction(SIGINT, &action, nullptr);

@@ -34,8 +34,23 @@
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/sockets.hpp"
+#include "sockets/decode.hpp"
 
 namespace ktricks::sockets {
+
+namespace detail {
+bool is_ephemeral(long port) {
+    static const std::pair<long, long> range = [] {
+        std::ifstream file("/proc/sys/net/ipv4/ip_local_port_range");
+        long low = 32768, high = 60999;
+        file >> low >> high;
+        return std::make_pair(low, high);
+    }();
+    return port >= range.first && port <= range.second;
+}
+}  // namespace detail
+
+using detail::is_ephemeral;
 
 struct Filter::Node {
     enum Kind { all, any, negate, port, host, autobound, device, mark, cgroup } kind = all;
@@ -84,17 +99,6 @@ const std::map<std::string, std::uint32_t, std::less<>>& state_names() {
         return m;
     }();
     return names;
-}
-
-// ss's is_ephemeral: the port lies in this namespace's net.ipv4.ip_local_port_range.
-bool is_ephemeral(long port) {
-    static const std::pair<long, long> range = [] {
-        std::ifstream file("/proc/sys/net/ipv4/ip_local_port_range");
-        long low = 32768, high = 60999;
-        file >> low >> high;
-        return std::make_pair(low, high);
-    }();
-    return port >= range.first && port <= range.second;
 }
 
 // The cgroup v2 id of PATH (relative to the cgroup2 mount, as ss takes it): the kernel's id is the
@@ -351,9 +355,10 @@ private:
         errno = 0;
         long value = std::strtol(z.c_str(), &end, 0);
         if (end != z.c_str() && *end == '\0' && errno == 0) {
-            // ss takes any number: 100000 is a port no socket has (and the kernel, which reads
-            // 16 bits, compares with 34464: both deciders see what they see in ss too).
-            if (value < 0) fail_at(word, fmt::format("bad port \"{}\"", printable(text)), "a number 0-65535 or a service name");
+            // ss takes any number (100000 is a port no socket has, and the kernel, reading 16 bits,
+            // compares with 34464): a port that cannot exist is an error here.
+            if (value < 0 || value > 65535)
+                fail_at(word, fmt::format("bad port \"{}\"", printable(text)), "a number 0-65535 or a service name");
             return value;
         }
         long tcp = -1, udp = -1;
@@ -392,7 +397,8 @@ private:
                     "unix:, inet:, inet6: or no prefix");
         if (family == AF_PACKET)
             fail_at(word, "packet socket addresses are not supported in filters", "-t, -u, -x or -w with addresses");
-        if (family != AF_UNSPEC) family_ = family;
+        // ss's filter_af_set also makes it the family of the values that follow.
+        if (family != AF_UNSPEC) family_ = context_.family = family;
         return family;
     }
 
@@ -522,6 +528,17 @@ private:
 
     // A host name, looked up once here (IPv4 addresses first, then IPv6, like ss).
     void resolve(const Word& word, const std::string& name, int family, Node& node) {
+        // ss asks gethostbyname2, which takes no numeric forms beyond dotted digits: "0x7f000001"
+        // is no host there, though getaddrinfo's inet_aton would read it.
+        addrinfo numeric_hints{};
+        numeric_hints.ai_flags = AI_NUMERICHOST;
+        addrinfo* numeric = nullptr;
+        if (::getaddrinfo(name.c_str(), nullptr, &numeric_hints, &numeric) == 0) {
+            ::freeaddrinfo(numeric);
+            fail_at(word, fmt::format("bad address \"{}\"", printable(name)), "a dotted address, [IPv6] or a host name");
+        }
+        if (!context_.resolve_names)
+            fail_at(word, fmt::format("bad address \"{}\"", printable(name)), "an address (host names are not looked up)");
         for (int wanted : {AF_INET, AF_INET6}) {
             if (family != AF_UNSPEC && family != wanted) continue;
             addrinfo hints{};

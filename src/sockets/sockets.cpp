@@ -432,7 +432,7 @@ Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames
         row.peer_address = address_text(socket.peer, socket.v6only, 0, ifname) + ":";
         auto port = [&](std::uint16_t p) -> std::string {
             if (p == 0) return "*";
-            if (options.numeric || socket.netid == Netid::raw) return std::to_string(p);
+            if (options.numeric || socket.netid == Netid::raw || detail::is_ephemeral(p)) return std::to_string(p);
             return services.name(p, socket.netid == Netid::udp);
         };
         row.local_port = port(socket.local.port);
