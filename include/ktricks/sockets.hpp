@@ -78,7 +78,17 @@ struct SocketInfo {
     // 4 zero-window probe; its expiry in ms and the retransmits so far.
     std::uint8_t timer = 0, retransmits = 0;
     std::uint32_t expires_ms = 0;
+    std::string cgroup;         // with Query::cgroups: cgroup_id's path ("/system.slice/nginx.service")
 };
+
+// What a cgroup v2 path says about who runs there: the deepest systemd service or scope
+// ("nginx.service", "session-4.scope") and a container id (64 hex digits) with its runtime, from
+// the systemd driver's "docker-ID.scope" / "libpod-ID.scope" / "cri-containerd-ID.scope" or the
+// cgroupfs driver's "/docker/ID". Empty fields when the path names none.
+struct CgroupOwner {
+    std::string unit, runtime, container;
+};
+CgroupOwner cgroup_owner(std::string_view path);
 
 // A filter expression in ss's grammar (iproute2 misc/ssfilter.y), compiled to inet_diag bytecode
 // and also decided here, as ss does (the kernel's answer and ss's own must both say yes):
@@ -143,6 +153,7 @@ struct Query {
     bool tcp_info = false;   // -i: tcp_info and the congestion algorithm
     bool memory = false;     // -m: skmem
     bool processes = false;  // -p: owning processes, by socket inode
+    bool cgroups = false;    // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
 };
 
 // The states ss shows by default (all but LISTEN, CLOSE, TIME-WAIT, SYN-RECV), for -l, for -a.
@@ -179,6 +190,7 @@ struct TableOptions {
     bool netid = false;      // the Netid column (more than one kind listed)
     bool state = true;       // the State column (ss drops it when one state is asked for)
     bool timers = false;     // -o: timer:(NAME,EXPIRES,RETRANSMITS) for TCP sockets with one pending
+    bool cgroups = false;    // --cgroup: cgroup:PATH, then unit:NAME and container:RUNTIME/ID when named
     bool extended = false;   // -e: uid, inode, cookie
     bool netns = false;      // --all-netns: the namespace column
     bool header = true;      // the column titles line

@@ -20,7 +20,7 @@ struct SocketsOptions {
     bool tcp = false, udp = false, unix_sockets = false, raw = false, packet = false;
     bool listening = false, all = false, numeric = false, processes = false, extended = false;
     bool info = false, memory = false, ipv4 = false, ipv6 = false, kill = false, json = false;
-    bool all_netns = false, watch = false, no_header = false, timers = false;
+    bool all_netns = false, watch = false, no_header = false, timers = false, cgroups = false;
     // ss's "preferred family": the last of -x, -4, -6, -0 on the command line (AF_UNSPEC if none).
     int family = 0;
     // Whether -a or -l came last (ss: the last one wins).
@@ -46,6 +46,7 @@ int run_sockets(const SocketsOptions& options) {
     query.tcp_info = options.info;
     query.memory = options.memory;
     query.processes = options.processes;
+    query.cgroups = options.cgroups;
     std::string expression;
     for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
     bool any_kind = options.tcp || options.udp || options.unix_sockets || options.raw || options.packet;
@@ -134,7 +135,7 @@ int run_sockets(const SocketsOptions& options) {
     std::uint32_t shown_states = states & ~(1u << sockets::new_syn_recv);
     bool one_state = shown_states && !(shown_states & (shown_states - 1));
     sockets::TableOptions table{.numeric = options.numeric, .netid = !one_kind, .state = !one_state,
-                                .timers = options.timers, .extended = options.extended, .netns = options.all_netns,
+                                .timers = options.timers, .cgroups = options.cgroups, .extended = options.extended, .netns = options.all_netns,
                                 .header = !options.no_header};
     std::fflush(stdout);
     sockets::write_table(*shown, table, STDOUT_FILENO);
@@ -161,6 +162,8 @@ Subcommand add_sockets(CLI::App& app) {
     sub->add_flag("-4,--ipv4", options->ipv4, "IPv4 only");
     sub->add_flag("-6,--ipv6", options->ipv6, "IPv6 only");
     sub->add_flag("-H,--no-header", options->no_header, "no column titles");
+    sub->add_flag("-c,--cgroup", options->cgroups,
+                  "each TCP/UDP socket's cgroup, and the systemd unit or container it names");
     sub->add_flag("-o,--options", options->timers, "TCP timers: timer:(NAME,EXPIRES,RETRANSMITS)");
     sub->add_flag("-K,--kill", options->kill, "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
     sub->add_flag("--json", options->json, "one JSON object per socket");

@@ -12,7 +12,6 @@
 // here falls through on true (yes = its own length) and jumps on false; `or` and `not` add an
 // unconditional JMP (which always takes `no`). Compiling a tree this way needs only forward labels.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <fnmatch.h>
 #include <linux/inet_diag.h>
 #include <net/if.h>
@@ -29,11 +28,11 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/sockets.hpp"
+#include "sockets/cgroups.hpp"
 #include "sockets/decode.hpp"
 
 namespace ktricks::sockets {
@@ -99,43 +98,6 @@ const std::map<std::string, std::uint32_t, std::less<>>& state_names() {
         return m;
     }();
     return names;
-}
-
-// The cgroup v2 id of PATH (relative to the cgroup2 mount, as ss takes it): the kernel's id is the
-// inode number of the cgroup's directory on cgroupfs (kernfs), as name_to_handle_at reports it.
-std::optional<std::uint64_t> handle_id(int directory, const char* path) {
-    struct {
-        file_handle handle;
-        std::uint64_t id;
-    } handle{};
-    handle.handle.handle_bytes = sizeof(std::uint64_t);
-    int mount_id = 0;
-    if (::name_to_handle_at(directory, path, &handle.handle, &mount_id, 0) != 0) return std::nullopt;
-    if (handle.handle.handle_bytes != sizeof(std::uint64_t)) return std::nullopt;
-    std::uint64_t id = 0;
-    std::memcpy(&id, handle.handle.f_handle, sizeof(id));
-    return id;
-}
-
-// ss's get_cgroup2_id: PATH as a path first (so /sys/fs/cgroup/unified/system.slice works, and
-// "/" names the root directory's handle, which no cgroup has), then relative to the cgroup2 mount.
-std::optional<std::uint64_t> cgroup_id_of(std::string_view path) {
-    std::string as_given(path);
-    if (auto id = handle_id(AT_FDCWD, as_given.c_str())) return id;
-    while (path.starts_with('/')) path.remove_prefix(1);
-    if (path.empty()) return std::nullopt;
-    std::ifstream mounts("/proc/self/mountinfo");
-    std::string line, mount_point;
-    while (std::getline(mounts, line)) {
-        auto dash = line.find(" - ");
-        if (dash == std::string::npos || line.compare(dash + 3, 8, "cgroup2 ") != 0) continue;
-        std::istringstream fields(line);
-        std::string skip;
-        fields >> skip >> skip >> skip >> skip >> mount_point;
-        break;
-    }
-    if (mount_point.empty()) return std::nullopt;
-    return handle_id(AT_FDCWD, (mount_point + "/" + std::string(path)).c_str());
 }
 
 // get_addr_ipv4 of iproute2: 1 to 4 dot-separated numbers in C notation (0x10, 010), missing
@@ -614,7 +576,7 @@ private:
         if (op != Op::eq && op != Op::ne) fail_at(Word{{}, position_}, "only = and != compare cgroups", "= or !=");
         Word word = next_value(true);
         if (word.text.empty()) fail_end("a cgroup path like /system.slice");
-        auto id = cgroup_id_of(word.text);
+        auto id = detail::cgroup_id_of(word.text);
         if (!id) fail_at(word, fmt::format("no cgroup \"{}\"", printable(word.text)), "a path in the cgroup v2 hierarchy");
         auto node = std::make_shared<Node>();
         node->kind = Node::cgroup;

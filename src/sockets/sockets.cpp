@@ -24,6 +24,7 @@
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/netlink.hpp"
+#include "sockets/cgroups.hpp"
 #include "sockets/decode.hpp"
 
 namespace ktricks::sockets {
@@ -194,6 +195,12 @@ void list_here(const Query& query, Listing& listing) {
     }
 }
 
+void attach_cgroups(Listing& listing) {
+    detail::CgroupPaths paths;
+    for (auto& socket : listing.sockets)
+        if (socket.cgroup_id) socket.cgroup = paths.path(socket.cgroup_id);
+}
+
 void attach_owners(Listing& listing, std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>>& owners) {
     auto map = owners.get();
     for (auto& socket : listing.sockets)
@@ -216,6 +223,7 @@ Listing list(const Query& query, const std::string& netns) {
         list_here(query, listing);
     }
     if (query.processes) attach_owners(listing, owners);
+    if (query.cgroups) attach_cgroups(listing);
     return listing;
 }
 
@@ -462,6 +470,13 @@ Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames
         if (socket.mark) row.details += fmt::format(" fwmark:0x{:x}", socket.mark);
     }
     if (socket.memory) row.details += " " + memory_text(*socket.memory);
+    if (options.cgroups && !socket.cgroup.empty()) {
+        row.details += " cgroup:" + printable(socket.cgroup);
+        auto owner = cgroup_owner(socket.cgroup);
+        if (!owner.unit.empty()) row.details += " unit:" + printable(owner.unit);
+        if (!owner.container.empty())
+            row.details += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") + owner.container.substr(0, 12);
+    }
     if (socket.tcp || !socket.congestion.empty()) row.details += "\n\t " + tcp_text(socket);
     return row;
 }
@@ -654,6 +669,13 @@ std::string to_json_line(const SocketInfo& socket) {
         for (int i = 0; i < 9; ++i) memory[names[i]] = (*socket.memory)[static_cast<std::size_t>(i)];
     }
     if (!socket.congestion.empty()) j["congestion"] = socket.congestion;
+    if (socket.cgroup_id) j["cgroup_id"] = socket.cgroup_id;
+    if (!socket.cgroup.empty()) {
+        j["cgroup"] = printable(socket.cgroup);
+        auto owner = cgroup_owner(socket.cgroup);
+        if (!owner.unit.empty()) j["unit"] = owner.unit;
+        if (!owner.container.empty()) j["container"] = {{"runtime", owner.runtime}, {"id", owner.container}};
+    }
     if (socket.tcp) {
         const TcpDetails& t = *socket.tcp;
         j["tcp_info"] = {{"rto_us", t.rto},         {"ato_us", t.ato},         {"rtt_us", t.rtt},

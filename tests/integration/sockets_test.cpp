@@ -1,5 +1,6 @@
 // ktricks sockets and procwatch against the real kernel, in a network namespace of their own.
 #include <algorithm>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -262,6 +263,46 @@ TEST_F(SocketsInNamespace, UnixListingHasANetidColumnAndOneStateDropsTheStateCol
     auto established = sockets({"-tn", "state", "established"});
     ASSERT_EQ(established.status, 0) << established.err;
     EXPECT_TRUE(established.out.starts_with("Recv-Q Send-Q")) << established.out;
+}
+
+TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorAndFiltersByIt) {
+    if (::geteuid() != 0) GTEST_SKIP() << "cgroups and network namespaces need root";
+    std::string mount;
+    for (const auto& line : lines_of(read_file("/proc/self/mountinfo")))
+        if (auto dash = line.find(" - cgroup2 "); dash != std::string::npos) {
+            std::istringstream fields(line);
+            std::string skip;
+            fields >> skip >> skip >> skip >> skip >> mount;
+        }
+    if (mount.empty()) GTEST_SKIP() << "no cgroup2 mount";
+    std::string name = fmt::format("ktricks-it-{}.scope", ::getpid());
+    std::string directory = mount + "/" + name;
+    ASSERT_EQ(::mkdir(directory.c_str(), 0755), 0) << directory;
+    {
+        // A listener made by a process in that cgroup, in a namespace of its own.
+        auto holder = Process::start(
+            {"unshare", "-n", "sh", "-c",
+             "echo $$ > " + directory + "/cgroup.procs && ip link set lo up && exec /usr/bin/python3 -c '"
+             "import socket, sys\ns = socket.socket(); s.bind((\"127.0.0.1\", 4711)); s.listen()\n"
+             "print(\"ready\", flush=True); sys.stdin.read()'"},
+            piped_stdin());
+        ASSERT_TRUE(eventually([&] { return holder.out().find("ready") != std::string::npos; })) << holder.describe();
+        std::string netns = fmt::format("/proc/{}/ns/net", holder.pid());
+        auto listing = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tln", "--cgroup"});
+        EXPECT_EQ(listing.status, 0) << listing.err;
+        EXPECT_NE(listing.out.find("cgroup:/" + name + " unit:" + name), std::string::npos) << listing.out;
+        auto as_json = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "-c", "--json"});
+        auto sockets = json_lines(as_json.out);
+        ASSERT_EQ(sockets.size(), 1u) << as_json.out;
+        EXPECT_EQ(sockets[0]["cgroup"], "/" + name);
+        EXPECT_EQ(sockets[0]["unit"], name);
+        auto filtered = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "/" + name});
+        EXPECT_EQ(json_lines(filtered.out).size(), 1u) << filtered.out << filtered.err;
+        auto others = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "!=", "/" + name});
+        EXPECT_EQ(json_lines(others.out).size(), 0u) << others.out << others.err;
+    }
+    // The holder is gone (its group was killed): the empty cgroup can go.
+    EXPECT_TRUE(eventually([&] { return ::rmdir(directory.c_str()) == 0 || errno == ENOENT; })) << directory;
 }
 
 TEST(SocketsParity, SameRowsAsSsOnAFixtureOfHundredsOfSockets) {

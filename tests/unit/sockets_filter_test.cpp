@@ -297,5 +297,25 @@ TEST(SocketsFilter, StateClausesApplyInOrder) {
     EXPECT_EQ(Filter::parse("excl established").states(), all_states & ~(1u << established));
 }
 
+TEST(SocketsCgroupOwner, NamesTheUnitAndTheContainerOfACgroupPath) {
+    const std::string id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    auto service = cgroup_owner("/system.slice/nginx.service");
+    EXPECT_EQ(service.unit, "nginx.service");
+    EXPECT_TRUE(service.container.empty());
+    EXPECT_EQ(cgroup_owner("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service").unit, "foo.service");
+    auto docker = cgroup_owner("/system.slice/docker-" + id + ".scope");
+    EXPECT_EQ(docker.runtime, "docker");
+    EXPECT_EQ(docker.container, id);
+    EXPECT_EQ(docker.unit, "docker-" + id + ".scope");
+    auto kubernetes = cgroup_owner("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-" + id + ".scope");
+    EXPECT_EQ(kubernetes.runtime, "cri-containerd");
+    EXPECT_EQ(kubernetes.container, id);
+    auto cgroupfs = cgroup_owner("/docker/" + id);
+    EXPECT_EQ(cgroupfs.runtime, "docker");
+    EXPECT_EQ(cgroupfs.container, id);
+    auto root = cgroup_owner("/");
+    EXPECT_TRUE(root.unit.empty() && root.container.empty());
+}
+
 }  // namespace
 }  // namespace ktricks::sockets
