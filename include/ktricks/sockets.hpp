@@ -171,7 +171,9 @@ struct Listing {
 // Lists sockets of the current network namespace, or of `netns` (a name in /run/netns or a
 // path). Throws std::system_error (EX_UNAVAILABLE for a missing diag module asked for by name).
 Listing list(const Query& query, const std::string& netns = {});
-// Every namespace: ours (netns "") then each one in /run/netns.
+// Every namespace: ours (netns "") then each one in /run/netns (netns: its name), then those only
+// processes hold, found through /proc/*/ns/net and deduplicated by inode (netns: "pid:PID" with the
+// unit or container of that pid's cgroup, "pid:812(docker/0123456789ab)").
 Listing list_all_namespaces(const Query& query);
 
 // Socket inode -> processes holding it, from one pass over /proc/*/fd (one readlinkat per

@@ -168,7 +168,7 @@ Subcommand add_sockets(CLI::App& app) {
     sub->add_flag("-K,--kill", options->kill, "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
     sub->add_flag("--json", options->json, "one JSON object per socket");
     sub->add_option("-N,--netns", options->netns, "list the network namespace NAME (/run/netns) or PATH");
-    sub->add_flag("--all-netns", options->all_netns, "list ours and every namespace in /run/netns");
+    sub->add_flag("--all-netns", options->all_netns, "list ours, every namespace in /run/netns, and those only processes hold (labelled pid:PID(unit))");
     sub->add_flag("--watch", options->watch, "stream TCP/UDP socket destroy events until interrupted");
     sub->add_option("filter", options->filter, "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
     // ss reads flags in order: the last of -x/-4/-6/-0 sets how src/dst values are read, and the

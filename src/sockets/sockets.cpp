@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -20,7 +21,10 @@
 #include <charconv>
 #include <cstring>
 #include <future>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <set>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/netlink.hpp"
@@ -227,26 +231,86 @@ Listing list(const Query& query, const std::string& netns) {
     return listing;
 }
 
+namespace {
+
+struct UnnamedNamespace {
+    std::string path;   // /proc/PID/ns/net
+    std::string label;  // "pid:PID" and, when the pid's cgroup names one, "(unit)" or "(runtime/id)"
+};
+
+std::optional<ino_t> inode_of(const std::string& path) {
+    struct stat status{};
+    if (::stat(path.c_str(), &status) != 0) return std::nullopt;
+    return status.st_ino;
+}
+
+// The cgroup v2 path of a process ("0::/system.slice/nginx.service" in /proc/PID/cgroup).
+std::string process_cgroup(const std::string& pid) {
+    std::ifstream file("/proc/" + pid + "/cgroup");
+    std::string line;
+    while (std::getline(file, line))
+        if (line.starts_with("0::")) return line.substr(3);
+    return {};
+}
+
+// Network namespaces that only processes hold (containers, sandboxes): one per namespace inode,
+// labelled with the lowest pid in it, skipping ours and those named in /run/netns.
+std::vector<UnnamedNamespace> unnamed_namespaces(const std::vector<std::string>& named) {
+    std::set<ino_t> seen;
+    if (auto ours = inode_of("/proc/self/ns/net")) seen.insert(*ours);
+    for (const auto& name : named)
+        if (auto inode = inode_of("/run/netns/" + name)) seen.insert(*inode);
+    std::vector<std::pair<long, std::string>> pids;
+    std::error_code error;
+    for (auto it = std::filesystem::directory_iterator("/proc", error);
+         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+        std::string name = it->path().filename().string();
+        long pid = 0;
+        auto [end, parse_error] = std::from_chars(name.data(), name.data() + name.size(), pid);
+        if (parse_error == std::errc() && end == name.data() + name.size()) pids.emplace_back(pid, name);
+    }
+    std::sort(pids.begin(), pids.end());
+    std::vector<UnnamedNamespace> out;
+    for (const auto& [pid, name] : pids) {
+        std::string path = "/proc/" + name + "/ns/net";
+        auto inode = inode_of(path);  // a process may be gone, or hide its namespaces from us
+        if (!inode || !seen.insert(*inode).second) continue;
+        std::string label = "pid:" + name;
+        auto owner = cgroup_owner(process_cgroup(name));
+        if (!owner.container.empty())
+            label += "(" + (owner.runtime.empty() ? "" : owner.runtime + "/") + owner.container.substr(0, 12) + ")";
+        else if (!owner.unit.empty())
+            label += "(" + owner.unit + ")";
+        out.push_back({path, label});
+    }
+    return out;
+}
+
+}  // namespace
+
 Listing list_all_namespaces(const Query& query) {
     Query without_processes = query;
     without_processes.processes = false;
     std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>> owners;
     if (query.processes) owners = std::async(std::launch::async, [] { return map_socket_owners(); });
     Listing all = list(without_processes);
-    for (const auto& name : netlink::list_netns()) {
+    auto add = [&](const std::string& where, const std::string& label) {
         Listing one;
         try {
-            one = list(without_processes, name);
+            one = list(without_processes, where);
         } catch (const std::system_error& error) {
-            all.warnings.push_back(fmt::format("network namespace {}: {}", name, error.what()));
-            continue;
+            all.warnings.push_back(fmt::format("network namespace {}: {}", label, error.what()));
+            return;
         }
         for (auto& socket : one.sockets) {
-            socket.netns = name;
+            socket.netns = label;
             all.sockets.push_back(std::move(socket));
         }
-        for (auto& warning : one.warnings) all.warnings.push_back(fmt::format("{}: {}", name, warning));
-    }
+        for (auto& warning : one.warnings) all.warnings.push_back(fmt::format("{}: {}", label, warning));
+    };
+    auto named = netlink::list_netns();
+    for (const auto& name : named) add(name, name);
+    for (const auto& space : unnamed_namespaces(named)) add(space.path, space.label);
     if (query.processes) attach_owners(all, owners);
     return all;
 }

@@ -265,7 +265,7 @@ TEST_F(SocketsInNamespace, UnixListingHasANetidColumnAndOneStateDropsTheStateCol
     EXPECT_TRUE(established.out.starts_with("Recv-Q Send-Q")) << established.out;
 }
 
-TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorAndFiltersByIt) {
+TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorFiltersByItAndFindsItsUnnamedNamespace) {
     if (::geteuid() != 0) GTEST_SKIP() << "cgroups and network namespaces need root";
     std::string mount;
     for (const auto& line : lines_of(read_file("/proc/self/mountinfo")))
@@ -300,6 +300,13 @@ TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorAndFiltersByIt) {
         EXPECT_EQ(json_lines(filtered.out).size(), 1u) << filtered.out << filtered.err;
         auto others = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "!=", "/" + name});
         EXPECT_EQ(json_lines(others.out).size(), 0u) << others.out << others.err;
+        // --all-netns finds the namespace though it has no name, and labels it with its process.
+        auto all = run({KTRICKS_BINARY, "sockets", "--all-netns", "-tl", "--json", "sport", "=", ":4711"});
+        EXPECT_EQ(all.status, 0) << all.err;
+        std::string label = fmt::format("pid:{}({})", holder.pid(), name);
+        bool seen = false;
+        for (auto& socket : json_lines(all.out)) seen |= socket.value("netns", "") == label;
+        EXPECT_TRUE(seen) << label << "\n" << all.out;
     }
     // The holder is gone (its group was killed): the empty cgroup can go.
     EXPECT_TRUE(eventually([&] { return ::rmdir(directory.c_str()) == 0 || errno == ENOENT; })) << directory;
