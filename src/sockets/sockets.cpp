@@ -143,6 +143,9 @@ void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketIn
 }
 
 void list_here(const Query& query, Listing& listing) {
+    // Address space, not memory: untouched pages cost nothing, and growing a vector of 100k
+    // SocketInfo by doubling moved every row several times (page faults dominated -tan at 18k).
+    listing.sockets.reserve(listing.sockets.size() + (1u << 16));
     bool any_kind = query.tcp || query.udp || query.unix_sockets || query.raw || query.packet;
     // An address condition with a family (unix:, inet:, or -x/-4/-6 in force) confines the
     // listing to that family, as in ss.
