@@ -7,21 +7,23 @@
 # are exact and nothing of the host is touched. For each N it opens N loopback connections with
 # bench/sockets_connections.py (2N sockets: both ends; workers of <= 9000 connections, each from its
 # own 127.0.0.x, so neither RLIMIT_NOFILE nor the ephemeral port range runs out), then times RUNS
-# runs of each command (wall clock, output to /dev/null) and prints one markdown table of medians
-# and ratios against ktricks. Row counts of ktricks, ss and netstat are compared first.
-# Environment: KTRICKS (default ../build/ktricks), RUNS (default 5), SIZES (default 1000 10000 100000),
+# runs of each command, interleaved (bench/interleave.py: hyperfine, every command once per chunk,
+# rotating order, so a busy minute on this shared machine hits all of them), and prints one markdown
+# table of medians and ratios against ktricks. Queries: -tan, -tanp, a filtered -tan and -tan
+# --cgroup. Row counts of ktricks, ss and netstat are compared first, for each query.
+# Environment: KTRICKS (default ../build/ktricks), RUNS (default 10), SIZES (default 1000 10000 100000),
 # NETSTAT_P_MAX (largest N at which `netstat -tanp` is timed, default 10000: it takes minutes beyond).
 set -euo pipefail
 export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-10}
 SIZES=${SIZES:-1000 10000 100000}
 NETSTAT_P_MAX=${NETSTAT_P_MAX:-10000}
 [[ -x $K ]] || { echo "sockets.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "sockets.sh: RUNS must be a positive integer" >&2; exit 1; }
-for tool in ss netstat unshare /usr/bin/python3 awk sort; do
+for tool in ss netstat unshare /usr/bin/python3 awk sort hyperfine; do
     command -v "$tool" >/dev/null || { echo "sockets.sh: needs $tool" >&2; exit 1; }
 done
 [[ $(id -u) == 0 ]] || { echo "sockets.sh: needs root (network namespace)" >&2; exit 77; }
@@ -55,19 +57,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit }
-        if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-# Median wall milliseconds of RUNS runs of "$@".
-time_ms() {
-    local i start end
-    for ((i = 0; i < RUNS; i++)); do
-        start=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1
-        end=$EPOCHREALTIME
-        awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }'
-    done | median
+# Interleaved medians: sets k, s and t (ms) from LABEL=COMMAND arguments labelled k, s, t.
+time_all() {
+    local json
+    json=$(/usr/bin/python3 "$here/interleave.py" --runs "$RUNS" --chunk 2 --warmup 1 "$@" 2>/dev/null) || {
+        echo "sockets.sh: timing failed: $*" >&2; exit 1; }
+    read -r k s t < <(/usr/bin/python3 -c 'import json, sys
+j = json.loads(sys.argv[1])
+print(*("%.1f" % j[l]["median_ms"] if l in j else "-" for l in "kst"))' "$json")
 }
 rows() { "$@" 2>/dev/null | wc -l; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b + 0 > 0) printf "%.1fx", b / a; else print "-" }'; }
@@ -95,14 +92,23 @@ for n in $SIZES; do
         echo "sockets.sh: row counts disagree" >&2
         exit 1
     fi
-    k=$(time_ms "$KTRICKS" sockets -tan); s=$(time_ms ss -tan); t=$(time_ms netstat -tan)
+    kc=$(( $(rows "$KTRICKS" sockets -tan --cgroup) - 1 ))
+    sc=$(( $(rows ss -tan --cgroup) - 1 ))
+    [[ $kc == "$sc" ]] || { echo "sockets.sh: --cgroup row counts disagree: ktricks $kc, ss $sc" >&2; exit 1; }
+    time_all "k=$KTRICKS sockets -tan" "s=ss -tan" "t=netstat -tan"
     table+=$'\n'"| $n | \`-tan\` ($k_rows rows) | $k | $s | $t | $(ratio "$k" "$s") | $(ratio "$k" "$t") |"
-    k=$(time_ms "$KTRICKS" sockets -tanp); s=$(time_ms ss -tanp)
     # netstat -p takes minutes per run at 100k connections; past NETSTAT_P_MAX it is not timed.
-    if ((n <= NETSTAT_P_MAX)); then t=$(time_ms netstat -tanp); else t="(not run)"; fi
+    if ((n <= NETSTAT_P_MAX)); then
+        time_all "k=$KTRICKS sockets -tanp" "s=ss -tanp" "t=netstat -tanp"
+    else
+        time_all "k=$KTRICKS sockets -tanp" "s=ss -tanp"; t="(not run)"
+    fi
     table+=$'\n'"| $n | \`-tanp\` (with processes) | $k | $s | $t | $(ratio "$k" "$s") | $(ratio "$k" "$t") |"
-    k=$(time_ms "$KTRICKS" sockets -tan "sport = :$port"); s=$(time_ms ss -tan "sport = :$port")
+    time_all "k=$KTRICKS sockets -tan sport = :$port" "s=ss -tan sport = :$port"
     table+=$'\n'"| $n | \`-tan sport = :$port\` ($kf rows) | $k | $s | - | $(ratio "$k" "$s") | - |"
+    # netstat has no cgroups; ss --cgroup prints the path, ktricks also the unit/container.
+    time_all "k=$KTRICKS sockets -tan --cgroup" "s=ss -tan --cgroup"
+    table+=$'\n'"| $n | \`-tan --cgroup\` ($kc rows) | $k | $s | - | $(ratio "$k" "$s") | - |"
     # (An `exec` with a 2>/dev/null would silence this shell's stderr for good: braces scope it.)
     { exec {helper_in}>&-; } 2>/dev/null || true
     kill "$helper_pid" 2>/dev/null || true
@@ -111,7 +117,7 @@ for n in $SIZES; do
     helper_pid=
 done
 echo
-echo "ktricks sockets vs ss vs netstat, median of $RUNS runs each, wall time, output to /dev/null"
+echo "ktricks sockets vs ss vs netstat, median of $RUNS interleaved runs each (hyperfine), wall time, output to /dev/null"
 echo "($(nproc) CPUs, kernel $(uname -r), $(ss -V))"
 echo
 echo "$table"

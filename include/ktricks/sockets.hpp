@@ -71,33 +71,72 @@ struct SocketInfo {
     std::optional<std::array<std::uint32_t, 9>> memory;  // SK_MEMINFO_*: r rb t tb f w o bl d
     std::vector<ProcessRef> processes;
     std::string netns;          // with --all-netns: the namespace's name ("" = ours)
+    std::uint32_t mark = 0;     // SO_MARK (INET_DIAG_MARK: the kernel sends it to CAP_NET_ADMIN only)
+    std::uint64_t cgroup_id = 0;  // the cgroup v2 id of the socket's creator (INET_DIAG_CGROUP_ID)
+    bool v6only = false;        // IPV6_V6ONLY (sent for listening and unconnected sockets)
+    // The pending TCP timer (inet_diag_msg): 0 none, 1 retransmit, 2 keepalive, 3 time-wait,
+    // 4 zero-window probe; its expiry in ms and the retransmits so far.
+    std::uint8_t timer = 0, retransmits = 0;
+    std::uint32_t expires_ms = 0;
+    std::string cgroup;         // with Query::cgroups: cgroup_id's path ("/system.slice/nginx.service")
 };
 
-// A filter expression in ss's grammar, compiled to inet_diag bytecode:
-//   [state NAME]... [exclude NAME]... EXPR
-//   EXPR := EXPR or EXPR | EXPR [and] EXPR | not EXPR | ( EXPR )
-//         | sport|dport OP [:]PORT    OP: = == != > < >= <= eq ne gt lt ge le
-//         | src|dst [=|!=] ADDR[/PREFIX][:PORT]  ADDR: 10.0.0.1, [::1], *
+// What a cgroup v2 path says about who runs there: the deepest systemd service or scope
+// ("nginx.service", "session-4.scope") and a container id (64 hex digits) with its runtime, from
+// the systemd driver's "docker-ID.scope" / "libpod-ID.scope" / "cri-containerd-ID.scope" or the
+// cgroupfs driver's "/docker/ID". Empty fields when the path names none.
+struct CgroupOwner {
+    std::string unit, runtime, container;
+};
+CgroupOwner cgroup_owner(std::string_view path);
+
+// A filter expression in ss's grammar (iproute2 misc/ssfilter.y), compiled to inet_diag bytecode
+// and also decided here, as ss does (the kernel's answer and ss's own must both say yes):
+//   [state NAME | exclude NAME]... EXPR
+//   EXPR := EXPR or EXPR | EXPR [and] EXPR | not EXPR | ( EXPR )   and/or: equal precedence, left to right
+//         | sport|dport OP PORT       OP: = == eq != ne neq > gt < lt >= ge geq <= le leq (default =)
+//         | src|dst [=] HOST          HOST: [unix:|inet:|inet6:]ADDR[/PREFIX][:PORT], [V6ADDR]:PORT, *:PORT
+//         | dev [=|!=] NAME|INDEX | fwmark [=|!=] MARK[/MASK] | cgroup [=|!=] PATH | autobound
+// PORT: a number, * or a service name (getservbyname). ADDR: 10.0.0.1, 10.0.0 (short form), [::1],
+// a host name (resolved once, at parse time), all/any. For unix sockets ADDR is an fnmatch
+// pattern (/run/*, @abstract*) and ports are inodes; an inet condition matches no unix socket.
 // State names: established syn-sent syn-recv fin-wait-1 fin-wait-2 time-wait closed close-wait
-// last-ack listening closing, and the groups all connected synchronized bucket big.
+// last-ack listening closing unconnected, and the groups all connected synchronized bucket big.
+struct FilterContext {
+    // ss's "preferred family": the last of -x (AF_UNIX), -4, -6, -0 given. With AF_UNIX, a bare
+    // src/dst value is a unix path pattern; with AF_INET/AF_INET6 addresses must be of that family.
+    int family = 0;
+    // Which services tables resolve :name (ss: those of the kinds listed; both if none).
+    bool tcp = true, udp = true;
+    // Look host names up (NSS: /etc/hosts, DNS); false makes a name an error (fuzzing, no network).
+    bool resolve_names = true;
+};
+
 class Filter {
 public:
     // Throws InputError naming the offending token and its position:
-    // filter "sport = :http5": bad port "http5" at character 8 (expected a number 0-65535).
+    // filter "sport = :http5": bad port "http5" at character 8 (expected a number 0-65535 or a service name).
     static Filter parse(std::string_view text);
+    static Filter parse(std::string_view text, const FilterContext& context);
 
     // States selected by `state`/`exclude` (bit 1 << state), or 0 if the text names none.
     std::uint32_t states() const noexcept { return states_; }
     bool has_conditions() const noexcept { return root_ != nullptr; }
-    // The expression as INET_DIAG_REQ_BYTECODE; empty if there are no conditions.
+    // The address family a condition confined the listing to, as ss does: unix:/inet:/inet6:
+    // prefixes, or the context's family once an address condition was parsed with it. 0: none.
+    int family() const noexcept { return family_; }
+    // The expression as INET_DIAG_REQ_BYTECODE; empty if there are no conditions or a condition
+    // the kernel cannot run (dev, unix paths): then the decision is made here only.
     std::vector<std::byte> bytecode() const;
-    // The same decision made here (for destroy events, which the kernel does not filter).
+    // ss's own decision (run_ssfilter) for one socket; for inet sockets the kernel's bytecode has
+    // already decided too when the listing came from a filtered dump.
     bool matches(const SocketInfo& socket) const;
 
     struct Node;
 
 private:
     std::uint32_t states_ = 0;
+    int family_ = 0;
     std::shared_ptr<const Node> root_;
 };
 
@@ -114,6 +153,7 @@ struct Query {
     bool tcp_info = false;   // -i: tcp_info and the congestion algorithm
     bool memory = false;     // -m: skmem
     bool processes = false;  // -p: owning processes, by socket inode
+    bool cgroups = false;    // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
 };
 
 // The states ss shows by default (all but LISTEN, CLOSE, TIME-WAIT, SYN-RECV), for -l, for -a.
@@ -131,7 +171,9 @@ struct Listing {
 // Lists sockets of the current network namespace, or of `netns` (a name in /run/netns or a
 // path). Throws std::system_error (EX_UNAVAILABLE for a missing diag module asked for by name).
 Listing list(const Query& query, const std::string& netns = {});
-// Every namespace: ours (netns "") then each one in /run/netns.
+// Every namespace: ours (netns "") then each one in /run/netns (netns: its name), then those only
+// processes hold, found through /proc/*/ns/net and deduplicated by inode (netns: "pid:PID" with the
+// unit or container of that pid's cgroup, "pid:812(docker/0123456789ab)").
 Listing list_all_namespaces(const Query& query);
 
 // Socket inode -> processes holding it, from one pass over /proc/*/fd (one readlinkat per
@@ -148,6 +190,9 @@ std::vector<SocketInfo> destroy(const std::vector<SocketInfo>& sockets, const st
 struct TableOptions {
     bool numeric = true;     // -n: no service names
     bool netid = false;      // the Netid column (more than one kind listed)
+    bool state = true;       // the State column (ss drops it when one state is asked for)
+    bool timers = false;     // -o: timer:(NAME,EXPIRES,RETRANSMITS) for TCP sockets with one pending
+    bool cgroups = false;    // --cgroup: cgroup:PATH, then unit:NAME and container:RUNTIME/ID when named
     bool extended = false;   // -e: uid, inode, cookie
     bool netns = false;      // --all-netns: the namespace column
     bool header = true;      // the column titles line

@@ -1,5 +1,6 @@
 // ktricks sockets: argument parsing for socket listing (library: ktricks/sockets.hpp).
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -20,7 +21,11 @@ struct SocketsOptions {
     bool tcp = false, udp = false, unix_sockets = false, raw = false, packet = false;
     bool listening = false, all = false, numeric = false, processes = false, extended = false;
     bool info = false, memory = false, ipv4 = false, ipv6 = false, kill = false, json = false;
-    bool all_netns = false, watch = false;
+    bool all_netns = false, watch = false, no_header = false, timers = false, cgroups = false;
+    // ss's "preferred family": the last of -x, -4, -6, -0 on the command line (AF_UNSPEC if none).
+    int family = 0;
+    // Whether -a or -l came last (ss: the last one wins).
+    bool all_last = false;
     std::string netns;
     std::vector<std::string> filter;
 };
@@ -45,16 +50,39 @@ int run_sockets(const SocketsOptions& options) {
     query.tcp_info = options.info;
     query.memory = options.memory;
     query.processes = options.processes;
+    query.cgroups = options.cgroups;
     std::string expression;
     for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
-    if (!expression.empty()) query.filter = sockets::Filter::parse(expression);
+    bool any_kind = options.tcp || options.udp || options.unix_sockets || options.raw || options.packet;
+    if (!expression.empty()) {
+        // ss resolves :service names in the tables of the kinds listed (every kind when none is).
+        bool inet_kinds = !any_kind || options.ipv4 || options.ipv6;
+        sockets::FilterContext context{.family = options.family,
+                                       .tcp = options.tcp || inet_kinds,
+                                       .udp = options.udp || inet_kinds};
+        query.filter = sockets::Filter::parse(expression, context);
+    }
+    // ss's states: each kind adds its default (TCP and unix connected sockets, UDP and raw
+    // established ones, packet sockets unconnected), -a or -l (whichever came last) replaces them,
+    // and `state`/`exclude` clauses replace those.
+    std::uint32_t defaults = 0;
+    if (options.tcp || options.unix_sockets || options.ipv4 || options.ipv6) defaults |= sockets::connected_states;
+    if (options.udp || options.raw) defaults |= 1u << sockets::established;
+    if (options.packet) defaults |= 1u << sockets::closed;
+    if (!defaults) defaults = sockets::connected_states;
+    std::uint32_t flag_states = 0;
+    if (options.all && (options.all_last || !options.listening)) flag_states = sockets::all_states;
+    else if (options.listening) flag_states = sockets::listening_states;
+    std::uint32_t states = query.filter && query.filter->states() ? query.filter->states() : flag_states ? flag_states : defaults;
+    query.states = states;
     if (options.all_netns && !options.netns.empty()) throw InputError("--netns and --all-netns exclude each other");
     if (options.kill && options.all_netns) throw InputError("-K works on one namespace at a time (use --netns)");
 
     if (options.watch) {
         if (options.unix_sockets || options.raw || options.packet)
             throw InputError("--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
-        if (options.all || options.listening) query.states = 0;
+        // Destroyed sockets arrive in their last state (often CLOSE): only `state` clauses narrow them.
+        query.states = query.filter ? query.filter->states() : 0;
         struct sigaction action{};
         action.sa_handler = [](int) { interrupted = true; };
         ::sigaction(SIGINT, &action, nullptr);
@@ -105,9 +133,14 @@ int run_sockets(const SocketsOptions& options) {
         fmt::print("{}", out);
         return 0;
     }
-    int kinds = options.tcp + options.udp + options.unix_sockets + options.raw + options.packet;
-    sockets::TableOptions table{.numeric = options.numeric, .netid = kinds != 1, .extended = options.extended,
-                                .netns = options.all_netns};
+    // ss drops Netid when one kind of socket is listed (-x and -0 are three and two kinds) and
+    // State when one state is (SYN-RECV's two kernel states are one to ss).
+    bool one_kind = options.tcp + options.udp + options.raw == 1 && !options.unix_sockets && !options.packet;
+    std::uint32_t shown_states = states & ~(1u << sockets::new_syn_recv);
+    bool one_state = shown_states && !(shown_states & (shown_states - 1));
+    sockets::TableOptions table{.numeric = options.numeric, .netid = !one_kind, .state = !one_state,
+                                .timers = options.timers, .cgroups = options.cgroups, .extended = options.extended, .netns = options.all_netns,
+                                .header = !options.no_header};
     std::fflush(stdout);
     sockets::write_table(*shown, table, STDOUT_FILENO);
     return 0;
@@ -132,12 +165,29 @@ Subcommand add_sockets(CLI::App& app) {
     sub->add_flag("-m,--memory", options->memory, "socket memory (skmem)");
     sub->add_flag("-4,--ipv4", options->ipv4, "IPv4 only");
     sub->add_flag("-6,--ipv6", options->ipv6, "IPv6 only");
+    sub->add_flag("-H,--no-header", options->no_header, "no column titles");
+    sub->add_flag("-c,--cgroup", options->cgroups,
+                  "each TCP/UDP socket's cgroup, and the systemd unit or container it names");
+    sub->add_flag("-o,--options", options->timers, "TCP timers: timer:(NAME,EXPIRES,RETRANSMITS)");
     sub->add_flag("-K,--kill", options->kill, "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
     sub->add_flag("--json", options->json, "one JSON object per socket");
     sub->add_option("-N,--netns", options->netns, "list the network namespace NAME (/run/netns) or PATH");
-    sub->add_flag("--all-netns", options->all_netns, "list ours and every namespace in /run/netns");
+    sub->add_flag("--all-netns", options->all_netns, "list ours, every namespace in /run/netns, and those only processes hold (labelled pid:PID(unit))");
     sub->add_flag("--watch", options->watch, "stream TCP/UDP socket destroy events until interrupted");
     sub->add_option("filter", options->filter, "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
+    // ss reads flags in order: the last of -x/-4/-6/-0 sets how src/dst values are read, and the
+    // last of -a/-l wins.
+    sub->parse_complete_callback([sub, options] {
+        for (const CLI::Option* option : sub->parse_order()) {
+            const std::string& name = option->get_name();
+            if (name == "--unix") options->family = AF_UNIX;
+            else if (name == "--ipv4") options->family = AF_INET;
+            else if (name == "--ipv6") options->family = AF_INET6;
+            else if (name == "--packet") options->family = AF_PACKET;
+            else if (name == "--all") options->all_last = true;
+            else if (name == "--listening") options->all_last = false;
+        }
+    });
     sub->footer(
         "Examples:\n"
         "  ktricks sockets -tan                              # like ss -tan\n"

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ktricks/netlink.hpp"
@@ -40,6 +41,9 @@ bool decode_inet(const nlmsghdr& message, std::uint8_t protocol, SocketInfo& out
     out.inode = diag->idiag_inode;
     out.ifindex = diag->id.idiag_if;
     out.cookie = diag->id.idiag_cookie[0] | (std::uint64_t(diag->id.idiag_cookie[1]) << 32);
+    out.timer = diag->idiag_timer;
+    out.retransmits = diag->idiag_retrans;
+    out.expires_ms = diag->idiag_expires;
     int family = diag->idiag_family == AF_INET6 ? AF_INET6 : AF_INET;
     std::size_t size = family == AF_INET ? 4 : 16;
     out.local.family = out.peer.family = family;
@@ -83,6 +87,9 @@ bool decode_inet(const nlmsghdr& message, std::uint8_t protocol, SocketInfo& out
     }
     if (auto congestion = attributes.string(INET_DIAG_CONG)) out.congestion = *congestion;
     read_memory(attributes, INET_DIAG_SKMEMINFO, out);
+    out.mark = attributes.u32(INET_DIAG_MARK).value_or(0);
+    out.cgroup_id = attributes.u64(INET_DIAG_CGROUP_ID).value_or(0);
+    out.v6only = attributes.u8(INET_DIAG_SKV6ONLY).value_or(0) != 0;
     return true;
 }
 
@@ -98,9 +105,9 @@ bool decode_unix(const nlmsghdr& message, SocketInfo& out) {
     out.cookie = diag->udiag_cookie[0] | (std::uint64_t(diag->udiag_cookie[1]) << 32);
     out.local.port = 0;
     if (auto raw = attributes.bytes(UNIX_DIAG_NAME); !raw.empty()) {
-        // An abstract name starts with NUL and may contain more NULs; ss shows it with '@'.
+        // An abstract name starts with NUL and may contain more NULs; ss shows each as '@'.
         std::string name(reinterpret_cast<const char*>(raw.data()), raw.size());
-        if (name[0] == '\0') name[0] = '@';
+        if (name[0] == '\0') std::replace(name.begin(), name.end(), '\0', '@');
         else if (auto nul = name.find('\0'); nul != std::string::npos) name.resize(nul);
         out.local.name = std::move(name);
     }
@@ -122,10 +129,11 @@ bool decode_packet(const nlmsghdr& message, SocketInfo& out) {
     out.state = closed;
     out.inode = diag->pdiag_ino;
     out.cookie = diag->pdiag_cookie[0] | (std::uint64_t(diag->pdiag_cookie[1]) << 32);
-    out.local.port = ntohs(diag->pdiag_num);  // the ethertype
+    out.local.port = diag->pdiag_num;  // the ethertype, in host order (packet_diag_fill: ntohs(po->num))
     if (auto info = attributes.read_struct<packet_diag_info>(PACKET_DIAG_INFO)) out.ifindex = info->pdi_index;
     out.uid = attributes.u32(PACKET_DIAG_UID).value_or(0);
     read_memory(attributes, PACKET_DIAG_MEMINFO, out);
+    if (out.memory) out.recv_q = (*out.memory)[0];  // ss's Recv-Q for packet sockets: rmem_alloc
     return true;
 }
 

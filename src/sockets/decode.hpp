@@ -15,4 +15,8 @@ bool decode_inet(const nlmsghdr& message, std::uint8_t protocol, SocketInfo& out
 bool decode_unix(const nlmsghdr& message, SocketInfo& out);
 bool decode_packet(const nlmsghdr& message, SocketInfo& out);
 
+// ss's is_ephemeral: PORT lies in net.ipv4.ip_local_port_range (read once). ss neither names such
+// ports after services nor calls them anything but autobound.
+bool is_ephemeral(long port);
+
 }  // namespace ktricks::sockets::detail

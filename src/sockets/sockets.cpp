@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -20,10 +21,14 @@
 #include <charconv>
 #include <cstring>
 #include <future>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <set>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/netlink.hpp"
+#include "sockets/cgroups.hpp"
 #include "sockets/decode.hpp"
 
 namespace ktricks::sockets {
@@ -103,8 +108,7 @@ void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std:
     if (query.memory) header.idiag_ext |= 1 << (INET_DIAG_SKMEMINFO - 1);
     if (kind.protocol == IPPROTO_RAW) header.pad = IPPROTO_RAW;  // sdiag_raw_protocol: every raw socket
     request.put_header(header);
-    if (query.filter && query.filter->has_conditions()) {
-        auto code = query.filter->bytecode();
+    if (auto code = query.filter ? query.filter->bytecode() : std::vector<std::byte>{}; !code.empty()) {
         request.ensure_room(MNL_ATTR_HDRLEN + code.size());
         mnl_attr_put(request.header(), INET_DIAG_REQ_BYTECODE, code.size(), code.data());
     }
@@ -129,14 +133,25 @@ void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketIn
     netlink::Request request(SOCK_DIAG_BY_FAMILY, 0);
     packet_diag_req header{};
     header.sdiag_family = AF_PACKET;
-    header.pdiag_show = PACKET_SHOW_INFO | (query.memory ? PACKET_SHOW_MEMINFO : 0);
+    header.pdiag_show = PACKET_SHOW_INFO | PACKET_SHOW_MEMINFO;  // meminfo: the Recv-Q
     request.put_header(header);
-    dump_into(diag, request, "list packet sockets", out, detail::decode_packet);
+    dump_into(diag, request, "list packet sockets", out, [&](const nlmsghdr& message, SocketInfo& info) {
+        if (!detail::decode_packet(message, info)) return false;
+        if (!query.memory) info.memory.reset();
+        return true;
+    });
 }
 
 void list_here(const Query& query, Listing& listing) {
+    // Address space, not memory: untouched pages cost nothing, and growing a vector of 100k
+    // SocketInfo by doubling moved every row several times (page faults dominated -tan at 18k).
+    listing.sockets.reserve(listing.sockets.size() + (1u << 16));
     bool any_kind = query.tcp || query.udp || query.unix_sockets || query.raw || query.packet;
-    bool inet_only = query.filter && query.filter->has_conditions();
+    // An address condition with a family (unix:, inet:, or -x/-4/-6 in force) confines the
+    // listing to that family, as in ss.
+    int only = query.filter ? query.filter->family() : 0;
+    bool ipv4 = only ? only == AF_INET : query.ipv4;
+    bool ipv6 = only ? only == AF_INET6 : query.ipv6;
     auto diag = netlink::Socket::open(NETLINK_SOCK_DIAG);
     struct Job {
         Kind kind;
@@ -145,20 +160,25 @@ void list_here(const Query& query, Listing& listing) {
     std::vector<Job> jobs;
     auto add_inet = [&](const char* name, int protocol, const char* module, bool asked) {
         bool wanted = asked || !any_kind;
-        if (query.ipv4) jobs.push_back({{name, AF_INET, protocol, module}, wanted, asked});
-        if (query.ipv6) jobs.push_back({{name, AF_INET6, protocol, module}, wanted, asked});
+        if (ipv4) jobs.push_back({{name, AF_INET, protocol, module}, wanted, asked});
+        if (ipv6) jobs.push_back({{name, AF_INET6, protocol, module}, wanted, asked});
     };
-    add_inet("tcp", IPPROTO_TCP, "tcp_diag (CONFIG_INET_TCP_DIAG)", query.tcp);
-    add_inet("udp", IPPROTO_UDP, "udp_diag (CONFIG_INET_UDP_DIAG)", query.udp);
-    add_inet("raw", IPPROTO_RAW, "raw_diag (CONFIG_INET_RAW_DIAG)", query.raw);
+    // ss's order: packet, unix, raw, udp, tcp.
     bool families_narrowed = !(query.ipv4 && query.ipv6);
-    jobs.push_back({{"unix", AF_UNIX, 0, "unix_diag (CONFIG_UNIX_DIAG)"},
-                    query.unix_sockets || (!any_kind && !inet_only && !families_narrowed), query.unix_sockets});
+    bool other_families = only == 0 || only == AF_UNIX;
     jobs.push_back({{"packet", AF_PACKET, 0, "af_packet_diag (CONFIG_PACKET_DIAG)"},
-                    query.packet || (!any_kind && !inet_only && !families_narrowed), query.packet});
+                    only == 0 && (query.packet || (!any_kind && !families_narrowed)), query.packet});
+    jobs.push_back({{"unix", AF_UNIX, 0, "unix_diag (CONFIG_UNIX_DIAG)"},
+                    other_families && (query.unix_sockets || (!any_kind && !families_narrowed)), query.unix_sockets});
+    if (only != AF_UNIX) {
+        add_inet("raw", IPPROTO_RAW, "raw_diag (CONFIG_INET_RAW_DIAG)", query.raw);
+        add_inet("udp", IPPROTO_UDP, "udp_diag (CONFIG_INET_UDP_DIAG)", query.udp);
+        add_inet("tcp", IPPROTO_TCP, "tcp_diag (CONFIG_INET_TCP_DIAG)", query.tcp);
+    }
     std::map<std::string, bool> warned;
     for (auto& job : jobs) {
         if (!job.wanted) continue;
+        std::size_t first = listing.sockets.size();
         try {
             if (job.kind.family == AF_UNIX) dump_unix(diag, query, listing.sockets);
             else if (job.kind.family == AF_PACKET) dump_packet(diag, query, listing.sockets);
@@ -171,7 +191,21 @@ void list_here(const Query& query, Listing& listing) {
                     fmt::format("{} sockets not listed: the kernel has no {} module", job.kind.name, job.kind.module));
             warned[job.kind.name] = true;
         }
+        // ss decides again in user space what the kernel's bytecode let through (and alone for
+        // unix sockets): both must say yes.
+        if (query.filter && query.filter->has_conditions()) {
+            auto begin = listing.sockets.begin() + static_cast<std::ptrdiff_t>(first);
+            listing.sockets.erase(std::remove_if(begin, listing.sockets.end(),
+                                                 [&](const SocketInfo& socket) { return !query.filter->matches(socket); }),
+                                  listing.sockets.end());
+        }
     }
+}
+
+void attach_cgroups(Listing& listing) {
+    detail::CgroupPaths paths;
+    for (auto& socket : listing.sockets)
+        if (socket.cgroup_id) socket.cgroup = paths.path(socket.cgroup_id);
 }
 
 void attach_owners(Listing& listing, std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>>& owners) {
@@ -196,8 +230,66 @@ Listing list(const Query& query, const std::string& netns) {
         list_here(query, listing);
     }
     if (query.processes) attach_owners(listing, owners);
+    if (query.cgroups) attach_cgroups(listing);
     return listing;
 }
+
+namespace {
+
+struct UnnamedNamespace {
+    std::string path;   // /proc/PID/ns/net
+    std::string label;  // "pid:PID" and, when the pid's cgroup names one, "(unit)" or "(runtime/id)"
+};
+
+std::optional<ino_t> inode_of(const std::string& path) {
+    struct stat status{};
+    if (::stat(path.c_str(), &status) != 0) return std::nullopt;
+    return status.st_ino;
+}
+
+// The cgroup v2 path of a process ("0::/system.slice/nginx.service" in /proc/PID/cgroup).
+std::string process_cgroup(const std::string& pid) {
+    std::ifstream file("/proc/" + pid + "/cgroup");
+    std::string line;
+    while (std::getline(file, line))
+        if (line.starts_with("0::")) return line.substr(3);
+    return {};
+}
+
+// Network namespaces that only processes hold (containers, sandboxes): one per namespace inode,
+// labelled with the lowest pid in it, skipping ours and those named in /run/netns.
+std::vector<UnnamedNamespace> unnamed_namespaces(const std::vector<std::string>& named) {
+    std::set<ino_t> seen;
+    if (auto ours = inode_of("/proc/self/ns/net")) seen.insert(*ours);
+    for (const auto& name : named)
+        if (auto inode = inode_of("/run/netns/" + name)) seen.insert(*inode);
+    std::vector<std::pair<long, std::string>> pids;
+    std::error_code error;
+    for (auto it = std::filesystem::directory_iterator("/proc", error);
+         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+        std::string name = it->path().filename().string();
+        long pid = 0;
+        auto [end, parse_error] = std::from_chars(name.data(), name.data() + name.size(), pid);
+        if (parse_error == std::errc() && end == name.data() + name.size()) pids.emplace_back(pid, name);
+    }
+    std::sort(pids.begin(), pids.end());
+    std::vector<UnnamedNamespace> out;
+    for (const auto& [pid, name] : pids) {
+        std::string path = "/proc/" + name + "/ns/net";
+        auto inode = inode_of(path);  // a process may be gone, or hide its namespaces from us
+        if (!inode || !seen.insert(*inode).second) continue;
+        std::string label = "pid:" + name;
+        auto owner = cgroup_owner(process_cgroup(name));
+        if (!owner.container.empty())
+            label += "(" + (owner.runtime.empty() ? "" : owner.runtime + "/") + owner.container.substr(0, 12) + ")";
+        else if (!owner.unit.empty())
+            label += "(" + owner.unit + ")";
+        out.push_back({path, label});
+    }
+    return out;
+}
+
+}  // namespace
 
 Listing list_all_namespaces(const Query& query) {
     Query without_processes = query;
@@ -205,20 +297,23 @@ Listing list_all_namespaces(const Query& query) {
     std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>> owners;
     if (query.processes) owners = std::async(std::launch::async, [] { return map_socket_owners(); });
     Listing all = list(without_processes);
-    for (const auto& name : netlink::list_netns()) {
+    auto add = [&](const std::string& where, const std::string& label) {
         Listing one;
         try {
-            one = list(without_processes, name);
+            one = list(without_processes, where);
         } catch (const std::system_error& error) {
-            all.warnings.push_back(fmt::format("network namespace {}: {}", name, error.what()));
-            continue;
+            all.warnings.push_back(fmt::format("network namespace {}: {}", label, error.what()));
+            return;
         }
         for (auto& socket : one.sockets) {
-            socket.netns = name;
+            socket.netns = label;
             all.sockets.push_back(std::move(socket));
         }
-        for (auto& warning : one.warnings) all.warnings.push_back(fmt::format("{}: {}", name, warning));
-    }
+        for (auto& warning : one.warnings) all.warnings.push_back(fmt::format("{}: {}", label, warning));
+    };
+    auto named = netlink::list_netns();
+    for (const auto& name : named) add(name, name);
+    for (const auto& space : unnamed_namespaces(named)) add(space.path, space.label);
     if (query.processes) attach_owners(all, owners);
     return all;
 }
@@ -278,16 +373,22 @@ void append_ipv4(std::string& out, const std::uint8_t* a) {
     out.append(text, p);
 }
 
-std::string address_text(const Endpoint& end, std::uint32_t ifindex, const std::function<std::string(std::uint32_t)>& ifname) {
+// ss's inet address token: v4 numeric, v6 in brackets, an any-address of a dual-stack (not
+// v6only) socket as "*", then "%ifname" for a bound device; the ':' joining the port is part of it.
+std::string address_text(const Endpoint& end, bool v6only, std::uint32_t ifindex,
+                         const std::function<std::string(std::uint32_t)>& ifname) {
     std::string out;
     if (end.family == AF_INET) {
-        if (std::all_of(end.address.begin(), end.address.begin() + 4, [](auto b) { return b == 0; }))
-            out = "0.0.0.0";
-        else append_ipv4(out, end.address.data());
+        append_ipv4(out, end.address.data());
     } else if (end.family == AF_INET6) {
-        char text[INET6_ADDRSTRLEN];
-        ::inet_ntop(AF_INET6, end.address.data(), text, sizeof(text));
-        out = fmt::format("[{}]", text);
+        static constexpr std::array<std::uint8_t, 16> any{};
+        if (!v6only && end.address == any) {
+            out = "*";
+        } else {
+            char text[INET6_ADDRSTRLEN];
+            ::inet_ntop(AF_INET6, end.address.data(), text, sizeof(text));
+            out = fmt::format("[{}]", text);
+        }
     }
     if (ifindex && end.family) out += "%" + ifname(ifindex);
     return out;
@@ -309,6 +410,38 @@ struct ServiceNames {
     }
 };
 
+// iproute2's ll_proto_n2a for the ethertypes a packet socket is likely to be bound to.
+std::string ethertype_text(std::uint16_t type, bool numeric) {
+    static const std::map<std::uint16_t, const char*> names = {
+        {0x0001, "802_3"}, {0x0002, "ax25"},  {0x0004, "802_2"},   {0x0005, "snap"},    {0x000c, "can"},
+        {0x0060, "loop"},  {0x0800, "ip"},    {0x0806, "arp"},     {0x8035, "rarp"},    {0x86dd, "ipv6"},
+        {0x8100, "802.1Q"}, {0x88a8, "802.1ad"}, {0x8847, "mpls_uc"}, {0x8848, "mpls_mc"}, {0x6558, "teb"},
+        {0x8863, "ppp_disc"}, {0x8864, "ppp_ses"}, {0x88cc, "LLDP"}, {0x88ca, "tipc"}};
+    if (!numeric)
+        if (auto found = names.find(type); found != names.end()) return found->second;
+    return fmt::format("[{}]", type);
+}
+
+// ss's print_ms_timer: "1min", "9.500ms"... in its own rounding.
+std::string timer_text(std::uint32_t timeout) {
+    unsigned secs = timeout / 1000, minutes = secs / 60, msecs = timeout % 1000;
+    secs %= 60;
+    std::string out;
+    if (minutes) {
+        msecs = 0;
+        out = fmt::format("{}min", minutes);
+        if (minutes > 9) secs = 0;
+    }
+    if (secs) {
+        if (secs > 9) msecs = 0;
+        out += fmt::format("{}{}", secs, msecs ? "." : "sec");
+    }
+    if (msecs) out += fmt::format("{:03}ms", msecs);
+    return out;
+}
+
+// One row as ss's columns: Netid, State, Recv-Q, Send-Q, "Local Address:", Port, "Peer Address:",
+// Port, Process, and the free-form rest (-e, -m, -i).
 struct Row {
     std::string local_address, local_port, peer_address, peer_port, process, details;
 };
@@ -369,30 +502,48 @@ Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames
     Row row;
     std::function<std::string(std::uint32_t)> ifname = [&](std::uint32_t i) { return ifnames(i); };
     if (is_inet(socket.netid)) {
-        row.local_address = address_text(socket.local, socket.netid == Netid::raw ? 0 : socket.ifindex, ifname);
-        row.peer_address = address_text(socket.peer, 0, ifname);
+        row.local_address =
+            address_text(socket.local, socket.v6only, socket.netid == Netid::raw ? 0 : socket.ifindex, ifname) + ":";
+        row.peer_address = address_text(socket.peer, socket.v6only, 0, ifname) + ":";
         auto port = [&](std::uint16_t p) -> std::string {
             if (p == 0) return "*";
-            if (options.numeric || socket.netid == Netid::raw) return std::to_string(p);
+            if (options.numeric || socket.netid == Netid::raw || detail::is_ephemeral(p)) return std::to_string(p);
             return services.name(p, socket.netid == Netid::udp);
         };
         row.local_port = port(socket.local.port);
         row.peer_port = port(socket.peer.port);
     } else if (socket.netid == Netid::p_raw || socket.netid == Netid::p_dgr) {
-        row.local_address = socket.local.port == 0x0003 ? "*" : fmt::format("0x{:04x}", socket.local.port);
+        // ss: the ethertype ("*" for ETH_P_ALL) and the interface, then an empty peer.
+        row.local_address = (socket.local.port == 0x0003 ? std::string("*") : ethertype_text(socket.local.port, options.numeric)) + ":";
         row.local_port = socket.ifindex ? ifnames(socket.ifindex) : "*";
-        row.peer_address = "";
-        row.peer_port = "*";
-    } else {
-        row.local_address = socket.local.name.empty() ? "*" : printable(socket.local.name);
-        row.local_port = std::to_string(socket.inode);
         row.peer_address = "*";
+        row.peer_port = "";
+    } else {
+        // ss joins a unix name and its inode with a space; the peer's name is never shown.
+        row.local_address = (socket.local.name.empty() ? std::string("*") : printable(socket.local.name)) + " ";
+        row.local_port = std::to_string(socket.inode);
+        row.peer_address = "* ";
         row.peer_port = std::to_string(socket.peer_inode);
     }
-    row.process = users_text(socket.processes);
-    if (options.extended)
-        row.details += fmt::format(" uid:{} ino:{} sk:{:x}", socket.uid, socket.inode, socket.cookie);
+    if (!socket.processes.empty()) row.process = " " + users_text(socket.processes);
+    if (options.timers && socket.timer && is_inet(socket.netid)) {
+        static const char* const names[] = {"off", "on", "keepalive", "timewait", "persist", "unknown"};
+        row.details += fmt::format(" timer:({},{},{})", names[std::min<int>(socket.timer, 5)],
+                                   timer_text(socket.expires_ms), socket.retransmits);
+    }
+    if (options.extended) {
+        if (socket.uid) row.details += fmt::format(" uid:{}", socket.uid);
+        row.details += fmt::format(" ino:{} sk:{:x}", socket.inode, socket.cookie);
+        if (socket.mark) row.details += fmt::format(" fwmark:0x{:x}", socket.mark);
+    }
     if (socket.memory) row.details += " " + memory_text(*socket.memory);
+    if (options.cgroups && !socket.cgroup.empty()) {
+        row.details += " cgroup:" + printable(socket.cgroup);
+        auto owner = cgroup_owner(socket.cgroup);
+        if (!owner.unit.empty()) row.details += " unit:" + printable(owner.unit);
+        if (!owner.container.empty())
+            row.details += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") + owner.container.substr(0, 12);
+    }
     if (socket.tcp || !socket.congestion.empty()) row.details += "\n\t " + tcp_text(socket);
     return row;
 }
@@ -429,13 +580,24 @@ private:
 
 namespace {
 // Column padding by hand: fmt's runtime widths parse a format spec per field, which shows at 100k rows.
-void put(fmt::memory_buffer& out, std::string_view text, std::size_t width, bool right = false) {
-    std::size_t pad = width > text.size() ? width - text.size() : 0;
-    if (right) out.append(std::string_view("                                                                ").substr(0, std::min<std::size_t>(pad, 64)));
-    if (right && pad > 64) for (std::size_t i = 64; i < pad; ++i) out.push_back(' ');
-    out.append(text);
-    if (!right) for (std::size_t i = 0; i < pad; ++i) out.push_back(' ');
+void pad(fmt::memory_buffer& out, std::size_t count) {
+    static constexpr std::string_view spaces = "                                                                ";
+    while (count) {
+        std::size_t n = std::min(count, spaces.size());
+        out.append(spaces.substr(0, n));
+        count -= n;
+    }
 }
+
+// ss's layout when its output is not a terminal (what a script reads): each column is as wide as
+// its widest cell (the title included), a column after the first starts with its delimiter (a
+// space, or nothing for the ports and Process), "Local Address:" and "Peer Address:" are
+// right-aligned and every other column left-aligned and padded, so trailing spaces are kept.
+struct Column {
+    bool enabled = true, right = false;
+    std::string_view delimiter;
+    std::size_t max = 0, width = 0;
+};
 }  // namespace
 
 void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& options, int fd) {
@@ -443,48 +605,86 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
     InterfaceNames ifnames;
     std::vector<Row> rows;
     rows.reserve(sockets.size());
-    std::size_t w_netns = 5, w_netid = 5, w_state = 5, w_recv = 6, w_send = 6;
-    std::size_t w_laddr = 13, w_lport = 4, w_paddr = 12, w_pport = 4;
+    enum { c_netns, c_netid, c_state, c_recv, c_send, c_laddr, c_lport, c_paddr, c_pport, c_process, c_ext, c_count };
+    std::array<Column, c_count> columns{{{options.netns, false, "", 0, 0},
+                                         {options.netid, false, "", 0, 0},
+                                         {options.state, false, " ", 0, 0},
+                                         {true, false, " ", 0, 0},
+                                         {true, false, " ", 0, 0},
+                                         {true, true, " ", 0, 0},
+                                         {true, false, "", 0, 0},
+                                         {true, true, " ", 0, 0},
+                                         {true, false, "", 0, 0},
+                                         {true, false, "", 0, 0},
+                                         {true, false, "", 0, 0}}};
+    if (options.netns) columns[c_netid].delimiter = " ";
+    static const std::array<std::string_view, c_count> titles = {
+        "Netns", "Netid", "State", "Recv-Q", "Send-Q", "Local Address:", "Port", "Peer Address:", "Port", "Process", ""};
+    if (options.header)
+        for (int c = 0; c < c_count; ++c) columns[c].max = titles[c].size();
+    std::vector<std::array<std::string, 2>> queues;
+    queues.reserve(sockets.size());
     for (const auto& socket : sockets) {
         rows.push_back(make_row(socket, options, services, ifnames));
         const Row& row = rows.back();
-        w_netns = std::max(w_netns, socket.netns.size());
-        w_state = std::max(w_state, std::strlen(state_name(socket.state)));
-        w_recv = std::max(w_recv, fmt::format_int(socket.recv_q).size());
-        w_send = std::max(w_send, fmt::format_int(socket.send_q).size());
-        w_laddr = std::max(w_laddr, row.local_address.size());
-        w_lport = std::max(w_lport, row.local_port.size());
-        w_paddr = std::max(w_paddr, row.peer_address.size());
-        w_pport = std::max(w_pport, row.peer_port.size());
+        // ss prints the queues with %-6d: at least six characters, padded inside the cell.
+        queues.push_back({fmt::format("{:<6}", socket.recv_q), fmt::format("{:<6}", socket.send_q)});
+        auto grow = [&](int c, std::size_t size) { columns[c].max = std::max(columns[c].max, size); };
+        grow(c_netns, socket.netns.empty() ? 1 : socket.netns.size());
+        grow(c_netid, std::strlen(to_string(socket.netid)));
+        grow(c_state, std::strlen(state_name(socket.state)));
+        grow(c_recv, queues.back()[0].size());
+        grow(c_send, queues.back()[1].size());
+        grow(c_laddr, row.local_address.size());
+        grow(c_lport, row.local_port.size());
+        grow(c_paddr, row.peer_address.size());
+        grow(c_pport, row.peer_port.size());
+        grow(c_process, row.process.size());
+        grow(c_ext, row.details.size());
+    }
+    bool first = true;
+    for (auto& column : columns) {
+        if (!column.enabled) continue;
+        column.width = (!first && column.max) ? column.max + column.delimiter.size() : column.max;
+        if (column.width) first = false;
     }
     Writer writer(fd);
     auto& out = writer.buffer();
-    auto space = [&] { out.push_back(' '); };
+    // One cell: the delimiter unless the line starts here, then the text aligned in the width.
+    auto cell = [&](int c, std::string_view text, bool& started) {
+        const Column& column = columns[c];
+        if (!column.enabled) return;
+        std::size_t printed = 0;
+        if (started) {
+            out.append(column.delimiter);
+            printed = column.delimiter.size();
+        }
+        started = true;
+        if (column.right && column.width > text.size() + printed) pad(out, column.width - text.size() - printed);
+        out.append(text);
+        printed += text.size();
+        if (!column.right && column.width > printed) pad(out, column.width - printed);
+    };
     if (options.header) {
-        if (options.netns) put(out, "Netns", w_netns), space();
-        if (options.netid) put(out, "Netid", w_netid), space();
-        put(out, "State", w_state), space();
-        put(out, "Recv-Q", w_recv), space();
-        put(out, "Send-Q", w_send), space();
-        put(out, "Local Address", w_laddr, true), out.push_back(':'), put(out, "Port", w_lport), space();
-        put(out, "Peer Address", w_paddr, true), out.push_back(':'), put(out, "Port", w_pport), space();
-        out.append(std::string_view("Process\n"));
+        bool started = false;
+        for (int c = 0; c < c_count; ++c) cell(c, titles[c], started);
+        out.push_back('\n');
     }
     for (std::size_t i = 0; i < sockets.size(); ++i) {
         const SocketInfo& socket = sockets[i];
         const Row& row = rows[i];
-        if (options.netns) put(out, socket.netns.empty() ? "-" : socket.netns, w_netns), space();
-        if (options.netid) put(out, to_string(socket.netid), w_netid), space();
-        put(out, state_name(socket.state), w_state), space();
-        put(out, fmt::format_int(socket.recv_q).str(), w_recv), space();
-        put(out, fmt::format_int(socket.send_q).str(), w_send), space();
-        // ss joins address and port with ':' for inet sockets and a space for the rest (unix: path
-        // and inode; packet: protocol and interface).
-        char join = is_inet(socket.netid) ? ':' : ' ';
-        put(out, row.local_address, w_laddr, true), out.push_back(join), put(out, row.local_port, w_lport), space();
-        put(out, row.peer_address, w_paddr, true), out.push_back(join), put(out, row.peer_port, w_pport), space();
-        out.append(row.process);
-        out.append(row.details);
+        bool started = false;
+        cell(c_netns, socket.netns.empty() ? "-" : socket.netns, started);
+        cell(c_netid, to_string(socket.netid), started);
+        cell(c_state, state_name(socket.state), started);
+        cell(c_recv, queues[i][0], started);
+        cell(c_send, queues[i][1], started);
+        cell(c_laddr, row.local_address, started);
+        cell(c_lport, row.local_port, started);
+        cell(c_paddr, row.peer_address, started);
+        cell(c_pport, row.peer_port, started);
+        cell(c_process, row.process, started);
+        cell(c_ext, row.details, started);
         out.push_back('\n');
         writer.maybe_flush();
     }
@@ -536,6 +736,13 @@ std::string to_json_line(const SocketInfo& socket) {
         for (int i = 0; i < 9; ++i) memory[names[i]] = (*socket.memory)[static_cast<std::size_t>(i)];
     }
     if (!socket.congestion.empty()) j["congestion"] = socket.congestion;
+    if (socket.cgroup_id) j["cgroup_id"] = socket.cgroup_id;
+    if (!socket.cgroup.empty()) {
+        j["cgroup"] = printable(socket.cgroup);
+        auto owner = cgroup_owner(socket.cgroup);
+        if (!owner.unit.empty()) j["unit"] = owner.unit;
+        if (!owner.container.empty()) j["container"] = {{"runtime", owner.runtime}, {"id", owner.container}};
+    }
     if (socket.tcp) {
         const TcpDetails& t = *socket.tcp;
         j["tcp_info"] = {{"rto_us", t.rto},         {"ato_us", t.ato},         {"rtt_us", t.rtt},

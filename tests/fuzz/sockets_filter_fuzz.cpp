@@ -14,9 +14,13 @@
 #include "ktricks/sockets.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    std::string_view text(reinterpret_cast<const char*>(data), size);
+    // The first byte picks the context: plain, -x (unix names), -4, -6; no host name lookups.
+    if (size == 0) return 0;
+    static constexpr int families[] = {0, 1 /* AF_UNIX */, 2 /* AF_INET */, 10 /* AF_INET6 */};
+    ktricks::sockets::FilterContext context{.family = families[data[0] % 4], .resolve_names = false};
+    std::string_view text(reinterpret_cast<const char*>(data) + 1, size - 1);
     try {
-        auto filter = ktricks::sockets::Filter::parse(text);
+        auto filter = ktricks::sockets::Filter::parse(text, context);
         auto code = filter.bytecode();
         std::set<std::size_t> boundaries;
         for (std::size_t at = 0; at < code.size();) {
@@ -36,6 +40,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         ktricks::sockets::SocketInfo socket;
         socket.local.family = socket.peer.family = 2;
         (void)filter.matches(socket);
+        ktricks::sockets::SocketInfo unix_socket;
+        unix_socket.netid = ktricks::sockets::Netid::u_dgr;
+        unix_socket.local.name = "@0001f";
+        unix_socket.inode = 1234;
+        (void)filter.matches(unix_socket);
     } catch (const ktricks::InputError&) {
     }
     return 0;

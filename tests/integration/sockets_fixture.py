@@ -5,6 +5,7 @@ Prints one JSON object (ports, inodes, pid), then obeys commands on stdin, one p
   recv_killed   -> prints the errno name recv() gives on the connection -K destroyed
   close_watched -> closes the connection the --watch test follows, prints "closed"
   churn         -> opens and closes a new connection from 127.0.0.5, prints its client port
+  connect SRC   -> opens a connection from SRC that stays open, prints {"port", "inode", "server"}
 """
 import errno
 import json
@@ -64,6 +65,12 @@ for line in sys.stdin:
         watched.close()
         watched_server.close()
         print("closed", flush=True)
+    elif command.startswith("connect "):
+        client, server = connect(command.split()[1])
+        kept = globals().setdefault("kept", [])
+        kept += [client, server]
+        print(json.dumps({"port": client.getsockname()[1], "inode": inode(client), "server": inode(server)}),
+              flush=True)
     elif command == "churn":
         client, server = connect("127.0.0.5")
         churned = client.getsockname()[1]

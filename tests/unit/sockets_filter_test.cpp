@@ -165,7 +165,156 @@ TEST(SocketsFilter, BytecodeDecidesLikeTheEvaluatorOnRandomSockets) {
 TEST(SocketsFilter, UnixSocketsNeverMatchAddressConditions) {
     SocketInfo unix_socket;
     unix_socket.netid = Netid::u_str;
+    unix_socket.inode = 4242;  // ss compares a unix socket's "port" with its inode, never 0 in the kernel
     EXPECT_FALSE(Filter::parse("sport = :0").matches(unix_socket));
+}
+
+SocketInfo unix_socket(Netid netid, std::string name, std::uint32_t inode, std::uint32_t peer = 0) {
+    SocketInfo s;
+    s.netid = netid;
+    s.state = established;
+    s.local.name = std::move(name);
+    s.inode = inode;
+    s.peer_inode = peer;
+    return s;
+}
+
+TEST(SocketsFilter, AndAndOrHaveEqualPrecedenceAndGroupLeftToRight) {
+    // ss (misc/ssfilter.y): "a or b and c" is "(a or b) and c".
+    auto filter = Filter::parse("sport = :22 or sport = :80 and dst 10.0.0.2");
+    EXPECT_FALSE(filter.matches(tcp("10.0.0.1", 22, "10.0.0.9", 4000)));
+    EXPECT_TRUE(filter.matches(tcp("10.0.0.1", 22, "10.0.0.2", 4000)));
+    EXPECT_TRUE(filter.matches(tcp("10.0.0.1", 80, "10.0.0.2", 4000)));
+    auto juxtaposed = Filter::parse("sport = :22 or sport = :80 dst 10.0.0.2");
+    EXPECT_FALSE(juxtaposed.matches(tcp("10.0.0.1", 22, "10.0.0.9", 4000)));
+    // not binds to one condition; parentheses regroup.
+    auto regrouped = Filter::parse("sport = :22 or ( sport = :80 and dst 10.0.0.2 )");
+    EXPECT_TRUE(regrouped.matches(tcp("10.0.0.1", 22, "10.0.0.9", 4000)));
+    EXPECT_TRUE(Filter::parse("not sport = :80 or sport = :80").matches(tcp("10.0.0.1", 80, "10.0.0.9", 1)));
+}
+
+TEST(SocketsFilter, ServiceNamesComeFromGetservbyname) {
+    EXPECT_TRUE(Filter::parse("sport = :ssh").matches(tcp("10.0.0.1", 22, "10.0.0.2", 4000)));
+    EXPECT_TRUE(Filter::parse("dport = :https").matches(tcp("10.0.0.1", 4000, "10.0.0.2", 443)));
+    EXPECT_TRUE(Filter::parse("dport = :http").matches(tcp("10.0.0.1", 4000, "10.0.0.2", 80)));
+    EXPECT_TRUE(Filter::parse("sport = :mysql").matches(tcp("10.0.0.1", 3306, "10.0.0.2", 4000)));
+    EXPECT_TRUE(Filter::parse("state established ( dport = :ssh or sport = :ssh )")
+                    .matches(tcp("10.0.0.1", 22, "10.0.0.2", 4000)));
+    EXPECT_TRUE(Filter::parse("src 10.0.0.1:ssh").matches(tcp("10.0.0.1", 22, "10.0.0.2", 4000)));
+    try {
+        Filter::parse("sport = :no-such-service");
+        FAIL();
+    } catch (const InputError& error) {
+        EXPECT_NE(std::string(error.what()).find("bad port \"no-such-service\" at character 9"), std::string::npos)
+            << error.what();
+    }
+}
+
+TEST(SocketsFilter, ShortPrefixesFillWithZeros) {
+    EXPECT_TRUE(Filter::parse("dst 10.0.0/24").matches(tcp("10.0.0.1", 1, "10.0.0.77", 2)));
+    EXPECT_FALSE(Filter::parse("dst 10.0.0/24").matches(tcp("10.0.0.1", 1, "10.0.1.77", 2)));
+    EXPECT_TRUE(Filter::parse("dst 193.233.7/24").matches(tcp("10.0.0.1", 1, "193.233.7.9", 2)));
+    // iproute2 fills from the left: 127.1 is 127.1.0.0 (inet_aton would say 127.0.0.1).
+    EXPECT_TRUE(Filter::parse("src 127.1").matches(tcp("127.1.0.0", 1, "10.0.0.1", 2)));
+    EXPECT_FALSE(Filter::parse("src 127.1").matches(tcp("127.0.0.1", 1, "10.0.0.1", 2)));
+    EXPECT_THROW(Filter::parse("src 0x7f000001"), InputError);  // ss: one number per byte, no host name
+}
+
+TEST(SocketsFilter, HostNamesAreResolvedWhenParsed) {
+    auto filter = Filter::parse("src localhost");
+    EXPECT_TRUE(filter.matches(tcp("127.0.0.1", 1, "10.0.0.1", 2)));
+    EXPECT_FALSE(filter.matches(tcp("10.0.0.1", 1, "127.0.0.1", 2)));
+    EXPECT_THROW(Filter::parse("src no-such-host.invalid"), InputError);
+}
+
+TEST(SocketsFilter, V4ConditionsMatchV4MappedAddresses) {
+    SocketInfo s = tcp("0.0.0.0", 80, "0.0.0.0", 1);
+    s.local.family = s.peer.family = AF_INET6;
+    ::inet_pton(AF_INET6, "::ffff:10.1.2.3", s.local.address.data());
+    EXPECT_TRUE(Filter::parse("src 10.1.0.0/16").matches(s));
+    EXPECT_FALSE(Filter::parse("src 10.2.0.0/16").matches(s));
+    EXPECT_TRUE(Filter::parse("src [::ffff:10.1.2.3]").matches(s));
+}
+
+TEST(SocketsFilter, DeviceMarkAndAutoboundConditions) {
+    auto s = tcp("10.0.0.1", 22, "10.0.0.2", 4000);
+    s.ifindex = 1;
+    s.mark = 0x1234;
+    EXPECT_TRUE(Filter::parse("dev lo").matches(s));
+    EXPECT_FALSE(Filter::parse("dev != lo").matches(s));
+    EXPECT_TRUE(Filter::parse("dev 1").matches(s));
+    EXPECT_TRUE(Filter::parse("fwmark 0x1234").matches(s));
+    EXPECT_TRUE(Filter::parse("fwmark = 0x34/0xff").matches(s));
+    EXPECT_FALSE(Filter::parse("fwmark 0x34").matches(s));
+    EXPECT_TRUE(Filter::parse("fwmark != 0").matches(s));
+    EXPECT_FALSE(Filter::parse("autobound").matches(s));  // 22 is outside ip_local_port_range
+    EXPECT_TRUE(Filter::parse("dev lo").bytecode().empty()) << "ss sends no bytecode for dev: neither do we";
+    EXPECT_FALSE(Filter::parse("fwmark 0x1").bytecode().empty());
+    EXPECT_THROW(Filter::parse("dev no-such-device0"), InputError);
+    EXPECT_THROW(Filter::parse("fwmark 0x1/zz"), InputError);
+    EXPECT_THROW(Filter::parse("cgroup /no/such/cgroup/here"), InputError);
+}
+
+TEST(SocketsFilter, InetConditionsMatchNoUnixSocket) {
+    auto named = unix_socket(Netid::u_str, "/run/app.sock", 5000, 5001);
+    EXPECT_FALSE(Filter::parse("sport = :22").matches(named));
+    EXPECT_FALSE(Filter::parse("src 10.0.0.1").matches(named));
+    EXPECT_FALSE(Filter::parse("dport = :http").matches(named));
+    // ss's unix "ports" are inodes: ordering conditions do compare them.
+    EXPECT_TRUE(Filter::parse("sport > :4999").matches(named));
+    EXPECT_TRUE(Filter::parse("dport = :5001").matches(named));
+}
+
+TEST(SocketsFilter, UnixPathAndAbstractPatternsWithUnixFamily) {
+    FilterContext unix_context{.family = AF_UNIX};
+    auto path = unix_socket(Netid::u_str, "/run/app.sock", 5000);
+    auto abstract = unix_socket(Netid::u_dgr, "@ktricks-test", 5002);
+    auto unnamed = unix_socket(Netid::u_seq, "", 5003);
+    auto filter = Filter::parse("src /run/*", unix_context);
+    EXPECT_EQ(filter.family(), AF_UNIX);
+    EXPECT_TRUE(filter.matches(path));
+    EXPECT_FALSE(filter.matches(abstract));
+    EXPECT_TRUE(Filter::parse("src @ktricks*", unix_context).matches(abstract));
+    EXPECT_TRUE(Filter::parse("src unix:@ktricks*").matches(abstract));
+    EXPECT_EQ(Filter::parse("src unix:@ktricks*").family(), AF_UNIX);
+    EXPECT_FALSE(Filter::parse("src unix:@ktricks*").matches(tcp("10.0.0.1", 1, "10.0.0.2", 2)));
+    EXPECT_TRUE(Filter::parse("autobound", unix_context).matches(unnamed));
+    EXPECT_TRUE(Filter::parse("autobound", unix_context).matches(unix_socket(Netid::u_str, "@0001f", 1)));
+    EXPECT_FALSE(Filter::parse("autobound", unix_context).matches(abstract));
+    // With -x, ss reads a port as a name pattern too: ":22" is no socket's name.
+    EXPECT_FALSE(Filter::parse("sport = :22", unix_context).matches(path));
+    EXPECT_EQ(Filter::parse("sport = :22").family(), 0);
+    EXPECT_EQ(Filter::parse("src inet6:[::1]").family(), AF_INET6);
+    // A prefixed value sets the family of those after it (ss's filter_af_set).
+    EXPECT_EQ(Filter::parse("src inet6:[::1] or dport 80").family(), AF_INET6);
+    EXPECT_THROW(Filter::parse("src inet:127.0.0.1 or src ::/0"), InputError);
+}
+
+TEST(SocketsFilter, StateClausesApplyInOrder) {
+    EXPECT_EQ(Filter::parse("exclude listening state listening").states(), all_states);
+    EXPECT_EQ(Filter::parse("state CLOSED").states(), 1u << closed);
+    EXPECT_EQ(Filter::parse("state unconnected").states(), 1u << closed);
+    EXPECT_EQ(Filter::parse("excl established").states(), all_states & ~(1u << established));
+}
+
+TEST(SocketsCgroupOwner, NamesTheUnitAndTheContainerOfACgroupPath) {
+    const std::string id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    auto service = cgroup_owner("/system.slice/nginx.service");
+    EXPECT_EQ(service.unit, "nginx.service");
+    EXPECT_TRUE(service.container.empty());
+    EXPECT_EQ(cgroup_owner("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service").unit, "foo.service");
+    auto docker = cgroup_owner("/system.slice/docker-" + id + ".scope");
+    EXPECT_EQ(docker.runtime, "docker");
+    EXPECT_EQ(docker.container, id);
+    EXPECT_EQ(docker.unit, "docker-" + id + ".scope");
+    auto kubernetes = cgroup_owner("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-" + id + ".scope");
+    EXPECT_EQ(kubernetes.runtime, "cri-containerd");
+    EXPECT_EQ(kubernetes.container, id);
+    auto cgroupfs = cgroup_owner("/docker/" + id);
+    EXPECT_EQ(cgroupfs.runtime, "docker");
+    EXPECT_EQ(cgroupfs.container, id);
+    auto root = cgroup_owner("/");
+    EXPECT_TRUE(root.unit.empty() && root.container.empty());
 }
 
 }  // namespace
