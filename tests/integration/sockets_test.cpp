@@ -23,7 +23,7 @@ Child spawn(std::vector<std::string> argv) {
     return Child::spawn(options);
 }
 
-const std::string fixture_script = (std::filesystem::path(__FILE__).parent_path() / "sockets_fixture.py").string();
+const std::string fixture_script = (std::filesystem::path(KTRICKS_TESTS_DIR) / "sockets_fixture.py").string();
 
 std::vector<json> json_lines(const std::string& text) {
     std::vector<json> out;
@@ -317,7 +317,7 @@ TEST(SocketsParity, SameRowsAsSsOnAFixtureOfHundredsOfSockets) {
     // tests/integration/sockets_parity.py makes its own namespace's sockets and compares
     // ktricks sockets with ss on iproute2's ssfilter.t expressions and generated cases.
     TempDir directory;
-    auto script = (std::filesystem::path(__FILE__).parent_path() / "sockets_parity.py").string();
+    auto script = (std::filesystem::path(KTRICKS_TESTS_DIR) / "sockets_parity.py").string();
     auto result = run({"unshare", "-n", "/usr/bin/python3", script, KTRICKS_BINARY, "--dir", directory.path().string()}, {},
                       std::chrono::seconds(170));
     ASSERT_TRUE(result.status.has_value()) << "timed out\n" << result.out;
