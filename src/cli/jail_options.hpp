@@ -16,16 +16,23 @@ namespace ktricks::cli {
 
 struct JailFlags {
     bool loopback = false;
-    bool readonly = false;
+    bool readonly = true;
     std::vector<std::string> binds;
+    std::vector<std::string> writable;
     std::string user;
+    bool user_namespace = true;
+    std::vector<std::string> capabilities;
+    bool host_dev = false;
     bool no_new_privs = true;
+    std::string seccomp = "default";
     bool seccomp_deny_socket = false;
+    bool init = true;
     std::string hostname = "jail";
     std::string broker;
     std::vector<std::string> allow;
 
-    // --loopback --readonly --bind --user --no-new-privs --seccomp-deny-socket --hostname --broker --allow
+    // --loopback --readonly --bind --writable --user --userns --cap --host-dev --no-new-privs --seccomp
+    // --seccomp-deny-socket --init --hostname --broker --allow
     void add_to(CLI::App& sub);
     bool given() const;  // any of them set
     jail::SandboxOptions sandbox() const;  // throws InputError

@@ -69,14 +69,15 @@ std::string ask(const std::string& text, std::string* client_address = nullptr) 
     return got > 0 ? std::string(buffer, static_cast<std::size_t>(got)) : "closed";
 }
 
-// What the jailed test server must answer to a client at `client`.
-std::string expected_from(const std::string& client) { return "peer=" + client + " pid=1\n"; }
+// What the jailed test server must answer to a client at `client`. By default the jail's init is
+// pid 1 and the command pid 2.
+std::string expected_from(const std::string& client, int pid = 2) { return fmt::format("peer={} pid={}\n", client, pid); }
 
 // Asks `address` and checks that the server saw this very client (its real address).
-void expect_real_peer(const std::string& address) {
+void expect_real_peer(const std::string& address, int pid = 2) {
     std::string client;
     std::string answer = ask(address, &client);
-    EXPECT_EQ(answer, expected_from(client)) << address;
+    EXPECT_EQ(answer, expected_from(client, pid)) << address;
 }
 
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
@@ -100,7 +101,7 @@ TEST(Jail, ServesHostClientsOnTcpTcp6UdpAndUnixWithTheirRealAddresses) {
     ASSERT_EQ(addresses.size(), 4u) << jail.describe();
     // The server sees the client's own address: no proxy in between.
     for (int i = 0; i < 3; ++i) expect_real_peer(addresses[i]);
-    EXPECT_EQ(ask(addresses[3]), "peer=unix: pid=1\n");
+    EXPECT_EQ(ask(addresses[3]), "peer=unix: pid=2\n");
 }
 
 TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
@@ -111,12 +112,27 @@ TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
     for (const char* host : {"127.0.0.1", "127.0.0.2"}) expect_real_peer(fmt::format("udp://{}:{}", host, port_of(addresses[0])));
 }
 
-TEST(Jail, CommandIsPid1WithListenPidOne) {
-    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+TEST(Jail, WithoutInitCommandIsPid1WithListenPidOne) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--init=false"});
     EXPECT_NE(jail.out().find("ready pid=1\n"), std::string::npos) << jail.describe();
     // echo is a shell builtin: the glob lists every process the jail can see.
-    std::string ps = run_in_jail({}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    std::string ps = run_in_jail({"--init=false"}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
     EXPECT_EQ(ps, "1 1 1\n/proc/1\n");
+}
+
+TEST(Jail, ByDefaultAnInitIsPid1AndCommandPid2WithListenPidTwo) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+    EXPECT_NE(jail.out().find("ready pid=2\n"), std::string::npos) << jail.describe();
+    std::string ps = run_in_jail({}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    EXPECT_EQ(ps, "2 2 1\n/proc/1 /proc/2\n");
+}
+
+TEST(Jail, InitReapsOrphansAndExitsWithTheCommandsStatus) {
+    // The subshell's child is orphaned when the subshell exits; it is reparented to pid 1, which
+    // must reap it, or it would stay a zombie (state Z) while the command sleeps.
+    std::string out = run_in_jail({}, {"sh", "-c", "(sleep 0.2 & exec true); sleep 0.6; cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c | grep -c Z || true"});
+    EXPECT_EQ(out, "0\n");
+    EXPECT_EQ(run({ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "kill -USR1 $$"}).status, 128 + SIGUSR1);
 }
 
 TEST(Jail, OutboundConnectFailsWithEnetunreach) {
@@ -168,6 +184,8 @@ TEST(Jail, SeesOnlyItsOwnLoopbackInterface) {
 
 TEST(Jail, ReadonlyCannotWriteOutsideBindMounts) {
     TempDir writable, other;
+    // Root in the jail is nobody outside: what it may write must be nobody's.
+    ASSERT_EQ(::chown(writable.path().c_str(), 65534, 65534), 0);
     std::string script = fmt::format("touch {}/nope 2>/dev/null || echo outside-refused; touch {}/yes && echo bind-ok; "
                                      "touch /tmp/t && echo tmp-ok",
                                      other.path().string(), writable.path().string());
@@ -190,7 +208,7 @@ TEST(Jail, UserDropsPrivilegesAfterSetup) {
 TEST(Jail, WorksUnprivilegedThroughAUserNamespace) {
     if (::access(ktricks.c_str(), X_OK) != 0) GTEST_SKIP() << "cannot run the binary";
     Result result = run({"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", ktricks, "jail", "--quiet", "--listen",
-                         "tcp://127.0.0.1:0", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
+                         "tcp://127.0.0.1:0", "--init=false", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
     if (result.err.find("Permission denied") != std::string::npos) GTEST_SKIP() << "uid 65534 cannot execute " << ktricks;
     if (result.err.find("unprivileged user namespaces are off") != std::string::npos) GTEST_SKIP() << result.err;
     EXPECT_EQ(result.status, 0) << result.describe;
@@ -255,7 +273,7 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     std::thread clients([&] {
         while (!stop) {
             std::string answer = ask(address);
-            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=1\n") ? answered : failed)++;
+            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=2\n") ? answered : failed)++;
         }
     });
     for (int i = 0; i < 3; ++i) {
@@ -328,14 +346,14 @@ TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMore
     listener.reset();
     ASSERT_TRUE(eventually([&] { return read_capture(out.get()).find("ready pid=1") != std::string::npos; })) << read_capture(out.get());
 
-    expect_real_peer(address);
+    expect_real_peer(address, 1);
 
     Result state = run({"runc", "--root", bundle.state_root(), "state", id});
     int pid = nlohmann::json::parse(state.out)["pid"];
     Result into = run({ktricks, "jail", "--into", std::to_string(pid), "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
     ASSERT_EQ(into.status, 0) << into.describe;
     std::string handed = lines_of(into.out).at(0);
-    expect_real_peer(handed);
+    expect_real_peer(handed, 1);
     // The container itself has no way out.
     Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe", "tcp://1.1.1.1:80"});
     EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;

@@ -1,4 +1,6 @@
 // The jail's pure logic: --allow rules, --bind parsing and the broker's answers.
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "ktricks/core/error.hpp"
@@ -76,6 +78,41 @@ TEST(Broker, AnswersGarbageWithOnePrintableRefusal) {
     EXPECT_EQ(broker.answer("offer tcp://127.0.0.1:1").reply, "refused the broker only answers \"listen ADDRESS\"");
     EXPECT_TRUE(broker.answer("listen nonsense").reply.starts_with("refused address \"nonsense\"") ||
                 broker.answer("listen nonsense").reply.starts_with("refused "));
+}
+
+TEST(SandboxOptions, CapabilityNamesInAnySpellingOrNumber) {
+    EXPECT_EQ(SandboxOptions::parse_capability("CAP_NET_BIND_SERVICE"), 10);
+    EXPECT_EQ(SandboxOptions::parse_capability("net_bind_service"), 10);
+    EXPECT_EQ(SandboxOptions::parse_capability("21"), 21);
+    EXPECT_EQ(SandboxOptions::parse_capability("cap_checkpoint_restore"), 40);
+    EXPECT_THROW(SandboxOptions::parse_capability("CAP_FLY"), InputError);
+    EXPECT_THROW(SandboxOptions::parse_capability("41"), InputError);
+    EXPECT_THROW(SandboxOptions::parse_capability(""), InputError);
+}
+
+TEST(SandboxOptions, DefaultsAreTheSafeChoice) {
+    SandboxOptions options;
+    EXPECT_TRUE(options.readonly);
+    EXPECT_TRUE(options.user_namespace);
+    EXPECT_TRUE(options.capabilities.empty());
+    EXPECT_FALSE(options.host_dev);
+    EXPECT_TRUE(options.no_new_privs);
+    EXPECT_TRUE(options.seccomp);
+    EXPECT_TRUE(options.init);
+}
+
+TEST(Sandbox, AnInitCommandGetsNoSecondInit) {
+    EXPECT_TRUE(looks_like_init("/usr/bin/tini"));
+    EXPECT_TRUE(looks_like_init("dumb-init"));
+    EXPECT_FALSE(looks_like_init("/usr/sbin/nginx"));
+    EXPECT_FALSE(looks_like_init("initdb"));
+}
+
+TEST(Sandbox, DefaultDenyListCoversTheKernelChangingCalls) {
+    const auto& names = default_denied_syscalls();
+    for (const char* name : {"init_module", "finit_module", "kexec_load", "mount", "fsopen", "move_mount", "open_tree", "bpf", "ptrace",
+                             "keyctl", "perf_event_open", "userfaultfd", "open_by_handle_at", "setns", "unshare"})
+        EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
 }
 
 }  // namespace
