@@ -23,6 +23,7 @@ namespace {
 
 const std::string ktricks = KTRICKS_BINARY;
 const std::string server = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
+const std::string escape = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_escape").string();
 // --readonly gives the jail a private /tmp: a checkout under /tmp (CI clones there) must be bound in
 // for the jail to find the test server at all.
 const std::string build_dir = std::filesystem::path(KTRICKS_BINARY).parent_path().string();
@@ -250,6 +251,81 @@ TEST(Jail, RejectsBadInputWithOneLine) {
     Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1", "--broker", "/tmp/b", "--", "true"});
     EXPECT_EQ(result.status, 64);
     EXPECT_EQ(result.err, "ktricks jail: --allow \"tcp://*:9-1\": the port range ends before it starts\n");
+}
+
+// ---- the escape suite: root in a jail with the defaults ----
+
+// Each attempt with the errno the defaults give it; docs/jail.md has the same table with the
+// default that stops each one.
+const char* const escape_expected =
+    "mknod-block-device EPERM\n"   // no CAP_MKNOD
+    "mount-block-device EPERM\n"   // seccomp: mount
+    "open-dev-mem ENOENT\n"        // minimal /dev
+    "mount-proc EPERM\n"           // seccomp: mount
+    "fsopen EPERM\n"               // seccomp: the new mount API
+    "open_tree EPERM\n"
+    "chroot EPERM\n"
+    "finit_module EPERM\n"         // seccomp: modules
+    "init_module EPERM\n"
+    "kexec_load EPERM\n"
+    "write-etc EROFS\n"            // read-only root
+    "write-usr EROFS\n"
+    "write-etc-passwd EACCES\n"    // root inside is nobody outside: not the file's owner
+    "socket-raw EPERM\n"           // no CAP_NET_RAW
+    "socket-packet EPERM\n"
+    "setns-visible EPERM\n"        // seccomp: setns
+    "setns-outside-pid ENOENT\n"   // own /proc: the host pid does not exist here
+    "unshare-net EPERM\n"          // seccomp: unshare
+    "unshare-user EPERM\n"
+    "ptrace-outside EPERM\n"       // seccomp: ptrace
+    "ptrace-pid1 EPERM\n"
+    "process_vm_readv EPERM\n"
+    "bpf EPERM\n"
+    "keyctl EPERM\n"
+    "add_key EPERM\n"
+    "perf_event_open EPERM\n"
+    "userfaultfd EPERM\n"
+    "open_by_handle_at EPERM\n"
+    "connect-127.0.0.1 ENETUNREACH\n"  // empty network namespace
+    "connect-::1 EADDRNOTAVAIL\n"
+    "connect-1.1.1.1 ENETUNREACH\n";
+
+TEST(Escape, RootInADefaultJailFailsEveryAttemptWithTheDocumentedErrno) {
+    EXPECT_EQ(run_in_jail({}, {escape, std::to_string(::getpid())}), escape_expected);
+    EXPECT_FALSE(std::filesystem::exists("/etc/ktricks-escape"));
+    EXPECT_FALSE(std::filesystem::exists("/usr/bin/ktricks-escape"));
+}
+
+TEST(Escape, WithoutSeccompTheOtherDefaultsStillStopTheWayOut) {
+    // Defence in depth: with the filter off, the empty capability sets, the user namespace, the
+    // read-only root and the empty network namespace still refuse what matters.
+    std::string out = run_in_jail({"--seccomp=off"}, {escape, std::to_string(::getpid())});
+    for (const char* line : {"mknod-block-device EPERM", "mount-block-device EPERM", "mount-proc EPERM", "fsopen EPERM", "chroot EPERM",
+                             "write-etc EROFS", "write-usr EROFS", "write-etc-passwd EACCES", "socket-raw EPERM", "socket-packet EPERM",
+                             "setns-visible EPERM", "unshare-net EPERM", "ptrace-outside ESRCH", "bpf EPERM",
+                             "connect-127.0.0.1 ENETUNREACH", "connect-1.1.1.1 ENETUNREACH"})
+        EXPECT_NE(out.find(std::string(line) + "\n"), std::string::npos) << line << "\n" << out;
+}
+
+TEST(Escape, NoVethCanBeAddedInsideTheJail) {
+    // ip's netlink request needs CAP_NET_ADMIN over the jail's namespace, which the host's root owns.
+    std::string out = run_in_jail({}, {"sh", "-c", "ip link add ktv0 type veth peer name ktv1 2>&1; echo $?; unshare -n true 2>&1; echo $?"});
+    EXPECT_NE(out.find("Operation not permitted"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n') >= 2, true) << out;
+    EXPECT_EQ(out.find("\n0\n"), std::string::npos) << out;
+    EXPECT_FALSE(out.starts_with("0\n")) << out;
+}
+
+TEST(Escape, CapabilitiesAreEmptyUnlessAskedFor) {
+    std::string caps = run_in_jail({}, {"grep", "-E", "^Cap(Inh|Prm|Eff|Bnd|Amb)", "/proc/self/status"});
+    EXPECT_EQ(caps, "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+                    "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n");
+    // CAP_NET_BIND_SERVICE is bit 10 (0x400), kept in every set.
+    std::string one = run_in_jail({"--cap", "CAP_NET_BIND_SERVICE"}, {"grep", "-E", "^Cap(Eff|Bnd|Amb)", "/proc/self/status"});
+    EXPECT_EQ(one, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\nCapAmb:\t0000000000000400\n");
+    EXPECT_EQ(run_in_jail({}, {"cat", "/proc/self/uid_map"}), "         0      65534          1\n");
+    EXPECT_EQ(run_in_jail({}, {"ls", "/dev"}), "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
+    EXPECT_EQ(run_in_jail({}, {"sh", "-c", "echo x > /dev/shm/a && cat /dev/shm/a && echo y > /tmp/b && cat /tmp/b"}), "x\ny\n");
 }
 
 // ---- serve --jail ----
