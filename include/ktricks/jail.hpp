@@ -145,6 +145,10 @@ struct RunOptions {
     SandboxOptions sandbox;
     std::vector<AllowRule> allow;          // for the broker
     bool verbose = true;                   // say on stderr what was bound and granted
+    // bind() inside the jail to an inet address that matches a --listen address gets that host
+    // listener in place of its own socket (seccomp user notification); other inet binds fail with
+    // EACCES. The listeners are also passed with LISTEN_FDS, so both kinds of server work.
+    bool intercept_bind = true;
 };
 
 // Binds every address (in our namespace), starts the command in the jail, forwards TERM, INT,

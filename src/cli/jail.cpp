@@ -117,6 +117,7 @@ struct Options {
     int into = 0;
     std::string socket = "/run/ktricks-inbox.sock";
     bool quiet = false;
+    bool intercept_bind = true;
 };
 
 int run_jail(const Options& options) {
@@ -138,6 +139,7 @@ int run_jail(const Options& options) {
     run.sandbox = options.flags.sandbox();
     run.allow = options.flags.allow_rules();
     run.verbose = !options.quiet;
+    run.intercept_bind = options.intercept_bind;
     if (run.listen.empty() && !run.sandbox.broker_path)
         throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker)");
     return jail::run(run).shell_status();
@@ -157,6 +159,10 @@ Subcommand add_jail(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     sub->add_option("--socket", options->socket, "With --into: the target's inbox, a unix socket path as the target sees it")
         ->capture_default_str();
+    sub->add_flag("--intercept-bind{true}", options->intercept_bind,
+                  "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
+                  "fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty namespace)")
+        ->capture_default_str();
     sub->add_flag("--quiet", options->quiet, "Do not report bound sockets and broker decisions on stderr");
     sub->add_option("command", options->command, "CMD [ARGS...]");
     sub->footer(
@@ -167,6 +173,7 @@ Subcommand add_jail(CLI::App& app) {
         "Exit status: CMD's own (128+N if killed by signal N); 127/126 if CMD cannot be found/executed; 64 bad usage.\n"
         "Examples:\n"
         "  ktricks jail --listen tcp://0.0.0.0:8080 --user nobody -- ./socket-activated-server\n"
+        "  ktricks jail --listen tcp://127.0.0.1:8000 -- python3 -m http.server 8000 --bind 127.0.0.1\n"
         "  ktricks jail --listen udp://0.0.0.0:5353 --seccomp-deny-socket -- ./dns-server\n"
         "  ktricks jail --listen tcp://0.0.0.0:8000 --broker /tmp/broker.sock --allow 'tcp://0.0.0.0:8000-8100' -- ./server\n"
         "  ktricks jail --into $(pidof server) --socket /run/inbox.sock --listen tcp://0.0.0.0:9000");

@@ -3,6 +3,7 @@ ktricks_component(jail DEPENDS core SOURCES
   src/jail/allow.cpp
   src/jail/protocol.cpp
   src/jail/sandbox.cpp
+  src/jail/intercept.cpp
   src/jail/broker.cpp
   src/jail/client.cpp
   src/jail/run.cpp)
