@@ -328,6 +328,155 @@ TEST(Escape, CapabilitiesAreEmptyUnlessAskedFor) {
     EXPECT_EQ(run_in_jail({}, {"sh", "-c", "echo x > /dev/shm/a && cat /dev/shm/a && echo y > /tmp/b && cat /tmp/b"}), "x\ny\n");
 }
 
+// ---- --intercept-bind: unmodified servers that bind their own port ----
+
+const std::string python = "/usr/bin/python3";  // not a shim under /root, which the jail's nobody cannot read
+
+// A GET over a fresh connection from `source` (any 127/8 address is ours); returns the response.
+std::string http_get(const std::string& address, const std::string& path, const std::string& source = "127.0.0.1") {
+    SocketAddress target = SocketAddress::parse(address);
+    Fd socket(::socket(target.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SocketAddress local = SocketAddress::parse(target.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://" + source + ":0");
+    ::bind(socket.get(), local.sockaddr_ptr(), local.length());
+    if (::connect(socket.get(), target.sockaddr_ptr(), target.length()) < 0) return std::string("connect: ") + strerror(errno);
+    std::string request = "GET " + path + " HTTP/1.0\r\nHost: jail\r\n\r\n";
+    ::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL);
+    std::string response;
+    char buffer[4096];
+    while (true) {
+        pollfd readable{socket.get(), POLLIN, 0};
+        if (::poll(&readable, 1, 5000) != 1) break;
+        ssize_t got = ::recv(socket.get(), buffer, sizeof(buffer), 0);
+        if (got <= 0) break;
+        response.append(buffer, static_cast<std::size_t>(got));
+    }
+    return response;
+}
+
+std::uint16_t free_port() {
+    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    return SocketAddress::of_socket(probe.get()).port();
+}
+
+// A directory the jail's nobody can read, bound into the jail at the same path.
+struct WebRoot {
+    TempDir dir;
+    WebRoot() {
+        write_file(dir / "index.html", "hello from the host's files\n");
+        ::chmod((dir / "index.html").c_str(), 0644);
+    }
+    std::string path() const { return dir.path().string(); }
+};
+
+TEST(JailIntercept, PythonHttpServerBindsItsOwnPortAndServesHostClientsWithTheirAddresses) {
+    WebRoot root;
+    auto port = free_port();
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", python, "-m", "http.server",
+                                   std::to_string(port), "--bind", "127.0.0.1", "--directory", root.path()});
+    ASSERT_TRUE(eventually([&] { return jail.err().find("(pid") != std::string::npos || !jail.running(); })) << jail.describe();
+    EXPECT_NE(jail.err().find(fmt::format("bind {} (pid", address)), std::string::npos) << jail.describe();
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.7")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    // http.server logs the client's address: the host client's own, not a proxy's.
+    EXPECT_TRUE(eventually([&] { return jail.err().find("127.0.0.7 - - [") != std::string::npos; })) << jail.describe();
+}
+
+TEST(JailIntercept, ABindToAnAddressNotListenedOnFailsWithEacces) {
+    auto port = free_port();
+    std::string script = fmt::format(
+        "import socket\n"
+        "for host, port in (('127.0.0.1', {0}), ('0.0.0.0', {1}), ('127.0.0.1', 0)):\n"
+        "    s = socket.socket()\n"
+        "    try:\n"
+        "        s.bind((host, port)); print(host, port == 0 or port == {1}, 'ok', s.getsockname()[1] == {1})\n"
+        "    except OSError as e: print(host, port == 0 or port == {1}, e.errno == 13 and 'EACCES' or e)\n",
+        port + 1 == 65536 ? 1 : port + 1, port);
+    Result result = run({ktricks, "jail", "--quiet", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--", python, "-c", script});
+    EXPECT_EQ(result.status, 0) << result.describe;
+    // Another port: refused. Another host: refused. Port 0 on the listened host: the listener.
+    EXPECT_EQ(result.out, "127.0.0.1 False EACCES\n0.0.0.0 True EACCES\n127.0.0.1 True ok True\n") << result.describe;
+}
+
+TEST(JailIntercept, UdpAndDualStackIpv6AndPortZero) {
+    // One UDP exchange, one dual-stack TCP server reached over IPv4 and IPv6, and a server that
+    // binds port 0 and reports what it got.
+    std::string script =
+        "import socket, sys\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))\n"
+        "t = socket.create_server(('', 0), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+        "print('ports', u.getsockname()[1], t.getsockname()[1], flush=True)\n"
+        "data, peer = u.recvfrom(100); u.sendto(('udp peer %s:%d\\n' % peer).encode(), peer)\n"
+        "for _ in range(2):\n"
+        "    c, peer = t.accept(); c.sendall(('tcp peer %s\\n' % peer[0]).encode()); c.close()\n";
+    Process jail = Process::start({ktricks, "jail", "--listen", "udp://127.0.0.1:0", "--listen", "tcp6://[::]:0", "--", python, "-c", script});
+    ASSERT_TRUE(eventually([&] { return jail.out().find("ports") != std::string::npos || !jail.running(); })) << jail.describe();
+    auto addresses = bound_addresses(jail);
+    ASSERT_EQ(addresses.size(), 2u) << jail.describe();
+    // The ports the server saw are the host listeners' own.
+    EXPECT_EQ(jail.out(), fmt::format("ports {} {}\n", port_of(addresses[0]), port_of(addresses[1]))) << jail.describe();
+    std::string client;
+    std::string answer = ask(addresses[0], &client);
+    EXPECT_EQ(answer, "udp peer " + client.substr(6) + "\n");
+    std::string port = port_of(addresses[1]);
+    EXPECT_EQ(ask("tcp://127.0.0.1:" + port), "tcp peer ::ffff:127.0.0.1\n");
+    EXPECT_EQ(ask("tcp6://[::1]:" + port), "tcp peer ::1\n");
+    EXPECT_EQ(jail.wait(), 0) << jail.describe();
+}
+
+TEST(JailIntercept, NginxWithAPlainListenDirectiveServesAndCannotProxyOut) {
+    WebRoot root;
+    // Something on the host the jailed nginx will try to reach.
+    Fd host_service = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    auto port = free_port();
+    std::string conf = fmt::format(
+        "daemon off; master_process on; worker_processes 2; pid /tmp/nginx.pid; error_log stderr notice;\n"
+        "events {{ worker_connections 64; }}\n"
+        "http {{ log_format peer 'peer=$remote_addr:$remote_port $status'; access_log /dev/stderr peer;\n"
+        "  client_body_temp_path /tmp/b; proxy_temp_path /tmp/p; fastcgi_temp_path /tmp/f; uwsgi_temp_path /tmp/u; scgi_temp_path /tmp/s;\n"
+        "  server {{ listen 127.0.0.1:{}; root {}; location /out {{ proxy_pass http://127.0.0.1:{}; }} }} }}\n",
+        port, root.path(), SocketAddress::of_socket(host_service.get()).port());
+    write_file(root.dir / "nginx.conf", conf);
+    ::chmod((root.dir / "nginx.conf").c_str(), 0644);
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--user", "65534", "--", "/usr/sbin/nginx",
+                                   "-e", "stderr", "-p", "/tmp", "-c", root.dir / "nginx.conf"});
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.9")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.9:") != std::string::npos; })) << jail.describe();
+    // Its own connection to the host's service fails: 502, and the error log says why.
+    EXPECT_NE(http_get(address, "/out").find("502 Bad Gateway"), std::string::npos) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("Network is unreachable") != std::string::npos; })) << jail.describe();
+    jail.signal(SIGQUIT);
+    EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
+}
+
+TEST(JailIntercept, LighttpdWithoutSocketActivationServesHostClients) {
+    WebRoot root;
+    auto port = free_port();
+    std::string conf = fmt::format(
+        "server.document-root = \"{}\"\nserver.bind = \"127.0.0.1\"\nserver.port = {}\n"
+        "server.modules = (\"mod_accesslog\")\naccesslog.filename = \"/dev/stderr\"\nserver.errorlog = \"/dev/stderr\"\n"
+        "accesslog.format = \"peer=%h %s\"\n",
+        root.path(), port);
+    write_file(root.dir / "lighttpd.conf", conf);
+    ::chmod((root.dir / "lighttpd.conf").c_str(), 0644);
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", "/usr/sbin/lighttpd", "-D", "-f",
+                                   root.dir / "lighttpd.conf"});
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.11")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.11 200") != std::string::npos; })) << jail.describe();
+    jail.signal(SIGINT);
+    EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
+}
+
 // ---- serve --jail ----
 
 TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
