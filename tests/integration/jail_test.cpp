@@ -545,6 +545,7 @@ public:
         write_file(dir_.path() / "config.json", config.dump());
     }
     std::string path() const { return dir_.path().string(); }
+    std::string rootfs() const { return dir_ / "rootfs"; }
     std::string state_root() const { return dir_ / "runc-state"; }
 
 private:
@@ -581,6 +582,43 @@ TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMore
     expect_real_peer(handed, 1);
     // The container itself has no way out.
     Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe", "tcp://1.1.1.1:80"});
+    EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
+}
+
+TEST(JailContainer, PodmanContainerWithNoNetworkTakesAHostListenerWithInto) {
+    if (::access("/usr/bin/podman", X_OK) != 0) GTEST_SKIP() << "podman is not installed (scripts/install-deps.sh)";
+    Bundle bundle;
+    TempDir storage;
+    std::string name = fmt::format("ktricks-jail-podman-{}", ::getpid());
+    // Private storage, runc, no systemd or journald needed (machine-facts.md).
+    std::vector<std::string> podman{"podman", "--root", storage / "root", "--runroot", storage / "runroot", "--tmpdir", storage / "tmp",
+                                    "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs"};
+    auto with = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = podman;
+        argv.insert(argv.end(), args.begin(), args.end());
+        return argv;
+    };
+    struct Cleanup {
+        std::vector<std::string> argv;
+        ~Cleanup() { run(argv); }
+    } cleanup{with({"rm", "--force", "--time", "0", name})};
+    Result started = run(with({"run", "--detach", "--name", name, "--network=none", "--ulimit", "nofile=20000:20000", "--ulimit",
+                               "nproc=32768:32768", "--rootfs", bundle.rootfs(), "/jail_test_server", "serve", "--inbox", "/run/inbox.sock"}),
+                         {}, 60s);
+    ASSERT_EQ(started.status, 0) << started.describe;
+    Result logs;
+    ASSERT_TRUE(eventually([&] { return (logs = run(with({"logs", name}))).out.find("ready pid=1") != std::string::npos; })) << logs.describe;
+    Result inspect = run(with({"inspect", "--format", "{{.State.Pid}}", name}));
+    ASSERT_EQ(inspect.status, 0) << inspect.describe;
+    std::string pid = lines_of(inspect.out).at(0);
+
+    Result into = run({ktricks, "jail", "--into", pid, "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
+    ASSERT_EQ(into.status, 0) << into.describe;
+    std::string handed = lines_of(into.out).at(0);
+    // pid 1 of the container answers a host client, with the client's own address.
+    expect_real_peer(handed, 1);
+    // The container has no network of its own.
+    Result probe = run(with({"exec", name, "/jail_test_server", "probe", "tcp://1.1.1.1:80"}));
     EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
 }
 
