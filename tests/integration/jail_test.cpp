@@ -592,7 +592,9 @@ TEST(JailContainer, PodmanContainerWithNoNetworkTakesAHostListenerWithInto) {
     std::string name = fmt::format("ktricks-jail-podman-{}", ::getpid());
     // Private storage, runc, no systemd or journald needed (machine-facts.md).
     std::vector<std::string> podman{"podman", "--root", storage / "root", "--runroot", storage / "runroot", "--tmpdir", storage / "tmp",
-                                    "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs"};
+                                    "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs",
+                                    // vfs: the overlay driver bind-mounts its home, which would outlive the test's directory.
+                                    "--storage-driver", "vfs"};
     auto with = [&](std::vector<std::string> args) {
         std::vector<std::string> argv = podman;
         argv.insert(argv.end(), args.begin(), args.end());
