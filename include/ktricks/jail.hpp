@@ -104,7 +104,12 @@ public:
     // is an unbound AF_UNIX SOCK_SEQPACKET socket the child binds at broker_path (or -1). With
     // `notify_fd` (one end of an AF_UNIX socketpair, or -1), bind() inside the jail is sent to a
     // seccomp user-notification listener whose fd the child sends there with SCM_RIGHTS.
-    void apply(SpawnOptions& spawn, int broker_fd = -1, int notify_fd = -1) const;
+    // With `notify_relay_fd` (a datagram socket connected to a supervisor's NOTIFY_SOCKET, made in
+    // the supervisor's namespace) and the init on, the jail's init binds `notify_name` (abstract, in
+    // the jail's own network namespace) and relays every datagram CMD sends there to it: CMD's
+    // NOTIFY_SOCKET should then be `notify_name`. Data only; descriptors in a message are dropped.
+    void apply(SpawnOptions& spawn, int broker_fd = -1, int notify_fd = -1, int notify_relay_fd = -1) const;
+    static constexpr const char* notify_name = "@ktricks-jail-notify";
     const SandboxOptions& options() const noexcept;
 
     struct State;  // defined in src/jail/sandbox.cpp

@@ -43,8 +43,8 @@ struct JailFlags {
 // process, not to a line of generations) on serve's command line ...
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags);
 // ... and every generation spawned through handoff's customize_spawn hook, inside a fresh jail.
-// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach, so
-// --ready notify becomes --ready tcp (a connect to the listener from outside).
+// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach: the
+// jail's init relays it (with --init=false, --ready notify becomes --ready tcp).
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags);
 
 }  // namespace ktricks::cli

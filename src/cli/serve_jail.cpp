@@ -1,6 +1,10 @@
 // `ktricks serve --jail`: handoff's supervisor (zero-downtime reloads, LISTEN_FDS) with every
 // generation started inside a jail. The two tricks meet only here, through handoff's
 // customize_spawn hook and jail::Sandbox::apply.
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "cli/jail_options.hpp"
@@ -13,7 +17,7 @@ namespace ktricks::cli {
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
     auto* jail_flag = serve.add_flag("--jail", jail,
                    "Run every generation in a jail: empty network namespace, new mount/IPC/UTS/PID namespaces "
-                   "(--ready notify becomes tcp)");
+                   "(NOTIFY_SOCKET is relayed by the jail's init; with --init=false --ready notify becomes tcp)");
     serve.add_flag("--loopback", flags.loopback, "With --jail: bring lo up inside")->needs(jail_flag);
     serve.add_flag("--readonly{true}", flags.readonly, "With --jail: read-only root view, private tmpfs /tmp (default on)")->needs(jail_flag);
     serve.add_option("--bind", flags.binds, "With --jail: SRC[:DST] mounted read-write inside")->allow_extra_args(false)->needs(jail_flag);
@@ -32,11 +36,29 @@ void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
 
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
     auto sandbox = std::make_shared<jail::Sandbox>(jail::Sandbox::prepare(flags.sandbox()));
-    if (options.ready.kind == handoff::ReadyCheck::Kind::notify) options.ready.kind = handoff::ReadyCheck::Kind::tcp;
+    // NOTIFY_SOCKET is an abstract name of serve's network namespace, out of the jail's reach. With
+    // the jail's init, a socket made here (so in serve's namespace) and connected to that name is
+    // handed to the init, which relays what CMD sends to an abstract name of the jail's own.
+    // Without an init there is no one to relay: --ready notify becomes tcp.
+    bool relay = flags.init;
+    if (!relay && options.ready.kind == handoff::ReadyCheck::Kind::notify) options.ready.kind = handoff::ReadyCheck::Kind::tcp;
     auto previous = options.customize_spawn;
-    options.customize_spawn = [sandbox, previous](SpawnOptions& spawn) {
+    // The relay socket of the generation being spawned: the child has its copy once spawned, ours
+    // is closed when the next generation's replaces it.
+    auto relay_socket = std::make_shared<Fd>();
+    options.customize_spawn = [sandbox, previous, relay, relay_socket](SpawnOptions& spawn) {
         if (previous) previous(spawn);
-        sandbox->apply(spawn);
+        int relay_fd = -1;
+        auto notify = std::find_if(spawn.set_env.begin(), spawn.set_env.end(), [](const std::string& entry) { return entry.starts_with("NOTIFY_SOCKET=@"); });
+        if (relay && notify != spawn.set_env.end()) {
+            SocketAddress target = SocketAddress::parse("unix:" + notify->substr(std::strlen("NOTIFY_SOCKET=")));
+            *relay_socket = Fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+            if (!*relay_socket) throw_errno("socket", "(NOTIFY_SOCKET relay)");
+            if (::connect(relay_socket->get(), target.sockaddr_ptr(), target.length()) < 0) throw_errno("connect", target.to_string());
+            *notify = std::string("NOTIFY_SOCKET=") + jail::Sandbox::notify_name;
+            relay_fd = relay_socket->get();
+        }
+        sandbox->apply(spawn, -1, -1, relay_fd);
     };
 }
 

@@ -21,7 +21,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -204,10 +206,13 @@ bool set_readonly(ChildSetupError& error, const char* path, bool readonly, bool 
     return true;
 }
 
-// mkdir -p without allocation; failures show up in the mount that follows.
-void make_directories(const char* path) {
+// mkdir -p without allocation (of the parent only with `parent_only`); failures show up in the
+// mount that follows.
+void make_directories(const char* path, bool parent_only = false) {
     char buffer[4096];
     std::size_t length = ::strnlen(path, sizeof(buffer) - 1);
+    if (parent_only)
+        while (length > 0 && path[length - 1] != '/') --length;
     std::memcpy(buffer, path, length);
     buffer[length] = '\0';
     for (std::size_t i = 1; i <= length; ++i) {
@@ -338,10 +343,11 @@ bool drop_privileges(const Sandbox::State& state, bool can_setgroups, ChildSetup
 void do_nothing(int) {}
 
 // pid 1 of the jail when CMD is not an init: forwards the supervisor's signals to CMD, reaps every
-// orphan, and exits with CMD's status (128+N if a signal killed it). The kernel drops signals to a
-// namespace's pid 1 that has no handler, hence the empty handlers (the signals stay blocked and
-// are taken with sigwaitinfo). Never returns.
-[[noreturn]] void run_init(pid_t command) {
+// orphan, relays CMD's notifications (`relay_in` -> `relay_out`, or -1), and exits with CMD's status
+// (128+N if a signal killed it). The kernel drops signals to a namespace's pid 1 that has no
+// handler, hence the empty handlers (the signals stay blocked and are read from a signalfd).
+// Never returns.
+[[noreturn]] void run_init(pid_t command, int relay_in, int relay_out) {
     static constexpr int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
     sigset_t set;
     sigemptyset(&set);
@@ -351,12 +357,28 @@ void do_nothing(int) {}
     struct sigaction action {};
     action.sa_handler = do_nothing;
     for (int number : forwarded) ::sigaction(number, &action, nullptr);
-    // The descriptors (the spawn's report pipe above all) belong to CMD, not to us.
-    ::syscall(SYS_close_range, 3U, ~0U, 0U);
+    // The descriptors (the spawn's report pipe above all) belong to CMD, not to us: keep only ours.
+    unsigned low = 3;
+    int keep[2] = {std::min(relay_in, relay_out), std::max(relay_in, relay_out)};
+    for (int fd : keep) {
+        if (fd < static_cast<int>(low)) continue;
+        if (static_cast<unsigned>(fd) > low) ::syscall(SYS_close_range, low, static_cast<unsigned>(fd) - 1, 0U);
+        low = static_cast<unsigned>(fd) + 1;
+    }
+    ::syscall(SYS_close_range, low, ~0U, 0U);
+    int signals = ::signalfd(-1, &set, SFD_CLOEXEC);
     while (true) {
-        siginfo_t info;
-        int number = ::sigwaitinfo(&set, &info);
-        if (number < 0) continue;
+        pollfd ready[2] = {{signals, POLLIN, 0}, {relay_in, POLLIN, 0}};
+        if (::poll(ready, relay_in >= 0 && relay_out >= 0 ? 2 : 1, -1) < 0) continue;
+        if (ready[1].revents & POLLIN) {
+            char message[4096];
+            ssize_t got = ::recv(relay_in, message, sizeof(message), MSG_DONTWAIT);
+            if (got > 0) ::send(relay_out, message, static_cast<std::size_t>(got), MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        if (!(ready[0].revents & POLLIN)) continue;
+        signalfd_siginfo info;
+        if (::read(signals, &info, sizeof(info)) != sizeof(info)) continue;
+        int number = static_cast<int>(info.ssi_signo);
         if (number != SIGCHLD) {
             ::kill(command, number);
             continue;
@@ -385,7 +407,7 @@ bool send_fd(int socket, int fd) {
     return ::sendmsg(socket, &message, MSG_NOSIGNAL) == 1;
 }
 
-bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, bool init, ChildSetupError& error) {
+bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_fd, bool init, ChildSetupError& error) {
     const SandboxOptions& options = state.options;
     if (state.user_namespace_first) {
         // Without "deny", an unprivileged gid_map write is refused (CVE-2014-8989).
@@ -412,7 +434,16 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, bool init,
     if (!options.host_dev && !minimal_dev(error, devices)) return false;
     for (std::size_t i = 0; i < options.binds.size(); ++i) {
         const char* target = options.binds[i].target.c_str();
-        make_directories(target);  // a target below the new /tmp exists only in the host view
+        // A target below the new /tmp exists only in the host view: make it, a directory or a file
+        // as the source is (a mount must cover its own kind).
+        struct stat source {};
+        if (::fstat(trees[i], &source) == 0 && !S_ISDIR(source.st_mode)) {
+            make_directories(target, true);
+            int file = ::open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            if (file >= 0) ::close(file);
+        } else {
+            make_directories(target);
+        }
         if (::move_mount(trees[i], "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0) return error.fail(errno, "move_mount", target);
         ::close(trees[i]);
     }
@@ -452,9 +483,21 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, bool init,
     }
     if (!drop_privileges(state, !state.user_namespace_first, error)) return false;
     if (init) {
+        // The relay's name exists before CMD does, so its first READY=1 cannot miss it.
+        int relay_in = -1;
+        if (relay_fd >= 0) {
+            relay_in = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+            sockaddr_un name{};
+            name.sun_family = AF_UNIX;
+            std::size_t length = std::strlen(Sandbox::notify_name);
+            std::memcpy(name.sun_path, Sandbox::notify_name, length);
+            name.sun_path[0] = '\0';  // abstract: "@" is how the environment spells the leading NUL
+            if (relay_in < 0 || ::bind(relay_in, reinterpret_cast<sockaddr*>(&name), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length)) < 0)
+                return error.fail(errno, "bind", Sandbox::notify_name);
+        }
         pid_t command = raw_fork();
         if (command < 0) return error.fail(errno, "fork", "(init)");
-        if (command > 0) run_init(command);
+        if (command > 0) run_init(command, relay_in, relay_fd);
     }
     return true;
 }
@@ -522,18 +565,19 @@ Sandbox Sandbox::prepare(const SandboxOptions& options) {
     return Sandbox(std::move(state));
 }
 
-void Sandbox::apply(SpawnOptions& spawn, int broker_fd, int notify_fd) const {
+void Sandbox::apply(SpawnOptions& spawn, int broker_fd, int notify_fd, int notify_relay_fd) const {
     spawn.clone_flags |= state_->clone_flags;
     if (state_->options.broker_path) spawn.set_env.push_back("KTRICKS_BROKER=" + *state_->options.broker_path);
     const State* state = state_.get();
     bool init = state_->options.init && !spawn.argv.empty() && !looks_like_init(spawn.argv[0]);
     auto previous = spawn.setup_in_child;
-    spawn.setup_in_child = [state, broker_fd, notify_fd, init, previous](ChildSetupError& error) {
+    int relay_fd = init ? notify_relay_fd : -1;
+    spawn.setup_in_child = [state, broker_fd, notify_fd, relay_fd, init, previous](ChildSetupError& error) {
         if (previous) {
             previous(error);
             if (error.error) return;
         }
-        setup(*state, broker_fd, notify_fd, init, error);
+        setup(*state, broker_fd, notify_fd, relay_fd, init, error);
     };
 }
 

@@ -482,8 +482,9 @@ TEST(JailIntercept, LighttpdWithoutSocketActivationServesHostClients) {
 TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     TempDir dir;
     std::string control = dir / "control.sock";
+    // jail_test_server does not speak NOTIFY_SOCKET: readiness is a connect.
     Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--bind", build_dir, "--listen", "tcp://127.0.0.1:0", "--control", control,
-                                    "--drain-timeout", "5", "--", server, "serve"});
+                                    "--ready", "tcp", "--drain-timeout", "5", "--", server, "serve"});
     std::smatch match;
     std::string err;
     ASSERT_TRUE(eventually([&] {
@@ -511,6 +512,35 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     EXPECT_EQ(failed, 0);
     EXPECT_GT(answered, 10);
     EXPECT_NE(serve.err().find("generation 4"), std::string::npos) << serve.describe();
+}
+
+TEST(ServeJail, ReadinessArrivesByNotifySocketRelayedByTheJailsInit) {
+    TempDir dir;
+    // READY=1 only after 0.8 s: a "ready after" sooner would be a readiness that did not wait for it.
+    write_file(dir / "server.py",
+               "import os, socket, time\n"
+               "time.sleep(0.8)\n"
+               "name = os.environ['NOTIFY_SOCKET']\n"
+               "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', '\\0' + name[1:])\n"
+               "print('notified', name, flush=True)\n"
+               "listener = socket.socket(fileno=3)\n"
+               "while True:\n"
+               "    c, peer = listener.accept(); c.sendall(('peer=%s:%d\\n' % peer).encode()); c.close()\n");
+    Process serve = Process::start({ktricks, "serve", "--jail", "--bind", dir.path().string(), "--listen", "tcp://127.0.0.1:0", "--", python,
+                                    dir / "server.py"});
+    std::smatch match;
+    std::string err;
+    ASSERT_TRUE(eventually([&] {
+        err = serve.err();
+        return err.find("ready after") != std::string::npos || !serve.running();
+    })) << serve.describe();
+    ASSERT_TRUE(std::regex_search(err, match, std::regex("ready after ([0-9.]+) ms"))) << serve.describe();
+    EXPECT_GE(std::stod(match[1]), 800.0) << serve.describe();
+    EXPECT_NE(serve.out().find("notified @ktricks-jail-notify"), std::string::npos) << serve.describe();
+    ASSERT_TRUE(std::regex_search(err, match, std::regex("tcp://127\\.0\\.0\\.1:[0-9]+")));
+    std::string client;
+    std::string answer = ask(match[0], &client);
+    EXPECT_EQ(answer, "peer=" + client.substr(6) + "\n");
 }
 
 // ---- a real container runtime ----
