@@ -251,6 +251,9 @@ TEST(Jail, RejectsBadInputWithOneLine) {
     Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1", "--broker", "/tmp/b", "--", "true"});
     EXPECT_EQ(result.status, 64);
     EXPECT_EQ(result.err, "ktricks jail: --allow \"tcp://*:9-1\": the port range ends before it starts\n");
+    Result cap = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--cap", "CAP_FLY", "--", "true"});
+    EXPECT_EQ(cap.status, 64);
+    EXPECT_EQ(cap.err, "ktricks jail: --cap \"CAP_FLY\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))\n");
 }
 
 // ---- the escape suite: root in a jail with the defaults ----
