@@ -52,6 +52,7 @@ ExitStatus run(const RunOptions& options) {
     std::vector<Fd> listeners;
     std::vector<int> pass;
     std::vector<InterceptListener> intercepted;
+    std::vector<int> intercepted_fds;  // the same order as `intercepted`
     for (const auto& address : options.listen) {
         BindOptions bind_options;
         // A server that binds [::] itself gets both IPv4 and IPv6 (Linux's default, bindv6only=0),
@@ -67,8 +68,10 @@ ExitStatus run(const RunOptions& options) {
         pass.push_back(listeners.back().get());
         if (options.verbose)
             fmt::print(stderr, "ktricks jail: fd {} = {}\n", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
-        if (address.family() == AF_INET || address.family() == AF_INET6)
+        if (address.family() == AF_INET || address.family() == AF_INET6) {
             intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
+            intercepted_fds.push_back(pass.back());
+        }
     }
     // The child sends its seccomp listener back on this pair (the kernel hands it to the process
     // that installs the filter, and only the child can).
@@ -121,7 +124,7 @@ ExitStatus run(const RunOptions& options) {
         auto received = recv_fds(notify_ours.get(), byte, 1);
         if (received.fds.size() != 1) throw std::runtime_error("the jail did not send its seccomp listener");
         // The listeners stay ours as well: each is installed into the jail on its bind().
-        interceptor.emplace(std::move(received.fds[0]), pass, intercepted, options.verbose);
+        interceptor.emplace(std::move(received.fds[0]), intercepted_fds, intercepted, options.verbose);
     } else {
         // The child holds its own copies now; ours would keep a port bound after the command quits.
         listeners.clear();

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -54,6 +55,9 @@ constexpr uid_t nobody = 65534;
 
 // The minimal /dev: these host nodes are bound in, nothing else.
 constexpr std::array<const char*, 6> device_nodes{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"};
+// Their numbers (devices.txt), for when the host's node is not a device (a clobbered /dev/null is a
+// regular file): then, with the right to, we make the node instead of binding the file in.
+constexpr std::array<std::pair<unsigned, unsigned>, 6> device_numbers{{{1, 3}, {1, 5}, {1, 7}, {1, 8}, {1, 9}, {5, 0}}};
 
 struct Sandbox::State {
     SandboxOptions options;
@@ -245,6 +249,15 @@ bool minimal_dev(ChildSetupError& error, const int* trees) {
     if (::mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0) return error.fail(errno, "mount(tmpfs)", "/dev");
     for (std::size_t i = 0; i < device_nodes.size(); ++i) {
         if (trees[i] < 0) continue;  // absent on the host (no /dev/tty in some containers)
+        struct stat node {};
+        if (::fstat(trees[i], &node) == 0 && !S_ISCHR(node.st_mode)) {
+            ::close(trees[i]);
+            auto [major_number, minor_number] = device_numbers[i];
+            if (::mknod(device_nodes[i], S_IFCHR | 0666, makedev(major_number, minor_number)) < 0)
+                return error.fail(errno, "mknod (the host's is not a device)", device_nodes[i]);
+            ::chmod(device_nodes[i], 0666);  // past the umask
+            continue;
+        }
         int file = ::open(device_nodes[i], O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
         if (file < 0) return error.fail(errno, "create", device_nodes[i]);
         ::close(file);

@@ -397,7 +397,10 @@ TEST(JailIntercept, ABindToAnAddressNotListenedOnFailsWithEacces) {
         "        s.bind((host, port)); print(host, port == 0 or port == {1}, 'ok', s.getsockname()[1] == {1})\n"
         "    except OSError as e: print(host, port == 0 or port == {1}, e.errno == 13 and 'EACCES' or e)\n",
         port + 1 == 65536 ? 1 : port + 1, port);
-    Result result = run({ktricks, "jail", "--quiet", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--", python, "-c", script});
+    // A unix listener first: the tcp one is fd 4, and the interception must still hand that one.
+    TempDir dir;
+    Result result = run({ktricks, "jail", "--quiet", "--listen", "unix:" + dir / "first.sock", "--listen", fmt::format("tcp://127.0.0.1:{}", port),
+                         "--", python, "-c", script});
     EXPECT_EQ(result.status, 0) << result.describe;
     // Another port: refused. Another host: refused. Port 0 on the listened host: the listener.
     EXPECT_EQ(result.out, "127.0.0.1 False EACCES\n0.0.0.0 True EACCES\n127.0.0.1 True ok True\n") << result.describe;
