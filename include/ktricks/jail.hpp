@@ -4,16 +4,17 @@
 // it. So the listeners are bound here, in the caller's namespace, and the server runs in a fresh
 // network namespace that has nothing but a loopback device (down unless asked): it accepts and
 // answers clients on the sockets it was given, with their real addresses, at native speed, but
-// any connection of its own fails with ENETUNREACH. It also gets new mount, IPC, UTS and PID
-// namespaces (and a user namespace when not run as root).
+// any connection of its own fails with ENETUNREACH. It also gets new mount, IPC, UTS, PID and
+// user namespaces, and by default (SandboxOptions) no capabilities, a read-only root, a minimal
+// /dev, a seccomp deny list and an init as pid 1.
 //
 // The sockets arrive with systemd's LISTEN_FDS protocol (sd_listen_fds(3)): fds 3, 4, ... in the
-// order given, LISTEN_FDS=N and LISTEN_PID=1, because the command is pid 1 of the new PID
-// namespace. There is no init process in between; the supervisor outside forwards signals and,
-// because the kernel drops signals that pid 1 of a namespace does not handle, turns a forwarded
-// terminating signal the command does not catch into SIGKILL (what that signal would have done to
-// any other process). Descendants the command leaves behind die with it (the kernel kills a PID
-// namespace when its pid 1 exits).
+// order given, LISTEN_FDS=N and LISTEN_PID = the command's pid (2 under the jail's init, 1 with
+// init off). The init forwards the supervisor's signals and reaps orphans; without it the
+// supervisor outside, because the kernel drops signals that pid 1 of a namespace does not handle,
+// turns a forwarded terminating signal the command does not catch into SIGKILL. Descendants the
+// command leaves behind die with the jail (the kernel kills a PID namespace when its pid 1 exits).
+// A server that binds its own port instead gets the same listener (RunOptions::intercept_bind).
 //
 // More listeners at run time: with a broker, the command can ask for a socket on a unix socket
 // inside the jail ($KTRICKS_BROKER); the supervisor binds it outside if an allow-list rule
