@@ -2,11 +2,17 @@
 # bench/jail.sh — the same HTTP server on the same kind of socket, three ways, under wrk:
 #   native  `ktricks serve` hands it the listener (no namespaces; the same core bind_socket, so the
 #           very same socket options and backlog as the jailed run)
-#   jailed  `ktricks jail` hands it the listener inside an empty network namespace
+#   jailed  `ktricks jail` hands it the listener inside an empty network namespace, every default
+#           on (user namespace, no capabilities, read-only root, minimal /dev, seccomp deny list,
+#           init as pid 1), --intercept-bind=false: LISTEN_FDS only
+#   intercept  `ktricks jail` (defaults) and the server binds the port itself (serve --bind): the
+#           bind() is answered with the host listener through seccomp user notification
 #   proxy   native server on a second port, clients go through a userspace proxy (socat), which is
 #           what a sandbox without socket passing would need
 # The server is build/jail_test_server (epoll, keep-alive, tiny body). Prints a markdown table of
 # medians over RUNS runs (default 5) of throughput and p99 latency, with ratios against native.
+# The modes run in turn within each round (ABCD ABCD ...), and the ratio to native is also taken
+# per round: its median and its spread (lowest-highest) say how much of a difference is noise.
 #   KTRICKS=build/ktricks RUNS=5 DURATION=3 CONNECTIONS=32 bench/jail.sh
 set -euo pipefail
 export LC_ALL=C
@@ -45,7 +51,8 @@ start() {
     local mode=$1 port=$2 inner
     case $mode in
         native) setsid "$K" serve --ready tcp --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
-        jailed) setsid "$K" jail --quiet --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
+        jailed) setsid "$K" jail --quiet --intercept-bind=false --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!) ;;
+        intercept) setsid "$K" jail --quiet --listen "tcp://127.0.0.1:$port" -- "$SERVER" serve --bind "tcp://127.0.0.1:$port" >/dev/null 2>&1 & pids+=($!) ;;
         proxy)
             inner=$(free_port)
             setsid "$K" serve --ready tcp --listen "tcp://127.0.0.1:$inner" -- "$SERVER" serve >/dev/null 2>&1 & pids+=($!)
@@ -66,7 +73,7 @@ measure() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-modes=(native jailed proxy)
+modes=(native jailed intercept proxy)
 for ((run = 1; run <= RUNS; run++)); do
     for mode in "${modes[@]}"; do  # interleaved, so a noisy moment hits all three alike
         port=$(free_port)
@@ -83,10 +90,16 @@ for mode in "${modes[@]}"; do
 done
 echo "jail.sh: wrk -t2 -c$CONNECTIONS -d${DURATION}s against jail_test_server, median of $RUNS runs each ($(nproc) CPUs)"
 echo
-echo "| mode | requests/s | vs native | p99 latency (ms) | vs native |"
-echo "|---|---:|---:|---:|---:|"
+echo "| mode | requests/s | vs native | per-round ratio: median (lowest-highest) | p99 latency (ms) | vs native |"
+echo "|---|---:|---:|---:|---:|---:|"
 for mode in "${modes[@]}"; do
-    awk -v m="$mode" -v r="${rps[$mode]}" -v nr="${rps[native]}" -v p="${p99[$mode]}" -v np="${p99[native]}" \
-        'BEGIN { printf "| %s | %.0f | %.3f | %.2f | %.2f |\n", m, r, r / nr, p, p / np }'
+    # The ratio of this mode's run to the native run of the same round.
+    spread=$(paste -d' ' "$tmp/$mode" "$tmp/native" | awk '{ print $1 / $3 }' | sort -g |
+             awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f (%.3f-%.3f)", m, v[1], v[NR] }')
+    awk -v m="$mode" -v r="${rps[$mode]}" -v nr="${rps[native]}" -v p="${p99[$mode]}" -v np="${p99[native]}" -v s="$spread" \
+        'BEGIN { printf "| %s | %.0f | %.3f | %s | %.2f | %.2f |\n", m, r, r / nr, s, p, p / np }'
 done
-awk -v r="${rps[jailed]}" -v nr="${rps[native]}" 'BEGIN { d = (1 - r / nr) * 100; printf "\njailed throughput is %.1f%% %s native (target: within 5%%)\n", (d < 0 ? -d : d), (d < 0 ? "above" : "below") }'
+for mode in jailed intercept; do
+    awk -v m="$mode" -v r="${rps[$mode]}" -v nr="${rps[native]}" 'BEGIN { d = (1 - r / nr) * 100; printf "\n%s throughput is %.1f%% %s native (target: within 5%%)", m, (d < 0 ? -d : d), (d < 0 ? "above" : "below") }'
+done
+echo

@@ -4,16 +4,17 @@
 // it. So the listeners are bound here, in the caller's namespace, and the server runs in a fresh
 // network namespace that has nothing but a loopback device (down unless asked): it accepts and
 // answers clients on the sockets it was given, with their real addresses, at native speed, but
-// any connection of its own fails with ENETUNREACH. It also gets new mount, IPC, UTS and PID
-// namespaces (and a user namespace when not run as root).
+// any connection of its own fails with ENETUNREACH. It also gets new mount, IPC, UTS, PID and
+// user namespaces, and by default (SandboxOptions) no capabilities, a read-only root, a minimal
+// /dev, a seccomp deny list and an init as pid 1.
 //
 // The sockets arrive with systemd's LISTEN_FDS protocol (sd_listen_fds(3)): fds 3, 4, ... in the
-// order given, LISTEN_FDS=N and LISTEN_PID=1, because the command is pid 1 of the new PID
-// namespace. There is no init process in between; the supervisor outside forwards signals and,
-// because the kernel drops signals that pid 1 of a namespace does not handle, turns a forwarded
-// terminating signal the command does not catch into SIGKILL (what that signal would have done to
-// any other process). Descendants the command leaves behind die with it (the kernel kills a PID
-// namespace when its pid 1 exits).
+// order given, LISTEN_FDS=N and LISTEN_PID = the command's pid (2 under the jail's init, 1 with
+// init off). The init forwards the supervisor's signals and reaps orphans; without it the
+// supervisor outside, because the kernel drops signals that pid 1 of a namespace does not handle,
+// turns a forwarded terminating signal the command does not catch into SIGKILL. Descendants the
+// command leaves behind die with the jail (the kernel kills a PID namespace when its pid 1 exits).
+// A server that binds its own port instead gets the same listener (RunOptions::intercept_bind).
 //
 // More listeners at run time: with a broker, the command can ask for a socket on a unix socket
 // inside the jail ($KTRICKS_BROKER); the supervisor binds it outside if an allow-list rule
@@ -55,22 +56,40 @@ private:
 };
 
 // The isolation around the command; also what `serve --jail` applies to every generation.
+// Every default is the safe choice; each has an explicit opt-out.
 struct SandboxOptions {
     bool loopback = false;                // bring `lo` up inside (127.0.0.1 reaches the jail only)
-    bool readonly = false;                // read-only view of every mount; private tmpfs on /tmp
+    bool readonly = true;                 // read-only view of every mount; private tmpfs on /tmp
     struct Bind {
         std::string source, target;       // target must exist; mounted read-write
     };
-    std::vector<Bind> binds;
-    std::optional<uid_t> uid;             // drop to this uid (and gid) after setup
+    std::vector<Bind> binds;              // also --writable PATH (= PATH:PATH)
+    std::optional<uid_t> uid;             // the uid (and gid) CMD runs as inside the jail
     std::optional<gid_t> gid;
+    // A user namespace also when started as root: the jail's uid (root by default) is the host's
+    // `uid` when one is given, else nobody (65534); the jail holds no capability over the host or
+    // over its own namespaces, which the host's root created and owns.
+    bool user_namespace = true;
+    std::vector<int> capabilities;        // kept in every set (bounding, permitted, effective, inheritable, ambient); default none
+    bool host_dev = false;                // the host's /dev instead of a minimal one
     bool no_new_privs = true;             // PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+    bool seccomp = true;                  // the default deny list (default_denied_syscalls())
     bool seccomp_deny_socket = false;     // socket() of any family but AF_UNIX fails with EPERM
+    bool init = true;                     // a small init is pid 1 unless CMD is an init itself (looks_like_init)
     std::string hostname = "jail";
     std::optional<std::string> broker_path;  // where the broker socket appears inside the jail
     // Parses --bind SRC[:DST]; throws InputError.
     static Bind parse_bind(std::string_view text);
+    // Parses --cap NAME (CAP_NET_BIND_SERVICE, net_bind_service, or a number); throws InputError.
+    static int parse_capability(std::string_view text);
 };
+
+// The syscalls the default seccomp filter answers with EPERM (names as libseccomp spells them),
+// plus clone() with any CLONE_NEW* flag (EPERM) and clone3() (ENOSYS, so libc falls back to clone).
+const std::vector<std::string>& default_denied_syscalls();
+// Whether `program` (argv[0]) is an init that reaps and forwards signals by itself (tini, dumb-init,
+// catatonit, systemd, s6-svscan, runit, init).
+bool looks_like_init(std::string_view program);
 
 // A prepared sandbox: options checked, the seccomp program compiled, the kernel's support checked.
 // apply() turns a SpawnOptions into one that starts the command inside the jail.
@@ -83,8 +102,15 @@ public:
     ~Sandbox();
 
     // Sets clone_flags and setup_in_child (and KTRICKS_BROKER when there is a broker). `broker_fd`
-    // is an unbound AF_UNIX SOCK_SEQPACKET socket the child binds at broker_path (or -1).
-    void apply(SpawnOptions& spawn, int broker_fd = -1) const;
+    // is an unbound AF_UNIX SOCK_SEQPACKET socket the child binds at broker_path (or -1). With
+    // `notify_fd` (one end of an AF_UNIX socketpair, or -1), bind() inside the jail is sent to a
+    // seccomp user-notification listener whose fd the child sends there with SCM_RIGHTS.
+    // With `notify_relay_fd` (a datagram socket connected to a supervisor's NOTIFY_SOCKET, made in
+    // the supervisor's namespace) and the init on, the jail's init binds `notify_name` (abstract, in
+    // the jail's own network namespace) and relays every datagram CMD sends there to it: CMD's
+    // NOTIFY_SOCKET should then be `notify_name`. Data only; descriptors in a message are dropped.
+    void apply(SpawnOptions& spawn, int broker_fd = -1, int notify_fd = -1, int notify_relay_fd = -1) const;
+    static constexpr const char* notify_name = "@ktricks-jail-notify";
     const SandboxOptions& options() const noexcept;
 
     struct State;  // defined in src/jail/sandbox.cpp
@@ -125,6 +151,10 @@ struct RunOptions {
     SandboxOptions sandbox;
     std::vector<AllowRule> allow;          // for the broker
     bool verbose = true;                   // say on stderr what was bound and granted
+    // bind() inside the jail to an inet address that matches a --listen address gets that host
+    // listener in place of its own socket (seccomp user notification); other inet binds fail with
+    // EACCES. The listeners are also passed with LISTEN_FDS, so both kinds of server work.
+    bool intercept_bind = true;
 };
 
 // Binds every address (in our namespace), starts the command in the jail, forwards TERM, INT,

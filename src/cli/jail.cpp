@@ -26,20 +26,39 @@ std::optional<unsigned> number(std::string_view text) {
 
 void JailFlags::add_to(CLI::App& sub) {
     sub.add_flag("--loopback", loopback, "Bring lo up inside the jail (it reaches only the jail itself)");
-    sub.add_flag("--readonly", readonly, "Read-only view of every mount, with a private tmpfs on /tmp");
+    sub.add_flag("--readonly{true}", readonly,
+                 "Read-only view of every mount, with a private tmpfs on /tmp (default on; --readonly=false for a writable root)")
+        ->capture_default_str();
     sub.add_option("--bind", binds, "SRC[:DST]: mount SRC read-write at DST (which must exist) inside the jail")->allow_extra_args(false);
-    sub.add_option("--user", user, "UID[:GID] or NAME[:GROUP]: run CMD as this user once the jail is set up");
+    sub.add_option("--writable", writable, "PATH: keep PATH writable inside the read-only jail (same as --bind PATH)")->allow_extra_args(false);
+    sub.add_option("--user", user, "UID[:GID] or NAME[:GROUP]: run CMD as this user inside (the same uid outside; default root inside, nobody outside)");
+    sub.add_flag("--userns{true}", user_namespace,
+                 "A user namespace also when started as root (default on; --userns=false keeps the host's root, for trusted commands only)")
+        ->capture_default_str();
+    sub.add_option("--cap", capabilities, "NAME: keep this capability (e.g. CAP_NET_BIND_SERVICE); by default every capability set is empty")
+        ->allow_extra_args(false);
+    sub.add_flag("--host-dev", host_dev, "The host's /dev instead of the minimal one (null zero full random urandom tty, private pts and shm)");
     sub.add_flag("--no-new-privs{true}", no_new_privs, "Set PR_SET_NO_NEW_PRIVS (default on; --no-new-privs=false to keep setuid working)")
+        ->capture_default_str();
+    sub.add_option("--seccomp", seccomp,
+                   "default: deny module loading, kexec, the mount family, namespaces, ptrace, bpf, keyctl, perf_event_open, "
+                   "userfaultfd, open_by_handle_at ... with EPERM; off: no filter")
+        ->check(CLI::IsMember({"default", "off"}))
         ->capture_default_str();
     sub.add_flag("--seccomp-deny-socket", seccomp_deny_socket,
                  "Make socket() of every family except AF_UNIX (and io_uring_setup) fail with EPERM inside the jail");
+    sub.add_flag("--init{true}", init,
+                 "A small init is pid 1 (reaps orphans, forwards signals, exits with CMD's status) unless CMD is one "
+                 "(tini, dumb-init, systemd ...); default on, --init=false makes CMD pid 1")
+        ->capture_default_str();
     sub.add_option("--hostname", hostname, "Host name inside the jail")->capture_default_str();
     sub.add_option("--broker", broker, "Unix socket path inside the jail where CMD may ask for more listeners ($KTRICKS_BROKER)");
     sub.add_option("--allow", allow, "With --broker: what may be granted, e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")->allow_extra_args(false);
 }
 
 bool JailFlags::given() const {
-    return loopback || readonly || !binds.empty() || !user.empty() || seccomp_deny_socket || !broker.empty() || !allow.empty() ||
+    return loopback || !readonly || !binds.empty() || !writable.empty() || !user.empty() || !user_namespace || !capabilities.empty() ||
+           host_dev || !no_new_privs || seccomp != "default" || seccomp_deny_socket || !init || !broker.empty() || !allow.empty() ||
            hostname != "jail";
 }
 
@@ -47,10 +66,20 @@ jail::SandboxOptions JailFlags::sandbox() const {
     jail::SandboxOptions options;
     options.loopback = loopback;
     options.readonly = readonly;
+    options.user_namespace = user_namespace;
+    options.host_dev = host_dev;
     options.no_new_privs = no_new_privs;
+    options.seccomp = seccomp != "off";
     options.seccomp_deny_socket = seccomp_deny_socket;
+    options.init = init;
     options.hostname = hostname;
     for (const auto& text : binds) options.binds.push_back(jail::SandboxOptions::parse_bind(text));
+    for (const auto& path : writable) {
+        if (path.empty() || path[0] != '/') throw InputError(fmt::format("--writable \"{}\": must be an absolute path", path));
+        if (first_control_byte(path) >= 0) throw InputError(fmt::format("--writable \"{}\": contains a control byte", printable(path)));
+        options.binds.push_back({path, path});
+    }
+    for (const auto& name : capabilities) options.capabilities.push_back(jail::SandboxOptions::parse_capability(name));
     if (!broker.empty()) options.broker_path = broker;
     if (!user.empty()) {
         auto colon = user.find(':');
@@ -88,6 +117,7 @@ struct Options {
     int into = 0;
     std::string socket = "/run/ktricks-inbox.sock";
     bool quiet = false;
+    bool intercept_bind = true;
 };
 
 int run_jail(const Options& options) {
@@ -109,6 +139,7 @@ int run_jail(const Options& options) {
     run.sandbox = options.flags.sandbox();
     run.allow = options.flags.allow_rules();
     run.verbose = !options.quiet;
+    run.intercept_bind = options.intercept_bind;
     if (run.listen.empty() && !run.sandbox.broker_path)
         throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker)");
     return jail::run(run).shell_status();
@@ -128,14 +159,21 @@ Subcommand add_jail(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     sub->add_option("--socket", options->socket, "With --into: the target's inbox, a unix socket path as the target sees it")
         ->capture_default_str();
+    sub->add_flag("--intercept-bind{true}", options->intercept_bind,
+                  "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
+                  "fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty namespace)")
+        ->capture_default_str();
     sub->add_flag("--quiet", options->quiet, "Do not report bound sockets and broker decisions on stderr");
     sub->add_option("command", options->command, "CMD [ARGS...]");
     sub->footer(
-        "Inside: new network (only lo, down unless --loopback), mount, IPC, UTS and PID namespaces (and a user namespace\n"
-        "when not root); CMD is pid 1 with LISTEN_FDS=N LISTEN_PID=1. Its own connect() fails with ENETUNREACH.\n"
+        "Inside: new network (only lo, down unless --loopback), mount, IPC, UTS, PID and user namespaces; root inside is\n"
+        "nobody outside, no capabilities, read-only root with a private /tmp, minimal /dev, seccomp deny list, no-new-privs,\n"
+        "an init as pid 1 and CMD as pid 2 with LISTEN_FDS=N LISTEN_PID=2 (pid 1 with --init=false).\n"
+        "Its own connect() fails with ENETUNREACH.\n"
         "Exit status: CMD's own (128+N if killed by signal N); 127/126 if CMD cannot be found/executed; 64 bad usage.\n"
         "Examples:\n"
-        "  ktricks jail --listen tcp://0.0.0.0:8080 --readonly --user nobody -- python3 -m http.server  # needs LISTEN_FDS support\n"
+        "  ktricks jail --listen tcp://0.0.0.0:8080 --user nobody -- ./socket-activated-server\n"
+        "  ktricks jail --listen tcp://127.0.0.1:8000 -- python3 -m http.server 8000 --bind 127.0.0.1\n"
         "  ktricks jail --listen udp://0.0.0.0:5353 --seccomp-deny-socket -- ./dns-server\n"
         "  ktricks jail --listen tcp://0.0.0.0:8000 --broker /tmp/broker.sock --allow 'tcp://0.0.0.0:8000-8100' -- ./server\n"
         "  ktricks jail --into $(pidof server) --socket /run/inbox.sock --listen tcp://0.0.0.0:9000");

@@ -16,16 +16,23 @@ namespace ktricks::cli {
 
 struct JailFlags {
     bool loopback = false;
-    bool readonly = false;
+    bool readonly = true;
     std::vector<std::string> binds;
+    std::vector<std::string> writable;
     std::string user;
+    bool user_namespace = true;
+    std::vector<std::string> capabilities;
+    bool host_dev = false;
     bool no_new_privs = true;
+    std::string seccomp = "default";
     bool seccomp_deny_socket = false;
+    bool init = true;
     std::string hostname = "jail";
     std::string broker;
     std::vector<std::string> allow;
 
-    // --loopback --readonly --bind --user --no-new-privs --seccomp-deny-socket --hostname --broker --allow
+    // --loopback --readonly --bind --writable --user --userns --cap --host-dev --no-new-privs --seccomp
+    // --seccomp-deny-socket --init --hostname --broker --allow
     void add_to(CLI::App& sub);
     bool given() const;  // any of them set
     jail::SandboxOptions sandbox() const;  // throws InputError
@@ -36,8 +43,8 @@ struct JailFlags {
 // process, not to a line of generations) on serve's command line ...
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags);
 // ... and every generation spawned through handoff's customize_spawn hook, inside a fresh jail.
-// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach, so
-// --ready notify becomes --ready tcp (a connect to the listener from outside).
+// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach: the
+// jail's init relays it (with --init=false, --ready notify becomes --ready tcp).
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags);
 
 }  // namespace ktricks::cli

@@ -1,18 +1,22 @@
 // `ktricks jail`: bind here, run there, forward signals, answer the broker, report how it ended.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <optional>
 #include <sstream>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/scm_rights.hpp"
 #include "ktricks/jail.hpp"
+#include "intercept.hpp"
 
 namespace ktricks::jail {
 namespace {
@@ -47,11 +51,36 @@ ExitStatus run(const RunOptions& options) {
 
     std::vector<Fd> listeners;
     std::vector<int> pass;
+    std::vector<InterceptListener> intercepted;
+    std::vector<int> intercepted_fds;  // the same order as `intercepted`
     for (const auto& address : options.listen) {
-        listeners.push_back(bind_socket(address));
+        BindOptions bind_options;
+        // A server that binds [::] itself gets both IPv4 and IPv6 (Linux's default, bindv6only=0),
+        // so an intercepted [::] listener must be dual-stack too, unless IPv4 has its own.
+        if (options.intercept_bind && address.family() == AF_INET6 &&
+            IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(address.sockaddr_ptr())->sin6_addr)) {
+            bool v4_too = std::any_of(options.listen.begin(), options.listen.end(), [&](const SocketAddress& other) {
+                return other.family() == AF_INET && other.port() == address.port() && other.transport() == address.transport();
+            });
+            bind_options.v6_only = v4_too;
+        }
+        listeners.push_back(bind_socket(address, bind_options));
         pass.push_back(listeners.back().get());
         if (options.verbose)
             fmt::print(stderr, "ktricks jail: fd {} = {}\n", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
+        if (address.family() == AF_INET || address.family() == AF_INET6) {
+            intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
+            intercepted_fds.push_back(pass.back());
+        }
+    }
+    // The child sends its seccomp listener back on this pair (the kernel hands it to the process
+    // that installs the filter, and only the child can).
+    Fd notify_ours, notify_theirs;
+    if (options.intercept_bind) {
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "(seccomp listener)");
+        notify_ours = Fd(pair[0]);
+        notify_theirs = Fd(pair[1]);
     }
     std::optional<Broker> broker;
     if (options.sandbox.broker_path) broker.emplace(options.allow, options.verbose);
@@ -62,7 +91,7 @@ ExitStatus run(const RunOptions& options) {
     spawn.listen_fds_env = true;
     spawn.new_process_group = true;
     spawn.parent_death_signal = SIGKILL;
-    sandbox.apply(spawn, broker ? broker->socket_fd() : -1);
+    sandbox.apply(spawn, broker ? broker->socket_fd() : -1, notify_theirs ? notify_theirs.get() : -1);
 
     // Signals arriving while the child starts must wait for it, not kill us: block them first.
     EventLoop loop;
@@ -88,8 +117,18 @@ ExitStatus run(const RunOptions& options) {
     } catch (const std::system_error& error) {
         throw std::system_error(error.code(), describe_clone_error(error));
     }
-    // The child holds its own copies now; ours would keep a port bound after the command quits.
-    listeners.clear();
+    std::optional<BindInterceptor> interceptor;
+    if (options.intercept_bind) {
+        notify_theirs.reset();
+        std::byte byte[1];
+        auto received = recv_fds(notify_ours.get(), byte, 1);
+        if (received.fds.size() != 1) throw std::runtime_error("the jail did not send its seccomp listener");
+        // The listeners stay ours as well: each is installed into the jail on its bind().
+        interceptor.emplace(std::move(received.fds[0]), intercepted_fds, intercepted, options.verbose);
+    } else {
+        // The child holds its own copies now; ours would keep a port bound after the command quits.
+        listeners.clear();
+    }
     // The broker's socket file lives in the jail's view (a private /tmp, or a shared directory);
     // this handle on that view lets us remove it when the jail is gone.
     Fd jail_root;
@@ -101,6 +140,7 @@ ExitStatus run(const RunOptions& options) {
         loop.stop();
     });
     if (broker) broker->serve(loop);
+    if (interceptor) interceptor->serve(loop);
     loop.run();
     if (jail_root) ::unlinkat(jail_root.get(), options.sandbox.broker_path->c_str() + 1, 0);
     if (status->signaled && status->code == SIGKILL && translated) status->code = *translated;

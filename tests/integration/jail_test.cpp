@@ -23,6 +23,7 @@ namespace {
 
 const std::string ktricks = KTRICKS_BINARY;
 const std::string server = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
+const std::string escape = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_escape").string();
 // --readonly gives the jail a private /tmp: a checkout under /tmp (CI clones there) must be bound in
 // for the jail to find the test server at all.
 const std::string build_dir = std::filesystem::path(KTRICKS_BINARY).parent_path().string();
@@ -69,14 +70,15 @@ std::string ask(const std::string& text, std::string* client_address = nullptr) 
     return got > 0 ? std::string(buffer, static_cast<std::size_t>(got)) : "closed";
 }
 
-// What the jailed test server must answer to a client at `client`.
-std::string expected_from(const std::string& client) { return "peer=" + client + " pid=1\n"; }
+// What the jailed test server must answer to a client at `client`. By default the jail's init is
+// pid 1 and the command pid 2.
+std::string expected_from(const std::string& client, int pid = 2) { return fmt::format("peer={} pid={}\n", client, pid); }
 
 // Asks `address` and checks that the server saw this very client (its real address).
-void expect_real_peer(const std::string& address) {
+void expect_real_peer(const std::string& address, int pid = 2) {
     std::string client;
     std::string answer = ask(address, &client);
-    EXPECT_EQ(answer, expected_from(client)) << address;
+    EXPECT_EQ(answer, expected_from(client, pid)) << address;
 }
 
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
@@ -100,7 +102,7 @@ TEST(Jail, ServesHostClientsOnTcpTcp6UdpAndUnixWithTheirRealAddresses) {
     ASSERT_EQ(addresses.size(), 4u) << jail.describe();
     // The server sees the client's own address: no proxy in between.
     for (int i = 0; i < 3; ++i) expect_real_peer(addresses[i]);
-    EXPECT_EQ(ask(addresses[3]), "peer=unix: pid=1\n");
+    EXPECT_EQ(ask(addresses[3]), "peer=unix: pid=2\n");
 }
 
 TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
@@ -111,12 +113,27 @@ TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
     for (const char* host : {"127.0.0.1", "127.0.0.2"}) expect_real_peer(fmt::format("udp://{}:{}", host, port_of(addresses[0])));
 }
 
-TEST(Jail, CommandIsPid1WithListenPidOne) {
-    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+TEST(Jail, WithoutInitCommandIsPid1WithListenPidOne) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--init=false"});
     EXPECT_NE(jail.out().find("ready pid=1\n"), std::string::npos) << jail.describe();
     // echo is a shell builtin: the glob lists every process the jail can see.
-    std::string ps = run_in_jail({}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    std::string ps = run_in_jail({"--init=false"}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
     EXPECT_EQ(ps, "1 1 1\n/proc/1\n");
+}
+
+TEST(Jail, ByDefaultAnInitIsPid1AndCommandPid2WithListenPidTwo) {
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0"});
+    EXPECT_NE(jail.out().find("ready pid=2\n"), std::string::npos) << jail.describe();
+    std::string ps = run_in_jail({}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    EXPECT_EQ(ps, "2 2 1\n/proc/1 /proc/2\n");
+}
+
+TEST(Jail, InitReapsOrphansAndExitsWithTheCommandsStatus) {
+    // The subshell's child is orphaned when the subshell exits; it is reparented to pid 1, which
+    // must reap it, or it would stay a zombie (state Z) while the command sleeps.
+    std::string out = run_in_jail({}, {"sh", "-c", "(sleep 0.2 & exec true); sleep 0.6; cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c | grep -c Z || true"});
+    EXPECT_EQ(out, "0\n");
+    EXPECT_EQ(run({ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "kill -USR1 $$"}).status, 128 + SIGUSR1);
 }
 
 TEST(Jail, OutboundConnectFailsWithEnetunreach) {
@@ -168,6 +185,8 @@ TEST(Jail, SeesOnlyItsOwnLoopbackInterface) {
 
 TEST(Jail, ReadonlyCannotWriteOutsideBindMounts) {
     TempDir writable, other;
+    // Root in the jail is nobody outside: what it may write must be nobody's.
+    ASSERT_EQ(::chown(writable.path().c_str(), 65534, 65534), 0);
     std::string script = fmt::format("touch {}/nope 2>/dev/null || echo outside-refused; touch {}/yes && echo bind-ok; "
                                      "touch /tmp/t && echo tmp-ok",
                                      other.path().string(), writable.path().string());
@@ -190,7 +209,7 @@ TEST(Jail, UserDropsPrivilegesAfterSetup) {
 TEST(Jail, WorksUnprivilegedThroughAUserNamespace) {
     if (::access(ktricks.c_str(), X_OK) != 0) GTEST_SKIP() << "cannot run the binary";
     Result result = run({"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", ktricks, "jail", "--quiet", "--listen",
-                         "tcp://127.0.0.1:0", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
+                         "tcp://127.0.0.1:0", "--init=false", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
     if (result.err.find("Permission denied") != std::string::npos) GTEST_SKIP() << "uid 65534 cannot execute " << ktricks;
     if (result.err.find("unprivileged user namespaces are off") != std::string::npos) GTEST_SKIP() << result.err;
     EXPECT_EQ(result.status, 0) << result.describe;
@@ -232,6 +251,236 @@ TEST(Jail, RejectsBadInputWithOneLine) {
     Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1", "--broker", "/tmp/b", "--", "true"});
     EXPECT_EQ(result.status, 64);
     EXPECT_EQ(result.err, "ktricks jail: --allow \"tcp://*:9-1\": the port range ends before it starts\n");
+    Result cap = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--cap", "CAP_FLY", "--", "true"});
+    EXPECT_EQ(cap.status, 64);
+    EXPECT_EQ(cap.err, "ktricks jail: --cap \"CAP_FLY\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))\n");
+}
+
+// ---- the escape suite: root in a jail with the defaults ----
+
+// Each attempt with the errno the defaults give it; docs/jail.md has the same table with the
+// default that stops each one.
+const char* const escape_expected =
+    "mknod-block-device EPERM\n"   // no CAP_MKNOD
+    "mount-block-device EPERM\n"   // seccomp: mount
+    "open-dev-mem ENOENT\n"        // minimal /dev
+    "mount-proc EPERM\n"           // seccomp: mount
+    "fsopen EPERM\n"               // seccomp: the new mount API
+    "open_tree EPERM\n"
+    "chroot EPERM\n"
+    "finit_module EPERM\n"         // seccomp: modules
+    "init_module EPERM\n"
+    "kexec_load EPERM\n"
+    "write-etc EROFS\n"            // read-only root
+    "write-usr EROFS\n"
+    "write-etc-passwd EACCES\n"    // root inside is nobody outside: not the file's owner
+    "socket-raw EPERM\n"           // no CAP_NET_RAW
+    "socket-packet EPERM\n"
+    "setns-visible EPERM\n"        // seccomp: setns
+    "setns-outside-pid ENOENT\n"   // own /proc: the host pid does not exist here
+    "unshare-net EPERM\n"          // seccomp: unshare
+    "unshare-user EPERM\n"
+    "ptrace-outside EPERM\n"       // seccomp: ptrace
+    "ptrace-pid1 EPERM\n"
+    "process_vm_readv EPERM\n"
+    "bpf EPERM\n"
+    "keyctl EPERM\n"
+    "add_key EPERM\n"
+    "perf_event_open EPERM\n"
+    "userfaultfd EPERM\n"
+    "open_by_handle_at EPERM\n"
+    "connect-127.0.0.1 ENETUNREACH\n"  // empty network namespace
+    "connect-::1 EADDRNOTAVAIL\n"
+    "connect-1.1.1.1 ENETUNREACH\n";
+
+TEST(Escape, RootInADefaultJailFailsEveryAttemptWithTheDocumentedErrno) {
+    EXPECT_EQ(run_in_jail({}, {escape, std::to_string(::getpid())}), escape_expected);
+    EXPECT_FALSE(std::filesystem::exists("/etc/ktricks-escape"));
+    EXPECT_FALSE(std::filesystem::exists("/usr/bin/ktricks-escape"));
+}
+
+TEST(Escape, WithoutSeccompTheOtherDefaultsStillStopTheWayOut) {
+    // Defence in depth: with the filter off, the empty capability sets, the user namespace, the
+    // read-only root and the empty network namespace still refuse what matters.
+    std::string out = run_in_jail({"--seccomp=off"}, {escape, std::to_string(::getpid())});
+    for (const char* line : {"mknod-block-device EPERM", "mount-block-device EPERM", "mount-proc EPERM", "fsopen EPERM", "chroot EPERM",
+                             "write-etc EROFS", "write-usr EROFS", "write-etc-passwd EACCES", "socket-raw EPERM", "socket-packet EPERM",
+                             "setns-visible EPERM", "unshare-net EPERM", "ptrace-outside ESRCH", "bpf EPERM",
+                             "connect-127.0.0.1 ENETUNREACH", "connect-1.1.1.1 ENETUNREACH"})
+        EXPECT_NE(out.find(std::string(line) + "\n"), std::string::npos) << line << "\n" << out;
+}
+
+TEST(Escape, NoVethCanBeAddedInsideTheJail) {
+    // ip's netlink request needs CAP_NET_ADMIN over the jail's namespace, which the host's root owns.
+    std::string out = run_in_jail({}, {"sh", "-c", "ip link add ktv0 type veth peer name ktv1 2>&1; echo $?; unshare -n true 2>&1; echo $?"});
+    EXPECT_NE(out.find("Operation not permitted"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n') >= 2, true) << out;
+    EXPECT_EQ(out.find("\n0\n"), std::string::npos) << out;
+    EXPECT_FALSE(out.starts_with("0\n")) << out;
+}
+
+TEST(Escape, CapabilitiesAreEmptyUnlessAskedFor) {
+    std::string caps = run_in_jail({}, {"grep", "-E", "^Cap(Inh|Prm|Eff|Bnd|Amb)", "/proc/self/status"});
+    EXPECT_EQ(caps, "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+                    "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n");
+    // CAP_NET_BIND_SERVICE is bit 10 (0x400), kept in every set.
+    std::string one = run_in_jail({"--cap", "CAP_NET_BIND_SERVICE"}, {"grep", "-E", "^Cap(Eff|Bnd|Amb)", "/proc/self/status"});
+    EXPECT_EQ(one, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\nCapAmb:\t0000000000000400\n");
+    EXPECT_EQ(run_in_jail({}, {"cat", "/proc/self/uid_map"}), "         0      65534          1\n");
+    EXPECT_EQ(run_in_jail({}, {"ls", "/dev"}), "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
+    EXPECT_EQ(run_in_jail({}, {"sh", "-c", "echo x > /dev/shm/a && cat /dev/shm/a && echo y > /tmp/b && cat /tmp/b"}), "x\ny\n");
+}
+
+// ---- --intercept-bind: unmodified servers that bind their own port ----
+
+const std::string python = "/usr/bin/python3";  // not a shim under /root, which the jail's nobody cannot read
+
+// A GET over a fresh connection from `source` (any 127/8 address is ours); returns the response.
+std::string http_get(const std::string& address, const std::string& path, const std::string& source = "127.0.0.1") {
+    SocketAddress target = SocketAddress::parse(address);
+    Fd socket(::socket(target.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    SocketAddress local = SocketAddress::parse(target.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://" + source + ":0");
+    ::bind(socket.get(), local.sockaddr_ptr(), local.length());
+    if (::connect(socket.get(), target.sockaddr_ptr(), target.length()) < 0) return std::string("connect: ") + strerror(errno);
+    std::string request = "GET " + path + " HTTP/1.0\r\nHost: jail\r\n\r\n";
+    ::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL);
+    std::string response;
+    char buffer[4096];
+    while (true) {
+        pollfd readable{socket.get(), POLLIN, 0};
+        if (::poll(&readable, 1, 5000) != 1) break;
+        ssize_t got = ::recv(socket.get(), buffer, sizeof(buffer), 0);
+        if (got <= 0) break;
+        response.append(buffer, static_cast<std::size_t>(got));
+    }
+    return response;
+}
+
+std::uint16_t free_port() {
+    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    return SocketAddress::of_socket(probe.get()).port();
+}
+
+// A directory the jail's nobody can read, bound into the jail at the same path.
+struct WebRoot {
+    TempDir dir;
+    WebRoot() {
+        write_file(dir / "index.html", "hello from the host's files\n");
+        ::chmod((dir / "index.html").c_str(), 0644);
+    }
+    std::string path() const { return dir.path().string(); }
+};
+
+TEST(JailIntercept, PythonHttpServerBindsItsOwnPortAndServesHostClientsWithTheirAddresses) {
+    WebRoot root;
+    auto port = free_port();
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", python, "-m", "http.server",
+                                   std::to_string(port), "--bind", "127.0.0.1", "--directory", root.path()});
+    ASSERT_TRUE(eventually([&] { return jail.err().find("(pid") != std::string::npos || !jail.running(); })) << jail.describe();
+    EXPECT_NE(jail.err().find(fmt::format("bind {} (pid", address)), std::string::npos) << jail.describe();
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.7")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    // http.server logs the client's address: the host client's own, not a proxy's.
+    EXPECT_TRUE(eventually([&] { return jail.err().find("127.0.0.7 - - [") != std::string::npos; })) << jail.describe();
+}
+
+TEST(JailIntercept, ABindToAnAddressNotListenedOnFailsWithEacces) {
+    auto port = free_port();
+    std::string script = fmt::format(
+        "import socket\n"
+        "for host, port in (('127.0.0.1', {0}), ('0.0.0.0', {1}), ('127.0.0.1', 0)):\n"
+        "    s = socket.socket()\n"
+        "    try:\n"
+        "        s.bind((host, port)); print(host, port == 0 or port == {1}, 'ok', s.getsockname()[1] == {1})\n"
+        "    except OSError as e: print(host, port == 0 or port == {1}, e.errno == 13 and 'EACCES' or e)\n",
+        port + 1 == 65536 ? 1 : port + 1, port);
+    // A unix listener first: the tcp one is fd 4, and the interception must still hand that one.
+    TempDir dir;
+    Result result = run({ktricks, "jail", "--quiet", "--listen", "unix:" + dir / "first.sock", "--listen", fmt::format("tcp://127.0.0.1:{}", port),
+                         "--", python, "-c", script});
+    EXPECT_EQ(result.status, 0) << result.describe;
+    // Another port: refused. Another host: refused. Port 0 on the listened host: the listener.
+    EXPECT_EQ(result.out, "127.0.0.1 False EACCES\n0.0.0.0 True EACCES\n127.0.0.1 True ok True\n") << result.describe;
+}
+
+TEST(JailIntercept, UdpAndDualStackIpv6AndPortZero) {
+    // One UDP exchange, one dual-stack TCP server reached over IPv4 and IPv6, and a server that
+    // binds port 0 and reports what it got.
+    std::string script =
+        "import socket, sys\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))\n"
+        "t = socket.create_server(('', 0), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+        "print('ports', u.getsockname()[1], t.getsockname()[1], flush=True)\n"
+        "data, peer = u.recvfrom(100); u.sendto(('udp peer %s:%d\\n' % peer).encode(), peer)\n"
+        "for _ in range(2):\n"
+        "    c, peer = t.accept(); c.sendall(('tcp peer %s\\n' % peer[0]).encode()); c.close()\n";
+    Process jail = Process::start({ktricks, "jail", "--listen", "udp://127.0.0.1:0", "--listen", "tcp6://[::]:0", "--", python, "-c", script});
+    ASSERT_TRUE(eventually([&] { return jail.out().find("ports") != std::string::npos || !jail.running(); })) << jail.describe();
+    auto addresses = bound_addresses(jail);
+    ASSERT_EQ(addresses.size(), 2u) << jail.describe();
+    // The ports the server saw are the host listeners' own.
+    EXPECT_EQ(jail.out(), fmt::format("ports {} {}\n", port_of(addresses[0]), port_of(addresses[1]))) << jail.describe();
+    std::string client;
+    std::string answer = ask(addresses[0], &client);
+    EXPECT_EQ(answer, "udp peer " + client.substr(6) + "\n");
+    std::string port = port_of(addresses[1]);
+    EXPECT_EQ(ask("tcp://127.0.0.1:" + port), "tcp peer ::ffff:127.0.0.1\n");
+    EXPECT_EQ(ask("tcp6://[::1]:" + port), "tcp peer ::1\n");
+    EXPECT_EQ(jail.wait(), 0) << jail.describe();
+}
+
+TEST(JailIntercept, NginxWithAPlainListenDirectiveServesAndCannotProxyOut) {
+    WebRoot root;
+    // Something on the host the jailed nginx will try to reach.
+    Fd host_service = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    auto port = free_port();
+    std::string conf = fmt::format(
+        "daemon off; master_process on; worker_processes 2; pid /tmp/nginx.pid; error_log stderr notice;\n"
+        "events {{ worker_connections 64; }}\n"
+        "http {{ log_format peer 'peer=$remote_addr:$remote_port $status'; access_log /dev/stderr peer;\n"
+        "  client_body_temp_path /tmp/b; proxy_temp_path /tmp/p; fastcgi_temp_path /tmp/f; uwsgi_temp_path /tmp/u; scgi_temp_path /tmp/s;\n"
+        "  server {{ listen 127.0.0.1:{}; root {}; location /out {{ proxy_pass http://127.0.0.1:{}; }} }} }}\n",
+        port, root.path(), SocketAddress::of_socket(host_service.get()).port());
+    write_file(root.dir / "nginx.conf", conf);
+    ::chmod((root.dir / "nginx.conf").c_str(), 0644);
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--user", "65534", "--", "/usr/sbin/nginx",
+                                   "-e", "stderr", "-p", "/tmp", "-c", root.dir / "nginx.conf"});
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.9")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.9:") != std::string::npos; })) << jail.describe();
+    // Its own connection to the host's service fails: 502, and the error log says why.
+    EXPECT_NE(http_get(address, "/out").find("502 Bad Gateway"), std::string::npos) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("Network is unreachable") != std::string::npos; })) << jail.describe();
+    jail.signal(SIGQUIT);
+    EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
+}
+
+TEST(JailIntercept, LighttpdWithoutSocketActivationServesHostClients) {
+    WebRoot root;
+    auto port = free_port();
+    std::string conf = fmt::format(
+        "server.document-root = \"{}\"\nserver.bind = \"127.0.0.1\"\nserver.port = {}\n"
+        "server.modules = (\"mod_accesslog\")\naccesslog.filename = \"/dev/stderr\"\nserver.errorlog = \"/dev/stderr\"\n"
+        "accesslog.format = \"peer=%h %s\"\n",
+        root.path(), port);
+    write_file(root.dir / "lighttpd.conf", conf);
+    ::chmod((root.dir / "lighttpd.conf").c_str(), 0644);
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", "/usr/sbin/lighttpd", "-D", "-f",
+                                   root.dir / "lighttpd.conf"});
+    std::string response;
+    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.11")).find("200 OK") != std::string::npos; }))
+        << response << jail.describe();
+    EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.11 200") != std::string::npos; })) << jail.describe();
+    jail.signal(SIGINT);
+    EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
 }
 
 // ---- serve --jail ----
@@ -239,8 +488,9 @@ TEST(Jail, RejectsBadInputWithOneLine) {
 TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     TempDir dir;
     std::string control = dir / "control.sock";
+    // jail_test_server does not speak NOTIFY_SOCKET: readiness is a connect.
     Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--bind", build_dir, "--listen", "tcp://127.0.0.1:0", "--control", control,
-                                    "--drain-timeout", "5", "--", server, "serve"});
+                                    "--ready", "tcp", "--drain-timeout", "5", "--", server, "serve"});
     std::smatch match;
     std::string err;
     ASSERT_TRUE(eventually([&] {
@@ -255,7 +505,7 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     std::thread clients([&] {
         while (!stop) {
             std::string answer = ask(address);
-            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=1\n") ? answered : failed)++;
+            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=2\n") ? answered : failed)++;
         }
     });
     for (int i = 0; i < 3; ++i) {
@@ -268,6 +518,35 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     EXPECT_EQ(failed, 0);
     EXPECT_GT(answered, 10);
     EXPECT_NE(serve.err().find("generation 4"), std::string::npos) << serve.describe();
+}
+
+TEST(ServeJail, ReadinessArrivesByNotifySocketRelayedByTheJailsInit) {
+    TempDir dir;
+    // READY=1 only after 0.8 s: a "ready after" sooner would be a readiness that did not wait for it.
+    write_file(dir / "server.py",
+               "import os, socket, time\n"
+               "time.sleep(0.8)\n"
+               "name = os.environ['NOTIFY_SOCKET']\n"
+               "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', '\\0' + name[1:])\n"
+               "print('notified', name, flush=True)\n"
+               "listener = socket.socket(fileno=3)\n"
+               "while True:\n"
+               "    c, peer = listener.accept(); c.sendall(('peer=%s:%d\\n' % peer).encode()); c.close()\n");
+    Process serve = Process::start({ktricks, "serve", "--jail", "--bind", dir.path().string(), "--listen", "tcp://127.0.0.1:0", "--", python,
+                                    dir / "server.py"});
+    std::smatch match;
+    std::string err;
+    ASSERT_TRUE(eventually([&] {
+        err = serve.err();
+        return err.find("ready after") != std::string::npos || !serve.running();
+    })) << serve.describe();
+    ASSERT_TRUE(std::regex_search(err, match, std::regex("ready after ([0-9.]+) ms"))) << serve.describe();
+    EXPECT_GE(std::stod(match[1]), 800.0) << serve.describe();
+    EXPECT_NE(serve.out().find("notified @ktricks-jail-notify"), std::string::npos) << serve.describe();
+    ASSERT_TRUE(std::regex_search(err, match, std::regex("tcp://127\\.0\\.0\\.1:[0-9]+")));
+    std::string client;
+    std::string answer = ask(match[0], &client);
+    EXPECT_EQ(answer, "peer=" + client.substr(6) + "\n");
 }
 
 // ---- a real container runtime ----
@@ -302,6 +581,7 @@ public:
         write_file(dir_.path() / "config.json", config.dump());
     }
     std::string path() const { return dir_.path().string(); }
+    std::string rootfs() const { return dir_ / "rootfs"; }
     std::string state_root() const { return dir_ / "runc-state"; }
 
 private:
@@ -328,16 +608,55 @@ TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMore
     listener.reset();
     ASSERT_TRUE(eventually([&] { return read_capture(out.get()).find("ready pid=1") != std::string::npos; })) << read_capture(out.get());
 
-    expect_real_peer(address);
+    expect_real_peer(address, 1);
 
     Result state = run({"runc", "--root", bundle.state_root(), "state", id});
     int pid = nlohmann::json::parse(state.out)["pid"];
     Result into = run({ktricks, "jail", "--into", std::to_string(pid), "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
     ASSERT_EQ(into.status, 0) << into.describe;
     std::string handed = lines_of(into.out).at(0);
-    expect_real_peer(handed);
+    expect_real_peer(handed, 1);
     // The container itself has no way out.
     Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe", "tcp://1.1.1.1:80"});
+    EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
+}
+
+TEST(JailContainer, PodmanContainerWithNoNetworkTakesAHostListenerWithInto) {
+    if (::access("/usr/bin/podman", X_OK) != 0) GTEST_SKIP() << "podman is not installed (scripts/install-deps.sh)";
+    Bundle bundle;
+    TempDir storage;
+    std::string name = fmt::format("ktricks-jail-podman-{}", ::getpid());
+    // Private storage, runc, no systemd or journald needed (machine-facts.md).
+    std::vector<std::string> podman{"podman", "--root", storage / "root", "--runroot", storage / "runroot", "--tmpdir", storage / "tmp",
+                                    "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs",
+                                    // vfs: the overlay driver bind-mounts its home, which would outlive the test's directory.
+                                    "--storage-driver", "vfs"};
+    auto with = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = podman;
+        argv.insert(argv.end(), args.begin(), args.end());
+        return argv;
+    };
+    struct Cleanup {
+        std::vector<std::string> argv;
+        ~Cleanup() { run(argv); }
+    } cleanup{with({"rm", "--force", "--time", "0", name})};
+    Result started = run(with({"run", "--detach", "--name", name, "--network=none", "--ulimit", "nofile=20000:20000", "--ulimit",
+                               "nproc=32768:32768", "--rootfs", bundle.rootfs(), "/jail_test_server", "serve", "--inbox", "/run/inbox.sock"}),
+                         {}, 60s);
+    ASSERT_EQ(started.status, 0) << started.describe;
+    Result logs;
+    ASSERT_TRUE(eventually([&] { return (logs = run(with({"logs", name}))).out.find("ready pid=1") != std::string::npos; })) << logs.describe;
+    Result inspect = run(with({"inspect", "--format", "{{.State.Pid}}", name}));
+    ASSERT_EQ(inspect.status, 0) << inspect.describe;
+    std::string pid = lines_of(inspect.out).at(0);
+
+    Result into = run({ktricks, "jail", "--into", pid, "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
+    ASSERT_EQ(into.status, 0) << into.describe;
+    std::string handed = lines_of(into.out).at(0);
+    // pid 1 of the container answers a host client, with the client's own address.
+    expect_real_peer(handed, 1);
+    // The container has no network of its own.
+    Result probe = run(with({"exec", name, "/jail_test_server", "probe", "tcp://1.1.1.1:80"}));
     EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
 }
 

@@ -1,9 +1,9 @@
 // A small server for the jail's tests and benchmark: it serves what it is handed and reports what
 // it sees, so a test can check the isolation from the outside.
 //
-//   jail_test_server serve [--request ADDR]... [--inbox PATH]
+//   jail_test_server serve [--request ADDR]... [--inbox PATH] [--bind ADDR]...
 //       Serves every LISTEN_FDS socket (and each socket the broker grants for --request ADDR, and
-//       each socket handed to the inbox at PATH). Stream sockets: an HTTP/1.1 request gets
+//       each socket handed to the inbox at PATH, and each ADDR it binds itself). Stream sockets: an HTTP/1.1 request gets
 //       "200 OK" with the body below (keep-alive, so wrk can load it); any other line gets the body
 //       as a line. Datagram sockets: each datagram gets the body back, sent from the address it
 //       was sent to (IP_PKTINFO / IPV6_PKTINFO, needed when bound to a wildcard address).
@@ -271,6 +271,9 @@ int main(int argc, char** argv) {
         for (std::size_t i = 1; i + 1 < args.size(); i += 2) {
             if (args[i] == "--inbox") {
                 server.add_inbox(args[i + 1]);
+            } else if (args[i] == "--bind") {
+                // Binds by itself, as an unmodified server would (in a jail: --intercept-bind).
+                server.add_listener(bind_socket(SocketAddress::parse(args[i + 1])).release());
             } else if (args[i] == "--request") {
                 try {
                     Fd granted = jail::request_listener(SocketAddress::parse(args[i + 1]));

@@ -1,8 +1,13 @@
 // The jail's pure logic: --allow rules, --bind parsing and the broker's answers.
+#include <netinet/in.h>
+
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/jail.hpp"
+#include "jail/intercept.hpp"
 
 namespace ktricks::jail {
 namespace {
@@ -76,6 +81,69 @@ TEST(Broker, AnswersGarbageWithOnePrintableRefusal) {
     EXPECT_EQ(broker.answer("offer tcp://127.0.0.1:1").reply, "refused the broker only answers \"listen ADDRESS\"");
     EXPECT_TRUE(broker.answer("listen nonsense").reply.starts_with("refused address \"nonsense\"") ||
                 broker.answer("listen nonsense").reply.starts_with("refused "));
+}
+
+TEST(SandboxOptions, CapabilityNamesInAnySpellingOrNumber) {
+    EXPECT_EQ(SandboxOptions::parse_capability("CAP_NET_BIND_SERVICE"), 10);
+    EXPECT_EQ(SandboxOptions::parse_capability("net_bind_service"), 10);
+    EXPECT_EQ(SandboxOptions::parse_capability("21"), 21);
+    EXPECT_EQ(SandboxOptions::parse_capability("cap_checkpoint_restore"), 40);
+    EXPECT_THROW(SandboxOptions::parse_capability("CAP_FLY"), InputError);
+    EXPECT_THROW(SandboxOptions::parse_capability("41"), InputError);
+    EXPECT_THROW(SandboxOptions::parse_capability(""), InputError);
+}
+
+TEST(SandboxOptions, DefaultsAreTheSafeChoice) {
+    SandboxOptions options;
+    EXPECT_TRUE(options.readonly);
+    EXPECT_TRUE(options.user_namespace);
+    EXPECT_TRUE(options.capabilities.empty());
+    EXPECT_FALSE(options.host_dev);
+    EXPECT_TRUE(options.no_new_privs);
+    EXPECT_TRUE(options.seccomp);
+    EXPECT_TRUE(options.init);
+}
+
+TEST(Sandbox, AnInitCommandGetsNoSecondInit) {
+    EXPECT_TRUE(looks_like_init("/usr/bin/tini"));
+    EXPECT_TRUE(looks_like_init("dumb-init"));
+    EXPECT_FALSE(looks_like_init("/usr/sbin/nginx"));
+    EXPECT_FALSE(looks_like_init("initdb"));
+}
+
+TEST(Sandbox, DefaultDenyListCoversTheKernelChangingCalls) {
+    const auto& names = default_denied_syscalls();
+    for (const char* name : {"init_module", "finit_module", "kexec_load", "mount", "fsopen", "move_mount", "open_tree", "bpf", "ptrace",
+                             "keyctl", "perf_event_open", "userfaultfd", "open_by_handle_at", "setns", "unshare"})
+        EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
+}
+
+TEST(InterceptBind, MatchesTransportFamilyAndHostAndThePortUnlessZero) {
+    auto listener = [](const char* text, std::uint16_t asked) { return InterceptListener{SocketAddress::parse(text), asked}; };
+    std::vector<InterceptListener> listeners{listener("tcp://127.0.0.1:8000", 8000), listener("udp://127.0.0.1:5353", 5353),
+                                             listener("tcp6://[::]:40000", 0)};
+    auto match = [&](const char* text) { return match_bind(listeners, SocketAddress::parse(text)); };
+    EXPECT_EQ(match("tcp://127.0.0.1:8000"), 0u);
+    EXPECT_EQ(match("tcp://127.0.0.1:0"), 0u);       // a server that binds port 0 gets the listener
+    EXPECT_EQ(match("tcp://127.0.0.1:8001"), std::nullopt);
+    EXPECT_EQ(match("tcp://0.0.0.0:8000"), std::nullopt);  // not the host asked for
+    EXPECT_EQ(match("udp://127.0.0.1:5353"), 1u);
+    EXPECT_EQ(match("tcp://127.0.0.1:5353"), std::nullopt);
+    EXPECT_EQ(match("tcp6://[::]:8080"), 2u);        // --listen port 0: any port the server asks for
+    EXPECT_EQ(match("tcp6://[::1]:8080"), std::nullopt);
+}
+
+TEST(InterceptBind, ReadsOnlyInetAddressesOfTheKernelsMinimumLength) {
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_port = htons(80);
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(parse_bind_address(&in, sizeof(in), SOCK_STREAM)->to_string(), "tcp://127.0.0.1:80");
+    EXPECT_EQ(parse_bind_address(&in, sizeof(in), SOCK_DGRAM)->to_string(), "udp://127.0.0.1:80");
+    EXPECT_THROW(parse_bind_address(&in, 8, SOCK_STREAM), InputError);
+    sa_family_t unix_family = AF_UNIX;
+    EXPECT_EQ(parse_bind_address(&unix_family, sizeof(unix_family), SOCK_STREAM), std::nullopt);
+    EXPECT_THROW(parse_bind_address(&in, 1, SOCK_STREAM), InputError);
 }
 
 }  // namespace
