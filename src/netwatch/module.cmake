@@ -10,3 +10,4 @@ ktricks_component(netwatch DEPENDS netlink SOURCES
 # toml++ header-only (its default; Debian's pkg-config file would select the shared library): the
 # front door maps no C++ shared library at all, so it can link libstdc++ statically.
 target_compile_definitions(ktricks_netwatch PRIVATE TOML_HEADER_ONLY=1)
+ktricks_toml_sources(src/netwatch/rules.cpp)
