@@ -17,7 +17,7 @@ void prefer_huge_page_heap(std::size_t reserve) noexcept {
     // largest threshold glibc accepts on 64-bit.
     ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
     ::mallopt(M_TRIM_THRESHOLD, INT_MAX);
-    ::mallopt(M_TOP_PAD, 16 << 20);
+    ::mallopt(M_TOP_PAD, 96 << 20);
     // Threads would otherwise get arenas of their own, mapped outside the prepared heap.
     ::mallopt(M_ARENA_MAX, 1);
     // One block of the reserve moves the break past it now; freed, it stays on the heap (no

@@ -13,6 +13,6 @@ namespace ktricks {
 // kernel before exit, so it is for programs that exit soon, not for daemons: the caller owns the
 // process and decides (library code never calls it). Best effort: each step that the kernel or
 // the allocator refuses is skipped.
-void prefer_huge_page_heap(std::size_t reserve = 24 << 20) noexcept;
+void prefer_huge_page_heap(std::size_t reserve = 30 << 20) noexcept;
 
 }  // namespace ktricks
