@@ -6,6 +6,7 @@
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/core/proc.hpp"
+#include "ktricks/core/runner.hpp"
 #include "ktricks/core/scm_rights.hpp"
 #include "ktricks/core/service.hpp"
 #include "ktricks/core/socket_address.hpp"

@@ -17,12 +17,14 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 
 namespace ktricks::mysqlwatch {
 
@@ -47,10 +49,9 @@ struct Change {
     std::chrono::system_clock::time_point when = std::chrono::system_clock::now();
 };
 
-// {"ts","source":"mysql","event","db","table","engine","via","rows"?,...}
+// {"ts","source":"mysql","event","db","table","engine","via","rows"?,...}; scripts get its
+// environment(): KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, KTRICKS_VIA, KTRICKS_ROWS, ...
 Event to_event(const Change& change);
-// KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, KTRICKS_VIA, KTRICKS_ROWS, ...
-std::map<std::string, std::string> to_environment(const Change& change);
 
 // ---- MariaDB's "filename" character set (identifier <-> file name) ----
 
@@ -145,17 +146,32 @@ struct WatchOptions {
     std::string table_glob = "*";
     std::chrono::milliseconds debounce{0};  // per table: at most one event per window (+ a trailing one)
     std::chrono::milliseconds redo_delay{20};  // redo path: wait this long after the log write
-    // Warnings and state changes ("binlog binlog.000002 opened"), one line each.
+    // Warnings and state changes ("binlog binlog.000002 opened"), one line each. Unset: the core
+    // logger (log_info).
     std::function<void(const std::string&)> log;
-    // Stop after this many changes were delivered (0: never). For tests and the tour.
-    std::size_t max_changes = 0;
-    // Stop after this long (0: never). For the self-check's probe and the tour.
-    std::chrono::milliseconds timeout{0};
 };
 
-// Runs until SIGINT/SIGTERM (or max_changes); calls `on_change` for each change that passes the
-// filters. Waits for the data directory and the binlog to appear; survives restarts and rotation.
-void watch(const WatchOptions& options, const std::function<void(const Change&)>& on_change);
+// The watcher, on the caller's EventLoop: start() puts the inotify watches in place (or starts
+// waiting for the data directory to appear) and returns; `on_change` is then called on the loop for
+// each change that passes the filters. It survives server restarts and binlog rotation. Signals,
+// output and the service manager are the caller's business.
+class Watcher {
+public:
+    Watcher(EventLoop& loop, WatchOptions options, std::function<void(const Change&)> on_change);
+    ~Watcher();
+    Watcher(const Watcher&) = delete;
+    Watcher& operator=(const Watcher&) = delete;
+    // Throws std::system_error if inotify cannot be set up.
+    void start();
+    // Removes every watch and source from the loop; no change is delivered after it.
+    void stop() noexcept;
+    // The latest state line ("watching /var/lib/mysql (paths: binlog)"), e.g. for STATUS=.
+    const std::string& status() const noexcept;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 // What --check prints: where the server writes, which paths work and what each cannot see.
 struct CheckReport {

@@ -24,12 +24,17 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/runner.hpp"
 
 namespace ktricks::netwatch {
 
@@ -48,9 +53,9 @@ struct NetEvent {
     // Field as text ("" if absent).
     std::string field(std::string_view key) const;
     // {"ts":...,"source":"netwatch","event":TYPE,"iface":...,"ifindex":...,...fields,"initial":true}
-    nlohmann::ordered_json to_json() const;
-    // KTRICKS_EVENT, KTRICKS_IFACE, KTRICKS_IFINDEX, KTRICKS_NETNS, KTRICKS_INITIAL,
-    // KTRICKS_RESYNC, and KTRICKS_<FIELD> for every field, as "KEY=VALUE".
+    Event to_event() const;
+    // to_event().environment() (KTRICKS_EVENT, KTRICKS_IFACE, KTRICKS_IFINDEX, KTRICKS_<FIELD>...)
+    // with KTRICKS_NETNS, KTRICKS_INITIAL, KTRICKS_RESYNC and KTRICKS_DERIVED always set (0 or 1).
     std::vector<std::string> environment() const;
 };
 
@@ -72,7 +77,7 @@ struct Rule {
     std::vector<Filter> filters;
     std::string command;                    // run with /bin/sh -c
     std::chrono::milliseconds debounce{0};  // run once the (rule, iface) stream was quiet this long
-    std::chrono::milliseconds timeout{60000};
+    std::optional<std::chrono::milliseconds> timeout;  // unset: WatchOptions::exec_timeout
     bool in_netns = false;                  // run the script inside the event's named namespace (nsenter)
     std::string where;                      // "FILE:LINE" or "--on #N", for messages
 
@@ -90,14 +95,13 @@ Rule parse_inline_rule(std::string_view on, std::string_view command, int number
 //   run = "mount /mnt/nas"
 //   debounce_ms = 2000
 //   timeout = 30                   # seconds
-// Throws InputError "FILE:LINE: problem" (one line) for syntax errors, unknown keys and bad values.
+// Throws DataError "FILE:LINE: problem" (one line) for syntax errors, unknown keys and bad values.
 std::vector<Rule> parse_rules(std::string_view text, const std::string& source_name);
 std::vector<Rule> load_rules_file(const std::string& path);
 
 struct WatchOptions {
     std::vector<Rule> rules;
-    bool json = false;              // print every event as a JSON line on stdout
-    bool dry_run = false;           // print which rules would fire instead of running them
+    bool dry_run = false;           // report which scripts would run (on_dry_run) instead of running them
     bool initial = true;            // emit `initial` events for the state found at start-up
     bool wifi = true;               // also watch nl80211 (silently skipped if the kernel has none)
     bool all_netns = false;         // also every namespace named in /run/netns (one socket inside each)
@@ -105,14 +109,44 @@ struct WatchOptions {
     std::string record_file;        // append the raw netlink stream (with timestamps) here
     std::string replay_file;        // read events from a recording instead of the kernel
     int receive_buffer = 0;         // SO_RCVBUF for the rtnetlink socket; 0 = a generous default
-    // Called for every event (after rule matching), for tests and the tour.
-    std::function<void(const NetEvent&)> on_event;
-    // Stop after this long (tests, tour); nullopt = until SIGINT/SIGTERM.
-    std::optional<std::chrono::milliseconds> duration;
+    std::chrono::milliseconds exec_timeout{60000};  // rules without a timeout of their own, dispatcher scripts
+    std::size_t exec_concurrency = 8;               // scripts at once (0: no limit)
+    int script_stdout = -1;                         // the scripts' stdout (-1: ours)
 };
 
-// Watches until SIGINT/SIGTERM (or `duration`, or the end of a replay); returns 0.
-// Throws std::system_error if the netlink sockets cannot be opened.
-int watch(const WatchOptions& options);
+// What the watcher tells its caller; all called on the caller's loop, each may be empty.
+struct Callbacks {
+    std::function<void(const NetEvent&)> on_event;          // every event, before the rules run
+    std::function<void(const JobReport&)> on_script_end;    // every script's end
+    std::function<void(const std::string&)> on_dry_run;     // "would run rule 1 (link-up eth0): CMD"
+};
+
+// The watcher on the caller's EventLoop. It never installs signal handlers, writes to stdout or
+// talks to a service manager: events, script ends and dry-run lines go to the callbacks.
+class Watcher {
+public:
+    Watcher(EventLoop& loop, WatchOptions options, Callbacks callbacks);
+    ~Watcher();
+    Watcher(const Watcher&) = delete;
+    Watcher& operator=(const Watcher&) = delete;
+
+    // Subscribes, dumps the current state (its events, flagged initial, are delivered before start
+    // returns) and puts its sockets on the loop. With replay_file, feeds the whole recording
+    // through instead. Throws std::system_error if the netlink sockets cannot be opened, DataError
+    // for a bad recording.
+    void start();
+    // Takes its sources off the loop and kills running scripts (their process groups).
+    void stop() noexcept;
+    // No script running or waiting and no debounced rule pending (a replay is over when idle).
+    bool idle() const noexcept;
+    bool wifi() const noexcept;                   // nl80211 is watched
+    std::vector<std::string> namespaces() const;  // watched namespaces ("" = our own, unnamed)
+    // The cache as text, per namespace (for comparing with `ip` output, and for bug reports).
+    std::string describe_state() const;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace ktricks::netwatch

@@ -8,7 +8,7 @@
 // exec are remembered, so an exit still names the command it ended.
 //
 // If the kernel produces events faster than we read them, the socket overruns (ENOBUFS) and the
-// lost events are gone; that is reported (on_lost), never hidden. Needs CAP_NET_ADMIN in the
+// lost events are gone; that is reported (Callbacks::on_lost), never hidden. Needs CAP_NET_ADMIN in the
 // initial user and pid namespaces.
 #pragma once
 
@@ -18,9 +18,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 
 namespace ktricks::procwatch {
 
@@ -65,12 +69,36 @@ struct Options {
     std::size_t receive_buffer = 8 << 20;
 };
 
-// Subscribes and calls on_event for each matching event until keep_going() returns false (checked
-// at least every poll_ms); on_lost when the kernel dropped events. Events of pids in `ignore`
-// (e.g. our own --exec children) are skipped. Throws std::system_error if the connector is not
-// available (EPERM without CAP_NET_ADMIN, or a kernel without CONFIG_PROC_EVENTS).
-void watch(const Options& options, const std::function<void(const ProcessEvent&, const Enrichment&)>& on_event,
-           const std::function<void()>& on_lost, const std::function<bool()>& keep_going,
-           const std::function<bool(pid_t)>& ignore = {}, int poll_ms = 200);
+// The event as `ktricks procwatch --json` prints it and as --exec scripts see it (environment()):
+// {"ts","source":"procwatch","event","pid","tid"?,"ppid"?,"exit_code"|"signal"?,...,"comm","command",
+//  "uid"?,"user"?,"readable"}
+Event to_event(const ProcessEvent& event, const Enrichment& enrichment);
+
+// What the watcher tells its caller, on the caller's loop.
+struct Callbacks {
+    std::function<void(const ProcessEvent&, const Enrichment&)> on_event;  // each matching event
+    std::function<void()> on_lost;  // the kernel dropped events (receive buffer overrun)
+    // Events of these pids, and of every process they fork, are skipped (e.g. our own --exec
+    // scripts: their events would feed back into --exec).
+    std::function<bool(pid_t)> ignore;
+};
+
+// The watcher on the caller's EventLoop: no thread, no polling, no signal handling.
+class Watcher {
+public:
+    Watcher(EventLoop& loop, Options options, Callbacks callbacks);
+    ~Watcher();
+    Watcher(const Watcher&) = delete;
+    Watcher& operator=(const Watcher&) = delete;
+    // Subscribes to the proc connector. Throws std::system_error if it is not available (EPERM
+    // without CAP_NET_ADMIN, or a kernel without CONFIG_PROC_EVENTS).
+    void start();
+    // Unsubscribes: no event is delivered after it.
+    void stop() noexcept;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace ktricks::procwatch

@@ -6,12 +6,30 @@
 #include <cstdlib>
 
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/service.hpp"
 
 namespace ktricks::cli {
 
 int report_error(std::string_view subcommand, const std::exception& error) {
     fmt::print(stderr, "ktricks {}: {}\n", subcommand, error.what());
     return exit_status_for(error);
+}
+
+void add_exec_flags(CLI::App* sub, ExecFlags& flags) {
+    sub->add_option("--exec-timeout", flags.timeout,
+                    "Kill a script (its whole process group: SIGTERM, SIGKILL 1 s later) after SECONDS")
+        ->capture_default_str();
+    sub->add_option("--exec-concurrency", flags.concurrency,
+                    "At most N scripts at once; scripts for one key (rule and interface, table, pid) run in order")
+        ->capture_default_str();
+}
+
+std::chrono::milliseconds exec_timeout(const ExecFlags& flags) {
+    return std::chrono::milliseconds(parse_seconds_ms("--exec-timeout", flags.timeout));
+}
+
+void log_script_end(const JobReport& report) {
+    if (report.failed()) log_warning("{}", report.describe());
 }
 
 long long parse_seconds_ms(std::string_view flag, const std::string& text) {

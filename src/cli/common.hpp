@@ -5,10 +5,14 @@
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <exception>
 #include <functional>
 #include <span>
+#include <string>
 #include <string_view>
+
+#include "ktricks/core/runner.hpp"
 
 namespace ktricks::cli {
 
@@ -43,6 +47,17 @@ int run(int argc, char** argv, std::span<const Registration> built_in, bool list
 
 // Prints "ktricks SUBCOMMAND: what" and returns the exit status for the exception.
 int report_error(std::string_view subcommand, const std::exception& error);
+
+// --exec-timeout and --exec-concurrency: the same two flags for every watcher that runs scripts
+// through the core Runner (netwatch, mysql-watch, procwatch).
+struct ExecFlags {
+    std::string timeout = "60";
+    std::size_t concurrency = 8;
+};
+void add_exec_flags(CLI::App* sub, ExecFlags& flags);
+std::chrono::milliseconds exec_timeout(const ExecFlags& flags);
+// What a subcommand does with a script's end unless it prints it: a warning if it failed.
+void log_script_end(const JobReport& report);
 
 // Seconds as given on the command line ("2", "0.5") to milliseconds; throws InputError naming the flag.
 long long parse_seconds_ms(std::string_view flag, const std::string& text);

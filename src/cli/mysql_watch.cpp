@@ -1,11 +1,14 @@
 // ktricks mysql-watch: argument parsing for the table-change watcher (library: ktricks/mysqlwatch.hpp).
 #include <fmt/format.h>
 
-#include <iostream>
+#include <signal.h>
+
 #include <memory>
 
 #include "cli/common.hpp"
-#include "ktricks/core/child.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/runner.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/mysqlwatch.hpp"
 
@@ -20,6 +23,7 @@ struct MysqlWatchOptions {
     std::string table = "*";
     long long debounce_ms = 0;
     std::string exec;
+    ExecFlags exec_flags;
     bool json = false;
     bool check = false;
     bool probe = false;
@@ -48,8 +52,6 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     watch.db_glob = options.db;
     watch.table_glob = options.table;
     watch.debounce = std::chrono::milliseconds(options.debounce_ms);
-    watch.max_changes = options.count;
-    if (options.quiet) watch.log = [](const std::string&) {};
     if (options.check) {
         auto report = mysqlwatch::check(watch, options.probe);
         fmt::print("{}", mysqlwatch::format_report(report));
@@ -57,24 +59,51 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
         for (const auto& [path, usable] : report.paths) any_usable = any_usable || usable;
         return any_usable ? exit_code::ok : exit_code::no_input;
     }
-    mysqlwatch::watch(watch, [&](const mysqlwatch::Change& change) {
+    EventLoop loop;
+    Runner runner(loop, {.concurrency = options.exec_flags.concurrency}, log_script_end);
+    auto timeout = exec_timeout(options.exec_flags);
+    std::size_t delivered = 0;
+    watch.log = [quiet = options.quiet](const std::string& line) {
+        notify_status(line);
+        if (!quiet) log_info("{}", line);
+    };
+    mysqlwatch::Watcher watcher(loop, watch, [&](const mysqlwatch::Change& change) {
+        Event event = mysqlwatch::to_event(change);
         if (options.json) {
-            fmt::print("{}", mysqlwatch::to_event(change).to_line());
+            fmt::print("{}", event.to_line());
             std::fflush(stdout);
         } else if (options.exec.empty()) {
             print_text(change);
         }
         if (!options.exec.empty()) {
-            SpawnOptions spawn;
-            spawn.argv = {"/bin/sh", "-c", options.exec};
-            for (const auto& [key, value] : mysqlwatch::to_environment(change)) spawn.set_env.push_back(key + "=" + value);
-            try {
-                Child::spawn(spawn).wait();
-            } catch (const std::exception& error) {
-                std::cerr << "ktricks mysql-watch: --exec: " << error.what() << '\n';
-            }
+            Job job;
+            // One table's scripts run in the order of its changes; other tables' in parallel.
+            job.key = change.db + '.' + change.table;
+            job.argv = {"/bin/sh", "-c", options.exec};
+            job.env = event.environment();
+            job.input = event.to_line();
+            job.timeout = timeout;
+            job.label = fmt::format("--exec for {} {}", change.event, printable(job.key));
+            runner.submit(std::move(job));
         }
+        if (options.count && ++delivered >= options.count) loop.stop();
     });
+    bool signaled = false;
+    loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) {
+        signaled = true;
+        loop.stop();
+    });
+    watcher.start();
+    // Under systemd (Type=notify): ready once the watches are in place, even while waiting for the
+    // server; the status line says which.
+    notify_ready(watcher.status());
+    loop.run();
+    notify_stopping();
+    watcher.stop();
+    // --count: the scripts of the last events finish (bounded by their timeout) before we exit;
+    // on a signal they are killed with their process groups.
+    if (options.count && delivered >= options.count)
+        while (runner.busy() && !signaled) loop.run_once(std::chrono::milliseconds(100));
     return 0;
 }
 
@@ -98,7 +127,9 @@ Subcommand add_mysql_watch(CLI::App& app) {
         ->check(CLI::NonNegativeNumber);
     sub->add_option("--exec", options->exec,
                     "Run this shell command for each event, with KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, "
-                    "KTRICKS_VIA, KTRICKS_ROWS, KTRICKS_TS in its environment");
+                    "KTRICKS_VIA, KTRICKS_ROWS, KTRICKS_TS in its environment and the event's JSON on stdin; "
+                    "never blocks change detection");
+    add_exec_flags(sub, options->exec_flags);
     sub->add_option("--count", options->count, "Exit after this many events");
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_flag("--check", options->check, "Print the data directory, server version, usable paths and blind spots");

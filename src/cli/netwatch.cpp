@@ -1,10 +1,18 @@
 // ktricks netwatch: argument parsing for the network event watcher (library: ktricks/netwatch.hpp).
 #include <fmt/format.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/netwatch.hpp"
 
 namespace ktricks::cli {
@@ -24,7 +32,13 @@ struct NetwatchOptions {
     std::string replay;
     int receive_buffer = 0;
     std::string duration;
+    ExecFlags exec_flags;
 };
+
+void print_line(const std::string& text, FILE* to = stdout) {
+    std::fwrite(text.data(), 1, text.size(), to);
+    std::fflush(to);
+}
 
 int run_netwatch(const NetwatchOptions& options) {
     netwatch::WatchOptions watch;
@@ -32,21 +46,14 @@ int run_netwatch(const NetwatchOptions& options) {
         throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)", options.on.size(),
                                      options.exec.size()));
     for (const auto& file : options.rules_files) {
-        try {
-            auto rules = netwatch::load_rules_file(file);
-            watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
-        } catch (const InputError& error) {
-            // A bad file is bad data (65), not bad usage (64).
-            fmt::print(stderr, "ktricks netwatch: {}\n", error.what());
-            return exit_code::data;
-        }
+        auto rules = netwatch::load_rules_file(file);
+        watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
     }
     for (std::size_t i = 0; i < options.on.size(); ++i)
         watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));
     if (watch.rules.empty() && !options.json && options.dispatcher_dir.empty())
         throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR or --json");
     watch.all_netns = options.all_netns;
-    watch.json = options.json;
     watch.dry_run = options.dry_run;
     watch.initial = !options.no_initial;
     watch.wifi = !options.no_wifi;
@@ -54,8 +61,48 @@ int run_netwatch(const NetwatchOptions& options) {
     watch.record_file = options.record;
     watch.replay_file = options.replay;
     watch.receive_buffer = options.receive_buffer;
-    if (!options.duration.empty()) watch.duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
-    return netwatch::watch(watch);
+    watch.exec_timeout = exec_timeout(options.exec_flags);
+    watch.exec_concurrency = options.exec_flags.concurrency;
+    // With --json, stdout is the event stream: scripts' output goes to stderr.
+    if (options.json) watch.script_stdout = STDERR_FILENO;
+    std::optional<std::chrono::milliseconds> duration;
+    if (!options.duration.empty()) duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+
+    netwatch::Callbacks callbacks;
+    if (options.json) callbacks.on_event = [](const netwatch::NetEvent& event) { print_line(event.to_event().to_line()); };
+    callbacks.on_script_end = [json = options.json](const JobReport& report) {
+        if (json) print_line(report.to_event("netwatch").to_line());
+        log_script_end(report);
+    };
+    callbacks.on_dry_run = [json = options.json](const std::string& line) { print_line(line + "\n", json ? stderr : stdout); };
+
+    EventLoop loop;
+    netwatch::Watcher watcher(loop, watch, callbacks);
+    loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) { loop.stop(); });
+    // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
+    loop.add_signal(SIGUSR1, [&](const signalfd_siginfo&) {
+        print_line(Event("netwatch", "state").set("state", watcher.describe_state()).to_line());
+    });
+    if (duration) loop.add_timer(*duration, [&] { loop.stop(); });
+    watcher.start();
+    if (!options.replay.empty()) {
+        // Scripts started by the replay finish (bounded by their timeouts) before we return.
+        while (!watcher.idle() && !loop.stopped()) loop.run_once(std::chrono::milliseconds(100));
+        return 0;
+    }
+    if (options.json) {
+        Event ready("netwatch", "ready");
+        ready.set("wifi", watcher.wifi());
+        if (options.all_netns) ready.set("netns", watcher.namespaces());
+        print_line(ready.to_line());
+    }
+    // Under systemd (Type=notify): ready once the initial state is known and the rules have seen it.
+    auto watched = watcher.namespaces().size();
+    notify_ready(fmt::format("watching {} namespace{}{}", watched, watched == 1 ? "" : "s",
+                             watcher.wifi() ? " and wifi" : ""));
+    loop.run();
+    notify_stopping();
+    return 0;
 }
 
 }  // namespace
@@ -78,6 +125,7 @@ Subcommand add_netwatch(CLI::App& app) {
     sub->add_option("--record", options->record, "Save the raw netlink stream with timestamps to FILE");
     sub->add_option("--replay", options->replay, "Feed a --record FILE through the rules instead of the kernel");
     sub->add_option("--receive-buffer", options->receive_buffer, "SO_RCVBUF of the rtnetlink socket in bytes (default 8 MiB)");
+    add_exec_flags(sub, options->exec_flags);
     sub->add_option("--duration", options->duration, "Stop after SECONDS (default: run until SIGINT/SIGTERM)");
     sub->footer(
         "Events: link-add link-remove link-up link-down link-rename addr-add addr-remove route-add route-remove\n"

@@ -4,13 +4,12 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
 #include <charconv>
-#include <list>
 #include <memory>
 
 #include "cli/common.hpp"
-#include "ktricks/core/child.hpp"
+#include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/runner.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/proc.hpp"
@@ -24,12 +23,11 @@ struct ProcwatchOptions {
     std::string comm;
     std::string uid;
     std::string exec;
+    ExecFlags exec_flags;
     bool threads = false;
     bool json = false;
     std::string duration;
 };
-
-std::atomic<bool> stop_requested = false;
 
 std::string describe(const procwatch::ProcessEvent& event) {
     using procwatch::EventType;
@@ -73,86 +71,63 @@ int run_procwatch(const ProcwatchOptions& options) {
             throw InputError(fmt::format("--uid \"{}\": expected a numeric uid", printable(options.uid)));
         watch_options.uid = uid;
     }
-    std::optional<std::chrono::steady_clock::time_point> deadline;
-    if (!options.duration.empty())
-        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+    std::optional<std::chrono::milliseconds> duration;
+    if (!options.duration.empty()) duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+    auto timeout = exec_timeout(options.exec_flags);
 
-    struct sigaction action{};
-    action.sa_handler = [](int) { stop_requested = true; };
-    ::sigaction(SIGINT, &action, nullptr);
-    ::sigaction(SIGTERM, &action, nullptr);
-
-    std::list<Child> children;  // --exec commands still running
-    auto reap = [&] {
-        for (auto it = children.begin(); it != children.end();) it = it->try_wait() ? children.erase(it) : std::next(it);
+    EventLoop loop;
+    bool signaled = false;
+    loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) {
+        signaled = true;
+        loop.stop();
+    });
+    if (duration) loop.add_timer(*duration, [&] { loop.stop(); });
+    Runner runner(loop, {.concurrency = options.exec_flags.concurrency}, log_script_end);
+    procwatch::Callbacks callbacks;
+    callbacks.on_event = [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
+        Event line = procwatch::to_event(event, enrichment);
+        if (options.json) {
+            fmt::print("{}", line.to_line());
+        } else {
+            std::string command = enrichment.command.empty() ? std::string() : shell_join(enrichment.command);
+            fmt::print("{} {:<8} pid={} {}{} {}{}\n", format_timestamp(std::chrono::system_clock::now()),
+                       procwatch::to_string(event.type), event.tgid,
+                       event.thread() ? fmt::format("tid={} ", event.pid) : std::string(), describe(event),
+                       enrichment.uid ? fmt::format("user={} ", enrichment.user.empty() ? std::to_string(*enrichment.uid) : enrichment.user) : std::string(),
+                       command.empty() ? (enrichment.comm.empty() ? std::string("(gone before it could be read)")
+                                                                  : "[" + printable(enrichment.comm) + "]")
+                                       : (enrichment.readable ? command : command + " (remembered; gone now)"));
+        }
+        std::fflush(stdout);
+        if (!options.exec.empty()) {
+            Job job;
+            // One process's scripts run in the order of its events.
+            job.key = std::to_string(event.tgid);
+            job.argv = {"/bin/sh", "-c", options.exec};
+            job.env = line.environment();
+            job.input = line.to_line();
+            job.timeout = timeout;
+            job.label = fmt::format("--exec for {} of pid {}", procwatch::to_string(event.type), event.tgid);
+            runner.submit(std::move(job));
+        }
+    };
+    callbacks.on_lost = [&] {
+        if (options.json) fmt::print("{}", Event("procwatch", "lost").set("reason", "ENOBUFS").to_line());
+        else fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
+                        format_timestamp(std::chrono::system_clock::now()));
+        std::fflush(stdout);
     };
     pid_t self = ::getpid();
-    procwatch::watch(
-        watch_options,
-        [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
-            std::string command = enrichment.command.empty() ? std::string() : shell_join(enrichment.command);
-            if (options.json) {
-                Event line("procwatch", procwatch::to_string(event.type));
-                line.set("pid", event.tgid);
-                if (event.thread()) line.set("tid", event.pid);
-                if (event.parent_tgid) line.set("ppid", event.parent_tgid);
-                if (event.type == procwatch::EventType::exit) {
-                    if (event.killed_by()) line.set("signal", event.killed_by());
-                    else line.set("exit_code", event.exit_status());
-                }
-                if (event.type == procwatch::EventType::uid || event.type == procwatch::EventType::gid)
-                    line.set("real", event.uid).set("effective", event.euid);
-                if (event.type == procwatch::EventType::ptrace) line.set("tracer", event.tracer_tgid);
-                if (event.type == procwatch::EventType::comm) line.set("new_comm", printable(event.comm));
-                line.set("comm", printable(enrichment.comm)).set("command", enrichment.command);
-                if (enrichment.uid) line.set("uid", *enrichment.uid).set("user", enrichment.user);
-                line.set("readable", enrichment.readable);
-                fmt::print("{}", line.to_line());
-            } else {
-                fmt::print("{} {:<8} pid={} {}{} {}{}\n", format_timestamp(std::chrono::system_clock::now()),
-                           procwatch::to_string(event.type), event.tgid,
-                           event.thread() ? fmt::format("tid={} ", event.pid) : std::string(), describe(event),
-                           enrichment.uid ? fmt::format("user={} ", enrichment.user.empty() ? std::to_string(*enrichment.uid) : enrichment.user) : std::string(),
-                           command.empty() ? (enrichment.comm.empty() ? std::string("(gone before it could be read)")
-                                                                      : "[" + printable(enrichment.comm) + "]")
-                                           : (enrichment.readable ? command : command + " (remembered; gone now)"));
-            }
-            std::fflush(stdout);
-            if (!options.exec.empty()) {
-                SpawnOptions spawn;
-                spawn.argv = {"/bin/sh", "-c", options.exec};
-                spawn.set_env = {fmt::format("KTRICKS_EVENT={}", procwatch::to_string(event.type)),
-                                 fmt::format("KTRICKS_PID={}", event.tgid),
-                                 fmt::format("KTRICKS_PPID={}", event.parent_tgid),
-                                 fmt::format("KTRICKS_COMM={}", enrichment.comm),
-                                 fmt::format("KTRICKS_COMMAND={}", command),
-                                 fmt::format("KTRICKS_EXIT_CODE={}", event.exit_status())};
-                try {
-                    children.push_back(Child::spawn(spawn));
-                } catch (const std::exception& error) {
-                    fmt::print(stderr, "ktricks procwatch: --exec: {}\n", error.what());
-                }
-            }
-            reap();
-        },
-        [&] {
-            if (options.json) fmt::print("{}", Event("procwatch", "lost").set("reason", "ENOBUFS").to_line());
-            else fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
-                            format_timestamp(std::chrono::system_clock::now()));
-            std::fflush(stdout);
-        },
-        [&] {
-            reap();
-            return !stop_requested && (!deadline || std::chrono::steady_clock::now() < *deadline);
-        },
-        [&](pid_t pid) {
-            if (pid == self) return true;
-            for (auto& child : children)
-                if (child.pid() == pid) return true;
-            return false;
-        },
-        100);
-    for (auto& child : children) child.wait(std::chrono::seconds(5));
+    callbacks.ignore = [&](pid_t pid) { return pid == self || runner.runs(pid); };
+    procwatch::Watcher watcher(loop, watch_options, callbacks);
+    watcher.start();
+    loop.run();
+    watcher.stop();
+    // After --duration, scripts already started may finish (5 s at most); after a signal they
+    // are killed with their process groups.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!signaled && runner.busy() && std::chrono::steady_clock::now() < deadline)
+        loop.run_once(std::chrono::milliseconds(100));
     return 0;
 }
 
@@ -167,7 +142,8 @@ Subcommand add_procwatch(CLI::App& app) {
     sub->add_option("--uid", options->uid, "Only processes with this real uid");
     sub->add_option("--exec", options->exec,
                     "Run this shell command for each matching event (env: KTRICKS_EVENT, KTRICKS_PID, KTRICKS_PPID, "
-                    "KTRICKS_COMM, KTRICKS_COMMAND, KTRICKS_EXIT_CODE)");
+                    "KTRICKS_COMM, KTRICKS_COMMAND, KTRICKS_EXIT_CODE, ...: every --json field; the JSON on stdin)");
+    add_exec_flags(sub, options->exec_flags);
     sub->add_flag("--threads", options->threads, "Also thread creation and exit");
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_option("--duration", options->duration, "Stop after SECONDS");

@@ -190,6 +190,7 @@ Child Child::spawn(const SpawnOptions& options) {
         for (const auto& entry : options.set_env)
             if (env_key(entry) == key) return true;
         if (options.listen_fds_env && (key == "LISTEN_PID" || key == "LISTEN_FDS")) return true;
+        if (options.inherit_env && !options.inherit_env(key)) return true;
         return false;
     };
     for (char** entry = environ; *entry; ++entry)

@@ -30,6 +30,7 @@ int first_control_byte(std::string_view text) noexcept {
 }
 
 int exit_status_for(const std::exception& error) noexcept {
+    if (dynamic_cast<const DataError*>(&error)) return exit_code::data;
     if (dynamic_cast<const InputError*>(&error)) return exit_code::usage;
     if (dynamic_cast<const BusyError*>(&error)) return exit_code::temp_fail;
     if (auto* spawn = dynamic_cast<const SpawnError*>(&error)) return spawn->code().value() == ENOENT ? 127 : 126;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "ktricks/core/error.hpp"
 #include <iterator>
@@ -12,7 +13,14 @@ namespace ktricks {
 std::optional<std::vector<std::string>> process_command_line(pid_t pid) {
     std::ifstream file(fmt::format("/proc/{}/cmdline", pid), std::ios::binary);
     if (!file) return std::nullopt;
-    std::string raw((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    std::string raw;
+    try {
+        raw.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    } catch (const std::ios_base::failure&) {
+        // read(2) fails with ESRCH once the process is gone, and libstdc++'s filebuf throws that
+        // through istreambuf_iterator whatever the stream's exception mask says.
+        return std::nullopt;
+    }
     if (file.bad()) return std::nullopt;
     std::vector<std::string> argv;
     std::size_t start = 0;
@@ -23,6 +31,41 @@ std::optional<std::vector<std::string>> process_command_line(pid_t pid) {
         start = end + 1;
     }
     return argv;
+}
+
+std::optional<std::string> process_status_field(pid_t pid, std::string_view key) {
+    std::ifstream file(fmt::format("/proc/{}/status", pid));
+    for (std::string line; std::getline(file, line);) {
+        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':') continue;
+        auto start = line.find_first_not_of(" \t", key.size() + 1);
+        return start == std::string::npos ? std::string() : line.substr(start);
+    }
+    return std::nullopt;
+}
+
+std::vector<UnixSocketEntry> parse_proc_net_unix(std::string_view text) {
+    std::vector<UnixSocketEntry> entries;
+    std::istringstream lines{std::string(text)};
+    std::string line;
+    std::getline(lines, line);  // the header
+    while (std::getline(lines, line)) {
+        std::istringstream fields(line);
+        std::string slot, refcount, protocol;
+        UnixSocketEntry entry;
+        fields >> slot >> refcount >> protocol >> std::hex >> entry.flags >> entry.type >> entry.state >> std::dec >>
+            entry.inode;
+        if (!fields) continue;
+        // The path is the rest of the line: a name may hold spaces.
+        std::getline(fields >> std::ws, entry.path);
+        entries.push_back(std::move(entry));
+    }
+    return entries;
+}
+
+std::vector<UnixSocketEntry> read_proc_net_unix() {
+    std::ifstream file("/proc/net/unix");
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    return parse_proc_net_unix(text);
 }
 
 std::string shell_join(const std::vector<std::string>& argv) {

@@ -17,7 +17,11 @@ namespace ktricks {
 bool notify_service_manager(std::string_view state) {
     const char* path = std::getenv("NOTIFY_SOCKET");
     if (path == nullptr || *path == '\0') return false;
-    std::string_view name = path;
+    notify_socket_send(path, state);
+    return true;
+}
+
+void notify_socket_send(std::string_view name, std::string_view state) {
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
     if (name.size() >= sizeof address.sun_path || (name[0] != '/' && name[0] != '@'))
@@ -34,7 +38,6 @@ bool notify_service_manager(std::string_view state) {
                        reinterpret_cast<const sockaddr*>(&address), length);
     while (sent < 0 && errno == EINTR);
     if (sent < 0) throw_errno("sendto NOTIFY_SOCKET", printable(name));
-    return true;
 }
 
 namespace {

@@ -20,6 +20,7 @@
 
 #include "handoff/protocol.hpp"
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/core/scm_rights.hpp"
 
 namespace ktricks::handoff {
@@ -120,19 +121,7 @@ std::optional<Connection> Upgrader::receive_connection() {
 
 void Upgrader::ready() {
     if (state_->ready_sent || state_->notify_socket.empty()) return;
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    const std::string& name = state_->notify_socket;
-    if (name.size() >= sizeof(address.sun_path)) throw InputError("NOTIFY_SOCKET: name too long");
-    std::memcpy(address.sun_path, name.data(), name.size());
-    if (name[0] == '@') address.sun_path[0] = '\0';  // abstract, as sd_notify reads it
-    socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '@' ? 0 : 1));
-    Fd socket(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!socket) throw_errno("socket", "NOTIFY_SOCKET");
-    static constexpr std::string_view ready_line = "READY=1";
-    if (::sendto(socket.get(), ready_line.data(), ready_line.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&address),
-                 length) < 0)
-        throw_errno("sendto", "NOTIFY_SOCKET " + printable(name));
+    notify_socket_send(state_->notify_socket, "READY=1");
     state_->ready_sent = true;
 }
 

@@ -35,20 +35,4 @@ Event to_event(const Change& change) {
     return event;
 }
 
-std::map<std::string, std::string> to_environment(const Change& change) {
-    std::map<std::string, std::string> env{
-        {"KTRICKS_EVENT", change.event},
-        {"KTRICKS_DB", change.db},
-        {"KTRICKS_TABLE", change.table},
-        {"KTRICKS_ENGINE", change.engine},
-        {"KTRICKS_VIA", std::string(to_string(change.via))},
-        {"KTRICKS_TS", format_timestamp(change.when)},
-    };
-    if (!change.new_table.empty()) env["KTRICKS_NEW_TABLE"] = change.new_table;
-    if (!change.new_db.empty()) env["KTRICKS_NEW_DB"] = change.new_db;
-    if (change.rows) env["KTRICKS_ROWS"] = std::to_string(*change.rows);
-    if (change.delayed) env.insert_or_assign("KTRICKS_DELAYED", std::string(1, '1'));
-    return env;
-}
-
 }  // namespace ktricks::mysqlwatch

@@ -34,14 +34,18 @@ std::optional<double> probe_latency(const WatchOptions& options, Connection& con
     WatchOptions watch_options = options;
     watch_options.db_glob = "ktricks_probe";
     watch_options.table_glob = "probe";
-    watch_options.max_changes = 1;
-    watch_options.timeout = std::chrono::milliseconds(3000);
     watch_options.log = [](const std::string&) {};
     std::optional<std::chrono::system_clock::time_point> seen;
     std::thread watcher([&] {
-        watch(watch_options, [&](const Change& change) {
-            if (change.event == "change") seen = change.when;
+        EventLoop loop;
+        Watcher probe(loop, watch_options, [&](const Change& change) {
+            if (change.event != "change") return;
+            seen = change.when;
+            loop.stop();
         });
+        probe.start();
+        loop.add_timer(std::chrono::seconds(3), [&] { loop.stop(); });
+        loop.run();
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     connection.execute("INSERT INTO ktricks_probe.probe (at) VALUES (NOW(6))");

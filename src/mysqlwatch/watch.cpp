@@ -12,7 +12,6 @@
 // watch per database directory covers the tables' files.
 #include <fcntl.h>
 #include <fnmatch.h>
-#include <signal.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -99,18 +98,18 @@ constexpr std::uint32_t datadir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | I
                                        IN_MOVE_SELF | IN_ONLYDIR;
 constexpr std::uint32_t directory_events = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
 
-class Watcher {
+}  // namespace
+
+class Watcher::Impl {
 public:
-    Watcher(const WatchOptions& options, const std::function<void(const Change&)>& on_change)
-        : options_(options), on_change_(on_change) {
+    Impl(EventLoop& loop, WatchOptions options, std::function<void(const Change&)> on_change)
+        : loop_(loop), options_(std::move(options)), on_change_(std::move(on_change)) {}
+    ~Impl() { stop(); }
+
+    void start() {
         inotify_ = Fd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
         if (!inotify_) throw_errno("inotify_init1");
-    }
-
-    void run() {
-        loop_.add_signals({SIGINT, SIGTERM}, [this](const signalfd_siginfo&) { loop_.stop(); });
-        loop_.add_fd(inotify_.get(), EPOLLIN, [this](std::uint32_t) { read_inotify(); });
-        if (options_.timeout.count() > 0) loop_.add_timer(options_.timeout, [this] { loop_.stop(); });
+        inotify_source_ = loop_.add_fd(inotify_.get(), EPOLLIN, [this](std::uint32_t) { read_inotify(); });
         if (!attach()) {
             log(fmt::format("waiting for the data directory {} to appear", options_.datadir.string()));
             // The directory does not exist yet, so there is nothing to put an inotify watch on
@@ -119,17 +118,21 @@ public:
                 if (attach()) loop_.remove(waiting_timer_);
             }, 250ms);
         }
-        // Under systemd (Type=notify): ready once the watches are in place, even while waiting
-        // for the server; the status line says which.
-        notify_ready(last_log_);
-        loop_.run();
-        notify_stopping();
     }
+
+    void stop() noexcept {
+        for (auto id : {inotify_source_, waiting_timer_, redo_timer_}) loop_.remove(id);
+        inotify_source_ = waiting_timer_ = redo_timer_ = 0;
+        for (auto& [key, slot] : debounce_) loop_.remove(slot.timer);
+        debounce_.clear();
+        inotify_.reset();
+    }
+
+    const std::string& status() const noexcept { return last_log_; }
 
 private:
     void log(const std::string& line) {
         last_log_ = line;
-        notify_status(line);
         if (options_.log) options_.log(line);
         else log_info("{}", line);
     }
@@ -573,10 +576,7 @@ private:
         emit(change);
     }
 
-    void emit(const Change& change) {
-        on_change_(change);
-        if (options_.max_changes && ++delivered_ >= options_.max_changes) loop_.stop();
-    }
+    void emit(const Change& change) { on_change_(change); }
 
     struct Move {
         std::string db;
@@ -588,10 +588,11 @@ private:
         EventLoop::SourceId timer = 0;
     };
 
-    const WatchOptions& options_;
-    const std::function<void(const Change&)>& on_change_;
-    EventLoop loop_;
+    EventLoop& loop_;
+    const WatchOptions options_;
+    const std::function<void(const Change&)> on_change_;
     Fd inotify_;
+    EventLoop::SourceId inotify_source_ = 0;
     int datadir_wd_ = -1;
     int binlog_wd_ = -1;
     int index_wd_ = -1;
@@ -603,7 +604,6 @@ private:
     std::set<std::pair<std::string, std::string>> truncating_;
     std::vector<Change> batch_;
     std::map<std::string, Slot> debounce_;
-    std::size_t delivered_ = 0;
 
     fs::path index_path_;
     fs::path binlog_path_;
@@ -618,11 +618,11 @@ private:
     std::map<std::pair<std::string, std::string>, std::string> table_state_;
 };
 
-}  // namespace
-
-void watch(const WatchOptions& options, const std::function<void(const Change&)>& on_change) {
-    Watcher watcher(options, on_change);
-    watcher.run();
-}
+Watcher::Watcher(EventLoop& loop, WatchOptions options, std::function<void(const Change&)> on_change)
+    : impl_(std::make_unique<Impl>(loop, std::move(options), std::move(on_change))) {}
+Watcher::~Watcher() = default;
+void Watcher::start() { impl_->start(); }
+void Watcher::stop() noexcept { impl_->stop(); }
+const std::string& Watcher::status() const noexcept { return impl_->status(); }
 
 }  // namespace ktricks::mysqlwatch

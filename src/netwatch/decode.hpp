@@ -37,24 +37,6 @@ struct Nl80211Message {
 // nullopt for malformed messages.
 std::optional<Nl80211Message> decode_nl80211(const nlmsghdr* message);
 
-// Walks a buffer of netlink messages, calling `each` for every complete one; stops at the first
-// malformed header. Returns false if the buffer was malformed.
-// (Not mnl_nlmsg_ok: it casts nlmsg_len to int, so a length above 2 GiB passes its check.)
-template <typename F>
-bool for_each_message(const void* buffer, std::size_t length, F&& each) {
-    auto* bytes = static_cast<const unsigned char*>(buffer);
-    std::size_t offset = 0;
-    while (length - offset >= NLMSG_HDRLEN) {
-        auto* message = reinterpret_cast<const nlmsghdr*>(bytes + offset);
-        if (message->nlmsg_len < NLMSG_HDRLEN || message->nlmsg_len > length - offset) return false;
-        each(message);
-        std::size_t step = NLMSG_ALIGN(message->nlmsg_len);
-        if (step > length - offset) break;
-        offset += step;
-    }
-    return true;
-}
-
 std::string format_mac(const void* bytes, std::size_t length);
 
 }  // namespace ktricks::netwatch

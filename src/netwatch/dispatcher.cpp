@@ -87,7 +87,8 @@ std::vector<std::string> Dispatcher::environment(const NetEvent& event, const St
 }
 
 void Dispatcher::handle(const NetEvent& event, const State& state, std::chrono::steady_clock::time_point when,
-                        Runner& runner, bool dry_run) {
+                        Runner& runner, bool dry_run, const std::function<void(const std::string&)>& would_run,
+                        std::chrono::milliseconds timeout) {
     std::string action = action_for(event);
     if (action.empty()) return;
     std::string iface = action == "connectivity-change" ? "" : event.iface;
@@ -96,16 +97,16 @@ void Dispatcher::handle(const NetEvent& event, const State& state, std::chrono::
     env.insert(env.end(), own.begin(), own.end());
     for (const auto& script : scripts()) {
         if (dry_run) {
-            fmt::print("would run {} {} {}\n", script, iface, action);
+            if (would_run) would_run(fmt::format("would run {} {} {}", script, iface, action));
             continue;
         }
         Job job;
         // One queue for every dispatcher script, as NetworkManager runs them one at a time.
-        job.queue = "dispatcher";
+        job.key = "dispatcher";
         job.argv = {script, iface, action};
         job.env = env;
-        job.input = event.to_json().dump() + "\n";
-        job.timeout = std::chrono::seconds(60);
+        job.input = event.to_event().to_line();
+        job.timeout = timeout;
         job.label = fmt::format("dispatcher {} ({} {})", script, action, iface.empty() ? "-" : iface);
         job.event_time = when;
         runner.submit(std::move(job));

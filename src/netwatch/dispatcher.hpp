@@ -14,11 +14,12 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "ktricks/netwatch.hpp"
-#include "netwatch/runner.hpp"
+#include "ktricks/core/runner.hpp"
 #include "netwatch/state.hpp"
 
 namespace ktricks::netwatch {
@@ -27,8 +28,10 @@ class Dispatcher {
 public:
     // Throws std::system_error if DIR cannot be read.
     explicit Dispatcher(std::string directory);
+    // With `dry_run`, the scripts are not run: `would_run` gets "would run SCRIPT IFACE ACTION" instead.
     void handle(const NetEvent& event, const State& state, std::chrono::steady_clock::time_point when, Runner& runner,
-                bool dry_run);
+                bool dry_run, const std::function<void(const std::string&)>& would_run,
+                std::chrono::milliseconds timeout);
 
     // The NetworkManager action for an event, "" if none.
     static std::string action_for(const NetEvent& event);

@@ -4,7 +4,6 @@ ktricks_component(netwatch DEPENDS netlink SOURCES
   src/netwatch/dispatcher.cpp
   src/netwatch/record.cpp
   src/netwatch/rules.cpp
-  src/netwatch/runner.cpp
   src/netwatch/state.cpp
   src/netwatch/watch.cpp)
 # toml++ header-only (its default; Debian's pkg-config file would select the shared library): the

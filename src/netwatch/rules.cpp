@@ -39,33 +39,24 @@ std::string NetEvent::field(std::string_view key) const {
     return it == fields.end() ? std::string() : text_of(*it);
 }
 
-nlohmann::ordered_json NetEvent::to_json() const {
+Event NetEvent::to_event() const {
     Event event("netwatch", type);
     event.set("iface", iface).set("ifindex", ifindex);
     if (!netns.empty()) event.set("netns", netns);
-    auto json = event.json();
-    for (const auto& [key, value] : fields.items()) json[key] = value;
-    if (initial) json["initial"] = true;
-    if (resync) json["resync"] = true;
-    if (derived) json["derived"] = true;
-    return json;
+    for (const auto& [key, value] : fields.items()) event.set(key, value);
+    if (initial) event.set("initial", true);
+    if (resync) event.set("resync", true);
+    if (derived) event.set("derived", true);
+    return event;
 }
 
 std::vector<std::string> NetEvent::environment() const {
-    std::vector<std::string> env = {
-        "KTRICKS_EVENT=" + type,
-        "KTRICKS_IFACE=" + iface,
-        fmt::format("KTRICKS_IFINDEX={}", ifindex),
-        "KTRICKS_NETNS=" + netns,
-        fmt::format("KTRICKS_INITIAL={}", initial ? 1 : 0),
-        fmt::format("KTRICKS_RESYNC={}", resync ? 1 : 0),
-        fmt::format("KTRICKS_DERIVED={}", derived ? 1 : 0),
-    };
-    for (const auto& [key, value] : fields.items()) {
-        std::string name = "KTRICKS_";
-        for (char c : key) name += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::toupper(c)) : '_';
-        env.push_back(name + "=" + text_of(value));
-    }
+    auto env = to_event().environment();
+    // The JSON leaves out what is false or empty; scripts test "$KTRICKS_INITIAL" = 1 and expect
+    // every one of these to be set.
+    if (netns.empty()) env.push_back("KTRICKS_NETNS=");
+    for (auto [flag, name] : {std::pair{initial, "INITIAL"}, {resync, "RESYNC"}, {derived, "DERIVED"}})
+        if (!flag) env.push_back(fmt::format("KTRICKS_{}=0", name));
     return env;
 }
 
@@ -208,11 +199,11 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
     try {
         document = toml::parse(text, source_name);
     } catch (const toml::parse_error& error) {
-        throw InputError(fmt::format("{}:{}: {}", source_name, error.source().begin.line,
+        throw DataError(fmt::format("{}:{}: {}", source_name, error.source().begin.line,
                                      printable(error.description())));
     }
     auto fail = [&](const toml::node& node, const std::string& problem) {
-        return InputError(fmt::format("{}:{}: {}", source_name, node.source().begin.line, problem));
+        return DataError(fmt::format("{}:{}: {}", source_name, node.source().begin.line, problem));
     };
     std::vector<Rule> rules;
     for (const auto& [key, value] : document) {

@@ -28,7 +28,7 @@
 #include "netwatch/decode.hpp"
 #include "netwatch/dispatcher.hpp"
 #include "netwatch/record.hpp"
-#include "netwatch/runner.hpp"
+#include "ktricks/core/runner.hpp"
 #include "netwatch/state.hpp"
 
 namespace ktricks::netwatch {
@@ -47,13 +47,33 @@ const char* opposite(const std::string& type) {
     return nullptr;
 }
 
-class Watcher {
-public:
-    explicit Watcher(const WatchOptions& options)
-        : options_(options),
-          runner_(loop_, options.json ? STDERR_FILENO : -1, [this](const JobReport& report) { reported(report); }) {}
+}  // namespace
 
-    int run();
+class Watcher::Impl {
+public:
+    Impl(EventLoop& loop, WatchOptions options, Callbacks callbacks)
+        : loop_(loop),
+          options_(std::move(options)),
+          callbacks_(std::move(callbacks)),
+          runner_(loop_, {.concurrency = options_.exec_concurrency, .script_stdout = options_.script_stdout},
+                  [this](const JobReport& report) { reported(report); }) {}
+    ~Impl() { stop(); }
+
+    void start();
+    void stop() noexcept;
+    bool idle() const noexcept { return !runner_.busy() && debounced_.empty(); }
+    bool wifi() const noexcept { return nl80211_events_.has_value(); }
+    std::vector<std::string> namespaces() const {
+        std::vector<std::string> names;
+        for (const auto& ns : namespaces_) names.push_back(ns->name);
+        return names;
+    }
+    std::string describe_state() const {
+        std::string text;
+        for (const auto& ns : namespaces_)
+            text += (ns->name.empty() ? std::string() : "netns " + ns->name + "\n") + ns->state.describe();
+        return text;
+    }
 
 private:
     // One watched network namespace: its own rtnetlink socket and cache. The first is ours.
@@ -63,6 +83,7 @@ private:
         std::optional<netlink::Socket> rtnl;
         State state;
         EventLoop::SourceId resync_retry = 0;
+        EventLoop::SourceId source = 0;
     };
     static std::vector<std::unique_ptr<Namespace>> own_namespace() {
         std::vector<std::unique_ptr<Namespace>> list;
@@ -89,9 +110,11 @@ private:
     void reported(const JobReport& report);
     void replay();
 
-    const WatchOptions& options_;
-    EventLoop loop_;
+    EventLoop& loop_;
+    const WatchOptions options_;
+    const Callbacks callbacks_;
     Runner runner_;
+    EventLoop::SourceId nl80211_source_ = 0;
     std::vector<std::unique_ptr<Namespace>> namespaces_ = own_namespace();
     State& state_ = namespaces_.front()->state;  // our own namespace (wifi, replay)
     std::optional<netlink::Socket> nl80211_events_, nl80211_query_;
@@ -106,12 +129,12 @@ private:
     std::map<std::pair<std::size_t, std::string>, Pending> debounced_;
 };
 
-netlink::Socket Watcher::open_socket(Namespace& ns, int protocol) {
+netlink::Socket Watcher::Impl::open_socket(Namespace& ns, int protocol) {
     if (!ns.fd) return netlink::Socket::open(protocol);
     return netlink::open_in_netns(ns.fd.get(), ns.name, protocol);
 }
 
-State& Watcher::state_of(const std::string& netns) {
+State& Watcher::Impl::state_of(const std::string& netns) {
     for (auto& ns : namespaces_)
         if (ns->name == netns) return ns->state;
     return state_;
@@ -121,7 +144,7 @@ State& Watcher::state_of(const std::string& netns) {
 // subscribed socket, opened inside it, and its own cache. That is what NETLINK_LISTEN_ALL_NSID
 // cannot give: it forwards other namespaces' events to one socket, but a dump (for the initial
 // state and for resync after an overrun) only ever covers the socket's own namespace.
-void Watcher::add_named_namespaces() {
+void Watcher::Impl::add_named_namespaces() {
     struct stat own;
     if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat", "/proc/self/ns/net");
     for (const auto& name : netlink::list_netns()) {
@@ -147,7 +170,7 @@ void Watcher::add_named_namespaces() {
     }
 }
 
-void Watcher::open_rtnl(Namespace& ns) {
+void Watcher::Impl::open_rtnl(Namespace& ns) {
     ns.rtnl.emplace(open_socket(ns, NETLINK_ROUTE));
     auto& socket = *ns.rtnl;
     // Subscribe before dumping: a change between dump and subscription would otherwise be lost.
@@ -160,7 +183,7 @@ void Watcher::open_rtnl(Namespace& ns) {
     socket.set_nonblocking();
 }
 
-State Watcher::dump_rtnl(Namespace& ns) {
+State Watcher::Impl::dump_rtnl(Namespace& ns) {
     // A second socket for the dump, so the subscription's queued events are not interleaved with
     // dump replies; they are applied afterwards, and applying an event the dump already reflects
     // changes nothing.
@@ -193,7 +216,7 @@ State Watcher::dump_rtnl(Namespace& ns) {
     return fresh;
 }
 
-void Watcher::read_rtnl(Namespace& ns) {
+void Watcher::Impl::read_rtnl(Namespace& ns) {
     while (true) {
         auto when = Clock::now();
         std::vector<NetEvent> events;
@@ -211,7 +234,7 @@ void Watcher::read_rtnl(Namespace& ns) {
     }
 }
 
-void Watcher::resync(Namespace& ns, Clock::time_point when) {
+void Watcher::Impl::resync(Namespace& ns, Clock::time_point when) {
     // The kernel dropped events: the only truth left is a fresh dump.
     loop_.remove(ns.resync_retry);
     ns.resync_retry = 0;
@@ -242,7 +265,7 @@ void Watcher::resync(Namespace& ns, Clock::time_point when) {
     for (auto& event : events) handle(event, when);
 }
 
-void Watcher::open_nl80211() {
+void Watcher::Impl::open_nl80211() {
     if (!options_.wifi) return;
     try {
         auto events = netlink::Socket::open(NETLINK_GENERIC);
@@ -263,7 +286,7 @@ void Watcher::open_nl80211() {
 // What systemd-networkd does: the SSID from NL80211_CMD_GET_INTERFACE (cfg80211 reports the
 // current SSID of a connected station there), the rest from the BSS we are associated with in
 // the scan results (NL80211_CMD_GET_SCAN), which also has the SSID in its information elements.
-std::optional<Wifi> Watcher::query_wifi(int ifindex, const std::string& bssid_hint) {
+std::optional<Wifi> Watcher::Impl::query_wifi(int ifindex, const std::string& bssid_hint) {
     Wifi wifi;
     wifi.index = ifindex;
     wifi.bssid = bssid_hint;
@@ -302,7 +325,7 @@ std::optional<Wifi> Watcher::query_wifi(int ifindex, const std::string& bssid_hi
     return wifi;
 }
 
-void Watcher::dump_wifi(State& into) {
+void Watcher::Impl::dump_wifi(State& into) {
     std::vector<int> stations;
     try {
         netlink::Request request(static_cast<std::uint16_t>(nl80211_id_), 0);
@@ -319,7 +342,7 @@ void Watcher::dump_wifi(State& into) {
         if (auto wifi = query_wifi(index, {})) into.wifi[index] = *wifi;
 }
 
-void Watcher::read_nl80211() {
+void Watcher::Impl::read_nl80211() {
     while (true) {
         auto when = Clock::now();
         std::vector<Nl80211Message> messages;
@@ -360,18 +383,13 @@ void Watcher::read_nl80211() {
     }
 }
 
-void Watcher::emit(std::vector<NetEvent>& events) {
+void Watcher::Impl::emit(std::vector<NetEvent>& events) {
     auto now = Clock::now();
     for (auto& event : events) handle(event, now);
 }
 
-void Watcher::handle(const NetEvent& event, Clock::time_point when) {
-    if (options_.json) {
-        std::string line = event.to_json().dump() + "\n";
-        std::fwrite(line.data(), 1, line.size(), stdout);
-        std::fflush(stdout);
-    }
-    if (options_.on_event) options_.on_event(event);
+void Watcher::Impl::handle(const NetEvent& event, Clock::time_point when) {
+    if (callbacks_.on_event) callbacks_.on_event(event);
     for (std::size_t i = 0; i < options_.rules.size(); ++i) {
         const Rule& rule = options_.rules[i];
         auto key = std::pair{i, event.netns + "/" + event.iface};
@@ -405,53 +423,37 @@ void Watcher::handle(const NetEvent& event, Clock::time_point when) {
             run_rule(i, settled.event, settled.when);
         });
     }
-    if (dispatcher_) dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run);
+    if (dispatcher_)
+        dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run, callbacks_.on_dry_run,
+                            options_.exec_timeout);
 }
 
-void Watcher::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
+void Watcher::Impl::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
     const Rule& rule = options_.rules[index];
     std::string label = fmt::format("{} ({} {})", rule.name, event.type, event.iface.empty() ? "-" : event.iface);
     if (options_.dry_run) {
-        fmt::print(options_.json ? stderr : stdout, "would run {}: {}\n", label, rule.command);
-        std::fflush(options_.json ? stderr : stdout);
+        if (callbacks_.on_dry_run) callbacks_.on_dry_run(fmt::format("would run {}: {}", label, rule.command));
         return;
     }
     Job job;
-    job.queue = fmt::format("{}/{}/{}", index, event.netns, event.iface);
+    job.key = fmt::format("{}/{}/{}", index, event.netns, event.iface);
     job.argv = {"/bin/sh", "-c", rule.command};
     if (rule.in_netns && !event.netns.empty())
         job.argv = {"nsenter", "--net=/run/netns/" + event.netns, "/bin/sh", "-c", rule.command};
     job.env = event.environment();
     job.env.push_back("KTRICKS_RULE=" + rule.name);
-    job.input = event.to_json().dump() + "\n";
-    job.timeout = rule.timeout;
+    job.input = event.to_event().to_line();
+    job.timeout = rule.timeout.value_or(options_.exec_timeout);
     job.label = label;
     job.event_time = when;
     runner_.submit(std::move(job));
 }
 
-void Watcher::reported(const JobReport& report) {
-    bool failed = !report.error.empty() || report.timed_out || report.status.signaled || report.status.code != 0;
-    if (options_.json) {
-        Event line("netwatch", report.timed_out ? "script-timeout" : failed ? "script-failed" : "script-done");
-        line.set("script", report.label).set("latency_ms", report.latency.count()).set("duration_ms", report.duration.count());
-        if (!report.error.empty()) line.set("error", report.error);
-        else line.set("status", report.status.to_string());
-        std::string text = line.to_line();
-        std::fwrite(text.data(), 1, text.size(), stdout);
-        std::fflush(stdout);
-    }
-    if (!failed) return;
-    if (!report.error.empty())
-        log_warning("{}: {}", report.label, report.error);
-    else if (report.timed_out)
-        log_warning("{}: timed out after {} ms, killed ({})", report.label,
-                   report.duration.count(), report.status.to_string());
-    else
-        log_warning("{}: {}", report.label, report.status.to_string());
+void Watcher::Impl::reported(const JobReport& report) {
+    if (callbacks_.on_script_end) callbacks_.on_script_end(report);
 }
 
-void Watcher::replay() {
+void Watcher::Impl::replay() {
     Player player(options_.replay_file);
     std::optional<State> fresh;
     bool first_dump = true;
@@ -488,28 +490,11 @@ void Watcher::replay() {
     }
 }
 
-int Watcher::run() {
+void Watcher::Impl::start() {
     if (!options_.dispatcher_dir.empty()) dispatcher_.emplace(options_.dispatcher_dir);
-    loop_.add_signals({SIGINT, SIGTERM}, [this](const signalfd_siginfo&) { loop_.stop(); });
-    // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
-    loop_.add_signal(SIGUSR1, [this](const signalfd_siginfo&) {
-        Event line("netwatch", "state");
-        std::string text;
-        for (const auto& ns : namespaces_)
-            text += (ns->name.empty() ? std::string() : "netns " + ns->name + "\n") + ns->state.describe();
-        line.set("state", text);
-        std::string out = line.to_line();
-        std::fwrite(out.data(), 1, out.size(), stdout);
-        std::fflush(stdout);
-    });
-    if (options_.duration) loop_.add_timer(*options_.duration, [this] { loop_.stop(); });
     if (!options_.replay_file.empty()) {
         replay();
-        // Scripts started by the replay finish (bounded by their timeouts) before we return.
-        while (runner_.busy() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
-        while (!debounced_.empty() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
-        while (runner_.busy() && !loop_.stopped()) loop_.run_once(std::chrono::milliseconds(100));
-        return 0;
+        return;
     }
     if (!options_.record_file.empty()) recorder_.emplace(options_.record_file);
     if (options_.all_netns) add_named_namespaces();
@@ -520,35 +505,36 @@ int Watcher::run() {
         std::vector<NetEvent> events;
         ns->state.resync(fresh, events, {.initial = true, .resync = false});
         if (options_.initial) emit(events);
-        loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
+        ns->source = loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
     }
-    if (nl80211_events_) loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
+    if (nl80211_events_)
+        nl80211_source_ = loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
     // Messages that arrived during the dumps are waiting; apply them now.
     for (auto& ns : namespaces_) read_rtnl(*ns);
     if (nl80211_events_) read_nl80211();
-    if (options_.json) {
-        Event ready("netwatch", "ready");
-        ready.set("wifi", nl80211_events_.has_value());
-        std::vector<std::string> names;
-        for (const auto& ns : namespaces_) names.push_back(ns->name);
-        if (options_.all_netns) ready.set("netns", names);
-        std::string text = ready.to_line();
-        std::fwrite(text.data(), 1, text.size(), stdout);
-        std::fflush(stdout);
+}
+
+void Watcher::Impl::stop() noexcept {
+    for (auto& ns : namespaces_) {
+        loop_.remove(ns->source);
+        loop_.remove(ns->resync_retry);
+        ns->source = ns->resync_retry = 0;
     }
-    // Under systemd (Type=notify): ready once the initial state is known and the rules have seen it.
-    notify_ready(fmt::format("watching {} namespace{}{}", namespaces_.size(), namespaces_.size() == 1 ? "" : "s",
-                             nl80211_events_ ? " and wifi" : ""));
-    loop_.run();
-    notify_stopping();
-    return 0;
+    loop_.remove(nl80211_source_);
+    nl80211_source_ = 0;
+    for (auto& [key, pending] : debounced_) loop_.remove(pending.timer);
+    debounced_.clear();
+    runner_.stop();
 }
 
-}  // namespace
-
-int watch(const WatchOptions& options) {
-    Watcher watcher(options);
-    return watcher.run();
-}
+Watcher::Watcher(EventLoop& loop, WatchOptions options, Callbacks callbacks)
+    : impl_(std::make_unique<Impl>(loop, std::move(options), std::move(callbacks))) {}
+Watcher::~Watcher() = default;
+void Watcher::start() { impl_->start(); }
+void Watcher::stop() noexcept { impl_->stop(); }
+bool Watcher::idle() const noexcept { return impl_->idle(); }
+bool Watcher::wifi() const noexcept { return impl_->wifi(); }
+std::vector<std::string> Watcher::namespaces() const { return impl_->namespaces(); }
+std::string Watcher::describe_state() const { return impl_->describe_state(); }
 
 }  // namespace ktricks::netwatch

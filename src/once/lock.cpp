@@ -87,20 +87,9 @@ Holder holder_of(const LockName& name, int connected) {
 // stream or datagram socket on our name neither blocks a bind nor holds the lock: count only
 // SOCK_SEQPACKET lines ("Num RefCount Protocol Flags Type St Inode Path", Type in hex).
 bool name_is_bound(const LockName& name) {
-    std::ifstream table("/proc/net/unix");
     std::string wanted = name.socket_name();
-    std::string line;
-    std::getline(table, line);  // the header
-    while (std::getline(table, line)) {
-        std::istringstream fields(line);
-        std::string slot, refcount, protocol, flags, path;
-        unsigned type = 0, state = 0;
-        unsigned long inode = 0;
-        fields >> slot >> refcount >> protocol >> flags >> std::hex >> type >> state >> std::dec >> inode;
-        if (!fields) continue;
-        std::getline(fields >> std::ws, path);
-        if (type == SOCK_SEQPACKET && path == wanted) return true;
-    }
+    for (const auto& entry : read_proc_net_unix())
+        if (entry.type == SOCK_SEQPACKET && entry.path == wanted) return true;
     return false;
 }
 

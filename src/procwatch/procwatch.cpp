@@ -6,7 +6,6 @@
 #include <fnmatch.h>
 #include <linux/cn_proc.h>
 #include <linux/connector.h>
-#include <poll.h>
 #include <pwd.h>
 #include <unistd.h>
 
@@ -138,10 +137,9 @@ std::optional<std::string> read_comm(pid_t pid) {
 }
 
 std::optional<std::uint32_t> read_uid(pid_t pid) {
-    std::ifstream file(fmt::format("/proc/{}/status", pid));
-    for (std::string line; std::getline(file, line);)
-        if (line.starts_with("Uid:")) return static_cast<std::uint32_t>(std::strtoul(line.c_str() + 4, nullptr, 10));
-    return std::nullopt;
+    auto uids = process_status_field(pid, "Uid");  // real, effective, saved, filesystem
+    if (!uids) return std::nullopt;
+    return static_cast<std::uint32_t>(std::strtoul(uids->c_str(), nullptr, 10));
 }
 
 std::string user_name(std::uint32_t uid) {
@@ -218,52 +216,96 @@ bool matches(const Options& options, const ProcessEvent& event, const Enrichment
 
 }  // namespace
 
-void watch(const Options& options, const std::function<void(const ProcessEvent&, const Enrichment&)>& on_event,
-           const std::function<void()>& on_lost, const std::function<bool()>& keep_going,
-           const std::function<bool(pid_t)>& ignore, int poll_ms) {
-    auto socket = netlink::Socket::open(NETLINK_CONNECTOR, CN_IDX_PROC);
-    socket.set_receive_buffer(options.receive_buffer);
-    // The listen request: nlmsghdr + cn_msg + op, as one message. The kernel gives no error for
-    // a missing privilege here on every version, so EPERM may only show up as silence; bind()
-    // above already failed with EPERM on kernels that check there.
-    netlink::Request request(NLMSG_DONE, 0);
-    request.header()->nlmsg_flags = 0;  // the connector ignores flags; no ack is sent
-    cn_msg header{};
-    header.id = {CN_IDX_PROC, CN_VAL_PROC};
-    header.len = sizeof(proc_cn_mcast_op);
-    request.put_header(header);
-    request.put_header(PROC_CN_MCAST_LISTEN);
-    socket.send(request, "proc connector listen");
-    socket.set_nonblocking();
-    Memory memory;
-    std::unordered_set<pid_t> descendants;
-    while (keep_going()) {
-        pollfd descriptor{socket.fd(), POLLIN, 0};
-        int ready = ::poll(&descriptor, 1, poll_ms);
-        if (ready < 0 && errno != EINTR) throw_errno("poll", "proc connector");
-        if (ready <= 0) continue;
-        while (true) {
-            auto received = socket.receive([&](const nlmsghdr& message) {
+Event to_event(const ProcessEvent& event, const Enrichment& enrichment) {
+    Event line("procwatch", to_string(event.type));
+    line.set("pid", event.tgid);
+    if (event.thread()) line.set("tid", event.pid);
+    if (event.parent_tgid) line.set("ppid", event.parent_tgid);
+    if (event.type == EventType::exit) {
+        if (event.killed_by()) line.set("signal", event.killed_by());
+        else line.set("exit_code", event.exit_status());
+    }
+    if (event.type == EventType::uid || event.type == EventType::gid) line.set("real", event.uid).set("effective", event.euid);
+    if (event.type == EventType::ptrace) line.set("tracer", event.tracer_tgid);
+    if (event.type == EventType::comm) line.set("new_comm", printable(event.comm));
+    line.set("comm", printable(enrichment.comm)).set("command", enrichment.command);
+    if (enrichment.uid) line.set("uid", *enrichment.uid).set("user", enrichment.user);
+    line.set("readable", enrichment.readable);
+    return line;
+}
+
+class Watcher::Impl {
+public:
+    Impl(EventLoop& loop, Options options, Callbacks callbacks)
+        : loop_(loop), options_(std::move(options)), callbacks_(std::move(callbacks)) {}
+    ~Impl() { stop(); }
+
+    void start() {
+        auto socket = netlink::Socket::open(NETLINK_CONNECTOR, CN_IDX_PROC);
+        socket.set_receive_buffer(options_.receive_buffer);
+        // The listen request: nlmsghdr + cn_msg + op, as one message. The kernel gives no error for
+        // a missing privilege here on every version, so EPERM may only show up as silence; bind()
+        // above already failed with EPERM on kernels that check there.
+        netlink::Request request(NLMSG_DONE, 0);
+        request.header()->nlmsg_flags = 0;  // the connector ignores flags; no ack is sent
+        cn_msg header{};
+        header.id = {CN_IDX_PROC, CN_VAL_PROC};
+        header.len = sizeof(proc_cn_mcast_op);
+        request.put_header(header);
+        request.put_header(PROC_CN_MCAST_LISTEN);
+        socket.send(request, "proc connector listen");
+        socket.set_nonblocking();
+        socket_.emplace(std::move(socket));
+        source_ = loop_.add_fd(socket_->fd(), EPOLLIN, [this](std::uint32_t) { read(); });
+    }
+
+    void stop() noexcept {
+        loop_.remove(source_);
+        source_ = 0;
+        // Closing the socket is the unsubscription: the kernel counts listeners per socket.
+        socket_.reset();
+    }
+
+private:
+    void read() {
+        while (socket_) {
+            auto received = socket_->receive([&](const nlmsghdr& message) {
                 auto event = decode(message);
                 if (!event) return true;
                 // Our own children's events (and their descendants') would feed back into --exec.
-                auto ignored = [&](pid_t pid) { return descendants.count(pid) || (ignore && ignore(pid)); };
+                auto ignored = [&](pid_t pid) {
+                    return descendants_.count(pid) || (callbacks_.ignore && callbacks_.ignore(pid));
+                };
                 if (event->type == EventType::fork && ignored(event->parent_tgid)) {
-                    descendants.insert(event->tgid);
+                    descendants_.insert(event->tgid);
                     return true;
                 }
                 if (ignored(event->tgid)) {
-                    if (event->type == EventType::exit && !event->thread()) descendants.erase(event->tgid);
+                    if (event->type == EventType::exit && !event->thread()) descendants_.erase(event->tgid);
                     return true;
                 }
-                Enrichment enrichment = enrich(*event, memory);
-                if (matches(options, *event, enrichment)) on_event(*event, enrichment);
+                Enrichment enrichment = enrich(*event, memory_);
+                if (matches(options_, *event, enrichment) && callbacks_.on_event) callbacks_.on_event(*event, enrichment);
                 return true;
             });
             if (received == netlink::Received::would_block) break;
-            if (received == netlink::Received::overrun) on_lost();
+            if (received == netlink::Received::overrun && callbacks_.on_lost) callbacks_.on_lost();
         }
     }
-}
+
+    EventLoop& loop_;
+    const Options options_;
+    const Callbacks callbacks_;
+    std::optional<netlink::Socket> socket_;
+    EventLoop::SourceId source_ = 0;
+    Memory memory_;
+    std::unordered_set<pid_t> descendants_;
+};
+
+Watcher::Watcher(EventLoop& loop, Options options, Callbacks callbacks)
+    : impl_(std::make_unique<Impl>(loop, std::move(options), std::move(callbacks))) {}
+Watcher::~Watcher() = default;
+void Watcher::start() { impl_->start(); }
+void Watcher::stop() noexcept { impl_->stop(); }
 
 }  // namespace ktricks::procwatch

@@ -56,17 +56,21 @@ void run_stop(TourLog& log) {
     std::vector<mysqlwatch::Change> seen;
     mysqlwatch::WatchOptions options;
     options.datadir = datadir;
-    options.timeout = std::chrono::seconds(8);
-    options.max_changes = 13;  // create db, create table, 10 inserts, drop: the rollback adds nothing
     options.log = [](const std::string&) {};
     std::exception_ptr failure;
-    // Ends by itself: after max_changes, or options.timeout without one.
+    // Ends by itself: after 13 changes (create db, create table, 10 inserts, drop: the rollback adds
+    // nothing), or after 8 s without them.
     std::jthread watcher([&] {
         try {
-            mysqlwatch::watch(options, [&](const mysqlwatch::Change& change) {
+            EventLoop loop;
+            mysqlwatch::Watcher watch(loop, options, [&](const mysqlwatch::Change& change) {
                 std::lock_guard lock(mutex);
                 seen.push_back(change);
+                if (seen.size() >= 13) loop.stop();
             });
+            watch.start();
+            loop.add_timer(std::chrono::seconds(8), [&] { loop.stop(); });
+            loop.run();
         } catch (...) {
             failure = std::current_exception();
         }

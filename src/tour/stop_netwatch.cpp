@@ -78,8 +78,9 @@ void run_stop(TourLog& log) {
     netwatch::WatchOptions options;
     options.rules.push_back(netwatch::parse_inline_rule("link-down,iface=va", "date +%s%N >> " + stamp, 1));
     options.wifi = false;
-    options.duration = std::chrono::milliseconds(3500);
-    options.on_event = [&](const netwatch::NetEvent& event) {
+    const auto duration = std::chrono::milliseconds(3500);
+    netwatch::Callbacks callbacks;
+    callbacks.on_event = [&](const netwatch::NetEvent& event) {
         if (event.initial) return;
         if (event.type == "link-down" && event.iface == "va") {
             std::lock_guard lock(mutex);
@@ -89,16 +90,20 @@ void run_stop(TourLog& log) {
     Fd netns_fd = netlink::open_netns(netns.name);
     std::exception_ptr failure;
     ThreadUsage used;
-    // Ends by itself when options.duration has passed.
+    // Ends by itself when `duration` has passed.
     std::jthread watcher([&] {
         try {
             netlink::run_in_netns(netns_fd.get(), netns.name, [&] {
-                options.on_event = [&, inner = options.on_event](const netwatch::NetEvent& event) {
+                callbacks.on_event = [&, inner = callbacks.on_event](const netwatch::NetEvent& event) {
                     ready = true;
                     inner(event);
                 };
                 auto before = thread_usage();
-                netwatch::watch(options);
+                EventLoop loop;
+                netwatch::Watcher watch(loop, options, callbacks);
+                loop.add_timer(duration, [&] { loop.stop(); });
+                watch.start();
+                loop.run();
                 auto after = thread_usage();
                 used = {after.wakeups - before.wakeups, after.cpu_ms - before.cpu_ms};
             });
@@ -146,8 +151,8 @@ void run_stop(TourLog& log) {
     log.measured("ip link set -> script ran (median)", format_ms(percentile(to_script, 0.5)));
     // A poll would wake the watcher on a schedule whether or not anything happened.
     constexpr auto poll = std::chrono::milliseconds(10);
-    long poll_wakeups = static_cast<long>(*options.duration / poll);
-    log.measured(fmt::format("watching thread over {}, with the toggles and rule runs", format_ms(to_ms(*options.duration))),
+    long poll_wakeups = static_cast<long>(duration / poll);
+    log.measured(fmt::format("watching thread over {}, with the toggles and rule runs", format_ms(to_ms(duration))),
                  fmt::format("{} wake-ups, {} of CPU (a {} ms poll alone would wake {} times)", used.wakeups,
                              format_ms(used.cpu_ms), poll.count(), poll_wakeups));
     if (used.wakeups < poll_wakeups / 2)

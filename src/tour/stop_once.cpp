@@ -21,9 +21,10 @@ namespace {
 // The listening socket's line in /proc/net/unix (flags 00010000 = __SO_ACCEPTCON); accepted
 // connections carry the name too, so match the listener only.
 std::optional<std::string> proc_net_unix_line(const once::LockName& name) {
-    std::ifstream table("/proc/net/unix");
-    for (std::string line; std::getline(table, line);)
-        if (line.ends_with(" " + name.socket_name()) && line.find(" 00010000 ") != std::string::npos) return line;
+    for (const auto& entry : read_proc_net_unix())
+        if (entry.path == name.socket_name() && entry.flags == 0x10000)
+            return fmt::format("flags {:08x} type {} state {:02x} inode {} {}", entry.flags, entry.type, entry.state,
+                               entry.inode, entry.path);
     return std::nullopt;
 }
 

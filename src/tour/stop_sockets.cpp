@@ -222,9 +222,8 @@ void run_stop(TourLog& log) {
         try {
             procwatch::Options options;
             options.events = {procwatch::EventType::fork, procwatch::EventType::exec, procwatch::EventType::exit};
-            procwatch::watch(
-                options,
-                [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
+            procwatch::Callbacks callbacks;
+            callbacks.on_event = [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
                     std::lock_guard guard(lock);
                     if (child_pid && (event.tgid == child_pid || event.parent_tgid == child_pid))
                         lines.push_back(fmt::format("{:<5} pid {} {}{}", procwatch::to_string(event.type), event.tgid,
@@ -233,8 +232,14 @@ void run_stop(TourLog& log) {
                                                     event.type == procwatch::EventType::exit
                                                         ? fmt::format(" -> exit status {}", event.exit_status())
                                                         : std::string()));
-                },
-                [] {}, [&] { return listening = true, !stop.stop_requested(); }, {}, 20);
+            };
+            EventLoop loop;
+            procwatch::Watcher watch(loop, options, callbacks);
+            watch.start();
+            listening = true;
+            loop.add_timer(std::chrono::milliseconds(20), [&] { if (stop.stop_requested()) loop.stop(); },
+                           std::chrono::milliseconds(20));
+            loop.run();
         } catch (...) {
             failure = std::current_exception();
             listening = true;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ktricks/netlink.hpp"
 #include "netwatch/decode.hpp"
 #include "netwatch/state.hpp"
 
@@ -14,8 +15,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::memcpy(buffer.data(), data, size);
     ktricks::netwatch::State state;
     std::vector<ktricks::netwatch::NetEvent> events;
-    ktricks::netwatch::for_each_message(buffer.data(), size, [&](const nlmsghdr* message) {
-        state.apply(ktricks::netwatch::decode_rtnl(message), events);
+    ktricks::netlink::for_each_message({reinterpret_cast<const std::byte*>(buffer.data()), size}, [&](const nlmsghdr& message) {
+        state.apply(ktricks::netwatch::decode_rtnl(&message), events);
+        return true;
     });
     ktricks::netwatch::State empty;
     state.resync(empty, events, {.initial = false, .resync = true});

@@ -167,6 +167,35 @@ TEST_F(MysqlWatchBinlog, ExecRunsTheCommandWithTheEventInItsEnvironment) {
         << read_file(out / "log") << watcher.describe();
 }
 
+// The script runs beside the watcher, not inside it: a hung script neither delays the next change
+// nor the shutdown, and it does not outlive the watcher.
+TEST_F(MysqlWatchBinlog, HungExecScriptDelaysNeitherTheNextChangeNorShutdown) {
+    server_->sql("CREATE DATABASE hung; CREATE TABLE hung.a (v INT); CREATE TABLE hung.b (v INT)");
+    TempDir out;
+    std::string pids = out / "pids";
+    Process watcher = start_watcher(*server_, "hung", {"--exec", "echo $$ >> " + pids + "; sleep 30"});
+    server_->sql("INSERT INTO hung.a VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "hung", "a") && !read_file(pids).empty(); }))
+        << watcher.describe();
+    // The next change while the first script sleeps: reported within 100 ms of the commit
+    // returning (the client's own start is before that).
+    server_->sql("INSERT INTO hung.b VALUES (1)");
+    auto committed = Clock::now();
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "hung", "b"); }, 2s, 1ms)) << watcher.describe();
+    auto reported = Clock::now() - committed;
+    EXPECT_LT(reported, 100ms) << std::chrono::duration_cast<std::chrono::milliseconds>(reported).count() << " ms";
+    pid_t script = std::stoi(lines_of(read_file(pids)).front());
+    auto stopping = Clock::now();
+    watcher.signal(SIGTERM);
+    auto status = watcher.wait(2s);
+    auto took = Clock::now() - stopping;
+    ASSERT_TRUE(status.has_value()) << watcher.describe();
+    EXPECT_EQ(*status, 0) << watcher.describe();
+    EXPECT_LT(took, 1s) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+    std::string stat = read_file(fmt::format("/proc/{}/stat", script));
+    EXPECT_TRUE(stat.empty() || stat.find(") Z") != std::string::npos) << "the script survived: " << stat;
+}
+
 TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {
     server_->sql("CREATE DATABASE deb; CREATE TABLE deb.t (v INT)");
     Process watcher = start_watcher(*server_, "deb", {"--debounce", "2000"});

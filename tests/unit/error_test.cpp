@@ -62,6 +62,12 @@ TEST(ExitStatusFor, InputErrorIsUsage64) {
     EXPECT_EQ(exit_code::usage, 64);
 }
 
+TEST(ExitStatusFor, DataErrorIsDataerr65AndStillAnInputError) {
+    DataError error("rules.toml:3: unknown key");
+    EXPECT_EQ(exit_status_for(error), 65);
+    EXPECT_NE(dynamic_cast<const InputError*>(&error), nullptr);
+}
+
 TEST(ExitStatusFor, BusyErrorIsTempfail75) {
     EXPECT_EQ(exit_status_for(BusyError("held by pid 1")), 75);
 }

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <regex>
 #include <string>
@@ -125,6 +126,24 @@ TEST(Event, ValidUtf8IsKeptAsIs) {
     Event event("w", "e", known_time);
     event.set("name", "größe ✓");
     EXPECT_NE(event.to_line().find("größe ✓"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ktricks
+
+namespace ktricks {
+namespace {
+
+TEST(EventEnvironment, EveryFieldBecomesAKtricksVariable) {
+    Event event("mysql", "change", known_time);
+    event.set("db", "shop").set("new-table", "b").set("rows", 3).set("delayed", true).set("initial", false);
+    event.set("command", std::vector<std::string>{"/bin/sh", "-c", "exit 7"});
+    auto env = event.environment();
+    for (const char* expected : {"KTRICKS_TS=2026-11-27T03:20:39.123456Z", "KTRICKS_SOURCE=mysql", "KTRICKS_EVENT=change",
+                                 "KTRICKS_DB=shop", "KTRICKS_NEW_TABLE=b", "KTRICKS_ROWS=3", "KTRICKS_DELAYED=1",
+                                 "KTRICKS_INITIAL=0", "KTRICKS_COMMAND=/bin/sh -c 'exit 7'"})
+        EXPECT_NE(std::find(env.begin(), env.end(), expected), env.end()) << expected;
+    EXPECT_EQ(env.size(), 9u);
 }
 
 }  // namespace

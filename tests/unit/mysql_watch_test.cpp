@@ -1,5 +1,6 @@
 // mysql-watch's parsers: MariaDB's filename encoding, SQL statement targets, and the binlog parser on
 // bytes captured from a real MariaDB 10.11 (tests/unit/data/mysql/*.binlog).
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -221,10 +222,11 @@ TEST(MysqlChange, EventCarriesTheDocumentedFields) {
     EXPECT_EQ(json["engine"], "InnoDB");
     EXPECT_EQ(json["via"], "binlog");
     EXPECT_EQ(json["rows"], 3);
-    auto env = to_environment(change);
-    EXPECT_EQ(env["KTRICKS_DB"], "shop");
-    EXPECT_EQ(env["KTRICKS_TABLE"], "orders");
-    EXPECT_EQ(env["KTRICKS_ROWS"], "3");
+    auto env = to_event(change).environment();
+    auto has = [&](const char* entry) { return std::find(env.begin(), env.end(), entry) != env.end(); };
+    EXPECT_TRUE(has("KTRICKS_DB=shop"));
+    EXPECT_TRUE(has("KTRICKS_TABLE=orders"));
+    EXPECT_TRUE(has("KTRICKS_ROWS=3"));
 }
 
 TEST(MysqlMode, NamesAreParsedAndOthersRefused) {

@@ -129,7 +129,7 @@ TEST(NetwatchEvent, EnvironmentCarriesEveryField) {
     for (const char* expected : {"KTRICKS_EVENT=addr-add", "KTRICKS_IFACE=eth0", "KTRICKS_IFINDEX=4", "KTRICKS_INITIAL=1",
                                  "KTRICKS_ADDR=10.0.0.1", "KTRICKS_PREFIXLEN=24"})
         EXPECT_NE(std::find(env.begin(), env.end(), expected), env.end()) << expected;
-    auto json = e.to_json();
+    auto json = e.to_event().json();
     EXPECT_EQ(json["event"], "addr-add");
     EXPECT_EQ(json["initial"], true);
 }

@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ktricks/core/fd.hpp"
@@ -42,6 +43,9 @@ struct SpawnOptions {
     std::string executable;                // if set, run this file instead of looking argv[0] up
     std::vector<std::string> set_env;      // "KEY=VALUE" added to (or replacing in) our environment
     std::vector<std::string> unset_env;    // keys removed from the environment
+    // If set, only our variables whose name it accepts are inherited (then set_env is added): a
+    // clean environment for code that must not see ours.
+    std::function<bool(std::string_view name)> inherit_env;
     std::vector<int> pass_fds;             // become fds 3.. in the child, close-on-exec cleared
     bool close_other_fds = true;
     // Sets LISTEN_PID to the child's own pid (known only after fork) and LISTEN_FDS to the count of

@@ -22,11 +22,19 @@ std::string printable(std::string_view text);
 // The first byte of `text` that printable() would escape (NUL included), or -1 if none.
 int first_control_byte(std::string_view text) noexcept;
 
-// Bad input from the user (an address, a name, a rule): the message says which input and what is
-// wrong. Maps to EX_USAGE (64) when it came from the command line, EX_DATAERR (65) otherwise.
+// Bad input from the user on the command line (an address, a name, an inline rule): the message
+// says which input and what is wrong. EX_USAGE (64).
 class InputError : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
+};
+
+// Bad bytes in a file or a stream (a rules file, a profile, a probed medium): the message names
+// the file (FILE:LINE where there is one) and the fault. EX_DATAERR (65). An InputError, so code
+// that catches bad input of any origin still does.
+class DataError : public InputError {
+public:
+    using InputError::InputError;
 };
 
 // A resource is held by someone else right now (a lock, a busy peer): EX_TEMPFAIL (75).

@@ -21,6 +21,10 @@ namespace ktricks {
 // Sends STATE to $NOTIFY_SOCKET. Returns false when there is no manager to tell; throws
 // std::system_error when $NOTIFY_SOCKET is set but the message cannot be delivered.
 bool notify_service_manager(std::string_view state);
+// Sends STATE to the notify socket NAME ("/path" or "@abstract"), for a caller that took
+// $NOTIFY_SOCKET out of its environment (so its children do not inherit it). Throws
+// std::system_error (EINVAL for a malformed name).
+void notify_socket_send(std::string_view name, std::string_view state);
 inline bool notify_ready(std::string_view status = {}) {
     return notify_service_manager(status.empty() ? std::string("READY=1") : fmt::format("READY=1\nSTATUS={}", status));
 }
