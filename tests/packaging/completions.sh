@@ -21,9 +21,10 @@ for sub in $subcommands; do
 done
 echo "bash: ok"
 
-# zsh: syntax, then load it through compinit as a user's fpath would.
+# zsh: syntax, then load it through compinit as a user's fpath would. -D: no dump file (`-d /dev/null`
+# made zsh replace the host's /dev/null with a regular file holding the dump).
 zsh -n "$dir/_ktricks" || fail "zsh syntax error in _ktricks"
-out=$(zsh -f -c "fpath=($dir \$fpath); autoload -Uz compinit; compinit -u -d /dev/null; whence -w _ktricks" 2>&1) \
+out=$(zsh -f -c "fpath=($dir \$fpath); autoload -Uz compinit; compinit -u -D; whence -w _ktricks" 2>&1) \
   || fail "zsh cannot autoload _ktricks: $out"
 [[ $out == "_ktricks: function" ]] || fail "zsh: unexpected '$out'"
 echo "zsh: ok"
