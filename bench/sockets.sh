@@ -45,14 +45,9 @@ sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.core.somaxconn=65535 2>
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-helper_pid=
+source "$here/connections.sh"
 cleanup() {
-    if [[ -n $helper_pid ]]; then
-        { exec {helper_in}>&-; } 2>/dev/null || true
-        pkill -KILL -P "$helper_pid" 2>/dev/null || true
-        kill -KILL "$helper_pid" 2>/dev/null || true
-        wait "$helper_pid" 2>/dev/null || true
-    fi
+    connections_close
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
@@ -76,11 +71,7 @@ for n in $SIZES; do
     echo "sockets.sh: opening $n connections..." >&2
     # A fresh port range per size: the previous size's sockets may still be closing (FIN-WAIT).
     port=$((5000 + 100 * round++))
-    coproc HELPER { exec /usr/bin/python3 "$here/sockets_connections.py" "$n" "$port"; }
-    helper_pid=$HELPER_PID
-    exec {helper_in}>&"${HELPER[1]}"
-    read -r ready _ _ <&"${HELPER[0]}" || { echo "sockets.sh: the connection helper failed" >&2; exit 1; }
-    [[ $ready == ready ]] || exit 1
+    connections_open "$n" "$port"
     # Row counts: 2n established + listeners; ktricks and ss print one header line, netstat two.
     k_rows=$(( $(rows "$KTRICKS" sockets -tan) - 1 ))
     s_rows=$(( $(rows ss -tan) - 1 ))
@@ -109,12 +100,7 @@ for n in $SIZES; do
     # netstat has no cgroups; ss --cgroup prints the path, ktricks also the unit/container.
     time_all "k=$KTRICKS sockets -tan --cgroup" "s=ss -tan --cgroup"
     table+=$'\n'"| $n | \`-tan --cgroup\` ($kc rows) | $k | $s | - | $(ratio "$k" "$s") | - |"
-    # (An `exec` with a 2>/dev/null would silence this shell's stderr for good: braces scope it.)
-    { exec {helper_in}>&-; } 2>/dev/null || true
-    kill "$helper_pid" 2>/dev/null || true
-    pkill -KILL -P "$helper_pid" 2>/dev/null || true
-    wait "$helper_pid" 2>/dev/null || true
-    helper_pid=
+    connections_close
 done
 echo
 echo "ktricks sockets vs ss vs netstat, median of $RUNS interleaved runs each (hyperfine), wall time, output to /dev/null"

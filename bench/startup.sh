@@ -35,14 +35,9 @@ sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.core.somaxconn=65535 2>
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ktricks-bench-startup.XXXXXX")
-helper_pid=
+source "$here/connections.sh"
 cleanup() {
-    if [[ -n $helper_pid ]]; then
-        { exec {helper_in}>&-; } 2>/dev/null || true
-        pkill -KILL -P "$helper_pid" 2>/dev/null || true
-        kill -KILL "$helper_pid" 2>/dev/null || true
-        wait "$helper_pid" 2>/dev/null || true
-    fi
+    connections_close
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -77,20 +72,12 @@ port=6000
 for sockets in $SOCKETS; do
     connections=$((sockets / 2))
     echo "startup.sh: opening $connections connections ($sockets sockets) ..." >&2
-    coproc HELPER { exec python3 "$here/sockets_connections.py" "$connections" "$port"; }
-    helper_pid=$HELPER_PID
-    exec {helper_in}>&"${HELPER[1]}"
-    read -r ready _ _ <&"${HELPER[0]}" || { echo "startup.sh: the connection helper failed" >&2; exit 1; }
-    [[ $ready == ready ]] || exit 1
+    connections_open "$connections" "$port"
     k_rows=$("$K" sockets -tan | wc -l) s_rows=$(ss -tan | wc -l)
     [[ $k_rows == "$s_rows" ]] || { echo "startup.sh: ktricks sockets -tan has $k_rows lines, ss -tan $s_rows" >&2; exit 1; }
     compare "$sockets sockets, $((k_rows - 1)) rows" faster "$K sockets -tan" "ss -tan"
     compare "$sockets sockets, with processes" faster "$K sockets -tanp" "ss -tanp"
-    { exec {helper_in}>&-; } 2>/dev/null || true
-    kill "$helper_pid" 2>/dev/null || true
-    pkill -KILL -P "$helper_pid" 2>/dev/null || true
-    wait "$helper_pid" 2>/dev/null || true
-    helper_pid=
+    connections_close
     port=$((port + 100))
 done
 
