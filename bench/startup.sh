@@ -11,16 +11,20 @@
 #     namespace holding SOCKETS/2 established loopback connections: both ends are sockets)
 #                                                    target: ktricks faster than ss
 # Takeover after SIGKILL of the lock holder is bench/once.sh's measurement (vs flock -o).
-# Environment: KTRICKS (default ../build/ktricks), RUNS (default 30), SOCKETS (default "6000 18000").
+# Environment: KTRICKS (default ../build/ktricks), RUNS (default 30), SHORT_RUNS (runs of the two
+# start-up rows, default 100: a 5 ms command needs more samples than a 50 ms one for a stable median),
+# SOCKETS (default "6000 18000").
 set -euo pipefail
 export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
 RUNS=${RUNS:-30}
+SHORT_RUNS=${SHORT_RUNS:-100}
 SOCKETS=${SOCKETS:-6000 18000}
 [[ -x $K ]] || { echo "startup.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "startup.sh: RUNS must be a positive integer" >&2; exit 1; }
+[[ $RUNS =~ ^[1-9][0-9]*$ && $SHORT_RUNS =~ ^[1-9][0-9]*$ ]] ||
+    { echo "startup.sh: RUNS and SHORT_RUNS must be positive integers" >&2; exit 1; }
 for tool in hyperfine ss flock unshare python3; do
     command -v "$tool" >/dev/null || { echo "startup.sh: needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -28,7 +32,7 @@ done
 
 if [[ -z ${KTRICKS_BENCH_INSIDE:-} ]]; then
     # A private network namespace: exact socket counts, nothing of the host's sockets in the rows.
-    KTRICKS_BENCH_INSIDE=1 KTRICKS=$K RUNS=$RUNS SOCKETS=$SOCKETS exec unshare -n "$0" "$@"
+    KTRICKS_BENCH_INSIDE=1 KTRICKS=$K RUNS=$RUNS SHORT_RUNS=$SHORT_RUNS SOCKETS=$SOCKETS exec unshare -n "$0" "$@"
 fi
 ip link set lo up
 sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.core.somaxconn=65535 2>/dev/null || true
@@ -46,9 +50,9 @@ trap 'exit 130' INT TERM HUP
 rows=()
 # compare WHAT TARGET_RATIO|faster OURS THEIRS: one table row from one interleaved measurement.
 compare() {
-    local what=$1 target=$2 ours=$3 theirs=$4
+    local what=$1 target=$2 ours=$3 theirs=$4 runs=${5:-$RUNS}
     echo "startup.sh: $what ..." >&2
-    python3 "$here/interleave.py" --runs "$RUNS" "ktricks=$ours" "other=$theirs" >"$tmp/result.json"
+    python3 "$here/interleave.py" --runs "$runs" "ktricks=$ours" "other=$theirs" >"$tmp/result.json"
     rows+=("$(python3 - "$tmp/result.json" "$what" "$target" "$ours" "$theirs" <<'PY'
 import json, sys
 result, what, target, ours, theirs = json.load(open(sys.argv[1])), *sys.argv[2:]
@@ -65,8 +69,8 @@ PY
 }
 
 lockfile=$tmp/flock.lock
-compare "start-up" 1.5 "$K --version" "ss -V"
-compare "lock, run, release" 1.2 "$K once ktricks-bench-startup-$$ -- true" "flock $lockfile true"
+compare "start-up" 1.5 "$K --version" "ss -V" "$SHORT_RUNS"
+compare "lock, run, release" 1.2 "$K once ktricks-bench-startup-$$ -- true" "flock $lockfile true" "$SHORT_RUNS"
 
 port=6000
 for sockets in $SOCKETS; do
@@ -83,7 +87,8 @@ done
 
 echo "### ktricks start-up — $(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $(nproc) CPUs, $(ss -V)"
 echo
-echo "Binary: $K ($(ldd "$K" | wc -l) objects mapped). Wall time in ms, median (p10–p90) of $RUNS runs each,"
+echo "Binary: $K ($(ldd "$K" | wc -l) objects mapped). Wall time in ms, median (p10–p90) of $SHORT_RUNS runs each"
+echo "for the start-up rows and $RUNS for the socket rows,"
 echo "hyperfine -N, the two commands interleaved in chunks of 5. Ratio = ktricks / other."
 echo
 echo "| measurement | ktricks | median ms | other | median ms | ratio | target | met |"

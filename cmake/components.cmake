@@ -3,9 +3,12 @@
 #   ktricks_component(NAME SOURCES src... [DEPENDS component...])
 #       the target ktricks_NAME (alias ktricks::NAME, file libktricks-NAME.a), public headers from
 #       include/, private ones from src/; DEPENDS are other components (core, netlink), never a trick.
-#   ktricks_component_pkg(NAME PREFIX module...)
+#   ktricks_component_pkg(NAME PREFIX [ARCHIVE libfoo.a] module...)
 #       links the component with pkg-config MODULEs (imported target PkgConfig::PREFIX, shared with
 #       tests and tools) and records them for its installed CMake package and pkg-config file.
+#       ARCHIVE: link that static archive instead of the shared library when the -dev package ships
+#       one (a component the front door carries but rarely runs: its code is then mapped only when it
+#       is called, not loaded by ld.so at every start; see docs/architecture.md).
 #
 # The graph is recorded in global properties so that cmake/packaging.cmake can write one export set,
 # one pkg-config file (ktricks-NAME.pc) and one find_package COMPONENT per component.
@@ -32,12 +35,22 @@ function(ktricks_component name)
 endfunction()
 
 function(ktricks_component_pkg name prefix)
+  cmake_parse_arguments(PARSE_ARGV 2 arg "" "ARCHIVE" "")
+  set(modules ${arg_UNPARSED_ARGUMENTS})
   if(NOT TARGET PkgConfig::${prefix})
-    pkg_check_modules(${prefix} REQUIRED IMPORTED_TARGET GLOBAL ${ARGN})
+    pkg_check_modules(${prefix} REQUIRED IMPORTED_TARGET GLOBAL ${modules})
+  endif()
+  set(link PkgConfig::${prefix})
+  if(arg_ARCHIVE AND NOT KTRICKS_SANITIZE)
+    find_library(KTRICKS_${prefix}_ARCHIVE NAMES ${arg_ARCHIVE} HINTS ${${prefix}_LIBRARY_DIRS} NO_CACHE)
+    if(KTRICKS_${prefix}_ARCHIVE)
+      set(link ${KTRICKS_${prefix}_ARCHIVE})
+      target_include_directories(ktricks_${name} SYSTEM PUBLIC ${${prefix}_INCLUDE_DIRS})
+    endif()
   endif()
   # PUBLIC: the libraries are static, and some headers name these libraries' types (libmnl).
-  target_link_libraries(ktricks_${name} PUBLIC PkgConfig::${prefix})
-  list(JOIN ARGN "|" modules)
+  target_link_libraries(ktricks_${name} PUBLIC ${link})
+  list(JOIN modules "|" modules)
   set_property(GLOBAL APPEND PROPERTY KTRICKS_COMPONENT_PKG_${name} "${prefix}|${modules}")
 endfunction()
 

@@ -37,7 +37,7 @@ long long parse_seconds_ms(std::string_view flag, const std::string& text) {
     double seconds = std::strtod(text.c_str(), &end);
     if (text.empty() || *end || !std::isfinite(seconds) || seconds < 0 || seconds > 1e9)
         throw InputError(fmt::format("{}=\"{}\": expected a number of seconds, like 2 or 0.5", flag, text));
-    return std::llround(seconds * 1000);
+    return round_to_ms(seconds).count();
 }
 
 }  // namespace ktricks::cli

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/runner.hpp"
 
 namespace ktricks::cli {

@@ -76,7 +76,7 @@ int run_once(const OnceOptions& options) {
     }
     if (options.send) {
         int exit_status = 0;
-        auto timeout = std::chrono::milliseconds(std::llround(options.timeout_seconds * 1000));
+        auto timeout = round_to_ms(options.timeout_seconds);
         auto delivery = once::send(name, options.command, options.send_stdio, timeout, &exit_status);
         switch (delivery) {
             case once::Delivery::delivered: return exit_status;

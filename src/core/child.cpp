@@ -167,8 +167,12 @@ std::string find_program(const std::string& name) {
         auto colon = path.find(':');
         std::string_view dir = path.substr(0, colon);
         std::string candidate = fmt::format("{}/{}", dir.empty() ? "." : dir, name);
-        if (executable(candidate)) return candidate;
-        if (::access(candidate.c_str(), F_OK) == 0) found_unexecutable = true;
+        // One stat per PATH entry that lacks the program (the common case: it runs at every start).
+        struct stat st {};
+        if (::stat(candidate.c_str(), &st) == 0) {
+            if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+            found_unexecutable = true;
+        }
         if (colon == std::string_view::npos) break;
         path.remove_prefix(colon + 1);
     }

@@ -7,7 +7,7 @@ ktricks_component(jail DEPENDS core SOURCES
   src/jail/broker.cpp
   src/jail/client.cpp
   src/jail/run.cpp)
-ktricks_component_pkg(jail SECCOMP libseccomp)
+ktricks_component_pkg(jail SECCOMP ARCHIVE libseccomp.a libseccomp)
 
 # A LISTEN_FDS server for the jail's integration tests and benchmark (also copied into a container).
 if(KTRICKS_TESTS AND NOT KTRICKS_FUZZ)

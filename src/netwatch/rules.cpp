@@ -15,6 +15,7 @@
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/netwatch.hpp"
 
 namespace ktricks::netwatch {
@@ -259,7 +260,7 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
                 else if (auto* f = node.as_floating_point()) seconds = f->get();
                 else throw fail(node, "\"timeout\" must be a number of seconds");
                 if (!(seconds > 0) || seconds > 86400) throw fail(node, "\"timeout\" must be between 0 and 86400 seconds");
-                rule.timeout = std::chrono::milliseconds(std::llround(seconds * 1000));
+                rule.timeout = round_to_ms(seconds);
             } else if (key == "in_netns") {
                 auto* b = node.as_boolean();
                 if (!b) throw fail(node, "\"in_netns\" must be true or false");

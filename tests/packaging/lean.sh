@@ -27,6 +27,12 @@ refuse "$ktricks" "$av|$fuse|$mariadb" "a heavy library"
 refuse "$helpers/ktricks-mysql-watch" "$av|$fuse" "FFmpeg or libfuse"
 refuse "$helpers/ktricks-tvfs" "$mariadb" "libmariadb"
 needed "$helpers/ktricks-tvfs" | grep -qE "$av" || fail "ktricks-tvfs does not link FFmpeg: is it the right binary?"
+# Start-up budget (bench/startup.sh): the front door loads libc and libmnl only. libstdc++/libgcc are
+# linked in, libseccomp comes from its archive when Debian ships one (it does), and nothing needs libm.
+if [[ -z ${KTRICKS_SANITIZED:-} ]]; then
+  extra=$(needed "$ktricks" | grep -vE '^(libc\.so\.6|libmnl\.so\.0|ld-linux-x86-64\.so\.2)$' || true)
+  [[ -z $extra ]] || fail "ktricks has more than libc and libmnl in DT_NEEDED: $(echo $extra)"
+fi
 echo "ktricks DT_NEEDED: $(needed "$ktricks" | tr '\n' ' ')"
 echo "ktricks: $(ldd "$ktricks" | wc -l) objects mapped (ldd)"
 

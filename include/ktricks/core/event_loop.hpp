@@ -24,6 +24,13 @@
 
 namespace ktricks {
 
+// Seconds (from a flag or a config file) to the nearest millisecond, for timers and timeouts.
+// std::chrono::round rather than std::llround: llround would be the front door's only libm symbol,
+// and not linking libm saves mapping a shared object at every start (docs/architecture.md).
+inline std::chrono::milliseconds round_to_ms(double seconds) {
+    return std::chrono::round<std::chrono::milliseconds>(std::chrono::duration<double>(seconds));
+}
+
 class EventLoop {
 public:
     using SourceId = std::uint64_t;
