@@ -151,13 +151,14 @@ Fd open_pidfd(pid_t pid) {
 
 std::string find_program(const std::string& name) {
     if (name.empty()) throw_spawn_error(ENOENT, name);
-    auto executable = [](const std::string& path) {
-        struct stat st {};
-        return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+    // A regular file we may execute; `st` is the path's stat.
+    auto executable = [](const std::string& path, const struct stat& st) {
+        return S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
     };
     if (name.find('/') != std::string::npos) {
-        if (::access(name.c_str(), F_OK) != 0) throw_spawn_error(errno, name);
-        if (!executable(name)) throw_spawn_error(EACCES, name);
+        struct stat st {};
+        if (::stat(name.c_str(), &st) != 0) throw_spawn_error(errno, name);
+        if (!executable(name, st)) throw_spawn_error(EACCES, name);
         return name;
     }
     const char* path_env = ::getenv("PATH");
@@ -170,7 +171,7 @@ std::string find_program(const std::string& name) {
         // One stat per PATH entry that lacks the program (the common case: it runs at every start).
         struct stat st {};
         if (::stat(candidate.c_str(), &st) == 0) {
-            if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+            if (executable(candidate, st)) return candidate;
             found_unexecutable = true;
         }
         if (colon == std::string_view::npos) break;
