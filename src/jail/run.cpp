@@ -15,6 +15,7 @@
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/scm_rights.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/jail.hpp"
 #include "intercept.hpp"
 
@@ -67,7 +68,7 @@ ExitStatus run(const RunOptions& options) {
         listeners.push_back(bind_socket(address, bind_options));
         pass.push_back(listeners.back().get());
         if (options.verbose)
-            fmt::print(stderr, "ktricks jail: fd {} = {}\n", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
+            log_info("fd {} = {}", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
         if (address.family() == AF_INET || address.family() == AF_INET6) {
             intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
             intercepted_fds.push_back(pass.back());
