@@ -8,12 +8,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/proc.hpp"
 #include "ktricks/core/scm_rights.hpp"
 #include "ktricks/core/service.hpp"
 #include "ktricks/jail.hpp"
@@ -24,11 +26,9 @@ namespace {
 
 // Whether `pid` has a handler for, or ignores, `signal_number` (SigCgt/SigIgn in /proc/PID/status).
 bool handles_or_ignores(pid_t pid, int signal_number) {
-    std::ifstream status(fmt::format("/proc/{}/status", pid));
     std::uint64_t mask = 0;
-    for (std::string line; std::getline(status, line);) {
-        if (line.starts_with("SigCgt:") || line.starts_with("SigIgn:")) mask |= std::stoull(line.substr(7), nullptr, 16);
-    }
+    for (const char* key : {"SigCgt", "SigIgn"})
+        if (auto field = process_status_field(pid, key)) mask |= std::strtoull(field->c_str(), nullptr, 16);
     return mask & (std::uint64_t{1} << (signal_number - 1));
 }
 
