@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   # build
   g++ cmake ninja-build make pkgconf ccache
+  clang-format  # make format-check (CI)
   libcli11-dev libfmt-dev nlohmann-json3-dev
   # tests and fuzzing
   libgtest-dev libgmock-dev clang libclang-rt-14-dev

@@ -17,6 +17,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
+
 namespace ktricks::sockets {
 
 enum class Netid : std::uint8_t { tcp, udp, raw, u_str, u_dgr, u_seq, p_raw, p_dgr };
@@ -202,11 +205,47 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
 // {"netid":"tcp","state":"ESTAB","recv_q":0,...}
 std::string to_json_line(const SocketInfo& socket);
 
-// --watch: socket-destroy multicast (SKNLGRP_INET_TCP_DESTROY, ...) of the namespace; calls
-// `on_socket` for each destroyed socket matching `query` (kinds, families, states, filter), and
-// `on_lost` when the kernel dropped events (ENOBUFS). Runs until `keep_going` returns false
-// (checked at least every `poll_ms`).
-void watch(const Query& query, const std::string& netns, const std::function<void(const SocketInfo&)>& on_socket,
-           const std::function<void()>& on_lost, const std::function<bool()>& keep_going, int poll_ms = 200);
+// --- watching -------------------------------------------------------------------------------------
+// The kernel multicasts every TCP and UDP socket it destroys (SKNLGRP_INET_TCP_DESTROY and the UDP
+// and IPv6 groups of sock_diag) to whoever subscribed: `ss -E`, `ktricks sockets --watch`. Unix,
+// raw and packet sockets have no such groups.
+
+struct WatchOptions {
+    // Kinds (tcp, udp; neither: both), families (ipv4, ipv6), `states` (a destroyed socket arrives in
+    // its last state, often CLOSE: 0 takes every state) and `filter`. Other fields are ignored.
+    Query query;
+    std::string netns;                       // a name in /run/netns or a path; "": ours
+    std::size_t receive_buffer = 4u << 20;   // a burst of closes (a server restart) must fit
+};
+
+struct WatchCallbacks {
+    std::function<void(const SocketInfo&)> on_socket;  // each destroyed socket that matches
+    std::function<void()> on_lost;                     // the kernel dropped events (ENOBUFS)
+};
+
+// The destroy-event watcher on the caller's EventLoop: no thread, no polling, no signal handling,
+// nothing written anywhere. Callbacks run on the thread that runs the loop.
+class Watcher {
+public:
+    Watcher(EventLoop& loop, WatchOptions options, WatchCallbacks callbacks);
+    ~Watcher();
+    Watcher(const Watcher&) = delete;
+    Watcher& operator=(const Watcher&) = delete;
+    // Opens a sock_diag socket (in `netns`), subscribes and puts it on the loop: a socket destroyed
+    // after start() returns is reported. Throws std::system_error (a missing namespace, EPERM).
+    void start();
+    // Takes the socket off the loop and closes it: no callback runs after it.
+    void stop() noexcept;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// A destroyed socket as `ktricks sockets --watch --json` prints it: {"ts","source":"sockets",
+// "event":"destroy"} followed by the fields of to_json_line. `environment()` gives a script's view.
+Event to_event(const SocketInfo& socket);
+// {"ts","source":"sockets","event":"lost","reason":"ENOBUFS"}: what on_lost stands for.
+Event lost_event();
 
 }  // namespace ktricks::sockets

@@ -5,12 +5,12 @@
 
 #include <fmt/format.h>
 
-#include <atomic>
 #include <memory>
 
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/heap.hpp"
 #include "ktricks/sockets.hpp"
 
@@ -29,8 +29,6 @@ struct SocketsOptions {
     std::string netns;
     std::vector<std::string> filter;
 };
-
-std::atomic<bool> interrupted = false;
 
 int run_sockets(const SocketsOptions& options) {
     // A listing fills its result and exits: cheap page faults matter more than returning memory.
@@ -83,33 +81,29 @@ int run_sockets(const SocketsOptions& options) {
             throw InputError("--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
         // Destroyed sockets arrive in their last state (often CLOSE): only `state` clauses narrow them.
         query.states = query.filter ? query.filter->states() : 0;
-        struct sigaction action{};
-        action.sa_handler = [](int) { interrupted = true; };
-        ::sigaction(SIGINT, &action, nullptr);
-        ::sigaction(SIGTERM, &action, nullptr);
         sockets::TableOptions table{.numeric = true, .netid = true, .extended = options.extended, .header = false};
-        sockets::watch(
-            query, options.netns,
-            [&](const sockets::SocketInfo& socket) {
-                if (options.json) {
-                    Event event("sockets", "destroy");
-                    auto object = nlohmann::ordered_json::parse(sockets::to_json_line(socket));
-                    for (auto& [key, value] : object.items()) event.set(key, value);
-                    fmt::print("{}", event.to_line());
-                } else {
-                    fmt::print("{} closed ", format_timestamp(std::chrono::system_clock::now()));
-                    std::fflush(stdout);
-                    sockets::write_table({socket}, table, STDOUT_FILENO);
-                }
+        sockets::WatchCallbacks callbacks;
+        callbacks.on_socket = [&](const sockets::SocketInfo& socket) {
+            if (options.json) {
+                fmt::print("{}", sockets::to_event(socket).to_line());
+            } else {
+                fmt::print("{} closed ", format_timestamp(std::chrono::system_clock::now()));
                 std::fflush(stdout);
-            },
-            [&] {
-                if (options.json) fmt::print("{}", Event("sockets", "lost").set("reason", "ENOBUFS").to_line());
-                else fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
-                                format_timestamp(std::chrono::system_clock::now()));
-                std::fflush(stdout);
-            },
-            [] { return !interrupted.load(); });
+                sockets::write_table({socket}, table, STDOUT_FILENO);
+            }
+            std::fflush(stdout);
+        };
+        callbacks.on_lost = [&] {
+            if (options.json) fmt::print("{}", sockets::lost_event().to_line());
+            else fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
+                            format_timestamp(std::chrono::system_clock::now()));
+            std::fflush(stdout);
+        };
+        EventLoop loop;
+        loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) { loop.stop(); });
+        sockets::Watcher watcher(loop, {.query = query, .netns = options.netns}, callbacks);
+        watcher.start();
+        loop.run();
         return 0;
     }
 

@@ -30,11 +30,8 @@ struct TvfsOptions {
     int dlna_port = 8200;
 };
 
-// Bad bytes in a file (a TOML profile, a media file) rather than on the command line: EX_DATAERR.
-struct DataError : InputError {
-    using InputError::InputError;
-};
-
+// Bad bytes in a file (a TOML profile, a media file) rather than on the command line: core's
+// DataError (EX_DATAERR through exit_status_for).
 template <typename Function>
 auto from_file(Function function) {
     try {
@@ -179,14 +176,8 @@ Subcommand add_tvfs(CLI::App& app) {
         "  fusermount3 -u /srv/tv                           # unmount\n"
         "Exit status: 0 after a clean unmount (SIGINT, SIGTERM or fusermount3 -u); 66 if SRC or FILE is missing;\n"
         "65 for a bad profile or an unreadable media file (--explain); 64 for bad usage.");
-    return {sub, [options] {
-                try {
-                    return run_tvfs(*options);
-                } catch (const DataError& error) {
-                    report_error("tvfs", error);
-                    return exit_code::data;
-                }
-            }};
+    // A DataError from the profile or the medium exits 65 through exit_status_for, like any other.
+    return {sub, [options] { return run_tvfs(*options); }};
 }
 
 }  // namespace ktricks::cli

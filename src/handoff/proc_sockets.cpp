@@ -75,13 +75,6 @@ std::optional<std::string> inet_address(std::string_view text, ProcSocket::Kind 
     }
 }
 
-std::string read_all(const std::string& path) {
-    std::ifstream file(path);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
-
 // The lines of a /proc/net table after its header.
 std::vector<std::string_view> data_lines(std::string_view table) {
     std::vector<std::string_view> lines;
@@ -95,6 +88,13 @@ std::vector<std::string_view> data_lines(std::string_view table) {
 }
 
 }  // namespace
+
+std::string read_all(const std::string& path) {
+    std::ifstream file(path);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
 
 std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::Kind kind, bool ipv6) {
     std::vector<ProcSocket> sockets;
@@ -122,27 +122,16 @@ std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::
     return sockets;
 }
 
-std::vector<ProcSocket> parse_proc_net_unix(std::string_view table) {
+std::vector<ProcSocket> unix_stream_sockets(const std::vector<UnixSocketEntry>& entries) {
     std::vector<ProcSocket> sockets;
-    for (std::string_view line : data_lines(table)) {
-        // Num RefCount Protocol Flags Type St Inode [Path]; a path may contain spaces.
-        auto fields = fields_of(line);
-        if (fields.size() < 7) continue;
-        unsigned long flags = 0;
-        int type = 0, state = 0;
-        unsigned long inode = 0;
-        if (!hex(fields[3], flags) || !hex(fields[4], type) || !hex(fields[5], state)) continue;
-        auto [end, error] = std::from_chars(fields[6].data(), fields[6].data() + fields[6].size(), inode);
-        if (error != std::errc() || type != SOCK_STREAM) continue;
+    for (const auto& entry : entries) {
+        if (entry.type != SOCK_STREAM) continue;
         ProcSocket socket;
         socket.kind = ProcSocket::Kind::unix_stream;
-        socket.inode = inode;
-        socket.state = state;
-        socket.listening = flags & 0x10000;  // __SO_ACCEPTCON
-        if (fields.size() > 7) {
-            std::size_t at = static_cast<std::size_t>(fields[7].data() - line.data());
-            socket.local = "unix:" + std::string(line.substr(at));
-        }
+        socket.inode = entry.inode;
+        socket.state = static_cast<int>(entry.state);
+        socket.listening = entry.flags & 0x10000;  // __SO_ACCEPTCON
+        if (!entry.path.empty()) socket.local = "unix:" + entry.path;
         sockets.push_back(std::move(socket));
     }
     return sockets;
@@ -177,7 +166,7 @@ std::vector<ProcSocket> proc_sockets(pid_t pid) {
     add(parse_proc_net_inet(read_all(base + "tcp6"), ProcSocket::Kind::tcp, true));
     add(parse_proc_net_inet(read_all(base + "udp"), ProcSocket::Kind::udp, false));
     add(parse_proc_net_inet(read_all(base + "udp6"), ProcSocket::Kind::udp, true));
-    add(parse_proc_net_unix(read_all(base + "unix")));
+    add(unix_stream_sockets(parse_proc_net_unix(read_all(base + "unix"))));
     return all;
 }
 

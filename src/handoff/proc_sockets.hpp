@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "ktricks/core/proc.hpp"
+
 namespace ktricks::handoff::detail {
 
 struct ProcSocket {
@@ -22,9 +24,13 @@ struct ProcSocket {
     bool listening = false;
 };
 
-// One table of /proc/net in its own format; bad lines are skipped.
+// The whole text of a (small, /proc) file; "" if it cannot be read.
+std::string read_all(const std::string& path);
+
+// One tcp/udp table of /proc/net in its own format; bad lines are skipped.
 std::vector<ProcSocket> parse_proc_net_inet(std::string_view table, ProcSocket::Kind kind, bool ipv6);
-std::vector<ProcSocket> parse_proc_net_unix(std::string_view table);
+// The stream sockets among /proc/net/unix entries (core's parse_proc_net_unix reads the table).
+std::vector<ProcSocket> unix_stream_sockets(const std::vector<UnixSocketEntry>& entries);
 
 // inode -> fd number for every socket in /proc/PID/fd.
 std::map<unsigned long, int> socket_inodes(pid_t pid);

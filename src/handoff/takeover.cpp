@@ -48,35 +48,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string read_all(const std::string& path) {
-    std::ifstream file(path);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
-
-// A "Key:\tvalue" line of /proc/PID/status.
-std::string status_field(pid_t pid, std::string_view key) {
-    std::istringstream status(read_all(pid ? fmt::format("/proc/{}/status", pid) : "/proc/self/status"));
-    for (std::string line; std::getline(status, line);)
-        if (line.starts_with(key) && line.size() > key.size() && line[key.size()] == ':') {
-            auto value = line.substr(key.size() + 1);
-            return value.substr(value.find_first_not_of(" \t") == std::string::npos ? 0 : value.find_first_not_of(" \t"));
-        }
-    return "";
-}
+using detail::read_all;
 
 bool have_cap_sys_ptrace() {
-    auto caps = status_field(0, "CapEff");
-    if (caps.empty()) return false;
-    unsigned long long bits = std::stoull(caps, nullptr, 16);
+    auto caps = process_status_field(::getpid(), "CapEff");
+    if (!caps || caps->empty()) return false;
+    unsigned long long bits = std::stoull(*caps, nullptr, 16);
     return bits & (1ULL << 19);  // CAP_SYS_PTRACE
 }
 
 std::optional<uid_t> process_uid(pid_t pid) {
-    auto uids = status_field(pid, "Uid");
-    if (uids.empty()) return std::nullopt;
-    std::istringstream fields(uids);
+    auto uids = process_status_field(pid, "Uid");
+    if (!uids || uids->empty()) return std::nullopt;
+    std::istringstream fields(*uids);
     uid_t real = 0, effective = 0;
     fields >> real >> effective;
     return effective;

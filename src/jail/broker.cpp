@@ -12,6 +12,7 @@
 #include "jail/protocol.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/scm_rights.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/jail.hpp"
 
 namespace ktricks::jail {
@@ -76,13 +77,13 @@ void Broker::serve(EventLoop& loop) {
         std::string_view request(buffer, static_cast<std::size_t>(got));
         Answer reply = answer(request);
         if (state->verbose)
-            fmt::print(stderr, "ktricks jail: broker: \"{}\" -> {}\n", printable(request.substr(0, 128)), reply.reply);
+            log_info("broker: \"{}\" -> {}", request.substr(0, 128), reply.reply);  // log_line escapes control bytes
         try {
             auto bytes = std::as_bytes(std::span(reply.reply.data(), reply.reply.size()));
             int socket = reply.socket.get();
             send_fds(fd, bytes, reply.socket ? std::span<const int>(&socket, 1) : std::span<const int>());
         } catch (const std::exception& error) {
-            if (state->verbose) fmt::print(stderr, "ktricks jail: broker: reply lost: {}\n", error.what());
+            if (state->verbose) log_warning("broker: reply lost: {}", error.what());
             drop(fd);
         }
     };

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/service.hpp"
 
 namespace ktricks::jail {
 
@@ -106,7 +107,7 @@ void BindInterceptor::answer_one() {
     if (!wanted) return respond(0, true);  // unix, netlink ...: the jail's own business
     auto match = match_bind(listeners_, *wanted);
     if (!match) {
-        if (verbose_) fmt::print(stderr, "ktricks jail: refused bind {} (pid {}): not a --listen address\n", wanted->to_string(), pid);
+        if (verbose_) log_info("refused bind {} (pid {}): not a --listen address", wanted->to_string(), pid);
         return respond(EACCES);
     }
     int listener = sockets_[*match];
@@ -131,8 +132,7 @@ void BindInterceptor::answer_one() {
     add.newfd_flags = newfd_flags;
     if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return respond(errno == ENOENT ? 0 : errno);
     if (verbose_)
-        fmt::print(stderr, "ktricks jail: bind {} (pid {}, fd {}) = {}\n", wanted->to_string(), pid, target_fd,
-                   listeners_[*match].bound.to_string());
+        log_info("bind {} (pid {}, fd {}) = {}", wanted->to_string(), pid, target_fd, listeners_[*match].bound.to_string());
     respond(0);
 }
 

@@ -8,13 +8,16 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <sstream>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/proc.hpp"
 #include "ktricks/core/scm_rights.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/jail.hpp"
 #include "intercept.hpp"
 
@@ -23,11 +26,9 @@ namespace {
 
 // Whether `pid` has a handler for, or ignores, `signal_number` (SigCgt/SigIgn in /proc/PID/status).
 bool handles_or_ignores(pid_t pid, int signal_number) {
-    std::ifstream status(fmt::format("/proc/{}/status", pid));
     std::uint64_t mask = 0;
-    for (std::string line; std::getline(status, line);) {
-        if (line.starts_with("SigCgt:") || line.starts_with("SigIgn:")) mask |= std::stoull(line.substr(7), nullptr, 16);
-    }
+    for (const char* key : {"SigCgt", "SigIgn"})
+        if (auto field = process_status_field(pid, key)) mask |= std::strtoull(field->c_str(), nullptr, 16);
     return mask & (std::uint64_t{1} << (signal_number - 1));
 }
 
@@ -67,7 +68,7 @@ ExitStatus run(const RunOptions& options) {
         listeners.push_back(bind_socket(address, bind_options));
         pass.push_back(listeners.back().get());
         if (options.verbose)
-            fmt::print(stderr, "ktricks jail: fd {} = {}\n", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
+            log_info("fd {} = {}", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
         if (address.family() == AF_INET || address.family() == AF_INET6) {
             intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
             intercepted_fds.push_back(pass.back());

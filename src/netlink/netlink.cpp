@@ -13,10 +13,12 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <thread>
 
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/service.hpp"
 
 namespace ktricks::netlink {
 namespace {
@@ -400,7 +402,7 @@ NetnsGuard::NetnsGuard(int netns_fd, std::string_view name) {
 
 NetnsGuard::~NetnsGuard() {
     if (::setns(original_.get(), CLONE_NEWNET) < 0) {
-        std::perror("ktricks: cannot return to the original network namespace");
+        log_error("setns back to the original network namespace: {}", std::strerror(errno));
         std::terminate();
     }
 }

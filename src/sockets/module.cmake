@@ -4,4 +4,5 @@ ktricks_component(sockets DEPENDS netlink SOURCES
   src/sockets/cgroups.cpp
   src/sockets/decode.cpp
   src/sockets/owners.cpp
-  src/sockets/sockets.cpp)
+  src/sockets/sockets.cpp
+  src/sockets/watch.cpp)

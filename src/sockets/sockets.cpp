@@ -9,7 +9,6 @@
 #include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -711,7 +710,8 @@ nlohmann::ordered_json endpoint_json(const SocketInfo& socket, const Endpoint& e
 }
 }  // namespace
 
-std::string to_json_line(const SocketInfo& socket) {
+namespace {
+nlohmann::ordered_json socket_json(const SocketInfo& socket) {
     nlohmann::ordered_json j;
     if (!socket.netns.empty()) j["netns"] = socket.netns;
     j["netid"] = to_string(socket.netid);
@@ -758,50 +758,21 @@ std::string to_json_line(const SocketInfo& socket) {
                          {"last_data_sent_ms", t.last_data_sent}, {"last_data_recv_ms", t.last_data_recv},
                          {"last_ack_recv_ms", t.last_ack_recv}, {"kernel_size", t.kernel_size}};
     }
-    return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+    return j;
+}
+}  // namespace
+
+std::string to_json_line(const SocketInfo& socket) {
+    return socket_json(socket).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
-// --- watch --------------------------------------------------------------------------------------
-
-void watch(const Query& query, const std::string& netns, const std::function<void(const SocketInfo&)>& on_socket,
-           const std::function<void()>& on_lost, const std::function<bool()>& keep_going, int poll_ms) {
-    std::optional<netlink::Socket> diag;
-    if (netns.empty()) {
-        diag = netlink::Socket::open(NETLINK_SOCK_DIAG);
-    } else {
-        Fd namespace_fd = netlink::open_netns(netns);
-        diag = netlink::open_in_netns(namespace_fd.get(), netns, NETLINK_SOCK_DIAG);
-    }
-    bool any_kind = query.tcp || query.udp;
-    bool tcp = query.tcp || !any_kind, udp = query.udp || !any_kind;
-    // A burst of closes (a server restart) can outrun us; a larger buffer makes overruns rarer, and
-    // the ones that still happen are reported.
-    diag->set_receive_buffer(4 << 20);
-    if (tcp && query.ipv4) diag->subscribe(SKNLGRP_INET_TCP_DESTROY, "inet-tcp-destroy");
-    if (udp && query.ipv4) diag->subscribe(SKNLGRP_INET_UDP_DESTROY, "inet-udp-destroy");
-    if (tcp && query.ipv6) diag->subscribe(SKNLGRP_INET6_TCP_DESTROY, "inet6-tcp-destroy");
-    if (udp && query.ipv6) diag->subscribe(SKNLGRP_INET6_UDP_DESTROY, "inet6-udp-destroy");
-    diag->set_nonblocking();
-    while (keep_going()) {
-        pollfd descriptor{diag->fd(), POLLIN, 0};
-        int ready = ::poll(&descriptor, 1, poll_ms);
-        if (ready < 0 && errno != EINTR) throw_errno("poll", "sock_diag destroy events");
-        if (ready <= 0) continue;
-        while (true) {
-            auto received = diag->receive([&](const nlmsghdr& message) {
-                if (message.nlmsg_type != SOCK_DIAG_BY_FAMILY) return true;
-                SocketInfo info;
-                if (!detail::decode_inet(message, 0, info)) return true;
-                info.netns = netns;
-                if (query.states && !(query.states & (1u << info.state))) return true;
-                if (query.filter && !query.filter->matches(info)) return true;
-                on_socket(info);
-                return true;
-            });
-            if (received == netlink::Received::would_block) break;
-            if (received == netlink::Received::overrun) on_lost();
-        }
-    }
+Event to_event(const SocketInfo& socket) {
+    Event event("sockets", "destroy");
+    nlohmann::ordered_json fields = socket_json(socket);
+    for (auto& [key, value] : fields.items()) event.set(key, std::move(value));
+    return event;
 }
+
+Event lost_event() { return Event("sockets", "lost").set("reason", "ENOBUFS"); }
 
 }  // namespace ktricks::sockets

@@ -41,6 +41,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     (void)parse_proc_net_inet(input, ProcSocket::Kind::tcp, false);
     (void)parse_proc_net_inet(input, ProcSocket::Kind::udp, true);
-    (void)parse_proc_net_unix(input);
+    (void)unix_stream_sockets(ktricks::parse_proc_net_unix(input));
     return 0;
 }

@@ -35,6 +35,7 @@
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
+#include "ktricks/core/proc.hpp"
 
 namespace ktricks::test {
 
@@ -241,38 +242,17 @@ inline Result run(std::vector<std::string> argv, ProcessOptions options = {},
     return result;
 }
 
-// One line of /proc/net/unix: the unix sockets of our network namespace.
-struct UnixSocket {
-    unsigned long flags = 0;  // 0x10000 (__SO_ACCEPTCON): a listening socket
-    int type = 0;             // 5 = SOCK_SEQPACKET
-    int state = 0;            // 1 unconnected/listening, 3 connected
-    unsigned long inode = 0;
-    std::string path;         // "@name" for abstract names
-    bool listening() const noexcept { return flags & 0x10000; }
+// A unix socket of our network namespace, as core's /proc/net/unix parser reads it.
+struct UnixSocket : UnixSocketEntry {
+    bool listening() const noexcept { return flags & 0x10000; }  // __SO_ACCEPTCON
 };
 
 // The sockets bound to `socket_name` ("@ktricks/once/..."): the listener and the accepted
 // connections, which carry the listener's address.
 inline std::vector<UnixSocket> unix_sockets_named(const std::string& socket_name) {
     std::vector<UnixSocket> found;
-    std::ifstream table("/proc/net/unix");
-    std::string line;
-    std::getline(table, line);  // header
-    while (std::getline(table, line)) {
-        std::istringstream fields(line);
-        std::string num, refcount, protocol, flags, type, state, inode;
-        fields >> num >> refcount >> protocol >> flags >> type >> state >> inode;
-        std::string path;
-        std::getline(fields >> std::ws, path);
-        if (path != socket_name) continue;
-        UnixSocket socket;
-        socket.flags = std::stoul(flags, nullptr, 16);
-        socket.type = std::stoi(type, nullptr, 16);
-        socket.state = std::stoi(state, nullptr, 16);
-        socket.inode = std::stoul(inode);
-        socket.path = path;
-        found.push_back(socket);
-    }
+    for (auto& entry : read_proc_net_unix())
+        if (entry.path == socket_name) found.push_back({std::move(entry)});
     return found;
 }
 

@@ -1,7 +1,8 @@
-// Watchers as components: netwatch, mysql-watch and procwatch as objects on one caller-owned
-// EventLoop in this one process (no signals taken, nothing written to stdout), against a real veth
-// pair in a private network namespace, a real MariaDB and the real proc connector. Also the core
-// Runner behind procwatch --exec.
+// Watchers as components: netwatch, mysql-watch, procwatch and the sockets destroy watcher as objects
+// on one caller-owned EventLoop in this one process (no signals taken, nothing written to stdout),
+// against a real veth pair and real TCP sockets in a private network namespace, a real MariaDB and
+// the real proc connector. Also the core Runner behind procwatch --exec.
+#include <netinet/in.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -14,10 +15,12 @@
 #include <set>
 
 #include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/socket_address.hpp"
 #include "ktricks/mysqlwatch.hpp"
 #include "ktricks/netlink.hpp"
 #include "ktricks/netwatch.hpp"
 #include "ktricks/procwatch.hpp"
+#include "ktricks/sockets.hpp"
 #include "mariadb_server.hpp"
 #include "process_helpers.hpp"
 
@@ -48,7 +51,7 @@ Child start(std::vector<std::string> argv) {
     return Child::spawn(options);
 }
 
-TEST(WatchersTogether, NetwatchMysqlWatchAndProcwatchShareOneEventLoop) {
+TEST(WatchersTogether, NetwatchMysqlWatchProcwatchAndSocketsShareOneEventLoop) {
     if (::geteuid() != 0 || !MariaDbServer::available()) GTEST_SKIP() << "needs root and MariaDB";
     MariaDbServer server({.binlog = true});
     server.start();
@@ -90,6 +93,29 @@ TEST(WatchersTogether, NetwatchMysqlWatchAndProcwatchShareOneEventLoop) {
     procwatch::Watcher proc(loop, proc_options, proc_callbacks);
     proc.start();
 
+    // Destroyed TCP sockets of the scratch namespace (its loopback only).
+    ASSERT_EQ(netns.ip({"link", "set", "lo", "up"}), 0);
+    std::vector<std::uint16_t> closed_ports;
+    sockets::WatchOptions socket_options;
+    socket_options.query.tcp = true;
+    socket_options.netns = netns.name();
+    sockets::WatchCallbacks socket_callbacks;
+    socket_callbacks.on_socket = [&](const sockets::SocketInfo& socket) {
+        if (socket.state == sockets::listen || socket.state == sockets::closed) closed_ports.push_back(socket.local.port);
+    };
+    sockets::Watcher socket_watcher(loop, socket_options, socket_callbacks);
+    socket_watcher.start();
+    // A listener in the namespace, closed at once: the kernel destroys it on close.
+    auto listen_and_close = [&] {
+        std::uint16_t port = 0;
+        netlink::run_in_netns(netns_fd.get(), netns.name(), [&] {
+            Fd listener = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+            port = SocketAddress::of_socket(listener.get()).port();
+        });
+        return port;
+    };
+    std::uint16_t listener_port = listen_and_close();
+
     auto pump_until = [&](const std::function<bool()>& done) {
         auto deadline = Clock::now() + 10s;
         while (!done() && Clock::now() < deadline) loop.run_once(50ms);
@@ -105,23 +131,30 @@ TEST(WatchersTogether, NetwatchMysqlWatchAndProcwatchShareOneEventLoop) {
 
     EXPECT_TRUE(pump_until([&] {
         return std::count(net_events.begin(), net_events.end(), "link-up") > 0 && !tables.empty() &&
-               exited.count(child_pid);
+               exited.count(child_pid) &&
+               std::count(closed_ports.begin(), closed_ports.end(), listener_port) > 0;
     }));
     EXPECT_NE(std::find(net_events.begin(), net_events.end(), "link-up"), net_events.end())
         << fmt::format("netwatch saw on va: {}", fmt::join(net_events, " "));
     EXPECT_EQ(tables, std::vector<std::string>{"t"});
     EXPECT_TRUE(exited.count(child_pid)) << "procwatch did not report the exit of pid " << child_pid;
+    EXPECT_NE(std::find(closed_ports.begin(), closed_ports.end(), listener_port), closed_ports.end())
+        << fmt::format("sockets saw closed ports {} but not {}", fmt::join(closed_ports, " "), listener_port);
 
     // stop() takes each off the loop: nothing more arrives.
     net.stop();
     mysql.stop();
     proc.stop();
+    socket_watcher.stop();
     ASSERT_EQ(netns.ip({"link", "set", "va", "down"}), 0);
+    auto closed_before = closed_ports.size();
+    listen_and_close();
     server.sql("INSERT INTO together.t VALUES (2)");
     auto events_before = net_events.size();
     loop.run_once(200ms);
     EXPECT_EQ(net_events.size(), events_before);
     EXPECT_EQ(tables.size(), 1u);
+    EXPECT_EQ(closed_ports.size(), closed_before);
 }
 
 TEST(ProcwatchExec, ScriptPastItsTimeoutIsKilledWithItsChildren) {

@@ -160,7 +160,7 @@ TEST(HandoffProcNet, ReadsTcp6AndUnixListeners) {
         "Num       RefCount Protocol Flags    Type St Inode Path\n"
         "0000000000000000: 00000002 00000000 00010000 0001 01 4444 /run/my app.sock\n"
         "0000000000000000: 00000003 00000000 00000000 0001 03 5555 /run/my app.sock\n";
-    auto unix_sockets = parse_proc_net_unix(unix_table);
+    auto unix_sockets = unix_stream_sockets(ktricks::parse_proc_net_unix(unix_table));
     ASSERT_EQ(unix_sockets.size(), 2u);
     EXPECT_TRUE(unix_sockets[0].listening);
     EXPECT_EQ(unix_sockets[0].local, "unix:/run/my app.sock");
