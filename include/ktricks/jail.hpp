@@ -109,6 +109,8 @@ public:
     // the supervisor's namespace) and the init on, the jail's init binds `notify_name` (abstract, in
     // the jail's own network namespace) and relays every datagram CMD sends there to it: CMD's
     // NOTIFY_SOCKET should then be `notify_name`. Data only; descriptors in a message are dropped.
+    // Set spawn.parent_death_signal first: the jail's pid 1 sets it again once its credentials are
+    // final (changing them clears it), so that the whole jail dies with the caller, even SIGKILLed.
     void apply(SpawnOptions& spawn, int broker_fd = -1, int notify_fd = -1, int notify_relay_fd = -1) const;
     static constexpr const char* notify_name = "@ktricks-jail-notify";
     const SandboxOptions& options() const noexcept;
@@ -160,7 +162,8 @@ struct RunOptions {
 // Binds every address (in our namespace), starts the command in the jail, forwards TERM, INT,
 // HUP, QUIT, USR1, USR2 and WINCH, answers the broker, and returns how the command ended (if it
 // was SIGKILLed in place of an uncaught forwarded signal, as if killed by that signal). If this
-// process dies, the kernel kills the jail (PR_SET_PDEATHSIG).
+// process dies, even by SIGKILL, the kernel kills the jail's pid 1 (PR_SET_PDEATHSIG) and with it
+// every process of the jail's PID namespace.
 ExitStatus run(const RunOptions& options);
 
 // ---- Inside the jail (or in any process that wants sockets handed to it) ----

@@ -45,6 +45,7 @@
 #include <memory>
 #include <vector>
 
+#include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/jail.hpp"
 
@@ -420,7 +421,23 @@ bool send_fd(int socket, int fd) {
     return ::sendmsg(socket, &message, MSG_NOSIGNAL) == 1;
 }
 
-bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_fd, bool init, ChildSetupError& error) {
+// The jail's lifeline to its supervisor. PR_SET_PDEATHSIG, set by Child::spawn before this setup,
+// is cleared by the kernel when the credentials change (commit_creds: a new euid or more
+// capabilities), which entering the user namespace and setresuid() above do. So it is set again
+// here, after the last change; the jail's pid 1 (our init, or CMD) then dies with the supervisor,
+// and with it, the kernel kills every process of the jail's PID namespace. A supervisor that died
+// before this point sent no signal: its pidfd, readable once it is gone, tells us.
+bool rearm_parent_death(int signal_number, int supervisor_pidfd, ChildSetupError& error) {
+    if (signal_number == 0) return true;
+    if (::prctl(PR_SET_PDEATHSIG, signal_number, 0, 0, 0) < 0)
+        return error.fail(errno, "prctl(PR_SET_PDEATHSIG)", "(again, after setuid)");
+    pollfd gone{supervisor_pidfd, POLLIN, 0};
+    if (supervisor_pidfd >= 0 && ::poll(&gone, 1, 0) == 1) ::_exit(128 + signal_number);
+    return true;
+}
+
+bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_fd, bool init,
+           int death_signal, int supervisor_pidfd, ChildSetupError& error) {
     const SandboxOptions& options = state.options;
     if (state.user_namespace_first) {
         // Without "deny", an unprivileged gid_map write is refused (CVE-2014-8989).
@@ -495,6 +512,7 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
         }
     }
     if (!drop_privileges(state, !state.user_namespace_first, error)) return false;
+    if (!rearm_parent_death(death_signal, supervisor_pidfd, error)) return false;
     if (init) {
         // The relay's name exists before CMD does, so its first READY=1 cannot miss it.
         int relay_in = -1;
@@ -585,12 +603,19 @@ void Sandbox::apply(SpawnOptions& spawn, int broker_fd, int notify_fd, int notif
     bool init = state_->options.init && !spawn.argv.empty() && !looks_like_init(spawn.argv[0]);
     auto previous = spawn.setup_in_child;
     int relay_fd = init ? notify_relay_fd : -1;
-    spawn.setup_in_child = [state, broker_fd, notify_fd, relay_fd, init, previous](ChildSetupError& error) {
+    int death_signal = spawn.parent_death_signal;
+    // Ours (the supervisor's) pidfd, for the child's late PR_SET_PDEATHSIG (rearm_parent_death);
+    // it lives as long as the spawn options do, and is close-on-exec.
+    std::shared_ptr<Fd> supervisor;
+    if (death_signal) supervisor = std::make_shared<Fd>(open_pidfd(::getpid()));
+    spawn.setup_in_child = [state, broker_fd, notify_fd, relay_fd, init, previous, death_signal,
+                            supervisor](ChildSetupError& error) {
         if (previous) {
             previous(error);
             if (error.error) return;
         }
-        setup(*state, broker_fd, notify_fd, relay_fd, init, error);
+        int supervisor_pidfd = supervisor ? supervisor->get() : -1;
+        setup(*state, broker_fd, notify_fd, relay_fd, init, death_signal, supervisor_pidfd, error);
     };
 }
 

@@ -8,10 +8,13 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/ranges.h>
+
 #include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "ktricks/core/socket_address.hpp"
@@ -82,6 +85,70 @@ void expect_real_peer(const std::string& address, int pid = 2) {
 }
 
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
+
+// The PID namespace of `pid` ("pid:[4026531836]"), or "" if it is gone.
+std::string pid_namespace_of(pid_t pid) {
+    std::error_code error;
+    auto link = std::filesystem::read_symlink(fmt::format("/proc/{}/ns/pid", pid), error);
+    return error ? std::string() : link.string();
+}
+
+// Every live process of the PID namespace `ns` (zombies too: they are still in it).
+std::vector<pid_t> pids_in_namespace(const std::string& ns) {
+    std::vector<pid_t> found;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+        const std::string name = entry.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        pid_t pid = std::stoi(name);
+        if (pid_namespace_of(pid) == ns) found.push_back(pid);
+    }
+    return found;
+}
+
+// The child of `parent` in another PID namespace than ours (a jail's pid 1), or -1.
+pid_t jail_pid_one_of(pid_t parent) {
+    const std::string ours = pid_namespace_of(::getpid());
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+        const std::string name = entry.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        pid_t pid = std::stoi(name);
+        std::string stat = read_file(entry.path() / "stat");
+        auto close = stat.rfind(')');
+        if (close == std::string::npos) continue;
+        std::istringstream fields(stat.substr(close + 2));
+        std::string state;
+        pid_t ppid = 0;
+        fields >> state >> ppid;
+        std::string ns = pid_namespace_of(pid);
+        if (ppid == parent && !ns.empty() && ns != ours) return pid;
+    }
+    return -1;
+}
+
+// SIGKILLs `supervisor` (a `ktricks jail` or `serve --jail` whose jail holds at least `at_least`
+// processes) and expects its jail's whole PID namespace to go with it. Leftovers are killed (and
+// reported), so a failure leaks nothing either.
+void expect_jail_dies_with(Process& supervisor, std::size_t at_least) {
+    pid_t pid_one = -1;
+    ASSERT_TRUE(eventually([&] { return (pid_one = jail_pid_one_of(supervisor.pid())) > 0; }))
+        << supervisor.describe();
+    const std::string ns = pid_namespace_of(pid_one);
+    ASSERT_FALSE(ns.empty());
+    EXPECT_TRUE(eventually([&] { return pids_in_namespace(ns).size() >= at_least; }))
+        << supervisor.describe();
+    supervisor.signal(SIGKILL);
+    EXPECT_EQ(supervisor.wait(), 128 + SIGKILL);
+    std::vector<pid_t> left;
+    bool gone = eventually([&] { return (left = pids_in_namespace(ns)).empty(); }, 5s);
+    std::string example;
+    if (!left.empty())
+        example = fmt::format("{}: {}", left.front(), read_file(fmt::format("/proc/{}/cmdline", left.front())));
+    for (pid_t pid : left) ::kill(pid, SIGKILL);
+    EXPECT_TRUE(gone) << left.size() << " process(es) of the jail (" << ns
+                      << ") outlived its SIGKILLed supervisor, e.g. pid " << example;
+}
 
 std::string run_in_jail(std::vector<std::string> jail_args, std::vector<std::string> command) {
     std::vector<std::string> argv{ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0"};
@@ -245,6 +312,21 @@ TEST(Jail, ForwardsSignalsAndPassesTheExitStatusOn) {
     EXPECT_EQ(sleeper.wait(), 128 + SIGTERM) << sleeper.describe();
     EXPECT_EQ(run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "exit 3"}).status, 3);
     EXPECT_EQ(run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "no-such-program"}).status, 127);
+}
+
+TEST(Jail, ASigkilledSupervisorTakesTheWholeJailWithIt) {
+    // Root with the defaults changes credentials inside (user namespace, setresuid), which clears
+    // PR_SET_PDEATHSIG; each variant puts a different process at pid 1 or skips a step.
+    for (std::vector<std::string> variant : std::vector<std::vector<std::string>>{
+             {}, {"--init=false"}, {"--userns=false"}, {"--intercept-bind=false", "--seccomp=off"}}) {
+        SCOPED_TRACE(fmt::format("jail {}", fmt::join(variant, " ")));
+        std::vector<std::string> argv{ktricks, "jail", "--listen", "tcp://127.0.0.1:0"};
+        argv.insert(argv.end(), variant.begin(), variant.end());
+        // A forked grandchild too: PR_SET_PDEATHSIG alone would never reach it.
+        argv.insert(argv.end(), {"--", "sh", "-c", "sleep 300 & sleep 301; wait"});
+        Process jail = Process::start(argv);
+        expect_jail_dies_with(jail, 3);
+    }
 }
 
 TEST(Jail, RejectsBadInputWithOneLine) {
@@ -518,6 +600,12 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     EXPECT_EQ(failed, 0);
     EXPECT_GT(answered, 10);
     EXPECT_NE(serve.err().find("generation 4"), std::string::npos) << serve.describe();
+}
+
+TEST(ServeJail, ASigkilledServeTakesTheJailedGenerationWithIt) {
+    Process serve = Process::start({ktricks, "serve", "--jail", "--listen", "tcp://127.0.0.1:0", "--ready",
+                                    "delay:100", "--", "sh", "-c", "sleep 300 & sleep 301; wait"});
+    expect_jail_dies_with(serve, 3);
 }
 
 TEST(ServeJail, ReadinessArrivesByNotifySocketRelayedByTheJailsInit) {
