@@ -156,6 +156,7 @@ struct Query {
     bool tcp_info = false;   // -i: tcp_info and the congestion algorithm
     bool memory = false;     // -m: skmem
     bool processes = false;  // -p: owning processes, by socket inode
+    bool processes_bpf = true;  // -p: try the BPF iterator first (false: the /proc walk only)
     bool cgroups = false;    // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
 };
 
@@ -169,6 +170,9 @@ struct Listing {
     // Kinds that were asked for implicitly but cannot be listed here ("raw: the kernel has no
     // raw_diag module (CONFIG_INET_RAW_DIAG)"). Asked for explicitly, they throw instead.
     std::vector<std::string> warnings;
+    // With Query::processes: how the owners were found ("bpf" or "proc") and, for "proc", why the
+    // BPF iterator did not run (find_socket_owners).
+    std::string owners_method, owners_why_not_bpf;
 };
 
 // Lists sockets of the current network namespace, or of `netns` (a name in /run/netns or a
@@ -181,9 +185,24 @@ Listing list_all_namespaces(const Query& query);
 
 // Socket inode -> processes holding it, from one pass over /proc/*/fd (one readlinkat per
 // descriptor, relative to an open /proc/PID/fd, and /proc/PID/comm only for owners found).
-// With `wanted` non-empty, only those inodes are recorded.
+// With `wanted` non-empty, only those inodes are recorded. Each socket's processes are in ss's
+// order (the last found first: highest pid, then highest fd).
 std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(
     const std::vector<std::uint32_t>& wanted = {});
+// The same map from a BPF task_file iterator: the kernel emits one record per socket file of each
+// process, read back in a few large reads. Same processes, fds, comm and order as the /proc walk.
+// Throws std::system_error saying why it cannot run: no BPF program in this build, no kernel BTF,
+// not permitted (root, or CAP_BPF and CAP_PERFMON), a kernel without task_file iterators or
+// in-kernel CO-RE (Linux < 5.17), or a child pid namespace (the kernel reports host pids).
+std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf();
+
+struct SocketOwners {
+    std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
+    bool bpf = false;          // which way ran: the BPF iterator, or the /proc walk
+    std::string why_not_bpf;   // with the /proc walk: why the BPF iterator did not run
+};
+// map_socket_owners_bpf() when try_bpf and it can run, otherwise map_socket_owners().
+SocketOwners find_socket_owners(bool try_bpf = true);
 
 // -K: destroys each TCP/UDP socket in `sockets` (SOCK_DESTROY); returns those the kernel
 // destroyed. Throws std::system_error if the kernel lacks CONFIG_INET_DIAG_DESTROY (EOPNOTSUPP) or

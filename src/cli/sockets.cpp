@@ -5,6 +5,9 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <memory>
 
 #include "cli/common.hpp"
@@ -22,6 +25,7 @@ struct SocketsOptions {
     bool listening = false, all = false, numeric = false, processes = false, extended = false;
     bool info = false, memory = false, ipv4 = false, ipv6 = false, kill = false, json = false;
     bool all_netns = false, watch = false, no_header = false, timers = false, cgroups = false;
+    bool verbose = false, proc_walk = false;
     // ss's "preferred family": the last of -x, -4, -6, -0 on the command line (AF_UNSPEC if none).
     int family = 0;
     // Whether -a or -l came last (ss: the last one wins).
@@ -48,6 +52,10 @@ int run_sockets(const SocketsOptions& options) {
     query.tcp_info = options.info;
     query.memory = options.memory;
     query.processes = options.processes;
+    // --proc-walk, or KTRICKS_SOCKETS_PROC_WALK=1 in the environment (tests, benchmarks, a kernel
+    // where the BPF path misbehaves): owners from /proc/*/fd only.
+    const char* proc_walk_variable = ::getenv("KTRICKS_SOCKETS_PROC_WALK");
+    query.processes_bpf = !options.proc_walk && !(proc_walk_variable && std::string_view(proc_walk_variable) == "1");
     query.cgroups = options.cgroups;
     std::string expression;
     for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
@@ -109,6 +117,10 @@ int run_sockets(const SocketsOptions& options) {
 
     sockets::Listing listing = options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
     for (const auto& warning : listing.warnings) fmt::print(stderr, "ktricks sockets: {}\n", warning);
+    if (options.verbose && options.processes) {
+        if (listing.owners_method == "bpf") fmt::print(stderr, "ktricks sockets: -p: BPF task_file iterator\n");
+        else fmt::print(stderr, "ktricks sockets: -p: /proc walk; {}\n", listing.owners_why_not_bpf);
+    }
     std::vector<sockets::SocketInfo>* shown = &listing.sockets;
     std::vector<sockets::SocketInfo> destroyed;
     if (options.kill) {
@@ -153,7 +165,11 @@ Subcommand add_sockets(CLI::App& app) {
     sub->add_flag("-l,--listening", options->listening, "listening (and unconnected) sockets only");
     sub->add_flag("-a,--all", options->all, "sockets in every state");
     sub->add_flag("-n,--numeric", options->numeric, "numeric ports (no service names)");
-    sub->add_flag("-p,--processes", options->processes, "owning processes (by socket inode, from /proc/*/fd)");
+    sub->add_flag("-p,--processes", options->processes,
+                  "owning processes (by socket inode: a BPF task_file iterator, else /proc/*/fd)");
+    sub->add_flag("--proc-walk", options->proc_walk,
+                  "-p from /proc/*/fd only, no BPF (also KTRICKS_SOCKETS_PROC_WALK=1)");
+    sub->add_flag("-v,--verbose", options->verbose, "say on stderr how -p found the processes, and why not by BPF");
     sub->add_flag("-e,--extended", options->extended, "uid, inode and socket cookie");
     sub->add_flag("-i,--info", options->info, "TCP internals (tcp_info, congestion control)");
     sub->add_flag("-m,--memory", options->memory, "socket memory (skmem)");

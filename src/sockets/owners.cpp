@@ -3,18 +3,28 @@
 // This pass dominates `ss -p` on a busy host; the cost is one readlink per descriptor, so each is
 // made relative to an open /proc/PID/fd (no path walk from /), directories are read with large
 // getdents64 calls, and /proc/PID/comm is read only for processes that own a socket.
+//
+// Where the kernel allows it, a BPF task_file iterator (bpf/socket_owners.bpf.c) replaces the walk:
+// the kernel visits every open file once, keeps the socket files and writes (inode, pid, fd, comm)
+// records that a few large read()s bring back; no readlink, no /proc/PID/comm.
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <system_error>
 #include <unordered_set>
 
 #include "ktricks/core/fd.hpp"
 #include "ktricks/sockets.hpp"
+#ifdef KTRICKS_SOCKETS_BPF
+#include "sockets/owners_bpf.h"
+#endif
 
 namespace ktricks::sockets {
 namespace {
@@ -48,7 +58,87 @@ bool parse_number(std::string_view text, T& value) {
     return error == std::errc() && end == text.data() + text.size();
 }
 
+// ss lists a socket's processes newest-found first (its hash chains push at the head), and both
+// ways here find them in ss's order (pids ascending, then fds ascending): reverse each list.
+void to_ss_order(std::unordered_map<std::uint32_t, std::vector<ProcessRef>>& owners) {
+    for (auto& [inode, processes] : owners) std::reverse(processes.begin(), processes.end());
+}
+
 }  // namespace
+
+std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf() {
+#ifndef KTRICKS_SOCKETS_BPF
+    throw std::system_error(ENOTSUP, std::generic_category(),
+                            "BPF socket owners: this build has no BPF program (no clang or bpftool at build time)");
+#else
+    // The light skeleton's CO-RE relocations need the kernel's own BTF; without it the load would
+    // fail with a less telling EINVAL.
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0)
+        throw std::system_error(errno, std::generic_category(),
+                                "BPF socket owners: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)");
+    ktricks_owners_bpf loaded{nullptr, -1};
+    if (int error = ktricks_owners_bpf_load(&loaded); error < 0) {
+        const char* why = -error == EPERM || -error == EACCES
+                              ? "BPF socket owners: loading the task_file iterator was refused (needs root, or "
+                                "CAP_BPF and CAP_PERFMON)"
+                              : "BPF socket owners: loading the task_file iterator failed (needs Linux >= 5.17: "
+                                "task_file iterators, in-kernel CO-RE)";
+        throw std::system_error(-error, std::generic_category(), why);
+    }
+    struct Unload {
+        ktricks_owners_bpf* loaded;
+        ~Unload() { ktricks_owners_bpf_close(loaded); }
+    } unload{&loaded};
+    int iterator_fd = ktricks_owners_bpf_open_iterator(&loaded);
+    if (iterator_fd < 0)
+        throw std::system_error(-iterator_fd, std::generic_category(), "BPF socket owners: bpf(BPF_ITER_CREATE)");
+    Fd iterator(iterator_fd);
+    std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
+    // The kernel fills at most its seq_file buffer (8 pages) per read(): about 1,100 records.
+    std::vector<char> buffer(256 * 1024);
+    std::size_t kept = 0;
+    while (true) {
+        ssize_t got = ::read(iterator.get(), buffer.data() + kept, buffer.size() - kept);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) throw std::system_error(errno, std::generic_category(), "BPF socket owners: read(iterator)");
+        if (got == 0) break;
+        std::size_t have = kept + static_cast<std::size_t>(got), offset = 0;
+        for (; offset + sizeof(ktricks_owner_record) <= have; offset += sizeof(ktricks_owner_record)) {
+            ktricks_owner_record record;
+            std::memcpy(&record, buffer.data() + offset, sizeof(record));
+            ProcessRef process{static_cast<pid_t>(record.pid), static_cast<int>(record.fd),
+                               std::string(record.comm, ::strnlen(record.comm, sizeof(record.comm)))};
+            owners[record.inode].push_back(std::move(process));
+        }
+        kept = have - offset;
+        std::memmove(buffer.data(), buffer.data() + offset, kept);
+    }
+    // The program saw pids as the initial pid namespace numbers them; in a child namespace they are
+    // not ours (and the iterator sees only our namespace's tasks anyway): not an answer ss would give.
+    if (ktricks_owners_bpf_reader_tgid(&loaded) != static_cast<unsigned>(::getpid()))
+        throw std::system_error(ENOTSUP, std::generic_category(),
+                                "BPF socket owners: not in the initial pid namespace (the kernel reports its pids)");
+    to_ss_order(owners);
+    return owners;
+#endif
+}
+
+SocketOwners find_socket_owners(bool try_bpf) {
+    SocketOwners result;
+    if (try_bpf) {
+        try {
+            result.owners = map_socket_owners_bpf();
+            result.bpf = true;
+            return result;
+        } catch (const std::system_error& error) {
+            result.why_not_bpf = error.what();
+        }
+    } else {
+        result.why_not_bpf = "BPF not tried (--proc-walk or KTRICKS_SOCKETS_PROC_WALK=1)";
+    }
+    result.owners = map_socket_owners();
+    return result;
+}
 
 std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(const std::vector<std::uint32_t>& wanted) {
     std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
@@ -90,6 +180,7 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(con
     }
     for (auto& [inode, processes] : owners)
         for (auto& process : processes) process.command = commands[process.pid];
+    to_ss_order(owners);
     return owners;
 }
 

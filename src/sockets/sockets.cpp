@@ -207,8 +207,11 @@ void attach_cgroups(Listing& listing) {
         if (socket.cgroup_id) socket.cgroup = paths.path(socket.cgroup_id);
 }
 
-void attach_owners(Listing& listing, std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>>& owners) {
-    auto map = owners.get();
+void attach_owners(Listing& listing, std::future<SocketOwners>& owners) {
+    SocketOwners found_owners = owners.get();
+    listing.owners_method = found_owners.bpf ? "bpf" : "proc";
+    listing.owners_why_not_bpf = std::move(found_owners.why_not_bpf);
+    auto& map = found_owners.owners;
     for (auto& socket : listing.sockets)
         if (socket.inode)
             if (auto found = map.find(socket.inode); found != map.end()) socket.processes = found->second;
@@ -218,9 +221,10 @@ void attach_owners(Listing& listing, std::future<std::unordered_map<std::uint32_
 
 Listing list(const Query& query, const std::string& netns) {
     Listing listing;
-    // The /proc walk and the dumps are independent: run them side by side.
-    std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>> owners;
-    if (query.processes) owners = std::async(std::launch::async, [] { return map_socket_owners(); });
+    // Finding the owners (BPF iterator or /proc walk) and the dumps are independent: run them side by side.
+    std::future<SocketOwners> owners;
+    if (query.processes)
+        owners = std::async(std::launch::async, [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
     if (netns.empty()) {
         list_here(query, listing);
     } else {
@@ -293,8 +297,9 @@ std::vector<UnnamedNamespace> unnamed_namespaces(const std::vector<std::string>&
 Listing list_all_namespaces(const Query& query) {
     Query without_processes = query;
     without_processes.processes = false;
-    std::future<std::unordered_map<std::uint32_t, std::vector<ProcessRef>>> owners;
-    if (query.processes) owners = std::async(std::launch::async, [] { return map_socket_owners(); });
+    std::future<SocketOwners> owners;
+    if (query.processes)
+        owners = std::async(std::launch::async, [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
     Listing all = list(without_processes);
     auto add = [&](const std::string& where, const std::string& label) {
         Listing one;

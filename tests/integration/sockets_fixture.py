@@ -6,6 +6,8 @@ Prints one JSON object (ports, inodes, pid), then obeys commands on stdin, one p
   close_watched -> closes the connection the --watch test follows, prints "closed"
   churn         -> opens and closes a new connection from 127.0.0.5, prints its client port
   connect SRC   -> opens a connection from SRC that stays open, prints {"port", "inode", "server"}
+  shared        -> a new listener held by this process twice (a dup) and by 3 forked children,
+                   prints {"port", "children"} (the children exit when this process does)
 """
 import errno
 import json
@@ -71,6 +73,24 @@ for line in sys.stdin:
         kept += [client, server]
         print(json.dumps({"port": client.getsockname()[1], "inode": inode(client), "server": inode(server)}),
               flush=True)
+    elif command == "shared":
+        shared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        shared.bind(("127.0.0.1", 0))
+        shared.listen(4)
+        duplicate = os.dup(shared.fileno())
+        # The children block on a pipe whose write end only this process holds: EOF when it exits.
+        read_end, write_end = os.pipe()
+        children = []
+        for _ in range(3):
+            child = os.fork()
+            if child == 0:
+                os.close(write_end)
+                os.read(read_end, 1)
+                os._exit(0)
+            children.append(child)
+        os.close(read_end)
+        globals().setdefault("kept", []).extend([shared, duplicate, write_end])
+        print(json.dumps({"port": shared.getsockname()[1], "children": children}), flush=True)
     elif command == "churn":
         client, server = connect("127.0.0.5")
         churned = client.getsockname()[1]

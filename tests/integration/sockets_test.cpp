@@ -178,6 +178,67 @@ TEST_F(SocketsInNamespace, BadFilterPointsAtTheOffendingToken) {
     EXPECT_NE(result.err.find("unknown keyword \"frob\" at character 13"), std::string::npos) << result.err;
 }
 
+// The Process column of -p, both ways, against ss: a listener held twice by a process and by three
+// children forked after the dup (ss lists the last found first: highest pid, then highest fd).
+TEST_F(SocketsInNamespace, ProcessColumnMatchesSsThroughBpfAndThroughTheProcWalk) {
+    auto shared = json::parse(fixture_say("shared"));
+    std::string filter = fmt::format("sport = :{}", shared["port"].get<int>());
+    auto users = [](const std::string& text) {
+        auto at = text.find("users:(");
+        return at == std::string::npos ? std::string() : text.substr(at, text.find('\n', at) - at);
+    };
+    auto theirs = run({"ip", "netns", "exec", name_, "ss", "-tlnp", filter});
+    ASSERT_EQ(theirs.status, 0) << theirs.err;
+    std::string expected = users(theirs.out);
+    // Eight entries: the parent and three children (forked after the dup), two descriptors each.
+    ASSERT_EQ(std::count(expected.begin(), expected.end(), '('), 9) << theirs.out;
+    auto through_bpf = sockets({"-v", "-tlnp", filter});
+    ASSERT_EQ(through_bpf.status, 0) << through_bpf.err;
+    EXPECT_EQ(users(through_bpf.out), expected) << through_bpf.out;
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) == 0) {
+        EXPECT_NE(through_bpf.err.find("-p: BPF task_file iterator"), std::string::npos) << through_bpf.err;
+    }
+    auto through_proc = sockets({"-v", "--proc-walk", "-tlnp", filter});
+    ASSERT_EQ(through_proc.status, 0) << through_proc.err;
+    EXPECT_EQ(users(through_proc.out), expected) << through_proc.out;
+    EXPECT_NE(through_proc.err.find("-p: /proc walk; BPF not tried (--proc-walk"), std::string::npos)
+        << through_proc.err;
+    // The environment variable does the same as --proc-walk.
+    ProcessOptions options;
+    options.env = {"KTRICKS_SOCKETS_PROC_WALK=1"};
+    auto from_environment =
+        run({KTRICKS_BINARY, "sockets", "--netns", name_, "-v", "-tlnp", filter}, options);
+    EXPECT_EQ(users(from_environment.out), expected) << from_environment.out;
+    EXPECT_NE(from_environment.err.find("-p: /proc walk"), std::string::npos) << from_environment.err;
+}
+
+// Whole -tanp/-xanp tables through BPF and through the walk: the same rows as ss, Process included.
+TEST_F(SocketsInNamespace, ProcessTablesMatchSsBothWays) {
+    auto rows = [](const std::string& text) {
+        std::multiset<std::string> out;
+        auto lines = lines_of(text);
+        for (std::size_t i = 1; i < lines.size(); ++i) {
+            std::istringstream words(lines[i]);
+            std::vector<std::string> tokens{std::istream_iterator<std::string>(words), {}};
+            if (tokens.size() < 5) continue;
+            std::string key = tokens[0];
+            for (std::size_t t = 3; t < tokens.size(); ++t) key += " " + tokens[t];  // not the queues
+            out.insert(key);
+        }
+        return out;
+    };
+    for (const char* flags : {"-tanp", "-xanp", "-tuanp"}) {
+        auto theirs = run({"ip", "netns", "exec", name_, "ss", flags});
+        ASSERT_EQ(theirs.status, 0) << theirs.err;
+        for (const char* way : {"--processes", "--proc-walk"}) {
+            auto ours = sockets({flags, way});
+            ASSERT_EQ(ours.status, 0) << ours.err;
+            EXPECT_EQ(rows(ours.out), rows(theirs.out)) << flags << " " << way << "\nours:\n" << ours.out
+                                                        << "ss:\n" << theirs.out;
+        }
+    }
+}
+
 TEST_F(SocketsInNamespace, TableMatchesSsInTheSameNamespace) {
     // Rows as token lists minus the queue columns (the only values that may move between calls).
     auto rows = [](const std::string& text) {
@@ -409,6 +470,45 @@ TEST(Procwatch, UnknownEventIsAUsageError) {
     auto result = run({KTRICKS_BINARY, "procwatch", "--event", "exec,bogus"});
     EXPECT_EQ(result.status, 64);
     EXPECT_NE(result.err.find("\"bogus\""), std::string::npos) << result.err;
+}
+
+}  // namespace
+}  // namespace ktricks::test
+
+namespace ktricks::test {
+namespace {
+
+// Where the BPF iterator cannot give ss's answer, -p falls back to the /proc walk and -v says why.
+TEST(SocketsOwners, WithoutPrivilegeTheProcWalkRunsAndVerboseSaysWhy) {
+    if (::geteuid() != 0) GTEST_SKIP() << "dropping privileges needs root";
+    auto result = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--",
+                       KTRICKS_BINARY, "sockets", "-v", "-xp"});
+    ASSERT_EQ(result.status, 0) << result.err;
+    EXPECT_NE(result.err.find("-p: /proc walk; BPF socket owners: loading the task_file iterator was refused "
+                              "(needs root, or CAP_BPF and CAP_PERFMON)"),
+              std::string::npos)
+        << result.err;
+}
+
+TEST(SocketsOwners, InAChildPidNamespaceTheProcWalkRunsWithThatNamespacesPids) {
+    if (::geteuid() != 0) GTEST_SKIP() << "pid namespaces need root";
+    if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) GTEST_SKIP() << "no kernel BTF: BPF never runs here";
+    // In the new namespace ktricks is pid 1 (unshare --fork execs it in the child) and holds its
+    // own sock_diag socket: the only owner the walk can name there.
+    auto result = run({"unshare", "--pid", "--fork", "--mount-proc", "--", KTRICKS_BINARY, "sockets", "-v",
+                       "-xap", "--json"});
+    ASSERT_EQ(result.status, 0) << result.err;
+    EXPECT_NE(result.err.find("-p: /proc walk; BPF socket owners: not in the initial pid namespace"),
+              std::string::npos)
+        << result.err;
+    for (const auto& line : lines_of(result.out)) {
+        if (line.empty()) continue;
+        auto socket = json::parse(line);
+        if (!socket.contains("processes")) continue;
+        for (const auto& process : socket["processes"]) {
+            EXPECT_EQ(process["pid"], 1) << line;
+        }
+    }
 }
 
 }  // namespace
