@@ -85,9 +85,11 @@ wait_gone() { local i; for ((i = 0; i < 2000; i++)); do kill -0 "$1" 2>/dev/null
 wait_file() { local i; for ((i = 0; i < 2000; i++)); do [[ -e $1 ]] && return 0; sleep 0.005; done; return 1; }
 start() { setsid "$@" >/dev/null 2>&1 & pids+=($!); echo $!; }
 
-duration=$(( 3 + RELOADS * 6 / 10 ))
-# wrk in the background for the whole run; its report goes to $1.
-start_wrk() { wrk -t2 -c8 -d"${duration}s" --latency "http://127.0.0.1:$2/" >"$1" 2>&1 & wrk_pid=$!; sleep 0.5; }
+# wrk in the background for the whole run, however long the replacements take; its report goes to $1.
+# A fixed -d once ended before the slower native upgrades did, and reloads after wrk's end cannot fail.
+# stop_wrk ends it with SIGINT (wrk then prints its report) 0.5 s after the last replacement.
+start_wrk() { wrk -t2 -c8 -d600s --latency "http://127.0.0.1:$2/" >"$1" 2>&1 & wrk_pid=$!; sleep 0.5; }
+stop_wrk() { sleep 0.5; kill -INT "$wrk_pid" 2>/dev/null || true; wait "$wrk_pid" || true; }
 # failed p99_ms requests from a wrk report
 parse_wrk() {
     awk '/Socket errors/ { gsub(",", ""); f += $4 + $6 + $8 + $10 }
@@ -107,7 +109,7 @@ run_naive() {  # $1 = result file for reload latencies
         new=$(start $PY "$tmp/server.py" --bind "$port"); wait_port "$port"
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
 run_reuseport() {
@@ -120,7 +122,7 @@ run_reuseport() {
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
         kill -TERM "$old"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
 run_serve() {
@@ -132,7 +134,7 @@ run_serve() {
         t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+    stop_wrk; kill -TERM "$sv"; wait_gone "$sv" || true
 }
 
 run_takeover() {
@@ -150,7 +152,7 @@ run_takeover() {
         target=$(awk -F'"pid":' '/"event":"started"/ { split($2, a, /[,}]/); print a[1]; exit }' "$out")
         sleep 0.3
     done
-    wait "$wrk_pid"
+    stop_wrk
 }
 
 # --- the servers people run -------------------------------------------------------------------------
@@ -188,7 +190,7 @@ run_nginx_native() {
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
         kill -WINCH "$old"; kill -QUIT "$old"; wait_gone "$old" || true; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -QUIT "$old"; wait_gone "$old" || true
+    stop_wrk; kill -QUIT "$old"; wait_gone "$old" || true
 }
 
 run_gunicorn_native() {
@@ -204,7 +206,7 @@ run_gunicorn_native() {
         kill -WINCH "$old"; kill -TERM "$old"; wait_gone "$old" || true; wait_pidfile "$tmp/g.pid" "$old" >/dev/null || true
         rm -f "$tmp/g.pid.2"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
 run_server_serve() {  # $1 result file, $2 server
@@ -228,7 +230,7 @@ run_server_serve() {  # $1 result file, $2 server
         t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null || log "handoff.sh: $2 reload $i failed"
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+    stop_wrk; kill -TERM "$sv"; wait_gone "$sv" || true
 }
 run_nginx_serve() { run_server_serve "$1" nginx; }
 run_gunicorn_serve() { run_server_serve "$1" gunicorn; }
@@ -246,12 +248,17 @@ if [[ $PART == all || $PART == servers ]]; then
     done
     approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve)
 fi
+if [[ -n ${ONLY:-} ]]; then  # ONLY=nginx_native,nginx_serve: run just these approaches (tables show the rest as -)
+    kept=(); for approach in "${approaches[@]}"; do [[ ,$ONLY, == *,$approach,* ]] && kept+=("$approach"); done
+    approaches=("${kept[@]}")
+fi
 for approach in "${approaches[@]}"; do
     : >"$tmp/$approach.failed"; : >"$tmp/$approach.p99"; : >"$tmp/$approach.reload"; : >"$tmp/$approach.total"
     for ((run = 1; run <= RUNS; run++)); do
-        log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk, ${duration} s)"
+        log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk)"
         "run_$approach" "$tmp/$approach.reload"
         read -r f p n < <(parse_wrk "$tmp/wrk.out")
+        log "handoff.sh: $approach run $run: $(grep -h 'Socket errors' "$tmp/wrk.out" || echo 'no socket errors')"
         echo "$f" >>"$tmp/$approach.failed"; echo "$p" >>"$tmp/$approach.p99"; echo "$n" >>"$tmp/$approach.total"
     done
     failed[$approach]=$(median <"$tmp/$approach.failed" | sed "s/\\.00$//")
@@ -274,7 +281,7 @@ server_table() {
             gunicorn_native) name="gunicorn native (USR2+WINCH+TERM)" ;;
             *) name="\`ktricks serve --server ${approach%_serve}\` + \`ktricks reload\`" ;;
         esac
-        echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | ${reload[$approach]} ms |"
+        echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms | ${reload[$approach]:--} ms |"
     done
 }
 if [[ $PART == servers ]]; then server_table; exit 0; fi
@@ -291,7 +298,7 @@ for approach in naive reuseport serve takeover; do
         serve) name='`ktricks serve` + `ktricks reload`' ;;
         takeover) name='`ktricks takeover` (chained)' ;;
     esac
-    echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | $(ratio "${p99[$approach]}" "${p99[serve]}") | ${reload[$approach]} ms | $(ratio "${reload[$approach]}" "${reload[serve]}") |"
+    echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms | $(ratio "${p99[$approach]:--}" "${p99[serve]:-0}") | ${reload[$approach]:--} ms | $(ratio "${reload[$approach]:--}" "${reload[serve]:-0}") |"
 done
 [[ $PART == all ]] && server_table
 exit 0
