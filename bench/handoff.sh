@@ -10,6 +10,7 @@
 # A second table (PART=servers) replaces the servers people run, from Debian, each with the same wrk load:
 #   nginx-native      nginx's own binary upgrade: USR2 (new master), WINCH (old workers stop), QUIT (old master)
 #   gunicorn-native   gunicorn's own: USR2 (new master), WINCH, TERM (old master)
+#   lighttpd-native   lighttpd's own graceful restart: USR1 (same process, keeps its listener)
 #   <server>-serve    `ktricks serve --server <server>` + `ktricks reload`, for nginx, gunicorn, lighttpd, uwsgi
 #
 #   KTRICKS=path/to/ktricks RUNS=3 RELOADS=10 PART=all|python|servers bench/handoff.sh
@@ -209,14 +210,33 @@ run_gunicorn_native() {
     stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
+lighttpd_conf() {  # $1 port, $2 config file, $3 "socket" to take the listener from serve (systemd protocol)
+    printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\nindex-file.names = ("index.html")\n' \
+        "$tmp" "$1" >"$2"
+    [[ ${3:-} == socket ]] && echo 'server.systemd-socket-activation = "enable"' >>"$2"
+    return 0
+}
+
+run_lighttpd_native() {
+    # lighttpd's own graceful restart: SIGUSR1 (1.4.46+) keeps the listener, lets requests in flight finish,
+    # closes idle keep-alive connections, re-reads its configuration and serves again in the same process.
+    local port lp t0; port=$(free_port); lighttpd_conf "$port" "$tmp/lighttpd.conf"
+    lp=$(start /usr/sbin/lighttpd -D -f "$tmp/lighttpd.conf"); wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); kill -USR1 "$lp"; sleep 0.01; wait_port "$port"
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
+    done
+    stop_wrk; kill -INT "$lp"; wait_gone "$lp" || true
+}
+
 run_server_serve() {  # $1 result file, $2 server
     local port sv t0 cmd=() extra=(); port=$(free_port)
     case $2 in
         nginx) nginx_conf "$port" "$tmp/nginx.conf"; extra=(--probe "unix:$tmp/probe.sock")
                cmd=(/usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf") ;;
         gunicorn) cmd=(/usr/bin/gunicorn --chdir "$tmp" --workers 2 app:app) ;;
-        lighttpd) printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\nserver.systemd-socket-activation = "enable"\nindex-file.names = ("index.html")\n' \
-                      "$tmp" "$port" >"$tmp/lighttpd.conf"
+        lighttpd) lighttpd_conf "$port" "$tmp/lighttpd.conf" socket
                   cmd=(/usr/sbin/lighttpd -D -f "$tmp/lighttpd.conf") ;;
         uwsgi) cmd=(/usr/bin/uwsgi --plugin python3 --wsgi-file "$tmp/app.py" --need-app --master --workers 2 --protocol http
                     --disable-logging --add-header "Connection: close") ;;
@@ -246,7 +266,7 @@ if [[ $PART == all || $PART == servers ]]; then
     for tool in /usr/sbin/nginx /usr/bin/gunicorn /usr/sbin/lighttpd /usr/bin/uwsgi; do
         [[ -x $tool ]] || { echo "handoff.sh: PART=servers needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
     done
-    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve)
+    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve uwsgi_serve)
 fi
 if [[ -n ${ONLY:-} ]]; then  # ONLY=nginx_native,nginx_serve: run just these approaches (tables show the rest as -)
     kept=(); for approach in "${approaches[@]}"; do [[ ,$ONLY, == *,$approach,* ]] && kept+=("$approach"); done
@@ -275,10 +295,11 @@ server_table() {
     echo "| approach | requests served | failed requests | p99 latency | reload latency |"
     echo "|---|---|---|---|---|"
     local approach name
-    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve; do
+    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve uwsgi_serve; do
         case $approach in
             nginx_native) name="nginx native upgrade (USR2+WINCH+QUIT)" ;;
             gunicorn_native) name="gunicorn native (USR2+WINCH+TERM)" ;;
+            lighttpd_native) name="lighttpd native graceful restart (USR1)" ;;
             *) name="\`ktricks serve --server ${approach%_serve}\` + \`ktricks reload\`" ;;
         esac
         echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms | ${reload[$approach]:--} ms |"
