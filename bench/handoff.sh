@@ -211,8 +211,8 @@ run_gunicorn_native() {
 }
 
 lighttpd_conf() {  # $1 port, $2 config file, $3 "socket" to take the listener from serve (systemd protocol)
-    printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\nindex-file.names = ("index.html")\n' \
-        "$tmp" "$1" >"$2"
+    printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\n' "$tmp" "$1" >"$2"
+    echo 'index-file.names = ("index.html")' >>"$2"
     [[ ${3:-} == socket ]] && echo 'server.systemd-socket-activation = "enable"' >>"$2"
     return 0
 }
@@ -266,10 +266,13 @@ if [[ $PART == all || $PART == servers ]]; then
     for tool in /usr/sbin/nginx /usr/bin/gunicorn /usr/sbin/lighttpd /usr/bin/uwsgi; do
         [[ -x $tool ]] || { echo "handoff.sh: PART=servers needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
     done
-    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve uwsgi_serve)
+    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve
+                 uwsgi_serve)
 fi
-if [[ -n ${ONLY:-} ]]; then  # ONLY=nginx_native,nginx_serve: run just these approaches (tables show the rest as -)
-    kept=(); for approach in "${approaches[@]}"; do [[ ,$ONLY, == *,$approach,* ]] && kept+=("$approach"); done
+# ONLY=nginx_native,nginx_serve: run just these approaches (the tables show the others as -)
+if [[ -n ${ONLY:-} ]]; then
+    kept=()
+    for approach in "${approaches[@]}"; do [[ ,$ONLY, == *,$approach,* ]] && kept+=("$approach"); done
     approaches=("${kept[@]}")
 fi
 for approach in "${approaches[@]}"; do
@@ -278,7 +281,8 @@ for approach in "${approaches[@]}"; do
         log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk)"
         "run_$approach" "$tmp/$approach.reload"
         read -r f p n < <(parse_wrk "$tmp/wrk.out")
-        log "handoff.sh: $approach run $run: $(grep -h 'Socket errors' "$tmp/wrk.out" || echo 'no socket errors')"
+        errors=$(grep -h 'Socket errors' "$tmp/wrk.out" || echo 'no socket errors')
+        log "handoff.sh: $approach run $run: $errors"
         echo "$f" >>"$tmp/$approach.failed"; echo "$p" >>"$tmp/$approach.p99"; echo "$n" >>"$tmp/$approach.total"
     done
     failed[$approach]=$(median <"$tmp/$approach.failed" | sed "s/\\.00$//")
@@ -295,14 +299,16 @@ server_table() {
     echo "| approach | requests served | failed requests | p99 latency | reload latency |"
     echo "|---|---|---|---|---|"
     local approach name
-    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve uwsgi_serve; do
+    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve \
+                    uwsgi_serve; do
         case $approach in
             nginx_native) name="nginx native upgrade (USR2+WINCH+QUIT)" ;;
             gunicorn_native) name="gunicorn native (USR2+WINCH+TERM)" ;;
             lighttpd_native) name="lighttpd native graceful restart (USR1)" ;;
             *) name="\`ktricks serve --server ${approach%_serve}\` + \`ktricks reload\`" ;;
         esac
-        echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms | ${reload[$approach]:--} ms |"
+        echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms |" \
+             "${reload[$approach]:--} ms |"
     done
 }
 if [[ $PART == servers ]]; then server_table; exit 0; fi

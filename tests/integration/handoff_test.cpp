@@ -589,13 +589,15 @@ class Wrk {
 public:
     enum Clients { connection_close, keep_alive };
     explicit Wrk(std::uint16_t port, Clients clients = connection_close)
-        : process_(Process::start(clients == connection_close
-                                      ? std::vector<std::string>{"/usr/bin/wrk", "-t1", "-c4", "-d120s", "--timeout", "5s", "-H",
-                                                                 "Connection: close", fmt::format("http://127.0.0.1:{}/", port)}
-                                      : std::vector<std::string>{"/usr/bin/wrk", "-t2", "-c" + std::to_string(keep_alive_connections),
-                                                                 "-d120s", "--timeout", "5s",
-                                                                 fmt::format("http://127.0.0.1:{}/", port)})) {}
+        : process_(Process::start(command(port, clients))) {}
     static constexpr int keep_alive_connections = 8;
+    static std::vector<std::string> command(std::uint16_t port, Clients clients) {
+        std::vector<std::string> argv = {"/usr/bin/wrk", "-d120s", "--timeout", "5s"};
+        if (clients == connection_close) argv.insert(argv.end(), {"-t1", "-c4", "-H", "Connection: close"});
+        else argv.insert(argv.end(), {"-t2", "-c" + std::to_string(keep_alive_connections)});
+        argv.push_back(fmt::format("http://127.0.0.1:{}/", port));
+        return argv;
+    }
     WrkResult finish() {
         process_.signal(SIGINT);
         WrkResult result;
@@ -617,7 +619,8 @@ public:
         }
         for (const char* label : {"Socket errors: connect ", ", read ", ", write ", ", timeout "}) result.socket_errors += number_after(label);
         auto errors = out.find("Socket errors: ");
-        if (errors != std::string::npos) result.errors_line = out.substr(errors, out.find('\n', errors) - errors);
+        if (errors != std::string::npos)
+            result.errors_line = out.substr(errors, out.find('\n', errors) - errors);
         result.bad_status = number_after("Non-2xx or 3xx responses: ");
         return result;
     }
@@ -805,7 +808,8 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
             for (pid_t pid : {master, pid_in_file()})
                 if (pid > 0) ::kill(pid, SIGTERM);
         }};
-        auto started = run({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c", dir / "nginx.conf"});
+        auto started = run({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c",
+                            dir / "nginx.conf"});
         if (started.status != 0) ADD_FAILURE() << started.describe;
         if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
             ADD_FAILURE() << "native nginx never answered";
@@ -816,10 +820,12 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
         for (int i = 0; i < reloads; ++i) {
             ::kill(master, SIGUSR2);
             pid_t next = 0;
-            if (!eventually([&] { return (next = pid_in_file()) > 0 && next != master; })) ADD_FAILURE() << "no new nginx master";
+            if (!eventually([&] { return (next = pid_in_file()) > 0 && next != master; }))
+                ADD_FAILURE() << "no new nginx master";
             ::kill(master, SIGWINCH);
             ::kill(master, SIGQUIT);
-            if (!eventually([&] { return ::kill(master, 0) != 0 || !alive(master); })) ADD_FAILURE() << "old nginx still running";
+            if (!eventually([&] { return ::kill(master, 0) != 0 || !alive(master); }))
+                ADD_FAILURE() << "old nginx still running";
             master = next;
             std::this_thread::sleep_for(std::chrono::milliseconds(300));
         }
@@ -829,10 +835,11 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
     if (name == "lighttpd") {
         std::filesystem::create_directory(dir.path() / "www");
         write_file(dir / "www/index.html", "lighttpd\n");
-        write_file(dir / "lighttpd.conf", fmt::format("server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\n"
-                                                      "server.port = {1}\nserver.errorlog = \"{0}/error.log\"\n"
-                                                      "index-file.names = (\"index.html\")\n",
-                                                      dir.path().string(), port));
+        write_file(dir / "lighttpd.conf",
+                   fmt::format("server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\n"
+                               "server.port = {1}\nserver.errorlog = \"{0}/error.log\"\n"
+                               "index-file.names = (\"index.html\")\n",
+                               dir.path().string(), port));
         Process lighttpd = Process::start({"/usr/sbin/lighttpd", "-D", "-f", dir / "lighttpd.conf"});
         if (!serves(port, lighttpd)) {
             ADD_FAILURE() << lighttpd.describe();
@@ -861,7 +868,8 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
 // as 43 against 40 in bench runs). gunicorn's sync workers and uWSGI (with `Connection: close`)
 // keep no connection open, so for them the bar is 0.
 TEST_P(HandoffRealServer, TenReloadsUnderKeepAliveLoadFailNoMoreThanTheServersOwnReload) {
-    if (!std::filesystem::exists("/usr/bin/wrk")) GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
+    if (!std::filesystem::exists("/usr/bin/wrk"))
+        GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
     constexpr int reloads = 10;
     WrkResult serve_load;
     {
@@ -879,9 +887,11 @@ TEST_P(HandoffRealServer, TenReloadsUnderKeepAliveLoadFailNoMoreThanTheServersOw
     EXPECT_EQ(serve_load.bad_status, 0) << serve_load.text;
     EXPECT_GE(serve_load.requests, 100) << serve_load.text;
     auto native = native_keep_alive_reloads(server_->name, reloads);
-    std::printf("keep-alive, %d reloads: serve --server %s failed %ld (%s); native %s\n", reloads, server_->name.c_str(),
-                serve_load.failed(), serve_load.errors_line.c_str(),
-                native ? fmt::format("failed {} ({})", native->failed(), native->errors_line).c_str() : "not measured");
+    std::string native_text =
+        native ? fmt::format("failed {} ({})", native->failed(), native->errors_line) : "not measured";
+    std::printf("keep-alive, %d reloads: serve --server %s failed %ld (%s); native %s\n", reloads,
+                server_->name.c_str(), serve_load.failed(), serve_load.errors_line.c_str(),
+                native_text.c_str());
     if (!native) {
         EXPECT_EQ(serve_load.failed(), 0) << serve_load.text;
         return;
@@ -1000,13 +1010,15 @@ TEST(HandoffServe, ReloadExitCodesAreTheOnesItsHelpLists) {
     TempDir dir;
     auto missing = run({K, "reload", "--control", dir / "missing.ctl"});
     EXPECT_EQ(missing.status, 66) << missing.describe;
-    bind_socket(SocketAddress::parse("unix:" + dir / "stale.ctl"));  // closed at once: the path a killed serve leaves
+    // Closed at once: the path a killed serve leaves behind.
+    bind_socket(SocketAddress::parse("unix:" + dir / "stale.ctl"));
     auto nobody = run({K, "reload", "--control", dir / "stale.ctl"});
     EXPECT_EQ(nobody.status, 69) << nobody.describe;
     auto usage = run({K, "reload"});
     EXPECT_EQ(usage.status, 64) << usage.describe;
     auto help = run({K, "reload", "--help"});
-    for (const char* code : {"75", "66", "69", "77", "64"}) EXPECT_NE(help.out.find(code), std::string::npos) << code;
+    for (const char* code : {"75", "66", "69", "77", "64"})
+        EXPECT_NE(help.out.find(code), std::string::npos) << code;
     auto serve_help = run({K, "serve", "--help"});
     for (const char* code : {"64", "66", "69", "75", "77", "126", "127"})
         EXPECT_NE(serve_help.out.find(code), std::string::npos) << code;
