@@ -808,11 +808,16 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
             for (pid_t pid : {master, pid_in_file()})
                 if (pid > 0) ::kill(pid, SIGTERM);
         }};
-        auto started = run({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c",
-                            dir / "nginx.conf"});
-        if (started.status != 0) ADD_FAILURE() << started.describe;
+        // Not run(): it kills the process group when its child exits, which can catch the daemon before
+        // its setsid(). nginx writes its pid file after daemonizing, so the group is safe to end then.
+        {
+            Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log",
+                                              "-c", dir / "nginx.conf"});
+            eventually([&] { return (master = pid_in_file()) > 0; });
+            starter.wait();
+        }
         if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
-            ADD_FAILURE() << "native nginx never answered";
+            ADD_FAILURE() << "native nginx never answered: " << read_file(dir / "error.log");
             return std::nullopt;
         }
         Wrk wrk(port, Wrk::keep_alive);
@@ -893,6 +898,7 @@ TEST_P(HandoffRealServer, TenReloadsUnderKeepAliveLoadFailNoMoreThanTheServersOw
                 server_->name.c_str(), serve_load.failed(), serve_load.errors_line.c_str(),
                 native_text.c_str());
     if (!native) {
+        if (server_->name == "nginx" || server_->name == "lighttpd") return;  // measuring it failed (above)
         EXPECT_EQ(serve_load.failed(), 0) << serve_load.text;
         return;
     }
