@@ -10,6 +10,7 @@
 # A second table (PART=servers) replaces the servers people run, from Debian, each with the same wrk load:
 #   nginx-native      nginx's own binary upgrade: USR2 (new master), WINCH (old workers stop), QUIT (old master)
 #   gunicorn-native   gunicorn's own: USR2 (new master), WINCH, TERM (old master)
+#   lighttpd-native   lighttpd's own graceful restart: USR1 (same process, keeps its listener)
 #   <server>-serve    `ktricks serve --server <server>` + `ktricks reload`, for nginx, gunicorn, lighttpd, uwsgi
 #
 #   KTRICKS=path/to/ktricks RUNS=3 RELOADS=10 PART=all|python|servers bench/handoff.sh
@@ -85,9 +86,11 @@ wait_gone() { local i; for ((i = 0; i < 2000; i++)); do kill -0 "$1" 2>/dev/null
 wait_file() { local i; for ((i = 0; i < 2000; i++)); do [[ -e $1 ]] && return 0; sleep 0.005; done; return 1; }
 start() { setsid "$@" >/dev/null 2>&1 & pids+=($!); echo $!; }
 
-duration=$(( 3 + RELOADS * 6 / 10 ))
-# wrk in the background for the whole run; its report goes to $1.
-start_wrk() { wrk -t2 -c8 -d"${duration}s" --latency "http://127.0.0.1:$2/" >"$1" 2>&1 & wrk_pid=$!; sleep 0.5; }
+# wrk in the background for the whole run, however long the replacements take; its report goes to $1.
+# A fixed -d once ended before the slower native upgrades did, and reloads after wrk's end cannot fail.
+# stop_wrk ends it with SIGINT (wrk then prints its report) 0.5 s after the last replacement.
+start_wrk() { wrk -t2 -c8 -d600s --latency "http://127.0.0.1:$2/" >"$1" 2>&1 & wrk_pid=$!; sleep 0.5; }
+stop_wrk() { sleep 0.5; kill -INT "$wrk_pid" 2>/dev/null || true; wait "$wrk_pid" || true; }
 # failed p99_ms requests from a wrk report
 parse_wrk() {
     awk '/Socket errors/ { gsub(",", ""); f += $4 + $6 + $8 + $10 }
@@ -107,7 +110,7 @@ run_naive() {  # $1 = result file for reload latencies
         new=$(start $PY "$tmp/server.py" --bind "$port"); wait_port "$port"
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
 run_reuseport() {
@@ -120,7 +123,7 @@ run_reuseport() {
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
         kill -TERM "$old"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
 }
 
 run_serve() {
@@ -132,7 +135,7 @@ run_serve() {
         t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+    stop_wrk; kill -TERM "$sv"; wait_gone "$sv" || true
 }
 
 run_takeover() {
@@ -150,7 +153,7 @@ run_takeover() {
         target=$(awk -F'"pid":' '/"event":"started"/ { split($2, a, /[,}]/); print a[1]; exit }' "$out")
         sleep 0.3
     done
-    wait "$wrk_pid"
+    stop_wrk
 }
 
 # --- the servers people run -------------------------------------------------------------------------
@@ -188,7 +191,7 @@ run_nginx_native() {
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"
         kill -WINCH "$old"; kill -QUIT "$old"; wait_gone "$old" || true; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -QUIT "$old"; wait_gone "$old" || true
+    stop_wrk; kill -QUIT "$old"; wait_gone "$old" || true
 }
 
 run_gunicorn_native() {
@@ -204,7 +207,27 @@ run_gunicorn_native() {
         kill -WINCH "$old"; kill -TERM "$old"; wait_gone "$old" || true; wait_pidfile "$tmp/g.pid" "$old" >/dev/null || true
         rm -f "$tmp/g.pid.2"; old=$new; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$old"; wait_gone "$old" || true
+    stop_wrk; kill -TERM "$old"; wait_gone "$old" || true
+}
+
+lighttpd_conf() {  # $1 port, $2 config file, $3 "socket" to take the listener from serve (systemd protocol)
+    printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\n' "$tmp" "$1" >"$2"
+    echo 'index-file.names = ("index.html")' >>"$2"
+    [[ ${3:-} == socket ]] && echo 'server.systemd-socket-activation = "enable"' >>"$2"
+    return 0
+}
+
+run_lighttpd_native() {
+    # lighttpd's own graceful restart: SIGUSR1 (1.4.46+) keeps the listener, lets requests in flight finish,
+    # closes idle keep-alive connections, re-reads its configuration and serves again in the same process.
+    local port lp t0; port=$(free_port); lighttpd_conf "$port" "$tmp/lighttpd.conf"
+    lp=$(start /usr/sbin/lighttpd -D -f "$tmp/lighttpd.conf"); wait_port "$port"
+    start_wrk "$tmp/wrk.out" "$port"
+    for ((i = 0; i < RELOADS; i++)); do
+        t0=$(now_ms); kill -USR1 "$lp"; sleep 0.01; wait_port "$port"
+        echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
+    done
+    stop_wrk; kill -INT "$lp"; wait_gone "$lp" || true
 }
 
 run_server_serve() {  # $1 result file, $2 server
@@ -213,8 +236,7 @@ run_server_serve() {  # $1 result file, $2 server
         nginx) nginx_conf "$port" "$tmp/nginx.conf"; extra=(--probe "unix:$tmp/probe.sock")
                cmd=(/usr/sbin/nginx -p "$tmp" -e "$tmp/nginx.err" -c "$tmp/nginx.conf") ;;
         gunicorn) cmd=(/usr/bin/gunicorn --chdir "$tmp" --workers 2 app:app) ;;
-        lighttpd) printf 'server.document-root = "%s/www"\nserver.bind = "127.0.0.1"\nserver.port = %s\nserver.systemd-socket-activation = "enable"\nindex-file.names = ("index.html")\n' \
-                      "$tmp" "$port" >"$tmp/lighttpd.conf"
+        lighttpd) lighttpd_conf "$port" "$tmp/lighttpd.conf" socket
                   cmd=(/usr/sbin/lighttpd -D -f "$tmp/lighttpd.conf") ;;
         uwsgi) cmd=(/usr/bin/uwsgi --plugin python3 --wsgi-file "$tmp/app.py" --need-app --master --workers 2 --protocol http
                     --disable-logging --add-header "Connection: close") ;;
@@ -228,7 +250,7 @@ run_server_serve() {  # $1 result file, $2 server
         t0=$(now_ms); "$K" reload --control "$tmp/ctl" >/dev/null || log "handoff.sh: $2 reload $i failed"
         echo "$(now_ms) $t0" | awk '{ print $1 - $2 }' >>"$1"; sleep 0.3
     done
-    wait "$wrk_pid"; kill -TERM "$sv"; wait_gone "$sv" || true
+    stop_wrk; kill -TERM "$sv"; wait_gone "$sv" || true
 }
 run_nginx_serve() { run_server_serve "$1" nginx; }
 run_gunicorn_serve() { run_server_serve "$1" gunicorn; }
@@ -244,14 +266,23 @@ if [[ $PART == all || $PART == servers ]]; then
     for tool in /usr/sbin/nginx /usr/bin/gunicorn /usr/sbin/lighttpd /usr/bin/uwsgi; do
         [[ -x $tool ]] || { echo "handoff.sh: PART=servers needs $tool (scripts/install-deps.sh)" >&2; exit 1; }
     done
-    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve)
+    approaches+=(nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve
+                 uwsgi_serve)
+fi
+# ONLY=nginx_native,nginx_serve: run just these approaches (the tables show the others as -)
+if [[ -n ${ONLY:-} ]]; then
+    kept=()
+    for approach in "${approaches[@]}"; do [[ ,$ONLY, == *,$approach,* ]] && kept+=("$approach"); done
+    approaches=("${kept[@]}")
 fi
 for approach in "${approaches[@]}"; do
     : >"$tmp/$approach.failed"; : >"$tmp/$approach.p99"; : >"$tmp/$approach.reload"; : >"$tmp/$approach.total"
     for ((run = 1; run <= RUNS; run++)); do
-        log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk, ${duration} s)"
+        log "handoff.sh: $approach run $run/$RUNS ($RELOADS replacements under wrk)"
         "run_$approach" "$tmp/$approach.reload"
         read -r f p n < <(parse_wrk "$tmp/wrk.out")
+        errors=$(grep -h 'Socket errors' "$tmp/wrk.out" || echo 'no socket errors')
+        log "handoff.sh: $approach run $run: $errors"
         echo "$f" >>"$tmp/$approach.failed"; echo "$p" >>"$tmp/$approach.p99"; echo "$n" >>"$tmp/$approach.total"
     done
     failed[$approach]=$(median <"$tmp/$approach.failed" | sed "s/\\.00$//")
@@ -268,13 +299,16 @@ server_table() {
     echo "| approach | requests served | failed requests | p99 latency | reload latency |"
     echo "|---|---|---|---|---|"
     local approach name
-    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_serve uwsgi_serve; do
+    for approach in nginx_native nginx_serve gunicorn_native gunicorn_serve lighttpd_native lighttpd_serve \
+                    uwsgi_serve; do
         case $approach in
             nginx_native) name="nginx native upgrade (USR2+WINCH+QUIT)" ;;
             gunicorn_native) name="gunicorn native (USR2+WINCH+TERM)" ;;
+            lighttpd_native) name="lighttpd native graceful restart (USR1)" ;;
             *) name="\`ktricks serve --server ${approach%_serve}\` + \`ktricks reload\`" ;;
         esac
-        echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | ${reload[$approach]} ms |"
+        echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms |" \
+             "${reload[$approach]:--} ms |"
     done
 }
 if [[ $PART == servers ]]; then server_table; exit 0; fi
@@ -291,7 +325,7 @@ for approach in naive reuseport serve takeover; do
         serve) name='`ktricks serve` + `ktricks reload`' ;;
         takeover) name='`ktricks takeover` (chained)' ;;
     esac
-    echo "| $name | ${total[$approach]} | ${failed[$approach]} | ${p99[$approach]} ms | $(ratio "${p99[$approach]}" "${p99[serve]}") | ${reload[$approach]} ms | $(ratio "${reload[$approach]}" "${reload[serve]}") |"
+    echo "| $name | ${total[$approach]:--} | ${failed[$approach]:--} | ${p99[$approach]:--} ms | $(ratio "${p99[$approach]:--}" "${p99[serve]:-0}") | ${reload[$approach]:--} ms | $(ratio "${reload[$approach]:--}" "${reload[serve]:-0}") |"
 done
 [[ $PART == all ]] && server_table
 exit 0

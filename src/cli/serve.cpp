@@ -256,9 +256,10 @@ Subcommand add_serve(CLI::App& app) {
         "  ktricks serve --listen web=tcp://:8080 --ready=tcp -- python3 app.py\n"
         "  ktricks serve --listen tcp://:8000 --server gunicorn --control /run/app.ctl -- gunicorn app:app\n"
         "  ktricks serve --listen tcp://:80 --server nginx --probe unix:/run/web-probe.sock -- nginx -g 'daemon off;'\n"
-        "Exit status: the last generation's own when it ends without a reload (0 when serve is stopped by TERM or\n"
-        "INT); 69 if the first generation never becomes ready or cannot be started; 64 for bad usage; 75 if an\n"
-        "address is in use; 77 if binding or spawning is not permitted.");
+        "Exit status: the last generation's own when it ends without a reload (0 when serve is stopped\n"
+        "by TERM or INT); 64 for bad usage; 66 if a unix:/path's directory does not exist; 69 if the\n"
+        "first generation never becomes ready or cannot be started; 75 if an address is in use; 77 if\n"
+        "binding or spawning is not permitted; 127 if CMD is not found, 126 if it is not executable.");
     return {sub, [cli] { return run_serve(*cli); }};
 }
 
@@ -296,7 +297,10 @@ Subcommand add_reload(CLI::App& app) {
     sub->footer("Examples:\n"
                 "  ktricks reload --control /run/web.ctl            # wait until the new generation is ready\n"
                 "  ktricks reload --control /run/web.ctl --status   # generations, their state and age, as JSON\n"
-                "Exit status: 0 when the new generation is ready; 75 if the reload was refused or rolled back.");
+                "Exit status: 0 when the new generation is ready (or --status answered); 75 if the\n"
+                "reload was refused or rolled back, or serve did not answer within --timeout; 66 if the\n"
+                "control socket does not exist; 69 if nothing answers on it (serve is gone); 77 if\n"
+                "connecting is not permitted; 64 for bad usage.");
     return {sub, [cli] { return run_reload(*cli); }};
 }
 

@@ -576,17 +576,28 @@ TEST(HandoffUpgrader, HundredClientsStayConnectedThroughTenUpgradesWithoutLosing
 // The servers people run, from Debian, under `serve --server NAME`: nginx, gunicorn, lighttpd, uWSGI.
 
 // wrk with connection-close clients (every request a new connection, so a listener that is not
-// answered shows at once), stopped with SIGINT, on which it prints its summary.
+// answered shows at once), or with keep-alive clients (2 threads, 8 connections, as bench/handoff.sh),
+// stopped with SIGINT, on which it prints its summary.
 struct WrkResult {
     long requests = 0, socket_errors = 0, bad_status = 0;
+    std::string errors_line = "no socket errors";  // by type: connect, read, write, timeout
     std::string text;
+    long failed() const { return socket_errors + bad_status; }
 };
 
 class Wrk {
 public:
-    explicit Wrk(std::uint16_t port)
-        : process_(Process::start({"/usr/bin/wrk", "-t1", "-c4", "-d120s", "--timeout", "5s", "-H", "Connection: close",
-                                   fmt::format("http://127.0.0.1:{}/", port)})) {}
+    enum Clients { connection_close, keep_alive };
+    explicit Wrk(std::uint16_t port, Clients clients = connection_close)
+        : process_(Process::start(command(port, clients))) {}
+    static constexpr int keep_alive_connections = 8;
+    static std::vector<std::string> command(std::uint16_t port, Clients clients) {
+        std::vector<std::string> argv = {"/usr/bin/wrk", "-d120s", "--timeout", "5s"};
+        if (clients == connection_close) argv.insert(argv.end(), {"-t1", "-c4", "-H", "Connection: close"});
+        else argv.insert(argv.end(), {"-t2", "-c" + std::to_string(keep_alive_connections)});
+        argv.push_back(fmt::format("http://127.0.0.1:{}/", port));
+        return argv;
+    }
     WrkResult finish() {
         process_.signal(SIGINT);
         WrkResult result;
@@ -607,6 +618,9 @@ public:
             result.requests = std::atol(out.c_str() + (start == std::string::npos ? 0 : start + 1));
         }
         for (const char* label : {"Socket errors: connect ", ", read ", ", write ", ", timeout "}) result.socket_errors += number_after(label);
+        auto errors = out.find("Socket errors: ");
+        if (errors != std::string::npos)
+            result.errors_line = out.substr(errors, out.find('\n', errors) - errors);
         result.bad_status = number_after("Non-2xx or 3xx responses: ");
         return result;
     }
@@ -773,6 +787,127 @@ TEST_P(HandoffRealServer, TenReloadsUnderConnectionCloseLoadLoseNoRequest) {
     EXPECT_GE(load.requests, 100) << load.text;
 }
 
+// The server's own graceful reload, `reloads` times under keep-alive wrk load, for the servers that
+// have one that keeps the port: nginx's binary upgrade (USR2, WINCH, QUIT; nginx takes USR2 only when
+// daemonized, so this nginx runs with `daemon on` and is followed by its pid file) and lighttpd's
+// graceful restart (USR1). nullopt for the others.
+std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int reloads) {
+    TempDir dir;
+    std::uint16_t port = free_port();
+    if (name == "nginx") {
+        std::string config = nginx_config(dir, port);
+        config.replace(config.find("daemon off;"), 11, "daemon on;");
+        write_file(dir / "nginx.conf", config);
+        auto pid_in_file = [&]() -> pid_t { return std::atoi(read_file(dir / "nginx.pid").c_str()); };
+        pid_t master = 0;
+        // Whatever happens, no nginx of this test outlives it (a daemon is nobody's child here).
+        struct StopNginx {
+            std::function<void()> stop;
+            ~StopNginx() { stop(); }
+        } stop{[&] {
+            for (pid_t pid : {master, pid_in_file()})
+                if (pid > 0) ::kill(pid, SIGTERM);
+        }};
+        // Not run(): it kills the process group when its child exits, which can catch the daemon before
+        // its setsid(). nginx writes its pid file after daemonizing, so the group is safe to end then.
+        {
+            Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log",
+                                              "-c", dir / "nginx.conf"});
+            eventually([&] { return (master = pid_in_file()) > 0; });
+            starter.wait();
+        }
+        if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
+            ADD_FAILURE() << "native nginx never answered: " << read_file(dir / "error.log");
+            return std::nullopt;
+        }
+        Wrk wrk(port, Wrk::keep_alive);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        for (int i = 0; i < reloads; ++i) {
+            ::kill(master, SIGUSR2);
+            pid_t next = 0;
+            if (!eventually([&] { return (next = pid_in_file()) > 0 && next != master; }))
+                ADD_FAILURE() << "no new nginx master";
+            ::kill(master, SIGWINCH);
+            ::kill(master, SIGQUIT);
+            if (!eventually([&] { return ::kill(master, 0) != 0 || !alive(master); }))
+                ADD_FAILURE() << "old nginx still running";
+            master = next;
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        return wrk.finish();
+    }
+    if (name == "lighttpd") {
+        std::filesystem::create_directory(dir.path() / "www");
+        write_file(dir / "www/index.html", "lighttpd\n");
+        write_file(dir / "lighttpd.conf",
+                   fmt::format("server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\n"
+                               "server.port = {1}\nserver.errorlog = \"{0}/error.log\"\n"
+                               "index-file.names = (\"index.html\")\n",
+                               dir.path().string(), port));
+        Process lighttpd = Process::start({"/usr/sbin/lighttpd", "-D", "-f", dir / "lighttpd.conf"});
+        if (!serves(port, lighttpd)) {
+            ADD_FAILURE() << lighttpd.describe();
+            return std::nullopt;
+        }
+        Wrk wrk(port, Wrk::keep_alive);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        for (int i = 0; i < reloads; ++i) {
+            lighttpd.signal(SIGUSR1);  // graceful restart: same process, same listener
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        auto load = wrk.finish();
+        lighttpd.signal(SIGINT);
+        lighttpd.wait(std::chrono::seconds(10));
+        return load;
+    }
+    return std::nullopt;
+}
+
+// With keep-alive clients a graceful stop has a residual race (docs/handoff.md, "Keep-alive clients"):
+// the old server closes a connection it sees idle while the client's next request is on its way.
+// serve must not add to it: measured on the same load, in the same test, serve fails no more requests
+// than the server's own graceful reload, give or take one reload's worth of connections (a client
+// that reconnects while the old generation still accepts can meet the race twice in one reload: seen
+// as 43 against 40 in bench runs). gunicorn's sync workers and uWSGI (with `Connection: close`)
+// keep no connection open, so for them the bar is 0.
+TEST_P(HandoffRealServer, TenReloadsUnderKeepAliveLoadFailNoMoreThanTheServersOwnReload) {
+    if (!std::filesystem::exists("/usr/bin/wrk"))
+        GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
+    constexpr int reloads = 10;
+    WrkResult serve_load;
+    {
+        Wrk wrk(served_->port, Wrk::keep_alive);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        for (int i = 0; i < reloads; ++i) {
+            auto result = served_->reload();
+            ASSERT_TRUE(result.ok) << result.message << "\n" << served_->process->describe();
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        serve_load = wrk.finish();
+    }
+    ASSERT_GE(serve_load.socket_errors, 0) << serve_load.text;
+    EXPECT_EQ(serve_load.bad_status, 0) << serve_load.text;
+    EXPECT_GE(serve_load.requests, 100) << serve_load.text;
+    auto native = native_keep_alive_reloads(server_->name, reloads);
+    std::string native_text =
+        native ? fmt::format("failed {} ({})", native->failed(), native->errors_line) : "not measured";
+    std::printf("keep-alive, %d reloads: serve --server %s failed %ld (%s); native %s\n", reloads,
+                server_->name.c_str(), serve_load.failed(), serve_load.errors_line.c_str(),
+                native_text.c_str());
+    if (!native) {
+        if (server_->name == "nginx" || server_->name == "lighttpd") return;  // measuring it failed (above)
+        EXPECT_EQ(serve_load.failed(), 0) << serve_load.text;
+        return;
+    }
+    ASSERT_GE(native->socket_errors, 0) << native->text;
+    EXPECT_GE(native->requests, 100) << native->text;
+    EXPECT_LE(serve_load.failed(), native->failed() + Wrk::keep_alive_connections)
+        << "serve:\n" << serve_load.text << "\nnative:\n" << native->text;
+}
+
 TEST_P(HandoffRealServer, ABrokenNewVersionIsRolledBackWhileTheOldOneServes) {
     Load load(served_->port, "/");
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -874,6 +1009,29 @@ TEST(HandoffServe, NginxWithoutAProbeAddressIsAUsageError) {
     auto result = run({K, "serve", "--server", "nginx", "--listen", addr(free_port()), "--", "/usr/sbin/nginx"});
     EXPECT_EQ(result.status, 64) << result.describe;
     EXPECT_NE(result.err.find("--probe unix:/PATH"), std::string::npos) << result.err;
+}
+
+// The paths `ktricks reload --help` lists under "Exit status".
+TEST(HandoffServe, ReloadExitCodesAreTheOnesItsHelpLists) {
+    TempDir dir;
+    auto missing = run({K, "reload", "--control", dir / "missing.ctl"});
+    EXPECT_EQ(missing.status, 66) << missing.describe;
+    // Closed at once: the path a killed serve leaves behind.
+    bind_socket(SocketAddress::parse("unix:" + dir / "stale.ctl"));
+    auto nobody = run({K, "reload", "--control", dir / "stale.ctl"});
+    EXPECT_EQ(nobody.status, 69) << nobody.describe;
+    auto usage = run({K, "reload"});
+    EXPECT_EQ(usage.status, 64) << usage.describe;
+    auto help = run({K, "reload", "--help"});
+    for (const char* code : {"75", "66", "69", "77", "64"})
+        EXPECT_NE(help.out.find(code), std::string::npos) << code;
+    auto serve_help = run({K, "serve", "--help"});
+    for (const char* code : {"64", "66", "69", "75", "77", "126", "127"})
+        EXPECT_NE(serve_help.out.find(code), std::string::npos) << code;
+    auto not_found = run({K, "serve", "--listen", addr(free_port()), "--", dir / "no-such-command"});
+    EXPECT_EQ(not_found.status, 127) << not_found.describe;
+    auto no_directory = run({K, "serve", "--listen", "unix:" + dir / "no/such/dir.sock", "--", "/bin/true"});
+    EXPECT_EQ(no_directory.status, 66) << no_directory.describe;
 }
 
 TEST(HandoffTakeover, ANonexistentPidIsOneClearLineAndExit66) {
