@@ -440,7 +440,7 @@ void Watcher::Impl::watch_leases() {
     lease_watch_ = Fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
     if (!lease_watch_) throw_errno("inotify_init1", "DHCP lease folders");
     for (const auto& folder : folders)
-        if (::inotify_add_watch(lease_watch_.get(), folder.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
+        if (::inotify_add_watch(lease_watch_.get(), folder.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY) < 0)
             log_warning("cannot watch {} for DHCP leases: {}", printable(folder), std::strerror(errno));
     lease_source_ = loop_.add_fd(lease_watch_.get(), EPOLLIN, [this](std::uint32_t) {
         alignas(inotify_event) char buffer[4096];
