@@ -29,6 +29,9 @@ packages=(
   qemu-system-x86 hostapd wpasupplicant iw kmod ifplugd
   # netwatch wifi test: regulatory.db for the guest's cfg80211
   wireless-regdb
+  # netwatch --nm-dirs test: Debian's NetworkManager dispatcher scripts (chrony's) and a real DHCP
+  # client (dhclient; the server is busybox udhcpd)
+  chrony isc-dhcp-client
   # mysql-watch: a throwaway MariaDB per test
   mariadb-server mariadb-client libmariadb-dev
   # tvfs: FUSE, FFmpeg libraries, the anchors it is measured against, a DLNA server

@@ -105,7 +105,12 @@ struct WatchOptions {
     bool initial = true;            // emit `initial` events for the state found at start-up
     bool wifi = true;               // also watch nl80211 (silently skipped if the kernel has none)
     bool all_netns = false;         // also every namespace named in /run/netns (one socket inside each)
-    std::string dispatcher_dir;     // NetworkManager-dispatcher compatible scripts
+    // NetworkManager-dispatcher scripts (docs/netwatch.md): these dispatcher.d folders, a later
+    // one masking an earlier one's script of the same name; each must exist.
+    std::vector<std::string> dispatcher_dirs;
+    // Also NetworkManager's own folders first, /usr/lib/NetworkManager/dispatcher.d then
+    // /etc/NetworkManager/dispatcher.d (absent ones are skipped, as NetworkManager does).
+    bool nm_dirs = false;
     std::string record_file;        // append the raw netlink stream (with timestamps) here
     std::string replay_file;        // read events from a recording instead of the kernel
     int receive_buffer = 0;         // SO_RCVBUF for the rtnetlink socket; 0 = a generous default

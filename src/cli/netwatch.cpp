@@ -27,7 +27,8 @@ struct NetwatchOptions {
     bool no_initial = false;
     bool no_wifi = false;
     bool all_netns = false;
-    std::string dispatcher_dir;
+    std::vector<std::string> dispatcher_dirs;
+    bool nm_dirs = false;
     std::string record;
     std::string replay;
     int receive_buffer = 0;
@@ -51,13 +52,15 @@ int run_netwatch(const NetwatchOptions& options) {
     }
     for (std::size_t i = 0; i < options.on.size(); ++i)
         watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));
-    if (watch.rules.empty() && !options.json && options.dispatcher_dir.empty())
-        throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR or --json");
+    if (watch.rules.empty() && !options.json && options.dispatcher_dirs.empty() && !options.nm_dirs)
+        throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR, --nm-dirs "
+                         "or --json");
     watch.all_netns = options.all_netns;
     watch.dry_run = options.dry_run;
     watch.initial = !options.no_initial;
     watch.wifi = !options.no_wifi;
-    watch.dispatcher_dir = options.dispatcher_dir;
+    watch.dispatcher_dirs = options.dispatcher_dirs;
+    watch.nm_dirs = options.nm_dirs;
     watch.record_file = options.record;
     watch.replay_file = options.replay;
     watch.receive_buffer = options.receive_buffer;
@@ -120,8 +123,12 @@ Subcommand add_netwatch(CLI::App& app) {
     sub->add_flag("--no-initial", options->no_initial, "Do not emit `initial` events for the state found at start-up");
     sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
     sub->add_flag("--all-netns", options->all_netns, "Also watch every namespace named in /run/netns; events carry netns=NAME");
-    sub->add_option("--dispatcher-dir", options->dispatcher_dir,
-                    "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...)");
+    sub->add_option("--dispatcher-dir", options->dispatcher_dirs,
+                    "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...); "
+                    "repeatable, a later DIR masks an earlier one's script of the same name");
+    sub->add_flag("--nm-dirs", options->nm_dirs,
+                  "Run the scripts of /usr/lib/NetworkManager/dispatcher.d and /etc/NetworkManager/dispatcher.d "
+                  "(an /etc entry masks a /usr/lib one) before any --dispatcher-dir");
     sub->add_option("--record", options->record, "Save the raw netlink stream with timestamps to FILE");
     sub->add_option("--replay", options->replay, "Feed a --record FILE through the rules instead of the kernel");
     sub->add_option("--receive-buffer", options->receive_buffer, "SO_RCVBUF of the rtnetlink socket in bytes (default 8 MiB)");

@@ -108,7 +108,10 @@ bool Runner::start(const std::string& key, Queue& queue) {
         ::lseek(input.get(), 0, SEEK_SET);
         SpawnOptions spawn;
         spawn.argv = job.argv;
-        spawn.inherit_env = [](std::string_view name) { return name == "PATH" || name.starts_with("KTRICKS_"); };
+        spawn.inherit_env = [ktricks = job.inherit_ktricks_env](std::string_view name) {
+            return name == "PATH" || (ktricks && name.starts_with("KTRICKS_"));
+        };
+        spawn.working_directory = job.working_directory;
         spawn.set_env = job.env;
         spawn.stdin_fd = input.get();
         if (options_.script_stdout >= 0) spawn.stdout_fd = options_.script_stdout;

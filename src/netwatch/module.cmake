@@ -2,6 +2,7 @@
 ktricks_component(netwatch DEPENDS netlink SOURCES
   src/netwatch/decode.cpp
   src/netwatch/dispatcher.cpp
+  src/netwatch/leases.cpp
   src/netwatch/record.cpp
   src/netwatch/rules.cpp
   src/netwatch/state.cpp

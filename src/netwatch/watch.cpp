@@ -5,6 +5,7 @@
 #include <linux/nl80211.h>
 #include <linux/rtnetlink.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -121,6 +122,9 @@ private:
     int nl80211_id_ = 0;
     std::optional<Recorder> recorder_;
     std::optional<Dispatcher> dispatcher_;
+    Fd lease_watch_;  // inotify on the DHCP clients' lease folders (dispatcher only)
+    EventLoop::SourceId lease_source_ = 0;
+    void watch_leases();
     struct Pending {
         NetEvent event;
         Clock::time_point when;
@@ -428,6 +432,26 @@ void Watcher::Impl::handle(const NetEvent& event, Clock::time_point when) {
                             options_.exec_timeout);
 }
 
+// DHCP clients write their lease files next to the address change (dhclient after it), and NetworkManager's
+// dhcp4-change means "the lease changed": so the dispatcher also looks when a lease file is rewritten.
+void Watcher::Impl::watch_leases() {
+    auto folders = dispatcher_->lease_directories();
+    if (folders.empty()) return;
+    lease_watch_ = Fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (!lease_watch_) throw_errno("inotify_init1", "DHCP lease folders");
+    for (const auto& folder : folders)
+        if (::inotify_add_watch(lease_watch_.get(), folder.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY) < 0)
+            log_warning("cannot watch {} for DHCP leases: {}", printable(folder), std::strerror(errno));
+    lease_source_ = loop_.add_fd(lease_watch_.get(), EPOLLIN, [this](std::uint32_t) {
+        alignas(inotify_event) char buffer[4096];
+        bool changed = false;
+        while (::read(lease_watch_.get(), buffer, sizeof buffer) > 0) changed = true;
+        if (changed)
+            dispatcher_->leases_changed(state_, Clock::now(), runner_, options_.dry_run, callbacks_.on_dry_run,
+                                        options_.exec_timeout);
+    });
+}
+
 void Watcher::Impl::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
     const Rule& rule = options_.rules[index];
     std::string label = fmt::format("{} ({} {})", rule.name, event.type, event.iface.empty() ? "-" : event.iface);
@@ -491,7 +515,16 @@ void Watcher::Impl::replay() {
 }
 
 void Watcher::Impl::start() {
-    if (!options_.dispatcher_dir.empty()) dispatcher_.emplace(options_.dispatcher_dir);
+    if (options_.nm_dirs || !options_.dispatcher_dirs.empty()) {
+        std::vector<std::string> folders;
+        if (options_.nm_dirs) folders = Dispatcher::networkmanager_directories();
+        for (const auto& folder : options_.dispatcher_dirs) {
+            // Given folders must exist; NetworkManager's own may be absent.
+            Dispatcher check({folder}, false);
+            folders.push_back(folder);
+        }
+        dispatcher_.emplace(std::move(folders), true);
+    }
     if (!options_.replay_file.empty()) {
         replay();
         return;
@@ -507,6 +540,7 @@ void Watcher::Impl::start() {
         if (options_.initial) emit(events);
         ns->source = loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
     }
+    if (dispatcher_) watch_leases();
     if (nl80211_events_)
         nl80211_source_ = loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
     // Messages that arrived during the dumps are waiting; apply them now.
@@ -522,6 +556,8 @@ void Watcher::Impl::stop() noexcept {
     }
     loop_.remove(nl80211_source_);
     nl80211_source_ = 0;
+    loop_.remove(lease_source_);
+    lease_source_ = 0;
     for (auto& [key, pending] : debounced_) loop_.remove(pending.timer);
     debounced_.clear();
     runner_.stop();

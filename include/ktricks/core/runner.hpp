@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,10 @@ struct Job {
     std::string key;                   // jobs of one key run one after another
     std::vector<std::string> argv;     // e.g. {"/bin/sh", "-c", command}
     std::vector<std::string> env;      // "KEY=VALUE" added to the clean environment
+    // false: only PATH is inherited, not our KTRICKS_* (NetworkManager-dispatcher scripts get
+    // PATH and NetworkManager's variables, nothing else).
+    bool inherit_ktricks_env = true;
+    std::optional<std::string> working_directory;  // unset: ours
     std::string input;                 // the script's stdin
     std::chrono::milliseconds timeout{60000};
     std::string label;                 // "rule 2 (link-up veth0)" for reports
