@@ -37,6 +37,7 @@ packages=(
   # tvfs: FUSE, FFmpeg libraries, the anchors it is measured against, a DLNA server
   libfuse3-dev fuse3 libavformat-dev libavcodec-dev libavfilter-dev libavutil-dev
   libswscale-dev libswresample-dev ffmpeg ffmpegfs minidlna
+  vlc-bin vlc-plugin-base  # tvfs: cvlc, whose TS demuxer reports continuity-counter jumps
   curl  # tvfs: the DLNA test's SOAP and HTTP Range client
   # benchmarks
   libbenchmark-dev

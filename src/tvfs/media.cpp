@@ -28,6 +28,7 @@ extern "C" {
 
 #include "ktricks/core/error.hpp"
 #include "tvfs/av.hpp"
+#include "tvfs/continuity.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -707,6 +708,7 @@ std::string produce_segment(const std::string& path, const MediaInfo& media, con
     for (double scale : {1.0, 0.7, 0.45, 0.25}) {
         std::string data = SegmentJob(path, media, decision, profile, layout, segment, scale).run();
         if (data.size() % ts_packet != 0) throw std::runtime_error(fmt::format("{}: MPEG-TS output not packet aligned", printable(path)));
+        continue_counters(data);  // counters run on from the segment before (continuity.hpp)
         if (data.size() > segment.bytes) {
             if (decision.action == Action::audio_transcode) break;
             continue;

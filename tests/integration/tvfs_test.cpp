@@ -260,6 +260,35 @@ TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEvery
     EXPECT_NEAR(*video - 1.4, 0.8 * 24, 2.5);  // 1.4 s: the MPEG-TS muxer's fixed initial delay
 }
 
+// VLC's TS demuxer (libdvbpsi) logs "TS discontinuity" for every continuity counter that jumps,
+// which some TVs answer by dropping or resyncing; ffmpeg must decode each output without a word.
+TEST_F(Tvfs, EveryOutputPlaysInVlcWithoutATsDiscontinuityAndDecodesSilently) {
+    if (!have("cvlc")) GTEST_SKIP() << "needs cvlc (vlc-bin, vlc-plugin-base)";
+    Mount mount(media_dir());
+    TempDir scratch;  // mode 0755, files 0644: readable by VLC's user
+    for (const auto& name : mount.names()) {
+        // damaged.mp4 is a remux of a damaged source: its decoder errors are the source's.
+        if ((!name.ends_with(".ts") && !name.ends_with(".mp4")) || name.starts_with("damaged")) continue;
+        SCOPED_TRACE(name);
+        auto copy = scratch / name;
+        write_file(copy, read_file(mount / name));
+        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", copy, "-f", "null", "-"}, {}, std::chrono::seconds(60));
+        EXPECT_EQ(decode.status, 0) << decode.describe;
+        EXPECT_EQ(decode.err, "");
+        // VLC refuses to run as root; it demuxes the whole file into a dummy stream output.
+        auto vlc = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cvlc", "-vv", "--play-and-exit", "--sout",
+                        "#dummy", copy},
+                       {}, std::chrono::seconds(60));
+        EXPECT_EQ(vlc.status, 0) << vlc.describe;
+        auto log = vlc.out + vlc.err;
+        // The TS demuxer's continuity check ("discontinuity received 0x0 instead of 0x4 (pid=17)")
+        // and libdvbpsi's ("TS discontinuity (received 0, expected 4) for PID 17").
+        for (const char* complaint : {"TS discontinuity", "discontinuity received"})
+            if (auto at = log.find(complaint); at != std::string::npos) ADD_FAILURE() << log.substr(at - std::min<std::size_t>(at, 300), 600);
+        EXPECT_NE(log.find(name.ends_with(".ts") ? "ts demux" : "mp4 demux"), std::string::npos) << "VLC did not demux it";
+    }
+}
+
 TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
     Mount mount(media_dir());
     auto path = mount / "vp9.ts";
