@@ -196,7 +196,8 @@ TEST_F(MysqlWatchBinlog, KillNineAndRestartWithStateLosesNothing) {
     EXPECT_LE(lines - total, 2) << "duplicates beyond one per restart";
     EXPECT_EQ(ids(nullptr), static_cast<std::size_t>(total));
     auto saved = json::parse(read_file(state), nullptr, false);
-    EXPECT_TRUE(saved.contains("file") && saved.contains("pos") && saved.contains("gtid")) << read_file(state);
+    // (no "gtid" when the last position is the start of a file rotated to after the last commit)
+    EXPECT_TRUE(saved.contains("file") && saved.contains("pos")) << read_file(state);
 }
 
 TEST_F(MysqlWatchBinlog, StateFileThatIsNotJsonIsRefusedWithOneLine) {
