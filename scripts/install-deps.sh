@@ -34,6 +34,8 @@ packages=(
   chrony isc-dhcp-client
   # mysql-watch: a throwaway MariaDB per test
   mariadb-server mariadb-client libmariadb-dev
+  # sinks: hiredis (Redis Streams); redis-server and redis-cli for the broker fault tests
+  libhiredis-dev redis-server redis-tools
   # tvfs: FUSE, FFmpeg libraries, the anchors it is measured against, a DLNA server
   libfuse3-dev fuse3 libavformat-dev libavcodec-dev libavfilter-dev libavutil-dev
   libswscale-dev libswresample-dev ffmpeg ffmpegfs minidlna

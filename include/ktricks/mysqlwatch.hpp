@@ -35,6 +35,16 @@ std::string_view to_string(Via via) noexcept;
 // "auto", "binlog", "redo", "files"; throws InputError for anything else.
 Mode parse_mode(std::string_view text);
 
+// A place in the binary log where a whole transaction (or DDL statement) ends: resuming there
+// repeats nothing and skips nothing. `gtid` is MariaDB's domain-server-sequence of that
+// transaction, "" when the server wrote none.
+struct Position {
+    std::string file;  // file name inside the data directory ("binlog.000003"), no directory
+    std::uint64_t offset = 0;
+    std::string gtid;
+    bool operator==(const Position&) const = default;
+};
+
 // One thing that happened to one table (or to a database, when table is empty).
 struct Change {
     std::string event;  // change | create | drop | rename | truncate
@@ -47,6 +57,10 @@ struct Change {
     std::optional<std::uint64_t> rows;  // binlog ROW format: rows written/updated/deleted
     bool delayed = false;               // file path on .ibd: seen when flushed, not when committed
     std::chrono::system_clock::time_point when = std::chrono::system_clock::now();
+    // Binlog path: where the transaction ends and this change's place in it; together a stable id
+    // ("binlog.000003:1234:0") that a restarted watcher gives the same change again.
+    std::optional<Position> position;
+    std::uint32_t index = 0;
 };
 
 // {"ts","source":"mysql","event","db","table","engine","via","rows"?,...}; scripts get its
@@ -85,6 +99,14 @@ public:
         std::vector<Change> changes;
         std::vector<std::string> problems;   // corrupt events, unsupported features
         std::optional<std::string> rotate_to;  // a ROTATE event names the next file
+        // Ends of transactions (and of statements outside one), in order: the changes before
+        // changes[boundary.changes] belong to transactions that end at or before boundary.offset.
+        struct Boundary {
+            std::size_t changes = 0;
+            std::uint64_t offset = 0;
+            std::string gtid;
+        };
+        std::vector<Boundary> boundaries;
     };
 
     // The bytes fed begin at offset 0 of the file (with the magic number).
@@ -94,6 +116,10 @@ public:
     std::uint64_t offset() const noexcept { return offset_ + consumed_; }
     bool checksums() const noexcept { return checksum_; }
     std::size_t pending_bytes() const noexcept { return buffer_.size() - consumed_; }
+    // The end of the last whole transaction parsed (or of the format description): a place a
+    // later reader can resume at; also tracked while quiet.
+    std::uint64_t safe_offset() const noexcept { return safe_offset_; }
+    const std::string& last_gtid() const noexcept { return safe_gtid_; }
 
     // Skips the events of an existing file without reporting them (a watcher starting late wants
     // what happens next, but needs the format description and the table map).
@@ -119,6 +145,9 @@ private:
     bool quiet_ = false;
     bool in_group_ = false;
     bool encrypted_ = false;
+    bool boundary_pending_ = false;  // a transaction or statement ended in the event just parsed
+    std::uint64_t safe_offset_ = 0;
+    std::string gtid_, safe_gtid_;
     std::string post_header_lengths_;  // from the format description, one byte per event type
     std::map<std::uint64_t, TableRef> tables_;
     std::vector<Change> group_;
@@ -128,6 +157,16 @@ private:
 // CREATE/DROP/ALTER/RENAME/TRUNCATE TABLE, CREATE/DROP DATABASE, INSERT/UPDATE/DELETE/REPLACE.
 // `default_db` is the session's database. Empty if the statement is none of those.
 std::vector<Change> changes_from_statement(std::string_view sql, std::string_view default_db);
+
+// ---- state file (--state) ----
+
+// {"file":"binlog.000003","pos":1234,"gtid":"0-1-57"}. load_position: nullopt when the file does
+// not exist; throws DataError naming the file for anything it cannot use.
+std::optional<Position> load_position(const std::filesystem::path& path);
+// Replaces the file atomically (write to FILE.tmp, rename): a reader or a restarted watcher sees
+// the old or the new position, never a torn one, also after kill -9. `durable` adds fsync of the
+// file and its directory (survives power loss; costs a disk flush).
+void save_position(const std::filesystem::path& path, const Position& position, bool durable = false);
 
 // ---- the watcher ----
 
@@ -146,6 +185,14 @@ struct WatchOptions {
     std::string table_glob = "*";
     std::chrono::milliseconds debounce{0};  // per table: at most one event per window (+ a trailing one)
     std::chrono::milliseconds redo_delay{20};  // redo path: wait this long after the log write
+    // Binlog path: continue at this position (from a state file) instead of at the end of the
+    // current binlog; newer files are read from their first byte. If the file is no longer in the
+    // index (purged), reading starts at the oldest file there and `log` says so.
+    std::optional<Position> resume;
+    // Binlog path: called on the loop after every change of a transaction was passed to on_change
+    // (or filtered out): resuming at this position repeats none of them. Once at start too, with
+    // where reading begins. Not compatible with `debounce` (a held-back change would be skipped).
+    std::function<void(const Position&)> on_position;
     // Warnings and state changes ("binlog binlog.000002 opened"), one line each. Unset: the core
     // logger (log_info).
     std::function<void(const std::string&)> log;

@@ -2,8 +2,10 @@
 #include <fmt/format.h>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <memory>
+#include <optional>
 
 #include "cli/common.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -11,6 +13,7 @@
 #include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/mysqlwatch.hpp"
+#include "ktricks/sinks.hpp"
 
 namespace ktricks::cli {
 namespace {
@@ -29,6 +32,10 @@ struct MysqlWatchOptions {
     bool probe = false;
     bool quiet = false;
     std::size_t count = 0;
+    std::string state;  // --state FILE
+    std::string publish;  // --publish URL
+    std::string spool;
+    std::uint64_t spool_max_mb = 256;
 };
 
 void print_text(const mysqlwatch::Change& change) {
@@ -59,7 +66,35 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
         for (const auto& [path, usable] : report.paths) any_usable = any_usable || usable;
         return any_usable ? exit_code::ok : exit_code::no_input;
     }
+    if (!options.state.empty()) {
+        // The watcher reports each transaction's changes, then its end position; they are
+        // acknowledged once written to stdout (fflush returned), so the position is saved right
+        // after: a kill -9 repeats at most the transaction whose output was written but whose
+        // position was not yet saved.
+        watch.resume = mysqlwatch::load_position(options.state);
+        watch.on_position = [&options](const mysqlwatch::Position& position) {
+            mysqlwatch::save_position(options.state, position);
+        };
+    }
     EventLoop loop;
+    std::optional<sinks::Publisher> publisher;
+    std::string host;
+    if (!options.publish.empty()) {
+        if (options.spool.empty())
+            throw InputError("--publish needs --spool DIR: where events wait while the broker is unreachable");
+        sinks::PublisherOptions publish;
+        publish.target = sinks::parse_target(options.publish);
+        publish.spool = options.spool;
+        publish.spool_bytes = options.spool_max_mb << 20;
+        publish.log = [quiet = options.quiet](const std::string& line) {
+            if (!quiet) log_info("{}", line);
+        };
+        publisher.emplace(loop, std::move(publish));
+        char name[256] = {};
+        ::gethostname(name, sizeof name - 1);
+        host = name;
+    }
+    std::uint64_t unpositioned = 0;
     Runner runner(loop, {.concurrency = options.exec_flags.concurrency}, log_script_end);
     auto timeout = exec_timeout(options.exec_flags);
     std::size_t delivered = 0;
@@ -69,6 +104,16 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     };
     mysqlwatch::Watcher watcher(loop, watch, [&](const mysqlwatch::Change& change) {
         Event event = mysqlwatch::to_event(change);
+        if (publisher) {
+            // Stable id (host, source, position): the stream's consumers drop repeats by it. Only the
+            // binlog path has positions; other paths' ids are unique but not stable across restarts.
+            std::string id = change.position
+                                 ? fmt::format("{}:mysql:{}:{}:{}", host, change.position->file,
+                                               change.position->offset, change.index)
+                                 : fmt::format("{}:mysql:{}:{}:{}", host, ::getpid(), format_timestamp(change.when),
+                                               ++unpositioned);
+            publisher->publish(event, id);  // returns once acknowledged or spooled
+        }
         if (options.json) {
             fmt::print("{}", event.to_line());
             std::fflush(stdout);
@@ -93,6 +138,7 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
         signaled = true;
         loop.stop();
     });
+    if (publisher) publisher->start();
     watcher.start();
     // Under systemd (Type=notify): ready once the watches are in place, even while waiting for the
     // server; the status line says which.
@@ -100,6 +146,12 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     loop.run();
     notify_stopping();
     watcher.stop();
+    // Every event was acknowledged or spooled when publish() returned: nothing to flush.
+    if (publisher) publisher->stop();
+    if (!options.state.empty()) {
+        // Make the last position durable (each write was atomic, this makes it survive power loss).
+        if (auto last = mysqlwatch::load_position(options.state)) mysqlwatch::save_position(options.state, *last, true);
+    }
     // --count: the scripts of the last events finish (bounded by their timeout) before we exit;
     // on a signal they are killed with their process groups.
     if (options.count && delivered >= options.count)
@@ -122,7 +174,7 @@ Subcommand add_mysql_watch(CLI::App& app) {
     sub->add_option("--password", options->credentials.password, "SQL password (prefer --defaults-file)");
     sub->add_option("--db", options->db, "Only databases matching this glob (system schemas only when named)")->capture_default_str();
     sub->add_option("--table", options->table, "Only tables matching this glob")->capture_default_str();
-    sub->add_option("--debounce", options->debounce_ms,
+    auto* debounce = sub->add_option("--debounce", options->debounce_ms,
                     "Per table: at most one change event per MS milliseconds (plus one trailing event)")
         ->check(CLI::NonNegativeNumber);
     sub->add_option("--exec", options->exec,
@@ -131,6 +183,18 @@ Subcommand add_mysql_watch(CLI::App& app) {
                     "never blocks change detection");
     add_exec_flags(sub, options->exec_flags);
     sub->add_option("--count", options->count, "Exit after this many events");
+    sub->add_option("--state", options->state,
+                    "Binlog path: resume from the position saved in FILE, and save it after every transaction "
+                    "written out (restart after a crash repeats at most one transaction, loses none)")
+        ->excludes(debounce);
+    sub->add_option("--publish", options->publish,
+                    "Also send every event to redis://HOST:PORT/STREAM[?maxlen=N&user=U&password_file=F] "
+                    "(XADD MAXLEN ~ N; STREAM may use {host} {source} {db} {table})");
+    sub->add_option("--spool", options->spool,
+                    "With --publish: directory where events wait, in order, while the broker is unreachable");
+    sub->add_option("--spool-max", options->spool_max_mb,
+                    "Spool cap in MiB; when full the oldest events are dropped and a spool_dropped event says so")
+        ->capture_default_str();
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_flag("--check", options->check, "Print the data directory, server version, usable paths and blind spots");
     sub->add_flag("--probe", options->probe,
@@ -142,6 +206,7 @@ Subcommand add_mysql_watch(CLI::App& app) {
         "  ktricks mysql-watch --datadir /srv/db --db shop --table 'order*'\n"
         "  ktricks mysql-watch --mode redo --socket /run/mysqld/mysqld.sock --user watcher\n"
         "  ktricks mysql-watch --exec 'echo $KTRICKS_DB.$KTRICKS_TABLE changed' --debounce 500\n"
+        "  ktricks mysql-watch --json --state /var/lib/ktricks/mysql-watch.state   # resumes after a restart\n"
         "  ktricks mysql-watch --check --socket /run/mysqld/mysqld.sock --user root --probe\n"
         "Exit status: 0 when stopped by INT/TERM or after --count events; --check: 0, or 66 when no detection path is\n"
         "usable. A corrupt binlog event is logged and skipped, never fatal.");

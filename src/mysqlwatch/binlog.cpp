@@ -254,6 +254,12 @@ BinlogParser::Output BinlogParser::feed(std::string_view bytes) {
         std::string_view event = rest.substr(0, size);
         consumed_ += size;
         parse_event(event, out);
+        if (boundary_pending_ && !in_group_) {
+            boundary_pending_ = false;
+            safe_offset_ = offset_ + consumed_;
+            safe_gtid_ = gtid_;
+            if (!quiet_) out.boundaries.push_back({out.changes.size(), safe_offset_, safe_gtid_});
+        }
         if (encrypted_) {
             offset_ += buffer_.size();
             buffer_.clear();
@@ -270,6 +276,7 @@ BinlogParser::Output BinlogParser::feed(std::string_view bytes) {
 }
 
 void BinlogParser::add_change(Change change, Output& out, bool in_group) {
+    if (!in_group) boundary_pending_ = true;
     if (quiet_) return;
     if (!in_group) {
         out.changes.push_back(std::move(change));
@@ -294,6 +301,7 @@ void BinlogParser::commit(Output& out) {
     }
     group_.clear();
     in_group_ = false;
+    boundary_pending_ = true;
 }
 
 void BinlogParser::parse_event(std::string_view event, Output& out) {
@@ -326,6 +334,7 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
             out.problems.push_back(fmt::format("unknown binlog checksum algorithm {} (offset {})", algorithm, event_offset));
         }
         tables_.clear();
+        boundary_pending_ = true;
         return;
     }
     case rotate: {
@@ -337,6 +346,7 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         // seq_no u64 | domain u32 | flags2 u8: FL_STANDALONE (1) marks a group with no XID/COMMIT (DDL).
         if (body.size() < 13) return;
         bool standalone = (static_cast<unsigned char>(body[12]) & 1) != 0;
+        gtid_ = fmt::format("{}-{}-{}", le(body, 8, 4), le(event, 5, 4), le(body, 0, 8));
         group_.clear();
         in_group_ = !standalone;
         return;
@@ -381,8 +391,10 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
         } else if (is("ROLLBACK")) {
             group_.clear();
             in_group_ = false;
+            boundary_pending_ = true;
         } else {
             for (Change& change : changes_from_statement(sql, db)) add_change(std::move(change), out, in_group_);
+            if (!in_group_) boundary_pending_ = true;  // DDL: its own statement, a boundary even unreported
         }
         return;
     }

@@ -32,6 +32,13 @@ Event to_event(const Change& change) {
     event.set("via", std::string(to_string(change.via)));
     if (change.rows) event.set("rows", *change.rows);
     if (change.delayed) event.set("delayed", true);
+    if (change.position) {
+        // Stable across restarts: the same committed change always gets the same id.
+        event.set("id", fmt::format("{}:{}:{}", change.position->file, change.position->offset, change.index));
+        event.set("binlog_file", change.position->file);
+        event.set("binlog_pos", change.position->offset);
+        if (!change.position->gtid.empty()) event.set("gtid", change.position->gtid);
+    }
     return event;
 }
 

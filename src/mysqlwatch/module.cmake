@@ -6,6 +6,7 @@ ktricks_component(mysqlwatch DEPENDS core SOURCES
   src/mysqlwatch/change.cpp
   src/mysqlwatch/sql.cpp
   src/mysqlwatch/watch.cpp
-  src/mysqlwatch/check.cpp)
+  src/mysqlwatch/check.cpp
+  src/mysqlwatch/state.cpp)
 ktricks_component_pkg(mysqlwatch MARIADB libmariadb)
 ktricks_component_pkg(mysqlwatch ZLIB zlib)

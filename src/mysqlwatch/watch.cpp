@@ -24,6 +24,7 @@
 #include <fstream>
 #include <iostream>
 #include <set>
+#include <variant>
 
 #include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
@@ -170,6 +171,9 @@ private:
             log("no binary log yet (log_bin off, or the server has not started): waiting for its index");
         log(fmt::format("watching {} (paths: {}{}{})", options_.datadir.string(), binlog_active() ? "binlog " : "",
                         redo_active() ? "redo " : "", file_changes_active() ? "files" : file_ddl_active() ? "files(ddl)" : ""));
+        // A resumed binlog has queued what happened while we were away; attach() never runs inside
+        // read_inotify(), which flushes its own batch.
+        flush();
         return true;
     }
 
@@ -276,8 +280,17 @@ private:
                     on_database_event(db->first, event->mask, name, event->cookie);
             }
         }
-        for (Change& change : batch_) deliver(std::move(change));
-        batch_.clear();
+        flush();
+    }
+
+    void flush() {
+        // Swapped out first: a callback may stop the loop, but never re-enters the watcher.
+        std::vector<std::variant<Change, Position>> batch;
+        batch.swap(batch_);
+        for (auto& item : batch) {
+            if (auto* change = std::get_if<Change>(&item)) deliver(std::move(*change));
+            else if (options_.on_position) options_.on_position(std::get<Position>(item));
+        }
     }
 
     void on_datadir_event(std::uint32_t mask, const std::string& name) {
@@ -386,15 +399,50 @@ private:
         watch_file(index_wd_, index_path_, IN_MODIFY | IN_CLOSE_WRITE);
         auto files = read_binlog_index(*index, options_.datadir);
         if (files.empty()) return;
-        // A watcher that starts next to a running server reports what happens from now on; one
-        // that sees the binlog appear reads it from its first byte.
-        open_binlog(files.back(), existing);
+        if (existing && options_.resume && !resumed_) {
+            resumed_ = true;  // once: a later restart of the server is a rotation, not a resume
+            resume(files, *options_.resume);
+        } else {
+            // A watcher that starts next to a running server reports what happens from now on; one
+            // that sees the binlog appear reads it from its first byte.
+            open_binlog(files.back(), existing ? skip_all : 0);
+        }
         rewatch_databases();
         log(fmt::format("binlog path: tailing {}{}", binlog_path_.string(),
                         parser_ && parser_->checksums() ? " (CRC32 verified)" : ""));
     }
 
-    void open_binlog(const fs::path& path, bool skip_existing) {
+    // Continue where a previous watcher's state file says: quietly parse the file up to the offset
+    // (for its format description), then report everything after it, then the newer files.
+    void resume(const std::vector<fs::path>& files, const Position& position) {
+        auto found = std::find_if(files.begin(), files.end(),
+                                  [&](const fs::path& file) { return file.filename() == position.file; });
+        if (found == files.end()) {
+            log(fmt::format("resume position {}:{} is not in the binlog index (purged?): reading from the oldest "
+                            "file there, {}; changes in between are lost",
+                            position.file, position.offset, files.front().filename().string()));
+            open_binlog(files.front(), 0);
+        } else {
+            std::error_code error;
+            auto size = fs::file_size(*found, error);
+            if (!error && size < position.offset) {
+                log(fmt::format("resume position {}:{} is beyond the end of that file ({} bytes): the binlog was "
+                                "rewritten; continuing at its end",
+                                position.file, position.offset, size));
+                open_binlog(*found, skip_all);
+            } else {
+                log(fmt::format("resuming at {}:{}{}", position.file, position.offset,
+                                position.gtid.empty() ? "" : " (gtid " + position.gtid + ")"));
+                open_binlog(*found, position.offset);
+            }
+        }
+        if (binlog_active()) check_index();
+    }
+
+    static constexpr std::uint64_t skip_all = ~std::uint64_t{0};
+
+    // quiet_until: report nothing before this offset (skip_all: nothing already in the file).
+    void open_binlog(const fs::path& path, std::uint64_t quiet_until) {
         Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd) {
             log(fmt::format("cannot open binlog {}: {}", path.string(), std::strerror(errno)));
@@ -405,16 +453,28 @@ private:
         watch_file(binlog_wd_, path, IN_MODIFY);
         binlog_read_ = 0;
         parser_ = std::make_unique<BinlogParser>();
-        parser_->set_quiet(skip_existing);
+        quiet_until_ = quiet_until;
+        parser_->set_quiet(quiet_until_ > 0);
         read_binlog();
+        if (parser_ && quiet_until_ > 0) end_quiet();
+    }
+
+    // Reporting starts here: tell on_position where (a restart without a state file begins at
+    // the end of the binlog, so the first state written is that end, not nothing).
+    void end_quiet() {
+        quiet_until_ = 0;
         parser_->set_quiet(false);
+        batch_.push_back(Position{binlog_path_.filename().string(), parser_->safe_offset(), parser_->last_gtid()});
     }
 
     void read_binlog() {
         if (!parser_) return;
         std::array<char, 64 * 1024> buffer;
         for (;;) {
-            ssize_t got = ::pread(binlog_fd_.get(), buffer.data(), buffer.size(), static_cast<off_t>(binlog_read_));
+            std::size_t want = buffer.size();
+            if (quiet_until_ > binlog_read_ && quiet_until_ != skip_all)
+                want = static_cast<std::size_t>(std::min<std::uint64_t>(want, quiet_until_ - binlog_read_));
+            ssize_t got = ::pread(binlog_fd_.get(), buffer.data(), want, static_cast<off_t>(binlog_read_));
             if (got < 0) {
                 if (errno == EINTR) continue;
                 log(fmt::format("read {}: {}", binlog_path_.string(), std::strerror(errno)));
@@ -424,15 +484,30 @@ private:
             binlog_read_ += got;
             auto out = parser_->feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
             for (const std::string& problem : out.problems) log(fmt::format("{}: {}", binlog_path_.filename().string(), problem));
-            for (Change& change : out.changes) {
-                change.engine = engine_of(options_.datadir, change.new_db.empty() ? change.db : change.new_db,
-                                          change.new_table.empty() ? change.table : change.new_table);
-                queue(std::move(change));
+            std::size_t taken = 0;
+            auto take = [&](std::size_t end, const Position* position) {
+                for (std::uint32_t index = 0; taken < end; ++taken, ++index) {
+                    Change& change = out.changes[taken];
+                    change.engine = engine_of(options_.datadir, change.new_db.empty() ? change.db : change.new_db,
+                                              change.new_table.empty() ? change.table : change.new_table);
+                    if (position) {
+                        change.position = *position;
+                        change.index = index;
+                    }
+                    queue(std::move(change));
+                }
+            };
+            for (const auto& boundary : out.boundaries) {
+                Position position{binlog_path_.filename().string(), boundary.offset, boundary.gtid};
+                take(boundary.changes, &position);
+                batch_.push_back(std::move(position));
             }
+            take(out.changes.size(), nullptr);
+            if (quiet_until_ != 0 && quiet_until_ != skip_all && binlog_read_ >= quiet_until_) end_quiet();
             if (out.rotate_to) {
                 fs::path next = options_.datadir / *out.rotate_to;
                 if (next != binlog_path_ && fs::exists(next)) {
-                    open_binlog(next, false);
+                    open_binlog(next, 0);
                     return;
                 }
             }
@@ -445,7 +520,7 @@ private:
         auto files = read_binlog_index(index_path_, options_.datadir);
         auto current = std::find(files.begin(), files.end(), binlog_path_);
         if (current == files.end()) {
-            if (!files.empty()) open_binlog(files.back(), false);
+            if (!files.empty()) open_binlog(files.back(), 0);
             return;
         }
         // read_binlog() follows ROTATE events itself, possibly across several files: continue from
@@ -456,7 +531,7 @@ private:
             auto now = std::find(files.begin(), files.end(), binlog_path_);
             if (now == files.end() || now + 1 == files.end()) break;
             fs::path before = binlog_path_;
-            open_binlog(*(now + 1), false);
+            open_binlog(*(now + 1), 0);
             if (binlog_path_ == before) break;  // could not open it (logged); the next index change retries
             log(fmt::format("binlog rotated to {}", binlog_path_.filename().string()));
         }
@@ -482,8 +557,7 @@ private:
         redo_timer_ = loop_.add_timer(options_.redo_delay, [this] {
             redo_timer_ = 0;
             run_redo_query();
-            for (Change& change : batch_) deliver(std::move(change));
-            batch_.clear();
+            flush();
         });
     }
 
@@ -535,10 +609,12 @@ private:
     // writes .MYI, .MYD, .MYI); binlog changes are one per committed transaction and table.
     void queue(Change change) {
         if (change.via != Via::binlog)
-            for (const Change& queued : batch_)
-                if (queued.event == change.event && queued.db == change.db && queued.table == change.table &&
-                    queued.new_table == change.new_table && queued.via == change.via)
+            for (const auto& item : batch_) {
+                const Change* queued = std::get_if<Change>(&item);
+                if (queued && queued->event == change.event && queued->db == change.db &&
+                    queued->table == change.table && queued->new_table == change.new_table && queued->via == change.via)
                     return;
+            }
         batch_.push_back(std::move(change));
     }
 
@@ -602,13 +678,16 @@ private:
     std::map<int, std::string> databases_;
     std::map<std::uint32_t, Move> moves_;
     std::set<std::pair<std::string, std::string>> truncating_;
-    std::vector<Change> batch_;
+    // Changes and, binlog path, the positions after them, in binlog order.
+    std::vector<std::variant<Change, Position>> batch_;
     std::map<std::string, Slot> debounce_;
 
     fs::path index_path_;
     fs::path binlog_path_;
     Fd binlog_fd_;
     std::uint64_t binlog_read_ = 0;
+    std::uint64_t quiet_until_ = 0;
+    bool resumed_ = false;
     std::unique_ptr<BinlogParser> parser_;
 
     std::unique_ptr<Connection> connection_;

@@ -4,7 +4,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <fstream>
+#include <iostream>
+#include <set>
+#include <thread>
 
 #include "mariadb_server.hpp"
 #include "process_helpers.hpp"
@@ -142,6 +149,171 @@ TEST_F(MysqlWatchBinlog, FlushBinaryLogsLosesNothing) {
     for (int i = 0; i < 20; ++i) statements += "INSERT INTO rot.t VALUES (1); FLUSH BINARY LOGS;";
     server_->sql(statements);
     EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 20; })) << watcher.describe();
+}
+
+// --state: the watcher is killed with SIGKILL twice while a workload commits 600 single-row
+// transactions (and the binlog rotates, also while no watcher runs); each restart resumes from the
+// state file. Every transaction must be reported (by its stable id), and a restart may repeat at
+// most the one transaction whose line was written before its position was saved.
+TEST_F(MysqlWatchBinlog, KillNineAndRestartWithStateLosesNothing) {
+    constexpr int total = 600;
+    server_->sql("CREATE DATABASE res; CREATE TABLE res.t (v INT) ENGINE=InnoDB");
+    TempDir dir;
+    std::string state = dir / "state";
+    std::string script;
+    for (int i = 0; i < total; ++i) {
+        script += fmt::format("INSERT INTO res.t VALUES ({}); DO SLEEP(0.004);", i);
+        if (i % 150 == 149) script += "FLUSH BINARY LOGS;";
+    }
+    std::vector<Process> runs;
+    runs.push_back(start_watcher(*server_, "res", {"--state", state}));
+    Process workload = Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
+    auto ids = [&](int* lines) {
+        std::set<std::string> unique;
+        if (lines) *lines = 0;
+        for (const Process& run : runs)
+            for (const json& e : events_of(run))
+                if (e.value("table", "") == "t" && e.value("event", "") == "change") {
+                    unique.insert(e.value("id", ""));
+                    if (lines) ++*lines;
+                }
+        return unique.size();
+    };
+    for (int kill = 1; kill <= 2; ++kill) {
+        std::size_t target = static_cast<std::size_t>(total) * kill / 4;
+        ASSERT_TRUE(eventually([&] { return ids(nullptr) >= target; }, 30s)) << runs.back().describe();
+        runs.back().kill_group();
+        // Commits and a rotation happen while no watcher runs.
+        std::this_thread::sleep_for(200ms);
+        server_->sql("FLUSH BINARY LOGS");
+        runs.push_back(start_watcher(*server_, "res", {"--state", state}));
+        EXPECT_NE(runs.back().err().find("resuming at binlog."), std::string::npos) << runs.back().describe();
+    }
+    EXPECT_EQ(workload.wait(60s), 0) << workload.describe();
+    int lines = 0;
+    EXPECT_TRUE(eventually([&] { return ids(&lines) == total; }, 30s))
+        << "unique " << ids(nullptr) << " of " << total << "\n" << runs.back().describe();
+    EXPECT_LE(lines - total, 2) << "duplicates beyond one per restart";
+    EXPECT_EQ(ids(nullptr), static_cast<std::size_t>(total));
+    auto saved = json::parse(read_file(state), nullptr, false);
+    // (no "gtid" when the last position is the start of a file rotated to after the last commit)
+    EXPECT_TRUE(saved.contains("file") && saved.contains("pos")) << read_file(state);
+}
+
+TEST_F(MysqlWatchBinlog, StateFileThatIsNotJsonIsRefusedWithOneLine) {
+    TempDir dir;
+    write_file(dir / "state", "binlog.000001 1234\n");
+    auto result = run({KTRICKS_BINARY, "mysql-watch", "--datadir", server_->datadir(), "--state", dir / "state"});
+    EXPECT_EQ(result.status, 65) << result.describe;
+    EXPECT_NE(result.err.find("state file"), std::string::npos) << result.describe;
+}
+
+TEST_F(MysqlWatchBinlog, FirstRunWithStateSavesTheCurrentEndThenEachTransaction) {
+    server_->sql("CREATE DATABASE st1; CREATE TABLE st1.t (v INT)");
+    TempDir dir;
+    std::string state = dir / "state";
+    Process watcher = start_watcher(*server_, "st1", {"--state", state});
+    // Saved at start: a watcher killed before the first commit still resumes at the right place.
+    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(state); })) << watcher.describe();
+    auto before = json::parse(read_file(state));
+    server_->sql("INSERT INTO st1.t VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 1; })) << watcher.describe();
+    auto event = events_of(watcher).back();
+    ASSERT_TRUE(eventually([&] {
+        auto now = json::parse(read_file(state), nullptr, false);
+        return now.value("pos", 0) == event.value("binlog_pos", 1) && now.value("file", "") == event.value("binlog_file", "");
+    })) << read_file(state) << "\n" << watcher.describe();
+    EXPECT_GT(event.value("binlog_pos", 0), before.value("pos", 0));
+    EXPECT_EQ(event.value("id", ""), fmt::format("{}:{}:0", event.value("binlog_file", ""), event.value("binlog_pos", 0)));
+}
+
+// A throwaway redis-server on a loopback port, with every write fsynced to its append-only file
+// (so an acknowledged XADD survives the SIGKILL the test gives it). Killed with its group on exit.
+class RedisServer {
+public:
+    static bool available() { return std::filesystem::exists("/usr/bin/redis-server"); }
+    RedisServer() : port_(free_port()) { start(); }
+    void start() {
+        process_ = std::make_unique<Process>(Process::start(
+            {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir", dir_.path().string(),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"}));
+        if (!eventually([&] { return cli({"PING"}).find("PONG") != std::string::npos; }))
+            throw std::runtime_error("redis-server did not start: " + process_->describe());
+    }
+    void kill() { process_.reset(); }  // SIGKILL to its group
+    int port() const { return port_; }
+    std::string cli(std::vector<std::string> args) const {
+        std::vector<std::string> argv = {"redis-cli", "-p", std::to_string(port_), "--raw"};
+        argv.insert(argv.end(), args.begin(), args.end());
+        return run(argv).out;
+    }
+    // The events of a stream (the "event" field of every entry), in stream order.
+    std::vector<json> stream(const std::string& name) const {
+        std::vector<json> events;
+        auto lines = lines_of(cli({"XRANGE", name, "-", "+"}));
+        for (std::size_t i = 0; i + 1 < lines.size(); ++i)
+            if (lines[i] == "event") events.push_back(json::parse(lines[i + 1], nullptr, false));
+        return events;
+    }
+
+private:
+    static int free_port() {
+        Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address);
+        socklen_t length = sizeof address;
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
+        return ntohs(address.sin_port);
+    }
+    TempDir dir_;
+    int port_;
+    std::unique_ptr<Process> process_;
+};
+
+// --publish redis://: 2,000 transactions of 5 rows (10,000 rows) while the broker is SIGKILLed and
+// restarted, then the watcher is SIGKILLed and restarted with --state. Every transaction must be in
+// the stream (by its stable id) with its 5 rows; repeats are bounded.
+TEST_F(MysqlWatchBinlog, RedisBrokerAndWatcherKilledDuringTenThousandRowsLoseNothing) {
+    if (!RedisServer::available()) GTEST_SKIP() << "needs redis-server (scripts/install-deps.sh)";
+    constexpr int transactions = 2000;
+    server_->sql("CREATE DATABASE sk; CREATE TABLE sk.t (v INT) ENGINE=InnoDB");
+    RedisServer redis;
+    TempDir dir;
+    std::string url = fmt::format("redis://127.0.0.1:{}/ktricks:{{db}}", redis.port());
+    std::vector<std::string> args = {"--state", dir / "state", "--publish", url, "--spool", dir / "spool"};
+    std::string script = "SET autocommit=1;";
+    for (int i = 0; i < transactions; ++i)
+        script += fmt::format("INSERT INTO sk.t VALUES ({0}),({0}),({0}),({0}),({0});", i);
+    auto watcher = std::make_unique<Process>(start_watcher(*server_, "sk", args));
+    Process workload = Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
+    auto in_stream = [&] { return std::atoi(redis.cli({"XLEN", "ktricks:sk"}).c_str()); };
+    ASSERT_TRUE(eventually([&] { return in_stream() >= transactions / 5; }, 60s)) << watcher->describe();
+    redis.kill();
+    std::this_thread::sleep_for(1s);  // events go to the spool meanwhile
+    redis.start();
+    ASSERT_TRUE(eventually([&] { return in_stream() >= transactions / 2; }, 60s)) << watcher->describe();
+    watcher.reset();  // SIGKILL
+    std::this_thread::sleep_for(300ms);
+    watcher = std::make_unique<Process>(start_watcher(*server_, "sk", args));
+    EXPECT_EQ(workload.wait(90s), 0) << workload.describe();
+    std::set<std::string> ids;
+    std::uint64_t rows = 0;
+    std::size_t entries = 0;
+    auto collect = [&] {
+        ids.clear();
+        rows = 0;
+        auto events = redis.stream("ktricks:sk");
+        entries = events.size();
+        for (const json& e : events)
+            if (e.value("table", "") == "t" && ids.insert(e.value("id", "")).second) rows += e.value("rows", 0);
+        return ids.size() == static_cast<std::size_t>(transactions);
+    };
+    EXPECT_TRUE(eventually(collect, 60s)) << ids.size() << " of " << transactions << "\n" << watcher->describe();
+    EXPECT_EQ(rows, 5u * transactions);
+    EXPECT_LE(entries - ids.size(), 5u) << "repeats";
+    std::cerr << "stream entries " << entries << ", unique " << ids.size() << ", rows " << rows << "\n";
 }
 
 TEST_F(MysqlWatchBinlog, ServerRestartIsSurvived) {
