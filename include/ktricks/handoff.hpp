@@ -64,8 +64,8 @@ struct ReadyCheck {
     enum class Kind { notify, tcp, exec, delay, http, connect } kind = Kind::notify;
     std::string command;  // exec: run by /bin/sh -c, ready when it exits 0 (retried every 100 ms)
     milliseconds delay{0};
-    std::string path;     // http: the request target, e.g. "/health"
-    int status = 0;       // http: the status that counts as ready; 0: any status below 500
+    std::string path;  // http: the request target, e.g. "/health"
+    int status = 0;    // http: the status that counts as ready; 0: any status below 500
     // "notify", "tcp", "exec:CMD", "delay:MS", "http:PATH[=STATUS]", "connect". Throws InputError.
     static ReadyCheck parse(std::string_view text);
     bool uses_probe() const noexcept { return kind == Kind::http || kind == Kind::connect; }
@@ -98,8 +98,8 @@ struct ServerPreset {
 ServerPreset server_preset(Server server);
 struct ServeOptions {
     std::vector<std::string> command;
-    std::vector<ListenSpec> listen;       // bound by serve()
-    std::vector<Listener> adopted;        // already-open listeners (takeover), announced before `listen`
+    std::vector<ListenSpec> listen;  // bound by serve()
+    std::vector<Listener> adopted;   // already-open listeners (takeover), announced before `listen`
     ReadyCheck ready;
     milliseconds ready_timeout{30'000};
     int drain_signal = SIGTERM;
@@ -122,8 +122,8 @@ struct ServeOptions {
     // `--pid-file`: serve writes the serving generation's pid here (as seen from serve's namespace)
     // at every switch, and removes it when it ends.
     std::optional<std::string> pid_file;
-    std::optional<std::string> zerg_path;     // also act as a uWSGI zerg server on this unix socket
-    bool handoff = false;                     // give generations KTRICKS_HANDOFF_FD (see Upgrader)
+    std::optional<std::string> zerg_path;  // also act as a uWSGI zerg server on this unix socket
+    bool handoff = false;                  // give generations KTRICKS_HANDOFF_FD (see Upgrader)
     // Hook for wrappers (e.g. a jail): called for every generation with its SpawnOptions fully
     // prepared (argv, pass_fds = listeners at 3.., LISTEN_* / adapter env, NOTIFY_SOCKET,
     // new_process_group). It may rewrite argv (a prefix such as a sandbox launcher that execs the
@@ -154,10 +154,10 @@ ExitStatus serve(ServeOptions options);
 // `ktricks reload`: asks the serve behind `control_path` to reload and waits for the outcome.
 struct ReloadResult {
     bool ok = false;
-    std::string message;     // why not, when !ok
-    unsigned generation = 0; // the generation now serving
+    std::string message;      // why not, when !ok
+    unsigned generation = 0;  // the generation now serving
     pid_t pid = 0;
-    double ready_ms = 0;     // reload request -> new generation ready
+    double ready_ms = 0;  // reload request -> new generation ready
 };
 ReloadResult request_reload(const std::string& control_path, milliseconds timeout);
 // `status` on the control socket: one JSON object (generation, pid, draining, reloading).
@@ -171,15 +171,15 @@ struct TakeoverOptions {
     // Sent to the old process and each of its descendants once none of them holds an accepted
     // connection (they are all stopped then).
     int signal = SIGTERM;
-    ServeOptions serve;                 // command, readiness, drain settings for what follows
+    ServeOptions serve;  // command, readiness, drain settings for what follows
 };
 
 // A listening socket found in another process.
 struct FoundListener {
-    int fd = -1;             // its number in `pid`
+    int fd = -1;  // its number in `pid`
     unsigned long inode = 0;
-    std::string address;     // as SocketAddress prints it
-    pid_t pid = 0;           // the process holding it: the target, or else one of its descendants
+    std::string address;  // as SocketAddress prints it
+    pid_t pid = 0;        // the process holding it: the target, or else one of its descendants
 };
 // The listening sockets (tcp LISTEN, bound udp, listening unix) of `pid` and of its descendants
 // (nginx's or gunicorn's workers), each once, from /proc/PID/fd and /proc/PID/net/{tcp,tcp6,udp,

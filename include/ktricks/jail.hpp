@@ -58,24 +58,25 @@ private:
 // The isolation around the command; also what `serve --jail` applies to every generation.
 // Every default is the safe choice; each has an explicit opt-out.
 struct SandboxOptions {
-    bool loopback = false;                // bring `lo` up inside (127.0.0.1 reaches the jail only)
-    bool readonly = true;                 // read-only view of every mount; private tmpfs on /tmp
+    bool loopback = false;  // bring `lo` up inside (127.0.0.1 reaches the jail only)
+    bool readonly = true;   // read-only view of every mount; private tmpfs on /tmp
     struct Bind {
-        std::string source, target;       // target must exist; mounted read-write
+        std::string source, target;  // target must exist; mounted read-write
     };
-    std::vector<Bind> binds;              // also --writable PATH (= PATH:PATH)
-    std::optional<uid_t> uid;             // the uid (and gid) CMD runs as inside the jail
+    std::vector<Bind> binds;   // also --writable PATH (= PATH:PATH)
+    std::optional<uid_t> uid;  // the uid (and gid) CMD runs as inside the jail
     std::optional<gid_t> gid;
     // A user namespace also when started as root: the jail's uid (root by default) is the host's
     // `uid` when one is given, else nobody (65534); the jail holds no capability over the host or
     // over its own namespaces, which the host's root created and owns.
     bool user_namespace = true;
-    std::vector<int> capabilities;        // kept in every set (bounding, permitted, effective, inheritable, ambient); default none
-    bool host_dev = false;                // the host's /dev instead of a minimal one
-    bool no_new_privs = true;             // PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
-    bool seccomp = true;                  // the default deny list (default_denied_syscalls())
-    bool seccomp_deny_socket = false;     // socket() of any family but AF_UNIX fails with EPERM
-    bool init = true;                     // a small init is pid 1 unless CMD is an init itself (looks_like_init)
+    std::vector<int>
+        capabilities;  // kept in every set (bounding, permitted, effective, inheritable, ambient); default none
+    bool host_dev = false;             // the host's /dev instead of a minimal one
+    bool no_new_privs = true;          // PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+    bool seccomp = true;               // the default deny list (default_denied_syscalls())
+    bool seccomp_deny_socket = false;  // socket() of any family but AF_UNIX fails with EPERM
+    bool init = true;                  // a small init is pid 1 unless CMD is an init itself (looks_like_init)
     std::string hostname = "jail";
     std::optional<std::string> broker_path;  // where the broker socket appears inside the jail
     // Parses --bind SRC[:DST]; throws InputError.
@@ -151,8 +152,8 @@ struct RunOptions {
     std::vector<SocketAddress> listen;
     std::vector<std::string> command;
     SandboxOptions sandbox;
-    std::vector<AllowRule> allow;          // for the broker
-    bool verbose = true;                   // say on stderr what was bound and granted
+    std::vector<AllowRule> allow;  // for the broker
+    bool verbose = true;           // say on stderr what was bound and granted
     // bind() inside the jail to an inet address that matches a --listen address gets that host
     // listener in place of its own socket (seccomp user notification); other inet binds fail with
     // EACCES. The listeners are also passed with LISTEN_FDS, so both kinds of server work.

@@ -78,9 +78,9 @@ std::optional<std::string> encode_filename(std::string_view identifier);
 
 // What a file inside a database directory stands for.
 struct TableFile {
-    std::string table;      // decoded, partition suffix removed
-    std::string extension;  // "ibd", "MYD", ...
-    std::string engine;     // from the extension ("" if it tells nothing)
+    std::string table;       // decoded, partition suffix removed
+    std::string extension;   // "ibd", "MYD", ...
+    std::string engine;      // from the extension ("" if it tells nothing)
     bool temporary = false;  // #sql... (ALTER/TRUNCATE/DROP work files)
     bool partition = false;  // t#P#p0 (or a subpartition)
 };
@@ -97,7 +97,7 @@ class BinlogParser {
 public:
     struct Output {
         std::vector<Change> changes;
-        std::vector<std::string> problems;   // corrupt events, unsupported features
+        std::vector<std::string> problems;     // corrupt events, unsupported features
         std::optional<std::string> rotate_to;  // a ROTATE event names the next file
         // Ends of transactions (and of statements outside one), in order: the changes before
         // changes[boundary.changes] belong to transactions that end at or before boundary.offset.
@@ -183,7 +183,7 @@ struct WatchOptions {
     Credentials credentials;
     std::string db_glob = "*";
     std::string table_glob = "*";
-    std::chrono::milliseconds debounce{0};  // per table: at most one event per window (+ a trailing one)
+    std::chrono::milliseconds debounce{0};     // per table: at most one event per window (+ a trailing one)
     std::chrono::milliseconds redo_delay{20};  // redo path: wait this long after the log write
     // Binlog path: continue at this position (from a state file) instead of at the end of the
     // current binlog; newer files are read from their first byte. If the file is no longer in the
@@ -223,7 +223,7 @@ private:
 // What --check prints: where the server writes, which paths work and what each cannot see.
 struct CheckReport {
     std::filesystem::path datadir;
-    std::string server_version;             // "" without a login
+    std::string server_version;  // "" without a login
     std::optional<std::filesystem::path> binlog_index;
     std::vector<std::pair<std::string, bool>> paths;  // ("binlog", usable), ...
     std::vector<std::string> blind_spots;

@@ -157,7 +157,8 @@ private:
     Socket() = default;
     std::uint32_t next_sequence() noexcept { return ++sequence_; }
     // Reads replies for `sequence` until DONE/ACK; returns false if the dump was interrupted.
-    bool read_replies(std::uint32_t sequence, bool dump, const MessageHandler& handler, std::string_view what);
+    bool read_replies(std::uint32_t sequence, bool dump, const MessageHandler& handler,
+                      std::string_view what);
 
     mnl_socket* socket_ = nullptr;
     int protocol_ = 0;
@@ -170,7 +171,8 @@ private:
 // Whether a message of `remaining` bytes starts with a complete nlmsghdr whose length fits.
 // (libmnl's mnl_nlmsg_ok casts nlmsg_len to int, so a length near 4 GiB passes it.)
 inline bool message_fits(const nlmsghdr* message, std::size_t remaining) noexcept {
-    return remaining >= sizeof(nlmsghdr) && message->nlmsg_len >= sizeof(nlmsghdr) && message->nlmsg_len <= remaining;
+    return remaining >= sizeof(nlmsghdr) && message->nlmsg_len >= sizeof(nlmsghdr) &&
+           message->nlmsg_len <= remaining;
 }
 // Calls visit(message) for each complete message in a datagram; stops at the first that does not
 // fit, or when visit returns false.
@@ -200,7 +202,9 @@ public:
     // Attributes nested in `nest`.
     Attributes(const nlattr* nest, std::uint16_t max_type);
 
-    const nlattr* get(std::uint16_t type) const noexcept { return type <= max_type_ ? table_[type] : nullptr; }
+    const nlattr* get(std::uint16_t type) const noexcept {
+        return type <= max_type_ ? table_[type] : nullptr;
+    }
     bool has(std::uint16_t type) const noexcept { return get(type) != nullptr; }
 
     // Scalar values; nullopt if absent or of the wrong size.

@@ -41,13 +41,13 @@ namespace ktricks::netwatch {
 // One network event. `fields` hold the details (operstate, carrier, family, addr, prefixlen,
 // dst, gateway, table, ssid, bssid, freq, signal, ...); scripts see each as KTRICKS_<FIELD>.
 struct NetEvent {
-    std::string type;       // "link-up", "addr-add", "wifi-connect", ... (see event_types())
-    std::string iface;      // interface name ("" if unknown)
+    std::string type;   // "link-up", "addr-add", "wifi-connect", ... (see event_types())
+    std::string iface;  // interface name ("" if unknown)
     int ifindex = 0;
-    std::string netns;      // namespace name with --all-netns ("" = our own)
-    bool initial = false;   // describes state found at start-up
-    bool resync = false;    // found by re-dumping after an overrun (ENOBUFS)
-    bool derived = false;   // inferred: the kernel removed it without telling (IPv4 routes)
+    std::string netns;     // namespace name with --all-netns ("" = our own)
+    bool initial = false;  // describes state found at start-up
+    bool resync = false;   // found by re-dumping after an overrun (ENOBUFS)
+    bool derived = false;  // inferred: the kernel removed it without telling (IPv4 routes)
     nlohmann::ordered_json fields = nlohmann::ordered_json::object();
 
     // Field as text ("" if absent).
@@ -64,8 +64,8 @@ const std::vector<std::string>& event_types();
 
 // A rule: when an event of one of `events` matching every filter happens, run `command`.
 struct Rule {
-    std::string name;                       // for reports ("rule 2" or the TOML key)
-    std::vector<std::string> events;        // event types; "*" = all
+    std::string name;                 // for reports ("rule 2" or the TOML key)
+    std::vector<std::string> events;  // event types; "*" = all
     // Filters "KEY=GLOB", "KEY!=GLOB" on iface, ssid, bssid, family (inet|inet6), addr (CIDR),
     // netns. An absent field is the empty text: `ssid!=home` matches a wired event and a wifi
     // event with another SSID (events on a connected wifi interface carry its ssid and bssid).
@@ -78,8 +78,8 @@ struct Rule {
     std::string command;                    // run with /bin/sh -c
     std::chrono::milliseconds debounce{0};  // run once the (rule, iface) stream was quiet this long
     std::optional<std::chrono::milliseconds> timeout;  // unset: WatchOptions::exec_timeout
-    bool in_netns = false;                  // run the script inside the event's named namespace (nsenter)
-    std::string where;                      // "FILE:LINE" or "--on #N", for messages
+    bool in_netns = false;  // run the script inside the event's named namespace (nsenter)
+    std::string where;      // "FILE:LINE" or "--on #N", for messages
 
     bool matches(const NetEvent& event) const;
 };
@@ -101,29 +101,30 @@ std::vector<Rule> load_rules_file(const std::string& path);
 
 struct WatchOptions {
     std::vector<Rule> rules;
-    bool dry_run = false;           // report which scripts would run (on_dry_run) instead of running them
-    bool initial = true;            // emit `initial` events for the state found at start-up
-    bool wifi = true;               // also watch nl80211 (silently skipped if the kernel has none)
-    bool all_netns = false;         // also every namespace named in /run/netns (one socket inside each)
+    bool dry_run = false;    // report which scripts would run (on_dry_run) instead of running them
+    bool initial = true;     // emit `initial` events for the state found at start-up
+    bool wifi = true;        // also watch nl80211 (silently skipped if the kernel has none)
+    bool all_netns = false;  // also every namespace named in /run/netns (one socket inside each)
     // NetworkManager-dispatcher scripts (docs/netwatch.md): these dispatcher.d folders, a later
     // one masking an earlier one's script of the same name; each must exist.
     std::vector<std::string> dispatcher_dirs;
     // Also NetworkManager's own folders first, /usr/lib/NetworkManager/dispatcher.d then
     // /etc/NetworkManager/dispatcher.d (absent ones are skipped, as NetworkManager does).
     bool nm_dirs = false;
-    std::string record_file;        // append the raw netlink stream (with timestamps) here
-    std::string replay_file;        // read events from a recording instead of the kernel
-    int receive_buffer = 0;         // SO_RCVBUF for the rtnetlink socket; 0 = a generous default
-    std::chrono::milliseconds exec_timeout{60000};  // rules without a timeout of their own, dispatcher scripts
-    std::size_t exec_concurrency = 8;               // scripts at once (0: no limit)
-    int script_stdout = -1;                         // the scripts' stdout (-1: ours)
+    std::string record_file;  // append the raw netlink stream (with timestamps) here
+    std::string replay_file;  // read events from a recording instead of the kernel
+    int receive_buffer = 0;   // SO_RCVBUF for the rtnetlink socket; 0 = a generous default
+    std::chrono::milliseconds exec_timeout{
+        60000};                        // rules without a timeout of their own, dispatcher scripts
+    std::size_t exec_concurrency = 8;  // scripts at once (0: no limit)
+    int script_stdout = -1;            // the scripts' stdout (-1: ours)
 };
 
 // What the watcher tells its caller; all called on the caller's loop, each may be empty.
 struct Callbacks {
-    std::function<void(const NetEvent&)> on_event;          // every event, before the rules run
-    std::function<void(const JobReport&)> on_script_end;    // every script's end
-    std::function<void(const std::string&)> on_dry_run;     // "would run rule 1 (link-up eth0): CMD"
+    std::function<void(const NetEvent&)> on_event;        // every event, before the rules run
+    std::function<void(const JobReport&)> on_script_end;  // every script's end
+    std::function<void(const std::string&)> on_dry_run;   // "would run rule 1 (link-up eth0): CMD"
 };
 
 // The watcher on the caller's EventLoop. It never installs signal handlers, writes to stdout or

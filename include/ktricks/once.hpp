@@ -60,13 +60,13 @@ private:
 
 // Who holds a lock, as the kernel reports it (SO_PEERCRED) plus /proc/PID/cmdline.
 struct Holder {
-    pid_t pid = 0;                      // 0 if the holder is in a pid namespace we cannot see
+    pid_t pid = 0;  // 0 if the holder is in a pid namespace we cannot see
     uid_t uid = 0;
     gid_t gid = 0;
-    std::vector<std::string> command;   // empty if /proc/PID/cmdline is unreadable
-    bool squatted = false;              // uid differs from LockName::expected_uid()
-    bool accepting = true;              // false: the name is bound by a socket that takes no connections
-    std::string describe() const;       // "pid 42 (sleep 100)", "pid 42 uid 65534 (...)"
+    std::vector<std::string> command;  // empty if /proc/PID/cmdline is unreadable
+    bool squatted = false;             // uid differs from LockName::expected_uid()
+    bool accepting = true;             // false: the name is bound by a socket that takes no connections
+    std::string describe() const;      // "pid 42 (sleep 100)", "pid 42 uid 65534 (...)"
 };
 
 // The current holder, or nullopt if the name is free. Never takes the lock itself.
@@ -78,7 +78,7 @@ struct Message {
     pid_t pid = 0;
     uid_t uid = 0;
     gid_t gid = 0;
-    std::string cwd;                    // the sender's working directory
+    std::string cwd;  // the sender's working directory
     std::vector<std::string> args;
     // With stdio: the sender's stdin, stdout, stderr and a reply descriptor (the write end of a
     // pipe): the sender exits when every copy of the reply descriptor is closed, with the exit
@@ -155,9 +155,9 @@ int inbox_fd_from_environment();
 // `ktricks once NAME -- CMD`: runs a command while holding the lock.
 struct RunOptions {
     std::vector<std::string> command;
-    bool wait = false;                                  // wait for the lock instead of failing
+    bool wait = false;                                      // wait for the lock instead of failing
     std::optional<std::chrono::milliseconds> wait_timeout;  // with wait: give up after this long
-    bool inbox = false;                                 // give the command KTRICKS_INBOX_FD
+    bool inbox = false;                                     // give the command KTRICKS_INBOX_FD
 };
 
 // Takes the lock (or throws BusyError "NAME is held by pid PID (COMMAND)"), runs the command as a

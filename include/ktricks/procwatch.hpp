@@ -37,12 +37,12 @@ struct ProcessEvent {
     EventType type = EventType::fork;
     std::uint64_t timestamp_ns = 0;  // CLOCK_MONOTONIC, as the kernel stamped it
     std::uint32_t cpu = 0;
-    pid_t pid = 0, tgid = 0;          // the process (fork: the child)
-    pid_t parent_pid = 0, parent_tgid = 0;  // fork, exit, coredump
-    std::uint32_t uid = 0, euid = 0;  // uid event; gid event uses them for rgid/egid
-    pid_t tracer_pid = 0, tracer_tgid = 0;  // ptrace (0: detached)
+    pid_t pid = 0, tgid = 0;                       // the process (fork: the child)
+    pid_t parent_pid = 0, parent_tgid = 0;         // fork, exit, coredump
+    std::uint32_t uid = 0, euid = 0;               // uid event; gid event uses them for rgid/egid
+    pid_t tracer_pid = 0, tracer_tgid = 0;         // ptrace (0: detached)
     std::uint32_t exit_code = 0, exit_signal = 0;  // exit: exit_code is the wait status
-    std::string comm;                 // comm event: the new name
+    std::string comm;                              // comm event: the new name
     bool thread() const noexcept { return pid != tgid; }
     // From the wait status of an exit: "exited with status N" / "killed by signal N".
     int exit_status() const noexcept { return static_cast<int>((exit_code >> 8) & 0xff); }
@@ -54,11 +54,11 @@ struct ProcessEvent {
 std::optional<ProcessEvent> decode(const nlmsghdr& message);
 
 struct Enrichment {
-    bool readable = false;              // false: the process was gone (or hidden) when we looked
-    std::vector<std::string> command;   // argv from /proc/PID/cmdline (or remembered from exec)
-    std::string comm;                   // /proc/PID/comm
-    std::optional<std::uint32_t> uid;   // real uid from /proc/PID/status
-    std::string user;                   // its name, if it has one
+    bool readable = false;             // false: the process was gone (or hidden) when we looked
+    std::vector<std::string> command;  // argv from /proc/PID/cmdline (or remembered from exec)
+    std::string comm;                  // /proc/PID/comm
+    std::optional<std::uint32_t> uid;  // real uid from /proc/PID/status
+    std::string user;                  // its name, if it has one
 };
 
 struct Options {

@@ -31,7 +31,7 @@ struct Target {
     std::string scheme;  // "redis"
     std::string host;
     std::uint16_t port = 0;
-    std::string name;  // stream (template)
+    std::string name;                  // stream (template)
     std::uint64_t maxlen = 1'000'000;  // XADD MAXLEN ~ maxlen
     std::string user;
     std::string password;
@@ -44,11 +44,11 @@ std::string expand(std::string_view name, const nlohmann::ordered_json& event, s
 
 struct PublisherOptions {
     Target target;
-    std::filesystem::path spool;                 // required: where events wait for the broker
-    std::uint64_t spool_bytes = 256ULL << 20;    // cap; when full the oldest entries go first
-    std::chrono::milliseconds timeout{1000};     // connect and each command
-    std::chrono::milliseconds retry{500};        // how often to try the broker while spooling
-    std::string host;                            // for {host} and ids; default gethostname()
+    std::filesystem::path spool;                  // required: where events wait for the broker
+    std::uint64_t spool_bytes = 256ULL << 20;     // cap; when full the oldest entries go first
+    std::chrono::milliseconds timeout{1000};      // connect and each command
+    std::chrono::milliseconds retry{500};         // how often to try the broker while spooling
+    std::string host;                             // for {host} and ids; default gethostname()
     std::function<void(const std::string&)> log;  // state changes, one line each
 };
 

@@ -29,18 +29,28 @@ bool is_inet(Netid netid) noexcept;
 // TCP states as the kernel numbers them (include/net/tcp_states.h); UDP and unix reuse them
 // (ESTABLISHED = connected, CLOSE = unconnected, LISTEN).
 enum State : std::uint8_t {
-    established = 1, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, closed, close_wait, last_ack,
-    listen, closing, new_syn_recv,
+    established = 1,
+    syn_sent,
+    syn_recv,
+    fin_wait1,
+    fin_wait2,
+    time_wait,
+    closed,
+    close_wait,
+    last_ack,
+    listen,
+    closing,
+    new_syn_recv,
 };
 inline constexpr std::uint32_t all_states = 0x1ffe;  // bits 1..12
 // ss's names: ESTAB, SYN-SENT, ..., UNCONN for CLOSE, LISTEN.
 const char* state_name(std::uint8_t state) noexcept;
 
 struct Endpoint {
-    int family = 0;                       // AF_INET, AF_INET6; 0 for unix/packet
+    int family = 0;  // AF_INET, AF_INET6; 0 for unix/packet
     std::array<std::uint8_t, 16> address{};
-    std::uint16_t port = 0;               // host order; raw sockets: the protocol
-    std::string name;                     // unix: path or "@abstract"; packet: interface
+    std::uint16_t port = 0;  // host order; raw sockets: the protocol
+    std::string name;        // unix: path or "@abstract"; packet: interface
 };
 
 struct ProcessRef {
@@ -64,7 +74,7 @@ struct TcpDetails {
 struct SocketInfo {
     Netid netid = Netid::tcp;
     std::uint8_t state = 0;
-    std::uint8_t protocol = 0;   // IPPROTO_* for inet sockets
+    std::uint8_t protocol = 0;  // IPPROTO_* for inet sockets
     std::uint32_t recv_q = 0, send_q = 0;
     Endpoint local, peer;
     std::uint32_t inode = 0, uid = 0, peer_inode = 0, ifindex = 0;
@@ -73,15 +83,15 @@ struct SocketInfo {
     std::string congestion;
     std::optional<std::array<std::uint32_t, 9>> memory;  // SK_MEMINFO_*: r rb t tb f w o bl d
     std::vector<ProcessRef> processes;
-    std::string netns;          // with --all-netns: the namespace's name ("" = ours)
-    std::uint32_t mark = 0;     // SO_MARK (INET_DIAG_MARK: the kernel sends it to CAP_NET_ADMIN only)
+    std::string netns;            // with --all-netns: the namespace's name ("" = ours)
+    std::uint32_t mark = 0;       // SO_MARK (INET_DIAG_MARK: the kernel sends it to CAP_NET_ADMIN only)
     std::uint64_t cgroup_id = 0;  // the cgroup v2 id of the socket's creator (INET_DIAG_CGROUP_ID)
-    bool v6only = false;        // IPV6_V6ONLY (sent for listening and unconnected sockets)
+    bool v6only = false;          // IPV6_V6ONLY (sent for listening and unconnected sockets)
     // The pending TCP timer (inet_diag_msg): 0 none, 1 retransmit, 2 keepalive, 3 time-wait,
     // 4 zero-window probe; its expiry in ms and the retransmits so far.
     std::uint8_t timer = 0, retransmits = 0;
     std::uint32_t expires_ms = 0;
-    std::string cgroup;         // with Query::cgroups: cgroup_id's path ("/system.slice/nginx.service")
+    std::string cgroup;  // with Query::cgroups: cgroup_id's path ("/system.slice/nginx.service")
 };
 
 // What a cgroup v2 path says about who runs there: the deepest systemd service or scope
@@ -153,11 +163,11 @@ struct Query {
     // Bit mask of states (1 << State). 0: connected ones only (ss's default); see listening_states.
     std::uint32_t states = 0;
     std::optional<Filter> filter;
-    bool tcp_info = false;   // -i: tcp_info and the congestion algorithm
-    bool memory = false;     // -m: skmem
-    bool processes = false;  // -p: owning processes, by socket inode
+    bool tcp_info = false;      // -i: tcp_info and the congestion algorithm
+    bool memory = false;        // -m: skmem
+    bool processes = false;     // -p: owning processes, by socket inode
     bool processes_bpf = true;  // -p: try the BPF iterator first (false: the /proc walk only)
-    bool cgroups = false;    // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
+    bool cgroups = false;       // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
 };
 
 // The states ss shows by default (all but LISTEN, CLOSE, TIME-WAIT, SYN-RECV), for -l, for -a.
@@ -198,8 +208,8 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
 
 struct SocketOwners {
     std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
-    bool bpf = false;          // which way ran: the BPF iterator, or the /proc walk
-    std::string why_not_bpf;   // with the /proc walk: why the BPF iterator did not run
+    bool bpf = false;         // which way ran: the BPF iterator, or the /proc walk
+    std::string why_not_bpf;  // with the /proc walk: why the BPF iterator did not run
 };
 // map_socket_owners_bpf() when try_bpf and it can run, otherwise map_socket_owners().
 SocketOwners find_socket_owners(bool try_bpf = true);
@@ -210,14 +220,14 @@ SocketOwners find_socket_owners(bool try_bpf = true);
 std::vector<SocketInfo> destroy(const std::vector<SocketInfo>& sockets, const std::string& netns = {});
 
 struct TableOptions {
-    bool numeric = true;     // -n: no service names
-    bool netid = false;      // the Netid column (more than one kind listed)
-    bool state = true;       // the State column (ss drops it when one state is asked for)
-    bool timers = false;     // -o: timer:(NAME,EXPIRES,RETRANSMITS) for TCP sockets with one pending
-    bool cgroups = false;    // --cgroup: cgroup:PATH, then unit:NAME and container:RUNTIME/ID when named
-    bool extended = false;   // -e: uid, inode, cookie
-    bool netns = false;      // --all-netns: the namespace column
-    bool header = true;      // the column titles line
+    bool numeric = true;    // -n: no service names
+    bool netid = false;     // the Netid column (more than one kind listed)
+    bool state = true;      // the State column (ss drops it when one state is asked for)
+    bool timers = false;    // -o: timer:(NAME,EXPIRES,RETRANSMITS) for TCP sockets with one pending
+    bool cgroups = false;   // --cgroup: cgroup:PATH, then unit:NAME and container:RUNTIME/ID when named
+    bool extended = false;  // -e: uid, inode, cookie
+    bool netns = false;     // --all-netns: the namespace column
+    bool header = true;     // the column titles line
 };
 // ss's columns, aligned; written to `fd` in large chunks.
 void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& options, int fd);
@@ -233,8 +243,8 @@ struct WatchOptions {
     // Kinds (tcp, udp; neither: both), families (ipv4, ipv6), `states` (a destroyed socket arrives in
     // its last state, often CLOSE: 0 takes every state) and `filter`. Other fields are ignored.
     Query query;
-    std::string netns;                       // a name in /run/netns or a path; "": ours
-    std::size_t receive_buffer = 4u << 20;   // a burst of closes (a server restart) must fit
+    std::string netns;                      // a name in /run/netns or a path; "": ours
+    std::size_t receive_buffer = 4u << 20;  // a burst of closes (a server restart) must fit
 };
 
 struct WatchCallbacks {

@@ -28,11 +28,11 @@ namespace ktricks::tvfs {
 
 struct VideoStream {
     int index = -1;
-    std::string codec;      // FFmpeg codec name: h264, hevc, vp9, mpeg2video ...
-    std::string profile;    // "High", "Main 10" ... ("" unknown)
-    int level = 0;          // codec level times ten for H.264/HEVC (41 = 4.1), 0 unknown
+    std::string codec;    // FFmpeg codec name: h264, hevc, vp9, mpeg2video ...
+    std::string profile;  // "High", "Main 10" ... ("" unknown)
+    int level = 0;        // codec level times ten for H.264/HEVC (41 = 4.1), 0 unknown
     int bit_depth = 8;
-    std::string pix_fmt;    // yuv420p, yuv420p10le ...
+    std::string pix_fmt;  // yuv420p, yuv420p10le ...
     int width = 0, height = 0;
     double fps = 0;
     bool interlaced = false;
@@ -40,8 +40,8 @@ struct VideoStream {
 
 struct AudioStream {
     int index = -1;
-    std::string codec;      // aac, ac3, opus, dts ...
-    std::string profile;    // "LC", "HE-AAC" ...
+    std::string codec;    // aac, ac3, opus, dts ...
+    std::string profile;  // "LC", "HE-AAC" ...
     int channels = 0;
     int sample_rate = 0;
 };
@@ -50,7 +50,7 @@ struct MediaInfo {
     std::string container;  // FFmpeg demuxer name: "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts"
     bool faststart = true;  // MP4 only: moov before mdat (a TV reading over HTTP needs it)
     double duration = 0;    // seconds
-    std::optional<VideoStream> video;   // the first video stream
+    std::optional<VideoStream> video;  // the first video stream
     std::vector<AudioStream> audio;
     int subtitles = 0;
 };
@@ -61,28 +61,28 @@ MediaInfo probe(const std::string& path);
 struct Profile {
     std::string name;
     std::string description;
-    std::string source;                       // where the limits come from (a spec URL)
-    std::vector<std::string> containers;      // passed through as is: mp4, mpegts, matroska, webm
-    std::vector<std::string> video_codecs;    // h264, hevc, vp9, av1, mpeg2video
-    std::vector<std::string> h264_profiles;   // empty = any
+    std::string source;                      // where the limits come from (a spec URL)
+    std::vector<std::string> containers;     // passed through as is: mp4, mpegts, matroska, webm
+    std::vector<std::string> video_codecs;   // h264, hevc, vp9, av1, mpeg2video
+    std::vector<std::string> h264_profiles;  // empty = any
     int max_h264_level = 41;
     int max_hevc_level = 51;
     int max_bit_depth = 8;
     int max_width = 1920, max_height = 1080;
     double max_fps = 30;
     bool interlaced = false;
-    std::vector<std::string> audio_codecs;    // aac, ac3, eac3, mp3, opus
+    std::vector<std::string> audio_codecs;  // aac, ac3, eac3, mp3, opus
     int max_channels = 2;
-    std::vector<int> sample_rates;            // empty = any
+    std::vector<int> sample_rates;  // empty = any
     // What a transcode produces (always H.264 + AAC-LC in MPEG-TS).
-    int video_kbps = 6000;                    // for 1080p; scaled by pixel count for smaller output
+    int video_kbps = 6000;  // for 1080p; scaled by pixel count for smaller output
     int audio_kbps = 160;
     std::string preset = "veryfast";
 
-    std::string describe() const;             // the limits, one line each
+    std::string describe() const;  // the limits, one line each
 };
 
-const Profile& builtin_profile(std::string_view name);   // throws InputError for an unknown name
+const Profile& builtin_profile(std::string_view name);  // throws InputError for an unknown name
 std::vector<std::string> builtin_profile_names();
 // A user profile in TOML (see docs/tvfs.md); `origin` names it in errors. Missing keys inherit `tv`.
 Profile parse_profile(std::string_view toml_text, std::string_view origin);
@@ -108,11 +108,11 @@ std::string explain(const std::string& path, const MediaInfo& media, const Decis
 
 struct MountOptions {
     std::string source, mountpoint;
-    std::string profile = "tv";       // a built-in name or a TOML file
-    std::string cache_dir;            // default: $XDG_CACHE_HOME/ktricks-tvfs or /var/cache/ktricks-tvfs
+    std::string profile = "tv";  // a built-in name or a TOML file
+    std::string cache_dir;       // default: $XDG_CACHE_HOME/ktricks-tvfs or /var/cache/ktricks-tvfs
     std::uint64_t cache_size = 4ull << 30;
     std::vector<std::string> fuse_options;  // each as given to -o
-    double grace_seconds = 2;         // transcoder threads stop this long after the last close
+    double grace_seconds = 2;               // transcoder threads stop this long after the last close
 };
 
 // A mounted tvfs. The constructor mounts; start() serves requests on a pool of threads of its own,

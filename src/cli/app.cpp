@@ -24,20 +24,23 @@ int run(int argc, char** argv, std::span<const Registration> built_in, bool list
     // A reader that went away (`ktricks ... | head`) must end us quietly, not kill us mid-cleanup.
     ::signal(SIGPIPE, SIG_IGN);
 
-    CLI::App app{"ktricks: the Linux kernel's lesser-known networking, IPC and filesystem services, put to work.",
-                 "ktricks"};
+    CLI::App app{
+        "ktricks: the Linux kernel's lesser-known networking, IPC and filesystem services, put to work.",
+        "ktricks"};
     app.set_version_flag("--version", fmt::format("ktricks {}", version));
     app.require_subcommand(1);
     app.fallthrough(false);
-    app.footer("Run 'ktricks SUBCOMMAND --help' for a subcommand's options. Exit status follows sysexits.h:\n"
-               "64 usage, 65 bad data, 66 no input, 69 unavailable, 75 temporary failure (e.g. a held lock),\n"
-               "77 no permission.");
+    app.footer(
+        "Run 'ktricks SUBCOMMAND --help' for a subcommand's options. Exit status follows sysexits.h:\n"
+        "64 usage, 65 bad data, 66 no input, 69 unavailable, 75 temporary failure (e.g. a held lock),\n"
+        "77 no permission.");
 
     // Only the subcommand being run registers its options: building every subcommand's options is
     // most of what a light subcommand would otherwise spend before doing its work. Without one
     // (--help, --version, a typo), every subcommand is listed by name and summary.
     auto named = [&](std::string_view name) {
-        return std::find_if(built_in.begin(), built_in.end(), [&](const Registration& r) { return r.name == name; });
+        return std::find_if(built_in.begin(), built_in.end(),
+                            [&](const Registration& r) { return r.name == name; });
     };
     auto chosen = argc > 1 ? named(argv[1]) : built_in.end();
     std::vector<Subcommand> registered;
@@ -65,7 +68,8 @@ int run(int argc, char** argv, std::span<const Registration> built_in, bool list
         std::string message = error.what();
         bool unknown_subcommand = where == "ktricks" && argc > 1 && argv[1][0] != '-';
         if (unknown_subcommand) message = fmt::format("unknown subcommand \"{}\"", argv[1]);
-        else if (dynamic_cast<const CLI::RequiredError*>(&error) && message.find("subcommand") != std::string::npos)
+        else if (dynamic_cast<const CLI::RequiredError*>(&error) &&
+                 message.find("subcommand") != std::string::npos)
             message = "a subcommand is required";
         fmt::print(stderr, "{}: {} (see '{} --help')\n", where, message, where);
         return exit_code::usage;

@@ -19,8 +19,9 @@ void add_exec_flags(CLI::App* sub, ExecFlags& flags) {
     sub->add_option("--exec-timeout", flags.timeout,
                     "Kill a script (its whole process group: SIGTERM, SIGKILL 1 s later) after SECONDS")
         ->capture_default_str();
-    sub->add_option("--exec-concurrency", flags.concurrency,
-                    "At most N scripts at once; scripts for one key (rule and interface, table, pid) run in order")
+    sub->add_option(
+           "--exec-concurrency", flags.concurrency,
+           "At most N scripts at once; scripts for one key (rule and interface, table, pid) run in order")
         ->capture_default_str();
 }
 

@@ -26,40 +26,59 @@ std::optional<unsigned> number(std::string_view text) {
 
 void JailFlags::add_to(CLI::App& sub) {
     sub.add_flag("--loopback", loopback, "Bring lo up inside the jail (it reaches only the jail itself)");
-    sub.add_flag("--readonly{true}", readonly,
-                 "Read-only view of every mount, with a private tmpfs on /tmp (default on; --readonly=false for a writable root)")
+    sub.add_flag(
+           "--readonly{true}", readonly,
+           "Read-only view of every mount, with a private tmpfs on /tmp (default on; --readonly=false for a writable root)")
         ->capture_default_str();
-    sub.add_option("--bind", binds, "SRC[:DST]: mount SRC read-write at DST (which must exist) inside the jail")->allow_extra_args(false);
-    sub.add_option("--writable", writable, "PATH: keep PATH writable inside the read-only jail (same as --bind PATH)")->allow_extra_args(false);
-    sub.add_option("--user", user, "UID[:GID] or NAME[:GROUP]: run CMD as this user inside (the same uid outside; default root inside, nobody outside)");
-    sub.add_flag("--userns{true}", user_namespace,
-                 "A user namespace also when started as root (default on; --userns=false keeps the host's root, for trusted commands only)")
-        ->capture_default_str();
-    sub.add_option("--cap", capabilities, "NAME: keep this capability (e.g. CAP_NET_BIND_SERVICE); by default every capability set is empty")
+    sub.add_option("--bind", binds,
+                   "SRC[:DST]: mount SRC read-write at DST (which must exist) inside the jail")
         ->allow_extra_args(false);
-    sub.add_flag("--host-dev", host_dev, "The host's /dev instead of the minimal one (null zero full random urandom tty, private pts and shm)");
-    sub.add_flag("--no-new-privs{true}", no_new_privs, "Set PR_SET_NO_NEW_PRIVS (default on; --no-new-privs=false to keep setuid working)")
+    sub.add_option("--writable", writable,
+                   "PATH: keep PATH writable inside the read-only jail (same as --bind PATH)")
+        ->allow_extra_args(false);
+    sub.add_option(
+        "--user", user,
+        "UID[:GID] or NAME[:GROUP]: run CMD as this user inside (the same uid outside; default root inside, nobody outside)");
+    sub.add_flag(
+           "--userns{true}", user_namespace,
+           "A user namespace also when started as root (default on; --userns=false keeps the host's root, for trusted commands only)")
         ->capture_default_str();
-    sub.add_option("--seccomp", seccomp,
-                   "default: deny module loading, kexec, the mount family, namespaces, ptrace, bpf, keyctl, perf_event_open, "
-                   "userfaultfd, open_by_handle_at ... with EPERM; off: no filter")
+    sub.add_option(
+           "--cap", capabilities,
+           "NAME: keep this capability (e.g. CAP_NET_BIND_SERVICE); by default every capability set is empty")
+        ->allow_extra_args(false);
+    sub.add_flag(
+        "--host-dev", host_dev,
+        "The host's /dev instead of the minimal one (null zero full random urandom tty, private pts and shm)");
+    sub.add_flag("--no-new-privs{true}", no_new_privs,
+                 "Set PR_SET_NO_NEW_PRIVS (default on; --no-new-privs=false to keep setuid working)")
+        ->capture_default_str();
+    sub.add_option(
+           "--seccomp", seccomp,
+           "default: deny module loading, kexec, the mount family, namespaces, ptrace, bpf, keyctl, perf_event_open, "
+           "userfaultfd, open_by_handle_at ... with EPERM; off: no filter")
         ->check(CLI::IsMember({"default", "off"}))
         ->capture_default_str();
-    sub.add_flag("--seccomp-deny-socket", seccomp_deny_socket,
-                 "Make socket() of every family except AF_UNIX (and io_uring_setup) fail with EPERM inside the jail");
-    sub.add_flag("--init{true}", init,
-                 "A small init is pid 1 (reaps orphans, forwards signals, exits with CMD's status) unless CMD is one "
-                 "(tini, dumb-init, systemd ...); default on, --init=false makes CMD pid 1")
+    sub.add_flag(
+        "--seccomp-deny-socket", seccomp_deny_socket,
+        "Make socket() of every family except AF_UNIX (and io_uring_setup) fail with EPERM inside the jail");
+    sub.add_flag(
+           "--init{true}", init,
+           "A small init is pid 1 (reaps orphans, forwards signals, exits with CMD's status) unless CMD is one "
+           "(tini, dumb-init, systemd ...); default on, --init=false makes CMD pid 1")
         ->capture_default_str();
     sub.add_option("--hostname", hostname, "Host name inside the jail")->capture_default_str();
-    sub.add_option("--broker", broker, "Unix socket path inside the jail where CMD may ask for more listeners ($KTRICKS_BROKER)");
-    sub.add_option("--allow", allow, "With --broker: what may be granted, e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")->allow_extra_args(false);
+    sub.add_option("--broker", broker,
+                   "Unix socket path inside the jail where CMD may ask for more listeners ($KTRICKS_BROKER)");
+    sub.add_option("--allow", allow,
+                   "With --broker: what may be granted, e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")
+        ->allow_extra_args(false);
 }
 
 bool JailFlags::given() const {
-    return loopback || !readonly || !binds.empty() || !writable.empty() || !user.empty() || !user_namespace || !capabilities.empty() ||
-           host_dev || !no_new_privs || seccomp != "default" || seccomp_deny_socket || !init || !broker.empty() || !allow.empty() ||
-           hostname != "jail";
+    return loopback || !readonly || !binds.empty() || !writable.empty() || !user.empty() || !user_namespace ||
+           !capabilities.empty() || host_dev || !no_new_privs || seccomp != "default" ||
+           seccomp_deny_socket || !init || !broker.empty() || !allow.empty() || hostname != "jail";
 }
 
 jail::SandboxOptions JailFlags::sandbox() const {
@@ -75,11 +94,14 @@ jail::SandboxOptions JailFlags::sandbox() const {
     options.hostname = hostname;
     for (const auto& text : binds) options.binds.push_back(jail::SandboxOptions::parse_bind(text));
     for (const auto& path : writable) {
-        if (path.empty() || path[0] != '/') throw InputError(fmt::format("--writable \"{}\": must be an absolute path", path));
-        if (first_control_byte(path) >= 0) throw InputError(fmt::format("--writable \"{}\": contains a control byte", printable(path)));
+        if (path.empty() || path[0] != '/')
+            throw InputError(fmt::format("--writable \"{}\": must be an absolute path", path));
+        if (first_control_byte(path) >= 0)
+            throw InputError(fmt::format("--writable \"{}\": contains a control byte", printable(path)));
         options.binds.push_back({path, path});
     }
-    for (const auto& name : capabilities) options.capabilities.push_back(jail::SandboxOptions::parse_capability(name));
+    for (const auto& name : capabilities)
+        options.capabilities.push_back(jail::SandboxOptions::parse_capability(name));
     if (!broker.empty()) options.broker_path = broker;
     if (!user.empty()) {
         auto colon = user.find(':');
@@ -90,13 +112,16 @@ jail::SandboxOptions JailFlags::sandbox() const {
             options.uid = entry->pw_uid;
             options.gid = entry->pw_gid;
         } else {
-            throw InputError(fmt::format("--user {}: no such user (give a number or a name from /etc/passwd)", user));
+            throw InputError(
+                fmt::format("--user {}: no such user (give a number or a name from /etc/passwd)", user));
         }
         if (colon != std::string::npos) {
             std::string group = user.substr(colon + 1);
             if (auto gid = number(group)) options.gid = *gid;
-            else if (::group* entry = ::getgrnam(group.c_str())) options.gid = entry->gr_gid;
-            else throw InputError(fmt::format("--user {}: no such group \"{}\"", user, group));
+            else if (::group* entry = ::getgrnam(group.c_str()))
+                options.gid = entry->gr_gid;
+            else
+                throw InputError(fmt::format("--user {}: no such group \"{}\"", user, group));
         }
     }
     return options;
@@ -125,7 +150,8 @@ int run_jail(const Options& options) {
     for (const auto& text : options.listen) addresses.push_back(SocketAddress::parse(text));
     if (options.into) {
         if (!options.command.empty() || options.flags.given())
-            throw InputError("--into hands sockets to a running process: it takes only --listen and --socket");
+            throw InputError(
+                "--into hands sockets to a running process: it takes only --listen and --socket");
         if (addresses.empty()) throw InputError("--into needs at least one --listen ADDR");
         for (const auto& address : addresses) {
             auto bound = jail::hand_into(options.into, address, options.socket);
@@ -150,18 +176,22 @@ int run_jail(const Options& options) {
 Subcommand add_jail(CLI::App& app) {
     auto options = std::make_shared<Options>();
     auto* sub = add_subcommand(app, "jail");
-    sub->add_option("--listen", options->listen,
-                    "Bind ADDR here and pass it in (LISTEN_FDS, fds 3, 4, ... in order): tcp://HOST:PORT, tcp6://[ADDR]:PORT, "
-                    "udp://..., unix:/path, unix:@name")
+    sub->add_option(
+           "--listen", options->listen,
+           "Bind ADDR here and pass it in (LISTEN_FDS, fds 3, 4, ... in order): tcp://HOST:PORT, tcp6://[ADDR]:PORT, "
+           "udp://..., unix:/path, unix:@name")
         ->allow_extra_args(false);
     options->flags.add_to(*sub);
-    sub->add_option("--into", options->into, "Hand the --listen sockets to the running process PID (e.g. in a container) instead")
+    sub->add_option("--into", options->into,
+                    "Hand the --listen sockets to the running process PID (e.g. in a container) instead")
         ->check(CLI::PositiveNumber);
-    sub->add_option("--socket", options->socket, "With --into: the target's inbox, a unix socket path as the target sees it")
+    sub->add_option("--socket", options->socket,
+                    "With --into: the target's inbox, a unix socket path as the target sees it")
         ->capture_default_str();
-    sub->add_flag("--intercept-bind{true}", options->intercept_bind,
-                  "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
-                  "fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty namespace)")
+    sub->add_flag(
+           "--intercept-bind{true}", options->intercept_bind,
+           "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
+           "fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty namespace)")
         ->capture_default_str();
     sub->add_flag("--quiet", options->quiet, "Do not report bound sockets and broker decisions on stderr");
     sub->add_option("command", options->command, "CMD [ARGS...]");

@@ -34,7 +34,7 @@ struct JailFlags {
     // --loopback --readonly --bind --writable --user --userns --cap --host-dev --no-new-privs --seccomp
     // --seccomp-deny-socket --init --hostname --broker --allow
     void add_to(CLI::App& sub);
-    bool given() const;  // any of them set
+    bool given() const;                    // any of them set
     jail::SandboxOptions sandbox() const;  // throws InputError
     std::vector<jail::AllowRule> allow_rules() const;
 };

@@ -42,8 +42,8 @@ int exec_helper(const cli::SubcommandInfo& info, char** argv) {
         if (!first_error || first_error == ENOENT) first_error = errno;
         tried.push_back(path);
     }
-    fmt::print(stderr, "ktricks {}: cannot run its helper program {} (tried {}): {}\n", info.name, info.helper,
-               fmt::join(tried, ", "), std::strerror(first_error));
+    fmt::print(stderr, "ktricks {}: cannot run its helper program {} (tried {}): {}\n", info.name,
+               info.helper, fmt::join(tried, ", "), std::strerror(first_error));
     return exit_code::unavailable;
 }
 
@@ -52,7 +52,8 @@ int exec_helper(const cli::SubcommandInfo& info, char** argv) {
 int main(int argc, char** argv) {
     using namespace ktricks::cli;
     if (argc > 1)
-        if (const auto* info = find_subcommand(argv[1]); info && !info->helper.empty()) return exec_helper(*info, argv);
+        if (const auto* info = find_subcommand(argv[1]); info && !info->helper.empty())
+            return exec_helper(*info, argv);
 
     static const Registration built_in[] = {
 #define KTRICKS_BUILT_IN(id, name, summary) {name, add_##id},

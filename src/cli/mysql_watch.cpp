@@ -8,10 +8,10 @@
 #include <optional>
 
 #include "cli/common.hpp"
+#include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/runner.hpp"
 #include "ktricks/core/service.hpp"
-#include "ktricks/core/error.hpp"
 #include "ktricks/mysqlwatch.hpp"
 #include "ktricks/sinks.hpp"
 
@@ -32,7 +32,7 @@ struct MysqlWatchOptions {
     bool probe = false;
     bool quiet = false;
     std::size_t count = 0;
-    std::string state;  // --state FILE
+    std::string state;    // --state FILE
     std::string publish;  // --publish URL
     std::string spool;
     std::uint64_t spool_max_mb = 256;
@@ -42,7 +42,8 @@ void print_text(const mysqlwatch::Change& change) {
     std::string name = change.table.empty() ? change.db : fmt::format("{}.{}", change.db, change.table);
     std::string extra;
     if (!change.new_table.empty())
-        extra += fmt::format(" -> {}.{}", change.new_db.empty() ? change.db : change.new_db, change.new_table);
+        extra +=
+            fmt::format(" -> {}.{}", change.new_db.empty() ? change.db : change.new_db, change.new_table);
     if (!change.engine.empty()) extra += fmt::format(" [{}]", change.engine);
     if (change.rows) extra += fmt::format(" rows={}", *change.rows);
     if (change.delayed) extra += " (delayed: seen at page flush)";
@@ -81,7 +82,8 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     std::string host;
     if (!options.publish.empty()) {
         if (options.spool.empty())
-            throw InputError("--publish needs --spool DIR: where events wait while the broker is unreachable");
+            throw InputError(
+                "--publish needs --spool DIR: where events wait while the broker is unreachable");
         sinks::PublisherOptions publish;
         publish.target = sinks::parse_target(options.publish);
         publish.spool = options.spool;
@@ -107,11 +109,10 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
         if (publisher) {
             // Stable id (host, source, position): the stream's consumers drop repeats by it. Only the
             // binlog path has positions; other paths' ids are unique but not stable across restarts.
-            std::string id = change.position
-                                 ? fmt::format("{}:mysql:{}:{}:{}", host, change.position->file,
-                                               change.position->offset, change.index)
-                                 : fmt::format("{}:mysql:{}:{}:{}", host, ::getpid(), format_timestamp(change.when),
-                                               ++unpositioned);
+            std::string id = change.position ? fmt::format("{}:mysql:{}:{}:{}", host, change.position->file,
+                                                           change.position->offset, change.index)
+                                             : fmt::format("{}:mysql:{}:{}:{}", host, ::getpid(),
+                                                           format_timestamp(change.when), ++unpositioned);
             publisher->publish(event, id);  // returns once acknowledged or spooled
         }
         if (options.json) {
@@ -150,7 +151,8 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     if (publisher) publisher->stop();
     if (!options.state.empty()) {
         // Make the last position durable (each write was atomic, this makes it survive power loss).
-        if (auto last = mysqlwatch::load_position(options.state)) mysqlwatch::save_position(options.state, *last, true);
+        if (auto last = mysqlwatch::load_position(options.state))
+            mysqlwatch::save_position(options.state, *last, true);
     }
     // --count: the scripts of the last events finish (bounded by their timeout) before we exit;
     // on a signal they are killed with their process groups.
@@ -165,40 +167,49 @@ Subcommand add_mysql_watch(CLI::App& app) {
     auto options = std::make_shared<MysqlWatchOptions>();
     auto* sub = add_subcommand(app, "mysql-watch");
     sub->add_option("--datadir", options->datadir, "The server's data directory")->capture_default_str();
-    sub->add_option("--mode", options->mode,
-                    "auto (binlog if there is one, else redo+query with a login, else files), binlog, redo or files")
+    sub->add_option(
+           "--mode", options->mode,
+           "auto (binlog if there is one, else redo+query with a login, else files), binlog, redo or files")
         ->capture_default_str();
-    sub->add_option("--defaults-file", options->credentials.defaults_file, "Client option file for the redo path's query");
+    sub->add_option("--defaults-file", options->credentials.defaults_file,
+                    "Client option file for the redo path's query");
     sub->add_option("--socket", options->credentials.socket, "Server socket for the redo path's query");
     sub->add_option("--user", options->credentials.user, "SQL user for the redo path's query");
     sub->add_option("--password", options->credentials.password, "SQL password (prefer --defaults-file)");
-    sub->add_option("--db", options->db, "Only databases matching this glob (system schemas only when named)")->capture_default_str();
+    sub->add_option("--db", options->db, "Only databases matching this glob (system schemas only when named)")
+        ->capture_default_str();
     sub->add_option("--table", options->table, "Only tables matching this glob")->capture_default_str();
-    auto* debounce = sub->add_option("--debounce", options->debounce_ms,
-                    "Per table: at most one change event per MS milliseconds (plus one trailing event)")
-        ->check(CLI::NonNegativeNumber);
-    sub->add_option("--exec", options->exec,
-                    "Run this shell command for each event, with KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, "
-                    "KTRICKS_VIA, KTRICKS_ROWS, KTRICKS_TS in its environment and the event's JSON on stdin; "
-                    "never blocks change detection");
+    auto* debounce =
+        sub->add_option("--debounce", options->debounce_ms,
+                        "Per table: at most one change event per MS milliseconds (plus one trailing event)")
+            ->check(CLI::NonNegativeNumber);
+    sub->add_option(
+        "--exec", options->exec,
+        "Run this shell command for each event, with KTRICKS_EVENT, KTRICKS_DB, KTRICKS_TABLE, KTRICKS_ENGINE, "
+        "KTRICKS_VIA, KTRICKS_ROWS, KTRICKS_TS in its environment and the event's JSON on stdin; "
+        "never blocks change detection");
     add_exec_flags(sub, options->exec_flags);
     sub->add_option("--count", options->count, "Exit after this many events");
-    sub->add_option("--state", options->state,
-                    "Binlog path: resume from the position saved in FILE, and save it after every transaction "
-                    "written out (restart after a crash repeats at most one transaction, loses none)")
+    sub->add_option(
+           "--state", options->state,
+           "Binlog path: resume from the position saved in FILE, and save it after every transaction "
+           "written out (restart after a crash repeats at most one transaction, loses none)")
         ->excludes(debounce);
     sub->add_option("--publish", options->publish,
                     "Also send every event to redis://HOST:PORT/STREAM[?maxlen=N&user=U&password_file=F] "
                     "(XADD MAXLEN ~ N; STREAM may use {host} {source} {db} {table})");
     sub->add_option("--spool", options->spool,
                     "With --publish: directory where events wait, in order, while the broker is unreachable");
-    sub->add_option("--spool-max", options->spool_max_mb,
-                    "Spool cap in MiB; when full the oldest events are dropped and a spool_dropped event says so")
+    sub->add_option(
+           "--spool-max", options->spool_max_mb,
+           "Spool cap in MiB; when full the oldest events are dropped and a spool_dropped event says so")
         ->capture_default_str();
     sub->add_flag("--json", options->json, "One JSON object per event");
-    sub->add_flag("--check", options->check, "Print the data directory, server version, usable paths and blind spots");
-    sub->add_flag("--probe", options->probe,
-                  "With --check and a login: create ktricks_probe.probe, commit one row, measure commit-to-event, drop it");
+    sub->add_flag("--check", options->check,
+                  "Print the data directory, server version, usable paths and blind spots");
+    sub->add_flag(
+        "--probe", options->probe,
+        "With --check and a login: create ktricks_probe.probe, commit one row, measure commit-to-event, drop it");
     sub->add_flag("--quiet", options->quiet, "No log lines on stderr (state changes, corrupt events)");
     sub->footer(
         "Examples:\n"

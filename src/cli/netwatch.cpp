@@ -44,17 +44,19 @@ void print_line(const std::string& text, FILE* to = stdout) {
 int run_netwatch(const NetwatchOptions& options) {
     netwatch::WatchOptions watch;
     if (options.on.size() != options.exec.size())
-        throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)", options.on.size(),
-                                     options.exec.size()));
+        throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)",
+                                     options.on.size(), options.exec.size()));
     for (const auto& file : options.rules_files) {
         auto rules = netwatch::load_rules_file(file);
         watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
     }
     for (std::size_t i = 0; i < options.on.size(); ++i)
-        watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i], static_cast<int>(watch.rules.size() + 1)));
+        watch.rules.push_back(netwatch::parse_inline_rule(options.on[i], options.exec[i],
+                                                          static_cast<int>(watch.rules.size() + 1)));
     if (watch.rules.empty() && !options.json && options.dispatcher_dirs.empty() && !options.nm_dirs)
-        throw InputError("nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR, --nm-dirs "
-                         "or --json");
+        throw InputError(
+            "nothing to do: give --rules FILE, --on EVENT --exec CMD, --dispatcher-dir DIR, --nm-dirs "
+            "or --json");
     watch.all_netns = options.all_netns;
     watch.dry_run = options.dry_run;
     watch.initial = !options.no_initial;
@@ -69,15 +71,19 @@ int run_netwatch(const NetwatchOptions& options) {
     // With --json, stdout is the event stream: scripts' output goes to stderr.
     if (options.json) watch.script_stdout = STDERR_FILENO;
     std::optional<std::chrono::milliseconds> duration;
-    if (!options.duration.empty()) duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+    if (!options.duration.empty())
+        duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
 
     netwatch::Callbacks callbacks;
-    if (options.json) callbacks.on_event = [](const netwatch::NetEvent& event) { print_line(event.to_event().to_line()); };
+    if (options.json)
+        callbacks.on_event = [](const netwatch::NetEvent& event) { print_line(event.to_event().to_line()); };
     callbacks.on_script_end = [json = options.json](const JobReport& report) {
         if (json) print_line(report.to_event("netwatch").to_line());
         log_script_end(report);
     };
-    callbacks.on_dry_run = [json = options.json](const std::string& line) { print_line(line + "\n", json ? stderr : stdout); };
+    callbacks.on_dry_run = [json = options.json](const std::string& line) {
+        print_line(line + "\n", json ? stderr : stdout);
+    };
 
     EventLoop loop;
     netwatch::Watcher watcher(loop, watch, callbacks);
@@ -114,26 +120,33 @@ Subcommand add_netwatch(CLI::App& app) {
     auto options = std::make_shared<NetwatchOptions>();
     auto* sub = add_subcommand(app, "netwatch");
     sub->add_option("--rules", options->rules_files, "TOML rules file ([[rule]] on=... run=...); repeatable");
-    sub->add_option("--on", options->on, "EVENT[|EVENT...][,FILTER...] for the next --exec; filters: iface=GLOB "
-                                         "ssid=GLOB ssid!=GLOB bssid= family=inet|inet6 addr=CIDR netns=NAME "
-                                         "debounce_ms=N timeout=SECONDS");
+    sub->add_option("--on", options->on,
+                    "EVENT[|EVENT...][,FILTER...] for the next --exec; filters: iface=GLOB "
+                    "ssid=GLOB ssid!=GLOB bssid= family=inet|inet6 addr=CIDR netns=NAME "
+                    "debounce_ms=N timeout=SECONDS");
     sub->add_option("--exec", options->exec, "Shell command run for the matching --on");
     sub->add_flag("--json", options->json, "Print every event (and every script's end) as a JSON line");
     sub->add_flag("--dry-run", options->dry_run, "Print which rules would fire instead of running them");
-    sub->add_flag("--no-initial", options->no_initial, "Do not emit `initial` events for the state found at start-up");
+    sub->add_flag("--no-initial", options->no_initial,
+                  "Do not emit `initial` events for the state found at start-up");
     sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
-    sub->add_flag("--all-netns", options->all_netns, "Also watch every namespace named in /run/netns; events carry netns=NAME");
+    sub->add_flag("--all-netns", options->all_netns,
+                  "Also watch every namespace named in /run/netns; events carry netns=NAME");
     sub->add_option("--dispatcher-dir", options->dispatcher_dirs,
                     "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...); "
                     "repeatable, a later DIR masks an earlier one's script of the same name");
-    sub->add_flag("--nm-dirs", options->nm_dirs,
-                  "Run the scripts of /usr/lib/NetworkManager/dispatcher.d and /etc/NetworkManager/dispatcher.d "
-                  "(an /etc entry masks a /usr/lib one) before any --dispatcher-dir");
+    sub->add_flag(
+        "--nm-dirs", options->nm_dirs,
+        "Run the scripts of /usr/lib/NetworkManager/dispatcher.d and /etc/NetworkManager/dispatcher.d "
+        "(an /etc entry masks a /usr/lib one) before any --dispatcher-dir");
     sub->add_option("--record", options->record, "Save the raw netlink stream with timestamps to FILE");
-    sub->add_option("--replay", options->replay, "Feed a --record FILE through the rules instead of the kernel");
-    sub->add_option("--receive-buffer", options->receive_buffer, "SO_RCVBUF of the rtnetlink socket in bytes (default 8 MiB)");
+    sub->add_option("--replay", options->replay,
+                    "Feed a --record FILE through the rules instead of the kernel");
+    sub->add_option("--receive-buffer", options->receive_buffer,
+                    "SO_RCVBUF of the rtnetlink socket in bytes (default 8 MiB)");
     add_exec_flags(sub, options->exec_flags);
-    sub->add_option("--duration", options->duration, "Stop after SECONDS (default: run until SIGINT/SIGTERM)");
+    sub->add_option("--duration", options->duration,
+                    "Stop after SECONDS (default: run until SIGINT/SIGTERM)");
     sub->footer(
         "Events: link-add link-remove link-up link-down link-rename addr-add addr-remove route-add route-remove\n"
         "        default-route-change online offline wifi-connect wifi-disconnect wifi-roam\n"

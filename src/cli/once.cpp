@@ -35,7 +35,9 @@ int print_status(const once::LockName& name, bool json) {
         event.set("name", name.name()).set("socket", name.socket_name());
         if (holder) {
             event.set("pid", holder->pid).set("uid", holder->uid).set("gid", holder->gid);
-            event.set("command", holder->command).set("squatted", holder->squatted).set("accepting", holder->accepting);
+            event.set("command", holder->command)
+                .set("squatted", holder->squatted)
+                .set("accepting", holder->accepting);
         }
         fmt::print("{}", event.to_line());
         return holder ? 0 : 1;
@@ -51,7 +53,8 @@ int print_status(const once::LockName& name, bool json) {
     fmt::print("held\npid: {}\nuid: {}\ncommand: {}\nsocket: {}\n", holder->pid, holder->uid,
                holder->command.empty() ? "(unreadable)" : shell_join(holder->command), name.socket_name());
     if (holder->squatted)
-        fmt::print("squatted: yes (the lock belongs to uid {}, but uid {} holds it)\n", *name.expected_uid(), holder->uid);
+        fmt::print("squatted: yes (the lock belongs to uid {}, but uid {} holds it)\n", *name.expected_uid(),
+                   holder->uid);
     return 0;
 }
 
@@ -81,12 +84,16 @@ int run_once(const OnceOptions& options) {
         switch (delivery) {
             case once::Delivery::delivered: return exit_status;
             case once::Delivery::no_inbox:
-                throw_error(EOPNOTSUPP, "send", fmt::format("{}: the holder was started without --inbox", name.name()));
+                throw_error(EOPNOTSUPP, "send",
+                            fmt::format("{}: the holder was started without --inbox", name.name()));
             case once::Delivery::inbox_full:
-                throw BusyError(fmt::format("send {}: the holder's inbox is full (it is not reading)", name.name()));
+                throw BusyError(
+                    fmt::format("send {}: the holder's inbox is full (it is not reading)", name.name()));
             case once::Delivery::inbox_closed:
-                throw_error(EPIPE, "send", fmt::format("{}: the running instance closed its inbox", name.name()));
-            case once::Delivery::refused: throw InputError(fmt::format("send {}: the holder refused the message", name.name()));
+                throw_error(EPIPE, "send",
+                            fmt::format("{}: the running instance closed its inbox", name.name()));
+            case once::Delivery::refused:
+                throw InputError(fmt::format("send {}: the holder refused the message", name.name()));
         }
     }
     if (options.command.empty()) throw InputError("missing command: ktricks once NAME -- CMD [ARGS...]");
@@ -95,7 +102,8 @@ int run_once(const OnceOptions& options) {
     run.inbox = options.inbox;
     if (!options.wait.empty()) {
         run.wait = true;
-        if (options.wait != "true") run.wait_timeout = std::chrono::milliseconds(parse_seconds_ms("--wait", options.wait));
+        if (options.wait != "true")
+            run.wait_timeout = std::chrono::milliseconds(parse_seconds_ms("--wait", options.wait));
     }
     return once::run(name, run).shell_status();
 }
@@ -106,19 +114,25 @@ Subcommand add_once(CLI::App& app) {
     auto options = std::make_shared<OnceOptions>();
     auto* sub = add_subcommand(app, "once");
     options->name_option = sub->add_option("name", options->name, "Lock name (per user unless --global)");
-    sub->add_option("command", options->command, "Command to run while holding the lock (with --send: the message)");
-    sub->add_flag("--wait", options->wait,
-                  "If the lock is held, wait for it (no polling: the kernel wakes us when the holder's socket "
-                  "closes); --wait=SECONDS gives up after that long with exit 75");
-    sub->add_flag("--status", options->status, "Print the holder's pid, uid and command (exit 0), or 'free' (exit 1)");
+    sub->add_option("command", options->command,
+                    "Command to run while holding the lock (with --send: the message)");
+    sub->add_flag(
+        "--wait", options->wait,
+        "If the lock is held, wait for it (no polling: the kernel wakes us when the holder's socket "
+        "closes); --wait=SECONDS gives up after that long with exit 75");
+    sub->add_flag("--status", options->status,
+                  "Print the holder's pid, uid and command (exit 0), or 'free' (exit 1)");
     sub->add_flag("--send", options->send, "Deliver ARGS and our working directory to the holder's inbox");
-    sub->add_flag("--send-stdio", options->send_stdio,
-                  "With --send: also pass our stdin/stdout/stderr, and wait until the instance is done with them");
-    sub->add_option("--timeout", options->timeout_seconds, "With --send: seconds to wait for the holder's answer")
+    sub->add_flag(
+        "--send-stdio", options->send_stdio,
+        "With --send: also pass our stdin/stdout/stderr, and wait until the instance is done with them");
+    sub->add_option("--timeout", options->timeout_seconds,
+                    "With --send: seconds to wait for the holder's answer")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
     sub->add_flag("--inbox", options->inbox, "Give CMD an inbox: messages arrive on fd $KTRICKS_INBOX_FD");
-    sub->add_flag("--recv", options->recv, "Inside CMD: print the next inbox message as a JSON line (exit 1 at end)");
+    sub->add_flag("--recv", options->recv,
+                  "Inside CMD: print the next inbox message as a JSON line (exit 1 at end)");
     sub->add_flag("--global", options->global, "One name shared by all users instead of one per user");
     sub->add_flag("--json", options->json, "With --status: one JSON object");
     sub->footer(

@@ -8,11 +8,11 @@
 #include <memory>
 
 #include "cli/common.hpp"
-#include "ktricks/core/event_loop.hpp"
-#include "ktricks/core/runner.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
+#include "ktricks/core/runner.hpp"
 #include "ktricks/procwatch.hpp"
 
 namespace ktricks::cli {
@@ -34,7 +34,8 @@ std::string describe(const procwatch::ProcessEvent& event) {
     switch (event.type) {
         case EventType::fork: return fmt::format("parent={}", event.parent_tgid);
         case EventType::exit:
-            if (event.killed_by()) return fmt::format("signal={}{}", event.killed_by(), event.exit_code & 0x80 ? " core" : "");
+            if (event.killed_by())
+                return fmt::format("signal={}{}", event.killed_by(), event.exit_code & 0x80 ? " core" : "");
             return fmt::format("status={}", event.exit_status());
         case EventType::uid: return fmt::format("ruid={} euid={}", event.uid, event.euid);
         case EventType::gid: return fmt::format("rgid={} egid={}", event.uid, event.euid);
@@ -52,11 +53,14 @@ int run_procwatch(const ProcwatchOptions& options) {
         std::size_t start = 0;
         while (start <= list.size()) {
             auto comma = list.find(',', start);
-            std::string name = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+            std::string name =
+                list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
             auto type = procwatch::parse_event_type(name);
             if (!type)
-                throw InputError(fmt::format("--event \"{}\": unknown event (expected fork, exec, exit, uid, gid, sid, "
-                                             "ptrace, comm, coredump)", printable(name)));
+                throw InputError(
+                    fmt::format("--event \"{}\": unknown event (expected fork, exec, exit, uid, gid, sid, "
+                                "ptrace, comm, coredump)",
+                                printable(name)));
             watch_options.events.push_back(*type);
             if (comma == std::string::npos) break;
             start = comma + 1;
@@ -72,7 +76,8 @@ int run_procwatch(const ProcwatchOptions& options) {
         watch_options.uid = uid;
     }
     std::optional<std::chrono::milliseconds> duration;
-    if (!options.duration.empty()) duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
+    if (!options.duration.empty())
+        duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
     auto timeout = exec_timeout(options.exec_flags);
 
     EventLoop loop;
@@ -93,10 +98,14 @@ int run_procwatch(const ProcwatchOptions& options) {
             fmt::print("{} {:<8} pid={} {}{} {}{}\n", format_timestamp(std::chrono::system_clock::now()),
                        procwatch::to_string(event.type), event.tgid,
                        event.thread() ? fmt::format("tid={} ", event.pid) : std::string(), describe(event),
-                       enrichment.uid ? fmt::format("user={} ", enrichment.user.empty() ? std::to_string(*enrichment.uid) : enrichment.user) : std::string(),
-                       command.empty() ? (enrichment.comm.empty() ? std::string("(gone before it could be read)")
-                                                                  : "[" + printable(enrichment.comm) + "]")
-                                       : (enrichment.readable ? command : command + " (remembered; gone now)"));
+                       enrichment.uid
+                           ? fmt::format("user={} ", enrichment.user.empty() ? std::to_string(*enrichment.uid)
+                                                                             : enrichment.user)
+                           : std::string(),
+                       command.empty()
+                           ? (enrichment.comm.empty() ? std::string("(gone before it could be read)")
+                                                      : "[" + printable(enrichment.comm) + "]")
+                           : (enrichment.readable ? command : command + " (remembered; gone now)"));
         }
         std::fflush(stdout);
         if (!options.exec.empty()) {
@@ -113,8 +122,9 @@ int run_procwatch(const ProcwatchOptions& options) {
     };
     callbacks.on_lost = [&] {
         if (options.json) fmt::print("{}", Event("procwatch", "lost").set("reason", "ENOBUFS").to_line());
-        else fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
-                        format_timestamp(std::chrono::system_clock::now()));
+        else
+            fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
+                       format_timestamp(std::chrono::system_clock::now()));
         std::fflush(stdout);
     };
     pid_t self = ::getpid();
@@ -136,13 +146,15 @@ int run_procwatch(const ProcwatchOptions& options) {
 Subcommand add_procwatch(CLI::App& app) {
     auto options = std::make_shared<ProcwatchOptions>();
     auto* sub = add_subcommand(app, "procwatch");
-    sub->add_option("--event", options->events, "Only these events: fork,exec,exit,uid,gid,sid,ptrace,comm,coredump")
+    sub->add_option("--event", options->events,
+                    "Only these events: fork,exec,exit,uid,gid,sid,ptrace,comm,coredump")
         ->delimiter(',');
     sub->add_option("--comm", options->comm, "Only processes whose comm matches this glob");
     sub->add_option("--uid", options->uid, "Only processes with this real uid");
-    sub->add_option("--exec", options->exec,
-                    "Run this shell command for each matching event (env: KTRICKS_EVENT, KTRICKS_PID, KTRICKS_PPID, "
-                    "KTRICKS_COMM, KTRICKS_COMMAND, KTRICKS_EXIT_CODE, ...: every --json field; the JSON on stdin)");
+    sub->add_option(
+        "--exec", options->exec,
+        "Run this shell command for each matching event (env: KTRICKS_EVENT, KTRICKS_PID, KTRICKS_PPID, "
+        "KTRICKS_COMM, KTRICKS_COMMAND, KTRICKS_EXIT_CODE, ...: every --json field; the JSON on stdin)");
     add_exec_flags(sub, options->exec_flags);
     sub->add_flag("--threads", options->threads, "Also thread creation and exit");
     sub->add_flag("--json", options->json, "One JSON object per event");

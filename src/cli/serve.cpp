@@ -29,7 +29,8 @@ int parse_signal(std::string_view flag, const std::string& text) {
     if (name.starts_with("SIG")) name.erase(0, 3);
     for (int sig = 1; sig < 32; ++sig)
         if (const char* abbrev = ::sigabbrev_np(sig); abbrev && name == abbrev) return sig;
-    throw InputError(fmt::format("{} {}: not a signal (use a name like TERM or a number)", flag, printable(text)));
+    throw InputError(
+        fmt::format("{} {}: not a signal (use a name like TERM or a number)", flag, printable(text)));
 }
 
 // One stderr line per lifecycle event, for people; --json prints the events themselves.
@@ -41,7 +42,9 @@ std::string describe(const nlohmann::ordered_json& e) {
         if (value.is_number_float()) return fmt::format("{:.1f}", value.get<double>());
         return value.dump();
     };
-    std::string who = e.contains("generation") ? fmt::format("generation {} (pid {})", field("generation"), field("pid")) : "";
+    std::string who = e.contains("generation")
+                          ? fmt::format("generation {} (pid {})", field("generation"), field("pid"))
+                          : "";
     std::string name = e["event"].get<std::string>();
     if (name == "listening") return "listening on " + field("listeners");
     if (name == "started") return fmt::format("{} started: {}", who, field("command"));
@@ -49,26 +52,36 @@ std::string describe(const nlohmann::ordered_json& e) {
     if (name == "reload") return fmt::format("reload: starting generation {}", field("generation"));
     if (name == "rollback") return fmt::format("reload failed, rolled back: {} {}", who, field("reason"));
     if (name == "failed") return fmt::format("{} never became ready: {}", who, field("reason"));
-    if (name == "notified-ready") return fmt::format("{} says READY=1; waiting for the probe to prove it", who);
+    if (name == "notified-ready")
+        return fmt::format("{} says READY=1; waiting for the probe to prove it", who);
     if (name == "pid-namespace-unavailable")
         return fmt::format("no PID namespace ({}): {}", field("error"), field("consequence"));
     if (name == "refused") return "reload refused: " + field("reason");
-    if (name == "draining") return fmt::format("{} draining ({}, up to {} ms)", who, field("how"), field("drain_timeout_ms"));
-    if (name == "drain-timeout") return fmt::format("{} still running after the drain timeout: {}", who, field("action"));
-    if (name == "drained") return fmt::format("{} drained: {} after {} ms", who, field("status"), field("drain_ms"));
+    if (name == "draining")
+        return fmt::format("{} draining ({}, up to {} ms)", who, field("how"), field("drain_timeout_ms"));
+    if (name == "drain-timeout")
+        return fmt::format("{} still running after the drain timeout: {}", who, field("action"));
+    if (name == "drained")
+        return fmt::format("{} drained: {} after {} ms", who, field("status"), field("drain_ms"));
     if (name == "exited") return fmt::format("{} exited: {}", who, field("status"));
     if (name == "status") return fmt::format("{} status: {}", who, field("status"));
-    if (name == "fdstore") return fmt::format("{} stored {} fd(s) named {}", who, field("count"), field("name"));
-    if (name == "stopping") return who.empty() ? "stopping: every generation gets the drain signal" : who + " is stopping (STOPPING=1)";
-    if (name == "adopted") return fmt::format("took fd {} ({}) from pid {}", field("fd"), field("address"), field("pid"));
+    if (name == "fdstore")
+        return fmt::format("{} stored {} fd(s) named {}", who, field("count"), field("name"));
+    if (name == "stopping")
+        return who.empty() ? "stopping: every generation gets the drain signal"
+                           : who + " is stopping (STOPPING=1)";
+    if (name == "adopted")
+        return fmt::format("took fd {} ({}) from pid {}", field("fd"), field("address"), field("pid"));
     if (name == "retired" || name == "retired-with-loss")
-        return fmt::format("pid {} retired with SIG{} after {} ms ({} check(s)); connections lost: {}{}", field("pid"),
-                           field("signal"), field("ms"), field("attempts"), field("lost_connections"),
-                           e.contains("lost") ? " " + field("lost") : "");
-    if (name == "zerg") return fmt::format("zerg pid {} attached to {} listener(s)", field("pid"), field("listeners"));
+        return fmt::format("pid {} retired with SIG{} after {} ms ({} check(s)); connections lost: {}{}",
+                           field("pid"), field("signal"), field("ms"), field("attempts"),
+                           field("lost_connections"), e.contains("lost") ? " " + field("lost") : "");
+    if (name == "zerg")
+        return fmt::format("zerg pid {} attached to {} listener(s)", field("pid"), field("listeners"));
     std::string rest;
     for (auto it = e.begin(); it != e.end(); ++it)
-        if (it.key() != "ts" && it.key() != "source" && it.key() != "event") rest += fmt::format(" {}={}", it.key(), it.value().dump());
+        if (it.key() != "ts" && it.key() != "source" && it.key() != "event")
+            rest += fmt::format(" {}={}", it.key(), it.value().dump());
     return name + rest;
 }
 
@@ -99,17 +112,19 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
     for (const auto& text : cli.listen) options.listen.push_back(handoff::ListenSpec::parse(text));
     std::optional<handoff::ServerPreset> preset;
     if (!cli.server.empty()) preset = handoff::server_preset(handoff::parse_server(cli.server));
-    options.ready = !cli.ready.empty() ? handoff::ReadyCheck::parse(cli.ready) : preset ? preset->ready : handoff::ReadyCheck{};
+    options.ready = !cli.ready.empty() ? handoff::ReadyCheck::parse(cli.ready)
+                    : preset           ? preset->ready
+                                       : handoff::ReadyCheck{};
     options.ready_timeout = milliseconds(parse_seconds_ms("--ready-timeout", cli.ready_timeout));
     options.drain_signal = !cli.drain_signal.empty() ? parse_signal("--drain-signal", cli.drain_signal)
-                           : preset                   ? preset->drain_signal
-                                                      : SIGTERM;
+                           : preset                  ? preset->drain_signal
+                                                     : SIGTERM;
     options.drain_timeout = milliseconds(parse_seconds_ms("--drain-timeout", cli.drain_timeout));
     if (!cli.control.empty()) options.control_path = cli.control;
     if (!cli.zerg.empty()) options.zerg_path = cli.zerg;
     options.protocol = !cli.protocol.empty() ? handoff::parse_protocol(cli.protocol)
-                       : preset               ? preset->protocol
-                                              : handoff::Protocol::systemd;
+                       : preset              ? preset->protocol
+                                             : handoff::Protocol::systemd;
     if (preset) {
         options.nonblocking_listeners = preset->nonblocking_listeners;
         options.environment = preset->environment;
@@ -118,13 +133,15 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
     if (!cli.probe.empty()) {
         options.probe = SocketAddress::parse(cli.probe);
         if (options.probe->transport() == SocketAddress::Transport::udp)
-            throw InputError(fmt::format("--probe {}: the probe must be a stream socket (tcp or unix)", printable(cli.probe)));
+            throw InputError(fmt::format("--probe {}: the probe must be a stream socket (tcp or unix)",
+                                         printable(cli.probe)));
     }
     // nginx takes an inherited socket only where a `listen` directive names its address, so a probe
     // on a fresh port would never be served: the generation would always be rolled back.
     if (cli.server == "nginx" && options.ready.uses_probe() && !options.probe)
-        throw InputError("--server nginx: nginx serves only the inherited sockets its configuration names; give --probe "
-                         "unix:/PATH and add `listen unix:/PATH;` to a server block (or choose another --ready)");
+        throw InputError(
+            "--server nginx: nginx serves only the inherited sockets its configuration names; give --probe "
+            "unix:/PATH and add `listen unix:/PATH;` to a server block (or choose another --ready)");
     if (!cli.pid_file.empty()) options.pid_file = cli.pid_file;
     options.handoff = cli.handoff;
     if (cli.jail) apply_jail(options, cli.jail_flags);
@@ -142,9 +159,10 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
 }
 
 void add_serve_options(CLI::App* sub, ServeCli& cli) {
-    sub->add_option("--server", cli.server,
-                    "Preset for a known server: nginx, gunicorn, lighttpd, uwsgi, systemd (protocol, environment, "
-                    "drain signal, --ready=http:/, PID namespace); explicit flags override it");
+    sub->add_option(
+        "--server", cli.server,
+        "Preset for a known server: nginx, gunicorn, lighttpd, uwsgi, systemd (protocol, environment, "
+        "drain signal, --ready=http:/, PID namespace); explicit flags override it");
     sub->add_option("--ready", cli.ready,
                     "When a generation is ready: notify (READY=1 on NOTIFY_SOCKET), tcp, exec:CMD, delay:MS, "
                     "http:PATH[=STATUS] or connect (both through the generation's private probe listener) "
@@ -152,20 +170,30 @@ void add_serve_options(CLI::App* sub, ServeCli& cli) {
     sub->add_option("--probe", cli.probe,
                     "Address of each generation's private probe listener (LISTEN_FDNAMES ktricks-probe) "
                     "[default: tcp://127.0.0.1:0]; a unix:/path is rebound per generation");
-    sub->add_option("--ready-timeout", cli.ready_timeout, "Seconds a new generation gets to become ready")->capture_default_str();
-    sub->add_option("--drain-signal", cli.drain_signal,
-                    "Signal telling an old generation to finish and exit [default: TERM; nginx QUIT, lighttpd INT]");
-    sub->add_option("--drain-timeout", cli.drain_timeout, "Seconds before a draining generation is killed")->capture_default_str();
-    sub->add_option("--control", cli.control, "Unix socket (path, or @abstract) for `ktricks reload --control`");
-    sub->add_option("--protocol", cli.protocol,
-                    "How CMD learns its fds: systemd, nginx, einhorn, gunicorn [default: systemd, or the --server preset's]");
-    sub->add_option("--pid-file", cli.pid_file, "Keep the serving generation's pid in this file (replaced at every switch)");
-    sub->add_flag_callback("--pid-namespace", [&cli] { cli.pid_namespace = 1; },
-                           "Run each generation as pid 1 of its own PID namespace, so that nothing of it outlives "
-                           "serve [default: on with --server]");
-    sub->add_flag_callback("--no-pid-namespace", [&cli] { cli.pid_namespace = 0; }, "Run generations as plain children");
-    sub->add_option("--zerg", cli.zerg, "Also hand the listeners to uWSGI instances started with --zerg PATH");
-    sub->add_flag("--handoff", cli.handoff, "Give CMD KTRICKS_HANDOFF_FD to move live connections (see Upgrader)");
+    sub->add_option("--ready-timeout", cli.ready_timeout, "Seconds a new generation gets to become ready")
+        ->capture_default_str();
+    sub->add_option(
+        "--drain-signal", cli.drain_signal,
+        "Signal telling an old generation to finish and exit [default: TERM; nginx QUIT, lighttpd INT]");
+    sub->add_option("--drain-timeout", cli.drain_timeout, "Seconds before a draining generation is killed")
+        ->capture_default_str();
+    sub->add_option("--control", cli.control,
+                    "Unix socket (path, or @abstract) for `ktricks reload --control`");
+    sub->add_option(
+        "--protocol", cli.protocol,
+        "How CMD learns its fds: systemd, nginx, einhorn, gunicorn [default: systemd, or the --server preset's]");
+    sub->add_option("--pid-file", cli.pid_file,
+                    "Keep the serving generation's pid in this file (replaced at every switch)");
+    sub->add_flag_callback(
+        "--pid-namespace", [&cli] { cli.pid_namespace = 1; },
+        "Run each generation as pid 1 of its own PID namespace, so that nothing of it outlives "
+        "serve [default: on with --server]");
+    sub->add_flag_callback(
+        "--no-pid-namespace", [&cli] { cli.pid_namespace = 0; }, "Run generations as plain children");
+    sub->add_option("--zerg", cli.zerg,
+                    "Also hand the listeners to uWSGI instances started with --zerg PATH");
+    sub->add_flag("--handoff", cli.handoff,
+                  "Give CMD KTRICKS_HANDOFF_FD to move live connections (see Upgrader)");
     sub->add_flag("--json", cli.json, "Print lifecycle events as JSON lines on stdout");
     sub->add_option("command", cli.command, "The server to run")->required();
 }
@@ -198,10 +226,12 @@ int run_reload(const ReloadCli& cli) {
         Event event("reload", result.ok ? "ready" : "failed");
         event.set("generation", result.generation).set("pid", result.pid);
         if (result.ok) event.set("ready_ms", result.ready_ms);
-        else event.set("error", result.message);
+        else
+            event.set("error", result.message);
         fmt::print("{}", event.to_line());
     } else if (result.ok) {
-        fmt::print("generation {} (pid {}) ready after {:.1f} ms\n", result.generation, result.pid, result.ready_ms);
+        fmt::print("generation {} (pid {}) ready after {:.1f} ms\n", result.generation, result.pid,
+                   result.ready_ms);
     } else {
         fmt::print(stderr, "ktricks reload: {}\n", result.message);
     }
@@ -243,7 +273,8 @@ Subcommand add_serve(CLI::App& app) {
     auto cli = std::make_shared<ServeCli>();
     auto* sub = add_subcommand(app, "serve");
     // One value per occurrence: a vector option would otherwise swallow the "--" before CMD.
-    sub->add_option("--listen", cli->listen, "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
+    sub->add_option("--listen", cli->listen,
+                    "[NAME=]ADDR to bind (tcp://, tcp6://, udp://, unix:/path, unix:@name); repeatable")
         ->allow_extra_args(false);
     add_serve_options(sub, *cli);
     add_jail_to_serve(*sub, cli->jail, cli->jail_flags);
@@ -267,9 +298,12 @@ Subcommand add_takeover(CLI::App& app) {
     auto cli = std::make_shared<TakeoverCli>();
     auto* sub = add_subcommand(app, "takeover");
     sub->add_option("--pid", cli->pid, "The running server")->required();
-    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)")->allow_extra_args(false);
-    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)")->allow_extra_args(false);
-    sub->add_option("--signal", cli->signal, "Signal that ends the old server once it holds no accepted connection")
+    sub->add_option("--listen", cli->serve.listen, "Take only its listener bound to ADDR (repeatable)")
+        ->allow_extra_args(false);
+    sub->add_option("--fd", cli->fds, "Take only its listener at this fd number (repeatable)")
+        ->allow_extra_args(false);
+    sub->add_option("--signal", cli->signal,
+                    "Signal that ends the old server once it holds no accepted connection")
         ->capture_default_str();
     add_serve_options(sub, cli->serve);
     sub->footer(
@@ -291,16 +325,18 @@ Subcommand add_reload(CLI::App& app) {
     auto cli = std::make_shared<ReloadCli>();
     auto* sub = add_subcommand(app, "reload");
     sub->add_option("--control", cli->control, "serve's control socket")->required();
-    sub->add_option("--timeout", cli->timeout_seconds, "Seconds to wait for the new generation")->capture_default_str();
+    sub->add_option("--timeout", cli->timeout_seconds, "Seconds to wait for the new generation")
+        ->capture_default_str();
     sub->add_flag("--status", cli->status, "Print serve's state as JSON instead of reloading");
     sub->add_flag("--json", cli->json, "Print the outcome as a JSON line");
-    sub->footer("Examples:\n"
-                "  ktricks reload --control /run/web.ctl            # wait until the new generation is ready\n"
-                "  ktricks reload --control /run/web.ctl --status   # generations, their state and age, as JSON\n"
-                "Exit status: 0 when the new generation is ready (or --status answered); 75 if the\n"
-                "reload was refused or rolled back, or serve did not answer within --timeout; 66 if the\n"
-                "control socket does not exist; 69 if nothing answers on it (serve is gone); 77 if\n"
-                "connecting is not permitted; 64 for bad usage.");
+    sub->footer(
+        "Examples:\n"
+        "  ktricks reload --control /run/web.ctl            # wait until the new generation is ready\n"
+        "  ktricks reload --control /run/web.ctl --status   # generations, their state and age, as JSON\n"
+        "Exit status: 0 when the new generation is ready (or --status answered); 75 if the\n"
+        "reload was refused or rolled back, or serve did not answer within --timeout; 66 if the\n"
+        "control socket does not exist; 69 if nothing answers on it (serve is gone); 77 if\n"
+        "connecting is not permitted; 64 for bad usage.");
     return {sub, [cli] { return run_reload(*cli); }};
 }
 

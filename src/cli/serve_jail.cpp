@@ -15,23 +15,44 @@
 namespace ktricks::cli {
 
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
-    auto* jail_flag = serve.add_flag("--jail", jail,
-                   "Run every generation in a jail: empty network namespace, new mount/IPC/UTS/PID namespaces "
-                   "(NOTIFY_SOCKET is relayed by the jail's init; with --init=false --ready notify becomes tcp)");
+    auto* jail_flag = serve.add_flag(
+        "--jail", jail,
+        "Run every generation in a jail: empty network namespace, new mount/IPC/UTS/PID namespaces "
+        "(NOTIFY_SOCKET is relayed by the jail's init; with --init=false --ready notify becomes tcp)");
     serve.add_flag("--loopback", flags.loopback, "With --jail: bring lo up inside")->needs(jail_flag);
-    serve.add_flag("--readonly{true}", flags.readonly, "With --jail: read-only root view, private tmpfs /tmp (default on)")->needs(jail_flag);
-    serve.add_option("--bind", flags.binds, "With --jail: SRC[:DST] mounted read-write inside")->allow_extra_args(false)->needs(jail_flag);
-    serve.add_option("--writable", flags.writable, "With --jail: PATH kept writable (same as --bind PATH)")->allow_extra_args(false)->needs(jail_flag);
-    serve.add_option("--user", flags.user, "With --jail: UID[:GID] or NAME[:GROUP] to run CMD as")->needs(jail_flag);
-    serve.add_flag("--userns{true}", flags.user_namespace, "With --jail: a user namespace also as root (default on)")->needs(jail_flag);
-    serve.add_option("--cap", flags.capabilities, "With --jail: keep this capability (default: none)")->allow_extra_args(false)->needs(jail_flag);
-    serve.add_flag("--host-dev", flags.host_dev, "With --jail: the host's /dev instead of the minimal one")->needs(jail_flag);
-    serve.add_flag("--no-new-privs{true}", flags.no_new_privs, "With --jail: PR_SET_NO_NEW_PRIVS (default on)")->needs(jail_flag);
+    serve
+        .add_flag("--readonly{true}", flags.readonly,
+                  "With --jail: read-only root view, private tmpfs /tmp (default on)")
+        ->needs(jail_flag);
+    serve.add_option("--bind", flags.binds, "With --jail: SRC[:DST] mounted read-write inside")
+        ->allow_extra_args(false)
+        ->needs(jail_flag);
+    serve.add_option("--writable", flags.writable, "With --jail: PATH kept writable (same as --bind PATH)")
+        ->allow_extra_args(false)
+        ->needs(jail_flag);
+    serve.add_option("--user", flags.user, "With --jail: UID[:GID] or NAME[:GROUP] to run CMD as")
+        ->needs(jail_flag);
+    serve
+        .add_flag("--userns{true}", flags.user_namespace,
+                  "With --jail: a user namespace also as root (default on)")
+        ->needs(jail_flag);
+    serve.add_option("--cap", flags.capabilities, "With --jail: keep this capability (default: none)")
+        ->allow_extra_args(false)
+        ->needs(jail_flag);
+    serve.add_flag("--host-dev", flags.host_dev, "With --jail: the host's /dev instead of the minimal one")
+        ->needs(jail_flag);
+    serve
+        .add_flag("--no-new-privs{true}", flags.no_new_privs, "With --jail: PR_SET_NO_NEW_PRIVS (default on)")
+        ->needs(jail_flag);
     serve.add_option("--seccomp", flags.seccomp, "With --jail: default (deny list) or off")
         ->check(CLI::IsMember({"default", "off"}))
         ->needs(jail_flag);
-    serve.add_flag("--seccomp-deny-socket", flags.seccomp_deny_socket, "With --jail: socket() only for AF_UNIX")->needs(jail_flag);
-    serve.add_flag("--init{true}", flags.init, "With --jail: an init as pid 1 (default on)")->needs(jail_flag);
+    serve
+        .add_flag("--seccomp-deny-socket", flags.seccomp_deny_socket,
+                  "With --jail: socket() only for AF_UNIX")
+        ->needs(jail_flag);
+    serve.add_flag("--init{true}", flags.init, "With --jail: an init as pid 1 (default on)")
+        ->needs(jail_flag);
 }
 
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
@@ -41,7 +62,8 @@ void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
     // handed to the init, which relays what CMD sends to an abstract name of the jail's own.
     // Without an init there is no one to relay: --ready notify becomes tcp.
     bool relay = flags.init;
-    if (!relay && options.ready.kind == handoff::ReadyCheck::Kind::notify) options.ready.kind = handoff::ReadyCheck::Kind::tcp;
+    if (!relay && options.ready.kind == handoff::ReadyCheck::Kind::notify)
+        options.ready.kind = handoff::ReadyCheck::Kind::tcp;
     auto previous = options.customize_spawn;
     // The relay socket of the generation being spawned: the child has its copy once spawned, ours
     // is closed when the next generation's replaces it.
@@ -49,12 +71,16 @@ void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
     options.customize_spawn = [sandbox, previous, relay, relay_socket](SpawnOptions& spawn) {
         if (previous) previous(spawn);
         int relay_fd = -1;
-        auto notify = std::find_if(spawn.set_env.begin(), spawn.set_env.end(), [](const std::string& entry) { return entry.starts_with("NOTIFY_SOCKET=@"); });
+        auto notify = std::find_if(spawn.set_env.begin(), spawn.set_env.end(), [](const std::string& entry) {
+            return entry.starts_with("NOTIFY_SOCKET=@");
+        });
         if (relay && notify != spawn.set_env.end()) {
-            SocketAddress target = SocketAddress::parse("unix:" + notify->substr(std::strlen("NOTIFY_SOCKET=")));
+            SocketAddress target =
+                SocketAddress::parse("unix:" + notify->substr(std::strlen("NOTIFY_SOCKET=")));
             *relay_socket = Fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
             if (!*relay_socket) throw_errno("socket", "(NOTIFY_SOCKET relay)");
-            if (::connect(relay_socket->get(), target.sockaddr_ptr(), target.length()) < 0) throw_errno("connect", target.to_string());
+            if (::connect(relay_socket->get(), target.sockaddr_ptr(), target.length()) < 0)
+                throw_errno("connect", target.to_string());
             *notify = std::string("NOTIFY_SOCKET=") + jail::Sandbox::notify_name;
             relay_fd = relay_socket->get();
         }

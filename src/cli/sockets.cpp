@@ -7,8 +7,8 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <string_view>
 #include <memory>
+#include <string_view>
 
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
@@ -55,7 +55,8 @@ int run_sockets(const SocketsOptions& options) {
     // --proc-walk, or KTRICKS_SOCKETS_PROC_WALK=1 in the environment (tests, benchmarks, a kernel
     // where the BPF path misbehaves): owners from /proc/*/fd only.
     const char* proc_walk_variable = ::getenv("KTRICKS_SOCKETS_PROC_WALK");
-    query.processes_bpf = !options.proc_walk && !(proc_walk_variable && std::string_view(proc_walk_variable) == "1");
+    query.processes_bpf =
+        !options.proc_walk && !(proc_walk_variable && std::string_view(proc_walk_variable) == "1");
     query.cgroups = options.cgroups;
     std::string expression;
     for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
@@ -63,33 +64,40 @@ int run_sockets(const SocketsOptions& options) {
     if (!expression.empty()) {
         // ss resolves :service names in the tables of the kinds listed (every kind when none is).
         bool inet_kinds = !any_kind || options.ipv4 || options.ipv6;
-        sockets::FilterContext context{.family = options.family,
-                                       .tcp = options.tcp || inet_kinds,
-                                       .udp = options.udp || inet_kinds};
+        sockets::FilterContext context{
+            .family = options.family, .tcp = options.tcp || inet_kinds, .udp = options.udp || inet_kinds};
         query.filter = sockets::Filter::parse(expression, context);
     }
     // ss's states: each kind adds its default (TCP and unix connected sockets, UDP and raw
     // established ones, packet sockets unconnected), -a or -l (whichever came last) replaces them,
     // and `state`/`exclude` clauses replace those.
     std::uint32_t defaults = 0;
-    if (options.tcp || options.unix_sockets || options.ipv4 || options.ipv6) defaults |= sockets::connected_states;
+    if (options.tcp || options.unix_sockets || options.ipv4 || options.ipv6)
+        defaults |= sockets::connected_states;
     if (options.udp || options.raw) defaults |= 1u << sockets::established;
     if (options.packet) defaults |= 1u << sockets::closed;
     if (!defaults) defaults = sockets::connected_states;
     std::uint32_t flag_states = 0;
     if (options.all && (options.all_last || !options.listening)) flag_states = sockets::all_states;
-    else if (options.listening) flag_states = sockets::listening_states;
-    std::uint32_t states = query.filter && query.filter->states() ? query.filter->states() : flag_states ? flag_states : defaults;
+    else if (options.listening)
+        flag_states = sockets::listening_states;
+    std::uint32_t states = query.filter && query.filter->states() ? query.filter->states()
+                           : flag_states                          ? flag_states
+                                                                  : defaults;
     query.states = states;
-    if (options.all_netns && !options.netns.empty()) throw InputError("--netns and --all-netns exclude each other");
-    if (options.kill && options.all_netns) throw InputError("-K works on one namespace at a time (use --netns)");
+    if (options.all_netns && !options.netns.empty())
+        throw InputError("--netns and --all-netns exclude each other");
+    if (options.kill && options.all_netns)
+        throw InputError("-K works on one namespace at a time (use --netns)");
 
     if (options.watch) {
         if (options.unix_sockets || options.raw || options.packet)
-            throw InputError("--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
+            throw InputError(
+                "--watch follows TCP and UDP only: the kernel broadcasts destroy events for inet sockets");
         // Destroyed sockets arrive in their last state (often CLOSE): only `state` clauses narrow them.
         query.states = query.filter ? query.filter->states() : 0;
-        sockets::TableOptions table{.numeric = true, .netid = true, .extended = options.extended, .header = false};
+        sockets::TableOptions table{
+            .numeric = true, .netid = true, .extended = options.extended, .header = false};
         sockets::WatchCallbacks callbacks;
         callbacks.on_socket = [&](const sockets::SocketInfo& socket) {
             if (options.json) {
@@ -103,8 +111,9 @@ int run_sockets(const SocketsOptions& options) {
         };
         callbacks.on_lost = [&] {
             if (options.json) fmt::print("{}", sockets::lost_event().to_line());
-            else fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
-                            format_timestamp(std::chrono::system_clock::now()));
+            else
+                fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
+                           format_timestamp(std::chrono::system_clock::now()));
             std::fflush(stdout);
         };
         EventLoop loop;
@@ -115,11 +124,14 @@ int run_sockets(const SocketsOptions& options) {
         return 0;
     }
 
-    sockets::Listing listing = options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
+    sockets::Listing listing =
+        options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
     for (const auto& warning : listing.warnings) fmt::print(stderr, "ktricks sockets: {}\n", warning);
     if (options.verbose && options.processes) {
-        if (listing.owners_method == "bpf") fmt::print(stderr, "ktricks sockets: -p: BPF task_file iterator\n");
-        else fmt::print(stderr, "ktricks sockets: -p: /proc walk; {}\n", listing.owners_why_not_bpf);
+        if (listing.owners_method == "bpf")
+            fmt::print(stderr, "ktricks sockets: -p: BPF task_file iterator\n");
+        else
+            fmt::print(stderr, "ktricks sockets: -p: /proc walk; {}\n", listing.owners_why_not_bpf);
     }
     std::vector<sockets::SocketInfo>* shown = &listing.sockets;
     std::vector<sockets::SocketInfo> destroyed;
@@ -144,8 +156,13 @@ int run_sockets(const SocketsOptions& options) {
     bool one_kind = options.tcp + options.udp + options.raw == 1 && !options.unix_sockets && !options.packet;
     std::uint32_t shown_states = states & ~(1u << sockets::new_syn_recv);
     bool one_state = shown_states && !(shown_states & (shown_states - 1));
-    sockets::TableOptions table{.numeric = options.numeric, .netid = !one_kind, .state = !one_state,
-                                .timers = options.timers, .cgroups = options.cgroups, .extended = options.extended, .netns = options.all_netns,
+    sockets::TableOptions table{.numeric = options.numeric,
+                                .netid = !one_kind,
+                                .state = !one_state,
+                                .timers = options.timers,
+                                .cgroups = options.cgroups,
+                                .extended = options.extended,
+                                .netns = options.all_netns,
                                 .header = !options.no_header};
     std::fflush(stdout);
     sockets::write_table(*shown, table, STDOUT_FILENO);
@@ -169,7 +186,8 @@ Subcommand add_sockets(CLI::App& app) {
                   "owning processes (by socket inode: a BPF task_file iterator, else /proc/*/fd)");
     sub->add_flag("--proc-walk", options->proc_walk,
                   "-p from /proc/*/fd only, no BPF (also KTRICKS_SOCKETS_PROC_WALK=1)");
-    sub->add_flag("-v,--verbose", options->verbose, "say on stderr how -p found the processes, and why not by BPF");
+    sub->add_flag("-v,--verbose", options->verbose,
+                  "say on stderr how -p found the processes, and why not by BPF");
     sub->add_flag("-e,--extended", options->extended, "uid, inode and socket cookie");
     sub->add_flag("-i,--info", options->info, "TCP internals (tcp_info, congestion control)");
     sub->add_flag("-m,--memory", options->memory, "socket memory (skmem)");
@@ -179,23 +197,32 @@ Subcommand add_sockets(CLI::App& app) {
     sub->add_flag("-c,--cgroup", options->cgroups,
                   "each TCP/UDP socket's cgroup, and the systemd unit or container it names");
     sub->add_flag("-o,--options", options->timers, "TCP timers: timer:(NAME,EXPIRES,RETRANSMITS)");
-    sub->add_flag("-K,--kill", options->kill, "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
+    sub->add_flag("-K,--kill", options->kill,
+                  "destroy the matching TCP/UDP sockets (SOCK_DESTROY) and list them");
     sub->add_flag("--json", options->json, "one JSON object per socket");
     sub->add_option("-N,--netns", options->netns, "list the network namespace NAME (/run/netns) or PATH");
-    sub->add_flag("--all-netns", options->all_netns, "list ours, every namespace in /run/netns, and those only processes hold (labelled pid:PID(unit))");
+    sub->add_flag(
+        "--all-netns", options->all_netns,
+        "list ours, every namespace in /run/netns, and those only processes hold (labelled pid:PID(unit))");
     sub->add_flag("--watch", options->watch, "stream TCP/UDP socket destroy events until interrupted");
-    sub->add_option("filter", options->filter, "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
+    sub->add_option("filter", options->filter,
+                    "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
     // ss reads flags in order: the last of -x/-4/-6/-0 sets how src/dst values are read, and the
     // last of -a/-l wins.
     sub->parse_complete_callback([sub, options] {
         for (const CLI::Option* option : sub->parse_order()) {
             const std::string& name = option->get_name();
             if (name == "--unix") options->family = AF_UNIX;
-            else if (name == "--ipv4") options->family = AF_INET;
-            else if (name == "--ipv6") options->family = AF_INET6;
-            else if (name == "--packet") options->family = AF_PACKET;
-            else if (name == "--all") options->all_last = true;
-            else if (name == "--listening") options->all_last = false;
+            else if (name == "--ipv4")
+                options->family = AF_INET;
+            else if (name == "--ipv6")
+                options->family = AF_INET6;
+            else if (name == "--packet")
+                options->family = AF_PACKET;
+            else if (name == "--all")
+                options->all_last = true;
+            else if (name == "--listening")
+                options->all_last = false;
         }
     });
     sub->footer(

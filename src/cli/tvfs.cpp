@@ -56,9 +56,9 @@ Fd go_to_background() {
         ready = Fd();
         char byte = 0;
         ssize_t got;
-        while ((got = ::read(report.get(), &byte, 1)) < 0 && errno == EINTR) {
-        }
-        ::_exit(got == 1 ? exit_code::ok : exit_code::software);  // the mount is the child's now: no destructors
+        while ((got = ::read(report.get(), &byte, 1)) < 0 && errno == EINTR) {}
+        ::_exit(got == 1 ? exit_code::ok
+                         : exit_code::software);  // the mount is the child's now: no destructors
     }
     report = Fd();
     ::setsid();
@@ -73,7 +73,9 @@ int serve(TvfsOptions& options) {
     EventLoop loop;
     tvfs::Mount mount(options.mount);
     // minidlna's files: in the cache directory given, else /tmp. Absolute before we change to "/".
-    auto dlna_dir = options.mount.cache_dir.empty() ? std::string("/tmp") : std::filesystem::absolute(options.mount.cache_dir).string();
+    auto dlna_dir = options.mount.cache_dir.empty()
+                        ? std::string("/tmp")
+                        : std::filesystem::absolute(options.mount.cache_dir).string();
     Fd background;
     if (!options.foreground) background = go_to_background();
     // A reader gone away is an error on one write, not the end of the daemon.
@@ -130,10 +132,12 @@ int serve(TvfsOptions& options) {
 
 int run_tvfs(TvfsOptions& options) {
     if (options.list_profiles) {
-        for (const auto& name : tvfs::builtin_profile_names()) fmt::print("{}", tvfs::builtin_profile(name).describe());
+        for (const auto& name : tvfs::builtin_profile_names())
+            fmt::print("{}", tvfs::builtin_profile(name).describe());
         return 0;
     }
-    bool profile_is_file = options.mount.profile.find('/') != std::string::npos || options.mount.profile.ends_with(".toml");
+    bool profile_is_file =
+        options.mount.profile.find('/') != std::string::npos || options.mount.profile.ends_with(".toml");
     auto profile = profile_is_file ? from_file([&] { return tvfs::load_profile(options.mount.profile); })
                                    : tvfs::load_profile(options.mount.profile);
     if (!options.explain.empty()) {
@@ -142,7 +146,8 @@ int run_tvfs(TvfsOptions& options) {
         fmt::print("{}", tvfs::explain(options.explain, media, decision));
         return 0;
     }
-    if (options.mount.source.empty() || options.mount.mountpoint.empty()) throw InputError("missing SRC and MNT: ktricks tvfs SRC MNT");
+    if (options.mount.source.empty() || options.mount.mountpoint.empty())
+        throw InputError("missing SRC and MNT: ktricks tvfs SRC MNT");
     if (!options.cache_size.empty()) options.mount.cache_size = tvfs::parse_size(options.cache_size);
     return serve(options);
 }
@@ -154,18 +159,24 @@ Subcommand add_tvfs(CLI::App& app) {
     auto* sub = add_subcommand(app, "tvfs");
     sub->add_option("source", options->mount.source, "Folder of videos (SRC)");
     sub->add_option("mountpoint", options->mount.mountpoint, "Where to mount (MNT)");
-    sub->add_option("--profile", options->mount.profile, "Built-in profile (tv, roku, samsung, lg, chromecast) or a TOML file")
+    sub->add_option("--profile", options->mount.profile,
+                    "Built-in profile (tv, roku, samsung, lg, chromecast) or a TOML file")
         ->capture_default_str();
-    sub->add_option("--cache", options->mount.cache_dir, "Cache folder (probe results and transcoded output)");
+    sub->add_option("--cache", options->mount.cache_dir,
+                    "Cache folder (probe results and transcoded output)");
     sub->add_option("--cache-size", options->cache_size, "Cache size limit, e.g. 4G (default 4G)");
     sub->add_flag("-f,--foreground", options->foreground, "Stay in the foreground");
-    sub->add_option("-o", options->mount.fuse_options, "FUSE mount options (allow_other, ...)")->allow_extra_args(false);
+    sub->add_option("-o", options->mount.fuse_options, "FUSE mount options (allow_other, ...)")
+        ->allow_extra_args(false);
     sub->add_option("--explain", options->explain, "Probe FILE and print the decision and why");
     sub->add_flag("--profiles", options->list_profiles, "Print the built-in profiles");
-    sub->add_flag("--dlna", options->dlna, "Also run minidlna serving MNT (restarted with -r when SRC changes)");
-    sub->add_option("--dlna-iface", options->dlna_iface, "Interface minidlna announces on")->capture_default_str();
+    sub->add_flag("--dlna", options->dlna,
+                  "Also run minidlna serving MNT (restarted with -r when SRC changes)");
+    sub->add_option("--dlna-iface", options->dlna_iface, "Interface minidlna announces on")
+        ->capture_default_str();
     sub->add_option("--dlna-port", options->dlna_port, "minidlna HTTP port")->capture_default_str();
-    sub->add_option("--grace", options->mount.grace_seconds, "Seconds a transcoder lingers after the last close")
+    sub->add_option("--grace", options->mount.grace_seconds,
+                    "Seconds a transcoder lingers after the last close")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
     sub->footer(

@@ -36,8 +36,8 @@ void Dlna::start(bool rescan) {
     if (rescan) spawn.argv.push_back("-r");
     spawn.parent_death_signal = SIGTERM;
     child_.emplace(Child::spawn(spawn));
-    log_info("minidlna pid {} serving {} on {} port {}{}", child_->pid(), options_.mountpoint, options_.iface, options_.port,
-             rescan ? " (rescan)" : "");
+    log_info("minidlna pid {} serving {} on {} port {}{}", child_->pid(), options_.mountpoint, options_.iface,
+             options_.port, rescan ? " (rescan)" : "");
 }
 
 void Dlna::stop() {

@@ -28,7 +28,8 @@ namespace ktricks {
 namespace {
 
 [[noreturn]] void throw_spawn_error(int error_number, const std::string& program) {
-    throw SpawnError(error_number, std::system_category(), "exec " + (program.empty() ? std::string("''") : program));
+    throw SpawnError(error_number, std::system_category(),
+                     "exec " + (program.empty() ? std::string("''") : program));
 }
 
 // What the child reports on the close-on-exec pipe when a step before exec fails. Only an execve
@@ -37,14 +38,15 @@ namespace {
 struct ChildFailure {
     enum class Step : int { exec, setpgid, prctl, chdir, dup, dup2, clear_cloexec, setup } step;
     int error;
-    int fd;  // the descriptor involved, or -1
+    int fd;                                    // the descriptor involved, or -1
     char what[sizeof(ChildSetupError::what)];  // Step::setup: the failed call and object
 };
 static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
 
 // Everything the child does between fork and exec must be async-signal-safe: no allocation, no
 // locks. So all strings and arrays are prepared before fork, and the child only rearranges fds.
-[[noreturn]] void child_fail(int report_fd, ChildFailure::Step step, int error, int fd = -1, const char* what = "") {
+[[noreturn]] void child_fail(int report_fd, ChildFailure::Step step, int error, int fd = -1,
+                             const char* what = "") {
     ChildFailure failure{step, error, fd, {}};
     for (std::size_t i = 0; i + 1 < sizeof(failure.what) && what[i]; ++i) failure.what[i] = what[i];
     ssize_t ignored = ::write(report_fd, &failure, sizeof(failure));
@@ -58,11 +60,16 @@ static_assert(sizeof(ChildFailure) <= PIPE_BUF, "one write, read whole");
     switch (failure.step) {
         case Step::exec: throw_spawn_error(failure.error, program);
         case Step::setpgid: throw_error(failure.error, "setpgid", fmt::format("(for {})", program));
-        case Step::prctl: throw_error(failure.error, "prctl(PR_SET_PDEATHSIG)", fmt::format("(for {})", program));
+        case Step::prctl:
+            throw_error(failure.error, "prctl(PR_SET_PDEATHSIG)", fmt::format("(for {})", program));
         case Step::chdir: throw_error(failure.error, "chdir", options.working_directory.value_or(""));
-        case Step::dup: throw_error(failure.error, "fcntl(F_DUPFD_CLOEXEC)", fmt::format("fd {} (for {})", failure.fd, program));
-        case Step::dup2: throw_error(failure.error, "dup2", fmt::format("fd {} (for {})", failure.fd, program));
-        case Step::clear_cloexec: throw_error(failure.error, "fcntl(F_SETFD)", fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::dup:
+            throw_error(failure.error, "fcntl(F_DUPFD_CLOEXEC)",
+                        fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::dup2:
+            throw_error(failure.error, "dup2", fmt::format("fd {} (for {})", failure.fd, program));
+        case Step::clear_cloexec:
+            throw_error(failure.error, "fcntl(F_SETFD)", fmt::format("fd {} (for {})", failure.fd, program));
         case Step::setup: {
             std::string what(failure.what, strnlen(failure.what, sizeof(failure.what)));
             throw std::system_error(failure.error, std::system_category(), what);
@@ -143,7 +150,8 @@ std::string ExitStatus::to_string() const {
 Fd open_pidfd(pid_t pid) {
     int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
     if (fd < 0) {
-        if (errno == ENOSYS) throw_error(ENOSYS, "pidfd_open", fmt::format("pid {} (needs Linux 5.3 or newer)", pid));
+        if (errno == ENOSYS)
+            throw_error(ENOSYS, "pidfd_open", fmt::format("pid {} (needs Linux 5.3 or newer)", pid));
         throw_errno("pidfd_open", fmt::format("pid {}", pid));
     }
     return Fd(fd);  // pidfds are always close-on-exec
@@ -191,7 +199,8 @@ Child Child::spawn(const SpawnOptions& options) {
 
     std::vector<std::string> env_strings;
     auto overridden = [&](std::string_view key) {
-        if (std::find(options.unset_env.begin(), options.unset_env.end(), key) != options.unset_env.end()) return true;
+        if (std::find(options.unset_env.begin(), options.unset_env.end(), key) != options.unset_env.end())
+            return true;
         for (const auto& entry : options.set_env)
             if (env_key(entry) == key) return true;
         if (options.listen_fds_env && (key == "LISTEN_PID" || key == "LISTEN_FDS")) return true;
@@ -204,10 +213,11 @@ Child Child::spawn(const SpawnOptions& options) {
     std::size_t listen_pid_index = 0;
     if (options.listen_fds_env) {
         if (options.listen_fds_count > static_cast<int>(options.pass_fds.size()))
-            throw InputError(fmt::format("spawn: LISTEN_FDS={} but only {} fds are passed", options.listen_fds_count,
-                                         options.pass_fds.size()));
-        std::size_t announced = options.listen_fds_count >= 0 ? static_cast<std::size_t>(options.listen_fds_count)
-                                                              : options.pass_fds.size();
+            throw InputError(fmt::format("spawn: LISTEN_FDS={} but only {} fds are passed",
+                                         options.listen_fds_count, options.pass_fds.size()));
+        std::size_t announced = options.listen_fds_count >= 0
+                                    ? static_cast<std::size_t>(options.listen_fds_count)
+                                    : options.pass_fds.size();
         env_strings.push_back(fmt::format("LISTEN_FDS={}", announced));
         listen_pid_index = env_strings.size();
         env_strings.push_back("LISTEN_PID=" + std::string(24, '\0'));  // filled in by the child
@@ -215,7 +225,8 @@ Child Child::spawn(const SpawnOptions& options) {
     std::vector<char*> envp;
     for (auto& entry : env_strings) envp.push_back(entry.data());
     envp.push_back(nullptr);
-    char* listen_pid_digits = options.listen_fds_env ? envp[listen_pid_index] + std::strlen("LISTEN_PID=") : nullptr;
+    char* listen_pid_digits =
+        options.listen_fds_env ? envp[listen_pid_index] + std::strlen("LISTEN_PID=") : nullptr;
 
     const int pass_count = static_cast<int>(options.pass_fds.size());
     std::vector<int> keep = options.keep_fds;
@@ -250,10 +261,12 @@ Child Child::spawn(const SpawnOptions& options) {
         using Step = ChildFailure::Step;
         if (options.new_process_group && ::setpgid(0, 0) < 0) child_fail(out, Step::setpgid, errno);
         if (options.parent_death_signal) {
-            if (::prctl(PR_SET_PDEATHSIG, options.parent_death_signal) < 0) child_fail(out, Step::prctl, errno);
+            if (::prctl(PR_SET_PDEATHSIG, options.parent_death_signal) < 0)
+                child_fail(out, Step::prctl, errno);
             // The parent may have died before prctl took effect: then no signal will ever come.
             // (In a new pid namespace the parent is outside it and getppid() is always 0.)
-            if (!(options.clone_flags & CLONE_NEWPID) && ::getppid() != parent) ::_exit(128 + options.parent_death_signal);
+            if (!(options.clone_flags & CLONE_NEWPID) && ::getppid() != parent)
+                ::_exit(128 + options.parent_death_signal);
         }
         if (options.setup_in_child) {
             ChildSetupError setup;
@@ -276,13 +289,15 @@ Child Child::spawn(const SpawnOptions& options) {
             if ((staged[i] = ::fcntl(options.pass_fds[i], F_DUPFD_CLOEXEC, base)) < 0)
                 child_fail(moved_out, Step::dup, errno, options.pass_fds[i]);
         for (int i = 0; i < 3; ++i)
-            if (std_staged[i] >= 0 && ::dup2(std_staged[i], i) < 0) child_fail(moved_out, Step::dup2, errno, std_sources[i]);
+            if (std_staged[i] >= 0 && ::dup2(std_staged[i], i) < 0)
+                child_fail(moved_out, Step::dup2, errno, std_sources[i]);
         // dup2 clears FD_CLOEXEC on the copy: these are the descriptors the program inherits.
         for (int i = 0; i < pass_count; ++i)
             if (::dup2(staged[i], 3 + i) < 0) child_fail(moved_out, Step::dup2, errno, options.pass_fds[i]);
         for (int fd : keep) {
             int flags = ::fcntl(fd, F_GETFD);
-            if (flags < 0 || ::fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) child_fail(moved_out, Step::clear_cloexec, errno, fd);
+            if (flags < 0 || ::fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) < 0)
+                child_fail(moved_out, Step::clear_cloexec, errno, fd);
         }
         if (options.close_other_fds) {
             int keep_all[256];
@@ -303,9 +318,9 @@ Child Child::spawn(const SpawnOptions& options) {
     if (options.clone_flags || options.setup_in_child) {
         // A copy of our memory: new namespaces, and setup code we cannot vouch for. clone without a
         // new stack behaves like fork (the child gets a copy of our stack).
-        pid = options.clone_flags
-                  ? static_cast<pid_t>(::syscall(SYS_clone, options.clone_flags | SIGCHLD, nullptr, nullptr, nullptr, 0))
-                  : ::fork();
+        pid = options.clone_flags ? static_cast<pid_t>(::syscall(SYS_clone, options.clone_flags | SIGCHLD,
+                                                                 nullptr, nullptr, nullptr, 0))
+                                  : ::fork();
         if (pid == 0) in_child();
         if (pid < 0) throw_errno(options.clone_flags ? "clone" : "fork", options.argv[0]);
     } else {
@@ -318,7 +333,8 @@ Child Child::spawn(const SpawnOptions& options) {
         sigfillset(&all);
         ::pthread_sigmask(SIG_SETMASK, &all, &previous);
         constexpr std::size_t stack_size = 64 * 1024;
-        void* stack = ::mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        void* stack = ::mmap(nullptr, stack_size, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (stack == MAP_FAILED) {
             int error = errno;
             ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
@@ -340,8 +356,7 @@ Child Child::spawn(const SpawnOptions& options) {
     } while (got < 0 && errno == EINTR);
     if (got == static_cast<ssize_t>(sizeof(failure))) {
         int ignored;
-        while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
-        }
+        while (::waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {}
         throw_child_failure(failure, options);
     }
 
@@ -352,7 +367,9 @@ Child Child::spawn(const SpawnOptions& options) {
 }
 
 Child::Child(Child&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)), pidfd_(std::move(other.pidfd_)), status_(std::move(other.status_)) {}
+    : pid_(std::exchange(other.pid_, -1)),
+      pidfd_(std::move(other.pidfd_)),
+      status_(std::move(other.status_)) {}
 
 Child& Child::operator=(Child&& other) noexcept {
     if (this != &other) {

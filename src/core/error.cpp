@@ -18,7 +18,8 @@ std::string printable(std::string_view text) {
     out.reserve(text.size());
     for (unsigned char c : text) {
         if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-        else out += static_cast<char>(c);
+        else
+            out += static_cast<char>(c);
     }
     return out;
 }
@@ -33,12 +34,14 @@ int exit_status_for(const std::exception& error) noexcept {
     if (dynamic_cast<const DataError*>(&error)) return exit_code::data;
     if (dynamic_cast<const InputError*>(&error)) return exit_code::usage;
     if (dynamic_cast<const BusyError*>(&error)) return exit_code::temp_fail;
-    if (auto* spawn = dynamic_cast<const SpawnError*>(&error)) return spawn->code().value() == ENOENT ? 127 : 126;
+    if (auto* spawn = dynamic_cast<const SpawnError*>(&error))
+        return spawn->code().value() == ENOENT ? 127 : 126;
     if (auto* system = dynamic_cast<const std::system_error*>(&error)) {
         // Only errno values mean what the cases below say: std::ios_base::failure, for one, carries
         // io_errc::stream (1) in iostream_category, which is not EPERM.
         const auto& category = system->code().category();
-        if (category != std::system_category() && category != std::generic_category()) return exit_code::os_error;
+        if (category != std::system_category() && category != std::generic_category())
+            return exit_code::os_error;
         switch (system->code().value()) {
             case EACCES:
             case EPERM: return exit_code::no_permission;

@@ -39,14 +39,19 @@ std::vector<std::string> Event::environment() const {
     std::vector<std::string> env;
     for (const auto& [key, value] : json_.items()) {
         std::string name = "KTRICKS_";
-        for (char c : key) name += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::toupper(c)) : '_';
+        for (char c : key)
+            name += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::toupper(c)) : '_';
         std::string text;
         if (value.is_string()) text = value.get<std::string>();
-        else if (value.is_boolean()) text = value.get<bool>() ? "1" : "0";
-        else if (value.is_null()) text = "";
-        else if (value.is_array() && std::all_of(value.begin(), value.end(), [](const auto& item) { return item.is_string(); }))
+        else if (value.is_boolean())
+            text = value.get<bool>() ? "1" : "0";
+        else if (value.is_null())
+            text = "";
+        else if (value.is_array() &&
+                 std::all_of(value.begin(), value.end(), [](const auto& item) { return item.is_string(); }))
             text = shell_join(value.get<std::vector<std::string>>());
-        else text = value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+        else
+            text = value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
         env.push_back(name + "=" + text);
     }
     return env;

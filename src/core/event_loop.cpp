@@ -41,7 +41,8 @@ EventLoop::SourceId EventLoop::add_source(std::unique_ptr<Source> source, int fd
     epoll_event event{};
     event.events = events;
     event.data.u64 = id;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0) throw_errno("epoll_ctl(ADD)", fmt::format("fd {}", fd));
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) < 0)
+        throw_errno("epoll_ctl(ADD)", fmt::format("fd {}", fd));
     source->fd = fd;
     sources_.emplace(id, std::move(source));
     return id;
@@ -68,13 +69,16 @@ EventLoop::SourceId EventLoop::add_signal(int signal_number, SignalCallback call
     return add_signals({signal_number}, std::move(callback));
 }
 
-EventLoop::SourceId EventLoop::add_signals(std::initializer_list<int> signal_numbers, SignalCallback callback) {
+EventLoop::SourceId EventLoop::add_signals(std::initializer_list<int> signal_numbers,
+                                           SignalCallback callback) {
     sigset_t mask, previous;
     sigemptyset(&mask);
     for (int signal_number : signal_numbers) sigaddset(&mask, signal_number);
     std::string names;
-    for (int signal_number : signal_numbers) names += (names.empty() ? "" : ",") + std::string(strsignal(signal_number));
-    if (int error = ::pthread_sigmask(SIG_BLOCK, &mask, &previous)) throw_error(error, "pthread_sigmask", names);
+    for (int signal_number : signal_numbers)
+        names += (names.empty() ? "" : ",") + std::string(strsignal(signal_number));
+    if (int error = ::pthread_sigmask(SIG_BLOCK, &mask, &previous))
+        throw_error(error, "pthread_sigmask", names);
     auto source = std::make_unique<Source>();
     source->kind = Source::Kind::signal;
     sigemptyset(&source->unblock_on_remove);
@@ -99,7 +103,8 @@ EventLoop::SourceId EventLoop::add_timer(std::chrono::nanoseconds delay, TimerCa
     source->owned = Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
     if (!source->owned) throw_errno("timerfd_create");
     auto to_timespec = [](std::chrono::nanoseconds ns) {
-        return timespec{static_cast<time_t>(ns.count() / 1'000'000'000), static_cast<long>(ns.count() % 1'000'000'000)};
+        return timespec{static_cast<time_t>(ns.count() / 1'000'000'000),
+                        static_cast<long>(ns.count() % 1'000'000'000)};
     };
     itimerspec spec{};
     // A zero it_value disarms a timerfd, so "now" is one nanosecond.
@@ -122,7 +127,8 @@ void EventLoop::remove(SourceId id) noexcept {
     if (it == sources_.end()) return;
     Source& source = *it->second;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, source.fd, nullptr);
-    if (source.kind == Source::Kind::signal) ::pthread_sigmask(SIG_UNBLOCK, &source.unblock_on_remove, nullptr);
+    if (source.kind == Source::Kind::signal)
+        ::pthread_sigmask(SIG_UNBLOCK, &source.unblock_on_remove, nullptr);
     sources_.erase(it);
 }
 
@@ -138,7 +144,8 @@ void EventLoop::dispatch(SourceId id, Source& source, std::uint32_t events) {
             int fd = source.owned.get();
             std::vector<signalfd_siginfo> pending;
             signalfd_siginfo info;
-            while (::read(fd, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info))) pending.push_back(info);
+            while (::read(fd, &info, sizeof(info)) == static_cast<ssize_t>(sizeof(info)))
+                pending.push_back(info);
             for (const auto& one : pending) callback(one);
             break;
         }

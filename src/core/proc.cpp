@@ -5,8 +5,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "ktricks/core/error.hpp"
 #include <iterator>
+#include "ktricks/core/error.hpp"
 
 namespace ktricks {
 
@@ -36,7 +36,8 @@ std::optional<std::vector<std::string>> process_command_line(pid_t pid) {
 std::optional<std::string> process_status_field(pid_t pid, std::string_view key) {
     std::ifstream file(fmt::format("/proc/{}/status", pid));
     for (std::string line; std::getline(file, line);) {
-        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':') continue;
+        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':')
+            continue;
         auto start = line.find_first_not_of(" \t", key.size() + 1);
         return start == std::string::npos ? std::string() : line.substr(start);
     }
@@ -52,8 +53,8 @@ std::vector<UnixSocketEntry> parse_proc_net_unix(std::string_view text) {
         std::istringstream fields(line);
         std::string slot, refcount, protocol;
         UnixSocketEntry entry;
-        fields >> slot >> refcount >> protocol >> std::hex >> entry.flags >> entry.type >> entry.state >> std::dec >>
-            entry.inode;
+        fields >> slot >> refcount >> protocol >> std::hex >> entry.flags >> entry.type >> entry.state >>
+            std::dec >> entry.inode;
         if (!fields) continue;
         // The path is the rest of the line: a name may hold spaces.
         std::getline(fields >> std::ws, entry.path);
@@ -74,8 +75,9 @@ std::string shell_join(const std::vector<std::string>& argv) {
     for (const auto& raw : argv) {
         std::string arg = printable(raw);
         if (!out.empty()) out += ' ';
-        bool plain = !arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                                          "0123456789@%+=:,./-_") == std::string::npos;
+        bool plain = !arg.empty() && arg.find_first_not_of(
+                                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789@%+=:,./-_") == std::string::npos;
         if (plain) {
             out += arg;
             continue;
@@ -83,7 +85,8 @@ std::string shell_join(const std::vector<std::string>& argv) {
         out += '\'';
         for (char c : arg) {
             if (c == '\'') out += "'\\''";
-            else out += c;
+            else
+                out += c;
         }
         out += '\'';
     }

@@ -18,13 +18,16 @@ Event JobReport::to_event(std::string_view source) const {
     Event event(source, timed_out ? "script-timeout" : failed() ? "script-failed" : "script-done");
     event.set("script", label).set("latency_ms", latency.count()).set("duration_ms", duration.count());
     if (!error.empty()) event.set("error", error);
-    else event.set("status", status.to_string());
+    else
+        event.set("status", status.to_string());
     return event;
 }
 
 std::string JobReport::describe() const {
     if (!error.empty()) return fmt::format("{}: {}", label, error);
-    if (timed_out) return fmt::format("{}: timed out after {} ms, killed ({})", label, duration.count(), status.to_string());
+    if (timed_out)
+        return fmt::format("{}: timed out after {} ms, killed ({})", label, duration.count(),
+                           status.to_string());
     return fmt::format("{}: {}", label, status.to_string());
 }
 
@@ -68,7 +71,8 @@ std::size_t Runner::running() const noexcept { return running_; }
 
 bool Runner::runs(pid_t pid) const noexcept {
     return std::any_of(queues_.begin(), queues_.end(), [pid](const auto& entry) {
-        return entry.second.running && entry.second.running->child && entry.second.running->child->pid() == pid;
+        return entry.second.running && entry.second.running->child &&
+               entry.second.running->child->pid() == pid;
     });
 }
 
@@ -88,8 +92,7 @@ void Runner::pump() {
         auto it = queues_.find(key);
         if (it == queues_.end()) continue;
         auto& queue = it->second;
-        while (!queue.waiting.empty() && !start(key, queue)) {
-        }
+        while (!queue.waiting.empty() && !start(key, queue)) {}
         if (!queue.running && queue.waiting.empty()) queues_.erase(it);
     }
 }
@@ -159,10 +162,12 @@ void Runner::finished(const std::string& key) {
     // A script killed for its timeout may leave children that ignored SIGTERM; they go with it.
     if (running->timed_out) ::kill(-report.pid, SIGKILL);
     report.timed_out = running->timed_out;
-    report.latency = std::chrono::duration_cast<std::chrono::milliseconds>(running->started - running->job.event_time);
+    report.latency =
+        std::chrono::duration_cast<std::chrono::milliseconds>(running->started - running->job.event_time);
     report.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - running->started);
     if (queue.waiting.empty()) queues_.erase(it);
-    else ready_.push_back(key);
+    else
+        ready_.push_back(key);
     report_(report);
     pump();
 }

@@ -50,7 +50,8 @@ void send_fds(int socket, std::span<const std::byte> data, std::span<const int> 
         if (more < 0 && errno == EINTR) continue;
         if (more < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             pollfd writable{socket, POLLOUT, 0};
-            if (::poll(&writable, 1, -1) < 0 && errno != EINTR) throw_errno("poll", fmt::format("fd {}", socket));
+            if (::poll(&writable, 1, -1) < 0 && errno != EINTR)
+                throw_errno("poll", fmt::format("fd {}", socket));
             continue;
         }
         if (more < 0) throw_errno("send", fmt::format("fd {}", socket));

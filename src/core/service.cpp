@@ -29,13 +29,15 @@ void notify_socket_send(std::string_view name, std::string_view state) {
     std::memcpy(address.sun_path, name.data(), name.size());
     // "@name" is the abstract namespace: a leading NUL, and the length counts only the name.
     if (name[0] == '@') address.sun_path[0] = '\0';
-    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '/' ? 1 : 0));
+    auto length =
+        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '/' ? 1 : 0));
 
     Fd socket_fd{::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
     if (!socket_fd) throw_errno("socket AF_UNIX for NOTIFY_SOCKET");
     ssize_t sent;
-    do sent = ::sendto(socket_fd.get(), state.data(), state.size(), MSG_NOSIGNAL,
-                       reinterpret_cast<const sockaddr*>(&address), length);
+    do
+        sent = ::sendto(socket_fd.get(), state.data(), state.size(), MSG_NOSIGNAL,
+                        reinterpret_cast<const sockaddr*>(&address), length);
     while (sent < 0 && errno == EINTR);
     if (sent < 0) throw_errno("sendto NOTIFY_SOCKET", printable(name));
 }
@@ -79,8 +81,7 @@ void log_line(LogLevel level, std::string_view text) noexcept {
             if (written <= 0) break;
             rest.remove_prefix(static_cast<size_t>(written));
         }
-    } catch (...) {
-    }
+    } catch (...) {}
 }
 
 }  // namespace ktricks

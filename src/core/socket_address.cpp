@@ -86,7 +86,8 @@ SocketAddress SocketAddress::unix_abstract(std::string_view name) {
 SocketAddress SocketAddress::parse(std::string_view text) {
     if (text.empty()) bad(text, "empty address (expected e.g. tcp://127.0.0.1:8080 or unix:/run/x.sock)");
     if (text.find('\0') != std::string_view::npos) bad(text, "contains a NUL byte");
-    if (int c = first_control_byte(text); c >= 0) bad(text, fmt::format("contains a control character (byte 0x{:02x})", c));
+    if (int c = first_control_byte(text); c >= 0)
+        bad(text, fmt::format("contains a control character (byte 0x{:02x})", c));
 
     if (text.starts_with("unix:")) {
         std::string_view rest = text.substr(5);
@@ -110,12 +111,18 @@ SocketAddress SocketAddress::parse(std::string_view text) {
     Transport transport;
     int required_family = AF_UNSPEC;
     if (scheme == "tcp") transport = Transport::tcp;
-    else if (scheme == "tcp6") transport = Transport::tcp, required_family = AF_INET6;
-    else if (scheme == "tcp4") transport = Transport::tcp, required_family = AF_INET;
-    else if (scheme == "udp") transport = Transport::udp;
-    else if (scheme == "udp6") transport = Transport::udp, required_family = AF_INET6;
-    else if (scheme == "udp4") transport = Transport::udp, required_family = AF_INET;
-    else bad(text, fmt::format("unknown scheme \"{}\" (expected tcp, tcp6, udp, udp6 or unix)", scheme));
+    else if (scheme == "tcp6")
+        transport = Transport::tcp, required_family = AF_INET6;
+    else if (scheme == "tcp4")
+        transport = Transport::tcp, required_family = AF_INET;
+    else if (scheme == "udp")
+        transport = Transport::udp;
+    else if (scheme == "udp6")
+        transport = Transport::udp, required_family = AF_INET6;
+    else if (scheme == "udp4")
+        transport = Transport::udp, required_family = AF_INET;
+    else
+        bad(text, fmt::format("unknown scheme \"{}\" (expected tcp, tcp6, udp, udp6 or unix)", scheme));
 
     std::string_view rest = text.substr(scheme_end + 3);
     std::string_view host, port;
@@ -130,7 +137,8 @@ SocketAddress SocketAddress::parse(std::string_view text) {
         port = after.substr(1);
     } else {
         auto colon = rest.rfind(':');
-        if (colon == std::string_view::npos) bad(text, fmt::format("missing port (expected {}://HOST:PORT)", scheme));
+        if (colon == std::string_view::npos)
+            bad(text, fmt::format("missing port (expected {}://HOST:PORT)", scheme));
         host = rest.substr(0, colon);
         port = rest.substr(colon + 1);
         if (host.find(':') != std::string_view::npos)
@@ -144,7 +152,8 @@ SocketAddress SocketAddress::parse(std::string_view text) {
     address.transport_ = transport;
     bool any = host.empty() || host == "*";
     if (bracketed) {
-        if (required_family == AF_INET) bad(text, "an IPv6 address in brackets needs tcp6/udp6, not a 4 scheme");
+        if (required_family == AF_INET)
+            bad(text, "an IPv6 address in brackets needs tcp6/udp6, not a 4 scheme");
         std::string_view literal = host;
         std::uint32_t scope = 0;
         if (auto percent = host.find('%'); percent != std::string_view::npos) {
@@ -216,12 +225,15 @@ SocketAddress SocketAddress::of_socket(int fd) {
 
 bool SocketAddress::is_abstract() const noexcept {
     auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
-    return storage_.ss_family == AF_UNIX && length_ > offsetof(sockaddr_un, sun_path) && un->sun_path[0] == '\0';
+    return storage_.ss_family == AF_UNIX && length_ > offsetof(sockaddr_un, sun_path) &&
+           un->sun_path[0] == '\0';
 }
 
 std::uint16_t SocketAddress::port() const noexcept {
-    if (storage_.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
-    if (storage_.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
+    if (storage_.ss_family == AF_INET)
+        return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
+    if (storage_.ss_family == AF_INET6)
+        return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
     return 0;
 }
 
@@ -241,16 +253,19 @@ std::string SocketAddress::to_string() const {
     }
     if (storage_.ss_family == AF_UNIX) {
         auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);
-        std::size_t path_length = length_ > offsetof(sockaddr_un, sun_path) ? length_ - offsetof(sockaddr_un, sun_path) : 0;
+        std::size_t path_length =
+            length_ > offsetof(sockaddr_un, sun_path) ? length_ - offsetof(sockaddr_un, sun_path) : 0;
         if (path_length == 0) return "unix:";  // unnamed (socketpair, unbound client)
-        if (un->sun_path[0] == '\0') return fmt::format("unix:@{}", std::string_view(un->sun_path + 1, path_length - 1));
+        if (un->sun_path[0] == '\0')
+            return fmt::format("unix:@{}", std::string_view(un->sun_path + 1, path_length - 1));
         return fmt::format("unix:{}", std::string_view(un->sun_path, strnlen(un->sun_path, path_length)));
     }
     return fmt::format("family-{}", storage_.ss_family);
 }
 
 bool operator==(const SocketAddress& a, const SocketAddress& b) noexcept {
-    return a.transport_ == b.transport_ && a.length_ == b.length_ && std::memcmp(&a.storage_, &b.storage_, a.length_) == 0;
+    return a.transport_ == b.transport_ && a.length_ == b.length_ &&
+           std::memcmp(&a.storage_, &b.storage_, a.length_) == 0;
 }
 
 Fd bind_socket(const SocketAddress& address, const BindOptions& options) {
@@ -262,11 +277,14 @@ Fd bind_socket(const SocketAddress& address, const BindOptions& options) {
             throw_errno(fmt::format("setsockopt({})", what), address.to_string());
     };
     if (address.family() != AF_UNIX) {
-        if (options.reuse_address && type == SOCK_STREAM) set_option(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+        if (options.reuse_address && type == SOCK_STREAM)
+            set_option(SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
         if (options.reuse_port) set_option(SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
-        if (address.family() == AF_INET6) set_option(IPPROTO_IPV6, IPV6_V6ONLY, options.v6_only ? 1 : 0, "IPV6_V6ONLY");
+        if (address.family() == AF_INET6)
+            set_option(IPPROTO_IPV6, IPV6_V6ONLY, options.v6_only ? 1 : 0, "IPV6_V6ONLY");
     }
-    if (::bind(socket.get(), address.sockaddr_ptr(), address.length()) < 0) throw_errno("bind", address.to_string());
+    if (::bind(socket.get(), address.sockaddr_ptr(), address.length()) < 0)
+        throw_errno("bind", address.to_string());
     if ((type == SOCK_STREAM || type == SOCK_SEQPACKET) && ::listen(socket.get(), options.backlog) < 0)
         throw_errno("listen", address.to_string());
     return socket;

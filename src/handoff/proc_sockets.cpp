@@ -176,7 +176,8 @@ bool belongs_to(const ProcSocket& connection, const ProcSocket& listener) {
     if (connection.kind == ProcSocket::Kind::unix_stream) return false;
     // A wildcard listener (0.0.0.0 / [::]) hands out connections with concrete local addresses.
     auto port_of = [](const std::string& address) { return address.substr(address.rfind(':')); };
-    bool wildcard = listener.local.find("://0.0.0.0:") != std::string::npos || listener.local.find("://[::]:") != std::string::npos;
+    bool wildcard = listener.local.find("://0.0.0.0:") != std::string::npos ||
+                    listener.local.find("://[::]:") != std::string::npos;
     return wildcard && port_of(connection.local) == port_of(listener.local);
 }
 

@@ -43,8 +43,9 @@ ListenSpec ListenSpec::parse(std::string_view text) {
     if (equals != std::string_view::npos && (colon == std::string_view::npos || equals < colon)) {
         std::string_view name = text.substr(0, equals);
         if (!detail::valid_fd_name(name))
-            throw InputError(fmt::format("--listen {}: the name \"{}\" must be 1-255 printable characters without ':'",
-                                         printable(text), printable(name)));
+            throw InputError(
+                fmt::format("--listen {}: the name \"{}\" must be 1-255 printable characters without ':'",
+                            printable(text), printable(name)));
         return {std::string(name), SocketAddress::parse(text.substr(equals + 1))};
     }
     return {"", SocketAddress::parse(text)};
@@ -76,7 +77,8 @@ ReadyCheck ReadyCheck::parse(std::string_view text) {
     if (text.starts_with("delay:")) {
         auto ms = parse_integer(text.substr(6));
         if (!ms || *ms < 0 || *ms > 3'600'000)
-            throw InputError(fmt::format("--ready={}: expected delay:MILLISECONDS (0-3600000)", printable(text)));
+            throw InputError(
+                fmt::format("--ready={}: expected delay:MILLISECONDS (0-3600000)", printable(text)));
         check.kind = Kind::delay;
         check.delay = milliseconds(*ms);
         return check;
@@ -98,16 +100,19 @@ ReadyCheck ReadyCheck::parse(std::string_view text) {
             }
         }
         if (!target.starts_with("/") || target.size() > 1024)
-            throw InputError(fmt::format("--ready={}: expected http:/PATH[=STATUS] (the path starts with '/')", printable(text)));
+            throw InputError(fmt::format(
+                "--ready={}: expected http:/PATH[=STATUS] (the path starts with '/')", printable(text)));
         for (unsigned char c : target)
             if (c <= 0x20 || c >= 0x7f)
-                throw InputError(fmt::format("--ready={}: the path must be printable ASCII without spaces", printable(text)));
+                throw InputError(fmt::format("--ready={}: the path must be printable ASCII without spaces",
+                                             printable(text)));
         check.kind = Kind::http;
         check.path = std::string(target);
         return check;
     }
-    throw InputError(fmt::format("--ready={}: expected notify, tcp, exec:CMD, delay:MS, http:PATH[=STATUS] or connect",
-                                 printable(text)));
+    throw InputError(
+        fmt::format("--ready={}: expected notify, tcp, exec:CMD, delay:MS, http:PATH[=STATUS] or connect",
+                    printable(text)));
 }
 
 Server parse_server(std::string_view text) {
@@ -116,7 +121,8 @@ Server parse_server(std::string_view text) {
     if (text == "lighttpd") return Server::lighttpd;
     if (text == "uwsgi") return Server::uwsgi;
     if (text == "systemd") return Server::systemd;
-    throw InputError(fmt::format("--server {}: expected nginx, gunicorn, lighttpd, uwsgi or systemd", printable(text)));
+    throw InputError(
+        fmt::format("--server {}: expected nginx, gunicorn, lighttpd, uwsgi or systemd", printable(text)));
 }
 
 ServerPreset server_preset(Server server) {
@@ -158,10 +164,12 @@ Protocol parse_protocol(std::string_view text) {
     if (text == "nginx") return Protocol::nginx;
     if (text == "einhorn") return Protocol::einhorn;
     if (text == "gunicorn") return Protocol::gunicorn;
-    throw InputError(fmt::format("--protocol {}: expected systemd, nginx, einhorn or gunicorn", printable(text)));
+    throw InputError(
+        fmt::format("--protocol {}: expected systemd, nginx, einhorn or gunicorn", printable(text)));
 }
 
-std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names, pid_t parent) {
+std::vector<std::string> protocol_environment(Protocol protocol, const std::vector<std::string>& names,
+                                              pid_t parent) {
     std::vector<std::string> fds;
     for (std::size_t i = 0; i < names.size(); ++i) fds.push_back(std::to_string(3 + i));
     std::vector<std::string> env;
@@ -176,7 +184,8 @@ std::vector<std::string> protocol_environment(Protocol protocol, const std::vect
         case Protocol::nginx: env.push_back("NGINX=" + join(fds, ";", true)); break;
         case Protocol::einhorn:
             env.push_back(fmt::format("EINHORN_FD_COUNT={}", fds.size()));
-            for (std::size_t i = 0; i < fds.size(); ++i) env.push_back(fmt::format("EINHORN_FD_{}={}", i, fds[i]));
+            for (std::size_t i = 0; i < fds.size(); ++i)
+                env.push_back(fmt::format("EINHORN_FD_{}={}", i, fds[i]));
             break;
         // gunicorn's arbiter splits GUNICORN_FD on ',' and reads it only when GUNICORN_PID names its
         // "old master" (it then promotes itself once that is no longer its parent).
@@ -207,11 +216,16 @@ NotifyMessage parse_notify(std::string_view datagram) {
         if (equals == std::string_view::npos) continue;
         std::string_view key = line.substr(0, equals), value = line.substr(equals + 1);
         if (key == "READY") message.ready = value == "1";
-        else if (key == "RELOADING") message.reloading = value == "1";
-        else if (key == "STOPPING") message.stopping = value == "1";
-        else if (key == "FDSTORE") message.fdstore = value == "1";
-        else if (key == "FDSTOREREMOVE") message.fdstore_remove = value == "1";
-        else if (key == "STATUS") message.status = std::string(value);
+        else if (key == "RELOADING")
+            message.reloading = value == "1";
+        else if (key == "STOPPING")
+            message.stopping = value == "1";
+        else if (key == "FDSTORE")
+            message.fdstore = value == "1";
+        else if (key == "FDSTOREREMOVE")
+            message.fdstore_remove = value == "1";
+        else if (key == "STATUS")
+            message.status = std::string(value);
         else if (key == "FDNAME") {
             if (valid_fd_name(value)) message.fdname = std::string(value);
         } else if (key == "MAINPID") {
@@ -226,7 +240,8 @@ ControlRequest parse_control_request(std::string_view line) {
     line = trim_newline(line);
     if (line == "reload") return ControlRequest::reload;
     if (line == "status") return ControlRequest::status;
-    throw InputError(fmt::format("unknown control request \"{}\" (expected reload or status)", printable(line.substr(0, 64))));
+    throw InputError(fmt::format("unknown control request \"{}\" (expected reload or status)",
+                                 printable(line.substr(0, 64))));
 }
 
 std::string reload_answer(const ReloadResult& result) {
@@ -242,20 +257,25 @@ std::string reload_answer(const ReloadResult& result) {
 ReloadResult parse_reload_answer(std::string_view line) {
     auto json = nlohmann::json::parse(trim_newline(line), nullptr, false);
     if (json.is_discarded() || !json.is_object() || !json.contains("ok") || !json["ok"].is_boolean())
-        throw InputError(fmt::format("the control socket answered \"{}\", not a reload result", printable(line.substr(0, 120))));
+        throw InputError(fmt::format("the control socket answered \"{}\", not a reload result",
+                                     printable(line.substr(0, 120))));
     ReloadResult result;
     result.ok = json["ok"].get<bool>();
-    if (auto it = json.find("error"); it != json.end() && it->is_string()) result.message = it->get<std::string>();
+    if (auto it = json.find("error"); it != json.end() && it->is_string())
+        result.message = it->get<std::string>();
     if (auto it = json.find("generation"); it != json.end() && it->is_number_unsigned())
         result.generation = it->get<unsigned>();
-    if (auto it = json.find("pid"); it != json.end() && it->is_number_integer()) result.pid = it->get<pid_t>();
-    if (auto it = json.find("ready_ms"); it != json.end() && it->is_number()) result.ready_ms = it->get<double>();
+    if (auto it = json.find("pid"); it != json.end() && it->is_number_integer())
+        result.pid = it->get<pid_t>();
+    if (auto it = json.find("ready_ms"); it != json.end() && it->is_number())
+        result.ready_ms = it->get<double>();
     if (!result.ok && result.message.empty()) result.message = "the reload failed (no reason given)";
     return result;
 }
 
-std::optional<std::vector<std::string>> parse_listen_environment(const char* listen_fds, const char* listen_pid,
-                                                                  const char* listen_fdnames, pid_t self) {
+std::optional<std::vector<std::string>> parse_listen_environment(const char* listen_fds,
+                                                                 const char* listen_pid,
+                                                                 const char* listen_fdnames, pid_t self) {
     if (!listen_fds || !listen_pid) return std::nullopt;
     auto pid = parse_integer(listen_pid);
     auto count = parse_integer(listen_fds);
@@ -293,7 +313,8 @@ std::string zerg_greeting(int fd_count) {
 }
 
 std::optional<int> parse_zerg_greeting(std::string_view bytes) {
-    if (bytes.size() != zerg_magic.size() + sizeof(int) || !bytes.starts_with(zerg_magic)) return std::nullopt;
+    if (bytes.size() != zerg_magic.size() + sizeof(int) || !bytes.starts_with(zerg_magic))
+        return std::nullopt;
     int count;
     std::memcpy(&count, bytes.data() + zerg_magic.size(), sizeof(int));
     if (count < 0 || count > 253) return std::nullopt;

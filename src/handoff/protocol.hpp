@@ -43,8 +43,9 @@ std::string reload_answer(const ReloadResult& result);
 // LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES as sd_listen_fds_with_names reads them: the names of
 // fds 3.., or nothing if LISTEN_PID is not `self` or the values are malformed (then the variables
 // were not meant for us). Missing names are "unknown", like systemd's.
-std::optional<std::vector<std::string>> parse_listen_environment(const char* listen_fds, const char* listen_pid,
-                                                                  const char* listen_fdnames, pid_t self);
+std::optional<std::vector<std::string>> parse_listen_environment(const char* listen_fds,
+                                                                 const char* listen_pid,
+                                                                 const char* listen_fdnames, pid_t self);
 
 // The status code of the HTTP response a readiness probe read ("HTTP/1.1 200 OK" -> 200), or 0 if
 // `response` does not start with an HTTP/1.x status line.

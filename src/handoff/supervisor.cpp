@@ -95,7 +95,8 @@ void write_pid_file(const std::string& path, pid_t pid) {
     Fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd) throw_errno("open", temporary);
     std::string text = fmt::format("{}\n", pid);
-    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw_errno("write", temporary);
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+        throw_errno("write", temporary);
     fd.reset();
     if (::rename(temporary.c_str(), path.c_str()) < 0) throw_errno("rename", path);
 }
@@ -123,7 +124,8 @@ Fd bind_control_socket(const std::string& path, const char* flag) {
                 throw InputError(fmt::format("{} {}: exists and is not a socket", flag, printable(path)));
             Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
             if (::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0)
-                throw_error(EADDRINUSE, "bind", fmt::format("{} (another serve answers on it)", printable(path)));
+                throw_error(EADDRINUSE, "bind",
+                            fmt::format("{} (another serve answers on it)", printable(path)));
             ::unlink(path.c_str());
         }
     }
@@ -252,10 +254,12 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
     const int announced = static_cast<int>(spawn.pass_fds.size());
     if (o_.handoff) {
         int pair[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "handoff channel");
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+            throw_errno("socketpair", "handoff channel");
         g->channel = Fd(pair[0]);
         child_channel = Fd(pair[1]);
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "handoff inherit");
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+            throw_errno("socketpair", "handoff inherit");
         g->successor_end = Fd(pair[0]);
         child_inherit = Fd(pair[1]);
         spawn.pass_fds.push_back(child_channel.get());
@@ -268,8 +272,10 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
     spawn.listen_fds_env = o_.protocol == Protocol::systemd;
     spawn.listen_fds_count = announced;
     if (o_.protocol != Protocol::systemd)
-        for (const char* key : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) spawn.unset_env.emplace_back(key);
-    for (auto& entry : protocol_environment(o_.protocol, names, ::getpid())) spawn.set_env.push_back(std::move(entry));
+        for (const char* key : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+            spawn.unset_env.emplace_back(key);
+    for (auto& entry : protocol_environment(o_.protocol, names, ::getpid()))
+        spawn.set_env.push_back(std::move(entry));
     for (const auto& entry : o_.environment) spawn.set_env.push_back(entry);
     spawn.set_env.push_back("NOTIFY_SOCKET=" + notify_name);
     spawn.set_env.push_back(fmt::format("KTRICKS_SERVE_GENERATION={}", g->number));
@@ -293,7 +299,8 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
         spawn.clone_flags &= ~CLONE_NEWPID;
         Event e("serve", "pid-namespace-unavailable");
         e.set("error", error.what());
-        e.set("consequence", "generations run as plain children: if serve is SIGKILLed, their own children survive");
+        e.set("consequence",
+              "generations run as plain children: if serve is SIGKILLed, their own children survive");
         emit(std::move(e));
         g->child.emplace(Child::spawn(spawn));
     }
@@ -302,9 +309,11 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
 
     Generation* raw = g.get();
     g->exit_source = loop_.add_child(g->child->pidfd(), [this, raw] { on_exit(*raw); });
-    g->notify_source = loop_.add_fd(g->notify.get(), EPOLLIN, [this, raw](std::uint32_t) { on_notify(*raw); });
+    g->notify_source =
+        loop_.add_fd(g->notify.get(), EPOLLIN, [this, raw](std::uint32_t) { on_notify(*raw); });
     if (g->channel)
-        g->channel_source = loop_.add_fd(g->channel.get(), EPOLLIN, [this, raw](std::uint32_t) { on_channel(*raw); });
+        g->channel_source =
+            loop_.add_fd(g->channel.get(), EPOLLIN, [this, raw](std::uint32_t) { on_channel(*raw); });
     Event e = event("started", raw);
     e.set("command", shell_join(o_.command));
     if (g->pid_namespace) e.set("pid_namespace", true);
@@ -358,7 +367,8 @@ void Supervisor::probe_tick(Generation& g) {
     const SocketAddress& address = *g.probe_address;
     Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!fd) return;
-    if (::connect(fd.get(), address.sockaddr_ptr(), address.length()) < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+    if (::connect(fd.get(), address.sockaddr_ptr(), address.length()) < 0 && errno != EINPROGRESS &&
+        errno != EAGAIN) {
         g.probe_last = fmt::format("connect: {}", std::strerror(errno));
         return;
     }
@@ -379,10 +389,12 @@ void Supervisor::probe_io(Generation& g, std::uint32_t events) {
         return;
     }
     if ((events & EPOLLOUT) && !g.probe_sent) {
-        std::string request = fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ktricks-serve-probe\r\n"
-                                          "Connection: close\r\n\r\n",
-                                          o_.ready.path);
-        if (::send(g.probe_connection.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size()))
+        std::string request = fmt::format(
+            "GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: ktricks-serve-probe\r\n"
+            "Connection: close\r\n\r\n",
+            o_.ready.path);
+        if (::send(g.probe_connection.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+            static_cast<ssize_t>(request.size()))
             return probe_reset(g, fmt::format("send: {}", std::strerror(errno)));
         g.probe_sent = true;
         loop_.modify_fd(g.probe_source, EPOLLIN | EPOLLRDHUP);
@@ -401,19 +413,23 @@ void Supervisor::probe_io(Generation& g, std::uint32_t events) {
         return;
     }
     probe_reset(g, status ? fmt::format("GET {} answered {}", o_.ready.path, status)
-                          : got < 0 ? fmt::format("recv: {}", std::strerror(errno))
-                                    : fmt::format("GET {}: the connection closed without an HTTP answer", o_.ready.path));
+                   : got < 0
+                       ? fmt::format("recv: {}", std::strerror(errno))
+                       : fmt::format("GET {}: the connection closed without an HTTP answer", o_.ready.path));
 }
 
 void Supervisor::watch_readiness(Generation& g) {
     Generation* raw = &g;
     g.sources.push_back(loop_.add_timer(o_.ready_timeout, [this, raw] {
-        std::string reason = fmt::format("not ready within {} ms (--ready-timeout)", o_.ready_timeout.count());
+        std::string reason =
+            fmt::format("not ready within {} ms (--ready-timeout)", o_.ready_timeout.count());
         if (raw->probe_address) {
             reason += fmt::format("; the probe {} ", raw->probe_address->to_string());
-            reason += raw->probe_last.empty() ? std::string("was never answered") : "failed: " + raw->probe_last;
-            reason += " (the server must serve every inherited socket, or name the probe in its configuration: "
-                      "--probe unix:PATH and e.g. nginx's `listen unix:PATH;`)";
+            reason +=
+                raw->probe_last.empty() ? std::string("was never answered") : "failed: " + raw->probe_last;
+            reason +=
+                " (the server must serve every inherited socket, or name the probe in its configuration: "
+                "--probe unix:PATH and e.g. nginx's `listen unix:PATH;`)";
         }
         fail_pending(reason);
     }));
@@ -422,7 +438,8 @@ void Supervisor::watch_readiness(Generation& g) {
         case ReadyCheck::Kind::http:
         case ReadyCheck::Kind::connect:
             g.sources.push_back(loop_.add_timer(
-                std::chrono::milliseconds(10), [this, raw] { probe_tick(*raw); }, std::chrono::milliseconds(100)));
+                std::chrono::milliseconds(10), [this, raw] { probe_tick(*raw); },
+                std::chrono::milliseconds(100)));
             break;
         case ReadyCheck::Kind::delay:
             g.sources.push_back(loop_.add_timer(o_.ready.delay, [this, raw] { become_ready(*raw); }));
@@ -435,7 +452,8 @@ void Supervisor::watch_readiness(Generation& g) {
                 std::chrono::milliseconds(20),
                 [this, raw, address] {
                     Fd probe(::socket(address.family(), address.socket_type() | SOCK_CLOEXEC, 0));
-                    if (probe && ::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0) become_ready(*raw);
+                    if (probe && ::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0)
+                        become_ready(*raw);
                 },
                 std::chrono::milliseconds(50)));
             break;
@@ -582,7 +600,8 @@ void Supervisor::retire(Generation& g) {
     if (g.handoff_capable) {
         e.set("how", "handoff");
     } else {
-        e.set("how", fmt::format("signal {}", sigabbrev_np(o_.drain_signal) ? sigabbrev_np(o_.drain_signal) : "?"));
+        e.set("how",
+              fmt::format("signal {}", sigabbrev_np(o_.drain_signal) ? sigabbrev_np(o_.drain_signal) : "?"));
         if (g.child->signal(o_.drain_signal)) g.drain_sent = true;
     }
     e.set("drain_timeout_ms", o_.drain_timeout.count());
@@ -606,10 +625,11 @@ void Supervisor::fail_pending(const std::string& reason) {
     e.set("reason", reason);
     if (current_) e.set("serving", current_->number);
     emit(std::move(e));
-    answer_waiters({false, fmt::format("generation {} (pid {}) {}; {}", g->number, g->pid, reason,
-                                       current_ ? fmt::format("generation {} (pid {}) keeps serving", current_->number,
-                                                              current_->pid)
-                                                : std::string("nothing is serving")),
+    answer_waiters({false,
+                    fmt::format("generation {} (pid {}) {}; {}", g->number, g->pid, reason,
+                                current_ ? fmt::format("generation {} (pid {}) keeps serving",
+                                                       current_->number, current_->pid)
+                                         : std::string("nothing is serving")),
                     current_ ? current_->number : 0, current_ ? current_->pid : 0, 0});
     if (!current_) {
         if (!result_) result_ = last_exit_;
@@ -650,9 +670,10 @@ void Supervisor::on_exit(Generation& g) {
 std::optional<std::string> Supervisor::reload() {
     if (stopping_) return std::string("serve is stopping");
     if (pending_)
-        return fmt::format("a reload is already in progress: generation {} (pid {}) started {:.0f} ms ago and is not "
-                           "ready yet; try again once it is",
-                           pending_->number, pending_->pid, ms_since(pending_->started));
+        return fmt::format(
+            "a reload is already in progress: generation {} (pid {}) started {:.0f} ms ago and is not "
+            "ready yet; try again once it is",
+            pending_->number, pending_->pid, ms_since(pending_->started));
     reload_started_ = Clock::now();
     Event e("serve", "reload");
     e.set("generation", next_number_);
@@ -665,8 +686,9 @@ std::optional<std::string> Supervisor::reload() {
         Event rollback("serve", "rollback");
         rollback.set("reason", error.what());
         emit(std::move(rollback));
-        return fmt::format("{}; {}", error.what(),
-                           current_ ? fmt::format("generation {} keeps serving", current_->number) : "nothing is serving");
+        return fmt::format(
+            "{}; {}", error.what(),
+            current_ ? fmt::format("generation {} keeps serving", current_->number) : "nothing is serving");
     }
     return std::nullopt;
 }
@@ -772,8 +794,8 @@ void Supervisor::on_control_input(int fd) {
                     Event e("serve", "refused");
                     e.set("reason", *refused);
                     emit(std::move(e));
-                    reply(detail::reload_answer({false, *refused, current_ ? current_->number : 0,
-                                                 current_ ? current_->pid : 0, 0}));
+                    reply(detail::reload_answer(
+                        {false, *refused, current_ ? current_->number : 0, current_ ? current_->pid : 0, 0}));
                     return;
                 }
                 reload_waiters_.push_back(fd);

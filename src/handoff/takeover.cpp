@@ -18,13 +18,13 @@
 // every process, every process is stopped and searched for accepted connections, and every one
 // gets the signal while stopped. Looking at the master alone reported "0 lost" while its workers
 // took requests with them.
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <sys/utsname.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -85,8 +85,9 @@ std::string explain_eperm(pid_t pid) {
         return "kernel.yama.ptrace_scope is 2: only a process with CAP_SYS_PTRACE may do this; run takeover as root";
     auto target_uid = process_uid(pid);
     if (target_uid && *target_uid != ::geteuid() && !privileged)
-        return fmt::format("pid {} runs as uid {} and we are uid {} without CAP_SYS_PTRACE; run takeover as uid {} or as root",
-                           pid, *target_uid, ::geteuid(), *target_uid);
+        return fmt::format(
+            "pid {} runs as uid {} and we are uid {} without CAP_SYS_PTRACE; run takeover as uid {} or as root",
+            pid, *target_uid, ::geteuid(), *target_uid);
     if (scope == 1 && !privileged)
         return "kernel.yama.ptrace_scope is 1: only an ancestor may take descriptors; run takeover as root (CAP_SYS_PTRACE) "
                "or set `sysctl kernel.yama.ptrace_scope=0`";
@@ -94,9 +95,10 @@ std::string explain_eperm(pid_t pid) {
     // then belong to root, and only CAP_SYS_PTRACE gets in.
     struct stat st {};
     if (::stat(fmt::format("/proc/{}/fd", pid).c_str(), &st) == 0 && target_uid && st.st_uid != *target_uid)
-        return fmt::format("pid {} is not dumpable (it changed its credentials, e.g. dropped root, or called "
-                           "prctl(PR_SET_DUMPABLE, 0)); run takeover as root",
-                           pid);
+        return fmt::format(
+            "pid {} is not dumpable (it changed its credentials, e.g. dropped root, or called "
+            "prctl(PR_SET_DUMPABLE, 0)); run takeover as root",
+            pid);
     return "permission denied (needs the same uid and a dumpable target, or CAP_SYS_PTRACE); run takeover as root";
 }
 
@@ -120,38 +122,45 @@ bool exited(int pidfd, milliseconds within) {
 // sockets is duplicated (pidfd_getfd) and asked directly (getsockname, SO_ACCEPTCONN): reading
 // /proc/net/tcp instead would walk every TIME_WAIT entry of the namespace, which under load takes
 // hundreds of milliseconds while the old server sits stopped.
-std::vector<std::string> held_connections(pid_t pid, int pidfd, const std::vector<detail::ProcSocket>& listeners) {
+std::vector<std::string> held_connections(pid_t pid, int pidfd,
+                                          const std::vector<detail::ProcSocket>& listeners) {
     std::vector<std::string> held;
     for (const auto& entry : detail::socket_inodes(pid)) {
         // (not a structured binding: clang 14 cannot capture one in the lambda)
         const unsigned long inode = entry.first;
         const int fd = entry.second;
-        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; })) continue;
+        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; }))
+            continue;
         Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
         if (!copy) continue;  // closed meanwhile
         int listening = 0;
         socklen_t length = sizeof(listening);
-        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening) continue;
+        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening)
+            continue;
         detail::ProcSocket socket;
         try {
             auto local = SocketAddress::of_socket(copy.get());
             socket.local = local.to_string();
-            socket.kind = local.transport() == SocketAddress::Transport::udp           ? detail::ProcSocket::Kind::udp
-                          : local.transport() == SocketAddress::Transport::unix_stream ? detail::ProcSocket::Kind::unix_stream
-                                                                                       : detail::ProcSocket::Kind::tcp;
+            socket.kind = local.transport() == SocketAddress::Transport::udp ? detail::ProcSocket::Kind::udp
+                          : local.transport() == SocketAddress::Transport::unix_stream
+                              ? detail::ProcSocket::Kind::unix_stream
+                              : detail::ProcSocket::Kind::tcp;
         } catch (const std::exception&) {
             continue;  // not an address family we listen on
         }
-        if (!std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return detail::belongs_to(socket, l); }))
+        if (!std::any_of(listeners.begin(), listeners.end(),
+                         [&](const auto& l) { return detail::belongs_to(socket, l); }))
             continue;
         sockaddr_storage peer{};
         socklen_t peer_length = sizeof(peer);
         std::string remote = socket.local;
-        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 && peer_length > sizeof(sa_family_t)) {
+        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
+            peer_length > sizeof(sa_family_t)) {
             try {
-                remote = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM).to_string();
-            } catch (const std::exception&) {
-            }
+                remote =
+                    SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM)
+                        .to_string();
+            } catch (const std::exception&) {}
         }
         held.push_back(remote);
     }
@@ -239,7 +248,8 @@ void retire(const Retirement& r) {
         resume();
         // Let it run a little longer each time: on a busy machine its threads may need a while to be
         // scheduled at all, and every stop delays its clients again.
-        std::this_thread::sleep_for(std::chrono::milliseconds(std::min(20 << std::min(attempts - 1, 4), 200)));
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(std::min(20 << std::min(attempts - 1, 4), 200)));
     }
     // Every process of the tree gets the signal while stopped: it is dequeued before any of their
     // code runs again, so a worker cannot accept one more connection on its way out.
@@ -251,7 +261,8 @@ void retire(const Retirement& r) {
     Event e("takeover", held.empty() ? "retired" : "retired-with-loss");
     e.set("pid", r.pid).set("signal", sigabbrev_np(r.signal_number) ? sigabbrev_np(r.signal_number) : "?");
     e.set("processes", tree.size());
-    e.set("attempts", attempts).set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    e.set("attempts", attempts)
+        .set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
     e.set("lost_connections", held.size()).set("exited", gone);
     if (!held.empty()) e.set("lost", held);
     emit(std::move(e));
@@ -265,7 +276,8 @@ std::vector<pid_t> process_tree(pid_t root) {
     for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
         const std::string name = entry.path().filename().string();
         pid_t pid = 0;
-        if (std::from_chars(name.data(), name.data() + name.size(), pid).ec != std::errc() || pid <= 0) continue;
+        if (std::from_chars(name.data(), name.data() + name.size(), pid).ec != std::errc() || pid <= 0)
+            continue;
         std::string stat = read_all(entry.path().string() + "/stat");
         auto paren = stat.rfind(')');  // the command name may contain spaces and parentheses
         if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
@@ -311,12 +323,16 @@ Fd take_fd(int pidfd, pid_t pid, int target_fd) {
     std::string object = fmt::format("fd {} of pid {}", target_fd, pid);
     switch (errno) {
         case ENOSYS:
-            throw_error(ENOSYS, "pidfd_getfd",
-                        fmt::format("{}: needs Linux 5.6 or newer (this is {}); upgrade the kernel, or start the server "
-                                    "under `ktricks serve` so that no takeover is needed",
-                                    object, kernel_release()));
+            throw_error(
+                ENOSYS, "pidfd_getfd",
+                fmt::format(
+                    "{}: needs Linux 5.6 or newer (this is {}); upgrade the kernel, or start the server "
+                    "under `ktricks serve` so that no takeover is needed",
+                    object, kernel_release()));
         case EPERM: throw_error(EPERM, "pidfd_getfd", fmt::format("{}: {}", object, explain_eperm(pid)));
-        case EBADF: throw_error(EBADF, "pidfd_getfd", fmt::format("{}: no such descriptor (closed meanwhile?)", object));
+        case EBADF:
+            throw_error(EBADF, "pidfd_getfd",
+                        fmt::format("{}: no such descriptor (closed meanwhile?)", object));
         case ESRCH: throw_error(ESRCH, "pidfd_getfd", fmt::format("{}: the process exited", object));
         default: throw_errno("pidfd_getfd", object);
     }
@@ -329,7 +345,8 @@ ExitStatus takeover(TakeoverOptions options) {
     try {
         pidfd = open_pidfd(options.pid);
     } catch (const std::system_error& error) {
-        if (error.code().value() == ESRCH) throw_error(ESRCH, "takeover", fmt::format("pid {}: no such process", options.pid));
+        if (error.code().value() == ESRCH)
+            throw_error(ESRCH, "takeover", fmt::format("pid {}: no such process", options.pid));
         throw;
     }
     std::vector<FoundListener> found;
@@ -337,35 +354,41 @@ ExitStatus takeover(TakeoverOptions options) {
         found = find_listeners(options.pid);
     } catch (const std::system_error& error) {
         if (error.code().value() != EACCES && error.code().value() != EPERM) throw;
-        throw_error(EPERM, "takeover", fmt::format("pid {}: cannot read /proc/{}/fd: {}", options.pid, options.pid,
-                                                   explain_eperm(options.pid)));
+        throw_error(EPERM, "takeover",
+                    fmt::format("pid {}: cannot read /proc/{}/fd: {}", options.pid, options.pid,
+                                explain_eperm(options.pid)));
     }
     auto describe_found = [&] {
         std::string list;
         for (const auto& f : found)
-            list += fmt::format("{}fd {} {}{}", list.empty() ? "" : ", ", f.fd, f.address,
-                                f.pid == options.pid ? std::string() : fmt::format(" (in its descendant pid {})", f.pid));
+            list += fmt::format(
+                "{}fd {} {}{}", list.empty() ? "" : ", ", f.fd, f.address,
+                f.pid == options.pid ? std::string() : fmt::format(" (in its descendant pid {})", f.pid));
         return list.empty() ? std::string("none") : list;
     };
     std::vector<FoundListener> chosen;
     for (int fd : options.fds) {
-        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.fd == fd && f.pid == options.pid; });
+        auto it = std::find_if(found.begin(), found.end(),
+                               [&](const auto& f) { return f.fd == fd && f.pid == options.pid; });
         if (it == found.end())
-            throw InputError(fmt::format("--fd {}: pid {} has no listening socket at fd {} (it has: {})", fd, options.pid, fd,
-                                         describe_found()));
+            throw InputError(fmt::format("--fd {}: pid {} has no listening socket at fd {} (it has: {})", fd,
+                                         options.pid, fd, describe_found()));
         chosen.push_back(*it);
     }
     for (const auto& address : options.listen) {
-        auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.address == address.to_string(); });
+        auto it = std::find_if(found.begin(), found.end(),
+                               [&](const auto& f) { return f.address == address.to_string(); });
         if (it == found.end())
-            throw InputError(fmt::format("--listen {}: pid {} does not listen there (it has: {})", address.to_string(),
-                                         options.pid, describe_found()));
+            throw InputError(fmt::format("--listen {}: pid {} does not listen there (it has: {})",
+                                         address.to_string(), options.pid, describe_found()));
         chosen.push_back(*it);
     }
     if (options.fds.empty() && options.listen.empty()) chosen = found;
-    if (chosen.empty()) throw InputError(fmt::format("pid {} has no listening socket to take over", options.pid));
+    if (chosen.empty())
+        throw InputError(fmt::format("pid {} has no listening socket to take over", options.pid));
 
-    Retirement retirement{options.pid, pidfd.get(), options.signal, options.serve.drain_timeout, {}, options.serve.on_event};
+    Retirement retirement{options.pid, pidfd.get(),           options.signal, options.serve.drain_timeout,
+                          {},          options.serve.on_event};
     std::set<unsigned long> taken;
     std::map<pid_t, Fd> holders;  // pidfds of descendants that hold a listener the target does not
     for (const auto& listener : chosen) {
@@ -383,7 +406,7 @@ ExitStatus takeover(TakeoverOptions options) {
         socket.listening = true;
         socket.kind = listener.address.starts_with("unix:") ? detail::ProcSocket::Kind::unix_stream
                       : listener.address.starts_with("udp") ? detail::ProcSocket::Kind::udp
-                                                              : detail::ProcSocket::Kind::tcp;
+                                                            : detail::ProcSocket::Kind::tcp;
         retirement.listeners.push_back(socket);
         if (options.serve.on_event) {
             Event e("takeover", "adopted");

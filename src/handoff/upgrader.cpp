@@ -20,8 +20,8 @@
 
 #include "handoff/protocol.hpp"
 #include "ktricks/core/error.hpp"
-#include "ktricks/core/service.hpp"
 #include "ktricks/core/scm_rights.hpp"
+#include "ktricks/core/service.hpp"
 
 namespace ktricks::handoff {
 namespace {
@@ -75,7 +75,8 @@ Upgrader Upgrader::from_environment() {
     state->inherit = Fd(fd_from_environment("KTRICKS_HANDOFF_INHERIT_FD"));
     if (state->channel) {
         set_nonblocking(state->channel.get());
-        if (::send(state->channel.get(), detail::hello_message.data(), detail::hello_message.size(), MSG_NOSIGNAL) < 0)
+        if (::send(state->channel.get(), detail::hello_message.data(), detail::hello_message.size(),
+                   MSG_NOSIGNAL) < 0)
             state->channel.reset();  // serve is gone: nothing will ask us to hand over
     }
     if (state->inherit) set_nonblocking(state->inherit.get());
@@ -87,8 +88,7 @@ Fd Upgrader::listener(const SocketAddress& address) {
         if (!inherited.fd) continue;
         try {
             if (SocketAddress::of_socket(inherited.fd.get()) == address) return std::move(inherited.fd);
-        } catch (const std::exception&) {
-        }
+        } catch (const std::exception&) {}
     }
     return bind_socket(address);
 }
@@ -147,9 +147,11 @@ bool Upgrader::upgrade_requested() {
 }
 
 void Upgrader::hand_over(Fd connection, std::string_view state) {
-    if (!state_->successor) throw std::logic_error("Upgrader::hand_over before upgrade_requested() returned true");
+    if (!state_->successor)
+        throw std::logic_error("Upgrader::hand_over before upgrade_requested() returned true");
     if (state.size() > max_state)
-        throw InputError(fmt::format("Upgrader::hand_over: state of {} bytes; at most {}", state.size(), max_state));
+        throw InputError(
+            fmt::format("Upgrader::hand_over: state of {} bytes; at most {}", state.size(), max_state));
     std::string record(1, detail::connection_tag);
     record.append(state);
     std::array<int, 1> fds{connection.get()};

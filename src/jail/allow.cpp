@@ -32,15 +32,18 @@ bool same_host(const SocketAddress& a, const SocketAddress& b) {
                reinterpret_cast<const sockaddr_in*>(b.sockaddr_ptr())->sin_addr.s_addr;
     auto* x = reinterpret_cast<const sockaddr_in6*>(a.sockaddr_ptr());
     auto* y = reinterpret_cast<const sockaddr_in6*>(b.sockaddr_ptr());
-    return std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(in6_addr)) == 0 && x->sin6_scope_id == y->sin6_scope_id;
+    return std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(in6_addr)) == 0 &&
+           x->sin6_scope_id == y->sin6_scope_id;
 }
 
 }  // namespace
 
 AllowRule AllowRule::parse(std::string_view text) {
-    if (text.starts_with("unix:")) bad(text, "the broker hands out inet listeners only (tcp, tcp6, udp, udp6)");
+    if (text.starts_with("unix:"))
+        bad(text, "the broker hands out inet listeners only (tcp, tcp6, udp, udp6)");
     auto scheme_end = text.find("://");
-    if (scheme_end == std::string_view::npos) bad(text, "expected SCHEME://HOST:PORT[-PORT], e.g. tcp://0.0.0.0:8000-8100");
+    if (scheme_end == std::string_view::npos)
+        bad(text, "expected SCHEME://HOST:PORT[-PORT], e.g. tcp://0.0.0.0:8000-8100");
     auto colon = text.rfind(':');
     if (colon == std::string_view::npos || colon < scheme_end + 3) bad(text, "missing :PORT or :PORT-PORT");
     std::string_view ports = text.substr(colon + 1);
@@ -51,15 +54,22 @@ AllowRule AllowRule::parse(std::string_view text) {
     AllowRule rule;
     auto dash = ports.find('-');
     rule.first_port_ = parse_port(text, ports.substr(0, dash));
-    rule.last_port_ = dash == std::string_view::npos ? rule.first_port_ : parse_port(text, ports.substr(dash + 1));
+    rule.last_port_ =
+        dash == std::string_view::npos ? rule.first_port_ : parse_port(text, ports.substr(dash + 1));
     if (rule.last_port_ < rule.first_port_) bad(text, "the port range ends before it starts");
 
     if (host == "*") {
-        if (scheme == "tcp" || scheme == "tcp4") rule.transport_ = SocketAddress::Transport::tcp, rule.family_ = AF_INET;
-        else if (scheme == "udp" || scheme == "udp4") rule.transport_ = SocketAddress::Transport::udp, rule.family_ = AF_INET;
-        else if (scheme == "tcp6") rule.transport_ = SocketAddress::Transport::tcp, rule.family_ = AF_INET6;
-        else if (scheme == "udp6") rule.transport_ = SocketAddress::Transport::udp, rule.family_ = AF_INET6;
-        else bad(text, fmt::format("unknown scheme \"{}\" (expected tcp, tcp6, udp or udp6)", printable(scheme)));
+        if (scheme == "tcp" || scheme == "tcp4")
+            rule.transport_ = SocketAddress::Transport::tcp, rule.family_ = AF_INET;
+        else if (scheme == "udp" || scheme == "udp4")
+            rule.transport_ = SocketAddress::Transport::udp, rule.family_ = AF_INET;
+        else if (scheme == "tcp6")
+            rule.transport_ = SocketAddress::Transport::tcp, rule.family_ = AF_INET6;
+        else if (scheme == "udp6")
+            rule.transport_ = SocketAddress::Transport::udp, rule.family_ = AF_INET6;
+        else
+            bad(text,
+                fmt::format("unknown scheme \"{}\" (expected tcp, tcp6, udp or udp6)", printable(scheme)));
         return rule;
     }
     // The host part is checked by the one address grammar, with a stand-in port.
@@ -83,7 +93,8 @@ bool AllowRule::allows(const SocketAddress& address) const noexcept {
 }
 
 std::string AllowRule::to_string() const {
-    std::string ports = first_port_ == last_port_ ? fmt::format("{}", first_port_) : fmt::format("{}-{}", first_port_, last_port_);
+    std::string ports = first_port_ == last_port_ ? fmt::format("{}", first_port_)
+                                                  : fmt::format("{}-{}", first_port_, last_port_);
     if (host_) {
         std::string text = host_->to_string();  // ...:0
         return fmt::format("{}:{}", text.substr(0, text.rfind(':')), ports);

@@ -44,12 +44,14 @@ Broker::Answer Broker::answer(std::string_view request) const {
     Answer answer;
     try {
         auto message = protocol::parse(request);
-        if (message.verb != Verb::listen) throw InputError(fmt::format("the broker only answers \"listen ADDRESS\""));
+        if (message.verb != Verb::listen)
+            throw InputError(fmt::format("the broker only answers \"listen ADDRESS\""));
         SocketAddress address = protocol::parse_address(message);
         bool allowed = false;
         for (const auto& rule : state_->allow) allowed = allowed || rule.allows(address);
         if (!allowed) {
-            answer.reply = protocol::format(Verb::refused, fmt::format("{} is not in the allow-list", address.to_string()));
+            answer.reply = protocol::format(Verb::refused,
+                                            fmt::format("{} is not in the allow-list", address.to_string()));
             return answer;
         }
         answer.socket = bind_socket(address);
@@ -77,7 +79,8 @@ void Broker::serve(EventLoop& loop) {
         std::string_view request(buffer, static_cast<std::size_t>(got));
         Answer reply = answer(request);
         if (state->verbose)
-            log_info("broker: \"{}\" -> {}", request.substr(0, 128), reply.reply);  // log_line escapes control bytes
+            log_info("broker: \"{}\" -> {}", request.substr(0, 128),
+                     reply.reply);  // log_line escapes control bytes
         try {
             auto bytes = std::as_bytes(std::span(reply.reply.data(), reply.reply.size()));
             int socket = reply.socket.get();

@@ -23,7 +23,8 @@ Fd connect_seqpacket(const std::string& path) {
     SocketAddress address = SocketAddress::unix_path(path);
     Fd socket(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (!socket) throw_errno("socket", address.to_string());
-    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) throw_errno("connect", address.to_string());
+    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0)
+        throw_errno("connect", address.to_string());
     return socket;
 }
 
@@ -42,7 +43,8 @@ void send_text(int fd, const std::string& text, std::span<const int> fds = {}) {
 }
 
 // One reply record (and the descriptors that came with it).
-std::pair<protocol::Message, std::vector<Fd>> receive_reply(int fd, std::size_t max_fds, std::chrono::milliseconds timeout,
+std::pair<protocol::Message, std::vector<Fd>> receive_reply(int fd, std::size_t max_fds,
+                                                            std::chrono::milliseconds timeout,
                                                             const std::string& peer) {
     wait_readable(fd, timeout, peer);
     std::byte buffer[protocol::max_message + 1];
@@ -54,7 +56,8 @@ std::pair<protocol::Message, std::vector<Fd>> receive_reply(int fd, std::size_t 
 
 }  // namespace
 
-Fd request_listener(const SocketAddress& address, std::string_view broker_path, std::chrono::milliseconds timeout) {
+Fd request_listener(const SocketAddress& address, std::string_view broker_path,
+                    std::chrono::milliseconds timeout) {
     std::string path(broker_path);
     if (path.empty()) {
         const char* from_environment = ::getenv("KTRICKS_BROKER");
@@ -65,9 +68,11 @@ Fd request_listener(const SocketAddress& address, std::string_view broker_path, 
     Fd socket = connect_seqpacket(path);
     send_text(socket.get(), protocol::format(protocol::Verb::listen, address.to_string()));
     auto [reply, fds] = receive_reply(socket.get(), 1, timeout, "broker " + path);
-    if (reply.verb == protocol::Verb::refused) throw RefusedError(fmt::format("broker refused {}: {}", address.to_string(), reply.argument));
+    if (reply.verb == protocol::Verb::refused)
+        throw RefusedError(fmt::format("broker refused {}: {}", address.to_string(), reply.argument));
     if (reply.verb != protocol::Verb::ok || fds.size() != 1)
-        throw std::runtime_error(fmt::format("broker {}: unexpected answer to listen {}", path, address.to_string()));
+        throw std::runtime_error(
+            fmt::format("broker {}: unexpected answer to listen {}", path, address.to_string()));
     return std::move(fds[0]);
 }
 
@@ -92,7 +97,8 @@ Inbox::Handed Inbox::receive() {
         try {
             std::byte buffer[protocol::max_message + 1];
             ReceivedMessage received = recv_fds(fd, buffer, 1);
-            auto message = protocol::parse(std::string_view(reinterpret_cast<const char*>(buffer), received.size));
+            auto message =
+                protocol::parse(std::string_view(reinterpret_cast<const char*>(buffer), received.size));
             if (message.verb != protocol::Verb::offer || received.fds.size() != 1)
                 throw InputError("expected \"offer ADDRESS\" with one descriptor");
             SocketAddress address = protocol::parse_address(message);
@@ -102,24 +108,28 @@ Inbox::Handed Inbox::receive() {
             // One confused sender must not stop the inbox.
             try {
                 send_text(fd, protocol::format(protocol::Verb::refused, error.what()));
-            } catch (...) {
-            }
+            } catch (...) {}
         }
     }
 }
 
-SocketAddress hand_into(pid_t pid, const SocketAddress& address, const std::string& path, std::chrono::milliseconds timeout) {
-    if (path.empty() || path[0] != '/') throw InputError(fmt::format("--socket {}: must be an absolute path", path));
+SocketAddress hand_into(pid_t pid, const SocketAddress& address, const std::string& path,
+                        std::chrono::milliseconds timeout) {
+    if (path.empty() || path[0] != '/')
+        throw InputError(fmt::format("--socket {}: must be an absolute path", path));
     // The target's root, as the kernel resolves it: its mount namespace and chroot, whatever ours is.
     std::string through_proc = fmt::format("/proc/{}/root{}", pid, path);
     Fd listener = bind_socket(address);
     SocketAddress bound = SocketAddress::of_socket(listener.get());
     Fd socket = connect_seqpacket(through_proc);
     int fd = listener.get();
-    send_text(socket.get(), protocol::format(protocol::Verb::offer, bound.to_string()), std::span<const int>(&fd, 1));
+    send_text(socket.get(), protocol::format(protocol::Verb::offer, bound.to_string()),
+              std::span<const int>(&fd, 1));
     auto [reply, fds] = receive_reply(socket.get(), 0, timeout, through_proc);
-    if (reply.verb == protocol::Verb::refused) throw RefusedError(fmt::format("pid {} refused {}: {}", pid, bound.to_string(), reply.argument));
-    if (reply.verb != protocol::Verb::ok) throw std::runtime_error(fmt::format("{}: unexpected answer", through_proc));
+    if (reply.verb == protocol::Verb::refused)
+        throw RefusedError(fmt::format("pid {} refused {}: {}", pid, bound.to_string(), reply.argument));
+    if (reply.verb != protocol::Verb::ok)
+        throw std::runtime_error(fmt::format("{}: unexpected answer", through_proc));
     return bound;
 }
 

@@ -20,15 +20,19 @@ namespace ktricks::jail {
 
 std::optional<SocketAddress> parse_bind_address(const void* bytes, std::size_t length, int socket_type) {
     sa_family_t family = 0;
-    if (length < sizeof(family)) throw InputError(fmt::format("bind address of {} bytes has no family", length));
+    if (length < sizeof(family))
+        throw InputError(fmt::format("bind address of {} bytes has no family", length));
     std::memcpy(&family, bytes, sizeof(family));
     if (family != AF_INET && family != AF_INET6) return std::nullopt;
     // The kernel's own minimums: a shorter address fails bind() with EINVAL, so must ours.
     std::size_t needed = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-    if (length < needed) throw InputError(fmt::format("bind address of family {} is {} bytes, needs {}", family, length, needed));
+    if (length < needed)
+        throw InputError(
+            fmt::format("bind address of family {} is {} bytes, needs {}", family, length, needed));
     sockaddr_storage storage{};
     std::memcpy(&storage, bytes, needed);
-    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&storage), static_cast<socklen_t>(needed), socket_type);
+    return SocketAddress::from_sockaddr(reinterpret_cast<const sockaddr*>(&storage),
+                                        static_cast<socklen_t>(needed), socket_type);
 }
 
 namespace {
@@ -39,22 +43,30 @@ bool same_host(const SocketAddress& a, const SocketAddress& b) {
         return reinterpret_cast<const sockaddr_in*>(a.sockaddr_ptr())->sin_addr.s_addr ==
                reinterpret_cast<const sockaddr_in*>(b.sockaddr_ptr())->sin_addr.s_addr;
     return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a.sockaddr_ptr())->sin6_addr,
-                       &reinterpret_cast<const sockaddr_in6*>(b.sockaddr_ptr())->sin6_addr, sizeof(in6_addr)) == 0;
+                       &reinterpret_cast<const sockaddr_in6*>(b.sockaddr_ptr())->sin6_addr,
+                       sizeof(in6_addr)) == 0;
 }
 
 }  // namespace
 
-std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& listeners, const SocketAddress& wanted) {
+std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& listeners,
+                                      const SocketAddress& wanted) {
     for (std::size_t i = 0; i < listeners.size(); ++i) {
         const auto& candidate = listeners[i];
-        if (candidate.bound.transport() != wanted.transport() || !same_host(candidate.bound, wanted)) continue;
-        if (wanted.port() == 0 || candidate.asked_port == 0 || candidate.bound.port() == wanted.port()) return i;
+        if (candidate.bound.transport() != wanted.transport() || !same_host(candidate.bound, wanted))
+            continue;
+        if (wanted.port() == 0 || candidate.asked_port == 0 || candidate.bound.port() == wanted.port())
+            return i;
     }
     return std::nullopt;
 }
 
-BindInterceptor::BindInterceptor(Fd notify, std::vector<int> sockets, std::vector<InterceptListener> listeners, bool verbose)
-    : notify_(std::move(notify)), sockets_(std::move(sockets)), listeners_(std::move(listeners)), verbose_(verbose) {}
+BindInterceptor::BindInterceptor(Fd notify, std::vector<int> sockets,
+                                 std::vector<InterceptListener> listeners, bool verbose)
+    : notify_(std::move(notify)),
+      sockets_(std::move(sockets)),
+      listeners_(std::move(listeners)),
+      verbose_(verbose) {}
 
 void BindInterceptor::serve(EventLoop& loop) {
     loop_ = &loop;
@@ -67,7 +79,8 @@ void BindInterceptor::serve(EventLoop& loop) {
 
 void BindInterceptor::answer_one() {
     seccomp_notif request{};
-    if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_RECV, &request) < 0) return;  // ENOENT: the caller went away
+    if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_RECV, &request) < 0)
+        return;  // ENOENT: the caller went away
     seccomp_notif_resp response{};
     response.id = request.id;
     auto respond = [&](int error, bool continue_to_kernel = false) {
@@ -86,7 +99,8 @@ void BindInterceptor::answer_one() {
     // parent's supervisor, root or its own uid) have.
     char bytes[sizeof(sockaddr_storage)] = {};
     Fd memory(::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!memory || ::pread(memory.get(), bytes, length, static_cast<off_t>(address_pointer)) != static_cast<ssize_t>(length))
+    if (!memory || ::pread(memory.get(), bytes, length, static_cast<off_t>(address_pointer)) !=
+                       static_cast<ssize_t>(length))
         return respond(EFAULT);
     if (!still_valid()) return;
 
@@ -114,14 +128,16 @@ void BindInterceptor::answer_one() {
     // Blocking or not is a property of the open file: give ours the server's, as it asked for.
     int server_flags = ::fcntl(socket.get(), F_GETFL);
     int our_flags = ::fcntl(listener, F_GETFL);
-    if (server_flags >= 0 && our_flags >= 0) ::fcntl(listener, F_SETFL, (our_flags & ~O_NONBLOCK) | (server_flags & O_NONBLOCK));
+    if (server_flags >= 0 && our_flags >= 0)
+        ::fcntl(listener, F_SETFL, (our_flags & ~O_NONBLOCK) | (server_flags & O_NONBLOCK));
     // close-on-exec is a property of the descriptor: fdinfo "flags:" carries it (O_CLOEXEC).
     unsigned newfd_flags = 0;
     {
         char info[256] = {};
         Fd file(::open(fmt::format("/proc/{}/fdinfo/{}", pid, target_fd).c_str(), O_RDONLY | O_CLOEXEC));
         if (file && ::read(file.get(), info, sizeof(info) - 1) > 0)
-            if (const char* flags = std::strstr(info, "flags:"); flags && (std::strtoul(flags + 6, nullptr, 8) & O_CLOEXEC))
+            if (const char* flags = std::strstr(info, "flags:");
+                flags && (std::strtoul(flags + 6, nullptr, 8) & O_CLOEXEC))
                 newfd_flags = O_CLOEXEC;
     }
     seccomp_notif_addfd add{};
@@ -130,9 +146,11 @@ void BindInterceptor::answer_one() {
     add.srcfd = static_cast<__u32>(listener);
     add.newfd = static_cast<__u32>(target_fd);
     add.newfd_flags = newfd_flags;
-    if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0) return respond(errno == ENOENT ? 0 : errno);
+    if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0)
+        return respond(errno == ENOENT ? 0 : errno);
     if (verbose_)
-        log_info("bind {} (pid {}, fd {}) = {}", wanted->to_string(), pid, target_fd, listeners_[*match].bound.to_string());
+        log_info("bind {} (pid {}, fd {}) = {}", wanted->to_string(), pid, target_fd,
+                 listeners_[*match].bound.to_string());
     respond(0);
 }
 

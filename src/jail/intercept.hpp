@@ -40,12 +40,14 @@ struct InterceptListener {
     SocketAddress bound;
     std::uint16_t asked_port;
 };
-std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& listeners, const SocketAddress& wanted);
+std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& listeners,
+                                      const SocketAddress& wanted);
 
 class BindInterceptor {
 public:
     // `listeners`: the host sockets (not owned; they must outlive us), with their --listen port.
-    BindInterceptor(Fd notify, std::vector<int> sockets, std::vector<InterceptListener> listeners, bool verbose);
+    BindInterceptor(Fd notify, std::vector<int> sockets, std::vector<InterceptListener> listeners,
+                    bool verbose);
     // Answers notifications on `loop` until the notify fd hangs up (every jailed process is gone).
     void serve(EventLoop& loop);
 

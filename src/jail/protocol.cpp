@@ -11,7 +11,8 @@ struct VerbName {
     Verb verb;
     std::string_view name;
 };
-constexpr VerbName verbs[] = {{Verb::listen, "listen"}, {Verb::offer, "offer"}, {Verb::ok, "ok"}, {Verb::refused, "refused"}};
+constexpr VerbName verbs[] = {
+    {Verb::listen, "listen"}, {Verb::offer, "offer"}, {Verb::ok, "ok"}, {Verb::refused, "refused"}};
 
 }  // namespace
 
@@ -19,7 +20,8 @@ Message parse(std::string_view text) {
     if (text.size() > max_message)
         throw InputError(fmt::format("jail message of {} bytes is longer than {}", text.size(), max_message));
     if (int c = first_control_byte(text); c >= 0)
-        throw InputError(fmt::format("jail message \"{}\" contains a control byte (0x{:02x})", printable(text), c));
+        throw InputError(
+            fmt::format("jail message \"{}\" contains a control byte (0x{:02x})", printable(text), c));
     auto space = text.find(' ');
     std::string_view word = text.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? std::string_view{} : text.substr(space + 1);
@@ -27,7 +29,8 @@ Message parse(std::string_view text) {
         if (word != name) continue;
         bool needs_argument = verb != Verb::ok;
         if (needs_argument && argument.empty())
-            throw InputError(fmt::format("jail message \"{}\": \"{}\" needs an argument", printable(text), name));
+            throw InputError(
+                fmt::format("jail message \"{}\": \"{}\" needs an argument", printable(text), name));
         return Message{verb, std::string(argument)};
     }
     throw InputError(fmt::format("jail message \"{}\": unknown verb (expected listen, offer, ok or refused)",

@@ -13,13 +13,13 @@
 #include <optional>
 #include <sstream>
 
+#include "intercept.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
 #include "ktricks/core/scm_rights.hpp"
 #include "ktricks/core/service.hpp"
 #include "ktricks/jail.hpp"
-#include "intercept.hpp"
 
 namespace ktricks::jail {
 namespace {
@@ -37,8 +37,12 @@ std::string describe_clone_error(const std::system_error& error) {
         std::ifstream knob("/proc/sys/kernel/unprivileged_userns_clone");
         int enabled = 1;
         if (knob >> enabled; !enabled)
-            return fmt::format("{} (unprivileged user namespaces are off: sysctl kernel.unprivileged_userns_clone=0; run as root)", error.what());
-        return fmt::format("{} (this kernel does not let unprivileged users create the namespaces; run as root)", error.what());
+            return fmt::format(
+                "{} (unprivileged user namespaces are off: sysctl kernel.unprivileged_userns_clone=0; run as root)",
+                error.what());
+        return fmt::format(
+            "{} (this kernel does not let unprivileged users create the namespaces; run as root)",
+            error.what());
     }
     return error.what();
 }
@@ -46,8 +50,10 @@ std::string describe_clone_error(const std::system_error& error) {
 }  // namespace
 
 ExitStatus run(const RunOptions& options) {
-    if (options.command.empty()) throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
-    if (!options.allow.empty() && !options.sandbox.broker_path) throw InputError("--allow needs --broker PATH");
+    if (options.command.empty())
+        throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
+    if (!options.allow.empty() && !options.sandbox.broker_path)
+        throw InputError("--allow needs --broker PATH");
     Sandbox sandbox = Sandbox::prepare(options.sandbox);
 
     std::vector<Fd> listeners;
@@ -59,10 +65,13 @@ ExitStatus run(const RunOptions& options) {
         // A server that binds [::] itself gets both IPv4 and IPv6 (Linux's default, bindv6only=0),
         // so an intercepted [::] listener must be dual-stack too, unless IPv4 has its own.
         if (options.intercept_bind && address.family() == AF_INET6 &&
-            IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(address.sockaddr_ptr())->sin6_addr)) {
-            bool v4_too = std::any_of(options.listen.begin(), options.listen.end(), [&](const SocketAddress& other) {
-                return other.family() == AF_INET && other.port() == address.port() && other.transport() == address.transport();
-            });
+            IN6_IS_ADDR_UNSPECIFIED(
+                &reinterpret_cast<const sockaddr_in6*>(address.sockaddr_ptr())->sin6_addr)) {
+            bool v4_too =
+                std::any_of(options.listen.begin(), options.listen.end(), [&](const SocketAddress& other) {
+                    return other.family() == AF_INET && other.port() == address.port() &&
+                           other.transport() == address.transport();
+                });
             bind_options.v6_only = v4_too;
         }
         listeners.push_back(bind_socket(address, bind_options));
@@ -79,7 +88,8 @@ ExitStatus run(const RunOptions& options) {
     Fd notify_ours, notify_theirs;
     if (options.intercept_bind) {
         int pair[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) throw_errno("socketpair", "(seccomp listener)");
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+            throw_errno("socketpair", "(seccomp listener)");
         notify_ours = Fd(pair[0]);
         notify_theirs = Fd(pair[1]);
     }
@@ -98,18 +108,19 @@ ExitStatus run(const RunOptions& options) {
     EventLoop loop;
     std::optional<int> translated;  // a forwarded signal we had to deliver as SIGKILL
     std::optional<Child> child;
-    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}, [&](const signalfd_siginfo& info) {
-        int number = static_cast<int>(info.ssi_signo);
-        if (!child || !child->running()) return;
-        // pid 1 of a PID namespace only gets the signals it has a handler for; one it would take by
-        // default is dropped by the kernel. Terminating signals are then delivered as SIGKILL.
-        if (number != SIGWINCH && !handles_or_ignores(child->pid(), number)) {
-            translated = number;
-            child->signal(SIGKILL);
-        } else {
-            child->signal(number);
-        }
-    });
+    loop.add_signals(
+        {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}, [&](const signalfd_siginfo& info) {
+            int number = static_cast<int>(info.ssi_signo);
+            if (!child || !child->running()) return;
+            // pid 1 of a PID namespace only gets the signals it has a handler for; one it would take by
+            // default is dropped by the kernel. Terminating signals are then delivered as SIGKILL.
+            if (number != SIGWINCH && !handles_or_ignores(child->pid(), number)) {
+                translated = number;
+                child->signal(SIGKILL);
+            } else {
+                child->signal(number);
+            }
+        });
 
     try {
         child.emplace(Child::spawn(spawn));
@@ -133,7 +144,9 @@ ExitStatus run(const RunOptions& options) {
     // The broker's socket file lives in the jail's view (a private /tmp, or a shared directory);
     // this handle on that view lets us remove it when the jail is gone.
     Fd jail_root;
-    if (broker) jail_root = Fd(::open(fmt::format("/proc/{}/root", child->pid()).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (broker)
+        jail_root =
+            Fd(::open(fmt::format("/proc/{}/root", child->pid()).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
 
     std::optional<ExitStatus> status;
     loop.add_child(child->pidfd(), [&] {

@@ -16,12 +16,12 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
-#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -55,10 +55,12 @@ constexpr std::size_t max_binds = 64;
 constexpr uid_t nobody = 65534;
 
 // The minimal /dev: these host nodes are bound in, nothing else.
-constexpr std::array<const char*, 6> device_nodes{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"};
+constexpr std::array<const char*, 6> device_nodes{"/dev/null",   "/dev/zero",    "/dev/full",
+                                                  "/dev/random", "/dev/urandom", "/dev/tty"};
 // Their numbers (devices.txt), for when the host's node is not a device (a clobbered /dev/null is a
 // regular file): then, with the right to, we make the node instead of binding the file in.
-constexpr std::array<std::pair<unsigned, unsigned>, 6> device_numbers{{{1, 3}, {1, 5}, {1, 7}, {1, 8}, {1, 9}, {5, 0}}};
+constexpr std::array<std::pair<unsigned, unsigned>, 6> device_numbers{
+    {{1, 3}, {1, 5}, {1, 7}, {1, 8}, {1, 9}, {5, 0}}};
 
 struct Sandbox::State {
     SandboxOptions options;
@@ -68,12 +70,12 @@ struct Sandbox::State {
     bool user_namespace_first = false, user_namespace_last = false;
     uid_t inside_uid = 0;
     gid_t inside_gid = 0;
-    uid_t owner_uid = 0;                // who owns the broker socket file, as seen from outside
+    uid_t owner_uid = 0;  // who owns the broker socket file, as seen from outside
     gid_t owner_gid = 0;
-    std::string uid_map, gid_map;       // "INSIDE OUTSIDE 1\n"
-    std::vector<sock_filter> seccomp;   // empty: no filter
+    std::string uid_map, gid_map;             // "INSIDE OUTSIDE 1\n"
+    std::vector<sock_filter> seccomp;         // empty: no filter
     std::vector<sock_filter> seccomp_notify;  // the same with bind() sent to a user-notification listener
-    std::uint64_t capabilities = 0;     // bit N: capability N is kept
+    std::uint64_t capabilities = 0;           // bit N: capability N is kept
     int last_capability = CAP_LAST_CAP;
     sockaddr_un broker_address{};
     socklen_t broker_length = 0;
@@ -81,23 +83,61 @@ struct Sandbox::State {
 
 SandboxOptions::Bind SandboxOptions::parse_bind(std::string_view text) {
     if (text.empty()) throw InputError("--bind \"\": expected SRC or SRC:DST");
-    if (first_control_byte(text) >= 0) throw InputError(fmt::format("--bind \"{}\": contains a control byte", printable(text)));
+    if (first_control_byte(text) >= 0)
+        throw InputError(fmt::format("--bind \"{}\": contains a control byte", printable(text)));
     auto colon = text.find(':');
-    Bind bind{std::string(text.substr(0, colon)), std::string(colon == std::string_view::npos ? text : text.substr(colon + 1))};
-    if (bind.source.empty() || bind.target.empty()) throw InputError(fmt::format("--bind \"{}\": empty SRC or DST", text));
-    if (bind.target[0] != '/') throw InputError(fmt::format("--bind \"{}\": DST must be an absolute path", text));
+    Bind bind{std::string(text.substr(0, colon)),
+              std::string(colon == std::string_view::npos ? text : text.substr(colon + 1))};
+    if (bind.source.empty() || bind.target.empty())
+        throw InputError(fmt::format("--bind \"{}\": empty SRC or DST", text));
+    if (bind.target[0] != '/')
+        throw InputError(fmt::format("--bind \"{}\": DST must be an absolute path", text));
     return bind;
 }
 
 namespace {
 
-constexpr std::array<const char*, 41> capability_names{
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
-    "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
-    "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
-    "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control", "setfcap",
-    "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf",
-    "checkpoint_restore"};
+constexpr std::array<const char*, 41> capability_names{"chown",
+                                                       "dac_override",
+                                                       "dac_read_search",
+                                                       "fowner",
+                                                       "fsetid",
+                                                       "kill",
+                                                       "setgid",
+                                                       "setuid",
+                                                       "setpcap",
+                                                       "linux_immutable",
+                                                       "net_bind_service",
+                                                       "net_broadcast",
+                                                       "net_admin",
+                                                       "net_raw",
+                                                       "ipc_lock",
+                                                       "ipc_owner",
+                                                       "sys_module",
+                                                       "sys_rawio",
+                                                       "sys_chroot",
+                                                       "sys_ptrace",
+                                                       "sys_pacct",
+                                                       "sys_admin",
+                                                       "sys_boot",
+                                                       "sys_nice",
+                                                       "sys_resource",
+                                                       "sys_time",
+                                                       "sys_tty_config",
+                                                       "mknod",
+                                                       "lease",
+                                                       "audit_write",
+                                                       "audit_control",
+                                                       "setfcap",
+                                                       "mac_override",
+                                                       "mac_admin",
+                                                       "syslog",
+                                                       "wake_alarm",
+                                                       "block_suspend",
+                                                       "audit_read",
+                                                       "perfmon",
+                                                       "bpf",
+                                                       "checkpoint_restore"};
 
 }  // namespace
 
@@ -113,7 +153,8 @@ int SandboxOptions::parse_capability(std::string_view text) {
         for (std::size_t i = 0; i < capability_names.size(); ++i)
             if (name == capability_names[i]) return static_cast<int>(i);
     }
-    throw InputError(fmt::format("--cap \"{}\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))", printable(text)));
+    throw InputError(fmt::format(
+        "--cap \"{}\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))", printable(text)));
 }
 
 const std::vector<std::string>& default_denied_syscalls() {
@@ -121,20 +162,60 @@ const std::vector<std::string>& default_denied_syscalls() {
     // clock, accounting), reshaping its jail (the mount family, namespaces, chroot), reaching into
     // other processes (ptrace, process_vm_*, pidfd_getfd, open_by_handle_at), and the kernel
     // interfaces with the longest record of local exploits (bpf, keyrings, perf, userfaultfd).
-    static const std::vector<std::string> names{
-        "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff",
-        "syslog", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm", "quotactl",
-        "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
-        "mount_setattr", "unshare", "setns", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
-        "open_by_handle_at", "name_to_handle_at", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
-        "userfaultfd", "lookup_dcookie", "nfsservctl", "uselib", "vhangup"};
+    static const std::vector<std::string> names{"init_module",
+                                                "finit_module",
+                                                "delete_module",
+                                                "kexec_load",
+                                                "kexec_file_load",
+                                                "reboot",
+                                                "swapon",
+                                                "swapoff",
+                                                "syslog",
+                                                "acct",
+                                                "settimeofday",
+                                                "clock_settime",
+                                                "clock_adjtime",
+                                                "adjtimex",
+                                                "iopl",
+                                                "ioperm",
+                                                "quotactl",
+                                                "mount",
+                                                "umount2",
+                                                "pivot_root",
+                                                "chroot",
+                                                "fsopen",
+                                                "fsconfig",
+                                                "fsmount",
+                                                "fspick",
+                                                "move_mount",
+                                                "open_tree",
+                                                "mount_setattr",
+                                                "unshare",
+                                                "setns",
+                                                "ptrace",
+                                                "process_vm_readv",
+                                                "process_vm_writev",
+                                                "pidfd_getfd",
+                                                "open_by_handle_at",
+                                                "name_to_handle_at",
+                                                "bpf",
+                                                "keyctl",
+                                                "add_key",
+                                                "request_key",
+                                                "perf_event_open",
+                                                "userfaultfd",
+                                                "lookup_dcookie",
+                                                "nfsservctl",
+                                                "uselib",
+                                                "vhangup"};
     return names;
 }
 
 bool looks_like_init(std::string_view program) {
     auto slash = program.rfind('/');
     std::string_view name = slash == std::string_view::npos ? program : program.substr(slash + 1);
-    for (std::string_view init : {"tini", "tini-static", "dumb-init", "catatonit", "init", "systemd", "s6-svscan", "runit", "runsvdir"})
+    for (std::string_view init : {"tini", "tini-static", "dumb-init", "catatonit", "init", "systemd",
+                                  "s6-svscan", "runit", "runsvdir"})
         if (name == init) return true;
     return false;
 }
@@ -153,9 +234,11 @@ std::vector<sock_filter> export_program(const SeccompContext& context) {
     if (!memory) throw_errno("memfd_create", "seccomp-bpf");
     check_seccomp(seccomp_export_bpf(context.get(), memory.get()), "seccomp_export_bpf");
     off_t size = ::lseek(memory.get(), 0, SEEK_END);
-    if (size <= 0 || size % sizeof(sock_filter) != 0) throw std::runtime_error("seccomp_export_bpf wrote no program");
+    if (size <= 0 || size % sizeof(sock_filter) != 0)
+        throw std::runtime_error("seccomp_export_bpf wrote no program");
     std::vector<sock_filter> program(static_cast<std::size_t>(size) / sizeof(sock_filter));
-    if (::pread(memory.get(), program.data(), static_cast<std::size_t>(size), 0) != size) throw_errno("pread", "seccomp-bpf");
+    if (::pread(memory.get(), program.data(), static_cast<std::size_t>(size), 0) != size)
+        throw_errno("pread", "seccomp-bpf");
     return program;
 }
 
@@ -166,32 +249,38 @@ std::vector<sock_filter> compile_seccomp(const SandboxOptions& options, bool not
         for (const auto& name : default_denied_syscalls()) {
             int number = seccomp_syscall_resolve_name(name.c_str());
             if (number == __NR_SCMP_ERROR) continue;  // unknown to this libseccomp: not on this kernel either
-            check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), number, 0), "seccomp_rule_add");
+            check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), number, 0),
+                          "seccomp_rule_add");
         }
         // New namespaces: one rule per flag (the comparisons of one rule are ANDed).
-        for (unsigned long flag : {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP}) {
+        for (unsigned long flag : {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC,
+                                   CLONE_NEWUTS, CLONE_NEWCGROUP}) {
             scmp_arg_cmp has_flag{0, SCMP_CMP_MASKED_EQ, flag, flag};
-            check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, has_flag), "seccomp_rule_add(clone)");
+            check_seccomp(
+                seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1, has_flag),
+                "seccomp_rule_add(clone)");
         }
         // clone3 passes its flags in memory, out of a filter's sight: ENOSYS makes libc use clone.
-        check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0), "seccomp_rule_add(clone3)");
+        check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0),
+                      "seccomp_rule_add(clone3)");
     }
     if (options.seccomp_deny_socket) {
         // deny socket(2) for every family but AF_UNIX (socketpair(2) is a different call and stays), and
         // io_uring_setup(2), since io_uring can create sockets without calling socket() (IORING_OP_SOCKET).
         // Spelled out: SCMP_A0() leaves datum_b to the compiler, which clang's -Wextra rejects.
         scmp_arg_cmp not_unix{0, SCMP_CMP_NE, AF_UNIX, 0};
-        check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, not_unix), "seccomp_rule_add(socket)");
+        check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1, not_unix),
+                      "seccomp_rule_add(socket)");
         check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(io_uring_setup), 0),
                       "seccomp_rule_add(io_uring_setup)");
     }
-    if (notify_bind) check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_NOTIFY, SCMP_SYS(bind), 0), "seccomp_rule_add(bind)");
+    if (notify_bind)
+        check_seccomp(seccomp_rule_add(context.get(), SCMP_ACT_NOTIFY, SCMP_SYS(bind), 0),
+                      "seccomp_rule_add(bind)");
     return export_program(context);
 }
 
-bool kernel_has_mount_setattr() {
-    return !(::mount_setattr(-1, "", 0, nullptr, 0) < 0 && errno == ENOSYS);
-}
+bool kernel_has_mount_setattr() { return !(::mount_setattr(-1, "", 0, nullptr, 0) < 0 && errno == ENOSYS); }
 
 // The child's steps. Each returns false after recording what failed.
 bool write_text(ChildSetupError& error, int directory, const char* path, const std::string& text) {
@@ -207,7 +296,9 @@ bool set_readonly(ChildSetupError& error, const char* path, bool readonly, bool 
     mount_attr attr{};
     (readonly ? attr.attr_set : attr.attr_clr) = MOUNT_ATTR_RDONLY;
     if (::mount_setattr(AT_FDCWD, path, recursive ? AT_RECURSIVE : 0, &attr, sizeof(attr)) < 0)
-        return error.fail(errno, readonly ? "mount_setattr(MOUNT_ATTR_RDONLY)" : "mount_setattr(clear MOUNT_ATTR_RDONLY)", path);
+        return error.fail(
+            errno, readonly ? "mount_setattr(MOUNT_ATTR_RDONLY)" : "mount_setattr(clear MOUNT_ATTR_RDONLY)",
+            path);
     return true;
 }
 
@@ -247,7 +338,8 @@ pid_t raw_fork() { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, nullp
 // A tmpfs /dev with the host's harmless nodes bound in (`trees`, cut from the host's /dev before),
 // a private devpts and /dev/shm. The tmpfs itself is then read-only: nothing new appears in /dev.
 bool minimal_dev(ChildSetupError& error, const int* trees) {
-    if (::mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0) return error.fail(errno, "mount(tmpfs)", "/dev");
+    if (::mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0)
+        return error.fail(errno, "mount(tmpfs)", "/dev");
     for (std::size_t i = 0; i < device_nodes.size(); ++i) {
         if (trees[i] < 0) continue;  // absent on the host (no /dev/tty in some containers)
         struct stat node {};
@@ -262,19 +354,25 @@ bool minimal_dev(ChildSetupError& error, const int* trees) {
         int file = ::open(device_nodes[i], O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
         if (file < 0) return error.fail(errno, "create", device_nodes[i]);
         ::close(file);
-        if (::move_mount(trees[i], "", AT_FDCWD, device_nodes[i], MOVE_MOUNT_F_EMPTY_PATH) < 0) return error.fail(errno, "move_mount", device_nodes[i]);
+        if (::move_mount(trees[i], "", AT_FDCWD, device_nodes[i], MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            return error.fail(errno, "move_mount", device_nodes[i]);
         ::close(trees[i]);
     }
     for (const char* directory : {"/dev/pts", "/dev/shm"})
         if (::mkdir(directory, 0755) < 0) return error.fail(errno, "mkdir", directory);
-    const char* links[][2] = {{"pts/ptmx", "/dev/ptmx"}, {"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"},
-                              {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}};
+    const char* links[][2] = {{"pts/ptmx", "/dev/ptmx"},
+                              {"/proc/self/fd", "/dev/fd"},
+                              {"/proc/self/fd/0", "/dev/stdin"},
+                              {"/proc/self/fd/1", "/dev/stdout"},
+                              {"/proc/self/fd/2", "/dev/stderr"}};
     for (auto& link : links)
         if (::symlink(link[0], link[1]) < 0) return error.fail(errno, "symlink", link[1]);
     if (!set_readonly(error, "/dev", true, false)) return false;
-    if (::mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") < 0)
+    if (::mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620") < 0)
         return error.fail(errno, "mount(devpts)", "/dev/pts");
-    if (::mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return error.fail(errno, "mount(tmpfs)", "/dev/shm");
+    if (::mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+        return error.fail(errno, "mount(tmpfs)", "/dev/shm");
     return true;
 }
 
@@ -292,9 +390,11 @@ bool enter_user_namespace(const Sandbox::State& state, ChildSetupError& error) {
         ::close(go[1]);
         char byte;
         if (::read(go[0], &byte, 1) != 1) ::_exit(EPIPE);
-        for (auto [file, text] : {std::pair{"uid_map", &state.uid_map}, std::pair{"gid_map", &state.gid_map}}) {
+        for (auto [file, text] :
+             {std::pair{"uid_map", &state.uid_map}, std::pair{"gid_map", &state.gid_map}}) {
             int fd = ::openat(self, file, O_WRONLY | O_CLOEXEC);
-            if (fd < 0 || ::write(fd, text->data(), text->size()) != static_cast<ssize_t>(text->size())) ::_exit(errno ? errno : EIO);
+            if (fd < 0 || ::write(fd, text->data(), text->size()) != static_cast<ssize_t>(text->size()))
+                ::_exit(errno ? errno : EIO);
             ::close(fd);
         }
         // We took pid 2 of the jail: hand it back, so that CMD is pid 2 under the init as it is
@@ -312,11 +412,11 @@ bool enter_user_namespace(const Sandbox::State& state, ChildSetupError& error) {
     }
     ::close(go[1]);
     int status = 0;
-    while (::waitpid(helper, &status, 0) < 0 && errno == EINTR) {
-    }
+    while (::waitpid(helper, &status, 0) < 0 && errno == EINTR) {}
     if (failed) return error.fail(failed, "unshare(CLONE_NEWUSER)");
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return error.fail(WIFEXITED(status) ? WEXITSTATUS(status) : EIO, "write", "/proc/self/uid_map (from the host's user namespace)");
+        return error.fail(WIFEXITED(status) ? WEXITSTATUS(status) : EIO, "write",
+                          "/proc/self/uid_map (from the host's user namespace)");
     return true;
 }
 
@@ -331,13 +431,16 @@ bool drop_privileges(const Sandbox::State& state, bool can_setgroups, ChildSetup
     const auto keep = state.capabilities;
     if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) return error.fail(errno, "prctl(PR_SET_KEEPCAPS)");
     for (int cap = 0; cap <= state.last_capability; ++cap)
-        if (!(keep & (std::uint64_t{1} << cap)) && ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+        if (!(keep & (std::uint64_t{1} << cap)) && ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
+            errno != EINVAL)
             return error.fail(errno, "prctl(PR_CAPBSET_DROP)");
     bool change_user = state.options.uid || state.user_namespace_last;
     if (change_user) {
         if (can_setgroups && ::setgroups(0, nullptr) < 0) return error.fail(errno, "setgroups");
-        if (::setresgid(state.inside_gid, state.inside_gid, state.inside_gid) < 0) return error.fail(errno, "setresgid");
-        if (::setresuid(state.inside_uid, state.inside_uid, state.inside_uid) < 0) return error.fail(errno, "setresuid");
+        if (::setresgid(state.inside_gid, state.inside_gid, state.inside_gid) < 0)
+            return error.fail(errno, "setresgid");
+        if (::setresuid(state.inside_uid, state.inside_uid, state.inside_uid) < 0)
+            return error.fail(errno, "setresuid");
     }
     __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
     CapabilityData data[2]{};
@@ -346,9 +449,11 @@ bool drop_privileges(const Sandbox::State& state, bool can_setgroups, ChildSetup
         data[i] = {bits, bits, bits};
     }
     if (::syscall(SYS_capset, &header, data) < 0) return error.fail(errno, "capset");
-    if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0) return error.fail(errno, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+    if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+        return error.fail(errno, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
     for (int cap = 0; cap <= state.last_capability; ++cap)
-        if ((keep & (std::uint64_t{1} << cap)) && ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+        if ((keep & (std::uint64_t{1} << cap)) &&
+            ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
             return error.fail(errno, "prctl(PR_CAP_AMBIENT_RAISE)");
     if (::prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) return error.fail(errno, "prctl(PR_SET_KEEPCAPS)");
     return true;
@@ -362,7 +467,8 @@ void do_nothing(int) {}
 // handler, hence the empty handlers (the signals stay blocked and are read from a signalfd).
 // Never returns.
 [[noreturn]] void run_init(pid_t command, int relay_in, int relay_out) {
-    static constexpr int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+    static constexpr int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,   SIGQUIT,
+                                        SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
@@ -376,7 +482,8 @@ void do_nothing(int) {}
     int keep[2] = {std::min(relay_in, relay_out), std::max(relay_in, relay_out)};
     for (int fd : keep) {
         if (fd < static_cast<int>(low)) continue;
-        if (static_cast<unsigned>(fd) > low) ::syscall(SYS_close_range, low, static_cast<unsigned>(fd) - 1, 0U);
+        if (static_cast<unsigned>(fd) > low)
+            ::syscall(SYS_close_range, low, static_cast<unsigned>(fd) - 1, 0U);
         low = static_cast<unsigned>(fd) + 1;
     }
     ::syscall(SYS_close_range, low, ~0U, 0U);
@@ -387,7 +494,8 @@ void do_nothing(int) {}
         if (ready[1].revents & POLLIN) {
             char message[4096];
             ssize_t got = ::recv(relay_in, message, sizeof(message), MSG_DONTWAIT);
-            if (got > 0) ::send(relay_out, message, static_cast<std::size_t>(got), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (got > 0)
+                ::send(relay_out, message, static_cast<std::size_t>(got), MSG_DONTWAIT | MSG_NOSIGNAL);
         }
         if (!(ready[0].revents & POLLIN)) continue;
         signalfd_siginfo info;
@@ -446,20 +554,25 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
         if (!write_text(error, AT_FDCWD, "/proc/self/gid_map", state.gid_map)) return false;
     }
     // Our mounts must not propagate back to the host's mount namespace.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) return error.fail(errno, "mount(MS_PRIVATE)", "/");
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+        return error.fail(errno, "mount(MS_PRIVATE)", "/");
     // Binds and device nodes are cut from the host view first (open_tree): a tmpfs on /tmp or /dev
     // must not hide a source below it, and the read-only pass must not reach them.
     int trees[max_binds];
     for (std::size_t i = 0; i < options.binds.size(); ++i) {
-        trees[i] = static_cast<int>(::open_tree(AT_FDCWD, options.binds[i].source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
+        trees[i] = static_cast<int>(::open_tree(AT_FDCWD, options.binds[i].source.c_str(),
+                                                OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE));
         if (trees[i] < 0) return error.fail(errno, "open_tree", options.binds[i].source.c_str());
     }
     int devices[device_nodes.size()];
     for (std::size_t i = 0; i < device_nodes.size(); ++i)
-        devices[i] = options.host_dev ? -1 : static_cast<int>(::open_tree(AT_FDCWD, device_nodes[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+        devices[i] = options.host_dev ? -1
+                                      : static_cast<int>(::open_tree(AT_FDCWD, device_nodes[i],
+                                                                     OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
     if (options.readonly) {
         if (!set_readonly(error, "/", true)) return false;
-        if (::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return error.fail(errno, "mount(tmpfs)", "/tmp");
+        if (::mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+            return error.fail(errno, "mount(tmpfs)", "/tmp");
     }
     if (!options.host_dev && !minimal_dev(error, devices)) return false;
     for (std::size_t i = 0; i < options.binds.size(); ++i) {
@@ -474,20 +587,24 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
         } else {
             make_directories(target);
         }
-        if (::move_mount(trees[i], "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0) return error.fail(errno, "move_mount", target);
+        if (::move_mount(trees[i], "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            return error.fail(errno, "move_mount", target);
         ::close(trees[i]);
     }
     // A procfs shows the pid namespace it was mounted from, a sysfs the network namespace: the host's
     // would show host processes and host interfaces (/sys/class/net).
-    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) return error.fail(errno, "mount(proc)", "/proc");
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0)
+        return error.fail(errno, "mount(proc)", "/proc");
     if (::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, nullptr) < 0)
         return error.fail(errno, "mount(sysfs)", "/sys");
-    if (::sethostname(options.hostname.data(), options.hostname.size()) < 0) return error.fail(errno, "sethostname", options.hostname.c_str());
+    if (::sethostname(options.hostname.data(), options.hostname.size()) < 0)
+        return error.fail(errno, "sethostname", options.hostname.c_str());
     if (options.loopback && !loopback_up(error)) return false;
     if (broker_fd >= 0) {
         const char* path = state.broker_address.sun_path;
         ::unlink(path);
-        if (::bind(broker_fd, reinterpret_cast<const sockaddr*>(&state.broker_address), state.broker_length) < 0)
+        if (::bind(broker_fd, reinterpret_cast<const sockaddr*>(&state.broker_address), state.broker_length) <
+            0)
             return error.fail(errno, "bind broker socket", path);
         if (::listen(broker_fd, 64) < 0) return error.fail(errno, "listen", path);
         if (::chmod(path, 0600) < 0) return error.fail(errno, "chmod", path);
@@ -495,13 +612,16 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
             return error.fail(errno, "chown", path);
     }
     if (state.user_namespace_last && !enter_user_namespace(state, error)) return false;
-    if (options.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return error.fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
+    if (options.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return error.fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
     // Loaded while we still have CAP_SYS_ADMIN, so it works with --no-new-privs=false too.
     const auto& filter = notify_fd >= 0 ? state.seccomp_notify : state.seccomp;
     if (!filter.empty()) {
-        sock_fprog program{static_cast<unsigned short>(filter.size()), const_cast<sock_filter*>(filter.data())};
+        sock_fprog program{static_cast<unsigned short>(filter.size()),
+                           const_cast<sock_filter*>(filter.data())};
         if (notify_fd >= 0) {
-            int listener = static_cast<int>(::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &program));
+            int listener = static_cast<int>(
+                ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &program));
             if (listener < 0) return error.fail(errno, "seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)");
             bool sent = send_fd(notify_fd, listener);
             int saved = errno;
@@ -523,7 +643,8 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
             std::size_t length = std::strlen(Sandbox::notify_name);
             std::memcpy(name.sun_path, Sandbox::notify_name, length);
             name.sun_path[0] = '\0';  // abstract: "@" is how the environment spells the leading NUL
-            if (relay_in < 0 || ::bind(relay_in, reinterpret_cast<sockaddr*>(&name), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length)) < 0)
+            if (relay_in < 0 || ::bind(relay_in, reinterpret_cast<sockaddr*>(&name),
+                                       static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length)) < 0)
                 return error.fail(errno, "bind", Sandbox::notify_name);
         }
         pid_t command = raw_fork();
@@ -558,7 +679,8 @@ Sandbox Sandbox::prepare(const SandboxOptions& options) {
         state->uid_map = fmt::format("{0} {0} 1\n", euid);
         state->gid_map = fmt::format("{0} {0} 1\n", ::getegid());
         if (options.uid && *options.uid != euid)
-            throw InputError(fmt::format("--user {}: without root only your own uid ({}) exists in the jail", *options.uid, euid));
+            throw InputError(fmt::format("--user {}: without root only your own uid ({}) exists in the jail",
+                                         *options.uid, euid));
         state->inside_uid = euid;
         state->inside_gid = ::getegid();
     } else if (options.user_namespace) {
@@ -570,25 +692,32 @@ Sandbox Sandbox::prepare(const SandboxOptions& options) {
         state->gid_map = fmt::format("{} {} 1\n", state->inside_gid, state->owner_gid);
     }
     for (int cap : options.capabilities) state->capabilities |= std::uint64_t{1} << cap;
-    if (std::ifstream last("/proc/sys/kernel/cap_last_cap"); !(last >> state->last_capability)) state->last_capability = CAP_LAST_CAP;
-    if (options.hostname.empty() || options.hostname.size() > 64) throw InputError("jail hostname must be 1-64 bytes");
-    if (options.binds.size() > max_binds) throw InputError(fmt::format("at most {} --bind options", max_binds));
+    if (std::ifstream last("/proc/sys/kernel/cap_last_cap"); !(last >> state->last_capability))
+        state->last_capability = CAP_LAST_CAP;
+    if (options.hostname.empty() || options.hostname.size() > 64)
+        throw InputError("jail hostname must be 1-64 bytes");
+    if (options.binds.size() > max_binds)
+        throw InputError(fmt::format("at most {} --bind options", max_binds));
     for (const auto& bind : options.binds) {
         std::error_code error;
-        if (!std::filesystem::exists(bind.source, error)) throw InputError(fmt::format("--bind {}: no such file or directory", bind.source));
+        if (!std::filesystem::exists(bind.source, error))
+            throw InputError(fmt::format("--bind {}: no such file or directory", bind.source));
         if (!std::filesystem::exists(bind.target, error))
-            throw InputError(fmt::format("--bind {}:{}: the target must already exist", bind.source, bind.target));
+            throw InputError(
+                fmt::format("--bind {}:{}: the target must already exist", bind.source, bind.target));
     }
     if ((options.readonly || !options.host_dev) && !kernel_has_mount_setattr())
-        throw_error(ENOSYS, "mount_setattr", "(a read-only root and the minimal /dev need Linux 5.12 or newer)");
+        throw_error(ENOSYS, "mount_setattr",
+                    "(a read-only root and the minimal /dev need Linux 5.12 or newer)");
     if (options.seccomp || options.seccomp_deny_socket) state->seccomp = compile_seccomp(options, false);
     state->seccomp_notify = compile_seccomp(options, true);
     if (options.broker_path) {
         const std::string& path = *options.broker_path;
-        if (path.empty() || path[0] != '/') throw InputError(fmt::format("--broker {}: must be an absolute path", path));
+        if (path.empty() || path[0] != '/')
+            throw InputError(fmt::format("--broker {}: must be an absolute path", path));
         if (path.size() >= sizeof(state->broker_address.sun_path))
-            throw InputError(fmt::format("--broker {}: longer than a unix socket path may be ({} bytes)", path,
-                                         sizeof(state->broker_address.sun_path) - 1));
+            throw InputError(fmt::format("--broker {}: longer than a unix socket path may be ({} bytes)",
+                                         path, sizeof(state->broker_address.sun_path) - 1));
         state->broker_address.sun_family = AF_UNIX;
         std::memcpy(state->broker_address.sun_path, path.data(), path.size());
         state->broker_length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
@@ -598,7 +727,8 @@ Sandbox Sandbox::prepare(const SandboxOptions& options) {
 
 void Sandbox::apply(SpawnOptions& spawn, int broker_fd, int notify_fd, int notify_relay_fd) const {
     spawn.clone_flags |= state_->clone_flags;
-    if (state_->options.broker_path) spawn.set_env.push_back("KTRICKS_BROKER=" + *state_->options.broker_path);
+    if (state_->options.broker_path)
+        spawn.set_env.push_back("KTRICKS_BROKER=" + *state_->options.broker_path);
     const State* state = state_.get();
     bool init = state_->options.init && !spawn.argv.empty() && !looks_like_init(spawn.argv[0]);
     auto previous = spawn.setup_in_child;

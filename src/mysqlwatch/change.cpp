@@ -7,9 +7,9 @@ namespace ktricks::mysqlwatch {
 
 std::string_view to_string(Via via) noexcept {
     switch (via) {
-    case Via::binlog: return "binlog";
-    case Via::redo: return "redo";
-    case Via::file: return "file";
+        case Via::binlog: return "binlog";
+        case Via::redo: return "redo";
+        case Via::file: return "file";
     }
     return "?";
 }
@@ -34,7 +34,8 @@ Event to_event(const Change& change) {
     if (change.delayed) event.set("delayed", true);
     if (change.position) {
         // Stable across restarts: the same committed change always gets the same id.
-        event.set("id", fmt::format("{}:{}:{}", change.position->file, change.position->offset, change.index));
+        event.set("id",
+                  fmt::format("{}:{}:{}", change.position->file, change.position->offset, change.index));
         event.set("binlog_file", change.position->file);
         event.set("binlog_pos", change.position->offset);
         if (!change.position->gtid.empty()) event.set("gtid", change.position->gtid);

@@ -3,8 +3,8 @@
 // common alphabets become `@` plus two characters from a fixed table, everything else `@` plus four
 // lower-case hex digits. Partitions add `#P#name` (and `#SP#name`), work files start with `#sql`.
 #include <array>
-#include <map>
 #include <cstdint>
+#include <map>
 #include <unordered_map>
 
 #include "ktricks/mysqlwatch.hpp"
@@ -102,7 +102,8 @@ std::optional<std::string> decode_filename(std::string_view name) {
             continue;
         }
         if (i + 2 < name.size()) {
-            unsigned char a = static_cast<unsigned char>(name[i + 1]), b = static_cast<unsigned char>(name[i + 2]);
+            unsigned char a = static_cast<unsigned char>(name[i + 1]),
+                          b = static_cast<unsigned char>(name[i + 2]);
             if (a >= 0x30 && a <= 0x7F && b >= 0x30 && b <= 0x7F) {
                 int index = (a - 0x30) * 80 + (b - 0x30);
                 if (table.to_unicode[index] != 0) {
@@ -156,7 +157,7 @@ std::optional<TableFile> parse_table_file(std::string_view file_name) {
     file.extension = std::string(file_name.substr(dot + 1));
     std::string_view stem = file_name.substr(0, dot);
     static const std::map<std::string, std::string, std::less<>> engines = {
-        {"ibd", "InnoDB"}, {"MYD", "MyISAM"}, {"MYI", "MyISAM"}, {"MAD", "Aria"}, {"MAI", "Aria"},
+        {"ibd", "InnoDB"}, {"MYD", "MyISAM"}, {"MYI", "MyISAM"}, {"MAD", "Aria"},    {"MAI", "Aria"},
         {"frm", ""},       {"par", ""},       {"CSV", "CSV"},    {"ARZ", "ARCHIVE"}, {"isl", "InnoDB"},
     };
     auto engine = engines.find(file.extension);

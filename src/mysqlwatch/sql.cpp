@@ -21,10 +21,10 @@ Connection::Connection(const Credentials& credentials) {
     const char* user = credentials.user.empty() ? nullptr : credentials.user.c_str();
     const char* password = credentials.password.empty() ? nullptr : credentials.password.c_str();
     const char* socket = credentials.socket.empty() ? nullptr : credentials.socket.c_str();
-    if (!::mysql_real_connect(mysql_, socket || credentials.defaults_file.empty() ? "localhost" : nullptr, user,
-                              password, nullptr, 0, socket, 0)) {
-        std::string message = fmt::format("connect {}: {}", socket ? fmt::format("unix:{}", socket) : "(defaults)",
-                                          ::mysql_error(mysql_));
+    if (!::mysql_real_connect(mysql_, socket || credentials.defaults_file.empty() ? "localhost" : nullptr,
+                              user, password, nullptr, 0, socket, 0)) {
+        std::string message = fmt::format(
+            "connect {}: {}", socket ? fmt::format("unix:{}", socket) : "(defaults)", ::mysql_error(mysql_));
         ::mysql_close(mysql_);
         mysql_ = nullptr;
         throw std::runtime_error(message);
@@ -46,7 +46,8 @@ std::vector<Connection::Row> Connection::query(const std::string& sql) {
         unsigned long* lengths = ::mysql_fetch_lengths(result);
         Row out;
         for (unsigned int i = 0; i < fields; ++i)
-            out.push_back(row[i] ? std::optional<std::string>(std::string(row[i], lengths[i])) : std::nullopt);
+            out.push_back(row[i] ? std::optional<std::string>(std::string(row[i], lengths[i]))
+                                 : std::nullopt);
         rows.push_back(std::move(out));
     }
     ::mysql_free_result(result);

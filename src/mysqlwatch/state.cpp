@@ -29,7 +29,8 @@ std::optional<Position> load_position(const std::filesystem::path& path) {
     if (json.is_discarded() || !json.is_object()) throw fault("not a JSON object");
     if (!json.contains("file") || !json["file"].is_string() || json["file"].get<std::string>().empty())
         throw fault("no \"file\" (the binlog file name)");
-    if (!json.contains("pos") || !json["pos"].is_number_unsigned()) throw fault("no \"pos\" (an offset in the file)");
+    if (!json.contains("pos") || !json["pos"].is_number_unsigned())
+        throw fault("no \"pos\" (an offset in the file)");
     Position position;
     position.file = json["file"].get<std::string>();
     if (position.file.find('/') != std::string::npos) throw fault("\"file\" must be a file name, not a path");
@@ -48,7 +49,8 @@ void save_position(const std::filesystem::path& path, const Position& position, 
     std::string temporary = path.string() + ".tmp";
     Fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd) throw_errno("open", temporary);
-    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw_errno("write", temporary);
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+        throw_errno("write", temporary);
     if (durable && ::fsync(fd.get()) < 0) throw_errno("fsync", temporary);
     fd.reset();
     if (::rename(temporary.c_str(), path.c_str()) < 0) throw_errno("rename", path.string());

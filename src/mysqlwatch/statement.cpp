@@ -10,14 +10,12 @@ namespace ktricks::mysqlwatch {
 namespace {
 
 struct Token {
-    std::string text;    // identifier (unquoted) or the punctuation character
+    std::string text;     // identifier (unquoted) or the punctuation character
     bool quoted = false;  // `...`: never a keyword
     bool word = false;
 };
 
-bool is_word_byte(unsigned char c) {
-    return std::isalnum(c) || c == '_' || c == '$' || c >= 0x80;
-}
+bool is_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c == '$' || c >= 0x80; }
 
 std::vector<Token> tokenize(std::string_view sql, std::size_t limit = 64) {
     std::vector<Token> tokens;
@@ -29,7 +27,9 @@ std::vector<Token> tokenize(std::string_view sql, std::size_t limit = 64) {
         } else if (sql.substr(i, 2) == "/*") {
             auto end = sql.find("*/", i + 2);
             i = end == std::string_view::npos ? sql.size() : end + 2;
-        } else if (c == '#' || (sql.substr(i, 2) == "--" && (i + 2 >= sql.size() || std::isspace(static_cast<unsigned char>(sql[i + 2]))))) {
+        } else if (c == '#' ||
+                   (sql.substr(i, 2) == "--" &&
+                    (i + 2 >= sql.size() || std::isspace(static_cast<unsigned char>(sql[i + 2]))))) {
             auto end = sql.find('\n', i);
             i = end == std::string_view::npos ? sql.size() : end + 1;
         } else if (c == '`' || c == '"') {
@@ -117,7 +117,8 @@ std::vector<Change> changes_from_statement(std::string_view sql, std::string_vie
     Cursor cursor(tokenize(sql));
     std::vector<Change> changes;
     auto one = [&](std::string event) {
-        if (auto name = cursor.qualified_name(default_db)) changes.push_back(make(std::move(event), std::move(*name)));
+        if (auto name = cursor.qualified_name(default_db))
+            changes.push_back(make(std::move(event), std::move(*name)));
     };
     if (cursor.keyword("CREATE")) {
         cursor.skip_keywords({"OR", "REPLACE", "TEMPORARY"});

@@ -26,10 +26,10 @@
 #include <set>
 #include <variant>
 
-#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/fd.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/mysqlwatch.hpp"
 #include "mysqlwatch/sql.hpp"
 #include "mysqlwatch/watch_internal.hpp"
@@ -95,8 +95,8 @@ namespace {
 // binlog all the time, and a directory watch cannot filter by name. The files a path needs (the
 // current binlog, its index, the redo logs) get watches of their own, so an idle watcher in binlog
 // mode is woken by nothing but the binlog.
-constexpr std::uint32_t datadir_mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
-                                       IN_MOVE_SELF | IN_ONLYDIR;
+constexpr std::uint32_t datadir_mask =
+    IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 constexpr std::uint32_t directory_events = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR;
 
 }  // namespace
@@ -115,9 +115,12 @@ public:
             log(fmt::format("waiting for the data directory {} to appear", options_.datadir.string()));
             // The directory does not exist yet, so there is nothing to put an inotify watch on
             // (its parent may not exist either): look again a few times a second.
-            waiting_timer_ = loop_.add_timer(250ms, [this] {
-                if (attach()) loop_.remove(waiting_timer_);
-            }, 250ms);
+            waiting_timer_ = loop_.add_timer(
+                250ms,
+                [this] {
+                    if (attach()) loop_.remove(waiting_timer_);
+                },
+                250ms);
         }
     }
 
@@ -135,20 +138,24 @@ private:
     void log(const std::string& line) {
         last_log_ = line;
         if (options_.log) options_.log(line);
-        else log_info("{}", line);
+        else
+            log_info("{}", line);
     }
     std::string last_log_;
 
     bool binlog_wanted() const { return options_.mode == Mode::binlog || options_.mode == Mode::automatic; }
     bool binlog_active() const { return parser_ != nullptr; }
     bool redo_wanted() const {
-        return options_.mode == Mode::redo || (options_.mode == Mode::automatic && credentials_given(options_.credentials));
+        return options_.mode == Mode::redo ||
+               (options_.mode == Mode::automatic && credentials_given(options_.credentials));
     }
     bool redo_active() const {
-        return options_.mode == Mode::redo || (options_.mode == Mode::automatic && !binlog_active() && redo_usable_);
+        return options_.mode == Mode::redo ||
+               (options_.mode == Mode::automatic && !binlog_active() && redo_usable_);
     }
     bool file_changes_active() const {
-        return options_.mode == Mode::files || (options_.mode == Mode::automatic && !binlog_active() && !redo_usable_);
+        return options_.mode == Mode::files ||
+               (options_.mode == Mode::automatic && !binlog_active() && !redo_usable_);
     }
     bool file_ddl_active() const { return options_.mode != Mode::binlog && !binlog_active(); }
 
@@ -169,8 +176,11 @@ private:
         if (binlog_wanted()) start_binlog(true);
         if (options_.mode == Mode::binlog && !binlog_active())
             log("no binary log yet (log_bin off, or the server has not started): waiting for its index");
-        log(fmt::format("watching {} (paths: {}{}{})", options_.datadir.string(), binlog_active() ? "binlog " : "",
-                        redo_active() ? "redo " : "", file_changes_active() ? "files" : file_ddl_active() ? "files(ddl)" : ""));
+        log(fmt::format("watching {} (paths: {}{}{})", options_.datadir.string(),
+                        binlog_active() ? "binlog " : "", redo_active() ? "redo " : "",
+                        file_changes_active() ? "files"
+                        : file_ddl_active()   ? "files(ddl)"
+                                              : ""));
         // A resumed binlog has queued what happened while we were away; attach() never runs inside
         // read_inotify(), which flushes its own batch.
         flush();
@@ -189,9 +199,12 @@ private:
         datadir_wd_ = -1;
         parser_.reset();
         binlog_fd_.reset();
-        waiting_timer_ = loop_.add_timer(250ms, [this] {
-            if (attach()) loop_.remove(waiting_timer_);
-        }, 250ms);
+        waiting_timer_ = loop_.add_timer(
+            250ms,
+            [this] {
+                if (attach()) loop_.remove(waiting_timer_);
+            },
+            250ms);
     }
 
     void watch_database(const std::string& raw) {
@@ -240,7 +253,8 @@ private:
     void watch_redo_logs() {
         std::error_code error;
         for (const auto& entry : fs::directory_iterator(options_.datadir, error))
-            if (is_redo_log(entry.path().filename().string())) watch_redo_log(entry.path().filename().string());
+            if (is_redo_log(entry.path().filename().string()))
+                watch_redo_log(entry.path().filename().string());
     }
 
     // ---- inotify ----
@@ -267,16 +281,19 @@ private:
                 if (event->wd == datadir_wd_) on_datadir_event(event->mask, name);
                 else if (event->wd == binlog_wd_) {
                     if (event->mask & IN_IGNORED) binlog_wd_ = -1;
-                    else read_binlog();
+                    else
+                        read_binlog();
                 } else if (event->wd == index_wd_) {
                     if (event->mask & IN_IGNORED) index_wd_ = -1;
-                    else if (binlog_active()) check_index();
-                    else if (binlog_wanted()) start_binlog(false);
+                    else if (binlog_active())
+                        check_index();
+                    else if (binlog_wanted())
+                        start_binlog(false);
                 } else if (redo_wds_.contains(event->wd)) {
                     if (event->mask & IN_IGNORED) redo_wds_.erase(event->wd);
-                    else on_redo_log_write();
-                }
-                else if (auto db = databases_.find(event->wd); db != databases_.end())
+                    else
+                        on_redo_log_write();
+                } else if (auto db = databases_.find(event->wd); db != databases_.end())
                     on_database_event(db->first, event->mask, name, event->cookie);
             }
         }
@@ -289,7 +306,8 @@ private:
         batch.swap(batch_);
         for (auto& item : batch) {
             if (auto* change = std::get_if<Change>(&item)) deliver(std::move(*change));
-            else if (options_.on_position) options_.on_position(std::get<Position>(item));
+            else if (options_.on_position)
+                options_.on_position(std::get<Position>(item));
         }
     }
 
@@ -350,10 +368,12 @@ private:
             Move move = from->second;
             moves_.erase(from);
             // InnoDB's TRUNCATE: t.ibd becomes #sql-ib*.ibd, then a new t.ibd is created.
-            if (file->extension == "ibd" && !move.file.temporary && file->temporary) truncating_.insert({move.db, move.file.table});
+            if (file->extension == "ibd" && !move.file.temporary && file->temporary)
+                truncating_.insert({move.db, move.file.table});
             if (!frm || !file_ddl_active()) return;
             if (move.file.temporary && !file->temporary) {
-                queue(make_change("change", db, file->table, engine_of(options_.datadir, db, file->table), Via::file));
+                queue(make_change("change", db, file->table, engine_of(options_.datadir, db, file->table),
+                                  Via::file));
             } else if (!move.file.temporary && !file->temporary) {
                 Change change = make_change("rename", move.db, move.file.table, "", Via::file);
                 change.new_table = file->table;
@@ -367,7 +387,8 @@ private:
         if (mask & IN_CREATE) {
             if (frm && file_ddl_active()) {
                 queue(make_change("create", db, file->table, "", Via::file));
-            } else if (file->extension == "ibd" && truncating_.erase({db, file->table}) && file_ddl_active()) {
+            } else if (file->extension == "ibd" && truncating_.erase({db, file->table}) &&
+                       file_ddl_active()) {
                 queue(make_change("truncate", db, file->table, "InnoDB", Via::file));
             }
             return;
@@ -418,17 +439,19 @@ private:
         auto found = std::find_if(files.begin(), files.end(),
                                   [&](const fs::path& file) { return file.filename() == position.file; });
         if (found == files.end()) {
-            log(fmt::format("resume position {}:{} is not in the binlog index (purged?): reading from the oldest "
-                            "file there, {}; changes in between are lost",
-                            position.file, position.offset, files.front().filename().string()));
+            log(fmt::format(
+                "resume position {}:{} is not in the binlog index (purged?): reading from the oldest "
+                "file there, {}; changes in between are lost",
+                position.file, position.offset, files.front().filename().string()));
             open_binlog(files.front(), 0);
         } else {
             std::error_code error;
             auto size = fs::file_size(*found, error);
             if (!error && size < position.offset) {
-                log(fmt::format("resume position {}:{} is beyond the end of that file ({} bytes): the binlog was "
-                                "rewritten; continuing at its end",
-                                position.file, position.offset, size));
+                log(fmt::format(
+                    "resume position {}:{} is beyond the end of that file ({} bytes): the binlog was "
+                    "rewritten; continuing at its end",
+                    position.file, position.offset, size));
                 open_binlog(*found, skip_all);
             } else {
                 log(fmt::format("resuming at {}:{}{}", position.file, position.offset,
@@ -464,7 +487,8 @@ private:
     void end_quiet() {
         quiet_until_ = 0;
         parser_->set_quiet(false);
-        batch_.push_back(Position{binlog_path_.filename().string(), parser_->safe_offset(), parser_->last_gtid()});
+        batch_.push_back(
+            Position{binlog_path_.filename().string(), parser_->safe_offset(), parser_->last_gtid()});
     }
 
     void read_binlog() {
@@ -483,13 +507,15 @@ private:
             if (got == 0) break;
             binlog_read_ += got;
             auto out = parser_->feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
-            for (const std::string& problem : out.problems) log(fmt::format("{}: {}", binlog_path_.filename().string(), problem));
+            for (const std::string& problem : out.problems)
+                log(fmt::format("{}: {}", binlog_path_.filename().string(), problem));
             std::size_t taken = 0;
             auto take = [&](std::size_t end, const Position* position) {
                 for (std::uint32_t index = 0; taken < end; ++taken, ++index) {
                     Change& change = out.changes[taken];
-                    change.engine = engine_of(options_.datadir, change.new_db.empty() ? change.db : change.new_db,
-                                              change.new_table.empty() ? change.table : change.new_table);
+                    change.engine =
+                        engine_of(options_.datadir, change.new_db.empty() ? change.db : change.new_db,
+                                  change.new_table.empty() ? change.table : change.new_table);
                     if (position) {
                         change.position = *position;
                         change.index = index;
@@ -548,7 +574,8 @@ private:
         } catch (const std::exception& error) {
             connection_.reset();
             redo_usable_ = false;
-            if (!quiet || options_.mode == Mode::redo) log(fmt::format("redo path unavailable: {}", error.what()));
+            if (!quiet || options_.mode == Mode::redo)
+                log(fmt::format("redo path unavailable: {}", error.what()));
         }
     }
 
@@ -582,11 +609,13 @@ private:
         std::map<std::pair<std::string, std::string>, std::string> seen;
         for (const auto& row : rows) {
             if (row.size() < 6 || !row[0] || !row[1]) continue;
-            std::string state = fmt::format("{}|{}|{}", row[3].value_or(""), row[4].value_or(""), row[5].value_or(""));
+            std::string state =
+                fmt::format("{}|{}|{}", row[3].value_or(""), row[4].value_or(""), row[5].value_or(""));
             auto key = std::make_pair(*row[0], *row[1]);
             auto before = table_state_.find(key);
             bool changed = before != table_state_.end() ? before->second != state : row[3].has_value();
-            if (baseline_done_ && changed) queue(make_change("change", key.first, key.second, row[2].value_or(""), Via::redo));
+            if (baseline_done_ && changed)
+                queue(make_change("change", key.first, key.second, row[2].value_or(""), Via::redo));
             seen.emplace(std::move(key), std::move(state));
         }
         table_state_ = std::move(seen);
@@ -612,7 +641,8 @@ private:
             for (const auto& item : batch_) {
                 const Change* queued = std::get_if<Change>(&item);
                 if (queued && queued->event == change.event && queued->db == change.db &&
-                    queued->table == change.table && queued->new_table == change.new_table && queued->via == change.via)
+                    queued->table == change.table && queued->new_table == change.new_table &&
+                    queued->via == change.via)
                     return;
             }
         batch_.push_back(std::move(change));
@@ -621,7 +651,9 @@ private:
     bool passes_filters(const Change& change) const {
         if (options_.db_glob == "*" && is_system_schema(change.db)) return false;
         if (::fnmatch(options_.db_glob.c_str(), change.db.c_str(), 0) != 0) return false;
-        if (options_.table_glob != "*" && ::fnmatch(options_.table_glob.c_str(), change.table.c_str(), 0) != 0) return false;
+        if (options_.table_glob != "*" &&
+            ::fnmatch(options_.table_glob.c_str(), change.table.c_str(), 0) != 0)
+            return false;
         return true;
     }
 

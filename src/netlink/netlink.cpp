@@ -40,7 +40,6 @@ const char* protocol_name(int protocol) {
 // multicast messages are small. 64 KiB leaves room for both and for a jumbo nl80211 scan result.
 constexpr std::size_t receive_buffer_size = 64 * 1024;
 
-
 // Text of an NLMSGERR_ATTR_MSG in the TLVs that follow `offset` bytes of payload, if any.
 std::string extack_of(const nlmsghdr& message, std::size_t offset) {
     if (!(message.nlmsg_flags & NLM_F_ACK_TLVS)) return {};
@@ -66,7 +65,8 @@ const nlmsghdr* next_message(const nlmsghdr* message, std::size_t& remaining) no
 
 }  // namespace
 
-void for_each_message(std::span<const std::byte> datagram, const std::function<bool(const nlmsghdr&)>& visit) {
+void for_each_message(std::span<const std::byte> datagram,
+                      const std::function<bool(const nlmsghdr&)>& visit) {
     std::size_t remaining = datagram.size();
     for (auto* message = reinterpret_cast<const nlmsghdr*>(datagram.data()); message_fits(message, remaining);
          message = next_message(message, remaining))
@@ -91,8 +91,8 @@ Request::Request(std::uint16_t type, std::uint16_t flags, std::size_t capacity)
 
 void Request::ensure_room(std::size_t extra) const {
     if (header()->nlmsg_len + MNL_ALIGN(extra) > buffer_.size())
-        throw InputError(fmt::format("netlink request too large: {} + {} bytes exceeds {}", header()->nlmsg_len, extra,
-                                     buffer_.size()));
+        throw InputError(fmt::format("netlink request too large: {} + {} bytes exceeds {}",
+                                     header()->nlmsg_len, extra, buffer_.size()));
 }
 
 // --- Socket -------------------------------------------------------------------------------------
@@ -145,7 +145,8 @@ std::uint32_t Socket::send(Request& request, std::string_view what) {
     return header->nlmsg_seq;
 }
 
-bool Socket::read_replies(std::uint32_t sequence, bool dump, const MessageHandler& handler, std::string_view what) {
+bool Socket::read_replies(std::uint32_t sequence, bool dump, const MessageHandler& handler,
+                          std::string_view what) {
     bool interrupted = false;
     bool stopped = false;
     while (true) {
@@ -157,14 +158,15 @@ bool Socket::read_replies(std::uint32_t sequence, bool dump, const MessageHandle
             throw_errno("receive netlink reply", what);
         }
         std::size_t remaining = static_cast<std::size_t>(got);
-        for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data()); message_fits(message, remaining);
-             message = next_message(message, remaining)) {
+        for (auto* message = reinterpret_cast<const nlmsghdr*>(buffer_.data());
+             message_fits(message, remaining); message = next_message(message, remaining)) {
             // Stale replies of an abandoned request (or a stray multicast) carry another sequence.
             if (message->nlmsg_seq != sequence) continue;
             if (message->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = true;
             if (message->nlmsg_type == NLMSG_ERROR) {
                 auto error = read_header<nlmsgerr>(*message);
-                if (!error) throw_netlink(EBADMSG, fmt::format("{}: truncated netlink error message", what), {});
+                if (!error)
+                    throw_netlink(EBADMSG, fmt::format("{}: truncated netlink error message", what), {});
                 if (error->error == 0) return !interrupted;  // the ack
                 std::size_t offset = sizeof(nlmsgerr);
                 if (!(message->nlmsg_flags & NLM_F_CAPPED)) offset += error->msg.nlmsg_len - sizeof(nlmsghdr);
@@ -184,13 +186,15 @@ bool Socket::read_replies(std::uint32_t sequence, bool dump, const MessageHandle
     }
 }
 
-void Socket::dump(Request& request, const MessageHandler& handler, std::string_view what, const DumpOptions& options) {
+void Socket::dump(Request& request, const MessageHandler& handler, std::string_view what,
+                  const DumpOptions& options) {
     request.header()->nlmsg_flags |= NLM_F_DUMP;
     for (int attempt = 0;; ++attempt) {
         std::uint32_t sequence = send(request, what);
         if (read_replies(sequence, true, handler, what)) return;
         if (attempt >= options.max_restarts)
-            throw_netlink(EINTR, fmt::format("{}: the table kept changing during {} dumps", what, attempt + 1), {});
+            throw_netlink(EINTR,
+                          fmt::format("{}: the table kept changing during {} dumps", what, attempt + 1), {});
         if (options.on_restart) options.on_restart();
     }
 }
@@ -204,7 +208,7 @@ void Socket::transact(Request& request, const MessageHandler& handler, std::stri
 void Socket::subscribe(std::uint32_t group, std::string_view name) {
     if (mnl_socket_setsockopt(socket_, NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) < 0)
         throw_errno("subscribe", fmt::format("netlink {} group {}", protocol_name(protocol_),
-                                            name.empty() ? std::to_string(group) : std::string(name)));
+                                             name.empty() ? std::to_string(group) : std::string(name)));
 }
 
 void Socket::unsubscribe(std::uint32_t group) noexcept {
@@ -297,10 +301,18 @@ std::optional<T> scalar(const nlattr* attribute) noexcept {
 }
 }  // namespace
 
-std::optional<std::uint8_t> Attributes::u8(std::uint16_t type) const noexcept { return scalar<std::uint8_t>(get(type)); }
-std::optional<std::uint16_t> Attributes::u16(std::uint16_t type) const noexcept { return scalar<std::uint16_t>(get(type)); }
-std::optional<std::uint32_t> Attributes::u32(std::uint16_t type) const noexcept { return scalar<std::uint32_t>(get(type)); }
-std::optional<std::uint64_t> Attributes::u64(std::uint16_t type) const noexcept { return scalar<std::uint64_t>(get(type)); }
+std::optional<std::uint8_t> Attributes::u8(std::uint16_t type) const noexcept {
+    return scalar<std::uint8_t>(get(type));
+}
+std::optional<std::uint16_t> Attributes::u16(std::uint16_t type) const noexcept {
+    return scalar<std::uint16_t>(get(type));
+}
+std::optional<std::uint32_t> Attributes::u32(std::uint16_t type) const noexcept {
+    return scalar<std::uint32_t>(get(type));
+}
+std::optional<std::uint64_t> Attributes::u64(std::uint16_t type) const noexcept {
+    return scalar<std::uint64_t>(get(type));
+}
 
 std::optional<std::string_view> Attributes::string(std::uint16_t type) const noexcept {
     const nlattr* attribute = get(type);
@@ -314,7 +326,8 @@ std::optional<std::string_view> Attributes::string(std::uint16_t type) const noe
 std::span<const std::byte> Attributes::bytes(std::uint16_t type) const noexcept {
     const nlattr* attribute = get(type);
     if (!attribute) return {};
-    return {static_cast<const std::byte*>(mnl_attr_get_payload(attribute)), mnl_attr_get_payload_len(attribute)};
+    return {static_cast<const std::byte*>(mnl_attr_get_payload(attribute)),
+            mnl_attr_get_payload_len(attribute)};
 }
 
 void for_each_nested(const nlattr* nest, const std::function<void(const nlattr&)>& visit) {
@@ -322,7 +335,8 @@ void for_each_nested(const nlattr* nest, const std::function<void(const nlattr&)
     const auto* payload = static_cast<const char*>(mnl_attr_get_payload(nest));
     const char* end = payload + mnl_attr_get_payload_len(nest);
     for (auto* entry = reinterpret_cast<const nlattr*>(payload);
-         mnl_attr_ok(entry, static_cast<int>(end - reinterpret_cast<const char*>(entry))); entry = mnl_attr_next(entry))
+         mnl_attr_ok(entry, static_cast<int>(end - reinterpret_cast<const char*>(entry)));
+         entry = mnl_attr_next(entry))
         visit(*entry);
 }
 
@@ -331,7 +345,8 @@ void for_each_nested(const nlattr* nest, const std::function<void(const nlattr&)
 std::uint32_t GenericFamily::group(std::string_view group_name) const {
     auto found = groups.find(std::string(group_name));
     if (found == groups.end())
-        throw_error(ENOENT, "find multicast group", fmt::format("{} of generic netlink family {}", group_name, name));
+        throw_error(ENOENT, "find multicast group",
+                    fmt::format("{} of generic netlink family {}", group_name, name));
     return found->second;
 }
 

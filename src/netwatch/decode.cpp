@@ -3,12 +3,12 @@
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
 #include <linux/genetlink.h>
+#include <linux/if.h>
 #include <linux/if_addr.h>
 #include <linux/if_link.h>
-#include "ktricks/netlink.hpp"
 #include <linux/nl80211.h>
 #include <linux/rtnetlink.h>
-#include <linux/if.h>
+#include "ktricks/netlink.hpp"
 
 #include <fmt/format.h>
 
@@ -56,7 +56,8 @@ Change decode_link(const nlmsghdr* message) {
     link.name = text(attributes, IFLA_IFNAME);
     link.operstate = attributes.u8(IFLA_OPERSTATE).value_or(IF_OPER_UNKNOWN);
     link.mac = mac_of(attributes, IFLA_ADDRESS);
-    if (auto* linkinfo = attributes.get(IFLA_LINKINFO)) link.kind = text(Attributes(linkinfo, IFLA_INFO_MAX), IFLA_INFO_KIND);
+    if (auto* linkinfo = attributes.get(IFLA_LINKINFO))
+        link.kind = text(Attributes(linkinfo, IFLA_INFO_MAX), IFLA_INFO_KIND);
     // A wireless extension event (RTM_NEWLINK carrying only IFLA_WIRELESS) is not a link change.
     if (attributes.has(IFLA_WIRELESS) && link.name.empty()) change.kind = Change::Kind::none;
     return change;
@@ -76,7 +77,8 @@ Change decode_address(const nlmsghdr* message) {
     address.scope = info->ifa_scope;
     address.flags = attributes.u32(IFA_FLAGS).value_or(info->ifa_flags);
     // IFA_LOCAL is the interface's own address on point-to-point links, where IFA_ADDRESS is the peer.
-    address.address = address_text(address.family, attributes.has(IFA_LOCAL) ? attributes.get(IFA_LOCAL) : attributes.get(IFA_ADDRESS));
+    address.address = address_text(
+        address.family, attributes.has(IFA_LOCAL) ? attributes.get(IFA_LOCAL) : attributes.get(IFA_ADDRESS));
     if (address.address.empty()) return change;
     change.kind = Change::Kind::address;
     change.removed = message->nlmsg_type == RTM_DELADDR;
@@ -166,10 +168,12 @@ std::optional<Nl80211Message> decode_nl80211(const nlmsghdr* message) {
         auto status = nested.u32(NL80211_BSS_STATUS);
         decoded.bss_associated = status && (*status == NL80211_BSS_STATUS_ASSOCIATED ||
                                             *status == NL80211_BSS_STATUS_AUTHENTICATED);
-        if (nested.bytes(NL80211_BSS_BSSID).size() == 6) decoded.bss_bssid = mac_of(nested, NL80211_BSS_BSSID);
+        if (nested.bytes(NL80211_BSS_BSSID).size() == 6)
+            decoded.bss_bssid = mac_of(nested, NL80211_BSS_BSSID);
         decoded.bss_ssid = ssid_from_ies(raw(nested, NL80211_BSS_INFORMATION_ELEMENTS));
         decoded.bss_freq = static_cast<int>(nested.u32(NL80211_BSS_FREQUENCY).value_or(0));
-        if (auto mbm = nested.u32(NL80211_BSS_SIGNAL_MBM)) decoded.bss_signal = static_cast<std::int32_t>(*mbm) / 100;
+        if (auto mbm = nested.u32(NL80211_BSS_SIGNAL_MBM))
+            decoded.bss_signal = static_cast<std::int32_t>(*mbm) / 100;
     }
     return decoded;
 }

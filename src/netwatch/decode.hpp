@@ -23,10 +23,10 @@ Change decode_rtnl(const nlmsghdr* message);
 struct Nl80211Message {
     int command = 0;
     int ifindex = 0;
-    std::string mac;          // NL80211_ATTR_MAC (the BSSID in CONNECT/ROAM)
-    std::string ssid;         // NL80211_ATTR_SSID (GET_INTERFACE answers)
-    int freq = 0;             // NL80211_ATTR_WIPHY_FREQ
-    int iftype = -1;          // NL80211_ATTR_IFTYPE
+    std::string mac;            // NL80211_ATTR_MAC (the BSSID in CONNECT/ROAM)
+    std::string ssid;           // NL80211_ATTR_SSID (GET_INTERFACE answers)
+    int freq = 0;               // NL80211_ATTR_WIPHY_FREQ
+    int iftype = -1;            // NL80211_ATTR_IFTYPE
     std::optional<int> status;  // NL80211_ATTR_STATUS_CODE (CONNECT; 0 = success)
     // From a GET_SCAN dump entry (NL80211_ATTR_BSS): the BSS we are associated with.
     bool bss_associated = false;

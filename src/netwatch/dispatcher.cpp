@@ -54,7 +54,8 @@ std::string read_machine_id() {
 const Route* best_default(const State& state, int family, int ifindex) {
     const Route* best = nullptr;
     for (const auto& [key, route] : state.routes)
-        if (route.family == family && route.oif == ifindex && route.is_default() && (!best || route.priority < best->priority))
+        if (route.family == family && route.oif == ifindex && route.is_default() &&
+            (!best || route.priority < best->priority))
             best = &route;
     return best;
 }
@@ -94,16 +95,17 @@ std::string connection_uuid(std::string_view machine_id, std::string_view netns,
     // Two 64-bit FNV-1a hashes (different offset bases) of "ktricks-netwatch\0MACHINE\0NETNS\0IFACE",
     // formatted as an RFC 9562 version 8 ("custom") UUID: stable, and distinct per machine,
     // namespace and interface name. Not a secret and not meant to be one.
-    std::string input = fmt::format("ktricks-netwatch{}{}{}{}{}{}", '\0', machine_id, '\0', netns, '\0', iface);
+    std::string input =
+        fmt::format("ktricks-netwatch{}{}{}{}{}{}", '\0', machine_id, '\0', netns, '\0', iface);
     auto fnv = [&](std::uint64_t hash) {
         for (unsigned char c : input) hash = (hash ^ c) * 0x100000001b3ull;
         return hash;
     };
     std::uint64_t high = fnv(0xcbf29ce484222325ull), low = fnv(0x84222325cbf29ce4ull);
-    high = (high & ~0xf000ull) | 0x8000ull;                       // version 8
-    low = (low & ~(3ull << 62)) | (2ull << 62);                   // variant 10
-    return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", high >> 32, (high >> 16) & 0xffff, high & 0xffff,
-                       low >> 48, low & 0xffffffffffffull);
+    high = (high & ~0xf000ull) | 0x8000ull;      // version 8
+    low = (low & ~(3ull << 62)) | (2ull << 62);  // variant 10
+    return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", high >> 32, (high >> 16) & 0xffff,
+                       high & 0xffff, low >> 48, low & 0xffffffffffffull);
 }
 
 std::vector<std::string> Dispatcher::networkmanager_directories() {
@@ -139,10 +141,11 @@ std::vector<Dispatcher::Script> Dispatcher::scripts(const std::string& action) c
         struct stat info;
         if (::stat(path.c_str(), &info) < 0 || !S_ISREG(info.st_mode) || info.st_size == 0) continue;
         // NetworkManager's own rules: a script anyone but root could change would run as root.
-        const char* fault = info.st_uid != 0                                 ? "not owned by root"
-                            : (info.st_mode & (S_IWGRP | S_IWOTH | S_ISUID)) ? "writable by group or other, or set-UID"
-                            : !(info.st_mode & S_IXUSR)                      ? "not executable by owner"
-                                                                             : nullptr;
+        const char* fault = info.st_uid != 0 ? "not owned by root"
+                            : (info.st_mode & (S_IWGRP | S_IWOTH | S_ISUID))
+                                ? "writable by group or other, or set-UID"
+                            : !(info.st_mode & S_IXUSR) ? "not executable by owner"
+                                                        : nullptr;
         if (fault) {
             log_warning("skipping dispatcher script {}: {}", printable(path), fault);
             continue;
@@ -176,7 +179,8 @@ std::vector<std::string> Dispatcher::environment(const NetEvent& event, const St
     std::vector<std::string> env = {"NM_DISPATCHER_ACTION=" + action};
     if (action == "connectivity-change") {
         auto it = connected_.find(event.netns);
-        env.push_back(std::string("CONNECTIVITY_STATE=") + (it != connected_.end() && it->second ? "FULL" : "NONE"));
+        env.push_back(std::string("CONNECTIVITY_STATE=") +
+                      (it != connected_.end() && it->second ? "FULL" : "NONE"));
         return env;
     }
     std::string ssid = event.field("ssid");
@@ -191,7 +195,8 @@ std::vector<std::string> Dispatcher::environment(const NetEvent& event, const St
     // NetworkManager adds the IP and DHCP items only while the device is activated.
     if (action != "up" && action != "dhcp4-change" && action != "dhcp6-change") return env;
     Resolver resolver = files_.resolver(event.ifindex);
-    bool has_default = best_default(state, AF_INET, event.ifindex) || best_default(state, AF_INET6, event.ifindex);
+    bool has_default =
+        best_default(state, AF_INET, event.ifindex) || best_default(state, AF_INET6, event.ifindex);
     for (auto [family, prefix] : {std::pair{AF_INET, "IP4"}, std::pair{AF_INET6, "IP6"}}) {
         // NetworkManager's fallback is "0.0.0.0" for both families (nm-dispatcher-utils.c).
         std::string gateway = "0.0.0.0";
@@ -200,7 +205,8 @@ std::vector<std::string> Dispatcher::environment(const NetEvent& event, const St
         int count = 0;
         for (const auto& [key, address] : state.addresses) {
             if (address.index != event.ifindex || address.family != family) continue;
-            env.push_back(fmt::format("{}_ADDRESS_{}={}/{} {}", prefix, count++, address.address, address.prefixlen, gateway));
+            env.push_back(fmt::format("{}_ADDRESS_{}={}/{} {}", prefix, count++, address.address,
+                                      address.prefixlen, gateway));
         }
         if (count > 0) env.push_back(fmt::format("{}_NUM_ADDRESSES={}", prefix, count));
         env.push_back(fmt::format("{}_GATEWAY={}", prefix, gateway));
@@ -223,29 +229,35 @@ std::vector<std::string> Dispatcher::environment(const NetEvent& event, const St
             if (route.oif != event.ifindex || route.family != family || route.table != RT_TABLE_MAIN ||
                 route.type != RTN_UNICAST || route.dst_len == 0)
                 continue;
-            env.push_back(fmt::format("{}_ROUTE_{}={}/{} {} {}", prefix, routes++, route.dst, route.dst_len,
-                                      route.gateway.empty() ? (family == AF_INET ? "0.0.0.0" : "::") : route.gateway,
-                                      route.priority));
+            env.push_back(
+                fmt::format("{}_ROUTE_{}={}/{} {} {}", prefix, routes++, route.dst, route.dst_len,
+                            route.gateway.empty() ? (family == AF_INET ? "0.0.0.0" : "::") : route.gateway,
+                            route.priority));
         }
         if (routes > 0 || family == AF_INET) env.push_back(fmt::format("{}_NUM_ROUTES={}", prefix, routes));
     }
     for (int family : {4, 6})
         for (const auto& [key, value] : files_.dhcp(event.iface, event.ifindex, family))
-            if (auto name = variable_name(key); !name.empty()) env.push_back(fmt::format("DHCP{}_{}={}", family, name, value));
+            if (auto name = variable_name(key); !name.empty())
+                env.push_back(fmt::format("DHCP{}_{}={}", family, name, value));
     return env;
 }
 
 void Dispatcher::handle(const NetEvent& event, const State& state, std::chrono::steady_clock::time_point when,
-                        Runner& runner, bool dry_run, const std::function<void(const std::string&)>& would_run,
+                        Runner& runner, bool dry_run,
+                        const std::function<void(const std::string&)>& would_run,
                         std::chrono::milliseconds timeout) {
     // Remember the leases an interface has when it comes up: rewriting the same lease is no change.
     if (event.type == "link-up")
-        for (int family : {4, 6}) leases_[{event.ifindex, family}] = files_.dhcp(event.iface, event.ifindex, family);
-    for (const auto& action : actions_for(event, state)) run(event, state, action, when, runner, dry_run, would_run, timeout);
+        for (int family : {4, 6})
+            leases_[{event.ifindex, family}] = files_.dhcp(event.iface, event.ifindex, family);
+    for (const auto& action : actions_for(event, state))
+        run(event, state, action, when, runner, dry_run, would_run, timeout);
 }
 
-void Dispatcher::leases_changed(const State& state, std::chrono::steady_clock::time_point when, Runner& runner,
-                                bool dry_run, const std::function<void(const std::string&)>& would_run,
+void Dispatcher::leases_changed(const State& state, std::chrono::steady_clock::time_point when,
+                                Runner& runner, bool dry_run,
+                                const std::function<void(const std::string&)>& would_run,
                                 std::chrono::milliseconds timeout) {
     for (const auto& [index, link] : state.links) {
         if (!link.usable() || (link.flags & IFF_LOOPBACK)) continue;
@@ -259,7 +271,8 @@ void Dispatcher::leases_changed(const State& state, std::chrono::steady_clock::t
             event.iface = link.name;
             event.ifindex = index;
             event.netns = state.netns;
-            run(event, state, family == 6 ? "dhcp6-change" : "dhcp4-change", when, runner, dry_run, would_run, timeout);
+            run(event, state, family == 6 ? "dhcp6-change" : "dhcp4-change", when, runner, dry_run, would_run,
+                timeout);
         }
     }
 }
@@ -276,7 +289,8 @@ std::vector<std::string> Dispatcher::lease_directories() const {
 
 void Dispatcher::run(const NetEvent& event, const State& state, const std::string& action,
                      std::chrono::steady_clock::time_point when, Runner& runner, bool dry_run,
-                     const std::function<void(const std::string&)>& would_run, std::chrono::milliseconds timeout) {
+                     const std::function<void(const std::string&)>& would_run,
+                     std::chrono::milliseconds timeout) {
     std::string iface = action == "connectivity-change" ? "" : event.iface;
     auto found = scripts(action);
     if (found.empty()) return;

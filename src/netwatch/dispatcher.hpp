@@ -31,8 +31,8 @@
 #include <string_view>
 #include <vector>
 
-#include "ktricks/netwatch.hpp"
 #include "ktricks/core/runner.hpp"
+#include "ktricks/netwatch.hpp"
 #include "netwatch/leases.hpp"
 #include "netwatch/state.hpp"
 
@@ -57,22 +57,24 @@ public:
     Dispatcher(std::vector<std::string> directories, bool missing_ok, HostFiles files = {});
 
     // With `dry_run`, the scripts are not run: `would_run` gets "would run SCRIPT IFACE ACTION" instead.
-    void handle(const NetEvent& event, const State& state, std::chrono::steady_clock::time_point when, Runner& runner,
-                bool dry_run, const std::function<void(const std::string&)>& would_run,
+    void handle(const NetEvent& event, const State& state, std::chrono::steady_clock::time_point when,
+                Runner& runner, bool dry_run, const std::function<void(const std::string&)>& would_run,
                 std::chrono::milliseconds timeout);
 
     // A DHCP client rewrote a lease file: dhcp4-change / dhcp6-change for every up interface whose
     // options changed (dhclient writes its lease after it configured the address, so the
     // address's own dhcp4-change may come before the lease can be read).
-    void leases_changed(const State& state, std::chrono::steady_clock::time_point when, Runner& runner, bool dry_run,
-                        const std::function<void(const std::string&)>& would_run, std::chrono::milliseconds timeout);
+    void leases_changed(const State& state, std::chrono::steady_clock::time_point when, Runner& runner,
+                        bool dry_run, const std::function<void(const std::string&)>& would_run,
+                        std::chrono::milliseconds timeout);
     // The lease-file folders of leases.hpp that exist, for watching them.
     std::vector<std::string> lease_directories() const;
 
     // The NetworkManager actions for an event, in order ("pre-up", "up"); empty if none.
     std::vector<std::string> actions_for(const NetEvent& event, const State& state);
     // The environment of an action (without PATH, which the Runner passes on).
-    std::vector<std::string> environment(const NetEvent& event, const State& state, const std::string& action) const;
+    std::vector<std::string> environment(const NetEvent& event, const State& state,
+                                         const std::string& action) const;
     // The scripts an action runs, in order.
     std::vector<Script> scripts(const std::string& action) const;
 
@@ -83,8 +85,8 @@ private:
     std::vector<std::string> directories_;
     HostFiles files_;
     std::string machine_id_;
-    std::map<std::string, bool> connected_;  // per namespace: the last connectivity-change sent
-    std::uint64_t no_wait_serial_ = 0;       // a queue of its own for each no-wait run
+    std::map<std::string, bool> connected_;              // per namespace: the last connectivity-change sent
+    std::uint64_t no_wait_serial_ = 0;                   // a queue of its own for each no-wait run
     std::map<std::pair<int, int>, DhcpOptions> leases_;  // (ifindex, 4|6): the options last seen
     void run(const NetEvent& event, const State& state, const std::string& action,
              std::chrono::steady_clock::time_point when, Runner& runner, bool dry_run,

@@ -6,9 +6,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cctype>
 #include <cstdint>
+#include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <iterator>
@@ -55,12 +55,23 @@ std::string join(const std::vector<std::string>& list) {
 
 // The IPv4 options NetworkManager's own DHCP client asks for (nm-dhcp-options.c, `include`),
 // reported to scripts as requested_NAME=1.
-constexpr const char* requested_by_default[] = {
-    "subnet_mask",   "time_offset",   "domain_name_servers", "host_name",
-    "domain_name",   "interface_mtu", "broadcast_address",   "rfc3442_classless_static_routes",
-    "routers",       "static_routes", "nis_domain",          "nis_servers",
-    "ntp_servers",   "domain_search", "ms_classless_static_routes", "wpad",
-    "root_path"};
+constexpr const char* requested_by_default[] = {"subnet_mask",
+                                                "time_offset",
+                                                "domain_name_servers",
+                                                "host_name",
+                                                "domain_name",
+                                                "interface_mtu",
+                                                "broadcast_address",
+                                                "rfc3442_classless_static_routes",
+                                                "routers",
+                                                "static_routes",
+                                                "nis_domain",
+                                                "nis_servers",
+                                                "ntp_servers",
+                                                "domain_search",
+                                                "ms_classless_static_routes",
+                                                "wpad",
+                                                "root_path"};
 
 void add_requested(DhcpOptions& options) {
     if (options.empty()) return;
@@ -72,8 +83,8 @@ bool expired(std::string_view when, long long now) {
     auto parts = words(when);  // "expire", weekday, date, time
     if (parts.size() < 4) return false;
     std::tm tm{};
-    if (std::sscanf((parts[2] + " " + parts[3]).c_str(), "%d/%d/%d %d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+    if (std::sscanf((parts[2] + " " + parts[3]).c_str(), "%d/%d/%d %d:%d:%d", &tm.tm_year, &tm.tm_mon,
+                    &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
         return false;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
@@ -84,11 +95,13 @@ bool expired(std::string_view when, long long now) {
 
 DhcpOptions parse_networkd_lease(std::string_view text) {
     static const std::pair<const char*, const char*> names[] = {
-        {"ADDRESS", "ip_address"},       {"NETMASK", "subnet_mask"},        {"ROUTER", "routers"},
-        {"SERVER_ADDRESS", "dhcp_server_identifier"}, {"NEXT_SERVER", "next_server"},
-        {"BROADCAST", "broadcast_address"}, {"DNS", "domain_name_servers"}, {"NTP", "ntp_servers"},
-        {"DOMAINNAME", "domain_name"},   {"DOMAIN_SEARCH_LIST", "domain_search"}, {"HOSTNAME", "host_name"},
-        {"ROOT_PATH", "root_path"},      {"LIFETIME", "dhcp_lease_time"},   {"T1", "dhcp_renewal_time"},
+        {"ADDRESS", "ip_address"},       {"NETMASK", "subnet_mask"},
+        {"ROUTER", "routers"},           {"SERVER_ADDRESS", "dhcp_server_identifier"},
+        {"NEXT_SERVER", "next_server"},  {"BROADCAST", "broadcast_address"},
+        {"DNS", "domain_name_servers"},  {"NTP", "ntp_servers"},
+        {"DOMAINNAME", "domain_name"},   {"DOMAIN_SEARCH_LIST", "domain_search"},
+        {"HOSTNAME", "host_name"},       {"ROOT_PATH", "root_path"},
+        {"LIFETIME", "dhcp_lease_time"}, {"T1", "dhcp_renewal_time"},
         {"T2", "dhcp_rebinding_time"},   {"MTU", "interface_mtu"}};
     DhcpOptions options;
     for (auto line : lines_of(text)) {
@@ -195,22 +208,39 @@ DhcpOptions parse_bootp_lease(std::string_view bytes) {
         auto value = bytes.substr(at + 2, length);
         at += 2 + length;
         switch (code) {
-            case 1: if (length == 4) options["subnet_mask"] = ipv4(value); break;
+            case 1:
+                if (length == 4) options["subnet_mask"] = ipv4(value);
+                break;
             case 3: options["routers"] = ipv4_list(value); break;
             case 6: options["domain_name_servers"] = ipv4_list(value); break;
             case 12: options["host_name"] = text_of(value); break;
             case 15: options["domain_name"] = text_of(value); break;
-            case 26: if (length == 2) options["interface_mtu"] = fmt::format("{}", (static_cast<unsigned char>(value[0]) << 8) | static_cast<unsigned char>(value[1])); break;
-            case 28: if (length == 4) options["broadcast_address"] = ipv4(value); break;
+            case 26:
+                if (length == 2)
+                    options["interface_mtu"] = fmt::format("{}", (static_cast<unsigned char>(value[0]) << 8) |
+                                                                     static_cast<unsigned char>(value[1]));
+                break;
+            case 28:
+                if (length == 4) options["broadcast_address"] = ipv4(value);
+                break;
             case 42: options["ntp_servers"] = ipv4_list(value); break;
-            case 51: if (length == 4) options["dhcp_lease_time"] = u32(value); break;
-            case 54: if (length == 4) options["dhcp_server_identifier"] = ipv4(value); break;
-            case 58: if (length == 4) options["dhcp_renewal_time"] = u32(value); break;
-            case 59: if (length == 4) options["dhcp_rebinding_time"] = u32(value); break;
+            case 51:
+                if (length == 4) options["dhcp_lease_time"] = u32(value);
+                break;
+            case 54:
+                if (length == 4) options["dhcp_server_identifier"] = ipv4(value);
+                break;
+            case 58:
+                if (length == 4) options["dhcp_renewal_time"] = u32(value);
+                break;
+            case 59:
+                if (length == 4) options["dhcp_rebinding_time"] = u32(value);
+                break;
             default: break;
         }
     }
-    for (auto it = options.begin(); it != options.end();) it = it->second.empty() ? options.erase(it) : std::next(it);
+    for (auto it = options.begin(); it != options.end();)
+        it = it->second.empty() ? options.erase(it) : std::next(it);
     add_requested(options);
     return options;
 }
@@ -221,7 +251,8 @@ Resolver parse_resolv_conf(std::string_view text) {
         auto parts = words(line);
         if (parts.size() < 2 || parts[0][0] == '#' || parts[0][0] == ';') continue;
         if (parts[0] == "nameserver") {
-            (parts[1].find(':') == std::string::npos ? resolver.servers4 : resolver.servers6).push_back(parts[1]);
+            (parts[1].find(':') == std::string::npos ? resolver.servers4 : resolver.servers6)
+                .push_back(parts[1]);
         } else if (parts[0] == "search" || parts[0] == "domain") {
             resolver.domains.assign(parts.begin() + 1, parts.end());  // the last one wins, as in libc
         }
@@ -238,9 +269,11 @@ Resolver parse_resolved_link(std::string_view text) {
                 // "ADDRESS[:PORT][%IFINDEX][#NAME]"; IPv6 with a port is "[ADDR]:PORT".
                 server = server.substr(0, server.find_first_of("%#"));
                 if (!server.empty() && server[0] == '[') server = server.substr(1, server.find(']') - 1);
-                else if (std::count(server.begin(), server.end(), ':') == 1) server = server.substr(0, server.find(':'));
+                else if (std::count(server.begin(), server.end(), ':') == 1)
+                    server = server.substr(0, server.find(':'));
                 if (server.empty()) continue;
-                (server.find(':') == std::string::npos ? resolver.servers4 : resolver.servers6).push_back(server);
+                (server.find(':') == std::string::npos ? resolver.servers4 : resolver.servers6)
+                    .push_back(server);
             }
         } else if (line.rfind("DOMAINS=", 0) == 0) {
             for (auto domain : words(line.substr(8)))
@@ -252,17 +285,20 @@ Resolver parse_resolved_link(std::string_view text) {
 
 DhcpOptions HostFiles::dhcp(const std::string& iface, int ifindex, int family) const {
     if (family == 4) {
-        if (auto options = parse_networkd_lease(read_text(fmt::format("{}/run/systemd/netif/leases/{}", root, ifindex)));
+        if (auto options =
+                parse_networkd_lease(read_text(fmt::format("{}/run/systemd/netif/leases/{}", root, ifindex)));
             !options.empty())
             return options;
-        if (auto options = parse_bootp_lease(read_text(fmt::format("{}/var/lib/dhcpcd/{}.lease", root, iface)));
+        if (auto options =
+                parse_bootp_lease(read_text(fmt::format("{}/var/lib/dhcpcd/{}.lease", root, iface)));
             !options.empty())
             return options;
     }
     const char* base = family == 6 ? "dhclient6" : "dhclient";
     for (const auto& path : {fmt::format("{}/var/lib/dhcp/{}.{}.leases", root, base, iface),
                              fmt::format("{}/var/lib/dhcp/{}.leases", root, base)}) {
-        auto options = parse_dhclient_leases(read_text(path), iface, family, static_cast<long long>(std::time(nullptr)));
+        auto options =
+            parse_dhclient_leases(read_text(path), iface, family, static_cast<long long>(std::time(nullptr)));
         if (!options.empty()) return options;
     }
     return {};

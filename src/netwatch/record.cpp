@@ -40,7 +40,8 @@ Recorder::~Recorder() {
 
 void Recorder::write(RecordKind kind, std::string_view bytes) {
     auto now = std::chrono::system_clock::now().time_since_epoch();
-    std::uint64_t nanoseconds = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
+    std::uint64_t nanoseconds =
+        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
     std::uint32_t length = static_cast<std::uint32_t>(bytes.size());
     auto k = static_cast<std::uint8_t>(kind);
     std::fwrite(&k, 1, 1, file_);
@@ -59,7 +60,9 @@ void Recorder::wifi(const Change& change) {
     nlohmann::json json = {{"kind", change.kind == Change::Kind::wifi_disconnect ? "disconnect"
                                     : change.kind == Change::Kind::wifi_roam     ? "roam"
                                                                                  : "connect"},
-                           {"ifindex", change.wifi.index}, {"ssid", change.wifi.ssid}, {"bssid", change.wifi.bssid},
+                           {"ifindex", change.wifi.index},
+                           {"ssid", change.wifi.ssid},
+                           {"bssid", change.wifi.bssid},
                            {"freq", change.wifi.freq}};
     if (change.wifi.signal) json["signal"] = *change.wifi.signal;
     write(RecordKind::wifi_change, json.dump());
@@ -68,16 +71,19 @@ void Recorder::wifi(const Change& change) {
 std::optional<Record> parse_record(std::string_view data, std::size_t& offset, const std::string& source) {
     if (offset >= data.size()) return std::nullopt;
     constexpr std::size_t head = 1 + 8 + 4;
-    if (data.size() - offset < head) throw InputError(fmt::format("{}: truncated record at byte {}", source, offset));
+    if (data.size() - offset < head)
+        throw InputError(fmt::format("{}: truncated record at byte {}", source, offset));
     Record record;
     auto kind = static_cast<std::uint8_t>(data[offset]);
-    if (kind < 1 || kind > 8) throw InputError(fmt::format("{}: unknown record kind {} at byte {}", source, kind, offset));
+    if (kind < 1 || kind > 8)
+        throw InputError(fmt::format("{}: unknown record kind {} at byte {}", source, kind, offset));
     record.kind = static_cast<RecordKind>(kind);
     std::memcpy(&record.nanoseconds, data.data() + offset + 1, 8);
     std::uint32_t length;
     std::memcpy(&length, data.data() + offset + 9, 4);
     if (data.size() - offset - head < length)
-        throw InputError(fmt::format("{}: record at byte {} claims {} bytes, the file ends first", source, offset, length));
+        throw InputError(fmt::format("{}: record at byte {} claims {} bytes, the file ends first", source,
+                                     offset, length));
     record.bytes.assign(data.data() + offset + head, length);
     offset += head + length;
     if (record.kind == RecordKind::wifi_change) {

@@ -22,13 +22,20 @@
 namespace ktricks::netwatch {
 
 enum class RecordKind : std::uint8_t {
-    event = 1, dump_begin, dump, dump_end, overrun, wifi_event, wifi_query, wifi_change
+    event = 1,
+    dump_begin,
+    dump,
+    dump_end,
+    overrun,
+    wifi_event,
+    wifi_query,
+    wifi_change
 };
 struct Record {
-    static constexpr RecordKind event = RecordKind::event, dump_begin = RecordKind::dump_begin, dump = RecordKind::dump,
-                                dump_end = RecordKind::dump_end, overrun = RecordKind::overrun,
-                                wifi_event = RecordKind::wifi_event, wifi_query = RecordKind::wifi_query,
-                                wifi_change = RecordKind::wifi_change;
+    static constexpr RecordKind event = RecordKind::event, dump_begin = RecordKind::dump_begin,
+                                dump = RecordKind::dump, dump_end = RecordKind::dump_end,
+                                overrun = RecordKind::overrun, wifi_event = RecordKind::wifi_event,
+                                wifi_query = RecordKind::wifi_query, wifi_change = RecordKind::wifi_change;
     RecordKind kind = RecordKind::event;
     std::uint64_t nanoseconds = 0;
     std::string bytes;  // aligned copy for message()

@@ -5,13 +5,13 @@
 
 #include <fmt/format.h>
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
@@ -22,9 +22,10 @@ namespace ktricks::netwatch {
 
 const std::vector<std::string>& event_types() {
     static const std::vector<std::string> types = {
-        "link-add",   "link-remove",  "link-up",     "link-down",   "link-rename",
-        "addr-add",   "addr-remove",  "route-add",   "route-remove", "default-route-change",
-        "online",     "offline",      "wifi-connect", "wifi-disconnect", "wifi-roam", "resync"};
+        "link-add", "link-remove", "link-up",      "link-down",       "link-rename",
+        "addr-add", "addr-remove", "route-add",    "route-remove",    "default-route-change",
+        "online",   "offline",     "wifi-connect", "wifi-disconnect", "wifi-roam",
+        "resync"};
     return types;
 }
 
@@ -66,7 +67,8 @@ namespace {
 const char* const filter_keys[] = {"iface", "ssid", "bssid", "family", "addr", "netns"};
 
 bool known_filter(std::string_view key) {
-    return std::any_of(std::begin(filter_keys), std::end(filter_keys), [&](const char* k) { return key == k; });
+    return std::any_of(std::begin(filter_keys), std::end(filter_keys),
+                       [&](const char* k) { return key == k; });
 }
 
 // "10.0.0.0/8" or "fe80::/10" (a bare address means the full length).
@@ -126,7 +128,8 @@ std::string check_filter(const Rule::Filter& filter) {
     if (filter.key == "family" && filter.pattern != "inet" && filter.pattern != "inet6")
         return fmt::format("family=\"{}\": expected inet or inet6", printable(filter.pattern));
     if (filter.key == "addr" && !parse_cidr(filter.pattern))
-        return fmt::format("addr=\"{}\": expected an address or CIDR like 192.168.1.0/24", printable(filter.pattern));
+        return fmt::format("addr=\"{}\": expected an address or CIDR like 192.168.1.0/24",
+                           printable(filter.pattern));
     return {};
 }
 
@@ -148,11 +151,11 @@ std::optional<long long> parse_count(std::string_view text) {
 }  // namespace
 
 bool Rule::matches(const NetEvent& event) const {
-    bool type_ok = std::any_of(events.begin(), events.end(), [&](const std::string& type) {
-        return type == "*" || type == event.type;
-    });
+    bool type_ok = std::any_of(events.begin(), events.end(),
+                               [&](const std::string& type) { return type == "*" || type == event.type; });
     if (!type_ok) return false;
-    return std::all_of(filters.begin(), filters.end(), [&](const Filter& filter) { return filter_matches(filter, event); });
+    return std::all_of(filters.begin(), filters.end(),
+                       [&](const Filter& filter) { return filter_matches(filter, event); });
 }
 
 Rule parse_inline_rule(std::string_view on, std::string_view command, int number) {
@@ -186,7 +189,8 @@ Rule parse_inline_rule(std::string_view on, std::string_view command, int number
             auto value = parse_count(filter.pattern);
             if (!value || filter.negate) throw fail(fmt::format("{}: expected a whole number", filter.key));
             if (filter.key == "debounce_ms") rule.debounce = std::chrono::milliseconds(*value);
-            else rule.timeout = std::chrono::seconds(*value);
+            else
+                rule.timeout = std::chrono::seconds(*value);
             continue;
         }
         if (auto problem = check_filter(filter); !problem.empty()) throw fail(problem);
@@ -200,8 +204,8 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
     try {
         document = toml::parse(text, source_name);
     } catch (const toml::parse_error& error) {
-        throw DataError(fmt::format("{}:{}: {}", source_name, error.source().begin.line,
-                                     printable(error.description())));
+        throw DataError(
+            fmt::format("{}:{}: {}", source_name, error.source().begin.line, printable(error.description())));
     }
     auto fail = [&](const toml::node& node, const std::string& problem) {
         return DataError(fmt::format("{}:{}: {}", source_name, node.source().begin.line, problem));
@@ -209,7 +213,8 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
     std::vector<Rule> rules;
     for (const auto& [key, value] : document) {
         if (key.str() != "rule")
-            throw fail(value, fmt::format("unknown table \"{}\" (rules are [[rule]] entries)", printable(key.str())));
+            throw fail(value, fmt::format("unknown table \"{}\" (rules are [[rule]] entries)",
+                                          printable(key.str())));
     }
     auto* list = document["rule"].as_array();
     if (!list) {
@@ -252,14 +257,18 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
                 if (rule.command.empty()) throw fail(node, "\"run\" is empty");
             } else if (key == "debounce_ms") {
                 auto* n = node.as_integer();
-                if (!n || n->get() < 0) throw fail(node, "\"debounce_ms\" must be a whole number of milliseconds >= 0");
+                if (!n || n->get() < 0)
+                    throw fail(node, "\"debounce_ms\" must be a whole number of milliseconds >= 0");
                 rule.debounce = std::chrono::milliseconds(n->get());
             } else if (key == "timeout") {
                 double seconds;
                 if (auto* i = node.as_integer()) seconds = static_cast<double>(i->get());
-                else if (auto* f = node.as_floating_point()) seconds = f->get();
-                else throw fail(node, "\"timeout\" must be a number of seconds");
-                if (!(seconds > 0) || seconds > 86400) throw fail(node, "\"timeout\" must be between 0 and 86400 seconds");
+                else if (auto* f = node.as_floating_point())
+                    seconds = f->get();
+                else
+                    throw fail(node, "\"timeout\" must be a number of seconds");
+                if (!(seconds > 0) || seconds > 86400)
+                    throw fail(node, "\"timeout\" must be between 0 and 86400 seconds");
                 rule.timeout = round_to_ms(seconds);
             } else if (key == "in_netns") {
                 auto* b = node.as_boolean();
@@ -269,9 +278,10 @@ std::vector<Rule> parse_rules(std::string_view text, const std::string& source_n
                 Rule::Filter filter;
                 filter.key = key;
                 if (!known_filter(key))
-                    throw fail(node, fmt::format("unknown key \"{}\" (expected on, run, name, debounce_ms, timeout, "
-                                                 "in_netns, or a filter: iface ssid bssid family addr netns)",
-                                                 printable(key)));
+                    throw fail(
+                        node, fmt::format("unknown key \"{}\" (expected on, run, name, debounce_ms, timeout, "
+                                          "in_netns, or a filter: iface ssid bssid family addr netns)",
+                                          printable(key)));
                 filter.pattern = string_value();
                 if (!filter.pattern.empty() && filter.pattern[0] == '!') {
                     filter.negate = true;

@@ -21,7 +21,8 @@ std::string family_name(int family) {
 }
 
 std::string operstate_name(int operstate) {
-    static const char* const names[] = {"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"};
+    static const char* const names[] = {"unknown", "notpresent", "down", "lowerlayerdown",
+                                        "testing", "dormant",    "up"};
     if (operstate >= 0 && operstate < 7) return names[operstate];
     return fmt::format("{}", operstate);
 }
@@ -47,7 +48,9 @@ const Route* State::default_route(int family) const {
     auto it = routes.lower_bound({family, RT_TABLE_MAIN, std::string(), 0, 0, INT_MIN, std::string()});
     for (; it != routes.end(); ++it) {
         const Route& route = it->second;
-        if (route.family != family || route.table != RT_TABLE_MAIN || !route.dst.empty() || route.dst_len != 0) break;
+        if (route.family != family || route.table != RT_TABLE_MAIN || !route.dst.empty() ||
+            route.dst_len != 0)
+            break;
         if (!route.is_default()) continue;
         if (!best || route.priority < best->priority) best = &route;
     }
@@ -99,7 +102,8 @@ static void describe_link(NetEvent& event, const Link& link) {
     if (!link.kind.empty()) event.fields["kind"] = link.kind;
 }
 
-void State::link_change(const Link* before, const Link* after, std::vector<NetEvent>& events, EventFlags flags) {
+void State::link_change(const Link* before, const Link* after, std::vector<NetEvent>& events,
+                        EventFlags flags) {
     const Link& current = after ? *after : *before;
     auto emit = [&](const char* type) {
         NetEvent event = make(type, current.index, flags);
@@ -129,20 +133,21 @@ void State::address_change(const Address* before, const Address* after, std::vec
     event.fields["addr"] = current.address;
     event.fields["prefixlen"] = current.prefixlen;
     event.fields["scope"] = current.scope == RT_SCOPE_UNIVERSE ? "global"
-                            : current.scope == RT_SCOPE_LINK ? "link"
-                            : current.scope == RT_SCOPE_HOST ? "host"
-                                                             : fmt::format("{}", current.scope);
+                            : current.scope == RT_SCOPE_LINK   ? "link"
+                            : current.scope == RT_SCOPE_HOST   ? "host"
+                                                               : fmt::format("{}", current.scope);
     events.push_back(std::move(event));
 }
 
-void State::route_change(const Route* before, const Route* after, std::vector<NetEvent>& events, EventFlags flags,
-                         bool derived) {
+void State::route_change(const Route* before, const Route* after, std::vector<NetEvent>& events,
+                         EventFlags flags, bool derived) {
     if (before && after) return;  // same key: a metric or flag update
     const Route& current = after ? *after : *before;
     NetEvent event = make(after ? "route-add" : "route-remove", current.oif, flags);
     event.derived = derived;
     event.fields["family"] = family_name(current.family);
-    event.fields["dst"] = current.dst.empty() ? "default" : fmt::format("{}/{}", current.dst, current.dst_len);
+    event.fields["dst"] =
+        current.dst.empty() ? "default" : fmt::format("{}/{}", current.dst, current.dst_len);
     if (!current.gateway.empty()) event.fields["gateway"] = current.gateway;
     if (!current.prefsrc.empty()) event.fields["prefsrc"] = current.prefsrc;
     event.fields["table"] = current.table;
@@ -286,8 +291,8 @@ void State::apply(const Change& change, std::vector<NetEvent>& events, EventFlag
             std::optional<Wifi> old;
             if (it != wifi.end()) old = it->second;
             wifi[index] = change.wifi;
-            NetEvent event = make(roam || (old && old->ssid == change.wifi.ssid) ? "wifi-roam" : "wifi-connect",
-                                  index, flags);
+            NetEvent event = make(
+                roam || (old && old->ssid == change.wifi.ssid) ? "wifi-roam" : "wifi-connect", index, flags);
             event.fields["ssid"] = change.wifi.ssid;
             event.fields["bssid"] = change.wifi.bssid;
             if (change.wifi.freq) event.fields["freq"] = change.wifi.freq;

@@ -19,11 +19,11 @@ namespace ktricks::netwatch {
 struct Link {
     int index = 0;
     std::string name;
-    unsigned flags = 0;        // IFF_*
-    int operstate = 0;         // IF_OPER_*
-    bool carrier = false;      // IFF_LOWER_UP
+    unsigned flags = 0;    // IFF_*
+    int operstate = 0;     // IF_OPER_*
+    bool carrier = false;  // IFF_LOWER_UP
     std::string mac;
-    std::string kind;          // IFLA_INFO_KIND: veth, bridge, ...
+    std::string kind;  // IFLA_INFO_KIND: veth, bridge, ...
     // "up" for rules: administratively up, carrier, and the kernel's RFC 2863 state not down.
     bool usable() const noexcept;
     bool operator==(const Link&) const = default;
@@ -31,11 +31,11 @@ struct Link {
 
 struct Address {
     int index = 0;
-    int family = 0;            // AF_INET / AF_INET6
-    std::string address;       // text form
+    int family = 0;       // AF_INET / AF_INET6
+    std::string address;  // text form
     int prefixlen = 0;
-    int scope = 0;             // RT_SCOPE_*
-    unsigned flags = 0;        // IFA_F_*
+    int scope = 0;       // RT_SCOPE_*
+    unsigned flags = 0;  // IFA_F_*
     auto key() const { return std::tie(index, family, address, prefixlen); }
     bool operator==(const Address&) const = default;
 };
@@ -43,13 +43,13 @@ struct Address {
 struct Route {
     int family = 0;
     std::uint32_t table = 0;
-    std::string dst;           // "" for the default route
+    std::string dst;  // "" for the default route
     int dst_len = 0;
     std::string gateway;
     std::string prefsrc;
     int oif = 0;
     std::uint32_t priority = 0;
-    int type = 0;              // RTN_*
+    int type = 0;  // RTN_*
     int protocol = 0;
     int scope = 0;
     auto key() const { return std::tie(family, table, dst, dst_len, priority, oif, gateway); }
@@ -61,14 +61,22 @@ struct Wifi {
     int index = 0;
     std::string ssid;
     std::string bssid;
-    int freq = 0;                  // MHz, 0 if unknown
-    std::optional<int> signal;     // dBm
+    int freq = 0;               // MHz, 0 if unknown
+    std::optional<int> signal;  // dBm
     bool operator==(const Wifi&) const = default;
 };
 
 // One decoded netlink message: which object, and whether it is new (or changed) or gone.
 struct Change {
-    enum class Kind { link, address, route, wifi_connect, wifi_disconnect, wifi_roam, none } kind = Kind::none;
+    enum class Kind {
+        link,
+        address,
+        route,
+        wifi_connect,
+        wifi_disconnect,
+        wifi_roam,
+        none
+    } kind = Kind::none;
     bool removed = false;
     Link link;
     Address address;
@@ -106,10 +114,12 @@ public:
 private:
     NetEvent make(std::string type, int index, EventFlags flags) const;
     void link_change(const Link* before, const Link* after, std::vector<NetEvent>& events, EventFlags flags);
-    void address_change(const Address* before, const Address* after, std::vector<NetEvent>& events, EventFlags flags);
-    void route_change(const Route* before, const Route* after, std::vector<NetEvent>& events, EventFlags flags,
-                      bool derived = false);
-    void flush_ipv4_routes(int index, const std::string* prefsrc, std::vector<NetEvent>& events, EventFlags flags);
+    void address_change(const Address* before, const Address* after, std::vector<NetEvent>& events,
+                        EventFlags flags);
+    void route_change(const Route* before, const Route* after, std::vector<NetEvent>& events,
+                      EventFlags flags, bool derived = false);
+    void flush_ipv4_routes(int index, const std::string* prefsrc, std::vector<NetEvent>& events,
+                           EventFlags flags);
     // Default-route and online/offline events for what changed since the snapshot.
     struct Derived {
         std::optional<Route> default4, default6;

@@ -14,22 +14,22 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
-#include "ktricks/core/service.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
+#include "ktricks/core/runner.hpp"
+#include "ktricks/core/service.hpp"
 #include "ktricks/netlink.hpp"
 #include "ktricks/netwatch.hpp"
 #include "netwatch/decode.hpp"
 #include "netwatch/dispatcher.hpp"
 #include "netwatch/record.hpp"
-#include "ktricks/core/runner.hpp"
 #include "netwatch/state.hpp"
 
 namespace ktricks::netwatch {
@@ -39,8 +39,8 @@ using Clock = std::chrono::steady_clock;
 
 const char* opposite(const std::string& type) {
     static const std::pair<const char*, const char*> pairs[] = {
-        {"link-up", "link-down"},   {"link-add", "link-remove"},   {"addr-add", "addr-remove"},
-        {"route-add", "route-remove"}, {"online", "offline"}, {"wifi-connect", "wifi-disconnect"}};
+        {"link-up", "link-down"},      {"link-add", "link-remove"}, {"addr-add", "addr-remove"},
+        {"route-add", "route-remove"}, {"online", "offline"},       {"wifi-connect", "wifi-disconnect"}};
     for (auto [a, b] : pairs) {
         if (type == a) return b;
         if (type == b) return a;
@@ -178,8 +178,10 @@ void Watcher::Impl::open_rtnl(Namespace& ns) {
     ns.rtnl.emplace(open_socket(ns, NETLINK_ROUTE));
     auto& socket = *ns.rtnl;
     // Subscribe before dumping: a change between dump and subscription would otherwise be lost.
-    for (auto [group, name] : {std::pair{RTNLGRP_LINK, "link"}, {RTNLGRP_IPV4_IFADDR, "ipv4-ifaddr"},
-                               {RTNLGRP_IPV6_IFADDR, "ipv6-ifaddr"}, {RTNLGRP_IPV4_ROUTE, "ipv4-route"},
+    for (auto [group, name] : {std::pair{RTNLGRP_LINK, "link"},
+                               {RTNLGRP_IPV4_IFADDR, "ipv4-ifaddr"},
+                               {RTNLGRP_IPV6_IFADDR, "ipv6-ifaddr"},
+                               {RTNLGRP_IPV4_ROUTE, "ipv4-route"},
                                {RTNLGRP_IPV6_ROUTE, "ipv6-route"}})
         socket.subscribe(group, name);
     socket.set_receive_buffer(options_.receive_buffer > 0 ? static_cast<std::size_t>(options_.receive_buffer)
@@ -246,7 +248,8 @@ void Watcher::Impl::resync(Namespace& ns, Clock::time_point when) {
     // the ones that were dropped: applied after the dump, the stale ones would undo it. Every
     // message queued from here on is newer than this point, so applying those afterwards converges.
     int drained = 0;
-    while (ns.rtnl->receive([&](const nlmsghdr&) { return ++drained, true; }) != netlink::Received::would_block) {}
+    while (ns.rtnl->receive([&](const nlmsghdr&) { return ++drained, true; }) !=
+           netlink::Received::would_block) {}
     State fresh;
     try {
         fresh = dump_rtnl(ns);
@@ -254,7 +257,8 @@ void Watcher::Impl::resync(Namespace& ns, Clock::time_point when) {
         // Under a storm of changes a dump can be interrupted again and again (NLM_F_DUMP_INTR);
         // keep applying events and try again shortly, never give up on the cache silently.
         log_warning("resync after overrun: {}; retrying", error.what());
-        ns.resync_retry = loop_.add_timer(std::chrono::milliseconds(200), [this, &ns] { resync(ns, Clock::now()); });
+        ns.resync_retry =
+            loop_.add_timer(std::chrono::milliseconds(200), [this, &ns] { resync(ns, Clock::now()); });
         return;
     }
     std::vector<NetEvent> events;
@@ -299,29 +303,36 @@ std::optional<Wifi> Watcher::Impl::query_wifi(int ifindex, const std::string& bs
         netlink::Request request(static_cast<std::uint16_t>(nl80211_id_), 0);
         request.put_header(genlmsghdr{NL80211_CMD_GET_INTERFACE, 0, 0});
         mnl_attr_put_u32(request.header(), NL80211_ATTR_IFINDEX, static_cast<std::uint32_t>(ifindex));
-        nl80211_query_->transact(request, [&](const nlmsghdr& message) {
-            if (recorder_) recorder_->message(Record::wifi_query, message);
-            if (auto decoded = decode_nl80211(&message)) {
-                station = decoded->iftype == NL80211_IFTYPE_STATION || decoded->iftype == NL80211_IFTYPE_P2P_CLIENT;
-                wifi.ssid = decoded->ssid;
-                if (decoded->freq) wifi.freq = decoded->freq;
-            }
-            return true;
-        }, "nl80211 get interface");
+        nl80211_query_->transact(
+            request,
+            [&](const nlmsghdr& message) {
+                if (recorder_) recorder_->message(Record::wifi_query, message);
+                if (auto decoded = decode_nl80211(&message)) {
+                    station = decoded->iftype == NL80211_IFTYPE_STATION ||
+                              decoded->iftype == NL80211_IFTYPE_P2P_CLIENT;
+                    wifi.ssid = decoded->ssid;
+                    if (decoded->freq) wifi.freq = decoded->freq;
+                }
+                return true;
+            },
+            "nl80211 get interface");
         netlink::Request scan(static_cast<std::uint16_t>(nl80211_id_), 0);
         scan.put_header(genlmsghdr{NL80211_CMD_GET_SCAN, 0, 0});
         mnl_attr_put_u32(scan.header(), NL80211_ATTR_IFINDEX, static_cast<std::uint32_t>(ifindex));
-        nl80211_query_->dump(scan, [&](const nlmsghdr& message) {
-            if (recorder_) recorder_->message(Record::wifi_query, message);
-            auto decoded = decode_nl80211(&message);
-            if (!decoded || !decoded->bss_associated) return true;
-            if (wifi.bssid.empty()) wifi.bssid = decoded->bss_bssid;
-            if (decoded->bss_bssid != wifi.bssid) return true;
-            if (wifi.ssid.empty()) wifi.ssid = decoded->bss_ssid;
-            if (decoded->bss_freq) wifi.freq = decoded->bss_freq;
-            wifi.signal = decoded->bss_signal;
-            return true;
-        }, "nl80211 get scan");
+        nl80211_query_->dump(
+            scan,
+            [&](const nlmsghdr& message) {
+                if (recorder_) recorder_->message(Record::wifi_query, message);
+                auto decoded = decode_nl80211(&message);
+                if (!decoded || !decoded->bss_associated) return true;
+                if (wifi.bssid.empty()) wifi.bssid = decoded->bss_bssid;
+                if (decoded->bss_bssid != wifi.bssid) return true;
+                if (wifi.ssid.empty()) wifi.ssid = decoded->bss_ssid;
+                if (decoded->bss_freq) wifi.freq = decoded->bss_freq;
+                wifi.signal = decoded->bss_signal;
+                return true;
+            },
+            "nl80211 get scan");
     } catch (const std::system_error&) {
         return std::nullopt;  // the interface went away meanwhile
     }
@@ -334,11 +345,15 @@ void Watcher::Impl::dump_wifi(State& into) {
     try {
         netlink::Request request(static_cast<std::uint16_t>(nl80211_id_), 0);
         request.put_header(genlmsghdr{NL80211_CMD_GET_INTERFACE, 0, 0});
-        nl80211_query_->dump(request, [&](const nlmsghdr& message) {
-            auto decoded = decode_nl80211(&message);
-            if (decoded && decoded->iftype == NL80211_IFTYPE_STATION && decoded->ifindex) stations.push_back(decoded->ifindex);
-            return true;
-        }, "nl80211 dump interfaces");
+        nl80211_query_->dump(
+            request,
+            [&](const nlmsghdr& message) {
+                auto decoded = decode_nl80211(&message);
+                if (decoded && decoded->iftype == NL80211_IFTYPE_STATION && decoded->ifindex)
+                    stations.push_back(decoded->ifindex);
+                return true;
+            },
+            "nl80211 dump interfaces");
     } catch (const std::system_error&) {
         return;
     }
@@ -373,7 +388,8 @@ void Watcher::Impl::read_nl80211() {
                     if (message.status && *message.status != 0) continue;  // a failed attempt
                     auto wifi = query_wifi(message.ifindex, message.mac);
                     if (!wifi) continue;
-                    change.kind = message.command == NL80211_CMD_ROAM ? Change::Kind::wifi_roam : Change::Kind::wifi_connect;
+                    change.kind = message.command == NL80211_CMD_ROAM ? Change::Kind::wifi_roam
+                                                                      : Change::Kind::wifi_connect;
                     change.wifi = *wifi;
                     break;
                 }
@@ -428,8 +444,8 @@ void Watcher::Impl::handle(const NetEvent& event, Clock::time_point when) {
         });
     }
     if (dispatcher_)
-        dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run, callbacks_.on_dry_run,
-                            options_.exec_timeout);
+        dispatcher_->handle(event, state_of(event.netns), when, runner_, options_.dry_run,
+                            callbacks_.on_dry_run, options_.exec_timeout);
 }
 
 // DHCP clients write their lease files next to the address change (dhclient after it), and NetworkManager's
@@ -440,23 +456,26 @@ void Watcher::Impl::watch_leases() {
     lease_watch_ = Fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
     if (!lease_watch_) throw_errno("inotify_init1", "DHCP lease folders");
     for (const auto& folder : folders)
-        if (::inotify_add_watch(lease_watch_.get(), folder.c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY) < 0)
+        if (::inotify_add_watch(lease_watch_.get(), folder.c_str(),
+                                IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY) < 0)
             log_warning("cannot watch {} for DHCP leases: {}", printable(folder), std::strerror(errno));
     lease_source_ = loop_.add_fd(lease_watch_.get(), EPOLLIN, [this](std::uint32_t) {
         alignas(inotify_event) char buffer[4096];
         bool changed = false;
         while (::read(lease_watch_.get(), buffer, sizeof buffer) > 0) changed = true;
         if (changed)
-            dispatcher_->leases_changed(state_, Clock::now(), runner_, options_.dry_run, callbacks_.on_dry_run,
-                                        options_.exec_timeout);
+            dispatcher_->leases_changed(state_, Clock::now(), runner_, options_.dry_run,
+                                        callbacks_.on_dry_run, options_.exec_timeout);
     });
 }
 
 void Watcher::Impl::run_rule(std::size_t index, const NetEvent& event, Clock::time_point when) {
     const Rule& rule = options_.rules[index];
-    std::string label = fmt::format("{} ({} {})", rule.name, event.type, event.iface.empty() ? "-" : event.iface);
+    std::string label =
+        fmt::format("{} ({} {})", rule.name, event.type, event.iface.empty() ? "-" : event.iface);
     if (options_.dry_run) {
-        if (callbacks_.on_dry_run) callbacks_.on_dry_run(fmt::format("would run {}: {}", label, rule.command));
+        if (callbacks_.on_dry_run)
+            callbacks_.on_dry_run(fmt::format("would run {}: {}", label, rule.command));
         return;
     }
     Job job;
@@ -484,9 +503,7 @@ void Watcher::Impl::replay() {
     while (auto record = player.next()) {
         std::vector<NetEvent> events;
         switch (record->kind) {
-            case Record::dump_begin:
-                fresh.emplace();
-                break;
+            case Record::dump_begin: fresh.emplace(); break;
             case Record::dump:
                 if (fresh) {
                     std::vector<NetEvent> ignored;
@@ -500,12 +517,8 @@ void Watcher::Impl::replay() {
                 first_dump = false;
                 fresh.reset();
                 break;
-            case Record::event:
-                state_.apply(decode_rtnl(record->message()), events);
-                break;
-            case Record::wifi_change:
-                state_.apply(record->change, events);
-                break;
+            case Record::event: state_.apply(decode_rtnl(record->message()), events); break;
+            case Record::wifi_change: state_.apply(record->change, events); break;
             default: break;
         }
         emit(events);
@@ -538,11 +551,13 @@ void Watcher::Impl::start() {
         std::vector<NetEvent> events;
         ns->state.resync(fresh, events, {.initial = true, .resync = false});
         if (options_.initial) emit(events);
-        ns->source = loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
+        ns->source =
+            loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
     }
     if (dispatcher_) watch_leases();
     if (nl80211_events_)
-        nl80211_source_ = loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
+        nl80211_source_ =
+            loop_.add_fd(nl80211_events_->fd(), EPOLLIN, [this](std::uint32_t) { read_nl80211(); });
     // Messages that arrived during the dumps are waiting; apply them now.
     for (auto& ns : namespaces_) read_rtnl(*ns);
     if (nl80211_events_) read_nl80211();

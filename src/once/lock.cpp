@@ -51,11 +51,13 @@ enum class Connect { connected, refused, backlog_full, not_a_lock };
 
 Connect connect_to(const LockName& name, Fd& out) {
     out = seqpacket_socket(name, true);
-    if (::connect(out.get(), name.address().sockaddr_ptr(), name.address().length()) == 0) return Connect::connected;
+    if (::connect(out.get(), name.address().sockaddr_ptr(), name.address().length()) == 0)
+        return Connect::connected;
     switch (errno) {
         case ECONNREFUSED: return Connect::refused;  // free, or bound and not (yet) listening
         case EAGAIN: return Connect::backlog_full;
-        case EPROTOTYPE: return Connect::not_a_lock;  // a socket of another type (not seen for abstract names)
+        case EPROTOTYPE:
+            return Connect::not_a_lock;  // a socket of another type (not seen for abstract names)
         default: throw_errno("connect", name.socket_name());
     }
 }
@@ -117,7 +119,8 @@ void send_reply(int fd, Delivery delivery, std::string_view reason = {}) {
 }  // namespace
 
 std::string Holder::describe() const {
-    std::string who = pid > 0 ? fmt::format("pid {}", pid) : std::string("a process in another pid namespace");
+    std::string who =
+        pid > 0 ? fmt::format("pid {}", pid) : std::string("a process in another pid namespace");
     if (squatted) who += fmt::format(" uid {}", uid);
     if (!command.empty()) who += fmt::format(" ({})", shell_join(command));
     if (!accepting) who = "a socket that accepts no connections (not a ktricks lock)";
@@ -238,7 +241,8 @@ struct Lock::State {
             drop_peer(fd);
             return;
         }
-        if (received.size == 0 && received.fds.empty()) {  // the peer closed: a waiter gave up or a query ended
+        if (received.size == 0 &&
+            received.fds.empty()) {  // the peer closed: a waiter gave up or a query ended
             drop_peer(fd);
             return;
         }
@@ -249,13 +253,15 @@ struct Lock::State {
         ucred credentials = peer_credentials(fd);
         // Abstract names have no file permissions: anyone in the network namespace can connect.
         if (squats(name, credentials.uid) && credentials.uid != 0) {
-            send_reply(fd, Delivery::refused, fmt::format("uid {} may not message a lock of uid {}", credentials.uid,
-                                                          *name.expected_uid()));
+            send_reply(fd, Delivery::refused,
+                       fmt::format("uid {} may not message a lock of uid {}", credentials.uid,
+                                   *name.expected_uid()));
             return;
         }
         Message message;
         try {
-            message = Message::from_json(std::string_view(reinterpret_cast<const char*>(buffer.data()), received.size));
+            message = Message::from_json(
+                std::string_view(reinterpret_cast<const char*>(buffer.data()), received.size));
         } catch (const InputError& error) {
             send_reply(fd, Delivery::refused, error.what());
             return;
@@ -326,22 +332,25 @@ std::optional<Lock> Lock::acquire(const LockName& name, std::optional<std::chron
     }
 }
 
-Delivery send(const LockName& name, const std::vector<std::string>& args, bool stdio, std::chrono::milliseconds timeout,
-              int* exit_status) {
+Delivery send(const LockName& name, const std::vector<std::string>& args, bool stdio,
+              std::chrono::milliseconds timeout, int* exit_status) {
     Fd connection;
     Connect result = connect_to(name, connection);
-    if (result == Connect::refused) throw_error(ECONNREFUSED, "send", fmt::format("{}: nobody holds the lock", name.name()));
+    if (result == Connect::refused)
+        throw_error(ECONNREFUSED, "send", fmt::format("{}: nobody holds the lock", name.name()));
     if (result != Connect::connected)
         throw BusyError(fmt::format("send {}: the holder does not accept connections", name.name()));
     ucred holder_credentials = peer_credentials(connection.get());
     if (squats(name, holder_credentials.uid))
-        throw_error(EPERM, "send", fmt::format("{}: held by uid {}, not uid {} (squatted); not sending", name.name(),
-                                               holder_credentials.uid, *name.expected_uid()));
+        throw_error(EPERM, "send",
+                    fmt::format("{}: held by uid {}, not uid {} (squatted); not sending", name.name(),
+                                holder_credentials.uid, *name.expected_uid()));
     char cwd[PATH_MAX];
     nlohmann::json request{{"cwd", ::getcwd(cwd, sizeof(cwd)) ? cwd : ""}, {"args", args}, {"stdio", stdio}};
     std::string text = request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     if (text.size() > max_message_bytes)
-        throw InputError(fmt::format("message is {} bytes; at most {} can be sent", text.size(), max_message_bytes));
+        throw InputError(
+            fmt::format("message is {} bytes; at most {} can be sent", text.size(), max_message_bytes));
 
     Fd reply_read, reply_write;
     std::vector<int> fds;
@@ -362,18 +371,25 @@ Delivery send(const LockName& name, const std::vector<std::string>& args, bool s
         ready = ::poll(&poll_fd, 1, static_cast<int>(timeout.count()));
     } while (ready < 0 && errno == EINTR);
     if (ready == 0)
-        throw BusyError(fmt::format("send {}: the holder, {}, did not answer within {} ms (it may not serve messages)",
-                                    name.name(), holder_of(name, connection.get()).describe(), timeout.count()));
+        throw BusyError(
+            fmt::format("send {}: the holder, {}, did not answer within {} ms (it may not serve messages)",
+                        name.name(), holder_of(name, connection.get()).describe(), timeout.count()));
     char answer[512];
     ssize_t got = ::recv(connection.get(), answer, sizeof(answer), 0);
-    if (got <= 0) throw BusyError(fmt::format("send {}: the holder closed the connection without answering", name.name()));
-    auto reply = nlohmann::json::parse(std::string_view(answer, static_cast<std::size_t>(got)), nullptr, false);
+    if (got <= 0)
+        throw BusyError(
+            fmt::format("send {}: the holder closed the connection without answering", name.name()));
+    auto reply =
+        nlohmann::json::parse(std::string_view(answer, static_cast<std::size_t>(got)), nullptr, false);
     std::string verdict = reply.is_object() && reply.contains("result") && reply["result"].is_string()
-                              ? reply["result"].get<std::string>() : "";
+                              ? reply["result"].get<std::string>()
+                              : "";
     Delivery delivery = Delivery::refused;
-    for (auto candidate : {Delivery::delivered, Delivery::no_inbox, Delivery::inbox_full, Delivery::inbox_closed})
+    for (auto candidate :
+         {Delivery::delivered, Delivery::no_inbox, Delivery::inbox_full, Delivery::inbox_closed})
         if (verdict == to_string(candidate)) delivery = candidate;
-    if (delivery == Delivery::refused && reply.is_object() && reply.contains("reason") && reply["reason"].is_string())
+    if (delivery == Delivery::refused && reply.is_object() && reply.contains("reason") &&
+        reply["reason"].is_string())
         throw InputError(fmt::format("send {}: the holder refused the message: {}", name.name(),
                                      reply["reason"].get<std::string>()));
 
@@ -430,17 +446,20 @@ std::optional<Message> receive(int inbox_fd) {
     std::vector<std::byte> buffer(max_message_bytes + 256);
     ReceivedMessage received = recv_fds(inbox_fd, buffer, message_fds);
     if (received.size == 0 && received.fds.empty()) return std::nullopt;
-    Message message = Message::from_json(std::string_view(reinterpret_cast<const char*>(buffer.data()), received.size));
+    Message message =
+        Message::from_json(std::string_view(reinterpret_cast<const char*>(buffer.data()), received.size));
     message.fds = std::move(received.fds);
     return message;
 }
 
 int inbox_fd_from_environment() {
     const char* text = ::getenv("KTRICKS_INBOX_FD");
-    if (!text || !*text) throw InputError("KTRICKS_INBOX_FD is not set (start the program with ktricks once --inbox)");
+    if (!text || !*text)
+        throw InputError("KTRICKS_INBOX_FD is not set (start the program with ktricks once --inbox)");
     char* end = nullptr;
     long fd = std::strtol(text, &end, 10);
-    if (*end || fd < 0 || fd > INT_MAX) throw InputError(fmt::format("KTRICKS_INBOX_FD=\"{}\" is not a descriptor number", text));
+    if (*end || fd < 0 || fd > INT_MAX)
+        throw InputError(fmt::format("KTRICKS_INBOX_FD=\"{}\" is not a descriptor number", text));
     int type = 0;
     socklen_t length = sizeof(type);
     if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &length) < 0 || type != SOCK_SEQPACKET)

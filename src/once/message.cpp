@@ -12,7 +12,8 @@ namespace ktricks::once {
 
 std::string Message::to_json_line() const {
     // ordered_json: the record's keys come in the documented order (nlohmann::json would sort them).
-    nlohmann::ordered_json json{{"pid", pid}, {"uid", uid}, {"gid", gid}, {"cwd", cwd}, {"args", args}, {"stdio", has_stdio()}};
+    nlohmann::ordered_json json{{"pid", pid}, {"uid", uid},   {"gid", gid},
+                                {"cwd", cwd}, {"args", args}, {"stdio", has_stdio()}};
     return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
@@ -29,7 +30,8 @@ Message Message::from_json(std::string_view text) {
         auto it = json.find(key);
         if (it == json.end()) return;
         using Field = std::remove_reference_t<decltype(out)>;
-        if (!it->is_number_unsigned()) throw InputError(fmt::format("message field \"{}\" is not a whole number", key));
+        if (!it->is_number_unsigned())
+            throw InputError(fmt::format("message field \"{}\" is not a whole number", key));
         // get<>() would wrap silently: uid 4294967296 would read as 0, root.
         auto value = it->template get<std::uint64_t>();
         if (value > static_cast<std::uint64_t>(std::numeric_limits<Field>::max()))

@@ -10,10 +10,11 @@ namespace {
 
 [[noreturn]] void throw_held(const LockName& name) {
     auto holder = find_holder(name);
-    if (!holder) throw BusyError(fmt::format("{} was held a moment ago and is free now; try again", name.name()));
+    if (!holder)
+        throw BusyError(fmt::format("{} was held a moment ago and is free now; try again", name.name()));
     if (holder->squatted)
-        throw BusyError(fmt::format("{} is squatted by {} (the lock belongs to uid {})", name.name(), holder->describe(),
-                                    *name.expected_uid()));
+        throw BusyError(fmt::format("{} is squatted by {} (the lock belongs to uid {})", name.name(),
+                                    holder->describe(), *name.expected_uid()));
     throw BusyError(fmt::format("{} is held by {}", name.name(), holder->describe()));
 }
 
@@ -26,7 +27,8 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     // Before the lock: a command that cannot run fails at once instead of taking (or waiting for)
     // the lock first, and a waiter that wins has less to do before its command starts.
     spawn.executable = find_program(options.command[0]);
-    std::optional<Lock> lock = options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
+    std::optional<Lock> lock =
+        options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
     if (!lock) throw_held(name);
 
     EventLoop loop;
@@ -34,12 +36,13 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     // restores the default mask in the child.
     std::optional<Child> child;
     // Signals that mean "you, stop or do something" belong to the command, not to us.
-    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}, [&child](const signalfd_siginfo& info) {
-        // A signal from the terminal (Ctrl-C) already went to the whole foreground process group,
-        // the command included: forwarding it would deliver it twice.
-        if (info.ssi_code == SI_KERNEL) return;
-        if (child) child->signal(static_cast<int>(info.ssi_signo));
-    });
+    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2},
+                     [&child](const signalfd_siginfo& info) {
+                         // A signal from the terminal (Ctrl-C) already went to the whole foreground process group,
+                         // the command included: forwarding it would deliver it twice.
+                         if (info.ssi_code == SI_KERNEL) return;
+                         if (child) child->signal(static_cast<int>(info.ssi_signo));
+                     });
 
     std::optional<Inbox> inbox;
     spawn.close_other_fds = false;  // the user's own inherited fds pass through; ours are all CLOEXEC
@@ -56,9 +59,8 @@ ExitStatus run(const LockName& name, const RunOptions& options) {
     child = Child::spawn(spawn);
     if (inbox) inbox->close_instance_end();  // so a closed inbox shows up as EPIPE, not a full queue
 
-    lock->serve(loop, [&inbox](Message&& message) {
-        return inbox ? inbox->deliver(message) : Delivery::no_inbox;
-    });
+    lock->serve(loop,
+                [&inbox](Message&& message) { return inbox ? inbox->deliver(message) : Delivery::no_inbox; });
     loop.add_child(child->pidfd(), [&loop] { loop.stop(); });
     loop.run();
     ExitStatus status = *child->wait();

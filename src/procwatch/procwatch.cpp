@@ -11,12 +11,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
-#include <algorithm>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/proc.hpp"
@@ -223,9 +223,11 @@ Event to_event(const ProcessEvent& event, const Enrichment& enrichment) {
     if (event.parent_tgid) line.set("ppid", event.parent_tgid);
     if (event.type == EventType::exit) {
         if (event.killed_by()) line.set("signal", event.killed_by());
-        else line.set("exit_code", event.exit_status());
+        else
+            line.set("exit_code", event.exit_status());
     }
-    if (event.type == EventType::uid || event.type == EventType::gid) line.set("real", event.uid).set("effective", event.euid);
+    if (event.type == EventType::uid || event.type == EventType::gid)
+        line.set("real", event.uid).set("effective", event.euid);
     if (event.type == EventType::ptrace) line.set("tracer", event.tracer_tgid);
     if (event.type == EventType::comm) line.set("new_comm", printable(event.comm));
     line.set("comm", printable(enrichment.comm)).set("command", enrichment.command);
@@ -285,7 +287,8 @@ private:
                     return true;
                 }
                 Enrichment enrichment = enrich(*event, memory_);
-                if (matches(options_, *event, enrichment) && callbacks_.on_event) callbacks_.on_event(*event, enrichment);
+                if (matches(options_, *event, enrichment) && callbacks_.on_event)
+                    callbacks_.on_event(*event, enrichment);
                 return true;
             });
             if (received == netlink::Received::would_block) break;

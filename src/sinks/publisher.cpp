@@ -35,7 +35,8 @@ struct ReplyFree {
 using Reply = std::unique_ptr<redisReply, ReplyFree>;
 
 timeval to_timeval(std::chrono::milliseconds duration) {
-    return {static_cast<time_t>(duration.count() / 1000), static_cast<suseconds_t>(duration.count() % 1000 * 1000)};
+    return {static_cast<time_t>(duration.count() / 1000),
+            static_cast<suseconds_t>(duration.count() % 1000 * 1000)};
 }
 
 std::string read_whole(const fs::path& path) {
@@ -83,8 +84,8 @@ public:
         next_sequence_ = spool_.empty() ? 1 : spool_.rbegin()->first + 1;
         stats_.spool_entries = spool_.size();
         if (!spool_.empty()) {
-            log(fmt::format("spool {}: {} events from before; sending them to {} first", options_.spool.string(),
-                            spool_.size(), options_.target.display));
+            log(fmt::format("spool {}: {} events from before; sending them to {} first",
+                            options_.spool.string(), spool_.size(), options_.target.display));
             drain();
         }
     }
@@ -114,7 +115,8 @@ public:
 private:
     void log(const std::string& line) {
         if (options_.log) options_.log(line);
-        else log_info("{}", line);
+        else
+            log_info("{}", line);
     }
 
     bool connect() {
@@ -124,8 +126,10 @@ private:
         context_.reset(redisConnectWithTimeout(options_.target.host.c_str(), options_.target.port, timeout));
         std::string fault;
         if (!context_) fault = "out of memory";
-        else if (context_->err) fault = context_->errstr;
-        else if (redisSetTimeout(context_.get(), timeout) != REDIS_OK) fault = "cannot set the command timeout";
+        else if (context_->err)
+            fault = context_->errstr;
+        else if (redisSetTimeout(context_.get(), timeout) != REDIS_OK)
+            fault = "cannot set the command timeout";
         if (fault.empty() && !options_.target.password.empty()) {
             Reply reply(static_cast<redisReply*>(
                 options_.target.user.empty()
@@ -133,7 +137,8 @@ private:
                     : redisCommand(context_.get(), "AUTH %s %s", options_.target.user.c_str(),
                                    options_.target.password.c_str())));
             if (!reply) fault = context_->errstr;
-            else if (reply->type == REDIS_REPLY_ERROR) fault = fmt::format("AUTH: {}", reply->str);
+            else if (reply->type == REDIS_REPLY_ERROR)
+                fault = fmt::format("AUTH: {}", reply->str);
         }
         if (!fault.empty()) {
             unreachable(fault);
@@ -159,10 +164,10 @@ private:
     // XADD with the stable id as a field: Redis assigns the entry id, consumers de-duplicate on ours.
     bool send(const std::string& stream, std::string_view id, std::string_view payload) {
         if (!connect()) return false;
-        Reply reply(static_cast<redisReply*>(redisCommand(
-            context_.get(), "XADD %b MAXLEN ~ %llu * id %b event %b", stream.data(), stream.size(),
-            static_cast<unsigned long long>(options_.target.maxlen), id.data(), id.size(), payload.data(),
-            payload.size())));
+        Reply reply(static_cast<redisReply*>(
+            redisCommand(context_.get(), "XADD %b MAXLEN ~ %llu * id %b event %b", stream.data(),
+                         stream.size(), static_cast<unsigned long long>(options_.target.maxlen), id.data(),
+                         id.size(), payload.data(), payload.size())));
         if (!reply) {
             unreachable(context_->errstr[0] ? context_->errstr : "connection lost");
             return false;
@@ -189,9 +194,9 @@ private:
                 try {
                     auto old = read_whole(entry_path(oldest->first));
                     auto a = old.find('\n'), b = old.find('\n', a + 1);
-                    if (a != std::string::npos && b != std::string::npos) first_dropped = old.substr(a + 1, b - a - 1);
-                } catch (const std::exception&) {
-                }
+                    if (a != std::string::npos && b != std::string::npos)
+                        first_dropped = old.substr(a + 1, b - a - 1);
+                } catch (const std::exception&) {}
             }
             ::unlink(entry_path(oldest->first).c_str());
             stats_.spool_bytes -= oldest->second;
@@ -209,7 +214,8 @@ private:
             report.set("spool", options_.spool.string());
             std::string line = report.to_line();
             line.pop_back();
-            write_entry(fmt::format("{}\n{}:spool_dropped:{}\n{}", stream, options_.host, next_sequence_, line));
+            write_entry(
+                fmt::format("{}\n{}:spool_dropped:{}\n{}", stream, options_.host, next_sequence_, line));
         }
         arm_retry();
     }
@@ -220,7 +226,8 @@ private:
         std::string temporary = path.string() + ".tmp";
         Fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         if (!fd) throw_errno("open", temporary);
-        if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) throw_errno("write", temporary);
+        if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+            throw_errno("write", temporary);
         fd.reset();
         if (::rename(temporary.c_str(), path.c_str()) < 0) throw_errno("rename", path.string());
         spool_[sequence] = text.size();
@@ -230,7 +237,8 @@ private:
 
     void arm_retry() {
         if (retry_timer_) return;
-        retry_timer_ = loop_.add_timer(options_.retry, [this] { drain(); }, options_.retry);
+        retry_timer_ = loop_.add_timer(
+            options_.retry, [this] { drain(); }, options_.retry);
     }
 
     // Sends spooled entries oldest first, until the spool is empty or the broker fails again.
@@ -259,7 +267,8 @@ private:
         }
         stats_.drained += sent;
         stats_.spool_entries = spool_.size();
-        if (sent && spool_.empty()) log(fmt::format("spool {} sent ({} events)", options_.spool.string(), sent));
+        if (sent && spool_.empty())
+            log(fmt::format("spool {} sent ({} events)", options_.spool.string(), sent));
         if (spool_.empty()) {
             loop_.remove(retry_timer_);
             retry_timer_ = 0;

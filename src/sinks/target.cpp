@@ -19,7 +19,8 @@ Target parse_target(std::string_view url) {
     if (scheme_end == std::string_view::npos) throw fault("expected redis://HOST:PORT/STREAM");
     target.scheme = std::string(url.substr(0, scheme_end));
     if (target.scheme == "nats")
-        throw fault("NATS JetStream is not supported yet (only redis://HOST:PORT/STREAM); see docs/events.md");
+        throw fault(
+            "NATS JetStream is not supported yet (only redis://HOST:PORT/STREAM); see docs/events.md");
     if (target.scheme != "redis") throw fault("unknown scheme (expected redis://)");
     std::string_view rest = url.substr(scheme_end + 3);
     std::string_view query;
@@ -28,7 +29,8 @@ Target parse_target(std::string_view url) {
         rest = rest.substr(0, q);
     }
     auto slash = rest.find('/');
-    if (slash == std::string_view::npos || slash + 1 == rest.size()) throw fault("no stream name after HOST:PORT/");
+    if (slash == std::string_view::npos || slash + 1 == rest.size())
+        throw fault("no stream name after HOST:PORT/");
     std::string_view authority = rest.substr(0, slash);
     target.name = std::string(rest.substr(slash + 1));
     if (authority.find('@') != std::string_view::npos)
@@ -64,7 +66,8 @@ Target parse_target(std::string_view url) {
         } else if (key == "password") {
             throw fault("a password on the command line shows in ps(1): use password_file=PATH");
         } else if (key == "tls") {
-            throw fault("TLS is not supported yet (hiredis_ssl is not linked); use a local broker or a tunnel");
+            throw fault(
+                "TLS is not supported yet (hiredis_ssl is not linked); use a local broker or a tunnel");
         } else {
             throw fault(fmt::format("unknown option {}", printable(key)));
         }
@@ -82,7 +85,8 @@ std::string expand(std::string_view name, const nlohmann::ordered_json& event, s
                 std::string key(name.substr(at + 1, close - at - 1));
                 if (key == "host" || key == "source" || key == "db" || key == "table") {
                     std::string value = key == "host" ? std::string(host) : "";
-                    if (key != "host" && event.contains(key) && event[key].is_string()) value = event[key].get<std::string>();
+                    if (key != "host" && event.contains(key) && event[key].is_string())
+                        value = event[key].get<std::string>();
                     out += value.empty() ? "_" : value;
                     at = close + 1;
                     continue;

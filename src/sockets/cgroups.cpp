@@ -62,13 +62,13 @@ const std::string& CgroupPaths::path(std::uint64_t id) {
         std::string mount = cgroup2_mount();
         std::error_code error;
         if (!mount.empty()) {
-            struct stat root{};
+            struct stat root {};
             if (::stat(mount.c_str(), &root) == 0) paths_[root.st_ino] = "/";
             for (auto it = std::filesystem::recursive_directory_iterator(
                      mount, std::filesystem::directory_options::skip_permission_denied, error);
                  !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
                 if (!it->is_directory(error)) continue;
-                struct stat status{};
+                struct stat status {};
                 if (::stat(it->path().c_str(), &status) != 0) continue;
                 paths_[status.st_ino] = "/" + std::filesystem::relative(it->path(), mount, error).string();
             }
@@ -104,7 +104,8 @@ CgroupOwner cgroup_owner(std::string_view path) {
         if (scope) stem.remove_suffix(6);
         // systemd driver: docker-ID.scope, libpod-ID.scope, cri-containerd-ID.scope, crio-ID.scope.
         auto dash = stem.rfind('-');
-        if (owner.container.empty() && scope && dash != std::string_view::npos && is_hex_id(stem.substr(dash + 1))) {
+        if (owner.container.empty() && scope && dash != std::string_view::npos &&
+            is_hex_id(stem.substr(dash + 1))) {
             owner.runtime = std::string(stem.substr(0, dash));
             owner.container = std::string(stem.substr(dash + 1));
         }

@@ -52,7 +52,8 @@ bool decode_inet(const nlmsghdr& message, std::uint8_t protocol, SocketInfo& out
     out.local.port = ntohs(diag->id.idiag_sport);
     out.peer.port = ntohs(diag->id.idiag_dport);
     std::size_t present = 0;
-    if (auto info = attributes.read_struct<tcp_info>(INET_DIAG_INFO, &present); info && protocol == IPPROTO_TCP) {
+    if (auto info = attributes.read_struct<tcp_info>(INET_DIAG_INFO, &present);
+        info && protocol == IPPROTO_TCP) {
         TcpDetails tcp;
         tcp.kernel_size = present;
         tcp.snd_wscale = info->tcpi_snd_wscale;
@@ -108,7 +109,8 @@ bool decode_unix(const nlmsghdr& message, SocketInfo& out) {
         // An abstract name starts with NUL and may contain more NULs; ss shows each as '@'.
         std::string name(reinterpret_cast<const char*>(raw.data()), raw.size());
         if (name[0] == '\0') std::replace(name.begin(), name.end(), '\0', '@');
-        else if (auto nul = name.find('\0'); nul != std::string::npos) name.resize(nul);
+        else if (auto nul = name.find('\0'); nul != std::string::npos)
+            name.resize(nul);
         out.local.name = std::move(name);
     }
     out.peer_inode = attributes.u32(UNIX_DIAG_PEER).value_or(0);

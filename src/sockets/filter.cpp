@@ -54,16 +54,16 @@ using detail::is_ephemeral;
 struct Filter::Node {
     enum Kind { all, any, negate, port, host, autobound, device, mark, cgroup } kind = all;
     std::vector<std::shared_ptr<const Node>> children;  // all (and), any (or), negate (one)
-    bool source = true;                                  // sport/src vs dport/dst
+    bool source = true;                                 // sport/src vs dport/dst
     enum Compare { eq, ge, le } compare = eq;           // port
-    long port_value = -1;                                // port: the port; host: -1 (any) or the port
+    long port_value = -1;                               // port: the port; host: -1 (any) or the port
     struct Address {
         int family = AF_UNSPEC;
-        int prefix = 0;                                  // bits compared; 0 matches any address
+        int prefix = 0;  // bits compared; 0 matches any address
         std::array<std::uint8_t, 16> bytes{};
     };
-    std::vector<Address> addresses;                      // host: empty = any address; several for a host name
-    bool unix_pattern = false;                           // host: `pattern` is an fnmatch pattern for unix names
+    std::vector<Address> addresses;  // host: empty = any address; several for a host name
+    bool unix_pattern = false;       // host: `pattern` is an fnmatch pattern for unix names
     std::string pattern;
     std::uint32_t ifindex = 0, mark_value = 0, mark_mask = 0;
     std::uint64_t cgroup_id = 0;
@@ -139,14 +139,16 @@ public:
             for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
             auto mask = parse_state(lower);
             if (!mask)
-                fail_at(name, fmt::format("unknown state \"{}\"", printable(name.text)),
-                        "established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, "
-                        "last-ack, listening, closing, all, connected, synchronized, bucket, big");
+                fail_at(
+                    name, fmt::format("unknown state \"{}\"", printable(name.text)),
+                    "established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, "
+                    "last-ack, listening, closing, all, connected, synchronized, bucket, big");
             // ss: the first clause starts from nothing (state) or from everything (exclude).
             if (!seen) states = exclude ? all_states : 0;
             seen = true;
             if (exclude) states &= ~*mask;
-            else states |= *mask;
+            else
+                states |= *mask;
         }
         return states;
     }
@@ -156,7 +158,8 @@ public:
         if (position_ >= text_.size()) return nullptr;
         NodePtr result = parse_list();
         Word rest = next_token();
-        if (!rest.text.empty()) fail_at(rest, fmt::format("unexpected \"{}\"", printable(rest.text)), "and, or, or the end");
+        if (!rest.text.empty())
+            fail_at(rest, fmt::format("unexpected \"{}\"", printable(rest.text)), "and, or, or the end");
         return result;
     }
 
@@ -169,14 +172,16 @@ private:
     };
 
     void skip_space() {
-        while (position_ < text_.size() && (text_[position_] == ' ' || text_[position_] == '\t' || text_[position_] == '\n'))
+        while (position_ < text_.size() &&
+               (text_[position_] == ' ' || text_[position_] == '\t' || text_[position_] == '\n'))
             ++position_;
     }
     // A whitespace-separated word, as ss's lexer reads them.
     Word next_word() {
         skip_space();
         std::size_t start = position_;
-        while (position_ < text_.size() && text_[position_] != ' ' && text_[position_] != '\t' && text_[position_] != '\n')
+        while (position_ < text_.size() && text_[position_] != ' ' && text_[position_] != '\t' &&
+               text_[position_] != '\n')
             ++position_;
         return {text_.substr(start, position_ - start), start + 1};
     }
@@ -191,7 +196,8 @@ private:
             ++position_;
             return {text_.substr(start, 1), start + 1};
         }
-        static constexpr std::string_view operators[] = {"==", "!=", ">=", "<=", "&&", "||", "=", "!", ">", "<", "&", "|"};
+        static constexpr std::string_view operators[] = {"==", "!=", ">=", "<=", "&&", "||",
+                                                         "=",  "!",  ">",  "<",  "&",  "|"};
         for (auto op : operators)
             if (text_.substr(start, op.size()) == op) {
                 position_ += op.size();
@@ -199,7 +205,8 @@ private:
             }
         // (string_view::find, not strchr: strchr would "find" a NUL byte and stall the scan.)
         constexpr std::string_view stops = " \t\n()=!<>&|";
-        while (position_ < text_.size() && stops.find(text_[position_]) == std::string_view::npos) ++position_;
+        while (position_ < text_.size() && stops.find(text_[position_]) == std::string_view::npos)
+            ++position_;
         return {text_.substr(start, position_ - start), start + 1};
     }
     Word peek_token() {
@@ -221,11 +228,12 @@ private:
     }
 
     [[noreturn]] void fail_at(const Word& word, const std::string& what, std::string_view expected) const {
-        throw InputError(fmt::format("filter \"{}\": {} at character {} (expected {})", printable(text_), what,
-                                     word.position, expected));
+        throw InputError(fmt::format("filter \"{}\": {} at character {} (expected {})", printable(text_),
+                                     what, word.position, expected));
     }
     [[noreturn]] void fail_end(std::string_view expected) const {
-        throw InputError(fmt::format("filter \"{}\": unexpected end (expected {})", printable(text_), expected));
+        throw InputError(
+            fmt::format("filter \"{}\": unexpected end (expected {})", printable(text_), expected));
     }
 
     static bool is_or(std::string_view t) { return t == "or" || t == "||" || t == "|"; }
@@ -270,7 +278,8 @@ private:
             auto inner = parse_list();
             Word close = next_token();
             if (close.text.empty()) fail_end("\")\"");
-            if (close.text != ")") fail_at(close, fmt::format("unexpected \"{}\"", printable(close.text)), "\")\"");
+            if (close.text != ")")
+                fail_at(close, fmt::format("unexpected \"{}\"", printable(close.text)), "\")\"");
             --depth_;
             return inner;
         }
@@ -295,8 +304,8 @@ private:
 
     std::optional<Op> parse_op() {
         static const std::map<std::string, Op, std::less<>> ops = {
-            {"=", Op::eq},  {"==", Op::eq}, {"eq", Op::eq}, {"!=", Op::ne}, {"ne", Op::ne},  {"neq", Op::ne},
-            {">", Op::gt},  {"gt", Op::gt}, {"<", Op::lt},  {"lt", Op::lt}, {">=", Op::ge}, {"ge", Op::ge},
+            {"=", Op::eq},   {"==", Op::eq}, {"eq", Op::eq}, {"!=", Op::ne}, {"ne", Op::ne}, {"neq", Op::ne},
+            {">", Op::gt},   {"gt", Op::gt}, {"<", Op::lt},  {"lt", Op::lt}, {">=", Op::ge}, {"ge", Op::ge},
             {"geq", Op::ge}, {"<=", Op::le}, {"le", Op::le}, {"leq", Op::le}};
         std::size_t mark = position_;
         Word word = next_token();
@@ -320,19 +329,23 @@ private:
             // ss takes any number (100000 is a port no socket has, and the kernel, reading 16 bits,
             // compares with 34464): a port that cannot exist is an error here.
             if (value < 0 || value > 65535)
-                fail_at(word, fmt::format("bad port \"{}\"", printable(text)), "a number 0-65535 or a service name");
+                fail_at(word, fmt::format("bad port \"{}\"", printable(text)),
+                        "a number 0-65535 or a service name");
             return value;
         }
         long tcp = -1, udp = -1;
         servent entry{}, *result = nullptr;
         char buffer[1024];
-        if (context_.udp && ::getservbyname_r(z.c_str(), "udp", &entry, buffer, sizeof(buffer), &result) == 0 && result)
+        if (context_.udp &&
+            ::getservbyname_r(z.c_str(), "udp", &entry, buffer, sizeof(buffer), &result) == 0 && result)
             udp = ntohs(static_cast<std::uint16_t>(result->s_port));
         result = nullptr;
-        if (context_.tcp && ::getservbyname_r(z.c_str(), "tcp", &entry, buffer, sizeof(buffer), &result) == 0 && result)
+        if (context_.tcp &&
+            ::getservbyname_r(z.c_str(), "tcp", &entry, buffer, sizeof(buffer), &result) == 0 && result)
             tcp = ntohs(static_cast<std::uint16_t>(result->s_port));
         if (tcp != -1 && udp != -1 && tcp != udp)
-            fail_at(word, fmt::format("ambiguous port \"{}\" (tcp {}, udp {})", printable(text), tcp, udp), "a number");
+            fail_at(word, fmt::format("ambiguous port \"{}\" (tcp {}, udp {})", printable(text), tcp, udp),
+                    "a number");
         if (udp != -1) return udp;
         if (tcp != -1) return tcp;
         fail_at(word, fmt::format("bad port \"{}\"", printable(text)), "a number 0-65535 or a service name");
@@ -352,13 +365,16 @@ private:
     int value_family(const Word& word, std::string_view& text) {
         int family = context_.family;
         if (text.starts_with("unix:")) family = AF_UNIX, text.remove_prefix(5);
-        else if (text.starts_with("inet:")) family = AF_INET, text.remove_prefix(5);
-        else if (text.starts_with("inet6:")) family = AF_INET6, text.remove_prefix(6);
+        else if (text.starts_with("inet:"))
+            family = AF_INET, text.remove_prefix(5);
+        else if (text.starts_with("inet6:"))
+            family = AF_INET6, text.remove_prefix(6);
         else if (text.starts_with("link:") || text.starts_with("netlink:") || text.starts_with("vsock:"))
             fail_at(word, fmt::format("unsupported address family in \"{}\"", printable(text)),
                     "unix:, inet:, inet6: or no prefix");
         if (family == AF_PACKET)
-            fail_at(word, "packet socket addresses are not supported in filters", "-t, -u, -x or -w with addresses");
+            fail_at(word, "packet socket addresses are not supported in filters",
+                    "-t, -u, -x or -w with addresses");
         // ss's filter_af_set also makes it the family of the values that follow.
         if (family != AF_UNSPEC) family_ = context_.family = family;
         return family;
@@ -399,7 +415,8 @@ private:
 
     NodePtr parse_host(bool source) {
         auto op = parse_op().value_or(Op::eq);
-        if (op != Op::eq && op != Op::ne) fail_at(Word{{}, position_}, "only = and != compare addresses", "= or !=");
+        if (op != Op::eq && op != Op::ne)
+            fail_at(Word{{}, position_}, "only = and != compare addresses", "= or !=");
         Word word = next_value(true);
         if (word.text.empty()) fail_end("an address like 10.0.0.0/8, [::1]:80 or a unix path");
         std::string_view text = word.text;
@@ -423,7 +440,8 @@ private:
         bool has_port = false;
         if (text.starts_with('[')) {
             auto close = text.find(']');
-            if (close == std::string_view::npos) fail_at(word, fmt::format("bad address \"{}\"", printable(text)), "]");
+            if (close == std::string_view::npos)
+                fail_at(word, fmt::format("bad address \"{}\"", printable(text)), "]");
             address_text = std::string(text.substr(1, close - 1));
             port = text.substr(close + 1);
             has_port = true;
@@ -436,7 +454,8 @@ private:
             auto slash = text.find('/');
             auto colon = text.rfind(':');
             bool ipv6_bare = std::count(text.begin(), text.end(), ':') > 1 && slash == std::string_view::npos;
-            if (colon != std::string_view::npos && !ipv6_bare && (slash == std::string_view::npos || colon > slash)) {
+            if (colon != std::string_view::npos && !ipv6_bare &&
+                (slash == std::string_view::npos || colon > slash)) {
                 address_text = std::string(text.substr(0, colon));
                 port = text.substr(colon);
                 has_port = true;
@@ -466,13 +485,15 @@ private:
         }
         if (address_text.find(':') != std::string::npos) {
             if (family == AF_INET || ::inet_pton(AF_INET6, address_text.c_str(), address.bytes.data()) != 1)
-                fail_at(word, fmt::format("bad address \"{}\"", printable(address_text)), "an IPv4 or IPv6 address, a host name or *");
+                fail_at(word, fmt::format("bad address \"{}\"", printable(address_text)),
+                        "an IPv4 or IPv6 address, a host name or *");
             address.family = AF_INET6;
         } else if (family != AF_INET6 && parse_ipv4_short(address_text, address.bytes)) {
             address.family = AF_INET;
         } else {
             if (!prefix_text.empty())
-                fail_at(word, fmt::format("bad address \"{}\"", printable(address_text)), "an IPv4 or IPv6 address");
+                fail_at(word, fmt::format("bad address \"{}\"", printable(address_text)),
+                        "an IPv4 or IPv6 address");
             resolve(word, address_text, family, node);
             return;
         }
@@ -480,9 +501,12 @@ private:
         address.prefix = bits;
         if (!prefix_text.empty()) {
             unsigned value = 0;
-            auto [end, error] = std::from_chars(prefix_text.data(), prefix_text.data() + prefix_text.size(), value);
-            if (error != std::errc() || end != prefix_text.data() + prefix_text.size() || value > unsigned(bits))
-                fail_at(word, fmt::format("bad prefix length \"{}\"", printable(prefix_text)), fmt::format("0-{}", bits));
+            auto [end, error] =
+                std::from_chars(prefix_text.data(), prefix_text.data() + prefix_text.size(), value);
+            if (error != std::errc() || end != prefix_text.data() + prefix_text.size() ||
+                value > unsigned(bits))
+                fail_at(word, fmt::format("bad prefix length \"{}\"", printable(prefix_text)),
+                        fmt::format("0-{}", bits));
             address.prefix = static_cast<int>(value);
         }
         node.addresses.push_back(address);
@@ -497,10 +521,12 @@ private:
         addrinfo* numeric = nullptr;
         if (::getaddrinfo(name.c_str(), nullptr, &numeric_hints, &numeric) == 0) {
             ::freeaddrinfo(numeric);
-            fail_at(word, fmt::format("bad address \"{}\"", printable(name)), "a dotted address, [IPv6] or a host name");
+            fail_at(word, fmt::format("bad address \"{}\"", printable(name)),
+                    "a dotted address, [IPv6] or a host name");
         }
         if (!context_.resolve_names)
-            fail_at(word, fmt::format("bad address \"{}\"", printable(name)), "an address (host names are not looked up)");
+            fail_at(word, fmt::format("bad address \"{}\"", printable(name)),
+                    "an address (host names are not looked up)");
         for (int wanted : {AF_INET, AF_INET6}) {
             if (family != AF_UNSPEC && family != wanted) continue;
             addrinfo hints{};
@@ -512,10 +538,12 @@ private:
                 Node::Address address;
                 address.family = wanted;
                 if (wanted == AF_INET) {
-                    std::memcpy(address.bytes.data(), &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, 4);
+                    std::memcpy(address.bytes.data(), &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr,
+                                4);
                     address.prefix = 32;
                 } else {
-                    std::memcpy(address.bytes.data(), &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, 16);
+                    std::memcpy(address.bytes.data(), &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr,
+                                16);
                     address.prefix = 128;
                 }
                 bool duplicate = false;
@@ -526,12 +554,14 @@ private:
             ::freeaddrinfo(found);
         }
         if (node.addresses.empty())
-            fail_at(word, fmt::format("bad address \"{}\"", printable(name)), "an IPv4 or IPv6 address or a host name that resolves");
+            fail_at(word, fmt::format("bad address \"{}\"", printable(name)),
+                    "an IPv4 or IPv6 address or a host name that resolves");
     }
 
     NodePtr parse_device() {
         auto op = parse_op().value_or(Op::eq);
-        if (op != Op::eq && op != Op::ne) fail_at(Word{{}, position_}, "only = and != compare devices", "= or !=");
+        if (op != Op::eq && op != Op::ne)
+            fail_at(Word{{}, position_}, "only = and != compare devices", "= or !=");
         Word word = next_value(false);
         if (word.text.empty()) fail_end("a device name or index");
         std::string name(word.text);
@@ -543,7 +573,8 @@ private:
             errno = 0;
             unsigned long n = std::strtoul(name.c_str(), &end, 0);
             if (end == name.c_str() || *end || errno || n > 0xffffffffUL)
-                fail_at(word, fmt::format("unknown device \"{}\"", printable(name)), "a device name or index");
+                fail_at(word, fmt::format("unknown device \"{}\"", printable(name)),
+                        "a device name or index");
             node->ifindex = static_cast<std::uint32_t>(n);
         }
         return op == Op::ne ? negate(node) : NodePtr(node);
@@ -551,7 +582,8 @@ private:
 
     NodePtr parse_mark() {
         auto op = parse_op().value_or(Op::eq);
-        if (op != Op::eq && op != Op::ne) fail_at(Word{{}, position_}, "only = and != compare marks", "= or !=");
+        if (op != Op::eq && op != Op::ne)
+            fail_at(Word{{}, position_}, "only = and != compare marks", "= or !=");
         Word word = next_value(false);
         if (word.text.empty()) fail_end("a mark like 0x10 or 0x10/0xff");
         std::string text(word.text);
@@ -573,11 +605,14 @@ private:
 
     NodePtr parse_cgroup() {
         auto op = parse_op().value_or(Op::eq);
-        if (op != Op::eq && op != Op::ne) fail_at(Word{{}, position_}, "only = and != compare cgroups", "= or !=");
+        if (op != Op::eq && op != Op::ne)
+            fail_at(Word{{}, position_}, "only = and != compare cgroups", "= or !=");
         Word word = next_value(true);
         if (word.text.empty()) fail_end("a cgroup path like /system.slice");
         auto id = detail::cgroup_id_of(word.text);
-        if (!id) fail_at(word, fmt::format("no cgroup \"{}\"", printable(word.text)), "a path in the cgroup v2 hierarchy");
+        if (!id)
+            fail_at(word, fmt::format("no cgroup \"{}\"", printable(word.text)),
+                    "a path in the cgroup v2 hierarchy");
         auto node = std::make_shared<Node>();
         node->kind = Node::cgroup;
         node->cgroup_id = *id;
@@ -642,7 +677,8 @@ private:
         std::size_t address_size = !address ? 0 : address->family == AF_INET ? 4 : 16;
         std::vector<std::byte> extra(sizeof(inet_diag_hostcond) + address_size);
         inet_diag_hostcond cond{static_cast<std::uint8_t>(address ? address->family : AF_UNSPEC),
-                                static_cast<std::uint8_t>(address ? address->prefix : 0), static_cast<int>(node.port_value)};
+                                static_cast<std::uint8_t>(address ? address->prefix : 0),
+                                static_cast<int>(node.port_value)};
         std::memcpy(extra.data(), &cond, sizeof(cond));
         if (address) std::memcpy(extra.data() + sizeof(cond), address->bytes.data(), address_size);
         op(node.source ? INET_DIAG_BC_S_COND : INET_DIAG_BC_D_COND, on_false, extra.data(), extra.size());
@@ -675,7 +711,8 @@ private:
             case Node::port: {
                 std::uint8_t code;
                 if (node.compare == Node::ge) code = node.source ? INET_DIAG_BC_S_GE : INET_DIAG_BC_D_GE;
-                else code = node.source ? INET_DIAG_BC_S_LE : INET_DIAG_BC_D_LE;
+                else
+                    code = node.source ? INET_DIAG_BC_S_LE : INET_DIAG_BC_D_LE;
                 // The port travels in the `no` field of a second op slot.
                 inet_diag_bc_op value{0, 0, static_cast<std::uint16_t>(node.port_value)};
                 op(code, on_false, &value, sizeof(value));
@@ -706,7 +743,9 @@ private:
                 op(INET_DIAG_BC_MARK_COND, on_false, &cond, sizeof(cond));
                 return;
             }
-            case Node::cgroup: op(INET_DIAG_BC_CGROUP_COND, on_false, &node.cgroup_id, sizeof(node.cgroup_id)); return;
+            case Node::cgroup:
+                op(INET_DIAG_BC_CGROUP_COND, on_false, &node.cgroup_id, sizeof(node.cgroup_id));
+                return;
             case Node::device: return;  // not compilable (see compilable)
         }
     }
@@ -740,14 +779,16 @@ bool address_match(const Node::Address& want, const SocketInfo& socket, const En
     if (prefix_match(end.address.data(), want.bytes.data(), want.prefix)) return true;
     // ss's "cursed v4-mapped" rule: an IPv4 condition also matches ::ffff:a.b.c.d.
     static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    return want.family == AF_INET && end.family == AF_INET6 && std::memcmp(end.address.data(), mapped, 12) == 0 &&
+    return want.family == AF_INET && end.family == AF_INET6 &&
+           std::memcmp(end.address.data(), mapped, 12) == 0 &&
            prefix_match(end.address.data() + 12, want.bytes.data(), want.prefix);
 }
 
 // ss's run_ssfilter for one socket. Unix sockets: the "port" is the inode (local) or the peer's
 // inode (remote); the remote name is always empty (ss shows it as *).
 bool evaluate(const Node& node, const SocketInfo& socket) {
-    bool unix_socket = socket.netid == Netid::u_str || socket.netid == Netid::u_dgr || socket.netid == Netid::u_seq;
+    bool unix_socket =
+        socket.netid == Netid::u_str || socket.netid == Netid::u_dgr || socket.netid == Netid::u_seq;
     auto port_of = [&](bool local) -> long {
         if (unix_socket) return local ? socket.inode : socket.peer_inode;
         return local ? socket.local.port : socket.peer.port;
@@ -783,9 +824,8 @@ bool evaluate(const Node& node, const SocketInfo& socket) {
             if (unix_socket) {
                 // The kernel autobinds to "@" and five hex digits.
                 const std::string& name = socket.local.name;
-                return name.empty() ||
-                       (name.size() == 6 && name[0] == '@' &&
-                        name.find_first_not_of("0123456789abcdef", 1) == std::string::npos);
+                return name.empty() || (name.size() == 6 && name[0] == '@' &&
+                                        name.find_first_not_of("0123456789abcdef", 1) == std::string::npos);
             }
             return is_ephemeral(socket.local.port);
         case Node::device: return socket.ifindex == node.ifindex;

@@ -68,21 +68,24 @@ void to_ss_order(std::unordered_map<std::uint32_t, std::vector<ProcessRef>>& own
 
 std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf() {
 #ifndef KTRICKS_SOCKETS_BPF
-    throw std::system_error(ENOTSUP, std::generic_category(),
-                            "BPF socket owners: this build has no BPF program (no clang or bpftool at build time)");
+    throw std::system_error(
+        ENOTSUP, std::generic_category(),
+        "BPF socket owners: this build has no BPF program (no clang or bpftool at build time)");
 #else
     // The light skeleton's CO-RE relocations need the kernel's own BTF; without it the load would
     // fail with a less telling EINVAL.
     if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0)
-        throw std::system_error(errno, std::generic_category(),
-                                "BPF socket owners: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)");
+        throw std::system_error(
+            errno, std::generic_category(),
+            "BPF socket owners: no kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)");
     ktricks_owners_bpf loaded{nullptr, -1};
     if (int error = ktricks_owners_bpf_load(&loaded); error < 0) {
-        const char* why = -error == EPERM || -error == EACCES
-                              ? "BPF socket owners: loading the task_file iterator was refused (needs root, or "
-                                "CAP_BPF and CAP_PERFMON)"
-                              : "BPF socket owners: loading the task_file iterator failed (needs Linux >= 5.17: "
-                                "task_file iterators, in-kernel CO-RE)";
+        const char* why =
+            -error == EPERM || -error == EACCES
+                ? "BPF socket owners: loading the task_file iterator was refused (needs root, or "
+                  "CAP_BPF and CAP_PERFMON)"
+                : "BPF socket owners: loading the task_file iterator failed (needs Linux >= 5.17: "
+                  "task_file iterators, in-kernel CO-RE)";
         throw std::system_error(-error, std::generic_category(), why);
     }
     struct Unload {
@@ -91,7 +94,8 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
     } unload{&loaded};
     int iterator_fd = ktricks_owners_bpf_open_iterator(&loaded);
     if (iterator_fd < 0)
-        throw std::system_error(-iterator_fd, std::generic_category(), "BPF socket owners: bpf(BPF_ITER_CREATE)");
+        throw std::system_error(-iterator_fd, std::generic_category(),
+                                "BPF socket owners: bpf(BPF_ITER_CREATE)");
     Fd iterator(iterator_fd);
     std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
     // The kernel fills at most its seq_file buffer (8 pages) per read(): about 1,100 records.
@@ -100,7 +104,8 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
     while (true) {
         ssize_t got = ::read(iterator.get(), buffer.data() + kept, buffer.size() - kept);
         if (got < 0 && errno == EINTR) continue;
-        if (got < 0) throw std::system_error(errno, std::generic_category(), "BPF socket owners: read(iterator)");
+        if (got < 0)
+            throw std::system_error(errno, std::generic_category(), "BPF socket owners: read(iterator)");
         if (got == 0) break;
         std::size_t have = kept + static_cast<std::size_t>(got), offset = 0;
         for (; offset + sizeof(ktricks_owner_record) <= have; offset += sizeof(ktricks_owner_record)) {
@@ -116,8 +121,9 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
     // The program saw pids as the initial pid namespace numbers them; in a child namespace they are
     // not ours (and the iterator sees only our namespace's tasks anyway): not an answer ss would give.
     if (ktricks_owners_bpf_reader_tgid(&loaded) != static_cast<unsigned>(::getpid()))
-        throw std::system_error(ENOTSUP, std::generic_category(),
-                                "BPF socket owners: not in the initial pid namespace (the kernel reports its pids)");
+        throw std::system_error(
+            ENOTSUP, std::generic_category(),
+            "BPF socket owners: not in the initial pid namespace (the kernel reports its pids)");
     to_ss_order(owners);
     return owners;
 #endif
@@ -140,7 +146,8 @@ SocketOwners find_socket_owners(bool try_bpf) {
     return result;
 }
 
-std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(const std::vector<std::uint32_t>& wanted) {
+std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(
+    const std::vector<std::uint32_t>& wanted) {
     std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
     std::unordered_set<std::uint32_t> wanted_set(wanted.begin(), wanted.end());
     Fd proc(::open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -160,7 +167,8 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners(con
             ssize_t length = ::readlinkat(fds.get(), fd_name, link, sizeof(link));
             if (length < 10 || std::memcmp(link, "socket:[", 8) != 0) return;
             std::uint32_t inode = 0;
-            if (!parse_number(std::string_view(link + 8, static_cast<std::size_t>(length) - 9), inode)) return;
+            if (!parse_number(std::string_view(link + 8, static_cast<std::size_t>(length) - 9), inode))
+                return;
             if (!wanted_set.empty() && !wanted_set.count(inode)) return;
             int fd = -1;
             (void)parse_number(std::string_view(fd_name), fd);

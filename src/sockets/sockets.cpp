@@ -19,9 +19,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
-#include <future>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <set>
 
@@ -46,12 +46,14 @@ const char* to_string(Netid netid) noexcept {
     return "?";
 }
 
-bool is_inet(Netid netid) noexcept { return netid == Netid::tcp || netid == Netid::udp || netid == Netid::raw; }
+bool is_inet(Netid netid) noexcept {
+    return netid == Netid::tcp || netid == Netid::udp || netid == Netid::raw;
+}
 
 const char* state_name(std::uint8_t state) noexcept {
-    static const char* const names[] = {"UNKNOWN",   "ESTAB",      "SYN-SENT",   "SYN-RECV",  "FIN-WAIT-1",
-                                        "FIN-WAIT-2", "TIME-WAIT", "UNCONN",     "CLOSE-WAIT", "LAST-ACK",
-                                        "LISTEN",    "CLOSING",    "NEW-SYN-RECV"};
+    static const char* const names[] = {"UNKNOWN",    "ESTAB",     "SYN-SENT",    "SYN-RECV",   "FIN-WAIT-1",
+                                        "FIN-WAIT-2", "TIME-WAIT", "UNCONN",      "CLOSE-WAIT", "LAST-ACK",
+                                        "LISTEN",     "CLOSING",   "NEW-SYN-RECV"};
     return state < std::size(names) ? names[state] : "UNKNOWN";
 }
 
@@ -59,15 +61,16 @@ namespace {
 
 struct Kind {
     const char* name;
-    int family;       // AF_INET, AF_INET6, AF_UNIX, AF_PACKET
-    int protocol;     // IPPROTO_* for inet
+    int family;    // AF_INET, AF_INET6, AF_UNIX, AF_PACKET
+    int protocol;  // IPPROTO_* for inet
     const char* module;
 };
 
 // Asked for by name but impossible here: EX_UNAVAILABLE, naming the module to load or build.
 [[noreturn]] void missing_module(const Kind& kind) {
-    throw std::system_error(EPROTONOSUPPORT, std::generic_category(),
-                            fmt::format("list {} sockets: the kernel has no {} module", kind.name, kind.module));
+    throw std::system_error(
+        EPROTONOSUPPORT, std::generic_category(),
+        fmt::format("list {} sockets: the kernel has no {} module", kind.name, kind.module));
 }
 
 // The kernel answers ENOENT when the diag handler for a family/protocol is neither built in nor
@@ -83,17 +86,16 @@ std::uint32_t request_states(const Query& query) {
 // Appends every socket of one sock_diag dump that DECODE accepts. A dump the kernel restarts
 // (NLM_F_DUMP_INTR) first drops what the interrupted pass appended, so no socket is listed twice.
 template <typename Decode>
-void dump_into(netlink::Socket& diag, netlink::Request& request, const std::string& what, std::vector<SocketInfo>& out,
-               Decode decode) {
+void dump_into(netlink::Socket& diag, netlink::Request& request, const std::string& what,
+               std::vector<SocketInfo>& out, Decode decode) {
     std::size_t first = out.size();
-    diag.dump(
-        request,
-        [&](const nlmsghdr& message) {
-            SocketInfo info;
-            if (decode(message, info)) out.push_back(std::move(info));
-            return true;
-        },
-        what, {.on_restart = [&] { out.resize(first); }});
+    diag.dump(request,
+              [&](const nlmsghdr& message) {
+                  SocketInfo info;
+                  if (decode(message, info)) out.push_back(std::move(info));
+                  return true;
+              },
+              what, {.on_restart = [&] { out.resize(first); }});
 }
 
 void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std::vector<SocketInfo>& out) {
@@ -113,7 +115,9 @@ void dump_inet(netlink::Socket& diag, const Query& query, const Kind& kind, std:
     }
     auto protocol = static_cast<std::uint8_t>(kind.protocol);
     dump_into(diag, request, fmt::format("list {} sockets", kind.name), out,
-              [&](const nlmsghdr& message, SocketInfo& info) { return detail::decode_inet(message, protocol, info); });
+              [&](const nlmsghdr& message, SocketInfo& info) {
+                  return detail::decode_inet(message, protocol, info);
+              });
 }
 
 void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo>& out) {
@@ -128,7 +132,8 @@ void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo
 }
 
 void dump_packet(netlink::Socket& diag, const Query& query, std::vector<SocketInfo>& out) {
-    if (!(request_states(query) & (1u << closed))) return;  // packet sockets have no state: ss shows them as UNCONN
+    if (!(request_states(query) & (1u << closed)))
+        return;  // packet sockets have no state: ss shows them as UNCONN
     netlink::Request request(SOCK_DIAG_BY_FAMILY, 0);
     packet_diag_req header{};
     header.sdiag_family = AF_PACKET;
@@ -166,9 +171,11 @@ void list_here(const Query& query, Listing& listing) {
     bool families_narrowed = !(query.ipv4 && query.ipv6);
     bool other_families = only == 0 || only == AF_UNIX;
     jobs.push_back({{"packet", AF_PACKET, 0, "af_packet_diag (CONFIG_PACKET_DIAG)"},
-                    only == 0 && (query.packet || (!any_kind && !families_narrowed)), query.packet});
+                    only == 0 && (query.packet || (!any_kind && !families_narrowed)),
+                    query.packet});
     jobs.push_back({{"unix", AF_UNIX, 0, "unix_diag (CONFIG_UNIX_DIAG)"},
-                    other_families && (query.unix_sockets || (!any_kind && !families_narrowed)), query.unix_sockets});
+                    other_families && (query.unix_sockets || (!any_kind && !families_narrowed)),
+                    query.unix_sockets});
     if (only != AF_UNIX) {
         add_inet("raw", IPPROTO_RAW, "raw_diag (CONFIG_INET_RAW_DIAG)", query.raw);
         add_inet("udp", IPPROTO_UDP, "udp_diag (CONFIG_INET_UDP_DIAG)", query.udp);
@@ -180,23 +187,26 @@ void list_here(const Query& query, Listing& listing) {
         std::size_t first = listing.sockets.size();
         try {
             if (job.kind.family == AF_UNIX) dump_unix(diag, query, listing.sockets);
-            else if (job.kind.family == AF_PACKET) dump_packet(diag, query, listing.sockets);
-            else dump_inet(diag, query, job.kind, listing.sockets);
+            else if (job.kind.family == AF_PACKET)
+                dump_packet(diag, query, listing.sockets);
+            else
+                dump_inet(diag, query, job.kind, listing.sockets);
         } catch (const std::system_error& error) {
             if (!is_missing_module(error)) throw;
             if (job.explicit_) missing_module(job.kind);
             if (!warned[job.kind.name])
-                listing.warnings.push_back(
-                    fmt::format("{} sockets not listed: the kernel has no {} module", job.kind.name, job.kind.module));
+                listing.warnings.push_back(fmt::format("{} sockets not listed: the kernel has no {} module",
+                                                       job.kind.name, job.kind.module));
             warned[job.kind.name] = true;
         }
         // ss decides again in user space what the kernel's bytecode let through (and alone for
         // unix sockets): both must say yes.
         if (query.filter && query.filter->has_conditions()) {
             auto begin = listing.sockets.begin() + static_cast<std::ptrdiff_t>(first);
-            listing.sockets.erase(std::remove_if(begin, listing.sockets.end(),
-                                                 [&](const SocketInfo& socket) { return !query.filter->matches(socket); }),
-                                  listing.sockets.end());
+            listing.sockets.erase(
+                std::remove_if(begin, listing.sockets.end(),
+                               [&](const SocketInfo& socket) { return !query.filter->matches(socket); }),
+                listing.sockets.end());
         }
     }
 }
@@ -224,7 +234,8 @@ Listing list(const Query& query, const std::string& netns) {
     // Finding the owners (BPF iterator or /proc walk) and the dumps are independent: run them side by side.
     std::future<SocketOwners> owners;
     if (query.processes)
-        owners = std::async(std::launch::async, [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
+        owners = std::async(std::launch::async,
+                            [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
     if (netns.empty()) {
         list_here(query, listing);
     } else {
@@ -245,7 +256,7 @@ struct UnnamedNamespace {
 };
 
 std::optional<ino_t> inode_of(const std::string& path) {
-    struct stat status{};
+    struct stat status {};
     if (::stat(path.c_str(), &status) != 0) return std::nullopt;
     return status.st_ino;
 }
@@ -284,7 +295,8 @@ std::vector<UnnamedNamespace> unnamed_namespaces(const std::vector<std::string>&
         std::string label = "pid:" + name;
         auto owner = cgroup_owner(process_cgroup(name));
         if (!owner.container.empty())
-            label += "(" + (owner.runtime.empty() ? "" : owner.runtime + "/") + owner.container.substr(0, 12) + ")";
+            label += "(" + (owner.runtime.empty() ? "" : owner.runtime + "/") +
+                     owner.container.substr(0, 12) + ")";
         else if (!owner.unit.empty())
             label += "(" + owner.unit + ")";
         out.push_back({path, label});
@@ -299,7 +311,8 @@ Listing list_all_namespaces(const Query& query) {
     without_processes.processes = false;
     std::future<SocketOwners> owners;
     if (query.processes)
-        owners = std::async(std::launch::async, [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
+        owners = std::async(std::launch::async,
+                            [try_bpf = query.processes_bpf] { return find_socket_owners(try_bpf); });
     Listing all = list(without_processes);
     auto add = [&](const std::string& where, const std::string& label) {
         Listing one;
@@ -350,13 +363,16 @@ std::vector<SocketInfo> destroy(const std::vector<SocketInfo>& sockets, const st
         header.id.idiag_cookie[1] = static_cast<std::uint32_t>(socket.cookie >> 32);
         request.put_header(header);
         try {
-            diag.transact(request, {}, fmt::format("destroy {} socket {}", to_string(socket.netid), socket.inode));
+            diag.transact(request, {},
+                          fmt::format("destroy {} socket {}", to_string(socket.netid), socket.inode));
             destroyed.push_back(socket);
         } catch (const std::system_error& error) {
             int code = error.code().value();
             if (code == ENOENT) continue;  // gone meanwhile
             if (code == EOPNOTSUPP)
-                throw std::system_error(error.code(), fmt::format("{} (the kernel lacks CONFIG_INET_DIAG_DESTROY)", error.what()));
+                throw std::system_error(
+                    error.code(),
+                    fmt::format("{} (the kernel lacks CONFIG_INET_DIAG_DESTROY)", error.what()));
             throw;
         }
     }
@@ -406,8 +422,8 @@ struct ServiceNames {
         if (found != cache.end()) return found->second;
         servent entry{}, *result = nullptr;
         char buffer[1024];
-        ::getservbyport_r(htons(static_cast<std::uint16_t>(port)), udp ? "udp" : "tcp", &entry, buffer, sizeof(buffer),
-                          &result);
+        ::getservbyport_r(htons(static_cast<std::uint16_t>(port)), udp ? "udp" : "tcp", &entry, buffer,
+                          sizeof(buffer), &result);
         std::string text = result ? result->s_name : std::to_string(port);
         cache[key] = text;
         return text;
@@ -417,10 +433,10 @@ struct ServiceNames {
 // iproute2's ll_proto_n2a for the ethertypes a packet socket is likely to be bound to.
 std::string ethertype_text(std::uint16_t type, bool numeric) {
     static const std::map<std::uint16_t, const char*> names = {
-        {0x0001, "802_3"}, {0x0002, "ax25"},  {0x0004, "802_2"},   {0x0005, "snap"},    {0x000c, "can"},
-        {0x0060, "loop"},  {0x0800, "ip"},    {0x0806, "arp"},     {0x8035, "rarp"},    {0x86dd, "ipv6"},
-        {0x8100, "802.1Q"}, {0x88a8, "802.1ad"}, {0x8847, "mpls_uc"}, {0x8848, "mpls_mc"}, {0x6558, "teb"},
-        {0x8863, "ppp_disc"}, {0x8864, "ppp_ses"}, {0x88cc, "LLDP"}, {0x88ca, "tipc"}};
+        {0x0001, "802_3"},    {0x0002, "ax25"},    {0x0004, "802_2"},   {0x0005, "snap"},    {0x000c, "can"},
+        {0x0060, "loop"},     {0x0800, "ip"},      {0x0806, "arp"},     {0x8035, "rarp"},    {0x86dd, "ipv6"},
+        {0x8100, "802.1Q"},   {0x88a8, "802.1ad"}, {0x8847, "mpls_uc"}, {0x8848, "mpls_mc"}, {0x6558, "teb"},
+        {0x8863, "ppp_disc"}, {0x8864, "ppp_ses"}, {0x88cc, "LLDP"},    {0x88ca, "tipc"}};
     if (!numeric)
         if (auto found = names.find(type); found != names.end()) return found->second;
     return fmt::format("[{}]", type);
@@ -455,15 +471,16 @@ std::string users_text(const std::vector<ProcessRef>& processes) {
     std::string out = "users:(";
     for (std::size_t i = 0; i < processes.size(); ++i) {
         if (i) out += ',';
-        out += fmt::format("(\"{}\",pid={},fd={})", printable(processes[i].command), processes[i].pid, processes[i].fd);
+        out += fmt::format("(\"{}\",pid={},fd={})", printable(processes[i].command), processes[i].pid,
+                           processes[i].fd);
     }
     out += ')';
     return out;
 }
 
 std::string memory_text(const std::array<std::uint32_t, 9>& m) {
-    return fmt::format("skmem:(r{},rb{},t{},tb{},f{},w{},o{},bl{},d{})", m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7],
-                       m[8]);
+    return fmt::format("skmem:(r{},rb{},t{},tb{},f{},w{},o{},bl{},d{})", m[0], m[1], m[2], m[3], m[4], m[5],
+                       m[6], m[7], m[8]);
 }
 
 std::string tcp_text(const SocketInfo& socket) {
@@ -471,13 +488,14 @@ std::string tcp_text(const SocketInfo& socket) {
     if (!socket.tcp) return out;
     const TcpDetails& t = *socket.tcp;
     auto ms = [](std::uint32_t us) { return fmt::format("{:g}", us / 1000.0); };
-    out += fmt::format(" wscale:{},{} rto:{} rtt:{}/{} ato:{} mss:{} pmtu:{} rcvmss:{} advmss:{} cwnd:{}", t.snd_wscale,
-                       t.rcv_wscale, ms(t.rto), ms(t.rtt), ms(t.rttvar), ms(t.ato), t.snd_mss, t.pmtu, t.rcv_mss,
-                       t.advmss, t.snd_cwnd);
+    out += fmt::format(" wscale:{},{} rto:{} rtt:{}/{} ato:{} mss:{} pmtu:{} rcvmss:{} advmss:{} cwnd:{}",
+                       t.snd_wscale, t.rcv_wscale, ms(t.rto), ms(t.rtt), ms(t.rttvar), ms(t.ato), t.snd_mss,
+                       t.pmtu, t.rcv_mss, t.advmss, t.snd_cwnd);
     if (t.snd_ssthresh < 0xffff) out += fmt::format(" ssthresh:{}", t.snd_ssthresh);
     out += fmt::format(" bytes_sent:{} bytes_acked:{} bytes_received:{} segs_out:{} segs_in:{}", t.bytes_sent,
                        t.bytes_acked, t.bytes_received, t.segs_out, t.segs_in);
-    out += fmt::format(" lastsnd:{} lastrcv:{} lastack:{}", t.last_data_sent, t.last_data_recv, t.last_ack_recv);
+    out +=
+        fmt::format(" lastsnd:{} lastrcv:{} lastack:{}", t.last_data_sent, t.last_data_recv, t.last_ack_recv);
     if (t.pacing_rate && t.pacing_rate != ~0ull) out += fmt::format(" pacing_rate:{}bps", t.pacing_rate * 8);
     if (t.delivery_rate) out += fmt::format(" delivery_rate:{}bps", t.delivery_rate * 8);
     if (t.unacked) out += fmt::format(" unacked:{}", t.unacked);
@@ -502,29 +520,36 @@ private:
     std::map<std::uint32_t, std::string> names_;
 };
 
-Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames& services, InterfaceNames& ifnames) {
+Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames& services,
+             InterfaceNames& ifnames) {
     Row row;
     std::function<std::string(std::uint32_t)> ifname = [&](std::uint32_t i) { return ifnames(i); };
     if (is_inet(socket.netid)) {
-        row.local_address =
-            address_text(socket.local, socket.v6only, socket.netid == Netid::raw ? 0 : socket.ifindex, ifname) + ":";
+        row.local_address = address_text(socket.local, socket.v6only,
+                                         socket.netid == Netid::raw ? 0 : socket.ifindex, ifname) +
+                            ":";
         row.peer_address = address_text(socket.peer, socket.v6only, 0, ifname) + ":";
         auto port = [&](std::uint16_t p) -> std::string {
             if (p == 0) return "*";
-            if (options.numeric || socket.netid == Netid::raw || detail::is_ephemeral(p)) return std::to_string(p);
+            if (options.numeric || socket.netid == Netid::raw || detail::is_ephemeral(p))
+                return std::to_string(p);
             return services.name(p, socket.netid == Netid::udp);
         };
         row.local_port = port(socket.local.port);
         row.peer_port = port(socket.peer.port);
     } else if (socket.netid == Netid::p_raw || socket.netid == Netid::p_dgr) {
         // ss: the ethertype ("*" for ETH_P_ALL) and the interface, then an empty peer.
-        row.local_address = (socket.local.port == 0x0003 ? std::string("*") : ethertype_text(socket.local.port, options.numeric)) + ":";
+        row.local_address =
+            (socket.local.port == 0x0003 ? std::string("*")
+                                         : ethertype_text(socket.local.port, options.numeric)) +
+            ":";
         row.local_port = socket.ifindex ? ifnames(socket.ifindex) : "*";
         row.peer_address = "*";
         row.peer_port = "";
     } else {
         // ss joins a unix name and its inode with a space; the peer's name is never shown.
-        row.local_address = (socket.local.name.empty() ? std::string("*") : printable(socket.local.name)) + " ";
+        row.local_address =
+            (socket.local.name.empty() ? std::string("*") : printable(socket.local.name)) + " ";
         row.local_port = std::to_string(socket.inode);
         row.peer_address = "* ";
         row.peer_port = std::to_string(socket.peer_inode);
@@ -546,7 +571,8 @@ Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames
         auto owner = cgroup_owner(socket.cgroup);
         if (!owner.unit.empty()) row.details += " unit:" + printable(owner.unit);
         if (!owner.container.empty())
-            row.details += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") + owner.container.substr(0, 12);
+            row.details += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") +
+                           owner.container.substr(0, 12);
     }
     if (socket.tcp || !socket.congestion.empty()) row.details += "\n\t " + tcp_text(socket);
     return row;
@@ -585,7 +611,8 @@ private:
 namespace {
 // Column padding by hand: fmt's runtime widths parse a format spec per field, which shows at 100k rows.
 void pad(fmt::memory_buffer& out, std::size_t count) {
-    static constexpr std::string_view spaces = "                                                                ";
+    static constexpr std::string_view spaces =
+        "                                                                ";
     while (count) {
         std::size_t n = std::min(count, spaces.size());
         out.append(spaces.substr(0, n));
@@ -609,7 +636,20 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
     InterfaceNames ifnames;
     std::vector<Row> rows;
     rows.reserve(sockets.size());
-    enum { c_netns, c_netid, c_state, c_recv, c_send, c_laddr, c_lport, c_paddr, c_pport, c_process, c_ext, c_count };
+    enum {
+        c_netns,
+        c_netid,
+        c_state,
+        c_recv,
+        c_send,
+        c_laddr,
+        c_lport,
+        c_paddr,
+        c_pport,
+        c_process,
+        c_ext,
+        c_count
+    };
     std::array<Column, c_count> columns{{{options.netns, false, "", 0, 0},
                                          {options.netid, false, "", 0, 0},
                                          {options.state, false, " ", 0, 0},
@@ -623,7 +663,8 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
                                          {true, false, "", 0, 0}}};
     if (options.netns) columns[c_netid].delimiter = " ";
     static const std::array<std::string_view, c_count> titles = {
-        "Netns", "Netid", "State", "Recv-Q", "Send-Q", "Local Address:", "Port", "Peer Address:", "Port", "Process", ""};
+        "Netns", "Netid",         "State", "Recv-Q",  "Send-Q", "Local Address:",
+        "Port",  "Peer Address:", "Port",  "Process", ""};
     if (options.header)
         for (int c = 0; c < c_count; ++c) columns[c].max = titles[c].size();
     std::vector<std::array<std::string, 2>> queues;
@@ -664,7 +705,8 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
             printed = column.delimiter.size();
         }
         started = true;
-        if (column.right && column.width > text.size() + printed) pad(out, column.width - text.size() - printed);
+        if (column.right && column.width > text.size() + printed)
+            pad(out, column.width - text.size() - printed);
         out.append(text);
         printed += text.size();
         if (!column.right && column.width > printed) pad(out, column.width - printed);
@@ -735,8 +777,8 @@ nlohmann::ordered_json socket_json(const SocketInfo& socket) {
             processes.push_back({{"pid", p.pid}, {"fd", p.fd}, {"command", printable(p.command)}});
     }
     if (socket.memory) {
-        static const char* const names[] = {"rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
-                                            "wmem_queued", "optmem", "backlog", "drops"};
+        static const char* const names[] = {"rmem_alloc",  "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc",
+                                            "wmem_queued", "optmem", "backlog",    "drops"};
         auto& memory = j["skmem"] = nlohmann::ordered_json::object();
         for (int i = 0; i < 9; ++i) memory[names[i]] = (*socket.memory)[static_cast<std::size_t>(i)];
     }
@@ -750,18 +792,35 @@ nlohmann::ordered_json socket_json(const SocketInfo& socket) {
     }
     if (socket.tcp) {
         const TcpDetails& t = *socket.tcp;
-        j["tcp_info"] = {{"rto_us", t.rto},         {"ato_us", t.ato},         {"rtt_us", t.rtt},
-                         {"rttvar_us", t.rttvar},   {"min_rtt_us", t.min_rtt}, {"snd_mss", t.snd_mss},
-                         {"rcv_mss", t.rcv_mss},    {"pmtu", t.pmtu},          {"advmss", t.advmss},
-                         {"cwnd", t.snd_cwnd},      {"ssthresh", t.snd_ssthresh},
-                         {"snd_wscale", t.snd_wscale}, {"rcv_wscale", t.rcv_wscale},
-                         {"bytes_sent", t.bytes_sent}, {"bytes_acked", t.bytes_acked},
-                         {"bytes_received", t.bytes_received}, {"segs_out", t.segs_out}, {"segs_in", t.segs_in},
-                         {"retrans", t.retrans},    {"total_retrans", t.total_retrans}, {"lost", t.lost},
-                         {"unacked", t.unacked},    {"delivery_rate", t.delivery_rate},
-                         {"pacing_rate", t.pacing_rate}, {"rcv_space", t.rcv_space},
-                         {"last_data_sent_ms", t.last_data_sent}, {"last_data_recv_ms", t.last_data_recv},
-                         {"last_ack_recv_ms", t.last_ack_recv}, {"kernel_size", t.kernel_size}};
+        j["tcp_info"] = {{"rto_us", t.rto},
+                         {"ato_us", t.ato},
+                         {"rtt_us", t.rtt},
+                         {"rttvar_us", t.rttvar},
+                         {"min_rtt_us", t.min_rtt},
+                         {"snd_mss", t.snd_mss},
+                         {"rcv_mss", t.rcv_mss},
+                         {"pmtu", t.pmtu},
+                         {"advmss", t.advmss},
+                         {"cwnd", t.snd_cwnd},
+                         {"ssthresh", t.snd_ssthresh},
+                         {"snd_wscale", t.snd_wscale},
+                         {"rcv_wscale", t.rcv_wscale},
+                         {"bytes_sent", t.bytes_sent},
+                         {"bytes_acked", t.bytes_acked},
+                         {"bytes_received", t.bytes_received},
+                         {"segs_out", t.segs_out},
+                         {"segs_in", t.segs_in},
+                         {"retrans", t.retrans},
+                         {"total_retrans", t.total_retrans},
+                         {"lost", t.lost},
+                         {"unacked", t.unacked},
+                         {"delivery_rate", t.delivery_rate},
+                         {"pacing_rate", t.pacing_rate},
+                         {"rcv_space", t.rcv_space},
+                         {"last_data_sent_ms", t.last_data_sent},
+                         {"last_data_recv_ms", t.last_data_recv},
+                         {"last_ack_recv_ms", t.last_ack_recv},
+                         {"kernel_size", t.kernel_size}};
     }
     return j;
 }

@@ -53,7 +53,8 @@ public:
         // Closing the socket ends the subscription. A callback that stops us runs inside the
         // socket's receive(): the socket is closed when that returns.
         if (reading_) stopping_ = true;
-        else socket_.reset();
+        else
+            socket_.reset();
     }
 
 private:
@@ -79,7 +80,8 @@ private:
                 return !stopping_;
             });
             if (received == netlink::Received::would_block) break;
-            if (received == netlink::Received::overrun && callbacks_.on_lost && !stopping_) callbacks_.on_lost();
+            if (received == netlink::Received::overrun && callbacks_.on_lost && !stopping_)
+                callbacks_.on_lost();
         }
     }
 

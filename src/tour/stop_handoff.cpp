@@ -55,12 +55,13 @@ struct Counts {
 class Client {
 public:
     Client(std::uint16_t port, Counts& counts) {
-        for (int i = 0; i < 2; ++i) threads_.emplace_back([this, port, &counts] {
-            while (!stop_) {
-                one(port, counts);
-                std::this_thread::sleep_for(std::chrono::milliseconds(2));
-            }
-        });
+        for (int i = 0; i < 2; ++i)
+            threads_.emplace_back([this, port, &counts] {
+                while (!stop_) {
+                    one(port, counts);
+                    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                }
+            });
     }
     ~Client() { stop_ = true; }
 
@@ -85,10 +86,13 @@ private:
         std::string response;
         char buffer[1024];
         ssize_t got;
-        while ((got = ::recv(s.get(), buffer, sizeof(buffer), 0)) > 0) response.append(buffer, static_cast<std::size_t>(got));
+        while ((got = ::recv(s.get(), buffer, sizeof(buffer), 0)) > 0)
+            response.append(buffer, static_cast<std::size_t>(got));
         if (got < 0) ++(errno == ECONNRESET ? counts.reset : counts.failed);
-        else if (response.starts_with("HTTP/1.0 200")) ++counts.ok;
-        else ++counts.failed;
+        else if (response.starts_with("HTTP/1.0 200"))
+            ++counts.ok;
+        else
+            ++counts.failed;
     }
     std::atomic<bool> stop_ = false;
     std::vector<std::jthread> threads_;
@@ -116,8 +120,8 @@ Child start(std::vector<std::string> argv, const TempDir& dir, const OutputLog& 
 
 void report(TourLog& log, const Counts& counts, const std::string& what) {
     log.measured(fmt::format("{}: requests ok / failed / refused / reset", what),
-                 fmt::format("{} / {} / {} / {}", counts.ok.load(), counts.failed.load(), counts.refused.load(),
-                             counts.reset.load()));
+                 fmt::format("{} / {} / {} / {}", counts.ok.load(), counts.failed.load(),
+                             counts.refused.load(), counts.reset.load()));
     if (counts.failed || counts.refused || counts.reset) log.failed(what + " lost requests");
     if (counts.ok == 0) log.failed(what + ": no request succeeded");
 }
@@ -132,19 +136,22 @@ void run_stop(TourLog& log) {
 
     std::uint16_t port = free_port();
     std::string control = (dir / "serve.ctl").string();
-    log.say(fmt::format("ktricks serve --listen tcp://127.0.0.1:{} --control {} -- python3 server.py", port, control));
-    Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control", control, "--",
-                         python, script},
+    log.say(fmt::format("ktricks serve --listen tcp://127.0.0.1:{} --control {} -- python3 server.py", port,
+                        control));
+    Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control",
+                         control, "--", python, script},
                         dir, output);
     // Generation 1 is serving once serve has read its READY=1 (until then a reload is refused).
     auto serving = [&] {
         try {
-            return handoff::request_status(control, std::chrono::seconds(2)).find("\"generation\":1") != std::string::npos;
+            return handoff::request_status(control, std::chrono::seconds(2)).find("\"generation\":1") !=
+                   std::string::npos;
         } catch (const std::exception&) {
             return false;
         }
     };
-    if (!wait_for(serving, std::chrono::seconds(10))) throw std::runtime_error("serve did not come up within 10 s");
+    if (!wait_for(serving, std::chrono::seconds(10)))
+        throw std::runtime_error("serve did not come up within 10 s");
     std::vector<double> ready_ms;
     {
         Counts counts;
@@ -160,14 +167,17 @@ void run_stop(TourLog& log) {
         client.reset();
         report(log, counts, "5 reloads under load");
     }
-    log.measured("reload -> new generation ready (median, max)",
-                 fmt::format("{}, {}", format_ms(percentile(ready_ms, 0.5)), format_ms(percentile(ready_ms, 1.0))));
+    log.measured(
+        "reload -> new generation ready (median, max)",
+        fmt::format("{}, {}", format_ms(percentile(ready_ms, 0.5)), format_ms(percentile(ready_ms, 1.0))));
     serve.signal(SIGTERM);
     serve.wait(std::chrono::seconds(10));
 
     port = free_port();
-    log.say(fmt::format("python3 -m http.server {} (knows nothing of ktricks), then ktricks takeover --pid ...", port));
-    Child plain = start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, dir, output);
+    log.say(fmt::format(
+        "python3 -m http.server {} (knows nothing of ktricks), then ktricks takeover --pid ...", port));
+    Child plain =
+        start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, dir, output);
     if (!wait_for([&] { return answers(port); }, std::chrono::seconds(10)))
         throw std::runtime_error("python3 -m http.server did not come up within 10 s");
     {
@@ -175,15 +185,16 @@ void run_stop(TourLog& log) {
         auto client = std::make_unique<Client>(port, counts);
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
         auto started = Clock::now();
-        Child takeover = start({self, "takeover", "--pid", std::to_string(plain.pid()), "--drain-timeout", "5", "--", python,
-                                script},
+        Child takeover = start({self, "takeover", "--pid", std::to_string(plain.pid()), "--drain-timeout",
+                                "5", "--", python, script},
                                dir, output);
         auto status = plain.wait(std::chrono::seconds(10));
         double took = ms_since(started);
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         client.reset();
         if (!status) log.failed("the old server was not retired within 10 s");
-        else log.measured("takeover: command start -> old server gone", format_ms(took));
+        else
+            log.measured("takeover: command start -> old server gone", format_ms(took));
         report(log, counts, "takeover under load");
         takeover.signal(SIGTERM);
         takeover.wait(std::chrono::seconds(10));

@@ -54,14 +54,17 @@ std::string read_memfd(int fd) {
 
 std::string http_get(const SocketAddress& address) {
     Fd socket(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) throw_errno("connect", address.to_string());
+    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0)
+        throw_errno("connect", address.to_string());
     std::string request = "GET / HTTP/1.0\r\nHost: jail\r\n\r\n";
-    if (::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) throw_errno("send", address.to_string());
+    if (::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0)
+        throw_errno("send", address.to_string());
     std::string response;
     char buffer[4096];
     while (true) {
         pollfd readable{socket.get(), POLLIN, 0};
-        if (::poll(&readable, 1, 10000) != 1) throw std::runtime_error("the jailed server did not answer within 10 s");
+        if (::poll(&readable, 1, 10000) != 1)
+            throw std::runtime_error("the jailed server did not answer within 10 s");
         ssize_t got = ::recv(socket.get(), buffer, sizeof(buffer), 0);
         if (got <= 0) break;
         response.append(buffer, static_cast<std::size_t>(got));
@@ -72,12 +75,13 @@ std::string http_get(const SocketAddress& address) {
 void run_stop(TourLog& log) {
     Fd err(::memfd_create("jail-stderr", MFD_CLOEXEC));
     SpawnOptions spawn;
-    spawn.argv = {ktricks_program(), "jail", "--readonly", "--user", "65534",
-                  "--listen", "tcp://127.0.0.1:0", "--", "/usr/bin/python3", "-c", server_script};
+    spawn.argv = {ktricks_program(),   "jail", "--readonly",       "--user", "65534",      "--listen",
+                  "tcp://127.0.0.1:0", "--",   "/usr/bin/python3", "-c",     server_script};
     spawn.stderr_fd = err.get();
     spawn.new_process_group = true;
     Child jail = Child::spawn(spawn);
-    log.say("Started `ktricks jail --readonly --user 65534 --listen tcp://127.0.0.1:0 -- python3 -c SERVER`.");
+    log.say(
+        "Started `ktricks jail --readonly --user 65534 --listen tcp://127.0.0.1:0 -- python3 -c SERVER`.");
     std::smatch match;
     std::string text;
     static const std::regex bound("fd 3 = (\\S+)");
@@ -88,7 +92,8 @@ void run_stop(TourLog& log) {
         return;
     }
     SocketAddress address = SocketAddress::parse(match[1].str());
-    log.say(fmt::format("The listener {} was bound on the host, then handed in as fd 3.", address.to_string()));
+    log.say(
+        fmt::format("The listener {} was bound on the host, then handed in as fd 3.", address.to_string()));
     auto before = Clock::now();
     std::string response = http_get(address);
     double ms = ms_since(before);
@@ -115,8 +120,9 @@ void run_stop(TourLog& log) {
 TourStop jail_stop() {
     return {"jail", "a server in an empty network namespace: clients in, nothing out",
             [] {
-                return ::access("/usr/bin/python3", X_OK) == 0 ? std::optional<std::string>()
-                                                                : std::optional<std::string>("needs /usr/bin/python3");
+                return ::access("/usr/bin/python3", X_OK) == 0
+                           ? std::optional<std::string>()
+                           : std::optional<std::string>("needs /usr/bin/python3");
             },
             run_stop};
 }

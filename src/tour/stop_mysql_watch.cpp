@@ -26,9 +26,10 @@ struct MariaDb {
     std::string server = find_program("mariadbd").value_or("mariadbd");
 };
 
-void run_sql(const MariaDb& programs, const fs::path& socket, const OutputLog& output, const std::string& sql) {
-    if (!run_quiet({programs.client, "--no-defaults", "-S", socket.string(), "-uroot", "-e", sql}, std::chrono::seconds(10),
-                   output.path()))
+void run_sql(const MariaDb& programs, const fs::path& socket, const OutputLog& output,
+             const std::string& sql) {
+    if (!run_quiet({programs.client, "--no-defaults", "-S", socket.string(), "-uroot", "-e", sql},
+                   std::chrono::seconds(10), output.path()))
         throw std::runtime_error("mariadb client failed: " + sql);
 }
 
@@ -43,9 +44,15 @@ void run_stop(TourLog& log) {
                    std::chrono::seconds(30), output.path()))
         throw std::runtime_error("mariadb-install-db failed");
     SpawnOptions server_options;
-    server_options.argv = {programs.server, "--no-defaults", "--datadir=" + datadir.string(), "--socket=" + socket.string(),
-                           "--skip-networking", "--user=root", "--pid-file=" + (tree / "pid").string(),
-                           "--log-bin=" + (datadir / "binlog").string(), "--binlog-format=ROW",
+    server_options.argv = {programs.server,
+                           "--no-defaults",
+                           "--datadir=" + datadir.string(),
+                           "--socket=" + socket.string(),
+                           "--skip-networking",
+                           "--user=root",
+                           "--pid-file=" + (tree / "pid").string(),
+                           "--log-bin=" + (datadir / "binlog").string(),
+                           "--binlog-format=ROW",
                            "--log-error=" + output.path().string()};
     Child server = spawn_quiet(server_options, output.path());
     if (!wait_for([&] { return fs::exists(socket); }, std::chrono::seconds(5)))
@@ -76,7 +83,9 @@ void run_stop(TourLog& log) {
         }
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    run_sql(programs, socket, output, "CREATE DATABASE shop; CREATE TABLE shop.`order-items` (id INT PRIMARY KEY AUTO_INCREMENT, v INT) ENGINE=InnoDB");
+    run_sql(
+        programs, socket, output,
+        "CREATE DATABASE shop; CREATE TABLE shop.`order-items` (id INT PRIMARY KEY AUTO_INCREMENT, v INT) ENGINE=InnoDB");
     std::vector<double> latencies;
     for (int i = 0; i < 10; ++i) {
         std::size_t before;
@@ -97,7 +106,8 @@ void run_stop(TourLog& log) {
             },
             std::chrono::milliseconds(200));
     }
-    run_sql(programs, socket, output, "BEGIN; INSERT INTO shop.`order-items` (v) VALUES (2); ROLLBACK; DROP TABLE shop.`order-items`");
+    run_sql(programs, socket, output,
+            "BEGIN; INSERT INTO shop.`order-items` (v) VALUES (2); ROLLBACK; DROP TABLE shop.`order-items`");
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     server.signal(SIGTERM);
     auto stopped = server.wait(std::chrono::seconds(20));
@@ -111,19 +121,26 @@ void run_stop(TourLog& log) {
     auto inserts = std::count_if(seen.begin(), seen.end(), [](const mysqlwatch::Change& change) {
         return change.event == "change" && change.table == "order-items";
     });
-    bool dropped = std::any_of(seen.begin(), seen.end(), [](const mysqlwatch::Change& change) { return change.event == "drop"; });
-    if (seen.size() > 5) log.say(fmt::format("  ... {} events in all, {} of them changes to order-items", seen.size(), inserts));
+    bool dropped = std::any_of(seen.begin(), seen.end(),
+                               [](const mysqlwatch::Change& change) { return change.event == "drop"; });
+    if (seen.size() > 5)
+        log.say(
+            fmt::format("  ... {} events in all, {} of them changes to order-items", seen.size(), inserts));
     // The rollback came between the last insert and the DROP: once the drop is seen, it is settled.
     if (inserts > 10) log.failed("the rolled-back insert produced an event");
-    else if (inserts == 10 && dropped) log.say("The rolled-back insert is not among them: a rollback leaves no binlog event.");
-    if (latencies.size() < 10) log.failed(fmt::format("only {} of 10 commits produced an event", latencies.size()));
+    else if (inserts == 10 && dropped)
+        log.say("The rolled-back insert is not among them: a rollback leaves no binlog event.");
+    if (latencies.size() < 10)
+        log.failed(fmt::format("only {} of 10 commits produced an event", latencies.size()));
     if (!latencies.empty()) {
-        log.say("Latency below runs from starting the `mariadb` client (its start-up included) to the event.");
+        log.say(
+            "Latency below runs from starting the `mariadb` client (its start-up included) to the event.");
         log.measured("mysql-watch binlog: client start to event, p50", format_ms(percentile(latencies, 0.5)));
         log.measured("mysql-watch binlog: client start to event, max", format_ms(percentile(latencies, 1.0)));
     }
     if (!stopped) log.failed("mariadbd did not stop within 20 s of SIGTERM");
-    else log.say("Server stopped; its directory goes with the stop.");
+    else
+        log.say("Server stopped; its directory goes with the stop.");
 }
 
 }  // namespace
@@ -132,7 +149,7 @@ TourStop mysql_watch_stop() {
     return TourStop{
         "mysql-watch",
         "which tables changed, from the binlog a throwaway MariaDB writes",
-        [] () -> std::optional<std::string> {
+        []() -> std::optional<std::string> {
             if (!find_program("mariadbd") || !find_program("mariadb-install-db") || !find_program("mariadb"))
                 return std::string("MariaDB (mariadb-server, mariadb-client) is not installed");
             if (::geteuid() != 0) return std::string("needs root (the throwaway server runs as --user=root)");

@@ -22,7 +22,8 @@ namespace {
 // iproute2's ip, its output in the stop's log.
 class Ip {
 public:
-    explicit Ip(const OutputLog& output) : program_(find_program("ip").value_or("ip")), output_(output.path()) {}
+    explicit Ip(const OutputLog& output)
+        : program_(find_program("ip").value_or("ip")), output_(output.path()) {}
     void operator()(const std::vector<std::string>& args) const {
         std::vector<std::string> argv{program_};
         argv.insert(argv.end(), args.begin(), args.end());
@@ -43,8 +44,7 @@ struct ScratchNetns {
     ~ScratchNetns() {
         try {
             ip({"netns", "del", name});
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 };
 
@@ -56,7 +56,9 @@ struct ThreadUsage {
 ThreadUsage thread_usage() {
     rusage usage{};
     ::getrusage(RUSAGE_THREAD, &usage);
-    auto ms = [](const timeval& t) { return static_cast<double>(t.tv_sec) * 1000 + static_cast<double>(t.tv_usec) / 1000; };
+    auto ms = [](const timeval& t) {
+        return static_cast<double>(t.tv_sec) * 1000 + static_cast<double>(t.tv_usec) / 1000;
+    };
     return {usage.ru_nvcsw, ms(usage.ru_utime) + ms(usage.ru_stime)};
 }
 
@@ -69,8 +71,9 @@ void run_stop(TourLog& log) {
     ip({"-n", netns.name, "link", "set", "va", "up"});
     ip({"-n", netns.name, "link", "set", "vb", "up"});
     std::string stamp = (dir / "stamps").string();
-    log.say(fmt::format("Namespace {} holds veth va <-> vb. Rule: on link-down,iface=va run 'date +%s%N >> {}'.",
-                        netns.name, stamp));
+    log.say(
+        fmt::format("Namespace {} holds veth va <-> vb. Rule: on link-down,iface=va run 'date +%s%N >> {}'.",
+                    netns.name, stamp));
 
     std::mutex mutex;
     std::vector<Clock::time_point> seen;  // when netwatch had the link-down event of va
@@ -141,8 +144,9 @@ void run_stop(TourLog& log) {
     }
     watcher.join();
     if (failure) std::rethrow_exception(failure);
-    log.say(fmt::format("Toggled vb down/up {} times; netwatch saw va lose its carrier {} times and ran the rule {} times.",
-                        toggles, to_event.size(), to_script.size()));
+    log.say(fmt::format(
+        "Toggled vb down/up {} times; netwatch saw va lose its carrier {} times and ran the rule {} times.",
+        toggles, to_event.size(), to_script.size()));
     if (to_event.size() != toggles || to_script.size() != toggles) {
         log.failed("not every toggle produced its event and its script run");
         return;
@@ -152,11 +156,13 @@ void run_stop(TourLog& log) {
     // A poll would wake the watcher on a schedule whether or not anything happened.
     constexpr auto poll = std::chrono::milliseconds(10);
     long poll_wakeups = static_cast<long>(duration / poll);
-    log.measured(fmt::format("watching thread over {}, with the toggles and rule runs", format_ms(to_ms(duration))),
-                 fmt::format("{} wake-ups, {} of CPU (a {} ms poll alone would wake {} times)", used.wakeups,
-                             format_ms(used.cpu_ms), poll.count(), poll_wakeups));
+    log.measured(
+        fmt::format("watching thread over {}, with the toggles and rule runs", format_ms(to_ms(duration))),
+        fmt::format("{} wake-ups, {} of CPU (a {} ms poll alone would wake {} times)", used.wakeups,
+                    format_ms(used.cpu_ms), poll.count(), poll_wakeups));
     if (used.wakeups < poll_wakeups / 2)
-        log.say("It slept in the kernel between events: rtnetlink multicast wakes it when something changes, not on a schedule.");
+        log.say(
+            "It slept in the kernel between events: rtnetlink multicast wakes it when something changes, not on a schedule.");
     else
         log.say("It woke about as often as a poll would: the events alone do not explain its wake-ups.");
 }

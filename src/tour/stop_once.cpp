@@ -23,8 +23,8 @@ namespace {
 std::optional<std::string> proc_net_unix_line(const once::LockName& name) {
     for (const auto& entry : read_proc_net_unix())
         if (entry.path == name.socket_name() && entry.flags == 0x10000)
-            return fmt::format("flags {:08x} type {} state {:02x} inode {} {}", entry.flags, entry.type, entry.state,
-                               entry.inode, entry.path);
+            return fmt::format("flags {:08x} type {} state {:02x} inode {} {}", entry.flags, entry.type,
+                               entry.state, entry.inode, entry.path);
     return std::nullopt;
 }
 
@@ -51,7 +51,8 @@ void kill_job(Child& holder) {
 
 void run_stop(TourLog& log) {
     auto name = once::LockName::make(fmt::format("tour-{}", ::getpid()));
-    log.say(fmt::format("Lock \"{}\" is the abstract unix socket {}: no file, anywhere.", name.name(), name.socket_name()));
+    log.say(fmt::format("Lock \"{}\" is the abstract unix socket {}: no file, anywhere.", name.name(),
+                        name.socket_name()));
 
     constexpr int rounds = 2000;
     std::vector<double> acquire_ms;
@@ -61,24 +62,31 @@ void run_stop(TourLog& log) {
         lock.reset();
         acquire_ms.push_back(ms_since(start));
     }
-    log.measured(fmt::format("acquire + release, median of {}", rounds), format_ms(percentile(acquire_ms, 0.5)));
+    log.measured(fmt::format("acquire + release, median of {}", rounds),
+                 format_ms(percentile(acquire_ms, 0.5)));
 
     Child holder = start_holder(name);
     auto found = once::find_holder(name);
     log.say(fmt::format("Started `{}`.", shell_join(found->command)));
-    log.say(fmt::format("The kernel names the holder (SO_PEERCRED): pid {}, uid {}.", found->pid, found->uid));
+    log.say(
+        fmt::format("The kernel names the holder (SO_PEERCRED): pid {}, uid {}.", found->pid, found->uid));
     if (auto line = proc_net_unix_line(name)) log.say(fmt::format("/proc/net/unix: {}", *line));
     if (once::Lock::try_acquire(name)) log.failed("a second instance got the lock while it was held");
-    else log.say(fmt::format("A second instance is refused: {} is held by {}.", name.name(), found->describe()));
+    else
+        log.say(
+            fmt::format("A second instance is refused: {} is held by {}.", name.name(), found->describe()));
 
     std::vector<double> send_ms;
     for (int i = 0; i < 20; ++i) {
         auto start = Clock::now();
-        auto delivery = once::send(name, {"open", fmt::format("file-{}.txt", i)}, false, std::chrono::seconds(5));
+        auto delivery =
+            once::send(name, {"open", fmt::format("file-{}.txt", i)}, false, std::chrono::seconds(5));
         send_ms.push_back(ms_since(start));
-        if (delivery != once::Delivery::delivered) log.failed(fmt::format("message {} was {}", i, once::to_string(delivery)));
+        if (delivery != once::Delivery::delivered)
+            log.failed(fmt::format("message {} was {}", i, once::to_string(delivery)));
     }
-    log.measured("message to the running instance's inbox, round trip (median of 20)", format_ms(percentile(send_ms, 0.5)));
+    log.measured("message to the running instance's inbox, round trip (median of 20)",
+                 format_ms(percentile(send_ms, 0.5)));
     kill_job(holder);
 
     constexpr int starters = 20;
@@ -95,7 +103,8 @@ void run_stop(TourLog& log) {
             });
     }
     held.clear();
-    log.measured(fmt::format("{} starters racing for the lock, winners", starters), fmt::format("{}", winners.load()));
+    log.measured(fmt::format("{} starters racing for the lock, winners", starters),
+                 fmt::format("{}", winners.load()));
     if (winners != 1) log.failed("exactly one starter must win");
 
     constexpr int takeovers = 10;
@@ -116,18 +125,20 @@ void run_stop(TourLog& log) {
         }
         takeover_ms.push_back(to_ms(acquired - killed));
     }
-    log.measured(fmt::format("holder killed with SIGKILL -> waiter holds the lock (median of {}, max)", takeovers),
-                 fmt::format("{}, {}", format_ms(percentile(takeover_ms, 0.5)),
-                             format_ms(percentile(takeover_ms, 1.0))));
+    log.measured(
+        fmt::format("holder killed with SIGKILL -> waiter holds the lock (median of {}, max)", takeovers),
+        fmt::format("{}, {}", format_ms(percentile(takeover_ms, 0.5)),
+                    format_ms(percentile(takeover_ms, 1.0))));
     if (proc_net_unix_line(name)) log.failed("the name is still bound after every holder is gone");
-    else log.say("Every holder is gone and so is the name: nothing to clean up, no lock file left behind.");
+    else
+        log.say("Every holder is gone and so is the name: nothing to clean up, no lock file left behind.");
 }
 
 }  // namespace
 
 TourStop once_stop() {
-    return {"once", "single-instance lock on an abstract unix socket", [] { return std::optional<std::string>(); },
-            run_stop};
+    return {"once", "single-instance lock on an abstract unix socket",
+            [] { return std::optional<std::string>(); }, run_stop};
 }
 
 }  // namespace ktricks::tour

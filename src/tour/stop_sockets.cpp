@@ -61,11 +61,13 @@ std::vector<Fd> open_connections(int count, std::uint16_t port) {
     address.sin_family = AF_INET;
     address.sin_port = htons(port);
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) throw_errno("bind", "tour listener");
+    if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0)
+        throw_errno("bind", "tour listener");
     if (::listen(listener.get(), 4096) < 0) throw_errno("listen", "tour listener");
     for (int i = 0; i < count; ++i) {
         Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (::connect(client.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) throw_errno("connect", "tour");
+        if (::connect(client.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0)
+            throw_errno("connect", "tour");
         Fd server(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!server) throw_errno("accept", "tour");
         fds.push_back(std::move(client));
@@ -146,7 +148,8 @@ void compare_with_ss(TourLog& log, int netns) {
     auto theirs = in_namespace({"ss", "-tan"}, netns);
     // A run each before timing also warms the page cache for both binaries.
     std::size_t our_rows = rows(ours, 1), their_rows = rows(theirs, 1);
-    if (our_rows != their_rows) log.failed(fmt::format("ktricks listed {} rows, ss {}", our_rows, their_rows));
+    if (our_rows != their_rows)
+        log.failed(fmt::format("ktricks listed {} rows, ss {}", our_rows, their_rows));
     std::vector<SpawnOptions> commands{ours, theirs};
     bool netstat = find_program("netstat").has_value();
     std::size_t netstat_rows = 0;
@@ -157,11 +160,13 @@ void compare_with_ss(TourLog& log, int netns) {
 
     constexpr int runs = 7;
     auto ms = interleaved_medians(commands, runs);
-    log.measured(fmt::format("ktricks sockets -tan, {} rows (median of {}, interleaved)", our_rows, runs), format_ms(ms[0]));
+    log.measured(fmt::format("ktricks sockets -tan, {} rows (median of {}, interleaved)", our_rows, runs),
+                 format_ms(ms[0]));
     log.measured(fmt::format("ss -tan, {} rows", their_rows), format_ms(ms[1]));
     log.measured("ktricks sockets -tan vs ss -tan", compared(ms[0], ms[1], "ss -tan"));
     if (netstat) {
-        log.measured(fmt::format("netstat -tan, {} rows (parses /proc/net/tcp)", netstat_rows), format_ms(ms[2]));
+        log.measured(fmt::format("netstat -tan, {} rows (parses /proc/net/tcp)", netstat_rows),
+                     format_ms(ms[2]));
         log.measured("ktricks sockets -tan vs netstat -tan", compared(ms[0], ms[2], "netstat -tan"));
     } else {
         log.say("netstat is not installed: skipped.");
@@ -169,10 +174,11 @@ void compare_with_ss(TourLog& log, int netns) {
 
     // -p walks /proc/*/fd of the whole machine: its cost depends on everything else running.
     constexpr int p_runs = 3;
-    auto p_ms = interleaved_medians({in_namespace({self, "sockets", "-tanp"}, netns), in_namespace({"ss", "-tanp"}, netns)},
-                                    p_runs);
-    log.measured(fmt::format("ktricks sockets -tanp, with owning processes (median of {}, interleaved)", p_runs),
-                 format_ms(p_ms[0]));
+    auto p_ms = interleaved_medians(
+        {in_namespace({self, "sockets", "-tanp"}, netns), in_namespace({"ss", "-tanp"}, netns)}, p_runs);
+    log.measured(
+        fmt::format("ktricks sockets -tanp, with owning processes (median of {}, interleaved)", p_runs),
+        format_ms(p_ms[0]));
     log.measured("ss -tanp", format_ms(p_ms[1]));
     log.measured("ktricks sockets -tanp vs ss -tanp", compared(p_ms[0], p_ms[1], "ss -tanp"));
 }
@@ -193,8 +199,8 @@ void run_stop(TourLog& log) {
         held = open_connections(connections, 7000);
     }
     std::string netns_path = fmt::format("/proc/{}/fd/{}", ::getpid(), scratch.get());
-    log.say(fmt::format("Opened {} loopback connections ({} sockets) in a scratch network namespace.", connections,
-                        2 * connections + 1));
+    log.say(fmt::format("Opened {} loopback connections ({} sockets) in a scratch network namespace.",
+                        connections, 2 * connections + 1));
 
     compare_with_ss(log, scratch.get());
 
@@ -205,9 +211,10 @@ void run_stop(TourLog& log) {
     auto start = Clock::now();
     auto listing = sockets::list(query, netns_path);
     double filtered_ms = ms_since(start);
-    log.measured(fmt::format("library call, filter \"sport = :7000\" compiled to inet_diag bytecode: {} sockets",
-                             listing.sockets.size()),
-                 format_ms(filtered_ms));
+    log.measured(
+        fmt::format("library call, filter \"sport = :7000\" compiled to inet_diag bytecode: {} sockets",
+                    listing.sockets.size()),
+        format_ms(filtered_ms));
     if (listing.sockets.size() != static_cast<std::size_t>(connections))
         log.failed(fmt::format("expected {} server-side sockets", connections));
     held.clear();
@@ -221,24 +228,30 @@ void run_stop(TourLog& log) {
     std::jthread watcher([&](std::stop_token stop) {
         try {
             procwatch::Options options;
-            options.events = {procwatch::EventType::fork, procwatch::EventType::exec, procwatch::EventType::exit};
+            options.events = {procwatch::EventType::fork, procwatch::EventType::exec,
+                              procwatch::EventType::exit};
             procwatch::Callbacks callbacks;
-            callbacks.on_event = [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
-                    std::lock_guard guard(lock);
-                    if (child_pid && (event.tgid == child_pid || event.parent_tgid == child_pid))
-                        lines.push_back(fmt::format("{:<5} pid {} {}{}", procwatch::to_string(event.type), event.tgid,
-                                                    enrichment.command.empty() ? enrichment.comm
-                                                                               : shell_join(enrichment.command),
-                                                    event.type == procwatch::EventType::exit
-                                                        ? fmt::format(" -> exit status {}", event.exit_status())
-                                                        : std::string()));
+            callbacks.on_event = [&](const procwatch::ProcessEvent& event,
+                                     const procwatch::Enrichment& enrichment) {
+                std::lock_guard guard(lock);
+                if (child_pid && (event.tgid == child_pid || event.parent_tgid == child_pid))
+                    lines.push_back(fmt::format(
+                        "{:<5} pid {} {}{}", procwatch::to_string(event.type), event.tgid,
+                        enrichment.command.empty() ? enrichment.comm : shell_join(enrichment.command),
+                        event.type == procwatch::EventType::exit
+                            ? fmt::format(" -> exit status {}", event.exit_status())
+                            : std::string()));
             };
             EventLoop loop;
             procwatch::Watcher watch(loop, options, callbacks);
             watch.start();
             listening = true;
-            loop.add_timer(std::chrono::milliseconds(20), [&] { if (stop.stop_requested()) loop.stop(); },
-                           std::chrono::milliseconds(20));
+            loop.add_timer(
+                std::chrono::milliseconds(20),
+                [&] {
+                    if (stop.stop_requested()) loop.stop();
+                },
+                std::chrono::milliseconds(20));
             loop.run();
         } catch (...) {
             failure = std::current_exception();
@@ -264,7 +277,9 @@ void run_stop(TourLog& log) {
     if (failure) std::rethrow_exception(failure);
     log.say("The proc connector's events for a child we started, pushed by the kernel as they happened:");
     for (const auto& line : lines) log.say("  " + line);
-    bool exited = std::any_of(lines.begin(), lines.end(), [](const std::string& l) { return l.find("exit status 3") != std::string::npos; });
+    bool exited = std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+        return l.find("exit status 3") != std::string::npos;
+    });
     if (!exited) log.failed("the child's exit (status 3) was not seen");
 }
 
@@ -273,7 +288,8 @@ void run_stop(TourLog& log) {
 TourStop sockets_stop() {
     return {"sockets", "sock_diag netlink listing timed against ss, and proc connector process events",
             [] {
-                if (::geteuid() != 0) return std::optional<std::string>("needs root (network namespaces, proc connector)");
+                if (::geteuid() != 0)
+                    return std::optional<std::string>("needs root (network namespaces, proc connector)");
                 return std::optional<std::string>();
             },
             run_stop};

@@ -20,7 +20,9 @@
 namespace ktricks::tour {
 
 void TourLog::say(const std::string& text) { fmt::print("  {}\n", text); }
-void TourLog::measured(const std::string& label, const std::string& value) { fmt::print("  > {}: {}\n", label, value); }
+void TourLog::measured(const std::string& label, const std::string& value) {
+    fmt::print("  > {}: {}\n", label, value);
+}
 void TourLog::failed(const std::string& what) {
     ++failures_;
     fmt::print("  FAILED: {}\n", what);
@@ -48,7 +50,8 @@ std::string format_ms(double milliseconds) {
 }
 
 TempDir::TempDir(std::string_view label) {
-    std::string pattern = (std::filesystem::temp_directory_path() / fmt::format("ktricks-tour-{}-XXXXXX", label)).string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / fmt::format("ktricks-tour-{}-XXXXXX", label)).string();
     if (!::mkdtemp(pattern.data())) throw_errno("mkdtemp", pattern);
     path_ = pattern;
 }
@@ -108,7 +111,8 @@ Child spawn_quiet(SpawnOptions options, const std::filesystem::path& output) {
     return Child::spawn(options);
 }
 
-bool run_quiet(std::vector<std::string> argv, std::chrono::milliseconds timeout, const std::filesystem::path& output) {
+bool run_quiet(std::vector<std::string> argv, std::chrono::milliseconds timeout,
+               const std::filesystem::path& output) {
     SpawnOptions options;
     options.argv = std::move(argv);
     auto status = spawn_quiet(std::move(options), output).wait(timeout);
@@ -118,10 +122,10 @@ bool run_quiet(std::vector<std::string> argv, std::chrono::milliseconds timeout,
 std::optional<std::string> find_program(const std::string& name) {
     try {
         return ktricks::find_program(name);
-    } catch (const SpawnError&) {
-    }
+    } catch (const SpawnError&) {}
     for (const char* dir : {"/usr/local/sbin", "/usr/sbin", "/sbin"})
-        if (auto path = std::filesystem::path(dir) / name; ::access(path.c_str(), X_OK) == 0) return path.string();
+        if (auto path = std::filesystem::path(dir) / name; ::access(path.c_str(), X_OK) == 0)
+            return path.string();
     return std::nullopt;
 }
 

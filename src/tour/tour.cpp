@@ -22,11 +22,13 @@ TourStop tvfs_stop();
 namespace {
 
 std::vector<TourStop> all_stops() {
-    return {once_stop(), handoff_stop(), jail_stop(), sockets_stop(), netwatch_stop(), mysql_watch_stop(), tvfs_stop()};
+    return {once_stop(),     handoff_stop(),     jail_stop(), sockets_stop(),
+            netwatch_stop(), mysql_watch_stop(), tvfs_stop()};
 }
 
 bool wanted(const Options& options, const TourStop& stop) {
-    return options.only.empty() || std::find(options.only.begin(), options.only.end(), stop.name) != options.only.end();
+    return options.only.empty() ||
+           std::find(options.only.begin(), options.only.end(), stop.name) != options.only.end();
 }
 
 }  // namespace
@@ -61,8 +63,8 @@ int run(const Options& options) {
         if (log.ok()) ++passed;
         fmt::print("  {}\n\n", log.ok() ? "ok" : "stop failed");
     }
-    fmt::print("tour: {} stop{} ran, {} passed, {} failed, {} skipped\n", ran, ran == 1 ? "" : "s", passed, ran - passed,
-               skipped);
+    fmt::print("tour: {} stop{} ran, {} passed, {} failed, {} skipped\n", ran, ran == 1 ? "" : "s", passed,
+               ran - passed, skipped);
     return ran == passed ? 0 : 1;
 }
 

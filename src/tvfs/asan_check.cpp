@@ -23,12 +23,14 @@ int main(int argc, char** argv) {
                 remux(path, decision, out);
                 std::remove(out.c_str());
                 fmt::print("  remux: {} bytes\n", size);
-            } else if (decision.action == Action::audio_transcode || decision.action == Action::full_transcode) {
+            } else if (decision.action == Action::audio_transcode ||
+                       decision.action == Action::full_transcode) {
                 auto layout = transcode_layout(path, media, decision, profile);
                 for (std::size_t k = 0; k < layout.segments.size(); ++k) {
                     try {
                         auto data = produce_segment(path, media, decision, profile, layout, k);
-                        if (data.size() != layout.segments[k].bytes) fmt::print("  segment {}: WRONG SIZE\n", k);
+                        if (data.size() != layout.segments[k].bytes)
+                            fmt::print("  segment {}: WRONG SIZE\n", k);
                     } catch (const std::exception& error) {
                         fmt::print("  segment {}: {}\n", k, error.what());
                     }

@@ -61,7 +61,8 @@ std::uint64_t remux_size(const std::string& path, const Decision& decision);
 // Writes that MP4 to `out` (a path in the cache); throws on any failure (the caller removes `out`).
 void remux(const std::string& path, const Decision& decision, const std::string& out);
 // Segments and their byte budgets; for audio-only transcodes this reads the video packet index.
-Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile);
+Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision,
+                        const Profile& profile);
 // Segment k's bytes, exactly layout.segments[k].bytes long (MPEG-TS, null-packet padded).
 std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision,
                             const Profile& profile, const Layout& layout, std::size_t k);

@@ -22,7 +22,8 @@ OutputCache::OutputCache(std::string root, std::uint64_t limit) : root_(std::mov
         auto age = fs::last_write_time(dir.path(), inner);
         for (const auto& file : fs::directory_iterator(dir.path(), inner)) {
             if (file.path().extension() == ".part") fs::remove(file.path(), inner);
-            else used_ += file.file_size(inner);
+            else
+                used_ += file.file_size(inner);
         }
         last_use_[dir.path().filename().string()] = static_cast<std::int64_t>(age.time_since_epoch().count());
     }
@@ -43,7 +44,8 @@ void OutputCache::add(std::uint64_t bytes) {
     used_ += bytes;
 }
 
-std::vector<std::string> OutputCache::make_room(std::uint64_t bytes, const std::function<bool(const std::string& key)>& evictable) {
+std::vector<std::string> OutputCache::make_room(
+    std::uint64_t bytes, const std::function<bool(const std::string& key)>& evictable) {
     std::vector<std::string> evicted;
     std::lock_guard lock(mutex_);
     while (used_ + bytes > limit_) {
@@ -64,7 +66,8 @@ std::vector<std::string> OutputCache::make_room(std::uint64_t bytes, const std::
         }
         if (victim.empty()) break;
         std::uint64_t freed = 0;
-        for (const auto& file : fs::directory_iterator(root_ + "/" + victim, ignored)) freed += file.file_size(ignored);
+        for (const auto& file : fs::directory_iterator(root_ + "/" + victim, ignored))
+            freed += file.file_size(ignored);
         fs::remove_all(root_ + "/" + victim, ignored);
         used_ -= std::min(used_, freed);
         last_use_.erase(victim);

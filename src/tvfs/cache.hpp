@@ -33,7 +33,8 @@ public:
     // under the limit, or nothing evictable is left (then the cache stays over its limit until
     // outputs close). Returns the evicted keys, oldest first. `evictable` runs under this cache's
     // lock (lock order: filesystem.hpp).
-    std::vector<std::string> make_room(std::uint64_t bytes, const std::function<bool(const std::string& key)>& evictable);
+    std::vector<std::string> make_room(std::uint64_t bytes,
+                                       const std::function<bool(const std::string& key)>& evictable);
 
 private:
     std::string root_;

@@ -15,15 +15,20 @@ struct Entry {
     Layout layout;
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VideoStream, index, codec, profile, level, bit_depth, pix_fmt, width, height, fps, interlaced)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VideoStream, index, codec, profile, level, bit_depth, pix_fmt, width,
+                                   height, fps, interlaced)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(AudioStream, index, codec, profile, channels, sample_rate)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Segment, start, end, offset, bytes)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Layout, action, size, segments, fps_num, fps_den, width, height, video_kbps)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Layout, action, size, segments, fps_num, fps_den, width, height,
+                                   video_kbps)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Decision, action, reasons, audio_stream, extension)
 
 inline void to_json(nlohmann::json& json, const MediaInfo& media) {
-    json = {{"container", media.container}, {"faststart", media.faststart}, {"duration", media.duration},
-            {"audio", media.audio},         {"subtitles", media.subtitles}};
+    json = {{"container", media.container},
+            {"faststart", media.faststart},
+            {"duration", media.duration},
+            {"audio", media.audio},
+            {"subtitles", media.subtitles}};
     json["video"] = media.video ? nlohmann::json::array({*media.video}) : nlohmann::json::array();
 }
 inline void from_json(const nlohmann::json& json, MediaInfo& media) {

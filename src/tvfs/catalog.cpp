@@ -13,7 +13,8 @@ std::string fit_name(const std::string& name, std::size_t keep) {
     keep = std::min(keep, name.size());
     auto tag = fmt::format("~{:08x}", static_cast<std::uint32_t>(std::hash<std::string>{}(name)));
     std::size_t cut = NAME_MAX - keep - tag.size();
-    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80)
+        --cut;  // not inside a UTF-8 sequence
     return name.substr(0, cut) + tag + name.substr(name.size() - keep);
 }
 
@@ -22,8 +23,10 @@ Listing name_items(const std::vector<SourceItem>& items) {
     std::vector<const SourceItem*> converted;
     for (const auto& item : items) {
         if (item.directory) result[item.name] = CatalogItem{item.name, true};
-        else if (item.decision.action == Action::pass_through) result[item.name] = CatalogItem{item.name, false};
-        else if (item.decision.action != Action::skip) converted.push_back(&item);
+        else if (item.decision.action == Action::pass_through)
+            result[item.name] = CatalogItem{item.name, false};
+        else if (item.decision.action != Action::skip)
+            converted.push_back(&item);
     }
     // Pass-through names (and directories) win; a converted name that collides keeps its source name in front.
     for (const auto* item : converted) {
@@ -52,7 +55,8 @@ std::shared_ptr<const Listing> Catalog::listing(const std::string& dir) {
         if (dirent.is_directory(type_error)) {
             items.push_back(SourceItem{name, true, {}});
         } else if (dirent.is_regular_file(type_error)) {
-            if (auto entry = lookup_(dir + "/" + name)) items.push_back(SourceItem{name, false, entry->decision});
+            if (auto entry = lookup_(dir + "/" + name))
+                items.push_back(SourceItem{name, false, entry->decision});
         }
     }
     auto result = std::make_shared<const Listing>(name_items(items));

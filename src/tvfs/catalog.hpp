@@ -51,8 +51,8 @@ public:
 
     struct Resolved {
         bool directory = false;
-        std::string source_rel;       // "/dir/clip.mkv"
-        std::optional<Entry> entry;   // files only
+        std::string source_rel;      // "/dir/clip.mkv"
+        std::optional<Entry> entry;  // files only
     };
     // What PATH in the mount ("/dir/clip.mp4") is; nullopt if nothing (or a skipped file).
     std::optional<Resolved> resolve(const std::string& path);

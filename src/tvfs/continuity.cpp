@@ -58,7 +58,8 @@ void continue_counters(std::string& data) {
     std::map<int, Pid> pids;
     for (std::size_t i = 0; i < count; ++i) {
         auto p = packet(i);
-        if (p[0] != 0x47) throw std::runtime_error(fmt::format("MPEG-TS segment: no sync byte in packet {}", i));
+        if (p[0] != 0x47)
+            throw std::runtime_error(fmt::format("MPEG-TS segment: no sync byte in packet {}", i));
         int pid = pid_of(p);
         if (pid == null_pid || !has_payload(p)) continue;
         auto& state = pids[pid];
@@ -78,12 +79,15 @@ void continue_counters(std::string& data) {
         if (needed == 0) continue;
         // PSI: repeat table starts (sections here fit one packet); PES: split full packets, spread out.
         // A PES packet with an adaptation field (PCR, random access mark) is never split.
-        if (state.pes) state.whole.insert(state.whole.end(), state.whole_starts.begin(), state.whole_starts.end());
+        if (state.pes)
+            state.whole.insert(state.whole.end(), state.whole_starts.begin(), state.whole_starts.end());
         auto& candidates = state.pes ? state.whole : state.starts;
         if (candidates.empty())
-            throw std::runtime_error(fmt::format("MPEG-TS segment: PID {} has no packet to repeat or split", pid));
+            throw std::runtime_error(
+                fmt::format("MPEG-TS segment: PID {} has no packet to repeat or split", pid));
         for (std::size_t j = 0; j < needed; ++j)
-            ++extra[candidates[(j * candidates.size() / needed + candidates.size() / (2 * needed)) % candidates.size()]];
+            ++extra[candidates[(j * candidates.size() / needed + candidates.size() / (2 * needed)) %
+                               candidates.size()]];
     }
     std::string out;
     out.reserve(data.size() + packet_size * 16 * pids.size());

@@ -19,9 +19,11 @@ std::string container_family(const MediaInfo& media) {
     const auto& name = media.container;
     if (name.starts_with("mov,mp4")) return "mp4";
     if (name.starts_with("matroska")) {
-        auto webm_video = !media.video || media.video->codec == "vp8" || media.video->codec == "vp9" || media.video->codec == "av1";
-        auto webm_audio = std::all_of(media.audio.begin(), media.audio.end(),
-                                      [](const AudioStream& a) { return a.codec == "opus" || a.codec == "vorbis"; });
+        auto webm_video = !media.video || media.video->codec == "vp8" || media.video->codec == "vp9" ||
+                          media.video->codec == "av1";
+        auto webm_audio = std::all_of(media.audio.begin(), media.audio.end(), [](const AudioStream& a) {
+            return a.codec == "opus" || a.codec == "vorbis";
+        });
         return webm_video && webm_audio ? "webm" : "matroska";
     }
     return name;
@@ -30,7 +32,9 @@ std::string container_family(const MediaInfo& media) {
 std::string level_text(int level) { return fmt::format("{}.{}", level / 10, level % 10); }
 
 // Codecs the MPEG-TS muxer can carry when the video is copied into an audio-only transcode.
-bool ts_can_carry(std::string_view codec) { return codec == "h264" || codec == "hevc" || codec == "mpeg2video"; }
+bool ts_can_carry(std::string_view codec) {
+    return codec == "h264" || codec == "hevc" || codec == "mpeg2video";
+}
 
 }  // namespace
 
@@ -63,16 +67,20 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
         why.push_back("video: " + std::move(text));
     };
     if (!contains(profile.video_codecs, v.codec)) {
-        fail(fmt::format("{} not in profile {} ({})", v.codec, profile.name, fmt::join(profile.video_codecs, ", ")));
+        fail(fmt::format("{} not in profile {} ({})", v.codec, profile.name,
+                         fmt::join(profile.video_codecs, ", ")));
     } else {
-        if (v.codec == "h264" && !profile.h264_profiles.empty() && !contains(profile.h264_profiles, v.profile))
-            fail(fmt::format("H.264 profile {} not in ({})", v.profile.empty() ? "unknown" : v.profile, fmt::join(profile.h264_profiles, ", ")));
+        if (v.codec == "h264" && !profile.h264_profiles.empty() &&
+            !contains(profile.h264_profiles, v.profile))
+            fail(fmt::format("H.264 profile {} not in ({})", v.profile.empty() ? "unknown" : v.profile,
+                             fmt::join(profile.h264_profiles, ", ")));
         if (v.codec == "h264" && v.level > profile.max_h264_level)
             fail(fmt::format("H.264 level {} > {}", level_text(v.level), level_text(profile.max_h264_level)));
         if (v.codec == "hevc" && v.level > profile.max_hevc_level)
             fail(fmt::format("HEVC level {} > {}", level_text(v.level), level_text(profile.max_hevc_level)));
     }
-    if (v.bit_depth > profile.max_bit_depth) fail(fmt::format("{}-bit > {}-bit", v.bit_depth, profile.max_bit_depth));
+    if (v.bit_depth > profile.max_bit_depth)
+        fail(fmt::format("{}-bit > {}-bit", v.bit_depth, profile.max_bit_depth));
     if (v.pix_fmt.find("420") == std::string::npos && v.pix_fmt != "nv12")
         fail(fmt::format("pixel format {} is not 4:2:0", v.pix_fmt.empty() ? "unknown" : v.pix_fmt));
     if (v.width > profile.max_width || v.height > profile.max_height)
@@ -80,7 +88,8 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
     if (v.fps > profile.max_fps + 0.01) fail(fmt::format("{:.3g} fps > {:.3g}", v.fps, profile.max_fps));
     if (v.interlaced && !profile.interlaced) fail("interlaced, profile wants progressive");
     if (video_ok)
-        why.push_back(fmt::format("video: {} {} {}x{} {:.3g} fps {}-bit ok", v.codec, v.profile, v.width, v.height, v.fps, v.bit_depth));
+        why.push_back(fmt::format("video: {} {} {}x{} {:.3g} fps {}-bit ok", v.codec, v.profile, v.width,
+                                  v.height, v.fps, v.bit_depth));
 
     bool audio_ok = true;
     if (!media.audio.empty()) {
@@ -88,27 +97,34 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
         decision.audio_stream = a.index;
         if (!contains(profile.audio_codecs, a.codec)) {
             audio_ok = false;
-            why.push_back(fmt::format("audio: {} not in profile {} ({})", a.codec, profile.name, fmt::join(profile.audio_codecs, ", ")));
+            why.push_back(fmt::format("audio: {} not in profile {} ({})", a.codec, profile.name,
+                                      fmt::join(profile.audio_codecs, ", ")));
         }
         if (a.channels > profile.max_channels) {
             audio_ok = false;
             why.push_back(fmt::format("audio: {} channels > {}", a.channels, profile.max_channels));
         }
-        if (!profile.sample_rates.empty() && !std::count(profile.sample_rates.begin(), profile.sample_rates.end(), a.sample_rate)) {
+        if (!profile.sample_rates.empty() &&
+            !std::count(profile.sample_rates.begin(), profile.sample_rates.end(), a.sample_rate)) {
             audio_ok = false;
-            why.push_back(fmt::format("audio: {} Hz not in ({})", a.sample_rate, fmt::join(profile.sample_rates, ", ")));
+            why.push_back(fmt::format("audio: {} Hz not in ({})", a.sample_rate,
+                                      fmt::join(profile.sample_rates, ", ")));
         }
-        if (audio_ok) why.push_back(fmt::format("audio: {} {} ch {} Hz ok", a.codec, a.channels, a.sample_rate));
+        if (audio_ok)
+            why.push_back(fmt::format("audio: {} {} ch {} Hz ok", a.codec, a.channels, a.sample_rate));
         if (media.audio.size() > 1 && !(video_ok && audio_ok))
-            why.push_back(fmt::format("audio: {} more audio stream(s) dropped from the output", media.audio.size() - 1));
+            why.push_back(fmt::format("audio: {} more audio stream(s) dropped from the output",
+                                      media.audio.size() - 1));
     }
 
     auto family = container_family(media);
     bool container_ok = contains(profile.containers, family);
-    if (!container_ok) why.push_back(fmt::format("container: {} not in ({})", family, fmt::join(profile.containers, ", ")));
+    if (!container_ok)
+        why.push_back(fmt::format("container: {} not in ({})", family, fmt::join(profile.containers, ", ")));
     if (container_ok && family == "mp4" && !media.faststart) {
         container_ok = false;
-        why.push_back("container: mp4 with moov after mdat (a TV streaming it would have to seek to the end first)");
+        why.push_back(
+            "container: mp4 with moov after mdat (a TV streaming it would have to seek to the end first)");
     }
 
     if (video_ok && audio_ok && container_ok) {
@@ -125,7 +141,9 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
         if (video_ok) why.push_back(fmt::format("video: {} cannot be copied into MPEG-TS", v.codec));
     }
     if (media.subtitles > 0 && decision.action != Action::pass_through)
-        why.push_back(fmt::format("subtitles: {} stream(s) dropped (TVs do not render them from a converted stream)", media.subtitles));
+        why.push_back(
+            fmt::format("subtitles: {} stream(s) dropped (TVs do not render them from a converted stream)",
+                        media.subtitles));
     return decision;
 }
 
@@ -138,16 +156,17 @@ std::string output_name(std::string_view source_name, const Decision& decision) 
 
 std::string explain(const std::string& path, const MediaInfo& media, const Decision& decision) {
     std::string text = fmt::format("{}: {}\n", path, to_string(decision.action));
-    text += fmt::format("  container: {}{}, {:.2f} s\n", media.container, media.faststart ? "" : " (moov at the end)", media.duration);
+    text += fmt::format("  container: {}{}, {:.2f} s\n", media.container,
+                        media.faststart ? "" : " (moov at the end)", media.duration);
     if (media.video) {
         const auto& v = *media.video;
-        text += fmt::format("  stream {} video: {} {} level {} {} {}-bit {}x{} {:.3g} fps{}\n", v.index, v.codec,
-                            v.profile.empty() ? "-" : v.profile, level_text(v.level), v.pix_fmt, v.bit_depth, v.width,
-                            v.height, v.fps, v.interlaced ? " interlaced" : "");
+        text += fmt::format("  stream {} video: {} {} level {} {} {}-bit {}x{} {:.3g} fps{}\n", v.index,
+                            v.codec, v.profile.empty() ? "-" : v.profile, level_text(v.level), v.pix_fmt,
+                            v.bit_depth, v.width, v.height, v.fps, v.interlaced ? " interlaced" : "");
     }
     for (const auto& a : media.audio)
-        text += fmt::format("  stream {} audio: {} {} {} ch {} Hz\n", a.index, a.codec, a.profile.empty() ? "-" : a.profile,
-                            a.channels, a.sample_rate);
+        text += fmt::format("  stream {} audio: {} {} {} ch {} Hz\n", a.index, a.codec,
+                            a.profile.empty() ? "-" : a.profile, a.channels, a.sample_rate);
     if (media.subtitles) text += fmt::format("  {} subtitle stream(s)\n", media.subtitles);
     for (const auto& reason : decision.reasons) text += "  - " + reason + "\n";
     if (decision.action != Action::skip)

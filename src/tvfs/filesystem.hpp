@@ -34,12 +34,15 @@ struct Filesystem {
           cache(cache_dir + "/out", given.cache_size),
           probes(source, profile, probe_file(cache_dir, profile)),
           catalog(
-              source, [this](const std::string& rel) { return probes.lookup(rel); }, [this] { probes.save(); }),
-          outputs(source, profile, std::chrono::milliseconds(static_cast<long>(given.grace_seconds * 1000)), cache) {}
+              source, [this](const std::string& rel) { return probes.lookup(rel); },
+              [this] { probes.save(); }),
+          outputs(source, profile, std::chrono::milliseconds(static_cast<long>(given.grace_seconds * 1000)),
+                  cache) {}
 
     // One probe cache per profile: a decision depends on the profile's limits.
     static std::string probe_file(const std::string& cache_dir, const Profile& profile) {
-        return cache_dir + "/probe-" + std::to_string(std::hash<std::string>{}(profile.name + profile.describe())) + ".json";
+        return cache_dir + "/probe-" +
+               std::to_string(std::hash<std::string>{}(profile.name + profile.describe())) + ".json";
     }
 
     const MountOptions options;

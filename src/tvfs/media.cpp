@@ -14,11 +14,11 @@
 
 extern "C" {
 #include <libavcodec/bsf.h>
+#include <libavfilter/avfilter.h>
 #include <libavfilter/buffersink.h>
 #include <libavfilter/buffersrc.h>
-#include <libavfilter/avfilter.h>
-#include <libavutil/channel_layout.h>
 #include <libavutil/audio_fifo.h>
+#include <libavutil/channel_layout.h>
 #include <libswresample/swresample.h>
 }
 
@@ -37,7 +37,8 @@ constexpr int ts_packet = 188;
 constexpr int audio_rate = 48000;
 
 void check(int status, std::string_view call, const std::string& object) {
-    if (status < 0) throw std::runtime_error(fmt::format("{} {}: {}", call, printable(object), av_message(status)));
+    if (status < 0)
+        throw std::runtime_error(fmt::format("{} {}: {}", call, printable(object), av_message(status)));
 }
 
 struct OutputCloser {
@@ -88,7 +89,8 @@ using AvioPtr = std::unique_ptr<AVIOContext, AvioFree>;
 
 AvioPtr sink_avio(Sink& sink, bool seekable) {
     auto* buffer = static_cast<unsigned char*>(av_malloc(65536));
-    AVIOContext* avio = avio_alloc_context(buffer, 65536, 1, &sink, nullptr, &Sink::write, seekable ? &Sink::seek : nullptr);
+    AVIOContext* avio =
+        avio_alloc_context(buffer, 65536, 1, &sink, nullptr, &Sink::write, seekable ? &Sink::seek : nullptr);
     if (!avio) {
         av_free(buffer);
         throw std::bad_alloc();
@@ -113,7 +115,8 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
     auto input = open_input(path);
     auto streams = kept_streams(decision, input.get());
     AVFormatContext* raw = nullptr;
-    check(avformat_alloc_output_context2(&raw, nullptr, "mp4", out.empty() ? nullptr : out.c_str()), "avformat_alloc_output_context2", out);
+    check(avformat_alloc_output_context2(&raw, nullptr, "mp4", out.empty() ? nullptr : out.c_str()),
+          "avformat_alloc_output_context2", out);
     OutputPtr output(raw);
     Sink sink;
     AvioPtr avio;
@@ -127,7 +130,8 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
     std::vector<int> map(input->nb_streams, -1);
     for (int index : streams) {
         AVStream* stream = avformat_new_stream(output.get(), nullptr);
-        check(avcodec_parameters_copy(stream->codecpar, input->streams[index]->codecpar), "avcodec_parameters_copy", path);
+        check(avcodec_parameters_copy(stream->codecpar, input->streams[index]->codecpar),
+              "avcodec_parameters_copy", path);
         stream->codecpar->codec_tag = 0;
         stream->time_base = input->streams[index]->time_base;
         map[static_cast<std::size_t>(index)] = stream->index;
@@ -145,7 +149,8 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
             av_packet_unref(packet.get());
             continue;
         }
-        av_packet_rescale_ts(packet.get(), input->streams[packet->stream_index]->time_base, output->streams[target]->time_base);
+        av_packet_rescale_ts(packet.get(), input->streams[packet->stream_index]->time_base,
+                             output->streams[target]->time_base);
         packet->stream_index = target;
         packet->pos = -1;
         check(av_interleaved_write_frame(output.get(), packet.get()), "av_interleaved_write_frame", path);
@@ -180,18 +185,23 @@ std::uint64_t round_up_packets(double bytes) {
 std::uint64_t segment_budget(double seconds, double video_bytes, int video_frames, int audio_kbps) {
     double audio_bytes = audio_kbps * 1000.0 / 8 * seconds * 1.3 + 2 * 1536;
     int audio_frames = static_cast<int>(std::ceil(seconds * audio_rate / 1024)) + 2;
-    double bytes = (video_bytes + audio_bytes) * ts_packet / 184.0 + (video_frames + audio_frames) * 2.0 * ts_packet +
-                   (seconds * 11 * 2 + 4) * ts_packet;
+    double bytes = (video_bytes + audio_bytes) * ts_packet / 184.0 +
+                   (video_frames + audio_frames) * 2.0 * ts_packet + (seconds * 11 * 2 + 4) * ts_packet;
     return round_up_packets(bytes);
 }
 
 }  // namespace
 
-std::uint64_t remux_size(const std::string& path, const Decision& decision) { return run_remux(path, decision, ""); }
+std::uint64_t remux_size(const std::string& path, const Decision& decision) {
+    return run_remux(path, decision, "");
+}
 
-void remux(const std::string& path, const Decision& decision, const std::string& out) { run_remux(path, decision, out); }
+void remux(const std::string& path, const Decision& decision, const std::string& out) {
+    run_remux(path, decision, out);
+}
 
-Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile) {
+Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision,
+                        const Profile& profile) {
     Layout layout;
     layout.action = decision.action;
     if (!media.video) throw InputError(fmt::format("{}: no video stream", printable(path)));
@@ -201,7 +211,8 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
         layout.fps_num = rate.num;
         layout.fps_den = rate.den;
         double scale = std::min({1.0, 1920.0 / media.video->width, 1080.0 / media.video->height,
-                                 double(profile.max_width) / media.video->width, double(profile.max_height) / media.video->height});
+                                 double(profile.max_width) / media.video->width,
+                                 double(profile.max_height) / media.video->height});
         layout.width = std::max(16, static_cast<int>(std::lround(media.video->width * scale / 2)) * 2);
         layout.height = std::max(16, static_cast<int>(std::lround(media.video->height * scale / 2)) * 2);
         double pixels = double(layout.width) * layout.height / (1920.0 * 1080.0);
@@ -218,7 +229,8 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             double seconds = segment.end - segment.start;
             // VBV: at most maxrate * t + bufsize bits in any window of t seconds.
             double video_bytes = layout.video_kbps * 1000.0 / 8 * (seconds + 1.0);
-            segment.bytes = segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps);
+            segment.bytes =
+                segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps);
             segment.offset = offset;
             offset += segment.bytes;
             layout.segments.push_back(segment);
@@ -246,7 +258,8 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             std::int64_t ts = packet->pts != AV_NOPTS_VALUE ? packet->pts : packet->dts;
             double t = ts == AV_NOPTS_VALUE ? 0 : ts * av_q2d(video->time_base) - start_time;
             bool key = packet->flags & AV_PKT_FLAG_KEY;
-            if (runs.empty() || (key && t >= runs.back().start + segment_seconds - 1e-3)) runs.push_back(Run{runs.empty() ? 0.0 : t});
+            if (runs.empty() || (key && t >= runs.back().start + segment_seconds - 1e-3))
+                runs.push_back(Run{runs.empty() ? 0.0 : t});
             runs.back().video_bytes += packet->size + (key ? extradata + 64 : 0);
             ++runs.back().frames;
         }
@@ -257,8 +270,10 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
     for (std::size_t i = 0; i < runs.size(); ++i) {
         Segment segment;
         segment.start = runs[i].start;
-        segment.end = i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
-        segment.bytes = segment_budget(segment.end - segment.start, runs[i].video_bytes, runs[i].frames, profile.audio_kbps);
+        segment.end =
+            i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
+        segment.bytes = segment_budget(segment.end - segment.start, runs[i].video_bytes, runs[i].frames,
+                                       profile.audio_kbps);
         segment.offset = offset;
         offset += segment.bytes;
         layout.segments.push_back(segment);
@@ -284,9 +299,12 @@ struct BsfFree {
 
 CodecPtr open_decoder(const AVStream* stream, const std::string& path) {
     const AVCodec* codec = avcodec_find_decoder(stream->codecpar->codec_id);
-    if (!codec) throw InputError(fmt::format("{}: no decoder for {}", printable(path), avcodec_get_name(stream->codecpar->codec_id)));
+    if (!codec)
+        throw InputError(fmt::format("{}: no decoder for {}", printable(path),
+                                     avcodec_get_name(stream->codecpar->codec_id)));
     CodecPtr context(avcodec_alloc_context3(codec));
-    check(avcodec_parameters_to_context(context.get(), stream->codecpar), "avcodec_parameters_to_context", path);
+    check(avcodec_parameters_to_context(context.get(), stream->codecpar), "avcodec_parameters_to_context",
+          path);
     context->pkt_timebase = stream->time_base;
     context->thread_count = 2;
     check(avcodec_open2(context.get(), codec, nullptr), "avcodec_open2", path);
@@ -296,9 +314,14 @@ CodecPtr open_decoder(const AVStream* stream, const std::string& path) {
 // One segment's production state; everything is created fresh per segment (see the file comment).
 class SegmentJob {
 public:
-    SegmentJob(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile,
-               const Layout& layout, const Segment& segment, double video_scale)
-        : path_(path), media_(media), decision_(decision), profile_(profile), layout_(layout), segment_(segment),
+    SegmentJob(const std::string& path, const MediaInfo& media, const Decision& decision,
+               const Profile& profile, const Layout& layout, const Segment& segment, double video_scale)
+        : path_(path),
+          media_(media),
+          decision_(decision),
+          profile_(profile),
+          layout_(layout),
+          segment_(segment),
           video_scale_(video_scale) {}
 
     std::string run() {
@@ -312,7 +335,8 @@ public:
         // Seek a little early: the frames before the segment prime the decoders and are dropped.
         double target = segment_.start + start_time_ - (copy_video_ ? 0 : 0.5);
         if (segment_.start > 0)
-            av_seek_frame(input_.get(), -1, static_cast<std::int64_t>(std::max(0.0, target) * AV_TIME_BASE), AVSEEK_FLAG_BACKWARD);
+            av_seek_frame(input_.get(), -1, static_cast<std::int64_t>(std::max(0.0, target) * AV_TIME_BASE),
+                          AVSEEK_FLAG_BACKWARD);
         demux();
         check(av_write_trailer(output_.get()), "av_write_trailer", path_);
         avio_flush(avio_.get());
@@ -322,7 +346,8 @@ public:
 private:
     void open_output() {
         AVFormatContext* raw = nullptr;
-        check(avformat_alloc_output_context2(&raw, nullptr, "mpegts", nullptr), "avformat_alloc_output_context2", path_);
+        check(avformat_alloc_output_context2(&raw, nullptr, "mpegts", nullptr),
+              "avformat_alloc_output_context2", path_);
         output_.reset(raw);
         sink_.data = &data_;
         avio_ = sink_avio(sink_, false);
@@ -363,18 +388,23 @@ private:
         av_opt_set(e->priv_data, "x264-params", "scenecut=0:open-gop=0:repeat-headers=1:nal-hrd=none", 0);
         check(avcodec_open2(e, codec, nullptr), "avcodec_open2 libx264", path_);
         video_out_ = avformat_new_stream(output_.get(), nullptr);
-        check(avcodec_parameters_from_context(video_out_->codecpar, e), "avcodec_parameters_from_context", path_);
+        check(avcodec_parameters_from_context(video_out_->codecpar, e), "avcodec_parameters_from_context",
+              path_);
         video_out_->time_base = AVRational{1, 90000};
 
         // Deinterlace (yadif, only frames flagged interlaced), scale and convert to 8-bit 4:2:0.
         graph_.reset(avfilter_graph_alloc());
         graph_->nb_threads = 1;
-        auto args = fmt::format("video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}", decoder_->width, decoder_->height,
-                                static_cast<int>(decoder_->pix_fmt), video_in_->time_base.num, video_in_->time_base.den,
-                                std::max(1, decoder_->sample_aspect_ratio.num), std::max(1, decoder_->sample_aspect_ratio.den));
-        check(avfilter_graph_create_filter(&source_, avfilter_get_by_name("buffer"), "in", args.c_str(), nullptr, graph_.get()),
+        auto args =
+            fmt::format("video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}", decoder_->width,
+                        decoder_->height, static_cast<int>(decoder_->pix_fmt), video_in_->time_base.num,
+                        video_in_->time_base.den, std::max(1, decoder_->sample_aspect_ratio.num),
+                        std::max(1, decoder_->sample_aspect_ratio.den));
+        check(avfilter_graph_create_filter(&source_, avfilter_get_by_name("buffer"), "in", args.c_str(),
+                                           nullptr, graph_.get()),
               "buffer", path_);
-        check(avfilter_graph_create_filter(&sink_filter_, avfilter_get_by_name("buffersink"), "out", nullptr, nullptr, graph_.get()),
+        check(avfilter_graph_create_filter(&sink_filter_, avfilter_get_by_name("buffersink"), "out", nullptr,
+                                           nullptr, graph_.get()),
               "buffersink", path_);
         AVFilterInOut* outputs = avfilter_inout_alloc();
         AVFilterInOut* inputs = avfilter_inout_alloc();
@@ -382,8 +412,9 @@ private:
         outputs->filter_ctx = source_;
         inputs->name = av_strdup("out");
         inputs->filter_ctx = sink_filter_;
-        auto chain = fmt::format("{}scale={}:{}:flags=bicubic,format=yuv420p,setsar=1", media_.video->interlaced ? "yadif=deint=interlaced," : "",
-                                 layout_.width, layout_.height);
+        auto chain = fmt::format("{}scale={}:{}:flags=bicubic,format=yuv420p,setsar=1",
+                                 media_.video->interlaced ? "yadif=deint=interlaced," : "", layout_.width,
+                                 layout_.height);
         int status = avfilter_graph_parse_ptr(graph_.get(), chain.c_str(), &inputs, &outputs, nullptr);
         avfilter_inout_free(&inputs);
         avfilter_inout_free(&outputs);
@@ -405,7 +436,8 @@ private:
         e->profile = FF_PROFILE_AAC_LOW;
         check(avcodec_open2(e, codec, nullptr), "avcodec_open2 aac", path_);
         audio_out_ = avformat_new_stream(output_.get(), nullptr);
-        check(avcodec_parameters_from_context(audio_out_->codecpar, e), "avcodec_parameters_from_context", path_);
+        check(avcodec_parameters_from_context(audio_out_->codecpar, e), "avcodec_parameters_from_context",
+              path_);
         audio_out_->time_base = AVRational{1, 90000};
         SwrContext* swr = nullptr;
         AVChannelLayout stereo;
@@ -415,8 +447,8 @@ private:
             av_channel_layout_default(&in_layout, audio_decoder_->ch_layout.nb_channels);
         else
             av_channel_layout_copy(&in_layout, &audio_decoder_->ch_layout);
-        check(swr_alloc_set_opts2(&swr, &stereo, AV_SAMPLE_FMT_FLTP, audio_rate, &in_layout, audio_decoder_->sample_fmt,
-                                  audio_decoder_->sample_rate, 0, nullptr),
+        check(swr_alloc_set_opts2(&swr, &stereo, AV_SAMPLE_FMT_FLTP, audio_rate, &in_layout,
+                                  audio_decoder_->sample_fmt, audio_decoder_->sample_rate, 0, nullptr),
               "swr_alloc_set_opts2", path_);
         av_channel_layout_uninit(&in_layout);
         swr_.reset(swr);
@@ -426,7 +458,8 @@ private:
         // packets tile the timeline with neither gap nor overlap.
         auto grid = [](double seconds) { return std::llround(seconds * audio_rate) / 1024 * 1024; };
         audio_first_ = grid(segment_.start);
-        audio_end_ = &segment_ == &layout_.segments.back() ? std::llround(segment_.end * audio_rate) : grid(segment_.end);
+        audio_end_ = &segment_ == &layout_.segments.back() ? std::llround(segment_.end * audio_rate)
+                                                           : grid(segment_.end);
     }
 
     void write_header_once() {
@@ -442,18 +475,22 @@ private:
     void demux() {
         if (copy_video_) {
             video_out_ = avformat_new_stream(output_.get(), nullptr);
-            check(avcodec_parameters_copy(video_out_->codecpar, video_in_->codecpar), "avcodec_parameters_copy", path_);
+            check(avcodec_parameters_copy(video_out_->codecpar, video_in_->codecpar),
+                  "avcodec_parameters_copy", path_);
             video_out_->codecpar->codec_tag = 0;
             video_out_->time_base = AVRational{1, 90000};
             const char* filter = nullptr;
             const auto* par = video_in_->codecpar;
-            if (par->codec_id == AV_CODEC_ID_H264 && par->extradata_size > 0 && par->extradata[0] == 1) filter = "h264_mp4toannexb";
-            if (par->codec_id == AV_CODEC_ID_HEVC && par->extradata_size > 0 && par->extradata[0] == 1) filter = "hevc_mp4toannexb";
+            if (par->codec_id == AV_CODEC_ID_H264 && par->extradata_size > 0 && par->extradata[0] == 1)
+                filter = "h264_mp4toannexb";
+            if (par->codec_id == AV_CODEC_ID_HEVC && par->extradata_size > 0 && par->extradata[0] == 1)
+                filter = "hevc_mp4toannexb";
             if (filter) {
                 AVBSFContext* bsf = nullptr;
                 check(av_bsf_alloc(av_bsf_get_by_name(filter), &bsf), "av_bsf_alloc", filter);
                 bsf_.reset(bsf);
-                check(avcodec_parameters_copy(bsf->par_in, video_in_->codecpar), "avcodec_parameters_copy", filter);
+                check(avcodec_parameters_copy(bsf->par_in, video_in_->codecpar), "avcodec_parameters_copy",
+                      filter);
                 bsf->time_base_in = video_in_->time_base;
                 check(av_bsf_init(bsf), "av_bsf_init", filter);
             }
@@ -467,7 +504,8 @@ private:
         while (!(video_done && audio_done) && (status = av_read_frame(input_.get(), packet.get())) >= 0) {
             if (packet->stream_index == media_.video->index && !video_done) {
                 if (copy_video_) video_done = copy_packet(packet.get(), started_copy);
-                else video_done = decode_video(packet.get());
+                else
+                    video_done = decode_video(packet.get());
             } else if (packet->stream_index == decision_.audio_stream && !audio_done) {
                 audio_done = decode_audio(packet.get());
             }
@@ -515,7 +553,8 @@ private:
         FramePtr frame(av_frame_alloc());
         while (avcodec_receive_frame(decoder_.get(), frame.get()) >= 0) {
             std::int64_t ts = frame->best_effort_timestamp;
-            double t = ts == AV_NOPTS_VALUE ? last_video_time_ : ts * av_q2d(video_in_->time_base) - start_time_;
+            double t =
+                ts == AV_NOPTS_VALUE ? last_video_time_ : ts * av_q2d(video_in_->time_base) - start_time_;
             last_video_time_ = t;
             frame->pts = ts;
             if (t < segment_.start - 1.0) {
@@ -539,10 +578,15 @@ private:
     void drain_filter() {
         FramePtr filtered(av_frame_alloc());
         while (av_buffersink_get_frame(sink_filter_, filtered.get()) >= 0) {
-            if (!held_) held_.reset(av_frame_clone(filtered.get()));  // the first picture also covers any gap before it
-            double t = filtered->pts == AV_NOPTS_VALUE ? last_video_time_ : filtered->pts * av_q2d(av_buffersink_get_time_base(sink_filter_)) - start_time_;
+            if (!held_)
+                held_.reset(
+                    av_frame_clone(filtered.get()));  // the first picture also covers any gap before it
+            double t = filtered->pts == AV_NOPTS_VALUE
+                           ? last_video_time_
+                           : filtered->pts * av_q2d(av_buffersink_get_time_base(sink_filter_)) - start_time_;
             // Constant frame rate: output frame n shows the latest source frame at or before its time.
-            while (next_ < frames_ && double(first_frame_ + next_) / av_q2d(rate_) + 0.5 / av_q2d(rate_) < t) emit(held_.get());
+            while (next_ < frames_ && double(first_frame_ + next_) / av_q2d(rate_) + 0.5 / av_q2d(rate_) < t)
+                emit(held_.get());
             held_.reset(av_frame_clone(filtered.get()));
             av_frame_unref(filtered.get());
         }
@@ -572,7 +616,8 @@ private:
         while (avcodec_receive_packet(encoder_.get(), packet.get()) >= 0) {
             av_packet_rescale_ts(packet.get(), encoder_->time_base, video_out_->time_base);
             packet->stream_index = video_out_->index;
-            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame", path_);
+            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame",
+                  path_);
         }
     }
 
@@ -583,7 +628,8 @@ private:
         while (avcodec_receive_frame(audio_decoder_.get(), frame.get()) >= 0) {
             if (audio_position_ < 0) {
                 std::int64_t ts = frame->best_effort_timestamp;
-                double t = ts == AV_NOPTS_VALUE ? segment_.start : ts * av_q2d(stream->time_base) - start_time_;
+                double t =
+                    ts == AV_NOPTS_VALUE ? segment_.start : ts * av_q2d(stream->time_base) - start_time_;
                 audio_position_ = std::llround(t * audio_rate);
             }
             int capacity = swr_get_out_samples(swr_.get(), frame->nb_samples);
@@ -593,7 +639,8 @@ private:
             converted->sample_rate = audio_rate;
             converted->nb_samples = capacity;
             check(av_frame_get_buffer(converted.get(), 0), "av_frame_get_buffer", path_);
-            int got = swr_convert(swr_.get(), converted->data, capacity, const_cast<const std::uint8_t**>(frame->extended_data), frame->nb_samples);
+            int got = swr_convert(swr_.get(), converted->data, capacity,
+                                  const_cast<const std::uint8_t**>(frame->extended_data), frame->nb_samples);
             av_frame_unref(frame.get());
             if (got <= 0) continue;
             take_audio(converted.get(), got);
@@ -617,14 +664,16 @@ private:
     }
 
     void pad_silence(std::int64_t count) {
-        std::vector<float> zeros(static_cast<std::size_t>(std::min<std::int64_t>(count, audio_end_ - audio_first_)), 0.0f);
+        std::vector<float> zeros(
+            static_cast<std::size_t>(std::min<std::int64_t>(count, audio_end_ - audio_first_)), 0.0f);
         void* planes[2] = {zeros.data(), zeros.data()};
         av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(zeros.size()));
     }
 
     void encode_audio_frames(bool flush) {
         const int frame_size = audio_encoder_->frame_size;
-        while (av_audio_fifo_size(fifo_.get()) >= frame_size || (flush && av_audio_fifo_size(fifo_.get()) > 0)) {
+        while (av_audio_fifo_size(fifo_.get()) >= frame_size ||
+               (flush && av_audio_fifo_size(fifo_.get()) > 0)) {
             int count = std::min(frame_size, av_audio_fifo_size(fifo_.get()));
             FramePtr frame(av_frame_alloc());
             frame->format = AV_SAMPLE_FMT_FLTP;
@@ -656,7 +705,8 @@ private:
             packet->duration = 1024;
             av_packet_rescale_ts(packet.get(), audio_encoder_->time_base, audio_out_->time_base);
             packet->stream_index = audio_out_->index;
-            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame", path_);
+            check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame",
+                  path_);
         }
     }
 
@@ -696,18 +746,20 @@ private:
     std::int64_t frames_ = 0, first_frame_ = 0, next_ = 0;
     FramePtr held_;
     double last_video_time_ = 0;
-    std::int64_t audio_first_ = 0, audio_end_ = 0, audio_written_ = 0, audio_position_ = -1, audio_packets_ = 0;
+    std::int64_t audio_first_ = 0, audio_end_ = 0, audio_written_ = 0, audio_position_ = -1,
+                 audio_packets_ = 0;
 };
 
 }  // namespace
 
-std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision, const Profile& profile,
-                            const Layout& layout, std::size_t k) {
+std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision,
+                            const Profile& profile, const Layout& layout, std::size_t k) {
     const Segment& segment = layout.segments.at(k);
     // Over budget only if the encoder overshot its VBV; a lower rate is retried (deterministically).
     for (double scale : {1.0, 0.7, 0.45, 0.25}) {
         std::string data = SegmentJob(path, media, decision, profile, layout, segment, scale).run();
-        if (data.size() % ts_packet != 0) throw std::runtime_error(fmt::format("{}: MPEG-TS output not packet aligned", printable(path)));
+        if (data.size() % ts_packet != 0)
+            throw std::runtime_error(fmt::format("{}: MPEG-TS output not packet aligned", printable(path)));
         continue_counters(data);  // counters run on from the segment before (continuity.hpp)
         if (data.size() > segment.bytes) {
             if (decision.action == Action::audio_transcode) break;
@@ -726,7 +778,8 @@ std::string produce_segment(const std::string& path, const MediaInfo& media, con
         while (data.size() < segment.bytes) data += null_packet;
         return data;
     }
-    throw std::runtime_error(fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
+    throw std::runtime_error(
+        fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
 }
 
 }  // namespace ktricks::tvfs

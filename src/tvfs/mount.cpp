@@ -45,7 +45,7 @@ std::string default_cache_dir() {
 }
 
 void require_directory(const std::string& path, std::string_view what) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
         throw InputError(fmt::format("{} {} is not a directory", what, printable(path)));
 }
@@ -80,8 +80,10 @@ void Mount::State::serve() {
         device.data.fd = fuse_session_fd(se);
         epoll_event wake{EPOLLIN, {}};
         wake.data.fd = state.stop.get();
-        if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, device.data.fd, &device) != 0) throw_errno("epoll_ctl", "/dev/fuse");
-        if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, wake.data.fd, &wake) != 0) throw_errno("epoll_ctl", "eventfd");
+        if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, device.data.fd, &device) != 0)
+            throw_errno("epoll_ctl", "/dev/fuse");
+        if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, wake.data.fd, &wake) != 0)
+            throw_errno("epoll_ctl", "eventfd");
         while (!fuse_session_exited(se)) {
             epoll_event ready[2];
             int n = ::epoll_wait(epoll.get(), ready, 2, -1);
@@ -112,7 +114,8 @@ Mount::Mount(const MountOptions& given) : state_(std::make_unique<State>()) {
     options.source = absolute(given.source);
     options.mountpoint = absolute(given.mountpoint);
     if (options.mountpoint.size() > 1 && options.mountpoint.ends_with('/')) options.mountpoint.pop_back();
-    if (!options.profile.empty() && options.profile.find('/') != std::string::npos) options.profile = fs::absolute(given.profile).string();
+    if (!options.profile.empty() && options.profile.find('/') != std::string::npos)
+        options.profile = fs::absolute(given.profile).string();
     require_directory(options.source, "source");
     require_directory(options.mountpoint, "mount point");
     if (::access("/dev/fuse", R_OK | W_OK) != 0) throw_errno("open", "/dev/fuse");
@@ -156,7 +159,8 @@ Mount::~Mount() {
 void Mount::start(EventLoop& loop, std::function<void(std::exception_ptr)> on_end) {
     auto& state = *state_;
     if (!state.threads.empty()) return;
-    if (fuse_start_cleanup_thread(state.session) != 0) throw std::runtime_error("fuse_start_cleanup_thread failed");
+    if (fuse_start_cleanup_thread(state.session) != 0)
+        throw std::runtime_error("fuse_start_cleanup_thread failed");
     state.loop = &loop;
     state.on_end = std::move(on_end);
     state.ended_source = loop.add_fd(state.ended.get(), EPOLLIN, [&state](std::uint32_t) {
@@ -171,7 +175,8 @@ void Mount::start(EventLoop& loop, std::function<void(std::exception_ptr)> on_en
     });
     // Outputs that were open when the cache went over its limit become evictable once closed.
     state.trim_source = loop.add_timer(
-        std::chrono::milliseconds(500), [&state] { state.fs->outputs.make_room(0); }, std::chrono::milliseconds(500));
+        std::chrono::milliseconds(500), [&state] { state.fs->outputs.make_room(0); },
+        std::chrono::milliseconds(500));
     for (int i = 0; i < serving_threads; ++i) state.threads.emplace_back([&state] { state.serve(); });
     log_info("{} mounted on {} (profile {})", state.fs->source, state.mountpoint, state.fs->profile.name);
 }

@@ -33,7 +33,7 @@ struct Mount::State {
     Fd ended;  // eventfd: a serving thread saw the session end (unmounted, or an error)
     EventLoop::SourceId ended_source = 0, trim_source = 0;
     std::vector<std::thread> threads;
-    std::mutex error_mutex;  // guards error
+    std::mutex error_mutex;    // guards error
     std::exception_ptr error;  // the first error that ended serving
 
     // One serving thread: requests until stop, the end of the session, or an error (recorded).

@@ -35,7 +35,7 @@ int guarded(const char* operation, const char* path, Function function) {
 
 void fill_stat(const Filesystem& fs, const Catalog::Resolved& r, struct stat* st) {
     std::memset(st, 0, sizeof(*st));
-    struct stat source{};
+    struct stat source {};
     ::stat((fs.source + r.source_rel).c_str(), &source);
     st->st_mtim = source.st_mtim;
     st->st_ctim = source.st_ctim;
@@ -62,14 +62,16 @@ int op_getattr(const char* path, struct stat* st, fuse_file_info*) {
     });
 }
 
-int op_readdir(const char* path, void* buffer, fuse_fill_dir_t filler, off_t, fuse_file_info*, fuse_readdir_flags) {
+int op_readdir(const char* path, void* buffer, fuse_fill_dir_t filler, off_t, fuse_file_info*,
+               fuse_readdir_flags) {
     return guarded("readdir", path, [&] {
         auto r = self().catalog.resolve(path);
         if (!r || !r->directory) return -ENOENT;
         filler(buffer, ".", nullptr, 0, fuse_fill_dir_flags{});
         filler(buffer, "..", nullptr, 0, fuse_fill_dir_flags{});
         auto dir = std::string(path) == "/" ? std::string() : std::string(path);
-        for (const auto& [name, item] : *self().catalog.listing(dir)) filler(buffer, name.c_str(), nullptr, 0, fuse_fill_dir_flags{});
+        for (const auto& [name, item] : *self().catalog.listing(dir))
+            filler(buffer, name.c_str(), nullptr, 0, fuse_fill_dir_flags{});
         return 0;
     });
 }
@@ -79,7 +81,8 @@ int open_output(Filesystem& fs, const Catalog::Resolved& r, Handle& handle) {
     handle.output = fs.outputs.get(r.source_rel, *r.entry);
     fs.outputs.open(*handle.output);
     if (r.entry->decision.action != Action::remux) return 0;
-    if (handle.output->remux_error.empty()) handle.fd = Fd(::open((handle.output->dir + "/remux.mp4").c_str(), O_RDONLY | O_CLOEXEC));
+    if (handle.output->remux_error.empty())
+        handle.fd = Fd(::open((handle.output->dir + "/remux.mp4").c_str(), O_RDONLY | O_CLOEXEC));
     if (handle.fd) return 0;
     int error = handle.output->remux_error.empty() ? errno : EIO;
     fs.outputs.release(*handle.output);
@@ -110,8 +113,9 @@ int op_read(const char*, char* buffer, size_t size, off_t offset, fuse_file_info
         auto n = ::pread(handle->fd.get(), buffer, size, offset);
         return n < 0 ? -errno : static_cast<int>(n);
     }
-    return guarded("read", handle->output->source.c_str(),
-                   [&] { return self().outputs.read(*handle->output, buffer, size, static_cast<std::uint64_t>(offset)); });
+    return guarded("read", handle->output->source.c_str(), [&] {
+        return self().outputs.read(*handle->output, buffer, size, static_cast<std::uint64_t>(offset));
+    });
 }
 
 int op_release(const char*, fuse_file_info* fi) {

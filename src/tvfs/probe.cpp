@@ -26,7 +26,8 @@ InputPtr open_input(const std::string& path) {
     AVFormatContext* raw = nullptr;
     int status = avformat_open_input(&raw, path.c_str(), nullptr, nullptr);
     // A missing or unreadable file is the system's error; anything else is the bytes' fault.
-    if (status == AVERROR(ENOENT) || status == AVERROR(EACCES) || status == AVERROR(EISDIR) || status == AVERROR(EPERM))
+    if (status == AVERROR(ENOENT) || status == AVERROR(EACCES) || status == AVERROR(EISDIR) ||
+        status == AVERROR(EPERM))
         throw_error(AVUNERROR(status), "open", path);
     if (status < 0) throw InputError(fmt::format("{}: {}", printable(path), av_message(status)));
     InputPtr input(raw);
@@ -45,7 +46,8 @@ bool moov_first(const std::string& path) {
     for (int boxes = 0; boxes < 64; ++boxes) {
         unsigned char header[16];
         if (::pread(fd.get(), header, sizeof(header), static_cast<off_t>(offset)) < 8) return true;
-        std::uint64_t size = (std::uint64_t{header[0]} << 24) | (header[1] << 16) | (header[2] << 8) | header[3];
+        std::uint64_t size =
+            (std::uint64_t{header[0]} << 24) | (header[1] << 16) | (header[2] << 8) | header[3];
         if (size == 1) {
             size = 0;
             for (int i = 8; i < 16; ++i) size = (size << 8) | header[i];
@@ -93,7 +95,8 @@ MediaInfo probe(const std::string& path) {
             AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
             if (rate.num > 0 && rate.den > 0) v.fps = av_q2d(rate);
             v.interlaced = par->field_order != AV_FIELD_PROGRESSIVE && par->field_order != AV_FIELD_UNKNOWN;
-            if (v.width <= 0 || v.height <= 0) throw InputError(fmt::format("{}: video stream without a size", printable(path)));
+            if (v.width <= 0 || v.height <= 0)
+                throw InputError(fmt::format("{}: video stream without a size", printable(path)));
             media.video = v;
         } else if (par->codec_type == AVMEDIA_TYPE_AUDIO) {
             AudioStream a;

@@ -37,11 +37,14 @@ Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st) co
         entry.decision = decide(entry.media, profile_);
         auto action = entry.decision.action;
         if (action == Action::pass_through) entry.layout.size = static_cast<std::uint64_t>(st.st_size);
-        else if (action == Action::remux) entry.layout.size = remux_size(path, entry.decision);
-        else if (action != Action::skip) entry.layout = transcode_layout(path, entry.media, entry.decision, profile_);
+        else if (action == Action::remux)
+            entry.layout.size = remux_size(path, entry.decision);
+        else if (action != Action::skip)
+            entry.layout = transcode_layout(path, entry.media, entry.decision, profile_);
         entry.layout.action = action;
         if (action == Action::skip)
-            log_info("{}: skipped: {}", printable(path), entry.decision.reasons.empty() ? "" : entry.decision.reasons.front());
+            log_info("{}: skipped: {}", printable(path),
+                     entry.decision.reasons.empty() ? "" : entry.decision.reasons.front());
     } catch (const std::exception& error) {
         entry.decision = Decision{};
         entry.decision.reasons = {error.what()};
@@ -51,12 +54,13 @@ Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st) co
 }
 
 std::optional<Entry> ProbeCache::lookup(const std::string& rel) {
-    struct stat st{};
+    struct stat st {};
     auto path = source_root_ + rel;
     if (::stat(path.c_str(), &st) != 0) return std::nullopt;
     std::int64_t mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
     auto cached = [&]() -> std::optional<Entry> {
-        if (auto found = entries_.find(rel); found != entries_.end() && found->second.size == st.st_size && found->second.mtime_ns == mtime)
+        if (auto found = entries_.find(rel);
+            found != entries_.end() && found->second.size == st.st_size && found->second.mtime_ns == mtime)
             return found->second;
         return std::nullopt;
     };

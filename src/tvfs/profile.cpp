@@ -19,7 +19,8 @@ std::vector<Profile> make_builtins() {
     std::vector<Profile> profiles;
     Profile tv;
     tv.name = "tv";
-    tv.description = "plays on any smart TV: H.264 8-bit 4:2:0 progressive <=1080p30 level <=4.1, AAC-LC stereo 48 kHz";
+    tv.description =
+        "plays on any smart TV: H.264 8-bit 4:2:0 progressive <=1080p30 level <=4.1, AAC-LC stereo 48 kHz";
     tv.source = "DLNA AVC_MP4_HP_HD_AAC / AVC_TS_HD: the subset every DLNA TV decodes";
     tv.containers = {"mp4"};
     tv.video_codecs = {"h264"};
@@ -64,7 +65,8 @@ std::vector<Profile> make_builtins() {
 
     Profile chromecast = tv;
     chromecast.name = "chromecast";
-    chromecast.description = "Chromecast (3rd generation): H.264 High <=4.1 1080p30, VP8; AAC, MP3, Opus, Vorbis";
+    chromecast.description =
+        "Chromecast (3rd generation): H.264 High <=4.1 1080p30, VP8; AAC, MP3, Opus, Vorbis";
     chromecast.source = "https://developers.google.com/cast/docs/media";
     chromecast.containers = {"mp4", "webm"};
     chromecast.video_codecs = {"h264", "vp8"};
@@ -92,7 +94,8 @@ std::vector<T> read_array(View node, std::string_view key, std::string_view orig
     return values;
 }
 
-void read_int(const toml::table& table, std::string_view key, int& out, int low, int high, std::string_view origin) {
+void read_int(const toml::table& table, std::string_view key, int& out, int low, int high,
+              std::string_view origin) {
     auto node = table[key];
     if (!node) return;
     auto value = node.value<std::int64_t>();
@@ -101,7 +104,8 @@ void read_int(const toml::table& table, std::string_view key, int& out, int low,
     out = static_cast<int>(*value);
 }
 
-void read_strings(const toml::table& table, std::string_view key, std::vector<std::string>& out, std::string_view origin) {
+void read_strings(const toml::table& table, std::string_view key, std::vector<std::string>& out,
+                  std::string_view origin) {
     auto node = table[key];
     if (!node) return;
     out = read_array<std::string>(node, key, origin);
@@ -116,7 +120,8 @@ void read_level(const toml::table& table, std::string_view key, int& out, std::s
     if (!node) return;
     if (auto number = node.value<double>()) {
         double scaled = *number < 10 ? *number * 10 : *number;
-        if (!(scaled >= 10 && scaled <= 62)) throw InputError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
+        if (!(scaled >= 10 && scaled <= 62))
+            throw InputError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
         out = static_cast<int>(std::lround(scaled));
         return;
     }
@@ -129,14 +134,17 @@ std::string Profile::describe() const {
     std::string text;
     text += fmt::format("profile {}: {}\n", name, description);
     text += fmt::format("  containers passed through: {}\n", fmt::join(containers, ", "));
-    text += fmt::format("  video: {} (H.264 level <= {}.{}, HEVC level <= {}.{}), <= {} bit, <= {}x{}, <= {} fps, {}\n",
-                        fmt::join(video_codecs, ", "), max_h264_level / 10, max_h264_level % 10, max_hevc_level / 10,
-                        max_hevc_level % 10, max_bit_depth, max_width, max_height, max_fps,
-                        interlaced ? "interlaced allowed" : "progressive only");
-    text += fmt::format("  audio: {}, <= {} channels{}\n", fmt::join(audio_codecs, ", "), max_channels,
-                        sample_rates.empty() ? std::string() : fmt::format(", {} Hz", fmt::join(sample_rates, "/")));
-    text += fmt::format("  transcodes to: H.264 {} kbit/s at 1080p ({}), AAC-LC {} kbit/s stereo 48 kHz, MPEG-TS\n", video_kbps,
-                        preset, audio_kbps);
+    text += fmt::format(
+        "  video: {} (H.264 level <= {}.{}, HEVC level <= {}.{}), <= {} bit, <= {}x{}, <= {} fps, {}\n",
+        fmt::join(video_codecs, ", "), max_h264_level / 10, max_h264_level % 10, max_hevc_level / 10,
+        max_hevc_level % 10, max_bit_depth, max_width, max_height, max_fps,
+        interlaced ? "interlaced allowed" : "progressive only");
+    text += fmt::format(
+        "  audio: {}, <= {} channels{}\n", fmt::join(audio_codecs, ", "), max_channels,
+        sample_rates.empty() ? std::string() : fmt::format(", {} Hz", fmt::join(sample_rates, "/")));
+    text += fmt::format(
+        "  transcodes to: H.264 {} kbit/s at 1080p ({}), AAC-LC {} kbit/s stereo 48 kHz, MPEG-TS\n",
+        video_kbps, preset, audio_kbps);
     text += fmt::format("  source: {}\n", source);
     return text;
 }
@@ -144,8 +152,8 @@ std::string Profile::describe() const {
 const Profile& builtin_profile(std::string_view name) {
     for (const auto& profile : builtins())
         if (profile.name == name) return profile;
-    throw InputError(fmt::format("unknown profile \"{}\" (built in: {}; or give a .toml file)", printable(name),
-                                 fmt::join(builtin_profile_names(), ", ")));
+    throw InputError(fmt::format("unknown profile \"{}\" (built in: {}; or give a .toml file)",
+                                 printable(name), fmt::join(builtin_profile_names(), ", ")));
 }
 
 std::vector<std::string> builtin_profile_names() {
@@ -159,13 +167,14 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     try {
         table = toml::parse(toml_text, origin);
     } catch (const toml::parse_error& error) {
-        throw InputError(fmt::format("{}:{}:{}: {}", origin, error.source().begin.line, error.source().begin.column,
-                                     printable(error.description())));
+        throw InputError(fmt::format("{}:{}:{}: {}", origin, error.source().begin.line,
+                                     error.source().begin.column, printable(error.description())));
     }
     static const std::vector<std::string_view> known = {
-        "name", "description", "source", "base", "containers", "video_codecs", "h264_profiles", "max_h264_level",
-        "max_hevc_level", "max_bit_depth", "max_width", "max_height", "max_fps", "interlaced", "audio_codecs",
-        "max_channels", "sample_rates", "video_kbps", "audio_kbps", "preset"};
+        "name",         "description",   "source",         "base",           "containers",
+        "video_codecs", "h264_profiles", "max_h264_level", "max_hevc_level", "max_bit_depth",
+        "max_width",    "max_height",    "max_fps",        "interlaced",     "audio_codecs",
+        "max_channels", "sample_rates",  "video_kbps",     "audio_kbps",     "preset"};
     for (const auto& [key, value] : table)
         if (std::find(known.begin(), known.end(), key.str()) == known.end())
             throw InputError(fmt::format("{}: unknown key `{}`", origin, printable(key.str())));
@@ -190,7 +199,8 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     read_string("description", profile.description);
     read_string("source", profile.source);
     read_string("preset", profile.preset);
-    static const std::vector<std::string_view> presets = {"ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"};
+    static const std::vector<std::string_view> presets = {"ultrafast", "superfast", "veryfast", "faster",
+                                                          "fast",      "medium",    "slow"};
     if (std::find(presets.begin(), presets.end(), profile.preset) == presets.end())
         throw InputError(fmt::format("{}: `preset` must be an x264 preset (ultrafast ... slow)", origin));
     read_strings(table, "containers", profile.containers, origin);
@@ -207,7 +217,8 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     read_int(table, "audio_kbps", profile.audio_kbps, 32, 512, origin);
     if (auto node = table["max_fps"]) {
         auto value = node.value<double>();
-        if (!value || !(*value >= 1 && *value <= 240)) throw InputError(fmt::format("{}: `max_fps` must be in [1, 240]", origin));
+        if (!value || !(*value >= 1 && *value <= 240))
+            throw InputError(fmt::format("{}: `max_fps` must be in [1, 240]", origin));
         profile.max_fps = *value;
     }
     if (auto node = table["interlaced"]) {
@@ -218,17 +229,20 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     if (auto node = table["sample_rates"]) {
         std::vector<int> rates;
         for (auto rate : read_array<std::int64_t>(node, "sample_rates", origin)) {
-            if (rate < 8000 || rate > 192000) throw InputError(fmt::format("{}: `sample_rates` must be in [8000, 192000]", origin));
+            if (rate < 8000 || rate > 192000)
+                throw InputError(fmt::format("{}: `sample_rates` must be in [8000, 192000]", origin));
             rates.push_back(static_cast<int>(rate));
         }
         profile.sample_rates = rates;
     }
-    if (profile.name.empty() || first_control_byte(profile.name) >= 0) throw InputError(fmt::format("{}: empty `name`", origin));
+    if (profile.name.empty() || first_control_byte(profile.name) >= 0)
+        throw InputError(fmt::format("{}: empty `name`", origin));
     return profile;
 }
 
 Profile load_profile(const std::string& name_or_path) {
-    if (name_or_path.find('/') == std::string::npos && !name_or_path.ends_with(".toml")) return builtin_profile(name_or_path);
+    if (name_or_path.find('/') == std::string::npos && !name_or_path.ends_with(".toml"))
+        return builtin_profile(name_or_path);
     std::ifstream file(name_or_path, std::ios::binary);
     if (!file) throw_errno("open", name_or_path);
     std::stringstream text;
@@ -240,19 +254,29 @@ std::uint64_t parse_size(std::string_view text) {
     std::uint64_t value = 0;
     std::size_t i = 0;
     for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-        if (value > (UINT64_MAX - 9) / 10) throw InputError(fmt::format("size \"{}\" is too large", printable(text)));
+        if (value > (UINT64_MAX - 9) / 10)
+            throw InputError(fmt::format("size \"{}\" is too large", printable(text)));
         value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
     }
-    if (i == 0) throw InputError(fmt::format("size \"{}\" must be a number with an optional K, M, G or T", printable(text)));
+    if (i == 0)
+        throw InputError(
+            fmt::format("size \"{}\" must be a number with an optional K, M, G or T", printable(text)));
     std::string_view unit = text.substr(i);
     int shift = 0;
     if (unit == "" || unit == "B") shift = 0;
-    else if (unit == "K" || unit == "k" || unit == "KiB") shift = 10;
-    else if (unit == "M" || unit == "MiB") shift = 20;
-    else if (unit == "G" || unit == "GiB") shift = 30;
-    else if (unit == "T" || unit == "TiB") shift = 40;
-    else throw InputError(fmt::format("size \"{}\" must be a number with an optional K, M, G or T", printable(text)));
-    if (shift && value > (UINT64_MAX >> shift)) throw InputError(fmt::format("size \"{}\" is too large", printable(text)));
+    else if (unit == "K" || unit == "k" || unit == "KiB")
+        shift = 10;
+    else if (unit == "M" || unit == "MiB")
+        shift = 20;
+    else if (unit == "G" || unit == "GiB")
+        shift = 30;
+    else if (unit == "T" || unit == "TiB")
+        shift = 40;
+    else
+        throw InputError(
+            fmt::format("size \"{}\" must be a number with an optional K, M, G or T", printable(text)));
+    if (shift && value > (UINT64_MAX >> shift))
+        throw InputError(fmt::format("size \"{}\" is too large", printable(text)));
     return value << shift;
 }
 

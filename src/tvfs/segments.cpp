@@ -25,13 +25,18 @@ constexpr std::size_t read_ahead = 3;
 // Segments kept in memory per output besides those the disk could not take.
 constexpr std::size_t memory_segments = 4;
 
-Outputs::Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace, OutputCache& cache)
+Outputs::Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace,
+                 OutputCache& cache)
     : source_root_(std::move(source_root)), profile_(profile), grace_(grace), cache_(cache) {}
 
-std::string Outputs::segment_path(const Output& out, std::size_t k) { return fmt::format("{}/{}.ts", out.dir, k); }
+std::string Outputs::segment_path(const Output& out, std::size_t k) {
+    return fmt::format("{}/{}.ts", out.dir, k);
+}
 
 std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry) {
-    auto key = fmt::format("{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}", rel, entry.size, entry.mtime_ns, profile_.describe())));
+    auto key =
+        fmt::format("{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}", rel, entry.size,
+                                                                    entry.mtime_ns, profile_.describe())));
     std::lock_guard lock(mutex_);
     auto& slot = outputs_[key];
     if (!slot) {
@@ -71,7 +76,8 @@ void Outputs::open(Output& out) {
         remux(out.source, out.entry.decision, temp);
         auto made = fs::file_size(temp);
         if (made != out.entry.layout.size)
-            throw std::runtime_error(fmt::format("remux produced {} bytes, {} announced", made, out.entry.layout.size));
+            throw std::runtime_error(
+                fmt::format("remux produced {} bytes, {} announced", made, out.entry.layout.size));
         fs::rename(temp, final_path);
         cache_.add(made);
         out.remux_ready = true;
@@ -101,7 +107,8 @@ int Outputs::read(Output& out, char* buffer, std::size_t size, std::uint64_t off
         const auto& segment = layout.segments[k];
         std::uint64_t within = offset + copied - segment.offset;
         auto take = static_cast<std::size_t>(std::min<std::uint64_t>(size - copied, segment.bytes - within));
-        if (!copy_from_segment(out, k, within, take, buffer + copied)) return copied ? static_cast<int>(copied) : -EIO;
+        if (!copy_from_segment(out, k, within, take, buffer + copied))
+            return copied ? static_cast<int>(copied) : -EIO;
         copied += take;
         ++k;
     }
@@ -109,7 +116,8 @@ int Outputs::read(Output& out, char* buffer, std::size_t size, std::uint64_t off
 }
 
 // Copies [within, within+take) of segment k, waiting for the worker to make it; false if it cannot be made.
-bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take, char* destination) {
+bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take,
+                                char* destination) {
     std::unique_lock lock(out.mutex);
     // A read ahead of (or behind) the worker repositions it: a TV seeking.
     if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) out.cursor = k;
@@ -170,15 +178,16 @@ void Outputs::work(Output& out) {
         lock.unlock();
         std::shared_ptr<const std::string> data;
         try {
-            data = std::make_shared<const std::string>(
-                produce_segment(out.source, out.entry.media, out.entry.decision, profile_, out.entry.layout, k));
+            data = std::make_shared<const std::string>(produce_segment(
+                out.source, out.entry.media, out.entry.decision, profile_, out.entry.layout, k));
         } catch (const std::exception& error) {
             log_info("{}: segment {}: {}", printable(out.source), k, error.what());
         }
         bool stored = data && store_segment(out, k, *data);
         lock.lock();
         if (!data) out.failed.insert(k);
-        else if (stored) out.done[k] = 1;
+        else if (stored)
+            out.done[k] = 1;
         if (data) {
             out.memory[k] = data;
             while (out.memory.size() > memory_segments) {
@@ -207,7 +216,8 @@ bool Outputs::store_segment(Output& out, std::size_t k, const std::string& data)
     for (std::size_t written = 0; ok && written < data.size();) {
         auto n = ::write(fd.get(), data.data() + written, data.size() - written);
         if (n <= 0) ok = false;
-        else written += static_cast<std::size_t>(n);
+        else
+            written += static_cast<std::size_t>(n);
     }
     int error = errno;
     fd = Fd();
@@ -216,7 +226,8 @@ bool Outputs::store_segment(Output& out, std::size_t k, const std::string& data)
         return true;
     }
     ::unlink(temp.c_str());
-    log_info("cache {}: {} (segment served from memory, not cached)", fs::path(out.dir).parent_path().string(), std::strerror(error));
+    log_info("cache {}: {} (segment served from memory, not cached)",
+             fs::path(out.dir).parent_path().string(), std::strerror(error));
     return false;
 }
 

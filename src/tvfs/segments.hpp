@@ -29,12 +29,12 @@ struct Output {
     Entry entry;
 
     // Lock order: filesystem.hpp.
-    std::mutex mutex;  // guards every member below except those of the remux
+    std::mutex mutex;                 // guards every member below except those of the remux
     std::condition_variable changed;  // with `mutex`: a segment made or failed, a reader came or went
     int readers = 0;
     std::chrono::steady_clock::time_point last_close = std::chrono::steady_clock::now();
     // transcodes
-    std::vector<char> done;  // segment k is in the cache
+    std::vector<char> done;                                            // segment k is in the cache
     std::map<std::size_t, std::shared_ptr<const std::string>> memory;  // recent and unstorable segments
     std::set<std::size_t> failed;
     std::size_t cursor = 0, wanted = 0;  // the worker makes [cursor, wanted]
@@ -52,7 +52,8 @@ struct Output {
 
 class Outputs {
 public:
-    Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace, OutputCache& cache);
+    Outputs(std::string source_root, const Profile& profile, std::chrono::milliseconds grace,
+            OutputCache& cache);
     ~Outputs() { stop_all(); }
 
     // The output of source file REL (relative to the source root) in version ENTRY.
@@ -72,7 +73,8 @@ public:
     void stop_all();
 
 private:
-    bool copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take, char* destination);
+    bool copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take,
+                           char* destination);
     void ensure_worker(Output& out);
     void work(Output& out);
     bool store_segment(Output& out, std::size_t k, const std::string& data);
@@ -83,7 +85,7 @@ private:
     std::chrono::milliseconds grace_;
     OutputCache& cache_;
     // Lock order: filesystem.hpp.
-    std::mutex mutex_;  // guards outputs_ and stopped_
+    std::mutex mutex_;                                        // guards outputs_ and stopped_
     std::map<std::string, std::shared_ptr<Output>> outputs_;  // cache key -> output
     bool stopped_ = false;
 };

@@ -26,8 +26,8 @@ struct SourceWatch::State {
     void add_tree(const std::string& rel) {
         auto path = mount.fs->source + rel;
         int wd = ::inotify_add_watch(inotify.get(), path.c_str(),
-                                     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ATTRIB |
-                                         IN_DELETE_SELF | IN_ONLYDIR);
+                                     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE |
+                                         IN_ATTRIB | IN_DELETE_SELF | IN_ONLYDIR);
         if (wd < 0) {
             log_info("inotify_add_watch {}: {}", printable(path), std::strerror(errno));
             return;
@@ -92,7 +92,8 @@ void SourceWatch::start() {
     state.inotify = Fd(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (!state.inotify) throw_errno("inotify_init1");
     state.add_tree("");
-    state.source = state.loop.add_fd(state.inotify.get(), EPOLLIN, [&state](std::uint32_t) { state.readable(); });
+    state.source =
+        state.loop.add_fd(state.inotify.get(), EPOLLIN, [&state](std::uint32_t) { state.readable(); });
 }
 
 void SourceWatch::stop() {

@@ -12,13 +12,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     using namespace ktricks::handoff::detail;
     try {
         (void)parse_control_request(input);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     try {
         auto result = parse_reload_answer(input);
         (void)parse_reload_answer(reload_answer(result));  // what we print we must read back
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     (void)parse_zerg_greeting(input);
     return 0;
 }

@@ -18,8 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_http_status(input);
     try {
         (void)parse_server(input);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     // Three NUL-separated parts: LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES.
     std::string parts[3];
     std::size_t part = 0;
@@ -33,12 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_listen_environment(parts[0].c_str(), parts[1].c_str(), parts[2].c_str(), 100);
     try {
         (void)ListenSpec::parse(input);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     try {
         (void)ReadyCheck::parse(input);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     (void)parse_proc_net_inet(input, ProcSocket::Kind::tcp, false);
     (void)parse_proc_net_inet(input, ProcSocket::Kind::udp, true);
     (void)unix_stream_sockets(ktricks::parse_proc_net_unix(input));

@@ -14,11 +14,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         auto rule = ktricks::jail::AllowRule::parse(text);
         auto again = ktricks::jail::AllowRule::parse(rule.to_string());
         if (again.to_string() != rule.to_string()) std::abort();
-        for (const char* probe : {"tcp://0.0.0.0:8000", "tcp://127.0.0.1:80", "udp6://[::1]:53", "tcp6://[::]:8080"}) {
+        for (const char* probe :
+             {"tcp://0.0.0.0:8000", "tcp://127.0.0.1:80", "udp6://[::1]:53", "tcp6://[::]:8080"}) {
             auto address = ktricks::SocketAddress::parse(probe);
             if (rule.allows(address) != again.allows(address)) std::abort();
         }
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

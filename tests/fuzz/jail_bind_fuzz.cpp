@@ -22,7 +22,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (again.to_string() != address->to_string()) std::abort();
         std::vector<ktricks::jail::InterceptListener> listeners{{again, 0}};
         if (!ktricks::jail::match_bind(listeners, *address)) std::abort();  // same host, any port
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

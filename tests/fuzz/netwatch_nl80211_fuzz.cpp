@@ -11,9 +11,10 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     std::vector<std::uint32_t> buffer(size / 4 + 1);
     std::memcpy(buffer.data(), data, size);
-    ktricks::netlink::for_each_message({reinterpret_cast<const std::byte*>(buffer.data()), size}, [](const nlmsghdr& message) {
-        (void)ktricks::netwatch::decode_nl80211(&message);
-        return true;
-    });
+    ktricks::netlink::for_each_message({reinterpret_cast<const std::byte*>(buffer.data()), size},
+                                       [](const nlmsghdr& message) {
+                                           (void)ktricks::netwatch::decode_nl80211(&message);
+                                           return true;
+                                       });
     return 0;
 }

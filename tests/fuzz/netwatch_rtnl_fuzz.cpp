@@ -15,10 +15,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::memcpy(buffer.data(), data, size);
     ktricks::netwatch::State state;
     std::vector<ktricks::netwatch::NetEvent> events;
-    ktricks::netlink::for_each_message({reinterpret_cast<const std::byte*>(buffer.data()), size}, [&](const nlmsghdr& message) {
-        state.apply(ktricks::netwatch::decode_rtnl(&message), events);
-        return true;
-    });
+    ktricks::netlink::for_each_message({reinterpret_cast<const std::byte*>(buffer.data()), size},
+                                       [&](const nlmsghdr& message) {
+                                           state.apply(ktricks::netwatch::decode_rtnl(&message), events);
+                                           return true;
+                                       });
     ktricks::netwatch::State empty;
     state.resync(empty, events, {.initial = false, .resync = true});
     return 0;

@@ -14,7 +14,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         auto message = ktricks::once::Message::from_json(text);
         auto again = ktricks::once::Message::from_json(message.to_json_line());
         if (again.args.size() != message.args.size() || again.pid != message.pid) std::abort();
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

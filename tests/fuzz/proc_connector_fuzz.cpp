@@ -16,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (size) std::memcpy(copy.get(), data, size);
     ktricks::netlink::for_each_message({copy.get(), size}, [](const nlmsghdr& message_ref) {
         const nlmsghdr* message = &message_ref;
-        if (auto event = ktricks::procwatch::decode(*message)) (void)ktricks::procwatch::to_string(event->type);
+        if (auto event = ktricks::procwatch::decode(*message))
+            (void)ktricks::procwatch::to_string(event->type);
         return true;
     });
     return 0;

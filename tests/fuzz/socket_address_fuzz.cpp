@@ -14,7 +14,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         auto address = ktricks::SocketAddress::parse(text);
         auto again = ktricks::SocketAddress::parse(address.to_string());
         if (!(again == address)) std::abort();
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

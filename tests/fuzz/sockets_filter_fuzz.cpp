@@ -34,7 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             inet_diag_bc_op op;
             std::memcpy(&op, code.data() + at, sizeof(op));
             std::size_t target = at + op.no;
-            if (op.no < 4 || op.no % 4 || (target != code.size() && target != code.size() + 4 && !boundaries.count(target)))
+            if (op.no < 4 || op.no % 4 ||
+                (target != code.size() && target != code.size() + 4 && !boundaries.count(target)))
                 std::abort();
         }
         ktricks::sockets::SocketInfo socket;
@@ -45,7 +46,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         unix_socket.local.name = "@0001f";
         unix_socket.inode = 1234;
         (void)filter.matches(unix_socket);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

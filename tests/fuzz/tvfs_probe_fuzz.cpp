@@ -18,8 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             auto media = ktricks::tvfs::probe("/proc/self/fd/" + std::to_string(fd));
             for (const auto& name : ktricks::tvfs::builtin_profile_names())
                 (void)ktricks::tvfs::decide(media, ktricks::tvfs::builtin_profile(name));
-        } catch (const ktricks::InputError&) {
-        }
+        } catch (const ktricks::InputError&) {}
     }
     ::close(fd);
     return 0;

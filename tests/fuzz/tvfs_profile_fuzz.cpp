@@ -17,11 +17,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         media.audio.push_back(ktricks::tvfs::AudioStream{1, "ac3", "", 6, 48000});
         (void)ktricks::tvfs::decide(media, profile);
         (void)profile.describe();
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     try {
         (void)ktricks::tvfs::parse_size(text);
-    } catch (const ktricks::InputError&) {
-    }
+    } catch (const ktricks::InputError&) {}
     return 0;
 }

@@ -38,9 +38,9 @@ bool serve_requests(int fd, Connection& c, const std::string& body) {
         if (end == std::string::npos) return true;
         c.input.erase(0, end + 4);
         bool close_after = draining != 0;
-        std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
-                               std::to_string(body.size()) + "\r\n" + (close_after ? "Connection: close\r\n" : "") +
-                               "\r\n" + body;
+        std::string response =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+            "\r\n" + (close_after ? "Connection: close\r\n" : "") + "\r\n" + body;
         size_t sent = 0;
         while (sent < response.size()) {
             ssize_t n = send(fd, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
     if (start_delay_ms) usleep(static_cast<useconds_t>(start_delay_ms) * 1000);
 
     const char* generation = getenv("KTRICKS_SERVE_GENERATION");
-    std::string body = std::string("generation ") + (generation ? generation : "?") + " pid " + std::to_string(getpid()) + "\n";
+    std::string body = std::string("generation ") + (generation ? generation : "?") + " pid " +
+                       std::to_string(getpid()) + "\n";
     // Two generations poll the same listening socket during a reload, and only one wins each
     // connection: a blocking accept() in the loser would hang. O_NONBLOCK is a flag of the open file
     // description, so setting it here sets it for serve and every other generation too (harmless for
@@ -99,7 +100,8 @@ int main(int argc, char** argv) {
         if (!accepting && connections.empty()) return 0;
         std::vector<pollfd> fds;
         if (accepting)
-            for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + listeners; ++fd) fds.push_back({fd, POLLIN, 0});
+            for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + listeners; ++fd)
+                fds.push_back({fd, POLLIN, 0});
         for (auto& [fd, c] : connections) fds.push_back({fd, POLLIN, 0});
         int ready = poll(fds.data(), fds.size(), 200);
         if (ready < 0 && errno == EINTR) continue;

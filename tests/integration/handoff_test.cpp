@@ -17,9 +17,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <map>
-#include <filesystem>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -79,7 +79,8 @@ std::optional<HttpResponse> read_response(int fd, int& error) {
         if (header_end == std::string::npos && (header_end = data.find("\r\n\r\n")) != std::string::npos) {
             std::string head = data.substr(0, header_end);
             response.status = std::atoi(head.substr(9, 3).c_str());
-            response.close = head.starts_with("HTTP/1.0") || head.find("Connection: close") != std::string::npos;
+            response.close =
+                head.starts_with("HTTP/1.0") || head.find("Connection: close") != std::string::npos;
             auto cl = head.find("Content-Length: ");
             length = cl == std::string::npos ? 0 : std::stoul(head.substr(cl + 16));
         }
@@ -101,7 +102,8 @@ std::optional<HttpResponse> read_response(int fd, int& error) {
 // "Connection: close") and one-request-per-connection clients, each at a steady pace.
 class Load {
 public:
-    Load(std::uint16_t port, std::string path, int keepalive = 2, int fresh = 2) : port_(port), path_(std::move(path)) {
+    Load(std::uint16_t port, std::string path, int keepalive = 2, int fresh = 2)
+        : port_(port), path_(std::move(path)) {
         for (int i = 0; i < keepalive; ++i) threads_.emplace_back([this] { run(true); });
         for (int i = 0; i < fresh; ++i) threads_.emplace_back([this] { run(false); });
     }
@@ -128,10 +130,13 @@ public:
 private:
     void fail(int error, const std::string& what) {
         if (error == ECONNREFUSED) ++refused_;
-        else if (error == ECONNRESET || error == EPIPE) ++resets_;
-        else ++failed_;
+        else if (error == ECONNRESET || error == EPIPE)
+            ++resets_;
+        else
+            ++failed_;
         std::lock_guard lock(mutex_);
-        if (errors_.size() < 20) errors_.push_back(fmt::format("{}: {}", what, error == -1 ? "EOF" : std::strerror(error)));
+        if (errors_.size() < 20)
+            errors_.push_back(fmt::format("{}: {}", what, error == -1 ? "EOF" : std::strerror(error)));
     }
     void run(bool keepalive) {
         Fd socket;
@@ -147,7 +152,8 @@ private:
                     continue;
                 }
             }
-            if (::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+            if (::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+                static_cast<ssize_t>(request.size())) {
                 fail(errno, "send");
                 socket.reset();
                 continue;
@@ -214,12 +220,15 @@ struct Served {
     std::string control = dir / "control.sock";
     std::optional<Process> process;
 
-    explicit Served(std::vector<std::string> command, std::vector<std::string> extra = {}) { start(command, extra); }
+    explicit Served(std::vector<std::string> command, std::vector<std::string> extra = {}) {
+        start(command, extra);
+    }
     struct Later {};
     explicit Served(Later) {}  // start() follows, once the command (which may name `port`) is known
     void start(std::vector<std::string> command, std::vector<std::string> extra) {
         std::vector<std::string> argv = {K, "serve", "--listen", addr(port), "--control", control};
-        if (std::find(extra.begin(), extra.end(), "--drain-timeout") == extra.end()) extra.insert(extra.end(), {"--drain-timeout", "10"});
+        if (std::find(extra.begin(), extra.end(), "--drain-timeout") == extra.end())
+            extra.insert(extra.end(), {"--drain-timeout", "10"});
         argv.insert(argv.end(), extra.begin(), extra.end());
         argv.push_back("--");
         argv.insert(argv.end(), command.begin(), command.end());
@@ -241,7 +250,9 @@ struct Served {
         return ::testing::AssertionFailure() << "generation 1 never became ready\n" << process->describe();
     }
     handoff::ReloadResult reload() { return handoff::request_reload(control, std::chrono::seconds(20)); }
-    nlohmann::json status() { return nlohmann::json::parse(handoff::request_status(control, std::chrono::seconds(5))); }
+    nlohmann::json status() {
+        return nlohmann::json::parse(handoff::request_status(control, std::chrono::seconds(5)));
+    }
 };
 
 void reload_under_load(Served& served, int reloads) {
@@ -257,7 +268,8 @@ void reload_under_load(Served& served, int reloads) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     load.stop();
     EXPECT_TRUE(no_request_lost(load)) << served.process->describe();
-    EXPECT_GE(load.bodies().size(), static_cast<std::size_t>(reloads / 2)) << "requests reached too few generations";
+    EXPECT_GE(load.bodies().size(), static_cast<std::size_t>(reloads / 2))
+        << "requests reached too few generations";
     EXPECT_GE(load.ok(), 100);
 }
 
@@ -275,8 +287,8 @@ TEST(HandoffServe, PassesListenersExactlyAsSystemdDoes) {
     TempDir dir;
     std::uint16_t port = free_port();
     std::string abstract = fmt::format("unix:@ktricks-it-env-{}", ::getpid());
-    Process serve = Process::start({K, "serve", "--listen", "web=" + addr(port), "--listen", abstract, "--ready=delay:0",
-                                    "--", python, show_env});
+    Process serve = Process::start({K, "serve", "--listen", "web=" + addr(port), "--listen", abstract,
+                                    "--ready=delay:0", "--", python, show_env});
     ASSERT_TRUE(eventually([&] { return serve.out().find('\n') != std::string::npos; })) << serve.describe();
     auto shown = nlohmann::json::parse(lines_of(serve.out()).front());
     EXPECT_EQ(shown["env"]["LISTEN_FDS"], "2");
@@ -294,12 +306,15 @@ TEST(HandoffServe, SpeaksTheNginxEinhornAndGunicornConventions) {
     };
     for (const auto& c : {Case{"nginx", "NGINX", "3;4;"}, Case{"einhorn", "EINHORN_FD_COUNT", "2"},
                           Case{"gunicorn", "GUNICORN_FD", "3,4"}}) {
-        Process serve = Process::start({K, "serve", "--listen", addr(free_port()), "--listen", addr(free_port()),
-                                        "--protocol", c.protocol, "--ready=delay:0", "--", python, show_env});
-        ASSERT_TRUE(eventually([&] { return serve.out().find('\n') != std::string::npos; })) << serve.describe();
+        Process serve =
+            Process::start({K, "serve", "--listen", addr(free_port()), "--listen", addr(free_port()),
+                            "--protocol", c.protocol, "--ready=delay:0", "--", python, show_env});
+        ASSERT_TRUE(eventually([&] { return serve.out().find('\n') != std::string::npos; }))
+            << serve.describe();
         auto shown = nlohmann::json::parse(lines_of(serve.out()).front());
         EXPECT_EQ(shown["env"][c.key], c.value) << c.protocol;
-        EXPECT_TRUE(shown["env"]["LISTEN_FDS"].is_null()) << c.protocol << ": no systemd variables in another protocol";
+        EXPECT_TRUE(shown["env"]["LISTEN_FDS"].is_null())
+            << c.protocol << ": no systemd variables in another protocol";
         EXPECT_EQ(shown["fds"].size(), 2u) << c.protocol;
         if (c.protocol == "einhorn") {
             EXPECT_EQ(shown["env"]["EINHORN_FD_0"], "3");
@@ -311,25 +326,28 @@ TEST(HandoffServe, SpeaksTheNginxEinhornAndGunicornConventions) {
 TEST(HandoffServe, HandsStoredFdsToTheNextGenerationWithTheirNames) {
     Served served({python, show_env, "--store"}, {"--ready=delay:300"});
     ASSERT_TRUE(eventually([&] { return served.process->out().find('\n') != std::string::npos; }));
-    ASSERT_TRUE(eventually([&] { return served.status()["fdstore"] == 1 && served.status()["generation"] == 1; }))
-        << served.process->describe();
+    ASSERT_TRUE(eventually([&] {
+        return served.status()["fdstore"] == 1 && served.status()["generation"] == 1;
+    })) << served.process->describe();
     auto result = served.reload();
     ASSERT_TRUE(result.ok) << result.message;
-    ASSERT_TRUE(eventually([&] { return lines_of(served.process->out()).size() >= 2; })) << served.process->describe();
+    ASSERT_TRUE(eventually([&] { return lines_of(served.process->out()).size() >= 2; }))
+        << served.process->describe();
     auto second = nlohmann::json::parse(lines_of(served.process->out())[1]);
     EXPECT_EQ(second["env"]["LISTEN_FDS"], "2");
     EXPECT_EQ(second["env"]["LISTEN_FDNAMES"], "unknown:kept-pipe");
 }
 
 TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
-    std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --fail; fi; exec {}",
-                                     sd_server, sd_server);
+    std::string script = fmt::format(
+        "if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --fail; fi; exec {}", sd_server, sd_server);
     Served served({"/bin/sh", "-c", script});
     ASSERT_TRUE(served.up());
     Load load(served.port, "/");
     auto result = served.reload();
     EXPECT_FALSE(result.ok);
-    EXPECT_NE(result.message.find("exited with status 3 before it was ready"), std::string::npos) << result.message;
+    EXPECT_NE(result.message.find("exited with status 3 before it was ready"), std::string::npos)
+        << result.message;
     EXPECT_NE(result.message.find("generation 1"), std::string::npos) << result.message;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     load.stop();
@@ -343,7 +361,8 @@ TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
 }
 
 TEST(HandoffServe, ANewGenerationThatNeverGetsReadyIsRolledBackAfterTheTimeout) {
-    std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec sleep 30; fi; exec {}", sd_server);
+    std::string script =
+        fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec sleep 30; fi; exec {}", sd_server);
     Served served({"/bin/sh", "-c", script}, {"--ready-timeout", "0.5"});
     ASSERT_TRUE(served.up());
     auto result = served.reload();
@@ -353,8 +372,9 @@ TEST(HandoffServe, ANewGenerationThatNeverGetsReadyIsRolledBackAfterTheTimeout) 
 }
 
 TEST(HandoffServe, RefusesAReloadWhileOneIsInProgress) {
-    std::string script = fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --start-delay 1500; fi; exec {}",
-                                     sd_server, sd_server);
+    std::string script =
+        fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} --start-delay 1500; fi; exec {}",
+                    sd_server, sd_server);
     Served served({"/bin/sh", "-c", script});
     ASSERT_TRUE(served.up());
     std::optional<handoff::ReloadResult> first;
@@ -362,7 +382,8 @@ TEST(HandoffServe, RefusesAReloadWhileOneIsInProgress) {
     ASSERT_TRUE(eventually([&] { return served.status()["reloading"] == true; }));
     auto second = run({K, "reload", "--control", served.control});
     EXPECT_EQ(second.status, 75) << second.describe;
-    EXPECT_NE(second.err.find("a reload is already in progress: generation 2"), std::string::npos) << second.err;
+    EXPECT_NE(second.err.find("a reload is already in progress: generation 2"), std::string::npos)
+        << second.err;
     reloading.join();
     ASSERT_TRUE(first);
     EXPECT_TRUE(first->ok) << first->message;
@@ -383,15 +404,18 @@ TEST(HandoffServe, SeveralOldGenerationsDrainAtOnce) {
 TEST(HandoffServe, ReloadsOnSighupAndReportsJsonEvents) {
     std::uint16_t port = free_port();
     Process serve = Process::start({K, "serve", "--json", "--listen", addr(port), "--", sd_server});
-    ASSERT_TRUE(eventually([&] { return serve.out().find("\"event\":\"ready\"") != std::string::npos; })) << serve.describe();
+    ASSERT_TRUE(eventually([&] { return serve.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << serve.describe();
     serve.signal(SIGHUP);
-    ASSERT_TRUE(eventually([&] { return http_get(port).value_or("").starts_with("generation 2 "); })) << serve.describe();
+    ASSERT_TRUE(eventually([&] { return http_get(port).value_or("").starts_with("generation 2 "); }))
+        << serve.describe();
     serve.signal(SIGTERM);
     ASSERT_EQ(serve.wait(), 0) << serve.describe();
     std::vector<std::string> events;
     for (const auto& line : lines_of(serve.out())) events.push_back(nlohmann::json::parse(line)["event"]);
     for (const char* expected : {"listening", "started", "ready", "reload", "draining", "drained", "exited"})
-        EXPECT_NE(std::find(events.begin(), events.end(), expected), events.end()) << expected << "\n" << serve.out();
+        EXPECT_NE(std::find(events.begin(), events.end(), expected), events.end()) << expected << "\n"
+                                                                                   << serve.out();
 }
 
 TEST(HandoffServe, FirstGenerationThatFailsIsAClearError) {
@@ -405,9 +429,10 @@ TEST(HandoffZerg, AUwsgiZergServesThroughServesListeners) {
     TempDir dir;
     std::uint16_t port = free_port();
     std::string zerg = dir / "zerg.sock";
-    Process serve = Process::start({K, "serve", "--listen", addr(port), "--zerg", zerg, "--ready=delay:0", "--",
-                                    "/usr/bin/uwsgi", "--zerg", zerg, "--plugin", "python3", "--socket-protocol", "http",
-                                    "--wsgi-file", (scripts / "wsgi_app.py").string(), "--need-app", "--disable-logging"});
+    Process serve = Process::start({K, "serve", "--listen", addr(port), "--zerg", zerg, "--ready=delay:0",
+                                    "--", "/usr/bin/uwsgi", "--zerg", zerg, "--plugin", "python3",
+                                    "--socket-protocol", "http", "--wsgi-file",
+                                    (scripts / "wsgi_app.py").string(), "--need-app", "--disable-logging"});
     ASSERT_TRUE(eventually([&] { return http_get(port).has_value() || !serve.running(); }) && serve.running())
         << serve.describe();
     EXPECT_EQ(http_get(port).value_or(""), "hello from uwsgi\n");
@@ -418,17 +443,20 @@ TEST(HandoffTakeover, AdoptsAPlainPythonHttpServerUnderLoadWithoutLosingARequest
     TempDir dir;
     write_file(dir / "hello.txt", "hello\n");
     std::uint16_t port = free_port();
-    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, in_dir(dir.path()));
+    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)},
+                                 in_dir(dir.path()));
     ASSERT_TRUE(serves(port, old, "/hello.txt"));
     Load load(port, "/hello.txt");
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     std::string control = dir / "control.sock";
-    Process takeover = Process::start({K, "takeover", "--json", "--pid", std::to_string(old.pid()), "--control", control,
-                                       "--drain-timeout", "30", "--", python, fd3_server});
+    Process takeover =
+        Process::start({K, "takeover", "--json", "--pid", std::to_string(old.pid()), "--control", control,
+                        "--drain-timeout", "30", "--", python, fd3_server});
     // Generous: on a loaded machine the old server's threads may take long to finish what they hold.
     auto exit_status = old.wait(std::chrono::seconds(40));
     ASSERT_TRUE(exit_status) << "the old server is still running\n" << takeover.describe();
-    ASSERT_TRUE(eventually([&] { return takeover.out().find("\"retired") != std::string::npos; }, std::chrono::seconds(10)))
+    ASSERT_TRUE(eventually([&] { return takeover.out().find("\"retired") != std::string::npos; },
+                           std::chrono::seconds(10)))
         << takeover.describe();
     for (int i = 0; i < 3; ++i) {  // takeover stays on as a supervisor
         auto result = handoff::request_reload(control, std::chrono::seconds(20));
@@ -449,12 +477,13 @@ TEST(HandoffTakeover, ExplainsWhyAnotherUsersServerCannotBeTaken) {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root to start a process as another uid";
     TempDir dir;
     std::uint16_t port = free_port();
-    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, in_dir(dir.path()));
+    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)},
+                                 in_dir(dir.path()));
     ASSERT_TRUE(serves(port, old));
     std::string binary = dir / "ktricks";
     std::filesystem::copy_file(K, binary);
-    auto result = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary, "takeover", "--pid",
-                       std::to_string(old.pid()), "--", "/bin/true"},
+    auto result = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary, "takeover",
+                       "--pid", std::to_string(old.pid()), "--", "/bin/true"},
                       in_dir("/"));
     EXPECT_EQ(result.status, 77) << result.describe;
     EXPECT_NE(result.err.find("runs as uid 0 and we are uid 65534"), std::string::npos) << result.err;
@@ -482,7 +511,8 @@ TEST(HandoffTakeover, ExplainsThatANonDumpableServerNeedsRoot) {
     std::string binary = dir / "ktricks";
     std::filesystem::copy_file(K, binary);
     // setpriv execs python directly, so the pid we started is the server.
-    auto result = run(as_nobody({binary, "takeover", "--pid", std::to_string(old.pid()), "--", "/bin/true"}), in_dir("/"));
+    auto result = run(as_nobody({binary, "takeover", "--pid", std::to_string(old.pid()), "--", "/bin/true"}),
+                      in_dir("/"));
     EXPECT_EQ(result.status, 77) << result.describe;
     EXPECT_NE(result.err.find("is not dumpable"), std::string::npos) << result.err;
     EXPECT_NE(result.err.find("run takeover as root"), std::string::npos) << result.err;
@@ -491,11 +521,14 @@ TEST(HandoffTakeover, ExplainsThatANonDumpableServerNeedsRoot) {
 TEST(HandoffTakeover, NamesTheListenersWhenTheAskedOneIsNotThere) {
     TempDir dir;
     std::uint16_t port = free_port();
-    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)}, in_dir(dir.path()));
+    Process old = Process::start({python, "-m", "http.server", "--bind", "127.0.0.1", std::to_string(port)},
+                                 in_dir(dir.path()));
     ASSERT_TRUE(serves(port, old));
-    auto result = run({K, "takeover", "--pid", std::to_string(old.pid()), "--listen", "tcp://127.0.0.1:1", "--", "/bin/true"});
+    auto result = run({K, "takeover", "--pid", std::to_string(old.pid()), "--listen", "tcp://127.0.0.1:1",
+                       "--", "/bin/true"});
     EXPECT_EQ(result.status, 64) << result.describe;
-    EXPECT_NE(result.err.find(fmt::format("it has: fd 3 tcp://127.0.0.1:{}", port)), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find(fmt::format("it has: fd 3 tcp://127.0.0.1:{}", port)), std::string::npos)
+        << result.err;
 }
 
 // --- live connections: the Upgrader example -----------------------------------------------------
@@ -536,15 +569,16 @@ TEST(HandoffUpgrader, HundredClientsStayConnectedThroughTenUpgradesWithoutLosing
     TempDir dir;
     std::uint16_t port = free_port();
     std::string control = dir / "control.sock";
-    Process serve = Process::start({K, "serve", "--handoff", "--listen", addr(port), "--control", control, "--", chat_server,
-                                    addr(port)});
+    Process serve = Process::start({K, "serve", "--handoff", "--listen", addr(port), "--control", control,
+                                    "--", chat_server, addr(port)});
     ASSERT_TRUE(eventually([&] {
         int error = 0;
         return static_cast<bool>(connect_tcp(port, error));
     })) << serve.describe();
     ASSERT_TRUE(eventually([&] {
         try {
-            return nlohmann::json::parse(handoff::request_status(control, std::chrono::seconds(5)))["generation"] == 1;
+            return nlohmann::json::parse(
+                       handoff::request_status(control, std::chrono::seconds(5)))["generation"] == 1;
         } catch (const std::exception&) {
             return false;
         }
@@ -562,7 +596,8 @@ TEST(HandoffUpgrader, HundredClientsStayConnectedThroughTenUpgradesWithoutLosing
         ASSERT_TRUE(result.ok) << result.message << "\n" << serve.describe();
         for (int i = 0; i < 100; ++i) clients[i].send(fmt::format("-c{}\n", i));
         for (int i = 0; i < 100; ++i) {
-            ASSERT_EQ(clients[i].line(), fmt::format("{} r{}-c{}", 2 * round - 1, round, i)) << serve.describe();
+            ASSERT_EQ(clients[i].line(), fmt::format("{} r{}-c{}", 2 * round - 1, round, i))
+                << serve.describe();
             ASSERT_EQ(clients[i].line(), fmt::format("{} p{}-c{}", 2 * round, round, i)) << serve.describe();
         }
         clients[round].send("GEN\n");
@@ -594,7 +629,8 @@ public:
     static std::vector<std::string> command(std::uint16_t port, Clients clients) {
         std::vector<std::string> argv = {"/usr/bin/wrk", "-d120s", "--timeout", "5s"};
         if (clients == connection_close) argv.insert(argv.end(), {"-t1", "-c4", "-H", "Connection: close"});
-        else argv.insert(argv.end(), {"-t2", "-c" + std::to_string(keep_alive_connections)});
+        else
+            argv.insert(argv.end(), {"-t2", "-c" + std::to_string(keep_alive_connections)});
         argv.push_back(fmt::format("http://127.0.0.1:{}/", port));
         return argv;
     }
@@ -617,7 +653,8 @@ public:
             auto start = out.rfind('\n', done);
             result.requests = std::atol(out.c_str() + (start == std::string::npos ? 0 : start + 1));
         }
-        for (const char* label : {"Socket errors: connect ", ", read ", ", write ", ", timeout "}) result.socket_errors += number_after(label);
+        for (const char* label : {"Socket errors: connect ", ", read ", ", write ", ", timeout "})
+            result.socket_errors += number_after(label);
         auto errors = out.find("Socket errors: ");
         if (errors != std::string::npos)
             result.errors_line = out.substr(errors, out.find('\n', errors) - errors);
@@ -640,7 +677,8 @@ std::vector<pid_t> descendants(pid_t root) {
         if (paren == std::string::npos) continue;
         pid_t parent = 0;
         char state = 0;
-        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &parent) == 2) children.emplace(parent, pid);
+        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &parent) == 2)
+            children.emplace(parent, pid);
     }
     std::vector<pid_t> found, queue{root};
     while (!queue.empty()) {
@@ -675,9 +713,12 @@ bool port_free(std::uint16_t port) {
 struct RealServer {
     std::string name;
     std::string binary;
-    std::function<std::vector<std::string>(const TempDir&, std::uint16_t port)> setup;  // writes files, returns CMD
+    std::function<std::vector<std::string>(const TempDir&, std::uint16_t port)>
+        setup;  // writes files, returns CMD
     std::function<void(const TempDir&)> break_next;
-    std::function<std::vector<std::string>(const TempDir&)> flags = [](const TempDir&) { return std::vector<std::string>{}; };
+    std::function<std::vector<std::string>(const TempDir&)> flags = [](const TempDir&) {
+        return std::vector<std::string>{};
+    };
 };
 
 const std::string wsgi_app = R"(import os
@@ -716,38 +757,49 @@ const std::vector<RealServer>& real_servers() {
         {"nginx", "/usr/sbin/nginx",
          [](const TempDir& dir, std::uint16_t port) {
              write_file(dir / "nginx.conf", nginx_config(dir, port));
-             return std::vector<std::string>{"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c",
-                                              dir / "nginx.conf"};
+             return std::vector<std::string>{"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
+                                             dir / "error.log", "-c", dir / "nginx.conf"};
          },
-         [](const TempDir& dir) { write_file(dir / "nginx.conf", read_file(dir / "nginx.conf") + "not_a_directive;\n"); },
-         [](const TempDir& dir) { return std::vector<std::string>{"--probe", "unix:" + dir / "probe.sock"}; }},
+         [](const TempDir& dir) {
+             write_file(dir / "nginx.conf", read_file(dir / "nginx.conf") + "not_a_directive;\n");
+         },
+         [](const TempDir& dir) {
+             return std::vector<std::string>{"--probe", "unix:" + dir / "probe.sock"};
+         }},
         {"gunicorn", "/usr/bin/gunicorn",
          [](const TempDir& dir, std::uint16_t) {
              write_file(dir / "app.py", wsgi_app);
-             return std::vector<std::string>{"/usr/bin/gunicorn", "--chdir", dir.path().string(), "--workers", "2",
-                                              "--graceful-timeout", "5", "--log-level", "warning", "app:app"};
+             return std::vector<std::string>{
+                 "/usr/bin/gunicorn",  "--chdir", dir.path().string(), "--workers", "2",
+                 "--graceful-timeout", "5",       "--log-level",       "warning",   "app:app"};
          },
          [](const TempDir& dir) { write_file(dir / "app.py", broken_python); }},
         {"lighttpd", "/usr/sbin/lighttpd",
          [](const TempDir& dir, std::uint16_t port) {
              std::filesystem::create_directory(dir.path() / "www");
              write_file(dir / "www/index.html", "lighttpd\n");
-             write_file(dir / "lighttpd.conf",
-                        fmt::format("server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\nserver.port = {1}\n"
-                                    "server.systemd-socket-activation = \"enable\"\nserver.errorlog = \"{0}/error.log\"\n"
-                                    "index-file.names = (\"index.html\")\n",
-                                    dir.path().string(), port));
+             write_file(
+                 dir / "lighttpd.conf",
+                 fmt::format(
+                     "server.document-root = \"{0}/www\"\nserver.bind = \"127.0.0.1\"\nserver.port = {1}\n"
+                     "server.systemd-socket-activation = \"enable\"\nserver.errorlog = \"{0}/error.log\"\n"
+                     "index-file.names = (\"index.html\")\n",
+                     dir.path().string(), port));
              return std::vector<std::string>{"/usr/sbin/lighttpd", "-D", "-f", dir / "lighttpd.conf"};
          },
-         [](const TempDir& dir) { write_file(dir / "lighttpd.conf", read_file(dir / "lighttpd.conf") + "this is not lighttpd syntax\n"); }},
+         [](const TempDir& dir) {
+             write_file(dir / "lighttpd.conf",
+                        read_file(dir / "lighttpd.conf") + "this is not lighttpd syntax\n");
+         }},
         {"uwsgi", "/usr/bin/uwsgi",
          [](const TempDir& dir, std::uint16_t) {
              write_file(dir / "app.py", wsgi_app);
-             return std::vector<std::string>{"/usr/bin/uwsgi", "--plugin", "python3", "--wsgi-file", dir / "app.py", "--need-app",
-                                              "--master", "--workers", "2", "--protocol", "http", "--disable-logging",
-                                              // uWSGI answers HTTP/1.1 without it and then closes, which
-                                              // wrk counts as a read error on every request.
-                                              "--add-header", "Connection: close"};
+             return std::vector<std::string>{"/usr/bin/uwsgi", "--plugin", "python3", "--wsgi-file",
+                                             dir / "app.py", "--need-app", "--master", "--workers", "2",
+                                             "--protocol", "http", "--disable-logging",
+                                             // uWSGI answers HTTP/1.1 without it and then closes, which
+                                             // wrk counts as a read error on every request.
+                                             "--add-header", "Connection: close"};
          },
          [](const TempDir& dir) { write_file(dir / "app.py", broken_python); }},
     };
@@ -760,7 +812,8 @@ protected:
         for (const auto& candidate : real_servers())
             if (candidate.name == GetParam()) server_ = &candidate;
         ASSERT_NE(server_, nullptr);
-        if (!std::filesystem::exists(server_->binary)) GTEST_SKIP() << server_->binary << " is not installed (scripts/install-deps.sh)";
+        if (!std::filesystem::exists(server_->binary))
+            GTEST_SKIP() << server_->binary << " is not installed (scripts/install-deps.sh)";
         served_.emplace(Served::Later{});
         std::vector<std::string> flags = {"--server", server_->name, "--ready-timeout", "15"};
         for (auto& flag : server_->flags(served_->dir)) flags.push_back(flag);
@@ -772,7 +825,8 @@ protected:
 };
 
 TEST_P(HandoffRealServer, TenReloadsUnderConnectionCloseLoadLoseNoRequest) {
-    if (!std::filesystem::exists("/usr/bin/wrk")) GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
+    if (!std::filesystem::exists("/usr/bin/wrk"))
+        GTEST_SKIP() << "wrk is not installed (scripts/install-deps.sh)";
     Wrk wrk(served_->port);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     for (int i = 0; i < 10; ++i) {
@@ -811,8 +865,8 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
         // Not run(): it kills the process group when its child exits, which can catch the daemon before
         // its setsid(). nginx writes its pid file after daemonizing, so the group is safe to end then.
         {
-            Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log",
-                                              "-c", dir / "nginx.conf"});
+            Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
+                                              dir / "error.log", "-c", dir / "nginx.conf"});
             eventually([&] { return (master = pid_in_file()) > 0; });
             starter.wait();
         }
@@ -905,7 +959,9 @@ TEST_P(HandoffRealServer, TenReloadsUnderKeepAliveLoadFailNoMoreThanTheServersOw
     ASSERT_GE(native->socket_errors, 0) << native->text;
     EXPECT_GE(native->requests, 100) << native->text;
     EXPECT_LE(serve_load.failed(), native->failed() + Wrk::keep_alive_connections)
-        << "serve:\n" << serve_load.text << "\nnative:\n" << native->text;
+        << "serve:\n"
+        << serve_load.text << "\nnative:\n"
+        << native->text;
 }
 
 TEST_P(HandoffRealServer, ABrokenNewVersionIsRolledBackWhileTheOldOneServes) {
@@ -931,13 +987,15 @@ TEST_P(HandoffRealServer, KillNineOfServeLeavesNoProcessAndFreesThePort) {
     served_->process->signal(SIGKILL);
     ASSERT_TRUE(served_->process->wait(std::chrono::seconds(5)));
     auto killed = Clock::now();
-    bool gone = eventually(
-        [&] { return std::none_of(tree.begin(), tree.end(), alive) && port_free(served_->port); }, std::chrono::seconds(1));
+    bool gone =
+        eventually([&] { return std::none_of(tree.begin(), tree.end(), alive) && port_free(served_->port); },
+                   std::chrono::seconds(1));
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - killed).count();
     std::string left;
     for (pid_t pid : tree)
         if (alive(pid)) left += fmt::format(" {} ({})", pid, read_file(fmt::format("/proc/{}/comm", pid)));
-    EXPECT_TRUE(gone) << "still running:" << left << "; port free: " << port_free(served_->port) << " after " << ms << " ms";
+    EXPECT_TRUE(gone) << "still running:" << left << "; port free: " << port_free(served_->port) << " after "
+                      << ms << " ms";
 }
 
 TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLoad) {
@@ -946,19 +1004,23 @@ TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLo
     TempDir dir;
     std::uint16_t port = free_port();
     write_file(dir / "nginx.conf", nginx_config(dir, port));
-    std::vector<std::string> nginx = {"/usr/sbin/nginx", "-p", dir.path().string(), "-e", dir / "error.log", "-c", dir / "nginx.conf"};
+    std::vector<std::string> nginx = {"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
+                                      dir / "error.log", "-c", dir / "nginx.conf"};
     Process old = Process::start(nginx);  // binds the port itself: knows nothing of ktricks
     ASSERT_TRUE(serves(port, old));
     Wrk wrk(port);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     // Only the TCP listener: the new nginx binds its own probe path (the old one's is in its config too).
-    std::vector<std::string> argv = {K, "takeover", "--json", "--pid", std::to_string(old.pid()), "--listen", addr(port),
-                                     "--server", "nginx", "--probe", "unix:" + dir / "probe.sock", "--drain-timeout", "10",
-                                     "--"};
+    std::vector<std::string> argv = {
+        K,          "takeover", "--json", "--pid",   std::to_string(old.pid()),    "--listen",
+        addr(port), "--server", "nginx",  "--probe", "unix:" + dir / "probe.sock", "--drain-timeout",
+        "10",       "--"};
     argv.insert(argv.end(), nginx.begin(), nginx.end());
     Process takeover = Process::start(argv);
-    ASSERT_TRUE(old.wait(std::chrono::seconds(20))) << "the old nginx is still running\n" << takeover.describe();
-    ASSERT_TRUE(eventually([&] { return takeover.out().find("\"retired") != std::string::npos; }, std::chrono::seconds(10)))
+    ASSERT_TRUE(old.wait(std::chrono::seconds(20))) << "the old nginx is still running\n"
+                                                    << takeover.describe();
+    ASSERT_TRUE(eventually([&] { return takeover.out().find("\"retired") != std::string::npos; },
+                           std::chrono::seconds(10)))
         << takeover.describe();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     auto load = wrk.finish();
@@ -988,10 +1050,12 @@ TEST(HandoffServe, KeepsThePidFileOnTheServingGenerationAndRemovesItAtTheEnd) {
 }
 
 TEST(HandoffServe, ConnectReadinessWaitsUntilTheNewGenerationAcceptsOnItsProbe) {
-    if (!std::filesystem::exists("/usr/bin/gunicorn")) GTEST_SKIP() << "gunicorn is not installed (scripts/install-deps.sh)";
+    if (!std::filesystem::exists("/usr/bin/gunicorn"))
+        GTEST_SKIP() << "gunicorn is not installed (scripts/install-deps.sh)";
     Served served(Served::Later{});
     write_file(served.dir / "app.py", wsgi_app);
-    served.start({"/usr/bin/gunicorn", "--chdir", served.dir.path().string(), "--workers", "1", "--log-level", "warning", "app:app"},
+    served.start({"/usr/bin/gunicorn", "--chdir", served.dir.path().string(), "--workers", "1", "--log-level",
+                  "warning", "app:app"},
                  {"--server", "gunicorn", "--ready=connect", "--ready-timeout", "15"});
     ASSERT_TRUE(served.up());
     auto good = served.reload();
@@ -1002,11 +1066,13 @@ TEST(HandoffServe, ConnectReadinessWaitsUntilTheNewGenerationAcceptsOnItsProbe) 
     auto broken = served.reload();
     EXPECT_FALSE(broken.ok);
     EXPECT_TRUE(http_get(served.port).value_or("").starts_with("generation 2"));
-    EXPECT_NE(served.process->err().find("says READY=1; waiting for the probe"), std::string::npos) << served.process->describe();
+    EXPECT_NE(served.process->err().find("says READY=1; waiting for the probe"), std::string::npos)
+        << served.process->describe();
 }
 
 TEST(HandoffServe, NginxWithoutAProbeAddressIsAUsageError) {
-    auto result = run({K, "serve", "--server", "nginx", "--listen", addr(free_port()), "--", "/usr/sbin/nginx"});
+    auto result =
+        run({K, "serve", "--server", "nginx", "--listen", addr(free_port()), "--", "/usr/sbin/nginx"});
     EXPECT_EQ(result.status, 64) << result.describe;
     EXPECT_NE(result.err.find("--probe unix:/PATH"), std::string::npos) << result.err;
 }
@@ -1041,7 +1107,8 @@ TEST(HandoffTakeover, ANonexistentPidIsOneClearLineAndExit66) {
 }
 
 TEST(HandoffServe, AFirstGenerationThatTimesOutIsNotCalledARollback) {
-    auto result = run({K, "serve", "--listen", addr(free_port()), "--ready-timeout", "0.3", "--", "/bin/sleep", "30"});
+    auto result =
+        run({K, "serve", "--listen", addr(free_port()), "--ready-timeout", "0.3", "--", "/bin/sleep", "30"});
     EXPECT_EQ(result.status, 69) << result.describe;
     EXPECT_EQ(result.err.find("rolled back"), std::string::npos) << result.err;
     EXPECT_EQ(result.err.find("before it was ready"), std::string::npos) << result.err;
@@ -1049,7 +1116,8 @@ TEST(HandoffServe, AFirstGenerationThatTimesOutIsNotCalledARollback) {
     EXPECT_NE(result.err.find("not ready within 300 ms"), std::string::npos) << result.err;
 }
 
-INSTANTIATE_TEST_SUITE_P(Servers, HandoffRealServer, ::testing::Values("nginx", "gunicorn", "lighttpd", "uwsgi"),
+INSTANTIATE_TEST_SUITE_P(Servers, HandoffRealServer,
+                         ::testing::Values("nginx", "gunicorn", "lighttpd", "uwsgi"),
                          [](const ::testing::TestParamInfo<std::string>& server) { return server.param; });
 
 }  // namespace

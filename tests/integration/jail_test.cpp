@@ -25,8 +25,10 @@ namespace ktricks::test {
 namespace {
 
 const std::string ktricks = KTRICKS_BINARY;
-const std::string server = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
-const std::string escape = (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_escape").string();
+const std::string server =
+    (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_server").string();
+const std::string escape =
+    (std::filesystem::path(KTRICKS_BINARY).parent_path() / "jail_test_escape").string();
 // --readonly gives the jail a private /tmp: a checkout under /tmp (CI clones there) must be bound in
 // for the jail to find the test server at all.
 const std::string build_dir = std::filesystem::path(KTRICKS_BINARY).parent_path().string();
@@ -49,8 +51,9 @@ Process start_jail(std::vector<std::string> args, std::vector<std::string> extra
     argv.insert(argv.end(), {"--", server, "serve"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     Process process = Process::start(argv);
-    EXPECT_TRUE(eventually([&] { return process.out().find("ready pid=") != std::string::npos || !process.running(); }))
-        << process.describe();
+    EXPECT_TRUE(eventually([&] {
+        return process.out().find("ready pid=") != std::string::npos || !process.running();
+    })) << process.describe();
     return process;
 }
 
@@ -60,11 +63,13 @@ std::string ask(const std::string& text, std::string* client_address = nullptr) 
     Fd socket(::socket(address.family(), address.socket_type() | SOCK_CLOEXEC, 0));
     if (address.family() != AF_UNIX) {
         // Bind the client to the server's host address so we know what the server should see.
-        SocketAddress local = SocketAddress::parse(address.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://127.0.0.1:0");
+        SocketAddress local =
+            SocketAddress::parse(address.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://127.0.0.1:0");
         ::bind(socket.get(), local.sockaddr_ptr(), local.length());
         if (client_address) *client_address = SocketAddress::of_socket(socket.get()).to_string();
     }
-    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) return std::string("connect: ") + strerror(errno);
+    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0)
+        return std::string("connect: ") + strerror(errno);
     ::send(socket.get(), "hello\n", 6, MSG_NOSIGNAL);
     pollfd readable{socket.get(), POLLIN, 0};
     if (::poll(&readable, 1, 5000) != 1) return "no answer";
@@ -75,7 +80,9 @@ std::string ask(const std::string& text, std::string* client_address = nullptr) 
 
 // What the jailed test server must answer to a client at `client`. By default the jail's init is
 // pid 1 and the command pid 2.
-std::string expected_from(const std::string& client, int pid = 2) { return fmt::format("peer={} pid={}\n", client, pid); }
+std::string expected_from(const std::string& client, int pid = 2) {
+    return fmt::format("peer={} pid={}\n", client, pid);
+}
 
 // Asks `address` and checks that the server saw this very client (its real address).
 void expect_real_peer(const std::string& address, int pid = 2) {
@@ -144,7 +151,8 @@ void expect_jail_dies_with(Process& supervisor, std::size_t at_least) {
     bool gone = eventually([&] { return (left = pids_in_namespace(ns)).empty(); }, 5s);
     std::string example;
     if (!left.empty())
-        example = fmt::format("{}: {}", left.front(), read_file(fmt::format("/proc/{}/cmdline", left.front())));
+        example =
+            fmt::format("{}: {}", left.front(), read_file(fmt::format("/proc/{}/cmdline", left.front())));
     for (pid_t pid : left) ::kill(pid, SIGKILL);
     EXPECT_TRUE(gone) << left.size() << " process(es) of the jail (" << ns
                       << ") outlived its SIGKILLed supervisor, e.g. pid " << example;
@@ -163,8 +171,8 @@ std::string run_in_jail(std::vector<std::string> jail_args, std::vector<std::str
 TEST(Jail, ServesHostClientsOnTcpTcp6UdpAndUnixWithTheirRealAddresses) {
     TempDir dir;
     std::string unix_path = dir / "jail.sock";
-    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--listen", "tcp6://[::1]:0", "--listen", "udp://127.0.0.1:0",
-                               "--listen", "unix:" + unix_path});
+    Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--listen", "tcp6://[::1]:0", "--listen",
+                               "udp://127.0.0.1:0", "--listen", "unix:" + unix_path});
     auto addresses = bound_addresses(jail);
     ASSERT_EQ(addresses.size(), 4u) << jail.describe();
     // The server sees the client's own address: no proxy in between.
@@ -177,14 +185,16 @@ TEST(Jail, UdpOnAWildcardAddressRepliesFromTheAddressAsked) {
     auto addresses = bound_addresses(jail);
     ASSERT_EQ(addresses.size(), 1u) << jail.describe();
     // A connected UDP socket accepts replies only from the address it sent to.
-    for (const char* host : {"127.0.0.1", "127.0.0.2"}) expect_real_peer(fmt::format("udp://{}:{}", host, port_of(addresses[0])));
+    for (const char* host : {"127.0.0.1", "127.0.0.2"})
+        expect_real_peer(fmt::format("udp://{}:{}", host, port_of(addresses[0])));
 }
 
 TEST(Jail, WithoutInitCommandIsPid1WithListenPidOne) {
     Process jail = start_jail({"--listen", "tcp://127.0.0.1:0", "--init=false"});
     EXPECT_NE(jail.out().find("ready pid=1\n"), std::string::npos) << jail.describe();
     // echo is a shell builtin: the glob lists every process the jail can see.
-    std::string ps = run_in_jail({"--init=false"}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
+    std::string ps =
+        run_in_jail({"--init=false"}, {"sh", "-c", "echo $$ $LISTEN_PID $LISTEN_FDS; echo /proc/[0-9]*"});
     EXPECT_EQ(ps, "1 1 1\n/proc/1\n");
 }
 
@@ -198,16 +208,27 @@ TEST(Jail, ByDefaultAnInitIsPid1AndCommandPid2WithListenPidTwo) {
 TEST(Jail, InitReapsOrphansAndExitsWithTheCommandsStatus) {
     // The subshell's child is orphaned when the subshell exits; it is reparented to pid 1, which
     // must reap it, or it would stay a zombie (state Z) while the command sleeps.
-    std::string out = run_in_jail({}, {"sh", "-c", "(sleep 0.2 & exec true); sleep 0.6; cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c | grep -c Z || true"});
+    std::string out = run_in_jail(
+        {},
+        {"sh", "-c",
+         "(sleep 0.2 & exec true); sleep 0.6; cat /proc/[0-9]*/stat | awk '{print $3}' | sort | uniq -c | grep -c Z || true"});
     EXPECT_EQ(out, "0\n");
-    EXPECT_EQ(run({ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "kill -USR1 $$"}).status, 128 + SIGUSR1);
+    EXPECT_EQ(
+        run({ktricks, "jail", "--quiet", "--listen", "tcp://127.0.0.1:0", "--", "sh", "-c", "kill -USR1 $$"})
+            .status,
+        128 + SIGUSR1);
 }
 
 TEST(Jail, OutboundConnectFailsWithEnetunreach) {
     Fd host_listener = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
     std::string host = SocketAddress::of_socket(host_listener.get()).to_string();
-    std::string out = run_in_jail({}, {server, "probe", host, "tcp://1.1.1.1:443", "udp://8.8.8.8:53", "tcp6://[::1]:80"});
-    EXPECT_EQ(out, fmt::format("{} ENETUNREACH\ntcp://1.1.1.1:443 ENETUNREACH\nudp://8.8.8.8:53 ENETUNREACH\ntcp6://[::1]:80 EADDRNOTAVAIL\n", host));
+    std::string out =
+        run_in_jail({}, {server, "probe", host, "tcp://1.1.1.1:443", "udp://8.8.8.8:53", "tcp6://[::1]:80"});
+    EXPECT_EQ(
+        out,
+        fmt::format(
+            "{} ENETUNREACH\ntcp://1.1.1.1:443 ENETUNREACH\nudp://8.8.8.8:53 ENETUNREACH\ntcp6://[::1]:80 EADDRNOTAVAIL\n",
+            host));
     // (With lo down the jail has no IPv6 address at all, not even ::1, hence EADDRNOTAVAIL.)
     // With lo up, 127.0.0.1 is the jail's own loopback: the host's port is not there.
     EXPECT_EQ(run_in_jail({"--loopback"}, {server, "probe", host}), host + " ECONNREFUSED\n");
@@ -237,10 +258,13 @@ private:
 
 TEST(Jail, CannotReachAVethPeerThatTheHostReaches) {
     VethPair veth;
-    Process peer = Process::start({"ip", "netns", "exec", veth.netns(), "socat", "TCP-LISTEN:7000,bind=10.213.7.2,fork", "EXEC:echo peer"});
-    ASSERT_TRUE(eventually([&] { return run({server, "probe", "tcp://10.213.7.2:7000"}).out.find("connected") != std::string::npos; }))
-        << "the host cannot reach the veth peer";
-    EXPECT_EQ(run_in_jail({}, {server, "probe", "tcp://10.213.7.2:7000"}), "tcp://10.213.7.2:7000 ENETUNREACH\n");
+    Process peer = Process::start({"ip", "netns", "exec", veth.netns(), "socat",
+                                   "TCP-LISTEN:7000,bind=10.213.7.2,fork", "EXEC:echo peer"});
+    ASSERT_TRUE(eventually([&] {
+        return run({server, "probe", "tcp://10.213.7.2:7000"}).out.find("connected") != std::string::npos;
+    })) << "the host cannot reach the veth peer";
+    EXPECT_EQ(run_in_jail({}, {server, "probe", "tcp://10.213.7.2:7000"}),
+              "tcp://10.213.7.2:7000 ENETUNREACH\n");
 }
 
 TEST(Jail, SeesOnlyItsOwnLoopbackInterface) {
@@ -254,31 +278,38 @@ TEST(Jail, ReadonlyCannotWriteOutsideBindMounts) {
     TempDir writable, other;
     // Root in the jail is nobody outside: what it may write must be nobody's.
     ASSERT_EQ(::chown(writable.path().c_str(), 65534, 65534), 0);
-    std::string script = fmt::format("touch {}/nope 2>/dev/null || echo outside-refused; touch {}/yes && echo bind-ok; "
-                                     "touch /tmp/t && echo tmp-ok",
-                                     other.path().string(), writable.path().string());
-    EXPECT_EQ(run_in_jail({"--readonly", "--bind", writable.path().string()}, {"sh", "-c", script}), "outside-refused\nbind-ok\ntmp-ok\n");
+    std::string script = fmt::format(
+        "touch {}/nope 2>/dev/null || echo outside-refused; touch {}/yes && echo bind-ok; "
+        "touch /tmp/t && echo tmp-ok",
+        other.path().string(), writable.path().string());
+    EXPECT_EQ(run_in_jail({"--readonly", "--bind", writable.path().string()}, {"sh", "-c", script}),
+              "outside-refused\nbind-ok\ntmp-ok\n");
     EXPECT_TRUE(std::filesystem::exists(writable / "yes"));
     EXPECT_FALSE(std::filesystem::exists(other / "nope"));
     EXPECT_FALSE(std::filesystem::exists("/tmp/t"));  // the jail's /tmp was its own tmpfs
 }
 
 TEST(Jail, SeccompDeniesInetSocketsButNotUnixPairs) {
-    EXPECT_EQ(run_in_jail({"--seccomp-deny-socket"}, {server, "socket"}), "socket(AF_INET) EPERM\nsocketpair(AF_UNIX) ok\n");
+    EXPECT_EQ(run_in_jail({"--seccomp-deny-socket"}, {server, "socket"}),
+              "socket(AF_INET) EPERM\nsocketpair(AF_UNIX) ok\n");
     EXPECT_EQ(run_in_jail({}, {server, "socket"}), "socket(AF_INET) ok\nsocketpair(AF_UNIX) ok\n");
 }
 
 TEST(Jail, UserDropsPrivilegesAfterSetup) {
-    EXPECT_EQ(run_in_jail({"--user", "65534:65534"}, {"sh", "-c", "id -u; id -g; grep NoNewPrivs /proc/self/status"}),
+    EXPECT_EQ(run_in_jail({"--user", "65534:65534"},
+                          {"sh", "-c", "id -u; id -g; grep NoNewPrivs /proc/self/status"}),
               "65534\n65534\nNoNewPrivs:\t1\n");
 }
 
 TEST(Jail, WorksUnprivilegedThroughAUserNamespace) {
     if (::access(ktricks.c_str(), X_OK) != 0) GTEST_SKIP() << "cannot run the binary";
-    Result result = run({"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", ktricks, "jail", "--quiet", "--listen",
-                         "tcp://127.0.0.1:0", "--init=false", "--", "sh", "-c", "id -u; echo $$; ls /sys/class/net"});
-    if (result.err.find("Permission denied") != std::string::npos) GTEST_SKIP() << "uid 65534 cannot execute " << ktricks;
-    if (result.err.find("unprivileged user namespaces are off") != std::string::npos) GTEST_SKIP() << result.err;
+    Result result = run({"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", ktricks, "jail",
+                         "--quiet", "--listen", "tcp://127.0.0.1:0", "--init=false", "--", "sh", "-c",
+                         "id -u; echo $$; ls /sys/class/net"});
+    if (result.err.find("Permission denied") != std::string::npos)
+        GTEST_SKIP() << "uid 65534 cannot execute " << ktricks;
+    if (result.err.find("unprivileged user namespaces are off") != std::string::npos)
+        GTEST_SKIP() << result.err;
     EXPECT_EQ(result.status, 0) << result.describe;
     EXPECT_EQ(result.out, "65534\n1\nlo\n") << result.describe;
 }
@@ -290,11 +321,16 @@ TEST(Jail, BrokerGrantsAnAllowedPortAndRefusesOthers) {
         return SocketAddress::of_socket(probe.get()).port();
     };
     auto allowed = free_port(), other = free_port();
-    Process jail = start_jail({"--broker", "/tmp/broker.sock", "--readonly", "--bind", build_dir, "--allow", fmt::format("tcp://127.0.0.1:{}", allowed)},
-                              {"--request", fmt::format("tcp://127.0.0.1:{}", allowed), "--request", fmt::format("tcp://127.0.0.1:{}", other)});
+    Process jail = start_jail({"--broker", "/tmp/broker.sock", "--readonly", "--bind", build_dir, "--allow",
+                               fmt::format("tcp://127.0.0.1:{}", allowed)},
+                              {"--request", fmt::format("tcp://127.0.0.1:{}", allowed), "--request",
+                               fmt::format("tcp://127.0.0.1:{}", other)});
     std::string out = jail.out();
-    EXPECT_NE(out.find(fmt::format("granted tcp://127.0.0.1:{}", allowed)), std::string::npos) << jail.describe();
-    EXPECT_NE(out.find(fmt::format("refused broker refused tcp://127.0.0.1:{}: tcp://127.0.0.1:{} is not in the allow-list", other, other)),
+    EXPECT_NE(out.find(fmt::format("granted tcp://127.0.0.1:{}", allowed)), std::string::npos)
+        << jail.describe();
+    EXPECT_NE(out.find(fmt::format(
+                  "refused broker refused tcp://127.0.0.1:{}: tcp://127.0.0.1:{} is not in the allow-list",
+                  other, other)),
               std::string::npos)
         << jail.describe();
     expect_real_peer(fmt::format("tcp://127.0.0.1:{}", allowed));
@@ -306,7 +342,8 @@ TEST(Jail, ForwardsSignalsAndPassesTheExitStatusOn) {
     EXPECT_EQ(jail.wait(), 0) << jail.describe();
     // sleep has no handler: as pid 1 the kernel would drop SIGTERM, so it is delivered as SIGKILL.
     Process sleeper = Process::start({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--", "sleep", "60"});
-    ASSERT_TRUE(eventually([&] { return sleeper.err().find("fd 3") != std::string::npos; })) << sleeper.describe();
+    ASSERT_TRUE(eventually([&] { return sleeper.err().find("fd 3") != std::string::npos; }))
+        << sleeper.describe();
     std::this_thread::sleep_for(100ms);
     sleeper.signal(SIGTERM);
     EXPECT_EQ(sleeper.wait(), 128 + SIGTERM) << sleeper.describe();
@@ -330,12 +367,15 @@ TEST(Jail, ASigkilledSupervisorTakesTheWholeJailWithIt) {
 }
 
 TEST(Jail, RejectsBadInputWithOneLine) {
-    Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1", "--broker", "/tmp/b", "--", "true"});
+    Result result = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--allow", "tcp://*:9-1",
+                         "--broker", "/tmp/b", "--", "true"});
     EXPECT_EQ(result.status, 64);
     EXPECT_EQ(result.err, "ktricks jail: --allow \"tcp://*:9-1\": the port range ends before it starts\n");
     Result cap = run({ktricks, "jail", "--listen", "tcp://127.0.0.1:0", "--cap", "CAP_FLY", "--", "true"});
     EXPECT_EQ(cap.status, 64);
-    EXPECT_EQ(cap.err, "ktricks jail: --cap \"CAP_FLY\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))\n");
+    EXPECT_EQ(
+        cap.err,
+        "ktricks jail: --cap \"CAP_FLY\": not a capability (e.g. CAP_NET_BIND_SERVICE, see capabilities(7))\n");
 }
 
 // ---- the escape suite: root in a jail with the defaults ----
@@ -343,26 +383,26 @@ TEST(Jail, RejectsBadInputWithOneLine) {
 // Each attempt with the errno the defaults give it; docs/jail.md has the same table with the
 // default that stops each one.
 const char* const escape_expected =
-    "mknod-block-device EPERM\n"   // no CAP_MKNOD
-    "mount-block-device EPERM\n"   // seccomp: mount
-    "open-dev-mem ENOENT\n"        // minimal /dev
-    "mount-proc EPERM\n"           // seccomp: mount
-    "fsopen EPERM\n"               // seccomp: the new mount API
+    "mknod-block-device EPERM\n"  // no CAP_MKNOD
+    "mount-block-device EPERM\n"  // seccomp: mount
+    "open-dev-mem ENOENT\n"       // minimal /dev
+    "mount-proc EPERM\n"          // seccomp: mount
+    "fsopen EPERM\n"              // seccomp: the new mount API
     "open_tree EPERM\n"
     "chroot EPERM\n"
-    "finit_module EPERM\n"         // seccomp: modules
+    "finit_module EPERM\n"  // seccomp: modules
     "init_module EPERM\n"
     "kexec_load EPERM\n"
-    "write-etc EROFS\n"            // read-only root
+    "write-etc EROFS\n"  // read-only root
     "write-usr EROFS\n"
-    "write-etc-passwd EACCES\n"    // root inside is nobody outside: not the file's owner
-    "socket-raw EPERM\n"           // no CAP_NET_RAW
+    "write-etc-passwd EACCES\n"  // root inside is nobody outside: not the file's owner
+    "socket-raw EPERM\n"         // no CAP_NET_RAW
     "socket-packet EPERM\n"
-    "setns-visible EPERM\n"        // seccomp: setns
-    "setns-outside-pid ENOENT\n"   // own /proc: the host pid does not exist here
-    "unshare-net EPERM\n"          // seccomp: unshare
+    "setns-visible EPERM\n"       // seccomp: setns
+    "setns-outside-pid ENOENT\n"  // own /proc: the host pid does not exist here
+    "unshare-net EPERM\n"         // seccomp: unshare
     "unshare-user EPERM\n"
-    "ptrace-outside EPERM\n"       // seccomp: ptrace
+    "ptrace-outside EPERM\n"  // seccomp: ptrace
     "ptrace-pid1 EPERM\n"
     "process_vm_readv EPERM\n"
     "bpf EPERM\n"
@@ -385,16 +425,19 @@ TEST(Escape, WithoutSeccompTheOtherDefaultsStillStopTheWayOut) {
     // Defence in depth: with the filter off, the empty capability sets, the user namespace, the
     // read-only root and the empty network namespace still refuse what matters.
     std::string out = run_in_jail({"--seccomp=off"}, {escape, std::to_string(::getpid())});
-    for (const char* line : {"mknod-block-device EPERM", "mount-block-device EPERM", "mount-proc EPERM", "fsopen EPERM", "chroot EPERM",
-                             "write-etc EROFS", "write-usr EROFS", "write-etc-passwd EACCES", "socket-raw EPERM", "socket-packet EPERM",
-                             "setns-visible EPERM", "unshare-net EPERM", "ptrace-outside ESRCH", "bpf EPERM",
-                             "connect-127.0.0.1 ENETUNREACH", "connect-1.1.1.1 ENETUNREACH"})
+    for (const char* line :
+         {"mknod-block-device EPERM", "mount-block-device EPERM", "mount-proc EPERM", "fsopen EPERM",
+          "chroot EPERM", "write-etc EROFS", "write-usr EROFS", "write-etc-passwd EACCES", "socket-raw EPERM",
+          "socket-packet EPERM", "setns-visible EPERM", "unshare-net EPERM", "ptrace-outside ESRCH",
+          "bpf EPERM", "connect-127.0.0.1 ENETUNREACH", "connect-1.1.1.1 ENETUNREACH"})
         EXPECT_NE(out.find(std::string(line) + "\n"), std::string::npos) << line << "\n" << out;
 }
 
 TEST(Escape, NoVethCanBeAddedInsideTheJail) {
     // ip's netlink request needs CAP_NET_ADMIN over the jail's namespace, which the host's root owns.
-    std::string out = run_in_jail({}, {"sh", "-c", "ip link add ktv0 type veth peer name ktv1 2>&1; echo $?; unshare -n true 2>&1; echo $?"});
+    std::string out = run_in_jail(
+        {}, {"sh", "-c",
+             "ip link add ktv0 type veth peer name ktv1 2>&1; echo $?; unshare -n true 2>&1; echo $?"});
     EXPECT_NE(out.find("Operation not permitted"), std::string::npos) << out;
     EXPECT_EQ(std::count(out.begin(), out.end(), '\n') >= 2, true) << out;
     EXPECT_EQ(out.find("\n0\n"), std::string::npos) << out;
@@ -403,14 +446,19 @@ TEST(Escape, NoVethCanBeAddedInsideTheJail) {
 
 TEST(Escape, CapabilitiesAreEmptyUnlessAskedFor) {
     std::string caps = run_in_jail({}, {"grep", "-E", "^Cap(Inh|Prm|Eff|Bnd|Amb)", "/proc/self/status"});
-    EXPECT_EQ(caps, "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
-                    "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n");
+    EXPECT_EQ(caps,
+              "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+              "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\n");
     // CAP_NET_BIND_SERVICE is bit 10 (0x400), kept in every set.
-    std::string one = run_in_jail({"--cap", "CAP_NET_BIND_SERVICE"}, {"grep", "-E", "^Cap(Eff|Bnd|Amb)", "/proc/self/status"});
+    std::string one = run_in_jail({"--cap", "CAP_NET_BIND_SERVICE"},
+                                  {"grep", "-E", "^Cap(Eff|Bnd|Amb)", "/proc/self/status"});
     EXPECT_EQ(one, "CapEff:\t0000000000000400\nCapBnd:\t0000000000000400\nCapAmb:\t0000000000000400\n");
     EXPECT_EQ(run_in_jail({}, {"cat", "/proc/self/uid_map"}), "         0      65534          1\n");
-    EXPECT_EQ(run_in_jail({}, {"ls", "/dev"}), "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
-    EXPECT_EQ(run_in_jail({}, {"sh", "-c", "echo x > /dev/shm/a && cat /dev/shm/a && echo y > /tmp/b && cat /tmp/b"}), "x\ny\n");
+    EXPECT_EQ(run_in_jail({}, {"ls", "/dev"}),
+              "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n");
+    EXPECT_EQ(run_in_jail(
+                  {}, {"sh", "-c", "echo x > /dev/shm/a && cat /dev/shm/a && echo y > /tmp/b && cat /tmp/b"}),
+              "x\ny\n");
 }
 
 // ---- --intercept-bind: unmodified servers that bind their own port ----
@@ -418,12 +466,15 @@ TEST(Escape, CapabilitiesAreEmptyUnlessAskedFor) {
 const std::string python = "/usr/bin/python3";  // not a shim under /root, which the jail's nobody cannot read
 
 // A GET over a fresh connection from `source` (any 127/8 address is ours); returns the response.
-std::string http_get(const std::string& address, const std::string& path, const std::string& source = "127.0.0.1") {
+std::string http_get(const std::string& address, const std::string& path,
+                     const std::string& source = "127.0.0.1") {
     SocketAddress target = SocketAddress::parse(address);
     Fd socket(::socket(target.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    SocketAddress local = SocketAddress::parse(target.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://" + source + ":0");
+    SocketAddress local =
+        SocketAddress::parse(target.family() == AF_INET6 ? "tcp6://[::1]:0" : "tcp://" + source + ":0");
     ::bind(socket.get(), local.sockaddr_ptr(), local.length());
-    if (::connect(socket.get(), target.sockaddr_ptr(), target.length()) < 0) return std::string("connect: ") + strerror(errno);
+    if (::connect(socket.get(), target.sockaddr_ptr(), target.length()) < 0)
+        return std::string("connect: ") + strerror(errno);
     std::string request = "GET " + path + " HTTP/1.0\r\nHost: jail\r\n\r\n";
     ::send(socket.get(), request.data(), request.size(), MSG_NOSIGNAL);
     std::string response;
@@ -457,16 +508,21 @@ TEST(JailIntercept, PythonHttpServerBindsItsOwnPortAndServesHostClientsWithTheir
     WebRoot root;
     auto port = free_port();
     std::string address = fmt::format("tcp://127.0.0.1:{}", port);
-    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", python, "-m", "http.server",
-                                   std::to_string(port), "--bind", "127.0.0.1", "--directory", root.path()});
-    ASSERT_TRUE(eventually([&] { return jail.err().find("(pid") != std::string::npos || !jail.running(); })) << jail.describe();
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", python,
+                                   "-m", "http.server", std::to_string(port), "--bind", "127.0.0.1",
+                                   "--directory", root.path()});
+    ASSERT_TRUE(eventually([&] { return jail.err().find("(pid") != std::string::npos || !jail.running(); }))
+        << jail.describe();
     EXPECT_NE(jail.err().find(fmt::format("bind {} (pid", address)), std::string::npos) << jail.describe();
     std::string response;
-    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.7")).find("200 OK") != std::string::npos; }))
-        << response << jail.describe();
+    ASSERT_TRUE(eventually([&] {
+        return (response = http_get(address, "/index.html", "127.0.0.7")).find("200 OK") != std::string::npos;
+    })) << response
+        << jail.describe();
     EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
     // http.server logs the client's address: the host client's own, not a proxy's.
-    EXPECT_TRUE(eventually([&] { return jail.err().find("127.0.0.7 - - [") != std::string::npos; })) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("127.0.0.7 - - [") != std::string::npos; }))
+        << jail.describe();
 }
 
 TEST(JailIntercept, ABindToAnAddressNotListenedOnFailsWithEacces) {
@@ -481,11 +537,12 @@ TEST(JailIntercept, ABindToAnAddressNotListenedOnFailsWithEacces) {
         port + 1 == 65536 ? 1 : port + 1, port);
     // A unix listener first: the tcp one is fd 4, and the interception must still hand that one.
     TempDir dir;
-    Result result = run({ktricks, "jail", "--quiet", "--listen", "unix:" + dir / "first.sock", "--listen", fmt::format("tcp://127.0.0.1:{}", port),
-                         "--", python, "-c", script});
+    Result result = run({ktricks, "jail", "--quiet", "--listen", "unix:" + dir / "first.sock", "--listen",
+                         fmt::format("tcp://127.0.0.1:{}", port), "--", python, "-c", script});
     EXPECT_EQ(result.status, 0) << result.describe;
     // Another port: refused. Another host: refused. Port 0 on the listened host: the listener.
-    EXPECT_EQ(result.out, "127.0.0.1 False EACCES\n0.0.0.0 True EACCES\n127.0.0.1 True ok True\n") << result.describe;
+    EXPECT_EQ(result.out, "127.0.0.1 False EACCES\n0.0.0.0 True EACCES\n127.0.0.1 True ok True\n")
+        << result.describe;
 }
 
 TEST(JailIntercept, UdpAndDualStackIpv6AndPortZero) {
@@ -499,12 +556,15 @@ TEST(JailIntercept, UdpAndDualStackIpv6AndPortZero) {
         "data, peer = u.recvfrom(100); u.sendto(('udp peer %s:%d\\n' % peer).encode(), peer)\n"
         "for _ in range(2):\n"
         "    c, peer = t.accept(); c.sendall(('tcp peer %s\\n' % peer[0]).encode()); c.close()\n";
-    Process jail = Process::start({ktricks, "jail", "--listen", "udp://127.0.0.1:0", "--listen", "tcp6://[::]:0", "--", python, "-c", script});
-    ASSERT_TRUE(eventually([&] { return jail.out().find("ports") != std::string::npos || !jail.running(); })) << jail.describe();
+    Process jail = Process::start({ktricks, "jail", "--listen", "udp://127.0.0.1:0", "--listen",
+                                   "tcp6://[::]:0", "--", python, "-c", script});
+    ASSERT_TRUE(eventually([&] { return jail.out().find("ports") != std::string::npos || !jail.running(); }))
+        << jail.describe();
     auto addresses = bound_addresses(jail);
     ASSERT_EQ(addresses.size(), 2u) << jail.describe();
     // The ports the server saw are the host listeners' own.
-    EXPECT_EQ(jail.out(), fmt::format("ports {} {}\n", port_of(addresses[0]), port_of(addresses[1]))) << jail.describe();
+    EXPECT_EQ(jail.out(), fmt::format("ports {} {}\n", port_of(addresses[0]), port_of(addresses[1])))
+        << jail.describe();
     std::string client;
     std::string answer = ask(addresses[0], &client);
     EXPECT_EQ(answer, "udp peer " + client.substr(6) + "\n");
@@ -529,16 +589,21 @@ TEST(JailIntercept, NginxWithAPlainListenDirectiveServesAndCannotProxyOut) {
     write_file(root.dir / "nginx.conf", conf);
     ::chmod((root.dir / "nginx.conf").c_str(), 0644);
     std::string address = fmt::format("tcp://127.0.0.1:{}", port);
-    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--user", "65534", "--", "/usr/sbin/nginx",
-                                   "-e", "stderr", "-p", "/tmp", "-c", root.dir / "nginx.conf"});
+    Process jail =
+        Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--user", "65534", "--",
+                        "/usr/sbin/nginx", "-e", "stderr", "-p", "/tmp", "-c", root.dir / "nginx.conf"});
     std::string response;
-    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.9")).find("200 OK") != std::string::npos; }))
-        << response << jail.describe();
+    ASSERT_TRUE(eventually([&] {
+        return (response = http_get(address, "/index.html", "127.0.0.9")).find("200 OK") != std::string::npos;
+    })) << response
+        << jail.describe();
     EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
-    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.9:") != std::string::npos; })) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.9:") != std::string::npos; }))
+        << jail.describe();
     // Its own connection to the host's service fails: 502, and the error log says why.
     EXPECT_NE(http_get(address, "/out").find("502 Bad Gateway"), std::string::npos) << jail.describe();
-    EXPECT_TRUE(eventually([&] { return jail.err().find("Network is unreachable") != std::string::npos; })) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("Network is unreachable") != std::string::npos; }))
+        << jail.describe();
     jail.signal(SIGQUIT);
     EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
 }
@@ -554,13 +619,17 @@ TEST(JailIntercept, LighttpdWithoutSocketActivationServesHostClients) {
     write_file(root.dir / "lighttpd.conf", conf);
     ::chmod((root.dir / "lighttpd.conf").c_str(), 0644);
     std::string address = fmt::format("tcp://127.0.0.1:{}", port);
-    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--", "/usr/sbin/lighttpd", "-D", "-f",
-                                   root.dir / "lighttpd.conf"});
+    Process jail = Process::start({ktricks, "jail", "--listen", address, "--bind", root.path(), "--",
+                                   "/usr/sbin/lighttpd", "-D", "-f", root.dir / "lighttpd.conf"});
     std::string response;
-    ASSERT_TRUE(eventually([&] { return (response = http_get(address, "/index.html", "127.0.0.11")).find("200 OK") != std::string::npos; }))
-        << response << jail.describe();
+    ASSERT_TRUE(eventually([&] {
+        return (response = http_get(address, "/index.html", "127.0.0.11")).find("200 OK") !=
+               std::string::npos;
+    })) << response
+        << jail.describe();
     EXPECT_NE(response.find("hello from the host's files"), std::string::npos) << response;
-    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.11 200") != std::string::npos; })) << jail.describe();
+    EXPECT_TRUE(eventually([&] { return jail.err().find("peer=127.0.0.11 200") != std::string::npos; }))
+        << jail.describe();
     jail.signal(SIGINT);
     EXPECT_TRUE(jail.wait().has_value()) << jail.describe();
 }
@@ -571,8 +640,9 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     TempDir dir;
     std::string control = dir / "control.sock";
     // jail_test_server does not speak NOTIFY_SOCKET: readiness is a connect.
-    Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--bind", build_dir, "--listen", "tcp://127.0.0.1:0", "--control", control,
-                                    "--ready", "tcp", "--drain-timeout", "5", "--", server, "serve"});
+    Process serve = Process::start({ktricks, "serve", "--jail", "--readonly", "--bind", build_dir, "--listen",
+                                    "tcp://127.0.0.1:0", "--control", control, "--ready", "tcp",
+                                    "--drain-timeout", "5", "--", server, "serve"});
     std::smatch match;
     std::string err;
     ASSERT_TRUE(eventually([&] {
@@ -587,7 +657,8 @@ TEST(ServeJail, ReloadsOfAJailedServerKeepServing) {
     std::thread clients([&] {
         while (!stop) {
             std::string answer = ask(address);
-            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=2\n") ? answered : failed)++;
+            (answer.starts_with("peer=tcp://127.0.0.1:") && answer.ends_with(" pid=2\n") ? answered
+                                                                                         : failed)++;
         }
     });
     for (int i = 0; i < 3; ++i) {
@@ -620,8 +691,8 @@ TEST(ServeJail, ReadinessArrivesByNotifySocketRelayedByTheJailsInit) {
                "listener = socket.socket(fileno=3)\n"
                "while True:\n"
                "    c, peer = listener.accept(); c.sendall(('peer=%s:%d\\n' % peer).encode()); c.close()\n");
-    Process serve = Process::start({ktricks, "serve", "--jail", "--bind", dir.path().string(), "--listen", "tcp://127.0.0.1:0", "--", python,
-                                    dir / "server.py"});
+    Process serve = Process::start({ktricks, "serve", "--jail", "--bind", dir.path().string(), "--listen",
+                                    "tcp://127.0.0.1:0", "--", python, dir / "server.py"});
     std::smatch match;
     std::string err;
     ASSERT_TRUE(eventually([&] {
@@ -644,7 +715,8 @@ class Bundle {
 public:
     Bundle() {
         auto rootfs = dir_.path() / "rootfs";
-        for (const char* sub : {"bin", "proc", "sys", "dev", "tmp", "run"}) std::filesystem::create_directories(rootfs / sub);
+        for (const char* sub : {"bin", "proc", "sys", "dev", "tmp", "run"})
+            std::filesystem::create_directories(rootfs / sub);
         std::filesystem::copy_file("/bin/busybox", rootfs / "bin/busybox");
         std::filesystem::create_symlink("busybox", rootfs / "bin/sh");
         std::filesystem::copy_file(server, rootfs / "jail_test_server");
@@ -683,7 +755,8 @@ TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMore
     std::string address = SocketAddress::of_socket(listener.get()).to_string();
     Fd out = make_capture("runc-out");
     SpawnOptions spawn;
-    spawn.argv = {"runc", "--root", bundle.state_root(), "run", "--preserve-fds", "1", "-b", bundle.path(), id};
+    spawn.argv = {"runc", "--root", bundle.state_root(), "run", "--preserve-fds",
+                  "1",    "-b",     bundle.path(),       id};
     spawn.pass_fds = {listener.get()};
     spawn.stdout_fd = out.get();
     spawn.stderr_fd = out.get();
@@ -694,31 +767,36 @@ TEST(JailContainer, RuncContainerWithNoNetworkServesAHostListenerAndTakesOneMore
         ~Cleanup() { run({"runc", "--root", root, "delete", "--force", id}); }
     } cleanup{bundle.state_root(), id};
     listener.reset();
-    ASSERT_TRUE(eventually([&] { return read_capture(out.get()).find("ready pid=1") != std::string::npos; })) << read_capture(out.get());
+    ASSERT_TRUE(eventually([&] { return read_capture(out.get()).find("ready pid=1") != std::string::npos; }))
+        << read_capture(out.get());
 
     expect_real_peer(address, 1);
 
     Result state = run({"runc", "--root", bundle.state_root(), "state", id});
     int pid = nlohmann::json::parse(state.out)["pid"];
-    Result into = run({ktricks, "jail", "--into", std::to_string(pid), "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
+    Result into = run({ktricks, "jail", "--into", std::to_string(pid), "--socket", "/run/inbox.sock",
+                       "--listen", "tcp://127.0.0.1:0"});
     ASSERT_EQ(into.status, 0) << into.describe;
     std::string handed = lines_of(into.out).at(0);
     expect_real_peer(handed, 1);
     // The container itself has no way out.
-    Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe", "tcp://1.1.1.1:80"});
+    Result probe = run({"runc", "--root", bundle.state_root(), "exec", id, "/jail_test_server", "probe",
+                        "tcp://1.1.1.1:80"});
     EXPECT_EQ(probe.out, "tcp://1.1.1.1:80 ENETUNREACH\n") << probe.describe;
 }
 
 TEST(JailContainer, PodmanContainerWithNoNetworkTakesAHostListenerWithInto) {
-    if (::access("/usr/bin/podman", X_OK) != 0) GTEST_SKIP() << "podman is not installed (scripts/install-deps.sh)";
+    if (::access("/usr/bin/podman", X_OK) != 0)
+        GTEST_SKIP() << "podman is not installed (scripts/install-deps.sh)";
     Bundle bundle;
     TempDir storage;
     std::string name = fmt::format("ktricks-jail-podman-{}", ::getpid());
     // Private storage, runc, no systemd or journald needed (machine-facts.md).
-    std::vector<std::string> podman{"podman", "--root", storage / "root", "--runroot", storage / "runroot", "--tmpdir", storage / "tmp",
-                                    "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs",
-                                    // vfs: the overlay driver bind-mounts its home, which would outlive the test's directory.
-                                    "--storage-driver", "vfs"};
+    std::vector<std::string> podman{
+        "podman", "--root", storage / "root", "--runroot", storage / "runroot", "--tmpdir", storage / "tmp",
+        "--runtime", "runc", "--events-backend", "file", "--cgroup-manager", "cgroupfs",
+        // vfs: the overlay driver bind-mounts its home, which would outlive the test's directory.
+        "--storage-driver", "vfs"};
     auto with = [&](std::vector<std::string> args) {
         std::vector<std::string> argv = podman;
         argv.insert(argv.end(), args.begin(), args.end());
@@ -728,17 +806,21 @@ TEST(JailContainer, PodmanContainerWithNoNetworkTakesAHostListenerWithInto) {
         std::vector<std::string> argv;
         ~Cleanup() { run(argv); }
     } cleanup{with({"rm", "--force", "--time", "0", name})};
-    Result started = run(with({"run", "--detach", "--name", name, "--network=none", "--ulimit", "nofile=20000:20000", "--ulimit",
-                               "nproc=32768:32768", "--rootfs", bundle.rootfs(), "/jail_test_server", "serve", "--inbox", "/run/inbox.sock"}),
+    Result started = run(with({"run", "--detach", "--name", name, "--network=none", "--ulimit",
+                               "nofile=20000:20000", "--ulimit", "nproc=32768:32768", "--rootfs",
+                               bundle.rootfs(), "/jail_test_server", "serve", "--inbox", "/run/inbox.sock"}),
                          {}, 60s);
     ASSERT_EQ(started.status, 0) << started.describe;
     Result logs;
-    ASSERT_TRUE(eventually([&] { return (logs = run(with({"logs", name}))).out.find("ready pid=1") != std::string::npos; })) << logs.describe;
+    ASSERT_TRUE(eventually([&] {
+        return (logs = run(with({"logs", name}))).out.find("ready pid=1") != std::string::npos;
+    })) << logs.describe;
     Result inspect = run(with({"inspect", "--format", "{{.State.Pid}}", name}));
     ASSERT_EQ(inspect.status, 0) << inspect.describe;
     std::string pid = lines_of(inspect.out).at(0);
 
-    Result into = run({ktricks, "jail", "--into", pid, "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
+    Result into =
+        run({ktricks, "jail", "--into", pid, "--socket", "/run/inbox.sock", "--listen", "tcp://127.0.0.1:0"});
     ASSERT_EQ(into.status, 0) << into.describe;
     std::string handed = lines_of(into.out).at(0);
     // pid 1 of the container answers a host client, with the client's own address.

@@ -72,7 +72,8 @@ int probe(const std::string& text) {
 }
 
 std::string body_for(const sockaddr* peer, socklen_t length, int type) {
-    std::string address = length > sizeof(sa_family_t) ? SocketAddress::from_sockaddr(peer, length, type).to_string() : "unix:";
+    std::string address =
+        length > sizeof(sa_family_t) ? SocketAddress::from_sockaddr(peer, length, type).to_string() : "unix:";
     return "peer=" + address + " pid=" + std::to_string(::getpid()) + "\n";
 }
 
@@ -144,7 +145,8 @@ private:
             sockaddr_storage peer{};
             socklen_t length = sizeof(peer);
             int client;
-            while ((client = ::accept4(fd, reinterpret_cast<sockaddr*>(&peer), &length, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+            while ((client = ::accept4(fd, reinterpret_cast<sockaddr*>(&peer), &length,
+                                       SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
                 connections_[client].body = body_for(reinterpret_cast<sockaddr*>(&peer), length, SOCK_STREAM);
                 watch(client);
                 length = sizeof(peer);
@@ -173,8 +175,8 @@ private:
                 auto end = connection.input.find("\r\n\r\n");
                 if (end == std::string::npos) break;
                 connection.input.erase(0, end + 4);
-                output += "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(connection.body.size()) +
-                          "\r\n\r\n" + connection.body;
+                output += "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+                          std::to_string(connection.body.size()) + "\r\n\r\n" + connection.body;
             } else {
                 auto end = connection.input.find('\n');
                 if (end == std::string::npos) break;
@@ -217,7 +219,9 @@ private:
                 bool v6 = header->cmsg_level == IPPROTO_IPV6 && header->cmsg_type == IPV6_PKTINFO;
                 if (!v4 && !v6) continue;
                 std::memcpy(reply_control + used, header, header->cmsg_len);
-                if (v4) reinterpret_cast<in_pktinfo*>(CMSG_DATA(reinterpret_cast<cmsghdr*>(reply_control + used)))->ipi_ifindex = 0;
+                if (v4)
+                    reinterpret_cast<in_pktinfo*>(CMSG_DATA(reinterpret_cast<cmsghdr*>(reply_control + used)))
+                        ->ipi_ifindex = 0;
                 used += CMSG_SPACE(header->cmsg_len - CMSG_LEN(0));
             }
             if (used) {
@@ -256,7 +260,9 @@ int main(int argc, char** argv) {
             int inet = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             std::printf("socket(AF_INET) %s\n", inet >= 0 ? "ok" : errno_name(errno));
             int pair[2];
-            std::printf("socketpair(AF_UNIX) %s\n", ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0 ? "ok" : errno_name(errno));
+            std::printf(
+                "socketpair(AF_UNIX) %s\n",
+                ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0 ? "ok" : errno_name(errno));
             return 0;
         }
         if (args[0] != "serve") return 64;

@@ -23,7 +23,8 @@ public:
 
     static bool available() {
         return ::geteuid() == 0 && std::filesystem::exists("/usr/sbin/mariadbd") &&
-               std::filesystem::exists("/usr/bin/mariadb-install-db") && std::filesystem::exists("/usr/bin/mariadb");
+               std::filesystem::exists("/usr/bin/mariadb-install-db") &&
+               std::filesystem::exists("/usr/bin/mariadb");
     }
 
     explicit MariaDbServer(Options options) : options_(options) {
@@ -44,9 +45,15 @@ public:
     }
 
     void start() {
-        std::vector<std::string> argv = {"mariadbd", "--no-defaults", "--datadir=" + datadir(), "--socket=" + socket(),
-                                         "--skip-networking", "--user=root", "--pid-file=" + (dir_ / "pid"),
-                                         "--log-error=" + (dir_ / "error.log"), "--innodb-buffer-pool-size=32M"};
+        std::vector<std::string> argv = {"mariadbd",
+                                         "--no-defaults",
+                                         "--datadir=" + datadir(),
+                                         "--socket=" + socket(),
+                                         "--skip-networking",
+                                         "--user=root",
+                                         "--pid-file=" + (dir_ / "pid"),
+                                         "--log-error=" + (dir_ / "error.log"),
+                                         "--innodb-buffer-pool-size=32M"};
         if (options_.binlog) {
             argv.push_back("--log-bin=" + (dir_ / "data/binlog"));
             argv.push_back("--binlog-format=ROW");
@@ -65,7 +72,8 @@ public:
     }
 
     int sql_status(const std::string& statements) const {
-        return run({"mariadb", "--no-defaults", "-S", socket(), "-uroot", "-e", statements}).status.value_or(-1);
+        return run({"mariadb", "--no-defaults", "-S", socket(), "-uroot", "-e", statements})
+            .status.value_or(-1);
     }
     void sql(const std::string& statements) const {
         auto result = run({"mariadb", "--no-defaults", "-S", socket(), "-uroot", "-e", statements});

@@ -30,8 +30,8 @@ std::vector<json> events_of(const Process& watcher) {
     return events;
 }
 
-bool has_event(const Process& watcher, const std::string& event, const std::string& db, const std::string& table,
-               const std::string& via = "") {
+bool has_event(const Process& watcher, const std::string& event, const std::string& db,
+               const std::string& table, const std::string& via = "") {
     for (const json& e : events_of(watcher))
         if (e.value("event", "") == event && e.value("db", "") == db && e.value("table", "") == table &&
             (via.empty() || e.value("via", "") == via))
@@ -41,12 +41,15 @@ bool has_event(const Process& watcher, const std::string& event, const std::stri
 
 int count_events(const Process& watcher, const std::string& event, const std::string& table) {
     int count = 0;
-    for (const json& e : events_of(watcher)) count += e.value("event", "") == event && e.value("table", "") == table;
+    for (const json& e : events_of(watcher))
+        count += e.value("event", "") == event && e.value("table", "") == table;
     return count;
 }
 
-Process start_watcher(const MariaDbServer& server, const std::string& db, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(), "--json", "--db", db};
+Process start_watcher(const MariaDbServer& server, const std::string& db,
+                      std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(),
+                                     "--json",       "--db",        db};
     argv.insert(argv.end(), extra.begin(), extra.end());
     Process watcher = Process::start(argv);
     if (!eventually([&] { return watcher.err().find("watching") != std::string::npos; }))
@@ -75,14 +78,16 @@ protected:
 using MysqlWatchBinlog = MariaDbSuite<true>;
 
 TEST_F(MysqlWatchBinlog, SingleRowCommitsToInnodbMyisamAndAriaNameTheirTables) {
-    server_->sql("CREATE DATABASE engines; CREATE TABLE engines.inno (v INT) ENGINE=InnoDB;"
-                 "CREATE TABLE engines.myi (v INT) ENGINE=MyISAM; CREATE TABLE engines.ari (v INT) ENGINE=Aria");
+    server_->sql(
+        "CREATE DATABASE engines; CREATE TABLE engines.inno (v INT) ENGINE=InnoDB;"
+        "CREATE TABLE engines.myi (v INT) ENGINE=MyISAM; CREATE TABLE engines.ari (v INT) ENGINE=Aria");
     Process watcher = start_watcher(*server_, "engines");
     server_->sql("INSERT INTO engines.inno VALUES (1)");
     server_->sql("INSERT INTO engines.myi VALUES (1)");
     server_->sql("INSERT INTO engines.ari VALUES (1)");
     EXPECT_TRUE(eventually([&] {
-        return has_event(watcher, "change", "engines", "inno", "binlog") && has_event(watcher, "change", "engines", "myi", "binlog") &&
+        return has_event(watcher, "change", "engines", "inno", "binlog") &&
+               has_event(watcher, "change", "engines", "myi", "binlog") &&
                has_event(watcher, "change", "engines", "ari", "binlog");
     })) << watcher.describe();
     for (const json& e : events_of(watcher)) {
@@ -100,11 +105,13 @@ TEST_F(MysqlWatchBinlog, SingleRowCommitsToInnodbMyisamAndAriaNameTheirTables) {
 }
 
 TEST_F(MysqlWatchBinlog, NamesWithDashSpaceAndNonAsciiLettersAreReportedAsWritten) {
-    server_->sql("CREATE DATABASE `odd-db`; CREATE TABLE `odd-db`.`my table` (v INT); CREATE TABLE `odd-db`.`größe` (v INT) ENGINE=Aria");
+    server_->sql(
+        "CREATE DATABASE `odd-db`; CREATE TABLE `odd-db`.`my table` (v INT); CREATE TABLE `odd-db`.`größe` (v INT) ENGINE=Aria");
     Process watcher = start_watcher(*server_, "odd-db");
     server_->sql("INSERT INTO `odd-db`.`my table` VALUES (1); INSERT INTO `odd-db`.`größe` VALUES (1)");
     EXPECT_TRUE(eventually([&] {
-        return has_event(watcher, "change", "odd-db", "my table") && has_event(watcher, "change", "odd-db", "größe");
+        return has_event(watcher, "change", "odd-db", "my table") &&
+               has_event(watcher, "change", "odd-db", "größe");
     })) << watcher.describe();
 }
 
@@ -122,7 +129,8 @@ TEST_F(MysqlWatchBinlog, PartitionedTableIsReportedAsTheTable) {
 TEST_F(MysqlWatchBinlog, CreateRenameTruncateAndDropAreReported) {
     server_->sql("CREATE DATABASE ddl");
     Process watcher = start_watcher(*server_, "ddl");
-    server_->sql("CREATE TABLE ddl.a (v INT); RENAME TABLE ddl.a TO ddl.b; TRUNCATE TABLE ddl.b; DROP TABLE ddl.b");
+    server_->sql(
+        "CREATE TABLE ddl.a (v INT); RENAME TABLE ddl.a TO ddl.b; TRUNCATE TABLE ddl.b; DROP TABLE ddl.b");
     EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "ddl", "b"); })) << watcher.describe();
     EXPECT_TRUE(has_event(watcher, "create", "ddl", "a"));
     EXPECT_TRUE(has_event(watcher, "rename", "ddl", "a"));
@@ -134,11 +142,14 @@ TEST_F(MysqlWatchBinlog, CreateRenameTruncateAndDropAreReported) {
 }
 
 TEST_F(MysqlWatchBinlog, RolledBackTransactionProducesNoChange) {
-    server_->sql("CREATE DATABASE rb; CREATE TABLE rb.t (v INT) ENGINE=InnoDB; CREATE TABLE rb.marker (v INT)");
+    server_->sql(
+        "CREATE DATABASE rb; CREATE TABLE rb.t (v INT) ENGINE=InnoDB; CREATE TABLE rb.marker (v INT)");
     Process watcher = start_watcher(*server_, "rb");
     server_->sql("BEGIN; INSERT INTO rb.t VALUES (1); ROLLBACK");
-    server_->sql("INSERT INTO rb.marker VALUES (1)");  // committed after the rollback: once seen, all before it was read
-    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "rb", "marker"); })) << watcher.describe();
+    server_->sql(
+        "INSERT INTO rb.marker VALUES (1)");  // committed after the rollback: once seen, all before it was read
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "rb", "marker"); }))
+        << watcher.describe();
     EXPECT_EQ(count_events(watcher, "change", "t"), 0) << watcher.describe();
 }
 
@@ -167,7 +178,8 @@ TEST_F(MysqlWatchBinlog, KillNineAndRestartWithStateLosesNothing) {
     }
     std::vector<Process> runs;
     runs.push_back(start_watcher(*server_, "res", {"--state", state}));
-    Process workload = Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
+    Process workload =
+        Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
     auto ids = [&](int* lines) {
         std::set<std::string> unique;
         if (lines) *lines = 0;
@@ -192,7 +204,8 @@ TEST_F(MysqlWatchBinlog, KillNineAndRestartWithStateLosesNothing) {
     EXPECT_EQ(workload.wait(60s), 0) << workload.describe();
     int lines = 0;
     EXPECT_TRUE(eventually([&] { return ids(&lines) == total; }, 30s))
-        << "unique " << ids(nullptr) << " of " << total << "\n" << runs.back().describe();
+        << "unique " << ids(nullptr) << " of " << total << "\n"
+        << runs.back().describe();
     EXPECT_LE(lines - total, 2) << "duplicates beyond one per restart";
     EXPECT_EQ(ids(nullptr), static_cast<std::size_t>(total));
     auto saved = json::parse(read_file(state), nullptr, false);
@@ -203,7 +216,8 @@ TEST_F(MysqlWatchBinlog, KillNineAndRestartWithStateLosesNothing) {
 TEST_F(MysqlWatchBinlog, StateFileThatIsNotJsonIsRefusedWithOneLine) {
     TempDir dir;
     write_file(dir / "state", "binlog.000001 1234\n");
-    auto result = run({KTRICKS_BINARY, "mysql-watch", "--datadir", server_->datadir(), "--state", dir / "state"});
+    auto result =
+        run({KTRICKS_BINARY, "mysql-watch", "--datadir", server_->datadir(), "--state", dir / "state"});
     EXPECT_EQ(result.status, 65) << result.describe;
     EXPECT_NE(result.err.find("state file"), std::string::npos) << result.describe;
 }
@@ -221,10 +235,14 @@ TEST_F(MysqlWatchBinlog, FirstRunWithStateSavesTheCurrentEndThenEachTransaction)
     auto event = events_of(watcher).back();
     ASSERT_TRUE(eventually([&] {
         auto now = json::parse(read_file(state), nullptr, false);
-        return now.value("pos", 0) == event.value("binlog_pos", 1) && now.value("file", "") == event.value("binlog_file", "");
-    })) << read_file(state) << "\n" << watcher.describe();
+        return now.value("pos", 0) == event.value("binlog_pos", 1) &&
+               now.value("file", "") == event.value("binlog_file", "");
+    })) << read_file(state)
+        << "\n"
+        << watcher.describe();
     EXPECT_GT(event.value("binlog_pos", 0), before.value("pos", 0));
-    EXPECT_EQ(event.value("id", ""), fmt::format("{}:{}:0", event.value("binlog_file", ""), event.value("binlog_pos", 0)));
+    EXPECT_EQ(event.value("id", ""),
+              fmt::format("{}:{}:0", event.value("binlog_file", ""), event.value("binlog_pos", 0)));
 }
 
 // A throwaway redis-server on a loopback port, with every write fsynced to its append-only file
@@ -234,9 +252,10 @@ public:
     static bool available() { return std::filesystem::exists("/usr/bin/redis-server"); }
     RedisServer() : port_(free_port()) { start(); }
     void start() {
-        process_ = std::make_unique<Process>(Process::start(
-            {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir", dir_.path().string(),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"}));
+        process_ = std::make_unique<Process>(
+            Process::start({"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir",
+                            dir_.path().string(), "--appendonly", "yes", "--appendfsync", "always", "--save",
+                            "", "--daemonize", "no"}));
         if (!eventually([&] { return cli({"PING"}).find("PONG") != std::string::npos; }))
             throw std::runtime_error("redis-server did not start: " + process_->describe());
     }
@@ -287,7 +306,8 @@ TEST_F(MysqlWatchBinlog, RedisBrokerAndWatcherKilledDuringTenThousandRowsLoseNot
     for (int i = 0; i < transactions; ++i)
         script += fmt::format("INSERT INTO sk.t VALUES ({0}),({0}),({0}),({0}),({0});", i);
     auto watcher = std::make_unique<Process>(start_watcher(*server_, "sk", args));
-    Process workload = Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
+    Process workload =
+        Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
     auto in_stream = [&] { return std::atoi(redis.cli({"XLEN", "ktricks:sk"}).c_str()); };
     ASSERT_TRUE(eventually([&] { return in_stream() >= transactions / 5; }, 60s)) << watcher->describe();
     redis.kill();
@@ -307,10 +327,12 @@ TEST_F(MysqlWatchBinlog, RedisBrokerAndWatcherKilledDuringTenThousandRowsLoseNot
         auto events = redis.stream("ktricks:sk");
         entries = events.size();
         for (const json& e : events)
-            if (e.value("table", "") == "t" && ids.insert(e.value("id", "")).second) rows += e.value("rows", 0);
+            if (e.value("table", "") == "t" && ids.insert(e.value("id", "")).second)
+                rows += e.value("rows", 0);
         return ids.size() == static_cast<std::size_t>(transactions);
     };
-    EXPECT_TRUE(eventually(collect, 60s)) << ids.size() << " of " << transactions << "\n" << watcher->describe();
+    EXPECT_TRUE(eventually(collect, 60s)) << ids.size() << " of " << transactions << "\n"
+                                          << watcher->describe();
     EXPECT_EQ(rows, 5u * transactions);
     EXPECT_LE(entries - ids.size(), 5u) << "repeats";
     std::cerr << "stream entries " << entries << ", unique " << ids.size() << ", rows " << rows << "\n";
@@ -331,9 +353,11 @@ TEST_F(MysqlWatchBinlog, ServerRestartIsSurvived) {
 TEST_F(MysqlWatchBinlog, ExecRunsTheCommandWithTheEventInItsEnvironment) {
     server_->sql("CREATE DATABASE ex; CREATE TABLE ex.t (v INT)");
     TempDir out;
-    Process watcher = start_watcher(*server_, "ex",
-                                    {"--exec", fmt::format("echo \"$KTRICKS_EVENT $KTRICKS_DB $KTRICKS_TABLE $KTRICKS_ENGINE "
-                                                           "$KTRICKS_VIA $KTRICKS_ROWS\" >> {}", out / "log")});
+    Process watcher = start_watcher(
+        *server_, "ex",
+        {"--exec", fmt::format("echo \"$KTRICKS_EVENT $KTRICKS_DB $KTRICKS_TABLE $KTRICKS_ENGINE "
+                               "$KTRICKS_VIA $KTRICKS_ROWS\" >> {}",
+                               out / "log")});
     server_->sql("INSERT INTO ex.t VALUES (1), (2)");
     EXPECT_TRUE(eventually([&] { return read_file(out / "log") == "change ex t InnoDB binlog 2\n"; }))
         << read_file(out / "log") << watcher.describe();
@@ -347,15 +371,18 @@ TEST_F(MysqlWatchBinlog, HungExecScriptDelaysNeitherTheNextChangeNorShutdown) {
     std::string pids = out / "pids";
     Process watcher = start_watcher(*server_, "hung", {"--exec", "echo $$ >> " + pids + "; sleep 30"});
     server_->sql("INSERT INTO hung.a VALUES (1)");
-    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "hung", "a") && !read_file(pids).empty(); }))
-        << watcher.describe();
+    ASSERT_TRUE(eventually([&] {
+        return has_event(watcher, "change", "hung", "a") && !read_file(pids).empty();
+    })) << watcher.describe();
     // The next change while the first script sleeps: reported within 100 ms of the commit
     // returning (the client's own start is before that).
     server_->sql("INSERT INTO hung.b VALUES (1)");
     auto committed = Clock::now();
-    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "hung", "b"); }, 2s, 1ms)) << watcher.describe();
+    ASSERT_TRUE(eventually([&] { return has_event(watcher, "change", "hung", "b"); }, 2s, 1ms))
+        << watcher.describe();
     auto reported = Clock::now() - committed;
-    EXPECT_LT(reported, 100ms) << std::chrono::duration_cast<std::chrono::milliseconds>(reported).count() << " ms";
+    EXPECT_LT(reported, 100ms) << std::chrono::duration_cast<std::chrono::milliseconds>(reported).count()
+                               << " ms";
     pid_t script = std::stoi(lines_of(read_file(pids)).front());
     auto stopping = Clock::now();
     watcher.signal(SIGTERM);
@@ -376,15 +403,16 @@ TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {
     std::string burst;
     for (int i = 0; i < 9; ++i) burst += "INSERT INTO deb.t VALUES (1);";
     server_->sql(burst);  // within the window the first event opened: held back, then one trailing event
-    EXPECT_TRUE(eventually([&] { return count_events(watcher, "change", "t") == 2; }, std::chrono::seconds(5)))
+    EXPECT_TRUE(
+        eventually([&] { return count_events(watcher, "change", "t") == 2; }, std::chrono::seconds(5)))
         << watcher.describe();
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     EXPECT_EQ(count_events(watcher, "change", "t"), 2) << watcher.describe();
 }
 
 TEST_F(MysqlWatchBinlog, CheckWithProbeMeasuresTheBinlogPath) {
-    auto result = run({KTRICKS_BINARY, "mysql-watch", "--check", "--probe", "--datadir", server_->datadir(), "--socket",
-                       server_->socket(), "--user", "root"});
+    auto result = run({KTRICKS_BINARY, "mysql-watch", "--check", "--probe", "--datadir", server_->datadir(),
+                       "--socket", server_->socket(), "--user", "root"});
     ASSERT_EQ(result.status, 0) << result.describe;
     EXPECT_NE(result.out.find("path binlog: usable"), std::string::npos) << result.out;
     EXPECT_NE(result.out.find("auto mode uses: binlog"), std::string::npos) << result.out;
@@ -395,26 +423,32 @@ TEST_F(MysqlWatchBinlog, CheckWithProbeMeasuresTheBinlogPath) {
 TEST(MysqlWatchStartup, WatcherStartedBeforeTheServerWaitsForIt) {
     if (!MariaDbServer::available()) GTEST_SKIP() << "needs root and MariaDB";
     MariaDbServer server({.binlog = true, .install = false});
-    Process watcher = Process::start({KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(), "--json", "--db", "late"});
-    ASSERT_TRUE(eventually([&] { return watcher.err().find("waiting for the data directory") != std::string::npos; }))
-        << watcher.describe();
+    Process watcher = Process::start(
+        {KTRICKS_BINARY, "mysql-watch", "--datadir", server.datadir(), "--json", "--db", "late"});
+    ASSERT_TRUE(eventually([&] {
+        return watcher.err().find("waiting for the data directory") != std::string::npos;
+    })) << watcher.describe();
     server.install();
     server.start();
     server.sql("CREATE DATABASE late; CREATE TABLE late.t (v INT); INSERT INTO late.t VALUES (1)");
-    EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "late", "t", "binlog"); })) << watcher.describe();
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "change", "late", "t", "binlog"); }))
+        << watcher.describe();
 }
 
 // A binlog copied with one corrupt byte, then appended to as a server would: the watcher reports the
 // bad event, skips to the next valid one and goes on reporting.
 TEST_F(MysqlWatchBinlog, CorruptByteInACopiedBinlogIsReportedWithoutACrash) {
-    server_->sql("CREATE DATABASE cor; CREATE TABLE cor.t1 (v INT); CREATE TABLE cor.t2 (v INT); CREATE TABLE cor.t3 (v INT);"
-                 "FLUSH BINARY LOGS");
+    server_->sql(
+        "CREATE DATABASE cor; CREATE TABLE cor.t1 (v INT); CREATE TABLE cor.t2 (v INT); CREATE TABLE cor.t3 (v INT);"
+        "FLUSH BINARY LOGS");
     auto index = read_file(std::filesystem::path(server_->datadir()) / "binlog.index");
     auto files = lines_of(index);
     ASSERT_FALSE(files.empty());
-    std::filesystem::path current = std::filesystem::path(server_->datadir()) / std::filesystem::path(files.back()).filename();
+    std::filesystem::path current =
+        std::filesystem::path(server_->datadir()) / std::filesystem::path(files.back()).filename();
     auto before = std::filesystem::file_size(current);
-    server_->sql("INSERT INTO cor.t1 VALUES (1); INSERT INTO cor.t2 VALUES (1); INSERT INTO cor.t3 VALUES (1)");
+    server_->sql(
+        "INSERT INTO cor.t1 VALUES (1); INSERT INTO cor.t2 VALUES (1); INSERT INTO cor.t3 VALUES (1)");
     std::string bytes = read_file(current);
     ASSERT_GT(bytes.size(), before);
 
@@ -422,8 +456,10 @@ TEST_F(MysqlWatchBinlog, CorruptByteInACopiedBinlogIsReportedWithoutACrash) {
     std::filesystem::create_directory(copy / "data");
     write_file(copy / "data/binlog.index", "./binlog.000001\n");
     write_file(copy / "data/binlog.000001", bytes.substr(0, before));
-    Process watcher = Process::start({KTRICKS_BINARY, "mysql-watch", "--datadir", copy / "data", "--json", "--mode", "binlog"});
-    ASSERT_TRUE(eventually([&] { return watcher.err().find("watching") != std::string::npos; })) << watcher.describe();
+    Process watcher = Process::start(
+        {KTRICKS_BINARY, "mysql-watch", "--datadir", copy / "data", "--json", "--mode", "binlog"});
+    ASSERT_TRUE(eventually([&] { return watcher.err().find("watching") != std::string::npos; }))
+        << watcher.describe();
     std::string appended = bytes.substr(before);
     // Inside t1's transaction (the first third of what was appended): its event fails its checksum.
     appended[appended.size() / 6] ^= 0x5a;
@@ -439,20 +475,24 @@ TEST_F(MysqlWatchBinlog, CorruptByteInACopiedBinlogIsReportedWithoutACrash) {
 using MysqlWatchNoBinlog = MariaDbSuite<false>;
 
 TEST_F(MysqlWatchNoBinlog, FilesPathSeesMyisamCommitsAndDecodesFileNames) {
-    server_->sql("CREATE DATABASE `f-db`; CREATE TABLE `f-db`.`a b-c` (v INT) ENGINE=MyISAM;"
-                 "CREATE TABLE `f-db`.`größe` (v INT) ENGINE=MyISAM");
+    server_->sql(
+        "CREATE DATABASE `f-db`; CREATE TABLE `f-db`.`a b-c` (v INT) ENGINE=MyISAM;"
+        "CREATE TABLE `f-db`.`größe` (v INT) ENGINE=MyISAM");
     Process watcher = start_watcher(*server_, "f-db", {"--mode", "files"});
     server_->sql("INSERT INTO `f-db`.`a b-c` VALUES (1); INSERT INTO `f-db`.`größe` VALUES (1)");
     EXPECT_TRUE(eventually([&] {
-        return has_event(watcher, "change", "f-db", "a b-c", "file") && has_event(watcher, "change", "f-db", "größe", "file");
+        return has_event(watcher, "change", "f-db", "a b-c", "file") &&
+               has_event(watcher, "change", "f-db", "größe", "file");
     })) << watcher.describe();
 }
 
 TEST_F(MysqlWatchNoBinlog, FilesPathReportsCreateRenameTruncateAndDrop) {
     server_->sql("CREATE DATABASE fddl");
     Process watcher = start_watcher(*server_, "fddl", {"--mode", "files"});
-    server_->sql("CREATE TABLE fddl.a (v INT) ENGINE=InnoDB; RENAME TABLE fddl.a TO fddl.b; TRUNCATE TABLE fddl.b; DROP TABLE fddl.b");
-    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "fddl", "b", "file"); })) << watcher.describe();
+    server_->sql(
+        "CREATE TABLE fddl.a (v INT) ENGINE=InnoDB; RENAME TABLE fddl.a TO fddl.b; TRUNCATE TABLE fddl.b; DROP TABLE fddl.b");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "drop", "fddl", "b", "file"); }))
+        << watcher.describe();
     EXPECT_TRUE(has_event(watcher, "create", "fddl", "a"));
     EXPECT_TRUE(has_event(watcher, "rename", "fddl", "a"));
     EXPECT_TRUE(has_event(watcher, "truncate", "fddl", "b"));
@@ -460,7 +500,8 @@ TEST_F(MysqlWatchNoBinlog, FilesPathReportsCreateRenameTruncateAndDrop) {
 
 TEST_F(MysqlWatchNoBinlog, FilesPathFollowsADatabaseCreatedAfterItStarted) {
     Process watcher = start_watcher(*server_, "fnew", {"--mode", "files"});
-    server_->sql("CREATE DATABASE fnew; CREATE TABLE fnew.t (v INT) ENGINE=MyISAM; INSERT INTO fnew.t VALUES (1)");
+    server_->sql(
+        "CREATE DATABASE fnew; CREATE TABLE fnew.t (v INT) ENGINE=MyISAM; INSERT INTO fnew.t VALUES (1)");
     EXPECT_TRUE(eventually([&] {
         return has_event(watcher, "create", "fnew", "") && has_event(watcher, "create", "fnew", "t") &&
                has_event(watcher, "change", "fnew", "t");
@@ -472,7 +513,8 @@ TEST_F(MysqlWatchNoBinlog, FilesPathFollowsADatabaseCreatedAfterItStarted) {
 TEST_F(MysqlWatchNoBinlog, FilesPathTellsARenameFromATruncate) {
     server_->sql("CREATE DATABASE fren; CREATE TABLE fren.a (v INT) ENGINE=InnoDB");
     Process watcher = start_watcher(*server_, "fren", {"--mode", "files"});
-    server_->sql("RENAME TABLE fren.a TO fren.b; CREATE TABLE fren.a (v INT) ENGINE=InnoDB; DROP TABLE fren.b");
+    server_->sql(
+        "RENAME TABLE fren.a TO fren.b; CREATE TABLE fren.a (v INT) ENGINE=InnoDB; DROP TABLE fren.b");
     ASSERT_TRUE(eventually([&] { return has_event(watcher, "drop", "fren", "b"); })) << watcher.describe();
     EXPECT_TRUE(has_event(watcher, "rename", "fren", "a"));
     EXPECT_TRUE(has_event(watcher, "create", "fren", "a"));
@@ -480,11 +522,14 @@ TEST_F(MysqlWatchNoBinlog, FilesPathTellsARenameFromATruncate) {
 }
 
 TEST_F(MysqlWatchNoBinlog, RedoPathNamesInnodbAndAriaTables) {
-    server_->sql("CREATE DATABASE redo; CREATE TABLE redo.inno (v INT) ENGINE=InnoDB; CREATE TABLE redo.ari (v INT) ENGINE=Aria");
-    Process watcher = start_watcher(*server_, "redo", {"--mode", "redo", "--socket", server_->socket(), "--user", "root"});
+    server_->sql(
+        "CREATE DATABASE redo; CREATE TABLE redo.inno (v INT) ENGINE=InnoDB; CREATE TABLE redo.ari (v INT) ENGINE=Aria");
+    Process watcher =
+        start_watcher(*server_, "redo", {"--mode", "redo", "--socket", server_->socket(), "--user", "root"});
     server_->sql("INSERT INTO redo.inno VALUES (1); INSERT INTO redo.ari VALUES (1)");
     EXPECT_TRUE(eventually([&] {
-        return has_event(watcher, "change", "redo", "inno", "redo") && has_event(watcher, "change", "redo", "ari", "redo");
+        return has_event(watcher, "change", "redo", "inno", "redo") &&
+               has_event(watcher, "change", "redo", "ari", "redo");
     })) << watcher.describe();
 }
 

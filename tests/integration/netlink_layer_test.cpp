@@ -32,11 +32,14 @@ TEST(NetlinkLayer, DumpDeliversEveryLinkIncludingLoopback) {
     Request request(RTM_GETLINK, 0);
     request.put_header(ifinfomsg{});
     std::set<std::string> names;
-    socket.dump(request, [&](const nlmsghdr& message) {
-        Attributes attributes(message, sizeof(ifinfomsg), IFLA_MAX);
-        if (auto name = attributes.string(IFLA_IFNAME)) names.emplace(*name);
-        return true;
-    }, "dump links");
+    socket.dump(
+        request,
+        [&](const nlmsghdr& message) {
+            Attributes attributes(message, sizeof(ifinfomsg), IFLA_MAX);
+            if (auto name = attributes.string(IFLA_IFNAME)) names.emplace(*name);
+            return true;
+        },
+        "dump links");
     EXPECT_TRUE(names.count("lo"));
 }
 
@@ -45,7 +48,7 @@ TEST(NetlinkLayer, MultiPartDumpOfManyUnixSocketsIsComplete) {
     std::set<std::uint32_t> inodes;
     for (int i = 0; i < 600; ++i) {
         sockets.emplace_back(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-        struct stat status{};
+        struct stat status {};
         ASSERT_EQ(::fstat(sockets.back().get(), &status), 0);
         inodes.insert(static_cast<std::uint32_t>(status.st_ino));
     }
@@ -56,11 +59,15 @@ TEST(NetlinkLayer, MultiPartDumpOfManyUnixSocketsIsComplete) {
     unix_request.udiag_states = ~0u;
     request.put_header(unix_request);
     std::size_t found = 0, messages = 0;
-    socket.dump(request, [&](const nlmsghdr& message) {
-        ++messages;
-        if (auto diag = read_header<unix_diag_msg>(message); diag && inodes.count(diag->udiag_ino)) ++found;
-        return true;
-    }, "dump unix sockets");
+    socket.dump(
+        request,
+        [&](const nlmsghdr& message) {
+            ++messages;
+            if (auto diag = read_header<unix_diag_msg>(message); diag && inodes.count(diag->udiag_ino))
+                ++found;
+            return true;
+        },
+        "dump unix sockets");
     EXPECT_EQ(found, inodes.size());
     EXPECT_GE(messages, found);
 }
@@ -129,7 +136,8 @@ TEST(NetlinkLayer, SubscriptionDeliversEventsAndReportsNothingQueuedWhenIdle) {
 
 TEST(NetlinkLayer, NetnsGuardEntersAndRestores) {
     if (::geteuid() != 0) GTEST_SKIP() << "needs root";
-    struct stat before{}, inside{}, after{};
+    struct stat before {
+    }, inside{}, after{};
     ASSERT_EQ(::stat("/proc/thread-self/ns/net", &before), 0);
     Fd fresh;
     run_in_netns(open_netns("/proc/self/ns/net").get(), "self", [&] {
@@ -144,7 +152,8 @@ TEST(NetlinkLayer, NetnsGuardEntersAndRestores) {
         Request request(RTM_GETLINK, 0);
         request.put_header(ifinfomsg{});
         int links = 0;
-        socket.dump(request, [&](const nlmsghdr&) { return ++links, true; }, "dump links");
+        socket.dump(
+            request, [&](const nlmsghdr&) { return ++links, true; }, "dump links");
         EXPECT_EQ(links, 1);  // only lo
     }
     ASSERT_EQ(::stat("/proc/thread-self/ns/net", &after), 0);

@@ -91,14 +91,16 @@ TEST(Netwatch, EachEventTypeFiresItsRuleWithItsVariables) {
     Netns netns;
     TempDir dir;
     std::string log = dir / "log";
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "*,iface=va", "--exec", log_variables + log});
+    auto watcher =
+        start_netwatch(netns, {"--no-initial", "--on", "*,iface=va", "--exec", log_variables + log});
     netns.ip("link add va type veth peer name vb");
     netns.ip("addr add 10.9.0.1/24 dev va");
     netns.ip("link set vb up");
     netns.ip("link set va up");
     netns.ip("route add default via 10.9.0.2 dev va");
     auto expect = [&](const std::string& line) {
-        EXPECT_TRUE(eventually([&] { return has_line(log, line); })) << line << "\n" << read_file(log) << watcher.describe();
+        EXPECT_TRUE(eventually([&] { return has_line(log, line); })) << line << "\n"
+                                                                     << read_file(log) << watcher.describe();
     };
     expect("link-add va - - - 0");
     expect("addr-add va 10.9.0.1 - - 0");
@@ -128,8 +130,8 @@ TEST(Netwatch, EachEventTypeFiresItsRuleWithItsVariables) {
 TEST(Netwatch, ScriptGetsTheEventAsJsonOnStdin) {
     Netns netns;
     TempDir dir;
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "addr-add,family=inet,addr=10.9.0.0/16", "--exec",
-                                          "cat > " + dir / "event.json"});
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "addr-add,family=inet,addr=10.9.0.0/16",
+                                          "--exec", "cat > " + dir / "event.json"});
     netns.ip("link add va type veth peer name vb");
     netns.ip("addr add 10.8.0.1/24 dev va");  // outside the CIDR: no run
     netns.ip("addr add 10.9.3.1/24 dev va");
@@ -150,17 +152,19 @@ TEST(Netwatch, DebounceCollapsesAFlappingLinkIntoOneSettledEvent) {
     netns.ip("link set va up");
     // The kernel's linkwatch batches carrier changes (at most about one run per second), so the
     // flaps are spread over two seconds and the quiet period is longer than linkwatch's delay.
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-up,iface=va,debounce_ms=1500", "--exec",
-                                          "echo settled >> " + log, "--on", "link-up,iface=va", "--exec",
-                                          "echo raw >> " + dir / "raw"});
-    auto flaps = run({"ip", "netns", "exec", netns.name(), "sh", "-c",
-                      "for i in $(seq 20); do ip link set vb down; sleep 0.05; ip link set vb up; sleep 0.05; done"},
-                     {}, 20s);
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-up,iface=va,debounce_ms=1500",
+                                          "--exec", "echo settled >> " + log, "--on", "link-up,iface=va",
+                                          "--exec", "echo raw >> " + dir / "raw"});
+    auto flaps =
+        run({"ip", "netns", "exec", netns.name(), "sh", "-c",
+             "for i in $(seq 20); do ip link set vb down; sleep 0.05; ip link set vb up; sleep 0.05; done"},
+            {}, 20s);
     ASSERT_EQ(flaps.status, 0) << flaps.describe;
     ASSERT_TRUE(eventually([&] { return log_lines(log).size() == 1; })) << watcher.describe();
     std::this_thread::sleep_for(800ms);
     EXPECT_EQ(log_lines(log).size(), 1u);
-    EXPECT_GE(log_lines(dir / "raw").size(), 2u) << "the burst should have produced several raw link-up events";
+    EXPECT_GE(log_lines(dir / "raw").size(), 2u)
+        << "the burst should have produced several raw link-up events";
 }
 
 TEST(Netwatch, DebouncedEventThatIsUndoneWithinTheQuietPeriodNeverFires) {
@@ -169,8 +173,8 @@ TEST(Netwatch, DebouncedEventThatIsUndoneWithinTheQuietPeriodNeverFires) {
     netns.ip("link add va type veth peer name vb");
     netns.ip("link set va up");
     netns.ip("link set vb up");
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-down,iface=va,debounce_ms=500", "--exec",
-                                          "echo down >> " + dir / "log"});
+    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-down,iface=va,debounce_ms=500",
+                                          "--exec", "echo down >> " + dir / "log"});
     write_file(dir / "flap", "link set vb down\nlink set vb up\n");
     netns.batch(dir / "flap");
     std::this_thread::sleep_for(1200ms);
@@ -181,8 +185,9 @@ TEST(Netwatch, HangingScriptDoesNotDelayOtherEventsAndIsKilledAtItsTimeout) {
     Netns netns;
     TempDir dir;
     netns.ip("link add va type veth peer name vb");
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "link-add,timeout=2", "--exec", "sleep 100",
-                                          "--on", "addr-add,iface=va", "--exec", "echo fired >> " + dir / "log"});
+    auto watcher =
+        start_netwatch(netns, {"--no-initial", "--on", "link-add,timeout=2", "--exec", "sleep 100", "--on",
+                               "addr-add,iface=va", "--exec", "echo fired >> " + dir / "log"});
     netns.ip("link add vc type veth peer name vd");
     auto start = Clock::now();
     netns.ip("addr add 10.9.0.1/24 dev va");
@@ -198,12 +203,13 @@ TEST(Netwatch, RunsOfOneRuleOnOneInterfaceStayInEventOrder) {
     TempDir dir;
     netns.ip("link add va type veth peer name vb");
     // The first run is the slowest: without per-rule ordering the later ones would overtake it.
-    auto watcher = start_netwatch(netns, {"--no-initial", "--on", "addr-add,iface=va", "--exec",
-                                          "[ \"$KTRICKS_ADDR\" = 10.9.0.1 ] && sleep 0.5; echo $KTRICKS_ADDR >> " +
-                                              dir / "log"});
+    auto watcher = start_netwatch(
+        netns, {"--no-initial", "--on", "addr-add,iface=va", "--exec",
+                "[ \"$KTRICKS_ADDR\" = 10.9.0.1 ] && sleep 0.5; echo $KTRICKS_ADDR >> " + dir / "log"});
     for (int i = 1; i <= 4; ++i) netns.ip(fmt::format("addr add 10.9.0.{}/24 dev va", i));
     ASSERT_TRUE(eventually([&] { return log_lines(dir / "log").size() == 4; })) << watcher.describe();
-    EXPECT_EQ(log_lines(dir / "log"), (std::vector<std::string>{"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"}));
+    EXPECT_EQ(log_lines(dir / "log"),
+              (std::vector<std::string>{"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4"}));
 }
 
 TEST(Netwatch, InitialEventsDescribeTheStateFoundAtStartUp) {
@@ -215,12 +221,14 @@ TEST(Netwatch, InitialEventsDescribeTheStateFoundAtStartUp) {
     netns.ip("link set va up");
     netns.ip("route add default via 10.9.0.2 dev va");
     ASSERT_TRUE(eventually([&] {
-        return run({"ip", "-n", netns.name(), "link", "show", "va"}).out.find("state UP") != std::string::npos;
+        return run({"ip", "-n", netns.name(), "link", "show", "va"}).out.find("state UP") !=
+               std::string::npos;
     }));
     auto watcher = start_netwatch(netns, {"--on", "online", "--exec", log_variables + dir / "log"});
     EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "online va - - - 1"); })) << watcher.describe();
 
-    auto quiet = start_netwatch(netns, {"--no-initial", "--on", "online", "--exec", "echo x >> " + dir / "quiet"});
+    auto quiet =
+        start_netwatch(netns, {"--no-initial", "--on", "online", "--exec", "echo x >> " + dir / "quiet"});
     std::this_thread::sleep_for(300ms);
     EXPECT_TRUE(log_lines(dir / "quiet").empty());
     EXPECT_EQ(quiet.out().find("\"initial\":true"), std::string::npos);
@@ -232,15 +240,19 @@ TEST(Netwatch, OverrunResyncsTheCacheToTheKernelsState) {
     netns.ip("link add va type veth peer name vb");
     // A tiny receive buffer, and a watcher stopped (SIGSTOP) while thousands of addresses change:
     // the kernel must drop events, and the watcher must notice when it runs again.
-    auto watcher = start_netwatch(netns, {"--no-initial", "--receive-buffer", "4096", "--on", "resync", "--exec", "true"});
+    auto watcher = start_netwatch(
+        netns, {"--no-initial", "--receive-buffer", "4096", "--on", "resync", "--exec", "true"});
     std::string batch;
-    for (int i = 0; i < 3000; ++i) batch += fmt::format("addr add 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
-    for (int i = 0; i < 3000; i += 2) batch += fmt::format("addr del 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
+    for (int i = 0; i < 3000; ++i)
+        batch += fmt::format("addr add 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
+    for (int i = 0; i < 3000; i += 2)
+        batch += fmt::format("addr del 10.{}.{}.1/32 dev va\n", 100 + i / 250, i % 250);
     write_file(dir / "batch", batch);
     watcher.signal(SIGSTOP);
     netns.batch(dir / "batch");
     watcher.signal(SIGCONT);
-    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"resync\"") != std::string::npos; }, 20s))
+    ASSERT_TRUE(
+        eventually([&] { return watcher.out().find("\"event\":\"resync\"") != std::string::npos; }, 20s))
         << watcher.err();
     // Compare the cache (SIGUSR1) with the kernel once things are quiet.
     std::this_thread::sleep_for(1s);
@@ -260,7 +272,8 @@ TEST(Netwatch, OverrunResyncsTheCacheToTheKernelsState) {
         for (const auto& entry : lines_of(line.value("state", ""))) {
             if (entry.rfind("addr ", 0) != 0) continue;
             std::string address = entry.substr(entry.find(' ', 5) + 1);
-            if (address.find(':') == std::string::npos && address.rfind("127.", 0) != 0) cached.insert(address);
+            if (address.find(':') == std::string::npos && address.rfind("127.", 0) != 0)
+                cached.insert(address);
         }
     }
     EXPECT_EQ(cached, expected);
@@ -276,9 +289,13 @@ TEST(Netwatch, DispatcherDirRunsAScriptWrittenForNetworkManager) {
                "# A NetworkManager-dispatcher script: $1 interface, $2 action.\n"
                "IFACE=\"$1\"\nACTION=\"$2\"\n"
                "case \"$ACTION\" in\n"
-               "  up) echo \"up $IFACE $DEVICE_IFACE $CONNECTION_ID $IP4_NUM_ADDRESSES $IP4_ADDRESS_0\" >> " + dir / "log" + " ;;\n"
-               "  down) echo \"down $IFACE\" >> " + dir / "log" + " ;;\n"
-               "esac\n",
+               "  up) echo \"up $IFACE $DEVICE_IFACE $CONNECTION_ID $IP4_NUM_ADDRESSES $IP4_ADDRESS_0\" >> " +
+                   dir / "log" +
+                   " ;;\n"
+                   "  down) echo \"down $IFACE\" >> " +
+                   dir / "log" +
+                   " ;;\n"
+                   "esac\n",
                0755);
     netns.ip("link add va type veth peer name vb");
     netns.ip("addr add 10.9.0.1/24 dev va");
@@ -300,19 +317,21 @@ TEST(Netwatch, RecordedStreamReplaysThroughTheRules) {
         netns.ip("addr add 10.9.0.7/24 dev va");
         ASSERT_TRUE(eventually([&] { return watcher.out().find("10.9.0.7") != std::string::npos; }));
     }
-    auto replay = run({KTRICKS_BINARY, "netwatch", "--replay", dir / "rec", "--on", "addr-add,iface=va", "--exec",
-                       "echo $KTRICKS_ADDR >> " + dir / "log"});
+    auto replay = run({KTRICKS_BINARY, "netwatch", "--replay", dir / "rec", "--on", "addr-add,iface=va",
+                       "--exec", "echo $KTRICKS_ADDR >> " + dir / "log"});
     EXPECT_EQ(replay.status, 0) << replay.describe;
     EXPECT_EQ(log_lines(dir / "log"), std::vector<std::string>{"10.9.0.7"});
 }
 
 TEST(Netwatch, BadRulesFileIsOneLineNamingFileAndLine) {
     TempDir dir;
-    write_file(dir / "rules.toml", "[[rule]]\non = \"link-up\"\nrun = \"true\"\n\n[[rule]]\non = \"link-upp\"\nrun = \"x\"\n");
+    write_file(dir / "rules.toml",
+               "[[rule]]\non = \"link-up\"\nrun = \"true\"\n\n[[rule]]\non = \"link-upp\"\nrun = \"x\"\n");
     auto result = run({KTRICKS_BINARY, "netwatch", "--rules", dir / "rules.toml"});
     EXPECT_EQ(result.status, 65) << result.describe;
     EXPECT_EQ(lines_of(result.err).size(), 1u) << result.err;
-    EXPECT_NE(result.err.find(dir / "rules.toml:6: unknown event \"link-upp\""), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find(dir / "rules.toml:6: unknown event \"link-upp\""), std::string::npos)
+        << result.err;
 }
 
 }  // namespace
@@ -325,9 +344,12 @@ TEST(Netwatch, AllNetnsTagsEventsWithTheNamespaceAndCanRunScriptsInside) {
     Netns home;
     Netns other;
     TempDir dir;
-    write_file(dir / "rules.toml",
-               "[[rule]]\non = \"link-add\"\nnetns = \"" + other.name() + "\"\nin_netns = true\n"
-               "run = \"echo $KTRICKS_NETNS $KTRICKS_IFACE $(ip -o link show $KTRICKS_IFACE | wc -l) >> " + dir / "log" + "\"\n");
+    write_file(
+        dir / "rules.toml",
+        "[[rule]]\non = \"link-add\"\nnetns = \"" + other.name() +
+            "\"\nin_netns = true\n"
+            "run = \"echo $KTRICKS_NETNS $KTRICKS_IFACE $(ip -o link show $KTRICKS_IFACE | wc -l) >> " +
+            dir / "log" + "\"\n");
     auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--rules", dir / "rules.toml"});
     home.ip("link add ha type veth peer name hb");  // our own namespace: the netns filter rejects it
     other.ip("link add oa type veth peer name ob");
@@ -360,7 +382,8 @@ TEST(Netwatch, DISABLED_DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvi
     std::string dump = "#!/bin/sh\n[ \"$2\" = up ] && env | sort > " + dir / "env" + "\n";
     write_file(lib + "/10-env", "#!/bin/sh\necho masked >> " + dir / "masked" + "\n", 0755);
     write_file(etc + "/10-env", dump, 0755);
-    for (const char* leftover : {"10-env~", "10-env.dpkg-old", "10-env.dpkg-dist", "10-env.rpmnew", ".10-env.swp"})
+    for (const char* leftover :
+         {"10-env~", "10-env.dpkg-old", "10-env.dpkg-dist", "10-env.rpmnew", ".10-env.swp"})
         write_file(lib + "/" + leftover, "#!/bin/sh\necho $0 >> " + dir / "leftovers" + "\n", 0755);
     write_file(lib + "/20-empty", "", 0755);
     netns.ip("link add va type veth peer name vb");
@@ -376,14 +399,26 @@ TEST(Netwatch, DISABLED_DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvi
     std::set<std::string> keys;
     for (const auto& line : lines_of(read_file(dir / "env"))) keys.insert(line.substr(0, line.find('=')));
     keys.erase("PWD"), keys.erase("SHLVL"), keys.erase("_");  // the shell's own
-    std::set<std::string> expected = {"PATH", "NM_DISPATCHER_ACTION", "CONNECTION_UUID", "CONNECTION_ID",
-                                      "CONNECTION_FILENAME", "CONNECTION_EXTERNAL", "DEVICE_IFACE", "DEVICE_IP_IFACE",
-                                      "IP4_ADDRESS_0", "IP4_NUM_ADDRESSES", "IP4_GATEWAY", "IP4_ROUTE_0",
-                                      "IP4_NUM_ROUTES", "IP6_GATEWAY"};
+    std::set<std::string> expected = {"PATH",
+                                      "NM_DISPATCHER_ACTION",
+                                      "CONNECTION_UUID",
+                                      "CONNECTION_ID",
+                                      "CONNECTION_FILENAME",
+                                      "CONNECTION_EXTERNAL",
+                                      "DEVICE_IFACE",
+                                      "DEVICE_IP_IFACE",
+                                      "IP4_ADDRESS_0",
+                                      "IP4_NUM_ADDRESSES",
+                                      "IP4_GATEWAY",
+                                      "IP4_ROUTE_0",
+                                      "IP4_NUM_ROUTES",
+                                      "IP6_GATEWAY"};
     // IPv6 link-local addresses (DAD may or may not be done by now) are reported as NetworkManager does.
-    for (auto it = keys.begin(); it != keys.end();) it = it->rfind("IP6_ADDRESS_", 0) == 0 || *it == "IP6_NUM_ADDRESSES" ||
-                                                          it->rfind("IP6_ROUTE_", 0) == 0 || *it == "IP6_NUM_ROUTES"
-                                                      ? keys.erase(it) : std::next(it);
+    for (auto it = keys.begin(); it != keys.end();)
+        it = it->rfind("IP6_ADDRESS_", 0) == 0 || *it == "IP6_NUM_ADDRESSES" ||
+                     it->rfind("IP6_ROUTE_", 0) == 0 || *it == "IP6_NUM_ROUTES"
+                 ? keys.erase(it)
+                 : std::next(it);
     EXPECT_EQ(keys, expected) << read_file(dir / "env");
     EXPECT_NE(read_file(dir / "env").find("IP4_GATEWAY=0.0.0.0\n"), std::string::npos);
     EXPECT_NE(read_file(dir / "env").find("CONNECTION_EXTERNAL=1\n"), std::string::npos);
@@ -409,12 +444,14 @@ TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLeas
     client.ip("link add va type veth peer name vb netns " + server.name());
     server.ip("addr add 10.9.0.1/24 dev vb");
     server.ip("link set vb up");
-    write_file(dir / "udhcpd.conf",
-               "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " + dir / "udhcpd.leases" +
-                   "\npidfile " + dir / "udhcpd.pid" +
-                   "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\nopt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
+    write_file(
+        dir / "udhcpd.conf",
+        "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " + dir / "udhcpd.leases" + "\npidfile " +
+            dir / "udhcpd.pid" +
+            "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\nopt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
     write_file(dir / "udhcpd.leases", "");
-    auto dhcp_server = Process::start({"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
+    auto dhcp_server = Process::start(
+        {"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
     // dhclient's own script would rewrite /etc/resolv.conf and run the host's exit hooks; this one
     // only configures the address, as every DHCP client does.
     write_file(dir / "dhclient-script",
@@ -425,12 +462,20 @@ TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLeas
     std::string setup =
         "set -e; mkdir -p /run/chrony-dhcp /var/lib/dhcp; "
         "for d in /run/chrony-dhcp /run/systemd /var/lib/dhcp; do mount -t tmpfs scratch $d; done; "
-        "mount --bind " + dir / "resolv.conf" + " /etc/resolv.conf; "
-        "(while [ ! -e " + dir / "go" + " ]; do sleep 0.05; done; "
-        "exec dhclient -d -1 -sf " + dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
-        " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" + " 2>&1) & "
-        "(while [ ! -e " + dir / "done" + " ]; do sleep 0.05; done; cat /run/chrony-dhcp/va.sources > " +
-        dir / "sources" + " 2>&1; touch " + dir / "read" + ") & "
+        "mount --bind " +
+        dir / "resolv.conf" +
+        " /etc/resolv.conf; "
+        "(while [ ! -e " +
+        dir / "go" +
+        " ]; do sleep 0.05; done; "
+        "exec dhclient -d -1 -sf " +
+        dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
+        " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" +
+        " 2>&1) & "
+        "(while [ ! -e " +
+        dir / "done" + " ]; do sleep 0.05; done; cat /run/chrony-dhcp/va.sources > " + dir / "sources" +
+        " 2>&1; touch " + dir / "read" +
+        ") & "
         "exec " KTRICKS_BINARY " netwatch --json --no-initial --nm-dirs";
     auto watcher = Process::start({"ip", "netns", "exec", client.name(), "unshare", "-m", "sh", "-c", setup});
     ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
@@ -438,31 +483,38 @@ TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLeas
     client.ip("link set va up");
     write_file(dir / "go", "");
     auto ran = [&](const std::string& script, const std::string& action) {
-        return watcher.out().find("dispatcher /usr/lib/NetworkManager/dispatcher.d/" + script + " (" + action + " va)") !=
-               std::string::npos;
+        return watcher.out().find("dispatcher /usr/lib/NetworkManager/dispatcher.d/" + script + " (" +
+                                  action + " va)") != std::string::npos;
     };
     // up (before any lease), then the address, then the lease file: dhcp4-change with the lease.
-    ASSERT_TRUE(eventually([&] { return ran("20-chrony-onoffline", "up") && ran("20-chrony-dhcp", "dhcp4-change"); }, 20s))
+    ASSERT_TRUE(eventually(
+        [&] { return ran("20-chrony-onoffline", "up") && ran("20-chrony-dhcp", "dhcp4-change"); }, 20s))
         << watcher.describe() << read_file(dir / "dhclient.log");
     std::string sources;
-    ASSERT_TRUE(eventually([&] {
-        std::filesystem::remove(dir / "read");
-        write_file(dir / "done", "");
-        if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
-        std::filesystem::remove(dir / "done");
-        sources = read_file(dir / "sources");
-        return sources == "server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n";
-    }, 15s)) << sources << watcher.describe();
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::filesystem::remove(dir / "read");
+            write_file(dir / "done", "");
+            if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
+            std::filesystem::remove(dir / "done");
+            sources = read_file(dir / "sources");
+            return sources == "server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n";
+        },
+        15s))
+        << sources << watcher.describe();
     // Down: chrony's script removes the file of the interface again.
     client.ip("link set va down");
     EXPECT_TRUE(eventually([&] { return ran("20-chrony-dhcp", "down"); })) << watcher.describe();
-    EXPECT_TRUE(eventually([&] {
-        std::filesystem::remove(dir / "read");
-        write_file(dir / "done", "");
-        if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
-        std::filesystem::remove(dir / "done");
-        return read_file(dir / "sources").find("No such file") != std::string::npos;
-    }, 10s)) << read_file(dir / "sources");
+    EXPECT_TRUE(eventually(
+        [&] {
+            std::filesystem::remove(dir / "read");
+            write_file(dir / "done", "");
+            if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
+            std::filesystem::remove(dir / "done");
+            return read_file(dir / "sources").find("No such file") != std::string::npos;
+        },
+        10s))
+        << read_file(dir / "sources");
     for (const auto& line : json_lines(watcher.out()))
         if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
 }

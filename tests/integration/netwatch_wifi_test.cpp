@@ -12,7 +12,8 @@ namespace {
 TEST(NetwatchWifi, ConnectAndDisconnectInAVirtualMachineCarrySsidAndBssid) {
     auto script = std::filesystem::path(KTRICKS_TESTS_DIR) / "netwatch_wifi_vm.sh";
     auto cache = std::filesystem::path(KTRICKS_BINARY).parent_path() / "netwatch-vm";
-    if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0) GTEST_SKIP() << "qemu-system-x86_64 is not installed";
+    if (::access("/usr/bin/qemu-system-x86_64", X_OK) != 0)
+        GTEST_SKIP() << "qemu-system-x86_64 is not installed";
     // Booting under TCG takes 15-45 s depending on how busy the machine is.
     auto result = run({script.string(), KTRICKS_BINARY, cache.string()}, {}, std::chrono::seconds(115));
     if (result.status == 77) GTEST_SKIP() << result.out;

@@ -45,7 +45,9 @@ std::string unique_name() {
 const uid_t me = ::geteuid();
 const gid_t my_group = ::getegid();
 
-std::string user_socket(const std::string& name, uid_t uid = me) { return fmt::format("@ktricks/once/u{}/{}", uid, name); }
+std::string user_socket(const std::string& name, uid_t uid = me) {
+    return fmt::format("@ktricks/once/u{}/{}", uid, name);
+}
 std::string global_socket(const std::string& name) { return "@ktricks/once/global/" + name; }
 
 // The holder's name is bound and listening (`once` binds and listens before it starts CMD).
@@ -132,8 +134,8 @@ TEST(Once, SecondInstanceExits75NamingTheHolder) {
 
     auto second = run({K, "once", name, "--", "touch", dir / "second-ran"});
     EXPECT_EQ(second.status, 75) << second.describe;
-    EXPECT_EQ(second.err, fmt::format("ktricks once: {} is held by pid {} ({} once {} -- cat)\n", name, holder.pid(),
-                                      shell_join({K}), name));
+    EXPECT_EQ(second.err, fmt::format("ktricks once: {} is held by pid {} ({} once {} -- cat)\n", name,
+                                      holder.pid(), shell_join({K}), name));
     EXPECT_FALSE(std::filesystem::exists(dir / "second-ran"));
 
     holder.close_stdin();
@@ -185,11 +187,13 @@ TEST(Once, WaiterTakesOverWithin50msWhenTheHolderIsKilled) {
     Fd inotify(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     ASSERT_TRUE(inotify);
     ASSERT_GE(::inotify_add_watch(inotify.get(), dir.path().c_str(), IN_CREATE), 0);
-    Process waiter = Process::start({K, "once", "--wait", name, "--", "sh", "-c", ": > \"$1\"", "sh", dir / "started"});
+    Process waiter =
+        Process::start({K, "once", "--wait", name, "--", "sh", "-c", ": > \"$1\"", "sh", dir / "started"});
     // The waiter is asleep once its connection exists: an accepted (or queued) socket carries the name.
     ASSERT_TRUE(eventually([&] {
         auto sockets = unix_sockets_named(socket);
-        return std::any_of(sockets.begin(), sockets.end(), [](const UnixSocket& s) { return !s.listening(); });
+        return std::any_of(sockets.begin(), sockets.end(),
+                           [](const UnixSocket& s) { return !s.listening(); });
     })) << waiter.describe();
     ASSERT_TRUE(waiter.running()) << waiter.describe();
 
@@ -223,10 +227,11 @@ TEST(Once, CommandDiesWithOnceSoItNeverRunsUnlocked) {
     auto name = unique_name();
     auto socket = user_socket(name);
     // SIGKILL cannot be forwarded; without PR_SET_PDEATHSIG the command would run on without the lock.
-    Process holder = Process::start({K, "once", name, "--", "sh", "-c", "echo $$ > \"$1\"; exec sleep 30", "sh",
-                                     dir / "command.pid"});
+    Process holder = Process::start(
+        {K, "once", name, "--", "sh", "-c", "echo $$ > \"$1\"; exec sleep 30", "sh", dir / "command.pid"});
     ASSERT_TRUE(listens(socket, holder));
-    ASSERT_TRUE(eventually([&] { return read_file(dir / "command.pid").ends_with("\n"); })) << holder.describe();
+    ASSERT_TRUE(eventually([&] { return read_file(dir / "command.pid").ends_with("\n"); }))
+        << holder.describe();
     pid_t command = std::stoi(read_file(dir / "command.pid"));
     ASSERT_EQ(::kill(holder.pid(), SIGKILL), 0);
     EXPECT_EQ(holder.wait(), 128 + SIGKILL);
@@ -247,8 +252,8 @@ TEST(Once, ConcurrentWaitersAllRunOneAtATime) {
         "mkdir \"$1/running\" || exit 99; echo $$ >> \"$1/log\"; sleep 0.01; rmdir \"$1/running\"";
     std::vector<Process> starters;
     for (int i = 0; i < 20; ++i)
-        starters.push_back(
-            Process::start({K, "once", "--wait", name, "--", "sh", "-c", critical_section, "sh", dir.path().string()}));
+        starters.push_back(Process::start(
+            {K, "once", "--wait", name, "--", "sh", "-c", critical_section, "sh", dir.path().string()}));
     auto deadline = Clock::now() + 20s;
     for (auto& starter : starters) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
@@ -264,7 +269,8 @@ TEST(Once, ConcurrentStartersWithoutWaitRunExactlyOne) {
     const std::string command = "touch \"$1/ran.$$\"; exec sleep 30";
     std::vector<Process> starters;
     for (int i = 0; i < 20; ++i)
-        starters.push_back(Process::start({K, "once", name, "--", "sh", "-c", command, "sh", dir.path().string()}));
+        starters.push_back(
+            Process::start({K, "once", name, "--", "sh", "-c", command, "sh", dir.path().string()}));
 
     ASSERT_TRUE(eventually([&] {
         return std::count_if(starters.begin(), starters.end(), [](Process& p) { return !p.running(); }) >= 19;
@@ -274,7 +280,8 @@ TEST(Once, ConcurrentStartersWithoutWaitRunExactlyOne) {
     for (auto& starter : starters) {
         if (&starter == &*holder) continue;
         EXPECT_EQ(starter.wait(), 75) << starter.describe();
-        EXPECT_TRUE(starter.err().starts_with(fmt::format("ktricks once: {} is held by pid {} (", name, holder->pid())))
+        EXPECT_TRUE(starter.err().starts_with(
+            fmt::format("ktricks once: {} is held by pid {} (", name, holder->pid())))
             << starter.describe();
     }
     ASSERT_TRUE(eventually([&] { return !files_in(dir.path(), "ran.").empty(); }));
@@ -295,8 +302,8 @@ TEST(Once, WaitWithTimeoutGivesUpWith75AfterThatLong) {
     auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
     std::printf("[ measured ] --wait=0.3 gave up after %lld ms\n", static_cast<long long>(elapsed.count()));
     EXPECT_EQ(waiter.status, 75) << waiter.describe;
-    EXPECT_EQ(waiter.err, fmt::format("ktricks once: {} is held by pid {} ({} once {} -- cat)\n", name, holder.pid(),
-                                      shell_join({K}), name));
+    EXPECT_EQ(waiter.err, fmt::format("ktricks once: {} is held by pid {} ({} once {} -- cat)\n", name,
+                                      holder.pid(), shell_join({K}), name));
     EXPECT_GE(elapsed, 300ms);
     EXPECT_LT(elapsed, 1500ms);  // generous: this machine is shared and noisy
     EXPECT_FALSE(std::filesystem::exists(dir / "ran"));
@@ -312,8 +319,9 @@ TEST(Once, StatusReportsTheHoldersPidUidAndCommand) {
 
     auto status = run({K, "once", "--status", name});
     EXPECT_EQ(status.status, 0) << status.describe;
-    EXPECT_EQ(status.out, fmt::format("held\npid: {}\nuid: {}\ncommand: {} once {} -- sh -c cat\nsocket: {}\n",
-                                      holder.pid(), me, shell_join({K}), name, user_socket(name)));
+    EXPECT_EQ(status.out,
+              fmt::format("held\npid: {}\nuid: {}\ncommand: {} once {} -- sh -c cat\nsocket: {}\n",
+                          holder.pid(), me, shell_join({K}), name, user_socket(name)));
     holder.close_stdin();
     EXPECT_EQ(holder.wait(), 0);
 }
@@ -358,12 +366,13 @@ TEST(Once, SendDeliversArgsCwdAndTheSendersCredentials) {
     auto name = unique_name();
     std::filesystem::create_directory(dir / "sender-cwd");
     // The instance reads one message, then ends (and with it the holder).
-    Process holder = Process::start(
-        {K, "once", "--inbox", name, "--", "sh", "-c", "\"$0\" once --recv > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", K,
-         dir / "message"});
+    Process holder =
+        Process::start({K, "once", "--inbox", name, "--", "sh", "-c",
+                        "\"$0\" once --recv > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"", K, dir / "message"});
     ASSERT_TRUE(listens(user_socket(name), holder));
 
-    Process sender = Process::start({K, "once", "--send", name, "--", "a", "b c"}, in_dir(dir / "sender-cwd"));
+    Process sender =
+        Process::start({K, "once", "--send", name, "--", "a", "b c"}, in_dir(dir / "sender-cwd"));
     EXPECT_EQ(sender.wait(), 0) << sender.describe();
     EXPECT_EQ(holder.wait(), 0) << holder.describe();
 
@@ -439,7 +448,8 @@ TEST(Once, InboxThatIsNotReadRefusesRatherThanStalls) {
     for (int i = 0; i < 200 && !refused; ++i) {
         auto sent = run({K, "once", "--send", name, "--", big});
         if (sent.status == 0) ++delivered;
-        else refused = std::move(sent);
+        else
+            refused = std::move(sent);
     }
     std::printf("[ measured ] %d messages of 16 KiB queued before the inbox was full\n", delivered);
     ASSERT_TRUE(refused) << "200 messages of 16 KiB were all accepted by an instance that reads none";
@@ -455,10 +465,9 @@ TEST(Once, InboxThatIsNotReadRefusesRatherThanStalls) {
 TEST(Once, SendToAnInstanceThatClosedItsInboxFails) {
     TempDir dir;
     auto name = unique_name();
-    Process holder = Process::start(
-        {K, "once", "--inbox", name, "--", "bash", "-c", "exec {KTRICKS_INBOX_FD}<&-; : > \"$1\"; cat", "bash",
-         dir / "closed"},
-        piped_stdin());
+    Process holder = Process::start({K, "once", "--inbox", name, "--", "bash", "-c",
+                                     "exec {KTRICKS_INBOX_FD}<&-; : > \"$1\"; cat", "bash", dir / "closed"},
+                                    piped_stdin());
     ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "closed"); })) << holder.describe();
 
     auto sent = run({K, "once", "--send", name, "--", "hello"});
@@ -475,7 +484,8 @@ TEST(Once, UserScopesOfDifferentUidsDoNotCollide) {
     TempDir dir;
     auto name = unique_name();
     std::string binary = binary_for_nobody(dir);
-    Process nobody_holder = Process::start(as_nobody({binary, "once", name, "--", "cat"}), in_dir("/").with_piped_stdin());
+    Process nobody_holder =
+        Process::start(as_nobody({binary, "once", name, "--", "cat"}), in_dir("/").with_piped_stdin());
     ASSERT_TRUE(listens(user_socket(name, nobody), nobody_holder));
 
     auto root = run({K, "once", name, "--", "true"});
@@ -494,13 +504,13 @@ TEST(Once, GlobalScopeIsSharedAcrossUids) {
     auto name = unique_name();
     std::string binary = binary_for_nobody(dir);
     {
-        Process nobody_holder =
-            Process::start(as_nobody({binary, "once", "--global", name, "--", "cat"}), in_dir("/").with_piped_stdin());
+        Process nobody_holder = Process::start(as_nobody({binary, "once", "--global", name, "--", "cat"}),
+                                               in_dir("/").with_piped_stdin());
         ASSERT_TRUE(listens(global_socket(name), nobody_holder));
         auto root = run({K, "once", "--global", name, "--", "true"});
         EXPECT_EQ(root.status, 75) << root.describe;
-        EXPECT_EQ(root.err, fmt::format("ktricks once: {} is held by pid {} ({} once --global {} -- cat)\n", name,
-                                        nobody_holder.pid(), shell_join({binary}), name));
+        EXPECT_EQ(root.err, fmt::format("ktricks once: {} is held by pid {} ({} once --global {} -- cat)\n",
+                                        name, nobody_holder.pid(), shell_join({binary}), name));
         auto status = run({K, "once", "--status", "--json", "--global", name});
         auto json = nlohmann::json::parse(status.out, nullptr, false);
         EXPECT_EQ(json.value("uid", -1), static_cast<int>(nobody)) << status.out;
@@ -528,7 +538,8 @@ TEST(Once, SquattedNameIsRefusedAndReportedAsSquatted) {
     auto name = unique_name();
     auto socket = user_socket(name);  // root's name, bound by uid 65534
     Process squatter = Process::start(
-        as_nobody({python, "-c", squatter_program, socket.substr(1), "SOCK_SEQPACKET", "listen"}), in_dir("/"));
+        as_nobody({python, "-c", squatter_program, socket.substr(1), "SOCK_SEQPACKET", "listen"}),
+        in_dir("/"));
     ASSERT_TRUE(listens(socket, squatter));
 
     auto refused = run({K, "once", name, "--", "true"});
@@ -559,13 +570,16 @@ TEST(Once, SquattedNameIsRefusedAndReportedAsSquatted) {
 TEST(Once, NameBoundWithoutListeningIsReportedAsNotALock) {
     auto name = unique_name();
     auto socket = user_socket(name);
-    Process squatter = Process::start({python, "-c", squatter_program, socket.substr(1), "SOCK_SEQPACKET", "bind"});
+    Process squatter =
+        Process::start({python, "-c", squatter_program, socket.substr(1), "SOCK_SEQPACKET", "bind"});
     ASSERT_TRUE(eventually([&] { return !unix_sockets_named(socket).empty(); })) << squatter.describe();
 
     auto refused = run({K, "once", name, "--", "true"});
     EXPECT_EQ(refused.status, 75) << refused.describe;
-    EXPECT_EQ(refused.err, fmt::format("ktricks once: {} is held by a socket that accepts no connections (not a "
-                                       "ktricks lock)\n", name));
+    EXPECT_EQ(refused.err,
+              fmt::format("ktricks once: {} is held by a socket that accepts no connections (not a "
+                          "ktricks lock)\n",
+                          name));
     auto status = run({K, "once", "--status", name});
     EXPECT_EQ(status.status, 0) << status.describe;
     EXPECT_EQ(status.out, "held by a socket that accepts no connections (not a ktricks lock)\n");
@@ -576,7 +590,8 @@ TEST(Once, NameBoundWithoutListeningIsReportedAsNotALock) {
 TEST(Once, StreamSocketOnTheSameNameNeitherBlocksNorHoldsTheLock) {
     auto name = unique_name();
     auto socket = user_socket(name);
-    Process other = Process::start({python, "-c", squatter_program, socket.substr(1), "SOCK_STREAM", "listen"});
+    Process other =
+        Process::start({python, "-c", squatter_program, socket.substr(1), "SOCK_STREAM", "listen"});
     ASSERT_TRUE(listens(socket, other));
 
     auto status = run({K, "once", "--status", name});
@@ -612,7 +627,8 @@ TEST(Once, HolderInAnInvisiblePidNamespaceIsReportedWithoutAPid) {
 
     auto refused = run({"unshare", "--pid", "--fork", "--mount-proc", K, "once", name, "--", "true"});
     EXPECT_EQ(refused.status, 75) << refused.describe;
-    EXPECT_EQ(refused.err, fmt::format("ktricks once: {} is held by a process in another pid namespace\n", name));
+    EXPECT_EQ(refused.err,
+              fmt::format("ktricks once: {} is held by a process in another pid namespace\n", name));
     auto status = run({"unshare", "--pid", "--fork", "--mount-proc", K, "once", "--status", name});
     EXPECT_EQ(status.status, 0) << status.describe;
     EXPECT_NE(status.out.find("pid: 0\n"), std::string::npos) << status.out;
@@ -633,8 +649,9 @@ struct CommandFds {
 CommandFds fds_of_command(const std::string& name, std::vector<std::string> flags) {
     std::vector<std::string> argv = {K, "once"};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    argv.insert(argv.end(), {name, "--", "sh", "-c",
-                             "echo \"inbox=${KTRICKS_INBOX_FD-}\"; ls -l /proc/self/fd; echo END; read line"});
+    argv.insert(argv.end(),
+                {name, "--", "sh", "-c",
+                 "echo \"inbox=${KTRICKS_INBOX_FD-}\"; ls -l /proc/self/fd; echo END; read line"});
     Process holder = Process::start(argv, piped_stdin());
     CommandFds result;
     eventually([&] { return holder.out().find("END\n") != std::string::npos || !holder.running(); });
@@ -651,12 +668,15 @@ CommandFds fds_of_command(const std::string& name, std::vector<std::string> flag
 }
 
 // ls's own descriptor for the directory it lists.
-bool is_ls_directory(const std::string& target) { return target.starts_with("/proc/") && target.ends_with("/fd"); }
+bool is_ls_directory(const std::string& target) {
+    return target.starts_with("/proc/") && target.ends_with("/fd");
+}
 
 TEST(Once, CommandInheritsNoLockDescriptor) {
     auto name = unique_name();
     auto command = fds_of_command(name, {});
-    ASSERT_FALSE(command.lock_sockets.empty()) << "the lock was not held while the command ran\n" << command.describe;
+    ASSERT_FALSE(command.lock_sockets.empty()) << "the lock was not held while the command ran\n"
+                                               << command.describe;
     EXPECT_EQ(command.inbox_fd, "");
     std::set<int> expected = {0, 1, 2};
     for (const auto& [fd, target] : command.fds) {
@@ -711,7 +731,8 @@ TEST(Once, TermSentToOnceIsForwardedToTheCommand) {
         {K, "once", name, "--", "sh", "-c",
          "trap 'echo got TERM > \"$1\"; exit 3' TERM; : > \"$1.ready\"; while :; do sleep 0.02; done", "sh",
          dir / "trapped"});
-    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "trapped.ready"); })) << holder.describe();
+    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "trapped.ready"); }))
+        << holder.describe();
 
     ASSERT_EQ(::kill(holder.pid(), SIGTERM), 0);
     EXPECT_EQ(holder.wait(), 3) << holder.describe();
@@ -730,12 +751,16 @@ TEST(Once, EveryForwardedSignalReachesTheCommand) {
     ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "log.ready"); })) << holder.describe();
 
     std::string expected;
-    for (auto [signal_number, signal_name] :
-         {std::pair{SIGHUP, "HUP"}, {SIGINT, "INT"}, {SIGQUIT, "QUIT"}, {SIGUSR1, "USR1"}, {SIGUSR2, "USR2"}}) {
+    for (auto [signal_number, signal_name] : {std::pair{SIGHUP, "HUP"},
+                                              {SIGINT, "INT"},
+                                              {SIGQUIT, "QUIT"},
+                                              {SIGUSR1, "USR1"},
+                                              {SIGUSR2, "USR2"}}) {
         ASSERT_EQ(::kill(holder.pid(), signal_number), 0);
         expected += std::string(signal_name) + "\n";
         ASSERT_TRUE(eventually([&] { return read_file(dir / "log") == expected; }, 5s))
-            << signal_name << " did not arrive: log is \"" << read_file(dir / "log") << "\"\n" << holder.describe();
+            << signal_name << " did not arrive: log is \"" << read_file(dir / "log") << "\"\n"
+            << holder.describe();
         EXPECT_TRUE(holder.running()) << "once died of " << signal_name;
     }
     ASSERT_EQ(::kill(holder.pid(), SIGTERM), 0);
@@ -759,7 +784,8 @@ TEST(Once, RejectsANameTooLongForAnAbstractSocket) {
     auto result = run({K, "once", too_long, "--", "true"});
     EXPECT_EQ(result.status, 64) << result.describe;
     EXPECT_TRUE(one_line(result.err)) << result.err;
-    EXPECT_TRUE(result.err.starts_with(fmt::format("ktricks once: lock name is {} bytes; at most {} fit", room + 1, room)))
+    EXPECT_TRUE(result.err.starts_with(
+        fmt::format("ktricks once: lock name is {} bytes; at most {} fit", room + 1, room)))
         << result.err;
 }
 
@@ -767,14 +793,16 @@ TEST(Once, AcceptsTheLongestNameThatFits) {
     auto name = unique_name();
     const std::size_t room = room_for_names();
     std::string longest = name + std::string(room - name.size(), 'x');
-    auto result = run({K, "once", longest, "--", "sh", "-c", "grep -c \"$1\\$\" /proc/net/unix", "sh", longest});
+    auto result =
+        run({K, "once", longest, "--", "sh", "-c", "grep -c \"$1\\$\" /proc/net/unix", "sh", longest});
     EXPECT_EQ(result.status, 0) << result.describe;
     EXPECT_EQ(result.out, "1\n");  // the full name was bound, not a truncated one
 }
 
 TEST(Once, RejectsAMissingCommand) {
     auto name = unique_name();
-    for (auto argv : {std::vector<std::string>{K, "once", name}, std::vector<std::string>{K, "once", name, "--"}}) {
+    for (auto argv :
+         {std::vector<std::string>{K, "once", name}, std::vector<std::string>{K, "once", name, "--"}}) {
         auto result = run(argv);
         EXPECT_EQ(result.status, 64) << result.describe;
         EXPECT_TRUE(one_line(result.err)) << result.err;

@@ -95,7 +95,8 @@ inline std::vector<std::string> lines_of(std::string_view text) {
 }
 
 // Polls `condition` every `interval` until it holds or `timeout` passes; returns its last value.
-inline bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = process_timeout,
+inline bool eventually(const std::function<bool()>& condition,
+                       std::chrono::milliseconds timeout = process_timeout,
                        std::chrono::microseconds interval = 1ms) {
     auto deadline = Clock::now() + timeout;
     while (true) {
@@ -126,9 +127,9 @@ inline std::string read_capture(int fd) {
 }
 
 struct ProcessOptions {
-    std::vector<std::string> env;          // "KEY=VALUE" added to the environment
+    std::vector<std::string> env;  // "KEY=VALUE" added to the environment
     std::optional<std::string> cwd;
-    bool stdin_pipe = false;               // stdin is a pipe we hold (close_stdin() ends it); else /dev/null
+    bool stdin_pipe = false;  // stdin is a pipe we hold (close_stdin() ends it); else /dev/null
 
     ProcessOptions& in(std::string directory) {
         cwd = std::move(directory);
@@ -176,8 +177,11 @@ public:
 
     // A moved-from Process owns nothing (and must never signal "group -1").
     Process(Process&& other) noexcept
-        : argv_(std::move(other.argv_)), child_(std::move(other.child_)), out_(std::move(other.out_)),
-          err_(std::move(other.err_)), stdin_write_(std::move(other.stdin_write_)) {
+        : argv_(std::move(other.argv_)),
+          child_(std::move(other.child_)),
+          out_(std::move(other.out_)),
+          err_(std::move(other.err_)),
+          stdin_write_(std::move(other.stdin_write_)) {
         other.child_.reset();
     }
     Process& operator=(Process&&) = delete;

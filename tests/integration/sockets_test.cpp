@@ -1,7 +1,7 @@
 // ktricks sockets and procwatch against the real kernel, in a network namespace of their own.
-#include <algorithm>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -43,9 +43,9 @@ protected:
         ASSERT_EQ(added.status, 0) << added.err;
         ASSERT_EQ(run({"ip", "-n", name_, "link", "set", "lo", "up"}).status, 0);
         temp_ = new TempDir();
-        fixture_ = new Process(Process::start({"ip", "netns", "exec", name_, "/usr/bin/python3", fixture_script,
-                                               *temp_ / "unix.sock"},
-                                              piped_stdin()));
+        fixture_ = new Process(Process::start(
+            {"ip", "netns", "exec", name_, "/usr/bin/python3", fixture_script, *temp_ / "unix.sock"},
+            piped_stdin()));
         ASSERT_TRUE(eventually([] { return fixture_->out().find('\n') != std::string::npos; }))
             << fixture_->err();
         known_ = json::parse(lines_of(fixture_->out())[0]);
@@ -147,18 +147,22 @@ TEST_F(SocketsInNamespace, StateFilterSelectsListeners) {
 TEST_F(SocketsInNamespace, PortFiltersReturnExactlyTheExpectedSets) {
     auto port = std::to_string(known("port"));
     EXPECT_EQ(inodes(sockets({"-ta", "--json", "sport", "=", ":" + port})),
-              (std::set<std::uint64_t>{known("listener"), known("server"), known("killed_server"), known("watched_server")}));
+              (std::set<std::uint64_t>{known("listener"), known("server"), known("killed_server"),
+                                       known("watched_server")}));
     EXPECT_EQ(inodes(sockets({"-t", "--json", "dport = :" + port})),
               (std::set<std::uint64_t>{known("client"), known("killed"), known("watched")}));
-    EXPECT_EQ(inodes(sockets({"-ta", "--json", "sport = :" + port + " and not dport = :" +
-                                                   std::to_string(known("client_port"))})),
-              (std::set<std::uint64_t>{known("listener"), known("killed_server"), known("watched_server")}));
-    EXPECT_EQ(inodes(sockets({"-ta", "--json", "( sport = :" + std::to_string(known("other_port")) + " or src 127.0.0.2 )"})),
+    EXPECT_EQ(
+        inodes(sockets({"-ta", "--json",
+                        "sport = :" + port + " and not dport = :" + std::to_string(known("client_port"))})),
+        (std::set<std::uint64_t>{known("listener"), known("killed_server"), known("watched_server")}));
+    EXPECT_EQ(inodes(sockets({"-ta", "--json",
+                              "( sport = :" + std::to_string(known("other_port")) + " or src 127.0.0.2 )"})),
               (std::set<std::uint64_t>{known("other"), known("client")}));
 }
 
 TEST_F(SocketsInNamespace, AddressFiltersUsePrefixesAndPorts) {
-    EXPECT_EQ(inodes(sockets({"-t", "--json", "src", "127.0.0.2/32"})), (std::set<std::uint64_t>{known("client")}));
+    EXPECT_EQ(inodes(sockets({"-t", "--json", "src", "127.0.0.2/32"})),
+              (std::set<std::uint64_t>{known("client")}));
     EXPECT_EQ(inodes(sockets({"-t", "--json", "dst", "127.0.0.3:" + std::to_string(known("killed_port"))})),
               (std::set<std::uint64_t>{known("killed_server")}));
     auto in_eight = inodes(sockets({"-ta", "--json", "dst", "127.0.0.0/8"}));
@@ -233,8 +237,9 @@ TEST_F(SocketsInNamespace, ProcessTablesMatchSsBothWays) {
         for (const char* way : {"--processes", "--proc-walk"}) {
             auto ours = sockets({flags, way});
             ASSERT_EQ(ours.status, 0) << ours.err;
-            EXPECT_EQ(rows(ours.out), rows(theirs.out)) << flags << " " << way << "\nours:\n" << ours.out
-                                                        << "ss:\n" << theirs.out;
+            EXPECT_EQ(rows(ours.out), rows(theirs.out)) << flags << " " << way << "\nours:\n"
+                                                        << ours.out << "ss:\n"
+                                                        << theirs.out;
         }
     }
 }
@@ -289,7 +294,8 @@ TEST_F(SocketsInNamespace, KillGroupsAndAndOrLeftToRightAsSsDoes) {
     auto port = std::to_string(known("port"));
     // ss reads this as "(sport = :PORT or src 127.0.0.10) and dport = :PORT": the client from .10
     // only. Binding `and` tighter would also take every server-side connection (sport = :PORT).
-    auto result = sockets({"-K", "-t", "--json", "sport = :" + port + " or src 127.0.0.10 and dport = :" + port});
+    auto result =
+        sockets({"-K", "-t", "--json", "sport = :" + port + " or src 127.0.0.10 and dport = :" + port});
     if (result.status == 69) GTEST_SKIP() << "kernel without CONFIG_INET_DIAG_DESTROY: " << result.err;
     ASSERT_EQ(result.status, 0) << result.err;
     EXPECT_EQ(inodes(result), (std::set<std::uint64_t>{first["inode"].get<std::uint64_t>()}));
@@ -343,11 +349,13 @@ TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorFiltersByItAndFindsI
         // A listener made by a process in that cgroup, in a namespace of its own.
         auto holder = Process::start(
             {"unshare", "-n", "sh", "-c",
-             "echo $$ > " + directory + "/cgroup.procs && ip link set lo up && exec /usr/bin/python3 -c '"
-             "import socket, sys\ns = socket.socket(); s.bind((\"127.0.0.1\", 4711)); s.listen()\n"
-             "print(\"ready\", flush=True); sys.stdin.read()'"},
+             "echo $$ > " + directory +
+                 "/cgroup.procs && ip link set lo up && exec /usr/bin/python3 -c '"
+                 "import socket, sys\ns = socket.socket(); s.bind((\"127.0.0.1\", 4711)); s.listen()\n"
+                 "print(\"ready\", flush=True); sys.stdin.read()'"},
             piped_stdin());
-        ASSERT_TRUE(eventually([&] { return holder.out().find("ready") != std::string::npos; })) << holder.describe();
+        ASSERT_TRUE(eventually([&] { return holder.out().find("ready") != std::string::npos; }))
+            << holder.describe();
         std::string netns = fmt::format("/proc/{}/ns/net", holder.pid());
         auto listing = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tln", "--cgroup"});
         EXPECT_EQ(listing.status, 0) << listing.err;
@@ -357,9 +365,11 @@ TEST(SocketsCgroup, ShowsTheCgroupAndUnitOfTheSocketsCreatorFiltersByItAndFindsI
         ASSERT_EQ(sockets.size(), 1u) << as_json.out;
         EXPECT_EQ(sockets[0]["cgroup"], "/" + name);
         EXPECT_EQ(sockets[0]["unit"], name);
-        auto filtered = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "/" + name});
+        auto filtered =
+            run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "/" + name});
         EXPECT_EQ(json_lines(filtered.out).size(), 1u) << filtered.out << filtered.err;
-        auto others = run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "!=", "/" + name});
+        auto others =
+            run({KTRICKS_BINARY, "sockets", "--netns", netns, "-tl", "--json", "cgroup", "!=", "/" + name});
         EXPECT_EQ(json_lines(others.out).size(), 0u) << others.out << others.err;
         // --all-netns finds the namespace though it has no name, and labels it with its process.
         auto all = run({KTRICKS_BINARY, "sockets", "--all-netns", "-tl", "--json", "sport", "=", ":4711"});
@@ -379,8 +389,9 @@ TEST(SocketsParity, SameRowsAsSsOnAFixtureOfHundredsOfSockets) {
     // ktricks sockets with ss on iproute2's ssfilter.t expressions and generated cases.
     TempDir directory;
     auto script = (std::filesystem::path(KTRICKS_TESTS_DIR) / "sockets_parity.py").string();
-    auto result = run({"unshare", "-n", "/usr/bin/python3", script, KTRICKS_BINARY, "--dir", directory.path().string()}, {},
-                      std::chrono::seconds(170));
+    auto result =
+        run({"unshare", "-n", "/usr/bin/python3", script, KTRICKS_BINARY, "--dir", directory.path().string()},
+            {}, std::chrono::seconds(170));
     ASSERT_TRUE(result.status.has_value()) << "timed out\n" << result.out;
     EXPECT_EQ(*result.status, 0) << result.out << result.err;
     EXPECT_NE(result.out.find(" 0 differ"), std::string::npos) << result.out;
@@ -395,17 +406,20 @@ TEST_F(SocketsInNamespace, WatchReportsAClosedConnection) {
             if (event["event"] == "destroy" && event["local"]["port"] == port) return true;
         return false;
     };
-    ASSERT_TRUE(eventually([&] { return reported(std::stol(fixture_say("churn"))); }, 10s, 100ms)) << watcher.err();
+    ASSERT_TRUE(eventually([&] { return reported(std::stol(fixture_say("churn"))); }, 10s, 100ms))
+        << watcher.err();
     ASSERT_EQ(fixture_say("close_watched"), "closed\n");
     auto watched_port = known("watched_port");
-    bool seen = eventually([&] {
-        for (auto& event : json_lines(watcher.out()))
-            // The file (and its inode number) is gone by the time the socket is destroyed.
-            if (event["event"] == "destroy" && event["local"]["port"] == watched_port &&
-                event["local"]["address"] == "127.0.0.4" && event["peer"]["port"] == known("port"))
-                return true;
-        return false;
-    }, 5s);
+    bool seen = eventually(
+        [&] {
+            for (auto& event : json_lines(watcher.out()))
+                // The file (and its inode number) is gone by the time the socket is destroyed.
+                if (event["event"] == "destroy" && event["local"]["port"] == watched_port &&
+                    event["local"]["address"] == "127.0.0.4" && event["peer"]["port"] == known("port"))
+                    return true;
+            return false;
+        },
+        5s);
     EXPECT_TRUE(seen) << watcher.out() << watcher.err();
 }
 
@@ -420,22 +434,29 @@ TEST(Sockets, MissingDiagModuleAskedForByNameIsUnavailable) {
 
 TEST(Procwatch, SeesForkExecAndExitOfAChildWithPidCommandAndStatus) {
     if (::geteuid() != 0) GTEST_SKIP() << "the proc connector needs CAP_NET_ADMIN";
-    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--json", "--event", "fork,exec,exit", "--duration", "30"});
+    auto watcher = Process::start(
+        {KTRICKS_BINARY, "procwatch", "--json", "--event", "fork,exec,exit", "--duration", "30"});
     // Wait until it is listening: it reports the exec of probes we start until one shows up.
-    ASSERT_TRUE(eventually([&] {
-        Child probe = spawn({"/bin/true"});
-        probe.wait();
-        return watcher.out().find("\"true\"") != std::string::npos;
-    }, 10s, 50ms)) << watcher.err();
+    ASSERT_TRUE(eventually(
+        [&] {
+            Child probe = spawn({"/bin/true"});
+            probe.wait();
+            return watcher.out().find("\"true\"") != std::string::npos;
+        },
+        10s, 50ms))
+        << watcher.err();
     Child child = spawn({"/bin/sh", "-c", "sleep 0.3; exit 7"});
     pid_t pid = child.pid();
     ASSERT_EQ(child.wait()->code, 7);
     std::map<std::string, json> seen;
-    ASSERT_TRUE(eventually([&] {
-        for (auto& event : json_lines(watcher.out()))
-            if (event["pid"] == pid) seen[event["event"].get<std::string>()] = event;
-        return seen.count("fork") && seen.count("exec") && seen.count("exit");
-    }, 5s)) << watcher.out();
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& event : json_lines(watcher.out()))
+                if (event["pid"] == pid) seen[event["event"].get<std::string>()] = event;
+            return seen.count("fork") && seen.count("exec") && seen.count("exit");
+        },
+        5s))
+        << watcher.out();
     EXPECT_EQ(seen["fork"]["ppid"], ::getpid());
     EXPECT_EQ(seen["exec"]["comm"], "sh");
     EXPECT_EQ(seen["exec"]["command"], json({"/bin/sh", "-c", "sleep 0.3; exit 7"}));
@@ -449,19 +470,24 @@ TEST(Procwatch, ExecRunsACommandPerMatchingEvent) {
     std::string probe = temp / "ktricks-probe";
     std::filesystem::create_symlink("/bin/sh", probe);  // comm is the name executed: ktricks-probe
     std::string log = temp / "log";
-    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-pro*", "--exec",
-                                   "echo \"$KTRICKS_EVENT $KTRICKS_PID $KTRICKS_EXIT_CODE\" >> " + log, "--duration", "30"});
+    auto watcher = Process::start(
+        {KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-pro*", "--exec",
+         "echo \"$KTRICKS_EVENT $KTRICKS_PID $KTRICKS_EXIT_CODE\" >> " + log, "--duration", "30"});
     // Probes are started until one is reported: the first may exit before the watcher subscribes,
     // and the script for a probe runs after that probe has been waited for, so any of ours counts.
     std::vector<pid_t> probes;
-    ASSERT_TRUE(eventually([&] {
-        Child child = spawn({probe, "-c", "exit 5"});
-        probes.push_back(child.pid());
-        child.wait();
-        auto text = read_file(log);
-        return std::any_of(probes.begin(), probes.end(),
-                           [&](pid_t pid) { return text.find(fmt::format("exit {} 5\n", pid)) != std::string::npos; });
-    }, 10s, 100ms)) << watcher.out() << watcher.err() << read_file(log);
+    ASSERT_TRUE(eventually(
+        [&] {
+            Child child = spawn({probe, "-c", "exit 5"});
+            probes.push_back(child.pid());
+            child.wait();
+            auto text = read_file(log);
+            return std::any_of(probes.begin(), probes.end(), [&](pid_t pid) {
+                return text.find(fmt::format("exit {} 5\n", pid)) != std::string::npos;
+            });
+        },
+        10s, 100ms))
+        << watcher.out() << watcher.err() << read_file(log);
     // Only the probe's exits matched: the sh/echo that --exec started are not reported back.
     for (const auto& line : lines_of(read_file(log))) EXPECT_TRUE(line.ends_with(" 5")) << line;
 }

@@ -16,7 +16,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool have(const char* program) { return run({"sh", "-c", fmt::format("command -v {} >/dev/null", program)}).status == 0; }
+bool have(const char* program) {
+    return run({"sh", "-c", fmt::format("command -v {} >/dev/null", program)}).status == 0;
+}
 
 // The test corpus, generated once per machine (deterministic) and shared by every test process.
 const std::string& media_dir() {
@@ -26,13 +28,18 @@ const std::string& media_dir() {
         std::string work = fmt::format("{}.{}", final_dir, ::getpid());
         fs::create_directories(work);
         const std::string f = "ffmpeg -v error -nostdin -y";
-        const std::string small = "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000";
+        const std::string small =
+            "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000";
         std::vector<std::string> commands = {
-            f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 -movflags +faststart pass.mp4",
-            f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 remux.mkv",
+            f + " " + small +
+                " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 -movflags +faststart pass.mp4",
+            f + " " + small +
+                " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -ac 2 remux.mkv",
             f + " " + small + " -t 4 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a ac3 -ac 2 ac3.mkv",
-            f + " " + small + " -t 4 -c:v libx265 -preset ultrafast -pix_fmt yuv420p10le -x265-params log-level=none -c:a aac hevc10.mkv",
-            f + " " + small + " -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 300k -c:a libopus vp9.webm",
+            f + " " + small +
+                " -t 4 -c:v libx265 -preset ultrafast -pix_fmt yuv420p10le -x265-params log-level=none -c:a aac hevc10.mkv",
+            f + " " + small +
+                " -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 300k -c:a libopus vp9.webm",
             f + " -f lavfi -i testsrc2=size=720x480:rate=30000/1001 -f lavfi -i sine=sample_rate=48000 -t 4 -c:v mpeg2video "
                 "-flags +ilme+ildct -top 1 -c:a mp2 interlaced.ts",
             f + " -f lavfi -i testsrc2=size=3840x2160:rate=60 -f lavfi -i sine=sample_rate=48000 -t 1.5 -c:v libx264 -preset ultrafast "
@@ -40,15 +47,18 @@ const std::string& media_dir() {
             "printf '1\\n00:00:00,000 --> 00:00:02,000\\nhello\\n' > subs.srt && " + f + " " + small +
                 " -i subs.srt -t 4 -map 0 -map 1 -map 2 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a aac -c:s srt subtitled.mkv"
                 " && rm subs.srt",
-            f + " " + small + " -t 24 -c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p -c:a libopus long.mkv",
-            f + " " + small + " -t 24 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k -c:a libopus longvp9.webm",
+            f + " " + small +
+                " -t 24 -c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p -c:a libopus long.mkv",
+            f + " " + small +
+                " -t 24 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 200k -c:a libopus longvp9.webm",
             "head -c 100000 remux.mkv > damaged.mkv && head -c 50000 /dev/urandom >> damaged.mkv && "
             "head -c 100000 /dev/urandom > garbage.mkv && "
             "head -c 64 pass.mp4 > truncated.mp4 && echo 'not a video' > notes.txt",
         };
         for (const auto& command : commands) {
             auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
-            if (result.status != 0) throw std::runtime_error("generating test media failed: " + result.describe);
+            if (result.status != 0)
+                throw std::runtime_error("generating test media failed: " + result.describe);
         }
         write_file(work + "/complete", "");
         std::error_code error;
@@ -63,7 +73,8 @@ std::uint64_t bytes_read(const std::string& path) {
     std::ifstream file(path, std::ios::binary);
     char buffer[65536];
     std::uint64_t total = 0;
-    while (file.read(buffer, sizeof(buffer)) || file.gcount() > 0) total += static_cast<std::uint64_t>(file.gcount());
+    while (file.read(buffer, sizeof(buffer)) || file.gcount() > 0)
+        total += static_cast<std::uint64_t>(file.gcount());
     return total;
 }
 
@@ -78,19 +89,24 @@ std::string read_range(const std::string& path, std::uint64_t offset, std::size_
 bool is_mounted(const std::string& path) {
     std::ifstream mounts("/proc/self/mountinfo");
     for (std::string line; std::getline(mounts, line);)
-        if (line.find(" " + path + " ") != std::string::npos && line.find("fuse.tvfs") != std::string::npos) return true;
+        if (line.find(" " + path + " ") != std::string::npos && line.find("fuse.tvfs") != std::string::npos)
+            return true;
     return false;
 }
 
 // `ktricks tvfs SRC MNT -f`, unmounted (lazily, even after a crash) and killed on destruction.
 class Mount {
 public:
-    Mount(const std::string& source, std::vector<std::string> extra = {}) : mountpoint_(dir_ / "mnt"), cache_(dir_ / "cache") {
+    Mount(const std::string& source, std::vector<std::string> extra = {})
+        : mountpoint_(dir_ / "mnt"), cache_(dir_ / "cache") {
         fs::create_directories(mountpoint_);
-        std::vector<std::string> argv = {KTRICKS_BINARY, "tvfs", source, mountpoint_, "-f", "--cache", cache_, "--grace", "0.5"};
+        std::vector<std::string> argv = {KTRICKS_BINARY, "tvfs", source,    mountpoint_, "-f",
+                                         "--cache",      cache_, "--grace", "0.5"};
         argv.insert(argv.end(), extra.begin(), extra.end());
         process_.emplace(Process::start(argv));
-        if (!eventually([&] { return is_mounted(mountpoint_) || !process_->running(); }, std::chrono::seconds(10)) || !is_mounted(mountpoint_))
+        if (!eventually([&] { return is_mounted(mountpoint_) || !process_->running(); },
+                        std::chrono::seconds(10)) ||
+            !is_mounted(mountpoint_))
             throw std::runtime_error("tvfs did not mount: " + process_->describe());
     }
     ~Mount() {
@@ -102,7 +118,8 @@ public:
     Process& process() { return *process_; }
     std::set<std::string> names() const {
         std::set<std::string> names;
-        for (const auto& entry : fs::directory_iterator(mountpoint_)) names.insert(entry.path().filename().string());
+        for (const auto& entry : fs::directory_iterator(mountpoint_))
+            names.insert(entry.path().filename().string());
         return names;
     }
     int segment_threads() const {
@@ -123,32 +140,39 @@ class Tvfs : public ::testing::Test {
 protected:
     void SetUp() override {
         if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "no /dev/fuse";
-        if (!have("ffmpeg") || !have("ffprobe") || !have("fusermount3")) GTEST_SKIP() << "needs ffmpeg, ffprobe and fusermount3";
+        if (!have("ffmpeg") || !have("ffprobe") || !have("fusermount3"))
+            GTEST_SKIP() << "needs ffmpeg, ffprobe and fusermount3";
         media_dir();
     }
 
     nlohmann::json ffprobe(const std::string& path) {
-        auto result = run({"ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path}, {}, std::chrono::seconds(30));
+        auto result =
+            run({"ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path},
+                {}, std::chrono::seconds(30));
         EXPECT_EQ(result.status, 0) << result.describe;
         return nlohmann::json::parse(result.out.empty() ? "{}" : result.out);
     }
-    double duration(const std::string& path) { return std::stod(ffprobe(path)["format"].value("duration", "0")); }
+    double duration(const std::string& path) {
+        return std::stod(ffprobe(path)["format"].value("duration", "0"));
+    }
 };
 
 TEST_F(Tvfs, ListingShowsOneNamePerPlayableVideoAndSkipsBrokenFiles) {
     Mount mount(media_dir());
-    std::set<std::string> expected = {"pass.mp4",  "remux.mp4",  "ac3.ts",   "hevc10.ts", "vp9.ts",
-                                      "interlaced.ts", "uhd60.ts", "subtitled.mp4", "long.ts", "longvp9.ts", "damaged.mp4"};
+    std::set<std::string> expected = {"pass.mp4", "remux.mp4",     "ac3.ts",     "hevc10.ts",
+                                      "vp9.ts",   "interlaced.ts", "uhd60.ts",   "subtitled.mp4",
+                                      "long.ts",  "longvp9.ts",    "damaged.mp4"};
     EXPECT_EQ(mount.names(), expected);
     // Garbage and a truncated MP4 are skipped with a log line; a damaged MKV is served as far as it reads.
     for (const auto& file : {"garbage.mkv", "truncated.mp4"})
-        EXPECT_TRUE(eventually([&] { return mount.process().err().find(file) != std::string::npos; })) << mount.process().describe();
+        EXPECT_TRUE(eventually([&] { return mount.process().err().find(file) != std::string::npos; }))
+            << mount.process().describe();
     EXPECT_EQ(bytes_read(mount / "damaged.mp4"), fs::file_size(mount / "damaged.mp4"));
 }
 
 TEST_F(Tvfs, ExplainNamesTheDecisionAndTheReason) {
     auto cases = std::vector<std::pair<std::string, std::string>>{
-        {"pass.mp4", "pass-through"}, {"remux.mkv", "remux"},        {"ac3.mkv", "audio-transcode"},
+        {"pass.mp4", "pass-through"}, {"remux.mkv", "remux"},         {"ac3.mkv", "audio-transcode"},
         {"hevc10.mkv", "transcode"},  {"interlaced.ts", "transcode"}, {"uhd60.mp4", "transcode"}};
     for (const auto& [file, action] : cases) {
         auto result = run({KTRICKS_BINARY, "tvfs", "--explain", media_dir() + "/" + file});
@@ -164,10 +188,11 @@ TEST_F(Tvfs, ExplainNamesTheDecisionAndTheReason) {
 
 TEST_F(Tvfs, EveryOutputMeetsTheProfileDecodesCleanlyAndKeepsItsDuration) {
     Mount mount(media_dir());
-    std::map<std::string, std::string> sources = {{"pass.mp4", "pass.mp4"},       {"remux.mp4", "remux.mkv"},
-                                                  {"ac3.ts", "ac3.mkv"},           {"hevc10.ts", "hevc10.mkv"},
-                                                  {"vp9.ts", "vp9.webm"},          {"interlaced.ts", "interlaced.ts"},
-                                                  {"uhd60.ts", "uhd60.mp4"},       {"subtitled.mp4", "subtitled.mkv"}};
+    std::map<std::string, std::string> sources = {
+        {"pass.mp4", "pass.mp4"},  {"remux.mp4", "remux.mkv"},
+        {"ac3.ts", "ac3.mkv"},     {"hevc10.ts", "hevc10.mkv"},
+        {"vp9.ts", "vp9.webm"},    {"interlaced.ts", "interlaced.ts"},
+        {"uhd60.ts", "uhd60.mp4"}, {"subtitled.mp4", "subtitled.mkv"}};
     for (const auto& [shown, source] : sources) {
         SCOPED_TRACE(shown);
         auto path = mount / shown;
@@ -195,7 +220,8 @@ TEST_F(Tvfs, EveryOutputMeetsTheProfileDecodesCleanlyAndKeepsItsDuration) {
         }
         EXPECT_TRUE(has_video && has_audio) << info.dump();
         EXPECT_NEAR(duration(path), duration(media_dir() + "/" + source), 0.5);
-        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", path, "-f", "null", "-"}, {}, std::chrono::seconds(60));
+        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", path, "-f", "null", "-"}, {},
+                          std::chrono::seconds(60));
         EXPECT_EQ(decode.status, 0) << decode.describe;
         EXPECT_EQ(decode.err, "") << "decoding " << shown << " reported errors";
     }
@@ -204,8 +230,9 @@ TEST_F(Tvfs, EveryOutputMeetsTheProfileDecodesCleanlyAndKeepsItsDuration) {
 TEST_F(Tvfs, SizeFromTheFirstStatEqualsTheBytesReadEveryTime) {
     Mount mount(media_dir());
     for (const auto& name : {"remux.mp4", "ac3.ts", "vp9.ts", "hevc10.ts", "pass.mp4"}) {
-        struct stat st{};
-        ASSERT_EQ(::stat((mount / name).c_str(), &st), 0) << name;  // the very first stat: nothing produced yet
+        struct stat st {};
+        ASSERT_EQ(::stat((mount / name).c_str(), &st), 0)
+            << name;  // the very first stat: nothing produced yet
         EXPECT_EQ(bytes_read(mount / name), static_cast<std::uint64_t>(st.st_size)) << name << " first read";
         EXPECT_EQ(bytes_read(mount / name), static_cast<std::uint64_t>(st.st_size)) << name << " second read";
         auto cat = run({"sh", "-c", "cat \"$0\" | wc -c", mount / name});
@@ -220,7 +247,7 @@ INSTANTIATE_TEST_SUITE_P(Outputs, TvfsSeek, ::testing::Values("long.ts", "longvp
 TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEverything) {
     Mount mount(media_dir());
     auto path = mount / GetParam();
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     auto start = Clock::now();
     auto data = read_range(path, static_cast<std::uint64_t>(st.st_size) * 8 / 10, 65536);
@@ -244,9 +271,12 @@ TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEvery
     // What a TV gets when it jumps to 80%: audio and video start together, at about 80% of the time.
     TempDir cut;
     auto from = static_cast<std::uint64_t>(st.st_size) * 8 / 10 / 188 * 188;
-    write_file(cut / "tail.ts", read_range(path, from, static_cast<std::size_t>(static_cast<std::uint64_t>(st.st_size) - from)));
-    auto packets = run({"ffprobe", "-v", "error", "-show_entries", "packet=codec_type,pts_time", "-of", "csv=p=0", cut / "tail.ts"}, {},
-                       std::chrono::seconds(20));
+    write_file(
+        cut / "tail.ts",
+        read_range(path, from, static_cast<std::size_t>(static_cast<std::uint64_t>(st.st_size) - from)));
+    auto packets = run({"ffprobe", "-v", "error", "-show_entries", "packet=codec_type,pts_time", "-of",
+                        "csv=p=0", cut / "tail.ts"},
+                       {}, std::chrono::seconds(20));
     std::optional<double> video, audio;
     for (const auto& line : lines_of(packets.out)) {
         auto comma = line.find(',');
@@ -272,20 +302,23 @@ TEST_F(Tvfs, EveryOutputPlaysInVlcWithoutATsDiscontinuityAndDecodesSilently) {
         SCOPED_TRACE(name);
         auto copy = scratch / name;
         write_file(copy, read_file(mount / name));
-        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", copy, "-f", "null", "-"}, {}, std::chrono::seconds(60));
+        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", copy, "-f", "null", "-"}, {},
+                          std::chrono::seconds(60));
         EXPECT_EQ(decode.status, 0) << decode.describe;
         EXPECT_EQ(decode.err, "");
         // VLC refuses to run as root; it demuxes the whole file into a dummy stream output.
-        auto vlc = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cvlc", "-vv", "--play-and-exit", "--sout",
-                        "#dummy", copy},
+        auto vlc = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cvlc", "-vv",
+                        "--play-and-exit", "--sout", "#dummy", copy},
                        {}, std::chrono::seconds(60));
         EXPECT_EQ(vlc.status, 0) << vlc.describe;
         auto log = vlc.out + vlc.err;
         // The TS demuxer's continuity check ("discontinuity received 0x0 instead of 0x4 (pid=17)")
         // and libdvbpsi's ("TS discontinuity (received 0, expected 4) for PID 17").
         for (const char* complaint : {"TS discontinuity", "discontinuity received"})
-            if (auto at = log.find(complaint); at != std::string::npos) ADD_FAILURE() << log.substr(at - std::min<std::size_t>(at, 300), 600);
-        EXPECT_NE(log.find(name.ends_with(".ts") ? "ts demux" : "mp4 demux"), std::string::npos) << "VLC did not demux it";
+            if (auto at = log.find(complaint); at != std::string::npos)
+                ADD_FAILURE() << log.substr(at - std::min<std::size_t>(at, 300), 600);
+        EXPECT_NE(log.find(name.ends_with(".ts") ? "ts demux" : "mp4 demux"), std::string::npos)
+            << "VLC did not demux it";
     }
 }
 
@@ -297,7 +330,7 @@ TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
     auto second = std::async(std::launch::async, reader);
     auto a = first.get();
     auto b = second.get();
-    struct stat st{};
+    struct stat st {};
     ::stat(path.c_str(), &st);
     EXPECT_EQ(a.size(), static_cast<std::size_t>(st.st_size));
     EXPECT_TRUE(a == b);
@@ -312,12 +345,18 @@ TEST_F(Tvfs, ChangesInTheSourceShowUpInTheMount) {
     EXPECT_EQ(mount.names(), (std::set<std::string>{"one.mp4"}));
     fs::copy_file(media_dir() + "/remux.mkv", source / "two.mkv.part");
     fs::rename(source / "two.mkv.part", source / "two.mkv");
-    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"one.mp4", "two.mp4"}; }, std::chrono::seconds(5)));
+    EXPECT_TRUE(eventually(
+        [&] {
+            return mount.names() == std::set<std::string>{"one.mp4", "two.mp4"};
+        },
+        std::chrono::seconds(5)));
     fs::remove(source / "one.mp4");
-    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.mp4"}; }, std::chrono::seconds(5)));
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.mp4"}; },
+                           std::chrono::seconds(5)));
     // Modified in place: now H.264 + AC-3, so the same source becomes an audio-only transcode.
     fs::copy_file(media_dir() + "/ac3.mkv", source / "two.mkv", fs::copy_options::overwrite_existing);
-    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.ts"}; }, std::chrono::seconds(5)));
+    EXPECT_TRUE(eventually([&] { return mount.names() == std::set<std::string>{"two.ts"}; },
+                           std::chrono::seconds(5)));
     fs::create_directory(source / "sub");
     fs::copy_file(media_dir() + "/ac3.mkv", source / "sub/three.mkv");
     EXPECT_TRUE(eventually([&] { return fs::exists(mount / "sub/three.ts"); }, std::chrono::seconds(5)));
@@ -343,27 +382,29 @@ TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {
         },
         std::chrono::seconds(5)));
     // Evicted outputs are produced again, byte for byte the same size.
-    struct stat st{};
+    struct stat st {};
     ::stat((mount / "ac3.ts").c_str(), &st);
     EXPECT_EQ(bytes_read(mount / "ac3.ts"), static_cast<std::uint64_t>(st.st_size));
 }
 
 TEST_F(Tvfs, AFullCacheDiskIsLoggedAndTheFileIsStillServedWhole) {
     TempDir disk;
-    if (::mount("tvfs-test", disk.path().c_str(), "tmpfs", 0, "size=256k") != 0) GTEST_SKIP() << "mount tmpfs: " << std::strerror(errno);
+    if (::mount("tvfs-test", disk.path().c_str(), "tmpfs", 0, "size=256k") != 0)
+        GTEST_SKIP() << "mount tmpfs: " << std::strerror(errno);
     struct Unmount {
         std::string path;
         ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
     } unmount{disk.path().string()};
     TempDir mnt;
-    auto process = Process::start({KTRICKS_BINARY, "tvfs", media_dir(), mnt.path(), "-f", "--cache", disk.path(), "--grace", "0.5"});
+    auto process = Process::start(
+        {KTRICKS_BINARY, "tvfs", media_dir(), mnt.path(), "-f", "--cache", disk.path(), "--grace", "0.5"});
     ASSERT_TRUE(eventually([&] { return is_mounted(mnt.path()); })) << process.describe();
     struct Fusermount {
         std::string path;
         ~Fusermount() { run({"fusermount3", "-u", "-z", path}); }
     } fusermount{mnt.path()};
     auto path = mnt / "interlaced.ts";  // 1.1 MB of segments for a 256 KiB disk
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     EXPECT_EQ(bytes_read(path), static_cast<std::uint64_t>(st.st_size));
     EXPECT_NE(process.err().find("No space left on device"), std::string::npos) << process.describe();
@@ -396,11 +437,13 @@ TEST_F(Tvfs, FusermountUnmountEndsTheDaemon) {
 
 TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
     TempDir source;
-    for (int i = 0; i < 200; ++i) fs::create_hard_link(media_dir() + "/remux.mkv", source / fmt::format("clip{:03}.mkv", i));
+    for (int i = 0; i < 200; ++i)
+        fs::create_hard_link(media_dir() + "/remux.mkv", source / fmt::format("clip{:03}.mkv", i));
     TempDir cache;
     auto list = [&] {
         TempDir mnt;
-        auto process = Process::start({KTRICKS_BINARY, "tvfs", source.path(), mnt.path(), "-f", "--cache", cache.path()});
+        auto process = Process::start(
+            {KTRICKS_BINARY, "tvfs", source.path(), mnt.path(), "-f", "--cache", cache.path()});
         EXPECT_TRUE(eventually([&] { return is_mounted(mnt.path()); }));
         auto start = Clock::now();
         auto result = run({"ls", "-l", mnt.path()}, {}, std::chrono::seconds(60));
@@ -423,7 +466,8 @@ TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
     if (!fs::exists(checker)) GTEST_SKIP() << "tvfs_asan_check is not built (sanitized or fuzz build)";
     TempDir damaged;
     std::vector<std::string> argv = {checker};
-    for (const auto& name : {"garbage.mkv", "truncated.mp4", "damaged.mkv", "notes.txt"}) argv.push_back(media_dir() + "/" + name);
+    for (const auto& name : {"garbage.mkv", "truncated.mp4", "damaged.mkv", "notes.txt"})
+        argv.push_back(media_dir() + "/" + name);
     for (const auto& name : {"vp9.webm", "ac3.mkv", "interlaced.ts", "hevc10.mkv"}) {
         // Every 997th byte after the first 4 KiB flipped: headers survive, streams are damaged.
         auto data = read_file(media_dir() + "/" + name);
@@ -461,17 +505,23 @@ TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
                     "http://127.0.0.1:8299/ctl/ContentDir"})
             .out;
     };
-    ASSERT_TRUE(eventually([&] { auto r = browse(); return r.find("&gt;one&lt;") != std::string::npos && r.find("&gt;two&lt;") != std::string::npos; },
-                           std::chrono::seconds(30)))
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto r = browse();
+            return r.find("&gt;one&lt;") != std::string::npos && r.find("&gt;two&lt;") != std::string::npos;
+        },
+        std::chrono::seconds(30)))
         << browse() << mount.process().describe();
     // The item's URL, then a range request on it.
     auto listing = browse();
     auto url_start = listing.find("http://127.0.0.1:8299/MediaItems/");
     ASSERT_NE(url_start, std::string::npos) << listing;
     std::string url;
-    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i) url += listing[i];
+    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i)
+        url += listing[i];
     TempDir download;
-    auto fetch = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H", "Range: bytes=0-", url},
+    auto fetch = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H",
+                      "Range: bytes=0-", url},
                      {}, std::chrono::seconds(30));
     ASSERT_EQ(fetch.status, 0) << fetch.describe;
     auto headers = read_file(download / "headers");
@@ -485,7 +535,9 @@ TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
     EXPECT_EQ(run({"ffprobe", "-v", "error", download / "body"}).status, 0);
 
     fs::copy_file(media_dir() + "/ac3.mkv", source / "three.mkv");
-    EXPECT_TRUE(eventually([&] { return browse().find("&gt;three&lt;") != std::string::npos; }, std::chrono::seconds(30))) << browse();
+    EXPECT_TRUE(eventually([&] { return browse().find("&gt;three&lt;") != std::string::npos; },
+                           std::chrono::seconds(30)))
+        << browse();
 }
 
 }  // namespace

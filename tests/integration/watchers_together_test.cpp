@@ -101,7 +101,8 @@ TEST(WatchersTogether, NetwatchMysqlWatchProcwatchAndSocketsShareOneEventLoop) {
     socket_options.netns = netns.name();
     sockets::WatchCallbacks socket_callbacks;
     socket_callbacks.on_socket = [&](const sockets::SocketInfo& socket) {
-        if (socket.state == sockets::listen || socket.state == sockets::closed) closed_ports.push_back(socket.local.port);
+        if (socket.state == sockets::listen || socket.state == sockets::closed)
+            closed_ports.push_back(socket.local.port);
     };
     sockets::Watcher socket_watcher(loop, socket_options, socket_callbacks);
     socket_watcher.start();
@@ -163,19 +164,26 @@ TEST(ProcwatchExec, ScriptPastItsTimeoutIsKilledWithItsChildren) {
     std::string probe = temp / "ktricks-tmo";
     std::filesystem::create_symlink("/bin/sh", probe);  // comm is the name executed: ktricks-tmo
     std::string pids = temp / "pids";
-    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-tmo", "--exec",
-                                   "sleep 30 & echo $! >> " + pids + "; wait", "--exec-timeout", "0.3", "--duration", "30"});
-    ASSERT_TRUE(eventually([&] {
-        Child child = start({probe, "-c", "exit 5"});
-        child.wait();
-        return !read_file(pids).empty();
-    }, 10s, 100ms)) << watcher.describe();
+    auto watcher = Process::start({KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-tmo",
+                                   "--exec", "sleep 30 & echo $! >> " + pids + "; wait", "--exec-timeout",
+                                   "0.3", "--duration", "30"});
+    ASSERT_TRUE(eventually(
+        [&] {
+            Child child = start({probe, "-c", "exit 5"});
+            child.wait();
+            return !read_file(pids).empty();
+        },
+        10s, 100ms))
+        << watcher.describe();
     pid_t sleeper = std::stoi(lines_of(read_file(pids)).front());
     // SIGTERM to the script's group at 0.3 s: the background sleep dies with the shell.
-    EXPECT_TRUE(eventually([&] {
-        std::string stat = read_file(fmt::format("/proc/{}/stat", sleeper));
-        return stat.empty() || stat.find(") Z") != std::string::npos;
-    }, 3s)) << "the script's child outlived --exec-timeout";
+    EXPECT_TRUE(eventually(
+        [&] {
+            std::string stat = read_file(fmt::format("/proc/{}/stat", sleeper));
+            return stat.empty() || stat.find(") Z") != std::string::npos;
+        },
+        3s))
+        << "the script's child outlived --exec-timeout";
     EXPECT_TRUE(eventually([&] { return watcher.err().find("timed out after") != std::string::npos; }, 3s))
         << watcher.describe();
     EXPECT_TRUE(watcher.running());

@@ -15,8 +15,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <initializer_list>
 #include <fstream>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -41,11 +41,13 @@ public:
     EnvGuard(const char* key, const char* value) : key_(key) {
         if (const char* old = ::getenv(key)) old_ = old;
         if (value) ::setenv(key, value, 1);
-        else ::unsetenv(key);
+        else
+            ::unsetenv(key);
     }
     ~EnvGuard() {
         if (old_) ::setenv(key_.c_str(), old_->c_str(), 1);
-        else ::unsetenv(key_.c_str());
+        else
+            ::unsetenv(key_.c_str());
     }
     EnvGuard(const EnvGuard&) = delete;
     EnvGuard& operator=(const EnvGuard&) = delete;
@@ -249,7 +251,8 @@ TEST(ChildSpawnError, DirectoryIsNotAProgram) {
 TEST(ChildSpawnError, ExecFailureInTheForkedChildIsReportedAndTheChildReaped) {
     // find_program accepts it (a regular executable file); only execve finds the missing interpreter.
     TempDir dir;
-    auto path = dir.write_file("bad-interpreter", "#!/nonexistent/interpreter\n", std::filesystem::perms(0755));
+    auto path =
+        dir.write_file("bad-interpreter", "#!/nonexistent/interpreter\n", std::filesystem::perms(0755));
     int before = count_open_fds();
     auto error = spawn_error(command({path}));
     ASSERT_TRUE(error);
@@ -302,7 +305,8 @@ TEST(ChildSpawnError, ClosedDescriptorToPassNamesTheDescriptor) {
         ADD_FAILURE() << "reported as a failure to execute the program: " << error.what();
     } catch (const std::system_error& error) {
         EXPECT_EQ(error.code().value(), EBADF);
-        EXPECT_NE(std::string(error.what()).find("fd " + std::to_string(closed)), std::string::npos) << error.what();
+        EXPECT_NE(std::string(error.what()).find("fd " + std::to_string(closed)), std::string::npos)
+            << error.what();
     }
     EXPECT_TRUE(reaped(-1));
 }
@@ -392,8 +396,10 @@ TEST(ChildFds, WithoutCloseOtherFdsAnInheritableFdPassesButACloexecOneNever) {
     Fd inheritable(::open("/dev/null", O_RDONLY));
     Fd private_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     ASSERT_TRUE(inheritable && private_fd);
-    auto options = command({"sh", "-c", "for fd in \"$@\"; do if [ -e /proc/self/fd/$fd ]; then echo open; else echo closed; fi; done",
-                            "sh", std::to_string(inheritable.get()), std::to_string(private_fd.get())});
+    auto options = command(
+        {"sh", "-c",
+         "for fd in \"$@\"; do if [ -e /proc/self/fd/$fd ]; then echo open; else echo closed; fi; done", "sh",
+         std::to_string(inheritable.get()), std::to_string(private_fd.get())});
     options.close_other_fds = false;
     auto finished = run(options);
     EXPECT_EQ(finished.output, "open\nclosed\n");

@@ -68,9 +68,7 @@ TEST(ExitStatusFor, DataErrorIsDataerr65AndStillAnInputError) {
     EXPECT_NE(dynamic_cast<const InputError*>(&error), nullptr);
 }
 
-TEST(ExitStatusFor, BusyErrorIsTempfail75) {
-    EXPECT_EQ(exit_status_for(BusyError("held by pid 1")), 75);
-}
+TEST(ExitStatusFor, BusyErrorIsTempfail75) { EXPECT_EQ(exit_status_for(BusyError("held by pid 1")), 75); }
 
 // ---- errno values: the sysexits.h status each maps to ----
 

@@ -11,14 +11,14 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <iterator>
-#include <set>
-#include <string>
-#include <vector>
 #include <functional>
+#include <iterator>
 #include <optional>
+#include <set>
 #include <stdexcept>
+#include <string>
 #include <system_error>
+#include <vector>
 
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
@@ -130,7 +130,9 @@ TEST(EventLoop, SecondSourceForTheSameFdIsRefusedNamingIt) {
         FAIL() << "second source for one fd accepted";
     } catch (const std::system_error& error) {
         EXPECT_EQ(error.code().value(), EEXIST);
-        EXPECT_EQ(std::string(error.what()).rfind("epoll_ctl(ADD) fd " + std::to_string(pipe.read_end.get()), 0), 0u)
+        EXPECT_EQ(
+            std::string(error.what()).rfind("epoll_ctl(ADD) fd " + std::to_string(pipe.read_end.get()), 0),
+            0u)
             << error.what();
     }
 }
@@ -180,11 +182,12 @@ TEST(EventLoop, FdCallbackMayRemoveItsOwnSource) {
     int calls = 0;
     EventLoop::SourceId id = 0;
     // The lambda's captures live in the source being destroyed: the loop must not run it from there.
-    id = loop.add_fd(pipe.read_end.get(), EPOLLIN, [&calls, &loop, &id, marker = std::string(100, 'm')](std::uint32_t) {
-        loop.remove(id);
-        ++calls;
-        EXPECT_EQ(marker.size(), 100u);
-    });
+    id = loop.add_fd(pipe.read_end.get(), EPOLLIN,
+                     [&calls, &loop, &id, marker = std::string(100, 'm')](std::uint32_t) {
+                         loop.remove(id);
+                         ++calls;
+                         EXPECT_EQ(marker.size(), 100u);
+                     });
     pipe.write_byte();
     EXPECT_EQ(loop.run_once(1000ms), 1);
     EXPECT_EQ(loop.run_once(20ms), 0);
@@ -208,14 +211,16 @@ TEST(EventLoopTimer, ZeroDelayFiresAtOnce) {
     EventLoop loop;
     int calls = 0;
     loop.add_timer(0ns, [&] { ++calls; });
-    ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }, 1000ms));
+    ASSERT_TRUE(run_until(
+        loop, [&] { return calls > 0; }, 1000ms));
     EXPECT_EQ(calls, 1);
 }
 
 TEST(EventLoopTimer, IntervalRepeatsUntilRemoved) {
     EventLoop loop;
     int calls = 0;
-    auto id = loop.add_timer(1ms, [&] { ++calls; }, 5ms);
+    auto id = loop.add_timer(
+        1ms, [&] { ++calls; }, 5ms);
     ASSERT_TRUE(run_until(loop, [&] { return calls >= 3; }));
     loop.remove(id);
     int at_removal = calls;
@@ -227,9 +232,12 @@ TEST(EventLoopTimer, IntervalCallbackMayRemoveItsOwnSource) {
     EventLoop loop;
     int calls = 0;
     EventLoop::SourceId id = 0;
-    id = loop.add_timer(1ms, [&] {
-        if (++calls == 2) loop.remove(id);
-    }, 2ms);
+    id = loop.add_timer(
+        1ms,
+        [&] {
+            if (++calls == 2) loop.remove(id);
+        },
+        2ms);
     ASSERT_TRUE(run_until(loop, [&] { return calls == 2; }));
     EXPECT_EQ(loop.run_once(30ms), 0);
     EXPECT_EQ(calls, 2);
@@ -283,9 +291,12 @@ TEST(EventLoopTimer, RemovedTimerNeverFires) {
 TEST(EventLoopRun, StopFromACallbackEndsRun) {
     EventLoop loop;
     int ticks = 0;
-    loop.add_timer(1ms, [&] {
-        if (++ticks == 3) loop.stop();
-    }, 1ms);
+    loop.add_timer(
+        1ms,
+        [&] {
+            if (++ticks == 3) loop.stop();
+        },
+        1ms);
     add_watchdog(loop);
     EXPECT_NO_THROW(loop.run());
     EXPECT_TRUE(loop.stopped());
@@ -295,10 +306,13 @@ TEST(EventLoopRun, StopFromACallbackEndsRun) {
 TEST(EventLoopRun, RunCanBeStartedAgainAfterStop) {
     EventLoop loop;
     int rounds = 0;
-    loop.add_timer(1ms, [&] {
-        ++rounds;
-        loop.stop();
-    }, 1ms);
+    loop.add_timer(
+        1ms,
+        [&] {
+            ++rounds;
+            loop.stop();
+        },
+        1ms);
     add_watchdog(loop);
     loop.run();
     loop.run();
@@ -329,7 +343,8 @@ TEST(EventLoopSignal, RaisedSignalIsDeliveredAsACallback) {
     });
     EXPECT_TRUE(signal_blocked(SIGUSR1));
     ASSERT_EQ(::raise(SIGUSR1), 0);
-    ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }, 1000ms));
+    ASSERT_TRUE(run_until(
+        loop, [&] { return calls > 0; }, 1000ms));
     EXPECT_EQ(calls, 1);
     EXPECT_EQ(seen.ssi_signo, static_cast<std::uint32_t>(SIGUSR1));
     EXPECT_EQ(seen.ssi_pid, static_cast<std::uint32_t>(::getpid()));
@@ -343,7 +358,8 @@ TEST(EventLoopSignal, TwoSignalsReachTheirOwnCallbacks) {
     loop.add_signal(SIGUSR2, [&](const signalfd_siginfo&) { ++usr2; });
     ::raise(SIGUSR2);
     ::raise(SIGUSR1);
-    ASSERT_TRUE(run_until(loop, [&] { return usr1 && usr2; }, 1000ms));
+    ASSERT_TRUE(run_until(
+        loop, [&] { return usr1 && usr2; }, 1000ms));
     EXPECT_EQ(usr1, 1);
     EXPECT_EQ(usr2, 1);
 }
@@ -353,11 +369,13 @@ TEST(EventLoopSignal, OneSourceForSeveralSignalsDeliversEachAndRestoresOnlyWhatI
     block_signal(SIGUSR2);
     EventLoop loop;
     std::vector<std::uint32_t> seen;
-    auto id = loop.add_signals({SIGUSR1, SIGUSR2}, [&](const signalfd_siginfo& info) { seen.push_back(info.ssi_signo); });
+    auto id = loop.add_signals({SIGUSR1, SIGUSR2},
+                               [&](const signalfd_siginfo& info) { seen.push_back(info.ssi_signo); });
     EXPECT_TRUE(signal_blocked(SIGUSR1));
     ::raise(SIGUSR1);
     ::raise(SIGUSR2);
-    ASSERT_TRUE(run_until(loop, [&] { return seen.size() == 2; }, 1000ms));
+    ASSERT_TRUE(run_until(
+        loop, [&] { return seen.size() == 2; }, 1000ms));
     EXPECT_NE(std::find(seen.begin(), seen.end(), static_cast<std::uint32_t>(SIGUSR1)), seen.end());
     EXPECT_NE(std::find(seen.begin(), seen.end(), static_cast<std::uint32_t>(SIGUSR2)), seen.end());
     loop.remove(id);
@@ -436,7 +454,8 @@ TEST(EventLoop, DestroyedLoopLeaksNoDescriptors) {
         EventLoop loop;
         loop.add_fd(pipe.read_end.get(), EPOLLIN, [](std::uint32_t) {});
         loop.add_timer(1h, [] {});
-        loop.add_timer(1ms, [] {}, 1h);
+        loop.add_timer(
+            1ms, [] {}, 1h);
         loop.add_signal(SIGUSR1, [](const signalfd_siginfo&) {});
         auto child = Child::spawn(command({"true"}));
         loop.add_child(child.pidfd(), [&] { child.wait(); });

@@ -18,8 +18,8 @@ using namespace std::chrono;
 using namespace std::chrono_literals;
 
 // 2026-11-27T03:20:39.123456Z
-const system_clock::time_point known_time = system_clock::time_point(sys_days(2026y / 11 / 27).time_since_epoch() +
-                                                                      3h + 20min + 39s + 123456us);
+const system_clock::time_point known_time =
+    system_clock::time_point(sys_days(2026y / 11 / 27).time_since_epoch() + 3h + 20min + 39s + 123456us);
 
 std::vector<std::string> keys_of(const std::string& line) {
     std::vector<std::string> keys;
@@ -31,7 +31,8 @@ std::vector<std::string> keys_of(const std::string& line) {
 TEST(Event, TimestampSourceAndEventComeFirstThenFieldsInTheOrderSet) {
     Event event("once", "acquired", known_time);
     event.set("name", "backup").set("pid", 42).set("alpha", true);
-    EXPECT_EQ(keys_of(event.to_line()), (std::vector<std::string>{"ts", "source", "event", "name", "pid", "alpha"}));
+    EXPECT_EQ(keys_of(event.to_line()),
+              (std::vector<std::string>{"ts", "source", "event", "name", "pid", "alpha"}));
 }
 
 TEST(Event, LineIsExactlyTheCompactJsonObject) {
@@ -62,8 +63,8 @@ TEST(Event, JsonAccessorMatchesTheLine) {
 TEST(EventTimestamp, IsIso8601UtcWithMicrosecondsAndZ) {
     EXPECT_EQ(format_timestamp(known_time), "2026-11-27T03:20:39.123456Z");
     EXPECT_EQ(format_timestamp(system_clock::time_point{}), "1970-01-01T00:00:00.000000Z");
-    EXPECT_EQ(format_timestamp(system_clock::time_point(sys_days(2000y / 2 / 29).time_since_epoch() + 23h + 59min +
-                                                        59s + 999999us)),
+    EXPECT_EQ(format_timestamp(system_clock::time_point(sys_days(2000y / 2 / 29).time_since_epoch() + 23h +
+                                                        59min + 59s + 999999us)),
               "2000-02-29T23:59:59.999999Z");
 }
 
@@ -112,7 +113,7 @@ TEST(Event, InvalidUtf8InAFieldIsReplacedNotThrown) {
     std::string line;
     ASSERT_NO_THROW(line = event.to_line());
     EXPECT_EQ(line.find('\n'), line.size() - 1);
-    auto json = nlohmann::json::parse(line);  // the line itself is valid JSON and UTF-8
+    auto json = nlohmann::json::parse(line);         // the line itself is valid JSON and UTF-8
     EXPECT_EQ(json["path"], "caf\xef\xbf\xbd.txt");  // U+FFFD REPLACEMENT CHARACTER
     EXPECT_EQ(json["ok"], "fine");
 }
@@ -139,9 +140,10 @@ TEST(EventEnvironment, EveryFieldBecomesAKtricksVariable) {
     event.set("db", "shop").set("new-table", "b").set("rows", 3).set("delayed", true).set("initial", false);
     event.set("command", std::vector<std::string>{"/bin/sh", "-c", "exit 7"});
     auto env = event.environment();
-    for (const char* expected : {"KTRICKS_TS=2026-11-27T03:20:39.123456Z", "KTRICKS_SOURCE=mysql", "KTRICKS_EVENT=change",
-                                 "KTRICKS_DB=shop", "KTRICKS_NEW_TABLE=b", "KTRICKS_ROWS=3", "KTRICKS_DELAYED=1",
-                                 "KTRICKS_INITIAL=0", "KTRICKS_COMMAND=/bin/sh -c 'exit 7'"})
+    for (const char* expected :
+         {"KTRICKS_TS=2026-11-27T03:20:39.123456Z", "KTRICKS_SOURCE=mysql", "KTRICKS_EVENT=change",
+          "KTRICKS_DB=shop", "KTRICKS_NEW_TABLE=b", "KTRICKS_ROWS=3", "KTRICKS_DELAYED=1",
+          "KTRICKS_INITIAL=0", "KTRICKS_COMMAND=/bin/sh -c 'exit 7'"})
         EXPECT_NE(std::find(env.begin(), env.end(), expected), env.end()) << expected;
     EXPECT_EQ(env.size(), 9u);
 }

@@ -89,7 +89,8 @@ TEST(HandoffServer, PresetsCarryEachServersGracefulSignalAndConventions) {
 
 TEST(HandoffProtocol, AnnouncesDescriptorsInEachConvention) {
     std::vector<std::string> names{"web", ""};
-    EXPECT_EQ(protocol_environment(Protocol::systemd, names), std::vector<std::string>{"LISTEN_FDNAMES=web:unknown"});
+    EXPECT_EQ(protocol_environment(Protocol::systemd, names),
+              std::vector<std::string>{"LISTEN_FDNAMES=web:unknown"});
     EXPECT_EQ(protocol_environment(Protocol::nginx, names), std::vector<std::string>{"NGINX=3;4;"});
     // gunicorn 20.1 reads GUNICORN_FD only together with GUNICORN_PID.
     EXPECT_EQ(protocol_environment(Protocol::gunicorn, names, 42),

@@ -5,9 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include "jail/intercept.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/jail.hpp"
-#include "jail/intercept.hpp"
 
 namespace ktricks::jail {
 namespace {
@@ -42,7 +42,8 @@ TEST(AllowRule, PrintsBackToWhatItParses) {
 }
 
 TEST(AllowRule, RejectsBadRulesNamingThem) {
-    for (const char* text : {"", "tcp://*:9-1", "unix:/x", "tcp://*:70000", "ftp://*:21", "tcp://host:80", "tcp://*:", "tcp://*:1-"})
+    for (const char* text : {"", "tcp://*:9-1", "unix:/x", "tcp://*:70000", "ftp://*:21", "tcp://host:80",
+                             "tcp://*:", "tcp://*:1-"})
         EXPECT_THROW(AllowRule::parse(text), InputError) << text;
     try {
         AllowRule::parse("tcp://*:9-1");
@@ -78,7 +79,8 @@ TEST(Broker, GrantsAnAllowedAddressWithABoundSocket) {
 TEST(Broker, AnswersGarbageWithOnePrintableRefusal) {
     Broker broker({}, false);
     EXPECT_EQ(broker.answer("hello\n").reply.substr(0, 8), "refused ");
-    EXPECT_EQ(broker.answer("offer tcp://127.0.0.1:1").reply, "refused the broker only answers \"listen ADDRESS\"");
+    EXPECT_EQ(broker.answer("offer tcp://127.0.0.1:1").reply,
+              "refused the broker only answers \"listen ADDRESS\"");
     EXPECT_TRUE(broker.answer("listen nonsense").reply.starts_with("refused address \"nonsense\"") ||
                 broker.answer("listen nonsense").reply.starts_with("refused "));
 }
@@ -113,23 +115,27 @@ TEST(Sandbox, AnInitCommandGetsNoSecondInit) {
 
 TEST(Sandbox, DefaultDenyListCoversTheKernelChangingCalls) {
     const auto& names = default_denied_syscalls();
-    for (const char* name : {"init_module", "finit_module", "kexec_load", "mount", "fsopen", "move_mount", "open_tree", "bpf", "ptrace",
-                             "keyctl", "perf_event_open", "userfaultfd", "open_by_handle_at", "setns", "unshare"})
+    for (const char* name :
+         {"init_module", "finit_module", "kexec_load", "mount", "fsopen", "move_mount", "open_tree", "bpf",
+          "ptrace", "keyctl", "perf_event_open", "userfaultfd", "open_by_handle_at", "setns", "unshare"})
         EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
 }
 
 TEST(InterceptBind, MatchesTransportFamilyAndHostAndThePortUnlessZero) {
-    auto listener = [](const char* text, std::uint16_t asked) { return InterceptListener{SocketAddress::parse(text), asked}; };
-    std::vector<InterceptListener> listeners{listener("tcp://127.0.0.1:8000", 8000), listener("udp://127.0.0.1:5353", 5353),
+    auto listener = [](const char* text, std::uint16_t asked) {
+        return InterceptListener{SocketAddress::parse(text), asked};
+    };
+    std::vector<InterceptListener> listeners{listener("tcp://127.0.0.1:8000", 8000),
+                                             listener("udp://127.0.0.1:5353", 5353),
                                              listener("tcp6://[::]:40000", 0)};
     auto match = [&](const char* text) { return match_bind(listeners, SocketAddress::parse(text)); };
     EXPECT_EQ(match("tcp://127.0.0.1:8000"), 0u);
-    EXPECT_EQ(match("tcp://127.0.0.1:0"), 0u);       // a server that binds port 0 gets the listener
+    EXPECT_EQ(match("tcp://127.0.0.1:0"), 0u);  // a server that binds port 0 gets the listener
     EXPECT_EQ(match("tcp://127.0.0.1:8001"), std::nullopt);
     EXPECT_EQ(match("tcp://0.0.0.0:8000"), std::nullopt);  // not the host asked for
     EXPECT_EQ(match("udp://127.0.0.1:5353"), 1u);
     EXPECT_EQ(match("tcp://127.0.0.1:5353"), std::nullopt);
-    EXPECT_EQ(match("tcp6://[::]:8080"), 2u);        // --listen port 0: any port the server asks for
+    EXPECT_EQ(match("tcp6://[::]:8080"), 2u);  // --listen port 0: any port the server asks for
     EXPECT_EQ(match("tcp6://[::1]:8080"), std::nullopt);
 }
 

@@ -72,17 +72,14 @@ TEST(LockName, SameNameInDifferentScopesOrUidsIsADifferentSocket) {
 }
 
 TEST(LockName, SlashesSpacesAndUtf8AreAllowed) {
-    EXPECT_EQ(LockName::make("nightly/db backup", Scope::global).socket_name(), "@ktricks/once/global/nightly/db backup");
+    EXPECT_EQ(LockName::make("nightly/db backup", Scope::global).socket_name(),
+              "@ktricks/once/global/nightly/db backup");
     EXPECT_EQ(LockName::make("größe", Scope::global).name(), "größe");
 }
 
-TEST(LockName, EmptyNameIsRejected) {
-    expect_rejected("", Scope::user, 1000, {"lock name is empty"});
-}
+TEST(LockName, EmptyNameIsRejected) { expect_rejected("", Scope::user, 1000, {"lock name is empty"}); }
 
-TEST(LockName, NulByteIsRejected) {
-    expect_rejected("a\0b"s, Scope::user, 1000, {"NUL"});
-}
+TEST(LockName, NulByteIsRejected) { expect_rejected("a\0b"s, Scope::user, 1000, {"NUL"}); }
 
 TEST(LockName, ControlCharacterIsRejectedNamingTheByteAndShowingItEscaped) {
     expect_rejected("a\nb", Scope::user, 1000, {"control character", "0x0a", "a\\x0ab"});
@@ -106,7 +103,8 @@ TEST(LockName, LongestGlobalNameFillsTheAbstractNameExactly) {
     const std::size_t longest = abstract_room - std::string("ktricks/once/global/").size();
     ASSERT_EQ(longest, 87u);
     EXPECT_NO_THROW(LockName::make(std::string(longest, 'g'), Scope::global));
-    expect_rejected(std::string(longest + 1, 'g'), Scope::global, 0, {"lock name is 88 bytes", "at most 87 fit"});
+    expect_rejected(std::string(longest + 1, 'g'), Scope::global, 0,
+                    {"lock name is 88 bytes", "at most 87 fit"});
 }
 
 TEST(LockName, RoomDependsOnTheLengthOfTheUid) {

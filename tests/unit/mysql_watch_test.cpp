@@ -1,7 +1,7 @@
 // mysql-watch's parsers: MariaDB's filename encoding, SQL statement targets, and the binlog parser on
 // bytes captured from a real MariaDB 10.11 (tests/unit/data/mysql/*.binlog).
-#include <algorithm>
 #include <gtest/gtest.h>
+#include <algorithm>
 
 #include <filesystem>
 #include <fstream>
@@ -23,11 +23,14 @@ std::string captured(const std::string& name) {
 std::vector<std::string> describe(const std::vector<Change>& changes) {
     std::vector<std::string> out;
     for (const Change& c : changes)
-        out.push_back(c.event + " " + c.db + "." + c.table + (c.new_table.empty() ? "" : " -> " + c.new_table));
+        out.push_back(c.event + " " + c.db + "." + c.table +
+                      (c.new_table.empty() ? "" : " -> " + c.new_table));
     return out;
 }
 
-TEST(MysqlFilename, SafeCharactersStandForThemselves) { EXPECT_EQ(decode_filename("orders_2024"), "orders_2024"); }
+TEST(MysqlFilename, SafeCharactersStandForThemselves) {
+    EXPECT_EQ(decode_filename("orders_2024"), "orders_2024");
+}
 
 TEST(MysqlFilename, HexFormsDecodeToTheirCharacters) {
     EXPECT_EQ(decode_filename("my@002dtable"), "my-table");
@@ -38,7 +41,8 @@ TEST(MysqlFilename, HexFormsDecodeToTheirCharacters) {
 TEST(MysqlFilename, TwoCharacterFormsDecodeToLetters) {
     EXPECT_EQ(decode_filename("gr@1i@1je"), "größe");  // seen on disk for an Aria table
     EXPECT_EQ(decode_filename("@0p"), "é");
-    EXPECT_EQ(decode_filename("this_is_@y0@g0@h0@r0@o0@i1@g0"), "this_is_таблица");  // MariaDB's documented example
+    EXPECT_EQ(decode_filename("this_is_@y0@g0@h0@r0@o0@i1@g0"),
+              "this_is_таблица");  // MariaDB's documented example
 }
 
 TEST(MysqlFilename, MalformedEscapesAreRefused) {
@@ -84,15 +88,21 @@ TEST(MysqlStatement, DdlTargetsAreFound) {
               (std::vector<std::string>{"drop db1.t1", "drop db2.t2"}));
     EXPECT_EQ(describe(changes_from_statement("rename table a to b, d.c to d.e", "db")),
               (std::vector<std::string>{"rename db.a -> b", "rename d.c -> e"}));
-    EXPECT_EQ(describe(changes_from_statement("/* x */ TRUNCATE t", "db")), std::vector<std::string>{"truncate db.t"});
-    EXPECT_EQ(describe(changes_from_statement("create database if not exists shop", "")), std::vector<std::string>{"create shop."});
-    EXPECT_EQ(describe(changes_from_statement("ALTER ONLINE TABLE t ADD x INT", "db")), std::vector<std::string>{"change db.t"});
+    EXPECT_EQ(describe(changes_from_statement("/* x */ TRUNCATE t", "db")),
+              std::vector<std::string>{"truncate db.t"});
+    EXPECT_EQ(describe(changes_from_statement("create database if not exists shop", "")),
+              std::vector<std::string>{"create shop."});
+    EXPECT_EQ(describe(changes_from_statement("ALTER ONLINE TABLE t ADD x INT", "db")),
+              std::vector<std::string>{"change db.t"});
 }
 
 TEST(MysqlStatement, DmlTargetsAreFound) {
-    EXPECT_EQ(describe(changes_from_statement("insert ignore into t values (1)", "db")), std::vector<std::string>{"change db.t"});
-    EXPECT_EQ(describe(changes_from_statement("UPDATE `x``y` SET a=1", "db")), std::vector<std::string>{"change db.x`y"});
-    EXPECT_EQ(describe(changes_from_statement("delete quick from s.t where 1", "db")), std::vector<std::string>{"change s.t"});
+    EXPECT_EQ(describe(changes_from_statement("insert ignore into t values (1)", "db")),
+              std::vector<std::string>{"change db.t"});
+    EXPECT_EQ(describe(changes_from_statement("UPDATE `x``y` SET a=1", "db")),
+              std::vector<std::string>{"change db.x`y"});
+    EXPECT_EQ(describe(changes_from_statement("delete quick from s.t where 1", "db")),
+              std::vector<std::string>{"change s.t"});
     EXPECT_TRUE(changes_from_statement("SELECT 1", "db").empty());
     EXPECT_TRUE(changes_from_statement("CREATE TABLE", "db").empty());
 }
@@ -104,11 +114,26 @@ TEST(MysqlBinlog, CapturedRowsAndDdlAreReportedAtCommit) {
     EXPECT_TRUE(parser.checksums());
     auto got = describe(out.changes);
     std::vector<std::string> expected = {
-        "create db1.",           "create db1.inno",         "create db1.myi",    "create db1.ari",
-        "create db1.my-t sp",    "create db1.größe",        "create db1.part",   "change db1.inno",
-        "change db1.myi",        "change db1.ari",          "rename db1.myi -> myi2", "truncate db1.ari",
-        "drop db1.myi2",         "create db1.c1",           "create db1.c2",     "truncate db1.inno",
-        "truncate db1.c2",       "change db1.c2",           "drop db1.c1",       "create db2.",
+        "create db1.",
+        "create db1.inno",
+        "create db1.myi",
+        "create db1.ari",
+        "create db1.my-t sp",
+        "create db1.größe",
+        "create db1.part",
+        "change db1.inno",
+        "change db1.myi",
+        "change db1.ari",
+        "rename db1.myi -> myi2",
+        "truncate db1.ari",
+        "drop db1.myi2",
+        "create db1.c1",
+        "create db1.c2",
+        "truncate db1.inno",
+        "truncate db1.c2",
+        "change db1.c2",
+        "drop db1.c1",
+        "create db2.",
         "drop db2.",
     };
     EXPECT_EQ(got, expected);
@@ -145,7 +170,8 @@ TEST(MysqlBinlog, StatementFormatWithoutChecksumsNamesTheTargetAndSkipsTheRollba
     auto out = parser.feed(captured("statement_no_checksum.binlog"));
     EXPECT_TRUE(out.problems.empty());
     EXPECT_FALSE(parser.checksums());
-    EXPECT_EQ(describe(out.changes), (std::vector<std::string>{"create db1.nc", "change db1.nc", "change db1.nc", "change db1.my-t sp"}));
+    EXPECT_EQ(describe(out.changes), (std::vector<std::string>{"create db1.nc", "change db1.nc",
+                                                               "change db1.nc", "change db1.my-t sp"}));
 }
 
 TEST(MysqlBinlog, CorruptByteIsReportedAndTheParserResyncs) {
@@ -154,7 +180,8 @@ TEST(MysqlBinlog, CorruptByteIsReportedAndTheParserResyncs) {
     BinlogParser parser;
     auto out = parser.feed(bytes);
     ASSERT_EQ(out.problems.size(), 1U);
-    EXPECT_NE(out.problems[0].find("corrupt event at binlog offset 1680"), std::string::npos) << out.problems[0];
+    EXPECT_NE(out.problems[0].find("corrupt event at binlog offset 1680"), std::string::npos)
+        << out.problems[0];
     auto got = describe(out.changes);
     EXPECT_EQ(std::count(got.begin(), got.end(), "change db1.inno"), 0);
     EXPECT_EQ(std::count(got.begin(), got.end(), "change db1.myi"), 1);

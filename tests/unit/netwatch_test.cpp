@@ -14,8 +14,8 @@
 #include "ktricks/netwatch.hpp"
 #include "netwatch/dispatcher.hpp"
 #include "netwatch/leases.hpp"
-#include "test_support.hpp"
 #include "netwatch/state.hpp"
+#include "test_support.hpp"
 
 namespace ktricks::netwatch {
 namespace {
@@ -29,7 +29,8 @@ std::string error_of(const std::function<void()>& work) {
     return "(no error)";
 }
 
-NetEvent event(std::string type, std::string iface, nlohmann::ordered_json fields = nlohmann::ordered_json::object()) {
+NetEvent event(std::string type, std::string iface,
+               nlohmann::ordered_json fields = nlohmann::ordered_json::object()) {
     NetEvent e;
     e.type = std::move(type);
     e.iface = std::move(iface);
@@ -50,12 +51,16 @@ TEST(NetwatchRules, InlineRuleParsesEventsFiltersAndOptions) {
 }
 
 TEST(NetwatchRules, InlineRuleErrorsNameTheTextAndTheProblem) {
-    EXPECT_NE(error_of([] { parse_inline_rule("link-upp", "x", 1); }).find("unknown event \"link-upp\""), std::string::npos);
-    EXPECT_NE(error_of([] { parse_inline_rule("link-up,colour=red", "x", 1); }).find("unknown filter \"colour\""),
+    EXPECT_NE(error_of([] { parse_inline_rule("link-upp", "x", 1); }).find("unknown event \"link-upp\""),
               std::string::npos);
-    EXPECT_NE(error_of([] { parse_inline_rule("addr-add,family=ipx", "x", 1); }).find("expected inet or inet6"),
+    EXPECT_NE(
+        error_of([] { parse_inline_rule("link-up,colour=red", "x", 1); }).find("unknown filter \"colour\""),
+        std::string::npos);
+    EXPECT_NE(
+        error_of([] { parse_inline_rule("addr-add,family=ipx", "x", 1); }).find("expected inet or inet6"),
+        std::string::npos);
+    EXPECT_NE(error_of([] { parse_inline_rule("addr-add,addr=10.0.0.0/33", "x", 1); }).find("CIDR"),
               std::string::npos);
-    EXPECT_NE(error_of([] { parse_inline_rule("addr-add,addr=10.0.0.0/33", "x", 1); }).find("CIDR"), std::string::npos);
     EXPECT_NE(error_of([] { parse_inline_rule("link-up", "", 1); }).find("empty --exec"), std::string::npos);
 }
 
@@ -113,16 +118,20 @@ run = "logger lost"
 }
 
 TEST(NetwatchRules, RulesFileErrorsNameFileAndLine) {
-    EXPECT_EQ(error_of([] { parse_rules("[[rule]]\non = \"link-up\"\nrun = \"x\"\ncolour = \"red\"\n", "r.toml"); })
-                  .substr(0, 31),
+    EXPECT_EQ(error_of([] {
+                  parse_rules("[[rule]]\non = \"link-up\"\nrun = \"x\"\ncolour = \"red\"\n", "r.toml");
+              }).substr(0, 31),
               "r.toml:4: unknown key \"colour\" ");
     EXPECT_EQ(error_of([] { parse_rules("[[rule]]\non = \"link-up\"\n", "r.toml"); }),
               "r.toml:1: rule has no \"run\" (the command to run)");
-    EXPECT_NE(error_of([] { parse_rules("[[rule]]\non = \n", "r.toml"); }).find("r.toml:2: "), std::string::npos);
-    EXPECT_NE(error_of([] { parse_rules("[[rule]]\non=\"link-up\"\nrun=\"x\"\ntimeout=\"soon\"\n", "r.toml"); })
-                  .find("r.toml:4: \"timeout\" must be a number"),
+    EXPECT_NE(error_of([] { parse_rules("[[rule]]\non = \n", "r.toml"); }).find("r.toml:2: "),
               std::string::npos);
-    EXPECT_NE(error_of([] { parse_rules("[other]\n", "r.toml"); }).find("r.toml:1: unknown table"), std::string::npos);
+    EXPECT_NE(error_of([] {
+                  parse_rules("[[rule]]\non=\"link-up\"\nrun=\"x\"\ntimeout=\"soon\"\n", "r.toml");
+              }).find("r.toml:4: \"timeout\" must be a number"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse_rules("[other]\n", "r.toml"); }).find("r.toml:1: unknown table"),
+              std::string::npos);
 }
 
 TEST(NetwatchEvent, EnvironmentCarriesEveryField) {
@@ -130,8 +139,8 @@ TEST(NetwatchEvent, EnvironmentCarriesEveryField) {
     e.ifindex = 4;
     e.initial = true;
     auto env = e.environment();
-    for (const char* expected : {"KTRICKS_EVENT=addr-add", "KTRICKS_IFACE=eth0", "KTRICKS_IFINDEX=4", "KTRICKS_INITIAL=1",
-                                 "KTRICKS_ADDR=10.0.0.1", "KTRICKS_PREFIXLEN=24"})
+    for (const char* expected : {"KTRICKS_EVENT=addr-add", "KTRICKS_IFACE=eth0", "KTRICKS_IFINDEX=4",
+                                 "KTRICKS_INITIAL=1", "KTRICKS_ADDR=10.0.0.1", "KTRICKS_PREFIXLEN=24"})
         EXPECT_NE(std::find(env.begin(), env.end(), expected), env.end()) << expected;
     auto json = e.to_event().json();
     EXPECT_EQ(json["event"], "addr-add");
@@ -151,7 +160,8 @@ Change link(int index, std::string name, bool up, bool carrier) {
     return c;
 }
 
-Change address(int index, int family, std::string text, int prefix, unsigned flags = 0, bool removed = false) {
+Change address(int index, int family, std::string text, int prefix, unsigned flags = 0,
+               bool removed = false) {
     Change c;
     c.kind = Change::Kind::address;
     c.removed = removed;
@@ -217,8 +227,8 @@ TEST(NetwatchState, AdminDownDerivesTheIpv4RoutesTheKernelFlushedSilently) {
     apply(state, route(2, "10.0.0.0", 24, ""));
     apply(state, route(2, "", 0, "10.0.0.1"));
     auto events = apply(state, link(2, "eth0", false, false));
-    EXPECT_EQ(events, (std::vector<std::string>{"link-down", "route-remove*", "route-remove*", "default-route-change",
-                                                "offline"}));
+    EXPECT_EQ(events, (std::vector<std::string>{"link-down", "route-remove*", "route-remove*",
+                                                "default-route-change", "offline"}));
     EXPECT_TRUE(state.routes.empty());
 }
 
@@ -228,7 +238,8 @@ TEST(NetwatchState, RemovingTheLastIpv4AddressDerivesItsRoutesRemoval) {
     apply(state, address(2, AF_INET, "10.0.0.2", 24));
     apply(state, route(2, "", 0, "10.0.0.1"));
     auto events = apply(state, address(2, AF_INET, "10.0.0.2", 24, 0, true));
-    EXPECT_EQ(events, (std::vector<std::string>{"addr-remove", "route-remove*", "default-route-change", "offline"}));
+    EXPECT_EQ(events,
+              (std::vector<std::string>{"addr-remove", "route-remove*", "default-route-change", "offline"}));
 }
 
 TEST(NetwatchState, ResyncEmitsOnlyTheDifferences) {
@@ -278,7 +289,8 @@ bool has(const std::vector<std::string>& env, const std::string& line) {
 }
 
 bool has_key(const std::vector<std::string>& env, const std::string& key) {
-    return std::any_of(env.begin(), env.end(), [&](const std::string& line) { return line.rfind(key + "=", 0) == 0; });
+    return std::any_of(env.begin(), env.end(),
+                       [&](const std::string& line) { return line.rfind(key + "=", 0) == 0; });
 }
 
 std::vector<std::string> keys(const std::vector<std::string>& env) {
@@ -310,18 +322,21 @@ TEST(NetwatchDispatcher, ActionsFollowNetworkManager) {
     auto state = eth0_state();
     Dispatcher dispatcher({}, true);
     EXPECT_EQ(dispatcher.actions_for(on("link-up", 2), state), (std::vector<std::string>{"pre-up", "up"}));
-    EXPECT_EQ(dispatcher.actions_for(on("link-down", 2), state), (std::vector<std::string>{"pre-down", "down"}));
+    EXPECT_EQ(dispatcher.actions_for(on("link-down", 2), state),
+              (std::vector<std::string>{"pre-down", "down"}));
     EXPECT_EQ(dispatcher.actions_for(on("addr-add", 2, {{"family", "inet6"}, {"scope", "global"}}), state),
               std::vector<std::string>{"dhcp6-change"});
     EXPECT_EQ(dispatcher.actions_for(on("addr-remove", 2, {{"family", "inet"}, {"scope", "global"}}), state),
               std::vector<std::string>{"dhcp4-change"});
     // A link-local IPv6 address is no DHCPv6 event; neither is an address found at start-up.
-    EXPECT_TRUE(dispatcher.actions_for(on("addr-add", 2, {{"family", "inet6"}, {"scope", "link"}}), state).empty());
+    EXPECT_TRUE(
+        dispatcher.actions_for(on("addr-add", 2, {{"family", "inet6"}, {"scope", "link"}}), state).empty());
     auto initial = on("addr-add", 2, {{"family", "inet"}, {"scope", "global"}});
     initial.initial = true;
     EXPECT_TRUE(dispatcher.actions_for(initial, state).empty());
     // Connectivity is global: one change when the first interface goes online, none for a second.
-    EXPECT_EQ(dispatcher.actions_for(on("online", 2), state), std::vector<std::string>{"connectivity-change"});
+    EXPECT_EQ(dispatcher.actions_for(on("online", 2), state),
+              std::vector<std::string>{"connectivity-change"});
     EXPECT_TRUE(dispatcher.actions_for(on("online", 2), state).empty());
 }
 
@@ -345,9 +360,10 @@ TEST(NetwatchDispatcher, UpCarriesExactlyNetworkManagersVariables) {
     auto env = dispatcher.environment(on("link-up", 2), state, "up");
     for (const char* expected :
          {"NM_DISPATCHER_ACTION=up", "DEVICE_IFACE=eth0", "DEVICE_IP_IFACE=eth0", "CONNECTION_ID=eth0",
-          "CONNECTION_EXTERNAL=1", "CONNECTION_FILENAME=/run/NetworkManager/system-connections/eth0.nmconnection",
-          "IP4_NUM_ADDRESSES=1", "IP4_ADDRESS_0=10.0.0.2/24 10.0.0.1", "IP4_GATEWAY=10.0.0.1", "IP4_NUM_ROUTES=1",
-          "IP4_ROUTE_0=10.0.0.0/24 0.0.0.0 100", "IP6_GATEWAY=0.0.0.0"})
+          "CONNECTION_EXTERNAL=1",
+          "CONNECTION_FILENAME=/run/NetworkManager/system-connections/eth0.nmconnection",
+          "IP4_NUM_ADDRESSES=1", "IP4_ADDRESS_0=10.0.0.2/24 10.0.0.1", "IP4_GATEWAY=10.0.0.1",
+          "IP4_NUM_ROUTES=1", "IP4_ROUTE_0=10.0.0.0/24 0.0.0.0 100", "IP6_GATEWAY=0.0.0.0"})
         EXPECT_TRUE(has(env, expected)) << expected;
     EXPECT_TRUE(has_key(env, "CONNECTION_UUID"));
     // Nothing of netwatch's own, no IPv6 address or route counts without any.
@@ -376,8 +392,8 @@ TEST(NetwatchDispatcher, DownAndConnectivityChangeCarryNoStaleData) {
     dispatcher.actions_for(on("online", 2), state);
     auto connectivity = dispatcher.environment(on("online", 2), state, "connectivity-change");
     std::sort(connectivity.begin(), connectivity.end());
-    EXPECT_EQ(connectivity,
-              (std::vector<std::string>{"CONNECTIVITY_STATE=FULL", "NM_DISPATCHER_ACTION=connectivity-change"}));
+    EXPECT_EQ(connectivity, (std::vector<std::string>{"CONNECTIVITY_STATE=FULL",
+                                                      "NM_DISPATCHER_ACTION=connectivity-change"}));
 }
 
 TEST(NetwatchDispatcher, ConnectionUuidIsStablePerInterfaceAndWellFormed) {
@@ -387,7 +403,7 @@ TEST(NetwatchDispatcher, ConnectionUuidIsStablePerInterfaceAndWellFormed) {
     EXPECT_NE(a, connection_uuid("0123456789abcdef", "blue", "eth0"));
     EXPECT_NE(a, connection_uuid("fedcba9876543210", "", "eth0"));
     ASSERT_EQ(a.size(), 36u);
-    EXPECT_EQ(a[14], '8');  // version 8
+    EXPECT_EQ(a[14], '8');                                          // version 8
     EXPECT_NE(std::string("89ab").find(a[19]), std::string::npos);  // RFC 9562 variant
 }
 
@@ -404,8 +420,8 @@ TEST(NetwatchDispatcher, EtcMasksUsrLibAndDevNullMasksAndEmptyFilesAreSkipped) {
     namespace fs = std::filesystem;
     auto lib = dir.path() / "lib", etc = dir.path() / "etc";
     for (const auto& folder : {lib, etc, lib / "pre-up.d", lib / "no-wait.d"}) fs::create_directories(folder);
-    auto exec = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
-                fs::perms::others_exec;
+    auto exec = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                fs::perms::others_read | fs::perms::others_exec;
     auto script = [&](const fs::path& path, const std::string& text) {
         std::ofstream(path) << text;
         fs::permissions(path, exec);
@@ -432,9 +448,10 @@ TEST(NetwatchDispatcher, EtcMasksUsrLibAndDevNullMasksAndEmptyFilesAreSkipped) {
 }
 
 TEST(NetwatchLeases, NetworkdLeaseGivesNetworkManagersOptionNames) {
-    auto options = parse_networkd_lease("# This is private data. Do not parse.\nADDRESS=10.9.0.10\nNETMASK=255.255.255.0\n"
-                                        "ROUTER=10.9.0.1\nSERVER_ADDRESS=10.9.0.1\nDNS=10.9.0.1 10.9.0.3\n"
-                                        "NTP=10.9.0.2 10.9.0.4\nDOMAINNAME=example.test\nLIFETIME=3600\n");
+    auto options = parse_networkd_lease(
+        "# This is private data. Do not parse.\nADDRESS=10.9.0.10\nNETMASK=255.255.255.0\n"
+        "ROUTER=10.9.0.1\nSERVER_ADDRESS=10.9.0.1\nDNS=10.9.0.1 10.9.0.3\n"
+        "NTP=10.9.0.2 10.9.0.4\nDOMAINNAME=example.test\nLIFETIME=3600\n");
     EXPECT_EQ(options["ip_address"], "10.9.0.10");
     EXPECT_EQ(options["ntp_servers"], "10.9.0.2 10.9.0.4");
     EXPECT_EQ(options["domain_name_servers"], "10.9.0.1 10.9.0.3");
@@ -455,9 +472,10 @@ TEST(NetwatchLeases, DhclientLeaseTakesTheLastUnexpiredBlockOfTheInterface) {
     EXPECT_EQ(options["ip_address"], "10.9.0.6");
     EXPECT_EQ(options["ntp_servers"], "10.9.0.2 10.9.0.4");
     EXPECT_EQ(options["domain_name"], "example.test");
-    auto v6 = parse_dhclient_leases("lease6 {\n  interface \"eth0\";\n  ia-na 1a:2b {\n    starts 1;\n  }\n"
-                                    "  option dhcp6.name-servers 2001:db8::53;\n  option dhcp6.ntp-servers 2001:db8::123;\n}\n",
-                                    "eth0", 6, 1700000000);
+    auto v6 = parse_dhclient_leases(
+        "lease6 {\n  interface \"eth0\";\n  ia-na 1a:2b {\n    starts 1;\n  }\n"
+        "  option dhcp6.name-servers 2001:db8::53;\n  option dhcp6.ntp-servers 2001:db8::123;\n}\n",
+        "eth0", 6, 1700000000);
     EXPECT_EQ(v6["dhcp6_ntp_servers"], "2001:db8::123");
     EXPECT_EQ(v6["dhcp6_name_servers"], "2001:db8::53");
 }
@@ -467,7 +485,7 @@ TEST(NetwatchLeases, DhcpcdLeaseIsTheServersBootpReply) {
     packet[16] = 10, packet[17] = 9, packet[18] = 0, packet[19] = 5;  // yiaddr
     packet.replace(236, 4, "\x63\x82\x53\x63");
     packet += std::string("\x2a\x08\x0a\x09\x00\x02\x0a\x09\x00\x04", 10);  // option 42: two NTP servers
-    packet += std::string("\x33\x04\x00\x00\x0e\x10", 6);                  // option 51: 3600 s
+    packet += std::string("\x33\x04\x00\x00\x0e\x10", 6);                   // option 51: 3600 s
     packet += '\xff';
     auto options = parse_bootp_lease(packet);
     EXPECT_EQ(options["ip_address"], "10.9.0.5");
@@ -477,12 +495,14 @@ TEST(NetwatchLeases, DhcpcdLeaseIsTheServersBootpReply) {
 }
 
 TEST(NetwatchLeases, ResolverFromResolvedLinkStateOrResolvConf) {
-    auto link = parse_resolved_link("# This is private data. Do not parse.\nLLMNR=yes\n"
-                                    "SERVERS=10.9.0.1 [2001:db8::1]:53 10.9.0.3%2#dns.test\nDOMAINS=example.test ~routing.test\n");
+    auto link = parse_resolved_link(
+        "# This is private data. Do not parse.\nLLMNR=yes\n"
+        "SERVERS=10.9.0.1 [2001:db8::1]:53 10.9.0.3%2#dns.test\nDOMAINS=example.test ~routing.test\n");
     EXPECT_EQ(link.servers4, (std::vector<std::string>{"10.9.0.1", "10.9.0.3"}));
     EXPECT_EQ(link.servers6, (std::vector<std::string>{"2001:db8::1"}));
     EXPECT_EQ(link.domains, (std::vector<std::string>{"example.test"}));
-    auto conf = parse_resolv_conf("# comment\nnameserver 10.9.0.1\nnameserver 2001:db8::1\nsearch a.test b.test\n");
+    auto conf =
+        parse_resolv_conf("# comment\nnameserver 10.9.0.1\nnameserver 2001:db8::1\nsearch a.test b.test\n");
     EXPECT_EQ(conf.servers4, (std::vector<std::string>{"10.9.0.1"}));
     EXPECT_EQ(conf.servers6, (std::vector<std::string>{"2001:db8::1"}));
     EXPECT_EQ(conf.domains, (std::vector<std::string>{"a.test", "b.test"}));
@@ -497,8 +517,9 @@ TEST(NetwatchDispatcher, UpCarriesDhcpOptionsAndNameservers) {
     std::ofstream(root.path() / "etc/resolv.conf") << "nameserver 10.0.0.53\nsearch example.test\n";
     Dispatcher dispatcher({}, true, HostFiles{root.path().string()});
     auto env = dispatcher.environment(on("addr-add", 2), state, "dhcp4-change");
-    for (const char* expected : {"DHCP4_NTP_SERVERS=10.0.0.123", "DHCP4_IP_ADDRESS=10.0.0.2", "DHCP4_REQUESTED_NTP_SERVERS=1",
-                                 "IP4_NAMESERVERS=10.0.0.53", "IP4_DOMAINS=example.test"})
+    for (const char* expected :
+         {"DHCP4_NTP_SERVERS=10.0.0.123", "DHCP4_IP_ADDRESS=10.0.0.2", "DHCP4_REQUESTED_NTP_SERVERS=1",
+          "IP4_NAMESERVERS=10.0.0.53", "IP4_DOMAINS=example.test"})
         EXPECT_TRUE(has(env, expected)) << expected;
 }
 

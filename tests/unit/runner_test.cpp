@@ -59,7 +59,8 @@ TEST(Runner, JobsOfOneKeyRunInSubmissionOrderOneAtATime) {
     auto log = dir.path() / "log";
     Harness h;
     for (int i = 0; i < 5; ++i)
-        h.runner.submit(shell("k", fmt::format("echo start{0} >> {1}; sleep 0.0{0}; echo end{0} >> {1}", 5 - i, log.string())));
+        h.runner.submit(shell(
+            "k", fmt::format("echo start{0} >> {1}; sleep 0.0{0}; echo end{0} >> {1}", 5 - i, log.string())));
     h.run(5);
     ASSERT_EQ(h.reports.size(), 5u);
     EXPECT_EQ(slurp(log), "start5\nend5\nstart4\nend4\nstart3\nend3\nstart2\nend2\nstart1\nend1\n");
@@ -81,9 +82,10 @@ TEST(Runner, ConcurrencyLimitHoldsBackOtherKeys) {
     Harness h({.concurrency = 2});
     // Each script records how many scripts were running when it started (files present).
     for (int i = 0; i < 6; ++i)
-        h.runner.submit(shell(fmt::format("k{}", i),
-                              fmt::format("touch {0}/run.$$; ls {0} | grep -c '^run' >> {1}; sleep 0.2; rm {0}/run.$$",
-                                          dir.path().string(), log.string())));
+        h.runner.submit(
+            shell(fmt::format("k{}", i),
+                  fmt::format("touch {0}/run.$$; ls {0} | grep -c '^run' >> {1}; sleep 0.2; rm {0}/run.$$",
+                              dir.path().string(), log.string())));
     EXPECT_EQ(h.runner.running(), 2u);
     EXPECT_EQ(h.runner.busy(), 6u);
     h.run(6);

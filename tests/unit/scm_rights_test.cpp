@@ -36,7 +36,9 @@ struct SocketPair {
     Fd sender, receiver;
 };
 
-std::span<const std::byte> bytes(std::string_view text) { return std::as_bytes(std::span(text.data(), text.size())); }
+std::span<const std::byte> bytes(std::string_view text) {
+    return std::as_bytes(std::span(text.data(), text.size()));
+}
 
 // The first `size` bytes of `buffer` as text.
 std::string text(const std::vector<std::byte>& buffer, std::size_t size) {
@@ -72,7 +74,9 @@ struct RoundTripCase {
 };
 
 // Without this gtest prints the struct's raw bytes, padding included, into the test's listing.
-void PrintTo(const RoundTripCase& c, std::ostream* out) { *out << type_name(c.socket_type) << " x" << c.fd_count; }
+void PrintTo(const RoundTripCase& c, std::ostream* out) {
+    *out << type_name(c.socket_type) << " x" << c.fd_count;
+}
 
 std::string round_trip_name(const ::testing::TestParamInfo<RoundTripCase>& test) {
     return std::string(type_name(test.param.socket_type)) + std::to_string(test.param.fd_count) + "Fds";
@@ -112,7 +116,8 @@ TEST_P(ScmRightsRoundTrip, ReceivedDescriptorsAreCloexecInOrderAndReferToTheSame
 INSTANTIATE_TEST_SUITE_P(, ScmRightsRoundTrip,
                          ::testing::Values(RoundTripCase{SOCK_STREAM, 1}, RoundTripCase{SOCK_STREAM, 3},
                                            RoundTripCase{SOCK_STREAM, 253}, RoundTripCase{SOCK_SEQPACKET, 1},
-                                           RoundTripCase{SOCK_SEQPACKET, 3}, RoundTripCase{SOCK_SEQPACKET, 253}),
+                                           RoundTripCase{SOCK_SEQPACKET, 3},
+                                           RoundTripCase{SOCK_SEQPACKET, 253}),
                          round_trip_name);
 
 TEST(ScmRights, DataWithoutDescriptorsArrivesWithNone) {
@@ -204,7 +209,8 @@ TEST_P(ScmRightsTruncatedControlData, ClosesEveryReceivedFd) {
     std::vector<Pipe> pipes(3);
     send_fds(pair.sender.get(), bytes("three"), write_ends(pipes));
 
-    auto message = expect_too_many_fds_refused(pair.receiver.get(), 1, "truncated control data was not reported");
+    auto message =
+        expect_too_many_fds_refused(pair.receiver.get(), 1, "truncated control data was not reported");
     EXPECT_NE(message.find("MSG_CTRUNC"), std::string::npos) << message;
     // No copy of a write end survives anywhere but in `pipes`: closing them gives the readers EOF.
     for (auto& pipe : pipes) {
@@ -214,7 +220,8 @@ TEST_P(ScmRightsTruncatedControlData, ClosesEveryReceivedFd) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(, ScmRightsTruncatedControlData, ::testing::Values(SOCK_SEQPACKET, SOCK_STREAM), type_name_of);
+INSTANTIATE_TEST_SUITE_P(, ScmRightsTruncatedControlData, ::testing::Values(SOCK_SEQPACKET, SOCK_STREAM),
+                         type_name_of);
 
 TEST(ScmRights, DescriptorsSentToAReceiverExpectingNoneAreClosedAndReported) {
     SocketPair pair(SOCK_SEQPACKET);
@@ -230,7 +237,8 @@ TEST(ScmRights, MoreDescriptorsThanAskedForIsAnErrorEvenWhenTheyFitTheRoundedBuf
     Pipe pipe;
     std::vector<int> two(2, pipe.write_end.get());
     send_fds(pair.sender.get(), bytes("x"), two);
-    expect_too_many_fds_refused(pair.receiver.get(), 1, "two descriptors were accepted where one was expected");
+    expect_too_many_fds_refused(pair.receiver.get(), 1,
+                                "two descriptors were accepted where one was expected");
 }
 
 TEST(ScmRights, SeqpacketRecordLargerThanTheBufferIsFlaggedAndItsRestDiscarded) {

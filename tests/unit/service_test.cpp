@@ -42,7 +42,8 @@ Fd bound_datagram_socket(const std::string& name) {
     address.sun_family = AF_UNIX;
     std::memcpy(address.sun_path, name.data(), name.size());
     if (name[0] == '@') address.sun_path[0] = '\0';
-    auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '/' ? 1 : 0));
+    auto length =
+        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '/' ? 1 : 0));
     EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), length), 0) << std::strerror(errno);
     return fd;
 }
@@ -59,7 +60,8 @@ TEST(Notify, DoesNothingWithoutNotifySocket) {
 }
 
 TEST(Notify, SendsReadyAndStatusToAPathSocket) {
-    std::string path = std::filesystem::temp_directory_path() / ("ktricks-notify-" + std::to_string(::getpid()));
+    std::string path =
+        std::filesystem::temp_directory_path() / ("ktricks-notify-" + std::to_string(::getpid()));
     ::unlink(path.c_str());
     Fd manager = bound_datagram_socket(path);
     ScopedEnv env("NOTIFY_SOCKET", path);
@@ -84,7 +86,8 @@ TEST(Notify, ReportsAnUnreachableManager) {
         notify_ready();
         FAIL() << "expected an error";
     } catch (const std::system_error& error) {
-        EXPECT_NE(std::string(error.what()).find("/nonexistent/ktricks/notify"), std::string::npos) << error.what();
+        EXPECT_NE(std::string(error.what()).find("/nonexistent/ktricks/notify"), std::string::npos)
+            << error.what();
     }
 }
 
@@ -103,7 +106,8 @@ std::string captured_stderr(Body body, bool announce_as_journal) {
     struct stat status {};
     ::fstat(file.get(), &status);
     {
-        ScopedEnv env("JOURNAL_STREAM", announce_as_journal ? fmt::format("{}:{}", status.st_dev, status.st_ino) : "1:1");
+        ScopedEnv env("JOURNAL_STREAM",
+                      announce_as_journal ? fmt::format("{}:{}", status.st_dev, status.st_ino) : "1:1");
         body();
     }
     ::dup2(saved.get(), STDERR_FILENO);
@@ -116,7 +120,12 @@ std::string captured_stderr(Body body, bool announce_as_journal) {
 
 TEST(Log, PrefixesPriorityWhenStderrIsTheJournalStream) {
     set_log_program("ktricks test");
-    auto text = captured_stderr([] { log_error("cannot read {}", "x.conf"); log_info("started"); }, true);
+    auto text = captured_stderr(
+        [] {
+            log_error("cannot read {}", "x.conf");
+            log_info("started");
+        },
+        true);
     EXPECT_EQ(text, "<3>ktricks test: cannot read x.conf\n<6>ktricks test: started\n");
 }
 

@@ -26,8 +26,9 @@ TEST(SinkTarget, RedisUrlWithOptions) {
 }
 
 TEST(SinkTarget, SecretsOnTheCommandLineAndUnknownThingsAreRefused) {
-    for (const char* url : {"redis://u:secret@h:1/s", "redis://h:1/s?password=x", "redis://h/s", "redis://h:0/s",
-                            "redis://h:1/", "http://h:1/s", "redis://h:1/s?bogus=1", "nats://h:4222/s"})
+    for (const char* url :
+         {"redis://u:secret@h:1/s", "redis://h:1/s?password=x", "redis://h/s", "redis://h:0/s",
+          "redis://h:1/", "http://h:1/s", "redis://h:1/s?bogus=1", "nats://h:4222/s"})
         EXPECT_THROW(parse_target(url), InputError) << url;
 }
 
@@ -44,7 +45,8 @@ TEST(SinkTarget, PasswordComesFromAFile) {
 TEST(SinkTarget, PlaceholdersTakeTheEventsFields) {
     Event event("mysql", "change");
     event.set("db", "shop").set("table", "orders");
-    EXPECT_EQ(expand("{host}.{source}.{db}.{table}.{other}", event.json(), "h1"), "h1.mysql.shop.orders.{other}");
+    EXPECT_EQ(expand("{host}.{source}.{db}.{table}.{other}", event.json(), "h1"),
+              "h1.mysql.shop.orders.{other}");
     Event bare("procwatch", "exec");
     EXPECT_EQ(expand("x:{db}", bare.json(), "h1"), "x:_");
 }

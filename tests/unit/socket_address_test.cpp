@@ -12,8 +12,8 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -32,7 +32,8 @@ using namespace test_support;
 // An abstract name no other test (or concurrent test binary) uses.
 std::string unique_abstract_name(std::string_view what) {
     static std::atomic<int> counter{0};
-    return "ktricks-test/" + std::to_string(::getpid()) + "/" + std::string(what) + "/" + std::to_string(counter++);
+    return "ktricks-test/" + std::to_string(::getpid()) + "/" + std::string(what) + "/" +
+           std::to_string(counter++);
 }
 
 bool ipv6_loopback_available() {
@@ -221,10 +222,10 @@ TEST(SocketAddressParse, LongestAbstractNameIs107Bytes) {
 // ---- canonical text ----
 
 TEST(SocketAddressToString, CanonicalFormsRoundTripThroughParse) {
-    for (const char* text : {"tcp://127.0.0.1:80", "tcp://0.0.0.0:0", "tcp://10.1.2.3:65535", "tcp6://[::1]:443",
-                             "tcp6://[::]:80", "tcp6://[fe80::1%1]:1", "tcp6://[2001:db8::42]:8080",
-                             "udp://127.0.0.1:53", "udp6://[::1]:5353", "unix:/tmp/x.sock", "unix:relative.sock",
-                             "unix:@ktricks/once/u0/x"}) {
+    for (const char* text :
+         {"tcp://127.0.0.1:80", "tcp://0.0.0.0:0", "tcp://10.1.2.3:65535", "tcp6://[::1]:443",
+          "tcp6://[::]:80", "tcp6://[fe80::1%1]:1", "tcp6://[2001:db8::42]:8080", "udp://127.0.0.1:53",
+          "udp6://[::1]:5353", "unix:/tmp/x.sock", "unix:relative.sock", "unix:@ktricks/once/u0/x"}) {
         SCOPED_TRACE(text);
         auto address = SocketAddress::parse(text);
         EXPECT_EQ(address.to_string(), text);
@@ -262,12 +263,15 @@ TEST(SocketAddressFactories, UnixPathAndAbstractEqualTheirParsedForms) {
 TEST(SocketAddressFactories, FromSockaddrRejectsImpossibleLengthsAndFamilies) {
     sockaddr_storage storage{};
     storage.ss_family = AF_INET;
-    EXPECT_THROW(SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof(storage) + 1, SOCK_STREAM),
+    EXPECT_THROW(
+        SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof(storage) + 1, SOCK_STREAM),
+        InputError);
+    EXPECT_THROW(SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), 1, SOCK_STREAM),
                  InputError);
-    EXPECT_THROW(SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), 1, SOCK_STREAM), InputError);
     storage.ss_family = AF_NETLINK;
-    EXPECT_THROW(SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof(sockaddr), SOCK_STREAM),
-                 InputError);
+    EXPECT_THROW(
+        SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof(sockaddr), SOCK_STREAM),
+        InputError);
 }
 
 TEST(SocketAddressFactories, FromSockaddrTakesTheTransportFromTheSocketType) {
@@ -279,10 +283,13 @@ TEST(SocketAddressFactories, FromSockaddrTakesTheTransportFromTheSocketType) {
 // ---- parse errors: each names the input and says what is wrong ----
 
 struct ParseErrorCase {
-    ParseErrorCase(const char* test_name, std::string text, std::string what_is_wrong, std::string quoted = {})
-        : name(test_name), input(std::move(text)), reason(std::move(what_is_wrong)),
+    ParseErrorCase(const char* test_name, std::string text, std::string what_is_wrong,
+                   std::string quoted = {})
+        : name(test_name),
+          input(std::move(text)),
+          reason(std::move(what_is_wrong)),
           shown(quoted.empty() ? input : std::move(quoted)) {}
-    const char* name;    // the test's name
+    const char* name;  // the test's name
     std::string input;
     std::string reason;  // what the message must say is wrong
     std::string shown;   // how the message quotes the input (escaped, where it holds control bytes)
@@ -319,7 +326,8 @@ const ParseErrorCase parse_errors[] = {
     {"Ipv6WithoutClosingBracket", "tcp6://[::1:443", "missing ']'"},
     {"Ipv4InBrackets", "tcp6://[1.2.3.4]:443", "\"1.2.3.4\" is not an IPv6 address"},
     {"EmptyIpv6Scope", "tcp6://[::1%]:443", "empty IPv6 scope"},
-    {"Ipv6ScopeNamingNoInterface", "tcp6://[fe80::1%nosuchif0]:443", "no network interface named \"nosuchif0\""},
+    {"Ipv6ScopeNamingNoInterface", "tcp6://[fe80::1%nosuchif0]:443",
+     "no network interface named \"nosuchif0\""},
     {"BracketedIpv6ForTcp4", "tcp4://[::1]:443", "needs tcp6/udp6"},
     // unknown scheme
     {"UnknownScheme", "http://127.0.0.1:80", "unknown scheme \"http\""},
@@ -352,12 +360,15 @@ TEST_P(SocketAddressBadInput, IsRejectedNamingTheInputAndWhatIsWrong) {
 }
 
 INSTANTIATE_TEST_SUITE_P(, SocketAddressBadInput, ::testing::ValuesIn(parse_errors),
-                         [](const ::testing::TestParamInfo<ParseErrorCase>& test) { return test.param.name; });
+                         [](const ::testing::TestParamInfo<ParseErrorCase>& test) {
+                             return test.param.name;
+                         });
 
 TEST(SocketAddressParseError, UnixPathOf108BytesIsTooLong) {
     std::string path = "/" + std::string(107, 'p');
     ASSERT_EQ(path.size(), 108u);
-    expect_parse_error("unix:" + path, "unix:" + path, "unix socket path is 108 bytes; the kernel allows at most 107");
+    expect_parse_error("unix:" + path, "unix:" + path,
+                       "unix socket path is 108 bytes; the kernel allows at most 107");
 }
 
 TEST(SocketAddressParseError, AbstractNameOf108BytesIsTooLong) {

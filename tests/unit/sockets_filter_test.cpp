@@ -16,7 +16,8 @@
 namespace ktricks::sockets {
 namespace {
 
-SocketInfo tcp(const char* local, int local_port, const char* peer, int peer_port, std::uint8_t state = established) {
+SocketInfo tcp(const char* local, int local_port, const char* peer, int peer_port,
+               std::uint8_t state = established) {
     SocketInfo s;
     s.netid = Netid::tcp;
     s.state = state;
@@ -68,7 +69,8 @@ bool kernel_run(const std::vector<std::byte>& code, const SocketInfo& s) {
                 const auto* want = bc + sizeof(op) + sizeof(cond);
                 int bits = cond.prefix_len;
                 for (int i = 0; i < bits && yes; ++i)
-                    yes = ((want[i / 8] >> (7 - i % 8)) & 1) == ((end.address[static_cast<std::size_t>(i / 8)] >> (7 - i % 8)) & 1);
+                    yes = ((want[i / 8] >> (7 - i % 8)) & 1) ==
+                          ((end.address[static_cast<std::size_t>(i / 8)] >> (7 - i % 8)) & 1);
                 break;
             }
             default: ADD_FAILURE() << "unexpected op " << int(op.code); return false;
@@ -92,7 +94,8 @@ TEST(SocketsFilter, PortEqualityMatchesSourceOrDestination) {
 
 TEST(SocketsFilter, StateClausesSetTheStateMask) {
     EXPECT_EQ(Filter::parse("state established").states(), 1u << established);
-    EXPECT_EQ(Filter::parse("state listening state established").states(), (1u << listen) | (1u << established));
+    EXPECT_EQ(Filter::parse("state listening state established").states(),
+              (1u << listen) | (1u << established));
     EXPECT_EQ(Filter::parse("exclude listening").states(), all_states & ~(1u << listen));
     EXPECT_FALSE(Filter::parse("state established").has_conditions());
 }
@@ -102,7 +105,8 @@ TEST(SocketsFilter, ErrorsNameTheTokenAndItsPosition) {
         Filter::parse("sport = :80 and dst 10.0.0.300");
         FAIL();
     } catch (const InputError& error) {
-        EXPECT_NE(std::string(error.what()).find("bad address \"10.0.0.300\" at character 21"), std::string::npos)
+        EXPECT_NE(std::string(error.what()).find("bad address \"10.0.0.300\" at character 21"),
+                  std::string::npos)
             << error.what();
     }
     EXPECT_THROW(Filter::parse("state nosuch"), InputError);
@@ -156,8 +160,8 @@ TEST(SocketsFilter, BytecodeDecidesLikeTheEvaluatorOnRandomSockets) {
             std::string peer = fmt::format("10.{}.0.{}", pick(256), pick(3));
             static const int ports[] = {1, 2, 3, 5, 7, 9, 22, 80, 443, 1000, 1024, 1500, 2000, 2001, 65535};
             auto s = tcp(local.c_str(), ports[pick(15)], peer.c_str(), ports[pick(15)]);
-            ASSERT_EQ(kernel_run(code, s), filter.matches(s)) << text << " on " << local << ":" << s.local.port << " -> "
-                                                              << peer << ":" << s.peer.port;
+            ASSERT_EQ(kernel_run(code, s), filter.matches(s))
+                << text << " on " << local << ":" << s.local.port << " -> " << peer << ":" << s.peer.port;
         }
     }
 }
@@ -205,7 +209,8 @@ TEST(SocketsFilter, ServiceNamesComeFromGetservbyname) {
         Filter::parse("sport = :no-such-service");
         FAIL();
     } catch (const InputError& error) {
-        EXPECT_NE(std::string(error.what()).find("bad port \"no-such-service\" at character 9"), std::string::npos)
+        EXPECT_NE(std::string(error.what()).find("bad port \"no-such-service\" at character 9"),
+                  std::string::npos)
             << error.what();
     }
 }
@@ -302,12 +307,15 @@ TEST(SocketsCgroupOwner, NamesTheUnitAndTheContainerOfACgroupPath) {
     auto service = cgroup_owner("/system.slice/nginx.service");
     EXPECT_EQ(service.unit, "nginx.service");
     EXPECT_TRUE(service.container.empty());
-    EXPECT_EQ(cgroup_owner("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service").unit, "foo.service");
+    EXPECT_EQ(cgroup_owner("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service").unit,
+              "foo.service");
     auto docker = cgroup_owner("/system.slice/docker-" + id + ".scope");
     EXPECT_EQ(docker.runtime, "docker");
     EXPECT_EQ(docker.container, id);
     EXPECT_EQ(docker.unit, "docker-" + id + ".scope");
-    auto kubernetes = cgroup_owner("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-" + id + ".scope");
+    auto kubernetes = cgroup_owner(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-" + id +
+        ".scope");
     EXPECT_EQ(kubernetes.runtime, "cri-containerd");
     EXPECT_EQ(kubernetes.container, id);
     auto cgroupfs = cgroup_owner("/docker/" + id);

@@ -45,7 +45,8 @@ public:
     const std::filesystem::path& path() const { return path_; }
 
     // Creates (or replaces) the file `name` in the directory; returns its path.
-    std::string write_file(const std::string& name, const std::string& content, std::filesystem::perms perms) const {
+    std::string write_file(const std::string& name, const std::string& content,
+                           std::filesystem::perms perms) const {
         auto file = path_ / name;
         std::ofstream(file) << content;
         std::filesystem::permissions(file, perms);
@@ -86,12 +87,15 @@ inline bool readable_within(int fd, std::chrono::milliseconds limit) {
 
 // Whether two descriptors, or a path and a descriptor, refer to the same file (device and inode).
 inline bool same_file(int a, int b) {
-    struct stat sa {}, sb {};
+    struct stat sa {
+    }, sb{};
     return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 inline bool same_file(const std::string& path, int fd) {
-    struct stat sa {}, sb {};
-    return ::stat(path.c_str(), &sa) == 0 && ::fstat(fd, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    struct stat sa {
+    }, sb{};
+    return ::stat(path.c_str(), &sa) == 0 && ::fstat(fd, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
 }
 
 // The descriptor numbers listed in a /proc/PID/fd directory.

@@ -74,7 +74,8 @@ TEST(TvfsDecision, TenBitInterlacedHighFrameRateAndOversizedVideoEachGiveAReason
     media.video = VideoStream{0, "h264", "High 10", 52, 10, "yuv420p10le", 3840, 2160, 60, true};
     auto decision = decide(media, builtin_profile("tv"));
     EXPECT_EQ(decision.action, Action::full_transcode);
-    for (auto text : {"10-bit > 8-bit", "3840x2160 > 1920x1080", "60 fps > 30", "interlaced", "level 5.2 > 4.1", "High 10"})
+    for (auto text : {"10-bit > 8-bit", "3840x2160 > 1920x1080", "60 fps > 30", "interlaced",
+                      "level 5.2 > 4.1", "High 10"})
         EXPECT_TRUE(mentions(decision, text)) << text;
 }
 
@@ -132,7 +133,9 @@ TEST(TvfsProfile, BuiltinProfilesExistAndUnknownNamesAreRejected) {
 }
 
 TEST(TvfsProfile, TomlProfileInheritsFromItsBase) {
-    auto profile = parse_profile("name = \"den\"\nbase = \"samsung\"\nmax_fps = 25\nmax_h264_level = 4.2\naudio_codecs = [\"aac\"]\n", "den.toml");
+    auto profile = parse_profile(
+        "name = \"den\"\nbase = \"samsung\"\nmax_fps = 25\nmax_h264_level = 4.2\naudio_codecs = [\"aac\"]\n",
+        "den.toml");
     EXPECT_EQ(profile.name, "den");
     EXPECT_EQ(profile.max_fps, 25);
     EXPECT_EQ(profile.max_h264_level, 42);
@@ -167,7 +170,6 @@ TEST(TvfsSize, SizesTakeBinaryUnits) {
     EXPECT_THROW(parse_size("99999999999999999999"), InputError);
     EXPECT_THROW(parse_size("99999999999T"), InputError);
 }
-
 
 // ---- the output cache (LRU over output directories) ----
 
@@ -256,11 +258,15 @@ TEST(TvfsCache, DirectoriesFoundAtStartAreCountedOrderedByMtimeAndOlderThanAnyUs
 Decision decision(Action action) {
     Decision d;
     d.action = action;
-    d.extension = action == Action::remux ? ".mp4" : action == Action::pass_through || action == Action::skip ? "" : ".ts";
+    d.extension = action == Action::remux                                    ? ".mp4"
+                  : action == Action::pass_through || action == Action::skip ? ""
+                                                                             : ".ts";
     return d;
 }
 
-SourceItem file(std::string name, Action action) { return SourceItem{std::move(name), false, decision(action)}; }
+SourceItem file(std::string name, Action action) {
+    return SourceItem{std::move(name), false, decision(action)};
+}
 
 std::set<std::string> names(const Listing& listing) {
     std::set<std::string> result;
@@ -272,7 +278,11 @@ std::set<std::string> names(const Listing& listing) {
 bool valid_utf8(std::string_view text) {
     for (std::size_t i = 0; i < text.size();) {
         auto lead = static_cast<unsigned char>(text[i]);
-        std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+        std::size_t length = lead < 0x80           ? 1
+                             : (lead >> 5) == 0x6  ? 2
+                             : (lead >> 4) == 0xE  ? 3
+                             : (lead >> 3) == 0x1E ? 4
+                                                   : 0;
         if (length == 0 || i + length > text.size()) return false;
         for (std::size_t j = 1; j < length; ++j)
             if ((static_cast<unsigned char>(text[i + j]) & 0xC0) != 0x80) return false;
@@ -282,8 +292,9 @@ bool valid_utf8(std::string_view text) {
 }
 
 TEST(TvfsCatalog, APassThroughNameWinsAndTheConvertedFileKeepsItsSourceNameInFront) {
-    auto listing = name_items({file("clip.mkv", Action::remux), file("clip.mp4", Action::pass_through),
-                               file("talk.avi", Action::full_transcode), file("talk.ts", Action::pass_through)});
+    auto listing =
+        name_items({file("clip.mkv", Action::remux), file("clip.mp4", Action::pass_through),
+                    file("talk.avi", Action::full_transcode), file("talk.ts", Action::pass_through)});
     EXPECT_EQ(names(listing), (std::set<std::string>{"clip.mp4", "clip.mkv.mp4", "talk.ts", "talk.avi.ts"}));
     EXPECT_EQ(listing.at("clip.mp4").source_name, "clip.mp4");
     EXPECT_EQ(listing.at("clip.mkv.mp4").source_name, "clip.mkv");
@@ -291,8 +302,9 @@ TEST(TvfsCatalog, APassThroughNameWinsAndTheConvertedFileKeepsItsSourceNameInFro
 }
 
 TEST(TvfsCatalog, SkippedFilesAreLeftOutAndDirectoriesKeepTheirNames) {
-    auto listing = name_items({file("notes.txt", Action::skip), SourceItem{"season1", true, {}}, file("a.webm", Action::full_transcode),
-                               SourceItem{"b.ts", true, {}}, file("b.mkv", Action::audio_transcode)});
+    auto listing = name_items({file("notes.txt", Action::skip), SourceItem{"season1", true, {}},
+                               file("a.webm", Action::full_transcode), SourceItem{"b.ts", true, {}},
+                               file("b.mkv", Action::audio_transcode)});
     EXPECT_EQ(names(listing), (std::set<std::string>{"season1", "a.ts", "b.ts", "b.mkv.ts"}));
     EXPECT_TRUE(listing.at("b.ts").directory);
     EXPECT_FALSE(listing.at("b.mkv.ts").directory);
@@ -300,15 +312,17 @@ TEST(TvfsCatalog, SkippedFilesAreLeftOutAndDirectoriesKeepTheirNames) {
 
 TEST(TvfsCatalog, NamesNeverExceed255BytesStayDistinctAndKeepTheirExtension) {
     // Every source name is at most 255 bytes (the kernel's limit); their outputs may be longer.
-    std::string one = std::string(253, 'a') + ".m", two = std::string(252, 'a') + "b.m";  // -> 256 bytes with ".ts"
-    std::string clash(250, 'c');                                                          // -> "ccc.mkv.mp4": 258 bytes
+    std::string one = std::string(253, 'a') + ".m",
+                two = std::string(252, 'a') + "b.m";  // -> 256 bytes with ".ts"
+    std::string clash(250, 'c');                      // -> "ccc.mkv.mp4": 258 bytes
     std::string accented;
     for (int i = 0; i < 126; ++i) accented += "\xC3\xA9";  // "é" x 126: a cut at an odd byte would split one
-    std::string fits = std::string(251, 'p') + ".mp4";       // 255 bytes: kept as it is
-    auto listing = name_items({file(one, Action::full_transcode), file(two, Action::full_transcode),
-                               file(clash + ".mp4", Action::pass_through), file(clash + ".mkv", Action::remux),
-                               file(accented + "x.m", Action::full_transcode), file(fits, Action::pass_through),
-                               file("short.mkv", Action::remux)});
+    std::string fits = std::string(251, 'p') + ".mp4";     // 255 bytes: kept as it is
+    auto listing =
+        name_items({file(one, Action::full_transcode), file(two, Action::full_transcode),
+                    file(clash + ".mp4", Action::pass_through), file(clash + ".mkv", Action::remux),
+                    file(accented + "x.m", Action::full_transcode), file(fits, Action::pass_through),
+                    file("short.mkv", Action::remux)});
     EXPECT_EQ(listing.size(), 7u) << "distinct long names stay distinct";
     EXPECT_TRUE(listing.count("short.mp4"));
     EXPECT_TRUE(listing.count(fits));
@@ -334,7 +348,9 @@ struct ByExtension {
         ++probes;
         if (!fs::exists(root + rel)) return std::nullopt;
         Entry entry;
-        entry.decision = decision(rel.ends_with(".mkv") ? Action::remux : rel.ends_with(".mp4") ? Action::pass_through : Action::skip);
+        entry.decision = decision(rel.ends_with(".mkv")   ? Action::remux
+                                  : rel.ends_with(".mp4") ? Action::pass_through
+                                                          : Action::skip);
         return entry;
     }
 };
@@ -371,7 +387,8 @@ TEST(TvfsCatalog, AListingIsReadOnceAndKeptUntilForgotten) {
     EXPECT_FALSE(catalog.resolve("/notes.txt"));
     EXPECT_FALSE(catalog.resolve("/.hidden.mp4"));
     fs::remove(dir.path() / "a.mkv");
-    EXPECT_FALSE(catalog.resolve("/a.mp4")) << "a file gone from the source resolves to nothing even before forget()";
+    EXPECT_FALSE(catalog.resolve("/a.mp4"))
+        << "a file gone from the source resolves to nothing even before forget()";
 }
 
 }  // namespace

@@ -39,14 +39,14 @@ struct ChildSetupError {
 };
 
 struct SpawnOptions {
-    std::vector<std::string> argv;         // argv[0] is looked up in PATH unless it contains '/'
-    std::string executable;                // if set, run this file instead of looking argv[0] up
-    std::vector<std::string> set_env;      // "KEY=VALUE" added to (or replacing in) our environment
-    std::vector<std::string> unset_env;    // keys removed from the environment
+    std::vector<std::string> argv;       // argv[0] is looked up in PATH unless it contains '/'
+    std::string executable;              // if set, run this file instead of looking argv[0] up
+    std::vector<std::string> set_env;    // "KEY=VALUE" added to (or replacing in) our environment
+    std::vector<std::string> unset_env;  // keys removed from the environment
     // If set, only our variables whose name it accepts are inherited (then set_env is added): a
     // clean environment for code that must not see ours.
     std::function<bool(std::string_view name)> inherit_env;
-    std::vector<int> pass_fds;             // become fds 3.. in the child, close-on-exec cleared
+    std::vector<int> pass_fds;  // become fds 3.. in the child, close-on-exec cleared
     bool close_other_fds = true;
     // Sets LISTEN_PID to the child's own pid (known only after fork) and LISTEN_FDS to the count of
     // pass_fds; LISTEN_FDNAMES is the caller's business (set_env).
@@ -54,7 +54,7 @@ struct SpawnOptions {
     // With listen_fds_env: LISTEN_FDS counts only the first N of pass_fds (-1: all of them). The
     // rest still land right after them (fd 3+N...) but are not announced as listeners.
     int listen_fds_count = -1;
-    std::vector<int> keep_fds;             // kept at their own numbers (close-on-exec cleared)
+    std::vector<int> keep_fds;                          // kept at their own numbers (close-on-exec cleared)
     int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;  // replace 0/1/2 when >= 0
     bool new_process_group = false;
     // Signal the child gets when we die (PR_SET_PDEATHSIG), e.g. SIGKILL so that a command that must

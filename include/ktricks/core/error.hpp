@@ -46,13 +46,13 @@ public:
 // sysexits.h codes the CLI uses.
 namespace exit_code {
 inline constexpr int ok = 0;
-inline constexpr int usage = 64;        // EX_USAGE
-inline constexpr int data = 65;         // EX_DATAERR
-inline constexpr int no_input = 66;     // EX_NOINPUT
-inline constexpr int unavailable = 69;  // EX_UNAVAILABLE
-inline constexpr int software = 70;     // EX_SOFTWARE
-inline constexpr int os_error = 71;     // EX_OSERR
-inline constexpr int temp_fail = 75;    // EX_TEMPFAIL
+inline constexpr int usage = 64;          // EX_USAGE
+inline constexpr int data = 65;           // EX_DATAERR
+inline constexpr int no_input = 66;       // EX_NOINPUT
+inline constexpr int unavailable = 69;    // EX_UNAVAILABLE
+inline constexpr int software = 70;       // EX_SOFTWARE
+inline constexpr int os_error = 71;       // EX_OSERR
+inline constexpr int temp_fail = 75;      // EX_TEMPFAIL
 inline constexpr int no_permission = 77;  // EX_NOPERM
 }  // namespace exit_code
 

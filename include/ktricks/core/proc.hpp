@@ -23,7 +23,7 @@ struct UnixSocketEntry {
     unsigned type = 0;        // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
     unsigned state = 0;
     unsigned long inode = 0;
-    std::string path;         // "@name" for an abstract name, "" if unbound
+    std::string path;  // "@name" for an abstract name, "" if unbound
 };
 // The table's text parsed (the header line and malformed lines are skipped).
 std::vector<UnixSocketEntry> parse_proc_net_unix(std::string_view text);

@@ -32,16 +32,16 @@
 namespace ktricks {
 
 struct Job {
-    std::string key;                   // jobs of one key run one after another
-    std::vector<std::string> argv;     // e.g. {"/bin/sh", "-c", command}
-    std::vector<std::string> env;      // "KEY=VALUE" added to the clean environment
+    std::string key;                // jobs of one key run one after another
+    std::vector<std::string> argv;  // e.g. {"/bin/sh", "-c", command}
+    std::vector<std::string> env;   // "KEY=VALUE" added to the clean environment
     // false: only PATH is inherited, not our KTRICKS_* (NetworkManager-dispatcher scripts get
     // PATH and NetworkManager's variables, nothing else).
     bool inherit_ktricks_env = true;
     std::optional<std::string> working_directory;  // unset: ours
-    std::string input;                 // the script's stdin
+    std::string input;                             // the script's stdin
     std::chrono::milliseconds timeout{60000};
-    std::string label;                 // "rule 2 (link-up veth0)" for reports
+    std::string label;  // "rule 2 (link-up veth0)" for reports
     std::chrono::steady_clock::time_point event_time = std::chrono::steady_clock::now();
 };
 
@@ -55,7 +55,9 @@ struct JobReport {
     std::chrono::milliseconds latency{0};   // event -> script started
     std::chrono::milliseconds duration{0};  // script started -> ended
 
-    bool failed() const noexcept { return !error.empty() || timed_out || status.signaled || status.code != 0; }
+    bool failed() const noexcept {
+        return !error.empty() || timed_out || status.signaled || status.code != 0;
+    }
     // {"source":SOURCE,"event":"script-done"|"script-failed"|"script-timeout","script":LABEL,
     //  "latency_ms","duration_ms","status"|"error"}
     Event to_event(std::string_view source) const;

@@ -24,9 +24,9 @@ inline constexpr std::size_t max_fds_per_message = 253;
 void send_fds(int socket, std::span<const std::byte> data, std::span<const int> fds);
 
 struct ReceivedMessage {
-    std::size_t size = 0;          // bytes stored in the buffer; 0 with no fds means end of stream
-    bool data_truncated = false;   // MSG_TRUNC: a datagram/seqpacket record was larger than the buffer
-    std::vector<Fd> fds;           // in the order they were sent
+    std::size_t size = 0;         // bytes stored in the buffer; 0 with no fds means end of stream
+    bool data_truncated = false;  // MSG_TRUNC: a datagram/seqpacket record was larger than the buffer
+    std::vector<Fd> fds;          // in the order they were sent
 };
 
 // Receives one message into `buffer` and up to `max_fds` descriptors. If the sender attached more

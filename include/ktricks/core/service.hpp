@@ -26,9 +26,12 @@ bool notify_service_manager(std::string_view state);
 // std::system_error (EINVAL for a malformed name).
 void notify_socket_send(std::string_view name, std::string_view state);
 inline bool notify_ready(std::string_view status = {}) {
-    return notify_service_manager(status.empty() ? std::string("READY=1") : fmt::format("READY=1\nSTATUS={}", status));
+    return notify_service_manager(status.empty() ? std::string("READY=1")
+                                                 : fmt::format("READY=1\nSTATUS={}", status));
 }
-inline bool notify_status(std::string_view status) { return notify_service_manager(fmt::format("STATUS={}", status)); }
+inline bool notify_status(std::string_view status) {
+    return notify_service_manager(fmt::format("STATUS={}", status));
+}
 inline bool notify_stopping() { return notify_service_manager("STOPPING=1"); }
 
 enum class LogLevel { error = 3, warning = 4, notice = 5, info = 6, debug = 7 };

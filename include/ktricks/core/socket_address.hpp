@@ -55,11 +55,11 @@ private:
 };
 
 struct BindOptions {
-    int backlog = 4096;           // listen() backlog for stream sockets; the kernel caps it at somaxconn
-    bool reuse_address = true;    // SO_REUSEADDR on TCP, so a restart need not wait out TIME_WAIT
-    bool reuse_port = false;      // SO_REUSEPORT
-    bool v6_only = true;          // IPV6_V6ONLY: tcp6://[::]:80 does not also take IPv4
-    int socket_type = 0;          // override (e.g. SOCK_SEQPACKET for unix); 0 = the address's own
+    int backlog = 4096;         // listen() backlog for stream sockets; the kernel caps it at somaxconn
+    bool reuse_address = true;  // SO_REUSEADDR on TCP, so a restart need not wait out TIME_WAIT
+    bool reuse_port = false;    // SO_REUSEPORT
+    bool v6_only = true;        // IPV6_V6ONLY: tcp6://[::]:80 does not also take IPv4
+    int socket_type = 0;        // override (e.g. SOCK_SEQPACKET for unix); 0 = the address's own
 };
 
 // socket() + bind() (+ listen() for stream sockets), close-on-exec. Errors name the address:

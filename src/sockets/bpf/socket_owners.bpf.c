@@ -18,12 +18,25 @@ typedef __u32 __wsum;
 #include <bpf/bpf_helpers.h>
 
 #define KERNEL_TYPE __attribute__((preserve_access_index))
-struct super_block { unsigned long s_magic; } KERNEL_TYPE;
-struct inode { unsigned long i_ino; struct super_block* i_sb; } KERNEL_TYPE;
-struct file { struct inode* f_inode; } KERNEL_TYPE;
-struct task_struct { int pid; int tgid; char comm[16]; } KERNEL_TYPE;
+struct super_block {
+    unsigned long s_magic;
+} KERNEL_TYPE;
+struct inode {
+    unsigned long i_ino;
+    struct super_block* i_sb;
+} KERNEL_TYPE;
+struct file {
+    struct inode* f_inode;
+} KERNEL_TYPE;
+struct task_struct {
+    int pid;
+    int tgid;
+    char comm[16];
+} KERNEL_TYPE;
 struct seq_file;
-struct bpf_iter_meta { struct seq_file* seq; } KERNEL_TYPE;
+struct bpf_iter_meta {
+    struct seq_file* seq;
+} KERNEL_TYPE;
 struct bpf_iter__task_file {
     struct bpf_iter_meta* meta;
     struct task_struct* task;
