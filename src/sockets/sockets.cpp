@@ -555,23 +555,25 @@ Row make_row(const SocketInfo& socket, const TableOptions& options, ServiceNames
         row.peer_port = std::to_string(socket.peer_inode);
     }
     if (!socket.processes.empty()) row.process = " " + users_text(socket.processes);
+    // ss (6.1) prints timers, -e, skmem and the cgroup into the Process column after the users, and
+    // pads that one column to its widest cell: so do we (a script splitting on the column sees ss's).
     if (options.timers && socket.timer && is_inet(socket.netid)) {
         static const char* const names[] = {"off", "on", "keepalive", "timewait", "persist", "unknown"};
-        row.details += fmt::format(" timer:({},{},{})", names[std::min<int>(socket.timer, 5)],
+        row.process += fmt::format(" timer:({},{},{})", names[std::min<int>(socket.timer, 5)],
                                    timer_text(socket.expires_ms), socket.retransmits);
     }
     if (options.extended) {
-        if (socket.uid) row.details += fmt::format(" uid:{}", socket.uid);
-        row.details += fmt::format(" ino:{} sk:{:x}", socket.inode, socket.cookie);
-        if (socket.mark) row.details += fmt::format(" fwmark:0x{:x}", socket.mark);
+        if (socket.uid) row.process += fmt::format(" uid:{}", socket.uid);
+        row.process += fmt::format(" ino:{} sk:{:x}", socket.inode, socket.cookie);
+        if (socket.mark) row.process += fmt::format(" fwmark:0x{:x}", socket.mark);
     }
-    if (socket.memory) row.details += " " + memory_text(*socket.memory);
+    if (socket.memory) row.process += " " + memory_text(*socket.memory);
     if (options.cgroups && !socket.cgroup.empty()) {
-        row.details += " cgroup:" + printable(socket.cgroup);
+        row.process += " cgroup:" + printable(socket.cgroup);
         auto owner = cgroup_owner(socket.cgroup);
-        if (!owner.unit.empty()) row.details += " unit:" + printable(owner.unit);
+        if (!owner.unit.empty()) row.process += " unit:" + printable(owner.unit);
         if (!owner.container.empty())
-            row.details += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") +
+            row.process += " container:" + (owner.runtime.empty() ? "" : printable(owner.runtime) + "/") +
                            owner.container.substr(0, 12);
     }
     if (socket.tcp || !socket.congestion.empty()) row.details += "\n\t " + tcp_text(socket);

@@ -47,6 +47,7 @@ def setup_links():
 class Fixture:
     def __init__(self, directory):
         self.keep = []
+        self.ssfilter_port = None
         self.dir = directory
 
     def tcp_listener(self, family, address, port, v6only=None, mark=None, device=None, rcvbuf=None):
@@ -110,7 +111,10 @@ class Fixture:
         for i in range(60):
             port = (22, 80, 443, 3306, 8080)[i % 5]
             source = ("127.0.0.%d" % (2 + i % 4), 0) if i % 3 else None
-            self.connect(listeners[port], v4, source, ("127.0.0.1", port), mark=0x10 + (i % 3) if i % 7 == 0 else None)
+            c, _ = self.connect(listeners[port], v4, source, ("127.0.0.1", port),
+                                mark=0x10 + (i % 3) if i % 7 == 0 else None)
+            if source and source[0] == "127.0.0.2" and port == 22:
+                self.ssfilter_port = c.getsockname()[1]  # ssfilter.t's 10.0.0.2:50312
         for i in range(12):
             self.connect(dual, v4, None, ("127.0.0.1", 9000))      # v4 client, v4-mapped server side
             self.connect(dual, v6, None, ("::ffff:127.0.0.1", 9000))  # v4-mapped on both sides
@@ -213,18 +217,26 @@ class Fixture:
             pass
 
 
-# iproute2 testsuite/tests/ss/ssfilter.t, on this fixture's addresses and ports.
+# iproute2 testsuite/tests/ss/ssfilter.t, every expression, on this fixture's addresses and ports.
+# Its dump (ss1.dump) holds a listener 0.0.0.0:22 and connections 10.0.0.1:36266 -> 10.0.0.1:22 and
+# 10.0.0.2:50312 -> 10.0.0.1:22; here 0.0.0.0:22 is the 0.0.0.0:9002 listener, 10.0.0.1 is 127.0.0.1,
+# 10.0.0.2 is 127.0.0.2 and 50312 the port ({P}) of the fixture's connection 127.0.0.2 -> 127.0.0.1:22.
+# Each is run with ssfilter.t's own flags (-Htna) and must select rows, as test_on there requires;
+# where the fixture, like ss1.dump, has one matching socket (the 9002 listener, the server side of
+# {P}) exactly one row. (`src 0.0.0.0` also selects the fixture's second 0.0.0.0 listener.)
 SSFILTER_T = [
-    "dport = 22", "dport 22", "( dport = 22 )", "src = 0.0.0.0", "src 0.0.0.0", "src 0.0.0.0 sport = 9002",
-    "src 0.0.0.0 and sport = 9002", "src 127.0.0.2 and sport = 22 and dport = 22",
-    "src 127.0.0.1 and sport = 22 and ( dport > 1024 )", "src 127.0.0.1 and ( sport = 22 and dport > 1024 )",
-    "( src 127.0.0.1 and sport = 22 ) and dport > 1024", "( src 0.0.0.0 or src 127.0.0.1 ) and dst 127.0.0.2",
+    ("dport = 22", None), ("dport 22", None), ("( dport = 22 )", None), ("src = 0.0.0.0", None), ("src 0.0.0.0", None),
+    ("src 0.0.0.0 sport = 9002", 1), ("src 0.0.0.0 and sport = 9002", 1),
+    ("src 127.0.0.1 and sport = 22 and dport = {P}", 1), ("src 127.0.0.1 and sport = 22 and ( dport = {P} )", 1),
+    ("src 127.0.0.1 and ( sport = 22 and dport = {P} )", 1), ("( src 127.0.0.1 and sport = 22 ) and dport = {P}", 1),
+    ("( src 0.0.0.0 or src 127.0.0.1 ) and dst 127.0.0.2", None),
 ]
 
 # ss(8)'s own examples and the issue's cases.
 MANUAL = [
     "state established ( dport = :ssh or sport = :ssh )",
     "state established '( dport = :ssh or sport = :ssh )'".replace("'", ""),
+    "src 127.0.0.1 and sport = 22 and ( dport > 1024 )", "( src 127.0.0.1 and sport = 22 ) and dport > 1024",
     "dst 193.233.7/24", "dst 10.0.0/24", "src localhost", "sport = :22 or sport = :80 and dst 127.0.0.2",
     "sport = :22", "src 127.0.0.1", "dev lo", "dev d0", "dev != lo", "autobound", "not autobound",
     "fwmark 0x10", "fwmark = 0x10/0xf0", "fwmark != 0", "cgroup /", "cgroup != /",
@@ -310,7 +322,8 @@ def cut_rows(text):
     return sorted(l[:at].rstrip() for l in lines[1:] if l and not l[0].isspace())
 
 
-def compare(ktricks, flags, exact, expression):
+def compare(ktricks, flags, exact, expression, expect_rows=None):
+    """expect_rows: with -H, how many rows both must print (0: at least one); None: no check."""
     words = expression.split()
     ours_argv = [ktricks, "sockets", flags] + (["--"] + words if words else [])
     theirs_argv = ["ss", flags] + words
@@ -324,6 +337,11 @@ def compare(ktricks, flags, exact, expression):
         if (s1 != 0) == (o != 0):
             return True, ""
         return False, "exit ss %d ktricks %d" % (s1, o)
+    if expect_rows is not None:
+        count = len([line for line in ours.split("\n") if line])
+        if (count == 0) if expect_rows == 0 else (count != expect_rows):
+            return False, "ssfilter.t expects %s, ktricks printed %d (%s)" % (
+                "%d row(s)" % expect_rows if expect_rows else "rows", count, "same as ss" if ours == theirs else "ss differs")
     if exact:
         if ours == theirs:
             return True, ""
@@ -350,23 +368,28 @@ def main():
         fixture.build()
         rng = random.Random(args.seed)
         cases = []
-        inet_exprs = [""] + SSFILTER_T + MANUAL + generate(rng, PORT_ATOMS + HOST_ATOMS + OTHER_ATOMS, args.count)
+        ssfilter = [(e.replace("{P}", str(fixture.ssfilter_port)), n) for e, n in SSFILTER_T]
+        # ssfilter.t's cases as it runs them (-Htna), then with the rotating flag sets below.
+        for expression, expect_rows in ssfilter:
+            cases.append(("-Htna", True, expression, expect_rows or 0))
+        inet_exprs = [""] + [e for e, _ in ssfilter] + MANUAL + generate(
+            rng, PORT_ATOMS + HOST_ATOMS + OTHER_ATOMS, args.count)
         for expression in inet_exprs:
             # every expression with three flag sets, rotating through them
             for k in range(3):
                 flags, exact = FLAGS[(len(cases) + k * 7) % len(FLAGS)]
-                cases.append((flags, exact, expression))
+                cases.append((flags, exact, expression, None))
         unix_exprs = [""] + [a.replace("DIR", directory) for a in UNIX_ATOMS] + [
             e.replace("DIR", directory) for e in generate(rng, UNIX_ATOMS + PORT_ATOMS[:6] + HOST_ATOMS[:3], args.count // 2)]
         for expression in unix_exprs:
             for k in range(2):
                 flags, exact = UNIX_FLAGS[(len(cases) + k * 4) % len(UNIX_FLAGS)]
-                cases.append((flags, exact, expression))
+                cases.append((flags, exact, expression, None))
         for flags, exact in PLAIN_FLAGS:
-            cases.append((flags, exact, ""))
+            cases.append((flags, exact, "", None))
         failures = 0
-        for flags, exact, expression in cases:
-            ok, why = compare(args.ktricks, flags, exact, expression)
+        for flags, exact, expression, expect_rows in cases:
+            ok, why = compare(args.ktricks, flags, exact, expression, expect_rows)
             if not ok:
                 failures += 1
                 print("DIFFERS: ss %s %s: %s" % (flags, expression, why), flush=True)
