@@ -108,6 +108,8 @@ for n in $SIZES; do
     "$KTRICKS" sockets -tan >"$out/k" && ss -tan >"$out/s" && netstat -tan >"$out/t"
     same_rows "-tan" "$out/k" "$out/s"
     rows_tan=$(rows "$out/k" 1)
+    # Both ends of every connection and one listener per worker of 9000: nothing else is open here.
+    ((rows_tan == 2 * n + (n + 8999) / 9000)) || fail "-tan: $rows_tan rows, expected $((2 * n + (n + 8999) / 9000))"
     [[ $(rows "$out/t" 2) == "$rows_tan" ]] ||
         fail "-tan: ktricks and ss $rows_tan rows, netstat $(rows "$out/t" 2)"
     echo "sockets.sh: N=$n -tan: $rows_tan rows in all three" >&2
@@ -153,6 +155,11 @@ for n in $SIZES; do
     time_all "k=$KTRICKS sockets -tan --cgroup" "s=ss -tan --cgroup"
     add_row "$n" '`-tan --cgroup`' "$rows_cgroup" "${med[k]}" "${med[s]}" n/a
     connections_close
+    # The helper resets its connections (SO_LINGER 0: no TIME-WAIT); wait until they are gone.
+    for _ in {1..300}; do
+        [[ -z $(ss -Htan) ]] && break
+        sleep 0.1
+    done
 done
 echo
 echo "ktricks sockets vs ss vs netstat: medians of $RUNS interleaved runs each (hyperfine -N, output"

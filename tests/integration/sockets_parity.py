@@ -333,6 +333,8 @@ def compare(ktricks, flags, exact, expression, expect_rows=None):
         s2, again = run(theirs_argv)
         if theirs == again or attempt == 2:
             break  # a socket changed state between the calls (TIME-WAIT expiring): try again
+    if (s1 != 0 or o != 0) and expect_rows is not None:
+        return False, "exit ss %d ktricks %d (ssfilter.t's expressions must be accepted)" % (s1, o)
     if s1 != 0 or o != 0:
         if (s1 != 0) == (o != 0):
             return True, ""
@@ -368,6 +370,7 @@ def main():
         fixture.build()
         rng = random.Random(args.seed)
         cases = []
+        assert fixture.ssfilter_port, "the fixture has no connection 127.0.0.2 -> 127.0.0.1:22"
         ssfilter = [(e.replace("{P}", str(fixture.ssfilter_port)), n) for e, n in SSFILTER_T]
         # ssfilter.t's cases as it runs them (-Htna), then with the rotating flag sets below.
         for expression, expect_rows in ssfilter:
