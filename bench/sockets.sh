@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# bench/sockets.sh — `ktricks sockets` next to `ss` and `netstat` on N established TCP connections.
+# bench/sockets.sh — `ktricks sockets` next to `ss` and `netstat` on N TCP sockets (N/2 connections).
 #
 #   KTRICKS=path/to/ktricks RUNS=10 SIZES="1000 18000 100000" bench/sockets.sh
 #
 # Runs inside a private network namespace (unshare -n: it re-executes itself there), so the counts
-# are exact and nothing of the host is touched. For each N it opens N loopback connections with
-# bench/sockets_connections.py (2N sockets: both ends; workers of <= 9000 connections, each from its
+# are exact and nothing of the host is touched. For each N (sockets, as issue 17 counts them) it
+# opens N/2 loopback connections with bench/sockets_connections.py (both ends are sockets, plus one
+# listener per worker; workers of <= 9000 connections, each from its
 # own 127.0.0.x, so neither RLIMIT_NOFILE nor the ephemeral port range runs out), then times RUNS
 # runs of each command, interleaved (bench/interleave.py: hyperfine -N, every command once per
 # chunk, rotating order, so a busy minute on this shared machine hits all of them), and prints one
@@ -19,8 +20,8 @@
 # Before timing, each query's output is checked: ktricks and ss must print the same rows (sorted
 # text identical; for --cgroup, up to ktricks's added unit:/container: fields), netstat the same
 # number of rows. Any difference stops the script (exit 1) before a number is printed.
-# Environment: KTRICKS (default ../build/ktricks), RUNS (default 10), SIZES (default 1000 18000
-# 100000), NETSTAT_P_MAX (largest N at which `netstat -tanp` is timed, default 18000: it takes
+# Environment: KTRICKS (default ../build/ktricks), RUNS (default 10), SIZES (sockets, default 1000
+# 18000 100000), NETSTAT_P_MAX (largest N at which `netstat -tanp` is timed, default 18000: it takes
 # tens of seconds a run beyond).
 set -euo pipefail
 export LC_ALL=C
@@ -68,16 +69,17 @@ fail() {
     exit 1
 }
 
-# time_all LABEL=COMMAND...: RUNS interleaved runs of each; sets med[LABEL] to its median in ms.
-declare -A med
+# time_all LABEL=COMMAND...: RUNS interleaved runs of each; sets med[LABEL] to its median wall time
+# and cpu[LABEL] to its mean user+system time, in ms.
+declare -A med cpu
 time_all() {
     local json
     json=$(/usr/bin/python3 "$here/interleave.py" --runs "$RUNS" --chunk 2 --warmup 1 "$@") ||
         fail "timing failed: $*"
-    med=()
+    med=() cpu=()
     eval "$(/usr/bin/python3 -c 'import json, sys
 for label, result in json.loads(sys.argv[1]).items():
-    print("med[%s]=%.1f" % (label, result["median_ms"]))' "$json")"
+    print("med[%s]=%.1f cpu[%s]=%.1f" % (label, result["median_ms"], label, result["cpu_ms"]))' "$json")"
 }
 # rows FILE HEADER_LINES: the number of rows in a saved output.
 rows() { echo $(($(wc -l <"$1") - $2)); }
@@ -87,20 +89,21 @@ same_rows() {
     cmp -s <(sort "$2") <(sort "$3") ||
         fail "$1: ktricks and ss print different rows: diff <(sort $2) <(sort $3) | head"
 }
-add_row() { # N QUERY ROWS K S T
+add_row() { # N QUERY ROWS K S T K_CPU S_CPU
     local t_cell=$6 t_ratio
     if [[ $t_cell == n/a || $t_cell == "not run" ]]; then t_ratio=n/a; else t_ratio=$(ratio "$4" "$6"); fi
-    table+=$'\n'"| $1 | $2 | $3 | $4 | $5 | $t_cell | $(ratio "$4" "$5") | $t_ratio |"
+    table+=$'\n'"| $1 | $2 | $3 | $4 | $5 | $t_cell | $(ratio "$4" "$5") | $t_ratio | $(ratio "$7" "$8") |"
 }
 
-table="| N connections | query | rows | ktricks (ms) | ss (ms) | netstat (ms) | ss / ktricks | netstat / ktricks |
-|---:|---|---:|---:|---:|---:|---:|---:|"
+table="| N sockets | query | rows | ktricks (ms) | ss (ms) | netstat (ms) | ss / ktricks | netstat / ktricks | ss / ktricks, CPU time |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 round=0
 for n in $SIZES; do
-    echo "sockets.sh: opening $n connections..." >&2
+    c=$((n / 2))
+    echo "sockets.sh: opening $c connections ($n sockets)..." >&2
     # A fresh port range per size: the previous size's sockets may still be closing (FIN-WAIT).
     port=$((5000 + 100 * round++))
-    connections_open "$n" "$port"
+    connections_open "$c" "$port"
     filter="state established ( dport = :$port or sport = :$port )"
     shown_filter="state established '( dport = :$port or sport = :$port )'"
 
@@ -109,12 +112,12 @@ for n in $SIZES; do
     same_rows "-tan" "$out/k" "$out/s"
     rows_tan=$(rows "$out/k" 1)
     # Both ends of every connection and one listener per worker of 9000: nothing else is open here.
-    ((rows_tan == 2 * n + (n + 8999) / 9000)) || fail "-tan: $rows_tan rows, expected $((2 * n + (n + 8999) / 9000))"
+    ((rows_tan == 2 * c + (c + 8999) / 9000)) || fail "-tan: $rows_tan rows, expected $((2 * c + (c + 8999) / 9000))"
     [[ $(rows "$out/t" 2) == "$rows_tan" ]] ||
         fail "-tan: ktricks and ss $rows_tan rows, netstat $(rows "$out/t" 2)"
     echo "sockets.sh: N=$n -tan: $rows_tan rows in all three" >&2
     time_all "k=$KTRICKS sockets -tan" "s=ss -tan" "t=netstat -tan"
-    add_row "$n" '`-tan`' "$rows_tan" "${med[k]}" "${med[s]}" "${med[t]}"
+    add_row "$n" '`-tan`' "$rows_tan" "${med[k]}" "${med[s]}" "${med[t]}" "${cpu[k]}" "${cpu[s]}"
 
     # -tanp: both ways of ktricks give ss's rows and processes; -v says the BPF iterator ran.
     "$KTRICKS" sockets -tanp -v >"$out/k" 2>"$out/k.err" && ss -tanp >"$out/s"
@@ -133,8 +136,8 @@ for n in $SIZES; do
     fi
     echo "sockets.sh: N=$n -tanp: $rows_tanp rows (BPF, /proc walk, ss${netstat_p:+, netstat})" >&2
     time_all "k=$KTRICKS sockets -tanp" "w=$KTRICKS sockets -tanp --proc-walk" "s=ss -tanp" "${netstat_p[@]}"
-    add_row "$n" '`-tanp` (BPF iterator)' "$rows_tanp" "${med[k]}" "${med[s]}" "${med[t]:-not run}"
-    add_row "$n" '`-tanp --proc-walk`' "$rows_tanp" "${med[w]}" "${med[s]}" "${med[t]:-not run}"
+    add_row "$n" '`-tanp` (BPF iterator)' "$rows_tanp" "${med[k]}" "${med[s]}" "${med[t]:-not run}" "${cpu[k]}" "${cpu[s]}"
+    add_row "$n" '`-tanp --proc-walk`' "$rows_tanp" "${med[w]}" "${med[s]}" "${med[t]:-not run}" "${cpu[w]}" "${cpu[s]}"
 
     # ss(8)'s filter example on a real port.
     "$KTRICKS" sockets -tan $filter >"$out/k" && ss -tan $filter >"$out/s"
@@ -143,7 +146,7 @@ for n in $SIZES; do
     ((rows_filter > 0)) || fail "$shown_filter selected no rows"
     echo "sockets.sh: N=$n filter: $rows_filter rows" >&2
     time_all "k=$KTRICKS sockets -tan $shown_filter" "s=ss -tan $shown_filter"
-    add_row "$n" "\`-tan $shown_filter\`" "$rows_filter" "${med[k]}" "${med[s]}" n/a
+    add_row "$n" "\`-tan $shown_filter\`" "$rows_filter" "${med[k]}" "${med[s]}" n/a "${cpu[k]}" "${cpu[s]}"
 
     # --cgroup: ss prints cgroup:PATH, ktricks that and the unit or container it names.
     "$KTRICKS" sockets -tan --cgroup >"$out/k" && ss -tan --cgroup >"$out/s"
@@ -153,7 +156,7 @@ for n in $SIZES; do
     rows_cgroup=$(rows "$out/k" 1)
     echo "sockets.sh: N=$n --cgroup: $rows_cgroup rows" >&2
     time_all "k=$KTRICKS sockets -tan --cgroup" "s=ss -tan --cgroup"
-    add_row "$n" '`-tan --cgroup`' "$rows_cgroup" "${med[k]}" "${med[s]}" n/a
+    add_row "$n" '`-tan --cgroup`' "$rows_cgroup" "${med[k]}" "${med[s]}" n/a "${cpu[k]}" "${cpu[s]}"
     connections_close
     # The helper resets its connections (SO_LINGER 0: no TIME-WAIT); wait until they are gone.
     for _ in {1..300}; do
@@ -163,7 +166,7 @@ for n in $SIZES; do
 done
 echo
 echo "ktricks sockets vs ss vs netstat: medians of $RUNS interleaved runs each (hyperfine -N, output"
-echo "to /dev/null), wall time; rows checked equal first. $(nproc) CPUs, kernel $(uname -r), $(ss -V),"
+echo "to /dev/null), wall time; CPU time (user+system) ratio of the means; rows checked equal first. $(nproc) CPUs, kernel $(uname -r), $(ss -V),"
 echo "$(netstat --version 2>&1 | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
 echo
 echo "$table"
