@@ -86,8 +86,9 @@ rows() { echo $(($(wc -l <"$1") - $2)); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b + 0 > 0) printf "%.1fx", b / a; else print "n/a" }'; }
 # same_rows NAME FILE_A FILE_B: the two outputs hold the same rows (sorted, title line included).
 same_rows() {
-    cmp -s <(sort "$2") <(sort "$3") ||
-        fail "$1: ktricks and ss print different rows: diff <(sort $2) <(sort $3) | head"
+    cmp -s <(sort "$2") <(sort "$3") && return
+    diff <(sort "$2") <(sort "$3") | head -6 >&2
+    fail "$1: ktricks (<) and ss (>) print different rows (first differences above)"
 }
 add_row() { # N QUERY ROWS K S T K_CPU S_CPU
     local t_cell=$6 t_ratio
