@@ -45,6 +45,26 @@ packages=(
   libbenchmark-dev
 )
 
+# netwatch ntpsec test: ntpsec cannot be installed next to chrony (both provide and conflict with
+# time-daemon), so its files (NetworkManager dispatcher script, dhclient hook, ntp.conf) are
+# unpacked from Debian's package into this folder instead; the test runs them from there.
+ntpsec_files=/var/lib/ktricks-test/debian/ntpsec
+unpack_ntpsec() {
+  [[ -e $ntpsec_files/etc/NetworkManager/dispatcher.d/ntpsec ]] && return 0
+  if ((EUID != 0)); then
+    echo "install-deps: $ntpsec_files is missing: run as root to unpack Debian's ntpsec there" >&2
+    return 77
+  fi
+  local scratch
+  scratch=$(mktemp -d)
+  (cd "$scratch" && apt-get download -qq ntpsec >/dev/null 2>&1) ||
+    { apt-get update -qq && (cd "$scratch" && apt-get download -qq ntpsec >/dev/null); }
+  mkdir -p "$ntpsec_files"
+  dpkg-deb -x "$scratch"/ntpsec_*.deb "$ntpsec_files"
+  rm -rf "$scratch"
+  echo "install-deps: unpacked ntpsec into $ntpsec_files"
+}
+
 missing=()
 for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null || true)
@@ -52,6 +72,7 @@ for package in "${packages[@]}"; do
 done
 
 if ((${#missing[@]} == 0)); then
+  unpack_ntpsec
   exit 0
 fi
 
@@ -73,4 +94,5 @@ fi
 trap '((own_policy)) && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+unpack_ntpsec
 echo "install-deps: done"

@@ -423,12 +423,50 @@ TEST(Netwatch, DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvironment) 
     EXPECT_NE(read_file(dir / "env").find("CONNECTION_EXTERNAL=1\n"), std::string::npos);
 }
 
+// A DHCP exchange between two namespaces the test made: busybox udhcpd on `server`'s vb offers
+// 10.9.0.10-20 with NTP servers 10.9.0.2 and 10.9.0.4; the client's va is its peer.
+Process start_dhcp_server(const Netns& client, const Netns& server, const TempDir& dir) {
+    client.ip("link add va type veth peer name vb netns " + server.name());
+    server.ip("addr add 10.9.0.1/24 dev vb");
+    server.ip("link set vb up");
+    write_file(dir / "udhcpd.conf", "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " +
+                                        dir / "udhcpd.leases" + "\npidfile " + dir / "udhcpd.pid" +
+                                        "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\n"
+                                        "opt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
+    write_file(dir / "udhcpd.leases", "");
+    return Process::start(
+        {"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
+}
+
+// Shell text for a private mount namespace whose /var/lib/dhcp is a scratch tmpfs: starts ISC
+// dhclient on va in the background once DIR/go exists. dhclient's own script would rewrite
+// /etc/resolv.conf and run the host's exit hooks; this one only configures the address, as every
+// DHCP client does.
+std::string start_dhclient_on_go(const TempDir& dir) {
+    write_file(dir / "dhclient-script",
+               "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT)\n"
+               "  ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";;\nesac\n",
+               0755);
+    return "(while [ ! -e " + dir / "go" + " ]; do sleep 0.05; done; exec dhclient -d -1 -sf " +
+           dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
+           " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" + " 2>&1) & ";
+}
+
+// A file as process `pid` sees it in its mount namespace, or "(cat's error)". The tests start
+// netwatch as `ip netns exec NS unshare -m sh -c '...; exec ktricks ...'`: all of them exec, so
+// the process started is netwatch itself, inside the private mount namespace.
+std::string read_in_mount_namespace(pid_t pid, const std::string& path) {
+    auto result = run({"nsenter", "-t", std::to_string(pid), "-m", "cat", path});
+    return result.status == 0 ? result.out : "(" + result.err + ")";
+}
+
 // Debian's chrony ships 20-chrony-dhcp and 20-chrony-onoffline in /usr/lib/NetworkManager/dispatcher.d.
 // A real DHCP exchange (busybox udhcpd offering NTP servers, ISC dhclient taking the lease) in
 // private namespaces; netwatch --nm-dirs runs chrony's scripts, which write the servers of the
 // lease (DHCP4_NTP_SERVERS) into /run/chrony-dhcp/IFACE.sources as they do under NetworkManager.
 // netwatch, dhclient and the scripts share a private mount namespace whose /run/chrony-dhcp,
-// /run/systemd, /var/lib/dhcp and /etc/resolv.conf are scratch copies, so the host is untouched.
+// /run/chrony, /run/systemd, /var/lib/dhcp and /etc/resolv.conf are scratch copies, so the host
+// is untouched (chronyc, an absolute path in chrony's scripts, finds no chronyd socket).
 TEST(Netwatch, ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
     for (const char* needed : {"/usr/lib/NetworkManager/dispatcher.d/20-chrony-dhcp",
                                "/usr/lib/NetworkManager/dispatcher.d/20-chrony-onoffline", "/sbin/dhclient"})
@@ -437,38 +475,13 @@ TEST(Netwatch, ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
     Netns client;
     Netns server;
     TempDir dir;
-    client.ip("link add va type veth peer name vb netns " + server.name());
-    server.ip("addr add 10.9.0.1/24 dev vb");
-    server.ip("link set vb up");
-    write_file(
-        dir / "udhcpd.conf",
-        "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " + dir / "udhcpd.leases" + "\npidfile " +
-            dir / "udhcpd.pid" +
-            "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\nopt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
-    write_file(dir / "udhcpd.leases", "");
-    auto dhcp_server = Process::start(
-        {"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
-    // dhclient's own script would rewrite /etc/resolv.conf and run the host's exit hooks; this one
-    // only configures the address, as every DHCP client does.
-    write_file(dir / "dhclient-script",
-               "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT)\n"
-               "  ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";;\nesac\n",
-               0755);
+    auto dhcp_server = start_dhcp_server(client, server, dir);
     write_file(dir / "resolv.conf", "nameserver 10.9.0.1\n");
     std::string setup =
         "set -e; mkdir -p /run/chrony-dhcp /run/chrony /var/lib/dhcp; "
-        // /run/chrony too: chronyc (an absolute path in chrony's scripts) must not reach a host chronyd.
-        "for d in /run/chrony-dhcp /run/chrony /run/systemd /var/lib/dhcp; do mount -t tmpfs scratch $d; done; "
-        "mount --bind " +
-        dir / "resolv.conf" +
-        " /etc/resolv.conf; "
-        "(while [ ! -e " +
-        dir / "go" +
-        " ]; do sleep 0.05; done; "
-        "exec dhclient -d -1 -sf " +
-        dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
-        " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" +
-        " 2>&1) & "
+        "for d in /run/chrony-dhcp /run/chrony /run/systemd /var/lib/dhcp; do "
+        "mount -t tmpfs scratch $d; done; mount --bind " +
+        dir / "resolv.conf" + " /etc/resolv.conf; " + start_dhclient_on_go(dir) +
         "exec " KTRICKS_BINARY " netwatch --json --no-initial --nm-dirs";
     auto watcher = Process::start({"ip", "netns", "exec", client.name(), "unshare", "-m", "sh", "-c", setup});
     ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
@@ -479,17 +492,12 @@ TEST(Netwatch, ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
         return watcher.out().find("dispatcher /usr/lib/NetworkManager/dispatcher.d/" + script + " (" +
                                   action + " va)") != std::string::npos;
     };
-    // up (before any lease), then the address, then the lease file: dhcp4-change with the lease.
+    // up (before any lease), then the address (dhcp4-change), then the lease file: `up` again with
+    // the lease, as NetworkManager's `up` has it.
     ASSERT_TRUE(eventually(
         [&] { return ran("20-chrony-onoffline", "up") && ran("20-chrony-dhcp", "dhcp4-change"); }, 20s))
         << watcher.describe() << read_file(dir / "dhclient.log");
-    // The file as the scripts see it: read inside netwatch's mount namespace (ip netns exec,
-    // unshare and sh all exec, so the process started is netwatch itself).
-    auto sources = [&] {
-        auto result =
-            run({"nsenter", "-t", std::to_string(watcher.pid()), "-m", "cat", "/run/chrony-dhcp/va.sources"});
-        return result.status == 0 ? result.out : "(" + result.err + ")";
-    };
+    auto sources = [&] { return read_in_mount_namespace(watcher.pid(), "/run/chrony-dhcp/va.sources"); };
     const std::string expected = "server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n";
     ASSERT_TRUE(eventually([&] { return sources() == expected; }, 15s))
         << sources() << watcher.describe() << read_file(dir / "dhclient.log");
@@ -498,6 +506,68 @@ TEST(Netwatch, ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
     EXPECT_TRUE(eventually([&] { return ran("20-chrony-dhcp", "down"); })) << watcher.describe();
     EXPECT_TRUE(eventually([&] { return sources().find("No such file") != std::string::npos; }, 10s))
         << sources();
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
+}
+
+// Debian's ntpsec ships /etc/NetworkManager/dispatcher.d/ntpsec, which on `up` (only when
+// DHCP4_REQUESTED_NTP_SERVERS=1) and `down` sources its dhclient hook: that writes the lease's NTP
+// servers into /run/ntpsec/ntp.conf.dhcp (a copy of /etc/ntpsec/ntp.conf with the servers
+// replaced) and runs `invoke-rc.d ntpsec try-restart`; `down` removes the file and restarts again.
+// ntpsec conflicts with chrony, so install-deps.sh unpacks its package into a folder; the test
+// lays its files into a private overlay of /etc, with a scratch /run and /var/lib/dhcp. The only
+// command replaced is invoke-rc.d, through PATH, by one that logs its arguments.
+TEST(Netwatch, NtpsecsDispatcherScriptWritesTheNtpServersOfARealDhcpLease) {
+    const std::string ntpsec = "/var/lib/ktricks-test/debian/ntpsec";
+    for (std::string needed : {ntpsec + "/etc/NetworkManager/dispatcher.d/ntpsec",
+                               ntpsec + "/etc/dhcp/dhclient-exit-hooks.d/ntpsec",
+                               ntpsec + "/etc/ntpsec/ntp.conf", std::string("/sbin/dhclient")})
+        if (!std::filesystem::exists(needed))
+            GTEST_SKIP() << needed
+                         << " is missing: run scripts/install-deps.sh (unpacks ntpsec, isc-dhcp-client)";
+    Netns client;
+    Netns server;
+    TempDir dir;
+    auto dhcp_server = start_dhcp_server(client, server, dir);
+    for (const char* folder : {"bin", "upper", "work"}) std::filesystem::create_directory(dir / folder);
+    write_file(dir / "bin/invoke-rc.d", "#!/bin/sh\necho \"$*\" >> " + dir / "invoke.log" + "\n", 0755);
+    std::string setup =
+        "set -e; for d in /run /var/lib/dhcp; do mount -t tmpfs scratch $d; done; "
+        "mount -t overlay ktricks -o lowerdir=/etc,upperdir=" +
+        dir / "upper" + ",workdir=" + dir / "work" +
+        " /etc; "
+        "mkdir -p /etc/NetworkManager/dispatcher.d /etc/dhcp/dhclient-exit-hooks.d /etc/ntpsec; "
+        "cp -p " +
+        ntpsec + "/etc/NetworkManager/dispatcher.d/ntpsec /etc/NetworkManager/dispatcher.d/; cp -p " +
+        ntpsec + "/etc/dhcp/dhclient-exit-hooks.d/ntpsec /etc/dhcp/dhclient-exit-hooks.d/; cp -p " + ntpsec +
+        "/etc/ntpsec/ntp.conf /etc/ntpsec/; echo 'nameserver 10.9.0.1' > /etc/resolv.conf; " +
+        start_dhclient_on_go(dir) + "PATH=" + dir / "bin" +
+        ":$PATH exec " KTRICKS_BINARY
+        " netwatch --json --no-initial --dispatcher-dir /etc/NetworkManager/dispatcher.d";
+    auto watcher = Process::start({"ip", "netns", "exec", client.name(), "unshare", "-m", "sh", "-c", setup});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    client.ip("link set va up");
+    write_file(dir / "go", "");
+    auto conf = [&] { return read_in_mount_namespace(watcher.pid(), "/run/ntpsec/ntp.conf.dhcp"); };
+    // The first `up` comes before the lease (the script does nothing); the lease brings `up` again.
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::string text = conf();
+            return text.find("server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n") != std::string::npos;
+        },
+        20s))
+        << conf() << watcher.describe() << read_file(dir / "dhclient.log");
+    std::string text = conf();
+    EXPECT_EQ(text.find("\npool "), std::string::npos) << "ntp.conf's own pool lines are dropped:\n" << text;
+    EXPECT_NE(text.find("driftfile"), std::string::npos) << "the rest of ntp.conf is kept:\n" << text;
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "invoke.log", "ntpsec try-restart"); }))
+        << read_file(dir / "invoke.log");
+    // Down: RELEASE, the file goes and ntpsec is restarted once more.
+    client.ip("link set va down");
+    EXPECT_TRUE(eventually([&] { return conf().find("No such file") != std::string::npos; }, 10s)) << conf();
+    EXPECT_TRUE(eventually([&] { return log_lines(dir / "invoke.log").size() == 2; }))
+        << read_file(dir / "invoke.log");
     for (const auto& line : json_lines(watcher.out()))
         if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
 }
