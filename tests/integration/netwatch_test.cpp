@@ -363,6 +363,38 @@ TEST(Netwatch, AllNetnsTagsEventsWithTheNamespaceAndCanRunScriptsInside) {
     EXPECT_TRUE(tagged) << "our own namespace is tagged with its /run/netns name";
 }
 
+// --all-netns follows /run/netns: a namespace named after start-up is watched (its events come,
+// its rules run), and one deleted is dropped with one log line, no errors, the rest unaffected.
+TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
+    Netns home;
+    TempDir dir;
+    auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--on", "link-add", "--exec",
+                                         "echo $KTRICKS_NETNS $KTRICKS_IFACE >> " + dir / "log"});
+    std::string name;
+    {
+        Netns later;
+        name = later.name();
+        later.ip("link add la type veth peer name lb");
+        EXPECT_TRUE(eventually([&] { return has_line(dir / "log", name + " la"); }))
+            << read_file(dir / "log") << watcher.describe();
+        EXPECT_NE(watcher.err().find("watching new network namespace " + name), std::string::npos)
+            << watcher.err();
+    }  // ip netns del
+    EXPECT_TRUE(eventually([&] {
+        return watcher.err().find("network namespace " + name + " was deleted") != std::string::npos;
+    })) << watcher.describe();
+    home.ip("link add ha type veth peer name hb");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", home.name() + " ha"); }))
+        << read_file(dir / "log") << watcher.describe();
+    std::this_thread::sleep_for(300ms);
+    EXPECT_TRUE(watcher.running());
+    // One line when it came, one when it went: no retries, no error storm.
+    std::size_t mentions = 0;
+    for (const auto& line : lines_of(watcher.err()))
+        if (line.find(name) != std::string::npos) ++mentions;
+    EXPECT_EQ(mentions, 2u) << watcher.err();
+}
+
 }  // namespace
 }  // namespace ktricks::test
 
