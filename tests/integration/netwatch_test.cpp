@@ -323,6 +323,35 @@ TEST(Netwatch, RecordedStreamReplaysThroughTheRules) {
     EXPECT_EQ(log_lines(dir / "log"), std::vector<std::string>{"10.9.0.7"});
 }
 
+// netwatch --user as a normal user (nobody, uid 65534, via setpriv with no capabilities): the rules
+// of ~/.config/ktricks/netwatch.toml run, as that user, on link events of the namespace.
+TEST(Netwatch, UserModeRunsTheUsersRulesAsThatUser) {
+    Netns netns;
+    TempDir dir;
+    std::string home = dir / "home";
+    std::filesystem::create_directories(home + "/.config/ktricks");
+    write_file(home + "/.config/ktricks/netwatch.toml",
+               "[[rule]]\non = \"link-add\"\nrun = \"echo $(id -u) $KTRICKS_IFACE >> " + home + "/log\"\n");
+    auto chown = run({"chown", "-R", "65534:65534", home});
+    ASSERT_EQ(chown.status, 0) << chown.describe;
+    std::vector<std::string> argv = netns.exec_prefix();
+    argv.insert(argv.end(), {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                             "--bounding-set=-all", "env", "-u", "XDG_CONFIG_HOME", "HOME=" + home,
+                             KTRICKS_BINARY, "netwatch", "--json", "--no-initial", "--user"});
+    auto watcher = Process::start(argv);
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    netns.ip("link add ua type veth peer name ub");
+    EXPECT_TRUE(eventually([&] { return has_line(home + "/log", "65534 ua"); }))
+        << read_file(home + "/log") << watcher.describe();
+    // Without the file: one line naming it, exit 66 (no input).
+    auto missing = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-u",
+                        "XDG_CONFIG_HOME", "HOME=" + dir / "nohome", KTRICKS_BINARY, "netwatch", "--user"});
+    EXPECT_EQ(missing.status, 66) << missing.describe;
+    EXPECT_NE(missing.err.find(dir / "nohome/.config/ktricks/netwatch.toml"), std::string::npos)
+        << missing.err;
+}
+
 TEST(Netwatch, BadRulesFileIsOneLineNamingFileAndLine) {
     TempDir dir;
     write_file(dir / "rules.toml",
