@@ -24,7 +24,8 @@ for unit in "${units[@]}"; do
   # A user manager needs a runtime directory, which a root shell or CI has none of.
   mkdir -p -m 0700 "$scratch/runtime"
   sed "s|/usr/bin/ktricks|$KTRICKS|g" "$unit" >"$scratch/$name"
-  out=$(cd "$scratch" && XDG_RUNTIME_DIR=$scratch/runtime systemd-analyze "${scope[@]}" verify "./$name" 2>&1) ||
+  out=$(cd "$scratch" && XDG_RUNTIME_DIR=$scratch/runtime \
+    systemd-analyze "${scope[@]}" verify "./$name" 2>&1) ||
     fail "systemd-analyze ${scope[*]} verify $name: $out"
   [[ -z $out ]] || fail "systemd-analyze verify $name warns: $out"
   grep -qx 'Type=notify' "$unit" || fail "$name is not Type=notify"
