@@ -45,24 +45,29 @@ packages=(
   libbenchmark-dev
 )
 
-# netwatch ntpsec test: ntpsec cannot be installed next to chrony (both provide and conflict with
-# time-daemon), so its files (NetworkManager dispatcher script, dhclient hook, ntp.conf) are
-# unpacked from Debian's package into this folder instead; the test runs them from there.
-ntpsec_files=/var/lib/ktricks-test/debian/ntpsec
-unpack_ntpsec() {
-  [[ -e $ntpsec_files/etc/NetworkManager/dispatcher.d/ntpsec ]] && return 0
+# netwatch dispatcher tests: Debian packages whose NetworkManager dispatcher scripts are run by
+# the tests but which cannot or should not be installed here are unpacked (dpkg-deb -x, no
+# maintainer scripts) into /var/lib/ktricks-test/debian/PACKAGE instead: ntpsec conflicts with
+# chrony (both provide time-daemon), network-manager (for its 01-ifupdown) would bring the daemon.
+unpacked_root=/var/lib/ktricks-test/debian
+unpack_deb() {  # PACKAGE FILE-THAT-MUST-BE-THERE
+  [[ -e $unpacked_root/$1/$2 ]] && return 0
   if ((EUID != 0)); then
-    echo "install-deps: $ntpsec_files is missing: run as root to unpack Debian's ntpsec there" >&2
+    echo "install-deps: $unpacked_root/$1 is missing: run as root to unpack Debian's $1 there" >&2
     return 77
   fi
   local scratch
   scratch=$(mktemp -d)
-  (cd "$scratch" && apt-get download -qq ntpsec >/dev/null 2>&1) ||
-    { apt-get update -qq && (cd "$scratch" && apt-get download -qq ntpsec >/dev/null); }
-  mkdir -p "$ntpsec_files"
-  dpkg-deb -x "$scratch"/ntpsec_*.deb "$ntpsec_files"
+  (cd "$scratch" && apt-get download -qq "$1" >/dev/null 2>&1) ||
+    { apt-get update -qq && (cd "$scratch" && apt-get download -qq "$1" >/dev/null); }
+  mkdir -p "$unpacked_root/$1"
+  dpkg-deb -x "$scratch/$1"_*.deb "$unpacked_root/$1"
   rm -rf "$scratch"
-  echo "install-deps: unpacked ntpsec into $ntpsec_files"
+  echo "install-deps: unpacked $1 into $unpacked_root/$1"
+}
+unpack_debs() {
+  unpack_deb ntpsec etc/NetworkManager/dispatcher.d/ntpsec
+  unpack_deb network-manager etc/NetworkManager/dispatcher.d/01-ifupdown
 }
 
 missing=()
@@ -72,7 +77,7 @@ for package in "${packages[@]}"; do
 done
 
 if ((${#missing[@]} == 0)); then
-  unpack_ntpsec
+  unpack_debs
   exit 0
 fi
 
@@ -94,5 +99,5 @@ fi
 trap '((own_policy)) && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-unpack_ntpsec
+unpack_debs
 echo "install-deps: done"

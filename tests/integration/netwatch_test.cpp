@@ -633,5 +633,46 @@ TEST(Netwatch, NtpsecsDispatcherScriptWritesTheNtpServersOfARealDhcpLease) {
         if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
 }
 
+// network-manager's own /etc/NetworkManager/dispatcher.d/01-ifupdown runs the ifupdown hooks
+// (/etc/network/if-up.d on up, if-post-down.d on down) with ifupdown's variables, one run per
+// address family it finds in IP4_/IP6_NUM_ADDRESSES. Unpacked by install-deps.sh (installing
+// network-manager would bring the daemon); run from there, with the two hook folders replaced by
+// scratch tmpfs mounts holding one logging hook, in a private mount namespace.
+TEST(Netwatch, NetworkManagersIfupdownScriptRunsTheIfupdownHooks) {
+    const std::string scripts =
+        "/var/lib/ktricks-test/debian/network-manager/etc/NetworkManager/dispatcher.d";
+    if (!std::filesystem::exists(scripts + "/01-ifupdown"))
+        GTEST_SKIP() << scripts
+                     << "/01-ifupdown is missing: run scripts/install-deps.sh (unpacks network-manager)";
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    netns.ip("link set vb up");
+    write_file(
+        dir / "hook",
+        "#!/bin/sh\n[ \"$IFACE\" = va ] && echo \"$IFACE $LOGICAL $MODE $PHASE $ADDRFAM $METHOD\" >> " +
+            dir / "log" + "\nexit 0\n",
+        0755);
+    std::string setup =
+        "set -e; for d in /etc/network/if-up.d /etc/network/if-post-down.d; do "
+        "mount -t tmpfs scratch $d; cp -p " +
+        dir / "hook" +
+        " $d/log; done; exec " KTRICKS_BINARY " netwatch --json --no-initial --dispatcher-dir " + scripts;
+    auto watcher = Process::start({"ip", "netns", "exec", netns.name(), "unshare", "-m", "sh", "-c", setup});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    netns.ip("link set va up");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "va va start post-up inet NetworkManager"); }))
+        << read_file(dir / "log") << watcher.describe();
+    netns.ip("link set va down");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "va va stop post-down inet NetworkManager"); }))
+        << read_file(dir / "log") << watcher.describe();
+    // vb's up and down run it too (no hook line: the hook logs va only); nothing fails.
+    std::this_thread::sleep_for(300ms);
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
+}
+
 }  // namespace
 }  // namespace ktricks::test
