@@ -25,6 +25,10 @@ install(FILES ${KTRICKS_CLI_DOCS}/completions/ktricks.fish DESTINATION share/fis
 set(KTRICKS_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "Where systemd units go (relative to the prefix)")
 file(GLOB ktricks_units CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/packaging/systemd/*.service)
 install(FILES ${ktricks_units} DESTINATION ${KTRICKS_SYSTEMD_UNIT_DIR} COMPONENT runtime)
+set(KTRICKS_SYSTEMD_USER_UNIT_DIR "lib/systemd/user"
+    CACHE STRING "Where systemd user units go (relative to the prefix)")
+file(GLOB ktricks_user_units CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/packaging/systemd/user/*.service)
+install(FILES ${ktricks_user_units} DESTINATION ${KTRICKS_SYSTEMD_USER_UNIT_DIR} COMPONENT runtime)
 file(GLOB ktricks_docs CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/docs/*.md)
 install(FILES README.md ${ktricks_docs} DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT runtime)
 

@@ -45,6 +45,31 @@ packages=(
   libbenchmark-dev
 )
 
+# netwatch dispatcher tests: Debian packages whose NetworkManager dispatcher scripts are run by
+# the tests but which cannot or should not be installed here are unpacked (dpkg-deb -x, no
+# maintainer scripts) into /var/lib/ktricks-test/debian/PACKAGE instead: ntpsec conflicts with
+# chrony (both provide time-daemon), network-manager (for its 01-ifupdown) would bring the daemon.
+unpacked_root=/var/lib/ktricks-test/debian
+unpack_deb() {  # PACKAGE FILE-THAT-MUST-BE-THERE
+  [[ -e $unpacked_root/$1/$2 ]] && return 0
+  if ((EUID != 0)); then
+    echo "install-deps: $unpacked_root/$1 is missing: run as root to unpack Debian's $1 there" >&2
+    return 77
+  fi
+  local scratch
+  scratch=$(mktemp -d)
+  (cd "$scratch" && apt-get download -qq "$1" >/dev/null 2>&1) ||
+    { apt-get update -qq && (cd "$scratch" && apt-get download -qq "$1" >/dev/null); }
+  mkdir -p "$unpacked_root/$1"
+  dpkg-deb -x "$scratch/$1"_*.deb "$unpacked_root/$1"
+  rm -rf "$scratch"
+  echo "install-deps: unpacked $1 into $unpacked_root/$1"
+}
+unpack_debs() {
+  unpack_deb ntpsec etc/NetworkManager/dispatcher.d/ntpsec
+  unpack_deb network-manager etc/NetworkManager/dispatcher.d/01-ifupdown
+}
+
 missing=()
 for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$package" 2>/dev/null || true)
@@ -52,6 +77,7 @@ for package in "${packages[@]}"; do
 done
 
 if ((${#missing[@]} == 0)); then
+  unpack_debs
   exit 0
 fi
 
@@ -73,4 +99,5 @@ fi
 trap '((own_policy)) && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+unpack_debs
 echo "install-deps: done"

@@ -1,10 +1,12 @@
 // ktricks netwatch: argument parsing for the network event watcher (library: ktricks/netwatch.hpp).
 #include <fmt/format.h>
 
+#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 
@@ -27,6 +29,7 @@ struct NetwatchOptions {
     bool no_initial = false;
     bool no_wifi = false;
     bool all_netns = false;
+    bool user = false;
     std::vector<std::string> dispatcher_dirs;
     bool nm_dirs = false;
     std::string record;
@@ -41,12 +44,33 @@ void print_line(const std::string& text, FILE* to = stdout) {
     std::fflush(to);
 }
 
+// --user: $XDG_CONFIG_HOME/ktricks/netwatch.toml, XDG_CONFIG_HOME defaulting to ~/.config (the
+// XDG base directory rules, as systemd --user sets HOME and leaves XDG_CONFIG_HOME unset).
+std::string user_rules_file() {
+    const char* config = std::getenv("XDG_CONFIG_HOME");
+    if (config && config[0] == '/') return std::string(config) + "/ktricks/netwatch.toml";
+    std::string home;
+    if (const char* value = std::getenv("HOME"); value && value[0] == '/') home = value;
+    else if (const passwd* entry = ::getpwuid(::getuid()); entry && entry->pw_dir)
+        home = entry->pw_dir;
+    if (home.empty())
+        throw InputError("--user: neither XDG_CONFIG_HOME nor HOME is set, and no home directory");
+    return home + "/.config/ktricks/netwatch.toml";
+}
+
 int run_netwatch(const NetwatchOptions& options) {
     netwatch::WatchOptions watch;
+    std::vector<std::string> rules_files = options.rules_files;
+    if (options.user) {
+        if (options.nm_dirs)
+            throw InputError(
+                "--user and --nm-dirs do not go together: NetworkManager's scripts must be root's");
+        rules_files.push_back(user_rules_file());
+    }
     if (options.on.size() != options.exec.size())
         throw InputError(fmt::format("every --on needs its --exec (got {} --on and {} --exec)",
                                      options.on.size(), options.exec.size()));
-    for (const auto& file : options.rules_files) {
+    for (const auto& file : rules_files) {
         auto rules = netwatch::load_rules_file(file);
         watch.rules.insert(watch.rules.end(), rules.begin(), rules.end());
     }
@@ -132,6 +156,9 @@ Subcommand add_netwatch(CLI::App& app) {
     sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
     sub->add_flag("--all-netns", options->all_netns,
                   "Also watch every namespace named in /run/netns; events carry netns=NAME");
+    sub->add_flag("--user", options->user,
+                  "Also run the rules of ~/.config/ktricks/netwatch.toml ($XDG_CONFIG_HOME); for a normal "
+                  "user's service (systemctl --user), scripts run as that user");
     sub->add_option("--dispatcher-dir", options->dispatcher_dirs,
                     "Run NetworkManager-dispatcher scripts from DIR ($1 iface, $2 up/down/dhcp4-change/...); "
                     "repeatable, a later DIR masks an earlier one's script of the same name");

@@ -265,14 +265,22 @@ void Dispatcher::leases_changed(const State& state, std::chrono::steady_clock::t
             auto options = files_.dhcp(link.name, index, family);
             auto& last = leases_[{index, family}];
             if (options == last) continue;
+            // NetworkManager sends `up` only once the device has its IP configuration, so some
+            // scripts (ntpsec's) look at the lease on `up` and `down` only. netwatch's `up` comes at
+            // link-up, usually before the DHCP client has a lease: the first lease of an interface
+            // that came up without one is therefore announced as `up` again, later ones as dhcp*-change.
+            bool first = last.empty() && !options.empty();
             last = options;
             NetEvent event;
             event.type = "dhcp-lease";
             event.iface = link.name;
             event.ifindex = index;
             event.netns = state.netns;
-            run(event, state, family == 6 ? "dhcp6-change" : "dhcp4-change", when, runner, dry_run, would_run,
-                timeout);
+            run(event, state,
+                first         ? "up"
+                : family == 6 ? "dhcp6-change"
+                              : "dhcp4-change",
+                when, runner, dry_run, would_run, timeout);
         }
     }
 }

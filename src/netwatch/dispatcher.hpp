@@ -63,7 +63,8 @@ public:
 
     // A DHCP client rewrote a lease file: dhcp4-change / dhcp6-change for every up interface whose
     // options changed (dhclient writes its lease after it configured the address, so the
-    // address's own dhcp4-change may come before the lease can be read).
+    // address's own dhcp4-change may come before the lease can be read); `up` instead for the
+    // first lease of an interface that came up without one (NetworkManager's `up` has the lease).
     void leases_changed(const State& state, std::chrono::steady_clock::time_point when, Runner& runner,
                         bool dry_run, const std::function<void(const std::string&)>& would_run,
                         std::chrono::milliseconds timeout);

@@ -2,12 +2,14 @@
 #include <linux/genetlink.h>
 #include <linux/if.h>
 #include <linux/if_addr.h>
+#include <linux/magic.h>
 #include <linux/nl80211.h>
 #include <linux/rtnetlink.h>
 #include <signal.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -92,6 +94,15 @@ private:
         return list;
     }
     void add_named_namespaces();
+    // --all-netns follows /run/netns: namespaces named after start-up are added, deleted ones dropped.
+    void watch_netns_folder();
+    void netns_folder_changed();
+    void add_namespace_later(const std::string& name, int attempt);
+    void start_namespace(Namespace& ns, bool initial);
+    Fd netns_watch_;
+    EventLoop::SourceId netns_source_ = 0;
+    int netns_folder_wd_ = -1;                                // /run/netns, once it exists
+    std::map<std::string, EventLoop::SourceId> netns_retry_;  // named, not yet a namespace
     State& state_of(const std::string& netns);
     netlink::Socket open_socket(Namespace& ns, int protocol);
     // rtnetlink
@@ -172,6 +183,104 @@ void Watcher::Impl::add_named_namespaces() {
         }
         namespaces_.push_back(std::move(ns));
     }
+}
+
+// inotify on /run/netns (on /run until `ip netns` first creates it). Any change there compares
+// the names with the watched namespaces, which also covers a queue overflow and renames.
+void Watcher::Impl::watch_netns_folder() {
+    netns_watch_ = Fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (!netns_watch_) throw_errno("inotify_init1", "/run/netns");
+    if (::inotify_add_watch(netns_watch_.get(), "/run", IN_CREATE | IN_ONLYDIR) < 0)
+        throw_errno("inotify_add_watch", "/run");
+    netns_folder_wd_ = ::inotify_add_watch(netns_watch_.get(), "/run/netns",
+                                           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR);
+    netns_source_ = loop_.add_fd(netns_watch_.get(), EPOLLIN, [this](std::uint32_t) {
+        alignas(inotify_event) char buffer[4096];
+        bool changed = false;
+        while (::read(netns_watch_.get(), buffer, sizeof buffer) > 0) changed = true;
+        if (changed) netns_folder_changed();
+    });
+}
+
+void Watcher::Impl::netns_folder_changed() {
+    if (netns_folder_wd_ < 0)
+        netns_folder_wd_ =
+            ::inotify_add_watch(netns_watch_.get(), "/run/netns",
+                                IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR);
+    auto names = netlink::list_netns();
+    std::set<std::string> present(names.begin(), names.end());
+    // Deleted: close our socket and handle, so the namespace itself can go away.
+    for (auto it = std::next(namespaces_.begin()); it != namespaces_.end();) {
+        Namespace& ns = **it;
+        if (present.count(ns.name)) {
+            ++it;
+            continue;
+        }
+        loop_.remove(ns.source);
+        loop_.remove(ns.resync_retry);
+        log_info("network namespace {} was deleted; no longer watched", ns.name);
+        it = namespaces_.erase(it);
+    }
+    for (auto it = netns_retry_.begin(); it != netns_retry_.end();) {
+        if (present.count(it->first)) {
+            ++it;
+            continue;
+        }
+        loop_.remove(it->second);
+        it = netns_retry_.erase(it);
+    }
+    for (const auto& name : names) {
+        bool known = netns_retry_.count(name) > 0;
+        for (const auto& ns : namespaces_)
+            if (ns->name == name) known = true;
+        if (!known) add_namespace_later(name, 0);
+    }
+}
+
+// `ip netns add` creates the file first and bind-mounts the namespace onto it a moment later
+// (no inotify event for that): wait until it is an nsfs file, for at most 2 s.
+void Watcher::Impl::add_namespace_later(const std::string& name, int attempt) {
+    netns_retry_.erase(name);
+    std::string path = "/run/netns/" + name;
+    struct statfs fs;
+    if (::statfs(path.c_str(), &fs) < 0) return;  // gone again
+    if (static_cast<unsigned long>(fs.f_type) != NSFS_MAGIC) {
+        if (attempt >= 40) {
+            log_warning("{} is not a network namespace after 2 s; ignored", printable(path));
+            return;
+        }
+        netns_retry_[name] = loop_.add_timer(
+            std::chrono::milliseconds(50), [this, name, attempt] { add_namespace_later(name, attempt + 1); });
+        return;
+    }
+    struct stat own, info;
+    if (::stat("/proc/self/ns/net", &own) == 0 && ::stat(path.c_str(), &info) == 0 &&
+        info.st_dev == own.st_dev && info.st_ino == own.st_ino)
+        return;  // a new name for our own namespace
+    auto ns = std::make_unique<Namespace>();
+    ns->name = name;
+    ns->state.netns = name;
+    try {
+        ns->fd = netlink::open_netns(name);
+        start_namespace(*ns, false);
+    } catch (const std::system_error& error) {
+        log_warning("cannot watch new network namespace {}: {}", name, error.what());
+        return;
+    }
+    log_info("watching new network namespace {}", name);
+    namespaces_.push_back(std::move(ns));
+    read_rtnl(*namespaces_.back());
+}
+
+// Subscribes, dumps and starts reading. What a namespace that appeared after start-up already
+// holds is reported as ordinary events: it happened while netwatch was running.
+void Watcher::Impl::start_namespace(Namespace& ns, bool initial) {
+    open_rtnl(ns);
+    State fresh = dump_rtnl(ns);
+    std::vector<NetEvent> events;
+    ns.state.resync(fresh, events, {.initial = initial, .resync = false});
+    if (options_.initial || !initial) emit(events);
+    ns.source = loop_.add_fd(ns.rtnl->fd(), EPOLLIN, [this, raw = &ns](std::uint32_t) { read_rtnl(*raw); });
 }
 
 void Watcher::Impl::open_rtnl(Namespace& ns) {
@@ -543,17 +652,13 @@ void Watcher::Impl::start() {
         return;
     }
     if (!options_.record_file.empty()) recorder_.emplace(options_.record_file);
-    if (options_.all_netns) add_named_namespaces();
-    open_nl80211();
-    for (auto& ns : namespaces_) {
-        open_rtnl(*ns);
-        State fresh = dump_rtnl(*ns);
-        std::vector<NetEvent> events;
-        ns->state.resync(fresh, events, {.initial = true, .resync = false});
-        if (options_.initial) emit(events);
-        ns->source =
-            loop_.add_fd(ns->rtnl->fd(), EPOLLIN, [this, raw = ns.get()](std::uint32_t) { read_rtnl(*raw); });
+    if (options_.all_netns) {
+        // Watched before the first list is taken: a namespace named meanwhile is not missed.
+        watch_netns_folder();
+        add_named_namespaces();
     }
+    open_nl80211();
+    for (auto& ns : namespaces_) start_namespace(*ns, true);
     if (dispatcher_) watch_leases();
     if (nl80211_events_)
         nl80211_source_ =
@@ -573,6 +678,10 @@ void Watcher::Impl::stop() noexcept {
     nl80211_source_ = 0;
     loop_.remove(lease_source_);
     lease_source_ = 0;
+    loop_.remove(netns_source_);
+    netns_source_ = 0;
+    for (auto& [name, timer] : netns_retry_) loop_.remove(timer);
+    netns_retry_.clear();
     for (auto& [key, pending] : debounced_) loop_.remove(pending.timer);
     debounced_.clear();
     runner_.stop();

@@ -323,6 +323,35 @@ TEST(Netwatch, RecordedStreamReplaysThroughTheRules) {
     EXPECT_EQ(log_lines(dir / "log"), std::vector<std::string>{"10.9.0.7"});
 }
 
+// netwatch --user as a normal user (nobody, uid 65534, via setpriv with no capabilities): the rules
+// of ~/.config/ktricks/netwatch.toml run, as that user, on link events of the namespace.
+TEST(Netwatch, UserModeRunsTheUsersRulesAsThatUser) {
+    Netns netns;
+    TempDir dir;
+    std::string home = dir / "home";
+    std::filesystem::create_directories(home + "/.config/ktricks");
+    write_file(home + "/.config/ktricks/netwatch.toml",
+               "[[rule]]\non = \"link-add\"\nrun = \"echo $(id -u) $KTRICKS_IFACE >> " + home + "/log\"\n");
+    auto chown = run({"chown", "-R", "65534:65534", home});
+    ASSERT_EQ(chown.status, 0) << chown.describe;
+    std::vector<std::string> argv = netns.exec_prefix();
+    argv.insert(argv.end(), {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                             "--bounding-set=-all", "env", "-u", "XDG_CONFIG_HOME", "HOME=" + home,
+                             KTRICKS_BINARY, "netwatch", "--json", "--no-initial", "--user"});
+    auto watcher = Process::start(argv);
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    netns.ip("link add ua type veth peer name ub");
+    EXPECT_TRUE(eventually([&] { return has_line(home + "/log", "65534 ua"); }))
+        << read_file(home + "/log") << watcher.describe();
+    // Without the file: one line naming it, exit 66 (no input).
+    auto missing = run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-u",
+                        "XDG_CONFIG_HOME", "HOME=" + dir / "nohome", KTRICKS_BINARY, "netwatch", "--user"});
+    EXPECT_EQ(missing.status, 66) << missing.describe;
+    EXPECT_NE(missing.err.find(dir / "nohome/.config/ktricks/netwatch.toml"), std::string::npos)
+        << missing.err;
+}
+
 TEST(Netwatch, BadRulesFileIsOneLineNamingFileAndLine) {
     TempDir dir;
     write_file(dir / "rules.toml",
@@ -363,6 +392,38 @@ TEST(Netwatch, AllNetnsTagsEventsWithTheNamespaceAndCanRunScriptsInside) {
     EXPECT_TRUE(tagged) << "our own namespace is tagged with its /run/netns name";
 }
 
+// --all-netns follows /run/netns: a namespace named after start-up is watched (its events come,
+// its rules run), and one deleted is dropped with one log line, no errors, the rest unaffected.
+TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
+    Netns home;
+    TempDir dir;
+    auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--on", "link-add", "--exec",
+                                         "echo $KTRICKS_NETNS $KTRICKS_IFACE >> " + dir / "log"});
+    std::string name;
+    {
+        Netns later;
+        name = later.name();
+        later.ip("link add la type veth peer name lb");
+        EXPECT_TRUE(eventually([&] { return has_line(dir / "log", name + " la"); }))
+            << read_file(dir / "log") << watcher.describe();
+        EXPECT_NE(watcher.err().find("watching new network namespace " + name), std::string::npos)
+            << watcher.err();
+    }  // ip netns del
+    EXPECT_TRUE(eventually([&] {
+        return watcher.err().find("network namespace " + name + " was deleted") != std::string::npos;
+    })) << watcher.describe();
+    home.ip("link add ha type veth peer name hb");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", home.name() + " ha"); }))
+        << read_file(dir / "log") << watcher.describe();
+    std::this_thread::sleep_for(300ms);
+    EXPECT_TRUE(watcher.running());
+    // One line when it came, one when it went: no retries, no error storm.
+    std::size_t mentions = 0;
+    for (const auto& line : lines_of(watcher.err()))
+        if (line.find(name) != std::string::npos) ++mentions;
+    EXPECT_EQ(mentions, 2u) << watcher.err();
+}
+
 }  // namespace
 }  // namespace ktricks::test
 
@@ -371,15 +432,14 @@ namespace {
 
 // Dispatcher scripts as NetworkManager runs them: leftovers and empty files skipped, an /etc-style
 // folder masking a /usr/lib-style one, and an environment of PATH and NetworkManager's variables only.
-// DISABLED (unfinished at the deadline): the `up` environment lacked IP4_ADDRESS_0 although the
-// address was set before the link came up; not yet understood.
-TEST(Netwatch, DISABLED_DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvironment) {
+TEST(Netwatch, DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvironment) {
     Netns netns;
     TempDir dir;
     std::string lib = dir / "lib", etc = dir / "etc";
     std::filesystem::create_directory(lib);
     std::filesystem::create_directory(etc);
-    std::string dump = "#!/bin/sh\n[ \"$2\" = up ] && env | sort > " + dir / "env" + "\n";
+    // Only va's `up`: its peer vb comes up too, without addresses (and must not overwrite the dump).
+    std::string dump = "#!/bin/sh\n[ \"$1 $2\" = \"va up\" ] && env | sort > " + dir / "env" + "\n";
     write_file(lib + "/10-env", "#!/bin/sh\necho masked >> " + dir / "masked" + "\n", 0755);
     write_file(etc + "/10-env", dump, 0755);
     for (const char* leftover :
@@ -424,16 +484,51 @@ TEST(Netwatch, DISABLED_DispatcherSkipsLeftoversAndPassesOnlyNetworkManagersEnvi
     EXPECT_NE(read_file(dir / "env").find("CONNECTION_EXTERNAL=1\n"), std::string::npos);
 }
 
+// A DHCP exchange between two namespaces the test made: busybox udhcpd on `server`'s vb offers
+// 10.9.0.10-20 with NTP servers 10.9.0.2 and 10.9.0.4; the client's va is its peer.
+Process start_dhcp_server(const Netns& client, const Netns& server, const TempDir& dir) {
+    client.ip("link add va type veth peer name vb netns " + server.name());
+    server.ip("addr add 10.9.0.1/24 dev vb");
+    server.ip("link set vb up");
+    write_file(dir / "udhcpd.conf", "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " +
+                                        dir / "udhcpd.leases" + "\npidfile " + dir / "udhcpd.pid" +
+                                        "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\n"
+                                        "opt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
+    write_file(dir / "udhcpd.leases", "");
+    return Process::start(
+        {"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
+}
+
+// Shell text for a private mount namespace whose /var/lib/dhcp is a scratch tmpfs: starts ISC
+// dhclient on va in the background once DIR/go exists. dhclient's own script would rewrite
+// /etc/resolv.conf and run the host's exit hooks; this one only configures the address, as every
+// DHCP client does.
+std::string start_dhclient_on_go(const TempDir& dir) {
+    write_file(dir / "dhclient-script",
+               "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT)\n"
+               "  ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";;\nesac\n",
+               0755);
+    return "(while [ ! -e " + dir / "go" + " ]; do sleep 0.05; done; exec dhclient -d -1 -sf " +
+           dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
+           " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" + " 2>&1) & ";
+}
+
+// A file as process `pid` sees it in its mount namespace, or "(cat's error)". The tests start
+// netwatch as `ip netns exec NS unshare -m sh -c '...; exec ktricks ...'`: all of them exec, so
+// the process started is netwatch itself, inside the private mount namespace.
+std::string read_in_mount_namespace(pid_t pid, const std::string& path) {
+    auto result = run({"nsenter", "-t", std::to_string(pid), "-m", "cat", path});
+    return result.status == 0 ? result.out : "(" + result.err + ")";
+}
+
 // Debian's chrony ships 20-chrony-dhcp and 20-chrony-onoffline in /usr/lib/NetworkManager/dispatcher.d.
 // A real DHCP exchange (busybox udhcpd offering NTP servers, ISC dhclient taking the lease) in
 // private namespaces; netwatch --nm-dirs runs chrony's scripts, which write the servers of the
 // lease (DHCP4_NTP_SERVERS) into /run/chrony-dhcp/IFACE.sources as they do under NetworkManager.
 // netwatch, dhclient and the scripts share a private mount namespace whose /run/chrony-dhcp,
-// /run/systemd, /var/lib/dhcp and /etc/resolv.conf are scratch copies, so the host is untouched.
-// DISABLED (unfinished at the deadline): chrony's scripts run (up, dhcp4-change, exit 0) but the
-// dhcp4-change that should follow dhclient's lease-file write did not come, so the sources file
-// stays empty; the inotify lease trigger needs debugging.
-TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
+// /run/chrony, /run/systemd, /var/lib/dhcp and /etc/resolv.conf are scratch copies, so the host
+// is untouched (chronyc, an absolute path in chrony's scripts, finds no chronyd socket).
+TEST(Netwatch, ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLease) {
     for (const char* needed : {"/usr/lib/NetworkManager/dispatcher.d/20-chrony-dhcp",
                                "/usr/lib/NetworkManager/dispatcher.d/20-chrony-onoffline", "/sbin/dhclient"})
         if (!std::filesystem::exists(needed))
@@ -441,41 +536,13 @@ TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLeas
     Netns client;
     Netns server;
     TempDir dir;
-    client.ip("link add va type veth peer name vb netns " + server.name());
-    server.ip("addr add 10.9.0.1/24 dev vb");
-    server.ip("link set vb up");
-    write_file(
-        dir / "udhcpd.conf",
-        "start 10.9.0.10\nend 10.9.0.20\ninterface vb\nlease_file " + dir / "udhcpd.leases" + "\npidfile " +
-            dir / "udhcpd.pid" +
-            "\nopt subnet 255.255.255.0\nopt router 10.9.0.1\nopt ntpsrv 10.9.0.2 10.9.0.4\nopt lease 600\n");
-    write_file(dir / "udhcpd.leases", "");
-    auto dhcp_server = Process::start(
-        {"ip", "netns", "exec", server.name(), "busybox", "udhcpd", "-f", dir / "udhcpd.conf"});
-    // dhclient's own script would rewrite /etc/resolv.conf and run the host's exit hooks; this one
-    // only configures the address, as every DHCP client does.
-    write_file(dir / "dhclient-script",
-               "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT)\n"
-               "  ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";;\nesac\n",
-               0755);
+    auto dhcp_server = start_dhcp_server(client, server, dir);
     write_file(dir / "resolv.conf", "nameserver 10.9.0.1\n");
     std::string setup =
-        "set -e; mkdir -p /run/chrony-dhcp /var/lib/dhcp; "
-        "for d in /run/chrony-dhcp /run/systemd /var/lib/dhcp; do mount -t tmpfs scratch $d; done; "
-        "mount --bind " +
-        dir / "resolv.conf" +
-        " /etc/resolv.conf; "
-        "(while [ ! -e " +
-        dir / "go" +
-        " ]; do sleep 0.05; done; "
-        "exec dhclient -d -1 -sf " +
-        dir / "dhclient-script" + " -pf " + dir / "dhclient.pid" +
-        " -lf /var/lib/dhcp/dhclient.leases va > " + dir / "dhclient.log" +
-        " 2>&1) & "
-        "(while [ ! -e " +
-        dir / "done" + " ]; do sleep 0.05; done; cat /run/chrony-dhcp/va.sources > " + dir / "sources" +
-        " 2>&1; touch " + dir / "read" +
-        ") & "
+        "set -e; mkdir -p /run/chrony-dhcp /run/chrony /var/lib/dhcp; "
+        "for d in /run/chrony-dhcp /run/chrony /run/systemd /var/lib/dhcp; do "
+        "mount -t tmpfs scratch $d; done; mount --bind " +
+        dir / "resolv.conf" + " /etc/resolv.conf; " + start_dhclient_on_go(dir) +
         "exec " KTRICKS_BINARY " netwatch --json --no-initial --nm-dirs";
     auto watcher = Process::start({"ip", "netns", "exec", client.name(), "unshare", "-m", "sh", "-c", setup});
     ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
@@ -486,35 +553,123 @@ TEST(Netwatch, DISABLED_ChronysDispatcherScriptsTakeTheNtpServersOfARealDhcpLeas
         return watcher.out().find("dispatcher /usr/lib/NetworkManager/dispatcher.d/" + script + " (" +
                                   action + " va)") != std::string::npos;
     };
-    // up (before any lease), then the address, then the lease file: dhcp4-change with the lease.
+    // up (before any lease), then the address (dhcp4-change), then the lease file: `up` again with
+    // the lease, as NetworkManager's `up` has it.
     ASSERT_TRUE(eventually(
         [&] { return ran("20-chrony-onoffline", "up") && ran("20-chrony-dhcp", "dhcp4-change"); }, 20s))
         << watcher.describe() << read_file(dir / "dhclient.log");
-    std::string sources;
-    ASSERT_TRUE(eventually(
-        [&] {
-            std::filesystem::remove(dir / "read");
-            write_file(dir / "done", "");
-            if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
-            std::filesystem::remove(dir / "done");
-            sources = read_file(dir / "sources");
-            return sources == "server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n";
-        },
-        15s))
-        << sources << watcher.describe();
+    auto sources = [&] { return read_in_mount_namespace(watcher.pid(), "/run/chrony-dhcp/va.sources"); };
+    const std::string expected = "server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n";
+    ASSERT_TRUE(eventually([&] { return sources() == expected; }, 15s))
+        << sources() << watcher.describe() << read_file(dir / "dhclient.log");
     // Down: chrony's script removes the file of the interface again.
     client.ip("link set va down");
     EXPECT_TRUE(eventually([&] { return ran("20-chrony-dhcp", "down"); })) << watcher.describe();
-    EXPECT_TRUE(eventually(
+    EXPECT_TRUE(eventually([&] { return sources().find("No such file") != std::string::npos; }, 10s))
+        << sources();
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
+}
+
+// Debian's ntpsec ships /etc/NetworkManager/dispatcher.d/ntpsec, which on `up` (only when
+// DHCP4_REQUESTED_NTP_SERVERS=1) and `down` sources its dhclient hook: that writes the lease's NTP
+// servers into /run/ntpsec/ntp.conf.dhcp (a copy of /etc/ntpsec/ntp.conf with the servers
+// replaced) and runs `invoke-rc.d ntpsec try-restart`; `down` removes the file and restarts again.
+// ntpsec conflicts with chrony, so install-deps.sh unpacks its package into a folder; the test
+// lays its files into a private overlay of /etc, with a scratch /run and /var/lib/dhcp. The only
+// command replaced is invoke-rc.d, through PATH, by one that logs its arguments.
+TEST(Netwatch, NtpsecsDispatcherScriptWritesTheNtpServersOfARealDhcpLease) {
+    const std::string ntpsec = "/var/lib/ktricks-test/debian/ntpsec";
+    for (std::string needed : {ntpsec + "/etc/NetworkManager/dispatcher.d/ntpsec",
+                               ntpsec + "/etc/dhcp/dhclient-exit-hooks.d/ntpsec",
+                               ntpsec + "/etc/ntpsec/ntp.conf", std::string("/sbin/dhclient")})
+        if (!std::filesystem::exists(needed))
+            GTEST_SKIP() << needed
+                         << " is missing: run scripts/install-deps.sh (unpacks ntpsec, isc-dhcp-client)";
+    Netns client;
+    Netns server;
+    TempDir dir;
+    auto dhcp_server = start_dhcp_server(client, server, dir);
+    for (const char* folder : {"bin", "upper", "work"}) std::filesystem::create_directory(dir / folder);
+    write_file(dir / "bin/invoke-rc.d", "#!/bin/sh\necho \"$*\" >> " + dir / "invoke.log" + "\n", 0755);
+    std::string setup =
+        "set -e; for d in /run /var/lib/dhcp; do mount -t tmpfs scratch $d; done; "
+        "mount -t overlay ktricks -o lowerdir=/etc,upperdir=" +
+        dir / "upper" + ",workdir=" + dir / "work" +
+        " /etc; "
+        "mkdir -p /etc/NetworkManager/dispatcher.d /etc/dhcp/dhclient-exit-hooks.d /etc/ntpsec; "
+        "cp -p " +
+        ntpsec + "/etc/NetworkManager/dispatcher.d/ntpsec /etc/NetworkManager/dispatcher.d/; cp -p " +
+        ntpsec + "/etc/dhcp/dhclient-exit-hooks.d/ntpsec /etc/dhcp/dhclient-exit-hooks.d/; cp -p " + ntpsec +
+        "/etc/ntpsec/ntp.conf /etc/ntpsec/; echo 'nameserver 10.9.0.1' > /etc/resolv.conf; " +
+        start_dhclient_on_go(dir) + "PATH=" + dir / "bin" +
+        ":$PATH exec " KTRICKS_BINARY
+        " netwatch --json --no-initial --dispatcher-dir /etc/NetworkManager/dispatcher.d";
+    auto watcher = Process::start({"ip", "netns", "exec", client.name(), "unshare", "-m", "sh", "-c", setup});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    client.ip("link set va up");
+    write_file(dir / "go", "");
+    auto conf = [&] { return read_in_mount_namespace(watcher.pid(), "/run/ntpsec/ntp.conf.dhcp"); };
+    // The first `up` comes before the lease (the script does nothing); the lease brings `up` again.
+    ASSERT_TRUE(eventually(
         [&] {
-            std::filesystem::remove(dir / "read");
-            write_file(dir / "done", "");
-            if (!eventually([&] { return std::filesystem::exists(dir / "read"); }, 3s)) return false;
-            std::filesystem::remove(dir / "done");
-            return read_file(dir / "sources").find("No such file") != std::string::npos;
+            std::string text = conf();
+            return text.find("server 10.9.0.2 iburst\nserver 10.9.0.4 iburst\n") != std::string::npos;
         },
-        10s))
-        << read_file(dir / "sources");
+        20s))
+        << conf() << watcher.describe() << read_file(dir / "dhclient.log");
+    std::string text = conf();
+    EXPECT_EQ(text.find("\npool "), std::string::npos) << "ntp.conf's own pool lines are dropped:\n" << text;
+    EXPECT_NE(text.find("driftfile"), std::string::npos) << "the rest of ntp.conf is kept:\n" << text;
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "invoke.log", "ntpsec try-restart"); }))
+        << read_file(dir / "invoke.log");
+    // Down: RELEASE, the file goes and ntpsec is restarted once more.
+    client.ip("link set va down");
+    EXPECT_TRUE(eventually([&] { return conf().find("No such file") != std::string::npos; }, 10s)) << conf();
+    EXPECT_TRUE(eventually([&] { return log_lines(dir / "invoke.log").size() == 2; }))
+        << read_file(dir / "invoke.log");
+    for (const auto& line : json_lines(watcher.out()))
+        if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
+}
+
+// network-manager's own /etc/NetworkManager/dispatcher.d/01-ifupdown runs the ifupdown hooks
+// (/etc/network/if-up.d on up, if-post-down.d on down) with ifupdown's variables, one run per
+// address family it finds in IP4_/IP6_NUM_ADDRESSES. Unpacked by install-deps.sh (installing
+// network-manager would bring the daemon); run from there, with the two hook folders replaced by
+// scratch tmpfs mounts holding one logging hook, in a private mount namespace.
+TEST(Netwatch, NetworkManagersIfupdownScriptRunsTheIfupdownHooks) {
+    const std::string scripts =
+        "/var/lib/ktricks-test/debian/network-manager/etc/NetworkManager/dispatcher.d";
+    if (!std::filesystem::exists(scripts + "/01-ifupdown"))
+        GTEST_SKIP() << scripts
+                     << "/01-ifupdown is missing: run scripts/install-deps.sh (unpacks network-manager)";
+    Netns netns;
+    TempDir dir;
+    netns.ip("link add va type veth peer name vb");
+    netns.ip("addr add 10.9.0.1/24 dev va");
+    netns.ip("link set vb up");
+    write_file(
+        dir / "hook",
+        "#!/bin/sh\n[ \"$IFACE\" = va ] && echo \"$IFACE $LOGICAL $MODE $PHASE $ADDRFAM $METHOD\" >> " +
+            dir / "log" + "\nexit 0\n",
+        0755);
+    std::string setup =
+        "set -e; for d in /etc/network/if-up.d /etc/network/if-post-down.d; do "
+        "mount -t tmpfs scratch $d; cp -p " +
+        dir / "hook" +
+        " $d/log; done; exec " KTRICKS_BINARY " netwatch --json --no-initial --dispatcher-dir " + scripts;
+    auto watcher = Process::start({"ip", "netns", "exec", netns.name(), "unshare", "-m", "sh", "-c", setup});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    netns.ip("link set va up");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "va va start post-up inet NetworkManager"); }))
+        << read_file(dir / "log") << watcher.describe();
+    netns.ip("link set va down");
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", "va va stop post-down inet NetworkManager"); }))
+        << read_file(dir / "log") << watcher.describe();
+    // vb's up and down run it too (no hook line: the hook logs va only); nothing fails.
+    std::this_thread::sleep_for(300ms);
     for (const auto& line : json_lines(watcher.out()))
         if (line.value("event", "") == "script-failed") ADD_FAILURE() << line.dump();
 }

@@ -13,12 +13,20 @@ mkdir -p "$scratch/man/man1"
 cp "$1"/cli-docs/man/*.1 "$scratch/man/man1/"
 export MANPATH=$scratch/man
 
-units=("$source_dir"/packaging/systemd/*.service)
+# System units in packaging/systemd, user units (systemctl --user) in packaging/systemd/user.
+units=("$source_dir"/packaging/systemd/*.service "$source_dir"/packaging/systemd/user/*.service)
 [[ -e ${units[0]} ]] || fail "no units in packaging/systemd"
 for unit in "${units[@]}"; do
+  [[ -e $unit ]] || continue
   name=$(basename "$unit")
+  scope=()
+  [[ $unit == */user/* ]] && scope=(--user) && name=user-$name
+  # A user manager needs a runtime directory, which a root shell or CI has none of.
+  mkdir -p -m 0700 "$scratch/runtime"
   sed "s|/usr/bin/ktricks|$KTRICKS|g" "$unit" >"$scratch/$name"
-  out=$(cd "$scratch" && systemd-analyze verify "./$name" 2>&1) || fail "systemd-analyze verify $name: $out"
+  out=$(cd "$scratch" && XDG_RUNTIME_DIR=$scratch/runtime \
+    systemd-analyze "${scope[@]}" verify "./$name" 2>&1) ||
+    fail "systemd-analyze ${scope[*]} verify $name: $out"
   [[ -z $out ]] || fail "systemd-analyze verify $name warns: $out"
   grep -qx 'Type=notify' "$unit" || fail "$name is not Type=notify"
   grep -qx 'NoNewPrivileges=yes' "$unit" || fail "$name lacks NoNewPrivileges=yes"
