@@ -447,9 +447,12 @@ private:
               path_);
         audio_out_->time_base = AVRational{1, 90000};
         SwrContext* swr = nullptr;
-        AVChannelLayout stereo;
+        AVChannelLayout stereo{};
         av_channel_layout_default(&stereo, 2);
-        AVChannelLayout in_layout;
+        // Zeroed: av_channel_layout_copy() first uninits its destination, and an uninitialised one
+        // whose stack garbage read as AV_CHANNEL_ORDER_CUSTOM had its garbage u.map freed (heap
+        // corruption in the daemon that depended on what the stack held before; issue 19).
+        AVChannelLayout in_layout{};
         if (audio_decoder_->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
             av_channel_layout_default(&in_layout, audio_decoder_->ch_layout.nb_channels);
         else
