@@ -523,6 +523,70 @@ TEST_F(Tvfs, NameCollisionsKeepBothFiles) {
     EXPECT_EQ(mount.names(), (std::set<std::string>{"clip.mp4", "clip.mkv.mp4"}));
 }
 
+// Issue 19: a 255-byte source name shown with a longer extension reads through FUSE, but cp to a
+// real file system failed ("File name too long"). Every name is now at most NAME_MAX, shortened
+// with a hash suffix that keeps the extension, and copies to tmpfs and ext4 with its bytes.
+TEST_F(Tvfs, NamesNeverExceed255BytesAndCopyToTmpfsAndExt4) {
+    TempDir source;
+    std::string stem;
+    for (int i = 0; i < 125; ++i) stem += "\u00e9";  // 250 bytes of 2-byte UTF-8: the cut must not split one
+    stem += "a";                                     // 251
+    const std::string no_extension(255, 'y');        // shown as y...y.mp4: 259 bytes before shortening
+    fs::create_hard_link(media_dir() + "/remux.mkv", source / (stem + ".mkv"));  // 255, collides with:
+    fs::create_hard_link(media_dir() + "/pass.mp4", source / (stem + ".mp4"));   // 255, pass-through
+    fs::create_hard_link(media_dir() + "/remux.mkv", source / no_extension);
+    fs::create_hard_link(media_dir() + "/ac3.mkv", source / (no_extension.substr(4) + ".mkv"));  // -> .ts
+    Mount mount(source.path().string());
+    auto names = mount.names();
+    ASSERT_EQ(names.size(), 4u);
+    EXPECT_TRUE(names.count(stem + ".mp4"));  // a pass-through name that fits is kept as it is
+    for (const auto& name : names) {
+        EXPECT_LE(name.size(), 255u) << name;
+        EXPECT_TRUE(name.ends_with(".mp4") || name.ends_with(".ts")) << name;
+    }
+    // The shortened names are stable: a second mount shows the same ones.
+    EXPECT_EQ(Mount(source.path().string()).names(), names);
+
+    // Copy every file to a tmpfs and to an ext4 file system (both of this test's own making).
+    TempDir scratch;
+    std::vector<std::string> targets;
+    auto tmpfs = scratch / "tmpfs";
+    fs::create_directories(tmpfs);
+    ASSERT_EQ(::mount("tvfs-names", tmpfs.c_str(), "tmpfs", 0, "size=32m"), 0) << std::strerror(errno);
+    struct Unmount {
+        std::vector<std::string> paths;
+        ~Unmount() {
+            for (auto& path : paths) ::umount2(path.c_str(), MNT_DETACH);
+        }
+    } unmount{{tmpfs}};
+    targets.push_back(tmpfs);
+    auto ext4 = scratch / "ext4";
+    fs::create_directories(ext4);
+    auto image = tmpfs + "/ext4.img";
+    write_file(image, "");
+    fs::resize_file(image, 12 << 20);
+    auto made = run({"mkfs.ext4", "-q", "-F", image}, {}, std::chrono::seconds(30));
+    ASSERT_EQ(made.status, 0) << made.describe;
+    auto mounted = run({"mount", "-o", "loop", image, ext4}, {}, std::chrono::seconds(30));
+    if (mounted.status == 0) {
+        unmount.paths.insert(unmount.paths.begin(), ext4);  // unmounted before the tmpfs under it
+        targets.push_back(ext4);
+    } else {
+        ADD_FAILURE() << "no loop device for the ext4 copy: " << mounted.describe;
+    }
+    for (const auto& target : targets) {
+        for (const auto& name : names) {
+            auto copied = run({"cp", mount / name, target + "/"}, {}, std::chrono::seconds(60));
+            EXPECT_EQ(copied.status, 0) << target << ": " << copied.describe;
+            struct stat shown {};
+            ASSERT_EQ(::stat((mount / name).c_str(), &shown), 0) << name;
+            std::error_code error;
+            EXPECT_EQ(fs::file_size(target + "/" + name, error), static_cast<std::uintmax_t>(shown.st_size))
+                << target << "/" << name;
+        }
+    }
+}
+
 TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {
     Mount mount(media_dir(), {"--cache-size", "1M"});
     for (const auto& name : {"ac3.ts", "vp9.ts", "hevc10.ts", "remux.mp4"}) bytes_read(mount / name);
