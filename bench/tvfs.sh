@@ -12,6 +12,9 @@
 #   ls -l 200   listing 200 never-seen files (tvfs probes them; its cache is then warm)
 #   size error  |st_size from the first stat - bytes read| / bytes read
 #   peak memory VmHWM of the daemon after the full read
+#   audio max step the largest difference between consecutive decoded audio samples (ffmpeg's
+#               astats "Max difference", first channel) of the output, next to the source's: a
+#               click at a segment boundary shows as a step above the source's (issue 19)
 # Prints one markdown table of medians over RUNS, and ffmpegfs/tvfs ratios.
 set -euo pipefail
 export LC_ALL=C
@@ -66,6 +69,12 @@ unmount_tool() {
 }
 target_of() { if [[ $1 == tvfs ]]; then echo movie.ts; else echo movie.webm.ts; fi; }
 
+# max_step FILE: astats' "Max difference" of FILE's first audio track, first channel.
+max_step() {
+    ffmpeg -nostdin -hide_banner -i "$1" -map 0:a:0 -af astats=measure_overall=none -f null - 2>&1 |
+        awk '/Max difference/ { print $NF; exit }'
+}
+
 declare -A samples
 add() { samples[$1,$2]+="$3 "; }
 
@@ -82,6 +91,7 @@ for run in $(seq 1 "$RUNS"); do
         add "$tool" full "$(ms "$t0" "$t1")"
         add "$tool" error "$(awk -v s="$size" -v g="$got" 'BEGIN { d = s - g; if (d < 0) d = -d; printf "%.2f", 100 * d / (g ? g : 1) }')"
         add "$tool" memory "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$daemon/status")"
+        add "$tool" step "$(max_step "$file")"
         unmount_tool "$tmp/mnt-a"
         # seek: 64 KiB at 50% of a cold file
         mount_tool "$tool" "$tmp/src" "$tmp/mnt-b" "$base-cache-b"
@@ -120,3 +130,4 @@ row "seek: 64 KiB at 50% (cold)" seek ms
 row "ls -l, 200 new files" ls ms
 row "size error, st_size vs bytes read" error "%"
 row "peak memory (VmHWM)" memory MiB
+row "audio max step (source: $(max_step "$tmp/src/movie.webm"))" step ""

@@ -41,6 +41,7 @@ packages=(
   libswscale-dev libswresample-dev ffmpeg ffmpegfs minidlna
   vlc-bin vlc-plugin-base  # tvfs: cvlc, whose TS demuxer reports continuity-counter jumps
   curl  # tvfs: the DLNA test's SOAP and HTTP Range client
+  e2fsprogs  # tvfs: mkfs.ext4 for the long-name test's ext4 copy target
   # benchmarks
   libbenchmark-dev
 )

@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+extern "C" {
+#include <libavutil/crc.h>
+}
+
 #include <filesystem>
 
 namespace ktricks::tvfs {
@@ -11,7 +15,13 @@ namespace fs = std::filesystem;
 std::string fit_name(const std::string& name, std::size_t keep) {
     if (name.size() <= NAME_MAX) return name;
     keep = std::min(keep, name.size());
-    auto tag = fmt::format("~{:08x}", static_cast<std::uint32_t>(std::hash<std::string>{}(name)));
+    // CRC-32 (IEEE, as zlib's crc32()) of the whole name: a fixed function, so a shortened name is
+    // the same across restarts, builds and machines (a TV's bookmarks and resume points keep
+    // working), unlike std::hash, whose values the standard leaves to the library version.
+    auto crc = av_crc(av_crc_get_table(AV_CRC_32_IEEE_LE), 0xffffffffu,
+                      reinterpret_cast<const std::uint8_t*>(name.data()), name.size()) ^
+               0xffffffffu;
+    auto tag = fmt::format("~{:08x}", crc);
     std::size_t cut = NAME_MAX - keep - tag.size();
     while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80)
         --cut;  // not inside a UTF-8 sequence

@@ -43,6 +43,29 @@ void append_piece(std::string& out, std::string_view header, bool start, std::st
     out.append(piece);
 }
 
+// The first piece of a packet with an adaptation field: its header and adaptation field as they
+// were (flags, PCR, random access mark), more stuffing, then PIECE.
+void append_first_piece(std::string& out, std::string_view packet, std::string_view piece) {
+    std::size_t at = out.size();
+    out.append(packet.substr(0, 4));
+    out[at + 3] = static_cast<char>((std::uint8_t(packet[3]) & 0xcf) | 0x30);
+    std::size_t old_length = std::uint8_t(packet[4]), length = 183 - piece.size();  // piece <= old payload
+    out += static_cast<char>(length);
+    std::size_t written = 0;
+    if (old_length > 0) out.append(packet.substr(5, old_length)), written = old_length;
+    else if (length > 0)
+        out += '\0', written = 1;
+    out.append(length - written, '\xff');
+    out.append(piece);
+}
+
+// Bytes of a PES packet's header at the front of PAYLOAD (a unit start), 0 if it is not one.
+std::size_t pes_header_size(std::string_view payload) {
+    if (payload.size() < 9 || !payload.starts_with(std::string_view("\0\0\1", 3))) return 0;
+    std::size_t size = 9 + std::uint8_t(payload[8]);
+    return size <= payload.size() ? size : 0;
+}
+
 }  // namespace
 
 void continue_counters(std::string& data) {
@@ -54,6 +77,10 @@ void continue_counters(std::string& data) {
         std::size_t payload_packets = 0;
         // Full-payload packets without adaptation field (continuations first, then unit starts); table starts.
         std::vector<std::size_t> whole, whole_starts, starts;
+        // PES starts with an adaptation field (random access mark, PCR): split, keeping the field
+        // and the PES header in the first piece, only when there is no whole packet (a short last
+        // segment whose few AAC frames each fit one packet; issue 19).
+        std::vector<std::size_t> field_starts;
     };
     std::map<int, Pid> pids;
     for (std::size_t i = 0; i < count; ++i) {
@@ -68,6 +95,7 @@ void continue_counters(std::string& data) {
             state.starts.push_back(i);
             if (field_control(p) == 1) state.whole_starts.push_back(i);
             if (payload(p).starts_with(std::string_view("\0\0\1", 3))) state.pes = true;
+            if (field_control(p) == 3 && pes_header_size(payload(p)) > 0) state.field_starts.push_back(i);
         } else if (field_control(p) == 1) {
             state.whole.push_back(i);
         }
@@ -81,6 +109,7 @@ void continue_counters(std::string& data) {
         // A PES packet with an adaptation field (PCR, random access mark) is never split.
         if (state.pes)
             state.whole.insert(state.whole.end(), state.whole_starts.begin(), state.whole_starts.end());
+        if (state.pes && state.whole.empty()) state.whole = state.field_starts;
         auto& candidates = state.pes ? state.whole : state.starts;
         if (candidates.empty())
             throw std::runtime_error(
@@ -99,10 +128,26 @@ void continue_counters(std::string& data) {
             for (int copy = 0; copy <= extra[i]; ++copy) out.append(p);
         } else {
             auto bytes = payload(p);
-            std::size_t pieces = static_cast<std::size_t>(extra[i]) + 1, done = 0;
-            for (std::size_t piece = 0; piece < pieces; ++piece) {
-                std::size_t size = bytes.size() * (piece + 1) / pieces - done;
-                append_piece(out, p, piece == 0 && unit_start(p), bytes.substr(done, size));
+            std::size_t pieces = static_cast<std::size_t>(extra[i]) + 1;
+            if (field_control(p) == 1) {
+                for (std::size_t piece = 0, done = 0; piece < pieces; ++piece) {
+                    std::size_t size = bytes.size() * (piece + 1) / pieces - done;
+                    append_piece(out, p, piece == 0 && unit_start(p), bytes.substr(done, size));
+                    done += size;
+                }
+                continue;
+            }
+            // A start with an adaptation field: the PES header stays whole in the first piece, the
+            // elementary bytes after it are shared out, at least one per piece.
+            std::size_t keep = pes_header_size(bytes), rest = bytes.size() - keep;
+            if (rest < pieces)
+                throw std::runtime_error(fmt::format(
+                    "MPEG-TS segment: PID {} has too few bytes to split into {} packets", pid_of(p), pieces));
+            std::size_t done = keep + rest / pieces;
+            append_first_piece(out, p, bytes.substr(0, done));
+            for (std::size_t piece = 1; piece < pieces; ++piece) {
+                std::size_t size = keep + rest * (piece + 1) / pieces - done;
+                append_piece(out, p, false, bytes.substr(done, size));
                 done += size;
             }
         }

@@ -35,6 +35,9 @@ namespace {
 
 constexpr int ts_packet = 188;
 constexpr int audio_rate = 48000;
+// AAC frames encoded before a segment's first kept packet and after its last (see open_audio);
+// the source is sought further back than the pre-roll, so its decoder has settled too.
+constexpr int audio_preroll = 64, audio_postroll = 2;
 
 void check(int status, std::string_view call, const std::string& object) {
     if (status < 0)
@@ -332,8 +335,9 @@ public:
         open_output();
         if (!copy_video_) open_video();
         if (decision_.audio_stream >= 0) open_audio();
-        // Seek a little early: the frames before the segment prime the decoders and are dropped.
-        double target = segment_.start + start_time_ - (copy_video_ ? 0 : 0.5);
+        // Seek early: what comes before the segment primes the decoders and the audio encoder (see
+        // open_audio) and is dropped; copied video starts at the segment's own keyframe anyway.
+        double target = segment_.start + start_time_ - (copy_video_ ? 2.0 : 1.5);
         if (segment_.start > 0)
             av_seek_frame(input_.get(), -1, static_cast<std::int64_t>(std::max(0.0, target) * AV_TIME_BASE),
                           AVSEEK_FLAG_BACKWARD);
@@ -381,7 +385,10 @@ private:
         e->bit_rate = kbps * 1000LL;
         e->rc_max_rate = kbps * 1000LL;
         e->rc_buffer_size = kbps * 1000;
-        e->thread_count = 2;
+        // One thread: with 2 (frame or slice threads, VBV on) x264 made different bytes from run to
+        // run (2 of 4 segments of a 7 s clip differed), and a segment made again must have the same
+        // bytes (a reader that already has the segment before it is joined to the new one).
+        e->thread_count = 1;
         av_opt_set(e->priv_data, "preset", profile_.preset.c_str(), 0);
         av_opt_set(e->priv_data, "profile", "high", 0);
         av_opt_set(e->priv_data, "level", "4.1", 0);
@@ -440,9 +447,12 @@ private:
               path_);
         audio_out_->time_base = AVRational{1, 90000};
         SwrContext* swr = nullptr;
-        AVChannelLayout stereo;
+        AVChannelLayout stereo{};
         av_channel_layout_default(&stereo, 2);
-        AVChannelLayout in_layout;
+        // Zeroed: av_channel_layout_copy() first uninits its destination, and an uninitialised one
+        // whose stack garbage read as AV_CHANNEL_ORDER_CUSTOM had its garbage u.map freed (heap
+        // corruption in the daemon that depended on what the stack held before; issue 19).
+        AVChannelLayout in_layout{};
         if (audio_decoder_->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
             av_channel_layout_default(&in_layout, audio_decoder_->ch_layout.nb_channels);
         else
@@ -457,9 +467,23 @@ private:
         // Audio segments sit on a global grid of 1024-sample AAC frames, so consecutive segments'
         // packets tile the timeline with neither gap nor overlap.
         auto grid = [](double seconds) { return std::llround(seconds * audio_rate) / 1024 * 1024; };
+        bool last = &segment_ == &layout_.segments.back();
         audio_first_ = grid(segment_.start);
-        audio_end_ = &segment_ == &layout_.segments.back() ? std::llround(segment_.end * audio_rate)
-                                                           : grid(segment_.end);
+        audio_end_ = last ? std::llround(segment_.end * audio_rate) : grid(segment_.end);
+        // Gapless: an AAC packet is an MDCT over 2048 samples, and the decoder overlap-adds each
+        // packet's first half onto the previous packet's second half; the aliasing of the two
+        // cancels only if both packets were encoded from the same signal. So the encoder is fed
+        // from audio_preroll frames before the segment to audio_postroll frames after it, and only
+        // the packets of [audio_first_, audio_end_) are kept: at a boundary the decoder joins two
+        // packets made from the same signal, as in one encode. The pre-roll is long because
+        // FFmpeg's AAC encoder adapts its quantizer slowly: with 8 frames the first packets after a
+        // boundary were still coarser (a chirp's residual 17x its surroundings), with 32 one
+        // boundary of three was 7x; with 64 the kept packets decode like a continuous encode's.
+        // Grid-aligned, so the segment's first kept packet is the same frame a continuous encode
+        // would make there, and deterministic (same input, same encoder), so a segment made again
+        // has the same bytes.
+        audio_feed_first_ = std::max<std::int64_t>(0, audio_first_ - audio_preroll * 1024);
+        audio_feed_end_ = last ? audio_end_ : audio_end_ + audio_postroll * 1024;
     }
 
     void write_header_once() {
@@ -644,19 +668,20 @@ private:
             av_frame_unref(frame.get());
             if (got <= 0) continue;
             take_audio(converted.get(), got);
-            if (audio_position_ >= audio_end_) return true;
+            if (audio_position_ >= audio_feed_end_) return true;
         }
         return false;
     }
 
-    // Places converted samples on the output timeline: before the segment dropped, after it ignored.
+    // Places converted samples on the encoder's timeline [audio_feed_first_, audio_feed_end_):
+    // before it dropped, after it ignored, a gap in the source filled with silence.
     void take_audio(AVFrame* converted, int count) {
         std::int64_t start = audio_position_;
         audio_position_ += count;
-        std::int64_t skip = std::clamp<std::int64_t>(audio_first_ - start, 0, count);
-        std::int64_t fifo_end = audio_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
-        if (start + skip > fifo_end && fifo_end >= audio_first_) pad_silence(start + skip - fifo_end);
-        std::int64_t end = std::min<std::int64_t>(count, audio_end_ - start);
+        std::int64_t skip = std::clamp<std::int64_t>(audio_feed_first_ - start, 0, count);
+        std::int64_t fifo_end = audio_feed_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
+        if (start + skip > fifo_end && fifo_end >= audio_feed_first_) pad_silence(start + skip - fifo_end);
+        std::int64_t end = std::min<std::int64_t>(count, audio_feed_end_ - start);
         if (end <= skip) return;
         void* planes[2] = {converted->data[0] + skip * 4, converted->data[1] + skip * 4};
         av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(end - skip));
@@ -665,7 +690,8 @@ private:
 
     void pad_silence(std::int64_t count) {
         std::vector<float> zeros(
-            static_cast<std::size_t>(std::min<std::int64_t>(count, audio_end_ - audio_first_)), 0.0f);
+            static_cast<std::size_t>(std::min<std::int64_t>(count, audio_feed_end_ - audio_feed_first_)),
+            0.0f);
         void* planes[2] = {zeros.data(), zeros.data()};
         av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(zeros.size()));
     }
@@ -682,7 +708,7 @@ private:
             frame->nb_samples = count;
             check(av_frame_get_buffer(frame.get(), 0), "av_frame_get_buffer", path_);
             av_audio_fifo_read(fifo_.get(), reinterpret_cast<void**>(frame->data), count);
-            frame->pts = audio_first_ + audio_written_;
+            frame->pts = audio_feed_first_ + audio_written_;
             audio_written_ += count;
             send_audio(frame.get());
         }
@@ -693,15 +719,16 @@ private:
         check(avcodec_send_frame(audio_encoder_.get(), frame), "avcodec_send_frame aac", path_);
         PacketPtr packet(av_packet_alloc());
         while (avcodec_receive_packet(audio_encoder_.get(), packet.get()) >= 0) {
-            // The encoder's first packet is its priming frame (1024 samples of delay). Segment 0 keeps
-            // it; later segments drop it, so packet i carries time first + (i - 1) * 1024 and the
-            // previous segment's last packet ends exactly where this one begins.
+            // The encoder's first packet is its priming frame (1024 samples of delay), so packet i
+            // carries time feed_first + (i - 1) * 1024. Kept: the packets of [first, end), and in
+            // segment 0 the priming packet too (the decoder needs it for the first samples).
             auto index = audio_packets_++;
-            if (index == 0 && audio_first_ > 0) {
+            std::int64_t pts = audio_feed_first_ + (index - 1) * 1024;
+            if (pts < (audio_first_ == 0 ? -1024 : audio_first_) || pts >= audio_end_) {
                 av_packet_unref(packet.get());
                 continue;
             }
-            packet->pts = packet->dts = audio_first_ + (index - 1) * 1024;
+            packet->pts = packet->dts = pts;
             packet->duration = 1024;
             av_packet_rescale_ts(packet.get(), audio_encoder_->time_base, audio_out_->time_base);
             packet->stream_index = audio_out_->index;
@@ -712,8 +739,8 @@ private:
 
     void finish_audio() {
         // A source whose audio ends early: silence to the segment's end keeps A/V lengths equal.
-        std::int64_t have = audio_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
-        if (have < audio_end_) pad_silence(audio_end_ - have);
+        std::int64_t have = audio_feed_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
+        if (have < audio_feed_end_) pad_silence(audio_feed_end_ - have);
         encode_audio_frames(true);
     }
 
@@ -748,6 +775,7 @@ private:
     double last_video_time_ = 0;
     std::int64_t audio_first_ = 0, audio_end_ = 0, audio_written_ = 0, audio_position_ = -1,
                  audio_packets_ = 0;
+    std::int64_t audio_feed_first_ = 0, audio_feed_end_ = 0;
 };
 
 }  // namespace

@@ -290,6 +290,159 @@ TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEvery
     EXPECT_NEAR(*video - 1.4, 0.8 * 24, 2.5);  // 1.4 s: the MPEG-TS muxer's fixed initial delay
 }
 
+// Sources for the audio checks: a 440 Hz sine and a chirp (100 Hz rising 600 Hz a second), both
+// lossless (FLAC, so the reference is the exact signal), each with VP9 video (a full transcode) and
+// with H.264 keyframes every 2 s (an audio-only transcode). 7 s: four segments, three boundaries.
+const std::string& gapless_media_dir() {
+    static const std::string dir = [] {
+        std::string final_dir = "/tmp/ktricks-tvfs-gapless-v1";
+        if (fs::exists(final_dir + "/complete")) return final_dir;
+        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
+        fs::create_directories(work);
+        const std::string f =
+            "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i ";
+        const std::map<std::string, std::string> signals = {
+            {"sine", "sine=frequency=440:sample_rate=48000"},
+            {"chirp", "aevalsrc=0.5*sin(2*PI*(100*t+300*t*t)):s=48000"}};
+        for (const auto& [name, signal] : signals) {
+            for (const auto& [mode, video] : std::map<std::string, std::string>{
+                     {"full", "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 100k"},
+                     {"audio", "-c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p"}}) {
+                auto command =
+                    fmt::format("{}'{}' -t 7 {} -c:a flac {}-{}.mkv", f, signal, video, name, mode);
+                auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
+                if (result.status != 0)
+                    throw std::runtime_error("generating test media failed: " + result.describe);
+            }
+        }
+        write_file(work + "/complete", "");
+        std::error_code error;
+        fs::rename(work, final_dir, error);
+        if (error) fs::remove_all(work, error);
+        return final_dir;
+    }();
+    return dir;
+}
+
+// The first audio track of PATH decoded by ffmpeg to mono 48 kHz samples.
+std::vector<float> decoded_audio(const std::string& path) {
+    auto result = run({"ffmpeg", "-v", "error", "-nostdin", "-i", path, "-map", "0:a:0", "-ac", "1", "-ar",
+                       "48000", "-f", "f32le", "-"},
+                      {}, std::chrono::seconds(60));
+    EXPECT_EQ(result.status, 0) << result.describe;
+    std::vector<float> samples(result.out.size() / sizeof(float));
+    std::memcpy(samples.data(), result.out.data(), samples.size() * sizeof(float));
+    return samples;
+}
+
+struct Residual {
+    double worst_ratio = 0;  // the largest (boundary RMS / RMS around that boundary)
+    std::string detail;
+};
+
+// Aligns OUT to SOURCE (the lag and gain that fit best), then measures the residual out - source
+// as the RMS of 256-sample blocks. For each boundary (a source sample) the loudest block within
+// one AAC frame of it is compared with the same measure (the loudest block of 2048 samples)
+// around 22 other points within half a second, whose median is "elsewhere": a chirp's residual
+// grows with its frequency, so elsewhere is the same stretch of signal.
+Residual residual(const std::vector<float>& source, const std::vector<float>& out,
+                  const std::vector<std::int64_t>& boundaries) {
+    constexpr std::int64_t region = 48000, length = 8192, max_lag = 4096;
+    std::int64_t best_lag = 0;
+    double best = -1;
+    for (std::int64_t lag = -max_lag; lag <= max_lag; ++lag) {
+        double dot = 0, energy = 0;
+        for (std::int64_t n = region; n < region + length; ++n) {
+            auto m = n + lag;
+            if (m < 0 || m >= static_cast<std::int64_t>(out.size())) continue;
+            dot += double(out[m]) * source[n];
+            energy += double(out[m]) * out[m];
+        }
+        double score = energy > 0 ? dot / std::sqrt(energy) : 0;
+        if (score > best) best = score, best_lag = lag;
+    }
+    auto usable = std::min<std::int64_t>(static_cast<std::int64_t>(source.size()),
+                                         static_cast<std::int64_t>(out.size()) - best_lag);
+    double dot = 0, energy = 0;
+    for (std::int64_t n = 4096; n < usable - 4096; ++n)
+        dot += double(out[n + best_lag]) * source[n], energy += double(source[n]) * source[n];
+    double gain = energy > 0 ? dot / energy : 1;
+    constexpr std::int64_t block = 256;
+    auto rms = [&](std::int64_t start) {
+        double sum = 0;
+        for (std::int64_t n = start; n < start + block; ++n) {
+            double r = out[n + best_lag] - gain * source[n];
+            sum += r * r;
+        }
+        return std::sqrt(sum / block);
+    };
+    auto loudest = [&](std::int64_t centre) {  // -1: outside the usable range
+        if (centre - 1024 < 4096 || centre + 1024 > usable - 4096) return -1.0;
+        double most = 0;
+        for (std::int64_t start = centre - 1024; start < centre + 1024; start += block)
+            most = std::max(most, rms(start));
+        return most;
+    };
+    Residual result;
+    result.detail = fmt::format("lag {} gain {:.3f}", best_lag, gain);
+    for (auto b : boundaries) {
+        double at = loudest(b);
+        std::vector<double> around;
+        for (int j = -11; j <= 11; ++j)
+            if (double value = loudest(b + j * 2048); j != 0 && value >= 0) around.push_back(value);
+        if (at < 0 || around.empty()) continue;
+        std::sort(around.begin(), around.end());
+        double elsewhere = around[around.size() / 2];
+        double ratio = elsewhere > 0 ? at / elsewhere : 1e9;
+        result.worst_ratio = std::max(result.worst_ratio, ratio);
+        result.detail += fmt::format("; at {:.3f} s: {:.6f} vs {:.6f} around ({:.2f}x)", b / 48000.0, at,
+                                     elsewhere, ratio);
+    }
+    return result;
+}
+
+class TvfsGapless : public Tvfs, public ::testing::WithParamInterface<const char*> {
+protected:
+    void SetUp() override {
+        Tvfs::SetUp();
+        if (!IsSkipped()) gapless_media_dir();
+    }
+};
+INSTANTIATE_TEST_SUITE_P(Sources, TvfsGapless,
+                         ::testing::Values("sine-full", "chirp-full", "sine-audio", "chirp-audio"));
+
+TEST_P(TvfsGapless, AudioIsContinuousAcrossSegmentBoundariesAndASeekGivesTheSameSamples) {
+    Mount mount(gapless_media_dir());
+    auto name = std::string(GetParam());
+    auto path = mount / (name + ".ts");
+    auto source = decoded_audio(gapless_media_dir() + "/" + name + ".mkv");
+    auto whole = read_file(path);
+    ASSERT_GT(whole.size(), 0u);
+    // Both kinds of transcode cut segments every 2 s here (full: fixed; audio-only: the keyframes),
+    // and audio segments start on the 1024-sample grid.
+    std::vector<std::int64_t> boundaries;
+    for (int k = 1; k * 2 < 7; ++k) boundaries.push_back(std::int64_t(k) * 2 * 48000 / 1024 * 1024);
+    TempDir scratch;
+    write_file(scratch / "whole.ts", whole);
+    auto out = decoded_audio(scratch / "whole.ts");
+    auto check = residual(source, out, boundaries);
+    RecordProperty("residual", check.detail);
+    std::printf("%s: %s\n", name.c_str(), check.detail.c_str());
+    EXPECT_GT(check.worst_ratio, 0) << check.detail;
+    EXPECT_LE(check.worst_ratio, 2.0) << check.detail;
+
+    // A cold mount, read from the middle first: the same bytes, so the same samples.
+    Mount cold(gapless_media_dir());
+    auto middle = whole.size() / 2 / 188 * 188;
+    auto tail = read_range(cold / (name + ".ts"), middle, whole.size() - middle);
+    EXPECT_TRUE(tail == whole.substr(middle))
+        << "a read from the middle of a cold file differs from a continuous read";
+    write_file(scratch / "tail.ts", tail);
+    auto from_middle = decoded_audio(scratch / "tail.ts");
+    write_file(scratch / "whole-tail.ts", whole.substr(middle));
+    EXPECT_TRUE(from_middle == decoded_audio(scratch / "whole-tail.ts"));
+}
+
 // VLC's TS demuxer (libdvbpsi) logs "TS discontinuity" for every continuity counter that jumps,
 // which some TVs answer by dropping or resyncing; ffmpeg must decode each output without a word.
 TEST_F(Tvfs, EveryOutputPlaysInVlcWithoutATsDiscontinuityAndDecodesSilently) {
@@ -368,6 +521,70 @@ TEST_F(Tvfs, NameCollisionsKeepBothFiles) {
     fs::copy_file(media_dir() + "/remux.mkv", source / "clip.mkv");
     Mount mount(source.path().string());
     EXPECT_EQ(mount.names(), (std::set<std::string>{"clip.mp4", "clip.mkv.mp4"}));
+}
+
+// Issue 19: a 255-byte source name shown with a longer extension reads through FUSE, but cp to a
+// real file system failed ("File name too long"). Every name is now at most NAME_MAX, shortened
+// with a hash suffix that keeps the extension, and copies to tmpfs and ext4 with its bytes.
+TEST_F(Tvfs, NamesNeverExceed255BytesAndCopyToTmpfsAndExt4) {
+    TempDir source;
+    std::string stem;
+    for (int i = 0; i < 125; ++i) stem += "\u00e9";  // 250 bytes of 2-byte UTF-8: the cut must not split one
+    stem += "a";                                     // 251
+    const std::string no_extension(255, 'y');        // shown as y...y.mp4: 259 bytes before shortening
+    fs::create_hard_link(media_dir() + "/remux.mkv", source / (stem + ".mkv"));  // 255, collides with:
+    fs::create_hard_link(media_dir() + "/pass.mp4", source / (stem + ".mp4"));   // 255, pass-through
+    fs::create_hard_link(media_dir() + "/remux.mkv", source / no_extension);
+    fs::create_hard_link(media_dir() + "/ac3.mkv", source / (no_extension.substr(4) + ".mkv"));  // -> .ts
+    Mount mount(source.path().string());
+    auto names = mount.names();
+    ASSERT_EQ(names.size(), 4u);
+    EXPECT_TRUE(names.count(stem + ".mp4"));  // a pass-through name that fits is kept as it is
+    for (const auto& name : names) {
+        EXPECT_LE(name.size(), 255u) << name;
+        EXPECT_TRUE(name.ends_with(".mp4") || name.ends_with(".ts")) << name;
+    }
+    // The shortened names are stable: a second mount shows the same ones.
+    EXPECT_EQ(Mount(source.path().string()).names(), names);
+
+    // Copy every file to a tmpfs and to an ext4 file system (both of this test's own making).
+    TempDir scratch;
+    std::vector<std::string> targets;
+    auto tmpfs = scratch / "tmpfs";
+    fs::create_directories(tmpfs);
+    ASSERT_EQ(::mount("tvfs-names", tmpfs.c_str(), "tmpfs", 0, "size=32m"), 0) << std::strerror(errno);
+    struct Unmount {
+        std::vector<std::string> paths;
+        ~Unmount() {
+            for (auto& path : paths) ::umount2(path.c_str(), MNT_DETACH);
+        }
+    } unmount{{tmpfs}};
+    targets.push_back(tmpfs);
+    auto ext4 = scratch / "ext4";
+    fs::create_directories(ext4);
+    auto image = tmpfs + "/ext4.img";
+    write_file(image, "");
+    fs::resize_file(image, 12 << 20);
+    auto made = run({"mkfs.ext4", "-q", "-F", image}, {}, std::chrono::seconds(30));
+    ASSERT_EQ(made.status, 0) << made.describe;
+    auto mounted = run({"mount", "-o", "loop", image, ext4}, {}, std::chrono::seconds(30));
+    if (mounted.status == 0) {
+        unmount.paths.insert(unmount.paths.begin(), ext4);  // unmounted before the tmpfs under it
+        targets.push_back(ext4);
+    } else {
+        ADD_FAILURE() << "no loop device for the ext4 copy: " << mounted.describe;
+    }
+    for (const auto& target : targets) {
+        for (const auto& name : names) {
+            auto copied = run({"cp", mount / name, target + "/"}, {}, std::chrono::seconds(60));
+            EXPECT_EQ(copied.status, 0) << target << ": " << copied.describe;
+            struct stat shown {};
+            ASSERT_EQ(::stat((mount / name).c_str(), &shown), 0) << name;
+            std::error_code error;
+            EXPECT_EQ(fs::file_size(target + "/" + name, error), static_cast<std::uintmax_t>(shown.st_size))
+                << target << "/" << name;
+        }
+    }
 }
 
 TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {

@@ -338,6 +338,10 @@ TEST(TvfsCatalog, NamesNeverExceed255BytesStayDistinctAndKeepTheirExtension) {
         }
     }
     EXPECT_EQ(fit_name("short.mp4", 4), "short.mp4");
+    // The suffix is the CRC-32 of the whole name (Python's zlib.crc32 of the name is 0x18a63d7b): the same
+    // name on every run, build and machine.
+    auto y = std::string(255, 'y') + ".mp4";
+    EXPECT_EQ(fit_name(y, 4), std::string(242, 'y') + "~18a63d7b.mp4");
 }
 
 // The catalog on a real directory, with a probe of our own (by extension) in place of FFmpeg's.
