@@ -15,7 +15,7 @@ namespace ktricks::test {
 namespace {
 
 using nlohmann::json;
-constexpr int execs = 200;
+constexpr int execs = 100;
 
 std::vector<json> events_of_lines(const std::string& text) {
     std::vector<json> events;
@@ -23,12 +23,14 @@ std::vector<json> events_of_lines(const std::string& text) {
     return events;
 }
 
-// A program whose comm is unique to the test: the events the watcher must publish.
+// A shell whose comm is unique to the test: its exec events are the ones the watcher must publish.
+// It lives 50 ms (sleep is not its last command, so dash forks it rather than exec it), so that
+// procwatch reads its command line; the argument is the event's number.
 struct Probe {
     TempDir dir;
     std::string path = dir / "ktpwprobe";
-    Probe() { std::filesystem::create_symlink("/bin/true", path); }
-    void run(const std::string& arg) { ktricks::test::run({path, arg}); }
+    Probe() { std::filesystem::create_symlink("/bin/sh", path); }
+    void run(const std::string& arg) { ktricks::test::run({path, "-c", "sleep 0.05; :", arg}); }
 };
 
 // Starts procwatch --publish and waits until a probe's exec reaches its stdout (it is watching).
@@ -49,9 +51,9 @@ Process start_procwatch(Probe& probe, const std::string& url, const std::string&
 std::vector<std::string> probe_args(const std::vector<json>& events) {
     std::vector<std::string> args;
     for (const json& e : events)
-        if (e.value("event", "") == "exec" && e.contains("command") && e["command"].size() == 2 &&
-            e["command"][1] != "warmup")
-            args.push_back(e["command"][1].get<std::string>());
+        if (e.value("event", "") == "exec" && e.contains("command") && e["command"].size() == 4 &&
+            e["command"][3] != "warmup")
+            args.push_back(e["command"][3].get<std::string>());
     return args;
 }
 
