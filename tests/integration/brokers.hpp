@@ -70,7 +70,8 @@ private:
 
 class NatsServer {
 public:
-    static bool available() { return std::filesystem::exists("/usr/bin/nats-server"); }
+    static constexpr const char* program = "/usr/sbin/nats-server";  // Debian's nats-server
+    static bool available() { return std::filesystem::exists(program); }
     // cluster_port/routes: for a cluster node (name, its own route port, the other nodes' route ports).
     explicit NatsServer(int port, std::string name = "n1", int cluster_port = 0, std::vector<int> routes = {})
         : port_(port), name_(std::move(name)), cluster_port_(cluster_port), routes_(std::move(routes)) {
@@ -78,8 +79,8 @@ public:
     }
     void start() {
         std::vector<std::string> argv = {
-            "nats-server",         "-js", "-a",  "127.0.0.1", "-p",
-            std::to_string(port_), "-n",  name_, "-sd",       dir_.path().string()};
+            program, "-js", "-a",  "127.0.0.1",         "-p", std::to_string(port_),
+            "-n",    name_, "-sd", dir_.path().string()};
         if (cluster_port_) {
             std::string route_list;
             for (int route : routes_)
