@@ -93,7 +93,8 @@ Subcommand add_publish(CLI::App& app) {
         ->required();
     sub->add_flag("--quiet", options->quiet, "No log lines on stderr");
     sub->footer(
-        "Started by a watcher's --publish (netwatch, procwatch, sockets --watch); not meant to be run by hand.");
+        "Started by a watcher's --publish (procwatch, netwatch); "
+        "not meant to be run by hand.");
     return {sub, [options] { return run_publish(*options); }};
 }
 
