@@ -36,6 +36,8 @@ packages=(
   mariadb-server mariadb-client libmariadb-dev
   # sinks: hiredis (Redis Streams); redis-server and redis-cli for the broker fault tests
   libhiredis-dev redis-server redis-tools
+  # sinks: libnats (NATS JetStream); nats-server for the broker and cluster fault tests
+  libnats-dev nats-server
   # tvfs: FUSE, FFmpeg libraries, the anchors it is measured against, a DLNA server
   libfuse3-dev fuse3 libavformat-dev libavcodec-dev libavfilter-dev libavutil-dev
   libswscale-dev libswresample-dev ffmpeg ffmpegfs minidlna

@@ -8,7 +8,10 @@
 // by the next Publisher on the same directory). Repeats are possible (a reply lost with the
 // connection), and each event carries a stable id so consumers can drop them.
 //
-// Implemented: Redis Streams (hiredis). NATS JetStream is not yet (see docs/events.md).
+// Brokers: Redis Streams (hiredis; XADD) and NATS JetStream (libnats; a publish acknowledged by the
+// stream, with Nats-Msg-Id = the id, so the stream itself drops repeats within its duplicate window).
+// libnats runs threads of its own per connection: a caller that takes signals through a signalfd
+// must block them before the first publish() or start() (the threads inherit the mask).
 #pragma once
 
 #include <chrono>
@@ -24,23 +27,40 @@
 
 namespace ktricks::sinks {
 
-// redis://HOST:PORT/STREAM[?maxlen=N&user=NAME&password_file=PATH]. STREAM may hold {host},
-// {source}, {db}, {table}: replaced per event by the host name and the event's fields. A password
-// is only read from a file (never on the command line, where ps(1) shows it).
+// redis://HOST:PORT/STREAM[?maxlen=N&user=NAME&password_file=PATH]
+// nats://HOST:PORT/SUBJECT[?stream=NAME&replicas=N&user=NAME&password_file=PATH&token_file=PATH
+//                          &creds_file=PATH&tls=1&ca_file=PATH&cert_file=PATH&key_file=PATH]
+// STREAM and SUBJECT may hold {host}, {source}, {db}, {table}: replaced per event by the host name
+// and the event's fields. Secrets are only read from files (never on the command line, where ps(1)
+// shows it). nats ?stream=NAME: the JetStream stream is created (file storage, `replicas` copies)
+// if it does not exist, taking the subject with each placeholder token as `*`.
 struct Target {
-    std::string scheme;  // "redis"
+    std::string scheme;  // "redis" or "nats"
     std::string host;
     std::uint16_t port = 0;
-    std::string name;                  // stream (template)
-    std::uint64_t maxlen = 1'000'000;  // XADD MAXLEN ~ maxlen
+    std::string name;                  // stream (redis) or subject (nats), a template
+    std::uint64_t maxlen = 1'000'000;  // redis: XADD MAXLEN ~ maxlen
     std::string user;
     std::string password;
+    // nats only
+    std::string stream;  // create this stream if missing
+    int replicas = 1;
+    std::string token;
+    std::string creds_file;
+    bool tls = false;
+    std::string ca_file, cert_file, key_file;
     std::string display;  // the URL without secrets, for log lines
 };
-// Throws InputError naming the URL and the fault (unknown scheme, no port, nats://, ...).
+// Throws InputError naming the URL and the fault (unknown scheme, no port, a secret in the URL...).
 Target parse_target(std::string_view url);
 // `name` with its placeholders replaced; a missing field becomes "_" (a stream name needs one).
-std::string expand(std::string_view name, const nlohmann::ordered_json& event, std::string_view host);
+// nats_subject: characters a NATS subject token cannot hold (whitespace, '.', '*', '>') in a
+// field's value become '_' (the event itself carries the exact names).
+std::string expand(std::string_view name, const nlohmann::ordered_json& event, std::string_view host,
+                   bool nats_subject = false);
+// The JetStream stream's subject filter for a subject template: each token holding a placeholder
+// becomes `*` ("ktricks.{host}.mysql.{db}" -> "ktricks.*.mysql.*").
+std::string subject_filter(std::string_view name);
 
 struct PublisherOptions {
     Target target;
@@ -71,9 +91,13 @@ public:
     // Sends `event` (its JSON line is the payload) under `id` (stable: the same event, the same
     // id); returns once it is accepted. Throws std::system_error only if the spool cannot be written.
     Accepted publish(const Event& event, std::string_view id);
+    // The same for an event that arrives as its JSON line (ktricks-publish): `line` is the payload
+    // as it is, `event` its parsed form (for the placeholders).
+    Accepted publish(const nlohmann::ordered_json& event, std::string_view line, std::string_view id);
 
     struct Stats {
         std::uint64_t published = 0, spooled = 0, drained = 0, dropped = 0;
+        std::uint64_t duplicates = 0;  // nats: sends the stream recognised as repeats (by id)
         std::uint64_t spool_entries = 0, spool_bytes = 0;
     };
     const Stats& stats() const noexcept;

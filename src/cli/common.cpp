@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 
@@ -39,6 +41,20 @@ long long parse_seconds_ms(std::string_view flag, const std::string& text) {
     if (text.empty() || *end || !std::isfinite(seconds) || seconds < 0 || seconds > 1e9)
         throw InputError(fmt::format("{}=\"{}\": expected a number of seconds, like 2 or 0.5", flag, text));
     return round_to_ms(seconds).count();
+}
+
+std::vector<std::string> helper_paths(std::string_view program, std::string* self) {
+    // Relative to this binary: computed by CMake from the install directories, and the build tree.
+    static constexpr const char* helper_dirs[] = {KTRICKS_LIBEXEC_FROM_BINDIR, "libexec/ktricks"};
+    char path[4096];
+    ssize_t length = ::readlink("/proc/self/exe", path, sizeof path - 1);
+    if (length <= 0) throw_errno("readlink", "/proc/self/exe");
+    std::string own(path, static_cast<std::size_t>(length));
+    if (self) *self = own;
+    std::string own_dir = own.substr(0, own.rfind('/'));
+    std::vector<std::string> paths;
+    for (const char* dir : helper_dirs) paths.push_back(fmt::format("{}/{}/{}", own_dir, dir, program));
+    return paths;
 }
 
 }  // namespace ktricks::cli

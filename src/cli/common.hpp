@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/runner.hpp"
@@ -59,6 +60,11 @@ void add_exec_flags(CLI::App* sub, ExecFlags& flags);
 std::chrono::milliseconds exec_timeout(const ExecFlags& flags);
 // What a subcommand does with a script's end unless it prints it: a warning if it failed.
 void log_script_end(const JobReport& report);
+
+// Where the helper PROGRAM (libexec/ktricks/PROGRAM) may be, relative to this binary, in the order to
+// try: the installed layout (bin/ -> libexec/ktricks/) and the build tree (build/libexec/ktricks/).
+// `self` receives this binary's own path. Throws std::system_error if /proc/self/exe is unreadable.
+std::vector<std::string> helper_paths(std::string_view program, std::string* self = nullptr);
 
 // Seconds as given on the command line ("2", "0.5") to milliseconds; throws InputError naming the flag.
 long long parse_seconds_ms(std::string_view flag, const std::string& text);

@@ -18,26 +18,21 @@ namespace {
 
 using namespace ktricks;
 
-// Where the helpers are, relative to this binary: the installed layout (bin/ → libexec/ktricks/,
-// computed by CMake from the install directories) and the build tree (build/ → build/libexec/ktricks/).
-constexpr const char* helper_dirs[] = {KTRICKS_LIBEXEC_FROM_BINDIR, "libexec/ktricks"};
-
 // Replaces this process with the helper PROGRAM, passing ARGV unchanged. Returns only on failure.
 int exec_helper(const cli::SubcommandInfo& info, char** argv) {
-    char self[4096];
-    ssize_t length = ::readlink("/proc/self/exe", self, sizeof self - 1);
-    if (length <= 0) {
-        fmt::print(stderr, "ktricks {}: readlink /proc/self/exe: {}\n", info.name, std::strerror(errno));
+    std::string self;
+    std::vector<std::string> paths;
+    try {
+        paths = cli::helper_paths(info.helper, &self);
+    } catch (const std::exception& error) {
+        fmt::print(stderr, "ktricks {}: {}\n", info.name, error.what());
         return exit_code::unavailable;
     }
-    self[length] = '\0';
     // The helpers (the tour in particular) start further subcommands through the front door.
-    ::setenv("KTRICKS_PROGRAM", self, 1);
-    std::string own_dir(self, std::string(self).rfind('/'));
+    ::setenv("KTRICKS_PROGRAM", self.c_str(), 1);
     std::vector<std::string> tried;
     int first_error = 0;
-    for (const char* dir : helper_dirs) {
-        std::string path = fmt::format("{}/{}/{}", own_dir, dir, info.helper);
+    for (const auto& path : paths) {
         ::execv(path.c_str(), argv);
         if (!first_error || first_error == ENOENT) first_error = errno;
         tried.push_back(path);

@@ -197,7 +197,9 @@ Subcommand add_mysql_watch(CLI::App& app) {
         ->excludes(debounce);
     sub->add_option("--publish", options->publish,
                     "Also send every event to redis://HOST:PORT/STREAM[?maxlen=N&user=U&password_file=F] "
-                    "(XADD MAXLEN ~ N; STREAM may use {host} {source} {db} {table})");
+                    "(XADD MAXLEN ~ N) or nats://HOST:PORT/SUBJECT[?stream=NAME&replicas=N&creds_file=F"
+                    "&token_file=F&tls=1&ca_file=F] (JetStream, Nats-Msg-Id = the event's id); "
+                    "STREAM and SUBJECT may use {host} {source} {db} {table} (docs/events.md)");
     sub->add_option("--spool", options->spool,
                     "With --publish: directory where events wait, in order, while the broker is unreachable");
     sub->add_option(

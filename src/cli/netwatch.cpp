@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "cli/common.hpp"
+#include "cli/publish_link.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -37,6 +38,7 @@ struct NetwatchOptions {
     int receive_buffer = 0;
     std::string duration;
     ExecFlags exec_flags;
+    PublishFlags publish;
 };
 
 void print_line(const std::string& text, FILE* to = stdout) {
@@ -98,9 +100,19 @@ int run_netwatch(const NetwatchOptions& options) {
     if (!options.duration.empty())
         duration = std::chrono::milliseconds(parse_seconds_ms("--duration", options.duration));
 
+    EventLoop loop;
+    std::optional<PublishLink> link;
+    if (!options.publish.url.empty()) {
+        link.emplace(loop, options.publish, "netwatch", false);
+        link->start();
+    }
     netwatch::Callbacks callbacks;
-    if (options.json)
-        callbacks.on_event = [](const netwatch::NetEvent& event) { print_line(event.to_event().to_line()); };
+    if (options.json || link)
+        callbacks.on_event = [&, json = options.json](const netwatch::NetEvent& event) {
+            Event line = event.to_event();
+            if (link) link->send(line);
+            if (json) print_line(line.to_line());
+        };
     callbacks.on_script_end = [json = options.json](const JobReport& report) {
         if (json) print_line(report.to_event("netwatch").to_line());
         log_script_end(report);
@@ -109,7 +121,6 @@ int run_netwatch(const NetwatchOptions& options) {
         print_line(line + "\n", json ? stderr : stdout);
     };
 
-    EventLoop loop;
     netwatch::Watcher watcher(loop, watch, callbacks);
     loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) { loop.stop(); });
     // SIGUSR1: print the cache (for comparing it with the kernel's state, and for bug reports).
@@ -121,7 +132,7 @@ int run_netwatch(const NetwatchOptions& options) {
     if (!options.replay.empty()) {
         // Scripts started by the replay finish (bounded by their timeouts) before we return.
         while (!watcher.idle() && !loop.stopped()) loop.run_once(std::chrono::milliseconds(100));
-        return 0;
+        return link ? finish_publishing(*link) : 0;
     }
     if (options.json) {
         Event ready("netwatch", "ready");
@@ -135,6 +146,10 @@ int run_netwatch(const NetwatchOptions& options) {
                              watcher.wifi() ? " and wifi" : ""));
     loop.run();
     notify_stopping();
+    if (link) {
+        watcher.stop();
+        return finish_publishing(*link);
+    }
     return 0;
 }
 
@@ -150,6 +165,7 @@ Subcommand add_netwatch(CLI::App& app) {
                     "debounce_ms=N timeout=SECONDS");
     sub->add_option("--exec", options->exec, "Shell command run for the matching --on");
     sub->add_flag("--json", options->json, "Print every event (and every script's end) as a JSON line");
+    add_publish_flags(sub, options->publish);
     sub->add_flag("--dry-run", options->dry_run, "Print which rules would fire instead of running them");
     sub->add_flag("--no-initial", options->no_initial,
                   "Do not emit `initial` events for the state found at start-up");

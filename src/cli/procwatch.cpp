@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "cli/common.hpp"
+#include "cli/publish_link.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -27,6 +28,7 @@ struct ProcwatchOptions {
     bool threads = false;
     bool json = false;
     std::string duration;
+    PublishFlags publish;
 };
 
 std::string describe(const procwatch::ProcessEvent& event) {
@@ -88,9 +90,15 @@ int run_procwatch(const ProcwatchOptions& options) {
     });
     if (duration) loop.add_timer(*duration, [&] { loop.stop(); });
     Runner runner(loop, {.concurrency = options.exec_flags.concurrency}, log_script_end);
+    std::optional<PublishLink> link;
+    if (!options.publish.url.empty()) {
+        link.emplace(loop, options.publish, "procwatch", false);
+        link->start();
+    }
     procwatch::Callbacks callbacks;
     callbacks.on_event = [&](const procwatch::ProcessEvent& event, const procwatch::Enrichment& enrichment) {
         Event line = procwatch::to_event(event, enrichment);
+        if (link) link->send(line);
         if (options.json) {
             fmt::print("{}", line.to_line());
         } else {
@@ -121,6 +129,7 @@ int run_procwatch(const ProcwatchOptions& options) {
         }
     };
     callbacks.on_lost = [&] {
+        if (link) link->send(Event("procwatch", "lost").set("reason", "ENOBUFS"));
         if (options.json) fmt::print("{}", Event("procwatch", "lost").set("reason", "ENOBUFS").to_line());
         else
             fmt::print("{} LOST     events were dropped by the kernel (receive buffer overrun)\n",
@@ -128,7 +137,8 @@ int run_procwatch(const ProcwatchOptions& options) {
         std::fflush(stdout);
     };
     pid_t self = ::getpid();
-    callbacks.ignore = [&](pid_t pid) { return pid == self || runner.runs(pid); };
+    pid_t helper = link ? link->helper_pid() : -1;
+    callbacks.ignore = [&](pid_t pid) { return pid == self || pid == helper || runner.runs(pid); };
     procwatch::Watcher watcher(loop, watch_options, callbacks);
     watcher.start();
     loop.run();
@@ -138,6 +148,7 @@ int run_procwatch(const ProcwatchOptions& options) {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     while (!signaled && runner.busy() && std::chrono::steady_clock::now() < deadline)
         loop.run_once(std::chrono::milliseconds(100));
+    if (link) return finish_publishing(*link);
     return 0;
 }
 
@@ -159,6 +170,7 @@ Subcommand add_procwatch(CLI::App& app) {
     sub->add_flag("--threads", options->threads, "Also thread creation and exit");
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_option("--duration", options->duration, "Stop after SECONDS");
+    add_publish_flags(sub, options->publish);
     sub->footer(
         "Examples:\n"
         "  ktricks procwatch                                  # everything\n"

@@ -1,4 +1,4 @@
-// Publisher: Redis Streams through hiredis's blocking API with timeouts, and an on-disk spool.
+// Publisher: one broker connection (backend.hpp: Redis or NATS JetStream), and an on-disk spool.
 //
 // Order is kept: once one event is spooled, every later one is spooled behind it until the spool
 // has been sent. The spool is a directory of one file per event (20-digit sequence number, written
@@ -7,8 +7,6 @@
 // connection) is the only way to get a repeat.
 #include <fcntl.h>
 #include <unistd.h>
-
-#include <hiredis/hiredis.h>
 
 #include <fmt/format.h>
 
@@ -20,24 +18,13 @@
 #include "ktricks/core/service.hpp"
 #include "ktricks/sinks.hpp"
 
+#include "backend.hpp"
+
 namespace ktricks::sinks {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-struct RedisFree {
-    void operator()(redisContext* context) const noexcept { redisFree(context); }
-};
-struct ReplyFree {
-    void operator()(redisReply* reply) const noexcept { freeReplyObject(reply); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyFree>;
-
-timeval to_timeval(std::chrono::milliseconds duration) {
-    return {static_cast<time_t>(duration.count() / 1000),
-            static_cast<suseconds_t>(duration.count() % 1000 * 1000)};
-}
 
 std::string read_whole(const fs::path& path) {
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -59,6 +46,8 @@ std::string read_whole(const fs::path& path) {
 class Publisher::Impl {
 public:
     Impl(EventLoop& loop, PublisherOptions options) : loop_(loop), options_(std::move(options)) {
+        backend_ = options_.target.scheme == "nats" ? detail::make_nats(options_.target, options_.timeout)
+                                                    : detail::make_redis(options_.target, options_.timeout);
         if (options_.host.empty()) {
             char name[256] = {};
             ::gethostname(name, sizeof name - 1);
@@ -93,13 +82,14 @@ public:
     void stop() noexcept {
         loop_.remove(retry_timer_);
         retry_timer_ = 0;
-        context_.reset();
+        backend_->disconnect();
     }
 
-    Accepted publish(const Event& event, std::string_view id) {
-        std::string stream = expand(options_.target.name, event.json(), options_.host);
-        std::string payload = event.to_line();
-        if (!payload.empty() && payload.back() == '\n') payload.pop_back();
+    Accepted publish(const nlohmann::ordered_json& event, std::string_view line, std::string_view id) {
+        std::string stream =
+            expand(options_.target.name, event, options_.host, options_.target.scheme == "nats");
+        std::string_view payload = line;
+        if (!payload.empty() && payload.back() == '\n') payload.remove_suffix(1);
         if (!spool_.empty() && Clock::now() >= next_try_) drain();
         if (spool_.empty() && send(stream, id, payload)) {
             ++stats_.published;
@@ -120,27 +110,9 @@ private:
     }
 
     bool connect() {
-        if (context_) return true;
+        if (backend_->connected()) return true;
         if (Clock::now() < next_try_) return false;
-        timeval timeout = to_timeval(options_.timeout);
-        context_.reset(redisConnectWithTimeout(options_.target.host.c_str(), options_.target.port, timeout));
-        std::string fault;
-        if (!context_) fault = "out of memory";
-        else if (context_->err)
-            fault = context_->errstr;
-        else if (redisSetTimeout(context_.get(), timeout) != REDIS_OK)
-            fault = "cannot set the command timeout";
-        if (fault.empty() && !options_.target.password.empty()) {
-            Reply reply(static_cast<redisReply*>(
-                options_.target.user.empty()
-                    ? redisCommand(context_.get(), "AUTH %s", options_.target.password.c_str())
-                    : redisCommand(context_.get(), "AUTH %s %s", options_.target.user.c_str(),
-                                   options_.target.password.c_str())));
-            if (!reply) fault = context_->errstr;
-            else if (reply->type == REDIS_REPLY_ERROR)
-                fault = fmt::format("AUTH: {}", reply->str);
-        }
-        if (!fault.empty()) {
+        if (auto fault = backend_->connect(); !fault.empty()) {
             unreachable(fault);
             return false;
         }
@@ -152,7 +124,7 @@ private:
     }
 
     void unreachable(const std::string& fault) {
-        context_.reset();
+        backend_->disconnect();
         next_try_ = Clock::now() + options_.retry;
         if (!down_) {
             down_ = true;
@@ -161,21 +133,13 @@ private:
         }
     }
 
-    // XADD with the stable id as a field: Redis assigns the entry id, consumers de-duplicate on ours.
-    bool send(const std::string& stream, std::string_view id, std::string_view payload) {
+    bool send(const std::string& name, std::string_view id, std::string_view payload) {
         if (!connect()) return false;
-        Reply reply(static_cast<redisReply*>(
-            redisCommand(context_.get(), "XADD %b MAXLEN ~ %llu * id %b event %b", stream.data(),
-                         stream.size(), static_cast<unsigned long long>(options_.target.maxlen), id.data(),
-                         id.size(), payload.data(), payload.size())));
-        if (!reply) {
-            unreachable(context_->errstr[0] ? context_->errstr : "connection lost");
+        if (auto fault = backend_->send(name, id, payload); !fault.empty()) {
+            unreachable(fault);
             return false;
         }
-        if (reply->type == REDIS_REPLY_ERROR) {
-            unreachable(fmt::format("XADD {}: {}", stream, reply->str));
-            return false;
-        }
+        stats_.duplicates += backend_->take_duplicates();
         return true;
     }
 
@@ -280,7 +244,7 @@ private:
     EventLoop& loop_;
     PublisherOptions options_;
     Stats stats_;
-    std::unique_ptr<redisContext, RedisFree> context_;
+    std::unique_ptr<detail::Backend> backend_;
     bool down_ = false;
     Clock::time_point next_try_{};
     std::map<std::uint64_t, std::uint64_t> spool_;  // sequence -> bytes
@@ -293,7 +257,12 @@ Publisher::Publisher(EventLoop& loop, PublisherOptions options)
 Publisher::~Publisher() = default;
 void Publisher::start() { impl_->start(); }
 void Publisher::stop() noexcept { impl_->stop(); }
-Accepted Publisher::publish(const Event& event, std::string_view id) { return impl_->publish(event, id); }
+Accepted Publisher::publish(const Event& event, std::string_view id) {
+    return impl_->publish(event.json(), event.to_line(), id);
+}
+Accepted Publisher::publish(const nlohmann::ordered_json& event, std::string_view line, std::string_view id) {
+    return impl_->publish(event, line, id);
+}
 const Publisher::Stats& Publisher::stats() const noexcept { return impl_->stats(); }
 
 }  // namespace ktricks::sinks

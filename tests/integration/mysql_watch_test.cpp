@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "brokers.hpp"
 #include "mariadb_server.hpp"
 #include "process_helpers.hpp"
 
@@ -245,52 +246,6 @@ TEST_F(MysqlWatchBinlog, FirstRunWithStateSavesTheCurrentEndThenEachTransaction)
               fmt::format("{}:{}:0", event.value("binlog_file", ""), event.value("binlog_pos", 0)));
 }
 
-// A throwaway redis-server on a loopback port, with every write fsynced to its append-only file
-// (so an acknowledged XADD survives the SIGKILL the test gives it). Killed with its group on exit.
-class RedisServer {
-public:
-    static bool available() { return std::filesystem::exists("/usr/bin/redis-server"); }
-    RedisServer() : port_(free_port()) { start(); }
-    void start() {
-        process_ = std::make_unique<Process>(
-            Process::start({"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir",
-                            dir_.path().string(), "--appendonly", "yes", "--appendfsync", "always", "--save",
-                            "", "--daemonize", "no"}));
-        if (!eventually([&] { return cli({"PING"}).find("PONG") != std::string::npos; }))
-            throw std::runtime_error("redis-server did not start: " + process_->describe());
-    }
-    void kill() { process_.reset(); }  // SIGKILL to its group
-    int port() const { return port_; }
-    std::string cli(std::vector<std::string> args) const {
-        std::vector<std::string> argv = {"redis-cli", "-p", std::to_string(port_), "--raw"};
-        argv.insert(argv.end(), args.begin(), args.end());
-        return run(argv).out;
-    }
-    // The events of a stream (the "event" field of every entry), in stream order.
-    std::vector<json> stream(const std::string& name) const {
-        std::vector<json> events;
-        auto lines = lines_of(cli({"XRANGE", name, "-", "+"}));
-        for (std::size_t i = 0; i + 1 < lines.size(); ++i)
-            if (lines[i] == "event") events.push_back(json::parse(lines[i + 1], nullptr, false));
-        return events;
-    }
-
-private:
-    static int free_port() {
-        Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_in address{};
-        address.sin_family = AF_INET;
-        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address);
-        socklen_t length = sizeof address;
-        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
-        return ntohs(address.sin_port);
-    }
-    TempDir dir_;
-    int port_;
-    std::unique_ptr<Process> process_;
-};
-
 // --publish redis://: 2,000 transactions of 5 rows (10,000 rows) while the broker is SIGKILLed and
 // restarted, then the watcher is SIGKILLed and restarted with --state. Every transaction must be in
 // the stream (by its stable id) with its 5 rows; repeats are bounded.
@@ -336,6 +291,63 @@ TEST_F(MysqlWatchBinlog, RedisBrokerAndWatcherKilledDuringTenThousandRowsLoseNot
     EXPECT_EQ(rows, 5u * transactions);
     EXPECT_LE(entries - ids.size(), 5u) << "repeats";
     std::cerr << "stream entries " << entries << ", unique " << ids.size() << ", rows " << rows << "\n";
+}
+
+// What a stream holds of one workload: unique ids of table `t`'s changes, their rows, all entries.
+struct StreamCount {
+    std::set<std::string> ids;
+    std::uint64_t rows = 0;
+    std::size_t entries = 0;
+    void take(const std::vector<json>& events) {
+        ids.clear();
+        rows = 0;
+        entries = events.size();
+        for (const json& e : events)
+            if (e.value("table", "") == "t" && ids.insert(e.value("id", "")).second)
+                rows += e.value("rows", 0);
+    }
+};
+
+// --publish nats://: 2,000 transactions of 5 rows (10,000 rows) while nats-server is SIGKILLed and
+// restarted (same store directory), then the watcher is SIGKILLed and restarted with --state. Every
+// transaction must be in the JetStream stream with its 5 rows; the stream drops repeats itself
+// (Nats-Msg-Id = the event's id), so entries beyond the unique ids are bounded tightly.
+TEST_F(MysqlWatchBinlog, NatsBrokerAndWatcherKilledDuringTenThousandRowsLoseNothing) {
+    if (!NatsServer::available()) GTEST_SKIP() << "needs nats-server (scripts/install-deps.sh)";
+    constexpr int transactions = 2000;
+    server_->sql("CREATE DATABASE nk; CREATE TABLE nk.t (v INT) ENGINE=InnoDB");
+    NatsServer nats(free_port());
+    TempDir dir;
+    std::string url = fmt::format("nats://127.0.0.1:{}/ktricks.{{host}}.{{db}}?stream=KT", nats.port());
+    std::vector<std::string> args = {"--state", dir / "state", "--publish", url, "--spool", dir / "spool"};
+    std::string script = "SET autocommit=1;";
+    for (int i = 0; i < transactions; ++i)
+        script += fmt::format("INSERT INTO nk.t VALUES ({0}),({0}),({0}),({0}),({0});", i);
+    auto watcher = std::make_unique<Process>(start_watcher(*server_, "nk", args));
+    Process workload =
+        Process::start({"mariadb", "--no-defaults", "-S", server_->socket(), "-uroot", "-e", script});
+    StreamCount count;
+    auto in_stream = [&](std::size_t at_least) {
+        auto events = jetstream_events(nats.port(), "KT");
+        if (events) count.take(*events);
+        return events && count.ids.size() >= at_least;
+    };
+    ASSERT_TRUE(eventually([&] { return in_stream(transactions / 5); }, 60s)) << watcher->describe();
+    nats.kill();
+    std::this_thread::sleep_for(1s);  // events go to the spool meanwhile
+    nats.start();
+    ASSERT_TRUE(eventually([&] { return in_stream(transactions / 2); }, 60s)) << watcher->describe();
+    watcher.reset();  // SIGKILL
+    std::this_thread::sleep_for(300ms);
+    watcher = std::make_unique<Process>(start_watcher(*server_, "nk", args));
+    EXPECT_EQ(workload.wait(90s), 0) << workload.describe();
+    EXPECT_TRUE(eventually([&] { return in_stream(transactions); }, 60s))
+        << count.ids.size() << " of " << transactions << "\n"
+        << watcher->describe();
+    EXPECT_EQ(count.rows, 5u * transactions);
+    EXPECT_LE(count.entries - count.ids.size(), 2u) << "repeats the stream kept";
+    std::cerr << "stream entries " << count.entries << ", unique " << count.ids.size() << ", rows "
+              << count.rows << "\n";
 }
 
 TEST_F(MysqlWatchBinlog, ServerRestartIsSurvived) {

@@ -28,8 +28,42 @@ TEST(SinkTarget, RedisUrlWithOptions) {
 TEST(SinkTarget, SecretsOnTheCommandLineAndUnknownThingsAreRefused) {
     for (const char* url :
          {"redis://u:secret@h:1/s", "redis://h:1/s?password=x", "redis://h/s", "redis://h:0/s",
-          "redis://h:1/", "http://h:1/s", "redis://h:1/s?bogus=1", "nats://h:4222/s"})
+          "redis://h:1/", "http://h:1/s", "redis://h:1/s?bogus=1", "nats://h:4222/a b", "nats://h:4222/a.>",
+          "nats://h:4222/a..b", "nats://h:4222/s?token=x", "nats://h:4222/s?maxlen=3",
+          "nats://h:4222/s?replicas=9", "nats://h:4222/s?stream=a.b",
+          "nats://h:4222/s?cert_file=/etc/hostname"})
         EXPECT_THROW(parse_target(url), InputError) << url;
+}
+
+TEST(SinkTarget, NatsUrlWithStreamAndReplicas) {
+    auto target = parse_target("nats://[::1]:4222/ktricks.{host}.{db}?stream=EVENTS&replicas=3");
+    EXPECT_EQ(target.scheme, "nats");
+    EXPECT_EQ(target.host, "::1");
+    EXPECT_EQ(target.port, 4222);
+    EXPECT_EQ(target.name, "ktricks.{host}.{db}");
+    EXPECT_EQ(target.stream, "EVENTS");
+    EXPECT_EQ(target.replicas, 3);
+    EXPECT_FALSE(target.tls);
+    EXPECT_EQ(subject_filter(target.name), "ktricks.*.*");
+    EXPECT_EQ(subject_filter("a.b-{table}x.c"), "a.*.c");
+    EXPECT_EQ(subject_filter("events"), "events");
+}
+
+TEST(SinkTarget, NatsSubjectPlaceholdersCannotAddTokensOrWildcards) {
+    Event event("mysql", "change");
+    event.set("db", "a b.c*d>e").set("table", "таблица");
+    EXPECT_EQ(expand("k.{db}.{table}", event.json(), "h", true), "k.a_b_c_d_e.таблица");
+    EXPECT_EQ(expand("k:{db}", event.json(), "h"), "k:a b.c*d>e");  // redis keys take anything
+}
+
+TEST(SinkTarget, NatsTokenAndTlsFilesComeFromFiles) {
+    std::string path = fs::temp_directory_path() / ("ktricks-sink-tok-" + std::to_string(::getpid()));
+    std::ofstream(path) << "t0ken\n";
+    auto target = parse_target("nats://h:1/s?token_file=" + path + "&ca_file=" + path);
+    fs::remove(path);
+    EXPECT_EQ(target.token, "t0ken");
+    EXPECT_TRUE(target.tls);
+    EXPECT_EQ(target.display, "nats://h:1/s");
 }
 
 TEST(SinkTarget, PasswordComesFromAFile) {
