@@ -193,7 +193,10 @@ TEST(ExecFlags, NetwatchMysqlWatchAndProcwatchTakeTheSameTwoFlags) {
         EXPECT_EQ(help.status, 0) << help.describe;
         for (const char* flag : {"--exec-timeout", "--exec-concurrency"})
             EXPECT_NE(help.out.find(flag), std::string::npos) << watcher << " --help lacks " << flag;
-        auto bad = run({KTRICKS_BINARY, watcher, "--exec", "true", "--exec-timeout", "soon"});
+        std::vector<std::string> argv = {KTRICKS_BINARY, watcher, "--exec", "true", "--exec-timeout", "soon"};
+        if (watcher == "netwatch")
+            argv.insert(argv.begin() + 2, {"--on", "link-add"});  // --exec needs an --on
+        auto bad = run(argv);
         EXPECT_EQ(bad.status, 64) << bad.describe;
         EXPECT_NE(bad.err.find("--exec-timeout"), std::string::npos) << bad.describe;
     }
@@ -258,15 +261,18 @@ TEST(ExecFlags, ProcwatchExecConcurrencyOneRunsScriptsOfDifferentPidsOneAtATime)
             start({probe, "-c", "exit 0"}).wait();
             return !read_file(log).empty();
         },
-        10s, 100ms))
+        10s, 300ms))
         << watcher.describe();
     ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() >= 2; }, 5s)) << watcher.describe();
     std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the ready-probes' runs finish
     auto before = lines_of(read_file(log)).size();
+    // Two exits 50 ms apart: the second script is due while the first (0.3 s) still runs.
     start({probe, "-c", "exit 0"}).wait();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
     start({probe, "-c", "exit 0"}).wait();
-    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() >= before + 4; }, 5s))
-        << watcher.describe();
+    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() >= before + 4; }, 15s))
+        << "log:\n"
+        << read_file(log) << watcher.describe();
     std::this_thread::sleep_for(std::chrono::milliseconds(700));
     EXPECT_TRUE(one_at_a_time(lines_of(read_file(log)))) << read_file(log);
 }
