@@ -7,12 +7,12 @@
 // never takes a queued connection with it.
 //
 // Three nouns:
-//   - serve():    a zero-downtime supervisor. Binds (or adopts) listeners, runs a command with them
+//   - Supervisor: a zero-downtime supervisor (`ktricks serve`). Binds (or adopts) listeners, runs a command with them
 //                 (systemd's LISTEN_FDS protocol or an adapter), waits for readiness (NOTIFY_SOCKET
 //                 READY=1 or another check), and on reload starts a new generation before retiring
 //                 the old one. A failing new generation is rolled back; the old one keeps serving.
 //   - takeover(): pidfd_getfd's the listeners of a running process that knows nothing of this,
-//                 starts the command under serve(), and retires the old process without losing a
+//                 starts the command under a Supervisor, and retires the old process without losing a
 //                 request it already accepted.
 //   - Upgrader:   for a C++ server run under `serve --handoff`: inherit listeners, say ready, and
 //                 hand established connections (with an opaque state blob) to the successor.
@@ -33,6 +33,7 @@
 
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/core/socket_address.hpp"
 
@@ -98,7 +99,7 @@ struct ServerPreset {
 ServerPreset server_preset(Server server);
 struct ServeOptions {
     std::vector<std::string> command;
-    std::vector<ListenSpec> listen;  // bound by serve()
+    std::vector<ListenSpec> listen;  // bound by the Supervisor
     std::vector<Listener> adopted;   // already-open listeners (takeover), announced before `listen`
     ReadyCheck ready;
     milliseconds ready_timeout{30'000};
@@ -145,11 +146,41 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// Runs the supervisor until the current generation exits on its own (returns its status) or
-// SIGTERM/SIGINT asks serve to stop (every generation gets the drain signal, SIGKILL after the
-// drain timeout; returns 0). SIGHUP or a control-socket "reload" starts a reload. Throws if the
-// listeners cannot be bound or the first generation fails before it is ready.
-ExitStatus serve(ServeOptions options);
+// The supervisor, as a component on the caller's EventLoop. It never touches signals: the caller maps
+// them (`ktricks serve` maps SIGHUP to reload() and SIGTERM/SIGINT to stop()).
+//   EventLoop loop;
+//   handoff::Supervisor supervisor(loop, options);      // binds or adopts the listeners
+//   supervisor.start([&] { loop.stop(); });
+//   loop.run();
+//   return supervisor.result();
+class Supervisor {
+public:
+    // Binds the listeners and the control/zerg sockets; nothing is started yet. Throws InputError
+    // for a missing command or listener, std::system_error if a socket cannot be bound.
+    Supervisor(EventLoop& loop, ServeOptions options);
+    Supervisor(Supervisor&&) noexcept;
+    Supervisor& operator=(Supervisor&&) noexcept;
+    // Removes its sources from the loop; generations still running are killed (SIGKILL) and reaped.
+    ~Supervisor();
+
+    // Starts the first generation. `on_finished` is called once, on the loop, when serve is done:
+    // the current generation exited on its own, or stop() drained every generation, or the first
+    // generation failed before it was ready. Throws if the first generation cannot be started.
+    void start(std::function<void()> on_finished);
+    // What SIGHUP means: starts a reload. Returns why it was refused (also sent as event
+    // "refused"), e.g. a reload already in progress; nullopt if one started.
+    std::optional<std::string> reload();
+    // What SIGTERM/SIGINT mean: every generation gets the drain signal, SIGKILL after the drain
+    // timeout; result() is then 0. Idempotent.
+    void stop();
+    // After on_finished: the current generation's status if it exited on its own, 0 after stop().
+    // Throws GenerationFailed if the first generation exited or timed out before it was ready.
+    ExitStatus result() const;
+
+private:
+    class Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 // `ktricks reload`: asks the serve behind `control_path` to reload and waits for the outcome.
 struct ReloadResult {
@@ -190,8 +221,10 @@ std::vector<pid_t> process_tree(pid_t pid);
 // pidfd_getfd with an error that says why it failed and what to do (kernel too old, target
 // non-dumpable, Yama ptrace_scope, other user without CAP_SYS_PTRACE).
 Fd take_fd(int pidfd, pid_t pid, int target_fd);
-// Takes the listeners, runs serve() with them, and retires the old process (see docs/handoff.md).
-ExitStatus takeover(TakeoverOptions options);
+// Takes the listeners and returns a Supervisor that serves with them (not started yet); once its
+// first generation is ready, the old process is retired on a thread of its own (see
+// docs/handoff.md). Run it like any Supervisor.
+Supervisor takeover(EventLoop& loop, TakeoverOptions options);
 
 // ---------------------------------------------------------------------------------------------
 // Upgrader: live connections for a server run under `ktricks serve --handoff`.

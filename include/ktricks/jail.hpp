@@ -25,6 +25,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -160,12 +161,35 @@ struct RunOptions {
     bool intercept_bind = true;
 };
 
-// Binds every address (in our namespace), starts the command in the jail, forwards TERM, INT,
-// HUP, QUIT, USR1, USR2 and WINCH, answers the broker, and returns how the command ended (if it
-// was SIGKILLed in place of an uncaught forwarded signal, as if killed by that signal). If this
-// process dies, even by SIGKILL, the kernel kills the jail's pid 1 (PR_SET_PDEATHSIG) and with it
-// every process of the jail's PID namespace.
-ExitStatus run(const RunOptions& options);
+// `ktricks jail` as a component on the caller's loop. It never touches signals; the CLI forwards
+// TERM, INT, HUP, QUIT, USR1, USR2 and WINCH with signal().
+class Jail {
+public:
+    // Prepares the sandbox and the broker and binds every address (in our namespace). Nothing
+    // runs yet.
+    explicit Jail(const RunOptions& options);
+    Jail(Jail&&) noexcept;
+    Jail& operator=(Jail&&) noexcept;
+    // A jail still running is killed: its pid 1 by SIGKILL, and with it its whole PID namespace.
+    ~Jail();
+
+    // Starts the command in the jail and answers the broker and the bind interceptor on `loop`.
+    // `on_exit` is called once, on the loop, with how the command ended (if it was SIGKILLed in
+    // place of an uncaught forwarded signal, as if killed by that signal). If this process dies,
+    // even by SIGKILL, the kernel kills the jail's pid 1 (PR_SET_PDEATHSIG) and with it every
+    // process of the jail's PID namespace.
+    void start(EventLoop& loop, std::function<void(ExitStatus)> on_exit);
+    // Forwards a signal to the jail's pid 1. The kernel drops a signal that pid 1 of a PID
+    // namespace has no handler for, so a terminating one it does not handle is sent as SIGKILL.
+    // False if the command is not running.
+    bool signal(int signal_number);
+    // How the command ended; nullopt while it runs.
+    std::optional<ExitStatus> status() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 // ---- Inside the jail (or in any process that wants sockets handed to it) ----
 

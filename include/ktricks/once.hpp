@@ -160,11 +160,37 @@ struct RunOptions {
     bool inbox = false;                                     // give the command KTRICKS_INBOX_FD
 };
 
-// Takes the lock (or throws BusyError "NAME is held by pid PID (COMMAND)"), runs the command as a
-// child with the lock descriptors closed to it, serves waiters and messages, forwards TERM, INT,
-// HUP, QUIT, USR1 and USR2 to it, and releases the lock the moment it exits. If this process is
-// killed outright, the kernel kills the command too (PR_SET_PDEATHSIG): it never runs unlocked. The command gets
-// KTRICKS_ONCE_NAME, and with `inbox` KTRICKS_INBOX_FD. Returns how the command ended.
-ExitStatus run(const LockName& name, const RunOptions& options);
+// `ktricks once NAME -- CMD` as a component: a command run while holding the lock, on the caller's
+// loop. It never touches signals; the CLI forwards TERM, INT, HUP, QUIT, USR1 and USR2 with signal().
+//   once::LockedCommand command(name, options);           // the lock is held from here
+//   loop.add_signals({SIGTERM, ...}, [&](auto& info) { command.signal(info.ssi_signo); });
+//   command.start(loop, [&](ExitStatus) { loop.stop(); });
+//   loop.run();
+class LockedCommand {
+public:
+    // Finds the command (throws SpawnError "exec NAME: ..." if it cannot run, before any lock is
+    // taken), then takes the lock, waiting with options.wait; throws BusyError "NAME is held by pid
+    // PID (COMMAND)" if it is held (or the wait timed out). Nothing runs yet.
+    LockedCommand(const LockName& name, const RunOptions& options);
+    LockedCommand(LockedCommand&&) noexcept;
+    LockedCommand& operator=(LockedCommand&&) noexcept;
+    // A command still running is killed (SIGKILL) and reaped before the lock is released.
+    ~LockedCommand();
+
+    // Runs the command as a child with the lock descriptors closed to it and serves waiters and
+    // messages on `loop`. When the command exits the lock is released at once, then `on_exit` is
+    // called (on the loop) with how it ended. If this process is killed outright, the kernel kills
+    // the command too (PR_SET_PDEATHSIG): it never runs unlocked. The command gets
+    // KTRICKS_ONCE_NAME, and with options.inbox KTRICKS_INBOX_FD.
+    void start(EventLoop& loop, std::function<void(ExitStatus)> on_exit);
+    // Sends a signal to the command; false if it is not running (not started, or exited).
+    bool signal(int signal_number);
+    // How the command ended; nullopt while it runs.
+    std::optional<ExitStatus> status() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 }  // namespace ktricks::once

@@ -55,7 +55,7 @@ struct MediaInfo {
     int subtitles = 0;
 };
 
-// Opens and probes FILE with libavformat; throws InputError naming the file if it is not media.
+// Opens and probes FILE with libavformat; throws DataError naming the file if it is not media.
 MediaInfo probe(const std::string& path);
 
 struct Profile {
@@ -85,8 +85,9 @@ struct Profile {
 const Profile& builtin_profile(std::string_view name);  // throws InputError for an unknown name
 std::vector<std::string> builtin_profile_names();
 // A user profile in TOML (see docs/tvfs.md); `origin` names it in errors. Missing keys inherit `tv`.
+// Throws DataError "ORIGIN:LINE:COLUMN: problem" or "ORIGIN: problem" for bad contents.
 Profile parse_profile(std::string_view toml_text, std::string_view origin);
-// A built-in name, or the path of a TOML file.
+// A built-in name (InputError if unknown), or the path of a TOML file (DataError for bad contents).
 Profile load_profile(const std::string& name_or_path);
 
 enum class Action { pass_through, remux, audio_transcode, full_transcode, skip };

@@ -1,6 +1,7 @@
 // ktricks jail: argument parsing for the network jail (library: ktricks/jail.hpp).
 #include <grp.h>
 #include <pwd.h>
+#include <signal.h>
 
 #include <fmt/format.h>
 
@@ -10,6 +11,7 @@
 #include "cli/common.hpp"
 #include "cli/jail_options.hpp"
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/jail.hpp"
 
 namespace ktricks::cli {
@@ -168,7 +170,16 @@ int run_jail(const Options& options) {
     run.intercept_bind = options.intercept_bind;
     if (run.listen.empty() && !run.sandbox.broker_path)
         throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker)");
-    return jail::run(run).shell_status();
+    jail::Jail jailed(run);  // listeners bound, sandbox ready
+    // Signals arriving while the child starts must wait for it, not kill us: blocked (signalfd)
+    // before it exists; Child unblocks them in the child.
+    EventLoop loop;
+    loop.add_signals(
+        {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH},
+        [&jailed](const signalfd_siginfo& info) { jailed.signal(static_cast<int>(info.ssi_signo)); });
+    jailed.start(loop, [&loop](ExitStatus) { loop.stop(); });
+    loop.run();
+    return jailed.status()->shell_status();
 }
 
 }  // namespace

@@ -1,4 +1,6 @@
 // ktricks once: argument parsing for the single-instance lock (library: ktricks/once.hpp).
+#include <signal.h>
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -7,6 +9,7 @@
 #include "cli/common.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
 #include "ktricks/once.hpp"
 
@@ -105,7 +108,21 @@ int run_once(const OnceOptions& options) {
         if (options.wait != "true")
             run.wait_timeout = std::chrono::milliseconds(parse_seconds_ms("--wait", options.wait));
     }
-    return once::run(name, run).shell_status();
+    once::LockedCommand command(name, run);  // the lock is held from here
+    EventLoop loop;
+    // Blocked (signalfd) before the command exists, so none is lost in between; Child restores the
+    // default mask in the command. Signals that mean "you, stop or do something" belong to the
+    // command, not to us.
+    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2},
+                     [&command](const signalfd_siginfo& info) {
+                         // A signal from the terminal (Ctrl-C) already went to the whole foreground
+                         // process group, the command included: forwarding it would deliver it twice.
+                         if (info.ssi_code == SI_KERNEL) return;
+                         command.signal(static_cast<int>(info.ssi_signo));
+                     });
+    command.start(loop, [&loop](ExitStatus) { loop.stop(); });
+    loop.run();
+    return command.status()->shell_status();
 }
 
 }  // namespace

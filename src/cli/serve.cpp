@@ -11,6 +11,7 @@
 #include "cli/jail_options.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
+#include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/socket_address.hpp"
 #include "ktricks/handoff.hpp"
 
@@ -198,10 +199,22 @@ void add_serve_options(CLI::App* sub, ServeCli& cli) {
     sub->add_option("command", cli.command, "The server to run")->required();
 }
 
+// The signals of `ktricks serve` and `takeover`: HUP reloads, TERM and INT drain and stop. Blocked
+// (signalfd) before the first generation starts, so none is lost; Child unblocks them in the child.
+int supervise(EventLoop& loop, handoff::Supervisor& supervisor) {
+    loop.add_signal(SIGHUP, [&supervisor](const signalfd_siginfo&) { supervisor.reload(); });
+    loop.add_signals({SIGTERM, SIGINT}, [&supervisor](const signalfd_siginfo&) { supervisor.stop(); });
+    supervisor.start([&loop] { loop.stop(); });
+    loop.run();
+    return supervisor.result().shell_status();
+}
+
 int run_serve(const ServeCli& cli) {
     if (cli.listen.empty()) throw InputError("give at least one --listen [NAME=]ADDR");
     try {
-        return handoff::serve(serve_options(cli, "serve")).shell_status();
+        EventLoop loop;
+        handoff::Supervisor supervisor(loop, serve_options(cli, "serve"));
+        return supervise(loop, supervisor);
     } catch (const handoff::GenerationFailed& error) {
         fmt::print(stderr, "ktricks serve: {}\n", error.what());
         return exit_code::unavailable;
@@ -255,7 +268,9 @@ int run_takeover(const TakeoverCli& cli) {
     serve.listen.clear();  // the listeners come from the target, not from bind
     options.serve = serve_options(serve, "takeover");
     try {
-        return handoff::takeover(std::move(options)).shell_status();
+        EventLoop loop;
+        auto supervisor = handoff::takeover(loop, std::move(options));
+        return supervise(loop, supervisor);
     } catch (const handoff::GenerationFailed& error) {
         fmt::print(stderr, "ktricks takeover: {} (pid {} was left serving)\n", error.what(), cli.pid);
         return exit_code::unavailable;

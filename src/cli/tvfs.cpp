@@ -30,19 +30,6 @@ struct TvfsOptions {
     int dlna_port = 8200;
 };
 
-// Bad bytes in a file (a TOML profile, a media file) rather than on the command line: core's
-// DataError (EX_DATAERR through exit_status_for).
-template <typename Function>
-auto from_file(Function function) {
-    try {
-        return function();
-    } catch (const DataError&) {
-        throw;
-    } catch (const InputError& error) {
-        throw DataError(error.what());
-    }
-}
-
 // Forks; the parent exits once the child reports that it serves (0), or dies first (70). The child
 // leaves the terminal (new session, "/" as its directory, stdio on /dev/null) and gets the pipe to
 // report on. Called before any thread exists: fork copies only the calling thread.
@@ -136,12 +123,10 @@ int run_tvfs(TvfsOptions& options) {
             fmt::print("{}", tvfs::builtin_profile(name).describe());
         return 0;
     }
-    bool profile_is_file =
-        options.mount.profile.find('/') != std::string::npos || options.mount.profile.ends_with(".toml");
-    auto profile = profile_is_file ? from_file([&] { return tvfs::load_profile(options.mount.profile); })
-                                   : tvfs::load_profile(options.mount.profile);
+    // Bad bytes in a profile file or a medium: the library's DataError, 65 through exit_status_for.
+    auto profile = tvfs::load_profile(options.mount.profile);
     if (!options.explain.empty()) {
-        auto media = from_file([&] { return tvfs::probe(options.explain); });
+        auto media = tvfs::probe(options.explain);
         auto decision = tvfs::decide(media, profile);
         fmt::print("{}", tvfs::explain(options.explain, media, decision));
         return 0;

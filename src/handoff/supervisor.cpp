@@ -142,16 +142,28 @@ bool peer_allowed(int fd) {
     return cred.uid == 0 || cred.uid == ::geteuid();
 }
 
-class Supervisor {
+}  // namespace
+
+class Supervisor::Impl {
 public:
-    explicit Supervisor(ServeOptions options) : o_(std::move(options)) {}
-    ~Supervisor() {
+    Impl(EventLoop& loop, ServeOptions options) : o_(std::move(options)), loop_(loop) {}
+    // Every source this supervisor added goes with it: the caller's loop outlives it. Generations
+    // still running are killed and reaped by Child's destructor.
+    ~Impl() {
         for (auto& [fd, client] : clients_) loop_.remove(client->source);
+        for (auto* g : {pending_.get(), current_.get()})
+            if (g) forget(*g);
+        for (auto& g : draining_) forget(*g);
+        for (auto id : {control_source_, zerg_source_, stop_timer_}) loop_.remove(id);
         for (const auto& path : unlink_at_exit_) ::unlink(path.c_str());
         if (o_.pid_file) ::unlink(o_.pid_file->c_str());
     }
 
-    ExitStatus run();
+    void bind();
+    void start(std::function<void()> on_finished);
+    std::optional<std::string> reload();
+    void stop();
+    ExitStatus result() const;
 
 private:
     void emit(Event event) {
@@ -177,7 +189,7 @@ private:
     void fail_pending(const std::string& reason);
     void retire(Generation& g);
     void forget(Generation& g);
-    std::optional<std::string> reload();
+    std::optional<std::string> reload_now();
     void begin_stop();
     void maybe_finish();
     void kill_group(Generation& g, int signal_number);
@@ -189,7 +201,10 @@ private:
     std::string status_json() const;
 
     ServeOptions o_;
-    EventLoop loop_;
+    EventLoop& loop_;
+    std::function<void()> on_finished_;
+    bool started_ = false, finished_ = false;
+    EventLoop::SourceId control_source_ = 0, zerg_source_ = 0, stop_timer_ = 0;
     std::vector<Listener> listeners_;
     std::vector<StoredFd> fdstore_;
     std::unique_ptr<Generation> pending_, current_;
@@ -206,7 +221,7 @@ private:
     bool pid_namespace_refused_ = false;
 };
 
-void Supervisor::bind_listeners() {
+void Supervisor::Impl::bind_listeners() {
     listeners_ = std::move(o_.adopted);
     for (const auto& spec : o_.listen) listeners_.push_back({spec.name, bind_socket(spec.address)});
     if (listeners_.empty()) throw InputError("nothing to listen on: give at least one --listen ADDR");
@@ -219,7 +234,7 @@ void Supervisor::bind_listeners() {
     emit(std::move(e));
 }
 
-std::unique_ptr<Generation> Supervisor::start_generation() {
+std::unique_ptr<Generation> Supervisor::Impl::start_generation() {
     auto g = std::make_unique<Generation>();
     g->number = next_number_++;
 
@@ -322,7 +337,7 @@ std::unique_ptr<Generation> Supervisor::start_generation() {
     return g;
 }
 
-Fd Supervisor::bind_probe() {
+Fd Supervisor::Impl::bind_probe() {
     SocketAddress address = o_.probe.value_or(SocketAddress::parse("tcp://127.0.0.1:0"));
     if (address.transport() == SocketAddress::Transport::udp)
         throw InputError(fmt::format("--probe {}: the probe must be a stream socket", address.to_string()));
@@ -338,7 +353,7 @@ Fd Supervisor::bind_probe() {
     return fd;
 }
 
-void Supervisor::probe_reset(Generation& g, std::string outcome) {
+void Supervisor::Impl::probe_reset(Generation& g, std::string outcome) {
     if (g.probe_source) loop_.remove(std::exchange(g.probe_source, 0));
     g.probe_connection.reset();
     g.probe_sent = false;
@@ -347,7 +362,7 @@ void Supervisor::probe_reset(Generation& g, std::string outcome) {
 }
 
 // Every 100 ms: start one probe attempt unless one is under way (an attempt gets 2 s).
-void Supervisor::probe_tick(Generation& g) {
+void Supervisor::Impl::probe_tick(Generation& g) {
     if (g.probe_connection) {
         if (o_.ready.kind == ReadyCheck::Kind::connect && g.probe_sent) {
             // serve holds the probe listener too: it is readable while a connection waits in its
@@ -379,7 +394,7 @@ void Supervisor::probe_tick(Generation& g) {
                                   [this, raw](std::uint32_t events) { probe_io(*raw, events); });
 }
 
-void Supervisor::probe_io(Generation& g, std::uint32_t events) {
+void Supervisor::Impl::probe_io(Generation& g, std::uint32_t events) {
     if (o_.ready.kind == ReadyCheck::Kind::connect) {
         if (events & EPOLLERR) return probe_reset(g, "connect failed");
         // Established (or already closed by whoever accepted it): probe_tick looks at the accept
@@ -418,7 +433,7 @@ void Supervisor::probe_io(Generation& g, std::uint32_t events) {
                        : fmt::format("GET {}: the connection closed without an HTTP answer", o_.ready.path));
 }
 
-void Supervisor::watch_readiness(Generation& g) {
+void Supervisor::Impl::watch_readiness(Generation& g) {
     Generation* raw = &g;
     g.sources.push_back(loop_.add_timer(o_.ready_timeout, [this, raw] {
         std::string reason =
@@ -479,7 +494,7 @@ void Supervisor::watch_readiness(Generation& g) {
     }
 }
 
-void Supervisor::on_notify(Generation& g) {
+void Supervisor::Impl::on_notify(Generation& g) {
     while (true) {
         std::array<std::byte, 4096> buffer;
         ReceivedMessage message;
@@ -522,7 +537,7 @@ void Supervisor::on_notify(Generation& g) {
     }
 }
 
-void Supervisor::on_channel(Generation& g) {
+void Supervisor::Impl::on_channel(Generation& g) {
     char buffer[64];
     ssize_t got = ::recv(g.channel.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
     if (got > 0 && std::string_view(buffer, static_cast<std::size_t>(got)) == detail::hello_message) {
@@ -535,21 +550,21 @@ void Supervisor::on_channel(Generation& g) {
     }
 }
 
-void Supervisor::forget(Generation& g) {
+void Supervisor::Impl::forget(Generation& g) {
     for (auto id : {g.exit_source, g.notify_source, g.channel_source, g.probe_source}) loop_.remove(id);
     g.probe_source = 0;
     for (auto id : g.sources) loop_.remove(id);
     g.sources.clear();
 }
 
-void Supervisor::kill_group(Generation& g, int signal_number) {
+void Supervisor::Impl::kill_group(Generation& g, int signal_number) {
     // The whole group, even when the leader is gone: workers it forked may still hold connections.
     // The kernel never hands out a pid that is still some group's id, so this cannot hit strangers.
     if (g.pid > 0 && ::kill(-g.pid, signal_number) == 0) return;
     if (g.child && g.child->running()) g.child->signal(signal_number);
 }
 
-void Supervisor::become_ready(Generation& g) {
+void Supervisor::Impl::become_ready(Generation& g) {
     if (&g != pending_.get()) return;
     // Readiness timers and checks go; the exit watcher and the notify socket stay.
     for (auto id : g.sources) loop_.remove(id);
@@ -594,7 +609,7 @@ void Supervisor::become_ready(Generation& g) {
     }
 }
 
-void Supervisor::retire(Generation& g) {
+void Supervisor::Impl::retire(Generation& g) {
     g.retired = Clock::now();
     Event e = event("draining", &g);
     if (g.handoff_capable) {
@@ -615,7 +630,7 @@ void Supervisor::retire(Generation& g) {
     }));
 }
 
-void Supervisor::fail_pending(const std::string& reason) {
+void Supervisor::Impl::fail_pending(const std::string& reason) {
     std::unique_ptr<Generation> g = std::move(pending_);
     if (!g) return;
     forget(*g);
@@ -641,7 +656,7 @@ void Supervisor::fail_pending(const std::string& reason) {
     maybe_finish();
 }
 
-void Supervisor::on_exit(Generation& g) {
+void Supervisor::Impl::on_exit(Generation& g) {
     auto status = g.child->wait();
     last_exit_ = status;
     if (&g == pending_.get()) {
@@ -667,7 +682,7 @@ void Supervisor::on_exit(Generation& g) {
     maybe_finish();
 }
 
-std::optional<std::string> Supervisor::reload() {
+std::optional<std::string> Supervisor::Impl::reload_now() {
     if (stopping_) return std::string("serve is stopping");
     if (pending_)
         return fmt::format(
@@ -693,7 +708,7 @@ std::optional<std::string> Supervisor::reload() {
     return std::nullopt;
 }
 
-void Supervisor::begin_stop() {
+void Supervisor::Impl::begin_stop() {
     if (stopping_) return;
     stopping_ = true;
     emit(Event("serve", "stopping"));
@@ -703,7 +718,8 @@ void Supervisor::begin_stop() {
     if (pending_) drain(*pending_);
     if (current_) drain(*current_);
     for (auto& g : draining_) drain(*g);
-    loop_.add_timer(o_.drain_timeout, [this] {
+    stop_timer_ = loop_.add_timer(o_.drain_timeout, [this] {
+        stop_timer_ = 0;
         if (pending_) kill_group(*pending_, SIGKILL);
         if (current_) kill_group(*current_, SIGKILL);
         for (auto& g : draining_) kill_group(*g, SIGKILL);
@@ -712,16 +728,20 @@ void Supervisor::begin_stop() {
     maybe_finish();
 }
 
-void Supervisor::maybe_finish() {
+void Supervisor::Impl::maybe_finish() {
     if (!stopping_ && !pending_ && !current_) {
         result_ = last_exit_;
         begin_stop();
         return;
     }
-    if (stopping_ && !pending_ && !current_ && draining_.empty()) loop_.stop();
+    if (stopping_ && !pending_ && !current_ && draining_.empty() && !finished_) {
+        finished_ = true;
+        loop_.remove(std::exchange(stop_timer_, 0));
+        if (on_finished_) on_finished_();
+    }
 }
 
-void Supervisor::answer_waiters(const ReloadResult& result) {
+void Supervisor::Impl::answer_waiters(const ReloadResult& result) {
     std::string answer = detail::reload_answer(result);
     for (int fd : std::exchange(reload_waiters_, {})) {
         if (!clients_.count(fd)) continue;
@@ -730,7 +750,7 @@ void Supervisor::answer_waiters(const ReloadResult& result) {
     }
 }
 
-std::string Supervisor::status_json() const {
+std::string Supervisor::Impl::status_json() const {
     nlohmann::ordered_json status;
     status["ok"] = true;
     status["generation"] = current_ ? current_->number : 0;
@@ -746,14 +766,14 @@ std::string Supervisor::status_json() const {
     return status.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
-void Supervisor::close_client(int fd) {
+void Supervisor::Impl::close_client(int fd) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) return;
     loop_.remove(it->second->source);
     clients_.erase(it);
 }
 
-void Supervisor::on_control_accept() {
+void Supervisor::Impl::on_control_accept() {
     while (true) {
         Fd client(::accept4(control_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (!client) return;  // EAGAIN, or a client that vanished: nothing to do
@@ -766,7 +786,7 @@ void Supervisor::on_control_accept() {
     }
 }
 
-void Supervisor::on_control_input(int fd) {
+void Supervisor::Impl::on_control_input(int fd) {
     auto& client = *clients_.at(fd);
     char buffer[512];
     ssize_t got = ::recv(fd, buffer, sizeof(buffer), 0);
@@ -790,7 +810,7 @@ void Supervisor::on_control_input(int fd) {
         switch (detail::parse_control_request(std::string_view(client.input).substr(0, newline))) {
             case detail::ControlRequest::status: reply(status_json()); return;
             case detail::ControlRequest::reload:
-                if (auto refused = reload()) {
+                if (auto refused = reload_now()) {
                     Event e("serve", "refused");
                     e.set("reason", *refused);
                     emit(std::move(e));
@@ -807,7 +827,7 @@ void Supervisor::on_control_input(int fd) {
     }
 }
 
-void Supervisor::on_zerg_accept() {
+void Supervisor::Impl::on_zerg_accept() {
     while (true) {
         Fd client(::accept4(zerg_.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!client) return;
@@ -831,43 +851,63 @@ void Supervisor::on_zerg_accept() {
     }
 }
 
-ExitStatus Supervisor::run() {
+void Supervisor::Impl::bind() {
     if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
     bind_listeners();
     if (o_.control_path) {
         control_ = bind_control_socket(*o_.control_path, "--control");
         if (!o_.control_path->starts_with("@")) unlink_at_exit_.push_back(*o_.control_path);
-        loop_.add_fd(control_.get(), EPOLLIN, [this](std::uint32_t) { on_control_accept(); });
+        control_source_ =
+            loop_.add_fd(control_.get(), EPOLLIN, [this](std::uint32_t) { on_control_accept(); });
     }
     if (o_.zerg_path) {
         zerg_ = bind_control_socket(*o_.zerg_path, "--zerg");
         if (!o_.zerg_path->starts_with("@")) unlink_at_exit_.push_back(*o_.zerg_path);
-        loop_.add_fd(zerg_.get(), EPOLLIN, [this](std::uint32_t) { on_zerg_accept(); });
+        zerg_source_ = loop_.add_fd(zerg_.get(), EPOLLIN, [this](std::uint32_t) { on_zerg_accept(); });
     }
-    loop_.add_signal(SIGHUP, [this](const signalfd_siginfo&) {
-        if (auto refused = reload()) {
-            Event e("serve", "refused");
-            e.set("reason", *refused);
-            emit(std::move(e));
-        }
-    });
-    loop_.add_signals({SIGTERM, SIGINT}, [this](const signalfd_siginfo&) {
-        result_ = ExitStatus{};
-        begin_stop();
-    });
+}
+
+void Supervisor::Impl::start(std::function<void()> on_finished) {
+    if (started_) throw std::logic_error("handoff::Supervisor::start called twice");
+    started_ = true;
+    on_finished_ = std::move(on_finished);
     reload_started_ = Clock::now();
     pending_ = start_generation();
     watch_readiness(*pending_);
-    loop_.run();
+}
+
+std::optional<std::string> Supervisor::Impl::reload() {
+    if (!started_) return std::string("serve has not started");
+    auto refused = reload_now();
+    if (refused) {
+        Event e("serve", "refused");
+        e.set("reason", *refused);
+        emit(std::move(e));
+    }
+    return refused;
+}
+
+void Supervisor::Impl::stop() {
+    if (!started_ || stopping_) return;
+    result_ = ExitStatus{};
+    begin_stop();
+}
+
+ExitStatus Supervisor::Impl::result() const {
     if (fatal_) throw GenerationFailed(*fatal_);
     return result_.value_or(ExitStatus{});
 }
 
-}  // namespace
-
-ExitStatus serve(ServeOptions options) {
-    Supervisor supervisor(std::move(options));
-    return supervisor.run();
+Supervisor::Supervisor(EventLoop& loop, ServeOptions options)
+    : impl_(std::make_unique<Impl>(loop, std::move(options))) {
+    impl_->bind();
 }
+Supervisor::Supervisor(Supervisor&&) noexcept = default;
+Supervisor& Supervisor::operator=(Supervisor&&) noexcept = default;
+Supervisor::~Supervisor() = default;
+void Supervisor::start(std::function<void()> on_finished) { impl_->start(std::move(on_finished)); }
+std::optional<std::string> Supervisor::reload() { return impl_->reload(); }
+void Supervisor::stop() { impl_->stop(); }
+ExitStatus Supervisor::result() const { return impl_->result(); }
 
 }  // namespace ktricks::handoff

@@ -34,6 +34,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -338,7 +339,7 @@ Fd take_fd(int pidfd, pid_t pid, int target_fd) {
     }
 }
 
-ExitStatus takeover(TakeoverOptions options) {
+Supervisor takeover(EventLoop& loop, TakeoverOptions options) {
     if (options.pid <= 0) throw InputError("--pid: expected a process id");
     if (options.pid == ::getpid()) throw InputError("--pid: that is this process");
     Fd pidfd;
@@ -387,13 +388,23 @@ ExitStatus takeover(TakeoverOptions options) {
     if (chosen.empty())
         throw InputError(fmt::format("pid {} has no listening socket to take over", options.pid));
 
-    Retirement retirement{options.pid, pidfd.get(),           options.signal, options.serve.drain_timeout,
-                          {},          options.serve.on_event};
+    // Owned by the supervisor's on_first_ready hook, so it lives as long as the supervisor; the
+    // retiring thread (if it started) is joined when the supervisor goes.
+    struct Retiring {
+        Fd pidfd;
+        Retirement retirement;
+        std::jthread thread;
+    };
+    auto retiring = std::make_shared<Retiring>();
+    retiring->pidfd = std::move(pidfd);
+    retiring->retirement = {options.pid, retiring->pidfd.get(), options.signal, options.serve.drain_timeout,
+                            {},          options.serve.on_event};
+    auto& retirement = retiring->retirement;
     std::set<unsigned long> taken;
     std::map<pid_t, Fd> holders;  // pidfds of descendants that hold a listener the target does not
     for (const auto& listener : chosen) {
         if (!taken.insert(listener.inode).second) continue;  // asked for twice
-        int holder = pidfd.get();
+        int holder = retiring->pidfd.get();
         if (listener.pid != options.pid) {
             auto it = holders.find(listener.pid);
             if (it == holders.end()) it = holders.emplace(listener.pid, open_pidfd(listener.pid)).first;
@@ -415,11 +426,13 @@ ExitStatus takeover(TakeoverOptions options) {
         }
     }
 
-    std::jthread retiring;
-    options.serve.on_first_ready = [&retiring, &retirement](pid_t) {
-        retiring = std::jthread([&retirement] { retire(retirement); });
+    options.serve.on_first_ready = [retiring,
+                                    chained = std::move(options.serve.on_first_ready)](pid_t first) {
+        if (chained) chained(first);
+        Retiring* raw = retiring.get();
+        raw->thread = std::jthread([raw] { retire(raw->retirement); });
     };
-    return serve(std::move(options.serve));
+    return Supervisor(loop, std::move(options.serve));
 }
 
 }  // namespace ktricks::handoff

@@ -26,6 +26,14 @@ struct Broker::State {
         EventLoop::SourceId source = 0;
     };
     std::map<int, Peer> peers;
+    EventLoop* loop = nullptr;  // set by serve()
+    EventLoop::SourceId listener_source = 0;
+    // The caller's loop outlives the broker: its sources go with it.
+    ~State() {
+        if (!loop) return;
+        loop->remove(listener_source);
+        for (auto& [fd, peer] : peers) loop->remove(peer.source);
+    }
 };
 
 Broker::Broker(std::vector<AllowRule> allow, bool verbose) : state_(std::make_unique<State>()) {
@@ -90,15 +98,17 @@ void Broker::serve(EventLoop& loop) {
             drop(fd);
         }
     };
-    loop.add_fd(state->socket.get(), EPOLLIN, [state, &loop, on_request](std::uint32_t) {
-        while (true) {
-            int fd = ::accept4(state->socket.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-            if (fd < 0) return;  // EAGAIN, or a connection that died before we took it
-            auto& peer = state->peers[fd];
-            peer.fd = Fd(fd);
-            peer.source = loop.add_fd(fd, EPOLLIN, [fd, on_request](std::uint32_t) { on_request(fd); });
-        }
-    });
+    state->loop = &loop;
+    state->listener_source =
+        loop.add_fd(state->socket.get(), EPOLLIN, [state, &loop, on_request](std::uint32_t) {
+            while (true) {
+                int fd = ::accept4(state->socket.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd < 0) return;  // EAGAIN, or a connection that died before we took it
+                auto& peer = state->peers[fd];
+                peer.fd = Fd(fd);
+                peer.source = loop.add_fd(fd, EPOLLIN, [fd, on_request](std::uint32_t) { on_request(fd); });
+            }
+        });
 }
 
 }  // namespace ktricks::jail

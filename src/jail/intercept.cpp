@@ -68,6 +68,10 @@ BindInterceptor::BindInterceptor(Fd notify, std::vector<int> sockets,
       listeners_(std::move(listeners)),
       verbose_(verbose) {}
 
+BindInterceptor::~BindInterceptor() {
+    if (loop_) loop_->remove(source_);
+}
+
 void BindInterceptor::serve(EventLoop& loop) {
     loop_ = &loop;
     source_ = loop.add_fd(notify_.get(), EPOLLIN, [this](std::uint32_t events) {

@@ -48,6 +48,9 @@ public:
     // `listeners`: the host sockets (not owned; they must outlive us), with their --listen port.
     BindInterceptor(Fd notify, std::vector<int> sockets, std::vector<InterceptListener> listeners,
                     bool verbose);
+    BindInterceptor(const BindInterceptor&) = delete;
+    BindInterceptor& operator=(const BindInterceptor&) = delete;
+    ~BindInterceptor();  // leaves the loop: the caller's loop outlives it
     // Answers notifications on `loop` until the notify fd hangs up (every jailed process is gone).
     void serve(EventLoop& loop);
 

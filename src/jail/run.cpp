@@ -12,6 +12,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 
 #include "intercept.hpp"
 #include "ktricks/core/error.hpp"
@@ -49,17 +50,48 @@ std::string describe_clone_error(const std::system_error& error) {
 
 }  // namespace
 
-ExitStatus run(const RunOptions& options) {
+struct Jail::State {
+    RunOptions options;
+    std::optional<Sandbox> sandbox;
+    std::vector<Fd> listeners;
+    std::vector<InterceptListener> intercepted;
+    std::vector<int> intercepted_fds;  // the same order as `intercepted`
+    Fd notify_ours, notify_theirs;
+    std::optional<Broker> broker;
+    SpawnOptions spawn;
+    std::optional<Child> child;
+    std::optional<BindInterceptor> interceptor;
+    Fd jail_root;
+    std::optional<int> translated;  // a forwarded signal we had to deliver as SIGKILL
+    std::optional<ExitStatus> status;
+    EventLoop* loop = nullptr;
+    EventLoop::SourceId exit_source = 0;
+
+    ~State() {
+        if (loop) loop->remove(exit_source);
+        // The interceptor and broker leave the loop with their own destructors; the jail's pid 1
+        // is killed and reaped by Child's, and the kernel then kills the rest of its namespace.
+        interceptor.reset();
+        child.reset();
+        remove_broker_socket();
+    }
+    void remove_broker_socket() noexcept {
+        if (jail_root) ::unlinkat(jail_root.get(), options.sandbox.broker_path->c_str() + 1, 0);
+        jail_root.reset();
+    }
+};
+
+Jail::Jail(const RunOptions& given) : state_(std::make_unique<State>()) {
+    auto& s = *state_;
+    s.options = given;
+    const auto& options = s.options;
     if (options.command.empty())
         throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
     if (!options.allow.empty() && !options.sandbox.broker_path)
         throw InputError("--allow needs --broker PATH");
-    Sandbox sandbox = Sandbox::prepare(options.sandbox);
+    s.sandbox.emplace(Sandbox::prepare(options.sandbox));
 
-    std::vector<Fd> listeners;
     std::vector<int> pass;
-    std::vector<InterceptListener> intercepted;
-    std::vector<int> intercepted_fds;  // the same order as `intercepted`
     for (const auto& address : options.listen) {
         BindOptions bind_options;
         // A server that binds [::] itself gets both IPv4 and IPv6 (Linux's default, bindv6only=0),
@@ -74,91 +106,93 @@ ExitStatus run(const RunOptions& options) {
                 });
             bind_options.v6_only = v4_too;
         }
-        listeners.push_back(bind_socket(address, bind_options));
-        pass.push_back(listeners.back().get());
+        s.listeners.push_back(bind_socket(address, bind_options));
+        pass.push_back(s.listeners.back().get());
         if (options.verbose)
             log_info("fd {} = {}", 2 + pass.size(), SocketAddress::of_socket(pass.back()).to_string());
         if (address.family() == AF_INET || address.family() == AF_INET6) {
-            intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
-            intercepted_fds.push_back(pass.back());
+            s.intercepted.push_back({SocketAddress::of_socket(pass.back()), address.port()});
+            s.intercepted_fds.push_back(pass.back());
         }
     }
     // The child sends its seccomp listener back on this pair (the kernel hands it to the process
     // that installs the filter, and only the child can).
-    Fd notify_ours, notify_theirs;
     if (options.intercept_bind) {
         int pair[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
             throw_errno("socketpair", "(seccomp listener)");
-        notify_ours = Fd(pair[0]);
-        notify_theirs = Fd(pair[1]);
+        s.notify_ours = Fd(pair[0]);
+        s.notify_theirs = Fd(pair[1]);
     }
-    std::optional<Broker> broker;
-    if (options.sandbox.broker_path) broker.emplace(options.allow, options.verbose);
+    if (options.sandbox.broker_path) s.broker.emplace(options.allow, options.verbose);
 
-    SpawnOptions spawn;
+    auto& spawn = s.spawn;
     spawn.argv = options.command;
     spawn.pass_fds = pass;
     spawn.listen_fds_env = true;
     spawn.new_process_group = true;
     spawn.parent_death_signal = SIGKILL;
-    sandbox.apply(spawn, broker ? broker->socket_fd() : -1, notify_theirs ? notify_theirs.get() : -1);
+    s.sandbox->apply(spawn, s.broker ? s.broker->socket_fd() : -1,
+                     s.notify_theirs ? s.notify_theirs.get() : -1);
+}
 
-    // Signals arriving while the child starts must wait for it, not kill us: block them first.
-    EventLoop loop;
-    std::optional<int> translated;  // a forwarded signal we had to deliver as SIGKILL
-    std::optional<Child> child;
-    loop.add_signals(
-        {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}, [&](const signalfd_siginfo& info) {
-            int number = static_cast<int>(info.ssi_signo);
-            if (!child || !child->running()) return;
-            // pid 1 of a PID namespace only gets the signals it has a handler for; one it would take by
-            // default is dropped by the kernel. Terminating signals are then delivered as SIGKILL.
-            if (number != SIGWINCH && !handles_or_ignores(child->pid(), number)) {
-                translated = number;
-                child->signal(SIGKILL);
-            } else {
-                child->signal(number);
-            }
-        });
+Jail::Jail(Jail&&) noexcept = default;
+Jail& Jail::operator=(Jail&&) noexcept = default;
+Jail::~Jail() = default;
 
+void Jail::start(EventLoop& loop, std::function<void(ExitStatus)> on_exit) {
+    auto& s = *state_;
+    if (s.child || s.status) throw std::logic_error("jail::Jail::start called twice");
     try {
-        child.emplace(Child::spawn(spawn));
+        s.child.emplace(Child::spawn(s.spawn));
     } catch (const SpawnError&) {
         throw;
     } catch (const std::system_error& error) {
         throw std::system_error(error.code(), describe_clone_error(error));
     }
-    std::optional<BindInterceptor> interceptor;
-    if (options.intercept_bind) {
-        notify_theirs.reset();
+    if (s.options.intercept_bind) {
+        s.notify_theirs.reset();
         std::byte byte[1];
-        auto received = recv_fds(notify_ours.get(), byte, 1);
+        auto received = recv_fds(s.notify_ours.get(), byte, 1);
         if (received.fds.size() != 1) throw std::runtime_error("the jail did not send its seccomp listener");
         // The listeners stay ours as well: each is installed into the jail on its bind().
-        interceptor.emplace(std::move(received.fds[0]), intercepted_fds, intercepted, options.verbose);
+        s.interceptor.emplace(std::move(received.fds[0]), s.intercepted_fds, s.intercepted,
+                              s.options.verbose);
     } else {
         // The child holds its own copies now; ours would keep a port bound after the command quits.
-        listeners.clear();
+        s.listeners.clear();
     }
     // The broker's socket file lives in the jail's view (a private /tmp, or a shared directory);
     // this handle on that view lets us remove it when the jail is gone.
-    Fd jail_root;
-    if (broker)
-        jail_root =
-            Fd(::open(fmt::format("/proc/{}/root", child->pid()).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (s.broker)
+        s.jail_root = Fd(
+            ::open(fmt::format("/proc/{}/root", s.child->pid()).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
 
-    std::optional<ExitStatus> status;
-    loop.add_child(child->pidfd(), [&] {
-        status = child->wait();
-        loop.stop();
+    s.loop = &loop;
+    s.exit_source = loop.add_child(s.child->pidfd(), [state = &s, on_exit = std::move(on_exit)] {
+        state->loop->remove(std::exchange(state->exit_source, 0));
+        auto status = *state->child->wait();
+        state->remove_broker_socket();
+        if (status.signaled && status.code == SIGKILL && state->translated) status.code = *state->translated;
+        state->status = status;
+        if (on_exit) on_exit(status);
     });
-    if (broker) broker->serve(loop);
-    if (interceptor) interceptor->serve(loop);
-    loop.run();
-    if (jail_root) ::unlinkat(jail_root.get(), options.sandbox.broker_path->c_str() + 1, 0);
-    if (status->signaled && status->code == SIGKILL && translated) status->code = *translated;
-    return *status;
+    if (s.broker) s.broker->serve(loop);
+    if (s.interceptor) s.interceptor->serve(loop);
 }
+
+bool Jail::signal(int number) {
+    auto& s = *state_;
+    if (!s.child || s.status || !s.child->running()) return false;
+    // pid 1 of a PID namespace only gets the signals it has a handler for; one it would take by
+    // default is dropped by the kernel. Terminating signals are then delivered as SIGKILL.
+    if (number != SIGWINCH && !handles_or_ignores(s.child->pid(), number)) {
+        s.translated = number;
+        return s.child->signal(SIGKILL);
+    }
+    return s.child->signal(number);
+}
+
+std::optional<ExitStatus> Jail::status() const { return state_->status; }
 
 }  // namespace ktricks::jail

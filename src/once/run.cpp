@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <stdexcept>
+
 #include "ktricks/core/error.hpp"
 #include "ktricks/once.hpp"
 
@@ -20,52 +22,77 @@ namespace {
 
 }  // namespace
 
-ExitStatus run(const LockName& name, const RunOptions& options) {
-    if (options.command.empty()) throw InputError("no command to run");
+struct LockedCommand::State {
+    LockName name;
     SpawnOptions spawn;
+    bool inbox_wanted = false;
+    std::optional<Lock> lock;
+    std::optional<Inbox> inbox;
+    std::optional<Child> child;
+    std::optional<ExitStatus> status;
+    EventLoop* loop = nullptr;
+    EventLoop::SourceId exit_source = 0;
+
+    explicit State(const LockName& lock_name) : name(lock_name) {}
+    ~State() {
+        if (loop) loop->remove(exit_source);
+        // The command must never run unlocked: it goes (SIGKILL, reaped by Child) before the lock.
+        child.reset();
+        lock.reset();
+    }
+};
+
+LockedCommand::LockedCommand(const LockName& name, const RunOptions& options)
+    : state_(std::make_unique<State>(name)) {
+    if (options.command.empty()) throw InputError("no command to run");
+    auto& spawn = state_->spawn;
     spawn.argv = options.command;
     // Before the lock: a command that cannot run fails at once instead of taking (or waiting for)
     // the lock first, and a waiter that wins has less to do before its command starts.
     spawn.executable = find_program(options.command[0]);
-    std::optional<Lock> lock =
-        options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
-    if (!lock) throw_held(name);
+    state_->inbox_wanted = options.inbox;
+    state_->lock = options.wait ? Lock::acquire(name, options.wait_timeout) : Lock::try_acquire(name);
+    if (!state_->lock) throw_held(name);
+}
 
-    EventLoop loop;
-    // Block the forwarded signals before the child exists, so none is lost in between; Child
-    // restores the default mask in the child.
-    std::optional<Child> child;
-    // Signals that mean "you, stop or do something" belong to the command, not to us.
-    loop.add_signals({SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2},
-                     [&child](const signalfd_siginfo& info) {
-                         // A signal from the terminal (Ctrl-C) already went to the whole foreground process group,
-                         // the command included: forwarding it would deliver it twice.
-                         if (info.ssi_code == SI_KERNEL) return;
-                         if (child) child->signal(static_cast<int>(info.ssi_signo));
-                     });
+LockedCommand::LockedCommand(LockedCommand&&) noexcept = default;
+LockedCommand& LockedCommand::operator=(LockedCommand&&) noexcept = default;
+LockedCommand::~LockedCommand() = default;
 
-    std::optional<Inbox> inbox;
+void LockedCommand::start(EventLoop& loop, std::function<void(ExitStatus)> on_exit) {
+    auto& s = *state_;
+    if (s.child || s.status) throw std::logic_error("once::LockedCommand::start called twice");
+    auto& spawn = s.spawn;
     spawn.close_other_fds = false;  // the user's own inherited fds pass through; ours are all CLOEXEC
     // If we are killed (SIGKILL cannot be forwarded), the lock is gone at once; the command must go
     // with it, or a new holder would run beside it.
     spawn.parent_death_signal = SIGKILL;
-    spawn.set_env.push_back("KTRICKS_ONCE_NAME=" + name.name());
+    spawn.set_env.push_back("KTRICKS_ONCE_NAME=" + s.name.name());
     spawn.unset_env.push_back("KTRICKS_INBOX_FD");
-    if (options.inbox) {
-        inbox = Inbox::create();
-        spawn.keep_fds.push_back(inbox->instance_fd());
-        spawn.set_env.push_back(fmt::format("KTRICKS_INBOX_FD={}", inbox->instance_fd()));
+    if (s.inbox_wanted) {
+        s.inbox = Inbox::create();
+        spawn.keep_fds.push_back(s.inbox->instance_fd());
+        spawn.set_env.push_back(fmt::format("KTRICKS_INBOX_FD={}", s.inbox->instance_fd()));
     }
-    child = Child::spawn(spawn);
-    if (inbox) inbox->close_instance_end();  // so a closed inbox shows up as EPIPE, not a full queue
+    s.child = Child::spawn(spawn);
+    if (s.inbox) s.inbox->close_instance_end();  // so a closed inbox shows up as EPIPE, not a full queue
 
-    lock->serve(loop,
-                [&inbox](Message&& message) { return inbox ? inbox->deliver(message) : Delivery::no_inbox; });
-    loop.add_child(child->pidfd(), [&loop] { loop.stop(); });
-    loop.run();
-    ExitStatus status = *child->wait();
-    lock->release();
-    return status;
+    s.lock->serve(loop, [state = &s](Message&& message) {
+        return state->inbox ? state->inbox->deliver(message) : Delivery::no_inbox;
+    });
+    s.loop = &loop;
+    s.exit_source = loop.add_child(s.child->pidfd(), [state = &s, on_exit = std::move(on_exit)] {
+        state->loop->remove(std::exchange(state->exit_source, 0));
+        state->status = *state->child->wait();
+        state->lock.reset();  // released the moment the command is gone
+        if (on_exit) on_exit(*state->status);
+    });
 }
+
+bool LockedCommand::signal(int signal_number) {
+    return state_->child && !state_->status && state_->child->signal(signal_number);
+}
+
+std::optional<ExitStatus> LockedCommand::status() const { return state_->status; }
 
 }  // namespace ktricks::once

@@ -207,7 +207,7 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
                         const Profile& profile) {
     Layout layout;
     layout.action = decision.action;
-    if (!media.video) throw InputError(fmt::format("{}: no video stream", printable(path)));
+    if (!media.video) throw DataError(fmt::format("{}: no video stream", printable(path)));
     if (decision.action == Action::full_transcode) {
         auto input = open_input(path);
         AVRational rate = output_rate(input->streams[media.video->index], profile);
@@ -268,7 +268,7 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
         }
         av_packet_unref(packet.get());
     }
-    if (runs.empty()) throw InputError(fmt::format("{}: no video packets", printable(path)));
+    if (runs.empty()) throw DataError(fmt::format("{}: no video packets", printable(path)));
     std::uint64_t offset = 0;
     for (std::size_t i = 0; i < runs.size(); ++i) {
         Segment segment;
@@ -303,8 +303,8 @@ struct BsfFree {
 CodecPtr open_decoder(const AVStream* stream, const std::string& path) {
     const AVCodec* codec = avcodec_find_decoder(stream->codecpar->codec_id);
     if (!codec)
-        throw InputError(fmt::format("{}: no decoder for {}", printable(path),
-                                     avcodec_get_name(stream->codecpar->codec_id)));
+        throw DataError(fmt::format("{}: no decoder for {}", printable(path),
+                                    avcodec_get_name(stream->codecpar->codec_id)));
     CodecPtr context(avcodec_alloc_context3(codec));
     check(avcodec_parameters_to_context(context.get(), stream->codecpar), "avcodec_parameters_to_context",
           path);

@@ -29,10 +29,10 @@ InputPtr open_input(const std::string& path) {
     if (status == AVERROR(ENOENT) || status == AVERROR(EACCES) || status == AVERROR(EISDIR) ||
         status == AVERROR(EPERM))
         throw_error(AVUNERROR(status), "open", path);
-    if (status < 0) throw InputError(fmt::format("{}: {}", printable(path), av_message(status)));
+    if (status < 0) throw DataError(fmt::format("{}: {}", printable(path), av_message(status)));
     InputPtr input(raw);
     status = avformat_find_stream_info(input.get(), nullptr);
-    if (status < 0) throw InputError(fmt::format("{}: {}", printable(path), av_message(status)));
+    if (status < 0) throw DataError(fmt::format("{}: {}", printable(path), av_message(status)));
     return input;
 }
 
@@ -96,7 +96,7 @@ MediaInfo probe(const std::string& path) {
             if (rate.num > 0 && rate.den > 0) v.fps = av_q2d(rate);
             v.interlaced = par->field_order != AV_FIELD_PROGRESSIVE && par->field_order != AV_FIELD_UNKNOWN;
             if (v.width <= 0 || v.height <= 0)
-                throw InputError(fmt::format("{}: video stream without a size", printable(path)));
+                throw DataError(fmt::format("{}: video stream without a size", printable(path)));
             media.video = v;
         } else if (par->codec_type == AVMEDIA_TYPE_AUDIO) {
             AudioStream a;

@@ -85,10 +85,10 @@ template <typename T, typename View>
 std::vector<T> read_array(View node, std::string_view key, std::string_view origin) {
     std::vector<T> values;
     const auto* array = node.as_array();
-    if (!array) throw InputError(fmt::format("{}: `{}` must be an array", origin, key));
+    if (!array) throw DataError(fmt::format("{}: `{}` must be an array", origin, key));
     for (const auto& element : *array) {
         auto value = element.template value<T>();
-        if (!value) throw InputError(fmt::format("{}: `{}` has an element of the wrong type", origin, key));
+        if (!value) throw DataError(fmt::format("{}: `{}` has an element of the wrong type", origin, key));
         values.push_back(*value);
     }
     return values;
@@ -100,7 +100,7 @@ void read_int(const toml::table& table, std::string_view key, int& out, int low,
     if (!node) return;
     auto value = node.value<std::int64_t>();
     if (!value || *value < low || *value > high)
-        throw InputError(fmt::format("{}: `{}` must be an integer in [{}, {}]", origin, key, low, high));
+        throw DataError(fmt::format("{}: `{}` must be an integer in [{}, {}]", origin, key, low, high));
     out = static_cast<int>(*value);
 }
 
@@ -111,7 +111,7 @@ void read_strings(const toml::table& table, std::string_view key, std::vector<st
     out = read_array<std::string>(node, key, origin);
     for (const auto& text : out)
         if (text.empty() || text.size() > 64 || first_control_byte(text) >= 0)
-            throw InputError(fmt::format("{}: `{}` has an empty, overlong or unprintable name", origin, key));
+            throw DataError(fmt::format("{}: `{}` has an empty, overlong or unprintable name", origin, key));
 }
 
 // "4.1" or 41 -> 41
@@ -121,11 +121,11 @@ void read_level(const toml::table& table, std::string_view key, int& out, std::s
     if (auto number = node.value<double>()) {
         double scaled = *number < 10 ? *number * 10 : *number;
         if (!(scaled >= 10 && scaled <= 62))
-            throw InputError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
+            throw DataError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
         out = static_cast<int>(std::lround(scaled));
         return;
     }
-    throw InputError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
+    throw DataError(fmt::format("{}: `{}` must be a level like 4.1", origin, key));
 }
 
 }  // namespace
@@ -167,8 +167,8 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     try {
         table = toml::parse(toml_text, origin);
     } catch (const toml::parse_error& error) {
-        throw InputError(fmt::format("{}:{}:{}: {}", origin, error.source().begin.line,
-                                     error.source().begin.column, printable(error.description())));
+        throw DataError(fmt::format("{}:{}:{}: {}", origin, error.source().begin.line,
+                                    error.source().begin.column, printable(error.description())));
     }
     static const std::vector<std::string_view> known = {
         "name",         "description",   "source",         "base",           "containers",
@@ -177,13 +177,17 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
         "max_channels", "sample_rates",  "video_kbps",     "audio_kbps",     "preset"};
     for (const auto& [key, value] : table)
         if (std::find(known.begin(), known.end(), key.str()) == known.end())
-            throw InputError(fmt::format("{}: unknown key `{}`", origin, printable(key.str())));
+            throw DataError(fmt::format("{}: unknown key `{}`", origin, printable(key.str())));
 
     Profile profile = builtin_profile("tv");
     if (auto base = table["base"]) {
         auto name = base.value<std::string>();
-        if (!name) throw InputError(fmt::format("{}: `base` must be a profile name", origin));
-        profile = builtin_profile(*name);
+        if (!name) throw DataError(fmt::format("{}: `base` must be a profile name", origin));
+        try {
+            profile = builtin_profile(*name);
+        } catch (const InputError& error) {
+            throw DataError(fmt::format("{}: `base`: {}", origin, error.what()));  // the file's fault
+        }
     }
     profile.name = std::string(origin);
     profile.source = std::string(origin);
@@ -191,7 +195,7 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
         if (auto node = table[key]) {
             auto value = node.value<std::string>();
             if (!value || value->size() > 200 || first_control_byte(*value) >= 0)
-                throw InputError(fmt::format("{}: `{}` must be a short printable string", origin, key));
+                throw DataError(fmt::format("{}: `{}` must be a short printable string", origin, key));
             out = *value;
         }
     };
@@ -202,7 +206,7 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     static const std::vector<std::string_view> presets = {"ultrafast", "superfast", "veryfast", "faster",
                                                           "fast",      "medium",    "slow"};
     if (std::find(presets.begin(), presets.end(), profile.preset) == presets.end())
-        throw InputError(fmt::format("{}: `preset` must be an x264 preset (ultrafast ... slow)", origin));
+        throw DataError(fmt::format("{}: `preset` must be an x264 preset (ultrafast ... slow)", origin));
     read_strings(table, "containers", profile.containers, origin);
     read_strings(table, "video_codecs", profile.video_codecs, origin);
     read_strings(table, "h264_profiles", profile.h264_profiles, origin);
@@ -218,25 +222,25 @@ Profile parse_profile(std::string_view toml_text, std::string_view origin) {
     if (auto node = table["max_fps"]) {
         auto value = node.value<double>();
         if (!value || !(*value >= 1 && *value <= 240))
-            throw InputError(fmt::format("{}: `max_fps` must be in [1, 240]", origin));
+            throw DataError(fmt::format("{}: `max_fps` must be in [1, 240]", origin));
         profile.max_fps = *value;
     }
     if (auto node = table["interlaced"]) {
         auto value = node.value<bool>();
-        if (!value) throw InputError(fmt::format("{}: `interlaced` must be true or false", origin));
+        if (!value) throw DataError(fmt::format("{}: `interlaced` must be true or false", origin));
         profile.interlaced = *value;
     }
     if (auto node = table["sample_rates"]) {
         std::vector<int> rates;
         for (auto rate : read_array<std::int64_t>(node, "sample_rates", origin)) {
             if (rate < 8000 || rate > 192000)
-                throw InputError(fmt::format("{}: `sample_rates` must be in [8000, 192000]", origin));
+                throw DataError(fmt::format("{}: `sample_rates` must be in [8000, 192000]", origin));
             rates.push_back(static_cast<int>(rate));
         }
         profile.sample_rates = rates;
     }
     if (profile.name.empty() || first_control_byte(profile.name) >= 0)
-        throw InputError(fmt::format("{}: empty `name`", origin));
+        throw DataError(fmt::format("{}: empty `name`", origin));
     return profile;
 }
 

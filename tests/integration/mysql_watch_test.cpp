@@ -403,8 +403,38 @@ TEST_F(MysqlWatchBinlog, HungExecScriptDelaysNeitherTheNextChangeNorShutdown) {
     ASSERT_TRUE(status.has_value()) << watcher.describe();
     EXPECT_EQ(*status, 0) << watcher.describe();
     EXPECT_LT(took, 1s) << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
-    std::string stat = read_file(fmt::format("/proc/{}/stat", script));
-    EXPECT_TRUE(stat.empty() || stat.find(") Z") != std::string::npos) << "the script survived: " << stat;
+    EXPECT_TRUE(process_gone(script))
+        << "the script survived: " << read_file(fmt::format("/proc/{}/stat", script));
+}
+
+// --exec-timeout: the script (its whole process group) is killed, the watcher says so and goes on.
+TEST_F(MysqlWatchBinlog, ExecTimeoutKillsTheScriptAndItsChildren) {
+    server_->sql("CREATE DATABASE tmo; CREATE TABLE tmo.t (v INT)");
+    TempDir out;
+    std::string pids = out / "pids";
+    Process watcher = start_watcher(
+        *server_, "tmo", {"--exec", "sleep 30 & echo $! >> " + pids + "; wait", "--exec-timeout", "0.3"});
+    server_->sql("INSERT INTO tmo.t VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return !read_file(pids).empty(); })) << watcher.describe();
+    pid_t sleeper = std::stoi(lines_of(read_file(pids)).front());
+    EXPECT_TRUE(eventually_gone(sleeper)) << "the script's child outlived --exec-timeout";
+    EXPECT_TRUE(eventually([&] { return watcher.err().find("timed out after") != std::string::npos; }, 3s))
+        << watcher.describe();
+    EXPECT_TRUE(watcher.running());
+}
+
+// --exec-concurrency 1: scripts for two tables (two keys) run one after the other, never together.
+TEST_F(MysqlWatchBinlog, ExecConcurrencyOneRunsScriptsOfDifferentTablesOneAtATime) {
+    server_->sql("CREATE DATABASE conc; CREATE TABLE conc.a (v INT); CREATE TABLE conc.b (v INT)");
+    TempDir out;
+    std::string log = out / "log";
+    Process watcher =
+        start_watcher(*server_, "conc",
+                      {"--exec", fmt::format("echo start >> {0}; sleep 0.3; echo end >> {0}", log),
+                       "--exec-concurrency", "1"});
+    server_->sql("INSERT INTO conc.a VALUES (1); INSERT INTO conc.b VALUES (1)");
+    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() == 4; }, 5s)) << watcher.describe();
+    EXPECT_EQ(lines_of(read_file(log)), (std::vector<std::string>{"start", "end", "start", "end"}));
 }
 
 TEST_F(MysqlWatchBinlog, DebounceMergesABurstIntoALeadingAndATrailingEvent) {

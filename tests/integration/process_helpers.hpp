@@ -106,6 +106,17 @@ inline bool eventually(const std::function<bool()>& condition,
     }
 }
 
+// True once `pid` has exited (gone, or a zombie not yet reaped by its parent).
+inline bool process_gone(pid_t pid) {
+    std::string stat = read_file(fmt::format("/proc/{}/stat", pid));
+    return stat.empty() || stat.find(") Z") != std::string::npos;
+}
+
+// Waits up to `timeout` for `pid` to exit.
+inline bool eventually_gone(pid_t pid, std::chrono::milliseconds timeout = 3s) {
+    return eventually([pid] { return process_gone(pid); }, timeout);
+}
+
 // An anonymous in-memory file the child writes into and we read back from offset 0.
 inline Fd make_capture(const char* label) {
     Fd fd(::memfd_create(label, MFD_CLOEXEC));

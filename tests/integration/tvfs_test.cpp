@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <future>
 #include <set>
 
@@ -225,6 +226,24 @@ TEST_F(Tvfs, EveryOutputMeetsTheProfileDecodesCleanlyAndKeepsItsDuration) {
         EXPECT_EQ(decode.status, 0) << decode.describe;
         EXPECT_EQ(decode.err, "") << "decoding " << shown << " reported errors";
     }
+}
+
+// No mount needed: the exit status of bad input, decided in one place (exit_status_for). Bad bytes
+// in a file (a profile, a medium) are EX_DATAERR 65; a bad word on the command line is EX_USAGE 64.
+TEST(TvfsCli, BadProfileOrMediaExit65AndAnUnknownProfileName64) {
+    TempDir dir;
+    std::string bad_profile = dir / "bad.toml", garbage = dir / "garbage.mkv";
+    std::ofstream(bad_profile) << "max_fps = \"fast\"\n";
+    std::ofstream(garbage) << std::string(4096, '\x5a');
+    auto profile = run({KTRICKS_BINARY, "tvfs", "--profile", bad_profile, "--explain", garbage});
+    EXPECT_EQ(profile.status, 65) << profile.describe;
+    EXPECT_NE(profile.err.find("bad.toml: `max_fps`"), std::string::npos) << profile.describe;
+    auto media = run({KTRICKS_BINARY, "tvfs", "--explain", garbage});
+    EXPECT_EQ(media.status, 65) << media.describe;
+    EXPECT_NE(media.err.find("garbage.mkv"), std::string::npos) << media.describe;
+    auto name = run({KTRICKS_BINARY, "tvfs", "--profile", "betamax", "--explain", garbage});
+    EXPECT_EQ(name.status, 64) << name.describe;
+    EXPECT_NE(name.err.find("unknown profile"), std::string::npos) << name.describe;
 }
 
 TEST_F(Tvfs, SizeFromTheFirstStatEqualsTheBytesReadEveryTime) {

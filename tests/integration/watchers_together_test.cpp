@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <functional>
 #include <set>
+#include <thread>
 
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/socket_address.hpp"
@@ -177,16 +178,103 @@ TEST(ProcwatchExec, ScriptPastItsTimeoutIsKilledWithItsChildren) {
         << watcher.describe();
     pid_t sleeper = std::stoi(lines_of(read_file(pids)).front());
     // SIGTERM to the script's group at 0.3 s: the background sleep dies with the shell.
-    EXPECT_TRUE(eventually(
-        [&] {
-            std::string stat = read_file(fmt::format("/proc/{}/stat", sleeper));
-            return stat.empty() || stat.find(") Z") != std::string::npos;
-        },
-        3s))
-        << "the script's child outlived --exec-timeout";
+    EXPECT_TRUE(eventually_gone(sleeper)) << "the script's child outlived --exec-timeout";
     EXPECT_TRUE(eventually([&] { return watcher.err().find("timed out after") != std::string::npos; }, 3s))
         << watcher.describe();
     EXPECT_TRUE(watcher.running());
+}
+
+// --exec-timeout and --exec-concurrency are one pair of flags, the same on every watcher that runs
+// scripts (they all hand their scripts to core's Runner). mysql-watch's runs are in
+// mysql_watch_test.cpp (MysqlWatchBinlog.ExecTimeout..., ExecConcurrency...), which has the server.
+TEST(ExecFlags, NetwatchMysqlWatchAndProcwatchTakeTheSameTwoFlags) {
+    for (std::string watcher : {"netwatch", "mysql-watch", "procwatch"}) {
+        auto help = run({KTRICKS_BINARY, watcher, "--help"});
+        EXPECT_EQ(help.status, 0) << help.describe;
+        for (const char* flag : {"--exec-timeout", "--exec-concurrency"})
+            EXPECT_NE(help.out.find(flag), std::string::npos) << watcher << " --help lacks " << flag;
+        std::vector<std::string> argv = {KTRICKS_BINARY, watcher, "--exec", "true", "--exec-timeout", "soon"};
+        if (watcher == "netwatch")
+            argv.insert(argv.begin() + 2, {"--on", "link-add"});  // --exec needs an --on
+        auto bad = run(argv);
+        EXPECT_EQ(bad.status, 64) << bad.describe;
+        EXPECT_NE(bad.err.find("--exec-timeout"), std::string::npos) << bad.describe;
+    }
+}
+
+// Lines "start"/"end" that scripts append: true if no two runs overlapped.
+bool one_at_a_time(const std::vector<std::string>& lines) {
+    for (std::size_t i = 0; i < lines.size(); ++i)
+        if (lines[i] != (i % 2 ? "end" : "start")) return false;
+    return true;
+}
+
+TEST(ExecFlags, NetwatchExecTimeoutKillsARuleWithoutATimeoutOfItsOwn) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root for a network namespace";
+    ScratchNetns netns;
+    TempDir dir;
+    std::string pids = dir / "pids";
+    auto watcher = Process::start({"ip", "netns", "exec", netns.name(), KTRICKS_BINARY, "netwatch", "--json",
+                                   "--no-initial", "--exec-timeout", "0.3", "--on", "link-add", "--exec",
+                                   "sleep 30 & echo $! >> " + pids + "; wait"});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    ASSERT_EQ(netns.ip({"link", "add", "va", "type", "veth", "peer", "name", "vb"}), 0);
+    ASSERT_TRUE(eventually([&] { return !read_file(pids).empty(); }, 5s)) << watcher.describe();
+    pid_t sleeper = std::stoi(lines_of(read_file(pids)).front());
+    EXPECT_TRUE(eventually_gone(sleeper)) << "the script's child outlived --exec-timeout";
+    EXPECT_TRUE(eventually([&] { return watcher.out().find("script-timeout") != std::string::npos; }, 3s))
+        << watcher.describe();
+    EXPECT_TRUE(watcher.running());
+}
+
+TEST(ExecFlags, NetwatchExecConcurrencyOneRunsScriptsOfDifferentInterfacesOneAtATime) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root for a network namespace";
+    ScratchNetns netns;
+    TempDir dir;
+    std::string log = dir / "log";
+    ASSERT_EQ(netns.ip({"link", "add", "va", "type", "veth", "peer", "name", "vb"}), 0);
+    auto watcher = Process::start({"ip", "netns", "exec", netns.name(), KTRICKS_BINARY, "netwatch", "--json",
+                                   "--no-initial", "--exec-concurrency", "1", "--on", "addr-add", "--exec",
+                                   fmt::format("echo start >> {0}; sleep 0.3; echo end >> {0}", log)});
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    // Two interfaces: two keys, which without the limit would run side by side.
+    ASSERT_EQ(netns.ip({"addr", "add", "10.9.0.1/24", "dev", "va"}), 0);
+    ASSERT_EQ(netns.ip({"addr", "add", "10.9.1.1/24", "dev", "vb"}), 0);
+    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() == 4; }, 5s)) << watcher.describe();
+    EXPECT_TRUE(one_at_a_time(lines_of(read_file(log)))) << read_file(log);
+}
+
+TEST(ExecFlags, ProcwatchExecConcurrencyOneRunsScriptsOfDifferentPidsOneAtATime) {
+    if (::geteuid() != 0) GTEST_SKIP() << "the proc connector needs CAP_NET_ADMIN";
+    TempDir temp;
+    std::string probe = temp / "ktricks-cnc";
+    std::filesystem::create_symlink("/bin/sh", probe);  // comm is the name executed: ktricks-cnc
+    std::string log = temp / "log";
+    auto watcher = Process::start(
+        {KTRICKS_BINARY, "procwatch", "--event", "exit", "--comm", "ktricks-cnc", "--exec-concurrency", "1",
+         "--exec", fmt::format("echo start >> {0}; sleep 0.3; echo end >> {0}", log), "--duration", "30"});
+    // The watcher is ready when a probe's exit runs a script; then two more exits, two more pids.
+    ASSERT_TRUE(eventually(
+        [&] {
+            start({probe, "-c", "exit 0"}).wait();
+            return !read_file(log).empty();
+        },
+        10s, 300ms))
+        << watcher.describe();
+    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() >= 2; }, 5s)) << watcher.describe();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the ready-probes' runs finish
+    auto before = lines_of(read_file(log)).size();
+    // Two exits 50 ms apart: the second script is due while the first (0.3 s) still runs.
+    start({probe, "-c", "exit 0"}).wait();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    start({probe, "-c", "exit 0"}).wait();
+    ASSERT_TRUE(eventually([&] { return lines_of(read_file(log)).size() >= before + 4; }, 15s))
+        << "log:\n"
+        << read_file(log) << watcher.describe();
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    EXPECT_TRUE(one_at_a_time(lines_of(read_file(log)))) << read_file(log);
 }
 
 }  // namespace

@@ -161,6 +161,26 @@ TEST(TvfsProfile, BadTomlNamesTheFileTheKeyAndTheProblem) {
     EXPECT_NE(message("base = \"vhs\"").find("unknown profile"), std::string::npos);
 }
 
+// Bad bytes in a profile file are the file's fault (DataError, exit 65); an unknown name given on
+// the command line is the user's (InputError, exit 64). The CLI maps both in one place.
+TEST(TvfsProfile, BadFileContentsAreADataErrorAndAnUnknownNameIsNot) {
+    for (auto text : {"max_fps = \"fast\"", "a = [", "colour = 1", "base = \"vhs\""}) {
+        EXPECT_THROW(parse_profile(text, "p.toml"), DataError) << text;
+        try {
+            parse_profile(text, "p.toml");
+        } catch (const std::exception& error) {
+            EXPECT_EQ(exit_status_for(error), exit_code::data) << text;
+        }
+    }
+    try {
+        builtin_profile("betamax");
+        ADD_FAILURE() << "no error for an unknown profile name";
+    } catch (const InputError& error) {
+        EXPECT_EQ(dynamic_cast<const DataError*>(&error), nullptr);
+        EXPECT_EQ(exit_status_for(error), exit_code::usage);
+    }
+}
+
 TEST(TvfsSize, SizesTakeBinaryUnits) {
     EXPECT_EQ(parse_size("4G"), 4ull << 30);
     EXPECT_EQ(parse_size("500M"), 500ull << 20);
