@@ -169,6 +169,7 @@ private:
     }
 
     void bind_listeners();
+    int first_stream_listener() const;
     std::unique_ptr<Generation> start_generation();
     void watch_readiness(Generation& g);
     void probe_tick(Generation& g);
@@ -232,6 +233,13 @@ void Supervisor::bind_listeners() {
     for (const auto& listener : listeners_) described.push_back(listener.describe());
     e.set("listeners", described);
     emit(std::move(e));
+}
+
+int Supervisor::first_stream_listener() const {
+    for (const auto& listener : listeners_)
+        if (SocketAddress::of_socket(listener.fd.get()).socket_type() == SOCK_STREAM)
+            return listener.fd.get();
+    throw InputError("--ready=tcp connects to the first stream listener, and every --listen is udp");
 }
 
 std::unique_ptr<Generation> Supervisor::start_generation() {
@@ -461,8 +469,9 @@ void Supervisor::watch_readiness(Generation& g) {
             break;
         case ReadyCheck::Kind::tcp: {
             // Weak: the listener is shared, so the kernel completes the handshake whoever will
-            // accept; this only shows that the socket exists and is not full.
-            auto address = SocketAddress::of_socket(listeners_.front().fd.get());
+            // accept; this only shows that the socket exists and is not full. The first *stream*
+            // listener: a datagram socket's connect() succeeds without anybody answering.
+            auto address = SocketAddress::of_socket(first_stream_listener());
             g.sources.push_back(loop_.add_timer(
                 std::chrono::milliseconds(20),
                 [this, raw, address] {
@@ -849,6 +858,7 @@ void Supervisor::on_zerg_accept() {
 ExitStatus Supervisor::run() {
     if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
     bind_listeners();
+    if (o_.ready.kind == ReadyCheck::Kind::tcp) first_stream_listener();  // fail before anything starts
     if (o_.control_path) {
         control_ = bind_control_socket(*o_.control_path, "--control");
         if (!o_.control_path->starts_with("@")) unlink_at_exit_.push_back(*o_.control_path);

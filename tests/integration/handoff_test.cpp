@@ -591,6 +591,13 @@ TEST(HandoffServe, AUnixPathLeftByAKilledServeIsReplacedAndALiveOneIsRefused) {
     EXPECT_TRUE(response->body.starts_with("generation 1 ")) << response->body;
 }
 
+TEST(HandoffServe, TcpReadinessNeedsAStreamListener) {
+    // A datagram socket's connect() succeeds with nobody answering: it would prove nothing at all.
+    auto result = run({K, "serve", "--listen", "udp://127.0.0.1:0", "--ready=tcp", "--", "/bin/true"});
+    EXPECT_EQ(result.status, 64) << result.describe;
+    EXPECT_NE(result.err.find("every --listen is udp"), std::string::npos) << result.err;
+}
+
 TEST(HandoffServe, FirstGenerationThatFailsIsAClearError) {
     auto result = run({K, "serve", "--listen", addr(free_port()), "--", sd_server, "--fail"});
     EXPECT_EQ(result.status, 69) << result.describe;
