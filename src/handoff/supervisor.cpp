@@ -113,22 +113,27 @@ SocketAddress control_address(const std::string& path) {
     return SocketAddress::unix_path(path);
 }
 
+// Before binding a unix socket at a filesystem `path`: a socket file nobody accepts on (left by a
+// serve that was SIGKILLed, which had no chance to remove it) is removed; a live socket is
+// EADDRINUSE naming `who` answers on it; any other kind of file is an InputError. The connect
+// attempt cannot disturb a live server: it is refused at once unless something listens there.
+void replace_stale_socket_file(const std::string& path, const char* flag, const char* who) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) return;
+    if (!S_ISSOCK(st.st_mode))
+        throw InputError(fmt::format("{} {}: exists and is not a socket", flag, printable(path)));
+    auto address = SocketAddress::unix_path(path);
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0)
+        throw_error(EADDRINUSE, "bind", fmt::format("{} ({} answers on it)", printable(path), who));
+    ::unlink(path.c_str());
+}
+
 // Binds a unix stream socket at `path`. A socket file left by a dead serve (nobody accepts on it)
 // is replaced; a live one is an error.
 Fd bind_control_socket(const std::string& path, const char* flag) {
     auto address = control_address(path);
-    if (!path.starts_with("@")) {
-        struct stat st {};
-        if (::lstat(path.c_str(), &st) == 0) {
-            if (!S_ISSOCK(st.st_mode))
-                throw InputError(fmt::format("{} {}: exists and is not a socket", flag, printable(path)));
-            Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            if (::connect(probe.get(), address.sockaddr_ptr(), address.length()) == 0)
-                throw_error(EADDRINUSE, "bind",
-                            fmt::format("{} (another serve answers on it)", printable(path)));
-            ::unlink(path.c_str());
-        }
-    }
+    if (!path.starts_with("@")) replace_stale_socket_file(path, flag, "another serve");
     Fd fd = bind_socket(address, BindOptions{.backlog = 64});
     if (!path.starts_with("@")) ::chmod(path.c_str(), 0600);
     set_nonblocking(fd.get());
@@ -176,6 +181,7 @@ private:
     }
 
     void bind_listeners();
+    int first_stream_listener() const;
     std::unique_ptr<Generation> start_generation();
     void watch_readiness(Generation& g);
     void probe_tick(Generation& g);
@@ -223,7 +229,17 @@ private:
 
 void Supervisor::Impl::bind_listeners() {
     listeners_ = std::move(o_.adopted);
-    for (const auto& spec : o_.listen) listeners_.push_back({spec.name, bind_socket(spec.address)});
+    for (const auto& spec : o_.listen) {
+        // A unix:/path listener's file is serve's, like the socket: a stale one is replaced, and it
+        // is removed when serve ends (the socket, held by serve, lives until then, whatever the
+        // generations do). A generation that unlinks it cuts new clients off: gunicorn 20.1 does so
+        // on exit unless it got its sockets through LISTEN_FDS (arbiter.stop), as --server gunicorn does.
+        const bool path = spec.address.family() == AF_UNIX && !spec.address.is_abstract();
+        const std::string file = path ? spec.address.to_string().substr(5) : std::string();
+        if (path) replace_stale_socket_file(file, "--listen", "a live server");
+        listeners_.push_back({spec.name, bind_socket(spec.address)});
+        if (path) unlink_at_exit_.push_back(file);
+    }
     if (listeners_.empty()) throw InputError("nothing to listen on: give at least one --listen ADDR");
     if (o_.nonblocking_listeners)
         for (const auto& listener : listeners_) set_nonblocking(listener.fd.get());
@@ -232,6 +248,13 @@ void Supervisor::Impl::bind_listeners() {
     for (const auto& listener : listeners_) described.push_back(listener.describe());
     e.set("listeners", described);
     emit(std::move(e));
+}
+
+int Supervisor::Impl::first_stream_listener() const {
+    for (const auto& listener : listeners_)
+        if (SocketAddress::of_socket(listener.fd.get()).socket_type() == SOCK_STREAM)
+            return listener.fd.get();
+    throw InputError("--ready=tcp connects to the first stream listener, and every --listen is udp");
 }
 
 std::unique_ptr<Generation> Supervisor::Impl::start_generation() {
@@ -461,8 +484,9 @@ void Supervisor::Impl::watch_readiness(Generation& g) {
             break;
         case ReadyCheck::Kind::tcp: {
             // Weak: the listener is shared, so the kernel completes the handshake whoever will
-            // accept; this only shows that the socket exists and is not full.
-            auto address = SocketAddress::of_socket(listeners_.front().fd.get());
+            // accept; this only shows that the socket exists and is not full. The first *stream*
+            // listener: a datagram socket's connect() succeeds without anybody answering.
+            auto address = SocketAddress::of_socket(first_stream_listener());
             g.sources.push_back(loop_.add_timer(
                 std::chrono::milliseconds(20),
                 [this, raw, address] {
@@ -854,6 +878,7 @@ void Supervisor::Impl::on_zerg_accept() {
 void Supervisor::Impl::bind() {
     if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
     bind_listeners();
+    if (o_.ready.kind == ReadyCheck::Kind::tcp) first_stream_listener();  // fail before anything starts
     if (o_.control_path) {
         control_ = bind_control_socket(*o_.control_path, "--control");
         if (!o_.control_path->starts_with("@")) unlink_at_exit_.push_back(*o_.control_path);

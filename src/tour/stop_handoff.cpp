@@ -1,6 +1,7 @@
 // Tour stop "handoff": a Python server under `ktricks serve`, driven by a steady client while it is
-// reloaded five times; then a plain `python3 -m http.server` taken over under the same load. Every
-// request is counted: failed, refused and reset must all be zero.
+// reloaded five times; then a plain `python3 -m http.server` taken over under the same load; then,
+// when Debian's nginx is installed, nginx itself under `ktricks serve --server nginx`, reloaded five
+// times under the same load. Every request is counted: failed, refused and reset must all be zero.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -89,7 +90,7 @@ private:
         while ((got = ::recv(s.get(), buffer, sizeof(buffer), 0)) > 0)
             response.append(buffer, static_cast<std::size_t>(got));
         if (got < 0) ++(errno == ECONNRESET ? counts.reset : counts.failed);
-        else if (response.starts_with("HTTP/1.0 200"))
+        else if (response.starts_with("HTTP/1.") && response.compare(8, 4, " 200") == 0)
             ++counts.ok;
         else
             ++counts.failed;
@@ -126,6 +127,103 @@ void report(TourLog& log, const Counts& counts, const std::string& what) {
     if (counts.ok == 0) log.failed(what + ": no request succeeded");
 }
 
+// nginx as a user runs it, in the foreground; the probe path is what `serve --server nginx` needs
+// (nginx serves an inherited socket only if a `listen` directive names its address).
+std::string nginx_config(const TempDir& dir, std::uint16_t port) {
+    return fmt::format(R"(daemon off;
+worker_processes 2;
+pid {0}/nginx.pid;
+error_log {0}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {0}/body; proxy_temp_path {0}/proxy; fastcgi_temp_path {0}/fastcgi;
+    uwsgi_temp_path {0}/uwsgi; scgi_temp_path {0}/scgi;
+    server {{
+        listen 127.0.0.1:{1};
+        listen unix:{0}/probe.sock;
+        location / {{ return 200 "hello from nginx\n"; }}
+    }}
+}}
+)",
+                       dir.path().string(), port);
+}
+
+// Generation 1 is serving once serve has read its readiness (until then a reload is refused).
+bool first_generation_serving(const std::string& control) {
+    try {
+        return handoff::request_status(control, std::chrono::seconds(2)).find("\"generation\":1") !=
+               std::string::npos;
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+// Five reloads of whatever `control` supervises, 100 ms apart, under the two-thread client.
+void reload_five_times_under_load(TourLog& log, const std::string& control, std::uint16_t port,
+                                  const std::string& what) {
+    std::vector<double> ready_ms;
+    Counts counts;
+    auto client = std::make_unique<Client>(port, counts);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (int i = 0; i < 5; ++i) {
+        auto result = handoff::request_reload(control, std::chrono::seconds(20));
+        if (!result.ok) log.failed(what + ": reload: " + result.message);
+        ready_ms.push_back(result.ready_ms);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    client.reset();
+    report(log, counts, what + ": 5 reloads under load");
+    log.measured(
+        what + ": reload -> new generation ready (median, max)",
+        fmt::format("{}, {}", format_ms(percentile(ready_ms, 0.5)), format_ms(percentile(ready_ms, 1.0))));
+}
+
+void run_nginx(TourLog& log, const std::string& self) {
+    auto nginx = find_program("nginx");
+    if (!nginx) {
+        log.say(
+            "nginx is not installed: skipping the real-server part (scripts/install-deps.sh installs it)");
+        return;
+    }
+    TempDir dir("handoff-nginx");
+    OutputLog output(log, dir / "nginx-and-serve.log");
+    std::uint16_t port = free_port();
+    std::ofstream(dir / "nginx.conf") << nginx_config(dir, port);
+    std::string control = (dir / "serve.ctl").string();
+    std::string probe = "unix:" + (dir / "probe.sock").string();
+    log.say(fmt::format(
+        "ktricks serve --server nginx --listen tcp://127.0.0.1:{} --probe {} -- nginx -c nginx.conf", port,
+        probe));
+    Child serve = start({self,
+                         "serve",
+                         "--server",
+                         "nginx",
+                         "--listen",
+                         fmt::format("tcp://127.0.0.1:{}", port),
+                         "--probe",
+                         probe,
+                         "--control",
+                         control,
+                         "--ready-timeout",
+                         "15",
+                         "--",
+                         *nginx,
+                         "-p",
+                         dir.path().string(),
+                         "-e",
+                         (dir / "error.log").string(),
+                         "-c",
+                         (dir / "nginx.conf").string()},
+                        dir, output);
+    if (!wait_for([&] { return first_generation_serving(control); }, std::chrono::seconds(15)))
+        throw std::runtime_error("serve --server nginx did not come up within 15 s");
+    reload_five_times_under_load(log, control, port, "nginx");
+    serve.signal(SIGTERM);
+    if (!serve.wait(std::chrono::seconds(15))) log.failed("serve --server nginx did not stop within 15 s");
+}
+
 void run_stop(TourLog& log) {
     TempDir dir("handoff");
     OutputLog output(log, dir / "servers.log");
@@ -141,35 +239,9 @@ void run_stop(TourLog& log) {
     Child serve = start({self, "serve", "--listen", fmt::format("tcp://127.0.0.1:{}", port), "--control",
                          control, "--", python, script},
                         dir, output);
-    // Generation 1 is serving once serve has read its READY=1 (until then a reload is refused).
-    auto serving = [&] {
-        try {
-            return handoff::request_status(control, std::chrono::seconds(2)).find("\"generation\":1") !=
-                   std::string::npos;
-        } catch (const std::exception&) {
-            return false;
-        }
-    };
-    if (!wait_for(serving, std::chrono::seconds(10)))
+    if (!wait_for([&] { return first_generation_serving(control); }, std::chrono::seconds(10)))
         throw std::runtime_error("serve did not come up within 10 s");
-    std::vector<double> ready_ms;
-    {
-        Counts counts;
-        auto client = std::make_unique<Client>(port, counts);
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        for (int i = 0; i < 5; ++i) {
-            auto result = handoff::request_reload(control, std::chrono::seconds(20));
-            if (!result.ok) log.failed("reload: " + result.message);
-            ready_ms.push_back(result.ready_ms);
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        client.reset();
-        report(log, counts, "5 reloads under load");
-    }
-    log.measured(
-        "reload -> new generation ready (median, max)",
-        fmt::format("{}, {}", format_ms(percentile(ready_ms, 0.5)), format_ms(percentile(ready_ms, 1.0))));
+    reload_five_times_under_load(log, control, port, "python");
     serve.signal(SIGTERM);
     serve.wait(std::chrono::seconds(10));
 
@@ -199,12 +271,15 @@ void run_stop(TourLog& log) {
         takeover.signal(SIGTERM);
         takeover.wait(std::chrono::seconds(10));
     }
+
+    run_nginx(log, self);
 }
 
 }  // namespace
 
 TourStop handoff_stop() {
-    return {"handoff", "replace a server without dropping a request: serve, reload, takeover",
+    return {"handoff",
+            "replace a server without dropping a request: serve, reload, takeover; nginx if installed",
             [] {
                 if (::access(python, X_OK) != 0) return std::optional<std::string>("needs /usr/bin/python3");
                 return std::optional<std::string>();

@@ -7,6 +7,11 @@
 // Every response body is "generation G pid P\n" (G from KTRICKS_SERVE_GENERATION). On SIGTERM it
 // stops accepting, answers each open connection's next request with "Connection: close" and exits
 // when none is left: the graceful drain that loses nothing.
+//
+// Stream listeners (tcp, tcp6, unix) speak that HTTP; a datagram listener (udp) answers each
+// datagram at once with "PAYLOAD generation G pid P\n" to its sender. On SIGTERM it closes its copy
+// of a datagram socket like a listener: what it read, it has answered; what it did not read stays
+// in the socket's receive queue for whoever holds the socket next.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -89,6 +94,10 @@ int main(int argc, char** argv) {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     sd_notifyf(0, "READY=1\nSTATUS=serving as pid %d", getpid());
 
+    std::vector<bool> datagram(static_cast<size_t>(SD_LISTEN_FDS_START + listeners), false);
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + listeners; ++fd)
+        datagram[static_cast<size_t>(fd)] = sd_is_socket(fd, AF_UNSPEC, SOCK_DGRAM, -1) > 0;
+
     std::map<int, Connection> connections;
     bool accepting = true;
     while (true) {
@@ -107,6 +116,18 @@ int main(int argc, char** argv) {
         if (ready < 0 && errno == EINTR) continue;
         for (auto& p : fds) {
             if (!p.revents) continue;
+            if (p.fd < SD_LISTEN_FDS_START + listeners && accepting && datagram[static_cast<size_t>(p.fd)]) {
+                char payload[512];
+                sockaddr_storage peer{};
+                socklen_t peer_length = sizeof(peer);
+                ssize_t n = recvfrom(p.fd, payload, sizeof(payload), MSG_DONTWAIT,
+                                     reinterpret_cast<sockaddr*>(&peer), &peer_length);
+                if (n < 0) continue;  // another generation read it first
+                std::string answer = std::string(payload, static_cast<size_t>(n)) + " " + body;
+                sendto(p.fd, answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&peer),
+                       peer_length);
+                continue;
+            }
             if (p.fd < SD_LISTEN_FDS_START + listeners && accepting) {
                 // Another generation may take the connection first: accept must not block then.
                 int client = accept4(p.fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -55,6 +56,20 @@ Fd connect_tcp(std::uint16_t port, int& error) {
     address.sin_port = htons(port);
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(socket.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) {
+        error = errno;
+        return Fd();
+    }
+    error = 0;
+    return socket;
+}
+
+// A stream connection to any address serve listens on (tcp, tcp6, unix), with 5 s timeouts.
+Fd connect_to(const SocketAddress& address, int& error) {
+    Fd socket(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    timeval timeout{5, 0};
+    ::setsockopt(socket.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    ::setsockopt(socket.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) {
         error = errno;
         return Fd();
     }
@@ -103,7 +118,10 @@ std::optional<HttpResponse> read_response(int fd, int& error) {
 class Load {
 public:
     Load(std::uint16_t port, std::string path, int keepalive = 2, int fresh = 2)
-        : port_(port), path_(std::move(path)) {
+        : Load(SocketAddress::parse(fmt::format("tcp://127.0.0.1:{}", port)), std::move(path), keepalive,
+               fresh) {}
+    Load(SocketAddress address, std::string path, int keepalive = 2, int fresh = 2)
+        : address_(std::move(address)), path_(std::move(path)) {
         for (int i = 0; i < keepalive; ++i) threads_.emplace_back([this] { run(true); });
         for (int i = 0; i < fresh; ++i) threads_.emplace_back([this] { run(false); });
     }
@@ -145,7 +163,7 @@ private:
         while (!stop_) {
             int error = 0;
             if (!socket) {
-                socket = connect_tcp(port_, error);
+                socket = connect_to(address_, error);
                 if (!socket) {
                     fail(error, "connect");
                     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -176,7 +194,7 @@ private:
         }
     }
 
-    std::uint16_t port_;
+    SocketAddress address_;
     std::string path_;
     std::atomic<bool> stop_ = false;
     std::atomic<long> ok_ = 0, failed_ = 0, refused_ = 0, resets_ = 0;
@@ -416,6 +434,168 @@ TEST(HandoffServe, ReloadsOnSighupAndReportsJsonEvents) {
     for (const char* expected : {"listening", "started", "ready", "reload", "draining", "drained", "exited"})
         EXPECT_NE(std::find(events.begin(), events.end(), expected), events.end()) << expected << "\n"
                                                                                    << serve.out();
+}
+
+// --- listener kinds: tcp6, unix path, udp ---------------------------------------------------------
+
+// Datagrams at a steady pace ("seq N"), each answered by whichever generation read it
+// ("seq N generation G pid P"). A datagram unanswered within 1 s counts as lost.
+class UdpLoad {
+public:
+    explicit UdpLoad(const SocketAddress& address) : thread_([this, address] { run(address); }) {}
+    ~UdpLoad() { stop(); }
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+    long sent() const { return sent_; }
+    long answered() const { return answered_; }
+    long lost() const { return lost_; }
+    long errors() const { return errors_; }
+    std::set<std::string> generations() {
+        std::lock_guard lock(mutex_);
+        return generations_;
+    }
+
+private:
+    void run(const SocketAddress& address) {
+        Fd socket(::socket(address.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        timeval timeout{0, 100'000};
+        ::setsockopt(socket.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+        if (::connect(socket.get(), address.sockaddr_ptr(), address.length()) < 0) {
+            ++errors_;
+            return;
+        }
+        for (long seq = 0; !stop_; ++seq) {
+            std::string payload = fmt::format("seq {}", seq);
+            if (::send(socket.get(), payload.data(), payload.size(), 0) < 0) {
+                ++errors_;  // e.g. ECONNREFUSED: an ICMP port unreachable, nobody held the port
+                continue;
+            }
+            ++sent_;
+            auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+            bool got = false;
+            while (!got && std::chrono::steady_clock::now() < deadline) {
+                char buffer[512];
+                ssize_t n = ::recv(socket.get(), buffer, sizeof(buffer), 0);
+                if (n < 0) {
+                    if (errno != EAGAIN && errno != EINTR) ++errors_;
+                    continue;
+                }
+                std::string answer(buffer, static_cast<std::size_t>(n));
+                if (!answer.starts_with(payload + " generation ")) continue;  // a late answer
+                got = true;
+                ++answered_;
+                std::lock_guard lock(mutex_);
+                generations_.insert(
+                    answer.substr(payload.size() + 1, answer.find(" pid ") - payload.size() - 1));
+            }
+            if (!got) ++lost_;
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+    std::atomic<bool> stop_ = false;
+    std::atomic<long> sent_ = 0, answered_ = 0, lost_ = 0, errors_ = 0;
+    std::mutex mutex_;
+    std::set<std::string> generations_;
+    std::jthread thread_;
+};
+
+bool generation_is(const std::string& control, unsigned number) {
+    try {
+        return nlohmann::json::parse(
+                   handoff::request_status(control, std::chrono::seconds(5)))["generation"] == number;
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+bool is_socket_file(const std::string& path) {
+    std::error_code ignored;
+    return std::filesystem::is_socket(std::filesystem::symlink_status(path, ignored));
+}
+
+TEST(HandoffServe, Tcp6UnixPathAndUdpListenersLoseNothingAcrossTenReloadsUnderLoad) {
+    TempDir dir;
+    auto tcp6 = SocketAddress::of_socket(bind_socket(SocketAddress::parse("tcp6://[::1]:0")).get());
+    auto udp = SocketAddress::of_socket(bind_socket(SocketAddress::parse("udp://127.0.0.1:0")).get());
+    auto unix_path = SocketAddress::parse("unix:" + dir / "web.sock");
+    std::string control = dir / "control.sock";
+    Process serve = Process::start({K, "serve", "--listen", "v6=" + tcp6.to_string(), "--listen",
+                                    "web=" + unix_path.to_string(), "--listen", "dns=" + udp.to_string(),
+                                    "--control", control, "--drain-timeout", "10", "--", sd_server});
+    ASSERT_TRUE(eventually([&] { return generation_is(control, 1) || !serve.running(); }) && serve.running())
+        << serve.describe();
+    Load v6_load(tcp6, "/");
+    Load unix_load(unix_path, "/");
+    UdpLoad udp_load(udp);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (unsigned i = 0; i < 10; ++i) {
+        auto result = handoff::request_reload(control, std::chrono::seconds(20));
+        ASSERT_TRUE(result.ok) << result.message << "\n" << serve.describe();
+        EXPECT_EQ(result.generation, i + 2);
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        EXPECT_TRUE(is_socket_file(unix_path.to_string().substr(5))) << "after reload " << i + 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    v6_load.stop();
+    unix_load.stop();
+    udp_load.stop();
+    EXPECT_TRUE(no_request_lost(v6_load)) << "tcp6\n" << serve.describe();
+    EXPECT_TRUE(no_request_lost(unix_load)) << "unix path\n" << serve.describe();
+    EXPECT_GE(v6_load.bodies().size(), 5u) << "tcp6 requests reached too few generations";
+    EXPECT_GE(unix_load.bodies().size(), 5u) << "unix requests reached too few generations";
+    EXPECT_EQ(udp_load.lost(), 0) << udp_load.answered() << " of " << udp_load.sent()
+                                  << " datagrams answered";
+    EXPECT_EQ(udp_load.errors(), 0);
+    EXPECT_GE(udp_load.answered(), 100);
+    EXPECT_GE(udp_load.generations().size(), 5u) << "datagrams reached too few generations";
+    std::cout << fmt::format("tcp6 {} ok, unix {} ok, udp {} of {} answered, {} lost, {} generations\n",
+                             v6_load.ok(), unix_load.ok(), udp_load.answered(), udp_load.sent(),
+                             udp_load.lost(), udp_load.generations().size());
+    serve.signal(SIGTERM);
+    ASSERT_EQ(serve.wait(std::chrono::seconds(15)), 0) << serve.describe();
+    EXPECT_FALSE(std::filesystem::exists(unix_path.to_string().substr(5)))
+        << "serve removes its unix listener's file when it ends";
+}
+
+TEST(HandoffServe, AUnixPathLeftByAKilledServeIsReplacedAndALiveOneIsRefused) {
+    TempDir dir;
+    std::string path = dir / "web.sock";
+    std::string control = dir / "control.sock";
+    std::optional<Process> first(
+        Process::start({K, "serve", "--listen", "unix:" + path, "--control", control, "--", sd_server}));
+    ASSERT_TRUE(eventually([&] { return generation_is(control, 1) || !first->running(); }) &&
+                first->running())
+        << first->describe();
+    auto second = run({K, "serve", "--listen", "unix:" + path, "--", sd_server});
+    EXPECT_EQ(second.status, 75) << second.describe;
+    EXPECT_NE(second.err.find("a live server answers on it"), std::string::npos) << second.err;
+    first->signal(SIGKILL);
+    first->wait(std::chrono::seconds(5));
+    first.reset();  // its process group, the generation, is killed too
+    ASSERT_TRUE(is_socket_file(path)) << "a SIGKILLed serve cannot remove its socket file";
+    std::string control3 = dir / "control3.sock";
+    Process third =
+        Process::start({K, "serve", "--listen", "unix:" + path, "--control", control3, "--", sd_server});
+    ASSERT_TRUE(eventually([&] { return generation_is(control3, 1) || !third.running(); }) && third.running())
+        << third.describe();
+    int error = 0;
+    Fd client = connect_to(SocketAddress::unix_path(path), error);
+    ASSERT_TRUE(client) << std::strerror(error);
+    std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+    auto response = read_response(client.get(), error);
+    ASSERT_TRUE(response) << std::strerror(error);
+    EXPECT_TRUE(response->body.starts_with("generation 1 ")) << response->body;
+}
+
+TEST(HandoffServe, TcpReadinessNeedsAStreamListener) {
+    // A datagram socket's connect() succeeds with nobody answering: it would prove nothing at all.
+    auto result = run({K, "serve", "--listen", "udp://127.0.0.1:0", "--ready=tcp", "--", "/bin/true"});
+    EXPECT_EQ(result.status, 64) << result.describe;
+    EXPECT_NE(result.err.find("every --listen is udp"), std::string::npos) << result.err;
 }
 
 TEST(HandoffServe, FirstGenerationThatFailsIsAClearError) {
@@ -906,8 +1086,21 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
         }
         Wrk wrk(port, Wrk::keep_alive);
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        // A USR1 that arrives while the previous graceful restart is still under way is merged into
+        // it (seen under load: 48 errors for "10" restarts, fewer than one per connection each), so
+        // each restart is awaited in the log ("server started" once per start) before the pause.
+        auto starts = [&] {
+            std::string log = read_file(dir / "error.log");
+            long count = 0;
+            for (auto at = log.find("server started"); at != std::string::npos;
+                 at = log.find("server started", at + 1))
+                ++count;
+            return count;
+        };
         for (int i = 0; i < reloads; ++i) {
             lighttpd.signal(SIGUSR1);  // graceful restart: same process, same listener
+            if (!eventually([&] { return starts() >= i + 2; }, std::chrono::seconds(10)))
+                ADD_FAILURE() << "lighttpd's graceful restart " << i + 1 << " did not finish";
             std::this_thread::sleep_for(std::chrono::milliseconds(300));
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -1114,6 +1307,110 @@ TEST(HandoffServe, AFirstGenerationThatTimesOutIsNotCalledARollback) {
     EXPECT_EQ(result.err.find("before it was ready"), std::string::npos) << result.err;
     EXPECT_NE(result.err.find("generation 1 (pid "), std::string::npos) << result.err;
     EXPECT_NE(result.err.find("not ready within 300 ms"), std::string::npos) << result.err;
+}
+
+// Issue 2: nginx never sets O_NONBLOCK on inherited sockets, and with a blocking listener its
+// workers slept in accept() and ignored QUIT (stopping serve took 30 s). Issue 7: every generation
+// wrote one pid file and the old one deleted it on exit. `--server nginx` with `--pid-file`:
+int open_flags(pid_t pid, int fd) {
+    std::string info = read_file(fmt::format("/proc/{}/fdinfo/{}", pid, fd));
+    auto at = info.find("flags:");
+    return at == std::string::npos ? -1 : static_cast<int>(std::strtol(info.c_str() + at + 6, nullptr, 8));
+}
+
+TEST(HandoffServe, NginxGetsNonBlockingListenersKeepsAUnixPathStopsPromptlyAndThePidFileFollows) {
+    if (!std::filesystem::exists("/usr/sbin/nginx")) GTEST_SKIP() << "nginx is not installed";
+    TempDir files;
+    std::string pid_file = files / "nginx-serving.pid";
+    Served served(Served::Later{});
+    // Also a unix path listener, as nginx in front of an application often has: it must survive
+    // the old generations' exits (nginx removes the unix paths it bound itself, not inherited ones).
+    std::string web_sock = served.dir / "web.sock";
+    std::string config = nginx_config(served.dir, served.port);
+    std::string probe_line = fmt::format("listen unix:{}/probe.sock;", served.dir.path().string());
+    config.replace(config.find(probe_line), probe_line.size(), probe_line + " listen unix:" + web_sock + ";");
+    write_file(served.dir / "nginx.conf", config);
+    served.start({"/usr/sbin/nginx", "-p", served.dir.path().string(), "-e", served.dir / "error.log", "-c",
+                  served.dir / "nginx.conf"},
+                 {"--server", "nginx", "--listen", "unix:" + web_sock, "--probe",
+                  "unix:" + served.dir / "probe.sock", "--pid-file", pid_file, "--ready-timeout", "15"});
+    ASSERT_TRUE(served.up());
+    pid_t master = served.status()["pid"].get<int>();
+    std::vector<pid_t> tree = descendants(master);
+    tree.push_back(master);
+    for (pid_t pid : tree)
+        EXPECT_TRUE(open_flags(pid, 3) & O_NONBLOCK)
+            << "pid " << pid << " listener flags " << std::oct << open_flags(pid, 3);
+    for (int i = 0; i < 2; ++i) {
+        auto result = served.reload();
+        ASSERT_TRUE(result.ok) << result.message << "\n" << served.process->describe();
+        ASSERT_TRUE(
+            eventually([&] { return served.status()["draining"].empty(); }, std::chrono::seconds(10)));
+        // The old generation has exited (nginx unlinks its own pid file then): serve's file is intact.
+        EXPECT_EQ(read_file(pid_file), fmt::format("{}\n", result.pid));
+        EXPECT_TRUE(is_socket_file(web_sock)) << "after reload " << i + 1;
+        int error = 0;
+        Fd client = connect_to(SocketAddress::unix_path(web_sock), error);
+        ASSERT_TRUE(client) << web_sock << ": " << std::strerror(error);
+        std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        ::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL);
+        auto response = read_response(client.get(), error);
+        ASSERT_TRUE(response) << std::strerror(error);
+        EXPECT_EQ(response->body, "nginx\n");
+    }
+    auto asked = Clock::now();
+    served.process->signal(SIGTERM);
+    auto status = served.process->wait(std::chrono::seconds(10));
+    double ms = std::chrono::duration<double, std::milli>(Clock::now() - asked).count();
+    ASSERT_TRUE(status) << "serve --server nginx did not stop within 10 s\n" << served.process->describe();
+    EXPECT_EQ(*status, 0) << served.process->describe();
+    EXPECT_LT(ms, 5000) << "nginx's workers took " << ms << " ms to finish on QUIT";
+    EXPECT_FALSE(std::filesystem::exists(pid_file));
+    EXPECT_FALSE(std::filesystem::exists(web_sock)) << "serve removes its unix listener's file when it ends";
+}
+
+// Issue 3: gunicorn 20.1 reads GUNICORN_FD only together with GUNICORN_PID; without it it bound
+// :8000 itself. `--protocol gunicorn` (without --server) must serve on serve's listener.
+TEST(HandoffServe, TheGunicornProtocolServesGunicornOnServesListener) {
+    if (!std::filesystem::exists("/usr/bin/gunicorn")) GTEST_SKIP() << "gunicorn is not installed";
+    Served served(Served::Later{});
+    write_file(served.dir / "app.py", wsgi_app);
+    served.start({"/usr/bin/gunicorn", "--chdir", served.dir.path().string(), "--workers", "1", "--log-level",
+                  "warning", "app:app"},
+                 {"--protocol", "gunicorn", "--ready=http:/", "--ready-timeout", "15"});
+    ASSERT_TRUE(served.up());
+    EXPECT_TRUE(http_get(served.port).value_or("").starts_with("generation 1"));
+    auto result = served.reload();
+    ASSERT_TRUE(result.ok) << result.message << "\n" << served.process->describe();
+    EXPECT_TRUE(eventually([&] { return http_get(served.port).value_or("").starts_with("generation 2"); }));
+}
+
+// `--server` sets defaults; each explicit flag overrides its part.
+TEST(HandoffServe, ExplicitFlagsOverrideTheServerPreset) {
+    Process serve =
+        Process::start({K, "serve", "--listen", addr(free_port()), "--server", "systemd", "--protocol",
+                        "einhorn", "--no-pid-namespace", "--ready=delay:0", "--", python, show_env});
+    ASSERT_TRUE(eventually([&] { return serve.out().find('\n') != std::string::npos; })) << serve.describe();
+    auto shown = nlohmann::json::parse(lines_of(serve.out()).front());
+    EXPECT_EQ(shown["env"]["EINHORN_FD_COUNT"], "1")
+        << "--protocol einhorn, and no probe with --ready=delay:0";
+    EXPECT_NE(shown["pid"], 1) << "--no-pid-namespace";
+}
+
+// The tour's handoff stop as a user runs it: quiet apart from its measurements, and with nginx
+// installed it also reloads nginx under `serve --server nginx`.
+TEST(HandoffTour, TheHandoffStopPasses) {
+    auto result = run({K, "tour", "--only", "handoff"}, {}, std::chrono::seconds(120));
+    ASSERT_EQ(result.status, 0) << result.describe;
+    EXPECT_NE(result.out.find("python: 5 reloads under load: requests ok / failed / refused / reset"),
+              std::string::npos)
+        << result.out;
+    if (std::filesystem::exists("/usr/sbin/nginx")) {
+        EXPECT_NE(result.out.find("nginx: 5 reloads under load: requests ok / failed / refused / reset"),
+                  std::string::npos)
+            << result.out;
+    }
+    std::printf("%s", result.out.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Servers, HandoffRealServer,
