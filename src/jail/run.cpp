@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "intercept.hpp"
+#include "jail/grants.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
@@ -52,8 +53,8 @@ std::string describe_clone_error(const std::system_error& error) {
 ExitStatus run(const RunOptions& options) {
     if (options.command.empty())
         throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
-    if (!options.allow.empty() && !options.sandbox.broker_path)
-        throw InputError("--allow needs --broker PATH");
+    if (!options.allow.empty() && !options.sandbox.broker_path && !options.intercept_bind)
+        throw InputError("--allow needs --broker PATH or --intercept-bind");
     Sandbox sandbox = Sandbox::prepare(options.sandbox);
 
     std::vector<Fd> listeners;
@@ -95,6 +96,11 @@ ExitStatus run(const RunOptions& options) {
     }
     std::optional<Broker> broker;
     if (options.sandbox.broker_path) broker.emplace(options.allow, options.verbose);
+    // One allow-list for the broker's requests and for intercepted binds that match no --listen.
+    std::shared_ptr<Grants> grants = broker ? broker->grants()
+                                     : options.allow.empty()
+                                         ? nullptr
+                                         : std::make_shared<Grants>(options.allow, options.verbose);
 
     SpawnOptions spawn;
     spawn.argv = options.command;
@@ -136,7 +142,8 @@ ExitStatus run(const RunOptions& options) {
         auto received = recv_fds(notify_ours.get(), byte, 1);
         if (received.fds.size() != 1) throw std::runtime_error("the jail did not send its seccomp listener");
         // The listeners stay ours as well: each is installed into the jail on its bind().
-        interceptor.emplace(std::move(received.fds[0]), intercepted_fds, intercepted, options.verbose);
+        interceptor.emplace(std::move(received.fds[0]), intercepted_fds, intercepted, options.verbose,
+                            grants);
     } else {
         // The child holds its own copies now; ours would keep a port bound after the command quits.
         listeners.clear();
