@@ -766,7 +766,10 @@ TEST(ServeJail, ReadinessArrivesByNotifySocketRelayedByTheJailsInit) {
     })) << serve.describe();
     ASSERT_TRUE(std::regex_search(err, match, std::regex("ready after ([0-9.]+) ms"))) << serve.describe();
     EXPECT_GE(std::stod(match[1]), 800.0) << serve.describe();
-    EXPECT_NE(serve.out().find("notified @ktricks-jail-notify"), std::string::npos) << serve.describe();
+    // The server prints after its sendto(): serve may well have reported ready before the line is out.
+    EXPECT_TRUE(eventually([&] {
+        return serve.out().find("notified @ktricks-jail-notify") != std::string::npos;
+    })) << serve.describe();
     ASSERT_TRUE(std::regex_search(err, match, std::regex("tcp://127\\.0\\.0\\.1:[0-9]+")));
     std::string client;
     std::string answer = ask(match[0], &client);
@@ -848,8 +851,9 @@ TEST(ServeJail, TheBrokerAnswersEveryGenerationWithTheSameGrantedSocket) {
 
 // `wrk` with connection-close load (a new connection per request, so every accept counts) on `url`
 // while `reloads` reloads of `serve` run; expects no failed request at all.
+// `max_read_errors`: connections a server may drop at its own stop (accepted, then closed unanswered).
 void expect_reloads_lose_nothing(Process& serve, const std::string& control, const std::string& url,
-                                 int reloads) {
+                                 int reloads, long max_read_errors = 0) {
     // Serving already, but a reload is refused until the first generation counts as ready.
     ASSERT_TRUE(eventually([&] { return serve.err().find("ready after") != std::string::npos; }))
         << serve.describe();
@@ -866,9 +870,19 @@ void expect_reloads_lose_nothing(Process& serve, const std::string& control, con
     ASSERT_TRUE(std::regex_search(out, match, std::regex("([0-9]+) requests in"))) << out;
     EXPECT_GT(std::stol(match[1]), 50) << out;
     // wrk prints these lines only when something failed.
-    EXPECT_EQ(out.find("Socket errors"), std::string::npos) << out << serve.describe();
     EXPECT_EQ(out.find("Non-2xx"), std::string::npos) << out << serve.describe();
-    std::printf("%s: %s requests, %d reloads, no error\n", url.c_str(), match[1].str().c_str(), reloads);
+    long read_errors = 0;
+    if (std::smatch errors; std::regex_search(out, errors, std::regex("Socket errors: (.*)"))) {
+        // Nothing refused, nothing timed out: the queue is never without a server.
+        EXPECT_NE(errors[1].str().find("connect 0,"), std::string::npos) << out << serve.describe();
+        EXPECT_NE(errors[1].str().find("timeout 0"), std::string::npos) << out << serve.describe();
+        EXPECT_NE(errors[1].str().find("write 0,"), std::string::npos) << out << serve.describe();
+        std::smatch read;
+        if (std::regex_search(out, read, std::regex("read ([0-9]+)"))) read_errors = std::stol(read[1]);
+    }
+    EXPECT_LE(read_errors, max_read_errors) << out << serve.describe();
+    std::printf("%s: %s requests, %d reloads, %ld read errors\n", url.c_str(), match[1].str().c_str(),
+                reloads, read_errors);
 }
 
 TEST(ServeJail, NginxThatBindsItsOwnPortReloadsUnderLoadWithoutAFailedRequest) {
@@ -922,7 +936,7 @@ TEST(ServeJail, NginxThatBindsItsOwnPortReloadsUnderLoadWithoutAFailedRequest) {
     EXPECT_EQ(occurrences(serve.err(), fmt::format("bind {} (pid", address)), 4u) << serve.describe();
 }
 
-TEST(ServeJail, PythonHttpServerGrantedByTheAllowListReloadsUnderLoadWithoutAFailedRequest) {
+TEST(ServeJail, PythonHttpServerGrantedByTheAllowListReloadsUnderLoadLosingNothingQueued) {
     WebRoot root;
     TempDir dir;
     std::string control = dir / "control.sock";
@@ -962,7 +976,12 @@ TEST(ServeJail, PythonHttpServerGrantedByTheAllowListReloadsUnderLoadWithoutAFai
         return (response = http_get(address, "/index.html")).find("200 OK") != std::string::npos;
     })) << response
         << serve.describe();
-    expect_reloads_lose_nothing(serve, control, fmt::format("http://127.0.0.1:{}/index.html", port), 3);
+    // http.server has no graceful stop: INT raises KeyboardInterrupt wherever its main thread is, and
+    // a connection it has just accepted and not yet handed to a thread is closed unanswered (2-4 of
+    // ~2600 over 3 reloads here). That is its own stop, with or without a jail; nothing waiting in the
+    // queue is lost (no connect error, no timeout), which is what the shared socket guarantees.
+    expect_reloads_lose_nothing(serve, control, fmt::format("http://127.0.0.1:{}/index.html", port), 3,
+                                8 * 3);
     EXPECT_EQ(occurrences(serve.err(), fmt::format("bind {} (pid", address)), 4u) << serve.describe();
     EXPECT_EQ(occurrences(serve.err(), "(allow-list)"), 4u) << serve.describe();
 }
