@@ -74,11 +74,10 @@ void JailFlags::add_to(CLI::App& sub) {
                    "What the broker, and an intercepted bind() to no --listen address, may be granted, "
                    "e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")
         ->allow_extra_args(false);
-    sub.add_flag(
-           "--intercept-bind{true}", intercept_bind,
-           "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
-           "get what --allow grants or fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty "
-           "namespace)")
+    sub.add_flag("--intercept-bind{true}", intercept_bind,
+                 "A bind() inside to a --listen address gets that host listener instead (unmodified "
+                 "servers); other inet binds get what --allow grants or fail with EACCES (default on; "
+                 "--intercept-bind=false leaves bind() to the empty namespace)")
         ->capture_default_str();
 }
 

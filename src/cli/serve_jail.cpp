@@ -55,24 +55,22 @@ void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
     serve.add_flag("--init{true}", flags.init, "With --jail: an init as pid 1 (default on)")
         ->needs(jail_flag);
     serve
-        .add_option(
-            "--broker", flags.broker,
-            "With --jail: unix socket path inside every generation's jail where it may ask for more "
-            "listeners ($KTRICKS_BROKER); a later generation asking for the same address gets the same socket")
+        .add_option("--broker", flags.broker,
+                    "With --jail: unix socket path inside every generation's jail where it may ask for "
+                    "more listeners ($KTRICKS_BROKER); a later generation asking for the same address "
+                    "gets the same socket")
         ->needs(jail_flag);
     serve
-        .add_option(
-            "--allow", flags.allow,
-            "With --jail: what the broker, and an intercepted bind() to no --listen address, may be granted "
-            "(tcp://0.0.0.0:8000-8100, udp6://*:53)")
+        .add_option("--allow", flags.allow,
+                    "With --jail: what the broker, and an intercepted bind() to no --listen address, may "
+                    "be granted (tcp://0.0.0.0:8000-8100, udp6://*:53)")
         ->allow_extra_args(false)
         ->needs(jail_flag);
     serve
-        .add_flag(
-            "--intercept-bind{true}", flags.intercept_bind,
-            "With --jail: a bind() inside to a --listen address gets serve's listener (unmodified servers that "
-            "bind their own port reload without a lost connection); other inet binds get what --allow grants "
-            "or EACCES (default on)")
+        .add_flag("--intercept-bind{true}", flags.intercept_bind,
+                  "With --jail: a bind() inside to a --listen address gets serve's listener (unmodified "
+                  "servers that bind their own port reload without losing a queued connection); other "
+                  "inet binds get what --allow grants or EACCES (default on)")
         ->needs(jail_flag);
 }
 

@@ -943,8 +943,8 @@ TEST(ServeJail, PythonHttpServerGrantedByTheAllowListReloadsUnderLoadLosingNothi
     auto port = free_port();
     std::string address = fmt::format("tcp://127.0.0.1:{}", port);
     // No --listen for its port: the allow-list grants it to the first generation's bind() and hands
-    // the same socket to every later one. (serve's own listener, a unix one, is unused: an inet --listen of port 0 would take any port.) INT is
-    // http.server's orderly stop: it stops accepting and joins the requests under way.
+    // the same socket to every later one. serve's own listener, a unix one, is unused (an inet
+    // --listen of port 0 would take any port). INT stops http.server (see below).
     Process serve = Process::start({ktricks,
                                     "serve",
                                     "--jail",
