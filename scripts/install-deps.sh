@@ -25,6 +25,8 @@ packages=(
   runc podman busybox-static
   # handoff: the servers people run, driven for real under serve/takeover
   nginx-light gunicorn lighttpd
+  # jail: a Node server run unmodified (http.createServer().listen()) under --intercept-bind
+  nodejs
   # netwatch wifi test: a Debian kernel with mac80211_hwsim booted under qemu
   qemu-system-x86 hostapd wpasupplicant iw kmod ifplugd
   # netwatch wifi test: regulatory.db for the guest's cfg80211

@@ -132,6 +132,12 @@ struct ServeOptions {
     // listen_fds_env as they are, and the process it makes spawn must be, or exec, the process that
     // LISTEN_PID names: LISTEN_PID is filled in with the pid Child::spawn forks.
     std::function<void(SpawnOptions&)> customize_spawn;
+    // The other half of that hook: called for every generation right after it was spawned, on the
+    // supervisor's thread, with the supervisor's event loop and the generation's pid, so a wrapper
+    // can watch its own per-generation descriptors there (the jail's broker socket and bind()
+    // interception). What it returns is kept as long as the generation is, and destroyed (on the
+    // same thread, before the loop) once the generation has exited or was given up.
+    std::function<std::shared_ptr<void>(EventLoop& loop, pid_t pid)> on_spawned;
     // Lifecycle events (source "serve"): listening, started, ready, status, reload, rollback,
     // draining, drained, exited, fdstore, refused, zerg. Called on the supervisor's thread.
     std::function<void(const Event&)> on_event;

@@ -124,7 +124,11 @@ private:
     std::unique_ptr<State> state_;
 };
 
-// The supervisor side of a broker: answers requests arriving on the broker socket.
+class Grants;  // the allow-list and the sockets granted so far (src/jail/grants.hpp)
+
+// The supervisor side of a broker: answers requests arriving on the broker socket. A granted
+// socket is kept and the same one is handed out again for a later request of the same address
+// (port 0 excepted): a reloaded server's next generation gets its predecessor's very socket.
 class Broker {
 public:
     // Creates the socket that Sandbox::apply binds inside the jail. With `verbose`, each grant and
@@ -134,8 +138,14 @@ public:
     Broker& operator=(Broker&&) noexcept;
     ~Broker();
     int socket_fd() const noexcept;
-    // Watches the socket on `loop` (call once the child has been spawned, so it is bound).
+    // A new broker socket (for another jail: the next generation of `serve --jail`) that shares
+    // this one's allow-list and granted sockets.
+    Broker sibling() const;
+    // Watches the socket on `loop` (call once the child has been spawned, so it is bound) until
+    // stop(). `loop` must outlive the watching.
     void serve(EventLoop& loop);
+    void stop() noexcept;
+    std::shared_ptr<Grants> grants() const;
     // The answer to one request text, with the socket granted (if any). Exposed for tests.
     struct Answer {
         std::string reply;  // "ok ADDRESS" or "refused REASON"
@@ -145,6 +155,7 @@ public:
 
 private:
     struct State;
+    explicit Broker(std::unique_ptr<State> state);
     std::unique_ptr<State> state_;
 };
 
@@ -153,11 +164,14 @@ struct RunOptions {
     std::vector<SocketAddress> listen;
     std::vector<std::string> command;
     SandboxOptions sandbox;
-    std::vector<AllowRule> allow;  // for the broker
-    bool verbose = true;           // say on stderr what was bound and granted
+    // What the broker may grant; with intercept_bind, also what an intercepted bind() that matches
+    // no --listen address may get (bound here, installed like a listener) instead of EACCES.
+    std::vector<AllowRule> allow;
+    bool verbose = true;  // say on stderr what was bound and granted
     // bind() inside the jail to an inet address that matches a --listen address gets that host
-    // listener in place of its own socket (seccomp user notification); other inet binds fail with
-    // EACCES. The listeners are also passed with LISTEN_FDS, so both kinds of server work.
+    // listener in place of its own socket (seccomp user notification); other inet binds get what
+    // the allow-list grants, or fail with EACCES. The listeners are also passed with LISTEN_FDS, so
+    // both kinds of server work.
     bool intercept_bind = true;
 };
 
@@ -185,6 +199,42 @@ public:
     bool signal(int signal_number);
     // How the command ended; nullopt while it runs.
     std::optional<ExitStatus> status() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+// `serve --jail`: every generation of a reloaded server in a fresh jail (handoff's customize_spawn
+// hook calls prepare(), its on_spawned hook watch()). The generations share the listeners a bind()
+// is intercepted to and one broker policy with the sockets it granted, so a generation that binds
+// or asks for the same address as its predecessor gets the very same socket: nothing is refused
+// with EADDRINUSE and no connection waiting in the queue is lost at the switch. Each generation has
+// its own broker socket (at broker_path in its own jail) and its own seccomp listener.
+class GenerationJails {
+public:
+    struct Options {
+        SandboxOptions sandbox;
+        std::vector<AllowRule> allow;  // for the broker and for intercepted binds (RunOptions::allow)
+        bool intercept_bind = true;    // as RunOptions::intercept_bind
+        bool verbose = true;
+    };
+    // Throws as Sandbox::prepare.
+    explicit GenerationJails(const Options& options);
+    GenerationJails(const GenerationJails&) = delete;
+    GenerationJails& operator=(const GenerationJails&) = delete;
+    ~GenerationJails();
+    struct Listener {
+        int fd;               // the supervisor's listener; must outlive every generation
+        SocketAddress asked;  // as given on the command line (port 0: a bind to any port matches)
+    };
+    // Before each spawn (after the supervisor filled `spawn` in): the jail, a fresh broker socket
+    // and seccomp listener pair. `notify_relay_fd` as in Sandbox::apply.
+    void prepare(SpawnOptions& spawn, const std::vector<Listener>& listeners, int notify_relay_fd = -1);
+    // Right after the spawn prepare() was for: answers that generation's broker requests and its
+    // bind() notifications on `loop` until the returned handle is destroyed (on `loop`'s thread,
+    // before `loop`).
+    std::shared_ptr<void> watch(EventLoop& loop);
 
 private:
     struct State;

@@ -73,14 +73,21 @@ void JailFlags::add_to(CLI::App& sub) {
     sub.add_option("--broker", broker,
                    "Unix socket path inside the jail where CMD may ask for more listeners ($KTRICKS_BROKER)");
     sub.add_option("--allow", allow,
-                   "With --broker: what may be granted, e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")
+                   "What the broker, and an intercepted bind() to no --listen address, may be granted, "
+                   "e.g. tcp://0.0.0.0:8000-8100, udp6://*:53")
         ->allow_extra_args(false);
+    sub.add_flag("--intercept-bind{true}", intercept_bind,
+                 "A bind() inside to a --listen address gets that host listener instead (unmodified "
+                 "servers); other inet binds get what --allow grants or fail with EACCES (default on; "
+                 "--intercept-bind=false leaves bind() to the empty namespace)")
+        ->capture_default_str();
 }
 
 bool JailFlags::given() const {
     return loopback || !readonly || !binds.empty() || !writable.empty() || !user.empty() || !user_namespace ||
            !capabilities.empty() || host_dev || !no_new_privs || seccomp != "default" ||
-           seccomp_deny_socket || !init || !broker.empty() || !allow.empty() || hostname != "jail";
+           seccomp_deny_socket || !init || !broker.empty() || !allow.empty() || hostname != "jail" ||
+           !intercept_bind;
 }
 
 jail::SandboxOptions JailFlags::sandbox() const {
@@ -144,7 +151,6 @@ struct Options {
     int into = 0;
     std::string socket = "/run/ktricks-inbox.sock";
     bool quiet = false;
-    bool intercept_bind = true;
 };
 
 int run_jail(const Options& options) {
@@ -167,9 +173,9 @@ int run_jail(const Options& options) {
     run.sandbox = options.flags.sandbox();
     run.allow = options.flags.allow_rules();
     run.verbose = !options.quiet;
-    run.intercept_bind = options.intercept_bind;
-    if (run.listen.empty() && !run.sandbox.broker_path)
-        throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker)");
+    run.intercept_bind = options.flags.intercept_bind;
+    if (run.listen.empty() && !run.sandbox.broker_path && run.allow.empty())
+        throw InputError("nothing to serve: give at least one --listen ADDR (or a --broker or --allow)");
     jail::Jail jailed(run);  // listeners bound, sandbox ready
     // Signals arriving while the child starts must wait for it, not kill us: blocked (signalfd)
     // before it exists; Child unblocks them in the child.
@@ -198,11 +204,6 @@ Subcommand add_jail(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     sub->add_option("--socket", options->socket,
                     "With --into: the target's inbox, a unix socket path as the target sees it")
-        ->capture_default_str();
-    sub->add_flag(
-           "--intercept-bind{true}", options->intercept_bind,
-           "A bind() inside to a --listen address gets that host listener instead (unmodified servers); other inet binds "
-           "fail with EACCES (default on; --intercept-bind=false leaves bind() to the empty namespace)")
         ->capture_default_str();
     sub->add_flag("--quiet", options->quiet, "Do not report bound sockets and broker decisions on stderr");
     sub->add_option("command", options->command, "CMD [ARGS...]");

@@ -30,21 +30,22 @@ struct JailFlags {
     std::string hostname = "jail";
     std::string broker;
     std::vector<std::string> allow;
+    bool intercept_bind = true;
 
     // --loopback --readonly --bind --writable --user --userns --cap --host-dev --no-new-privs --seccomp
-    // --seccomp-deny-socket --init --hostname --broker --allow
+    // --seccomp-deny-socket --init --hostname --broker --allow --intercept-bind
     void add_to(CLI::App& sub);
     bool given() const;                    // any of them set
     jail::SandboxOptions sandbox() const;  // throws InputError
     std::vector<jail::AllowRule> allow_rules() const;
 };
 
-// `ktricks serve --jail [jail flags]`: the flags (without --broker/--allow, which belong to one
-// process, not to a line of generations) on serve's command line ...
+// `ktricks serve --jail [jail flags]`: the flags on serve's command line ...
 void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags);
-// ... and every generation spawned through handoff's customize_spawn hook, inside a fresh jail.
-// NOTIFY_SOCKET is an abstract name in serve's network namespace, out of the jail's reach: the
-// jail's init relays it (with --init=false, --ready notify becomes --ready tcp).
+// ... and every generation spawned through handoff's customize_spawn hook, inside a fresh jail,
+// with its broker socket and bind() interception watched through the on_spawned hook
+// (jail::GenerationJails). NOTIFY_SOCKET is an abstract name in serve's network namespace, out of
+// the jail's reach: the jail's init relays it (with --init=false, --ready notify becomes tcp).
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags);
 
 }  // namespace ktricks::cli

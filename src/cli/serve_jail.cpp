@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "cli/jail_options.hpp"
 #include "ktricks/core/error.hpp"
@@ -53,10 +54,37 @@ void add_jail_to_serve(CLI::App& serve, bool& jail, JailFlags& flags) {
         ->needs(jail_flag);
     serve.add_flag("--init{true}", flags.init, "With --jail: an init as pid 1 (default on)")
         ->needs(jail_flag);
+    serve
+        .add_option("--broker", flags.broker,
+                    "With --jail: unix socket path inside every generation's jail where it may ask for "
+                    "more listeners ($KTRICKS_BROKER); a later generation asking for the same address "
+                    "gets the same socket")
+        ->needs(jail_flag);
+    serve
+        .add_option("--allow", flags.allow,
+                    "With --jail: what the broker, and an intercepted bind() to no --listen address, may "
+                    "be granted (tcp://0.0.0.0:8000-8100, udp6://*:53)")
+        ->allow_extra_args(false)
+        ->needs(jail_flag);
+    serve
+        .add_flag("--intercept-bind{true}", flags.intercept_bind,
+                  "With --jail: a bind() inside to a --listen address gets serve's listener (unmodified "
+                  "servers that bind their own port reload without losing a queued connection); other "
+                  "inet binds get what --allow grants or EACCES (default on)")
+        ->needs(jail_flag);
 }
 
 void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
-    auto sandbox = std::make_shared<jail::Sandbox>(jail::Sandbox::prepare(flags.sandbox()));
+    jail::GenerationJails::Options jail_options;
+    jail_options.sandbox = flags.sandbox();
+    jail_options.allow = flags.allow_rules();
+    jail_options.intercept_bind = flags.intercept_bind;
+    auto jails = std::make_shared<jail::GenerationJails>(jail_options);
+    // serve's own listeners are the first LISTEN_FDS (adopted ones, then --listen, in order); the
+    // fd store and the probe listener come after them and are never handed to a bind().
+    std::vector<SocketAddress> asked;
+    for (const auto& listener : options.adopted) asked.push_back(SocketAddress::of_socket(listener.fd.get()));
+    for (const auto& spec : options.listen) asked.push_back(spec.address);
     // NOTIFY_SOCKET is an abstract name of serve's network namespace, out of the jail's reach. With
     // the jail's init, a socket made here (so in serve's namespace) and connected to that name is
     // handed to the init, which relays what CMD sends to an abstract name of the jail's own.
@@ -68,7 +96,7 @@ void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
     // The relay socket of the generation being spawned: the child has its copy once spawned, ours
     // is closed when the next generation's replaces it.
     auto relay_socket = std::make_shared<Fd>();
-    options.customize_spawn = [sandbox, previous, relay, relay_socket](SpawnOptions& spawn) {
+    options.customize_spawn = [jails, asked, previous, relay, relay_socket](SpawnOptions& spawn) {
         if (previous) previous(spawn);
         int relay_fd = -1;
         auto notify = std::find_if(spawn.set_env.begin(), spawn.set_env.end(), [](const std::string& entry) {
@@ -84,8 +112,12 @@ void apply_jail(handoff::ServeOptions& options, const JailFlags& flags) {
             *notify = std::string("NOTIFY_SOCKET=") + jail::Sandbox::notify_name;
             relay_fd = relay_socket->get();
         }
-        sandbox->apply(spawn, -1, -1, relay_fd);
+        std::vector<jail::GenerationJails::Listener> listeners;
+        for (std::size_t i = 0; i < asked.size() && i < spawn.pass_fds.size(); ++i)
+            listeners.push_back({spawn.pass_fds[i], asked[i]});
+        jails->prepare(spawn, listeners, relay_fd);
     };
+    options.on_spawned = [jails](EventLoop& loop, pid_t) { return jails->watch(loop); };
 }
 
 }  // namespace ktricks::cli

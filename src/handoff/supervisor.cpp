@@ -87,6 +87,7 @@ struct Generation {
     Clock::time_point probe_started;
     bool probe_sent = false;
     std::string probe_response, probe_last;  // bytes read so far; how the last attempt ended
+    std::shared_ptr<void> attachment;        // what ServeOptions::on_spawned returned
 };
 
 // Replaces `path` with one line, the pid, atomically (readers never see an empty file).
@@ -345,6 +346,7 @@ std::unique_ptr<Generation> Supervisor::Impl::start_generation() {
     g->pid_namespace = spawn.clone_flags & CLONE_NEWPID;
     g->pid = g->child->pid();
 
+    if (o_.on_spawned) g->attachment = o_.on_spawned(loop_, g->pid);
     Generation* raw = g.get();
     g->exit_source = loop_.add_child(g->child->pidfd(), [this, raw] { on_exit(*raw); });
     g->notify_source =

@@ -12,7 +12,9 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <utility>
 
+#include "jail/grants.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/service.hpp"
 
@@ -62,11 +64,18 @@ std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& list
 }
 
 BindInterceptor::BindInterceptor(Fd notify, std::vector<int> sockets,
-                                 std::vector<InterceptListener> listeners, bool verbose)
+                                 std::vector<InterceptListener> listeners, bool verbose,
+                                 std::shared_ptr<Grants> grants)
     : notify_(std::move(notify)),
       sockets_(std::move(sockets)),
       listeners_(std::move(listeners)),
-      verbose_(verbose) {}
+      verbose_(verbose),
+      grants_(std::move(grants)) {}
+
+void BindInterceptor::stop() noexcept {
+    if (loop_) loop_->remove(std::exchange(source_, 0));
+    loop_ = nullptr;
+}
 
 BindInterceptor::~BindInterceptor() {
     if (loop_) loop_->remove(source_);
@@ -77,7 +86,7 @@ void BindInterceptor::serve(EventLoop& loop) {
     source_ = loop.add_fd(notify_.get(), EPOLLIN, [this](std::uint32_t events) {
         if (events & EPOLLIN) answer_one();
         // Every process under the filter has exited: nothing will ever come again.
-        if ((events & EPOLLHUP) && !(events & EPOLLIN)) loop_->remove(source_);
+        if ((events & EPOLLHUP) && !(events & EPOLLIN)) stop();
     });
 }
 
@@ -124,11 +133,25 @@ void BindInterceptor::answer_one() {
     }
     if (!wanted) return respond(0, true);  // unix, netlink ...: the jail's own business
     auto match = match_bind(listeners_, *wanted);
+    int listener = match ? sockets_[*match] : -1;
+    std::string granted_by;
     if (!match) {
-        if (verbose_) log_info("refused bind {} (pid {}): not a --listen address", wanted->to_string(), pid);
-        return respond(EACCES);
+        std::string refusal = "not a --listen address";
+        if (grants_ && !grants_->empty()) {
+            // The server's own choice for [::]: both families unless it asked for IPv6 only.
+            int v6_only = 0;
+            socklen_t v6_length = sizeof(v6_only);
+            if (wanted->family() == AF_INET6 &&
+                ::getsockopt(socket.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6_only, &v6_length) < 0)
+                v6_only = 0;
+            listener = grants_->grant(*wanted, v6_only != 0, refusal);
+            granted_by = " (allow-list)";
+        }
+        if (listener < 0) {
+            if (verbose_) log_info("refused bind {} (pid {}): {}", wanted->to_string(), pid, refusal);
+            return respond(EACCES);
+        }
     }
-    int listener = sockets_[*match];
     // Blocking or not is a property of the open file: give ours the server's, as it asked for.
     int server_flags = ::fcntl(socket.get(), F_GETFL);
     int our_flags = ::fcntl(listener, F_GETFL);
@@ -153,8 +176,8 @@ void BindInterceptor::answer_one() {
     if (::ioctl(notify_.get(), SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0)
         return respond(errno == ENOENT ? 0 : errno);
     if (verbose_)
-        log_info("bind {} (pid {}, fd {}) = {}", wanted->to_string(), pid, target_fd,
-                 listeners_[*match].bound.to_string());
+        log_info("bind {} (pid {}, fd {}) = {}{}", wanted->to_string(), pid, target_fd,
+                 SocketAddress::of_socket(listener).to_string(), granted_by);
     respond(0);
 }
 

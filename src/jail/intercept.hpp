@@ -6,7 +6,9 @@
 // SECCOMP_ADDFD_FLAG_SETFD: the kernel replaces the fd number, as dup2 would, and the server's
 // own socket is closed) and makes the bind() return 0. The server then calls listen() on what is
 // already a listening host socket, which the kernel allows (it only updates the backlog), and
-// accepts host clients with their real addresses. Any other inet bind() fails with EACCES. Other
+// accepts host clients with their real addresses. Any other inet bind() is offered to the broker's
+// allow-list (Grants: bound here, with the server's own IPV6_V6ONLY, and installed the same way),
+// and fails with EACCES if it is not allowed. Other
 // families (unix, netlink) continue to the kernel: whatever they bind lives in the jail's own
 // empty network namespace or in its filesystem view.
 //
@@ -43,16 +45,21 @@ struct InterceptListener {
 std::optional<std::size_t> match_bind(const std::vector<InterceptListener>& listeners,
                                       const SocketAddress& wanted);
 
+class Grants;
+
 class BindInterceptor {
 public:
     // `listeners`: the host sockets (not owned; they must outlive us), with their --listen port.
+    // `grants` (may be null): the allow-list for binds that match no listener.
     BindInterceptor(Fd notify, std::vector<int> sockets, std::vector<InterceptListener> listeners,
-                    bool verbose);
+                    bool verbose, std::shared_ptr<Grants> grants = nullptr);
     BindInterceptor(const BindInterceptor&) = delete;
     BindInterceptor& operator=(const BindInterceptor&) = delete;
     ~BindInterceptor();  // leaves the loop: the caller's loop outlives it
-    // Answers notifications on `loop` until the notify fd hangs up (every jailed process is gone).
+    // Answers notifications on `loop` until the notify fd hangs up (every jailed process is gone)
+    // or stop(). `loop` must outlive the watching.
     void serve(EventLoop& loop);
+    void stop() noexcept;
 
 private:
     void answer_one();
@@ -60,6 +67,7 @@ private:
     std::vector<int> sockets_;
     std::vector<InterceptListener> listeners_;
     bool verbose_;
+    std::shared_ptr<Grants> grants_;
     EventLoop* loop_ = nullptr;
     EventLoop::SourceId source_{};
 };

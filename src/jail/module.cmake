@@ -6,7 +6,8 @@ ktricks_component(jail DEPENDS core SOURCES
   src/jail/intercept.cpp
   src/jail/broker.cpp
   src/jail/client.cpp
-  src/jail/run.cpp)
+  src/jail/run.cpp
+  src/jail/generations.cpp)
 ktricks_component_pkg(jail SECCOMP ARCHIVE libseccomp.a libseccomp)
 
 # A LISTEN_FDS server for the jail's integration tests and benchmark (also copied into a container).

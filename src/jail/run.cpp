@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "intercept.hpp"
+#include "jail/grants.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
@@ -58,6 +59,7 @@ struct Jail::State {
     std::vector<int> intercepted_fds;  // the same order as `intercepted`
     Fd notify_ours, notify_theirs;
     std::optional<Broker> broker;
+    std::shared_ptr<Grants> grants;  // the broker's, or the allow-list's for intercepted binds alone
     SpawnOptions spawn;
     std::optional<Child> child;
     std::optional<BindInterceptor> interceptor;
@@ -87,8 +89,8 @@ Jail::Jail(const RunOptions& given) : state_(std::make_unique<State>()) {
     const auto& options = s.options;
     if (options.command.empty())
         throw InputError("missing command: ktricks jail --listen ADDR -- CMD [ARGS...]");
-    if (!options.allow.empty() && !options.sandbox.broker_path)
-        throw InputError("--allow needs --broker PATH");
+    if (!options.allow.empty() && !options.sandbox.broker_path && !options.intercept_bind)
+        throw InputError("--allow needs --broker PATH or --intercept-bind");
     s.sandbox.emplace(Sandbox::prepare(options.sandbox));
 
     std::vector<int> pass;
@@ -125,6 +127,10 @@ Jail::Jail(const RunOptions& given) : state_(std::make_unique<State>()) {
         s.notify_theirs = Fd(pair[1]);
     }
     if (options.sandbox.broker_path) s.broker.emplace(options.allow, options.verbose);
+    // One allow-list for the broker's requests and for intercepted binds that match no --listen.
+    s.grants = s.broker                ? s.broker->grants()
+               : options.allow.empty() ? nullptr
+                                       : std::make_shared<Grants>(options.allow, options.verbose);
 
     auto& spawn = s.spawn;
     spawn.argv = options.command;
@@ -156,8 +162,8 @@ void Jail::start(EventLoop& loop, std::function<void(ExitStatus)> on_exit) {
         auto received = recv_fds(s.notify_ours.get(), byte, 1);
         if (received.fds.size() != 1) throw std::runtime_error("the jail did not send its seccomp listener");
         // The listeners stay ours as well: each is installed into the jail on its bind().
-        s.interceptor.emplace(std::move(received.fds[0]), s.intercepted_fds, s.intercepted,
-                              s.options.verbose);
+        s.interceptor.emplace(std::move(received.fds[0]), s.intercepted_fds, s.intercepted, s.options.verbose,
+                              s.grants);
     } else {
         // The child holds its own copies now; ours would keep a port bound after the command quits.
         s.listeners.clear();

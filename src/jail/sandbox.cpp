@@ -611,6 +611,21 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
         if ((options.uid || state.user_namespace_last) && ::chown(path, state.owner_uid, state.owner_gid) < 0)
             return error.fail(errno, "chown", path);
     }
+    // The relay's name exists before CMD does, so its first READY=1 cannot miss it. Bound before the
+    // seccomp filter is loaded: with --intercept-bind, a bind() after it would wait for an answer
+    // from the supervisor, which is still waiting for this child to exec.
+    int relay_in = -1;
+    if (init && relay_fd >= 0) {
+        relay_in = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un name{};
+        name.sun_family = AF_UNIX;
+        std::size_t length = std::strlen(Sandbox::notify_name);
+        std::memcpy(name.sun_path, Sandbox::notify_name, length);
+        name.sun_path[0] = '\0';  // abstract: "@" is how the environment spells the leading NUL
+        if (relay_in < 0 || ::bind(relay_in, reinterpret_cast<sockaddr*>(&name),
+                                   static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length)) < 0)
+            return error.fail(errno, "bind", Sandbox::notify_name);
+    }
     if (state.user_namespace_last && !enter_user_namespace(state, error)) return false;
     if (options.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         return error.fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
@@ -634,19 +649,6 @@ bool setup(const Sandbox::State& state, int broker_fd, int notify_fd, int relay_
     if (!drop_privileges(state, !state.user_namespace_first, error)) return false;
     if (!rearm_parent_death(death_signal, supervisor_pidfd, error)) return false;
     if (init) {
-        // The relay's name exists before CMD does, so its first READY=1 cannot miss it.
-        int relay_in = -1;
-        if (relay_fd >= 0) {
-            relay_in = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-            sockaddr_un name{};
-            name.sun_family = AF_UNIX;
-            std::size_t length = std::strlen(Sandbox::notify_name);
-            std::memcpy(name.sun_path, Sandbox::notify_name, length);
-            name.sun_path[0] = '\0';  // abstract: "@" is how the environment spells the leading NUL
-            if (relay_in < 0 || ::bind(relay_in, reinterpret_cast<sockaddr*>(&name),
-                                       static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length)) < 0)
-                return error.fail(errno, "bind", Sandbox::notify_name);
-        }
         pid_t command = raw_fork();
         if (command < 0) return error.fail(errno, "fork", "(init)");
         if (command > 0) run_init(command, relay_in, relay_fd);

@@ -1,9 +1,12 @@
 // The jail's pure logic: --allow rules, --bind parsing and the broker's answers.
 #include <netinet/in.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 
 #include <gtest/gtest.h>
+
+#include <fmt/format.h>
 
 #include "jail/intercept.hpp"
 #include "ktricks/core/error.hpp"
@@ -74,6 +77,33 @@ TEST(Broker, GrantsAnAllowedAddressWithABoundSocket) {
     auto answer = broker.answer("listen tcp://127.0.0.1:0");
     ASSERT_TRUE(answer.socket) << answer.reply;
     EXPECT_TRUE(answer.reply.starts_with("ok tcp://127.0.0.1:")) << answer.reply;
+}
+
+// The same open socket (a dup of it), not merely the same address.
+ino_t socket_inode(const Fd& fd) {
+    struct stat st {};
+    return ::fstat(fd.get(), &st) == 0 ? st.st_ino : 0;
+}
+
+TEST(Broker, GrantsTheSameSocketAgainAndSiblingsShareIt) {
+    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
+    auto port = SocketAddress::of_socket(probe.get()).port();
+    probe.reset();
+    std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+    Broker broker({AllowRule::parse(address), AllowRule::parse("tcp://127.0.0.1:0")}, false);
+    auto first = broker.answer("listen " + address);
+    ASSERT_TRUE(first.socket) << first.reply;
+    // A second bind of the port would fail with EADDRINUSE: this is the kept socket.
+    Broker next = broker.sibling();
+    EXPECT_NE(next.socket_fd(), broker.socket_fd());
+    auto again = next.answer("listen " + address);
+    ASSERT_TRUE(again.socket) << again.reply;
+    EXPECT_EQ(again.reply, "ok " + address);
+    EXPECT_EQ(socket_inode(again.socket), socket_inode(first.socket));
+    // Port 0 asks for a fresh port every time.
+    auto any = broker.answer("listen tcp://127.0.0.1:0"), other = next.answer("listen tcp://127.0.0.1:0");
+    ASSERT_TRUE(any.socket && other.socket) << any.reply << other.reply;
+    EXPECT_NE(any.reply, other.reply);
 }
 
 TEST(Broker, AnswersGarbageWithOnePrintableRefusal) {
