@@ -24,7 +24,7 @@ build: configure
 
 # libFuzzer needs clang; only the library and the fuzz targets are built there.
 fuzz:
-	@CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTRICKS_FUZZ=ON >/dev/null
+	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKTRICKS_FUZZ=ON >/dev/null
 	@cmake --build $(FUZZ_DIR)
 
 # Fails, naming file:line, where clang-format would change anything (Debian 12's clang-format 14).

@@ -399,6 +399,11 @@ TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
     TempDir dir;
     auto watcher = start_netwatch(home, {"--no-initial", "--all-netns", "--on", "link-add", "--exec",
                                          "echo $KTRICKS_NETNS $KTRICKS_IFACE >> " + dir / "log"});
+    // First an event of our own namespace: netwatch has read /run/netns and watches it, so the
+    // namespace below is one that appears later, not one found at start-up.
+    home.ip("link add ia type veth peer name ib");
+    ASSERT_TRUE(eventually([&] { return has_line(dir / "log", home.name() + " ia"); }))
+        << read_file(dir / "log") << watcher.describe();
     std::string name;
     {
         Netns later;
@@ -406,8 +411,9 @@ TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
         later.ip("link add la type veth peer name lb");
         EXPECT_TRUE(eventually([&] { return has_line(dir / "log", name + " la"); }))
             << read_file(dir / "log") << watcher.describe();
-        EXPECT_NE(watcher.err().find("watching new network namespace " + name), std::string::npos)
-            << watcher.err();
+        EXPECT_TRUE(eventually([&] {
+            return watcher.err().find("watching new network namespace " + name) != std::string::npos;
+        })) << watcher.err();
     }  // ip netns del
     EXPECT_TRUE(eventually([&] {
         return watcher.err().find("network namespace " + name + " was deleted") != std::string::npos;
