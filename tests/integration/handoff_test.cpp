@@ -1040,18 +1040,26 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
             ~StopNginx() { stop(); }
         } stop{[&] {
             for (pid_t pid : {master, pid_in_file()})
-                if (pid > 0) ::kill(pid, SIGTERM);
+                if (pid > 1) ::kill(pid, SIGTERM);  // never 0 (our group) or 1 (init)
         }};
         // Not run(): it kills the process group when its child exits, which can catch the daemon before
         // its setsid(). nginx writes its pid file after daemonizing, so the group is safe to end then.
+        std::string starter_said;
         {
             Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
                                               dir / "error.log", "-c", dir / "nginx.conf"});
             eventually([&] { return (master = pid_in_file()) > 0; });
             starter.wait();
+            starter_said = starter.describe();
         }
         if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
-            ADD_FAILURE() << "native nginx never answered: " << read_file(dir / "error.log");
+            // What state nginx was in: seen to fail intermittently (3 of 14 runs on 2026-12-04) with an
+            // empty error log; the listener table and the master's state are the evidence to keep.
+            Result listeners = run({"ss", "-ltnp", fmt::format("sport = :{}", port)});
+            ADD_FAILURE() << "native nginx never answered on port " << port << "; pid file says " << master
+                          << (master > 1 && ::kill(master, 0) == 0 ? " (alive)" : " (not running)")
+                          << "\nerror.log: " << read_file(dir / "error.log")
+                          << "\nlisteners: " << listeners.describe << "\nstarter: " << starter_said;
             return std::nullopt;
         }
         Wrk wrk(port, Wrk::keep_alive);
