@@ -72,6 +72,11 @@ struct PublisherOptions {
     std::function<void(const std::string&)> log;  // state changes, one line each
 };
 
+// What `--publish URL --spool DIR --spool-max MB` (the same flags on every event source) ask for.
+// Throws InputError for a bad URL (as parse_target) or a missing spool directory.
+PublisherOptions publisher_options(std::string_view url, const std::filesystem::path& spool,
+                                   std::uint64_t spool_max_mb);
+
 enum class Accepted { published, spooled };
 
 // On the caller's EventLoop (a retry timer while the spool holds events). publish() talks to the

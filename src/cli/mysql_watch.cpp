@@ -81,13 +81,8 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     std::optional<sinks::Publisher> publisher;
     std::string host;
     if (!options.publish.empty()) {
-        if (options.spool.empty())
-            throw InputError(
-                "--publish needs --spool DIR: where events wait while the broker is unreachable");
-        sinks::PublisherOptions publish;
-        publish.target = sinks::parse_target(options.publish);
-        publish.spool = options.spool;
-        publish.spool_bytes = options.spool_max_mb << 20;
+        sinks::PublisherOptions publish =
+            sinks::publisher_options(options.publish, options.spool, options.spool_max_mb);
         publish.log = [quiet = options.quiet](const std::string& line) {
             if (!quiet) log_info("{}", line);
         };

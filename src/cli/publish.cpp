@@ -27,12 +27,8 @@ struct PublishOptions {
 };
 
 int run_publish(const PublishOptions& options) {
-    if (options.spool.empty())
-        throw InputError("--publish needs --spool DIR: where events wait while the broker is unreachable");
-    sinks::PublisherOptions publish;
-    publish.target = sinks::parse_target(options.url);
-    publish.spool = options.spool;
-    publish.spool_bytes = options.spool_max_mb << 20;
+    sinks::PublisherOptions publish =
+        sinks::publisher_options(options.url, options.spool, options.spool_max_mb);
     publish.log = [quiet = options.quiet](const std::string& line) {
         if (!quiet) log_info("{}", line);
     };

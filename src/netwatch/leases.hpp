@@ -14,7 +14,7 @@
 // for by default.
 // Resolver: systemd-resolved's per-link state (/run/systemd/resolve/netif/IFINDEX: SERVERS=,
 // DOMAINS=), else the global servers of /etc/resolv.conf (/run/systemd/resolve/resolv.conf when
-// /etc/resolv.conf points at resolved's stub 127.0.0.53).
+// /etc/resolv.conf names only resolved's local listener 127.0.0.53).
 #pragma once
 
 #include <map>

@@ -172,4 +172,15 @@ std::string subject_filter(std::string_view name) {
     return out;
 }
 
+PublisherOptions publisher_options(std::string_view url, const std::filesystem::path& spool,
+                                   std::uint64_t spool_max_mb) {
+    if (spool.empty())
+        throw InputError("--publish needs --spool DIR: where events wait while the broker is unreachable");
+    PublisherOptions options;
+    options.target = parse_target(url);
+    options.spool = spool;
+    options.spool_bytes = spool_max_mb << 20;
+    return options;
+}
+
 }  // namespace ktricks::sinks
