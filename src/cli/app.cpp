@@ -56,10 +56,13 @@ int run(int argc, char** argv, std::span<const Registration> built_in, bool list
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& help) {
+        StandardStreams streams;  // App::exit() prints to std::cout (cli/cli11.hpp)
         return app.exit(help);
     } catch (const CLI::CallForAllHelp& help) {
+        StandardStreams streams;
         return app.exit(help);
     } catch (const CLI::CallForVersion& version_request) {
+        StandardStreams streams;
         return app.exit(version_request);
     } catch (const CLI::ParseError& error) {
         std::string where = "ktricks";

@@ -3,7 +3,7 @@
 // program (helper_main.cpp) link the same files; see subcommands.hpp for which is where.
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include "cli/cli11.hpp"
 
 #include <chrono>
 #include <exception>

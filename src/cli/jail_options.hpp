@@ -1,7 +1,7 @@
 // The jail's sandbox flags, shared by `ktricks jail` and `ktricks serve --jail`.
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include "cli/cli11.hpp"
 
 #include <string>
 #include <vector>

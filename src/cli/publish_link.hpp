@@ -17,7 +17,7 @@
 #include <string>
 #include <string_view>
 
-#include <CLI/CLI.hpp>
+#include "cli/cli11.hpp"
 
 #include "ktricks/core/child.hpp"
 #include "ktricks/core/event.hpp"

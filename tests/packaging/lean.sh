@@ -33,6 +33,11 @@ if [[ -z ${KTRICKS_SANITIZED:-} ]]; then
   extra=$(needed "$ktricks" | grep -vE '^(libc\.so\.6|libmnl\.so\.0|ld-linux-x86-64\.so\.2)$' || true)
   [[ -z $extra ]] || fail "ktricks has more than libc and libmnl in DT_NEEDED: $(echo $extra)"
 fi
+# No <iostream> static initialiser in the front door (src/cli/cli11.hpp): with libstdc++ linked in, each
+# one builds the standard streams before main() on every run. Only checkable while symbols are present.
+if nm "$ktricks" >/dev/null 2>&1 && nm "$ktricks" | grep -q '_ZStL8__ioinit'; then
+  fail "ktricks runs <iostream>'s static initialiser: a front-door file includes <iostream> (use cli/cli11.hpp)"
+fi
 echo "ktricks DT_NEEDED: $(needed "$ktricks" | tr '\n' ' ')"
 echo "ktricks: $(ldd "$ktricks" | wc -l) objects mapped (ldd)"
 
