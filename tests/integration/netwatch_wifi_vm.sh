@@ -87,6 +87,10 @@ wpa=2
 wpa_key_mgmt=WPA-PSK
 rsn_pairwise=CCMP
 wpa_passphrase=ktricks-secret
+# The 4-way handshake under TCG on a loaded host: hostapd's first EAPOL-Key retry comes after
+# 100 ms, the last after ~3 s; more retries, so a slow guest is not deauthenticated mid-handshake.
+wpa_pairwise_update_count=10
+wpa_group_update_count=10
 EOF
 # The second access point: same SSID and passphrase, on the third radio (BSSID 02:00:00:00:02:00).
 sed -e 's/^interface=wlan0/interface=wlan2/' "$root/etc/hostapd.conf" >"$root/etc/hostapd2.conf"
@@ -115,6 +119,7 @@ ktricks netwatch --no-initial \
   --on 'wifi-connect,ssid!=ktricks-home' --exec 'echo "NWEVENT not-home-fired ssid=$KTRICKS_SSID"' \
   --on 'wifi-connect,ssid!=other-*' --exec 'echo "NWEVENT not-other-fired ssid=$KTRICKS_SSID"' \
   > /dev/console 2>&1 &
+iw event -t >/dev/console 2>&1 &
 sleep 1
 # -t -f: its log with wall-clock stamps, for the CTRL-EVENT-CONNECTED times (NWWPA lines at the end).
 wpa_supplicant -B -t -f /tmp/wpa.log -i wlan1 -c /etc/wpa.conf -P /run/wpa.pid || echo "NWFAIL wpa_supplicant"
@@ -129,7 +134,6 @@ wait_for() {
   return 1
 }
 wait_for 02:00:00:00:00:00
-iw event -t >/dev/console 2>&1 &
 # The second access point only now (had the station known both at first, it would pick either),
 # then scans until the station has seen it.
 hostapd -B /etc/hostapd2.conf >/tmp/hostapd2.log 2>&1 || { echo "NWFAIL hostapd2"; cat /tmp/hostapd2.log; }
@@ -179,16 +183,20 @@ expected=$(for ((i = 1; i <= ROAMS; i++)); do if ((i % 2)); then echo "$there"; 
 actual=$(grep -o "NWEVENT roam .*iface=wlan1" console.txt || true)
 if [[ $actual == "$expected" ]]; then echo "ok: $ROAMS wifi-roam events, each with the old and new BSSID"
 else echo "FAILED: wifi-roam events: expected"; echo "$expected"; echo "got"; echo "$actual"; fail=1; fi
-while_roaming=$(sed -n '/NWROAMS-DONE/q;p' console.txt)
-n=$(grep -c "NWEVENT disconnect" <<<"$while_roaming" || true)
+# Between the first `wpa_cli roam` and NWROAMS-DONE (3 s after the last roam, past the roam
+# window). Before it, on a loaded machine the first handshake can time out under TCG and the
+# station reconnect: a real disconnect/connect pair, rightly reported, and not what is tested here.
+roaming=$(sed -n '/^NWROAM 1 /,/NWROAMS-DONE/p' console.txt)
+n=$(grep -c "NWEVENT disconnect" <<<"$roaming" || true)
 if [[ $n == 0 ]]; then echo "ok: no wifi-disconnect while roaming"; else echo "FAILED: $n wifi-disconnect while roaming"; fail=1; fi
-n=$(grep -c "NWEVENT connect" <<<"$while_roaming" || true)
-if [[ $n == 1 ]]; then echo "ok: no wifi-connect while roaming"; else echo "FAILED: $n wifi-connect (expected only the first)"; fail=1; fi
+n=$(grep -c "NWEVENT connect" <<<"$roaming" || true)
+if [[ $n == 0 ]]; then echo "ok: no wifi-connect while roaming"; else echo "FAILED: $n wifi-connect while roaming"; fail=1; fi
 last=02:00:00:00:02:00
 ((ROAMS % 2)) || last=02:00:00:00:00:00
-check "NWEVENT disconnect ssid=ktricks-home bssid=$last iface=wlan1" "wifi-disconnect from the last access point"
-n=$(grep -c "NWEVENT disconnect" console.txt || true)
-if [[ $n == 1 ]]; then echo "ok: one wifi-disconnect in all"; else echo "FAILED: $n wifi-disconnect events (expected 1)"; fail=1; fi
+stopped=$(sed -n '/NWROAMS-DONE/,$p' console.txt)
+n=$(grep -c "NWEVENT disconnect ssid=ktricks-home bssid=$last iface=wlan1" <<<"$stopped" || true)
+if [[ $n == 1 ]]; then echo "ok: one wifi-disconnect from the last access point when wpa_supplicant stops"
+else echo "FAILED: $n wifi-disconnect from $last when wpa_supplicant stopped (expected 1)"; fail=1; fi
 if grep -q NWFAIL console.txt; then echo "FAILED: the guest reported: $(grep NWFAIL console.txt | head -3)"; fail=1; fi
 check "NWDONE" "guest ran to the end"
 if [ $fail -ne 0 ]; then
