@@ -152,12 +152,17 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     exit 0
 fi
 echo
-if ! "$here/../tests/integration/netwatch_wifi_vm.sh" "$K" "$vm_cache" "$VM_ROAMS" >"$tmp/vm.log" 2>&1; then
-    echo "wifi roam: the VM scenario failed or was skipped:"; tail -20 "$tmp/vm.log"; exit 1
+# The scenario's own checks may fail on a loaded host (a roam that needed more than 3 tries):
+# the timings of the roams that happened are still reported, with the failures after the table.
+vm_status=0
+"$here/../tests/integration/netwatch_wifi_vm.sh" "$K" "$vm_cache" "$VM_ROAMS" >"$tmp/vm.log" 2>&1 || vm_status=$?
+if ((vm_status == 77)) || ! grep -q '^NWROAM ' "$vm_cache/console.txt" 2>/dev/null; then
+    echo "wifi roam: the VM scenario was skipped or did not roam:"; tail -20 "$tmp/vm.log"; exit 1
 fi
 awk -v roams="$VM_ROAMS" '
     function stamp(text) { sub(/:$/, "", text); return text + 0 }
-    /^NWROAM [0-9]+ / { n++; target[n] = $3; split($4, kv, "="); t0[n] = kv[2] + 0; next }
+    # One line per try of roam i: the last try is the one that went through.
+    /^NWROAM [0-9]+ / { i = $2 + 0; if (i > n) n = i; target[i] = $3; split($4, kv, "="); t0[i] = kv[2] + 0; next }
     /^[0-9.]+: wlan1 \(phy #[0-9]+\): connected to / { iw_t[++iw] = stamp($1); iw_b[iw] = $NF; next }
     /^NWEVENT roam / {
         for (f = 3; f <= NF; f++) { split($f, kv, "="); if (kv[1] == "bssid") b = kv[2]; if (kv[1] == "at") t = kv[2] }
@@ -191,3 +196,7 @@ awk -v roams="$VM_ROAMS" '
         print "|---|---|---|---|"
         report("wifi-roam script start", nwa, cna)
     }' "$vm_cache/console.txt"
+if ((vm_status != 0)); then
+    echo
+    echo "(the scenario's checks failed: $(grep -E '^FAILED' "$tmp/vm.log" | head -3 | tr '\n' ' '))"
+fi
