@@ -138,3 +138,65 @@ echo "|---|---|---|---|---|"
 for tool in "${tools[@]}"; do
     echo "| $tool | ${p50[$tool]} | ${p99[$tool]} | $(ratio "${p50[ktricks]}" "${p50[$tool]}") | ${wake[$tool]} |"
 done
+
+# --- wifi roam in the qemu guest (tests/integration/netwatch_wifi_vm.sh) --------------------------
+# The guest runs under TCG on shared cores, so only the relative order means something: from the
+# moment before `wpa_cli roam BSSID` to cfg80211's connect event (`iw event -t`), to netwatch's
+# wifi-roam script (a `date` in it), and to wpa_supplicant's CTRL-EVENT-CONNECTED (its own log
+# stamp, after the 4-way handshake). p50 and max over VM_ROAMS roams, alternating between the APs.
+VM_ROAMS=${VM_ROAMS:-10}
+vm_cache=${KTRICKS_VM_CACHE:-$(dirname "$K")/netwatch-vm}
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    echo
+    echo "wifi roam: skipped (qemu-system-x86_64 is not installed)"
+    exit 0
+fi
+echo
+# The scenario's own checks may fail on a loaded host (a roam that needed more than 3 tries):
+# the timings of the roams that happened are still reported, with the failures after the table.
+vm_status=0
+"$here/../tests/integration/netwatch_wifi_vm.sh" "$K" "$vm_cache" "$VM_ROAMS" >"$tmp/vm.log" 2>&1 || vm_status=$?
+if ((vm_status == 77)) || ! grep -q '^NWROAM ' "$vm_cache/console.txt" 2>/dev/null; then
+    echo "wifi roam: the VM scenario was skipped or did not roam:"; tail -20 "$tmp/vm.log"; exit 1
+fi
+awk -v roams="$VM_ROAMS" '
+    function stamp(text) { sub(/:$/, "", text); return text + 0 }
+    # One line per try of roam i: the last try is the one that went through.
+    /^NWROAM [0-9]+ / { i = $2 + 0; if (i > n) n = i; target[i] = $3; split($4, kv, "="); t0[i] = kv[2] + 0; next }
+    /^[0-9.]+: wlan1 \(phy #[0-9]+\): connected to / { iw_t[++iw] = stamp($1); iw_b[iw] = $NF; next }
+    /^NWEVENT roam / {
+        for (f = 3; f <= NF; f++) { split($f, kv, "="); if (kv[1] == "bssid") b = kv[2]; if (kv[1] == "at") t = kv[2] }
+        nw_t[++nw] = t + 0; nw_b[nw] = b; next }
+    /^NWWPA .*CTRL-EVENT-CONNECTED/ {
+        wp_t[++wp] = stamp($2); match($0, /Connection to [0-9a-f:]+/); wp_b[wp] = substr($0, RSTART + 14, 17); next }
+    function first_after(times, bssids, count, after, bssid,    k) {
+        for (k = 1; k <= count; k++) if (times[k] > after && bssids[k] == bssid) return times[k]
+        return -1 }
+    function report(name, values, count,    k, j, swap, sorted) {
+        for (k = 1; k <= count; k++) sorted[k] = values[k]
+        for (k = 1; k <= count; k++) for (j = k + 1; j <= count; j++)
+            if (sorted[j] < sorted[k]) { swap = sorted[k]; sorted[k] = sorted[j]; sorted[j] = swap }
+        if (count == 0) { printf "| %s | - | - | 0 |\n", name; return }
+        printf "| %s | %.0f | %.0f | %d |\n", name, sorted[int((count - 1) / 2) + 1], sorted[count], count }
+    END {
+        for (i = 1; i <= n; i++) {
+            a = first_after(iw_t, iw_b, iw, t0[i], target[i]); if (a > 0) iwl[++ci] = (a - t0[i]) * 1000
+            c = first_after(nw_t, nw_b, nw, t0[i], target[i]); if (c > 0) nwl[++cn] = (c - t0[i]) * 1000
+            if (a > 0 && c > 0) nwa[++cna] = (c - a) * 1000
+            d = first_after(wp_t, wp_b, wp, t0[i], target[i]); if (d > 0) wpl[++cw] = (d - t0[i]) * 1000
+        }
+        printf "netwatch: wifi roam in a qemu TCG guest (%d roams; relative numbers only)\n\n", n
+        print "| from `wpa_cli roam` to | p50 (ms) | max (ms) | roams seen |"
+        print "|---|---|---|---|"
+        report("cfg80211 connect event (`iw event`)", iwl, ci)
+        report("ktricks netwatch wifi-roam script", nwl, cn)
+        report("wpa_supplicant CTRL-EVENT-CONNECTED", wpl, cw)
+        print ""
+        print "| netwatch after cfg80211 connect event | p50 (ms) | max (ms) | roams |"
+        print "|---|---|---|---|"
+        report("wifi-roam script start", nwa, cna)
+    }' "$vm_cache/console.txt"
+if ((vm_status != 0)); then
+    echo
+    echo "(the scenario's checks failed: $(grep -E '^FAILED' "$tmp/vm.log" | head -3 | tr '\n' ' '))"
+fi

@@ -118,6 +118,9 @@ struct WatchOptions {
         60000};                        // rules without a timeout of their own, dispatcher scripts
     std::size_t exec_concurrency = 8;  // scripts at once (0: no limit)
     int script_stdout = -1;            // the scripts' stdout (-1: ours)
+    // How long a disconnect that may be the first half of a roam (see docs/netwatch.md, "Roaming")
+    // is held back: a connect to the same SSID within it makes one wifi-roam. 0 = never hold.
+    std::chrono::milliseconds roam_window{2000};
 };
 
 // What the watcher tells its caller; all called on the caller's loop, each may be empty.

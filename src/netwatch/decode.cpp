@@ -163,6 +163,8 @@ std::optional<Nl80211Message> decode_nl80211(const nlmsghdr* message) {
     decoded.freq = static_cast<int>(attributes.u32(NL80211_ATTR_WIPHY_FREQ).value_or(0));
     if (auto type = attributes.u32(NL80211_ATTR_IFTYPE)) decoded.iftype = static_cast<int>(*type);
     if (auto status = attributes.u16(NL80211_ATTR_STATUS_CODE)) decoded.status = *status;
+    if (auto reason = attributes.u16(NL80211_ATTR_REASON_CODE)) decoded.reason = *reason;
+    decoded.by_ap = attributes.has(NL80211_ATTR_DISCONNECTED_BY_AP);
     if (auto* bss = attributes.get(NL80211_ATTR_BSS)) {
         Attributes nested(bss, NL80211_BSS_MAX);
         auto status = nested.u32(NL80211_BSS_STATUS);

@@ -28,6 +28,8 @@ struct Nl80211Message {
     int freq = 0;               // NL80211_ATTR_WIPHY_FREQ
     int iftype = -1;            // NL80211_ATTR_IFTYPE
     std::optional<int> status;  // NL80211_ATTR_STATUS_CODE (CONNECT; 0 = success)
+    std::optional<int> reason;  // NL80211_ATTR_REASON_CODE (DISCONNECT; IEEE 802.11 reason code)
+    bool by_ap = false;         // NL80211_ATTR_DISCONNECTED_BY_AP (DISCONNECT)
     // From a GET_SCAN dump entry (NL80211_ATTR_BSS): the BSS we are associated with.
     bool bss_associated = false;
     std::string bss_bssid, bss_ssid;

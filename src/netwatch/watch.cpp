@@ -64,7 +64,7 @@ public:
 
     void start();
     void stop() noexcept;
-    bool idle() const noexcept { return !runner_.busy() && debounced_.empty(); }
+    bool idle() const noexcept { return !runner_.busy() && debounced_.empty() && held_.empty(); }
     bool wifi() const noexcept { return nl80211_events_.has_value(); }
     std::vector<std::string> namespaces() const {
         std::vector<std::string> names;
@@ -115,6 +115,14 @@ private:
     std::optional<Wifi> query_wifi(int ifindex, const std::string& bssid_hint);
     void dump_wifi(State& into);
     void read_nl80211();
+    // A disconnect held back for the roam window (per interface index).
+    struct HeldDisconnect {
+        Clock::time_point when;
+        EventLoop::SourceId timer = 0;
+    };
+    std::map<int, HeldDisconnect> held_;
+    void release_disconnect(int ifindex, std::vector<NetEvent>& events, Clock::time_point* when = nullptr);
+    void drop_held_disconnects() noexcept;
     // events
     void emit(std::vector<NetEvent>& events);
     void handle(const NetEvent& event, Clock::time_point when);
@@ -470,6 +478,32 @@ void Watcher::Impl::dump_wifi(State& into) {
         if (auto wifi = query_wifi(index, {})) into.wifi[index] = *wifi;
 }
 
+// Roaming between access points of one SSID. Drivers that roam on their own (full-MAC) send
+// NL80211_CMD_ROAM. With mac80211 the supplicant roams itself: when it authenticates with the new
+// AP, mac80211 first drops the old one and reports that as a local DISCONNECT with reason 1
+// (WLAN_REASON_UNSPECIFIED, "disconnect from AP ... for new auth to ..."), then CONNECT follows
+// after the authentication and association frames. So such a disconnect is held back for
+// roam_window: a connect to the same SSID on that interface within it is one wifi-roam (old and new
+// BSSID); anything else releases the disconnect. Every other disconnect (the supplicant leaving or
+// stopping: reason 3; beacon loss: 4; the AP sending us away: by_ap) is reported at once.
+void Watcher::Impl::release_disconnect(int ifindex, std::vector<NetEvent>& events, Clock::time_point* when) {
+    auto it = held_.find(ifindex);
+    if (it == held_.end()) return;
+    loop_.remove(it->second.timer);
+    if (when) *when = it->second.when;
+    held_.erase(it);
+    Change change;
+    change.kind = Change::Kind::wifi_disconnect;
+    change.wifi.index = ifindex;
+    if (recorder_) recorder_->wifi(change);
+    state_.apply(change, events);
+}
+
+void Watcher::Impl::drop_held_disconnects() noexcept {
+    for (auto& [index, held] : held_) loop_.remove(held.timer);
+    held_.clear();
+}
+
 void Watcher::Impl::read_nl80211() {
     while (true) {
         auto when = Clock::now();
@@ -483,6 +517,8 @@ void Watcher::Impl::read_nl80211() {
         if (result == netlink::Received::would_block) return;
         std::vector<NetEvent> events;
         if (result == netlink::Received::overrun) {
+            // The dump is the truth: a held disconnect is either still true there or superseded.
+            drop_held_disconnects();
             State fresh = state_;
             fresh.wifi.clear();
             dump_wifi(fresh);
@@ -497,12 +533,36 @@ void Watcher::Impl::read_nl80211() {
                     if (message.status && *message.status != 0) continue;  // a failed attempt
                     auto wifi = query_wifi(message.ifindex, message.mac);
                     if (!wifi) continue;
+                    if (held_.count(message.ifindex)) {
+                        auto old = state_.wifi.find(message.ifindex);
+                        if (old != state_.wifi.end() && old->second.ssid == wifi->ssid) {
+                            loop_.remove(held_[message.ifindex].timer);
+                            held_.erase(message.ifindex);  // a roam: the cached old BSS stays as old_bssid
+                        } else {
+                            release_disconnect(message.ifindex, events);
+                        }
+                    }
                     change.kind = message.command == NL80211_CMD_ROAM ? Change::Kind::wifi_roam
                                                                       : Change::Kind::wifi_connect;
                     change.wifi = *wifi;
                     break;
                 }
-                case NL80211_CMD_DISCONNECT: change.kind = Change::Kind::wifi_disconnect; break;
+                case NL80211_CMD_DISCONNECT: {
+                    release_disconnect(message.ifindex, events);
+                    bool may_roam = !message.by_ap && message.reason == 1;
+                    if (may_roam && options_.roam_window.count() > 0 && state_.wifi.count(message.ifindex)) {
+                        int index = message.ifindex;
+                        held_[index] = {when, loop_.add_timer(options_.roam_window, [this, index] {
+                                            std::vector<NetEvent> released;
+                                            auto at = Clock::now();
+                                            release_disconnect(index, released, &at);
+                                            for (auto& event : released) handle(event, at);
+                                        })};
+                        continue;
+                    }
+                    change.kind = Change::Kind::wifi_disconnect;
+                    break;
+                }
                 default: continue;
             }
             if (recorder_) recorder_->wifi(change);
@@ -676,6 +736,7 @@ void Watcher::Impl::stop() noexcept {
     }
     loop_.remove(nl80211_source_);
     nl80211_source_ = 0;
+    drop_held_disconnects();
     loop_.remove(lease_source_);
     lease_source_ = 0;
     loop_.remove(netns_source_);
