@@ -89,7 +89,7 @@ Subcommand add_publish(CLI::App& app) {
         ->required();
     sub->add_flag("--quiet", options->quiet, "No log lines on stderr");
     sub->footer(
-        "Started by a watcher's --publish (procwatch, netwatch); "
+        "Started by a watcher's --publish (procwatch, netwatch, sockets --watch); "
         "not meant to be run by hand.");
     return {sub, [options] { return run_publish(*options); }};
 }
