@@ -27,13 +27,13 @@ std::vector<json> events_of_lines(const std::string& text) {
 }
 
 // A shell whose comm is unique to the test: its exec events are the ones the watcher must publish.
-// It lives 50 ms (sleep is not its last command, so dash forks it rather than exec it), so that
+// It lives 200 ms (sleep is not its last command, so dash forks it rather than exec it), so that
 // procwatch reads its command line; the argument is the event's number.
 struct Probe {
     TempDir dir;
     std::string path = dir / "ktpwprobe";
     Probe() { std::filesystem::create_symlink("/bin/sh", path); }
-    void run(const std::string& arg) { ktricks::test::run({path, "-c", "sleep 0.05; :", arg}); }
+    void run(const std::string& arg) { ktricks::test::run({path, "-c", "sleep 0.2; :", arg}); }
 };
 
 // Starts procwatch --publish and waits until a probe's exec reaches its stdout (it is watching).
@@ -103,6 +103,7 @@ TEST_F(ProcwatchPublish, RedisGetsEveryEventInOrder) {
     for (int i = 0; i < execs; ++i) probe.run(std::to_string(i));
     watcher.signal(SIGTERM);
     EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
+    EXPECT_EQ(probe_args(events_of_lines(watcher.out())), expected_args()) << "printed by procwatch";
     EXPECT_EQ(probe_args(redis.stream("ktricks:procwatch")), expected_args());
 }
 
