@@ -20,7 +20,10 @@ BURST=${BURST:-5000}
 for tool in mariadbd mariadb-install-db mariadb nats-server redis-server redis-cli; do
   command -v "$tool" >/dev/null || { echo "bench events: $tool not installed" >&2; exit 77; }
 done
-[ -x "$CONSUMER" ] || { echo "bench events: $CONSUMER not built (cmake --build build --target events_consume)" >&2; exit 77; }
+if [ ! -x "$CONSUMER" ]; then
+  echo "bench events: $CONSUMER not built (cmake --build build --target events_consume)" >&2
+  exit 77
+fi
 [ "$(id -u)" = 0 ] || { echo "bench events: needs root (throwaway server runs as --user=root)" >&2; exit 77; }
 
 DIR=$(mktemp -d /tmp/ktricks-bench-events-XXXXXX)
@@ -31,7 +34,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 NATS_PORT=$(free_port)
 REDIS_PORT=$(free_port)
 
@@ -46,7 +51,10 @@ PIDS+=($!)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis" --appendonly yes --appendfsync always \
   --save '' --daemonize no >"$DIR/redis.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do mariadb --no-defaults -S "$DIR/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do
+  mariadb --no-defaults -S "$DIR/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && break
+  sleep 0.1
+done
 for _ in $(seq 100); do grep -q "Server is ready" "$DIR/nats.log" && break; sleep 0.1; done
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -76,7 +84,8 @@ def sql(statement):
 class Lines:
     """A child's stdout read without blocking."""
     def __init__(self, argv=None, proc=None):
-        self.proc = proc or subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+        self.proc = proc or subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                             bufsize=0)
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.buf = b""
     def next_line(self, match, deadline):
@@ -97,7 +106,8 @@ class Lines:
 
 sql("CREATE DATABASE bench")
 paths = [("mysql-watch stdout (no --publish)", None, None),
-         ("--publish nats:// (JetStream ack)", "nats://127.0.0.1:%s/bench.{db}.{table}?stream=BENCH" % nats_port,
+         ("--publish nats:// (JetStream ack)",
+          "nats://127.0.0.1:%s/bench.{db}.{table}?stream=BENCH" % nats_port,
           lambda table: "nats://127.0.0.1:%s/BENCH" % nats_port),
          ("--publish redis:// (XADD, appendfsync always)", "redis://127.0.0.1:%s/bench:{table}" % redis_port,
           lambda table: "redis://127.0.0.1:%s/bench:%s" % (redis_port, table))]
@@ -127,7 +137,8 @@ for index, (name, url, consumer_url) in enumerate(paths):
         committed = time.time()
         commits.append((committed - sent) * 1000)
         tag = b'"table":"%s"' % lat_table.encode()
-        line, arrived = reader.next_line(lambda l, tag=tag: tag in l and b'"event":"change"' in l, committed + 3.0)
+        line, arrived = reader.next_line(lambda l, tag=tag: tag in l and b'"event":"change"' in l,
+                                         committed + 3.0)
         if line is None:
             missed += 1
             continue
@@ -153,13 +164,15 @@ for index, (name, url, consumer_url) in enumerate(paths):
     if url: watcher.terminate(); watcher.wait(15)
     rate = seen / (last - started) if last else 0
     results.append((name, runs, latencies, statistics.median(commits), burst, seen, rate))
-    print("measured %-48s latency %d/%d, burst %d/%d" % (name, len(latencies), runs, seen, burst), file=sys.stderr)
+    print("measured %-48s latency %d/%d, burst %d/%d" % (name, len(latencies), runs, seen, burst),
+          file=sys.stderr)
 
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p * (len(values) - 1))))] if values else float("nan")
 
-print("| path | commits | seen | p50 ms | p99 ms | COMMIT round trip p50 ms | burst events | seen | events/s end to end |")
+print("| path | commits | seen | p50 ms | p99 ms | COMMIT round trip p50 ms | burst events | seen "
+      "| events/s end to end |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, count, lat, commit, burst_n, seen, rate in results:
     print("| %s | %d | %d | %.2f | %.2f | %.2f | %d | %d | %.0f |" % (name, count, len(lat),
