@@ -30,8 +30,7 @@ namespace ktricks::sinks {
 
 // redis://HOST:PORT/STREAM[?maxlen=N&user=NAME&password_file=PATH]
 // nats://HOST:PORT[,HOST:PORT...]/SUBJECT[?stream=NAME&replicas=N&user=NAME&password_file=PATH
-//                          &token_file=PATH&creds_file=PATH&tls=1&ca_file=PATH&cert_file=PATH
-//                          &key_file=PATH]
+//   &token_file=PATH&creds_file=PATH&tls=1&ca_file=PATH&cert_file=PATH&key_file=PATH]
 // STREAM and SUBJECT may hold {host}, {source}, {db}, {table}: replaced per event by the host name
 // and the event's fields. Secrets are only read from files (never on the command line, where ps(1)
 // shows it). nats ?stream=NAME: the JetStream stream is created (file storage, `replicas` copies)
