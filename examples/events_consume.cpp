@@ -3,6 +3,7 @@
 //
 //   events_consume redis://127.0.0.1:6379/ktricks:mydb
 //   events_consume nats://127.0.0.1:4222/KTRICKS      (the JetStream stream's name, not a subject)
+//   events_consume nats://127.0.0.1:4222,127.0.0.1:4223/KTRICKS   (a cluster: any server that answers)
 //
 // --idle-exit MS ends it after MS without a new event (scripts, tests); otherwise it follows the
 // stream until interrupted. Credentials: the same ?user=&password_file= / ?creds_file= options.
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/sinks.hpp"
@@ -97,8 +99,9 @@ int consume_nats(const ktricks::sinks::Target& target, long idle_ms) {
         return 69;
     };
     natsOptions_Create(&options);
-    natsOptions_SetURL(
-        options, fmt::format("{}://{}:{}", target.tls ? "tls" : "nats", target.host, target.port).c_str());
+    std::vector<const char*> servers;  // every server of the URL (a cluster): the first that answers
+    for (const auto& server : target.servers) servers.push_back(server.c_str());
+    natsOptions_SetServers(options, servers.data(), static_cast<int>(servers.size()));
     if (!target.user.empty()) natsOptions_SetUserInfo(options, target.user.c_str(), target.password.c_str());
     if (!target.token.empty()) natsOptions_SetToken(options, target.token.c_str());
     if (!target.creds_file.empty())

@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -28,16 +29,22 @@
 namespace ktricks::sinks {
 
 // redis://HOST:PORT/STREAM[?maxlen=N&user=NAME&password_file=PATH]
-// nats://HOST:PORT/SUBJECT[?stream=NAME&replicas=N&user=NAME&password_file=PATH&token_file=PATH
-//                          &creds_file=PATH&tls=1&ca_file=PATH&cert_file=PATH&key_file=PATH]
+// nats://HOST:PORT[,HOST:PORT...]/SUBJECT[?stream=NAME&replicas=N&user=NAME&password_file=PATH
+//   &token_file=PATH&creds_file=PATH&tls=1&ca_file=PATH&cert_file=PATH&key_file=PATH]
 // STREAM and SUBJECT may hold {host}, {source}, {db}, {table}: replaced per event by the host name
 // and the event's fields. Secrets are only read from files (never on the command line, where ps(1)
 // shows it). nats ?stream=NAME: the JetStream stream is created (file storage, `replicas` copies)
-// if it does not exist, taking the subject with each placeholder token as `*`.
+// if it does not exist, taking the subject with each placeholder token as `*`. Several nats servers
+// (the members of a JetStream cluster), comma-separated: each connection tries them in the order
+// written and takes the first that answers; after a failure (the server died, a publish timed
+// out while the cluster elected a new stream leader) the next connection starts again from the
+// first one. redis:// takes one server.
 struct Target {
     std::string scheme;  // "redis" or "nats"
     std::string host;
-    std::uint16_t port = 0;
+    std::uint16_t port = 0;  // host and port: the first server
+    // nats: every server of the URL, as libnats URLs (nats://HOST:PORT, tls://HOST:PORT with TLS).
+    std::vector<std::string> servers;
     std::string name;                  // stream (redis) or subject (nats), a template
     std::uint64_t maxlen = 1'000'000;  // redis: XADD MAXLEN ~ maxlen
     std::string user;

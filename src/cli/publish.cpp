@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/common.hpp"
+#include "cli/publish_wire.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/core/service.hpp"
@@ -39,9 +40,9 @@ int run_publish(const PublishOptions& options) {
     loop.add_signals({SIGINT, SIGTERM, SIGHUP}, [](const signalfd_siginfo&) {});
     sinks::Publisher publisher(loop, std::move(publish));
     publisher.start();
-    std::uint64_t accepted = 0;
+    publish_wire::Ack accepted = 0;
     bool watcher_gone = false;
-    std::vector<char> buffer(1 << 20);
+    std::vector<char> buffer(publish_wire::max_message);
     loop.add_fd(link.get(), EPOLLIN, [&](std::uint32_t) {
         for (;;) {
             ssize_t got = ::recv(link.get(), buffer.data(), buffer.size(), MSG_DONTWAIT | MSG_TRUNC);
@@ -51,15 +52,15 @@ int run_publish(const PublishOptions& options) {
                 loop.stop();
                 return;
             }
-            std::string_view message(buffer.data(), std::min<std::size_t>(got, buffer.size()));
-            auto newline = message.find('\n');
-            auto event = newline == std::string_view::npos || static_cast<std::size_t>(got) > buffer.size()
-                             ? nlohmann::ordered_json()
-                             : nlohmann::ordered_json::parse(message.substr(newline + 1), nullptr, false);
+            auto message = static_cast<std::size_t>(got) > buffer.size()
+                               ? std::nullopt
+                               : publish_wire::decode(std::string_view(buffer.data(), got));
+            auto event = message ? nlohmann::ordered_json::parse(message->line, nullptr, false)
+                                 : nlohmann::ordered_json();
             if (!event.is_object()) {
                 log_warning("dropped a malformed message from the watcher ({} bytes)", got);
             } else {
-                publisher.publish(event, message.substr(newline + 1), message.substr(0, newline));
+                publisher.publish(event, message->line, message->id);
             }
             ++accepted;
             if (!watcher_gone &&
@@ -89,7 +90,7 @@ Subcommand add_publish(CLI::App& app) {
         ->required();
     sub->add_flag("--quiet", options->quiet, "No log lines on stderr");
     sub->footer(
-        "Started by a watcher's --publish (procwatch, netwatch); "
+        "Started by a watcher's --publish (procwatch, netwatch, sockets --watch); "
         "not meant to be run by hand.");
     return {sub, [options] { return run_publish(*options); }};
 }

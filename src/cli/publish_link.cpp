@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "cli/common.hpp"
+#include "cli/publish_wire.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/service.hpp"
 
@@ -65,11 +66,13 @@ void PublishLink::start() {
     if (helper.empty())
         throw std::system_error(ENOENT, std::generic_category(),
                                 "cannot find its helper program ktricks-publish");
-    spawn.argv = {helper,      "publish",    "--publish",   flags_.url,
-                  "--spool",   flags_.spool, "--spool-max", std::to_string(flags_.spool_max_mb),
-                  "--link-fd", "3"};
+    spawn.argv = {helper,        "publish",
+                  "--publish",   flags_.url,
+                  "--spool",     flags_.spool,
+                  "--spool-max", std::to_string(flags_.spool_max_mb),
+                  "--link-fd",   std::to_string(publish_wire::helper_fd)};
     if (quiet_) spawn.argv.push_back("--quiet");
-    spawn.pass_fds = {theirs.get()};
+    spawn.pass_fds = {theirs.get()};  // placed from fd 3 on: publish_wire::helper_fd
     // Same process group (a Ctrl-C reaches it, and it ignores it: it ends with the stream), no
     // parent-death signal: it must outlive a killed watcher long enough to accept what is queued.
     helper_.emplace(Child::spawn(spawn));
@@ -79,8 +82,7 @@ void PublishLink::start() {
 
 void PublishLink::send(const Event& event) {
     std::string id = prefix_ + std::to_string(sent_ + 1);
-    std::string message = id + '\n' + event.to_line();
-    message.pop_back();  // the '\n' of the line
+    std::string message = publish_wire::encode(id, event.to_line());
     for (;;) {
         if (::send(socket_.get(), message.data(), message.size(), MSG_NOSIGNAL) >= 0) break;
         if (errno == EINTR) continue;
@@ -100,7 +102,7 @@ void PublishLink::read_acks(bool block_until_done, Clock::time_point deadline) {
             pollfd poll_fd{socket_.get(), POLLIN, 0};
             if (::poll(&poll_fd, 1, static_cast<int>(left)) <= 0) continue;
         }
-        std::uint64_t count = 0;
+        publish_wire::Ack count = 0;
         ssize_t got = ::recv(socket_.get(), &count, sizeof count, MSG_DONTWAIT);
         if (got == sizeof count) {
             accepted_ = count;

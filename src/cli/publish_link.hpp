@@ -1,4 +1,4 @@
-// --publish for the front door's watchers (procwatch, netwatch; sockets --watch to come) without linking a
+// --publish for the front door's watchers (procwatch, netwatch, sockets --watch) without linking a
 // broker library into `ktricks`: the events go to the helper program ktricks-publish (which links
 // ktricks::sinks) over a SOCK_SEQPACKET socketpair.
 //

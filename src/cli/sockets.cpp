@@ -8,9 +8,11 @@
 #include <atomic>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "cli/common.hpp"
+#include "cli/publish_link.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -32,6 +34,7 @@ struct SocketsOptions {
     bool all_last = false;
     std::string netns;
     std::vector<std::string> filter;
+    PublishFlags publish;  // --watch only
 };
 
 int run_sockets(const SocketsOptions& options) {
@@ -98,10 +101,18 @@ int run_sockets(const SocketsOptions& options) {
         query.states = query.filter ? query.filter->states() : 0;
         sockets::TableOptions table{
             .numeric = true, .netid = true, .extended = options.extended, .header = false};
+        EventLoop loop;
+        std::optional<PublishLink> link;
+        if (!options.publish.url.empty()) {
+            link.emplace(loop, options.publish, "sockets", false);
+            link->start();
+        }
         sockets::WatchCallbacks callbacks;
         callbacks.on_socket = [&](const sockets::SocketInfo& socket) {
+            Event event = sockets::to_event(socket);  // one event: the same line printed and published
+            if (link) link->send(event);
             if (options.json) {
-                fmt::print("{}", sockets::to_event(socket).to_line());
+                fmt::print("{}", event.to_line());
             } else {
                 fmt::print("{} closed ", format_timestamp(std::chrono::system_clock::now()));
                 std::fflush(stdout);
@@ -110,19 +121,24 @@ int run_sockets(const SocketsOptions& options) {
             std::fflush(stdout);
         };
         callbacks.on_lost = [&] {
+            if (link) link->send(sockets::lost_event());
             if (options.json) fmt::print("{}", sockets::lost_event().to_line());
             else
                 fmt::print("{} lost events: the kernel dropped destroy events (receive buffer overrun)\n",
                            format_timestamp(std::chrono::system_clock::now()));
             std::fflush(stdout);
         };
-        EventLoop loop;
         loop.add_signals({SIGINT, SIGTERM}, [&](const signalfd_siginfo&) { loop.stop(); });
         sockets::Watcher watcher(loop, {.query = query, .netns = options.netns}, callbacks);
         watcher.start();
         loop.run();
+        if (link) {
+            watcher.stop();
+            return finish_publishing(*link);
+        }
         return 0;
     }
+    if (!options.publish.url.empty()) throw InputError("--publish goes with --watch");
 
     sockets::Listing listing =
         options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
@@ -205,6 +221,7 @@ Subcommand add_sockets(CLI::App& app) {
         "--all-netns", options->all_netns,
         "list ours, every namespace in /run/netns, and those only processes hold (labelled pid:PID(unit))");
     sub->add_flag("--watch", options->watch, "stream TCP/UDP socket destroy events until interrupted");
+    add_publish_flags(sub, options->publish);
     sub->add_option("filter", options->filter,
                     "[state NAME]... EXPRESSION, as in ss (sport = :443, dst 10.0.0.0/8, and/or/not)");
     // ss reads flags in order: the last of -x/-4/-6/-0 sets how src/dst values are read, and the
@@ -233,6 +250,7 @@ Subcommand add_sockets(CLI::App& app) {
         "  ktricks sockets -tn dst 10.0.0.0/8 --json         # filtered by the kernel, as JSON\n"
         "  ktricks sockets -K -t dst 192.0.2.7               # destroy those connections\n"
         "  ktricks sockets --watch -t                        # closed TCP sockets as they close\n"
+        "  ktricks sockets --watch -t --publish redis://127.0.0.1:6379/closed --spool /var/spool/kt\n"
         "Exit status: 0; 64 bad flags or filter; 69 a diag module asked for is missing; 77 not permitted.");
     return {sub, [options] { return run_sockets(*options); }};
 }

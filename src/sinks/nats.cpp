@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <vector>
+
 #include "backend.hpp"
 
 namespace ktricks::sinks::detail {
@@ -67,10 +69,8 @@ public:
 
 private:
     std::string open() {
-        // The host is bracketed again for IPv6 literals: the URL is libnats' only way to name a server.
-        std::string host =
-            target_.host.find(':') != std::string::npos ? "[" + target_.host + "]" : target_.host;
-        std::string url = fmt::format("{}://{}:{}", target_.tls ? "tls" : "nats", host, target_.port);
+        std::vector<const char*> servers;
+        for (const auto& server : target_.servers) servers.push_back(server.c_str());
         natsStatus status = natsOptions_Create(&options_);
         if (status != NATS_OK) return describe("natsOptions_Create", status);
         // No reconnection inside libnats: the Publisher owns retries, and a failed send must fail
@@ -80,7 +80,10 @@ private:
         };
         std::string fault;
         for (auto step : {
-                 set("natsOptions_SetURL", natsOptions_SetURL(options_, url.c_str())),
+                 set("natsOptions_SetServers",
+                     natsOptions_SetServers(options_, servers.data(), static_cast<int>(servers.size()))),
+                 // Servers in the order written (the first that answers), not shuffled.
+                 set("natsOptions_SetNoRandomize", natsOptions_SetNoRandomize(options_, true)),
                  set("natsOptions_SetTimeout", natsOptions_SetTimeout(options_, timeout_.count())),
                  set("natsOptions_SetAllowReconnect", natsOptions_SetAllowReconnect(options_, false)),
                  set("natsOptions_SetName", natsOptions_SetName(options_, "ktricks")),

@@ -9,6 +9,8 @@
 #include <functional>
 #include <limits>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/sinks.hpp"
@@ -53,17 +55,30 @@ Target parse_target(std::string_view url) {
     target.name = std::string(rest.substr(slash + 1));
     if (authority.find('@') != std::string_view::npos)
         throw fault("credentials in the URL would show in ps(1): use ?user=NAME&password_file=PATH");
-    auto colon = authority.rfind(':');
-    if (colon == std::string_view::npos || colon == 0) throw fault("expected HOST:PORT");
-    target.host = std::string(authority.substr(0, colon));
-    if (target.host.size() > 2 && target.host.front() == '[' && target.host.back() == ']')
-        target.host = target.host.substr(1, target.host.size() - 2);
-    auto port_text = authority.substr(colon + 1);
-    unsigned port = 0;
-    auto [end, error] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-    if (error != std::errc() || end != port_text.data() + port_text.size() || port == 0 || port > 65535)
-        throw fault(fmt::format("bad port {}", printable(port_text)));
-    target.port = static_cast<std::uint16_t>(port);
+    // HOST:PORT, or for nats several of them, comma-separated (the members of a cluster).
+    std::vector<std::pair<std::string, std::uint16_t>> servers;
+    for (std::string_view rest_of = authority; !rest_of.empty() || servers.empty();) {
+        auto comma = rest_of.find(',');
+        std::string_view server = rest_of.substr(0, comma);
+        rest_of = comma == std::string_view::npos ? std::string_view() : rest_of.substr(comma + 1);
+        if (comma != std::string_view::npos && !nats)
+            throw fault("one HOST:PORT for redis:// (several servers are for a NATS cluster)");
+        auto colon = server.rfind(':');
+        if (colon == std::string_view::npos || colon == 0)
+            throw fault(fmt::format("expected HOST:PORT, not {}", printable(server)));
+        std::string host(server.substr(0, colon));
+        if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+            host = host.substr(1, host.size() - 2);
+        auto port_text = server.substr(colon + 1);
+        unsigned port = 0;
+        auto [end, error] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+        if (error != std::errc() || end != port_text.data() + port_text.size() || port == 0 || port > 65535)
+            throw fault(fmt::format("bad port {}", printable(port_text)));
+        servers.emplace_back(host, static_cast<std::uint16_t>(port));
+        if (comma != std::string_view::npos && rest_of.empty()) throw fault("empty server after ','");
+    }
+    target.host = servers.front().first;
+    target.port = servers.front().second;
     if (nats) {
         // A subject is tokens separated by '.', none empty; '*' and '>' are for subscribers.
         if (target.name.find_first_of(" \t*>") != std::string::npos || target.name.front() == '.' ||
@@ -124,7 +139,12 @@ Target parse_target(std::string_view url) {
     }
     if (target.cert_file.empty() != target.key_file.empty())
         throw fault("cert_file and key_file go together");
-    target.display = fmt::format("{}://{}:{}/{}", target.scheme, target.host, target.port, target.name);
+    // libnats names a server by URL only: an IPv6 literal is bracketed again.
+    for (const auto& [host, port] : servers)
+        target.servers.push_back(fmt::format("{}://{}:{}", target.tls ? "tls" : "nats",
+                                             host.find(':') != std::string::npos ? "[" + host + "]" : host,
+                                             port));
+    target.display = fmt::format("{}://{}/{}", target.scheme, authority, target.name);
     return target;
 }
 

@@ -37,7 +37,7 @@ inline int free_port() {
 class RedisServer {
 public:
     static bool available() { return std::filesystem::exists("/usr/bin/redis-server"); }
-    RedisServer() : port_(free_port()) { start(); }
+    explicit RedisServer(int port = free_port()) : port_(port) { start(); }
     void start() {
         process_ = std::make_unique<Process>(
             Process::start({"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1", "--dir",

@@ -49,6 +49,19 @@ TEST(SinkTarget, NatsUrlWithStreamAndReplicas) {
     EXPECT_EQ(subject_filter("events"), "events");
 }
 
+TEST(SinkTarget, NatsUrlMayListTheServersOfACluster) {
+    auto target = parse_target("nats://127.0.0.1:4222,[::1]:4223,nats-b:4224/k.{host}?stream=K&replicas=3");
+    EXPECT_EQ(target.host, "127.0.0.1");
+    EXPECT_EQ(target.port, 4222);
+    EXPECT_EQ(target.servers,
+              (std::vector<std::string>{"nats://127.0.0.1:4222", "nats://[::1]:4223", "nats://nats-b:4224"}));
+    EXPECT_EQ(target.display, "nats://127.0.0.1:4222,[::1]:4223,nats-b:4224/k.{host}");
+    EXPECT_EQ(parse_target("nats://h:1/s?tls=1").servers, std::vector<std::string>{"tls://h:1"});
+    for (const char* url : {"redis://a:1,b:2/s", "nats://a:1,/s", "nats://a:1,,b:2/s", "nats://,a:1/s",
+                            "nats://a:1,b/s", "nats://a:1,b:0/s"})
+        EXPECT_THROW(parse_target(url), InputError) << url;
+}
+
 TEST(SinkTarget, NatsSubjectPlaceholdersCannotAddTokensOrWildcards) {
     Event event("mysql", "change");
     event.set("db", "a b.c*d>e").set("table", "таблица");
