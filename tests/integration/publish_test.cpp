@@ -6,9 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include "brokers.hpp"
@@ -26,14 +28,36 @@ std::vector<json> events_of_lines(const std::string& text) {
     return events;
 }
 
+std::vector<std::string> probe_args(const std::vector<json>& events);
+
 // A shell whose comm is unique to the test: its exec events are the ones the watcher must publish.
-// It lives 200 ms (sleep is not its last command, so dash forks it rather than exec it), so that
-// procwatch reads its command line; the argument is the event's number.
+// Its sleep is never its last command, so dash forks it rather than exec it and the probe keeps its
+// name; the argument is the event's number.
+
 struct Probe {
     TempDir dir;
     std::string path = dir / "ktpwprobe";
     Probe() { std::filesystem::create_symlink("/bin/sh", path); }
-    void run(const std::string& arg) { ktricks::test::run({path, "-c", "sleep 0.2; :", arg}); }
+    // A short-lived probe, for finding out whether procwatch is subscribed yet.
+    void run_briefly(const std::string& arg) { ktricks::test::run({path, "-c", "sleep 0.2; :", arg}); }
+    // Runs the probe with ARG and keeps it alive until WATCHER has printed its exec event. procwatch names
+    // a process from /proc when it reads the event; a probe already gone by then (procwatch starved of CPU
+    // on a loaded machine) could not be named and would not match --comm. One probe at a time, so the
+    // events happen in the order the test expects.
+    void run(Process& watcher, const std::string& arg) {
+        std::string go = dir / ("go-" + arg);
+        Process probe = Process::start({path, "-c", "while [ ! -e " + go + " ]; do sleep 0.01; done", arg});
+        bool seen = eventually(
+            [&] {
+                auto args = probe_args(events_of_lines(watcher.out()));
+                return std::find(args.begin(), args.end(), arg) != args.end();
+            },
+            10s, 5ms);
+        EXPECT_TRUE(seen) << "procwatch never printed the exec of probe " << arg << "\n"
+                          << watcher.describe();
+        std::ofstream{go};
+        EXPECT_EQ(probe.wait(10s), 0);
+    }
 };
 
 // Starts procwatch --publish and waits until a probe's exec reaches its stdout (it is watching).
@@ -42,7 +66,7 @@ Process start_procwatch(Probe& probe, const std::string& url, const std::string&
                                       "--json", "--publish", url, "--spool", spool, "--duration", "100"});
     bool ready = eventually(
         [&] {
-            probe.run("warmup");
+            probe.run_briefly("warmup");
             return watcher.out().find("warmup") != std::string::npos;
         },
         10s, 100ms);
@@ -81,7 +105,7 @@ TEST_F(ProcwatchPublish, NatsGetsEveryEventInOrderAndSigtermWaitsForTheirAcknowl
     Process watcher = start_procwatch(
         probe, fmt::format("nats://127.0.0.1:{}/ktricks.{{host}}.{{source}}?stream=PW", nats.port()),
         dir / "spool");
-    for (int i = 0; i < execs; ++i) probe.run(std::to_string(i));
+    for (int i = 0; i < execs; ++i) probe.run(watcher, std::to_string(i));
     ASSERT_TRUE(eventually([&] { return probe_args(events_of_lines(watcher.out())).size() == execs; }, 10s))
         << watcher.describe();
     watcher.signal(SIGTERM);
@@ -100,7 +124,7 @@ TEST_F(ProcwatchPublish, RedisGetsEveryEventInOrder) {
     TempDir dir;
     Process watcher = start_procwatch(
         probe, fmt::format("redis://127.0.0.1:{}/ktricks:{{source}}", redis.port()), dir / "spool");
-    for (int i = 0; i < execs; ++i) probe.run(std::to_string(i));
+    for (int i = 0; i < execs; ++i) probe.run(watcher, std::to_string(i));
     watcher.signal(SIGTERM);
     EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
     EXPECT_EQ(probe_args(events_of_lines(watcher.out())), expected_args()) << "printed by procwatch";
@@ -117,7 +141,7 @@ TEST_F(ProcwatchPublish, BrokerDownSigtermSpoolsAndTheNextRunSendsTheSpoolFirst)
     TempDir dir;
     {
         Process watcher = start_procwatch(probe, url, dir / "spool");
-        for (int i = 0; i < execs / 2; ++i) probe.run(std::to_string(i));
+        for (int i = 0; i < execs / 2; ++i) probe.run(watcher, std::to_string(i));
         ASSERT_TRUE(
             eventually([&] { return probe_args(events_of_lines(watcher.out())).size() == execs / 2; }, 10s))
             << watcher.describe();
@@ -131,7 +155,7 @@ TEST_F(ProcwatchPublish, BrokerDownSigtermSpoolsAndTheNextRunSendsTheSpoolFirst)
     EXPECT_GE(spooled, static_cast<std::size_t>(execs / 2));  // and the warmups
     NatsServer nats(port);
     Process watcher = start_procwatch(probe, url, dir / "spool");
-    for (int i = execs / 2; i < execs; ++i) probe.run(std::to_string(i));
+    for (int i = execs / 2; i < execs; ++i) probe.run(watcher, std::to_string(i));
     watcher.signal(SIGTERM);
     EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
     auto events = jetstream_events(nats.port(), "PW");
