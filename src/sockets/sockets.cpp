@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -91,8 +92,8 @@ void dump_into(netlink::Socket& diag, netlink::Request& request, const std::stri
     std::size_t first = out.size();
     diag.dump(request,
               [&](const nlmsghdr& message) {
-                  SocketInfo info;
-                  if (decode(message, info)) out.push_back(std::move(info));
+                  // Decoded in place: a SocketInfo is a few hundred bytes, moving each one showed.
+                  if (!decode(message, out.emplace_back())) out.pop_back();
                   return true;
               },
               what, {.on_restart = [&] { out.resize(first); }});
@@ -168,7 +169,8 @@ void dump_unix(netlink::Socket& diag, const Query& query, std::vector<SocketInfo
     header.sdiag_family = AF_UNIX;
     header.udiag_states = request_states(query);
     header.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID |
-                        (query.memory ? UDIAG_SHOW_MEMINFO : 0);
+                        (query.memory ? UDIAG_SHOW_MEMINFO : 0) |
+                        (query.details ? UDIAG_SHOW_VFS | UDIAG_SHOW_ICONS : 0);
     request.put_header(header);
     dump_into(diag, request, "list unix sockets", out, detail::decode_unix);
 }
@@ -682,6 +684,15 @@ private:
             out += services_.name(port, socket.netid == Netid::udp);
     }
 
+    // ss's shutdown arrows: "<->" open both ways, "--> " no more receiving, "<--" no more sending.
+    static void append_shutdown(std::string& out, const SocketInfo& socket) {
+        if (!socket.shutdown) return;
+        out += ' ';
+        out += *socket.shutdown & 1 ? '-' : '<';
+        out += '-';
+        out += *socket.shutdown & 2 ? '-' : '>';
+    }
+
     // ss (6.1) prints timers, -e, skmem and the cgroup into the Process column after the users, and
     // pads that one column to its widest cell: so do we (a script splitting on the column sees ss's).
     void add_process(const SocketInfo& socket) {
@@ -696,14 +707,38 @@ private:
             fmt::format_to(to, " timer:({},{},{})", names[std::min<int>(socket.timer, 5)],
                            timer_text(socket.expires_ms), socket.retransmits);
         }
-        if (options_.extended) {
+        bool unix_socket =
+            socket.netid == Netid::u_str || socket.netid == Netid::u_dgr || socket.netid == Netid::u_seq;
+        // ss 6.1's order: inet and packet sockets print sock_details_print (uid, ino, sk, fwmark,
+        // cgroup), inet then v6only and the shutdown arrows, before skmem; unix sockets print skmem
+        // first, then the arrows, the bound path's ino:/dev: and a listener's peers:.
+        if (options_.extended && !unix_socket) {
             if (socket.uid) fmt::format_to(to, " uid:{}", socket.uid);
             fmt::format_to(to, " ino:{} sk:{:x}", socket.inode, socket.cookie);
             if (socket.mark) fmt::format_to(to, " fwmark:0x{:x}", socket.mark);
+            if (socket.cgroup_id) {
+                out += " cgroup:";
+                if (!socket.cgroup.empty()) append_printable(out, socket.cgroup);
+                else
+                    fmt::format_to(to, "unreachable:{:x}", socket.cgroup_id);  // ss's cg_id_to_path
+            }
+            if (socket.v6only_reported) fmt::format_to(to, " v6only:{}", socket.v6only ? 1 : 0);
+            append_shutdown(out, socket);
         }
         if (socket.memory) {
             out += ' ';
             out += memory_text(*socket.memory);
+        }
+        if (options_.extended && unix_socket) {
+            append_shutdown(out, socket);
+            // ss prints the kernel's s_dev through glibc's major()/minor(), as is.
+            if (socket.vfs)
+                fmt::format_to(to, " ino:{} dev:{}/{}", socket.vfs->first, major(socket.vfs->second),
+                               minor(socket.vfs->second));
+            if (socket.pending) {
+                out += " peers:";
+                for (auto peer : *socket.pending) fmt::format_to(to, " {}", peer);
+            }
         }
         if (options_.cgroups && !socket.cgroup.empty()) {
             out += " cgroup:";
@@ -806,8 +841,12 @@ void write_table(const std::vector<SocketInfo>& sockets, const TableOptions& opt
     for (std::size_t i = 0; i < sockets.size(); ++i) {
         row_writer.add(sockets[i], ends[i]);
         std::uint32_t begin = i ? ends[i - 1][c_count - 1] : 0;
+        // ss measures a cell when it moves on to the next one (field_flush), and it never moves on
+        // from the last row's Process cell: that cell (and the rest after it) does not widen its
+        // column. With -e or -p, a last row wider than the others is printed unpadded, as in ss.
+        int measured = i + 1 == sockets.size() ? c_process : c_count;
         for (int c = 0; c < c_count; ++c) {
-            columns[c].max = std::max<std::size_t>(columns[c].max, ends[i][c] - begin);
+            if (c < measured) columns[c].max = std::max<std::size_t>(columns[c].max, ends[i][c] - begin);
             begin = ends[i][c];
         }
     }
