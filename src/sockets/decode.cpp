@@ -127,8 +127,9 @@ bool decode_unix(const nlmsghdr& message, SocketInfo& out) {
         out.vfs = std::make_pair(vfs->udiag_vfs_ino, vfs->udiag_vfs_dev);
     if (attributes.has(UNIX_DIAG_ICONS)) {
         auto raw = attributes.bytes(UNIX_DIAG_ICONS);
-        out.pending.emplace(raw.size() / sizeof(std::uint32_t));
-        std::memcpy(out.pending->data(), raw.data(), out.pending->size() * sizeof(std::uint32_t));
+        out.pending.emplace(raw.size() / sizeof(std::uint32_t));  // a listener with none: empty
+        if (!out.pending->empty())
+            std::memcpy(out.pending->data(), raw.data(), out.pending->size() * sizeof(std::uint32_t));
     }
     return true;
 }
