@@ -92,6 +92,15 @@ struct SocketInfo {
     std::uint8_t timer = 0, retransmits = 0;
     std::uint32_t expires_ms = 0;
     std::string cgroup;  // with Query::cgroups: cgroup_id's path ("/system.slice/nginx.service")
+    // For -e, what ss -e prints beyond uid, ino and sk. The shutdown state (sk_shutdown: 1 no more
+    // receiving, 2 no more sending; sent by inet_diag and unix_diag); whether the kernel reported
+    // IPV6_V6ONLY (an IPv6 socket in LISTEN or CLOSE); with Query::details, a unix socket's bound
+    // path's inode and device (UNIX_DIAG_VFS: inode, the kernel's s_dev) and a unix listener's
+    // pending connections (UNIX_DIAG_ICONS, sent for listeners: their peers' inodes).
+    std::optional<std::uint8_t> shutdown;
+    bool v6only_reported = false;
+    std::optional<std::pair<std::uint32_t, std::uint32_t>> vfs;
+    std::optional<std::vector<std::uint32_t>> pending;
 };
 
 // What a cgroup v2 path says about who runs there: the deepest systemd service or scope
@@ -168,6 +177,7 @@ struct Query {
     bool processes = false;     // -p: owning processes, by socket inode
     bool processes_bpf = true;  // -p: try the BPF iterator first (false: the /proc walk only)
     bool cgroups = false;       // --cgroup: SocketInfo::cgroup from cgroup_id (one walk of the cgroup2 mount)
+    bool details = false;       // -e: unix sockets' vfs and pending connections (SocketInfo::vfs, pending)
 };
 
 // The states ss shows by default (all but LISTEN, CLOSE, TIME-WAIT, SYN-RECV), for -l, for -a.
@@ -225,7 +235,8 @@ struct TableOptions {
     bool state = true;      // the State column (ss drops it when one state is asked for)
     bool timers = false;    // -o: timer:(NAME,EXPIRES,RETRANSMITS) for TCP sockets with one pending
     bool cgroups = false;   // --cgroup: cgroup:PATH, then unit:NAME and container:RUNTIME/ID when named
-    bool extended = false;  // -e: uid, inode, cookie
+    bool extended = false;  // -e: as ss -e (inet: uid ino sk fwmark cgroup v6only shutdown; unix:
+                            // shutdown, ino:/dev: of the path, peers: of pending connections)
     bool netns = false;     // --all-netns: the namespace column
     bool header = true;     // the column titles line
 };

@@ -60,7 +60,9 @@ int run_sockets(const SocketsOptions& options) {
     const char* proc_walk_variable = ::getenv("KTRICKS_SOCKETS_PROC_WALK");
     query.processes_bpf =
         !options.proc_walk && !(proc_walk_variable && std::string_view(proc_walk_variable) == "1");
-    query.cgroups = options.cgroups;
+    // -e prints each inet socket's cgroup path too (ss 6.1's sock_details_print).
+    query.cgroups = options.cgroups || options.extended;
+    query.details = options.extended;
     std::string expression;
     for (const auto& word : options.filter) expression += (expression.empty() ? "" : " ") + word;
     bool any_kind = options.tcp || options.udp || options.unix_sockets || options.raw || options.packet;
@@ -175,7 +177,7 @@ int run_sockets(const SocketsOptions& options) {
     sockets::TableOptions table{.numeric = options.numeric,
                                 .netid = !one_kind,
                                 .state = !one_state,
-                                .timers = options.timers,
+                                .timers = options.timers || options.extended,  // ss: -e implies -o
                                 .cgroups = options.cgroups,
                                 .extended = options.extended,
                                 .netns = options.all_netns,
@@ -204,7 +206,8 @@ Subcommand add_sockets(CLI::App& app) {
                   "-p from /proc/*/fd only, no BPF (also KTRICKS_SOCKETS_PROC_WALK=1)");
     sub->add_flag("-v,--verbose", options->verbose,
                   "say on stderr how -p found the processes, and why not by BPF");
-    sub->add_flag("-e,--extended", options->extended, "uid, inode and socket cookie");
+    sub->add_flag("-e,--extended", options->extended,
+                  "socket details as ss -e: uid, inode, cookie, cgroup, v6only, shutdown, unix peers");
     sub->add_flag("-i,--info", options->info, "TCP internals (tcp_info, congestion control)");
     sub->add_flag("-m,--memory", options->memory, "socket memory (skmem)");
     sub->add_flag("-4,--ipv4", options->ipv4, "IPv4 only");

@@ -91,6 +91,8 @@ bool decode_inet(const nlmsghdr& message, std::uint8_t protocol, SocketInfo& out
     out.mark = attributes.u32(INET_DIAG_MARK).value_or(0);
     out.cgroup_id = attributes.u64(INET_DIAG_CGROUP_ID).value_or(0);
     out.v6only = attributes.u8(INET_DIAG_SKV6ONLY).value_or(0) != 0;
+    out.v6only_reported = family == AF_INET6 && attributes.has(INET_DIAG_SKV6ONLY);
+    out.shutdown = attributes.u8(INET_DIAG_SHUTDOWN);
     return true;
 }
 
@@ -120,6 +122,15 @@ bool decode_unix(const nlmsghdr& message, SocketInfo& out) {
     }
     out.uid = attributes.u32(UNIX_DIAG_UID).value_or(0);
     read_memory(attributes, UNIX_DIAG_MEMINFO, out);
+    out.shutdown = attributes.u8(UNIX_DIAG_SHUTDOWN);
+    if (auto vfs = attributes.read_struct<unix_diag_vfs>(UNIX_DIAG_VFS))
+        out.vfs = std::make_pair(vfs->udiag_vfs_ino, vfs->udiag_vfs_dev);
+    if (attributes.has(UNIX_DIAG_ICONS)) {
+        auto raw = attributes.bytes(UNIX_DIAG_ICONS);
+        out.pending.emplace(raw.size() / sizeof(std::uint32_t));  // a listener with none: empty
+        if (!out.pending->empty())
+            std::memcpy(out.pending->data(), raw.data(), out.pending->size() * sizeof(std::uint32_t));
+    }
     return true;
 }
 

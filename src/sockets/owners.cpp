@@ -98,6 +98,7 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
                                 "BPF socket owners: bpf(BPF_ITER_CREATE)");
     Fd iterator(iterator_fd);
     std::unordered_map<std::uint32_t, std::vector<ProcessRef>> owners;
+    owners.reserve(1u << 14);  // no rehash for the first 16k sockets
     // The kernel fills at most its seq_file buffer (8 pages) per read(): about 1,100 records.
     std::vector<char> buffer(256 * 1024);
     std::size_t kept = 0;
@@ -111,9 +112,9 @@ std::unordered_map<std::uint32_t, std::vector<ProcessRef>> map_socket_owners_bpf
         for (; offset + sizeof(ktricks_owner_record) <= have; offset += sizeof(ktricks_owner_record)) {
             ktricks_owner_record record;
             std::memcpy(&record, buffer.data() + offset, sizeof(record));
-            ProcessRef process{static_cast<pid_t>(record.pid), static_cast<int>(record.fd),
-                               std::string(record.comm, ::strnlen(record.comm, sizeof(record.comm)))};
-            owners[record.inode].push_back(std::move(process));
+            owners[record.inode].push_back(
+                {static_cast<pid_t>(record.pid), static_cast<int>(record.fd),
+                 std::string(record.comm, ::strnlen(record.comm, sizeof(record.comm)))});
         }
         kept = have - offset;
         std::memmove(buffer.data(), buffer.data() + offset, kept);
