@@ -119,55 +119,6 @@ bool exited(int pidfd, milliseconds within) {
     return ::poll(&p, 1, static_cast<int>(within.count())) == 1;
 }
 
-// The connections the old process holds on our listeners (their peers' addresses). Each of its
-// sockets is duplicated (pidfd_getfd) and asked directly (getsockname, SO_ACCEPTCONN): reading
-// /proc/net/tcp instead would walk every TIME_WAIT entry of the namespace, which under load takes
-// hundreds of milliseconds while the old server sits stopped.
-std::vector<std::string> held_connections(pid_t pid, int pidfd,
-                                          const std::vector<detail::ProcSocket>& listeners) {
-    std::vector<std::string> held;
-    for (const auto& entry : detail::socket_inodes(pid)) {
-        // (not a structured binding: clang 14 cannot capture one in the lambda)
-        const unsigned long inode = entry.first;
-        const int fd = entry.second;
-        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; }))
-            continue;
-        Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
-        if (!copy) continue;  // closed meanwhile
-        int listening = 0;
-        socklen_t length = sizeof(listening);
-        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening)
-            continue;
-        detail::ProcSocket socket;
-        try {
-            auto local = SocketAddress::of_socket(copy.get());
-            socket.local = local.to_string();
-            socket.kind = local.transport() == SocketAddress::Transport::udp ? detail::ProcSocket::Kind::udp
-                          : local.transport() == SocketAddress::Transport::unix_stream
-                              ? detail::ProcSocket::Kind::unix_stream
-                              : detail::ProcSocket::Kind::tcp;
-        } catch (const std::exception&) {
-            continue;  // not an address family we listen on
-        }
-        if (!std::any_of(listeners.begin(), listeners.end(),
-                         [&](const auto& l) { return detail::belongs_to(socket, l); }))
-            continue;
-        sockaddr_storage peer{};
-        socklen_t peer_length = sizeof(peer);
-        std::string remote = socket.local;
-        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
-            peer_length > sizeof(sa_family_t)) {
-            try {
-                remote =
-                    SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM)
-                        .to_string();
-            } catch (const std::exception&) {}
-        }
-        held.push_back(remote);
-    }
-    return held;
-}
-
 // pidfds of the processes of a tree, opened once each (a pidfd never names a recycled pid).
 class TreeHandles {
 public:
@@ -239,8 +190,8 @@ void retire(const Retirement& r) {
         held.clear();
         for (const auto& [pid, pidfd] : tree) {
             try {
-                auto more = held_connections(pid, pidfd, r.listeners);
-                held.insert(held.end(), more.begin(), more.end());
+                for (auto& connection : detail::held_connections(pid, pidfd, r.listeners))
+                    held.push_back(std::move(connection.remote));
             } catch (const std::exception&) {
                 // it exited meanwhile
             }

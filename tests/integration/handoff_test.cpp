@@ -378,6 +378,52 @@ TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
     EXPECT_EQ(next.generation, 3u);
 }
 
+// Steering (root): each generation has its own socket in one SO_REUSEPORT group, and once the new
+// generation is ready a reuseport program sends every new connection to it. The old generation here
+// ignores its drain signal (WINCH) and keeps accepting on its socket until the drain timeout; with
+// one shared socket it would still win some of these connections. Its drain signal is sent only
+// once it has nothing unread ("quiet": true in the draining event).
+TEST(HandoffServe, OnceTheNewGenerationIsReadyTheOldOneGetsNoNewConnection) {
+    if (::geteuid() != 0) GTEST_SKIP() << "loading the reuseport program needs CAP_BPF and CAP_NET_ADMIN";
+    Served served({python, fd3_server}, {"--json", "--drain-signal", "WINCH", "--drain-timeout", "5"});
+    ASSERT_TRUE(served.up());
+    for (int reload = 2; reload <= 3; ++reload) {
+        auto result = served.reload();
+        ASSERT_TRUE(result.ok) << result.message << "\n" << served.process->describe();
+        ASSERT_TRUE(eventually([&] {
+            return served.process->out().find(fmt::format("\"draining\",\"generation\":{}", reload - 1)) !=
+                   std::string::npos;
+        })) << served.process->describe();
+        for (int i = 0; i < 40; ++i) {
+            auto body = http_get(served.port);
+            ASSERT_TRUE(body) << served.process->describe();
+            EXPECT_TRUE(body->starts_with(fmt::format("generation {} ", reload))) << *body;
+        }
+    }
+    EXPECT_EQ(served.process->out().find("steering-unavailable"), std::string::npos)
+        << served.process->describe();
+    for (const auto& line : lines_of(served.process->out()))
+        if (line.find("\"draining\"") != std::string::npos) {
+            EXPECT_NE(line.find("\"quiet\":true"), std::string::npos) << line;
+        }
+}
+
+// A new generation whose readiness check fails never got a connection on the port: the program kept
+// sending them to the old generation's socket, so the rollback closes an empty socket.
+TEST(HandoffServe, ARolledBackGenerationNeverGetsAConnection) {
+    std::string script =
+        fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} {} --never-ready; fi; exec {} {}",
+                    python, fd3_server, python, fd3_server);
+    Served served({"/bin/sh", "-c", script}, {"--ready-timeout", "1.5"});
+    ASSERT_TRUE(served.up());
+    Load load(served.port, "/");
+    auto result = served.reload();
+    EXPECT_FALSE(result.ok);
+    load.stop();
+    EXPECT_TRUE(no_request_lost(load)) << served.process->describe();
+    for (const auto& body : load.bodies()) EXPECT_TRUE(body.starts_with("generation 1 ")) << body;
+}
+
 TEST(HandoffServe, ANewGenerationThatNeverGetsReadyIsRolledBackAfterTheTimeout) {
     std::string script =
         fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec sleep 30; fi; exec {}", sd_server);
