@@ -249,6 +249,8 @@ private:
     std::vector<Listener> listeners_;
     // By listener index: the reuseport steering of a TCP listener serve bound itself, if available.
     std::vector<std::optional<detail::ReuseportSteering>> steering_;
+    std::size_t adopted_count_ = 0;    // listeners_[0, adopted_count_) were adopted (takeover)
+    std::vector<Fd> retired_sockets_;  // adopted sockets steered away from, kept till the end
     std::vector<StoredFd> fdstore_;
     std::unique_ptr<Generation> pending_, current_;
     std::list<std::unique_ptr<Generation>> draining_;
@@ -266,6 +268,31 @@ private:
 
 void Supervisor::Impl::bind_listeners() {
     listeners_ = std::move(o_.adopted);
+    adopted_count_ = listeners_.size();
+    steering_.resize(adopted_count_);
+    // An adopted TCP listener (takeover) was bound without SO_REUSEPORT, but the kernel checks the
+    // flag only when another socket binds: set now, it lets generation 1's own socket join it in a
+    // new group (start_generation), and the program then steers away from the old server too.
+    for (std::size_t i = 0; i < adopted_count_ && o_.steer; ++i) {
+        const int fd = listeners_[i].fd.get();
+        try {
+            auto address = SocketAddress::of_socket(fd);
+            if (address.family() == AF_UNIX || address.transport() != SocketAddress::Transport::tcp) continue;
+        } catch (const std::exception&) {
+            continue;
+        }
+        int on = 1;
+        if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) continue;
+        try {
+            steering_[i] = detail::ReuseportSteering::create();
+        } catch (const std::system_error& error) {
+            int off = 0;
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof(off));
+            Event e("serve", "steering-unavailable");
+            e.set("listener", listeners_[i].describe()).set("error", error.what());
+            emit(std::move(e));
+        }
+    }
     for (const auto& spec : o_.listen) {
         // A unix:/path listener's file is serve's, like the socket: a stale one is replaced, and it
         // is removed when serve ends (the socket, held by serve, lives until then, whatever the
@@ -336,12 +363,30 @@ std::unique_ptr<Generation> Supervisor::Impl::start_generation() {
     g->own.resize(listeners_.size());
     for (std::size_t i = 0; i < listeners_.size(); ++i) {
         const auto& listener = listeners_[i];
-        if (steering_[i] && g->number > 1) {
+        const bool adopted = i < adopted_count_;
+        if (steering_[i] && (g->number > 1 || adopted)) {
             // A socket of its own in the listener's reuseport group: the program sends it nothing
             // until become_ready points the group at it. listeners_ holds the current socket,
             // bound to the concrete address (a port 0 was resolved by the first bind).
-            g->own[i] =
-                bind_socket(SocketAddress::of_socket(listener.fd.get()), BindOptions{.reuse_port = true});
+            try {
+                g->own[i] =
+                    bind_socket(SocketAddress::of_socket(listener.fd.get()), BindOptions{.reuse_port = true});
+                // An adopted listener's group exists only now: steer it to the old server first.
+                if (g->number == 1) {
+                    steering_[i]->attach(g->own[i].get());
+                    steering_[i]->steer_to(listener.fd.get());
+                }
+            } catch (const std::system_error& error) {
+                if (g->number > 1) throw;
+                // The old server's socket belongs to another uid, say: share it as before.
+                g->own[i].reset();
+                steering_[i].reset();
+                Event e("serve", "steering-unavailable");
+                e.set("listener", listener.describe()).set("error", error.what());
+                emit(std::move(e));
+            }
+        }
+        if (g->own[i]) {
             if (o_.nonblocking_listeners) set_nonblocking(g->own[i].get());
             spawn.pass_fds.push_back(g->own[i].get());
         } else {
@@ -691,6 +736,9 @@ void Supervisor::Impl::become_ready(Generation& g) {
         if (!g.own[i]) continue;
         Fd previous = std::exchange(listeners_[i].fd, std::move(g.own[i]));
         if (old) old->own[i] = std::move(previous);  // closes with the old generation
+        // An adopted socket: the old server (takeover) still holds it; it gets nothing more.
+        else
+            retired_sockets_.push_back(std::move(previous));
     }
     current_ = std::move(pending_);
     if (old) {

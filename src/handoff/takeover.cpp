@@ -18,6 +18,9 @@
 // every process, every process is stopped and searched for accepted connections, and every one
 // gets the signal while stopped. Looking at the master alone reported "0 lost" while its workers
 // took requests with them.
+#include <fcntl.h>
+#include <linux/tcp.h>  // the kernel's tcp_info
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -157,7 +160,20 @@ struct Retirement {
     milliseconds drain_timeout;
     std::vector<detail::ProcSocket> listeners;
     std::function<void(const Event&)> on_event;
+    std::vector<Fd> queues;  // our copies of the adopted TCP listeners, to read their accept queues
 };
+
+// Connections waiting in the accept queue of one of the adopted TCP listeners (TCP_INFO on a
+// listener: tcpi_unacked is the queue's length).
+bool queued(const std::vector<Fd>& listeners) {
+    for (const auto& fd : listeners) {
+        tcp_info info{};
+        socklen_t length = sizeof(info);
+        if (::getsockopt(fd.get(), IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked > 0)
+            return true;
+    }
+    return false;
+}
 
 void retire(const Retirement& r) {
     auto emit = [&](Event e) {
@@ -196,7 +212,12 @@ void retire(const Retirement& r) {
                 // it exited meanwhile
             }
         }
-        if (held.empty() || Clock::now() >= deadline) break;
+        // Serve steers new connections to the new generation's own socket (supervisor.cpp), so what
+        // is queued on the adopted one is the old server's alone to accept. It must be empty when the
+        // signal is sent: a server with a handler for it may return from epoll_wait with the listener
+        // readable and accept once more before it looks at its exit flag, and close that connection
+        // unread (nginx's workers on TERM did).
+        if ((held.empty() && !queued(r.queues)) || Clock::now() >= deadline) break;
         resume();
         // Let it run a little longer each time: on a busy machine its threads may need a while to be
         // scheduled at all, and every stop delays its clients again.
@@ -216,6 +237,7 @@ void retire(const Retirement& r) {
     e.set("attempts", attempts)
         .set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
     e.set("lost_connections", held.size()).set("exited", gone);
+    if (queued(r.queues)) e.set("queued_on_old_listener", true);
     if (!held.empty()) e.set("lost", held);
     emit(std::move(e));
 }
@@ -348,8 +370,13 @@ Supervisor takeover(EventLoop& loop, TakeoverOptions options) {
     };
     auto retiring = std::make_shared<Retiring>();
     retiring->pidfd = std::move(pidfd);
-    retiring->retirement = {options.pid, retiring->pidfd.get(), options.signal, options.serve.drain_timeout,
-                            {},          options.serve.on_event};
+    retiring->retirement = {options.pid,
+                            retiring->pidfd.get(),
+                            options.signal,
+                            options.serve.drain_timeout,
+                            {},
+                            options.serve.on_event,
+                            {}};
     auto& retirement = retiring->retirement;
     std::set<unsigned long> taken;
     std::map<pid_t, Fd> holders;  // pidfds of descendants that hold a listener the target does not
@@ -361,7 +388,13 @@ Supervisor takeover(EventLoop& loop, TakeoverOptions options) {
             if (it == holders.end()) it = holders.emplace(listener.pid, open_pidfd(listener.pid)).first;
             holder = it->second.get();
         }
-        options.serve.adopted.push_back({"", take_fd(holder, listener.pid, listener.fd)});
+        Fd adopted = take_fd(holder, listener.pid, listener.fd);
+        if (listener.address.starts_with("tcp")) {
+            Fd copy(::fcntl(adopted.get(), F_DUPFD_CLOEXEC, 3));
+            if (!copy) throw_errno("fcntl(F_DUPFD_CLOEXEC)", listener.address);
+            retiring->retirement.queues.push_back(std::move(copy));
+        }
+        options.serve.adopted.push_back({"", std::move(adopted)});
         detail::ProcSocket socket;
         socket.inode = listener.inode;
         socket.local = listener.address;

@@ -1279,6 +1279,10 @@ TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLo
     EXPECT_EQ(load.socket_errors, 0) << load.text << "\n" << takeover.describe();
     EXPECT_EQ(retired["event"], "retired") << retired.dump();
     EXPECT_EQ(retired["lost_connections"], 0) << retired.dump();
+    EXPECT_FALSE(retired.contains("queued_on_old_listener")) << retired.dump();
+    // As root the adopted listener is steered (supervisor.cpp): the old nginx gets no new connection
+    // after the new one is ready, and is signalled only with its accept queue empty.
+    EXPECT_EQ(takeover.out().find("steering-unavailable"), std::string::npos) << takeover.describe();
     EXPECT_TRUE(http_get(port).has_value());
 }
 
