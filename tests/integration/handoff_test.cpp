@@ -1094,11 +1094,14 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
         {
             Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
                                               dir / "error.log", "-c", dir / "nginx.conf"});
-            eventually([&] { return (master = pid_in_file()) > 0; });
-            starter.wait();
+            // Under load nginx may need more than the default 10 s to daemonize; giving up early would
+            // let `starter` kill its process group with the daemon still in it (before its setsid()).
+            eventually([&] { return (master = pid_in_file()) > 0; }, std::chrono::seconds(30));
+            starter.wait(std::chrono::seconds(30));
             starter_said = starter.describe();
         }
-        if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
+        if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); },
+                        std::chrono::seconds(30))) {
             // What state nginx was in: seen to fail intermittently (3 of 14 runs on 2026-12-04) with an
             // empty error log; the listener table and the master's state are the evidence to keep.
             Result listeners = run({"ss", "-ltnp", fmt::format("sport = :{}", port)});
