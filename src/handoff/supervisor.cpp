@@ -936,6 +936,10 @@ void Supervisor::Impl::begin_stop() {
     stopping_ = true;
     emit(Event("serve", "stopping"));
     auto drain = [&](Generation& g) {
+        if (g.quiesce_source) {  // retired, waiting to be quiet: serve is stopping, so no more waiting
+            loop_.remove(std::exchange(g.quiesce_source, 0));
+            if (!g.drain_sent) send_drain(g, false);
+        }
         if (!g.drain_sent && g.child && g.child->signal(o_.drain_signal)) g.drain_sent = true;
     };
     if (pending_) drain(*pending_);
