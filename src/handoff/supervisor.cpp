@@ -1080,6 +1080,9 @@ void Supervisor::Impl::on_zerg_accept() {
 
 void Supervisor::Impl::bind() {
     if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
+    // uWSGI zerg instances take the listeners once, whenever they connect, and are no generation:
+    // steered away from, they would get nothing after the next reload. They share the socket.
+    if (o_.zerg_path) o_.steer = false;
     bind_listeners();
     if (o_.ready.kind == ReadyCheck::Kind::tcp) first_stream_listener();  // fail before anything starts
     if (o_.control_path) {
