@@ -116,6 +116,12 @@ struct ServeOptions {
     // sees it): for servers that assume it on inherited sockets (nginx).
     bool nonblocking_listeners = false;
     std::vector<std::string> environment;  // extra "KEY=VALUE" for every generation
+    // TCP listeners serve binds: a socket per generation in one SO_REUSEPORT group, with a reuseport
+    // program sending new connections only to the newest ready generation, so a retired one is
+    // drained only once it has nothing unread (see supervisor.cpp). Needs CAP_BPF+CAP_NET_ADMIN;
+    // without them (event "steering-unavailable"), or when false (`--shared-listeners`), every
+    // generation shares serve's one socket.
+    bool steer = true;
     // The private probe listener each generation gets as its last LISTEN_FDS entry, named
     // "ktricks-probe" (`--probe`); used by the http and connect readiness checks. Default
     // tcp://127.0.0.1:0 (a fresh port per generation). A unix path is rebound for each generation.

@@ -102,6 +102,7 @@ struct ServeCli {
     int pid_namespace = -1;  // --pid-namespace 1, --no-pid-namespace 0, neither -1 (on with --server)
     std::string zerg;
     bool handoff = false;
+    bool shared_listeners = false;
     bool json = false;
     bool jail = false;  // --jail: every generation runs in a jail (see jail_options.hpp)
     JailFlags jail_flags;
@@ -131,6 +132,7 @@ handoff::ServeOptions serve_options(const ServeCli& cli, std::string_view source
         options.environment = preset->environment;
     }
     options.pid_namespace = cli.pid_namespace < 0 ? preset.has_value() : cli.pid_namespace == 1;
+    options.steer = !cli.shared_listeners;
     if (!cli.probe.empty()) {
         options.probe = SocketAddress::parse(cli.probe);
         if (options.probe->transport() == SocketAddress::Transport::udp)
@@ -193,6 +195,9 @@ void add_serve_options(CLI::App* sub, ServeCli& cli) {
         "--no-pid-namespace", [&cli] { cli.pid_namespace = 0; }, "Run generations as plain children");
     sub->add_option("--zerg", cli.zerg,
                     "Also hand the listeners to uWSGI instances started with --zerg PATH");
+    sub->add_flag("--shared-listeners", cli.shared_listeners,
+                  "Give every generation the same TCP listening socket instead of one socket each, steered "
+                  "to the newest ready generation by a reuseport program (needs root)");
     sub->add_flag("--handoff", cli.handoff,
                   "Give CMD KTRICKS_HANDOFF_FD to move live connections (see Upgrader)");
     sub->add_flag("--json", cli.json, "Print lifecycle events as JSON lines on stdout");

@@ -4,6 +4,7 @@ ktricks_component(handoff DEPENDS core SOURCES
   src/handoff/supervisor.cpp
   src/handoff/control.cpp
   src/handoff/proc_sockets.cpp
+  src/handoff/steering.cpp
   src/handoff/takeover.cpp
   src/handoff/upgrader.cpp)
 

@@ -2,11 +2,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <filesystem>
@@ -179,6 +182,50 @@ bool belongs_to(const ProcSocket& connection, const ProcSocket& listener) {
     bool wildcard = listener.local.find("://0.0.0.0:") != std::string::npos ||
                     listener.local.find("://[::]:") != std::string::npos;
     return wildcard && port_of(connection.local) == port_of(listener.local);
+}
+
+std::vector<HeldConnection> held_connections(pid_t pid, int pidfd, const std::vector<ProcSocket>& listeners) {
+    std::vector<HeldConnection> held;
+    for (const auto& entry : socket_inodes(pid)) {
+        // (not a structured binding: clang 14 cannot capture one in the lambda)
+        const unsigned long inode = entry.first;
+        const int fd = entry.second;
+        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; }))
+            continue;
+        Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
+        if (!copy) continue;  // closed meanwhile
+        int listening = 0;
+        socklen_t length = sizeof(listening);
+        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening)
+            continue;
+        ProcSocket socket;
+        try {
+            auto local = SocketAddress::of_socket(copy.get());
+            socket.local = local.to_string();
+            socket.kind = local.transport() == SocketAddress::Transport::udp ? ProcSocket::Kind::udp
+                          : local.transport() == SocketAddress::Transport::unix_stream
+                              ? ProcSocket::Kind::unix_stream
+                              : ProcSocket::Kind::tcp;
+        } catch (const std::exception&) {
+            continue;  // not an address family we listen on
+        }
+        if (!std::any_of(listeners.begin(), listeners.end(),
+                         [&](const auto& l) { return belongs_to(socket, l); }))
+            continue;
+        sockaddr_storage peer{};
+        socklen_t peer_length = sizeof(peer);
+        std::string remote = socket.local;
+        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
+            peer_length > sizeof(sa_family_t)) {
+            try {
+                remote =
+                    SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM)
+                        .to_string();
+            } catch (const std::exception&) {}
+        }
+        held.push_back({std::move(copy), socket.local, std::move(remote)});
+    }
+    return held;
 }
 
 }  // namespace ktricks::handoff::detail

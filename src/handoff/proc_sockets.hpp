@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ktricks/core/fd.hpp"
 #include "ktricks/core/proc.hpp"
 
 namespace ktricks::handoff::detail {
@@ -40,5 +41,17 @@ std::vector<ProcSocket> proc_sockets(pid_t pid);
 // Whether a connection's local address belongs to a listener's (a wildcard listener matches any
 // local address with its port).
 bool belongs_to(const ProcSocket& connection, const ProcSocket& listener);
+
+// A connection another process holds on one of our listeners: our own duplicate of its socket
+// (pidfd_getfd), its local address and its peer's.
+struct HeldConnection {
+    Fd fd;
+    std::string local, remote;
+};
+// The connections process `pid` (pidfd `pidfd`) holds that belong to `listeners` (belongs_to).
+// Each of its sockets is duplicated and asked directly (getsockname, SO_ACCEPTCONN): reading
+// /proc/net/tcp instead would walk every TIME_WAIT entry of the namespace, hundreds of
+// milliseconds under load. Sockets it closes meanwhile, or that pidfd_getfd refuses, are skipped.
+std::vector<HeldConnection> held_connections(pid_t pid, int pidfd, const std::vector<ProcSocket>& listeners);
 
 }  // namespace ktricks::handoff::detail

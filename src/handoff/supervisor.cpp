@@ -17,14 +17,33 @@
 // pid_namespace the direct child is pid 1 of a new PID namespace, and the kernel kills every process
 // of a namespace whose init dies: then nothing of a generation outlives serve.
 //
+// Steering (TCP listeners serve binds itself, where the kernel lets serve load a reuseport program):
+// every generation gets its own listening socket, bound to the same address with SO_REUSEPORT, and
+// a reuseport program sends every new connection to the socket of the newest *ready* generation
+// (steering.hpp). The switch is one map update, made when the new generation passes its readiness
+// check; before that, and after a rollback, the old generation's socket still gets everything. A
+// retired generation therefore gets no new connection at all; serve waits until its socket's accept
+// queue is empty and every connection its process tree holds has had its request read (bounded by
+// quiesce_limit), and only then sends the drain signal. That closes the race the shared socket has
+// by construction: a server told to stop gracefully while it still accepts closes connections it
+// has just accepted and not yet read as idle (nginx's ngx_close_idle_connections on QUIT), losing
+// their requests. When a retired socket closes, whatever is still queued on it is migrated by the
+// kernel to the current socket (the program is a select-or-migrate one), not reset.
+// Unix and UDP listeners, adopted listeners (takeover) and serve without the privilege to load the
+// program (event "steering-unavailable") keep the shared socket described above.
+//
 // Readiness through the probe: each generation also gets a listener of its own ("ktricks-probe",
 // the last LISTEN_FDS entry). Nobody else accepts on it, so a connection accepted there, or an HTTP
 // answer read from it, came from the new generation's code, not from its predecessor.
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>  // the kernel's tcp_info (glibc's lacks tcpi_bytes_received)
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -41,7 +60,9 @@
 #include <memory>
 #include <span>
 
+#include "handoff/proc_sockets.hpp"
 #include "handoff/protocol.hpp"
+#include "handoff/steering.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event_loop.hpp"
 #include "ktricks/core/proc.hpp"
@@ -53,6 +74,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t max_stored_fds = 512;
 constexpr std::size_t max_control_clients = 64;
+// How long a retired generation may keep connections whose request it has not read yet (a client
+// that connected and sends nothing) before it gets the drain signal anyway.
+constexpr milliseconds quiesce_limit{2000};
 
 double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -88,6 +112,11 @@ struct Generation {
     bool probe_sent = false;
     std::string probe_response, probe_last;  // bytes read so far; how the last attempt ended
     std::shared_ptr<void> attachment;        // what ServeOptions::on_spawned returned
+    // Steered listeners: serve's copy of this generation's own socket, by listener index (empty
+    // where the listener is shared). While the generation is current, its socket is in listeners_
+    // instead; it comes back here when the generation is retired.
+    std::vector<Fd> own;
+    EventLoop::SourceId quiesce_source = 0;
 };
 
 // Replaces `path` with one line, the pid, atomically (readers never see an empty file).
@@ -195,6 +224,11 @@ private:
     void become_ready(Generation& g);
     void fail_pending(const std::string& reason);
     void retire(Generation& g);
+    void send_drain(Generation& g, bool quiet);
+    bool quiet(Generation& g);
+    bool steering() const {
+        return std::any_of(steering_.begin(), steering_.end(), [](const auto& s) { return s.has_value(); });
+    }
     void forget(Generation& g);
     std::optional<std::string> reload_now();
     void begin_stop();
@@ -213,6 +247,10 @@ private:
     bool started_ = false, finished_ = false;
     EventLoop::SourceId control_source_ = 0, zerg_source_ = 0, stop_timer_ = 0;
     std::vector<Listener> listeners_;
+    // By listener index: the reuseport steering of a TCP listener serve bound itself, if available.
+    std::vector<std::optional<detail::ReuseportSteering>> steering_;
+    std::size_t adopted_count_ = 0;    // listeners_[0, adopted_count_) were adopted (takeover)
+    std::vector<Fd> retired_sockets_;  // adopted sockets steered away from, kept till the end
     std::vector<StoredFd> fdstore_;
     std::unique_ptr<Generation> pending_, current_;
     std::list<std::unique_ptr<Generation>> draining_;
@@ -230,6 +268,31 @@ private:
 
 void Supervisor::Impl::bind_listeners() {
     listeners_ = std::move(o_.adopted);
+    adopted_count_ = listeners_.size();
+    steering_.resize(adopted_count_);
+    // An adopted TCP listener (takeover) was bound without SO_REUSEPORT, but the kernel checks the
+    // flag only when another socket binds: set now, it lets generation 1's own socket join it in a
+    // new group (start_generation), and the program then steers away from the old server too.
+    for (std::size_t i = 0; i < adopted_count_ && o_.steer; ++i) {
+        const int fd = listeners_[i].fd.get();
+        try {
+            auto address = SocketAddress::of_socket(fd);
+            if (address.family() == AF_UNIX || address.transport() != SocketAddress::Transport::tcp) continue;
+        } catch (const std::exception&) {
+            continue;
+        }
+        int on = 1;
+        if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) continue;
+        try {
+            steering_[i] = detail::ReuseportSteering::create();
+        } catch (const std::system_error& error) {
+            int off = 0;
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof(off));
+            Event e("serve", "steering-unavailable");
+            e.set("listener", listeners_[i].describe()).set("error", error.what());
+            emit(std::move(e));
+        }
+    }
     for (const auto& spec : o_.listen) {
         // A unix:/path listener's file is serve's, like the socket: a stale one is replaced, and it
         // is removed when serve ends (the socket, held by serve, lives until then, whatever the
@@ -238,9 +301,31 @@ void Supervisor::Impl::bind_listeners() {
         const bool path = spec.address.family() == AF_UNIX && !spec.address.is_abstract();
         const std::string file = path ? spec.address.to_string().substr(5) : std::string();
         if (path) replace_stale_socket_file(file, "--listen", "a live server");
-        listeners_.push_back({spec.name, bind_socket(spec.address)});
+        std::optional<detail::ReuseportSteering> steering;
+        if (o_.steer && spec.address.family() != AF_UNIX &&
+            spec.address.transport() == SocketAddress::Transport::tcp) {
+            try {
+                steering = detail::ReuseportSteering::create();
+            } catch (const std::system_error& error) {
+                Event e("serve", "steering-unavailable");
+                e.set("listener", spec.address.to_string()).set("error", error.what());
+                e.set("consequence",
+                      "generations share one listening socket: a generation told to drain may still "
+                      "accept, and close unread what it accepted last");
+                emit(std::move(e));
+            }
+        }
+        listeners_.push_back(
+            {spec.name, bind_socket(spec.address, BindOptions{.reuse_port = steering.has_value()})});
+        if (steering) {
+            steering->attach(listeners_.back().fd.get());
+            steering->steer_to(listeners_.back().fd.get());
+        }
+        steering_.resize(listeners_.size());
+        steering_.back() = std::move(steering);
         if (path) unlink_at_exit_.push_back(file);
     }
+    steering_.resize(listeners_.size());
     if (listeners_.empty()) throw InputError("nothing to listen on: give at least one --listen ADDR");
     if (o_.nonblocking_listeners)
         for (const auto& listener : listeners_) set_nonblocking(listener.fd.get());
@@ -275,8 +360,38 @@ std::unique_ptr<Generation> Supervisor::Impl::start_generation() {
     SpawnOptions spawn;
     spawn.argv = o_.command;
     std::vector<std::string> names;
-    for (const auto& listener : listeners_) {
-        spawn.pass_fds.push_back(listener.fd.get());
+    g->own.resize(listeners_.size());
+    for (std::size_t i = 0; i < listeners_.size(); ++i) {
+        const auto& listener = listeners_[i];
+        const bool adopted = i < adopted_count_;
+        if (steering_[i] && (g->number > 1 || adopted)) {
+            // A socket of its own in the listener's reuseport group: the program sends it nothing
+            // until become_ready points the group at it. listeners_ holds the current socket,
+            // bound to the concrete address (a port 0 was resolved by the first bind).
+            try {
+                g->own[i] =
+                    bind_socket(SocketAddress::of_socket(listener.fd.get()), BindOptions{.reuse_port = true});
+                // An adopted listener's group exists only now: steer it to the old server first.
+                if (g->number == 1) {
+                    steering_[i]->attach(g->own[i].get());
+                    steering_[i]->steer_to(listener.fd.get());
+                }
+            } catch (const std::system_error& error) {
+                if (g->number > 1) throw;
+                // The old server's socket belongs to another uid, say: share it as before.
+                g->own[i].reset();
+                steering_[i].reset();
+                Event e("serve", "steering-unavailable");
+                e.set("listener", listener.describe()).set("error", error.what());
+                emit(std::move(e));
+            }
+        }
+        if (g->own[i]) {
+            if (o_.nonblocking_listeners) set_nonblocking(g->own[i].get());
+            spawn.pass_fds.push_back(g->own[i].get());
+        } else {
+            spawn.pass_fds.push_back(listener.fd.get());
+        }
         names.push_back(listener.name);
     }
     for (const auto& stored : fdstore_) {
@@ -577,8 +692,9 @@ void Supervisor::Impl::on_channel(Generation& g) {
 }
 
 void Supervisor::Impl::forget(Generation& g) {
-    for (auto id : {g.exit_source, g.notify_source, g.channel_source, g.probe_source}) loop_.remove(id);
-    g.probe_source = 0;
+    for (auto id : {g.exit_source, g.notify_source, g.channel_source, g.probe_source, g.quiesce_source})
+        loop_.remove(id);
+    g.probe_source = g.quiesce_source = 0;
     for (auto id : g.sources) loop_.remove(id);
     g.sources.clear();
 }
@@ -604,7 +720,26 @@ void Supervisor::Impl::become_ready(Generation& g) {
     e.set("ready_ms", ready_ms);
     emit(std::move(e));
 
+    // The switch: from here on every new connection goes to g's sockets. If the kernel refuses,
+    // nothing was switched and the old generation keeps serving.
+    try {
+        for (std::size_t i = 0; i < listeners_.size(); ++i)
+            if (steering_[i] && g.own[i]) steering_[i]->steer_to(g.own[i].get());
+    } catch (const std::system_error& error) {
+        for (std::size_t i = 0; i < listeners_.size(); ++i)
+            if (steering_[i] && g.own[i]) steering_[i]->steer_to(listeners_[i].fd.get());
+        fail_pending(fmt::format("could not steer new connections to it: {}", error.what()));
+        return;
+    }
     std::unique_ptr<Generation> old = std::move(current_);
+    for (std::size_t i = 0; i < listeners_.size(); ++i) {
+        if (!g.own[i]) continue;
+        Fd previous = std::exchange(listeners_[i].fd, std::move(g.own[i]));
+        if (old) old->own[i] = std::move(previous);  // closes with the old generation
+        // An adopted socket: the old server (takeover) still holds it; it gets nothing more.
+        else
+            retired_sockets_.push_back(std::move(previous));
+    }
     current_ = std::move(pending_);
     if (old) {
         if (old->handoff_capable && current_->successor_end) {
@@ -637,7 +772,69 @@ void Supervisor::Impl::become_ready(Generation& g) {
 
 void Supervisor::Impl::retire(Generation& g) {
     g.retired = Clock::now();
+    const bool steered = std::any_of(g.own.begin(), g.own.end(), [](const Fd& fd) { return bool(fd); });
+    if (g.handoff_capable || !steered) return send_drain(g, false);
+    // It gets no new connection any more; the drain signal waits until it has nothing unread.
+    Generation* raw = &g;
+    g.quiesce_source = loop_.add_timer(
+        milliseconds(1),
+        [this, raw] {
+            if (raw->drain_sent) {
+                loop_.remove(std::exchange(raw->quiesce_source, 0));
+                return;
+            }
+            const bool done = quiet(*raw);
+            if (!done && Clock::now() - raw->retired < std::min(quiesce_limit, o_.drain_timeout)) return;
+            loop_.remove(std::exchange(raw->quiesce_source, 0));
+            send_drain(*raw, done);
+        },
+        milliseconds(10));
+}
+
+// Whether a retired generation g may get its drain signal without losing a request: its steered
+// sockets' accept queues are empty (nothing can be added: the program sends it nothing), and every
+// TCP connection its process tree holds on them has received bytes and has none unread. What is
+// left is a request it has read and is answering (a graceful stop finishes those) or an idle
+// keep-alive connection (the residual race in docs/handoff.md).
+bool Supervisor::Impl::quiet(Generation& g) {
+    std::vector<detail::ProcSocket> sockets;
+    for (const auto& fd : g.own) {
+        if (!fd) continue;
+        tcp_info info{};
+        socklen_t length = sizeof(info);
+        // On a listener, tcpi_unacked is the accept queue's length (sk_ack_backlog).
+        if (::getsockopt(fd.get(), IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked > 0)
+            return false;
+        detail::ProcSocket listener;
+        listener.kind = detail::ProcSocket::Kind::tcp;
+        listener.local = SocketAddress::of_socket(fd.get()).to_string();
+        listener.listening = true;
+        sockets.push_back(std::move(listener));
+    }
+    for (pid_t pid : process_tree(g.pid)) {
+        Fd pidfd;
+        try {
+            pidfd = open_pidfd(pid);
+        } catch (const std::system_error&) {
+            continue;  // exited meanwhile
+        }
+        for (const auto& connection : detail::held_connections(pid, pidfd.get(), sockets)) {
+            tcp_info info{};
+            socklen_t length = sizeof(info);
+            if (::getsockopt(connection.fd.get(), IPPROTO_TCP, TCP_INFO, &info, &length) < 0) continue;
+            if (info.tcpi_state != 1) continue;  // not TCP_ESTABLISHED: the client has closed or is closing
+            int unread = 0;
+            if (info.tcpi_bytes_received == 0) return false;  // accepted, its request not yet here
+            if (::ioctl(connection.fd.get(), SIOCINQ, &unread) == 0 && unread > 0) return false;
+        }
+    }
+    return true;
+}
+
+void Supervisor::Impl::send_drain(Generation& g, bool quiet) {
     Event e = event("draining", &g);
+    if (std::any_of(g.own.begin(), g.own.end(), [](const Fd& fd) { return bool(fd); }))
+        e.set("quiesce_ms", ms_since(g.retired)).set("quiet", quiet);
     if (g.handoff_capable) {
         e.set("how", "handoff");
     } else {
@@ -739,6 +936,10 @@ void Supervisor::Impl::begin_stop() {
     stopping_ = true;
     emit(Event("serve", "stopping"));
     auto drain = [&](Generation& g) {
+        if (g.quiesce_source) {  // retired, waiting to be quiet: serve is stopping, so no more waiting
+            loop_.remove(std::exchange(g.quiesce_source, 0));
+            if (!g.drain_sent) send_drain(g, false);
+        }
         if (!g.drain_sent && g.child && g.child->signal(o_.drain_signal)) g.drain_sent = true;
     };
     if (pending_) drain(*pending_);
@@ -879,6 +1080,9 @@ void Supervisor::Impl::on_zerg_accept() {
 
 void Supervisor::Impl::bind() {
     if (o_.command.empty()) throw InputError("missing command: ktricks serve --listen ADDR -- CMD [ARGS...]");
+    // uWSGI zerg instances take the listeners once, whenever they connect, and are no generation:
+    // steered away from, they would get nothing after the next reload. They share the socket.
+    if (o_.zerg_path) o_.steer = false;
     bind_listeners();
     if (o_.ready.kind == ReadyCheck::Kind::tcp) first_stream_listener();  // fail before anything starts
     if (o_.control_path) {

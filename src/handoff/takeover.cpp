@@ -18,6 +18,9 @@
 // every process, every process is stopped and searched for accepted connections, and every one
 // gets the signal while stopped. Looking at the master alone reported "0 lost" while its workers
 // took requests with them.
+#include <fcntl.h>
+#include <linux/tcp.h>  // the kernel's tcp_info
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -119,55 +122,6 @@ bool exited(int pidfd, milliseconds within) {
     return ::poll(&p, 1, static_cast<int>(within.count())) == 1;
 }
 
-// The connections the old process holds on our listeners (their peers' addresses). Each of its
-// sockets is duplicated (pidfd_getfd) and asked directly (getsockname, SO_ACCEPTCONN): reading
-// /proc/net/tcp instead would walk every TIME_WAIT entry of the namespace, which under load takes
-// hundreds of milliseconds while the old server sits stopped.
-std::vector<std::string> held_connections(pid_t pid, int pidfd,
-                                          const std::vector<detail::ProcSocket>& listeners) {
-    std::vector<std::string> held;
-    for (const auto& entry : detail::socket_inodes(pid)) {
-        // (not a structured binding: clang 14 cannot capture one in the lambda)
-        const unsigned long inode = entry.first;
-        const int fd = entry.second;
-        if (std::any_of(listeners.begin(), listeners.end(), [&](const auto& l) { return l.inode == inode; }))
-            continue;
-        Fd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
-        if (!copy) continue;  // closed meanwhile
-        int listening = 0;
-        socklen_t length = sizeof(listening);
-        if (::getsockopt(copy.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 && listening)
-            continue;
-        detail::ProcSocket socket;
-        try {
-            auto local = SocketAddress::of_socket(copy.get());
-            socket.local = local.to_string();
-            socket.kind = local.transport() == SocketAddress::Transport::udp ? detail::ProcSocket::Kind::udp
-                          : local.transport() == SocketAddress::Transport::unix_stream
-                              ? detail::ProcSocket::Kind::unix_stream
-                              : detail::ProcSocket::Kind::tcp;
-        } catch (const std::exception&) {
-            continue;  // not an address family we listen on
-        }
-        if (!std::any_of(listeners.begin(), listeners.end(),
-                         [&](const auto& l) { return detail::belongs_to(socket, l); }))
-            continue;
-        sockaddr_storage peer{};
-        socklen_t peer_length = sizeof(peer);
-        std::string remote = socket.local;
-        if (::getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &peer_length) == 0 &&
-            peer_length > sizeof(sa_family_t)) {
-            try {
-                remote =
-                    SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), peer_length, SOCK_STREAM)
-                        .to_string();
-            } catch (const std::exception&) {}
-        }
-        held.push_back(remote);
-    }
-    return held;
-}
-
 // pidfds of the processes of a tree, opened once each (a pidfd never names a recycled pid).
 class TreeHandles {
 public:
@@ -206,7 +160,20 @@ struct Retirement {
     milliseconds drain_timeout;
     std::vector<detail::ProcSocket> listeners;
     std::function<void(const Event&)> on_event;
+    std::vector<Fd> queues;  // our copies of the adopted TCP listeners, to read their accept queues
 };
+
+// Connections waiting in the accept queue of one of the adopted TCP listeners (TCP_INFO on a
+// listener: tcpi_unacked is the queue's length).
+bool queued(const std::vector<Fd>& listeners) {
+    for (const auto& fd : listeners) {
+        tcp_info info{};
+        socklen_t length = sizeof(info);
+        if (::getsockopt(fd.get(), IPPROTO_TCP, TCP_INFO, &info, &length) == 0 && info.tcpi_unacked > 0)
+            return true;
+    }
+    return false;
+}
 
 void retire(const Retirement& r) {
     auto emit = [&](Event e) {
@@ -239,13 +206,18 @@ void retire(const Retirement& r) {
         held.clear();
         for (const auto& [pid, pidfd] : tree) {
             try {
-                auto more = held_connections(pid, pidfd, r.listeners);
-                held.insert(held.end(), more.begin(), more.end());
+                for (auto& connection : detail::held_connections(pid, pidfd, r.listeners))
+                    held.push_back(std::move(connection.remote));
             } catch (const std::exception&) {
                 // it exited meanwhile
             }
         }
-        if (held.empty() || Clock::now() >= deadline) break;
+        // Serve steers new connections to the new generation's own socket (supervisor.cpp), so what
+        // is queued on the adopted one is the old server's alone to accept. It must be empty when the
+        // signal is sent: a server with a handler for it may return from epoll_wait with the listener
+        // readable and accept once more before it looks at its exit flag, and close that connection
+        // unread (nginx's workers on TERM did).
+        if ((held.empty() && !queued(r.queues)) || Clock::now() >= deadline) break;
         resume();
         // Let it run a little longer each time: on a busy machine its threads may need a while to be
         // scheduled at all, and every stop delays its clients again.
@@ -265,6 +237,7 @@ void retire(const Retirement& r) {
     e.set("attempts", attempts)
         .set("ms", std::chrono::duration<double, std::milli>(Clock::now() - start).count());
     e.set("lost_connections", held.size()).set("exited", gone);
+    if (queued(r.queues)) e.set("queued_on_old_listener", true);
     if (!held.empty()) e.set("lost", held);
     emit(std::move(e));
 }
@@ -397,8 +370,13 @@ Supervisor takeover(EventLoop& loop, TakeoverOptions options) {
     };
     auto retiring = std::make_shared<Retiring>();
     retiring->pidfd = std::move(pidfd);
-    retiring->retirement = {options.pid, retiring->pidfd.get(), options.signal, options.serve.drain_timeout,
-                            {},          options.serve.on_event};
+    retiring->retirement = {options.pid,
+                            retiring->pidfd.get(),
+                            options.signal,
+                            options.serve.drain_timeout,
+                            {},
+                            options.serve.on_event,
+                            {}};
     auto& retirement = retiring->retirement;
     std::set<unsigned long> taken;
     std::map<pid_t, Fd> holders;  // pidfds of descendants that hold a listener the target does not
@@ -410,7 +388,13 @@ Supervisor takeover(EventLoop& loop, TakeoverOptions options) {
             if (it == holders.end()) it = holders.emplace(listener.pid, open_pidfd(listener.pid)).first;
             holder = it->second.get();
         }
-        options.serve.adopted.push_back({"", take_fd(holder, listener.pid, listener.fd)});
+        Fd adopted = take_fd(holder, listener.pid, listener.fd);
+        if (listener.address.starts_with("tcp")) {
+            Fd copy(::fcntl(adopted.get(), F_DUPFD_CLOEXEC, 3));
+            if (!copy) throw_errno("fcntl(F_DUPFD_CLOEXEC)", listener.address);
+            retiring->retirement.queues.push_back(std::move(copy));
+        }
+        options.serve.adopted.push_back({"", std::move(adopted)});
         detail::ProcSocket socket;
         socket.inode = listener.inode;
         socket.local = listener.address;

@@ -378,6 +378,52 @@ TEST(HandoffServe, AFailingNewGenerationLeavesTheOldOneServing) {
     EXPECT_EQ(next.generation, 3u);
 }
 
+// Steering (root): each generation has its own socket in one SO_REUSEPORT group, and once the new
+// generation is ready a reuseport program sends every new connection to it. The old generation here
+// ignores its drain signal (WINCH) and keeps accepting on its socket until the drain timeout; with
+// one shared socket it would still win some of these connections. Its drain signal is sent only
+// once it has nothing unread ("quiet": true in the draining event).
+TEST(HandoffServe, OnceTheNewGenerationIsReadyTheOldOneGetsNoNewConnection) {
+    if (::geteuid() != 0) GTEST_SKIP() << "loading the reuseport program needs CAP_BPF and CAP_NET_ADMIN";
+    Served served({python, fd3_server}, {"--json", "--drain-signal", "WINCH", "--drain-timeout", "5"});
+    ASSERT_TRUE(served.up());
+    for (int reload = 2; reload <= 3; ++reload) {
+        auto result = served.reload();
+        ASSERT_TRUE(result.ok) << result.message << "\n" << served.process->describe();
+        ASSERT_TRUE(eventually([&] {
+            return served.process->out().find(fmt::format("\"draining\",\"generation\":{}", reload - 1)) !=
+                   std::string::npos;
+        })) << served.process->describe();
+        for (int i = 0; i < 40; ++i) {
+            auto body = http_get(served.port);
+            ASSERT_TRUE(body) << served.process->describe();
+            EXPECT_TRUE(body->starts_with(fmt::format("generation {} ", reload))) << *body;
+        }
+    }
+    EXPECT_EQ(served.process->out().find("steering-unavailable"), std::string::npos)
+        << served.process->describe();
+    for (const auto& line : lines_of(served.process->out()))
+        if (line.find("\"draining\"") != std::string::npos) {
+            EXPECT_NE(line.find("\"quiet\":true"), std::string::npos) << line;
+        }
+}
+
+// A new generation whose readiness check fails never got a connection on the port: the program kept
+// sending them to the old generation's socket, so the rollback closes an empty socket.
+TEST(HandoffServe, ARolledBackGenerationNeverGetsAConnection) {
+    std::string script =
+        fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec {} {} --never-ready; fi; exec {} {}",
+                    python, fd3_server, python, fd3_server);
+    Served served({"/bin/sh", "-c", script}, {"--ready-timeout", "1.5"});
+    ASSERT_TRUE(served.up());
+    Load load(served.port, "/");
+    auto result = served.reload();
+    EXPECT_FALSE(result.ok);
+    load.stop();
+    EXPECT_TRUE(no_request_lost(load)) << served.process->describe();
+    for (const auto& body : load.bodies()) EXPECT_TRUE(body.starts_with("generation 1 ")) << body;
+}
+
 TEST(HandoffServe, ANewGenerationThatNeverGetsReadyIsRolledBackAfterTheTimeout) {
     std::string script =
         fmt::format("if [ \"$KTRICKS_SERVE_GENERATION\" = 2 ]; then exec sleep 30; fi; exec {}", sd_server);
@@ -1048,11 +1094,14 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
         {
             Process starter = Process::start({"/usr/sbin/nginx", "-p", dir.path().string(), "-e",
                                               dir / "error.log", "-c", dir / "nginx.conf"});
-            eventually([&] { return (master = pid_in_file()) > 0; });
-            starter.wait();
+            // Under load nginx may need more than the default 10 s to daemonize; giving up early would
+            // let `starter` kill its process group with the daemon still in it (before its setsid()).
+            eventually([&] { return (master = pid_in_file()) > 0; }, std::chrono::seconds(30));
+            starter.wait(std::chrono::seconds(30));
             starter_said = starter.describe();
         }
-        if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); })) {
+        if (!eventually([&] { return (master = pid_in_file()) > 0 && http_get(port).has_value(); },
+                        std::chrono::seconds(30))) {
             // What state nginx was in: seen to fail intermittently (3 of 14 runs on 2026-12-04) with an
             // empty error log; the listener table and the master's state are the evidence to keep.
             Result listeners = run({"ss", "-ltnp", fmt::format("sport = :{}", port)});
@@ -1233,6 +1282,10 @@ TEST(HandoffTakeover, FollowsNginxWorkersAndLosesNoRequestUnderConnectionCloseLo
     EXPECT_EQ(load.socket_errors, 0) << load.text << "\n" << takeover.describe();
     EXPECT_EQ(retired["event"], "retired") << retired.dump();
     EXPECT_EQ(retired["lost_connections"], 0) << retired.dump();
+    EXPECT_FALSE(retired.contains("queued_on_old_listener")) << retired.dump();
+    // As root the adopted listener is steered (supervisor.cpp): the old nginx gets no new connection
+    // after the new one is ready, and is signalled only with its accept queue empty.
+    EXPECT_EQ(takeover.out().find("steering-unavailable"), std::string::npos) << takeover.describe();
     EXPECT_TRUE(http_get(port).has_value());
 }
 

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import socketserver
+import sys
 
 from systemd import daemon
 
@@ -54,7 +55,9 @@ def on_term(*_):
 
 
 signal.signal(signal.SIGTERM, on_term)
-daemon.notify("READY=1")
+# --never-ready: serve, but never say READY=1 (a new version serve must roll back).
+if "--never-ready" not in sys.argv[1:]:
+    daemon.notify("READY=1")
 server.timeout = 0.05
 while not draining:
     server.handle_request()
