@@ -44,6 +44,16 @@ struct AudioStream {
     std::string profile;  // "LC", "HE-AAC" ...
     int channels = 0;
     int sample_rate = 0;
+    std::string language;        // ISO 639-2 from the container ("eng"), "" untagged
+    bool default_track = false;  // the container's default disposition
+};
+
+struct SubtitleStream {
+    int index = -1;
+    std::string codec;  // subrip, ass, mov_text, webvtt, hdmv_pgs_subtitle, dvb_subtitle, dvd_subtitle
+    std::string language;
+    bool default_track = false;
+    bool text = false;  // text (made into the NAME.srt sidecar) rather than pictures
 };
 
 struct MediaInfo {
@@ -52,7 +62,7 @@ struct MediaInfo {
     double duration = 0;    // seconds
     std::optional<VideoStream> video;  // the first video stream
     std::vector<AudioStream> audio;
-    int subtitles = 0;
+    std::vector<SubtitleStream> subtitles;
 };
 
 // Opens and probes FILE with libavformat; throws DataError naming the file if it is not media.
@@ -96,14 +106,24 @@ std::string_view to_string(Action action);
 struct Decision {
     Action action = Action::skip;
     std::vector<std::string> reasons;  // why, one line each ("video: hevc not in profile tv (h264)")
-    int audio_stream = -1;             // the one audio stream the output keeps (-1 none)
-    std::string extension;             // of the output: "" pass-through, ".mp4" remux, ".ts" transcodes
+    // Every audio stream, in output order: the source's default track first, then source order.
+    // A remux copies them all (it is chosen only when every one fits the profile); a transcode
+    // makes each one AAC-LC stereo 48 kHz. Each keeps its language tag.
+    std::vector<int> audio_streams;
+    // The text subtitle stream shown as the sidecar NAME.srt beside a converted output (-1 none):
+    // the default one, else the first.
+    int sidecar_subtitle = -1;
+    // Picture subtitle streams copied into the output (a remux to MP4 can carry VobSub).
+    std::vector<int> kept_subtitles;
+    std::string extension;  // of the output: "" pass-through, ".mp4" remux, ".ts" transcodes
 };
 
 // Pure: the same MediaInfo and Profile always give the same Decision.
 Decision decide(const MediaInfo& media, const Profile& profile);
 // The name in the mount: clip.mkv -> clip.mp4 (remux) or clip.ts (transcode); pass-through keeps it.
 std::string output_name(std::string_view source_name, const Decision& decision);
+// The sidecar beside output name SHOWN: clip.ts -> clip.srt.
+std::string sidecar_name(std::string_view shown);
 // `ktricks tvfs --explain`: the streams, the decision and its reasons, as printed lines.
 std::string explain(const std::string& path, const MediaInfo& media, const Decision& decision);
 

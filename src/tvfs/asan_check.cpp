@@ -1,4 +1,5 @@
-// tvfs_asan_check FILE...: the whole media path (probe, decide, layout, every remux and segment) on
+// tvfs_asan_check FILE...: the whole media path (probe, decide, layout, subtitle sidecar, every remux
+// and segment) on
 // each FILE, built with AddressSanitizer; the integration tests run it on corrupt media. Exit 0
 // unless the sanitizer finds something (it aborts with its report); bad media is just reported.
 #include <fmt/format.h>
@@ -17,6 +18,14 @@ int main(int argc, char** argv) {
             auto media = probe(path);
             auto decision = decide(media, profile);
             fmt::print("{}: {}\n", path, to_string(decision.action));
+            if (decision.sidecar_subtitle >= 0) {
+                try {
+                    fmt::print("  sidecar: {} bytes\n",
+                               subtitle_srt(path, decision.sidecar_subtitle, true).size());
+                } catch (const std::exception& error) {
+                    fmt::print("  sidecar: {}\n", error.what());
+                }
+            }
             if (decision.action == Action::remux) {
                 auto size = remux_size(path, decision);
                 auto out = fmt::format("/tmp/tvfs-asan-{}.mp4", ::getpid());

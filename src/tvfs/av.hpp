@@ -53,6 +53,10 @@ struct Layout {
     int video_kbps = 0;
 };
 
+// Part of every output cache key: bump it when the bytes an output is made of change (2: every
+// audio track, language tags).
+inline constexpr int output_format = 2;
+
 // Seconds of output per transcoded segment: also the fixed closed GOP and the seek granularity.
 inline constexpr double segment_seconds = 2.0;
 
@@ -60,6 +64,11 @@ inline constexpr double segment_seconds = 2.0;
 std::uint64_t remux_size(const std::string& path, const Decision& decision);
 // Writes that MP4 to `out` (a path in the cache); throws on any failure (the caller removes `out`).
 void remux(const std::string& path, const Decision& decision, const std::string& out);
+// Subtitle stream INDEX of PATH as SubRip text (the NAME.srt sidecar): decoded by libavcodec (SRT,
+// ASS, mov_text, WebVTT ...), encoded by its SubRip encoder, muxed by libavformat's srt muxer, on
+// the output's timeline: REBASE (transcodes) subtracts the source's start time as the segments
+// do; a remux keeps the source's times, as its MP4 does. Deterministic: its size is always exact.
+std::string subtitle_srt(const std::string& path, int index, bool rebase);
 // Segments and their byte budgets; for audio-only transcodes this reads the video packet index.
 Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision,
                         const Profile& profile);

@@ -17,11 +17,14 @@ struct Entry {
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VideoStream, index, codec, profile, level, bit_depth, pix_fmt, width,
                                    height, fps, interlaced)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(AudioStream, index, codec, profile, channels, sample_rate)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(AudioStream, index, codec, profile, channels, sample_rate, language,
+                                   default_track)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(SubtitleStream, index, codec, language, default_track, text)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Segment, start, end, offset, bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Layout, action, size, segments, fps_num, fps_den, width, height,
                                    video_kbps)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Decision, action, reasons, audio_stream, extension)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Decision, action, reasons, audio_streams, sidecar_subtitle, kept_subtitles,
+                                   extension)
 
 inline void to_json(nlohmann::json& json, const MediaInfo& media) {
     json = {{"container", media.container},

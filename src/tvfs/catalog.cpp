@@ -44,6 +44,12 @@ Listing name_items(const std::vector<SourceItem>& items) {
         auto shown = fit_name(output_name(item->name, item->decision), extension.size());
         if (result.count(shown)) shown = fit_name(item->name + extension, extension.size());
         result[shown] = CatalogItem{item->name, false};
+        // The sidecar shares the output's stem (DLNA servers pair them by it); only a name within
+        // a byte of NAME_MAX gets its own hash suffix. Never replaces another name.
+        if (item->decision.sidecar_subtitle >= 0) {
+            auto srt = fit_name(sidecar_name(shown), 4);
+            if (!result.count(srt)) result[srt] = CatalogItem{item->name, false, true};
+        }
     }
     return result;
 }
@@ -85,6 +91,7 @@ std::optional<Catalog::Resolved> Catalog::resolve(const std::string& path) {
     if (found == items->end()) return std::nullopt;
     Resolved resolved;
     resolved.directory = found->second.directory;
+    resolved.sidecar = found->second.sidecar;
     resolved.source_rel = dir + "/" + found->second.source_name;
     if (!resolved.directory) {
         resolved.entry = lookup_(resolved.source_rel);

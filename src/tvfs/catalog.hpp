@@ -1,7 +1,8 @@
 // The catalog: which names the mount shows in each directory and which source file each one is
 // (private to tvfs). A converted file gets its output extension (clip.mkv -> clip.mp4); a
 // pass-through file keeps its name and wins a collision, the converted one then keeps its source
-// name in front (clip.mkv.mp4). No name is longer than NAME_MAX: the kernel refuses to look one up.
+// name in front (clip.mkv.mp4); one with text subtitles gets the sidecar clip.srt beside it. No
+// name is longer than NAME_MAX: the kernel refuses to look one up.
 #pragma once
 
 #include <climits>
@@ -20,6 +21,7 @@ namespace ktricks::tvfs {
 struct CatalogItem {
     std::string source_name;
     bool directory = false;
+    bool sidecar = false;  // the NAME.srt of a converted output (its subtitles as SubRip)
 };
 using Listing = std::map<std::string, CatalogItem>;  // name in the mount -> source
 
@@ -53,6 +55,7 @@ public:
         bool directory = false;
         std::string source_rel;      // "/dir/clip.mkv"
         std::optional<Entry> entry;  // files only
+        bool sidecar = false;        // the subtitles of source_rel as SubRip text
     };
     // What PATH in the mount ("/dir/clip.mp4") is; nullopt if nothing (or a skipped file).
     std::optional<Resolved> resolve(const std::string& path);

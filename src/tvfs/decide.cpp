@@ -29,6 +29,37 @@ std::string container_family(const MediaInfo& media) {
     return name;
 }
 
+// "audio stream 2 (fre)": how reasons and --explain name a track.
+std::string track_name(std::string_view kind, int index, const std::string& language) {
+    return fmt::format("{} stream {} ({})", kind, index, language.empty() ? "no language" : language);
+}
+
+// Subtitles of a converted output: the default text stream (else the first) becomes the sidecar
+// NAME.srt, which DLNA servers hand to TVs with the video; VobSub pictures are copied into a remux
+// (MP4 carries them); every other stream is named as not shown.
+void choose_subtitles(const MediaInfo& media, Decision& decision) {
+    auto& why = decision.reasons;
+    const SubtitleStream* sidecar = nullptr;
+    for (const auto& s : media.subtitles)
+        if (s.text && (!sidecar || (s.default_track && !sidecar->default_track))) sidecar = &s;
+    if (sidecar) decision.sidecar_subtitle = sidecar->index;
+    for (const auto& s : media.subtitles) {
+        auto name = track_name("subtitle", s.index, s.language);
+        if (&s == sidecar)
+            why.push_back(fmt::format("{}: {} -> sidecar .srt beside the output", name, s.codec));
+        else if (s.text)
+            why.push_back(fmt::format("{}: {} not shown (one .srt sidecar per file: stream {} is)", name,
+                                      s.codec, sidecar->index));
+        else if (decision.action == Action::remux && s.codec == "dvd_subtitle") {
+            decision.kept_subtitles.push_back(s.index);
+            why.push_back(fmt::format("{}: {} pictures copied into the MP4", name, s.codec));
+        } else {
+            why.push_back(fmt::format("{}: {} pictures dropped ({} cannot carry them)", name, s.codec,
+                                      decision.action == Action::remux ? "MP4" : "the MPEG-TS output"));
+        }
+    }
+}
+
 std::string level_text(int level) { return fmt::format("{}.{}", level / 10, level % 10); }
 
 // Codecs the MPEG-TS muxer can carry when the video is copied into an audio-only transcode.
@@ -91,30 +122,32 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
         why.push_back(fmt::format("video: {} {} {}x{} {:.3g} fps {}-bit ok", v.codec, v.profile, v.width,
                                   v.height, v.fps, v.bit_depth));
 
+    // Every audio track, the default one first; each is checked against the profile on its own.
     bool audio_ok = true;
-    if (!media.audio.empty()) {
-        const auto& a = media.audio.front();
-        decision.audio_stream = a.index;
-        if (!contains(profile.audio_codecs, a.codec)) {
-            audio_ok = false;
-            why.push_back(fmt::format("audio: {} not in profile {} ({})", a.codec, profile.name,
-                                      fmt::join(profile.audio_codecs, ", ")));
-        }
-        if (a.channels > profile.max_channels) {
-            audio_ok = false;
-            why.push_back(fmt::format("audio: {} channels > {}", a.channels, profile.max_channels));
-        }
+    std::vector<const AudioStream*> tracks;
+    for (const auto& a : media.audio) tracks.push_back(&a);
+    std::stable_partition(tracks.begin(), tracks.end(),
+                          [](const AudioStream* a) { return a->default_track; });
+    for (const auto* a : tracks) {
+        decision.audio_streams.push_back(a->index);
+        auto name = track_name("audio", a->index, a->language);
+        bool fits = true;
+        auto fail_audio = [&](std::string text) {
+            fits = false;
+            why.push_back(fmt::format("{}: {}", name, text));
+        };
+        if (!contains(profile.audio_codecs, a->codec))
+            fail_audio(fmt::format("{} not in profile {} ({})", a->codec, profile.name,
+                                   fmt::join(profile.audio_codecs, ", ")));
+        if (a->channels > profile.max_channels)
+            fail_audio(fmt::format("{} channels > {}", a->channels, profile.max_channels));
         if (!profile.sample_rates.empty() &&
-            !std::count(profile.sample_rates.begin(), profile.sample_rates.end(), a.sample_rate)) {
-            audio_ok = false;
-            why.push_back(fmt::format("audio: {} Hz not in ({})", a.sample_rate,
-                                      fmt::join(profile.sample_rates, ", ")));
-        }
-        if (audio_ok)
-            why.push_back(fmt::format("audio: {} {} ch {} Hz ok", a.codec, a.channels, a.sample_rate));
-        if (media.audio.size() > 1 && !(video_ok && audio_ok))
-            why.push_back(fmt::format("audio: {} more audio stream(s) dropped from the output",
-                                      media.audio.size() - 1));
+            !std::count(profile.sample_rates.begin(), profile.sample_rates.end(), a->sample_rate))
+            fail_audio(
+                fmt::format("{} Hz not in ({})", a->sample_rate, fmt::join(profile.sample_rates, ", ")));
+        if (fits)
+            why.push_back(fmt::format("{}: {} {} ch {} Hz ok", name, a->codec, a->channels, a->sample_rate));
+        audio_ok = audio_ok && fits;
     }
 
     auto family = container_family(media);
@@ -140,10 +173,7 @@ Decision decide(const MediaInfo& media, const Profile& profile) {
         decision.extension = ".ts";
         if (video_ok) why.push_back(fmt::format("video: {} cannot be copied into MPEG-TS", v.codec));
     }
-    if (media.subtitles > 0 && decision.action != Action::pass_through)
-        why.push_back(
-            fmt::format("subtitles: {} stream(s) dropped (TVs do not render them from a converted stream)",
-                        media.subtitles));
+    if (decision.action != Action::pass_through) choose_subtitles(media, decision);
     return decision;
 }
 
@@ -152,6 +182,12 @@ std::string output_name(std::string_view source_name, const Decision& decision) 
     auto dot = source_name.rfind('.');
     auto stem = (dot == std::string_view::npos || dot == 0) ? source_name : source_name.substr(0, dot);
     return std::string(stem) + decision.extension;
+}
+
+std::string sidecar_name(std::string_view shown) {
+    auto dot = shown.rfind('.');
+    auto stem = (dot == std::string_view::npos || dot == 0) ? shown : shown.substr(0, dot);
+    return std::string(stem) + ".srt";
 }
 
 std::string explain(const std::string& path, const MediaInfo& media, const Decision& decision) {
@@ -165,12 +201,34 @@ std::string explain(const std::string& path, const MediaInfo& media, const Decis
                             v.bit_depth, v.width, v.height, v.fps, v.interlaced ? " interlaced" : "");
     }
     for (const auto& a : media.audio)
-        text += fmt::format("  stream {} audio: {} {} {} ch {} Hz\n", a.index, a.codec,
-                            a.profile.empty() ? "-" : a.profile, a.channels, a.sample_rate);
-    if (media.subtitles) text += fmt::format("  {} subtitle stream(s)\n", media.subtitles);
+        text +=
+            fmt::format("  stream {} audio: {} {} {} ch {} Hz, {}{}\n", a.index, a.codec,
+                        a.profile.empty() ? "-" : a.profile, a.channels, a.sample_rate,
+                        a.language.empty() ? "no language" : a.language, a.default_track ? ", default" : "");
+    for (const auto& s : media.subtitles)
+        text += fmt::format("  stream {} subtitle: {} ({}), {}{}\n", s.index, s.codec,
+                            s.text ? "text" : "pictures", s.language.empty() ? "no language" : s.language,
+                            s.default_track ? ", default" : "");
     for (const auto& reason : decision.reasons) text += "  - " + reason + "\n";
-    if (decision.action != Action::skip)
-        text += fmt::format("  shown as: {}\n", output_name(path.substr(path.rfind('/') + 1), decision));
+    if (decision.action == Action::skip) return text;
+    auto shown = output_name(path.substr(path.rfind('/') + 1), decision);
+    text += fmt::format("  shown as: {}\n", shown);
+    // What each audio track becomes, in output order.
+    for (std::size_t i = 0; i < decision.audio_streams.size(); ++i) {
+        int index = decision.audio_streams[i];
+        auto a =
+            std::find_if(media.audio.begin(), media.audio.end(), [&](auto& x) { return x.index == index; });
+        if (a == media.audio.end()) continue;
+        const char* what = decision.action == Action::pass_through ? "as is"
+                           : decision.action == Action::remux      ? "copied"
+                                                                   : "-> AAC-LC stereo 48 kHz";
+        text +=
+            fmt::format("  output audio {}: stream {} {} ({}{}) {}\n", i + 1, index, a->codec,
+                        a->language.empty() ? "no language" : a->language, i == 0 ? ", default" : "", what);
+    }
+    if (decision.sidecar_subtitle >= 0)
+        text += fmt::format("  sidecar: {} (subtitle stream {} as SubRip)\n", sidecar_name(shown),
+                            decision.sidecar_subtitle);
     return text;
 }
 

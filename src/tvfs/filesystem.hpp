@@ -9,6 +9,7 @@
 //       (a probe runs under its file's lock; the map is locked only to read or store an entry)
 //   ProbeCache::save_mutex_ -> ProbeCache::mutex_   (a save copies the entries, then writes the file)
 //   Catalog::mutex_ alone: released before the source is read or a file is probed.
+//   Output::sidecar_mutex alone: held while a subtitle sidecar is made from the source.
 //   Mount::State::error_mutex alone (mount_state.hpp).
 // The chains never meet: no function holds a lock of one chain while taking a lock of another.
 #pragma once

@@ -109,8 +109,17 @@ std::vector<int> kept_streams(const Decision& decision, const AVFormatContext* i
         if (input->streams[i]->disposition & AV_DISPOSITION_ATTACHED_PIC) continue;
         if (type == AVMEDIA_TYPE_VIDEO && streams.empty()) streams.push_back(static_cast<int>(i));
     }
-    if (decision.audio_stream >= 0) streams.push_back(decision.audio_stream);
+    streams.insert(streams.end(), decision.audio_streams.begin(), decision.audio_streams.end());
+    streams.insert(streams.end(), decision.kept_subtitles.begin(), decision.kept_subtitles.end());
     return streams;
+}
+
+// An output stream keeps its source's language; the first audio stream is the default one.
+void copy_tags(const AVStream* from, AVStream* to, bool first_audio) {
+    if (const AVDictionaryEntry* tag = av_dict_get(from->metadata, "language", nullptr, 0))
+        av_dict_set(&to->metadata, "language", tag->value, 0);
+    if (to->codecpar->codec_type == AVMEDIA_TYPE_AUDIO)
+        to->disposition = first_audio ? AV_DISPOSITION_DEFAULT : 0;
 }
 
 // The remux: copy the kept streams' packets into MP4. With `out` empty, a dry run into a counter.
@@ -131,12 +140,15 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
         check(avio_open(&output->pb, out.c_str(), AVIO_FLAG_WRITE), "open", out);
     }
     std::vector<int> map(input->nb_streams, -1);
+    bool first_audio = true;
     for (int index : streams) {
         AVStream* stream = avformat_new_stream(output.get(), nullptr);
         check(avcodec_parameters_copy(stream->codecpar, input->streams[index]->codecpar),
               "avcodec_parameters_copy", path);
         stream->codecpar->codec_tag = 0;
         stream->time_base = input->streams[index]->time_base;
+        copy_tags(input->streams[index], stream, first_audio);
+        if (stream->codecpar->codec_type == AVMEDIA_TYPE_AUDIO) first_audio = false;
         map[static_cast<std::size_t>(index)] = stream->index;
     }
     AVDictionary* options = nullptr;
@@ -185,9 +197,12 @@ std::uint64_t round_up_packets(double bytes) {
 
 // Worst-case TS bytes for a segment: payload 184 of 188, a PES header and a part-filled packet per
 // frame, PAT+PMT every 0.1 s, SDT every second, and the audio encoder's overshoot.
-std::uint64_t segment_budget(double seconds, double video_bytes, int video_frames, int audio_kbps) {
-    double audio_bytes = audio_kbps * 1000.0 / 8 * seconds * 1.3 + 2 * 1536;
-    int audio_frames = static_cast<int>(std::ceil(seconds * audio_rate / 1024)) + 2;
+// Each audio track counts in full.
+std::uint64_t segment_budget(double seconds, double video_bytes, int video_frames, int audio_kbps,
+                             std::size_t tracks) {
+    double audio_bytes = (audio_kbps * 1000.0 / 8 * seconds * 1.3 + 2 * 1536) * double(tracks);
+    int audio_frames =
+        (static_cast<int>(std::ceil(seconds * audio_rate / 1024)) + 2) * static_cast<int>(tracks);
     double bytes = (video_bytes + audio_bytes) * ts_packet / 184.0 +
                    (video_frames + audio_frames) * 2.0 * ts_packet + (seconds * 11 * 2 + 4) * ts_packet;
     return round_up_packets(bytes);
@@ -232,8 +247,8 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             double seconds = segment.end - segment.start;
             // VBV: at most maxrate * t + bufsize bits in any window of t seconds.
             double video_bytes = layout.video_kbps * 1000.0 / 8 * (seconds + 1.0);
-            segment.bytes =
-                segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps);
+            segment.bytes = segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps,
+                                           decision.audio_streams.size());
             segment.offset = offset;
             offset += segment.bytes;
             layout.segments.push_back(segment);
@@ -276,7 +291,7 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
         segment.end =
             i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
         segment.bytes = segment_budget(segment.end - segment.start, runs[i].video_bytes, runs[i].frames,
-                                       profile.audio_kbps);
+                                       profile.audio_kbps, decision.audio_streams.size());
         segment.offset = offset;
         offset += segment.bytes;
         layout.segments.push_back(segment);
@@ -314,6 +329,19 @@ CodecPtr open_decoder(const AVStream* stream, const std::string& path) {
     return context;
 }
 
+// One audio track of a segment: its decoder, resampler and AAC encoder, and where it stands.
+struct AudioTrack {
+    int index = -1;  // the source stream
+    CodecPtr decoder, encoder;
+    std::unique_ptr<SwrContext, SwrFree> swr;
+    std::unique_ptr<AVAudioFifo, FifoFree> fifo;
+    AVStream* out = nullptr;
+    std::int64_t written = 0;    // samples sent to the encoder, from audio_feed_first_
+    std::int64_t position = -1;  // the next decoded sample's time, in samples (-1: none yet)
+    std::int64_t packets = 0;    // packets the encoder made
+    bool done = false;
+};
+
 // One segment's production state; everything is created fresh per segment (see the file comment).
 class SegmentJob {
 public:
@@ -334,7 +362,7 @@ public:
         video_in_ = input_->streams[media_.video->index];
         open_output();
         if (!copy_video_) open_video();
-        if (decision_.audio_stream >= 0) open_audio();
+        open_audio();
         // Seek early: what comes before the segment primes the decoders and the audio encoder (see
         // open_audio) and is dropped; copied video starts at the segment's own keyframe anyway.
         double target = segment_.start + start_time_ - (copy_video_ ? 2.0 : 1.5);
@@ -429,41 +457,9 @@ private:
         check(avfilter_graph_config(graph_.get(), nullptr), "avfilter_graph_config", chain);
     }
 
+    // One encoder per audio track (all AAC-LC stereo 48 kHz), in the decision's order, each
+    // keeping its source's language; the first is the default track.
     void open_audio() {
-        const AVStream* stream = input_->streams[decision_.audio_stream];
-        audio_decoder_ = open_decoder(stream, path_);
-        const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_AAC);
-        audio_encoder_.reset(avcodec_alloc_context3(codec));
-        auto* e = audio_encoder_.get();
-        e->sample_rate = audio_rate;
-        av_channel_layout_default(&e->ch_layout, 2);
-        e->sample_fmt = AV_SAMPLE_FMT_FLTP;
-        e->bit_rate = profile_.audio_kbps * 1000LL;
-        e->time_base = AVRational{1, audio_rate};
-        e->profile = FF_PROFILE_AAC_LOW;
-        check(avcodec_open2(e, codec, nullptr), "avcodec_open2 aac", path_);
-        audio_out_ = avformat_new_stream(output_.get(), nullptr);
-        check(avcodec_parameters_from_context(audio_out_->codecpar, e), "avcodec_parameters_from_context",
-              path_);
-        audio_out_->time_base = AVRational{1, 90000};
-        SwrContext* swr = nullptr;
-        AVChannelLayout stereo{};
-        av_channel_layout_default(&stereo, 2);
-        // Zeroed: av_channel_layout_copy() first uninits its destination, and an uninitialised one
-        // whose stack garbage read as AV_CHANNEL_ORDER_CUSTOM had its garbage u.map freed (heap
-        // corruption in the daemon that depended on what the stack held before; issue 19).
-        AVChannelLayout in_layout{};
-        if (audio_decoder_->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
-            av_channel_layout_default(&in_layout, audio_decoder_->ch_layout.nb_channels);
-        else
-            av_channel_layout_copy(&in_layout, &audio_decoder_->ch_layout);
-        check(swr_alloc_set_opts2(&swr, &stereo, AV_SAMPLE_FMT_FLTP, audio_rate, &in_layout,
-                                  audio_decoder_->sample_fmt, audio_decoder_->sample_rate, 0, nullptr),
-              "swr_alloc_set_opts2", path_);
-        av_channel_layout_uninit(&in_layout);
-        swr_.reset(swr);
-        check(swr_init(swr), "swr_init", path_);
-        fifo_.reset(av_audio_fifo_alloc(AV_SAMPLE_FMT_FLTP, 2, 4096));
         // Audio segments sit on a global grid of 1024-sample AAC frames, so consecutive segments'
         // packets tile the timeline with neither gap nor overlap.
         auto grid = [](double seconds) { return std::llround(seconds * audio_rate) / 1024 * 1024; };
@@ -484,6 +480,50 @@ private:
         // has the same bytes.
         audio_feed_first_ = std::max<std::int64_t>(0, audio_first_ - audio_preroll * 1024);
         audio_feed_end_ = last ? audio_end_ : audio_end_ + audio_postroll * 1024;
+        for (int index : decision_.audio_streams) {
+            auto track = std::make_unique<AudioTrack>();
+            track->index = index;
+            open_track(*track, tracks_.empty());
+            tracks_.push_back(std::move(track));
+        }
+    }
+
+    void open_track(AudioTrack& track, bool first) {
+        const AVStream* stream = input_->streams[track.index];
+        track.decoder = open_decoder(stream, path_);
+        const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_AAC);
+        track.encoder.reset(avcodec_alloc_context3(codec));
+        auto* e = track.encoder.get();
+        e->sample_rate = audio_rate;
+        av_channel_layout_default(&e->ch_layout, 2);
+        e->sample_fmt = AV_SAMPLE_FMT_FLTP;
+        e->bit_rate = profile_.audio_kbps * 1000LL;
+        e->time_base = AVRational{1, audio_rate};
+        e->profile = FF_PROFILE_AAC_LOW;
+        check(avcodec_open2(e, codec, nullptr), "avcodec_open2 aac", path_);
+        track.out = avformat_new_stream(output_.get(), nullptr);
+        check(avcodec_parameters_from_context(track.out->codecpar, e), "avcodec_parameters_from_context",
+              path_);
+        track.out->time_base = AVRational{1, 90000};
+        copy_tags(stream, track.out, first);
+        SwrContext* swr = nullptr;
+        AVChannelLayout stereo{};
+        av_channel_layout_default(&stereo, 2);
+        // Zeroed: av_channel_layout_copy() first uninits its destination, and an uninitialised one
+        // whose stack garbage read as AV_CHANNEL_ORDER_CUSTOM had its garbage u.map freed (heap
+        // corruption in the daemon that depended on what the stack held before; issue 19).
+        AVChannelLayout in_layout{};
+        if (track.decoder->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
+            av_channel_layout_default(&in_layout, track.decoder->ch_layout.nb_channels);
+        else
+            av_channel_layout_copy(&in_layout, &track.decoder->ch_layout);
+        check(swr_alloc_set_opts2(&swr, &stereo, AV_SAMPLE_FMT_FLTP, audio_rate, &in_layout,
+                                  track.decoder->sample_fmt, track.decoder->sample_rate, 0, nullptr),
+              "swr_alloc_set_opts2", path_);
+        av_channel_layout_uninit(&in_layout);
+        track.swr.reset(swr);
+        check(swr_init(swr), "swr_init", path_);
+        track.fifo.reset(av_audio_fifo_alloc(AV_SAMPLE_FMT_FLTP, 2, 4096));
     }
 
     void write_header_once() {
@@ -522,22 +562,27 @@ private:
         }
         write_header_once();
         PacketPtr packet(av_packet_alloc());
-        bool video_done = false, audio_done = decision_.audio_stream < 0;
+        bool video_done = false;
+        std::size_t audio_left = tracks_.size();
         bool started_copy = false;
         int status;
-        while (!(video_done && audio_done) && (status = av_read_frame(input_.get(), packet.get())) >= 0) {
+        while (!(video_done && audio_left == 0) &&
+               (status = av_read_frame(input_.get(), packet.get())) >= 0) {
             if (packet->stream_index == media_.video->index && !video_done) {
                 if (copy_video_) video_done = copy_packet(packet.get(), started_copy);
                 else
                     video_done = decode_video(packet.get());
-            } else if (packet->stream_index == decision_.audio_stream && !audio_done) {
-                audio_done = decode_audio(packet.get());
+            } else {
+                for (auto& track : tracks_)
+                    if (packet->stream_index == track->index && !track->done &&
+                        (track->done = decode_audio(*track, packet.get())))
+                        --audio_left;
             }
             av_packet_unref(packet.get());
         }
         if (!copy_video_ && !video_done) decode_video(nullptr);
         if (!copy_video_) finish_video();
-        if (decision_.audio_stream >= 0) finish_audio();
+        for (auto& track : tracks_) finish_audio(*track);
     }
 
     // Copies the packets of [segment start keyframe, next segment's keyframe); true when done.
@@ -645,84 +690,85 @@ private:
         }
     }
 
-    bool decode_audio(const AVPacket* packet) {
-        if (avcodec_send_packet(audio_decoder_.get(), packet) < 0) return false;
+    bool decode_audio(AudioTrack& track, const AVPacket* packet) {
+        if (avcodec_send_packet(track.decoder.get(), packet) < 0) return false;
         FramePtr frame(av_frame_alloc());
-        const AVStream* stream = input_->streams[decision_.audio_stream];
-        while (avcodec_receive_frame(audio_decoder_.get(), frame.get()) >= 0) {
-            if (audio_position_ < 0) {
+        const AVStream* stream = input_->streams[track.index];
+        while (avcodec_receive_frame(track.decoder.get(), frame.get()) >= 0) {
+            if (track.position < 0) {
                 std::int64_t ts = frame->best_effort_timestamp;
                 double t =
                     ts == AV_NOPTS_VALUE ? segment_.start : ts * av_q2d(stream->time_base) - start_time_;
-                audio_position_ = std::llround(t * audio_rate);
+                track.position = std::llround(t * audio_rate);
             }
-            int capacity = swr_get_out_samples(swr_.get(), frame->nb_samples);
+            int capacity = swr_get_out_samples(track.swr.get(), frame->nb_samples);
             FramePtr converted(av_frame_alloc());
             converted->format = AV_SAMPLE_FMT_FLTP;
             av_channel_layout_default(&converted->ch_layout, 2);
             converted->sample_rate = audio_rate;
             converted->nb_samples = capacity;
             check(av_frame_get_buffer(converted.get(), 0), "av_frame_get_buffer", path_);
-            int got = swr_convert(swr_.get(), converted->data, capacity,
+            int got = swr_convert(track.swr.get(), converted->data, capacity,
                                   const_cast<const std::uint8_t**>(frame->extended_data), frame->nb_samples);
             av_frame_unref(frame.get());
             if (got <= 0) continue;
-            take_audio(converted.get(), got);
-            if (audio_position_ >= audio_feed_end_) return true;
+            take_audio(track, converted.get(), got);
+            if (track.position >= audio_feed_end_) return true;
         }
         return false;
     }
 
     // Places converted samples on the encoder's timeline [audio_feed_first_, audio_feed_end_):
     // before it dropped, after it ignored, a gap in the source filled with silence.
-    void take_audio(AVFrame* converted, int count) {
-        std::int64_t start = audio_position_;
-        audio_position_ += count;
+    void take_audio(AudioTrack& track, AVFrame* converted, int count) {
+        std::int64_t start = track.position;
+        track.position += count;
         std::int64_t skip = std::clamp<std::int64_t>(audio_feed_first_ - start, 0, count);
-        std::int64_t fifo_end = audio_feed_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
-        if (start + skip > fifo_end && fifo_end >= audio_feed_first_) pad_silence(start + skip - fifo_end);
+        std::int64_t fifo_end = audio_feed_first_ + track.written + av_audio_fifo_size(track.fifo.get());
+        if (start + skip > fifo_end && fifo_end >= audio_feed_first_)
+            pad_silence(track, start + skip - fifo_end);
         std::int64_t end = std::min<std::int64_t>(count, audio_feed_end_ - start);
         if (end <= skip) return;
         void* planes[2] = {converted->data[0] + skip * 4, converted->data[1] + skip * 4};
-        av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(end - skip));
-        encode_audio_frames(false);
+        av_audio_fifo_write(track.fifo.get(), planes, static_cast<int>(end - skip));
+        encode_audio_frames(track, false);
     }
 
-    void pad_silence(std::int64_t count) {
+    void pad_silence(AudioTrack& track, std::int64_t count) {
         std::vector<float> zeros(
             static_cast<std::size_t>(std::min<std::int64_t>(count, audio_feed_end_ - audio_feed_first_)),
             0.0f);
         void* planes[2] = {zeros.data(), zeros.data()};
-        av_audio_fifo_write(fifo_.get(), planes, static_cast<int>(zeros.size()));
+        av_audio_fifo_write(track.fifo.get(), planes, static_cast<int>(zeros.size()));
     }
 
-    void encode_audio_frames(bool flush) {
-        const int frame_size = audio_encoder_->frame_size;
-        while (av_audio_fifo_size(fifo_.get()) >= frame_size ||
-               (flush && av_audio_fifo_size(fifo_.get()) > 0)) {
-            int count = std::min(frame_size, av_audio_fifo_size(fifo_.get()));
+    void encode_audio_frames(AudioTrack& track, bool flush) {
+        const int frame_size = track.encoder->frame_size;
+        auto* fifo = track.fifo.get();
+        while (av_audio_fifo_size(fifo) >= frame_size || (flush && av_audio_fifo_size(fifo) > 0)) {
+            int count = std::min(frame_size, av_audio_fifo_size(fifo));
             FramePtr frame(av_frame_alloc());
             frame->format = AV_SAMPLE_FMT_FLTP;
             av_channel_layout_default(&frame->ch_layout, 2);
             frame->sample_rate = audio_rate;
             frame->nb_samples = count;
             check(av_frame_get_buffer(frame.get(), 0), "av_frame_get_buffer", path_);
-            av_audio_fifo_read(fifo_.get(), reinterpret_cast<void**>(frame->data), count);
-            frame->pts = audio_feed_first_ + audio_written_;
-            audio_written_ += count;
-            send_audio(frame.get());
+            av_audio_fifo_read(fifo, reinterpret_cast<void**>(frame->data), count);
+            frame->pts = audio_feed_first_ + track.written;
+            track.written += count;
+            send_audio(track, frame.get());
         }
-        if (flush) send_audio(nullptr);
+        if (flush) send_audio(track, nullptr);
     }
 
-    void send_audio(const AVFrame* frame) {
-        check(avcodec_send_frame(audio_encoder_.get(), frame), "avcodec_send_frame aac", path_);
+    void send_audio(AudioTrack& track, const AVFrame* frame) {
+        check(avcodec_send_frame(track.encoder.get(), frame), "avcodec_send_frame aac", path_);
         PacketPtr packet(av_packet_alloc());
-        while (avcodec_receive_packet(audio_encoder_.get(), packet.get()) >= 0) {
+        while (avcodec_receive_packet(track.encoder.get(), packet.get()) >= 0) {
             // The encoder's first packet is its priming frame (1024 samples of delay), so packet i
             // carries time feed_first + (i - 1) * 1024. Kept: the packets of [first, end), and in
             // segment 0 the priming packet too (the decoder needs it for the first samples).
-            auto index = audio_packets_++;
+            auto index = track.packets++;
             std::int64_t pts = audio_feed_first_ + (index - 1) * 1024;
             if (pts < (audio_first_ == 0 ? -1024 : audio_first_) || pts >= audio_end_) {
                 av_packet_unref(packet.get());
@@ -730,18 +776,18 @@ private:
             }
             packet->pts = packet->dts = pts;
             packet->duration = 1024;
-            av_packet_rescale_ts(packet.get(), audio_encoder_->time_base, audio_out_->time_base);
-            packet->stream_index = audio_out_->index;
+            av_packet_rescale_ts(packet.get(), track.encoder->time_base, track.out->time_base);
+            packet->stream_index = track.out->index;
             check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame",
                   path_);
         }
     }
 
-    void finish_audio() {
+    void finish_audio(AudioTrack& track) {
         // A source whose audio ends early: silence to the segment's end keeps A/V lengths equal.
-        std::int64_t have = audio_feed_first_ + audio_written_ + av_audio_fifo_size(fifo_.get());
-        if (have < audio_feed_end_) pad_silence(audio_feed_end_ - have);
-        encode_audio_frames(true);
+        std::int64_t have = audio_feed_first_ + track.written + av_audio_fifo_size(track.fifo.get());
+        if (have < audio_feed_end_) pad_silence(track, audio_feed_end_ - have);
+        encode_audio_frames(track, true);
     }
 
     const std::string& path_;
@@ -761,20 +807,17 @@ private:
     double start_time_ = 0;
     const AVStream* video_in_ = nullptr;
     AVStream* video_out_ = nullptr;
-    AVStream* audio_out_ = nullptr;
-    CodecPtr decoder_, encoder_, audio_decoder_, audio_encoder_;
+    CodecPtr decoder_, encoder_;
+    std::vector<std::unique_ptr<AudioTrack>> tracks_;
     std::unique_ptr<AVFilterGraph, GraphFree> graph_;
     AVFilterContext* source_ = nullptr;
     AVFilterContext* sink_filter_ = nullptr;
     std::unique_ptr<AVBSFContext, BsfFree> bsf_;
-    std::unique_ptr<SwrContext, SwrFree> swr_;
-    std::unique_ptr<AVAudioFifo, FifoFree> fifo_;
     AVRational rate_{25, 1};
     std::int64_t frames_ = 0, first_frame_ = 0, next_ = 0;
     FramePtr held_;
     double last_video_time_ = 0;
-    std::int64_t audio_first_ = 0, audio_end_ = 0, audio_written_ = 0, audio_position_ = -1,
-                 audio_packets_ = 0;
+    std::int64_t audio_first_ = 0, audio_end_ = 0;
     std::int64_t audio_feed_first_ = 0, audio_feed_end_ = 0;
 };
 
@@ -808,6 +851,84 @@ std::string produce_segment(const std::string& path, const MediaInfo& media, con
     }
     throw std::runtime_error(
         fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
+}
+
+std::string subtitle_srt(const std::string& path, int index, bool rebase) {
+    auto input = open_input(path);
+    if (index < 0 || index >= static_cast<int>(input->nb_streams) ||
+        input->streams[index]->codecpar->codec_type != AVMEDIA_TYPE_SUBTITLE)
+        throw DataError(fmt::format("{}: stream {} is not a subtitle stream", printable(path), index));
+    for (unsigned i = 0; i < input->nb_streams; ++i)
+        if (static_cast<int>(i) != index) input->streams[i]->discard = AVDISCARD_ALL;
+    const AVStream* stream = input->streams[index];
+    CodecPtr decoder = open_decoder(stream, path);
+    const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_SUBRIP);
+    if (!codec) throw std::runtime_error("no SubRip encoder in this FFmpeg build");
+    CodecPtr encoder(avcodec_alloc_context3(codec));
+    encoder->time_base = AVRational{1, 1000};
+    if (decoder->subtitle_header_size > 0) {  // the ASS styles the events refer to
+        encoder->subtitle_header = static_cast<std::uint8_t*>(av_mallocz(decoder->subtitle_header_size + 1));
+        if (!encoder->subtitle_header) throw std::bad_alloc();
+        std::memcpy(encoder->subtitle_header, decoder->subtitle_header, decoder->subtitle_header_size);
+        encoder->subtitle_header_size = decoder->subtitle_header_size;
+    }
+    check(avcodec_open2(encoder.get(), codec, nullptr), "avcodec_open2 srt", path);
+    AVFormatContext* raw = nullptr;
+    check(avformat_alloc_output_context2(&raw, nullptr, "srt", nullptr), "avformat_alloc_output_context2",
+          path);
+    OutputPtr output(raw);
+    std::string data;
+    Sink sink;
+    sink.data = &data;
+    AvioPtr avio = sink_avio(sink, false);
+    output->pb = avio.get();
+    output->flags |= AVFMT_FLAG_CUSTOM_IO;
+    AVStream* out = avformat_new_stream(output.get(), nullptr);
+    check(avcodec_parameters_from_context(out->codecpar, encoder.get()), "avcodec_parameters_from_context",
+          path);
+    out->time_base = encoder->time_base;
+    check(avformat_write_header(output.get(), nullptr), "avformat_write_header srt", path);
+    std::int64_t start = rebase && input->start_time != AV_NOPTS_VALUE ? input->start_time : 0;
+    std::vector<std::uint8_t> text(1 << 20);
+    PacketPtr packet(av_packet_alloc());
+    int status;
+    while ((status = av_read_frame(input.get(), packet.get())) >= 0) {
+        if (packet->stream_index != index) {
+            av_packet_unref(packet.get());
+            continue;
+        }
+        AVSubtitle subtitle{};
+        int got = 0;
+        int used = avcodec_decode_subtitle2(decoder.get(), &subtitle, &got, packet.get());
+        av_packet_unref(packet.get());
+        if (used < 0 || !got) continue;  // a damaged event: skipped, as the decoder would
+        std::unique_ptr<AVSubtitle, void (*)(AVSubtitle*)> owned(&subtitle, avsubtitle_free);
+        if (subtitle.num_rects == 0 || subtitle.pts == AV_NOPTS_VALUE) continue;
+        // As ffmpeg does: the display offsets folded into the time, a duration from the end.
+        std::int64_t at = subtitle.pts +
+                          av_rescale_q(subtitle.start_display_time, AVRational{1, 1000}, AV_TIME_BASE_Q) -
+                          start;
+        std::int64_t length = subtitle.end_display_time > subtitle.start_display_time
+                                  ? subtitle.end_display_time - subtitle.start_display_time
+                                  : 0;
+        subtitle.end_display_time = static_cast<std::uint32_t>(length);
+        subtitle.start_display_time = 0;
+        int size =
+            avcodec_encode_subtitle(encoder.get(), text.data(), static_cast<int>(text.size()), &subtitle);
+        if (size <= 0) continue;  // nothing SubRip can say (an empty or a drawing-only event)
+        PacketPtr event(av_packet_alloc());
+        check(av_new_packet(event.get(), size), "av_new_packet", path);
+        std::memcpy(event->data, text.data(), static_cast<std::size_t>(size));
+        event->pts = event->dts = av_rescale_q(std::max<std::int64_t>(0, at), AV_TIME_BASE_Q, out->time_base);
+        event->duration = av_rescale_q(length, AVRational{1, 1000}, out->time_base);
+        event->stream_index = out->index;
+        check(av_write_frame(output.get(), event.get()), "av_write_frame srt", path);
+    }
+    if (status != AVERROR_EOF) check(status, "av_read_frame", path);
+    check(av_write_trailer(output.get()), "av_write_trailer srt", path);
+    avio_flush(avio.get());
+    output->pb = nullptr;
+    return data;
 }
 
 }  // namespace ktricks::tvfs

@@ -20,6 +20,7 @@ Filesystem& self() { return *static_cast<Filesystem*>(fuse_get_context()->privat
 struct Handle {
     Fd fd;
     std::shared_ptr<Output> output;
+    std::shared_ptr<const std::string> text;  // a subtitle sidecar
 };
 
 // libfuse calls the operations from C: an exception must not cross it.
@@ -33,7 +34,7 @@ int guarded(const char* operation, const char* path, Function function) {
     }
 }
 
-void fill_stat(const Filesystem& fs, const Catalog::Resolved& r, struct stat* st) {
+void fill_stat(Filesystem& fs, const Catalog::Resolved& r, struct stat* st) {
     std::memset(st, 0, sizeof(*st));
     struct stat source {};
     ::stat((fs.source + r.source_rel).c_str(), &source);
@@ -49,7 +50,9 @@ void fill_stat(const Filesystem& fs, const Catalog::Resolved& r, struct stat* st
     }
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
-    st->st_size = static_cast<off_t>(r.entry->layout.size);
+    st->st_size =
+        r.sidecar ? static_cast<off_t>(fs.outputs.sidecar(*fs.outputs.get(r.source_rel, *r.entry))->size())
+                  : static_cast<off_t>(r.entry->layout.size);
     st->st_blocks = (st->st_size + 511) / 512;
 }
 
@@ -96,7 +99,9 @@ int op_open(const char* path, fuse_file_info* fi) {
         auto r = fs.catalog.resolve(path);
         if (!r || r->directory) return -ENOENT;
         auto handle = std::make_unique<Handle>();
-        if (r->entry->decision.action == Action::pass_through) {
+        if (r->sidecar) {
+            handle->text = fs.outputs.sidecar(*fs.outputs.get(r->source_rel, *r->entry));
+        } else if (r->entry->decision.action == Action::pass_through) {
             handle->fd = Fd(::open((fs.source + r->source_rel).c_str(), O_RDONLY | O_CLOEXEC));
             if (!handle->fd) return -errno;
         } else if (int error = open_output(fs, *r, *handle); error != 0) {
@@ -109,6 +114,12 @@ int op_open(const char* path, fuse_file_info* fi) {
 
 int op_read(const char*, char* buffer, size_t size, off_t offset, fuse_file_info* fi) {
     auto* handle = reinterpret_cast<Handle*>(fi->fh);
+    if (handle->text) {
+        if (offset < 0 || static_cast<std::size_t>(offset) >= handle->text->size()) return 0;
+        auto n = std::min(size, handle->text->size() - static_cast<std::size_t>(offset));
+        std::memcpy(buffer, handle->text->data() + offset, n);
+        return static_cast<int>(n);
+    }
     if (handle->fd) {
         auto n = ::pread(handle->fd.get(), buffer, size, offset);
         return n < 0 ? -errno : static_cast<int>(n);

@@ -60,6 +60,15 @@ bool moov_first(const std::string& path) {
     return true;
 }
 
+// The stream's ISO 639-2 language tag, "" if untagged ("und" is untagged too).
+std::string language(const AVStream* stream) {
+    const AVDictionaryEntry* tag = av_dict_get(stream->metadata, "language", nullptr, 0);
+    if (!tag || !tag->value || std::strcmp(tag->value, "und") == 0) return "";
+    std::string value = tag->value;
+    if (value.size() > 8) value.resize(8);  // a tag is a short code; keep --explain and the cache sane
+    return value;
+}
+
 }  // namespace
 
 MediaInfo probe(const std::string& path) {
@@ -105,9 +114,18 @@ MediaInfo probe(const std::string& path) {
             a.profile = profile ? profile : "";
             a.channels = par->ch_layout.nb_channels;
             a.sample_rate = par->sample_rate;
+            a.language = language(stream);
+            a.default_track = stream->disposition & AV_DISPOSITION_DEFAULT;
             if (a.channels > 0 && a.sample_rate > 0) media.audio.push_back(a);
         } else if (par->codec_type == AVMEDIA_TYPE_SUBTITLE) {
-            ++media.subtitles;
+            SubtitleStream s;
+            s.index = static_cast<int>(i);
+            s.codec = codec;
+            s.language = language(stream);
+            s.default_track = stream->disposition & AV_DISPOSITION_DEFAULT;
+            const AVCodecDescriptor* descriptor = avcodec_descriptor_get(par->codec_id);
+            s.text = descriptor && (descriptor->props & AV_CODEC_PROP_TEXT_SUB);
+            media.subtitles.push_back(s);
         }
     }
     if (media.container.starts_with("mov,mp4")) media.faststart = moov_first(path);

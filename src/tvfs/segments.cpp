@@ -34,9 +34,11 @@ std::string Outputs::segment_path(const Output& out, std::size_t k) {
 }
 
 std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry) {
-    auto key =
-        fmt::format("{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}", rel, entry.size,
-                                                                    entry.mtime_ns, profile_.describe())));
+    // output_format changes whenever the bytes of an output change, so an older cache entry is
+    // never joined to new segments.
+    auto key = fmt::format(
+        "{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}\n{}", rel, entry.size, entry.mtime_ns,
+                                                        profile_.describe(), output_format)));
     std::lock_guard lock(mutex_);
     auto& slot = outputs_[key];
     if (!slot) {
@@ -52,6 +54,14 @@ std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry)
     }
     cache_.touch(key);
     return slot;
+}
+
+std::shared_ptr<const std::string> Outputs::sidecar(Output& out) {
+    std::lock_guard lock(out.sidecar_mutex);
+    if (!out.sidecar)
+        out.sidecar = std::make_shared<const std::string>(subtitle_srt(
+            out.source, out.entry.decision.sidecar_subtitle, out.entry.decision.action != Action::remux));
+    return out.sidecar;
 }
 
 void Outputs::open(Output& out) {

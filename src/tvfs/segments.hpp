@@ -44,6 +44,9 @@ struct Output {
     std::mutex remux_mutex;  // guards remux_ready and remux_error; held while the one remux runs
     bool remux_ready = false;
     std::string remux_error;
+    // the NAME.srt sidecar, made once on its first stat or open
+    std::mutex sidecar_mutex;  // guards sidecar; held while it is made (alone: takes no other lock)
+    std::shared_ptr<const std::string> sidecar;
 
     ~Output() {
         if (worker.joinable()) worker.join();
@@ -66,6 +69,9 @@ public:
     // Copies [offset, offset+size) of a transcode into BUFFER, waiting for its segments; returns the
     // bytes copied or -EIO if the first segment cannot be made.
     int read(Output& out, char* buffer, std::size_t size, std::uint64_t offset);
+
+    // The SubRip text of OUT's subtitle sidecar (decision.sidecar_subtitle), made on first use.
+    std::shared_ptr<const std::string> sidecar(Output& out);
 
     // Evicts from the cache until BYTES more fit, sparing outputs being read or made.
     void make_room(std::uint64_t bytes);

@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         media.container = "matroska,webm";
         media.duration = 1;
         media.video = ktricks::tvfs::VideoStream{0, "h264", "High", 41, 8, "yuv420p", 1920, 1080, 25, false};
-        media.audio.push_back(ktricks::tvfs::AudioStream{1, "ac3", "", 6, 48000});
+        media.audio.push_back(ktricks::tvfs::AudioStream{1, "ac3", "", 6, 48000, "", false});
         (void)ktricks::tvfs::decide(media, profile);
         (void)profile.describe();
     } catch (const ktricks::InputError&) {}

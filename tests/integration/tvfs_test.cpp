@@ -160,9 +160,9 @@ protected:
 
 TEST_F(Tvfs, ListingShowsOneNamePerPlayableVideoAndSkipsBrokenFiles) {
     Mount mount(media_dir());
-    std::set<std::string> expected = {"pass.mp4", "remux.mp4",     "ac3.ts",     "hevc10.ts",
-                                      "vp9.ts",   "interlaced.ts", "uhd60.ts",   "subtitled.mp4",
-                                      "long.ts",  "longvp9.ts",    "damaged.mp4"};
+    std::set<std::string> expected = {"pass.mp4",      "remux.mp4",     "ac3.ts",     "hevc10.ts",
+                                      "vp9.ts",        "interlaced.ts", "uhd60.ts",   "subtitled.mp4",
+                                      "subtitled.srt", "long.ts",       "longvp9.ts", "damaged.mp4"};
     EXPECT_EQ(mount.names(), expected);
     // Garbage and a truncated MP4 are skipped with a log line; a damaged MKV is served as far as it reads.
     for (const auto& file : {"garbage.mkv", "truncated.mp4"})
@@ -697,6 +697,8 @@ TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
 
 // The media path (probe, decide, layout, remux, every segment), built with AddressSanitizer, on
 // garbage, truncated files and files with damaged bytes in the middle of their streams.
+const std::string& tracks_media_dir();
+
 TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
     auto checker = (fs::path(KTRICKS_BINARY).parent_path() / "tvfs_asan_check").string();
     if (!fs::exists(checker)) GTEST_SKIP() << "tvfs_asan_check is not built (sanitized or fuzz build)";
@@ -704,9 +706,13 @@ TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
     std::vector<std::string> argv = {checker};
     for (const auto& name : {"garbage.mkv", "truncated.mp4", "damaged.mkv", "notes.txt"})
         argv.push_back(media_dir() + "/" + name);
-    for (const auto& name : {"vp9.webm", "ac3.mkv", "interlaced.ts", "hevc10.mkv"}) {
+    // Two audio tracks and subtitles (every track's encoder, the SubRip sidecar) too.
+    for (const auto& name : {"vp9.webm", "ac3.mkv", "interlaced.ts", "hevc10.mkv", "two.mkv", "ass.mkv"}) {
         // Every 997th byte after the first 4 KiB flipped: headers survive, streams are damaged.
-        auto data = read_file(media_dir() + "/" + name);
+        auto from = std::string(name).find("two") == 0 || std::string(name).find("ass") == 0
+                        ? tracks_media_dir()
+                        : media_dir();
+        auto data = read_file(from + "/" + name);
         for (std::size_t i = 4096; i < data.size(); i += 997) data[i] = static_cast<char>(~data[i]);
         write_file(damaged / name, data);
         argv.push_back(damaged / name);
@@ -717,6 +723,205 @@ TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
     EXPECT_EQ(result.status, 0) << result.describe;
     EXPECT_EQ(result.err.find("AddressSanitizer"), std::string::npos) << result.err;
     EXPECT_NE(result.out.find("garbage.mkv: rejected"), std::string::npos) << result.out;
+}
+
+// A film with two audio tracks in different languages and codecs (AAC 440 Hz "eng", MP3 660 Hz at
+// 44.1 kHz "fre", the default) and SRT subtitles ("eng"): 4 s, 320x240.
+const std::string& tracks_media_dir() {
+    static const std::string dir = [] {
+        std::string final_dir = "/tmp/ktricks-tvfs-tracks-v2";
+        if (fs::exists(final_dir + "/complete")) return final_dir;
+        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
+        fs::create_directories(work);
+        write_file(
+            work + "/subs.srt",
+            "1\n00:00:00,500 --> 00:00:02,000\nhello\n\n2\n00:00:02,500 --> 00:00:03,500\n<i>world</i>\n");
+        std::string command =
+            "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i "
+            "sine=frequency=440:sample_rate=48000 -f lavfi -i sine=frequency=660:sample_rate=44100 -i subs.srt "
+            "-t 4 -map 0 -map 1 -map 2 -map 3 -c:v libx264 -preset ultrafast -pix_fmt yuv420p -c:a:0 aac -ac 2 "
+            "-c:a:1 libmp3lame -c:s srt -metadata:s:a:0 language=eng -metadata:s:a:1 language=fre "
+            "-metadata:s:s:0 language=eng -disposition:a:0 0 -disposition:a:1 default two.mkv";
+        // The same subtitles as ASS, WebVTT and mov_text (an MP4 with moov at the end: a remux).
+        for (auto [codec, file] :
+             {std::pair{"ass", "ass.mkv"}, {"webvtt", "webvtt.mkv"}, {"mov_text", "movtext.mp4"}})
+            command += fmt::format(
+                " && ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi "
+                "-i sine=sample_rate=48000 -i subs.srt -t 4 -map 0 -map 1 -map 2 -c:v libx264 "
+                "-preset ultrafast -pix_fmt yuv420p -c:a aac -c:s {} {}",
+                codec, file);
+        command += " && rm subs.srt";
+        auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
+        if (result.status != 0) throw std::runtime_error("generating test media failed: " + result.describe);
+        write_file(work + "/complete", "");
+        std::error_code error;
+        fs::rename(work, final_dir, error);
+        if (error) fs::remove_all(work, error);
+        return final_dir;
+    }();
+    return dir;
+}
+
+// The tone of audio track N of FILE in Hz: zero crossings over its second second, decoded by ffmpeg.
+double tone(const std::string& file, int track) {
+    auto result =
+        run({"ffmpeg", "-v", "error", "-nostdin", "-ss", "1", "-i", file, "-map",
+             fmt::format("0:a:{}", track), "-t", "1", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"},
+            {}, std::chrono::seconds(30));
+    if (result.status != 0 || result.out.size() < 4) return 0;
+    std::vector<std::int16_t> samples(result.out.size() / 2);
+    std::memcpy(samples.data(), result.out.data(), samples.size() * 2);
+    int crossings = 0;
+    for (std::size_t i = 1; i < samples.size(); ++i)
+        if ((samples[i - 1] < 0) != (samples[i] < 0)) ++crossings;
+    return crossings / 2.0 / (double(samples.size()) / 48000);
+}
+
+// Every audio track reaches the output with its language, the source's default track first, in the
+// remux (MP4, copied), the audio-only transcode and the full transcode (MPEG-TS, AAC each).
+TEST_F(Tvfs, EveryAudioTrackKeepsItsLanguageWithTheDefaultFirstInRemuxAndTranscodes) {
+    TempDir dir;
+    write_file(dir / "hevc-only.toml", "name = \"hevc-only\"\nvideo_codecs = [\"hevc\"]\n");
+    struct Case {
+        std::string profile, shown, action, first_codec, first_rate;
+    };
+    std::vector<Case> cases = {{"chromecast", "two.mp4", "remux", "mp3", "44100"},
+                               {"tv", "two.ts", "audio-transcode", "aac", "48000"},
+                               {dir / "hevc-only.toml", "two.ts", "transcode", "aac", "48000"}};
+    for (const auto& c : cases) {
+        SCOPED_TRACE(c.profile);
+        auto explained = run(
+            {KTRICKS_BINARY, "tvfs", "--profile", c.profile, "--explain", tracks_media_dir() + "/two.mkv"});
+        ASSERT_EQ(explained.status, 0) << explained.describe;
+        EXPECT_NE(explained.out.find(": " + c.action + "\n"), std::string::npos) << explained.out;
+        const char* what = c.action == "remux" ? "copied" : "-> AAC-LC stereo 48 kHz";
+        EXPECT_NE(explained.out.find(fmt::format("output audio 1: stream 2 mp3 (fre, default) {}", what)),
+                  std::string::npos)
+            << explained.out;
+        EXPECT_NE(explained.out.find(fmt::format("output audio 2: stream 1 aac (eng) {}", what)),
+                  std::string::npos)
+            << explained.out;
+
+        Mount mount(tracks_media_dir(), {"--profile", c.profile});
+        auto path = mount / c.shown;
+        auto info = ffprobe(path);
+        std::vector<nlohmann::json> audio;
+        for (const auto& stream : info["streams"])
+            if (stream["codec_type"] == "audio") audio.push_back(stream);
+        ASSERT_EQ(audio.size(), 2u) << info.dump();
+        EXPECT_EQ(audio[0]["tags"].value("language", ""), "fre") << info.dump();
+        EXPECT_EQ(audio[1]["tags"].value("language", ""), "eng") << info.dump();
+        EXPECT_EQ(audio[0]["codec_name"], c.first_codec);
+        EXPECT_EQ(audio[0]["sample_rate"], c.first_rate);
+        EXPECT_EQ(audio[1]["codec_name"], "aac");
+        EXPECT_EQ(audio[1]["sample_rate"], "48000");
+        if (c.action == "remux") {
+            EXPECT_EQ(audio[0]["disposition"]["default"], 1) << info.dump();
+            EXPECT_EQ(audio[1]["disposition"]["default"], 0) << info.dump();
+        } else {
+            EXPECT_EQ(audio[1]["profile"], "LC");
+        }
+        // The right signal behind each language: fre is the 660 Hz tone, eng the 440 Hz one.
+        EXPECT_NEAR(tone(path, 0), 660, 15);
+        EXPECT_NEAR(tone(path, 1), 440, 15);
+        EXPECT_EQ(bytes_read(path), fs::file_size(path));
+        auto decode = run({"ffmpeg", "-v", "error", "-nostdin", "-i", path, "-map", "0", "-f", "null", "-"},
+                          {}, std::chrono::seconds(60));
+        EXPECT_EQ(decode.status, 0) << decode.describe;
+        EXPECT_EQ(decode.err, "") << "decoding " << c.shown << " reported errors";
+        EXPECT_NEAR(duration(path), 4.0, 0.5);
+    }
+}
+
+// Text subtitles (SRT, ASS, WebVTT, mov_text) appear as NAME.srt beside the converted output:
+// SubRip text with the source's times, an exact st_size, and ffprobe reads it as subrip.
+TEST_F(Tvfs, TextSubtitlesBecomeAnSrtSidecarBesideTheOutput) {
+    Mount mount(tracks_media_dir());
+    std::set<std::string> expected = {"two.ts",     "two.srt",    "ass.mp4",     "ass.srt",
+                                      "webvtt.mp4", "webvtt.srt", "movtext.mp4", "movtext.srt"};
+    EXPECT_EQ(mount.names(), expected);
+    // The events at 0.5-2.0 s and 2.5-3.5 s of the text, on the output's timeline: the test files'
+    // own timelines start 21-25 ms late (ffmpeg shifted them past the AAC/MP3 priming), so the
+    // times are checked to 30 ms; the text and the numbering exactly.
+    for (auto name : {"two.srt", "ass.srt", "webvtt.srt", "movtext.srt"}) {
+        SCOPED_TRACE(name);
+        auto text = read_file(mount / name);
+        EXPECT_EQ(text.size(), fs::file_size(mount / name));
+        std::vector<double> times;
+        std::string shape = text;
+        for (std::size_t at = 0; (at = shape.find("00:00:0", at)) != std::string::npos; ++at) {
+            times.push_back(std::stoi(shape.substr(at + 7, 1)) + std::stoi(shape.substr(at + 9, 3)) / 1000.0);
+            shape.replace(at, 12, "T");
+        }
+        EXPECT_EQ(shape, "1\nT --> T\nhello\n\n2\nT --> T\n<i>world</i>\n\n") << text;
+        ASSERT_EQ(times.size(), 4u) << text;
+        const double nominal[] = {0.5, 2.0, 2.5, 3.5};
+        for (std::size_t i = 0; i < 4; ++i) EXPECT_NEAR(times[i], nominal[i], 0.03) << text;
+        auto info = ffprobe(mount / name);
+        ASSERT_EQ(info["streams"].size(), 1u) << info.dump();
+        EXPECT_EQ(info["streams"][0]["codec_name"], "subrip");
+    }
+    auto explained = run({KTRICKS_BINARY, "tvfs", "--explain", tracks_media_dir() + "/ass.mkv"});
+    EXPECT_NE(explained.out.find("sidecar: ass.srt (subtitle stream 2 as SubRip)"), std::string::npos)
+        << explained.out;
+}
+
+// minidlna pairs the sidecar with the video: a Samsung Browse carries sec:CaptionInfoEx and a
+// text/srt res, a GET with getCaptionInfo.sec answers CaptionInfo.sec, and that URL serves the
+// sidecar's bytes. In a private network namespace (minidlna binds 0.0.0.0).
+TEST_F(Tvfs, MinidlnaServesTheSrtSidecarWithTheVideo) {
+    if (!have("minidlnad") || !have("curl")) GTEST_SKIP() << "needs minidlnad and curl";
+    if (::unshare(CLONE_NEWNET) != 0) GTEST_SKIP() << "unshare(CLONE_NEWNET): " << std::strerror(errno);
+    ASSERT_EQ(run({"ip", "link", "set", "lo", "up"}).status, 0);
+    TempDir source;
+    fs::copy_file(tracks_media_dir() + "/ass.mkv", source / "film.mkv");
+    Mount mount(source.path().string(), {"--dlna", "--dlna-port", "8298"});
+    auto browse = [&] {
+        std::string body =
+            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" "
+            "s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>"
+            "<u:Browse xmlns:u=\"urn:schemas-upnp-org:service:ContentDirectory:1\"><ObjectID>2$8</ObjectID>"
+            "<BrowseFlag>BrowseDirectChildren</BrowseFlag><Filter>*</Filter><StartingIndex>0</StartingIndex>"
+            "<RequestedCount>100</RequestedCount><SortCriteria></SortCriteria></u:Browse></s:Body></s:Envelope>";
+        return run({"curl", "-s", "-m", "5", "-H", "Content-Type: text/xml; charset=\"utf-8\"", "-H",
+                    "SOAPAction: \"urn:schemas-upnp-org:service:ContentDirectory:1#Browse\"", "-H",
+                    "User-Agent: SEC_HHP_[TV]UE40D6500/1.0 DLNADOC/1.50", "--data", body,
+                    "http://127.0.0.1:8298/ctl/ContentDir"})
+            .out;
+    };
+    ASSERT_TRUE(eventually([&] { return browse().find("&gt;film&lt;") != std::string::npos; },
+                           std::chrono::seconds(30)))
+        << browse() << mount.process().describe();
+    auto listing = browse();
+    EXPECT_NE(listing.find("CaptionInfoEx sec:type=\"srt\"&gt;http://127.0.0.1:8298/Captions/"),
+              std::string::npos)
+        << listing;
+    EXPECT_NE(listing.find("protocolInfo=\"http-get:*:text/srt:*\""), std::string::npos) << listing;
+    auto url_start = listing.find("http://127.0.0.1:8298/MediaItems/");
+    ASSERT_NE(url_start, std::string::npos) << listing;
+    std::string url;
+    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i)
+        url += listing[i];
+    TempDir download;
+    auto head = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H",
+                     "getCaptionInfo.sec: 1", "-H", "Range: bytes=0-187", url},
+                    {}, std::chrono::seconds(30));
+    ASSERT_EQ(head.status, 0) << head.describe;
+    auto headers = read_file(download / "headers");
+    auto at = headers.find("CaptionInfo.sec: ");
+    ASSERT_NE(at, std::string::npos) << headers;
+    auto caption_url = headers.substr(at + 17, headers.find('\r', at) - at - 17);
+    // Waits for an answer: one run in five, curl's first fetch of the caption URL failed.
+    Result caption;
+    EXPECT_TRUE(eventually(
+        [&] {
+            return (caption = run({"curl", "-sf", "-m", "5", caption_url}, {}, std::chrono::seconds(10)))
+                       .status == 0;
+        },
+        std::chrono::seconds(20)))
+        << caption.describe;
+    EXPECT_EQ(caption.out, read_file(mount / "film.srt"));
+    EXPECT_NE(caption.out.find("hello"), std::string::npos) << caption.out;
 }
 
 // minidlna sees MNT, answers a ContentDirectory Browse and serves byte ranges; after a change in SRC

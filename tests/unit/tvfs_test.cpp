@@ -19,7 +19,7 @@ MediaInfo h264_aac(std::string container = "mov,mp4,m4a,3gp,3g2,mj2") {
     media.container = std::move(container);
     media.duration = 10;
     media.video = VideoStream{0, "h264", "High", 40, 8, "yuv420p", 1920, 1080, 25, false};
-    media.audio.push_back(AudioStream{1, "aac", "LC", 2, 48000});
+    media.audio.push_back(AudioStream{1, "aac", "LC", 2, 48000, "", false});
     return media;
 }
 
@@ -52,7 +52,7 @@ TEST(TvfsDecision, H264AacInMatroskaIsRemuxedToMp4) {
 
 TEST(TvfsDecision, Ac3AudioIsTranscodedAloneWhileVideoIsCopied) {
     auto media = h264_aac("matroska,webm");
-    media.audio[0] = AudioStream{1, "ac3", "", 6, 48000};
+    media.audio[0] = AudioStream{1, "ac3", "", 6, 48000, "", false};
     auto decision = decide(media, builtin_profile("tv"));
     EXPECT_EQ(decision.action, Action::audio_transcode);
     EXPECT_EQ(output_name("film.mkv", decision), "film.ts");
@@ -82,7 +82,7 @@ TEST(TvfsDecision, TenBitInterlacedHighFrameRateAndOversizedVideoEachGiveAReason
 TEST(TvfsDecision, TheSameFilePassesThroughOnADeviceThatPlaysIt) {
     auto media = h264_aac("matroska,webm");
     media.video = VideoStream{0, "hevc", "Main 10", 51, 10, "yuv420p10le", 3840, 2160, 60, false};
-    media.audio[0] = AudioStream{1, "eac3", "", 6, 48000};
+    media.audio[0] = AudioStream{1, "eac3", "", 6, 48000, "", false};
     EXPECT_EQ(decide(media, builtin_profile("samsung")).action, Action::pass_through);
     EXPECT_EQ(decide(media, builtin_profile("roku")).action, Action::pass_through);
     EXPECT_EQ(decide(media, builtin_profile("chromecast")).action, Action::full_transcode);
@@ -91,7 +91,7 @@ TEST(TvfsDecision, TheSameFilePassesThroughOnADeviceThatPlaysIt) {
 TEST(TvfsDecision, Vp9CannotBeCopiedIntoTransportStream) {
     auto media = h264_aac("matroska,webm");
     media.video = VideoStream{0, "vp9", "Profile 0", 0, 8, "yuv420p", 1280, 720, 30, false};
-    media.audio[0] = AudioStream{1, "opus", "", 2, 48000};
+    media.audio[0] = AudioStream{1, "opus", "", 2, 48000, "", false};
     auto chromecast = builtin_profile("chromecast");
     chromecast.video_codecs.push_back("vp9");
     EXPECT_EQ(decide(media, chromecast).action, Action::pass_through);  // webm is a Chromecast container
@@ -108,10 +108,38 @@ TEST(TvfsDecision, NoVideoOrNoDurationIsSkipped) {
     EXPECT_EQ(decide(still, builtin_profile("tv")).action, Action::skip);
 }
 
-TEST(TvfsDecision, SubtitlesAreNamedWhenDropped) {
+TEST(TvfsDecision, TheDefaultTextSubtitleBecomesTheSidecarAndPicturesAreNamed) {
     auto media = h264_aac("matroska,webm");
-    media.subtitles = 2;
-    EXPECT_TRUE(mentions(decide(media, builtin_profile("tv")), "subtitles: 2 stream(s) dropped"));
+    media.subtitles = {SubtitleStream{2, "subrip", "eng", false, true},
+                       SubtitleStream{3, "ass", "fre", true, true},
+                       SubtitleStream{4, "hdmv_pgs_subtitle", "ger", false, false},
+                       SubtitleStream{5, "dvd_subtitle", "spa", false, false}};
+    auto remux = decide(media, builtin_profile("tv"));
+    EXPECT_EQ(remux.action, Action::remux);
+    EXPECT_EQ(remux.sidecar_subtitle, 3);
+    EXPECT_EQ(remux.kept_subtitles, std::vector<int>{5});  // MP4 carries VobSub
+    EXPECT_TRUE(mentions(remux, "subtitle stream 4 (ger): hdmv_pgs_subtitle pictures dropped (MP4"));
+    EXPECT_TRUE(mentions(remux, "subtitle stream 2 (eng): subrip not shown"));
+    EXPECT_EQ(sidecar_name("clip.mp4"), "clip.srt");
+    media.audio[0].codec = "ac3";
+    auto ts = decide(media, builtin_profile("tv"));
+    EXPECT_EQ(ts.action, Action::audio_transcode);
+    EXPECT_TRUE(ts.kept_subtitles.empty());
+    EXPECT_TRUE(mentions(ts, "subtitle stream 5 (spa): dvd_subtitle pictures dropped (the MPEG-TS output"));
+    media.audio[0].codec = "aac";
+    media.container = "mov,mp4,m4a,3gp,3g2,mj2";
+    EXPECT_EQ(decide(media, builtin_profile("tv")).sidecar_subtitle, -1);  // pass-through: the file as is
+}
+
+TEST(TvfsDecision, EveryAudioTrackIsCheckedAndTheDefaultGoesFirst) {
+    auto media = h264_aac("mov,mp4,m4a,3gp,3g2,mj2");
+    media.audio.push_back(AudioStream{2, "ac3", "", 6, 48000, "fre", true});
+    auto decision = decide(media, builtin_profile("tv"));
+    EXPECT_EQ(decision.action, Action::audio_transcode);  // one track that does not fit is enough
+    EXPECT_EQ(decision.audio_streams, (std::vector<int>{2, 1}));
+    EXPECT_TRUE(mentions(decision, "audio stream 2 (fre): ac3 not in profile tv"));
+    EXPECT_TRUE(mentions(decision, "audio stream 1 (no language): aac 2 ch 48000 Hz ok"));
+    EXPECT_EQ(decide(media, builtin_profile("samsung")).audio_streams, (std::vector<int>{2, 1}));
 }
 
 TEST(TvfsNames, ExtensionIsReplacedOnlyWhenConverted) {
