@@ -476,6 +476,7 @@ private:
         watch_file(binlog_wd_, path, IN_MODIFY);
         binlog_read_ = 0;
         parser_ = std::make_unique<BinlogParser>();
+        parser_->set_rows(options_.rows);
         quiet_until_ = quiet_until;
         parser_->set_quiet(quiet_until_ > 0);
         read_binlog();
