@@ -232,6 +232,16 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// Whether a change passes options.db_glob / table_glob (system schemas only when named).
+bool passes_filters(const WatchOptions& options, const Change& change);
+
+// Decodes one binlog file from its first byte, synchronously (no watching, no engine lookup):
+// on_change gets every change that passes the filters, with the ids the watcher would give it;
+// options.rows and options.log apply. Returns the bytes read. Throws std::system_error if the
+// file cannot be opened or read; corrupt events go to options.log and are skipped.
+std::uint64_t read_binlog_file(const std::filesystem::path& path, const WatchOptions& options,
+                               const std::function<void(const Change&)>& on_change);
+
 // What --check prints: where the server writes, which paths work and what each cannot see.
 struct CheckReport {
     std::filesystem::path datadir;

@@ -32,6 +32,7 @@ struct MysqlWatchOptions {
     bool probe = false;
     bool quiet = false;
     bool rows = false;
+    std::string read;  // --read BINLOG
     std::size_t count = 0;
     std::string state;    // --state FILE
     std::string publish;  // --publish URL
@@ -80,6 +81,22 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
         bool any_usable = false;
         for (const auto& [path, usable] : report.paths) any_usable = any_usable || usable;
         return any_usable ? exit_code::ok : exit_code::no_input;
+    }
+    if (!options.read.empty()) {
+        // One file, from its start, then exit: what mariadb-binlog -v does, as events.
+        watch.log = [quiet = options.quiet](const std::string& line) {
+            if (!quiet) log_info("{}", line);
+        };
+        std::size_t printed = 0;
+        mysqlwatch::read_binlog_file(options.read, watch, [&](const mysqlwatch::Change& change) {
+            if (options.count && printed >= options.count) return;
+            ++printed;
+            if (options.json) fmt::print("{}", mysqlwatch::to_event(change).to_line());
+            else
+                print_text(change);
+        });
+        std::fflush(stdout);
+        return exit_code::ok;
     }
     if (!options.state.empty()) {
         // The watcher reports each transaction's changes, then its end position; they are
@@ -219,6 +236,11 @@ Subcommand add_mysql_watch(CLI::App& app) {
         "--rows", options->rows,
         "Binlog path: one event per row with its values (op c/u/d, before, after; column names with "
         "binlog_row_metadata=FULL), instead of one per table and transaction");
+    sub->add_option(
+           "--read", options->read,
+           "Decode this binlog file from its start and exit (no watching); with --rows, --json, --db, "
+           "--table, --count")
+        ->check(CLI::ExistingFile);
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_flag("--check", options->check,
                   "Print the data directory, server version, usable paths and blind spots");
