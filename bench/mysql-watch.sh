@@ -7,6 +7,12 @@
 # time and wakeups while idle. ktricks's own event timestamp often precedes the COMMIT's return: the
 # server writes the binlog before it answers the client.
 #
+# Then (PART=decode, or PART=all, the default) binlog decode throughput from a file, one core:
+# `ktricks mysql-watch --read FILE --rows --json` against `mariadb-binlog --base64-output=decode-rows -v`
+# on the same file, a sysbench oltp_write_only binlog (DECODE_TABLE_SIZE rows x 4 tables prepared,
+# DECODE_EVENTS transactions).
+#
+# PART: latency, decode or all (default).
 # RUNS: single-row commits per path (default 200; the issue's 1,000 takes ~4 minutes here).
 # POLL_RUNS: commits for the one-second poller (default 10: each costs up to a second).
 # Throwaway server in a temporary directory, no TCP port; everything is removed on exit.
@@ -14,6 +20,9 @@ set -euo pipefail
 
 KTRICKS=${KTRICKS:-$(dirname "$0")/../build/ktricks}
 RUNS=${RUNS:-200}
+PART=${PART:-all}
+DECODE_TABLE_SIZE=${DECODE_TABLE_SIZE:-25000}
+DECODE_EVENTS=${DECODE_EVENTS:-5000}
 POLL_RUNS=${POLL_RUNS:-10}
 for tool in mariadbd mariadb-install-db mariadb mariadb-binlog; do
   command -v "$tool" >/dev/null || { echo "bench mysql-watch: $tool not installed" >&2; exit 77; }
@@ -35,6 +44,7 @@ mariadbd --no-defaults --datadir="$DIR/data" --socket="$DIR/sock" --skip-network
 SERVER_PID=$!
 for _ in $(seq 100); do mariadb --no-defaults -S "$DIR/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
 
+if [ "$PART" != decode ]; then
 /usr/bin/python3 - "$KTRICKS" "$DIR" "$RUNS" "$POLL_RUNS" <<'PY'
 import ctypes, datetime, os, select, statistics, subprocess, sys, threading, time
 
@@ -204,3 +214,59 @@ print("Latency: from the client's COMMIT returning to the moment the bench read 
       "pipe and reader for every tool). Commits not seen within 2-3 s count as unseen. Idle: 3 s with the server idle "
       "(the redo path still wakes for its background writes to ib_logfile0).")
 PY
+fi
+
+if [ "$PART" != latency ]; then
+  command -v sysbench >/dev/null || { echo "bench mysql-watch: sysbench not installed" >&2; exit 77; }
+  sql() { mariadb --no-defaults -S "$DIR/sock" -uroot -e "$1"; }
+  sql "SET GLOBAL binlog_row_metadata = 'FULL'; FLUSH BINARY LOGS; CREATE DATABASE IF NOT EXISTS sbtest"
+  SB=(sysbench oltp_write_only --db-driver=mysql --mysql-socket="$DIR/sock" --mysql-user=root --mysql-db=sbtest
+      --tables=4 --table-size="$DECODE_TABLE_SIZE")
+  "${SB[@]}" prepare >/dev/null
+  "${SB[@]}" --threads=2 --events="$DECODE_EVENTS" --time=0 --rand-seed=1 run >/dev/null
+  FILE=$DIR/data/$(tail -1 "$DIR/data/binlog.index" | xargs basename)
+  sql "FLUSH BINARY LOGS"
+  /usr/bin/python3 - "$KTRICKS" "$FILE" "$DIR" <<'PY'
+import os, resource, subprocess, sys, time
+ktricks, path, root = sys.argv[1:4]
+size = os.path.getsize(path)
+
+def measure(argv, count_rows):
+    out = os.path.join(root, "decoded")
+    best = None
+    for _ in range(3):  # best of three: the machine is shared
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.time()
+        with open(out, "wb") as sink:
+            subprocess.run(["taskset", "-c", "0"] + argv, stdout=sink, check=True)
+        wall = time.time() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if best is None or cpu < best[0]: best = (cpu, wall)
+    rows = count_rows(out)
+    os.unlink(out)
+    return best[0], best[1], rows
+
+def ktricks_rows(out):
+    with open(out, "rb") as f: return sum(1 for line in f if b'"event":"row"' in line)
+def mariadb_rows(out):
+    with open(out, "rb") as f:
+        return sum(1 for line in f if line.startswith((b"### INSERT INTO", b"### UPDATE ", b"### DELETE FROM")))
+def none(out): return 0
+
+runs = [
+    ("ktricks mysql-watch --read --rows --json", [ktricks, "mysql-watch", "--read", path, "--rows", "--json", "--quiet", "--db", "*"], ktricks_rows),
+    ("mariadb-binlog --base64-output=decode-rows -v", ["mariadb-binlog", "--no-defaults", "--base64-output=decode-rows", "-v", path], mariadb_rows),
+    ("ktricks mysql-watch --read --json (table changes)", [ktricks, "mysql-watch", "--read", path, "--json", "--quiet", "--db", "*"], none),
+]
+print()
+print("binlog %s: %.1f MB, sysbench oltp_write_only; one core (taskset -c 0), best of 3 by CPU time" % (os.path.basename(path), size / 1e6))
+print()
+print("| decoder | rows | CPU s | wall s | MB/s (CPU) | rows/s (CPU) |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, argv, count in runs:
+    cpu, wall, rows = measure(argv, count)
+    print("| %s | %s | %.2f | %.2f | %.1f | %s |" % (name, rows or "—", cpu, wall, size / 1e6 / cpu,
+          "%.0f" % (rows / cpu) if rows else "—"))
+PY
+fi

@@ -36,6 +36,8 @@ packages=(
   chrony isc-dhcp-client
   # mysql-watch: a throwaway MariaDB per test
   mariadb-server mariadb-client libmariadb-dev
+  # mysql-watch --rows test: a sysbench oltp_write_only workload compared row for row
+  sysbench
   # sinks: hiredis (Redis Streams); redis-server and redis-cli for the broker fault tests
   libhiredis-dev redis-server redis-tools
   # sinks: libnats (NATS JetStream); nats-server for the broker and cluster fault tests

@@ -61,6 +61,13 @@ struct Change {
     // ("binlog.000003:1234:0") that a restarted watcher gives the same change again.
     std::optional<Position> position;
     std::uint32_t index = 0;
+    // --rows: one change per row (event "row"), with the row images. `op` is "c" (insert), "u"
+    // (update) or "d" (delete); `before`/`after` are JSON objects {column: value} (null where the
+    // operation has none), column names from binlog_row_metadata=FULL, else "@1", "@2", ...
+    // (docs/mysql-watch.md lists every type's JSON form). `binlog_time` is the event's timestamp.
+    std::string op;
+    nlohmann::ordered_json before, after;
+    std::uint32_t binlog_time = 0;
 };
 
 // {"ts","source":"mysql","event","db","table","engine","via","rows"?,...}; scripts get its
@@ -87,6 +94,8 @@ struct TableFile {
 std::optional<TableFile> parse_table_file(std::string_view file_name);
 
 // ---- binary log ----
+
+struct TableMap;
 
 // Incremental parser of a binlog file's bytes (v4 format, as MariaDB and MySQL write it).
 // Bytes are fed as they are appended; an event is parsed once it is complete. Row events are
@@ -121,16 +130,16 @@ public:
     std::uint64_t safe_offset() const noexcept { return safe_offset_; }
     const std::string& last_gtid() const noexcept { return safe_gtid_; }
 
+    // Row images: each row of a ROWS event becomes one Change with op/before/after, instead of one
+    // change per table and transaction. A row event that cannot be decoded is reported in
+    // `problems` and becomes a table-level change, so nothing is silently dropped.
+    void set_rows(bool rows) noexcept { rows_ = rows; }
+
     // Skips the events of an existing file without reporting them (a watcher starting late wants
     // what happens next, but needs the format description and the table map).
     void set_quiet(bool quiet) noexcept { quiet_ = quiet; }
 
 private:
-    struct TableRef {
-        std::string db, table;
-        std::string types;                // column types, one byte each
-        std::vector<std::uint16_t> meta;  // per column
-    };
     void parse_event(std::string_view event, Output& out);
     bool plausible_at(std::size_t at) const;
     void resync(Output& out);
@@ -143,13 +152,14 @@ private:
     bool magic_pending_ = true;
     bool checksum_ = false;
     bool quiet_ = false;
+    bool rows_ = false;
     bool in_group_ = false;
     bool encrypted_ = false;
     bool boundary_pending_ = false;  // a transaction or statement ended in the event just parsed
     std::uint64_t safe_offset_ = 0;
     std::string gtid_, safe_gtid_;
     std::string post_header_lengths_;  // from the format description, one byte per event type
-    std::map<std::uint64_t, TableRef> tables_;
+    std::map<std::uint64_t, std::shared_ptr<TableMap>> tables_;  // rows.hpp
     std::vector<Change> group_;
 };
 
@@ -189,6 +199,8 @@ struct WatchOptions {
     // current binlog; newer files are read from their first byte. If the file is no longer in the
     // index (purged), reading starts at the oldest file there and `log` says so.
     std::optional<Position> resume;
+    // Binlog path: one change per row with its values (BinlogParser::set_rows), not per table.
+    bool rows = false;
     // Binlog path: called on the loop after every change of a transaction was passed to on_change
     // (or filtered out): resuming at this position repeats none of them. Once at start too, with
     // where reading begins. Not compatible with `debounce` (a held-back change would be skipped).
@@ -219,6 +231,16 @@ private:
     class Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// Whether a change passes options.db_glob / table_glob (system schemas only when named).
+bool passes_filters(const WatchOptions& options, const Change& change);
+
+// Decodes one binlog file from its first byte, synchronously (no watching, no engine lookup):
+// on_change gets every change that passes the filters, with the ids the watcher would give it;
+// options.rows and options.log apply. Returns the bytes read. Throws std::system_error if the
+// file cannot be opened or read; corrupt events go to options.log and are skipped.
+std::uint64_t read_binlog_file(const std::filesystem::path& path, const WatchOptions& options,
+                               const std::function<void(const Change&)>& on_change);
 
 // What --check prints: where the server writes, which paths work and what each cannot see.
 struct CheckReport {

@@ -31,6 +31,8 @@ struct MysqlWatchOptions {
     bool check = false;
     bool probe = false;
     bool quiet = false;
+    bool rows = false;
+    std::string read;  // --read BINLOG
     std::size_t count = 0;
     std::string state;    // --state FILE
     std::string publish;  // --publish URL
@@ -40,6 +42,15 @@ struct MysqlWatchOptions {
 
 void print_text(const mysqlwatch::Change& change) {
     std::string name = change.table.empty() ? change.db : fmt::format("{}.{}", change.db, change.table);
+    if (!change.op.empty()) {
+        // --rows without --json: the row's values on one line, before -> after for an update.
+        std::string values = change.op == "c"   ? change.after.dump()
+                             : change.op == "d" ? change.before.dump()
+                                                : change.before.dump() + " -> " + change.after.dump();
+        fmt::print("{} row {} {} {}\n", format_timestamp(change.when), change.op, printable(name), values);
+        std::fflush(stdout);
+        return;
+    }
     std::string extra;
     if (!change.new_table.empty())
         extra +=
@@ -60,12 +71,32 @@ int run_mysql_watch(const MysqlWatchOptions& options) {
     watch.db_glob = options.db;
     watch.table_glob = options.table;
     watch.debounce = std::chrono::milliseconds(options.debounce_ms);
+    watch.rows = options.rows;
+    if (options.rows && (watch.mode == mysqlwatch::Mode::redo || watch.mode == mysqlwatch::Mode::files))
+        throw InputError(
+            fmt::format("--rows needs the binlog path; --mode {} has no row images", options.mode));
     if (options.check) {
         auto report = mysqlwatch::check(watch, options.probe);
         fmt::print("{}", mysqlwatch::format_report(report));
         bool any_usable = false;
         for (const auto& [path, usable] : report.paths) any_usable = any_usable || usable;
         return any_usable ? exit_code::ok : exit_code::no_input;
+    }
+    if (!options.read.empty()) {
+        // One file, from its start, then exit: what mariadb-binlog -v does, as events.
+        watch.log = [quiet = options.quiet](const std::string& line) {
+            if (!quiet) log_info("{}", line);
+        };
+        std::size_t printed = 0;
+        mysqlwatch::read_binlog_file(options.read, watch, [&](const mysqlwatch::Change& change) {
+            if (options.count && printed >= options.count) return;
+            ++printed;
+            if (options.json) fmt::print("{}", mysqlwatch::to_event(change).to_line());
+            else
+                print_text(change);
+        });
+        std::fflush(stdout);
+        return exit_code::ok;
     }
     if (!options.state.empty()) {
         // The watcher reports each transaction's changes, then its end position; they are
@@ -201,6 +232,15 @@ Subcommand add_mysql_watch(CLI::App& app) {
            "--spool-max", options->spool_max_mb,
            "Spool cap in MiB; when full the oldest events are dropped and a spool_dropped event says so")
         ->capture_default_str();
+    sub->add_flag(
+        "--rows", options->rows,
+        "Binlog path: one event per row with its values (op c/u/d, before, after; column names with "
+        "binlog_row_metadata=FULL), instead of one per table and transaction");
+    sub->add_option(
+           "--read", options->read,
+           "Decode this binlog file from its start and exit (no watching); with --rows, --json, --db, "
+           "--table, --count")
+        ->check(CLI::ExistingFile);
     sub->add_flag("--json", options->json, "One JSON object per event");
     sub->add_flag("--check", options->check,
                   "Print the data directory, server version, usable paths and blind spots");
@@ -215,6 +255,7 @@ Subcommand add_mysql_watch(CLI::App& app) {
         "  ktricks mysql-watch --mode redo --socket /run/mysqld/mysqld.sock --user watcher\n"
         "  ktricks mysql-watch --exec 'echo $KTRICKS_DB.$KTRICKS_TABLE changed' --debounce 500\n"
         "  ktricks mysql-watch --json --state /var/lib/ktricks/mysql-watch.state   # resumes after a restart\n"
+        "  ktricks mysql-watch --json --rows --db shop                 # row images (change data capture)\n"
         "  ktricks mysql-watch --check --socket /run/mysqld/mysqld.sock --user root --probe\n"
         "Exit status: 0 when stopped by INT/TERM or after --count events; --check: 0, or 66 when no detection path is\n"
         "usable. A corrupt binlog event is logged and skipped, never fatal.");

@@ -15,7 +15,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ktricks/core/error.hpp"
 #include "ktricks/mysqlwatch.hpp"
+#include "mysqlwatch/rows.hpp"
 
 namespace ktricks::mysqlwatch {
 namespace {
@@ -45,11 +47,15 @@ enum Type : std::uint8_t {
     delete_rows_compressed_v2 = 171,
 };
 
+}  // namespace
+
 std::uint64_t le(std::string_view bytes, std::size_t at, int size) {
     std::uint64_t value = 0;
     for (int k = size - 1; k >= 0; --k) value = (value << 8) | static_cast<unsigned char>(bytes[at + k]);
     return value;
 }
+
+namespace {
 
 bool is_rows_event(std::uint8_t type) {
     return (type >= write_rows_v1 && type <= delete_rows_v1) ||
@@ -69,6 +75,8 @@ std::uint32_t crc32_of_event(std::string_view event) {
     copy[17] = static_cast<char>(static_cast<unsigned char>(copy[17]) & ~in_use_flag);
     return crc32_of(copy);
 }
+
+}  // namespace
 
 // Length-encoded ("packed") integer.
 std::optional<std::uint64_t> packed_int(std::string_view body, std::size_t& at) {
@@ -159,6 +167,8 @@ std::optional<std::size_t> value_size(std::uint8_t type, std::uint16_t meta, std
     }
 }
 
+namespace {
+
 std::size_t bits_set(std::string_view bitmap, std::size_t count) {
     std::size_t set = 0;
     for (std::size_t i = 0; i < count; ++i) set += (static_cast<unsigned char>(bitmap[i / 8]) >> (i % 8)) & 1;
@@ -228,6 +238,56 @@ static std::optional<std::uint64_t> count_rows(std::string_view body, bool updat
         ++rows;
     }
     return rows;
+}
+
+std::optional<TableMap> parse_table_map(std::string_view body, std::size_t fixed) {
+    // table_id u48 (u32 in old servers) | flags u16 || db_len u8 | db \0 | table_len u8 | table \0 | ...
+    if (body.size() < fixed + 1) return std::nullopt;
+    std::size_t at = fixed;
+    std::size_t db_len = static_cast<unsigned char>(body[at++]);
+    if (at + db_len + 2 > body.size()) return std::nullopt;
+    std::string db(body.substr(at, db_len));
+    at += db_len + 1;
+    std::size_t table_len = static_cast<unsigned char>(body[at++]);
+    if (at + table_len > body.size()) return std::nullopt;
+    std::optional<TableMap> ref(std::in_place);
+    ref->db = std::move(db);
+    ref->table = std::string(body.substr(at, table_len));
+    at += table_len + 1;
+    // column_count (packed) | types, one byte each | metadata length (packed) | metadata |
+    // null bitmap | optional metadata (binlog_row_metadata=MINIMAL/FULL) to the end
+    if (auto columns = packed_int(body, at); columns && *columns <= body.size() - std::min(at, body.size())) {
+        ref->types = std::string(body.substr(at, *columns));
+        at += *columns;
+        auto meta_length = packed_int(body, at);
+        std::size_t meta_at = at;
+        bool ok = meta_length && *meta_length <= body.size() - at;
+        for (std::size_t column = 0; ok && column < ref->types.size(); ++column) {
+            int size = metadata_bytes(static_cast<std::uint8_t>(ref->types[column]));
+            if (meta_at + size > at + *meta_length) ok = false;
+            else if (size == 0)
+                ref->meta.push_back(0);
+            else if (size == 1)
+                ref->meta.push_back(static_cast<unsigned char>(body[meta_at]));
+            else {
+                auto column_type = static_cast<std::uint8_t>(ref->types[column]);
+                // VARCHAR and BIT store little-endian; STRING, ENUM, SET, NEWDECIMAL big-endian.
+                auto b0 = static_cast<unsigned char>(body[meta_at]),
+                     b1 = static_cast<unsigned char>(body[meta_at + 1]);
+                ref->meta.push_back(static_cast<std::uint16_t>(
+                    column_type == 15 || column_type == 16 ? (b1 << 8) | b0 : (b0 << 8) | b1));
+            }
+            meta_at += size;
+        }
+        if (!ok) {
+            ref->types.clear();
+            ref->meta.clear();
+        } else {
+            std::size_t optional_at = at + *meta_length + (ref->types.size() + 7) / 8;
+            parse_optional_metadata(*ref, optional_at < body.size() ? body.substr(optional_at) : "");
+        }
+    }
+    return ref;
 }
 
 BinlogParser::BinlogParser() = default;
@@ -323,6 +383,7 @@ void BinlogParser::add_change(Change change, Output& out, bool in_group) {
         return;
     }
     for (Change& pending : group_) {
+        if (!change.op.empty()) break;  // rows are never merged
         if (pending.event == change.event && pending.db == change.db && pending.table == change.table &&
             pending.new_table == change.new_table) {
             if (pending.rows && change.rows) *pending.rows += *change.rows;
@@ -446,50 +507,13 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
             return;
         }
         case table_map: {
-            // table_id u48 (u32 in old servers) | flags u16 || db_len u8 | db \0 | table_len u8 | table \0 | ...
             std::size_t fixed = post_header(table_map, 8);
             std::size_t id_size = fixed == 6 ? 4 : 6;
             if (body.size() < fixed + 1) return;
             std::uint64_t id = le(body, 0, static_cast<int>(id_size));
-            std::size_t at = fixed;
-            std::size_t db_len = static_cast<unsigned char>(body[at++]);
-            if (at + db_len + 2 > body.size()) return;
-            std::string db(body.substr(at, db_len));
-            at += db_len + 1;
-            std::size_t table_len = static_cast<unsigned char>(body[at++]);
-            if (at + table_len > body.size()) return;
-            TableRef ref{std::move(db), std::string(body.substr(at, table_len)), {}, {}};
-            at += table_len + 1;
-            // column_count (packed) | types, one byte each | metadata length (packed) | metadata
-            if (auto columns = packed_int(body, at); columns && at + *columns <= body.size()) {
-                ref.types = std::string(body.substr(at, *columns));
-                at += *columns;
-                auto meta_length = packed_int(body, at);
-                std::size_t meta_at = at;
-                bool ok = meta_length && at + *meta_length <= body.size();
-                for (std::size_t column = 0; ok && column < ref.types.size(); ++column) {
-                    int size = metadata_bytes(static_cast<std::uint8_t>(ref.types[column]));
-                    if (meta_at + size > at + *meta_length) ok = false;
-                    else if (size == 0)
-                        ref.meta.push_back(0);
-                    else if (size == 1)
-                        ref.meta.push_back(static_cast<unsigned char>(body[meta_at]));
-                    else {
-                        auto column_type = static_cast<std::uint8_t>(ref.types[column]);
-                        // VARCHAR and BIT store little-endian; STRING, ENUM, SET, NEWDECIMAL big-endian.
-                        auto b0 = static_cast<unsigned char>(body[meta_at]),
-                             b1 = static_cast<unsigned char>(body[meta_at + 1]);
-                        ref.meta.push_back(static_cast<std::uint16_t>(
-                            column_type == 15 || column_type == 16 ? (b1 << 8) | b0 : (b0 << 8) | b1));
-                    }
-                    meta_at += size;
-                }
-                if (!ok) {
-                    ref.types.clear();
-                    ref.meta.clear();
-                }
-            }
-            tables_[id] = std::move(ref);
+            auto ref = parse_table_map(body, fixed);
+            if (!ref) return;
+            tables_[id] = std::make_shared<TableMap>(std::move(*ref));
             if (tables_.size() > 100000) tables_.clear();  // ids only grow; do not keep them forever
             return;
         }
@@ -513,10 +537,11 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
                     fmt::format("rows event at offset {} names a table id with no table map", event_offset));
             return;
         }
+        const TableMap& table = *found->second;
         Change change;
         change.event = "change";
-        change.db = found->second.db;
-        change.table = found->second.table;
+        change.db = table.db;
+        change.table = table.table;
         change.via = Via::binlog;
         bool compressed = type >= write_rows_compressed_v1;
         bool v2 = (type >= write_rows_v2 && type <= delete_rows_v2) || type >= write_rows_compressed_v1 + 3;
@@ -525,7 +550,7 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
             std::size_t extra = le(body, fixed - 2, 2);  // extra data, its own two length bytes included
             rows_at = extra >= 2 ? fixed + extra - 2 : body.size() + 1;
         }
-        if (!found->second.types.empty() && rows_at <= body.size()) {
+        if (!table.types.empty() && rows_at <= body.size()) {
             bool update = type == update_rows_v1 || type == update_rows_v2 ||
                           type == write_rows_compressed_v1 + 1 || type == delete_rows_compressed_v2 - 1;
             std::string_view rows = body.substr(rows_at);
@@ -538,9 +563,48 @@ void BinlogParser::parse_event(std::string_view event, Output& out) {
                 if (plain <= rows.size()) inflated = inflate(rows.substr(plain));
                 if (inflated) inflated->insert(0, rows.substr(0, plain));
             }
-            if (!compressed || inflated)
-                change.rows = count_rows(inflated ? std::string_view(*inflated) : rows, update,
-                                         found->second.types, found->second.meta);
+            if (!compressed || inflated) {
+                std::string_view images = inflated ? std::string_view(*inflated) : rows;
+                if (rows_ && !quiet_) {
+                    auto kind = update ? RowsKind::update
+                                : type == write_rows_v1 || type == write_rows_v2 ||
+                                        type == write_rows_compressed_v1 ||
+                                        type == write_rows_compressed_v1 + 3
+                                    ? RowsKind::write
+                                    : RowsKind::remove;
+                    try {
+                        for (RowImage& row : decode_rows(table, images, kind)) {
+                            Change row_change = change;
+                            row_change.event = "row";
+                            row_change.op = kind == RowsKind::write    ? "c"
+                                            : kind == RowsKind::update ? "u"
+                                                                       : "d";
+                            row_change.before = std::move(row.before);
+                            row_change.after = std::move(row.after);
+                            row_change.rows = 1;
+                            row_change.binlog_time = static_cast<std::uint32_t>(le(event, 0, 4));
+                            add_change(std::move(row_change), out, in_group_);
+                        }
+                        return;
+                    } catch (const DataError& error) {
+                        out.problems.push_back(
+                            fmt::format("{} (offset {}): reported as a table change without rows",
+                                        error.what(), event_offset));
+                    }
+                } else {
+                    change.rows = count_rows(images, update, table.types, table.meta);
+                }
+            } else if (rows_ && !quiet_) {
+                out.problems.push_back(
+                    fmt::format("rows event for {}.{} at offset {}: compressed row images do "
+                                "not inflate; reported as a table change without rows",
+                                table.db, table.table, event_offset));
+            }
+        } else if (rows_ && !quiet_) {
+            out.problems.push_back(
+                fmt::format("rows event for {}.{} at offset {}: its table map could not be "
+                            "read; reported as a table change without rows",
+                            table.db, table.table, event_offset));
         }
         add_change(std::move(change), out, in_group_);
     }

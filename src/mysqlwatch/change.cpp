@@ -30,7 +30,26 @@ Event to_event(const Change& change) {
     if (!change.new_db.empty()) event.set("new_db", change.new_db);
     event.set("engine", change.engine);
     event.set("via", std::string(to_string(change.via)));
-    if (change.rows) event.set("rows", *change.rows);
+    if (change.rows && change.op.empty()) event.set("rows", *change.rows);
+    if (!change.op.empty()) {
+        // Debezium's envelope: op, before, after; its `source` block is `binlog` here, because
+        // `source` names the watcher in every ktricks event.
+        event.set("op", change.op);
+        event.set("before", change.before);
+        event.set("after", change.after);
+        nlohmann::ordered_json binlog = nlohmann::ordered_json::object();
+        if (change.position) {
+            binlog["file"] = change.position->file;
+            binlog["pos"] = change.position->offset;
+            binlog["gtid"] = change.position->gtid.empty() ? nlohmann::ordered_json()
+                                                           : nlohmann::ordered_json(change.position->gtid);
+        }
+        binlog["ts"] =
+            format_timestamp(std::chrono::system_clock::time_point(std::chrono::seconds(change.binlog_time)));
+        binlog["db"] = change.db;
+        binlog["table"] = change.table;
+        event.set("binlog", std::move(binlog));
+    }
     if (change.delayed) event.set("delayed", true);
     if (change.position) {
         // Stable across restarts: the same committed change always gets the same id.

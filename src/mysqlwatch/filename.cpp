@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "ktricks/mysqlwatch.hpp"
+#include "mysqlwatch/rows.hpp"
 
 namespace ktricks::mysqlwatch {
 namespace {
@@ -55,6 +56,8 @@ int hex_digit(char c) {
     return -1;
 }
 
+}  // namespace
+
 void append_utf8(std::string& out, std::uint32_t cp) {
     if (cp < 0x80) {
         out += static_cast<char>(cp);
@@ -67,6 +70,8 @@ void append_utf8(std::string& out, std::uint32_t cp) {
         out += static_cast<char>(0x80 | (cp & 0x3F));
     }
 }
+
+namespace {
 
 // One UTF-8 character from `text` at `i` (advanced); nullopt if malformed or beyond the BMP
 // (the filename set has no encoding for those: the server stores `?`).

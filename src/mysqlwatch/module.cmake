@@ -3,6 +3,7 @@ ktricks_component(mysqlwatch DEPENDS core SOURCES
   src/mysqlwatch/filename.cpp
   src/mysqlwatch/statement.cpp
   src/mysqlwatch/binlog.cpp
+  src/mysqlwatch/rows.cpp
   src/mysqlwatch/change.cpp
   src/mysqlwatch/sql.cpp
   src/mysqlwatch/watch.cpp

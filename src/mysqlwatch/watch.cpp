@@ -476,6 +476,7 @@ private:
         watch_file(binlog_wd_, path, IN_MODIFY);
         binlog_read_ = 0;
         parser_ = std::make_unique<BinlogParser>();
+        parser_->set_rows(options_.rows);
         quiet_until_ = quiet_until;
         parser_->set_quiet(quiet_until_ > 0);
         read_binlog();
@@ -648,14 +649,7 @@ private:
         batch_.push_back(std::move(change));
     }
 
-    bool passes_filters(const Change& change) const {
-        if (options_.db_glob == "*" && is_system_schema(change.db)) return false;
-        if (::fnmatch(options_.db_glob.c_str(), change.db.c_str(), 0) != 0) return false;
-        if (options_.table_glob != "*" &&
-            ::fnmatch(options_.table_glob.c_str(), change.table.c_str(), 0) != 0)
-            return false;
-        return true;
-    }
+    bool passes_filters(const Change& change) const { return mysqlwatch::passes_filters(options_, change); }
 
     void deliver(Change change) {
         if (!passes_filters(change)) return;
@@ -728,6 +722,53 @@ private:
     EventLoop::SourceId redo_timer_ = 0;
     std::map<std::pair<std::string, std::string>, std::string> table_state_;
 };
+
+bool passes_filters(const WatchOptions& options, const Change& change) {
+    if (options.db_glob == "*" && is_system_schema(change.db)) return false;
+    if (::fnmatch(options.db_glob.c_str(), change.db.c_str(), 0) != 0) return false;
+    if (options.table_glob != "*" && ::fnmatch(options.table_glob.c_str(), change.table.c_str(), 0) != 0)
+        return false;
+    return true;
+}
+
+std::uint64_t read_binlog_file(const std::filesystem::path& path, const WatchOptions& options,
+                               const std::function<void(const Change&)>& on_change) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) throw_errno("open", path.string());
+    BinlogParser parser;
+    parser.set_rows(options.rows);
+    std::string file = path.filename().string();
+    std::vector<char> buffer(1 << 20);
+    std::uint64_t bytes = 0;
+    for (;;) {
+        ssize_t got = ::read(fd.get(), buffer.data(), buffer.size());
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) throw_errno("read", path.string());
+        if (got == 0) break;
+        bytes += static_cast<std::uint64_t>(got);
+        auto out = parser.feed(std::string_view(buffer.data(), static_cast<std::size_t>(got)));
+        for (const std::string& problem : out.problems)
+            if (options.log) options.log(fmt::format("{}: {}", file, problem));
+        std::size_t taken = 0;
+        // Same ids as the watcher gives: the end of the transaction and the index in it.
+        auto take = [&](std::size_t end, const Position* position) {
+            for (std::uint32_t index = 0; taken < end; ++taken, ++index) {
+                Change& change = out.changes[taken];
+                if (position) {
+                    change.position = *position;
+                    change.index = index;
+                }
+                if (passes_filters(options, change)) on_change(change);
+            }
+        };
+        for (const auto& boundary : out.boundaries) {
+            Position position{file, boundary.offset, boundary.gtid};
+            take(boundary.changes, &position);
+        }
+        take(out.changes.size(), nullptr);
+    }
+    return bytes;
+}
 
 Watcher::Watcher(EventLoop& loop, WatchOptions options, std::function<void(const Change&)> on_change)
     : impl_(std::make_unique<Impl>(loop, std::move(options), std::move(on_change))) {}
