@@ -22,18 +22,21 @@
 #include <istream>
 #include <ostream>
 #define _GLIBCXX_IOSTREAM 1
+// clang-format would take the visibility macro for the namespace's name.
+// clang-format off
 namespace std _GLIBCXX_VISIBILITY(default) {
-    _GLIBCXX_BEGIN_NAMESPACE_VERSION
-    extern istream cin;
-    extern ostream cout;
-    extern ostream cerr;
-    extern ostream clog;
-    extern wistream wcin;
-    extern wostream wcout;
-    extern wostream wcerr;
-    extern wostream wclog;
-    _GLIBCXX_END_NAMESPACE_VERSION
-}  // namespace )
+_GLIBCXX_BEGIN_NAMESPACE_VERSION
+extern istream cin;
+extern ostream cout;
+extern ostream cerr;
+extern ostream clog;
+extern wistream wcin;
+extern wostream wcout;
+extern wostream wcerr;
+extern wostream wclog;
+_GLIBCXX_END_NAMESPACE_VERSION
+}  // namespace std
+// clang-format on
 #endif
 
 #include <CLI/CLI.hpp>
