@@ -101,6 +101,8 @@ struct SocketInfo {
     bool v6only_reported = false;
     std::optional<std::pair<std::uint32_t, std::uint32_t>> vfs;
     std::optional<std::vector<std::uint32_t>> pending;
+    // Read from /proc/net/raw{,6} (no raw_diag): only the fields /proc has; ss -e adds none.
+    bool from_proc = false;
 };
 
 // What a cgroup v2 path says about who runs there: the deepest systemd service or scope
@@ -193,6 +195,9 @@ struct Listing {
     // With Query::processes: how the owners were found ("bpf" or "proc") and, for "proc", why the
     // BPF iterator did not run (find_socket_owners).
     std::string owners_method, owners_why_not_bpf;
+    // Where raw sockets came from: "" (not listed), "sock_diag", or "/proc/net/raw" when the kernel
+    // has no raw_diag (as ss falls back).
+    std::string raw_source;
 };
 
 // Lists sockets of the current network namespace, or of `netns` (a name in /run/netns or a

@@ -145,6 +145,9 @@ int run_sockets(const SocketsOptions& options) {
     sockets::Listing listing =
         options.all_netns ? sockets::list_all_namespaces(query) : sockets::list(query, options.netns);
     for (const auto& warning : listing.warnings) fmt::print(stderr, "ktricks sockets: {}\n", warning);
+    if (options.verbose && !listing.raw_source.empty())
+        fmt::print(stderr, "ktricks sockets: raw sockets: {}{}\n", listing.raw_source,
+                   listing.raw_source == "sock_diag" ? "" : " (the kernel has no raw_diag)");
     if (options.verbose && options.processes) {
         if (listing.owners_method == "bpf")
             fmt::print(stderr, "ktricks sockets: -p: BPF task_file iterator\n");

@@ -4,6 +4,7 @@ ktricks_component(sockets DEPENDS netlink SOURCES
   src/sockets/cgroups.cpp
   src/sockets/decode.cpp
   src/sockets/owners.cpp
+  src/sockets/proc_raw.cpp
   src/sockets/sockets.cpp
   src/sockets/watch.cpp)
 

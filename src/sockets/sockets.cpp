@@ -30,6 +30,7 @@
 #include "ktricks/netlink.hpp"
 #include "sockets/cgroups.hpp"
 #include "sockets/decode.hpp"
+#include "sockets/proc_raw.hpp"
 
 namespace ktricks::sockets {
 
@@ -78,10 +79,31 @@ struct Kind {
 // loadable (sock_diag's request_module failed).
 bool is_missing_module(const std::system_error& error) { return error.code().value() == ENOENT; }
 
+// Raw sockets without raw_diag: the kernel refuses the dump with ENOENT (no handler), EINVAL or
+// EOPNOTSUPP (older kernels' inet_diag); ss then reads /proc/net/raw{,6}, and so do we.
+bool raw_dump_unavailable(const std::system_error& error) {
+    int code = error.code().value();
+    return code == ENOENT || code == EINVAL || code == EOPNOTSUPP;
+}
+
 // The filter's `state` clauses win over -a/-l, which win over ss's default (connected only).
 std::uint32_t request_states(const Query& query) {
     if (query.filter && query.filter->states()) return query.filter->states();
     return query.states ? query.states : connected_states;
+}
+
+// /proc/net/raw{,6} of this thread's namespace, keeping the states the query asks for (the kernel's
+// dump would have filtered them); the filter's conditions are decided by the caller, as for a dump.
+void read_raw_from_proc(const Query& query, int family, Listing& listing) {
+    std::size_t first = listing.sockets.size();
+    detail::read_proc_net_raw(family, listing.sockets, listing.warnings);
+    std::uint32_t states = request_states(query);
+    auto begin = listing.sockets.begin() + static_cast<std::ptrdiff_t>(first);
+    listing.sockets.erase(std::remove_if(begin, listing.sockets.end(),
+                                         [&](const SocketInfo& socket) {
+                                             return socket.state > 31 || !(states & (1u << socket.state));
+                                         }),
+                          listing.sockets.end());
 }
 
 // Appends every socket of one sock_diag dump that DECODE accepts. A dump the kernel restarts
@@ -246,16 +268,26 @@ void list_here(const Query& query, Listing& listing) {
                         dump_inet(diag, query, one, listing.sockets);
                     }
                 }
+            } else if (job.kind.protocol == IPPROTO_RAW && listing.raw_source == "/proc/net/raw") {
+                read_raw_from_proc(query, job.kind.family, listing);
             } else {
                 dump_inet(diag, query, job.kind, listing.sockets);
+                if (job.kind.protocol == IPPROTO_RAW) listing.raw_source = "sock_diag";
             }
         } catch (const std::system_error& error) {
-            if (!is_missing_module(error)) throw;
-            if (job.explicit_) missing_module(job.kind);
-            if (!warned[job.kind.name])
-                listing.warnings.push_back(fmt::format("{} sockets not listed: the kernel has no {} module",
-                                                       job.kind.name, job.kind.module));
-            warned[job.kind.name] = true;
+            if (job.kind.protocol == IPPROTO_RAW && raw_dump_unavailable(error)) {
+                listing.sockets.resize(first);
+                listing.raw_source = "/proc/net/raw";
+                read_raw_from_proc(query, job.kind.family, listing);
+            } else {
+                if (!is_missing_module(error)) throw;
+                if (job.explicit_) missing_module(job.kind);
+                if (!warned[job.kind.name])
+                    listing.warnings.push_back(
+                        fmt::format("{} sockets not listed: the kernel has no {} module", job.kind.name,
+                                    job.kind.module));
+                warned[job.kind.name] = true;
+            }
         }
         // ss decides again in user space what the kernel's bytecode let through (and alone for
         // unix sockets): both must say yes.
@@ -678,8 +710,10 @@ public:
 private:
     void append_port(std::string& out, const SocketInfo& socket, std::uint16_t port) {
         if (port == 0) out += '*';
-        else if (options_.numeric || socket.netid == Netid::raw || detail::is_ephemeral(port))
+        else if (options_.numeric || (socket.netid != Netid::raw && detail::is_ephemeral(port)))
             append_number(out, port);
+        else if (socket.netid == Netid::raw)
+            out += protocol_name(port);
         else
             out += services_.name(port, socket.netid == Netid::udp);
     }
@@ -712,7 +746,7 @@ private:
         // ss 6.1's order: inet and packet sockets print sock_details_print (uid, ino, sk, fwmark,
         // cgroup), inet then v6only and the shutdown arrows, before skmem; unix sockets print skmem
         // first, then the arrows, the bound path's ino:/dev: and a listener's peers:.
-        if (options_.extended && !unix_socket) {
+        if (options_.extended && !unix_socket && !socket.from_proc) {
             if (socket.uid) fmt::format_to(to, " uid:{}", socket.uid);
             fmt::format_to(to, " ino:{} sk:{:x}", socket.inode, socket.cookie);
             if (socket.mark) fmt::format_to(to, " fwmark:0x{:x}", socket.mark);
@@ -762,6 +796,22 @@ private:
     std::string& text_;
     const TableOptions& options_;
     ServiceNames services_;
+    std::map<std::uint16_t, std::string> protocols_;
+
+    // ss's inet_proto_n2a for a raw socket's "port": its protocol's name in /etc/protocols,
+    // "ipproto-N" for one without. Looked up once per protocol.
+    const std::string& protocol_name(std::uint16_t protocol) {
+        auto [at, added] = protocols_.try_emplace(protocol);
+        if (added) {
+            protoent entry{}, *found = nullptr;
+            char buffer[1024];
+            if (::getprotobynumber_r(protocol, &entry, buffer, sizeof(buffer), &found) == 0 && found)
+                at->second = found->p_name;
+            else
+                at->second = fmt::format("ipproto-{}", protocol);
+        }
+        return at->second;
+    }
     InterfaceNames ifnames_;
 };
 
