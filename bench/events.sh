@@ -58,7 +58,7 @@ done
 for _ in $(seq 100); do grep -q "Server is ready" "$DIR/nats.log" && break; sleep 0.1; done
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
 
-/usr/bin/python3 - "$KTRICKS" "$CONSUMER" "$DIR" "$RUNS" "$BURST" "$NATS_PORT" "$REDIS_PORT" <<'PY'
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" /usr/bin/python3 - "$KTRICKS" "$CONSUMER" "$DIR" "$RUNS" "$BURST" "$NATS_PORT" "$REDIS_PORT" <<'PY'
 import ctypes, json, os, select, statistics, subprocess, sys, time
 
 ktricks, consumer, root, runs, burst, nats_port, redis_port = sys.argv[1:8]
@@ -81,28 +81,7 @@ def sql(statement):
     if lib.mysql_query(conn, statement.encode()) != 0:
         sys.exit("%s: %s" % (statement, lib.mysql_error(conn).decode()))
 
-class Lines:
-    """A child's stdout read without blocking."""
-    def __init__(self, argv=None, proc=None):
-        self.proc = proc or subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                             bufsize=0)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.buf = b""
-    def next_line(self, match, deadline):
-        while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                if match(line): return line, time.time()
-            left = deadline - time.time()
-            if left <= 0: return None, None
-            r, _, _ = select.select([self.proc.stdout], [], [], left)
-            if r:
-                chunk = self.proc.stdout.read(65536)
-                if chunk: self.buf += chunk
-    def stop(self):
-        self.proc.terminate()
-        try: self.proc.wait(15)
-        except subprocess.TimeoutExpired: self.proc.kill()
+from child_lines import Lines
 
 sql("CREATE DATABASE bench")
 paths = [("mysql-watch stdout (no --publish)", None, None),

@@ -45,7 +45,7 @@ SERVER_PID=$!
 for _ in $(seq 100); do mariadb --no-defaults -S "$DIR/sock" -uroot -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
 
 if [ "$PART" != decode ]; then
-/usr/bin/python3 - "$KTRICKS" "$DIR" "$RUNS" "$POLL_RUNS" <<'PY'
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" /usr/bin/python3 - "$KTRICKS" "$DIR" "$RUNS" "$POLL_RUNS" <<'PY'
 import ctypes, datetime, os, select, statistics, subprocess, sys, threading, time
 
 ktricks, root, runs, poll_runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -96,36 +96,7 @@ REDO_TABLES = 16
 for i in range(REDO_TABLES):
     sql("CREATE TABLE bench.redo_%d (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB" % i)
 
-class Lines:
-    """Reads lines from a child's stdout without blocking; remembers when each arrived."""
-    def __init__(self, argv):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.buf = b""
-    def next_line(self, match, deadline):
-        while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                if match(line): return line, time.time()
-            left = deadline - time.time()
-            if left <= 0: return None, None
-            r, _, _ = select.select([self.proc.stdout], [], [], left)
-            if r:
-                chunk = self.proc.stdout.read(65536)
-                if chunk: self.buf += chunk
-    def idle(self, seconds):
-        stat = lambda: open("/proc/%d/stat" % self.proc.pid).read().rsplit(")", 1)[1].split()
-        status = lambda: dict(l.split(":\t") for l in open("/proc/%d/status" % self.proc.pid).read().splitlines() if ":\t" in l)
-        ticks = os.sysconf("SC_CLK_TCK")
-        s0, w0 = stat(), int(status()["voluntary_ctxt_switches"]) + int(status()["nonvoluntary_ctxt_switches"])
-        time.sleep(seconds)
-        s1, w1 = stat(), int(status()["voluntary_ctxt_switches"]) + int(status()["nonvoluntary_ctxt_switches"])
-        cpu = (int(s1[11]) + int(s1[12]) - int(s0[11]) - int(s0[12])) / ticks
-        return cpu * 1000 / seconds, (w1 - w0) / seconds
-    def stop(self):
-        self.proc.terminate()
-        try: self.proc.wait(5)
-        except subprocess.TimeoutExpired: self.proc.kill()
+from child_lines import Lines
 
 def ts_of(line):
     import json
@@ -134,7 +105,7 @@ def ts_of(line):
 
 results = []
 def measure(name, argv, tables, count, timeout=2.0, event_time=False, match_of=None, before=None):
-    watcher = Lines(argv)
+    watcher = Lines(argv, stderr=subprocess.PIPE)
     time.sleep(0.5)
     cpu, wakeups = watcher.idle(3.0)
     latencies, missed = [], 0
@@ -226,7 +197,7 @@ if [ "$PART" != latency ]; then
   "${SB[@]}" --threads=2 --events="$DECODE_EVENTS" --time=0 --rand-seed=1 run >/dev/null
   FILE=$DIR/data/$(tail -1 "$DIR/data/binlog.index" | xargs basename)
   sql "FLUSH BINARY LOGS"
-  /usr/bin/python3 - "$KTRICKS" "$FILE" "$DIR" <<'PY'
+  PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" /usr/bin/python3 - "$KTRICKS" "$FILE" "$DIR" <<'PY'
 import os, resource, subprocess, sys, time
 ktricks, path, root = sys.argv[1:4]
 size = os.path.getsize(path)
