@@ -265,6 +265,36 @@ std::vector<json> consumed(const std::string& url) {
     return events_of_lines(result.out);
 }
 
+// Runs `sockets --watch --publish URL` in NETNS until it has printed COUNT destroy events after it
+// was first seen subscribed, then ends it with SIGTERM (exit 0 expected). It has no readiness line:
+// the namespace churns until a destroy event is printed. Each connection's server side is destroyed
+// once its close completes (the client's side waits in TIME_WAIT), so COUNT connections give at
+// least COUNT more.
+Process watch_sockets(const ScratchNetns& netns, const std::string& url, const std::string& spool,
+                      int count) {
+    Process watcher = Process::start({KTRICKS_BINARY, "sockets", "--netns", netns.name(), "--watch", "-t",
+                                      "--json", "--publish", url, "--spool", spool});
+    EXPECT_TRUE(eventually(
+        [&] {
+            netns.churn(1);
+            return count_events(printed_events(watcher), "destroy") > 0;
+        },
+        10s, 100ms))
+        << watcher.describe();
+    std::size_t before = count_events(printed_events(watcher), "destroy");
+    netns.churn(count);
+    EXPECT_TRUE(eventually(
+        [&] {
+            return count_events(printed_events(watcher), "destroy") >=
+                   before + static_cast<std::size_t>(count);
+        },
+        10s))
+        << watcher.describe();
+    watcher.signal(SIGTERM);
+    EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
+    return watcher;
+}
+
 class WatcherPublish : public ::testing::TestWithParam<std::string> {
 protected:
     void SetUp() override {
@@ -279,26 +309,7 @@ TEST_P(WatcherPublish, SocketsWatchEveryEventInOrderAndTheConsumerExampleReadsTh
     Broker broker(GetParam());
     ScratchNetns netns;
     TempDir dir;
-    Process watcher =
-        Process::start({KTRICKS_BINARY, "sockets", "--netns", netns.name(), "--watch", "-t", "--json",
-                        "--publish", broker.url("sockets"), "--spool", dir / "spool"});
-    // No readiness line: churn until a destroy event is printed (it is subscribed).
-    ASSERT_TRUE(eventually(
-        [&] {
-            netns.churn(1);
-            return count_events(printed_events(watcher), "destroy") > 0;
-        },
-        10s, 100ms))
-        << watcher.describe();
-    std::size_t before = count_events(printed_events(watcher), "destroy");
-    netns.churn(50);
-    // Each connection's server side is destroyed once its close completes (the client's waits in
-    // TIME_WAIT): at least 50 more.
-    ASSERT_TRUE(
-        eventually([&] { return count_events(printed_events(watcher), "destroy") >= before + 50; }, 10s))
-        << watcher.describe();
-    watcher.signal(SIGTERM);
-    EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
+    Process watcher = watch_sockets(netns, broker.url("sockets"), dir / "spool", 50);
     auto printed = printed_events(watcher);
     EXPECT_EQ(broker.events("sockets"), printed);
     EXPECT_TRUE(std::filesystem::is_empty(dir / "spool"));
@@ -362,25 +373,7 @@ TEST_P(WatcherPublish, SocketsWatchBrokerDownSigtermSpoolsAndTheNextRunSendsThem
     ScratchNetns netns;
     TempDir dir;
     int port = free_port();
-    auto watch = [&](const std::string& url) {
-        Process watcher = Process::start({KTRICKS_BINARY, "sockets", "--netns", netns.name(), "--watch", "-t",
-                                          "--json", "--publish", url, "--spool", dir / "spool"});
-        EXPECT_TRUE(eventually(
-            [&] {
-                netns.churn(1);
-                return count_events(printed_events(watcher), "destroy") > 0;
-            },
-            10s, 100ms))
-            << watcher.describe();
-        std::size_t before = count_events(printed_events(watcher), "destroy");
-        netns.churn(20);
-        EXPECT_TRUE(
-            eventually([&] { return count_events(printed_events(watcher), "destroy") >= before + 20; }, 10s))
-            << watcher.describe();
-        watcher.signal(SIGTERM);
-        EXPECT_EQ(watcher.wait(15s), 0) << watcher.describe();
-        return watcher;
-    };
+    auto watch = [&](const std::string& url) { return watch_sockets(netns, url, dir / "spool", 20); };
     Process first = watch(Broker::url_for(GetParam(), port, "sockets"));
     EXPECT_NE(first.err().find("spooling events"), std::string::npos) << first.describe();
     std::size_t spooled = 0;
