@@ -8,12 +8,18 @@
 // (with its sign bit and 9-digit groups), length-prefixed strings and blobs.
 #include "mysqlwatch/rows.hpp"
 
+#include <errno.h>
 #include <fmt/format.h>
+#include <iconv.h>
 #include <time.h>
 
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
 
 #include "ktricks/core/error.hpp"
 
@@ -154,26 +160,115 @@ std::string latin1_to_utf8(std::string_view bytes) {
     return out;
 }
 
-bool is_latin1(int collation) {
-    if (collation >= 1024 && collation < 2048) collation -= 1024;  // the NOPAD variants
-    switch (collation) {
-        case 5:
-        case 8:
-        case 15:
-        case 31:
-        case 47:
-        case 48:
-        case 49:
-        case 94: return true;
-        default: return false;
-    }
+// MariaDB's collation ids and their character sets (scripts/gen-mariadb-collations.sh).
+struct CollationRange {
+    int first;
+    int last;
+    const char* charset;
+};
+constexpr CollationRange collations[] = {
+#include "mysqlwatch/collations.inc"
+};
+
+// The character set of a collation id; "" when the id is unknown (no metadata, or a newer server).
+std::string_view charset_of(int collation) {
+    auto it = std::upper_bound(std::begin(collations), std::end(collations), collation,
+                               [](int id, const CollationRange& range) { return id < range.first; });
+    if (it == std::begin(collations) || collation > std::prev(it)->last) return "";
+    return std::prev(it)->charset;
 }
 
-// Text columns become JSON strings in UTF-8; binary ones (and bytes that are not text in their
-// character set) lower-case hex.
+// glibc iconv's name for a MariaDB character set; nullptr for the sets taken as UTF-8 (utf8mb3,
+// utf8mb4, filename, unknown) and for keybcs2, which glibc does not have.
+const char* iconv_name(std::string_view charset) {
+    static constexpr std::pair<std::string_view, const char*> names[] = {
+        {"armscii8", "ARMSCII-8"},  {"ascii", "ASCII"},
+        {"big5", "BIG5"},           {"cp1250", "CP1250"},
+        {"cp1251", "CP1251"},       {"cp1256", "CP1256"},
+        {"cp1257", "CP1257"},       {"cp850", "CP850"},
+        {"cp852", "CP852"},         {"cp866", "CP866"},
+        {"cp932", "CP932"},         {"dec8", "DEC-MCS"},
+        {"eucjpms", "EUC-JP-MS"},   {"euckr", "EUC-KR"},
+        {"gb2312", "GB2312"},       {"gbk", "GBK"},
+        {"geostd8", "GEORGIAN-PS"}, {"greek", "ISO-8859-7"},
+        {"hebrew", "ISO-8859-8"},   {"hp8", "HP-ROMAN8"},
+        {"koi8r", "KOI8-R"},        {"koi8u", "KOI8-U"},
+        {"latin2", "ISO-8859-2"},   {"latin5", "ISO-8859-9"},
+        {"latin7", "ISO-8859-13"},  {"macce", "MAC-CENTRALEUROPE"},
+        {"macroman", "MACINTOSH"},  {"sjis", "SJIS"},
+        {"swe7", "ISO646-SE"},      {"tis620", "TIS-620"},
+        {"ucs2", "UCS-2BE"},        {"ujis", "EUC-JP"},
+        {"utf16", "UTF-16BE"},      {"utf16le", "UTF-16LE"},
+        {"utf32", "UTF-32BE"},
+    };
+    for (const auto& [name, iconv] : names)
+        if (name == charset) return iconv;
+    return nullptr;
+}
+
+// One iconv descriptor, closed on destruction.
+class Iconv {
+public:
+    explicit Iconv(const char* from) : cd_(::iconv_open("UTF-8", from)) {}
+    Iconv(const Iconv&) = delete;
+    Iconv& operator=(const Iconv&) = delete;
+    ~Iconv() {
+        if (valid()) ::iconv_close(cd_);
+    }
+    bool valid() const { return cd_ != reinterpret_cast<iconv_t>(-1); }
+
+    // The bytes in UTF-8, or nullopt when they are not text in the source set.
+    std::optional<std::string> convert(std::string_view bytes) {
+        ::iconv(cd_, nullptr, nullptr, nullptr, nullptr);  // the initial shift state
+        std::string out(bytes.size() * 2 + 16, '\0');
+        char* in = const_cast<char*>(bytes.data());
+        std::size_t in_left = bytes.size();
+        std::size_t done = 0;
+        for (bool flushing = false;;) {
+            char* to = out.data() + done;
+            std::size_t to_left = out.size() - done;
+            std::size_t rc = flushing ? ::iconv(cd_, nullptr, nullptr, &to, &to_left)
+                                      : ::iconv(cd_, &in, &in_left, &to, &to_left);
+            done = out.size() - to_left;
+            if (rc != static_cast<std::size_t>(-1)) {
+                if (flushing) break;
+                flushing = true;
+                continue;
+            }
+            if (errno != E2BIG) return std::nullopt;  // EILSEQ, EINVAL: not text in this set
+            out.resize(out.size() * 2);
+        }
+        out.resize(done);
+        return out;
+    }
+
+private:
+    iconv_t cd_;
+};
+
+// A converter per character set, opened on first use and kept for the thread's lifetime;
+// nullptr when iconv cannot open it.
+Iconv* converter(const char* name) {
+    thread_local std::map<std::string_view, std::unique_ptr<Iconv>> cache;
+    auto [it, added] = cache.try_emplace(name);
+    if (added) it->second = std::make_unique<Iconv>(name);
+    return it->second->valid() ? it->second.get() : nullptr;
+}
+
+// Text columns become JSON strings in UTF-8, converted from their column's character set; binary
+// ones, and bytes that are not text in their character set, lower-case hex. Sets without an iconv
+// converter (utf8mb3/utf8mb4, filename, keybcs2, unknown collations) are given as text when the
+// bytes are valid UTF-8.
 ordered_json text_value(std::string_view bytes, int collation) {
-    if (collation == 63) return hex(bytes);
-    if (is_latin1(collation)) return latin1_to_utf8(bytes);
+    std::string_view charset = charset_of(collation);
+    if (collation == 63 || charset == "binary") return hex(bytes);
+    if (charset == "latin1") return latin1_to_utf8(bytes);
+    if (const char* name = iconv_name(charset)) {
+        if (Iconv* iconv = converter(name)) {
+            if (auto text = iconv->convert(bytes)) return std::move(*text);
+            return hex(bytes);
+        }
+    }
     if (valid_utf8(bytes)) return std::string(bytes);
     return hex(bytes);
 }

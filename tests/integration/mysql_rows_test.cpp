@@ -7,6 +7,8 @@
 #include <fmt/printf.h>
 #include <nlohmann/json.hpp>
 
+#include <errno.h>
+#include <iconv.h>
 #include <time.h>
 
 #include <algorithm>
@@ -457,6 +459,91 @@ TEST_F(MysqlWatchRows, EveryColumnTypeEqualsMariadbBinlogDecoding) {
     for (const json& event : ours) ids.insert(event["id"].get<std::string>());
     EXPECT_EQ(ids.size(), ours.size());
     EXPECT_EQ(ours[6]["binlog_pos"], ours[7]["binlog_pos"]);
+}
+
+// mariadb-binlog's quoted string back to its bytes (the inverse of binlog_quoted).
+std::string binlog_unquoted(const std::string& value) {
+    std::string out;
+    if (value.size() < 2 || value.front() != '\'' || value.back() != '\'')
+        return "<not a string: " + value + ">";
+    for (std::size_t i = 1; i + 1 < value.size(); ++i) {
+        if (value[i] == '\\' && i + 3 < value.size() && value[i + 1] == 'x') {
+            out += static_cast<char>(std::stoi(value.substr(i + 2, 2), nullptr, 16));
+            i += 3;
+        } else {
+            out += value[i];
+        }
+    }
+    return out;
+}
+
+// The bytes converted from `charset` to UTF-8 with glibc's iconv, or "<iconv: ...>".
+std::string iconv_to_utf8(const std::string& bytes, const char* charset) {
+    iconv_t cd = ::iconv_open("UTF-8", charset);
+    if (cd == reinterpret_cast<iconv_t>(-1)) return fmt::format("<iconv_open {}: {}>", charset, errno);
+    std::string out(bytes.size() * 4 + 16, '\0');
+    char* in = const_cast<char*>(bytes.data());
+    std::size_t in_left = bytes.size(), out_left = out.size();
+    char* to = out.data();
+    std::size_t rc = ::iconv(cd, &in, &in_left, &to, &out_left);
+    ::iconv_close(cd);
+    if (rc == static_cast<std::size_t>(-1)) return fmt::format("<iconv {}: errno {}>", charset, errno);
+    out.resize(out.size() - out_left);
+    return out;
+}
+
+TEST_F(MysqlWatchRows, TextColumnsInEveryCharsetAreDecodedToUtf8) {
+    struct Text {
+        const char* column;
+        const char* type;
+        const char* iconv;  // the set's name for the test's own conversion of mariadb-binlog's bytes
+        std::string first, second;
+    };
+    const std::vector<Text> texts = {
+        {"c1", "CHAR(20) CHARACTER SET cp1251", "CP1251", "Привет, мир", "ёЁ №"},
+        {"v2", "VARCHAR(20) CHARACTER SET gbk", "GBK", "中文测试", "简体"},
+        {"t3", "TEXT CHARACTER SET ucs2", "UCS-2BE", "Ünïcødé Ж 中", "AΩ"},
+        {"c4", "CHAR(10) CHARACTER SET utf16", "UTF-16BE", "😀 𝄞 Ж", "é"},
+        {"v5", "VARCHAR(10) CHARACTER SET utf32", "UTF-32BE", "😀 ü", "𝄞"},
+        {"t6", "TEXT CHARACTER SET sjis", "SJIS", "日本語テキスト", "ｶﾀｶﾅ"},
+        {"c7", "CHAR(20) CHARACTER SET latin2", "ISO-8859-2", "Żółć łódź", "Ő"},
+        {"v8", "VARCHAR(20) CHARACTER SET koi8r", "KOI8-R", "Съешь ещё", "Ъ"},
+        {"t9", "TEXT CHARACTER SET big5", "BIG5", "繁體中文", "臺灣"},
+        {"v10", "VARCHAR(10) CHARACTER SET euckr", "EUC-KR", "한국어", "가"},
+        {"t11", "TINYTEXT CHARACTER SET eucjpms", "EUC-JP-MS", "①日本", "ア"},
+        {"v12", "VARCHAR(10) CHARACTER SET utf16le", "UTF-16LE", "𝄞 Ж", "x"},
+        {"c13", "CHAR(10) CHARACTER SET greek", "ISO-8859-7", "Ελληνικά", "Ω"},
+    };
+    std::string create = "CREATE DATABASE rowtext; CREATE TABLE rowtext.t (id INT PRIMARY KEY";
+    std::string columns = "id", first = "1", second;
+    for (const Text& text : texts) {
+        create += fmt::format(", {} {}", text.column, text.type);
+        columns += fmt::format(", {}", text.column);
+        first += fmt::format(", '{}'", text.first);
+        second += fmt::format("{}{} = '{}'", second.empty() ? "" : ", ", text.column, text.second);
+    }
+    server_->sql(create + ")");
+    Process watcher = start_watcher("rowtext");
+    server_->sql(
+        fmt::format("SET NAMES utf8mb4; INSERT INTO rowtext.t ({}) VALUES ({});"
+                    "UPDATE rowtext.t SET {} WHERE id = 1;",
+                    columns, first, second));
+    EXPECT_TRUE(eventually([&] { return row_events(watcher).size() >= 2; }, 20s, 20ms)) << watcher.describe();
+    auto ours = row_events(watcher);
+    ASSERT_EQ(ours.size(), 2U) << watcher.describe();
+    auto theirs = parse_mariadb_binlog(mariadb_binlog_of(*server_), "`rowtext`.`t`");
+    ASSERT_EQ(theirs.size(), 2U);
+    for (std::size_t k = 0; k < texts.size(); ++k) {
+        const Text& text = texts[k];
+        int number = static_cast<int>(k) + 2;  // mariadb-binlog's @N; @1 is id
+        EXPECT_EQ(ours[0]["after"][text.column], text.first) << text.type;
+        EXPECT_EQ(ours[1]["before"][text.column], text.first) << text.type;
+        EXPECT_EQ(ours[1]["after"][text.column], text.second) << text.type;
+        EXPECT_EQ(iconv_to_utf8(binlog_unquoted(theirs[0].after[number]), text.iconv), text.first)
+            << text.type;
+        EXPECT_EQ(iconv_to_utf8(binlog_unquoted(theirs[1].after[number]), text.iconv), text.second)
+            << text.type;
+    }
 }
 
 TEST_F(MysqlWatchRows, WithoutRowMetadataColumnsArePositional) {
