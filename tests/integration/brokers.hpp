@@ -16,21 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "free_port.hpp"
+
 #include "process_helpers.hpp"
 
 namespace ktricks::test {
-
-// A loopback TCP port that was free a moment ago (the kernel's choice).
-inline int free_port() {
-    Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address);
-    socklen_t length = sizeof address;
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&address), &length);
-    return ntohs(address.sin_port);
-}
 
 // A throwaway redis-server on a loopback port, with every write fsynced to its append-only file
 // (so an acknowledged XADD survives the SIGKILL the test gives it). Killed with its group on exit.

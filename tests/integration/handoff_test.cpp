@@ -25,6 +25,7 @@
 #include <set>
 #include <thread>
 
+#include "free_port.hpp"
 #include "ktricks/handoff.hpp"
 #include "process_helpers.hpp"
 
@@ -39,12 +40,6 @@ const std::filesystem::path scripts = std::filesystem::path(KTRICKS_TESTS_DIR) /
 const std::string python = "/usr/bin/python3";
 const std::string fd3_server = (scripts / "fd3_server.py").string();
 const std::string show_env = (scripts / "show_env.py").string();
-
-// A port nobody listens on right now (the kernel picks it; we release it at once).
-std::uint16_t free_port() {
-    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
-    return SocketAddress::of_socket(probe.get()).port();
-}
 
 Fd connect_tcp(std::uint16_t port, int& error) {
     Fd socket(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));

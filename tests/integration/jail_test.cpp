@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "free_port.hpp"
 #include "ktricks/core/socket_address.hpp"
 #include "ktricks/jail.hpp"
 #include "process_helpers.hpp"
@@ -487,11 +488,6 @@ std::string http_get(const std::string& address, const std::string& path,
         response.append(buffer, static_cast<std::size_t>(got));
     }
     return response;
-}
-
-std::uint16_t free_port() {
-    Fd probe = bind_socket(SocketAddress::parse("tcp://127.0.0.1:0"));
-    return SocketAddress::of_socket(probe.get()).port();
 }
 
 // A directory the jail's nobody can read, bound into the jail at the same path.
