@@ -1114,7 +1114,11 @@ std::optional<WrkResult> native_keep_alive_reloads(const std::string& name, int 
                 read_file(dir / "error.log"), listeners.describe, starter_said);
             for (pid_t pid : {master, pid_in_file()})
                 if (pid > 1) ::kill(pid, SIGKILL);
+            // A killed nginx leaves its pid file and unix socket files (the probe): the next try's bind
+            // of the same path would fail with EADDRINUSE.
             std::filesystem::remove(dir / "nginx.pid");
+            for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+                if (entry.is_socket()) std::filesystem::remove(entry.path());
             return false;
         };
         // The server's own start is the baseline, not what is under test: a start that dies before
