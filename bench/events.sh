@@ -59,27 +59,17 @@ for _ in $(seq 100); do grep -q "Server is ready" "$DIR/nats.log" && break; slee
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
 
 PYTHONPATH="$(cd "$(dirname "$0")" && pwd)" /usr/bin/python3 - "$KTRICKS" "$CONSUMER" "$DIR" "$RUNS" "$BURST" "$NATS_PORT" "$REDIS_PORT" <<'PY'
-import ctypes, json, os, select, statistics, subprocess, sys, time
+import json, os, select, statistics, subprocess, sys, time
 
 ktricks, consumer, root, runs, burst, nats_port, redis_port = sys.argv[1:8]
 runs, burst = int(runs), int(burst)
 datadir, sock = os.path.join(root, "data"), os.path.join(root, "sock")
 
-lib = ctypes.CDLL("libmariadb.so.3")
-lib.mysql_init.restype = ctypes.c_void_p
-lib.mysql_init.argtypes = [ctypes.c_void_p]
-lib.mysql_real_connect.restype = ctypes.c_void_p
-lib.mysql_real_connect.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                   ctypes.c_char_p, ctypes.c_uint, ctypes.c_char_p, ctypes.c_ulong]
-lib.mysql_query.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-lib.mysql_error.restype = ctypes.c_char_p
-lib.mysql_error.argtypes = [ctypes.c_void_p]
-conn = lib.mysql_init(None)
-if not lib.mysql_real_connect(conn, b"localhost", b"root", None, None, 0, sock.encode(), 0):
-    sys.exit("connect: %s" % lib.mysql_error(conn))
+from mariadb_client import connect, query
+
+conn = connect(sock)
 def sql(statement):
-    if lib.mysql_query(conn, statement.encode()) != 0:
-        sys.exit("%s: %s" % (statement, lib.mysql_error(conn).decode()))
+    query(conn, statement, fetch=False)
 
 from child_lines import Lines
 

@@ -51,40 +51,14 @@ import ctypes, datetime, os, select, statistics, subprocess, sys, threading, tim
 ktricks, root, runs, poll_runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 datadir, sock = os.path.join(root, "data"), os.path.join(root, "sock")
 
-lib = ctypes.CDLL("libmariadb.so.3")
-lib.mysql_init.restype = ctypes.c_void_p
-lib.mysql_init.argtypes = [ctypes.c_void_p]
-lib.mysql_real_connect.restype = ctypes.c_void_p
-lib.mysql_real_connect.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                   ctypes.c_char_p, ctypes.c_uint, ctypes.c_char_p, ctypes.c_ulong]
-lib.mysql_query.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-lib.mysql_error.restype = ctypes.c_char_p
-lib.mysql_error.argtypes = [ctypes.c_void_p]
-lib.mysql_store_result.restype = ctypes.c_void_p
-lib.mysql_store_result.argtypes = [ctypes.c_void_p]
-lib.mysql_free_result.argtypes = [ctypes.c_void_p]
-lib.mysql_fetch_row.restype = ctypes.POINTER(ctypes.c_char_p)
-lib.mysql_fetch_row.argtypes = [ctypes.c_void_p]
+from mariadb_client import connect as connect_socket, query
 
 def connect():
-    c = lib.mysql_init(None)
-    if not lib.mysql_real_connect(c, b"localhost", b"root", None, None, 0, sock.encode(), 0):
-        sys.exit("connect: %s" % lib.mysql_error(c))
-    return c
+    return connect_socket(sock)
 
 conn = connect()
 def sql(statement, c=conn):
-    if lib.mysql_query(c, statement.encode()) != 0:
-        sys.exit("%s: %s" % (statement, lib.mysql_error(c).decode()))
-    res = lib.mysql_store_result(c)
-    rows = []
-    if res:
-        while True:
-            row = lib.mysql_fetch_row(res)
-            if not row: break
-            rows.append(row[0])
-        lib.mysql_free_result(res)
-    return rows
+    return query(c, statement)
 
 sql("CREATE DATABASE bench")
 for t, engine in [("binlog_t", "InnoDB"), ("myisam_t", "MyISAM"), ("inno_t", "InnoDB"), ("eager_t", "InnoDB"),
