@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "brokers.hpp"
+#include "netns_helpers.hpp"
 #include "process_helpers.hpp"
 
 namespace ktricks::test {
@@ -202,47 +203,20 @@ private:
     std::unique_ptr<RedisServer> redis_;
 };
 
-// A network namespace of the test's own (ip netns add), deleted with what is in it at the end.
-class ScratchNetns {
-public:
-    ScratchNetns() {
-        static std::atomic<int> counter{0};
-        name_ = fmt::format("ktpub-{}-{}", ::getpid(), counter++);
-        auto result = run({"ip", "netns", "add", name_});
-        if (result.status != 0) throw std::runtime_error("ip netns add: " + result.err);
-        ip("link set lo up");
-    }
-    ~ScratchNetns() { run({"ip", "netns", "del", name_}); }
-    ScratchNetns(const ScratchNetns&) = delete;
-    ScratchNetns& operator=(const ScratchNetns&) = delete;
-    const std::string& name() const { return name_; }
-    void ip(const std::string& args) const {
-        std::vector<std::string> argv = {"ip", "-n", name_};
-        for (std::size_t at = 0; at < args.size();) {
-            auto space = args.find(' ', at);
-            if (space == std::string::npos) space = args.size();
-            argv.push_back(args.substr(at, space - at));
-            at = space + 1;
-        }
-        auto result = run(argv);
-        ASSERT_EQ(result.status, 0) << result.describe;
-    }
-    // `count` TCP connections to a listener in the namespace, each opened and closed.
-    void churn(int count) const {
-        auto result = run({"ip", "netns", "exec", name_, "python3", "-c",
-                           "import socket, sys\n"
-                           "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n"
-                           "for i in range(int(sys.argv[1])):\n"
-                           "    c = socket.create_connection(l.getsockname()); s, _ = l.accept()\n"
-                           "    c.close(); s.close()\n"
-                           "l.close()\n",
-                           std::to_string(count)});
-        ASSERT_EQ(result.status, 0) << result.describe;
-    }
-
-private:
-    std::string name_;
-};
+// `count` TCP connections to a listener in NETNS, each opened and closed.
+void churn(const Netns& netns, int count) {
+    std::vector<std::string> argv = netns.exec_prefix();
+    argv.insert(argv.end(), {"python3", "-c",
+                             "import socket, sys\n"
+                             "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(64)\n"
+                             "for i in range(int(sys.argv[1])):\n"
+                             "    c = socket.create_connection(l.getsockname()); s, _ = l.accept()\n"
+                             "    c.close(); s.close()\n"
+                             "l.close()\n",
+                             std::to_string(count)});
+    auto result = run(argv);
+    ASSERT_EQ(result.status, 0) << result.describe;
+}
 
 // The events a watcher printed with --json (its `ready` line is printed, not published).
 std::vector<json> printed_events(const Process& watcher) {
@@ -270,19 +244,18 @@ std::vector<json> consumed(const std::string& url) {
 // the namespace churns until a destroy event is printed. Each connection's server side is destroyed
 // once its close completes (the client's side waits in TIME_WAIT), so COUNT connections give at
 // least COUNT more.
-Process watch_sockets(const ScratchNetns& netns, const std::string& url, const std::string& spool,
-                      int count) {
+Process watch_sockets(const Netns& netns, const std::string& url, const std::string& spool, int count) {
     Process watcher = Process::start({KTRICKS_BINARY, "sockets", "--netns", netns.name(), "--watch", "-t",
                                       "--json", "--publish", url, "--spool", spool});
     EXPECT_TRUE(eventually(
         [&] {
-            netns.churn(1);
+            churn(netns, 1);
             return count_events(printed_events(watcher), "destroy") > 0;
         },
         10s, 100ms))
         << watcher.describe();
     std::size_t before = count_events(printed_events(watcher), "destroy");
-    netns.churn(count);
+    churn(netns, count);
     EXPECT_TRUE(eventually(
         [&] {
             return count_events(printed_events(watcher), "destroy") >=
@@ -307,7 +280,7 @@ protected:
 // printed order; SIGTERM exits 0 with the spool empty; the consumer example reads the same events.
 TEST_P(WatcherPublish, SocketsWatchEveryEventInOrderAndTheConsumerExampleReadsThem) {
     Broker broker(GetParam());
-    ScratchNetns netns;
+    Netns netns;
     TempDir dir;
     Process watcher = watch_sockets(netns, broker.url("sockets"), dir / "spool", 50);
     auto printed = printed_events(watcher);
@@ -320,7 +293,7 @@ TEST_P(WatcherPublish, SocketsWatchEveryEventInOrderAndTheConsumerExampleReadsTh
 // namespace, and everything else it printed, are in the stream in the printed order.
 TEST_P(WatcherPublish, NetwatchVethEventsArriveInOrder) {
     Broker broker(GetParam());
-    ScratchNetns netns;
+    Netns netns;
     TempDir dir;
     Process watcher =
         Process::start({KTRICKS_BINARY, "netwatch", "--json", "--no-initial", "--no-wifi", "--all-netns",
@@ -370,7 +343,7 @@ TEST_P(WatcherPublish, NetwatchVethEventsArriveInOrder) {
 // The broker is down for a whole sockets --watch run: SIGTERM leaves every event in the spool (exit
 // 0: spooled is accepted); the next run on the same spool sends them first, once the broker is up.
 TEST_P(WatcherPublish, SocketsWatchBrokerDownSigtermSpoolsAndTheNextRunSendsThemFirst) {
-    ScratchNetns netns;
+    Netns netns;
     TempDir dir;
     int port = free_port();
     auto watch = [&](const std::string& url) { return watch_sockets(netns, url, dir / "spool", 20); };

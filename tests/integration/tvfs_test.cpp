@@ -866,6 +866,34 @@ TEST_F(Tvfs, TextSubtitlesBecomeAnSrtSidecarBesideTheOutput) {
         << explained.out;
 }
 
+// A ContentDirectory Browse of minidlna's "all videos" container (2$8) on loopback PORT, with
+// USER_AGENT if given (minidlna adapts its answer to the client it recognises): the response body.
+std::string dlna_browse(int port, const std::string& user_agent = "") {
+    std::string body =
+        "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" "
+        "s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>"
+        "<u:Browse xmlns:u=\"urn:schemas-upnp-org:service:ContentDirectory:1\"><ObjectID>2$8</ObjectID>"
+        "<BrowseFlag>BrowseDirectChildren</BrowseFlag><Filter>*</Filter><StartingIndex>0</StartingIndex>"
+        "<RequestedCount>100</RequestedCount><SortCriteria></SortCriteria></u:Browse></s:Body></s:Envelope>";
+    std::vector<std::string> argv = {
+        "curl", "-s",
+        "-m",   "5",
+        "-H",   "Content-Type: text/xml; charset=\"utf-8\"",
+        "-H",   "SOAPAction: \"urn:schemas-upnp-org:service:ContentDirectory:1#Browse\""};
+    if (!user_agent.empty()) argv.insert(argv.end(), {"-H", "User-Agent: " + user_agent});
+    argv.insert(argv.end(), {"--data", body, fmt::format("http://127.0.0.1:{}/ctl/ContentDir", port)});
+    return run(argv).out;
+}
+
+// The first media item's URL in a Browse LISTING from loopback PORT; empty if there is none.
+std::string first_media_item_url(const std::string& listing, int port) {
+    auto start = listing.find(fmt::format("http://127.0.0.1:{}/MediaItems/", port));
+    if (start == std::string::npos) return {};
+    std::string url;
+    for (auto i = start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i) url += listing[i];
+    return url;
+}
+
 // minidlna pairs the sidecar with the video: a Samsung Browse carries sec:CaptionInfoEx and a
 // text/srt res, a GET with getCaptionInfo.sec answers CaptionInfo.sec, and that URL serves the
 // sidecar's bytes. In a private network namespace (minidlna binds 0.0.0.0).
@@ -876,19 +904,7 @@ TEST_F(Tvfs, MinidlnaServesTheSrtSidecarWithTheVideo) {
     TempDir source;
     fs::copy_file(tracks_media_dir() + "/ass.mkv", source / "film.mkv");
     Mount mount(source.path().string(), {"--dlna", "--dlna-port", "8298"});
-    auto browse = [&] {
-        std::string body =
-            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" "
-            "s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>"
-            "<u:Browse xmlns:u=\"urn:schemas-upnp-org:service:ContentDirectory:1\"><ObjectID>2$8</ObjectID>"
-            "<BrowseFlag>BrowseDirectChildren</BrowseFlag><Filter>*</Filter><StartingIndex>0</StartingIndex>"
-            "<RequestedCount>100</RequestedCount><SortCriteria></SortCriteria></u:Browse></s:Body></s:Envelope>";
-        return run({"curl", "-s", "-m", "5", "-H", "Content-Type: text/xml; charset=\"utf-8\"", "-H",
-                    "SOAPAction: \"urn:schemas-upnp-org:service:ContentDirectory:1#Browse\"", "-H",
-                    "User-Agent: SEC_HHP_[TV]UE40D6500/1.0 DLNADOC/1.50", "--data", body,
-                    "http://127.0.0.1:8298/ctl/ContentDir"})
-            .out;
-    };
+    auto browse = [] { return dlna_browse(8298, "SEC_HHP_[TV]UE40D6500/1.0 DLNADOC/1.50"); };
     ASSERT_TRUE(eventually([&] { return browse().find("&gt;film&lt;") != std::string::npos; },
                            std::chrono::seconds(30)))
         << browse() << mount.process().describe();
@@ -897,11 +913,8 @@ TEST_F(Tvfs, MinidlnaServesTheSrtSidecarWithTheVideo) {
               std::string::npos)
         << listing;
     EXPECT_NE(listing.find("protocolInfo=\"http-get:*:text/srt:*\""), std::string::npos) << listing;
-    auto url_start = listing.find("http://127.0.0.1:8298/MediaItems/");
-    ASSERT_NE(url_start, std::string::npos) << listing;
-    std::string url;
-    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i)
-        url += listing[i];
+    std::string url = first_media_item_url(listing, 8298);
+    ASSERT_FALSE(url.empty()) << listing;
     TempDir download;
     auto head = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H",
                      "getCaptionInfo.sec: 1", "-H", "Range: bytes=0-187", url},
@@ -934,18 +947,7 @@ TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
     fs::copy_file(media_dir() + "/pass.mp4", source / "one.mp4");
     fs::copy_file(media_dir() + "/vp9.webm", source / "two.webm");
     Mount mount(source.path().string(), {"--dlna", "--dlna-port", "8299"});
-    auto browse = [&] {
-        std::string body =
-            "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" "
-            "s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>"
-            "<u:Browse xmlns:u=\"urn:schemas-upnp-org:service:ContentDirectory:1\"><ObjectID>2$8</ObjectID>"
-            "<BrowseFlag>BrowseDirectChildren</BrowseFlag><Filter>*</Filter><StartingIndex>0</StartingIndex>"
-            "<RequestedCount>100</RequestedCount><SortCriteria></SortCriteria></u:Browse></s:Body></s:Envelope>";
-        return run({"curl", "-s", "-m", "5", "-H", "Content-Type: text/xml; charset=\"utf-8\"", "-H",
-                    "SOAPAction: \"urn:schemas-upnp-org:service:ContentDirectory:1#Browse\"", "--data", body,
-                    "http://127.0.0.1:8299/ctl/ContentDir"})
-            .out;
-    };
+    auto browse = [] { return dlna_browse(8299); };
     ASSERT_TRUE(eventually(
         [&] {
             auto r = browse();
@@ -955,11 +957,8 @@ TEST_F(Tvfs, MinidlnaServesTheMountAndPicksUpChanges) {
         << browse() << mount.process().describe();
     // The item's URL, then a range request on it.
     auto listing = browse();
-    auto url_start = listing.find("http://127.0.0.1:8299/MediaItems/");
-    ASSERT_NE(url_start, std::string::npos) << listing;
-    std::string url;
-    for (auto i = url_start; i < listing.size() && listing[i] != '&' && listing[i] != '<'; ++i)
-        url += listing[i];
+    std::string url = first_media_item_url(listing, 8299);
+    ASSERT_FALSE(url.empty()) << listing;
     TempDir download;
     auto fetch = run({"curl", "-s", "-m", "20", "-D", download / "headers", "-o", download / "body", "-H",
                       "Range: bytes=0-", url},
