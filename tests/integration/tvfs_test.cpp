@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <functional>
 #include <future>
 #include <set>
 
@@ -21,13 +22,31 @@ bool have(const char* program) {
     return run({"sh", "-c", fmt::format("command -v {} >/dev/null", program)}).status == 0;
 }
 
+// Runs COMMAND (sh) in WORK to make test media; throws if it fails.
+void generate_media(const std::string& work, const std::string& command) {
+    auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
+    if (result.status != 0) throw std::runtime_error("generating test media failed: " + result.describe);
+}
+
+// FINAL_DIR, made once per machine and shared by every test process: GENERATE fills a private work
+// directory (deterministically), which is then renamed into place. Another test process may win that
+// race: fine, its copy is the same.
+std::string generated_once(const std::string& final_dir,
+                           const std::function<void(const std::string&)>& generate) {
+    if (fs::exists(final_dir + "/complete")) return final_dir;
+    std::string work = fmt::format("{}.{}", final_dir, ::getpid());
+    fs::create_directories(work);
+    generate(work);
+    write_file(work + "/complete", "");
+    std::error_code error;
+    fs::rename(work, final_dir, error);
+    if (error) fs::remove_all(work, error);
+    return final_dir;
+}
+
 // The test corpus, generated once per machine (deterministic) and shared by every test process.
 const std::string& media_dir() {
-    static const std::string dir = [] {
-        std::string final_dir = "/tmp/ktricks-tvfs-media-v4";
-        if (fs::exists(final_dir + "/complete")) return final_dir;
-        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
-        fs::create_directories(work);
+    static const std::string dir = generated_once("/tmp/ktricks-tvfs-media-v4", [](const std::string& work) {
         const std::string f = "ffmpeg -v error -nostdin -y";
         const std::string small =
             "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000";
@@ -57,16 +76,9 @@ const std::string& media_dir() {
             "head -c 64 pass.mp4 > truncated.mp4 && echo 'not a video' > notes.txt",
         };
         for (const auto& command : commands) {
-            auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
-            if (result.status != 0)
-                throw std::runtime_error("generating test media failed: " + result.describe);
+            generate_media(work, command);
         }
-        write_file(work + "/complete", "");
-        std::error_code error;
-        fs::rename(work, final_dir, error);  // another test process may have won the race: fine
-        if (error) fs::remove_all(work, error);
-        return final_dir;
-    }();
+    });
     return dir;
 }
 
@@ -313,33 +325,23 @@ TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEvery
 // lossless (FLAC, so the reference is the exact signal), each with VP9 video (a full transcode) and
 // with H.264 keyframes every 2 s (an audio-only transcode). 7 s: four segments, three boundaries.
 const std::string& gapless_media_dir() {
-    static const std::string dir = [] {
-        std::string final_dir = "/tmp/ktricks-tvfs-gapless-v1";
-        if (fs::exists(final_dir + "/complete")) return final_dir;
-        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
-        fs::create_directories(work);
-        const std::string f =
-            "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i ";
-        const std::map<std::string, std::string> signals = {
-            {"sine", "sine=frequency=440:sample_rate=48000"},
-            {"chirp", "aevalsrc=0.5*sin(2*PI*(100*t+300*t*t)):s=48000"}};
-        for (const auto& [name, signal] : signals) {
-            for (const auto& [mode, video] : std::map<std::string, std::string>{
-                     {"full", "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 100k"},
-                     {"audio", "-c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p"}}) {
-                auto command =
-                    fmt::format("{}'{}' -t 7 {} -c:a flac {}-{}.mkv", f, signal, video, name, mode);
-                auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
-                if (result.status != 0)
-                    throw std::runtime_error("generating test media failed: " + result.describe);
+    static const std::string dir =
+        generated_once("/tmp/ktricks-tvfs-gapless-v1", [](const std::string& work) {
+            const std::string f =
+                "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=160x120:rate=25 -f lavfi -i ";
+            const std::map<std::string, std::string> signals = {
+                {"sine", "sine=frequency=440:sample_rate=48000"},
+                {"chirp", "aevalsrc=0.5*sin(2*PI*(100*t+300*t*t)):s=48000"}};
+            for (const auto& [name, signal] : signals) {
+                for (const auto& [mode, video] : std::map<std::string, std::string>{
+                         {"full", "-c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 100k"},
+                         {"audio", "-c:v libx264 -preset ultrafast -g 50 -pix_fmt yuv420p"}}) {
+                    auto command =
+                        fmt::format("{}'{}' -t 7 {} -c:a flac {}-{}.mkv", f, signal, video, name, mode);
+                    generate_media(work, command);
+                }
             }
-        }
-        write_file(work + "/complete", "");
-        std::error_code error;
-        fs::rename(work, final_dir, error);
-        if (error) fs::remove_all(work, error);
-        return final_dir;
-    }();
+        });
     return dir;
 }
 
@@ -728,11 +730,7 @@ TEST_F(Tvfs, CorruptMediaIsHandledCleanlyUnderAddressSanitizer) {
 // A film with two audio tracks in different languages and codecs (AAC 440 Hz "eng", MP3 660 Hz at
 // 44.1 kHz "fre", the default) and SRT subtitles ("eng"): 4 s, 320x240.
 const std::string& tracks_media_dir() {
-    static const std::string dir = [] {
-        std::string final_dir = "/tmp/ktricks-tvfs-tracks-v2";
-        if (fs::exists(final_dir + "/complete")) return final_dir;
-        std::string work = fmt::format("{}.{}", final_dir, ::getpid());
-        fs::create_directories(work);
+    static const std::string dir = generated_once("/tmp/ktricks-tvfs-tracks-v2", [](const std::string& work) {
         write_file(
             work + "/subs.srt",
             "1\n00:00:00,500 --> 00:00:02,000\nhello\n\n2\n00:00:02,500 --> 00:00:03,500\n<i>world</i>\n");
@@ -751,14 +749,8 @@ const std::string& tracks_media_dir() {
                 "-preset ultrafast -pix_fmt yuv420p -c:a aac -c:s {} {}",
                 codec, file);
         command += " && rm subs.srt";
-        auto result = run({"sh", "-c", command}, in_dir(work), std::chrono::seconds(60));
-        if (result.status != 0) throw std::runtime_error("generating test media failed: " + result.describe);
-        write_file(work + "/complete", "");
-        std::error_code error;
-        fs::rename(work, final_dir, error);
-        if (error) fs::remove_all(work, error);
-        return final_dir;
-    }();
+        generate_media(work, command);
+    });
     return dir;
 }
 
