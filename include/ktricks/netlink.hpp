@@ -29,6 +29,7 @@
 #include <libmnl/libmnl.h>
 
 #include <array>
+#include <compare>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -285,5 +286,63 @@ void run_in_netns(int netns_fd, std::string_view name, const std::function<void(
 
 // Opens a netlink socket inside a namespace (the socket keeps it) without moving the caller.
 Socket open_in_netns(int netns_fd, std::string_view name, int protocol, std::uint32_t groups = 0);
+
+// A network namespace's identity: the device and inode of its nsfs file (/proc/PID/ns/net,
+// /run/netns/NAME or an fd of either), stable for its whole life and never reused while anything
+// holds it. Compare both: the inode alone is unique only within nsfs.
+struct NetnsId {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    friend auto operator<=>(const NetnsId&, const NetnsId&) = default;
+};
+// stat(2) of `path`; nullopt if it is gone or hidden from us (another user's process).
+std::optional<NetnsId> netns_id(const std::string& path) noexcept;
+std::optional<NetnsId> netns_id(int netns_fd) noexcept;
+
+// One network namespace that processes are in, found by reading /proc/PID/ns/net.
+struct ProcessNetns {
+    pid_t pid = 0;  // the lowest pid in it (at the time of the scan)
+    NetnsId id;
+};
+// Every network namespace some process is in, one entry each (ours included), ordered by pid.
+// Processes that exit meanwhile or hide their namespaces (hidepid, another user) are skipped.
+// Cost: one readdir of /proc and one stat per process.
+std::vector<ProcessNetns> process_namespaces();
+
+// --- proc connector -----------------------------------------------------------------------------
+
+// One proc connector event (struct proc_event of <linux/cn_proc.h>) with its union spelled out.
+struct ProcEvent {
+    std::uint32_t what = 0;  // PROC_EVENT_FORK, PROC_EVENT_EXEC, ... (enum proc_event::what)
+    std::uint64_t timestamp_ns = 0;
+    std::uint32_t cpu = 0;
+    pid_t pid = 0, tgid = 0;                       // the process (fork: the child)
+    pid_t parent_pid = 0, parent_tgid = 0;         // fork, exit, coredump
+    std::uint32_t uid = 0, euid = 0;               // uid (gid: rgid, egid)
+    pid_t tracer_pid = 0, tracer_tgid = 0;         // ptrace
+    std::uint32_t exit_code = 0, exit_signal = 0;  // exit
+    std::string comm;                              // comm: the new name
+};
+// Decodes one proc connector message; nullopt for anything else (the listen ack, short or foreign
+// messages, event types this build does not know). Reads nothing beyond message.nlmsg_len.
+std::optional<ProcEvent> decode_proc_event(const nlmsghdr& message);
+
+// A subscription to the proc connector: a NETLINK_CONNECTOR socket bound to CN_IDX_PROC that has
+// sent PROC_CN_MCAST_LISTEN (until then the kernel builds no events). Closing it unsubscribes.
+// Receiving needs CAP_NET_ADMIN: without it the kernel ignores the listen request (older kernels
+// fail the bind with EPERM), so an unprivileged subscription may simply stay silent.
+class ProcConnector {
+public:
+    // Throws std::system_error naming the call ("bind netlink connector: Operation not permitted").
+    static ProcConnector open(std::size_t receive_buffer);
+    int fd() const noexcept { return socket_.fd(); }
+    // Reads one datagram and hands each decoded event to `handler`; Received::overrun means
+    // events were lost (the socket stays usable).
+    Received receive(const std::function<void(const ProcEvent&)>& handler);
+
+private:
+    explicit ProcConnector(Socket socket) : socket_(std::move(socket)) {}
+    Socket socket_;
+};
 
 }  // namespace ktricks::netlink

@@ -44,10 +44,11 @@ struct NetEvent {
     std::string type;   // "link-up", "addr-add", "wifi-connect", ... (see event_types())
     std::string iface;  // interface name ("" if unknown)
     int ifindex = 0;
-    std::string netns;     // namespace name with --all-netns ("" = our own)
-    bool initial = false;  // describes state found at start-up
-    bool resync = false;   // found by re-dumping after an overrun (ENOBUFS)
-    bool derived = false;  // inferred: the kernel removed it without telling (IPv4 routes)
+    std::string netns;  // namespace name with --all-netns ("" = our own): /run/netns NAME or "pid:N"
+    std::uint64_t netns_inode = 0;  // --all-netns: the namespace's nsfs inode (0 for our own)
+    bool initial = false;           // describes state found at start-up
+    bool resync = false;            // found by re-dumping after an overrun (ENOBUFS)
+    bool derived = false;           // inferred: the kernel removed it without telling (IPv4 routes)
     nlohmann::ordered_json fields = nlohmann::ordered_json::object();
 
     // Field as text ("" if absent).
@@ -101,10 +102,12 @@ std::vector<Rule> load_rules_file(const std::string& path);
 
 struct WatchOptions {
     std::vector<Rule> rules;
-    bool dry_run = false;    // report which scripts would run (on_dry_run) instead of running them
-    bool initial = true;     // emit `initial` events for the state found at start-up
-    bool wifi = true;        // also watch nl80211 (silently skipped if the kernel has none)
-    bool all_netns = false;  // also every namespace named in /run/netns (one socket inside each)
+    bool dry_run = false;  // report which scripts would run (on_dry_run) instead of running them
+    bool initial = true;   // emit `initial` events for the state found at start-up
+    bool wifi = true;      // also watch nl80211 (silently skipped if the kernel has none)
+    // Also every other network namespace: named in /run/netns, or held by processes (found at
+    // start-up and as they appear; docs/netwatch.md "Namespaces"). One socket inside each.
+    bool all_netns = false;
     // NetworkManager-dispatcher scripts (docs/netwatch.md): these dispatcher.d folders, a later
     // one masking an earlier one's script of the same name; each must exist.
     std::vector<std::string> dispatcher_dirs;

@@ -7,14 +7,17 @@
 #include <linux/genetlink.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <set>
 #include <thread>
 
 #include "ktricks/core/error.hpp"
@@ -441,6 +444,39 @@ void run_in_netns(int netns_fd, std::string_view name, const std::function<void(
 Socket open_in_netns(int netns_fd, std::string_view name, int protocol, std::uint32_t groups) {
     NetnsGuard guard(netns_fd, name);
     return Socket::open(protocol, groups);
+}
+
+std::optional<NetnsId> netns_id(const std::string& path) noexcept {
+    struct stat status {};
+    if (::stat(path.c_str(), &status) != 0) return std::nullopt;
+    return NetnsId{status.st_dev, status.st_ino};
+}
+
+std::optional<NetnsId> netns_id(int netns_fd) noexcept {
+    struct stat status {};
+    if (::fstat(netns_fd, &status) != 0) return std::nullopt;
+    return NetnsId{status.st_dev, status.st_ino};
+}
+
+std::vector<ProcessNetns> process_namespaces() {
+    std::vector<pid_t> pids;
+    DIR* directory = ::opendir("/proc");
+    if (!directory) return {};
+    while (dirent* entry = ::readdir(directory)) {
+        std::string_view name = entry->d_name;
+        pid_t pid = 0;
+        auto [end, error] = std::from_chars(name.data(), name.data() + name.size(), pid);
+        if (error == std::errc() && end == name.data() + name.size() && pid > 0) pids.push_back(pid);
+    }
+    ::closedir(directory);
+    std::sort(pids.begin(), pids.end());
+    std::vector<ProcessNetns> out;
+    std::set<NetnsId> seen;
+    for (pid_t pid : pids) {
+        auto id = netns_id(fmt::format("/proc/{}/ns/net", pid));
+        if (id && seen.insert(*id).second) out.push_back({pid, *id});
+    }
+    return out;
 }
 
 }  // namespace ktricks::netlink

@@ -45,6 +45,7 @@ Event NetEvent::to_event() const {
     Event event("netwatch", type);
     event.set("iface", iface).set("ifindex", ifindex);
     if (!netns.empty()) event.set("netns", netns);
+    if (netns_inode) event.set("netns_inode", netns_inode);
     for (const auto& [key, value] : fields.items()) event.set(key, value);
     if (initial) event.set("initial", true);
     if (resync) event.set("resync", true);

@@ -82,6 +82,7 @@ NetEvent State::make(std::string type, int index, EventFlags flags) const {
     event.ifindex = index;
     event.iface = name_of(index);
     event.netns = netns;
+    event.netns_inode = netns_inode;
     event.initial = flags.initial;
     event.resync = flags.resync;
     // Every event of a connected wifi interface carries its network, so `ssid=home` works on

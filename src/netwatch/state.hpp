@@ -109,7 +109,8 @@ public:
     // Canonical text of the cache, for comparing it with the kernel's (tests, --dump-state).
     std::string describe() const;
 
-    std::string netns;  // name put on every event
+    std::string netns;              // name put on every event
+    std::uint64_t netns_inode = 0;  // and its nsfs inode (--all-netns, namespaces other than ours)
 
 private:
     NetEvent make(std::string type, int index, EventFlags flags) const;

@@ -1,4 +1,6 @@
 // The watcher: netlink sockets, the state cache, rules, debounce, scripts, recording and replay.
+#include <fcntl.h>
+#include <linux/cn_proc.h>
 #include <linux/genetlink.h>
 #include <linux/if.h>
 #include <linux/if_addr.h>
@@ -10,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -81,8 +84,14 @@ public:
 private:
     // One watched network namespace: its own rtnetlink socket and cache. The first is ours.
     struct Namespace {
-        std::string name;  // "" for our own (unless it has a name in /run/netns)
+        std::string name;  // "" for our own (unless it has a name in /run/netns); "pid:N" if unnamed
         Fd fd;             // the namespace, for opening sockets inside it; empty for our own
+        netlink::NetnsId id;
+        // Unnamed (found through a process): a pidfd of one process in it, readable once that
+        // process is gone; then another process is looked for, and without one it is dropped.
+        bool unnamed = false;
+        Fd pidfd;
+        EventLoop::SourceId pid_source = 0;
         std::optional<netlink::Socket> rtnl;
         State state;
         EventLoop::SourceId resync_retry = 0;
@@ -99,6 +108,21 @@ private:
     void netns_folder_changed();
     void add_namespace_later(const std::string& name, int attempt);
     void start_namespace(Namespace& ns, bool initial);
+    void forget(Namespace& ns) noexcept;
+    // Namespaces without a name (docs/netwatch.md "Namespaces"): found by a /proc scan at start-up,
+    // then through the proc connector (exec, fork) and rtnetlink nsid events.
+    bool watched(const netlink::NetnsId& id) const;
+    void follow_processes();
+    void read_processes();
+    void process_seen(pid_t pid);
+    void scan_processes(bool initial);
+    void add_unnamed(pid_t pid, bool initial);
+    void anchor_exited(Namespace& ns);
+    void cannot_enter(const std::string& what, const std::system_error& error);
+    std::optional<netlink::ProcConnector> processes_;
+    EventLoop::SourceId processes_source_ = 0;
+    bool denied_logged_ = false;
+    EventLoop::SourceId scan_timer_ = 0;
     Fd netns_watch_;
     EventLoop::SourceId netns_source_ = 0;
     int netns_folder_wd_ = -1;                                // /run/netns, once it exists
@@ -168,18 +192,16 @@ State& Watcher::Impl::state_of(const std::string& netns) {
 // cannot give: it forwards other namespaces' events to one socket, but a dump (for the initial
 // state and for resync after an overrun) only ever covers the socket's own namespace.
 void Watcher::Impl::add_named_namespaces() {
-    struct stat own;
-    if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat", "/proc/self/ns/net");
     for (const auto& name : netlink::list_netns()) {
-        struct stat info;
-        std::string path = "/run/netns/" + name;
-        if (::stat(path.c_str(), &info) < 0) continue;
-        if (info.st_dev == own.st_dev && info.st_ino == own.st_ino) {
+        auto id = netlink::netns_id("/run/netns/" + name);
+        if (!id) continue;
+        if (*id == namespaces_.front()->id) {
             // We run inside a named namespace: tag our own events with its name.
             namespaces_.front()->name = name;
             state_.netns = name;
             continue;
         }
+        if (watched(*id)) continue;  // a second name of one already watched
         auto ns = std::make_unique<Namespace>();
         ns->name = name;
         ns->state.netns = name;
@@ -189,6 +211,8 @@ void Watcher::Impl::add_named_namespaces() {
             log_warning("skipping namespace {}: {}", name, error.what());
             continue;
         }
+        ns->id = netlink::netns_id(ns->fd.get()).value_or(*id);
+        ns->state.netns_inode = ns->id.ino;
         namespaces_.push_back(std::move(ns));
     }
 }
@@ -220,12 +244,11 @@ void Watcher::Impl::netns_folder_changed() {
     // Deleted: close our socket and handle, so the namespace itself can go away.
     for (auto it = std::next(namespaces_.begin()); it != namespaces_.end();) {
         Namespace& ns = **it;
-        if (present.count(ns.name)) {
+        if (ns.unnamed || present.count(ns.name)) {
             ++it;
             continue;
         }
-        loop_.remove(ns.source);
-        loop_.remove(ns.resync_retry);
+        forget(ns);
         log_info("network namespace {} was deleted; no longer watched", ns.name);
         it = namespaces_.erase(it);
     }
@@ -261,15 +284,30 @@ void Watcher::Impl::add_namespace_later(const std::string& name, int attempt) {
             std::chrono::milliseconds(50), [this, name, attempt] { add_namespace_later(name, attempt + 1); });
         return;
     }
-    struct stat own, info;
-    if (::stat("/proc/self/ns/net", &own) == 0 && ::stat(path.c_str(), &info) == 0 &&
-        info.st_dev == own.st_dev && info.st_ino == own.st_ino)
-        return;  // a new name for our own namespace
+    auto id = netlink::netns_id(path);
+    if (!id || *id == namespaces_.front()->id) return;  // gone again, or a new name for our own
+    for (auto& known : namespaces_) {
+        if (known->id != *id) continue;
+        if (known->unnamed) {
+            // Seen through a process first (`ip netns add` + `ip netns exec` race the bind mount):
+            // from now on it goes by its name and lives as long as the name.
+            log_info("network namespace {} (inode {}) is now named {}", known->name, id->ino, name);
+            loop_.remove(known->pid_source);
+            known->pid_source = 0;
+            known->pidfd.reset();
+            known->unnamed = false;
+            known->name = name;
+            known->state.netns = name;
+        }
+        return;
+    }
     auto ns = std::make_unique<Namespace>();
     ns->name = name;
     ns->state.netns = name;
     try {
         ns->fd = netlink::open_netns(name);
+        ns->id = netlink::netns_id(ns->fd.get()).value_or(*id);
+        ns->state.netns_inode = ns->id.ino;
         start_namespace(*ns, false);
     } catch (const std::system_error& error) {
         log_warning("cannot watch new network namespace {}: {}", name, error.what());
@@ -278,6 +316,156 @@ void Watcher::Impl::add_namespace_later(const std::string& name, int attempt) {
     log_info("watching new network namespace {}", name);
     namespaces_.push_back(std::move(ns));
     read_rtnl(*namespaces_.back());
+}
+
+void Watcher::Impl::forget(Namespace& ns) noexcept {
+    loop_.remove(ns.source);
+    loop_.remove(ns.resync_retry);
+    loop_.remove(ns.pid_source);
+    ns.source = ns.resync_retry = ns.pid_source = 0;
+}
+
+bool Watcher::Impl::watched(const netlink::NetnsId& id) const {
+    return std::any_of(namespaces_.begin(), namespaces_.end(), [&](const auto& ns) { return ns->id == id; });
+}
+
+// The proc connector only sends in the initial network namespace (its kernel socket lives there and
+// netlink multicast stays within one namespace; elsewhere the listen request gets ECONNREFUSED), so
+// when we run inside another one the socket is opened in the initial one: that of pid 1, or of
+// kthreadd (pid 2, a kernel thread, always there) where pid 1 hides its namespaces from us.
+void Watcher::Impl::follow_processes() {
+    try {
+        auto ours = namespaces_.front()->id;
+        std::string initial;
+        for (const char* path : {"/proc/1/ns/net", "/proc/2/ns/net"})
+            if (auto id = netlink::netns_id(path)) {
+                if (*id != ours) initial = path;
+                break;
+            }
+        if (!initial.empty()) {
+            Fd initial_fd = netlink::open_netns(initial);
+            std::optional<netlink::ProcConnector> connector;
+            netlink::run_in_netns(initial_fd.get(), initial,
+                                  [&] { connector.emplace(netlink::ProcConnector::open(1u << 20)); });
+            processes_ = std::move(connector);
+        } else {
+            processes_.emplace(netlink::ProcConnector::open(1u << 20));
+        }
+    } catch (const std::system_error& error) {
+        log_warning(
+            "--all-netns: cannot follow new processes ({}): a namespace without a name that "
+            "appears later is found only when it gets an nsid here (a veth moved into it)",
+            error.what());
+        return;
+    }
+    processes_source_ = loop_.add_fd(processes_->fd(), EPOLLIN, [this](std::uint32_t) { read_processes(); });
+}
+
+// exec: `unshare -n CMD`, `ip netns exec`, runc and systemd all exec once the namespace exists.
+// fork: a clone(CLONE_NEWNET) child has its namespace when the event is sent. Each is one stat.
+void Watcher::Impl::read_processes() {
+    while (processes_) {
+        std::vector<pid_t> seen;
+        auto result = processes_->receive([&](const netlink::ProcEvent& event) {
+            if (event.what == proc_event::PROC_EVENT_EXEC ||
+                (event.what == proc_event::PROC_EVENT_FORK && event.pid == event.tgid))
+                seen.push_back(event.tgid);
+        });
+        if (result == netlink::Received::would_block) return;
+        if (result == netlink::Received::overrun) scan_processes(false);  // lost events: look at all
+        for (pid_t pid : seen) process_seen(pid);
+    }
+}
+
+void Watcher::Impl::process_seen(pid_t pid) {
+    auto id = netlink::netns_id(fmt::format("/proc/{}/ns/net", pid));
+    if (!id || watched(*id)) return;  // gone already, hidden, or known: the common case
+    add_unnamed(pid, false);
+}
+
+void Watcher::Impl::scan_processes(bool initial) {
+    for (const auto& space : netlink::process_namespaces())
+        if (!watched(space.id)) add_unnamed(space.pid, initial);
+}
+
+void Watcher::Impl::cannot_enter(const std::string& what, const std::system_error& error) {
+    int code = error.code().value();
+    if (code == EPERM || code == EACCES) {
+        // Once: without CAP_SYS_ADMIN every other namespace says the same.
+        if (!denied_logged_)
+            log_warning("--all-netns: cannot watch network namespace {} (and others like it): {}", what,
+                        error.what());
+        denied_logged_ = true;
+        return;
+    }
+    // It went away between being seen and being entered: nothing to watch.
+    log_line(LogLevel::debug,
+             fmt::format("network namespace {} vanished before it was watched: {}", what, error.what()));
+}
+
+// The namespace of process `pid`, unless it is already watched. The pidfd is taken first and the
+// process checked alive after the namespace is opened: so a pid reused meanwhile cannot hand us
+// another process's namespace. The namespace fd is held while watched; it (like the rtnetlink socket
+// inside) keeps the namespace alive, which is why it is dropped when its last process is gone.
+void Watcher::Impl::add_unnamed(pid_t pid, bool initial) {
+    std::string label = fmt::format("pid:{}", pid);
+    try {
+        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+        if (!pidfd) throw_errno("pidfd_open", label);
+        std::string path = fmt::format("/proc/{}/ns/net", pid);
+        Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd) throw_errno("open", path);
+        if (::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) < 0)
+            throw_errno("pidfd_send_signal", label);
+        auto id = netlink::netns_id(fd.get());
+        if (!id) throw_errno("fstat", path);
+        if (watched(*id)) return;
+        for (const auto& name : netlink::list_netns())
+            if (netlink::netns_id("/run/netns/" + name) == id) return;  // /run/netns's watch adds it
+        auto ns = std::make_unique<Namespace>();
+        ns->name = label;
+        ns->unnamed = true;
+        ns->id = *id;
+        ns->fd = std::move(fd);
+        ns->pidfd = std::move(pidfd);
+        ns->state.netns = label;
+        ns->state.netns_inode = id->ino;
+        start_namespace(*ns, initial);
+        Namespace* raw = ns.get();
+        ns->pid_source =
+            loop_.add_fd(ns->pidfd.get(), EPOLLIN, [this, raw](std::uint32_t) { anchor_exited(*raw); });
+        if (!initial) log_info("watching new network namespace {} (inode {})", label, id->ino);
+        namespaces_.push_back(std::move(ns));
+        if (!initial) read_rtnl(*raw);
+    } catch (const std::system_error& error) {
+        cannot_enter(label, error);
+    }
+}
+
+// The process we knew in an unnamed namespace is gone: another one keeps it watched (under its
+// first label, which stays stable); without one it is dropped, closing our socket and fd so the
+// kernel can free it. A namespace kept only by a bind mount outside /run/netns or an open fd is
+// dropped too: we could not tell when it dies, since our own socket would keep it alive.
+void Watcher::Impl::anchor_exited(Namespace& ns) {
+    loop_.remove(ns.pid_source);
+    ns.pid_source = 0;
+    ns.pidfd.reset();
+    for (const auto& space : netlink::process_namespaces()) {
+        if (space.id != ns.id) continue;
+        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, space.pid, 0)));
+        // Still in it after the pidfd was taken: the pidfd is of a process in this namespace.
+        if (!pidfd || netlink::netns_id(fmt::format("/proc/{}/ns/net", space.pid)) != ns.id) break;
+        ns.pidfd = std::move(pidfd);
+        Namespace* raw = &ns;
+        ns.pid_source =
+            loop_.add_fd(ns.pidfd.get(), EPOLLIN, [this, raw](std::uint32_t) { anchor_exited(*raw); });
+        return;
+    }
+    log_info("network namespace {} (inode {}) has no process left; no longer watched", ns.name, ns.id.ino);
+    forget(ns);
+    auto it =
+        std::find_if(namespaces_.begin(), namespaces_.end(), [&](const auto& p) { return p.get() == &ns; });
+    if (it != namespaces_.end()) namespaces_.erase(it);
 }
 
 // Subscribes, dumps and starts reading. What a namespace that appeared after start-up already
@@ -301,6 +489,9 @@ void Watcher::Impl::open_rtnl(Namespace& ns) {
                                {RTNLGRP_IPV4_ROUTE, "ipv4-route"},
                                {RTNLGRP_IPV6_ROUTE, "ipv6-route"}})
         socket.subscribe(group, name);
+    // A namespace that gets an nsid here (a veth or other link crossing into it) may be one that
+    // no exec or fork revealed: each RTM_NEWNSID triggers one /proc scan.
+    if (options_.all_netns) socket.subscribe(RTNLGRP_NSID, "nsid");
     socket.set_receive_buffer(options_.receive_buffer > 0 ? static_cast<std::size_t>(options_.receive_buffer)
                                                           : 8u << 20);
     socket.set_nonblocking();
@@ -343,12 +534,26 @@ void Watcher::Impl::read_rtnl(Namespace& ns) {
     while (true) {
         auto when = Clock::now();
         std::vector<NetEvent> events;
+        bool new_nsid = false;
         auto result = ns.rtnl->receive([&](const nlmsghdr& message) {
+            if (message.nlmsg_type == RTM_NEWNSID) {
+                new_nsid = true;
+                return true;
+            }
             if (recorder_ && !ns.fd) recorder_->message(Record::event, message);
             ns.state.apply(decode_rtnl(&message), events);
             return true;
         });
         if (result == netlink::Received::would_block) return;
+        if (new_nsid) {
+            // After this batch: the scan may add namespaces (and must not reallocate under `ns`'s
+            // caller); handled on the next loop turn.
+            if (!scan_timer_)
+                scan_timer_ = loop_.add_timer(std::chrono::nanoseconds(1), [this] {
+                    scan_timer_ = 0;
+                    scan_processes(false);
+                });
+        }
         if (result == netlink::Received::overrun) {
             if (recorder_ && !ns.fd) recorder_->overrun();
             resync(ns, when);
@@ -650,8 +855,14 @@ void Watcher::Impl::run_rule(std::size_t index, const NetEvent& event, Clock::ti
     Job job;
     job.key = fmt::format("{}/{}/{}", index, event.netns, event.iface);
     job.argv = {"/bin/sh", "-c", rule.command};
-    if (rule.in_netns && !event.netns.empty())
-        job.argv = {"nsenter", "--net=/run/netns/" + event.netns, "/bin/sh", "-c", rule.command};
+    if (rule.in_netns && !event.netns.empty()) {
+        std::string target = "/run/netns/" + event.netns;
+        // An unnamed one through the fd we hold: no pid that could be reused meanwhile.
+        for (const auto& ns : namespaces_)
+            if (ns->unnamed && ns->name == event.netns)
+                target = fmt::format("/proc/{}/fd/{}", ::getpid(), ns->fd.get());
+        job.argv = {"nsenter", "--net=" + target, "/bin/sh", "-c", rule.command};
+    }
     job.env = event.environment();
     job.env.push_back("KTRICKS_RULE=" + rule.name);
     job.input = event.to_event().to_line();
@@ -713,12 +924,21 @@ void Watcher::Impl::start() {
     }
     if (!options_.record_file.empty()) recorder_.emplace(options_.record_file);
     if (options_.all_netns) {
+        namespaces_.front()->id = netlink::netns_id("/proc/self/ns/net").value_or(netlink::NetnsId{});
+        if (::geteuid() != 0)
+            log_warning(
+                "--all-netns as a normal user: only namespaces this user may enter are watched "
+                "(setns needs CAP_SYS_ADMIN there), and new processes are not followed (the proc "
+                "connector needs CAP_NET_ADMIN)");
         // Watched before the first list is taken: a namespace named meanwhile is not missed.
         watch_netns_folder();
         add_named_namespaces();
+        // Followed before the /proc scan below, for the same reason.
+        if (::geteuid() == 0) follow_processes();
     }
     open_nl80211();
     for (auto& ns : namespaces_) start_namespace(*ns, true);
+    if (options_.all_netns) scan_processes(true);
     if (dispatcher_) watch_leases();
     if (nl80211_events_)
         nl80211_source_ =
@@ -729,11 +949,12 @@ void Watcher::Impl::start() {
 }
 
 void Watcher::Impl::stop() noexcept {
-    for (auto& ns : namespaces_) {
-        loop_.remove(ns->source);
-        loop_.remove(ns->resync_retry);
-        ns->source = ns->resync_retry = 0;
-    }
+    for (auto& ns : namespaces_) forget(*ns);
+    loop_.remove(processes_source_);
+    processes_source_ = 0;
+    processes_.reset();
+    loop_.remove(scan_timer_);
+    scan_timer_ = 0;
     loop_.remove(nl80211_source_);
     nl80211_source_ = 0;
     drop_held_disconnects();

@@ -1,6 +1,5 @@
-// The proc connector: a NETLINK_CONNECTOR socket bound to group CN_IDX_PROC receives nothing until
-// it sends PROC_CN_MCAST_LISTEN (the kernel counts listeners and only then builds events). Each
-// event is nlmsghdr + cn_msg + proc_event; the kernel sends them as NLMSG_DONE messages.
+// procwatch: the proc connector's events (subscribed and decoded by netlink::ProcConnector), named
+// and filtered.
 #include "ktricks/procwatch.hpp"
 
 #include <fnmatch.h>
@@ -46,85 +45,44 @@ std::optional<EventType> parse_event_type(std::string_view name) {
     return std::nullopt;
 }
 
-std::optional<ProcessEvent> decode(const nlmsghdr& message) {
-    // Bounds: the payload must hold cn_msg, cn_msg.len must fit the payload, and the proc_event
-    // header must fit cn_msg.len. The union part is copied zero-filled from what is present.
-    std::size_t payload = message.nlmsg_len >= NLMSG_HDRLEN ? message.nlmsg_len - NLMSG_HDRLEN : 0;
-    if (payload < sizeof(cn_msg)) return std::nullopt;
-    cn_msg header;
-    const auto* bytes = static_cast<const std::uint8_t*>(mnl_nlmsg_get_payload(&message));
-    std::memcpy(&header, bytes, sizeof(header));
-    if (header.id.idx != CN_IDX_PROC || header.id.val != CN_VAL_PROC) return std::nullopt;
-    std::size_t length = std::min<std::size_t>(header.len, payload - sizeof(cn_msg));
-    constexpr std::size_t head = offsetof(proc_event, event_data);
-    if (length < head) return std::nullopt;
-    proc_event event;
-    std::memset(&event, 0, sizeof(event));
-    std::memcpy(&event, bytes + sizeof(cn_msg), std::min(length, sizeof(event)));
+namespace {
+
+// The netlink layer's event in procwatch's terms; nullopt for a type procwatch does not report.
+std::optional<ProcessEvent> convert(netlink::ProcEvent raw) {
     ProcessEvent out;
-    out.timestamp_ns = event.timestamp_ns;
-    out.cpu = event.cpu;
-    const auto& d = event.event_data;
-    switch (event.what) {
-        case proc_event::PROC_EVENT_FORK:
-            out.type = EventType::fork;
-            out.pid = d.fork.child_pid;
-            out.tgid = d.fork.child_tgid;
-            out.parent_pid = d.fork.parent_pid;
-            out.parent_tgid = d.fork.parent_tgid;
-            break;
-        case proc_event::PROC_EVENT_EXEC:
-            out.type = EventType::exec;
-            out.pid = d.exec.process_pid;
-            out.tgid = d.exec.process_tgid;
-            break;
-        case proc_event::PROC_EVENT_UID:
-        case proc_event::PROC_EVENT_GID:
-            out.type = event.what == proc_event::PROC_EVENT_UID ? EventType::uid : EventType::gid;
-            out.pid = d.id.process_pid;
-            out.tgid = d.id.process_tgid;
-            out.uid = d.id.r.ruid;
-            out.euid = d.id.e.euid;
-            break;
-        case proc_event::PROC_EVENT_SID:
-            out.type = EventType::sid;
-            out.pid = d.sid.process_pid;
-            out.tgid = d.sid.process_tgid;
-            break;
-        case proc_event::PROC_EVENT_PTRACE:
-            out.type = EventType::ptrace;
-            out.pid = d.ptrace.process_pid;
-            out.tgid = d.ptrace.process_tgid;
-            out.tracer_pid = d.ptrace.tracer_pid;
-            out.tracer_tgid = d.ptrace.tracer_tgid;
-            break;
-        case proc_event::PROC_EVENT_COMM: {
-            out.type = EventType::comm;
-            out.pid = d.comm.process_pid;
-            out.tgid = d.comm.process_tgid;
-            const char* name = d.comm.comm;
-            out.comm.assign(name, strnlen(name, sizeof(d.comm.comm)));
-            break;
-        }
-        case proc_event::PROC_EVENT_COREDUMP:
-            out.type = EventType::coredump;
-            out.pid = d.coredump.process_pid;
-            out.tgid = d.coredump.process_tgid;
-            out.parent_pid = d.coredump.parent_pid;
-            out.parent_tgid = d.coredump.parent_tgid;
-            break;
-        case proc_event::PROC_EVENT_EXIT:
-            out.type = EventType::exit;
-            out.pid = d.exit.process_pid;
-            out.tgid = d.exit.process_tgid;
-            out.exit_code = d.exit.exit_code;
-            out.exit_signal = d.exit.exit_signal;
-            out.parent_pid = d.exit.parent_pid;
-            out.parent_tgid = d.exit.parent_tgid;
-            break;
-        default: return std::nullopt;  // PROC_EVENT_NONE (the listen ack) and future types
+    switch (raw.what) {
+        case proc_event::PROC_EVENT_FORK: out.type = EventType::fork; break;
+        case proc_event::PROC_EVENT_EXEC: out.type = EventType::exec; break;
+        case proc_event::PROC_EVENT_UID: out.type = EventType::uid; break;
+        case proc_event::PROC_EVENT_GID: out.type = EventType::gid; break;
+        case proc_event::PROC_EVENT_SID: out.type = EventType::sid; break;
+        case proc_event::PROC_EVENT_PTRACE: out.type = EventType::ptrace; break;
+        case proc_event::PROC_EVENT_COMM: out.type = EventType::comm; break;
+        case proc_event::PROC_EVENT_COREDUMP: out.type = EventType::coredump; break;
+        case proc_event::PROC_EVENT_EXIT: out.type = EventType::exit; break;
+        default: return std::nullopt;
     }
+    out.timestamp_ns = raw.timestamp_ns;
+    out.cpu = raw.cpu;
+    out.pid = raw.pid;
+    out.tgid = raw.tgid;
+    out.parent_pid = raw.parent_pid;
+    out.parent_tgid = raw.parent_tgid;
+    out.uid = raw.uid;
+    out.euid = raw.euid;
+    out.tracer_pid = raw.tracer_pid;
+    out.tracer_tgid = raw.tracer_tgid;
+    out.exit_code = raw.exit_code;
+    out.exit_signal = raw.exit_signal;
+    out.comm = std::move(raw.comm);
     return out;
+}
+
+}  // namespace
+
+std::optional<ProcessEvent> decode(const nlmsghdr& message) {
+    auto raw = netlink::decode_proc_event(message);
+    return raw ? convert(std::move(*raw)) : std::nullopt;
 }
 
 namespace {
@@ -243,21 +201,7 @@ public:
     ~Impl() { stop(); }
 
     void start() {
-        auto socket = netlink::Socket::open(NETLINK_CONNECTOR, CN_IDX_PROC);
-        socket.set_receive_buffer(options_.receive_buffer);
-        // The listen request: nlmsghdr + cn_msg + op, as one message. The kernel gives no error for
-        // a missing privilege here on every version, so EPERM may only show up as silence; bind()
-        // above already failed with EPERM on kernels that check there.
-        netlink::Request request(NLMSG_DONE, 0);
-        request.header()->nlmsg_flags = 0;  // the connector ignores flags; no ack is sent
-        cn_msg header{};
-        header.id = {CN_IDX_PROC, CN_VAL_PROC};
-        header.len = sizeof(proc_cn_mcast_op);
-        request.put_header(header);
-        request.put_header(PROC_CN_MCAST_LISTEN);
-        socket.send(request, "proc connector listen");
-        socket.set_nonblocking();
-        socket_.emplace(std::move(socket));
+        socket_.emplace(netlink::ProcConnector::open(options_.receive_buffer));
         source_ = loop_.add_fd(socket_->fd(), EPOLLIN, [this](std::uint32_t) { read(); });
     }
 
@@ -271,25 +215,24 @@ public:
 private:
     void read() {
         while (socket_) {
-            auto received = socket_->receive([&](const nlmsghdr& message) {
-                auto event = decode(message);
-                if (!event) return true;
+            auto received = socket_->receive([&](const netlink::ProcEvent& raw) {
+                auto event = convert(raw);
+                if (!event) return;
                 // Our own children's events (and their descendants') would feed back into --exec.
                 auto ignored = [&](pid_t pid) {
                     return descendants_.count(pid) || (callbacks_.ignore && callbacks_.ignore(pid));
                 };
                 if (event->type == EventType::fork && ignored(event->parent_tgid)) {
                     descendants_.insert(event->tgid);
-                    return true;
+                    return;
                 }
                 if (ignored(event->tgid)) {
                     if (event->type == EventType::exit && !event->thread()) descendants_.erase(event->tgid);
-                    return true;
+                    return;
                 }
                 Enrichment enrichment = enrich(*event, memory_);
                 if (matches(options_, *event, enrichment) && callbacks_.on_event)
                     callbacks_.on_event(*event, enrichment);
-                return true;
             });
             if (received == netlink::Received::would_block) break;
             if (received == netlink::Received::overrun && callbacks_.on_lost) callbacks_.on_lost();
@@ -299,7 +242,7 @@ private:
     EventLoop& loop_;
     const Options options_;
     const Callbacks callbacks_;
-    std::optional<netlink::Socket> socket_;
+    std::optional<netlink::ProcConnector> socket_;
     EventLoop::SourceId source_ = 0;
     Memory memory_;
     std::unordered_set<pid_t> descendants_;

@@ -347,12 +347,6 @@ struct UnnamedNamespace {
     std::string label;  // "pid:PID" and, when the pid's cgroup names one, "(unit)" or "(runtime/id)"
 };
 
-std::optional<ino_t> inode_of(const std::string& path) {
-    struct stat status {};
-    if (::stat(path.c_str(), &status) != 0) return std::nullopt;
-    return status.st_ino;
-}
-
 // The cgroup v2 path of a process ("0::/system.slice/nginx.service" in /proc/PID/cgroup).
 std::string process_cgroup(const std::string& pid) {
     std::ifstream file("/proc/" + pid + "/cgroup");
@@ -365,33 +359,22 @@ std::string process_cgroup(const std::string& pid) {
 // Network namespaces that only processes hold (containers, sandboxes): one per namespace inode,
 // labelled with the lowest pid in it, skipping ours and those named in /run/netns.
 std::vector<UnnamedNamespace> unnamed_namespaces(const std::vector<std::string>& named) {
-    std::set<ino_t> seen;
-    if (auto ours = inode_of("/proc/self/ns/net")) seen.insert(*ours);
+    std::set<netlink::NetnsId> seen;
+    if (auto ours = netlink::netns_id("/proc/self/ns/net")) seen.insert(*ours);
     for (const auto& name : named)
-        if (auto inode = inode_of("/run/netns/" + name)) seen.insert(*inode);
-    std::vector<std::pair<long, std::string>> pids;
-    std::error_code error;
-    for (auto it = std::filesystem::directory_iterator("/proc", error);
-         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
-        std::string name = it->path().filename().string();
-        long pid = 0;
-        auto [end, parse_error] = std::from_chars(name.data(), name.data() + name.size(), pid);
-        if (parse_error == std::errc() && end == name.data() + name.size()) pids.emplace_back(pid, name);
-    }
-    std::sort(pids.begin(), pids.end());
+        if (auto id = netlink::netns_id("/run/netns/" + name)) seen.insert(*id);
     std::vector<UnnamedNamespace> out;
-    for (const auto& [pid, name] : pids) {
-        std::string path = "/proc/" + name + "/ns/net";
-        auto inode = inode_of(path);  // a process may be gone, or hide its namespaces from us
-        if (!inode || !seen.insert(*inode).second) continue;
-        std::string label = "pid:" + name;
-        auto owner = cgroup_owner(process_cgroup(name));
+    for (const auto& space : netlink::process_namespaces()) {
+        if (seen.count(space.id)) continue;
+        std::string pid = std::to_string(space.pid);
+        std::string label = "pid:" + pid;
+        auto owner = cgroup_owner(process_cgroup(pid));
         if (!owner.container.empty())
             label += "(" + (owner.runtime.empty() ? "" : owner.runtime + "/") +
                      owner.container.substr(0, 12) + ")";
         else if (!owner.unit.empty())
             label += "(" + owner.unit + ")";
-        out.push_back({path, label});
+        out.push_back({"/proc/" + pid + "/ns/net", label});
     }
     return out;
 }
