@@ -171,7 +171,8 @@ Subcommand add_netwatch(CLI::App& app) {
                   "Do not emit `initial` events for the state found at start-up");
     sub->add_flag("--no-wifi", options->no_wifi, "Do not watch nl80211");
     sub->add_flag("--all-netns", options->all_netns,
-                  "Also watch every namespace named in /run/netns; events carry netns=NAME");
+                  "Also watch every other network namespace, named in /run/netns or held by processes "
+                  "(found as they appear); events carry netns=NAME or netns=pid:N and netns_inode");
     sub->add_flag("--user", options->user,
                   "Also run the rules of ~/.config/ktricks/netwatch.toml ($XDG_CONFIG_HOME); for a normal "
                   "user's service (systemctl --user), scripts run as that user");

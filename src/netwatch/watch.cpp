@@ -937,7 +937,18 @@ void Watcher::Impl::start() {
         if (::geteuid() == 0) follow_processes();
     }
     open_nl80211();
-    for (auto& ns : namespaces_) start_namespace(*ns, true);
+    start_namespace(*namespaces_.front(), true);
+    // Another namespace we may not enter (a normal user) or that went away is skipped, not fatal.
+    for (auto it = std::next(namespaces_.begin()); it != namespaces_.end();) {
+        try {
+            start_namespace(**it, true);
+            ++it;
+        } catch (const std::system_error& error) {
+            cannot_enter((*it)->name, error);
+            forget(**it);
+            it = namespaces_.erase(it);
+        }
+    }
     if (options_.all_netns) scan_processes(true);
     if (dispatcher_) watch_leases();
     if (nl80211_events_)

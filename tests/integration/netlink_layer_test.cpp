@@ -1,17 +1,23 @@
 // The netlink layer against the real kernel: dumps, errors with extended acks, generic netlink
 // lookup, namespace entry.
+#include <fcntl.h>
+#include <linux/cn_proc.h>
 #include <linux/genetlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <set>
 
 #include "ktricks/core/error.hpp"
@@ -158,6 +164,67 @@ TEST(NetlinkLayer, NetnsGuardEntersAndRestores) {
     }
     ASSERT_EQ(::stat("/proc/thread-self/ns/net", &after), 0);
     EXPECT_EQ(after.st_ino, before.st_ino);
+}
+
+// A forked child in a fresh network namespace (no name anywhere) is found by the /proc scan, under
+// its own pid, with the id its /proc/PID/ns/net has; our own namespace is there too.
+TEST(NetlinkLayer, ProcessNamespacesFindsAnUnnamedNamespace) {
+    if (::geteuid() != 0) GTEST_SKIP() << "unshare(CLONE_NEWNET) needs root";
+    int ready[2];
+    ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        if (::unshare(CLONE_NEWNET) != 0) ::_exit(1);
+        (void)!::write(ready[1], "x", 1);
+        ::pause();
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    char byte = 0;
+    bool unshared = ::read(ready[0], &byte, 1) == 1;
+    ::close(ready[0]);
+    auto id = netns_id("/proc/" + std::to_string(child) + "/ns/net");
+    auto ours = netns_id("/proc/self/ns/net");
+    auto found = process_namespaces();
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ASSERT_TRUE(unshared);
+    ASSERT_TRUE(id && ours);
+    EXPECT_NE(*id, *ours);
+    bool child_found = false, ours_found = false;
+    for (const auto& space : found) {
+        if (space.id == *id) child_found = space.pid == child;
+        if (space.id == *ours) ours_found = true;
+    }
+    EXPECT_TRUE(child_found);
+    EXPECT_TRUE(ours_found);
+}
+
+// The proc connector subscription reports the exec of a child started after it.
+TEST(NetlinkLayer, ProcConnectorReportsAnExec) {
+    if (::geteuid() != 0) GTEST_SKIP() << "the proc connector needs CAP_NET_ADMIN";
+    auto connector = ProcConnector::open(1u << 20);
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::execl("/bin/true", "true", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    bool exec_seen = false, fork_seen = false;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!exec_seen && std::chrono::steady_clock::now() < deadline) {
+        pollfd ready{connector.fd(), POLLIN, 0};
+        if (::poll(&ready, 1, 100) <= 0) continue;
+        connector.receive([&](const ProcEvent& event) {
+            if (event.tgid != child) return;
+            if (event.what == proc_event::PROC_EVENT_FORK) fork_seen = event.parent_tgid == ::getpid();
+            if (event.what == proc_event::PROC_EVENT_EXEC) exec_seen = true;
+        });
+    }
+    ::waitpid(child, nullptr, 0);
+    EXPECT_TRUE(fork_seen);
+    EXPECT_TRUE(exec_seen);
 }
 
 TEST(NetlinkLayer, BadNamespaceNamesAreRefused) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <atomic>
 #include <set>
@@ -392,6 +393,171 @@ TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
     for (const auto& line : lines_of(watcher.err()))
         if (line.find(name) != std::string::npos) ++mentions;
     EXPECT_EQ(mentions, 2u) << watcher.err();
+}
+
+// The nsfs inode of a process's network namespace (0 if it cannot be read).
+std::uint64_t netns_inode_of(pid_t pid) {
+    struct stat status {};
+    if (::stat(fmt::format("/proc/{}/ns/net", pid).c_str(), &status) != 0) return 0;
+    return status.st_ino;
+}
+
+// The open fds of a process, as their /proc/PID/fd link targets ("socket:[123]", "net:[4026...]").
+std::vector<std::string> fd_targets(pid_t pid) {
+    std::vector<std::string> targets;
+    std::error_code error;
+    for (auto it = std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid), error);
+         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+        std::error_code ignored;
+        targets.push_back(std::filesystem::read_symlink(it->path(), ignored).string());
+    }
+    return targets;
+}
+
+bool holds(pid_t pid, const std::string& target) {
+    auto targets = fd_targets(pid);
+    return std::find(targets.begin(), targets.end(), target) != targets.end();
+}
+
+// A string field of a JSON line, "" if absent or not a string (the ready line's netns is a list).
+std::string text_of(const nlohmann::json& line, const std::string& key) {
+    auto it = line.find(key);
+    return it != line.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+bool has_event(const Process& watcher, const std::string& type, const std::string& netns,
+               const std::string& key, const std::string& value) {
+    for (const auto& line : json_lines(watcher.out()))
+        if (text_of(line, "event") == type && text_of(line, "netns") == netns && text_of(line, key) == value)
+            return true;
+    return false;
+}
+
+// `unshare -n` (no name in /run/netns) after start-up: found through its exec, its events carry
+// netns=pid:N and its inode, a rule with in_netns runs inside it, and once its processes are gone it
+// is dropped with one line and netwatch holds nothing of it any more.
+TEST(Netwatch, AllNetnsFollowsAnUnnamedNamespaceFromItsFirstExecToItsLastProcess) {
+    Netns home;
+    TempDir dir;
+    // The addr filter keeps other namespaces' events (other tests on this machine) out of the log.
+    write_file(dir / "rules.toml",
+               "[[rule]]\non = \"addr-add\"\nnetns = \"pid:*\"\naddr = \"10.77.0.0/16\"\nin_netns = true\n"
+               "run = \"echo $KTRICKS_NETNS $KTRICKS_NETNS_INODE $(readlink /proc/self/ns/net) >> " +
+                   dir / "log" + "\"\n");
+    auto watcher =
+        start_netwatch(home, {"--no-initial", "--no-wifi", "--all-netns", "--rules", dir / "rules.toml"});
+    pid_t netwatch = watcher.pid();
+    ASSERT_EQ(read_file(fmt::format("/proc/{}/comm", netwatch)), "ktricks\n");
+    std::size_t fds_before = fd_targets(netwatch).size();
+    auto inner = Process::start({"unshare", "-n", "sh", "-c",
+                                 "ip link set lo up && ip addr add 10.77.0.1/16 dev lo && "
+                                 "while [ ! -e " +
+                                     dir / "stop" + " ]; do sleep 0.05; done"});
+    pid_t pid = inner.pid();
+    std::string label = fmt::format("pid:{}", pid);
+    std::uint64_t inode = 0;
+    ASSERT_TRUE(eventually([&] {
+        inode = netns_inode_of(pid);
+        return inode != 0 && inode != netns_inode_of(::getpid());
+    }));
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "addr-add", label, "addr", "10.77.0.1"); }))
+        << watcher.describe();
+    bool identified = false;
+    for (const auto& line : json_lines(watcher.out()))
+        if (text_of(line, "netns") == label)
+            identified = line.value("netns_inode", std::uint64_t{0}) == inode;
+    EXPECT_TRUE(identified) << "events of " << label << " carry netns_inode " << inode << "\n"
+                            << watcher.out();
+    std::string expected = fmt::format("{} {} net:[{}]", label, inode, inode);
+    EXPECT_TRUE(eventually([&] { return has_line(dir / "log", expected); }))
+        << "the rule runs inside the namespace: " << read_file(dir / "log") << watcher.describe();
+    EXPECT_TRUE(holds(netwatch, fmt::format("net:[{}]", inode)));
+    EXPECT_NE(watcher.err().find(fmt::format("watching new network namespace {} (inode {})", label, inode)),
+              std::string::npos)
+        << watcher.err();
+
+    write_file(dir / "stop", "");
+    ASSERT_EQ(inner.wait(10s), 0) << inner.describe();
+    std::string dropped =
+        fmt::format("network namespace {} (inode {}) has no process left; no longer watched", label, inode);
+    EXPECT_TRUE(eventually([&] { return watcher.err().find(dropped) != std::string::npos; }))
+        << watcher.describe();
+    EXPECT_FALSE(holds(netwatch, fmt::format("net:[{}]", inode)));
+    // Every fd it took for the namespace (its fd, the pidfd, the rtnetlink socket) is closed. Other
+    // namespaces on this machine may come and go meanwhile, so this waits for the count to settle.
+    EXPECT_TRUE(eventually([&] { return fd_targets(netwatch).size() == fds_before; }, 10s))
+        << fds_before << " fds before, now: " << fmt::format("{}", fmt::join(fd_targets(netwatch), " "));
+    EXPECT_TRUE(watcher.running()) << watcher.describe();
+    std::size_t mentions = 0;
+    for (const auto& line : lines_of(watcher.err()))
+        if (line.find(label + " ") != std::string::npos) ++mentions;
+    EXPECT_EQ(mentions, 2u) << "one line when it came, one when it went: " << watcher.err();
+}
+
+// A container-like namespace: a process unshares its network namespace and execs nothing after
+// (no exec or fork event shows it), then the host moves a veth end into it. The nsid the host's
+// namespace gets for it reveals it; events inside it follow. When its process exits, netwatch lets
+// go: the kernel frees the namespace, which takes the host's veth end with it.
+TEST(Netwatch, AllNetnsFindsANamespaceThatAVethIsMovedIntoAndLetsItDie) {
+    Netns home;
+    TempDir dir;
+    auto watcher = start_netwatch(home, {"--no-initial", "--no-wifi", "--all-netns"});
+    // unshare(CLONE_NEWNET) is syscall 272 on x86-64; perl is in every Debian (perl-base).
+    auto inner = Process::start(
+        {"perl", "-e",
+         "syscall(272, 0x40000000) == 0 or die \"unshare: $!\\n\"; open(my $f, '>', '" + dir / "ready" +
+             "') or die; close $f; select(undef, undef, undef, 0.05) until -e '" + dir / "stop" + "';"});
+    pid_t pid = inner.pid();
+    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir / "ready"); })) << inner.describe();
+    std::uint64_t inode = netns_inode_of(pid);
+    std::string label = fmt::format("pid:{}", pid);
+    home.ip("link add c0 type veth peer name c1");
+    home.ip(fmt::format("link set c1 netns {}", pid));
+    auto in_container = [&](const std::string& args) {
+        std::vector<std::string> argv = {"nsenter", "-t", std::to_string(pid), "-n", "ip"};
+        std::istringstream words(args);
+        for (std::string word; words >> word;) argv.push_back(word);
+        auto result = run(argv);
+        EXPECT_EQ(result.status, 0) << result.describe;
+    };
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "link-add", label, "iface", "c1"); }))
+        << watcher.describe();
+    in_container("addr add 10.78.0.2/24 dev c1");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "addr-add", label, "addr", "10.78.0.2"); }))
+        << watcher.describe();
+    EXPECT_NE(watcher.err().find(fmt::format("watching new network namespace {} (inode {})", label, inode)),
+              std::string::npos)
+        << watcher.err();
+
+    write_file(dir / "stop", "");
+    ASSERT_EQ(inner.wait(10s), 0) << inner.describe();
+    EXPECT_TRUE(eventually([&] {
+        return watcher.err().find(fmt::format("network namespace {} (inode {}) has no process left", label,
+                                              inode)) != std::string::npos;
+    })) << watcher.describe();
+    // Nothing of netwatch pins it: the namespace is freed and its veth pair goes with it.
+    EXPECT_TRUE(
+        eventually([&] { return has_event(watcher, "link-remove", home.name(), "iface", "c0"); }, 20s))
+        << watcher.describe();
+    EXPECT_TRUE(watcher.running()) << watcher.describe();
+}
+
+// As a normal user: one line says what --all-netns cannot see, and netwatch still watches its own.
+TEST(Netwatch, AllNetnsAsANormalUserSaysWhatItCannotSee) {
+    Netns home;
+    Netns other;  // named, but a normal user may not enter it
+    std::vector<std::string> argv = home.exec_prefix();
+    argv.insert(argv.end(), {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                             "--bounding-set=-all", KTRICKS_BINARY, "netwatch", "--json", "--no-initial",
+                             "--no-wifi", "--all-netns"});
+    auto watcher = Process::start(argv);
+    ASSERT_TRUE(eventually([&] { return watcher.out().find("\"event\":\"ready\"") != std::string::npos; }))
+        << watcher.describe();
+    EXPECT_NE(watcher.err().find("--all-netns as a normal user"), std::string::npos) << watcher.err();
+    home.ip("link add na type veth peer name nb");
+    EXPECT_TRUE(eventually([&] { return has_event(watcher, "link-add", home.name(), "iface", "na"); }))
+        << watcher.describe();
+    EXPECT_TRUE(watcher.running()) << watcher.describe();
 }
 
 }  // namespace
