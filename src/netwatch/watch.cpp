@@ -461,11 +461,14 @@ void Watcher::Impl::anchor_exited(Namespace& ns) {
             loop_.add_fd(ns.pidfd.get(), EPOLLIN, [this, raw](std::uint32_t) { anchor_exited(*raw); });
         return;
     }
-    log_info("network namespace {} (inode {}) has no process left; no longer watched", ns.name, ns.id.ino);
+    // Logged once everything of it is closed: the line promises that nothing of ours pins it.
+    std::string line = fmt::format("network namespace {} (inode {}) has no process left; no longer watched",
+                                   ns.name, ns.id.ino);
     forget(ns);
     auto it =
         std::find_if(namespaces_.begin(), namespaces_.end(), [&](const auto& p) { return p.get() == &ns; });
     if (it != namespaces_.end()) namespaces_.erase(it);
+    log_line(LogLevel::info, line);
 }
 
 // Subscribes, dumps and starts reading. What a namespace that appeared after start-up already
