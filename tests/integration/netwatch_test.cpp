@@ -542,6 +542,47 @@ TEST(Netwatch, AllNetnsFindsANamespaceThatAVethIsMovedIntoAndLetsItDie) {
     EXPECT_TRUE(watcher.running()) << watcher.describe();
 }
 
+// 40 namespaces that live for one `true`: each is gone before, while or after netwatch looks. Every
+// one ends in one of three ways — never seen (its exec was read after it died), one line (it vanished
+// between being seen and being entered), or a pair of lines (watched, then dropped) — and netwatch
+// ends with the fds it started with.
+TEST(Netwatch, AllNetnsSurvivesNamespacesThatVanishWhileBeingFound) {
+    Netns home;
+    auto watcher = start_netwatch(home, {"--no-initial", "--no-wifi", "--all-netns"});
+    pid_t netwatch = watcher.pid();
+    std::size_t fds_before = fd_targets(netwatch).size();
+    std::vector<pid_t> pids;
+    for (int i = 0; i < 40; ++i) {
+        auto brief = Process::start({"unshare", "-n", "true"});
+        pids.push_back(brief.pid());
+        ASSERT_EQ(brief.wait(10s), 0) << brief.describe();
+    }
+    auto settled = [&] {
+        for (pid_t pid : pids) {
+            std::string label = fmt::format("pid:{} ", pid);
+            std::size_t watching = 0, dropped = 0;
+            for (const auto& line : lines_of(watcher.err())) {
+                if (line.find(label) == std::string::npos) continue;
+                if (line.find("watching new network namespace") != std::string::npos) ++watching;
+                if (line.find("has no process left") != std::string::npos) ++dropped;
+            }
+            if (watching != dropped) return false;
+        }
+        return true;
+    };
+    EXPECT_TRUE(eventually(settled, 10s)) << watcher.describe();
+    for (pid_t pid : pids) {
+        std::size_t mentions = 0;
+        for (const auto& line : lines_of(watcher.err()))
+            if (line.find(fmt::format("pid:{} ", pid)) != std::string::npos) ++mentions;
+        EXPECT_LE(mentions, 2u) << pid << "\n" << watcher.err();
+    }
+    EXPECT_EQ(watcher.err().find("error"), std::string::npos) << watcher.err();
+    EXPECT_TRUE(eventually([&] { return fd_targets(netwatch).size() == fds_before; }, 10s))
+        << fds_before << " fds before, now: " << fmt::format("{}", fmt::join(fd_targets(netwatch), " "));
+    EXPECT_TRUE(watcher.running()) << watcher.describe();
+}
+
 // As a normal user: one line says what --all-netns cannot see, and netwatch still watches its own.
 TEST(Netwatch, AllNetnsAsANormalUserSaysWhatItCannotSee) {
     Netns home;
