@@ -548,7 +548,8 @@ void Watcher::Impl::read_rtnl(Namespace& ns) {
             return true;
         });
         if (result == netlink::Received::would_block) return;
-        if (new_nsid) {
+        // An overrun may have taken an RTM_NEWNSID with it: scan as well.
+        if (new_nsid || (options_.all_netns && result == netlink::Received::overrun)) {
             // After this batch: the scan may add namespaces (and must not reallocate under `ns`'s
             // caller); handled on the next loop turn.
             if (!scan_timer_)
