@@ -152,7 +152,7 @@ public:
     // No script running or waiting and no debounced rule pending (a replay is over when idle).
     bool idle() const noexcept;
     bool wifi() const noexcept;                   // nl80211 is watched
-    std::vector<std::string> namespaces() const;  // watched namespaces ("" = our own, unnamed)
+    std::vector<std::string> namespaces() const;  // watched: "" = our own, unnamed; NAME; "pid:N"
     // The cache as text, per namespace (for comparing with `ip` output, and for bug reports).
     std::string describe_state() const;
 
