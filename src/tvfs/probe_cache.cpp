@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/service.hpp"
@@ -44,18 +46,28 @@ struct ProbeCache::Batch {
     std::vector<std::string> rels;
     std::vector<std::optional<Entry>> results;
     std::atomic<std::size_t> next{0};
-    std::mutex mutex;  // guards done (alone: nothing else is taken while it is held)
+    std::mutex mutex;  // guards the rest (alone: nothing else is taken while it is held)
     std::condition_variable finished;
-    std::size_t done = 0;
+    std::size_t done = 0, probed = 0;
+    std::set<std::thread::id> threads;  // those that probed at least one file
+    double probe_seconds = 0;           // the probes' durations added up
 
     void run(ProbeCache& cache) {
         for (std::size_t i; (i = next.fetch_add(1)) < rels.size();) {
+            bool fresh = false;
+            auto start = std::chrono::steady_clock::now();
             try {
-                results[i] = cache.decision(rels[i]);
+                results[i] = cache.probe(rels[i], false, &fresh);
             } catch (const std::exception& error) {  // out of memory: the file is left out, the batch ends
                 log_info("probe {}: {}", printable(rels[i]), error.what());
             }
+            std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
             std::lock_guard lock(mutex);
+            if (fresh) {
+                ++probed;
+                probe_seconds += took.count();
+                threads.insert(std::this_thread::get_id());
+            }
             if (++done == rels.size()) finished.notify_all();
         }
     }
@@ -116,7 +128,7 @@ std::optional<Entry> ProbeCache::lookup(const std::string& rel) { return probe(r
 
 std::optional<Entry> ProbeCache::decision(const std::string& rel) { return probe(rel, false); }
 
-std::optional<Entry> ProbeCache::probe(const std::string& rel, bool need_layout) {
+std::optional<Entry> ProbeCache::probe(const std::string& rel, bool need_layout, bool* probed) {
     struct stat st {};
     auto path = source_root_ + rel;
     if (::stat(path.c_str(), &st) != 0) return std::nullopt;
@@ -145,7 +157,10 @@ std::optional<Entry> ProbeCache::probe(const std::string& rel, bool need_layout)
         if (auto found = decided_.find(rel); found != decided_.end() && same_file(found->second, st))
             entry = found->second;
     }
-    if (!entry) entry = decide_now(path, st);
+    if (!entry) {
+        entry = decide_now(path, st);
+        if (probed) *probed = true;
+    }
     bool complete = !needs_layout(entry->decision.action);
     if (need_layout && !complete) {
         add_layout(path, *entry);
@@ -169,10 +184,16 @@ std::vector<std::optional<Entry>> ProbeCache::decide_all(const std::vector<std::
     // One helper per CPU besides the caller, no more than there are files to share.
     std::size_t helpers = std::min<std::size_t>(usable_cpus(), rels.size() > 1 ? rels.size() - 1 : 0);
     for (std::size_t i = 0; i < helpers; ++i) post([this, batch] { batch->run(*this); }, true);
+    auto start = std::chrono::steady_clock::now();
     batch->run(*this);
     {
         std::unique_lock lock(batch->mutex);
         batch->finished.wait(lock, [&] { return batch->done == rels.size(); });
+        std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+        // One line per listing that probed: how much of the probing ran side by side.
+        if (batch->probed > 0)
+            log_info("probed {} of {} files in {:.3f} s on {} threads ({:.3f} s of probes)", batch->probed,
+                     rels.size(), took.count(), batch->threads.size(), batch->probe_seconds);
     }
     // The layouts in the background, in listing order (the order `ls -l` stats them in). A file
     // that changed or went away since is left to whoever stats it next.

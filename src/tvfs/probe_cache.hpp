@@ -58,7 +58,8 @@ private:
     struct Batch;
     Entry decide_now(const std::string& path, const struct ::stat& st) const;
     void add_layout(const std::string& path, Entry& entry) const;
-    std::optional<Entry> probe(const std::string& rel, bool need_layout);
+    // lookup() or decision(); PROBED (if given) is set when this call probed the file itself.
+    std::optional<Entry> probe(const std::string& rel, bool need_layout, bool* probed = nullptr);
     void post(std::function<void()> task, bool urgent);
     void work();
 

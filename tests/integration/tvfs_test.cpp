@@ -9,6 +9,8 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <map>
+#include <regex>
 #include <set>
 
 #include "process_helpers.hpp"
@@ -695,6 +697,90 @@ TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
     double warm = list();
     EXPECT_LT(warm, 1.0) << "cold " << cold << " s";
     EXPECT_LT(warm, cold);
+}
+
+// Issue 19: a listing probes a directory's new files side by side (the daemon logs how: "probed N of
+// M files in W s on T threads (S s of probes)"), and every size it shows is exact. Four kinds of
+// file (remux, full and audio-only transcode, pass-through), 15 names each.
+TEST_F(Tvfs, AListingOfSixtyNewFilesProbesThemInParallelAndEverySizeIsExact) {
+    TempDir source;
+    const std::vector<std::string> kinds = {"remux.mkv", "vp9.webm", "ac3.mkv", "pass.mp4"};
+    for (int i = 0; i < 60; ++i) {
+        const auto& kind = kinds[static_cast<std::size_t>(i) % kinds.size()];
+        fs::create_hard_link(media_dir() + "/" + kind,
+                             source / fmt::format("clip{:02}{}", i, fs::path(kind).extension().string()));
+    }
+    Mount mount(source.path());
+    auto result = run({"ls", "-l", mount.path()}, {}, std::chrono::seconds(120));
+    ASSERT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(lines_of(result.out).size(), 61u) << result.out;  // "total", then one line per file
+
+    std::smatch match;
+    auto log = mount.process().err();
+    ASSERT_TRUE(std::regex_search(
+        log, match, std::regex(R"(probed (\d+) of 60 files in ([0-9.]+) s on (\d+) threads \(([0-9.]+) s)")))
+        << log;
+    EXPECT_EQ(std::stoi(match[1]), 60);
+    double wall = std::stod(match[2]), threads = std::stoi(match[3]), summed = std::stod(match[4]);
+    cpu_set_t cpus;
+    ASSERT_EQ(::sched_getaffinity(0, sizeof(cpus), &cpus), 0);
+    if (CPU_COUNT(&cpus) >= 2) {
+        EXPECT_GE(threads, 2) << log;
+        // The probes overlapped: their durations add up to well over the time they all took.
+        EXPECT_GT(summed, 1.3 * wall) << log;
+    }
+
+    // Every size exact: the same source gives the same size under every name, and reading one name
+    // of each kind gives exactly that many bytes.
+    std::map<std::string, std::uintmax_t> size_of_kind;
+    std::map<std::string, std::string> sample_of_kind;
+    int files = 0;
+    for (const auto& entry : fs::directory_iterator(mount.path())) {
+        auto name = entry.path().filename().string();
+        auto number = std::stoi(name.substr(4, 2));
+        const auto& kind = kinds[static_cast<std::size_t>(number) % kinds.size()];
+        auto size = fs::file_size(entry.path());
+        ++files;
+        if (!size_of_kind.count(kind)) {
+            size_of_kind[kind] = size;
+            sample_of_kind[kind] = entry.path();
+        }
+        EXPECT_EQ(size, size_of_kind[kind]) << name;
+    }
+    EXPECT_EQ(files, 60);
+    ASSERT_EQ(sample_of_kind.size(), kinds.size());
+    for (const auto& [kind, sample] : sample_of_kind)
+        EXPECT_EQ(bytes_read(sample), size_of_kind[kind]) << sample << " (" << kind << ")";
+}
+
+// Issue 19: readdir never waits for a transcode. While three long full transcodes keep the CPUs
+// busy, new files in the same folder are listed (probed, named, sized) long before they end.
+TEST_F(Tvfs, AListingReturnsAtOnceWhileTheFolderIsBeingTranscoded) {
+    TempDir source;
+    for (int i = 0; i < 3; ++i)
+        fs::create_hard_link(media_dir() + "/longvp9.webm", source / fmt::format("long{}.webm", i));
+    Mount mount(source.path());
+    std::vector<std::future<std::uint64_t>> readers;
+    for (int i = 0; i < 3; ++i)
+        readers.push_back(std::async(
+            std::launch::async, [&mount, i] { return bytes_read(mount / fmt::format("long{}.ts", i)); }));
+    ASSERT_TRUE(eventually([&] { return mount.segment_threads() > 0; }, std::chrono::seconds(30)));
+
+    for (int i = 0; i < 10; ++i)
+        fs::create_hard_link(media_dir() + "/vp9.webm", source / fmt::format("new{}.webm", i));
+    // The source watcher drops the folder's listing; the next readdir names the new files.
+    ASSERT_TRUE(eventually([&] { return mount.names().size() == 13; }, std::chrono::seconds(30)));
+    auto start = Clock::now();
+    auto result = run({"ls", "-l", mount.path()}, {}, std::chrono::seconds(60));
+    auto listed = std::chrono::duration<double>(Clock::now() - start).count();
+    bool transcoding = readers[0].wait_for(std::chrono::seconds(0)) != std::future_status::ready ||
+                       readers[1].wait_for(std::chrono::seconds(0)) != std::future_status::ready ||
+                       readers[2].wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+    EXPECT_EQ(result.status, 0) << result.describe;
+    EXPECT_EQ(lines_of(result.out).size(), 14u) << result.out;
+    EXPECT_TRUE(transcoding) << "the listing took " << listed << " s: as long as three transcodes";
+    EXPECT_LT(listed, 5.0);
+    for (auto& reader : readers) EXPECT_GT(reader.get(), 0u);
 }
 
 // The media path (probe, decide, layout, remux, every segment), built with AddressSanitizer, on
