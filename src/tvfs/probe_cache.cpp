@@ -284,6 +284,7 @@ ProbeCache::~ProbeCache() { stop(); }
 void ProbeCache::forget(const std::string& rel) {
     std::lock_guard lock(mutex_);
     entries_.erase(rel);
+    decided_.erase(rel);
     dirty_ = true;
 }
 
