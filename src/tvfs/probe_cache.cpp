@@ -256,7 +256,7 @@ void ProbeCache::work() {
         }
         bool drained = false;
         lock.lock();
-        if (!urgent) drained = --layouts_pending_ == 0;
+        if (!urgent && layouts_pending_ > 0) drained = --layouts_pending_ == 0;  // 0 after stop()
         if (drained) {
             lock.unlock();
             save();  // once per batch of layouts, not once per file
