@@ -6,6 +6,7 @@ extern "C" {
 #include <libavutil/crc.h>
 }
 
+#include <algorithm>
 #include <filesystem>
 
 namespace ktricks::tvfs {
@@ -54,8 +55,18 @@ Listing name_items(const std::vector<SourceItem>& items) {
     return result;
 }
 
-Catalog::Catalog(std::string source_root, Lookup lookup, std::function<void()> scanned)
-    : source_root_(std::move(source_root)), lookup_(std::move(lookup)), scanned_(std::move(scanned)) {}
+Catalog::Catalog(std::string source_root, Lookup lookup, std::function<void()> scanned, Decide decide)
+    : source_root_(std::move(source_root)),
+      lookup_(std::move(lookup)),
+      scanned_(std::move(scanned)),
+      decide_(std::move(decide)) {
+    if (!decide_)
+        decide_ = [this](const std::vector<std::string>& rels) {
+            std::vector<std::optional<Entry>> entries;
+            for (const auto& rel : rels) entries.push_back(lookup_(rel));
+            return entries;
+        };
+}
 
 std::shared_ptr<const Listing> Catalog::listing(const std::string& dir) {
     {
@@ -63,18 +74,23 @@ std::shared_ptr<const Listing> Catalog::listing(const std::string& dir) {
         if (auto found = listings_.find(dir); found != listings_.end()) return found->second;
     }
     std::vector<SourceItem> items;
+    std::vector<std::string> files;
     std::error_code error;
     for (const auto& dirent : fs::directory_iterator(source_root_ + dir, error)) {
         auto name = dirent.path().filename().string();
         if (name.starts_with(".")) continue;
         std::error_code type_error;
-        if (dirent.is_directory(type_error)) {
-            items.push_back(SourceItem{name, true, {}});
-        } else if (dirent.is_regular_file(type_error)) {
-            if (auto entry = lookup_(dir + "/" + name))
-                items.push_back(SourceItem{name, false, entry->decision});
-        }
+        if (dirent.is_directory(type_error)) items.push_back(SourceItem{name, true, {}});
+        else if (dirent.is_regular_file(type_error))
+            files.push_back(name);
     }
+    // Sorted: the order `ls` stats them in, which the background layouts follow.
+    std::sort(files.begin(), files.end());
+    std::vector<std::string> rels;
+    for (const auto& name : files) rels.push_back(dir + "/" + name);
+    auto entries = decide_(rels);
+    for (std::size_t i = 0; i < files.size() && i < entries.size(); ++i)
+        if (entries[i]) items.push_back(SourceItem{files[i], false, entries[i]->decision});
     auto result = std::make_shared<const Listing>(name_items(items));
     if (scanned_) scanned_();
     std::lock_guard lock(mutex_);

@@ -44,8 +44,12 @@ public:
     // The probe entry of a source file ("/dir/name"); nullopt if it is gone.
     using Lookup = std::function<std::optional<Entry>(const std::string& rel)>;
 
-    // `scanned` runs after a directory was read from the source (the probe cache saves then).
-    Catalog(std::string source_root, Lookup lookup, std::function<void()> scanned = {});
+    // The entries of several source files, their decisions at least (layouts may come later).
+    using Decide = std::function<std::vector<std::optional<Entry>>(const std::vector<std::string>& rels)>;
+
+    // `scanned` runs after a directory was read from the source (the probe cache saves then);
+    // `decide` names a directory's files (by default lookup, one file after the other).
+    Catalog(std::string source_root, Lookup lookup, std::function<void()> scanned = {}, Decide decide = {});
 
     // The names in mount directory DIR ("" for the root, "/sub"), read from the source once and
     // kept until forget(DIR).
@@ -68,6 +72,7 @@ private:
     std::string source_root_;
     Lookup lookup_;
     std::function<void()> scanned_;
+    Decide decide_;
     // Lock order: filesystem.hpp.
     std::mutex mutex_;  // guards listings_ (never held while reading the source or probing)
     std::map<std::string, std::shared_ptr<const Listing>> listings_;

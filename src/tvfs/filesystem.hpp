@@ -8,6 +8,8 @@
 //   ProbeCache::probing_[file] -> ProbeCache::mutex_
 //       (a probe runs under its file's lock; the map is locked only to read or store an entry)
 //   ProbeCache::save_mutex_ -> ProbeCache::mutex_   (a save copies the entries, then writes the file)
+//   ProbeCache::pool_mutex_ alone: released before a pool task runs (a task then takes the locks
+//       above as any thread does); ProbeCache::Batch::mutex alone (a listing's decisions counted).
 //   Catalog::mutex_ alone: released before the source is read or a file is probed.
 //   Output::sidecar_mutex alone: held while a subtitle sidecar is made from the source.
 //   Mount::State::error_mutex alone (mount_state.hpp).
@@ -36,7 +38,8 @@ struct Filesystem {
           probes(source, profile, probe_file(cache_dir, profile)),
           catalog(
               source, [this](const std::string& rel) { return probes.lookup(rel); },
-              [this] { probes.save(); }),
+              [this] { probes.save(); },
+              [this](const std::vector<std::string>& rels) { return probes.decide_all(rels); }),
           outputs(source, profile, std::chrono::milliseconds(static_cast<long>(given.grace_seconds * 1000)),
                   cache) {}
 

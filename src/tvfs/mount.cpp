@@ -150,6 +150,7 @@ Mount::Mount(const MountOptions& given) : state_(std::make_unique<State>()) {
 Mount::~Mount() {
     stop();
     state_->fs->outputs.stop_all();
+    state_->fs->probes.stop();  // the layouts made so far are saved, the queued ones dropped
     state_->fs->probes.save();
     if (state_->mounted) fuse_unmount(state_->session);
     fuse_destroy(state_->session);

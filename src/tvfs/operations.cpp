@@ -65,16 +65,41 @@ int op_getattr(const char* path, struct stat* st, fuse_file_info*) {
     });
 }
 
-int op_readdir(const char* path, void* buffer, fuse_fill_dir_t filler, off_t, fuse_file_info*,
-               fuse_readdir_flags) {
+int op_readdir(const char* path, void* buffer, fuse_fill_dir_t filler, off_t offset, fuse_file_info*,
+               fuse_readdir_flags flags) {
     return guarded("readdir", path, [&] {
-        auto r = self().catalog.resolve(path);
+        auto& fs = self();
+        auto r = fs.catalog.resolve(path);
         if (!r || !r->directory) return -ENOENT;
-        filler(buffer, ".", nullptr, 0, fuse_fill_dir_flags{});
-        filler(buffer, "..", nullptr, 0, fuse_fill_dir_flags{});
         auto dir = std::string(path) == "/" ? std::string() : std::string(path);
-        for (const auto& [name, item] : *self().catalog.listing(dir))
-            filler(buffer, name.c_str(), nullptr, 0, fuse_fill_dir_flags{});
+        auto items = fs.catalog.listing(dir);
+        // Entries carry their offsets (1 ".", 2 "..", then the listing's order): libfuse passes an
+        // entry's attributes to the kernel only in this mode. With READDIRPLUS (the kernel asks for
+        // it on a first listing, as `ls -l` makes) an entry given with its attributes needs no
+        // lookup of its own. Only what is known now is given: a directory, or a file whose layout
+        // is in the probe cache; the others (layouts still being made in the background, sidecars)
+        // are looked up one by one as before. A full buffer ends the call (filler returns 1).
+        bool plus = flags & FUSE_READDIR_PLUS;
+        off_t next = 0;
+        auto add = [&](const char* name, const struct stat* st) {
+            ++next;
+            if (next <= offset) return true;
+            return filler(buffer, name, st, next, st ? FUSE_FILL_DIR_PLUS : fuse_fill_dir_flags{}) == 0;
+        };
+        if (!add(".", nullptr) || !add("..", nullptr)) return 0;
+        for (const auto& [name, item] : *items) {
+            struct stat st {};
+            bool known = false;
+            if (plus && !item.sidecar && next + 1 > offset) {
+                Catalog::Resolved resolved;
+                resolved.directory = item.directory;
+                resolved.source_rel = dir + "/" + item.source_name;
+                if (!item.directory) resolved.entry = fs.probes.ready(resolved.source_rel);
+                known = item.directory || (resolved.entry && resolved.entry->decision.action != Action::skip);
+                if (known) fill_stat(fs, resolved, &st);
+            }
+            if (!add(name.c_str(), known ? &st : nullptr)) break;
+        }
         return 0;
     });
 }

@@ -10,6 +10,7 @@
 #include "test_support.hpp"
 #include "tvfs/cache.hpp"
 #include "tvfs/catalog.hpp"
+#include "tvfs/probe_cache.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -441,6 +442,49 @@ TEST(TvfsCatalog, AListingIsReadOnceAndKeptUntilForgotten) {
     fs::remove(dir.path() / "a.mkv");
     EXPECT_FALSE(catalog.resolve("/a.mp4"))
         << "a file gone from the source resolves to nothing even before forget()";
+}
+
+// decide_all() on files that are not media (no FFmpeg work to speak of): every file gets its entry in
+// order, skipped with the reason, gone files are nullopt; the work is shared with the pool; after
+// stop() the caller's thread does it alone; the entries are saved and a new cache loads them.
+TEST(TvfsProbeCache, DecideAllGivesEveryFileItsEntryInOrderAndWorksAfterStop) {
+    TempDir dir;
+    auto root = dir.path().string();
+    fs::create_directory(dir.path() / "src");
+    std::vector<std::string> rels;
+    for (int i = 0; i < 40; ++i) {
+        auto rel = "/f" + std::to_string(i) + ".mkv";
+        std::ofstream(dir.path() / ("src" + rel)) << "not a video " << i;
+        rels.push_back(rel);
+    }
+    rels.push_back("/gone.mkv");
+    const Profile& profile = builtin_profile("tv");
+    auto file = root + "/probe.json";
+    {
+        ProbeCache cache(root + "/src", profile, file);
+        auto entries = cache.decide_all(rels);
+        ASSERT_EQ(entries.size(), rels.size());
+        for (std::size_t i = 0; i + 1 < rels.size(); ++i) {
+            ASSERT_TRUE(entries[i]) << rels[i];
+            EXPECT_EQ(entries[i]->decision.action, Action::skip);
+            EXPECT_FALSE(entries[i]->decision.reasons.empty());
+            EXPECT_EQ(entries[i]->size,
+                      static_cast<std::int64_t>(fs::file_size(dir.path() / ("src" + rels[i]))));
+            EXPECT_TRUE(cache.ready(rels[i])) << "a skipped file needs no layout: complete at once";
+        }
+        EXPECT_FALSE(entries.back()) << "a file that is not there";
+        cache.stop();
+        std::ofstream(dir.path() / "src/late.mkv") << "late";
+        auto late = cache.decide_all({"/late.mkv", "/f0.mkv"});
+        ASSERT_EQ(late.size(), 2u);
+        EXPECT_TRUE(late[0] && late[1]);
+        cache.save();
+    }
+    ProbeCache reloaded(root + "/src", profile, file);
+    EXPECT_TRUE(reloaded.ready("/f39.mkv"));
+    EXPECT_TRUE(reloaded.ready("/late.mkv"));
+    std::ofstream(dir.path() / "src/f39.mkv") << "changed, longer than before";
+    EXPECT_FALSE(reloaded.ready("/f39.mkv")) << "size and mtime must match";
 }
 
 }  // namespace
