@@ -15,8 +15,11 @@ namespace ktricks::tvfs {
 
 namespace fs = std::filesystem;
 
-ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::string file)
-    : source_root_(std::move(source_root)), profile_(profile), file_(std::move(file)) {
+ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::string file, HeadSink head_sink)
+    : source_root_(std::move(source_root)),
+      profile_(profile),
+      file_(std::move(file)),
+      head_sink_(std::move(head_sink)) {
     std::ifstream in(file_);
     if (!in) return;
     try {
@@ -28,7 +31,7 @@ ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::str
     }
 }
 
-Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st) const {
+Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st, std::string& remux_head) const {
     Entry entry;
     entry.size = st.st_size;
     entry.mtime_ns = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
@@ -37,9 +40,11 @@ Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st) co
         entry.decision = decide(entry.media, profile_);
         auto action = entry.decision.action;
         if (action == Action::pass_through) entry.layout.size = static_cast<std::uint64_t>(st.st_size);
-        else if (action == Action::remux)
-            entry.layout.size = remux_size(path, entry.decision);
-        else if (action != Action::skip)
+        else if (action == Action::remux) {
+            auto plan = remux_plan(path, entry.decision);
+            entry.layout.size = plan.size();
+            remux_head = std::move(plan.head);
+        } else if (action != Action::skip)
             entry.layout = transcode_layout(path, entry.media, entry.decision, profile_);
         entry.layout.action = action;
         if (action == Action::skip)
@@ -77,10 +82,14 @@ std::optional<Entry> ProbeCache::lookup(const std::string& rel) {
         std::lock_guard lock(mutex_);
         if (auto entry = cached()) return entry;
     }
-    auto entry = probe_now(path, st);
-    std::lock_guard lock(mutex_);
-    entries_[rel] = entry;
-    dirty_ = true;
+    std::string remux_head;
+    auto entry = probe_now(path, st, remux_head);
+    {
+        std::lock_guard lock(mutex_);
+        entries_[rel] = entry;
+        dirty_ = true;
+    }
+    if (!remux_head.empty() && head_sink_) head_sink_(rel, entry, remux_head);  // under the file's lock only
     return entry;
 }
 

@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,8 +18,11 @@ namespace ktricks::tvfs {
 
 class ProbeCache {
 public:
+    // A remux's faststart head, made by the probe's dry run, for the output cache (store_head).
+    using HeadSink = std::function<void(const std::string& rel, const Entry& entry, const std::string& head)>;
+
     // Loads `file` if it exists; a damaged file is logged and ignored (it is only a cache).
-    ProbeCache(std::string source_root, const Profile& profile, std::string file);
+    ProbeCache(std::string source_root, const Profile& profile, std::string file, HeadSink head_sink = {});
 
     // The entry of a source file ("/a/b.mkv", relative to the source root): from the cache if size
     // and mtime match, else probed now (one probe per file, however many threads ask at once). A
@@ -29,11 +33,12 @@ public:
     void save();
 
 private:
-    Entry probe_now(const std::string& path, const struct ::stat& st) const;
+    Entry probe_now(const std::string& path, const struct ::stat& st, std::string& remux_head) const;
 
     std::string source_root_;
     const Profile& profile_;
     std::string file_;
+    HeadSink head_sink_;
     // Lock order: filesystem.hpp.
     std::mutex mutex_;  // guards entries_, probing_ and dirty_
     std::map<std::string, Entry> entries_;
