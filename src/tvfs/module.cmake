@@ -17,7 +17,8 @@ endif()
 # (tvfs_test.cpp runs it next to the ktricks binary). Skipped when the whole build is sanitized.
 if(NOT KTRICKS_FUZZ AND NOT KTRICKS_SANITIZE AND KTRICKS_TESTS)
   add_executable(tvfs_asan_check src/tvfs/asan_check.cpp src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp
-                 src/tvfs/media.cpp src/tvfs/continuity.cpp src/tvfs/mp4_boxes.cpp src/core/error.cpp src/core/fd.cpp)
+                 src/tvfs/media.cpp src/tvfs/continuity.cpp src/tvfs/mp4_boxes.cpp
+                 src/core/error.cpp src/core/fd.cpp)
   target_include_directories(tvfs_asan_check PRIVATE include src)
   target_compile_options(tvfs_asan_check PRIVATE -fsanitize=address -fno-omit-frame-pointer)
   target_link_options(tvfs_asan_check PRIVATE -fsanitize=address)

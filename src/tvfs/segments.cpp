@@ -223,12 +223,17 @@ void Outputs::stream(Output& out, RemuxPlan plan) {
         ::unlink(temp.c_str());
         log_info("{}: remux failed: {}", printable(out.source), error.what());
         {
-            std::lock_guard lock(out.remux_mutex);  // the next open starts it again
-            out.remux_ready = false;
-            out.remux_error = error.what();
+            std::lock_guard lock(out.mutex);
+            out.remux_failed = true;
+            out.worker_running = false;
+            out.changed.notify_all();
         }
-        std::lock_guard lock(out.mutex);
-        out.remux_failed = true;
+        // Last, and taking no lock after it: an opener that sees remux_ready false starts a new
+        // stream and joins this thread under out.mutex.
+        std::lock_guard lock(out.remux_mutex);
+        out.remux_ready = false;
+        out.remux_error = error.what();
+        return;
     }
     std::lock_guard lock(out.mutex);
     out.worker_running = false;
