@@ -515,15 +515,13 @@ TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
 }
 
 // A remux source big enough that streaming it takes a while: 8 s of 720p H.264 (noise, so it does
-// not compress: ~185 MB) + AAC in Matroska, made by encoding 2 s and copying it four times.
+// not compress: ~185 MB) + AAC in Matroska.
 const std::string& big_remux_dir() {
-    static const std::string dir = generated_once("/tmp/ktricks-tvfs-stream-v1", [](const std::string& work) {
-        generate_media(
-            work,
-            "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=1280x720:rate=25 -f lavfi -i "
-            "sine=frequency=440:sample_rate=48000 -t 2 -vf noise=alls=30:allf=t -c:v libx264 "
-            "-preset ultrafast -qp 14 -pix_fmt yuv420p -c:a aac -ac 2 clip.mkv && "
-            "ffmpeg -v error -nostdin -y -stream_loop 3 -i clip.mkv -c copy big.mkv && rm clip.mkv");
+    static const std::string dir = generated_once("/tmp/ktricks-tvfs-stream-v2", [](const std::string& work) {
+        generate_media(work,
+                       "ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=1280x720:rate=25 -f lavfi -i "
+                       "sine=frequency=440:sample_rate=48000 -t 8 -vf noise=alls=30:allf=t -c:v libx264 "
+                       "-preset ultrafast -qp 14 -pix_fmt yuv420p -c:a aac -ac 2 big.mkv");
     });
     return dir;
 }
@@ -591,10 +589,10 @@ TEST_F(Tvfs, RemuxIsStreamedItsHeadReadableAtOnceAndItsBytesTheSameEveryRead) {
     EXPECT_EQ(bytes_read(path), size);
     EXPECT_EQ(first, read_range(path, 0, 65536));
     auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+    // Times for the log only: the ordering above is what is asserted (a ratio of times moves with load).
     std::printf("remux of %llu bytes: first 64 KiB after %lld ms, whole file after %lld ms\n",
                 static_cast<unsigned long long>(size), static_cast<long long>(ms(first_byte)),
                 static_cast<long long>(ms(whole)));
-    EXPECT_LT(first_byte * 4, whole);
     // What a player sees: ffprobe reads it, every packet equals the source's, a decode is silent.
     auto probed = ffprobe(path);
     EXPECT_EQ(probed["streams"].size(), 2u);
