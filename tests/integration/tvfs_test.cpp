@@ -510,8 +510,16 @@ TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
     ::stat(path.c_str(), &st);
     EXPECT_EQ(a.size(), static_cast<std::size_t>(st.st_size));
     EXPECT_TRUE(a == b);
-    // Produced once: one cache directory for the file.
-    EXPECT_EQ(std::distance(fs::directory_iterator(mount.cache() + "/out"), fs::directory_iterator{}), 1);
+    // Produced once: one cache directory holds segments (the others hold only the faststart heads the
+    // listing's probes made for the remuxed files).
+    int with_segments = 0;
+    for (const auto& dir : fs::directory_iterator(mount.cache() + "/out"))
+        for (const auto& file : fs::directory_iterator(dir.path()))
+            if (file.path().extension() == ".ts") {
+                ++with_segments;
+                break;
+            }
+    EXPECT_EQ(with_segments, 1);
 }
 
 // A remux source big enough that streaming it takes a while: 8 s of 720p H.264 (noise, so it does
