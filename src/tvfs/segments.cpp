@@ -235,8 +235,13 @@ void Outputs::stream(Output& out, RemuxPlan plan) {
         out.remux_error = error.what();
         return;
     }
+    std::lock_guard remux_lock(out.remux_mutex);
     std::lock_guard lock(out.mutex);
     out.worker_running = false;
+    if (out.readers == 0) {  // complete and closed: give back the descriptor, as release() does
+        out.remux_file.reset();
+        out.remux_ready = false;
+    }
     out.changed.notify_all();
 }
 
@@ -259,9 +264,18 @@ int Outputs::read_remux(Output& out, char* buffer, std::size_t size, std::uint64
 }
 
 void Outputs::release(Output& out) {
+    std::unique_lock<std::mutex> remux_lock;
+    if (out.entry.decision.action == Action::remux) remux_lock = std::unique_lock(out.remux_mutex);
     std::lock_guard lock(out.mutex);
     --out.readers;
     out.last_close = Clock::now();
+    // A complete remux nobody reads gives back its descriptor (a DLNA scan opens every file); the
+    // next open takes remux.mp4 from the cache again.
+    if (remux_lock && out.readers == 0 && !out.worker_running && out.remux_file &&
+        out.remux_available == out.entry.layout.size) {
+        out.remux_file.reset();
+        out.remux_ready = false;
+    }
     out.changed.notify_all();
 }
 
