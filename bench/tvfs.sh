@@ -48,7 +48,8 @@ ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=640x360:rate=25 -f lavfi -
 ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=sample_rate=48000 \
     -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -c:a libopus "$tmp/clip.webm"
 ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=1280x720:rate=25 \
-    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 30 -c:v libx264 -preset ultrafast -b:v 4M -pix_fmt yuv420p -c:a aac -ac 2 "$tmp/remux/movie.mkv"
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 30 \
+    -c:v libx264 -preset ultrafast -b:v 4M -pix_fmt yuv420p -c:a aac -ac 2 "$tmp/remux/movie.mkv"
 for i in $(seq -w 1 200); do ln "$tmp/clip.webm" "$tmp/many/clip$i.webm"; done
 
 now() { echo "$EPOCHREALTIME"; }
