@@ -39,8 +39,8 @@ struct Filesystem {
           cache_dir(std::move(cache_root)),
           cache(cache_dir + "/out", given.cache_size),
           probes(source, profile, probe_file(cache_dir, profile),
-                 [this](const std::string& rel, const Entry& entry, const std::string& head) {
-                     outputs.store_head(rel, entry, head);
+                 [this](const std::string& path, const Entry& entry, const std::string& head) {
+                     outputs.store_head(path, entry, head);
                  }),
           catalog(
               source, [this](const std::string& rel) { return probes.lookup(rel); },

@@ -31,7 +31,7 @@ ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::str
     }
 }
 
-Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st, std::string& remux_head) const {
+Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st) const {
     Entry entry;
     entry.size = st.st_size;
     entry.mtime_ns = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
@@ -43,7 +43,7 @@ Entry ProbeCache::probe_now(const std::string& path, const struct ::stat& st, st
         else if (action == Action::remux) {
             auto plan = remux_plan(path, entry.decision);
             entry.layout.size = plan.size();
-            remux_head = std::move(plan.head);
+            if (head_sink_) head_sink_(path, entry, plan.head);  // under the file's probe lock only
         } else if (action != Action::skip)
             entry.layout = transcode_layout(path, entry.media, entry.decision, profile_);
         entry.layout.action = action;
@@ -82,14 +82,10 @@ std::optional<Entry> ProbeCache::lookup(const std::string& rel) {
         std::lock_guard lock(mutex_);
         if (auto entry = cached()) return entry;
     }
-    std::string remux_head;
-    auto entry = probe_now(path, st, remux_head);
-    {
-        std::lock_guard lock(mutex_);
-        entries_[rel] = entry;
-        dirty_ = true;
-    }
-    if (!remux_head.empty() && head_sink_) head_sink_(rel, entry, remux_head);  // under the file's lock only
+    auto entry = probe_now(path, st);
+    std::lock_guard lock(mutex_);
+    entries_[rel] = entry;
+    dirty_ = true;
     return entry;
 }
 

@@ -18,8 +18,10 @@ namespace ktricks::tvfs {
 
 class ProbeCache {
 public:
-    // A remux's faststart head, made by the probe's dry run, for the output cache (store_head).
-    using HeadSink = std::function<void(const std::string& rel, const Entry& entry, const std::string& head)>;
+    // A remux's faststart head, made by the probe's dry run of the source file PATH (absolute), for
+    // the output cache (Outputs::store_head). ENTRY has the file's size and mtime.
+    using HeadSink =
+        std::function<void(const std::string& path, const Entry& entry, const std::string& head)>;
 
     // Loads `file` if it exists; a damaged file is logged and ignored (it is only a cache).
     ProbeCache(std::string source_root, const Profile& profile, std::string file, HeadSink head_sink = {});
@@ -33,7 +35,7 @@ public:
     void save();
 
 private:
-    Entry probe_now(const std::string& path, const struct ::stat& st, std::string& remux_head) const;
+    Entry probe_now(const std::string& path, const struct ::stat& st) const;
 
     std::string source_root_;
     const Profile& profile_;

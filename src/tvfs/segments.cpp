@@ -76,8 +76,9 @@ void block_signals() {
 
 }  // namespace
 
-void Outputs::store_head(const std::string& rel, const Entry& entry, const std::string& head) {
-    write_head(cache_.directory(key(rel, entry)), head);
+void Outputs::store_head(const std::string& path, const Entry& entry, const std::string& head) {
+    if (!path.starts_with(source_root_)) return;  // not ours: its open makes the head itself
+    write_head(cache_.directory(key(path.substr(source_root_.size()), entry)), head);
 }
 
 void Outputs::write_head(const std::string& dir, const std::string& head) {

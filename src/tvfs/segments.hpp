@@ -73,10 +73,11 @@ public:
     // A reader opens OUT; for a remux the MP4 is started now if it is not in the cache (remux_error
     // says why it could not be).
     void open(Output& out);
-    // Stores HEAD, the faststart head of the remux of REL in version ENTRY, in the output cache
+    // Stores HEAD, the faststart head of the remux of source file PATH (absolute, under the source
+    // root) in version ENTRY, in the output cache
     // (head.mp4, written to .part and renamed): its first open then need not run the dry run again.
     // Takes only OutputCache::mutex_ (filesystem.hpp). Failures are logged: the head is made again.
-    void store_head(const std::string& rel, const Entry& entry, const std::string& head);
+    void store_head(const std::string& path, const Entry& entry, const std::string& head);
     void release(Output& out);
     // Copies [offset, offset+size) of an output into BUFFER, waiting for its segments (or, for a
     // remux, for the bytes to be streamed); returns the bytes copied or -EIO if none can be.
