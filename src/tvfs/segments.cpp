@@ -343,7 +343,10 @@ void Outputs::ensure_worker(Output& out) {
 
 void Outputs::work(Output& out) {
     ::pthread_setname_np(::pthread_self(), "tvfs-segment");  // so tests and ps can count them
-    block_signals();
+    // Signals are the embedding program's: none of them may land on this thread.
+    ::sigset_t all;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
     std::unique_lock lock(out.mutex);
     while (!out.stopping) {
         std::optional<std::size_t> next;
