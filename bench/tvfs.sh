@@ -17,6 +17,9 @@
 # hits both; the load average before and after is printed with the table.
 #   size error  |st_size from the first stat - bytes read| / bytes read
 #   peak memory VmHWM of the daemon after the full read
+#   remux       a 30 s 1280x720 H.264+AAC MKV (tvfs remuxes it to a faststart MP4; ffmpegfs with
+#               --desttype=mp4 makes its own MP4): the first stat (tvfs: probe + dry run of the muxer)
+#               and then the first 64 KiB, cold (tvfs streams the remux behind its head, issue 19)
 #   audio max step the largest difference between consecutive decoded audio samples (ffmpeg's
 #               astats "Max difference", first channel) of the output, next to the source's: a
 #               click at a segment boundary shows as a step above the source's (issue 19)
@@ -45,7 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-mkdir -p "$tmp/src" "$tmp/many"
+mkdir -p "$tmp/src" "$tmp/many" "$tmp/remux"
 if [[ $LISTING_ONLY != 1 ]]; then
     ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=640x360:rate=25 \
         -f lavfi -i sine=frequency=440:sample_rate=48000 \
@@ -53,19 +56,23 @@ if [[ $LISTING_ONLY != 1 ]]; then
 fi
 ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=sample_rate=48000 \
     -t 4 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -c:a libopus "$tmp/clip.webm"
+ffmpeg -v error -nostdin -y -f lavfi -i testsrc2=size=1280x720:rate=25 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000 -t 30 \
+    -c:v libx264 -preset ultrafast -b:v 4M -pix_fmt yuv420p -c:a aac -ac 2 "$tmp/remux/movie.mkv"
 for i in $(seq -w 1 200); do ln "$tmp/clip.webm" "$tmp/many/clip$i.webm"; done
 
 now() { echo "$EPOCHREALTIME"; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
 
-# mount TOOL SRC MNT CACHE: starts the daemon in the foreground, waits for the mount.
+# mount TOOL SRC MNT CACHE [DESTTYPE]: starts the daemon in the foreground, waits for the mount.
 mount_tool() {
-    local tool=$1 src=$2 mnt=$3 cache=$4
+    local tool=$1 src=$2 mnt=$3 cache=$4 desttype=${5:-ts}
     mkdir -p "$mnt" "$cache"
     if [[ $tool == tvfs ]]; then
         "$K" tvfs "$src" "$mnt" -f --cache "$cache" 2>/dev/null &
     else
-        ffmpegfs "$src" "$mnt" -f --desttype=ts --cachepath="$cache" --log_maxlevel=ERROR >/dev/null 2>&1 &
+        ffmpegfs "$src" "$mnt" -f --desttype="$desttype" --cachepath="$cache" --log_maxlevel=ERROR \
+            >/dev/null 2>&1 &
     fi
     daemon=$!
     for _ in $(seq 1 500); do mountpoint -q "$mnt" && return 0; sleep 0.02; done
@@ -121,6 +128,16 @@ for run in $(seq 1 "$RUNS"); do
         t0=$(now); timeout 300 ls -l "$tmp/mnt-c" >/dev/null; t1=$(now)
         add "$tool" ls_warm "$(ms "$t0" "$t1")"
         unmount_tool "$tmp/mnt-c"
+        if [[ $LISTING_ONLY != 1 ]]; then
+        # remux: the first stat, then the first 64 KiB, of a cold H.264+AAC MKV shown as MP4
+        mount_tool "$tool" "$tmp/remux" "$tmp/mnt-d" "$base-cache-d" mp4
+        if [[ $tool == tvfs ]]; then file=$tmp/mnt-d/movie.mp4; else file=$tmp/mnt-d/movie.mkv.mp4; fi
+        t0=$(now); stat -c %s "$file" >/dev/null; t1=$(now)
+        add "$tool" rstat "$(ms "$t0" "$t1")"
+        t0=$(now); dd if="$file" of=/dev/null bs=64k count=1 status=none; t1=$(now)
+        add "$tool" rttfb "$(ms "$t0" "$t1")"
+        unmount_tool "$tmp/mnt-d"
+        fi
         rm -rf "$base"-cache-*
     done
 done
@@ -134,7 +151,8 @@ row() {
     echo "| $label | $a $unit | $b $unit | $ratio |"
 }
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "Corpus: 30 s 640x360 VP9+Opus WebM -> H.264+AAC MPEG-TS; 200 x 4 s WebM for ls. Medians of $RUNS cold runs."
+echo "Corpus: 30 s 640x360 VP9+Opus WebM -> H.264+AAC MPEG-TS; 200 x 4 s WebM for ls;"
+echo "30 s 1280x720 H.264+AAC MKV -> MP4 for the remux rows. Medians of $RUNS cold runs."
 echo "Load average (1, 5, 15 min) before: $load_before; after: $load_after; CPUs: $(nproc)."
 echo
 echo "| measure | ktricks tvfs | ffmpegfs 2.13 | ffmpegfs / tvfs |"
@@ -153,5 +171,7 @@ row "ls -l, the same 200 files on a new mount (warm probe cache)" ls_warm ms
 if [[ $LISTING_ONLY != 1 ]]; then
     row "size error, st_size vs bytes read" error "%"
     row "peak memory (VmHWM)" memory MiB
+    row "remux: first stat (cold)" rstat ms
+    row "remux: time to first byte (cold, after the stat)" rttfb ms
     row "audio max step (source: $(max_step "$tmp/src/movie.webm"))" step ""
 fi

@@ -8,6 +8,7 @@ extern "C" {
 }
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,9 +61,24 @@ inline constexpr int output_format = 2;
 // Seconds of output per transcoded segment: also the fixed closed GOP and the seek granularity.
 inline constexpr double segment_seconds = 2.0;
 
-// The exact byte size of the faststart MP4 a remux produces: a dry run of the muxer over the packets.
-std::uint64_t remux_size(const std::string& path, const Decision& decision);
-// Writes that MP4 to `out` (a path in the cache); throws on any failure (the caller removes `out`).
+// A remux to a faststart MP4, streamed: the file is HEAD followed by mdat's payload exactly as a
+// plain (not faststart) run of libavformat's MP4 muxer writes it.
+struct RemuxPlan {
+    std::string head;                 // ftyp + moov (chunk offsets shifted) + placeholder + mdat header
+    std::uint64_t payload_start = 0;  // where the payload starts in the plain muxer's output
+    std::uint64_t payload_bytes = 0;
+    std::uint64_t size() const { return head.size() + payload_bytes; }  // the exact file size
+};
+// A dry run of the plain muxer over the packets (no file written; reads the whole source once).
+RemuxPlan remux_plan(const std::string& path, const Decision& decision);
+// The real plain run: hands PAYLOAD each piece of mdat's payload (OFFSET within the payload, in
+// order) as the muxer writes it, and throws if the run differs from PLAN (a non-deterministic
+// muxer) or PAYLOAD throws (its exception, e.g. to stop).
+void stream_remux(
+    const std::string& path, const Decision& decision, const RemuxPlan& plan,
+    const std::function<void(std::uint64_t offset, const std::uint8_t* data, std::size_t size)>& payload);
+// libavformat's own `+faststart` remux into the file OUT, in full: the reference the streamed
+// remux is checked against (tvfs_asan_check), not used by the mount.
 void remux(const std::string& path, const Decision& decision, const std::string& out);
 // Subtitle stream INDEX of PATH as SubRip text (the NAME.srt sidecar): decoded by libavcodec (SRT,
 // ASS, mov_text, WebVTT ...), encoded by its SubRip encoder, muxed by libavformat's srt muxer, on

@@ -4,16 +4,21 @@
 //
 // Lock order. A thread holding a lock takes only locks further down its chain, never one above:
 //   Output::remux_mutex -> Outputs::mutex_ -> OutputCache::mutex_ -> Output::mutex
-//       (a remux makes room in the cache; eviction asks each output whether it is being read)
+//       (a remux being started makes room in the cache; eviction asks each output whether it is
+//       being read; the remux's streaming thread then takes Output::mutex, or remux_mutex, alone)
 //   ProbeCache::probing_[file] -> ProbeCache::mutex_
 //       (a probe runs under its file's lock; the map is locked only to read or store an entry)
+//   ProbeCache::probing_[file] -> OutputCache::mutex_
+//       (the probe of a remux stores its faststart head in the output cache: Outputs::store_head,
+//       which takes no other lock; nothing under OutputCache::mutex_ takes a probe lock)
 //   ProbeCache::save_mutex_ -> ProbeCache::mutex_   (a save copies the entries, then writes the file)
 //   ProbeCache::pool_mutex_ alone: released before a pool task runs (a task then takes the locks
 //       above as any thread does); ProbeCache::Batch::mutex alone (a listing's decisions counted).
 //   Catalog::mutex_ alone: released before the source is read or a file is probed.
 //   Output::sidecar_mutex alone: held while a subtitle sidecar is made from the source.
 //   Mount::State::error_mutex alone (mount_state.hpp).
-// The chains never meet: no function holds a lock of one chain while taking a lock of another.
+// Apart from that one edge into OutputCache::mutex_ (the bottom of its chain but for Output::mutex,
+// which takes nothing), no function holds a lock of one chain while taking a lock of another.
 #pragma once
 
 #include <chrono>
@@ -35,7 +40,10 @@ struct Filesystem {
           source(std::move(source_root)),
           cache_dir(std::move(cache_root)),
           cache(cache_dir + "/out", given.cache_size),
-          probes(source, profile, probe_file(cache_dir, profile)),
+          probes(source, profile, probe_file(cache_dir, profile),
+                 [this](const std::string& path, const Entry& entry, const std::string& head) {
+                     outputs.store_head(path, entry, head);
+                 }),
           catalog(
               source, [this](const std::string& rel) { return probes.lookup(rel); },
               [this] { probes.save(); },

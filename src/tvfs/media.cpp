@@ -1,8 +1,10 @@
 // Producing outputs whose size is known before the first byte.
 //
-// Remux: the MP4 muxer is deterministic, so a dry run over the source packets into a seekable sink
-// that only counts bytes gives the exact size of the real run; `+faststart` moves moov to the front
-// without changing the total (same boxes, moved; checked by the integration tests on every read).
+// Remux: the MP4 muxer is deterministic, so a dry run of a plain (not faststart) remux over the
+// source packets into a sink that keeps only the boxes around mdat's payload gives the faststart
+// head (ftyp + moov with shifted chunk offsets, mp4_boxes.hpp) and the exact size; the real run
+// then streams the payload behind that head as the muxer writes it, and is checked against the
+// dry run at its end.
 //
 // Transcodes: the output is a sequence of segments of fixed duration. Each segment is a pure
 // function of (source, profile, k): the source is sought, decoded, and encoded by a fresh encoder
@@ -25,10 +27,12 @@ extern "C" {
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "ktricks/core/error.hpp"
 #include "tvfs/av.hpp"
 #include "tvfs/continuity.hpp"
+#include "tvfs/mp4_boxes.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -54,6 +58,19 @@ struct OutputCloser {
 };
 using OutputPtr = std::unique_ptr<AVFormatContext, OutputCloser>;
 
+// The seek of a sink T with members `position` and `size` (an AVIOContext seek callback).
+template <typename T>
+std::int64_t seek_in(T* self, std::int64_t offset, int whence) {
+    if (whence & AVSEEK_SIZE) return self->size;
+    switch (whence & ~AVSEEK_FORCE) {
+        case SEEK_SET: self->position = offset; break;
+        case SEEK_CUR: self->position += offset; break;
+        case SEEK_END: self->position = self->size + offset; break;
+        default: return AVERROR(EINVAL);
+    }
+    return self->position;
+}
+
 // A seekable sink: counts (dry run) or collects (segments) what a muxer writes.
 struct Sink {
     std::string* data = nullptr;  // null: count only
@@ -70,15 +87,7 @@ struct Sink {
         return length;
     }
     static std::int64_t seek(void* opaque, std::int64_t offset, int whence) {
-        auto* self = static_cast<Sink*>(opaque);
-        if (whence & AVSEEK_SIZE) return self->size;
-        switch (whence & ~AVSEEK_FORCE) {
-            case SEEK_SET: self->position = offset; break;
-            case SEEK_CUR: self->position += offset; break;
-            case SEEK_END: self->position = self->size + offset; break;
-            default: return AVERROR(EINVAL);
-        }
-        return self->position;
+        return seek_in(static_cast<Sink*>(opaque), offset, whence);
     }
 };
 
@@ -122,19 +131,75 @@ void copy_tags(const AVStream* from, AVStream* to, bool first_audio) {
         to->disposition = first_audio ? AV_DISPOSITION_DEFAULT : 0;
 }
 
-// The remux: copy the kept streams' packets into MP4. With `out` empty, a dry run into a counter.
-std::uint64_t run_remux(const std::string& path, const Decision& decision, const std::string& out) {
+// What the MP4 muxer writes in a plain (not faststart) remux, split three ways by position: the bytes
+// before mdat's payload (ftyp, placeholder, mdat header; kept, including the trailer's size patch),
+// the payload (handed to `payload` if set, else only counted) and everything from payload_end on
+// (moov; kept). The limits are set once known: payload_start after the header is written,
+// payload_end before the trailer (a dry run) or from the plan (the streamed run).
+struct RemuxSink {
+    std::int64_t payload_start = INT64_MAX, payload_end = INT64_MAX;
+    std::string header, tail;
+    std::function<void(std::uint64_t offset, const std::uint8_t* data, std::size_t size)> payload;
+    std::int64_t position = 0, size = 0;
+    std::exception_ptr error;  // what `payload` threw: rethrown once the muxer has failed
+
+    static void put(std::string& to, std::int64_t at, const std::uint8_t* data, std::int64_t n) {
+        // moov is a few MB for hours of video; more means the muxer seeked somewhere unexpected
+        if (at < 0 || at + n > (std::int64_t{1} << 30))
+            throw std::runtime_error("remux: unexpected muxer write");
+        if (static_cast<std::int64_t>(to.size()) < at + n) to.resize(static_cast<std::size_t>(at + n));
+        std::memcpy(to.data() + at, data, static_cast<std::size_t>(n));
+    }
+    static int write(void* opaque, std::uint8_t* buffer, int length) {
+        auto* self = static_cast<RemuxSink*>(opaque);
+        try {
+            std::int64_t at = self->position, left = length;
+            const std::uint8_t* data = buffer;
+            auto advance = [&](std::int64_t n) {
+                at += n;
+                data += n;
+                left -= n;
+            };
+            if (left > 0 && at < self->payload_start) {
+                auto n = std::min(left, self->payload_start - at);
+                put(self->header, at, data, n);
+                advance(n);
+            }
+            if (left > 0 && at < self->payload_end) {
+                auto n = std::min(left, self->payload_end - at);
+                if (self->payload)
+                    self->payload(static_cast<std::uint64_t>(at - self->payload_start), data,
+                                  static_cast<std::size_t>(n));
+                advance(n);
+            }
+            if (left > 0) put(self->tail, at - self->payload_end, data, left);
+        } catch (...) {
+            self->error = std::current_exception();
+            return AVERROR(EIO);
+        }
+        self->position += length;
+        self->size = std::max(self->size, self->position);
+        return length;
+    }
+    static std::int64_t seek(void* opaque, std::int64_t offset, int whence) {
+        return seek_in(static_cast<RemuxSink*>(opaque), offset, whence);
+    }
+};
+
+// Copies the kept streams' packets into an MP4 muxer writing to PB (a sink of ours) or, with PB
+// null, to the file OUT. AFTER_HEADER runs once the header is written; BEFORE_TRAILER once every
+// packet is written (the interleaving queue flushed).
+void mux_remux(const std::string& path, const Decision& decision, AVIOContext* pb, const std::string& out,
+               bool faststart, const std::function<void(AVFormatContext*)>& after_header,
+               const std::function<void(AVFormatContext*)>& before_trailer) {
     auto input = open_input(path);
     auto streams = kept_streams(decision, input.get());
     AVFormatContext* raw = nullptr;
-    check(avformat_alloc_output_context2(&raw, nullptr, "mp4", out.empty() ? nullptr : out.c_str()),
+    check(avformat_alloc_output_context2(&raw, nullptr, "mp4", pb ? nullptr : out.c_str()),
           "avformat_alloc_output_context2", out);
     OutputPtr output(raw);
-    Sink sink;
-    AvioPtr avio;
-    if (out.empty()) {
-        avio = sink_avio(sink, true);
-        output->pb = avio.get();
+    if (pb) {
+        output->pb = pb;
         output->flags |= AVFMT_FLAG_CUSTOM_IO;
     } else {
         check(avio_open(&output->pb, out.c_str(), AVIO_FLAG_WRITE), "open", out);
@@ -152,11 +217,11 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
         map[static_cast<std::size_t>(index)] = stream->index;
     }
     AVDictionary* options = nullptr;
-    // faststart needs to read its own output back, so only the real run asks for it (same size).
-    if (!out.empty()) av_dict_set(&options, "movflags", "+faststart", 0);
+    if (faststart) av_dict_set(&options, "movflags", "+faststart", 0);
     int status = avformat_write_header(output.get(), &options);
     av_dict_free(&options);
-    check(status, "avformat_write_header", out.empty() ? path : out);
+    check(status, "avformat_write_header", pb ? path : out);
+    if (after_header) after_header(output.get());
     PacketPtr packet(av_packet_alloc());
     while ((status = av_read_frame(input.get(), packet.get())) >= 0) {
         int target = map[static_cast<std::size_t>(packet->stream_index)];
@@ -171,16 +236,36 @@ std::uint64_t run_remux(const std::string& path, const Decision& decision, const
         check(av_interleaved_write_frame(output.get(), packet.get()), "av_interleaved_write_frame", path);
     }
     if (status != AVERROR_EOF) check(status, "av_read_frame", path);
-    check(av_write_trailer(output.get()), "av_write_trailer", out.empty() ? path : out);
-    if (out.empty()) {
-        avio_flush(avio.get());
+    check(av_interleaved_write_frame(output.get(), nullptr), "av_interleaved_write_frame", path);
+    if (before_trailer) before_trailer(output.get());
+    check(av_write_trailer(output.get()), "av_write_trailer", pb ? path : out);
+    if (pb) {
+        avio_flush(pb);
         output->pb = nullptr;
-        return static_cast<std::uint64_t>(sink.size);
+    } else {
+        avio_closep(&output->pb);
     }
-    avio_closep(&output->pb);
-    return 0;
 }
 
+// A plain remux into SINK; a failure of the sink's payload callback is rethrown as itself.
+void plain_remux(const std::string& path, const Decision& decision, RemuxSink& sink,
+                 const std::function<void(AVFormatContext*)>& after_header,
+                 const std::function<void(AVFormatContext*)>& before_trailer) {
+    auto* buffer = static_cast<unsigned char*>(av_malloc(65536));
+    AVIOContext* raw =
+        avio_alloc_context(buffer, 65536, 1, &sink, nullptr, &RemuxSink::write, &RemuxSink::seek);
+    if (!raw) {
+        av_free(buffer);
+        throw std::bad_alloc();
+    }
+    AvioPtr avio(raw);
+    try {
+        mux_remux(path, decision, avio.get(), "", false, after_header, before_trailer);
+    } catch (...) {
+        if (sink.error) std::rethrow_exception(sink.error);
+        throw;
+    }
+}
 // Output frame rate of a full transcode: the source's, halved while above the profile (60 -> 30).
 AVRational output_rate(const AVStream* stream, const Profile& profile) {
     AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
@@ -210,12 +295,61 @@ std::uint64_t segment_budget(double seconds, double video_bytes, int video_frame
 
 }  // namespace
 
-std::uint64_t remux_size(const std::string& path, const Decision& decision) {
-    return run_remux(path, decision, "");
+RemuxPlan remux_plan(const std::string& path, const Decision& decision) {
+    RemuxSink sink;
+    plain_remux(
+        path, decision, sink,
+        [&](AVFormatContext* output) {
+            avio_flush(output->pb);
+            sink.payload_start = sink.position;
+        },
+        [&](AVFormatContext* output) {
+            avio_flush(output->pb);
+            sink.payload_end = sink.size;  // all packets are out: the trailer writes moov from here
+        });
+    auto mdat = parse_plain_header(sink.header);
+    auto payload_end = static_cast<std::int64_t>(mdat.payload_start + mdat.payload_bytes);
+    if (static_cast<std::int64_t>(mdat.payload_start) != sink.payload_start ||
+        payload_end < sink.payload_end ||
+        payload_end - sink.payload_end > static_cast<std::int64_t>(sink.tail.size()))
+        throw DataError(fmt::format("{}: the MP4 muxer's mdat is not where it wrote it", printable(path)));
+    RemuxPlan plan;
+    plan.head = faststart_head(sink.header, std::string_view(sink.tail).substr(
+                                                static_cast<std::size_t>(payload_end - sink.payload_end)));
+    plan.payload_start = mdat.payload_start;
+    plan.payload_bytes = mdat.payload_bytes;
+    return plan;
+}
+
+void stream_remux(const std::string& path, const Decision& decision, const RemuxPlan& plan,
+                  const std::function<void(std::uint64_t, const std::uint8_t*, std::size_t)>& payload) {
+    RemuxSink sink;
+    sink.payload_start = static_cast<std::int64_t>(plan.payload_start);
+    sink.payload_end = static_cast<std::int64_t>(plan.payload_start + plan.payload_bytes);
+    std::uint64_t streamed = 0;
+    sink.payload = [&](std::uint64_t offset, const std::uint8_t* data, std::size_t size) {
+        // The plain muxer writes mdat front to back: a write anywhere else means it is not the run
+        // the plan was made from.
+        if (offset != streamed) throw DataError(fmt::format("{}: remux wrote out of order", printable(path)));
+        payload(offset, data, size);
+        streamed += size;
+    };
+    plain_remux(path, decision, sink,
+                [&](AVFormatContext* output) {
+                    avio_flush(output->pb);
+                    if (sink.position != sink.payload_start)
+                        throw DataError(
+                            fmt::format("{}: the remux's header differs from its dry run", printable(path)));
+                },
+                {});
+    // Deterministic muxer: the same header, payload length and moov as the dry run, or the head
+    // already served does not describe these bytes (the caller drops them).
+    if (streamed != plan.payload_bytes || faststart_head(sink.header, sink.tail) != plan.head)
+        throw DataError(fmt::format("{}: the remux differs from its dry run", printable(path)));
 }
 
 void remux(const std::string& path, const Decision& decision, const std::string& out) {
-    run_remux(path, decision, out);
+    mux_remux(path, decision, nullptr, out, true, {}, {});
 }
 
 Layout transcode_layout(const std::string& path, const MediaInfo& media, const Decision& decision,

@@ -1,7 +1,7 @@
 # tvfs: probe + decision engine (pure), profiles (toml++), and, outside the fuzz build, the FUSE
 # filesystem with the FFmpeg libraries: catalog (names), probe cache, output cache (LRU), segments
 # (the outputs and their worker), the FUSE operations, the mount and the source watcher.
-set(tvfs_sources src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp)
+set(tvfs_sources src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp src/tvfs/mp4_boxes.cpp)
 if(NOT KTRICKS_FUZZ)
   list(APPEND tvfs_sources src/tvfs/media.cpp src/tvfs/continuity.cpp src/tvfs/catalog.cpp src/tvfs/probe_cache.cpp src/tvfs/cache.cpp
        src/tvfs/segments.cpp src/tvfs/operations.cpp src/tvfs/mount.cpp src/tvfs/source_watch.cpp)
@@ -17,7 +17,8 @@ endif()
 # (tvfs_test.cpp runs it next to the ktricks binary). Skipped when the whole build is sanitized.
 if(NOT KTRICKS_FUZZ AND NOT KTRICKS_SANITIZE AND KTRICKS_TESTS)
   add_executable(tvfs_asan_check src/tvfs/asan_check.cpp src/tvfs/profile.cpp src/tvfs/decide.cpp src/tvfs/probe.cpp
-                 src/tvfs/media.cpp src/tvfs/continuity.cpp src/core/error.cpp src/core/fd.cpp)
+                 src/tvfs/media.cpp src/tvfs/continuity.cpp src/tvfs/mp4_boxes.cpp
+                 src/core/error.cpp src/core/fd.cpp)
   target_include_directories(tvfs_asan_check PRIVATE include src)
   target_compile_options(tvfs_asan_check PRIVATE -fsanitize=address -fno-omit-frame-pointer)
   target_link_options(tvfs_asan_check PRIVATE -fsanitize=address)

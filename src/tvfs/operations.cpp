@@ -15,8 +15,8 @@ namespace {
 
 Filesystem& self() { return *static_cast<Filesystem*>(fuse_get_context()->private_data); }
 
-// One open file: a source descriptor (pass-through), the MP4 in the cache (remux), or an output's
-// segments (transcodes).
+// One open file: a source descriptor (pass-through), an output (a remux's MP4 in the cache, being
+// streamed or complete; a transcode's segments), or a subtitle sidecar.
 struct Handle {
     Fd fd;
     std::shared_ptr<Output> output;
@@ -104,17 +104,20 @@ int op_readdir(const char* path, void* buffer, fuse_fill_dir_t filler, off_t off
     });
 }
 
-// The remux's MP4 or a transcode's segments; a remux that failed is -EIO.
+// The remux's MP4 or a transcode's segments, both read through the output; a remux that could not
+// be started is -EIO.
 int open_output(Filesystem& fs, const Catalog::Resolved& r, Handle& handle) {
     handle.output = fs.outputs.get(r.source_rel, *r.entry);
     fs.outputs.open(*handle.output);
     if (r.entry->decision.action != Action::remux) return 0;
-    if (handle.output->remux_error.empty())
-        handle.fd = Fd(::open((handle.output->dir + "/remux.mp4").c_str(), O_RDONLY | O_CLOEXEC));
-    if (handle.fd) return 0;
-    int error = handle.output->remux_error.empty() ? errno : EIO;
+    bool started;
+    {
+        std::lock_guard lock(handle.output->remux_mutex);
+        started = handle.output->remux_ready;
+    }
+    if (started) return 0;
     fs.outputs.release(*handle.output);
-    return -error;
+    return -EIO;
 }
 
 int op_open(const char* path, fuse_file_info* fi) {

@@ -73,8 +73,11 @@ struct ProbeCache::Batch {
     }
 };
 
-ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::string file)
-    : source_root_(std::move(source_root)), profile_(profile), file_(std::move(file)) {
+ProbeCache::ProbeCache(std::string source_root, const Profile& profile, std::string file, HeadSink head_sink)
+    : source_root_(std::move(source_root)),
+      profile_(profile),
+      file_(std::move(file)),
+      head_sink_(std::move(head_sink)) {
     std::ifstream in(file_);
     if (!in) return;
     try {
@@ -112,8 +115,11 @@ void ProbeCache::add_layout(const std::string& path, Entry& entry) const {
     auto action = entry.decision.action;
     if (!needs_layout(action)) return;
     try {
-        if (action == Action::remux) entry.layout.size = remux_size(path, entry.decision);
-        else
+        if (action == Action::remux) {
+            auto plan = remux_plan(path, entry.decision);
+            entry.layout.size = plan.size();
+            if (head_sink_) head_sink_(path, entry, plan.head);  // under the file's probe lock only
+        } else
             entry.layout = transcode_layout(path, entry.media, entry.decision, profile_);
         entry.layout.action = action;
     } catch (const std::exception& error) {

@@ -29,8 +29,13 @@ namespace ktricks::tvfs {
 
 class ProbeCache {
 public:
+    // A remux's faststart head, made by the probe's dry run of the source file PATH (absolute), for
+    // the output cache (Outputs::store_head). ENTRY has the file's size and mtime.
+    using HeadSink =
+        std::function<void(const std::string& path, const Entry& entry, const std::string& head)>;
+
     // Loads `file` if it exists; a damaged file is logged and ignored (it is only a cache).
-    ProbeCache(std::string source_root, const Profile& profile, std::string file);
+    ProbeCache(std::string source_root, const Profile& profile, std::string file, HeadSink head_sink = {});
     ~ProbeCache();  // stop()
     ProbeCache(const ProbeCache&) = delete;
     ProbeCache& operator=(const ProbeCache&) = delete;
@@ -66,6 +71,7 @@ private:
     std::string source_root_;
     const Profile& profile_;
     std::string file_;
+    HeadSink head_sink_;
     // Lock order: filesystem.hpp.
     std::mutex mutex_;                      // guards entries_, decided_, probing_ and dirty_
     std::map<std::string, Entry> entries_;  // complete entries (saved)

@@ -14,6 +14,7 @@
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
 #include "ktricks/core/service.hpp"
+#include "tvfs/mp4_boxes.hpp"
 
 namespace ktricks::tvfs {
 
@@ -33,12 +34,71 @@ std::string Outputs::segment_path(const Output& out, std::size_t k) {
     return fmt::format("{}/{}.ts", out.dir, k);
 }
 
-std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry) {
+std::string Outputs::key(const std::string& rel, const Entry& entry) const {
     // output_format changes whenever the bytes of an output change, so an older cache entry is
     // never joined to new segments.
-    auto key = fmt::format(
+    return fmt::format(
         "{:016x}", std::hash<std::string>{}(fmt::format("{}\n{}\n{}\n{}\n{}", rel, entry.size, entry.mtime_ns,
                                                         profile_.describe(), output_format)));
+}
+
+namespace {
+
+// Writes all of DATA at OFFSET of FD; false (errno set) if it cannot.
+bool pwrite_all(int fd, const char* data, std::size_t size, std::uint64_t offset) {
+    while (size > 0) {
+        auto n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        data += n;
+        size -= static_cast<std::size_t>(n);
+        offset += static_cast<std::uint64_t>(n);
+    }
+    return true;
+}
+
+std::string read_whole(const std::string& path) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    std::string data;
+    if (!fd) return data;
+    char buffer[65536];
+    for (ssize_t n; (n = ::read(fd.get(), buffer, sizeof(buffer))) > 0;)
+        data.append(buffer, static_cast<std::size_t>(n));
+    return data;
+}
+
+// Signals are the embedding program's: none of them may land on a worker thread.
+void block_signals() {
+    ::sigset_t all;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+}
+
+}  // namespace
+
+void Outputs::store_head(const std::string& path, const Entry& entry, const std::string& head) {
+    if (!path.starts_with(source_root_)) return;  // not ours: its open makes the head itself
+    write_head(cache_.directory(key(path.substr(source_root_.size()), entry)), head);
+}
+
+void Outputs::write_head(const std::string& dir, const std::string& head) {
+    auto final_path = dir + "/head.mp4", temp = final_path + ".part";
+    std::error_code ignored;
+    fs::create_directories(dir, ignored);
+    Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd && pwrite_all(fd.get(), head.data(), head.size(), 0) &&
+        ::rename(temp.c_str(), final_path.c_str()) == 0) {
+        cache_.add(head.size());
+        return;
+    }
+    int error = errno;
+    ::unlink(temp.c_str());
+    log_info("cache {}: {} (the remux's head is made again on open)", printable(final_path),
+             std::strerror(error));
+}
+
+std::shared_ptr<Output> Outputs::get(const std::string& rel, const Entry& entry) {
+    auto key = this->key(rel, entry);
     std::lock_guard lock(mutex_);
     auto& slot = outputs_[key];
     if (!slot) {
@@ -72,36 +132,151 @@ void Outputs::open(Output& out) {
     if (out.entry.decision.action != Action::remux) return;
     std::lock_guard lock(out.remux_mutex);
     if (out.remux_ready) return;
-    auto final_path = out.dir + "/remux.mp4";
-    std::error_code ignored;
-    if (fs::file_size(final_path, ignored) == out.entry.layout.size) {
-        out.remux_ready = true;
-        return;
-    }
-    // Made under remux_mutex: concurrent openers wait for the one remux.
-    fs::create_directories(out.dir, ignored);
-    auto temp = final_path + ".part";
+    out.remux_error.clear();
     try {
-        make_room(out.entry.layout.size);
-        remux(out.source, out.entry.decision, temp);
-        auto made = fs::file_size(temp);
-        if (made != out.entry.layout.size)
-            throw std::runtime_error(
-                fmt::format("remux produced {} bytes, {} announced", made, out.entry.layout.size));
-        fs::rename(temp, final_path);
-        cache_.add(made);
+        start_remux(out);
         out.remux_ready = true;
     } catch (const std::exception& error) {
-        fs::remove(temp, ignored);
         out.remux_error = error.what();
         log_info("{}: remux failed: {}", printable(out.source), error.what());
     }
 }
 
+// Under out.remux_mutex: the complete MP4 from the cache, or its head now and its payload streamed
+// by a thread (the head from the probe's dry run, kept in head.mp4, else from a new dry run).
+void Outputs::start_remux(Output& out) {
+    auto final_path = out.dir + "/remux.mp4", temp = final_path + ".part", head_path = out.dir + "/head.mp4";
+    std::error_code ignored;
+    fs::create_directories(out.dir, ignored);
+    if (fs::file_size(final_path, ignored) == out.entry.layout.size) {
+        auto file = std::make_shared<Fd>(::open(final_path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (*file) {
+            std::lock_guard lock(out.mutex);
+            out.remux_file = std::move(file);
+            out.remux_available = out.entry.layout.size;
+            out.remux_failed = false;
+            return;
+        }
+    }
+    RemuxPlan plan;
+    plan.head = read_whole(head_path);
+    try {
+        auto mdat = parse_faststart_head(plan.head);
+        plan.payload_start = mdat.payload_start;
+        plan.payload_bytes = mdat.payload_bytes;
+    } catch (const DataError&) {
+        plan.head.clear();  // missing (evicted, or a cache from before streaming) or damaged
+    }
+    if (plan.head.empty() || plan.size() != out.entry.layout.size) {
+        plan = remux_plan(out.source, out.entry.decision);
+        write_head(out.dir, plan.head);
+    }
+    if (plan.size() != out.entry.layout.size)
+        throw std::runtime_error(
+            fmt::format("the remux's head says {} bytes, {} announced", plan.size(), out.entry.layout.size));
+    make_room(out.entry.layout.size);
+    auto file = std::make_shared<Fd>(::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!*file) throw std::runtime_error(fmt::format("open {}: {}", printable(temp), std::strerror(errno)));
+    if (!pwrite_all(file->get(), plan.head.data(), plan.head.size(), 0))
+        throw std::runtime_error(fmt::format("write {}: {}", printable(temp), std::strerror(errno)));
+    std::lock_guard lock(out.mutex);
+    if (out.stopping) throw std::runtime_error("the mount is stopping");
+    out.remux_file = std::move(file);
+    out.remux_available = plan.head.size();
+    out.remux_failed = false;
+    if (out.worker.joinable()) out.worker.join();  // a stream that failed before: it has exited
+    out.worker_running = true;
+    out.worker =
+        std::thread([this, &out, plan = std::move(plan)]() mutable { stream(out, std::move(plan)); });
+}
+
+// The remux's thread: appends mdat's payload to remux.mp4.part as the muxer writes it, then renames
+// it into place. Readers wait on out.changed for remux_available.
+void Outputs::stream(Output& out, RemuxPlan plan) {
+    ::pthread_setname_np(::pthread_self(), "tvfs-remux");
+    block_signals();
+    auto final_path = out.dir + "/remux.mp4", temp = final_path + ".part";
+    std::shared_ptr<Fd> file;
+    {
+        std::lock_guard lock(out.mutex);
+        file = out.remux_file;
+    }
+    const std::uint64_t head = plan.head.size();
+    try {
+        stream_remux(
+            out.source, out.entry.decision, plan,
+            [&](std::uint64_t offset, const std::uint8_t* data, std::size_t size) {
+                {
+                    std::lock_guard lock(out.mutex);
+                    if (out.stopping) throw std::runtime_error("the mount is stopping");
+                }
+                if (!pwrite_all(file->get(), reinterpret_cast<const char*>(data), size, head + offset))
+                    throw std::runtime_error(
+                        fmt::format("write {}: {}", printable(temp), std::strerror(errno)));
+                std::lock_guard lock(out.mutex);
+                out.remux_available = head + offset + size;
+                out.changed.notify_all();
+            });
+        if (::rename(temp.c_str(), final_path.c_str()) != 0)
+            throw std::runtime_error(fmt::format("rename {}: {}", printable(temp), std::strerror(errno)));
+        cache_.add(plan.size());
+    } catch (const std::exception& error) {
+        ::unlink(temp.c_str());
+        log_info("{}: remux failed: {}", printable(out.source), error.what());
+        {
+            std::lock_guard lock(out.mutex);
+            out.remux_failed = true;
+            out.worker_running = false;
+            out.changed.notify_all();
+        }
+        // Last, and taking no lock after it: an opener that sees remux_ready false starts a new
+        // stream and joins this thread under out.mutex.
+        std::lock_guard lock(out.remux_mutex);
+        out.remux_ready = false;
+        out.remux_error = error.what();
+        return;
+    }
+    std::lock_guard remux_lock(out.remux_mutex);
+    std::lock_guard lock(out.mutex);
+    out.worker_running = false;
+    if (out.readers == 0) {  // complete and closed: give back the descriptor, as release() does
+        out.remux_file.reset();
+        out.remux_ready = false;
+    }
+    out.changed.notify_all();
+}
+
+int Outputs::read_remux(Output& out, char* buffer, std::size_t size, std::uint64_t offset) {
+    std::uint64_t end = offset + size;
+    std::unique_lock lock(out.mutex);
+    out.changed.wait(lock, [&] { return out.remux_available >= end || out.remux_failed || out.stopping; });
+    if (!out.remux_file || out.remux_available <= offset) return -EIO;
+    auto file = out.remux_file;
+    auto take = static_cast<std::size_t>(std::min(end, out.remux_available) - offset);
+    lock.unlock();  // the streaming thread must not wait for our disk read
+    std::size_t got = 0;
+    while (got < take) {
+        auto n = ::pread(file->get(), buffer + got, take - got, static_cast<off_t>(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return got ? static_cast<int>(got) : (n < 0 ? -errno : -EIO);
+        got += static_cast<std::size_t>(n);
+    }
+    return static_cast<int>(got);
+}
+
 void Outputs::release(Output& out) {
+    std::unique_lock<std::mutex> remux_lock;
+    if (out.entry.decision.action == Action::remux) remux_lock = std::unique_lock(out.remux_mutex);
     std::lock_guard lock(out.mutex);
     --out.readers;
     out.last_close = Clock::now();
+    // A complete remux nobody reads gives back its descriptor (a DLNA scan opens every file); the
+    // next open takes remux.mp4 from the cache again.
+    if (remux_lock && out.readers == 0 && !out.worker_running && out.remux_file &&
+        out.remux_available == out.entry.layout.size) {
+        out.remux_file.reset();
+        out.remux_ready = false;
+    }
     out.changed.notify_all();
 }
 
@@ -109,6 +284,7 @@ int Outputs::read(Output& out, char* buffer, std::size_t size, std::uint64_t off
     const auto& layout = out.entry.layout;
     if (offset >= layout.size) return 0;
     size = static_cast<std::size_t>(std::min<std::uint64_t>(size, layout.size - offset));
+    if (out.entry.decision.action == Action::remux) return read_remux(out, buffer, size, offset);
     std::size_t copied = 0;
     auto after = std::upper_bound(layout.segments.begin(), layout.segments.end(), offset,
                                   [](std::uint64_t value, const Segment& s) { return value < s.offset; });

@@ -1,5 +1,7 @@
 // Outputs: what a converted file's reads are served from (private to tvfs).
-//   remux       one faststart MP4, made in full into the cache on the first open (openers wait)
+//   remux       one faststart MP4, streamed: its head (ftyp + moov, from the probe's dry run) is
+//               written at the first open and readable at once, then one thread per output runs the
+//               muxer and appends mdat's payload as it is written; a read waits only for its bytes
 //   transcodes  fixed-size MPEG-TS segments made by one worker thread per output, shared by all its
 //               readers; the worker starts at the segment a read asks for (a seek), runs a few
 //               segments ahead of the furthest reader and exits `grace` after the last close
@@ -17,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "ktricks/core/fd.hpp"
 #include "tvfs/cache.hpp"
 #include "tvfs/cache_json.hpp"
 
@@ -41,8 +44,13 @@ struct Output {
     bool worker_running = false, stopping = false;
     std::thread worker;
     // remux
-    std::mutex remux_mutex;  // guards remux_ready and remux_error; held while the one remux runs
-    bool remux_ready = false;
+    std::shared_ptr<Fd> remux_file;     // the MP4: remux.mp4, or remux.mp4.part while it is streamed
+    std::uint64_t remux_available = 0;  // bytes [0, this) of remux_file are written
+    bool remux_failed = false;          // the streaming thread failed: reads past remux_available fail
+    // guards remux_ready and remux_error; held while a remux is started (its head written and its
+    // thread started), not while it streams
+    std::mutex remux_mutex;
+    bool remux_ready = false;  // remux_file is set (complete, or being streamed)
     std::string remux_error;
     // the NAME.srt sidecar, made once on its first stat or open
     std::mutex sidecar_mutex;  // guards sidecar; held while it is made (alone: takes no other lock)
@@ -62,12 +70,17 @@ public:
     // The output of source file REL (relative to the source root) in version ENTRY.
     std::shared_ptr<Output> get(const std::string& rel, const Entry& entry);
 
-    // A reader opens OUT; for a remux the MP4 is made now if it is not in the cache (remux_error
+    // A reader opens OUT; for a remux the MP4 is started now if it is not in the cache (remux_error
     // says why it could not be).
     void open(Output& out);
+    // Stores HEAD, the faststart head of the remux of source file PATH (absolute, under the source
+    // root) in version ENTRY, in the output cache
+    // (head.mp4, written to .part and renamed): its first open then need not run the dry run again.
+    // Takes only OutputCache::mutex_ (filesystem.hpp). Failures are logged: the head is made again.
+    void store_head(const std::string& path, const Entry& entry, const std::string& head);
     void release(Output& out);
-    // Copies [offset, offset+size) of a transcode into BUFFER, waiting for its segments; returns the
-    // bytes copied or -EIO if the first segment cannot be made.
+    // Copies [offset, offset+size) of an output into BUFFER, waiting for its segments (or, for a
+    // remux, for the bytes to be streamed); returns the bytes copied or -EIO if none can be.
     int read(Output& out, char* buffer, std::size_t size, std::uint64_t offset);
 
     // The SubRip text of OUT's subtitle sidecar (decision.sidecar_subtitle), made on first use.
@@ -79,6 +92,11 @@ public:
     void stop_all();
 
 private:
+    std::string key(const std::string& rel, const Entry& entry) const;
+    void write_head(const std::string& dir, const std::string& head);
+    void start_remux(Output& out);
+    void stream(Output& out, RemuxPlan plan);
+    int read_remux(Output& out, char* buffer, std::size_t size, std::uint64_t offset);
     bool copy_from_segment(Output& out, std::size_t k, std::uint64_t within, std::size_t take,
                            char* destination);
     void ensure_worker(Output& out);

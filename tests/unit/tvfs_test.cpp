@@ -11,6 +11,7 @@
 #include "tvfs/cache.hpp"
 #include "tvfs/catalog.hpp"
 #include "tvfs/probe_cache.hpp"
+#include "tvfs/mp4_boxes.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -485,6 +486,103 @@ TEST(TvfsProbeCache, DecideAllGivesEveryFileItsEntryInOrderAndWorksAfterStop) {
     EXPECT_TRUE(reloaded.ready("/late.mkv"));
     std::ofstream(dir.path() / "src/f39.mkv") << "changed, longer than before";
     EXPECT_FALSE(reloaded.ready("/f39.mkv")) << "size and mtime must match";
+}
+
+// The faststart head of a streamed remux (mp4_boxes.hpp), on hand-made boxes.
+namespace mp4 {
+
+using namespace std::string_literals;
+
+std::string be32(std::uint64_t v) {
+    return {char(v >> 24 & 0xff), char(v >> 16 & 0xff), char(v >> 8 & 0xff), char(v & 0xff)};
+}
+std::string be64(std::uint64_t v) { return be32(v >> 32) + be32(v & 0xffffffff); }
+std::string box(const std::string& type, const std::string& payload) {
+    return be32(8 + payload.size()) + type + payload;
+}
+std::string stco(std::initializer_list<std::uint32_t> offsets) {
+    std::string p = be32(0) + be32(offsets.size());
+    for (auto o : offsets) p += be32(o);
+    return box("stco", p);
+}
+std::string trak(const std::string& table) {
+    return box("trak", box("tkhd", std::string(12, 't')) +
+                           box("mdia", box("minf", box("stbl", box("stsd", "descr") + table))));
+}
+// ftyp, a `free` placeholder and an mdat header for PAYLOAD bytes.
+std::string plain_header(std::uint32_t payload) {
+    return box("ftyp", "isom\0\0\2\0"s) + box("free", "") + be32(8 + payload) + "mdat";
+}
+// The offsets of every chunk table in MOOV, in order, and the table types.
+std::vector<std::uint64_t> offsets(const std::string& moov, std::string& types) {
+    std::vector<std::uint64_t> out;
+    for (const char* type : {"stco", "co64"})
+        for (std::size_t at = moov.find(type); at != std::string::npos; at = moov.find(type, at + 1)) {
+            types += type;
+            auto u = [&](std::size_t i) { return static_cast<std::uint8_t>(moov[i]); };
+            auto count =
+                (std::uint32_t(u(at + 8)) << 24) | (u(at + 9) << 16) | (u(at + 10) << 8) | u(at + 11);
+            std::size_t width = std::string(type) == "co64" ? 8 : 4;
+            for (std::uint32_t i = 0; i < count; ++i) {
+                std::uint64_t v = 0;
+                for (std::size_t b = 0; b < width; ++b) v = v << 8 | u(at + 12 + i * width + b);
+                out.push_back(v);
+            }
+        }
+    return out;
+}
+
+}  // namespace mp4
+
+TEST(TvfsMp4, FaststartHeadShiftsEveryTracksChunkOffsetsByMoovsSize) {
+    using namespace mp4;
+    auto header = plain_header(1000);
+    auto moov = box("moov", box("mvhd", std::string(20, 'm')) + trak(stco({32, 500})) + trak(stco({700})));
+    auto head = faststart_head(header, moov);
+    ASSERT_EQ(head.size(), header.size() + moov.size());
+    EXPECT_EQ(head.substr(0, 16), header.substr(0, 16));          // ftyp first
+    EXPECT_EQ(head.substr(16, 4), be32(moov.size()));             // then moov, same size
+    EXPECT_EQ(head.substr(16 + moov.size()), header.substr(16));  // then free + mdat header
+    std::string types;
+    EXPECT_EQ(offsets(head, types),
+              (std::vector<std::uint64_t>{32 + moov.size(), 500 + moov.size(), 700 + moov.size()}));
+    EXPECT_EQ(types, "stcostco");
+    auto mdat = parse_faststart_head(head);
+    EXPECT_EQ(mdat.payload_start, header.size());
+    EXPECT_EQ(mdat.payload_bytes, 1000u);
+}
+
+TEST(TvfsMp4, AnStcoThatWouldOverflowBecomesCo64AndMoovsSizeSettles) {
+    using namespace mp4;
+    auto header = plain_header(1000);
+    // The second track's last chunk sits 100 bytes below 4 GiB: shifted by moov it no longer fits.
+    auto moov = box("moov", trak(stco({32})) + trak(stco({64, 0xffffff9cu})));
+    auto head = faststart_head(header, moov);
+    // That table grows by 4 bytes per entry, so moov (and the shift) by 8.
+    auto moov_size = moov.size() + 8;
+    ASSERT_EQ(head.size(), header.size() + moov_size);
+    std::string types;
+    EXPECT_EQ(offsets(head, types),
+              (std::vector<std::uint64_t>{32 + moov_size, 64 + moov_size, 0xffffff9cull + moov_size}));
+    EXPECT_EQ(types, "stcoco64");
+    EXPECT_EQ(parse_faststart_head(head).payload_start, header.size());
+}
+
+TEST(TvfsMp4, MalformedBoxesAreRefusedNotReadPast) {
+    using namespace mp4;
+    auto header = plain_header(10);
+    auto good = box("moov", trak(stco({1, 2})));
+    EXPECT_NO_THROW(faststart_head(header, good));
+    EXPECT_THROW(faststart_head(header, good.substr(0, good.size() - 1)), DataError);  // cut short
+    EXPECT_THROW(faststart_head(header, good + "x"), DataError);                       // trailing bytes
+    EXPECT_THROW(faststart_head(header, box("moov", box("stbl", be32(0) + be32(9)))), DataError);
+    EXPECT_THROW(faststart_head(header, box("moov", box("trak", be32(1) + "stco" + be64(4)))), DataError);
+    EXPECT_THROW(faststart_head(header, box("moov", box("trak", stco({1}) + be32(3) + "abcd"))), DataError);
+    EXPECT_THROW(faststart_head(header.substr(0, header.size() - 1), good), DataError);  // no mdat header
+    EXPECT_THROW(faststart_head("ftyp" + header, good), DataError);
+    EXPECT_THROW(faststart_head(box("ftyp", "") + box("uuid", "x") + be32(8) + "mdat", good), DataError);
+    EXPECT_THROW(parse_faststart_head(header), DataError);  // no moov
+    EXPECT_THROW(parse_faststart_head(""), DataError);
 }
 
 }  // namespace
