@@ -209,29 +209,28 @@ double table_bytes(double seconds, std::size_t pids) {
     return (seconds * 11 * 2 + 2 + 7.5 * double(pids + 3)) * ts_packet;
 }
 
-// The audio of a segment: every track at the profile's rate (FFmpeg's AAC encoder keeps to it closely:
-// 128.2 kb/s over 8 s of a sine, noise or a chirp at 128), plus 3% and two frames (the segment's
-// first and last may be partial; segment 0 also carries the priming frame).
-double audio_es_bytes(double seconds, int audio_kbps, std::size_t tracks) {
-    return audio_kbps * 1000.0 / 8 * (seconds * 1.03 + 2 * 1024.0 / audio_rate) * double(tracks);
-}
-
-// The TS bytes of ES bytes of AAC over SECONDS: FFmpeg's mpegts muxer writes each AAC frame as its own
-// PES packet (a 7-byte ADTS header, a 14-byte PES header, an adaptation field on the first packet) and
-// stuffs its last TS packet (counted as 0.15 packet per frame: at 128 kb/s a frame and its headers
-// nearly fill 2 packets, 188 per 2 s of sine, noise or chirp; at other rates the stuffing is more).
-double audio_ts_bytes(double es, double seconds, std::size_t tracks) {
-    double frames = (seconds * audio_rate / 1024 + 2) * double(tracks);
-    return ((es + 23 * frames) / 184 + 0.15 * frames) * ts_packet;
+// The TS bytes of SECONDS of AAC at KBPS, every track: FFmpeg's mpegts muxer writes each AAC frame as
+// its own PES packet (7 bytes of ADTS header, 14 of PES header, 2 of adaptation field) and stuffs the
+// rest of its last TS packet, so a frame costs whole packets: at 128 kb/s 341 bytes, 2 packets; at
+// 160 kb/s 427, 3 (measured: 188 and 282 packets per 2 s). FFmpeg's AAC encoder keeps each frame close
+// to its share (160 kb/s: 406-473 bytes); a frame that spills into one more packet is absorbed by the
+// video (full transcodes) or lowers the audio rate of that segment a little (audio-only, see
+// produce_segment). Two frames more: a segment's first and last may be partial, segment 0 also
+// carries the priming frame.
+double audio_ts_bytes(double seconds, int kbps, std::size_t tracks) {
+    double frames = seconds * audio_rate / 1024 + 2, frame_bytes = kbps * 1000.0 / 8 * 1024 / audio_rate;
+    return frames * std::ceil((frame_bytes + 23) / 184) * ts_packet * double(tracks);
 }
 
 // A full transcode's segment budget is the nominal size of SECONDS at the video and audio rates: not a
 // bound but a target, which produce_segment() makes the video fill to within full_fill of it (see there).
 std::uint64_t transcode_budget(double seconds, int video_kbps, int audio_kbps, std::size_t tracks) {
-    double video = video_kbps * 1000.0 / 8 * seconds, audio = audio_kbps * 1000.0 / 8 * seconds;
+    // x264 at rate R with its buffer 90% full at the start spends about R x (t + 0.1 s): the IDR frame
+    // takes from the buffer (measured 1.04-1.05 x R x 2 s on testsrc2 and VP9 sources).
+    double video = video_kbps * 1000.0 / 8 * (seconds + 0.1);
     double fps_guess = 25;  // only the PES count: the video fills whatever its overhead leaves
-    double bytes = ts_bytes(video, seconds * fps_guess) +
-                   audio_ts_bytes(audio * double(tracks), seconds, tracks) + table_bytes(seconds, 1 + tracks);
+    double bytes = ts_bytes(video, seconds * fps_guess) + audio_ts_bytes(seconds, audio_kbps, tracks) +
+                   table_bytes(seconds, 1 + tracks);
     return round_up_packets(bytes);
 }
 
@@ -321,10 +320,9 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
         double seconds = segment.end - segment.start;
         auto tracks = decision.audio_streams.size();
-        segment.bytes = round_up_packets(
-            runs[i].video_ts_bytes +
-            audio_ts_bytes(audio_es_bytes(seconds, profile.audio_kbps, tracks), seconds, tracks) +
-            table_bytes(seconds, 1 + tracks));
+        segment.bytes =
+            round_up_packets(runs[i].video_ts_bytes + audio_ts_bytes(seconds, profile.audio_kbps, tracks) +
+                             table_bytes(seconds, 1 + tracks));
         segment.offset = offset;
         offset += segment.bytes;
         layout.segments.push_back(segment);
@@ -446,23 +444,25 @@ private:
         e->keyint_min = e->gop_size;
         // No B-frames: DTS == PTS, so decode timestamps stay monotonic across independent segments.
         e->max_b_frames = 0;
-        // Average bit rate, no VBV: the segment's size is held to its budget by produce_segment()
-        // (re-encoding at a corrected rate), and a 2 s segment at these rates is far inside the
-        // level's buffer, so nothing within a segment needs capping (and I-frames are not starved).
-        e->bit_rate = static_cast<std::int64_t>(layout_.video_kbps * 1000.0 * rate_scale_);
-        // Two threads (frame threads): x264 without VBV makes the same bytes with threads as without.
-        // With VBV and threads it does not (its VBV planning reads the sizes of frames other threads
-        // are still encoding: 3 runs of 4 segments with vbv-maxrate/bufsize and 2 threads, frame or
-        // slice threads, gave 3 different outputs; without VBV, or with 1 thread, always the same),
-        // and a segment made again must have the same bytes.
-        e->thread_count = 2;
+        // VBV (maxrate = bufsize = the rate; x264 starts the buffer 90% full): the IDR frame that
+        // opens each segment spends what the buffer holds, and the rate stays steady within the segment.
+        // The segment's total is held to its budget by produce_segment() re-encoding at a corrected rate.
+        // (Without VBV, x264's average-rate control starts each 2 s encode from its default QP: the
+        // IDR frames came out at 37-39 dB PSNR instead of 42-52, the whole clip 0.75 dB worse.)
+        auto bits = static_cast<std::int64_t>(layout_.video_kbps * 1000.0 * rate_scale_);
+        e->bit_rate = bits;
+        e->rc_max_rate = bits;
+        e->rc_buffer_size = static_cast<int>(bits);
+        // One thread: with VBV, x264 makes different bytes from run to run with 2 threads (frame or
+        // slice threads: 3 runs of the same 4 segments gave 3 different outputs; its VBV planning reads
+        // the sizes of frames other threads are still encoding), and a segment made again must have the
+        // same bytes. Without VBV it is repeatable with threads, but see above. The worker makes two
+        // segments at once instead (segments.cpp).
+        e->thread_count = 1;
         av_opt_set(e->priv_data, "preset", profile_.preset.c_str(), 0);
         av_opt_set(e->priv_data, "profile", "high", 0);
         av_opt_set(e->priv_data, "level", "4.1", 0);
-        // ratetol=0.1: keep to the average rate over short encodes (the default 1.0 let a 2 s segment
-        // come out 0.7x to 1.35x its rate; 0.1: 0.8x to 1.06x).
-        av_opt_set(e->priv_data, "x264-params",
-                   "scenecut=0:open-gop=0:repeat-headers=1:nal-hrd=none:ratetol=0.1", 0);
+        av_opt_set(e->priv_data, "x264-params", "scenecut=0:open-gop=0:repeat-headers=1:nal-hrd=none", 0);
         check(avcodec_open2(e, codec, nullptr), "avcodec_open2 libx264", path_);
         video_out_ = avformat_new_stream(output_.get(), nullptr);
         check(avcodec_parameters_from_context(video_out_->codecpar, e), "avcodec_parameters_from_context",
