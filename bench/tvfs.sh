@@ -11,6 +11,7 @@
 #   seek        64 KiB at 50% of a cold file
 #   ls -l 200   listing 200 never-seen files (tvfs probes them; its cache is then warm)
 #   size error  |st_size from the first stat - bytes read| / bytes read
+#   padding     null TS packets + H.264 filler NAL units in the output (bench/ts_padding.py), % of it
 #   peak memory VmHWM of the daemon after the full read
 #   audio max step the largest difference between consecutive decoded audio samples (ffmpeg's
 #               astats "Max difference", first channel) of the output, next to the source's: a
@@ -24,7 +25,7 @@ K=${KTRICKS:-$(cd "$here/.." && pwd)/build/ktricks}
 RUNS=${RUNS:-3}
 [[ -x $K ]] || { echo "tvfs.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "tvfs.sh: RUNS must be a positive integer" >&2; exit 1; }
-for tool in ffmpeg ffmpegfs fusermount3 awk dd; do
+for tool in ffmpeg ffmpegfs fusermount3 awk dd python3; do
     command -v "$tool" >/dev/null || { echo "tvfs.sh: needs $tool" >&2; exit 1; }
 done
 [[ -w /dev/fuse ]] || { echo "tvfs.sh: needs /dev/fuse" >&2; exit 77; }
@@ -90,6 +91,7 @@ for run in $(seq 1 "$RUNS"); do
         t0=$(now); got=$(cat "$file" | wc -c); t1=$(now)
         add "$tool" full "$(ms "$t0" "$t1")"
         add "$tool" error "$(awk -v s="$size" -v g="$got" 'BEGIN { d = s - g; if (d < 0) d = -d; printf "%.2f", 100 * d / (g ? g : 1) }')"
+        add "$tool" padding "$(python3 "$here/ts_padding.py" "$file")"
         add "$tool" memory "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$daemon/status")"
         add "$tool" step "$(max_step "$file")"
         unmount_tool "$tmp/mnt-a"
@@ -129,5 +131,6 @@ echo "| realtime factor (30 s / read time) | $(awk -v t="$full_t" 'BEGIN { print
 row "seek: 64 KiB at 50% (cold)" seek ms
 row "ls -l, 200 new files" ls ms
 row "size error, st_size vs bytes read" error "%"
+row "padding (null packets + filler NAL units)" padding "%"
 row "peak memory (VmHWM)" memory MiB
 row "audio max step (source: $(max_step "$tmp/src/movie.webm"))" step ""
