@@ -131,7 +131,13 @@ bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within
                                 char* destination) {
     std::unique_lock lock(out.mutex);
     // A read ahead of (or behind) the worker repositions it: a TV seeking.
-    if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) out.cursor = k;
+    // The read-ahead then restarts from there: the worker makes two segments at once, and read-ahead
+    // left over from the old position would make segments nobody asked for (a reader still reading
+    // there raises it again with its next read).
+    if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) {
+        out.cursor = k;
+        out.wanted = k;
+    }
     out.wanted = std::max(out.wanted, k + read_ahead);
     if (out.wanted < out.cursor) out.wanted = out.cursor + read_ahead;
     ensure_worker(out);

@@ -344,6 +344,29 @@ TEST_F(Tvfs, TranscodedOutputsAreAtMost5PercentPaddingAndExactlyTheirSize) {
     EXPECT_GE(checked, 7);  // ac3, hevc10, vp9, interlaced, uhd60, long, longvp9
 }
 
+// A segment made again (after an eviction, on another mount) must have the same bytes: a reader may
+// hold the segment before it. Five cold mounts, each making vp9.ts whole and the middle of longvp9.ts
+// (two segments at once, one x264 thread each; any pass that missed its budget made again too).
+TEST_F(Tvfs, SegmentsMadeFiveTimesOnColdMountsHaveTheSameBytes) {
+    std::string whole, middle;
+    for (int i = 0; i < 5; ++i) {
+        SCOPED_TRACE(i);
+        Mount mount(media_dir());
+        auto a = read_file(mount / "vp9.ts");
+        struct stat st {};
+        ASSERT_EQ(::stat((mount / "longvp9.ts").c_str(), &st), 0);
+        auto b =
+            read_range(mount / "longvp9.ts", static_cast<std::uint64_t>(st.st_size) / 2 / 188 * 188, 400000);
+        ASSERT_EQ(b.size(), 400000u);
+        if (i == 0) {
+            whole = a, middle = b;
+            continue;
+        }
+        EXPECT_TRUE(a == whole) << "vp9.ts differs from the first mount's";
+        EXPECT_TRUE(b == middle) << "the middle of longvp9.ts differs from the first mount's";
+    }
+}
+
 // long.ts copies its video (segments at the source's keyframes); longvp9.ts is fully transcoded.
 class TvfsSeek : public Tvfs, public ::testing::WithParamInterface<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Outputs, TvfsSeek, ::testing::Values("long.ts", "longvp9.ts"));
