@@ -222,14 +222,15 @@ double audio_ts_bytes(double seconds, int kbps, std::size_t tracks) {
     return frames * std::ceil((frame_bytes + 23) / 184) * ts_packet * double(tracks);
 }
 
-// A full transcode's segment budget is the nominal size of SECONDS at the video and audio rates: not a
-// bound but a target, which produce_segment() makes the video fill to within full_fill of it (see there).
-std::uint64_t transcode_budget(double seconds, int video_kbps, int audio_kbps, std::size_t tracks) {
+// A full transcode's segment budget is the nominal size of SECONDS (FRAMES video frames) at the video and
+// audio rates: not a bound but a target, which produce_segment() makes the video fill to within
+// full_fill of it (see there).
+std::uint64_t transcode_budget(double seconds, double frames, int video_kbps, int audio_kbps,
+                               std::size_t tracks) {
     // x264 at rate R with its buffer 90% full at the start spends about R x (t + 0.1 s): the IDR frame
     // takes from the buffer (measured 1.04-1.05 x R x 2 s on testsrc2 and VP9 sources).
     double video = video_kbps * 1000.0 / 8 * (seconds + 0.1);
-    double fps_guess = 25;  // only the PES count: the video fills whatever its overhead leaves
-    double bytes = ts_bytes(video, seconds * fps_guess) + audio_ts_bytes(seconds, audio_kbps, tracks) +
+    double bytes = ts_bytes(video, frames) + audio_ts_bytes(seconds, audio_kbps, tracks) +
                    table_bytes(seconds, 1 + tracks);
     return round_up_packets(bytes);
 }
@@ -274,7 +275,7 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             segment.start = double(first) / av_q2d(rate);
             segment.end = double(first + frames) / av_q2d(rate);
             double seconds = segment.end - segment.start;
-            segment.bytes = transcode_budget(seconds, layout.video_kbps, profile.audio_kbps,
+            segment.bytes = transcode_budget(seconds, double(frames), layout.video_kbps, profile.audio_kbps,
                                              decision.audio_streams.size());
             segment.offset = offset;
             offset += segment.bytes;
