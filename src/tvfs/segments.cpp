@@ -131,10 +131,11 @@ bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within
                                 char* destination) {
     std::unique_lock lock(out.mutex);
     // A read ahead of (or behind) the worker repositions it: a TV seeking.
-    // The read-ahead then restarts from there: the worker makes two segments at once, and read-ahead
-    // left over from the old position would make segments nobody asked for (a reader still reading
-    // there raises it again with its next read).
-    if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) {
+    // The read-ahead then restarts from there, also for a read of a segment already made (a metadata
+    // reader's tail read): read-ahead raised far from the worker's position would make every segment
+    // in between, which nobody asked for (a reader still reading at the old position moves the worker
+    // back with its next read).
+    if (k < out.cursor || k > out.cursor + 2) {
         out.cursor = k;
         out.wanted = k;
     }
