@@ -1,8 +1,9 @@
 // Outputs: what a converted file's reads are served from (private to tvfs).
 //   remux       one faststart MP4, made in full into the cache on the first open (openers wait)
-//   transcodes  fixed-size MPEG-TS segments made by one worker thread per output, shared by all its
-//               readers; the worker starts at the segment a read asks for (a seek), runs a few
-//               segments ahead of the furthest reader and exits `grace` after the last close
+//   transcodes  fixed-size MPEG-TS segments made by one worker thread per output (two at a time, the
+//               second on a helper thread it joins), shared by all its readers; the worker starts at
+//               the segment a read far from it asks for (a seek), runs a few segments ahead of that
+//               read and exits `grace` after the last close
 // Segments are written to a temporary name and renamed: a full disk leaves no partial file, and the
 // segment is then served from memory (the error is logged).
 #pragma once
