@@ -16,6 +16,7 @@
 # The tools take turns within each run (tvfs, then ffmpegfs), so a change in the machine's load
 # hits both; the load average before and after is printed with the table.
 #   size error  |st_size from the first stat - bytes read| / bytes read
+#   padding     null TS packets + H.264 filler NAL units in the output (bench/ts_padding.py), % of it
 #   peak memory VmHWM of the daemon after the full read
 #   remux       a 30 s 1280x720 H.264+AAC MKV (tvfs remuxes it to a faststart MP4; ffmpegfs with
 #               --desttype=mp4 makes its own MP4): the first stat (tvfs: probe + dry run of the muxer)
@@ -33,7 +34,7 @@ RUNS=${RUNS:-3}
 LISTING_ONLY=${LISTING_ONLY:-0}
 [[ -x $K ]] || { echo "tvfs.sh: $K is not executable (build it, or set KTRICKS)" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "tvfs.sh: RUNS must be a positive integer" >&2; exit 1; }
-for tool in ffmpeg ffmpegfs fusermount3 awk dd; do
+for tool in ffmpeg ffmpegfs fusermount3 awk dd python3; do
     command -v "$tool" >/dev/null || { echo "tvfs.sh: needs $tool" >&2; exit 1; }
 done
 [[ -w /dev/fuse ]] || { echo "tvfs.sh: needs /dev/fuse" >&2; exit 77; }
@@ -108,6 +109,7 @@ for run in $(seq 1 "$RUNS"); do
         t0=$(now); got=$(cat "$file" | wc -c); t1=$(now)
         add "$tool" full "$(ms "$t0" "$t1")"
         add "$tool" error "$(awk -v s="$size" -v g="$got" 'BEGIN { d = s - g; if (d < 0) d = -d; printf "%.2f", 100 * d / (g ? g : 1) }')"
+        add "$tool" padding "$(python3 "$here/ts_padding.py" "$file")"
         add "$tool" memory "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$daemon/status")"
         add "$tool" step "$(max_step "$file")"
         unmount_tool "$tmp/mnt-a"
@@ -170,6 +172,7 @@ row "ls -l, 200 new files" ls ms
 row "ls -l, the same 200 files on a new mount (warm probe cache)" ls_warm ms
 if [[ $LISTING_ONLY != 1 ]]; then
     row "size error, st_size vs bytes read" error "%"
+    row "padding (null packets + filler NAL units)" padding "%"
     row "peak memory (VmHWM)" memory MiB
     row "remux: first stat (cold)" rstat ms
     row "remux: time to first byte (cold, after the stat)" rttfb ms

@@ -55,8 +55,8 @@ struct Layout {
 };
 
 // Part of every output cache key: bump it when the bytes an output is made of change (2: every
-// audio track, language tags).
-inline constexpr int output_format = 2;
+// audio track, language tags; 3: budgets filled to within 3.5%).
+inline constexpr int output_format = 3;
 
 // Seconds of output per transcoded segment: also the fixed closed GOP and the seek granularity.
 inline constexpr double segment_seconds = 2.0;

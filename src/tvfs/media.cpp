@@ -10,7 +10,8 @@
 // function of (source, profile, k): the source is sought, decoded, and encoded by a fresh encoder
 // (so every segment starts with an IDR: a closed GOP) into a fresh MPEG-TS muxer, then padded with
 // null packets (PID 0x1FFF, which every demuxer discards) up to a byte budget fixed from the
-// segment's duration and the encoder's VBV limits. An offset therefore names a segment, a segment
+// segment's duration and the nominal rates; the video rate is corrected (deterministically) until
+// the segment fills its budget to within 3.5%. An offset therefore names a segment, a segment
 // names a time, and a segment produced twice (after cache eviction) has the same bytes.
 #include <fmt/format.h>
 
@@ -280,16 +281,42 @@ std::uint64_t round_up_packets(double bytes) {
     return static_cast<std::uint64_t>(std::ceil(bytes / ts_packet)) * ts_packet;
 }
 
-// Worst-case TS bytes for a segment: payload 184 of 188, a PES header and a part-filled packet per
-// frame, PAT+PMT every 0.1 s, SDT every second, and the audio encoder's overshoot.
-// Each audio track counts in full.
-std::uint64_t segment_budget(double seconds, double video_bytes, int video_frames, int audio_kbps,
-                             std::size_t tracks) {
-    double audio_bytes = (audio_kbps * 1000.0 / 8 * seconds * 1.3 + 2 * 1536) * double(tracks);
-    int audio_frames =
-        (static_cast<int>(std::ceil(seconds * audio_rate / 1024)) + 2) * static_cast<int>(tracks);
-    double bytes = (video_bytes + audio_bytes) * ts_packet / 184.0 +
-                   (video_frames + audio_frames) * 2.0 * ts_packet + (seconds * 11 * 2 + 4) * ts_packet;
+// TS bytes of ES elementary-stream bytes in PES packets of `units` access units: payload 184 of 188,
+// a PES header (19 bytes: PTS and DTS), an adaptation field (8: PCR or random access) and, averaged, half a
+// packet of stuffing at the end of each.
+double ts_bytes(double es, double units) {
+    return es * ts_packet / 184.0 + units * (27 + 92) * ts_packet / 184.0;
+}
+
+// What a segment carries besides its elementary streams: PAT+PMT every 0.1 s and SDT every second (the
+// muxer's defaults), and on average 7.5 packets per PID that continue_counters() adds.
+double table_bytes(double seconds, std::size_t pids) {
+    return (seconds * 11 * 2 + 2 + 7.5 * double(pids + 3)) * ts_packet;
+}
+
+// The TS bytes of SECONDS of AAC at KBPS, every track: FFmpeg's mpegts muxer writes each AAC frame as
+// its own PES packet (7 bytes of ADTS header, 14 of PES header, 2 of adaptation field) and stuffs the
+// rest of its last TS packet, so a frame costs whole packets: at 128 kb/s 341 bytes, 2 packets; at
+// 160 kb/s 427, 3 (measured: 188 and 282 packets per 2 s). FFmpeg's AAC encoder keeps each frame close
+// to its share (160 kb/s: 406-473 bytes); a frame that spills into one more packet is absorbed by the
+// video (full transcodes) or lowers the audio rate of that segment a little (audio-only, see
+// produce_segment). Two frames more: a segment's first and last may be partial, segment 0 also
+// carries the priming frame.
+double audio_ts_bytes(double seconds, int kbps, std::size_t tracks) {
+    double frames = seconds * audio_rate / 1024 + 2, frame_bytes = kbps * 1000.0 / 8 * 1024 / audio_rate;
+    return frames * std::ceil((frame_bytes + 23) / 184) * ts_packet * double(tracks);
+}
+
+// A full transcode's segment budget is the nominal size of SECONDS (FRAMES video frames) at the video and
+// audio rates: not a bound but a target, which produce_segment() makes the video fill to within
+// full_fill of it (see there).
+std::uint64_t transcode_budget(double seconds, double frames, int video_kbps, int audio_kbps,
+                               std::size_t tracks) {
+    // x264 at rate R with its buffer 90% full at the start spends about R x (t + 0.1 s): the IDR frame
+    // takes from the buffer (measured 1.04-1.05 x R x 2 s on testsrc2 and VP9 sources).
+    double video = video_kbps * 1000.0 / 8 * (seconds + 0.1);
+    double bytes = ts_bytes(video, frames) + audio_ts_bytes(seconds, audio_kbps, tracks) +
+                   table_bytes(seconds, 1 + tracks);
     return round_up_packets(bytes);
 }
 
@@ -373,16 +400,17 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
         auto frames_per_segment = static_cast<std::int64_t>(std::lround(segment_seconds * av_q2d(rate)));
         auto total_frames = static_cast<std::int64_t>(std::ceil(media.duration * av_q2d(rate) - 1e-6));
         std::uint64_t offset = 0;
-        for (std::int64_t first = 0; first < total_frames; first += frames_per_segment) {
-            auto frames = std::min(frames_per_segment, total_frames - first);
+        for (std::int64_t first = 0, frames = 0; first < total_frames; first += frames) {
+            frames = std::min(frames_per_segment, total_frames - first);
+            // A tail under a quarter of a segment joins the one before: its IDR frame alone would be
+            // most of its budget, or leave most of it as padding.
+            if (total_frames - first - frames < frames_per_segment / 4) frames = total_frames - first;
             Segment segment;
             segment.start = double(first) / av_q2d(rate);
             segment.end = double(first + frames) / av_q2d(rate);
             double seconds = segment.end - segment.start;
-            // VBV: at most maxrate * t + bufsize bits in any window of t seconds.
-            double video_bytes = layout.video_kbps * 1000.0 / 8 * (seconds + 1.0);
-            segment.bytes = segment_budget(seconds, video_bytes, static_cast<int>(frames), profile.audio_kbps,
-                                           decision.audio_streams.size());
+            segment.bytes = transcode_budget(seconds, double(frames), layout.video_kbps, profile.audio_kbps,
+                                             decision.audio_streams.size());
             segment.offset = offset;
             offset += segment.bytes;
             layout.segments.push_back(segment);
@@ -398,8 +426,7 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
     double start_time = input->start_time != AV_NOPTS_VALUE ? double(input->start_time) / AV_TIME_BASE : 0;
     struct Run {
         double start;
-        double video_bytes = 0;
-        int frames = 0;
+        double video_ts_bytes = 0;  // the copied packets as TS packets (ts_bytes, exact per packet)
     };
     std::vector<Run> runs;
     PacketPtr packet(av_packet_alloc());
@@ -412,8 +439,10 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
             bool key = packet->flags & AV_PKT_FLAG_KEY;
             if (runs.empty() || (key && t >= runs.back().start + segment_seconds - 1e-3))
                 runs.push_back(Run{runs.empty() ? 0.0 : t});
-            runs.back().video_bytes += packet->size + (key ? extradata + 64 : 0);
-            ++runs.back().frames;
+            // Each packet is one PES: its header and adaptation field (27 bytes), the access unit delimiter
+            // the muxer adds (7), the parameter sets before a keyframe, in whole TS packets.
+            double es = packet->size + 34 + (key ? extradata + 64 : 0);
+            runs.back().video_ts_bytes += std::ceil(es / 184) * ts_packet;
         }
         av_packet_unref(packet.get());
     }
@@ -424,8 +453,11 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
         segment.start = runs[i].start;
         segment.end =
             i + 1 < runs.size() ? runs[i + 1].start : std::max(media.duration, runs[i].start + 0.001);
-        segment.bytes = segment_budget(segment.end - segment.start, runs[i].video_bytes, runs[i].frames,
-                                       profile.audio_kbps, decision.audio_streams.size());
+        double seconds = segment.end - segment.start;
+        auto tracks = decision.audio_streams.size();
+        segment.bytes =
+            round_up_packets(runs[i].video_ts_bytes + audio_ts_bytes(seconds, profile.audio_kbps, tracks) +
+                             table_bytes(seconds, 1 + tracks));
         segment.offset = offset;
         offset += segment.bytes;
         layout.segments.push_back(segment);
@@ -480,14 +512,17 @@ struct AudioTrack {
 class SegmentJob {
 public:
     SegmentJob(const std::string& path, const MediaInfo& media, const Decision& decision,
-               const Profile& profile, const Layout& layout, const Segment& segment, double video_scale)
+               const Profile& profile, const Layout& layout, const Segment& segment, double rate_scale)
         : path_(path),
           media_(media),
           decision_(decision),
           profile_(profile),
           layout_(layout),
           segment_(segment),
-          video_scale_(video_scale) {}
+          rate_scale_(rate_scale) {}
+
+    // The H.264 bytes the encoder made (after run()).
+    std::uint64_t video_bytes() const { return video_bytes_; }
 
     std::string run() {
         input_ = open_input(path_);
@@ -539,17 +574,25 @@ private:
         e->sample_aspect_ratio = AVRational{1, 1};
         frames_ = static_cast<std::int64_t>(std::lround((segment_.end - segment_.start) * av_q2d(rate_)));
         first_frame_ = static_cast<std::int64_t>(std::lround(segment_.start * av_q2d(rate_)));
-        e->gop_size = static_cast<int>(std::lround(segment_seconds * av_q2d(rate_)));
+        e->gop_size =
+            static_cast<int>(std::max<std::int64_t>(frames_, std::lround(segment_seconds * av_q2d(rate_))));
         e->keyint_min = e->gop_size;
         // No B-frames: DTS == PTS, so decode timestamps stay monotonic across independent segments.
         e->max_b_frames = 0;
-        int kbps = static_cast<int>(layout_.video_kbps * video_scale_);
-        e->bit_rate = kbps * 1000LL;
-        e->rc_max_rate = kbps * 1000LL;
-        e->rc_buffer_size = kbps * 1000;
-        // One thread: with 2 (frame or slice threads, VBV on) x264 made different bytes from run to
-        // run (2 of 4 segments of a 7 s clip differed), and a segment made again must have the same
-        // bytes (a reader that already has the segment before it is joined to the new one).
+        // VBV (maxrate = bufsize = the rate; x264 starts the buffer 90% full): the IDR frame that
+        // opens each segment spends what the buffer holds, and the rate stays steady within the segment.
+        // The segment's total is held to its budget by produce_segment() re-encoding at a corrected rate.
+        // (Without VBV, x264's average-rate control starts each 2 s encode from its default QP: the
+        // IDR frames came out at 37-39 dB PSNR instead of 42-52, the whole clip 0.75 dB worse.)
+        auto bits = static_cast<std::int64_t>(layout_.video_kbps * 1000.0 * rate_scale_);
+        e->bit_rate = bits;
+        e->rc_max_rate = bits;
+        e->rc_buffer_size = static_cast<int>(bits);
+        // One thread: with VBV, x264 makes different bytes from run to run with 2 threads (frame or
+        // slice threads: 3 runs of the same 4 segments gave 3 different outputs; its VBV planning reads
+        // the sizes of frames other threads are still encoding), and a segment made again must have the
+        // same bytes. Without VBV it is repeatable with threads, but see above. The worker makes two
+        // segments at once instead (segments.cpp).
         e->thread_count = 1;
         av_opt_set(e->priv_data, "preset", profile_.preset.c_str(), 0);
         av_opt_set(e->priv_data, "profile", "high", 0);
@@ -631,7 +674,9 @@ private:
         e->sample_rate = audio_rate;
         av_channel_layout_default(&e->ch_layout, 2);
         e->sample_fmt = AV_SAMPLE_FMT_FLTP;
-        e->bit_rate = profile_.audio_kbps * 1000LL;
+        // An audio-only transcode's only rate to lower if a segment overshoots (see produce_segment).
+        e->bit_rate =
+            static_cast<std::int64_t>(profile_.audio_kbps * 1000.0 * (copy_video_ ? rate_scale_ : 1.0));
         e->time_base = AVRational{1, audio_rate};
         e->profile = FF_PROFILE_AAC_LOW;
         check(avcodec_open2(e, codec, nullptr), "avcodec_open2 aac", path_);
@@ -818,6 +863,7 @@ private:
         PacketPtr packet(av_packet_alloc());
         while (avcodec_receive_packet(encoder_.get(), packet.get()) >= 0) {
             av_packet_rescale_ts(packet.get(), encoder_->time_base, video_out_->time_base);
+            video_bytes_ += static_cast<std::uint64_t>(packet->size);
             packet->stream_index = video_out_->index;
             check(av_interleaved_write_frame(output_.get(), packet.get()), "av_interleaved_write_frame",
                   path_);
@@ -930,7 +976,8 @@ private:
     const Profile& profile_;
     const Layout& layout_;
     const Segment& segment_;
-    double video_scale_;
+    double rate_scale_;
+    std::uint64_t video_bytes_ = 0;
     InputPtr input_;
     OutputPtr output_;
     Sink sink_;
@@ -957,34 +1004,70 @@ private:
 
 }  // namespace
 
+// A full transcode's segment is accepted once its padding is at most this share of its budget.
+constexpr double full_fill = 0.965;
+// ... and re-encoded aiming at this share (between full_fill and 1: room for the encoder's error).
+constexpr double fill_target = 0.985;
+constexpr int max_passes = 4;
+
 std::string produce_segment(const std::string& path, const MediaInfo& media, const Decision& decision,
                             const Profile& profile, const Layout& layout, std::size_t k) {
     const Segment& segment = layout.segments.at(k);
-    // Over budget only if the encoder overshot its VBV; a lower rate is retried (deterministically).
-    for (double scale : {1.0, 0.7, 0.45, 0.25}) {
-        std::string data = SegmentJob(path, media, decision, profile, layout, segment, scale).run();
+    auto make = [&](double scale, std::uint64_t* video_bytes) {
+        SegmentJob job(path, media, decision, profile, layout, segment, scale);
+        std::string data = job.run();
         if (data.size() % ts_packet != 0)
             throw std::runtime_error(fmt::format("{}: MPEG-TS output not packet aligned", printable(path)));
         continue_counters(data);  // counters run on from the segment before (continuity.hpp)
-        if (data.size() > segment.bytes) {
-            if (decision.action == Action::audio_transcode) break;
-            continue;
-        }
-        // Null packets: PID 0x1FFF, payload only, continuity counter ignored by every demuxer.
-        static const std::string null_packet = [] {
-            std::string packet(ts_packet, '\xff');
-            packet[0] = 0x47;
-            packet[1] = 0x1f;
-            packet[2] = '\xff';
-            packet[3] = 0x10;
-            return packet;
-        }();
-        data.reserve(segment.bytes);
-        while (data.size() < segment.bytes) data += null_packet;
+        if (video_bytes) *video_bytes = job.video_bytes();
         return data;
+    };
+    std::optional<std::string> best;  // the largest encode that fits
+    if (decision.action == Action::full_transcode) {
+        // The budget is the nominal size (transcode_budget), so the video rate is corrected until the
+        // segment fills it: encode, measure, scale the rate by what the video should have been, at
+        // most max_passes times; the largest result that fits is kept. Every step depends only on
+        // the results before it, so the segment is still a pure function of (source, profile, k).
+        double scale = 1.0;
+        for (int pass = 0; pass < max_passes; ++pass) {
+            std::uint64_t video = 0;
+            std::string data = make(scale, &video);
+            auto made = double(data.size());
+            if (data.size() <= segment.bytes && (!best || data.size() > best->size())) best = std::move(data);
+            if (best && best->size() >= full_fill * double(segment.bytes)) break;
+            if (video == 0) break;
+            // The bytes the video should change by, as elementary-stream bytes.
+            double wanted = double(video) + (fill_target * double(segment.bytes) - made) * 184 / ts_packet;
+            double next =
+                std::clamp(scale * std::max(wanted, 0.1 * double(video)) / double(video), 0.05, 4.0);
+            if (std::abs(next - scale) < 0.002 * scale) break;
+            scale = next;
+        }
     }
-    throw std::runtime_error(
-        fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
+    // The safety net: lower rates until it fits. An audio-only transcode's only rate is its audio's
+    // (the video is copied), lowered in small steps: its budget holds the nominal rate plus 3%.
+    static const std::vector<double> full_scales = {0.7, 0.45, 0.25},
+                                     audio_scales = {1.0, 0.95, 0.9, 0.8, 0.6, 0.4};
+    for (double scale : decision.action == Action::full_transcode ? full_scales : audio_scales) {
+        if (best) break;
+        std::string data = make(scale, nullptr);
+        if (data.size() <= segment.bytes) best = std::move(data);
+    }
+    if (!best)
+        throw std::runtime_error(
+            fmt::format("{}: segment {} does not fit its {} byte budget", printable(path), k, segment.bytes));
+    // Null packets: PID 0x1FFF, payload only, continuity counter ignored by every demuxer.
+    static const std::string null_packet = [] {
+        std::string packet(ts_packet, '\xff');
+        packet[0] = 0x47;
+        packet[1] = 0x1f;
+        packet[2] = '\xff';
+        packet[3] = 0x10;
+        return packet;
+    }();
+    best->reserve(segment.bytes);
+    while (best->size() < segment.bytes) *best += null_packet;
+    return std::move(*best);
 }
 
 std::string subtitle_srt(const std::string& path, int index, bool rebase) {

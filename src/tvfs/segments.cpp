@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <system_error>
 
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/fd.hpp"
@@ -306,7 +307,14 @@ bool Outputs::copy_from_segment(Output& out, std::size_t k, std::uint64_t within
                                 char* destination) {
     std::unique_lock lock(out.mutex);
     // A read ahead of (or behind) the worker repositions it: a TV seeking.
-    if (!out.done[k] && !out.memory.count(k) && (k < out.cursor || k > out.cursor + 2)) out.cursor = k;
+    // The read-ahead then restarts from there, also for a read of a segment already made (a metadata
+    // reader's tail read): read-ahead raised far from the worker's position would make every segment
+    // in between, which nobody asked for (a reader still reading at the old position moves the worker
+    // back with its next read).
+    if (k < out.cursor || k > out.cursor + 2) {
+        out.cursor = k;
+        out.wanted = k;
+    }
     out.wanted = std::max(out.wanted, k + read_ahead);
     if (out.wanted < out.cursor) out.wanted = out.cursor + read_ahead;
     ensure_worker(out);
@@ -341,50 +349,81 @@ void Outputs::ensure_worker(Output& out) {
     out.worker = std::thread([this, &out] { work(out); });
 }
 
-void Outputs::work(Output& out) {
+// Segments made at once by one output's worker: x264 runs on one thread per segment (its VBV is not
+// repeatable with threads, media.cpp), so a sequential read uses two cores by making two segments.
+constexpr std::size_t parallel_segments = 2;
+
+namespace {
+void segment_thread_setup() {
     ::pthread_setname_np(::pthread_self(), "tvfs-segment");  // so tests and ps can count them
     // Signals are the embedding program's: none of them may land on this thread.
     ::sigset_t all;
     ::sigfillset(&all);
     ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+}
+}  // namespace
+
+void Outputs::work(Output& out) {
+    segment_thread_setup();
+    auto produce = [&](std::size_t k) -> std::shared_ptr<const std::string> {
+        try {
+            return std::make_shared<const std::string>(produce_segment(
+                out.source, out.entry.media, out.entry.decision, profile_, out.entry.layout, k));
+        } catch (const std::exception& error) {
+            log_info("{}: segment {}: {}", printable(out.source), k, error.what());
+            return nullptr;
+        }
+    };
     std::unique_lock lock(out.mutex);
     while (!out.stopping) {
-        std::optional<std::size_t> next;
-        for (std::size_t j = out.cursor; j < out.done.size() && j <= out.wanted; ++j)
-            if (!out.done[j] && !out.memory.count(j) && !out.failed.count(j)) {
-                next = j;
-                break;
-            }
-        if (!next) {
+        std::vector<std::size_t> next;
+        for (std::size_t j = out.cursor;
+             j < out.done.size() && j <= out.wanted && next.size() < parallel_segments; ++j)
+            if (!out.done[j] && !out.memory.count(j) && !out.failed.count(j)) next.push_back(j);
+        if (next.empty()) {
             if (out.readers == 0 && Clock::now() - out.last_close >= grace_) break;
             out.changed.wait_for(lock, std::chrono::milliseconds(100));
             continue;
         }
-        std::size_t k = *next;
         lock.unlock();
-        std::shared_ptr<const std::string> data;
-        try {
-            data = std::make_shared<const std::string>(produce_segment(
-                out.source, out.entry.media, out.entry.decision, profile_, out.entry.layout, k));
-        } catch (const std::exception& error) {
-            log_info("{}: segment {}: {}", printable(out.source), k, error.what());
-        }
-        bool stored = data && store_segment(out, k, *data);
-        lock.lock();
-        if (!data) out.failed.insert(k);
-        else if (stored)
-            out.done[k] = 1;
-        if (data) {
-            out.memory[k] = data;
-            while (out.memory.size() > memory_segments) {
-                // Keep only what the disk does not hold, plus the newest few.
-                auto oldest = out.memory.begin();
-                if (oldest->first == k) ++oldest;
-                out.memory.erase(oldest);
+        // The second segment on a helper thread, joined before anything else happens here.
+        std::vector<std::shared_ptr<const std::string>> made(next.size());
+        std::thread helper;
+        if (next.size() > 1) {
+            try {
+                helper = std::thread([&] {
+                    segment_thread_setup();
+                    made[1] = produce(next[1]);
+                });
+            } catch (const std::system_error&) {
+                next.resize(1);  // no thread to be had: one at a time
+                made.resize(1);
             }
         }
-        if (out.cursor == k) out.cursor = k + 1;
-        out.changed.notify_all();
+        made[0] = produce(next[0]);
+        if (helper.joinable()) helper.join();
+        for (std::size_t i = 0; i < next.size(); ++i) {
+            std::size_t k = next[i];
+            const auto& data = made[i];
+            bool stored = data && store_segment(out, k, *data);
+            lock.lock();
+            if (!data) out.failed.insert(k);
+            else if (stored)
+                out.done[k] = 1;
+            if (data) {
+                out.memory[k] = data;
+                while (out.memory.size() > memory_segments) {
+                    // Keep only what the disk does not hold, plus the newest few.
+                    auto oldest = out.memory.begin();
+                    if (oldest->first == k) ++oldest;
+                    out.memory.erase(oldest);
+                }
+            }
+            if (out.cursor == k) out.cursor = k + 1;
+            out.changed.notify_all();
+            lock.unlock();
+        }
+        lock.lock();
     }
     out.worker_running = false;
     out.memory.clear();

@@ -2,9 +2,10 @@
 //   remux       one faststart MP4, streamed: its head (ftyp + moov, from the probe's dry run) is
 //               written at the first open and readable at once, then one thread per output runs the
 //               muxer and appends mdat's payload as it is written; a read waits only for its bytes
-//   transcodes  fixed-size MPEG-TS segments made by one worker thread per output, shared by all its
-//               readers; the worker starts at the segment a read asks for (a seek), runs a few
-//               segments ahead of the furthest reader and exits `grace` after the last close
+//   transcodes  fixed-size MPEG-TS segments made by one worker thread per output (two at a time, the
+//               second on a helper thread it joins), shared by all its readers; the worker starts at
+//               the segment a read far from it asks for (a seek), runs a few segments ahead of that
+//               read and exits `grace` after the last close
 // Segments are written to a temporary name and renamed: a full disk leaves no partial file, and the
 // segment is then served from memory (the error is logged).
 #pragma once
