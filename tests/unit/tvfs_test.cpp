@@ -10,8 +10,8 @@
 #include "test_support.hpp"
 #include "tvfs/cache.hpp"
 #include "tvfs/catalog.hpp"
-#include "tvfs/probe_cache.hpp"
 #include "tvfs/mp4_boxes.hpp"
+#include "tvfs/probe_cache.hpp"
 
 namespace ktricks::tvfs {
 namespace {
