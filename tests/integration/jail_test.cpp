@@ -982,8 +982,11 @@ TEST(ServeJail, PythonHttpServerGrantedByTheAllowListReloadsUnderLoadLosingNothi
     // queue is lost (no connect error, no timeout), which is what the shared socket guarantees.
     expect_reloads_lose_nothing(serve, control, fmt::format("http://127.0.0.1:{}/index.html", port), 3,
                                 8 * 3);
+    // A generation counts as ready after a fixed delay, which under load can come before its
+    // http.server has reached bind(): wait for the fourth bind line rather than read it at once.
+    EXPECT_TRUE(eventually([&] { return occurrences(serve.err(), "(allow-list)") == 4u; }, 10s))
+        << serve.describe();
     EXPECT_EQ(occurrences(serve.err(), fmt::format("bind {} (pid", address)), 4u) << serve.describe();
-    EXPECT_EQ(occurrences(serve.err(), "(allow-list)"), 4u) << serve.describe();
 }
 
 // ---- a real container runtime ----
