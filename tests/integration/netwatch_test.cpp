@@ -373,12 +373,17 @@ TEST(Netwatch, AllNetnsFollowsNamespacesCreatedAndDeletedWhileRunning) {
     {
         Netns later;
         name = later.name();
+        // Found by its name in /run/netns, or first by the exec of a process in it (the proc
+        // connector can be quicker than inotify) and then named: either way one line names it. Until
+        // then its events may carry that pid:N label, so the link is added only after.
+        EXPECT_TRUE(eventually([&] {
+            auto err = watcher.err();
+            return err.find("watching new network namespace " + name) != std::string::npos ||
+                   err.find(") is now named " + name) != std::string::npos;
+        })) << watcher.err();
         later.ip("link add la type veth peer name lb");
         EXPECT_TRUE(eventually([&] { return has_line(dir / "log", name + " la"); }))
             << read_file(dir / "log") << watcher.describe();
-        EXPECT_TRUE(eventually([&] {
-            return watcher.err().find("watching new network namespace " + name) != std::string::npos;
-        })) << watcher.err();
     }  // ip netns del
     EXPECT_TRUE(eventually([&] {
         return watcher.err().find("network namespace " + name + " was deleted") != std::string::npos;
