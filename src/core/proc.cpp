@@ -1,7 +1,11 @@
 #include "ktricks/core/proc.hpp"
 
+#include <dirent.h>
+
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <sstream>
 
@@ -9,6 +13,21 @@
 #include "ktricks/core/error.hpp"
 
 namespace ktricks {
+
+std::vector<pid_t> process_ids() {
+    std::vector<pid_t> pids;
+    DIR* directory = ::opendir("/proc");
+    if (!directory) return pids;
+    while (const dirent* entry = ::readdir(directory)) {
+        std::string_view name = entry->d_name;
+        pid_t pid = 0;
+        auto [end, error] = std::from_chars(name.data(), name.data() + name.size(), pid);
+        if (error == std::errc() && end == name.data() + name.size() && pid > 0) pids.push_back(pid);
+    }
+    ::closedir(directory);
+    std::sort(pids.begin(), pids.end());
+    return pids;
+}
 
 std::optional<std::vector<std::string>> process_command_line(pid_t pid) {
     std::ifstream file(fmt::format("/proc/{}/cmdline", pid), std::ios::binary);

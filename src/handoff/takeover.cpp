@@ -33,8 +33,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -246,13 +244,8 @@ void retire(const Retirement& r) {
 
 std::vector<pid_t> process_tree(pid_t root) {
     std::multimap<pid_t, pid_t> children;
-    std::error_code error;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
-        const std::string name = entry.path().filename().string();
-        pid_t pid = 0;
-        if (std::from_chars(name.data(), name.data() + name.size(), pid).ec != std::errc() || pid <= 0)
-            continue;
-        std::string stat = read_all(entry.path().string() + "/stat");
+    for (pid_t pid : process_ids()) {
+        std::string stat = read_all(fmt::format("/proc/{}/stat", pid));
         auto paren = stat.rfind(')');  // the command name may contain spaces and parentheses
         if (paren == std::string::npos || paren + 4 >= stat.size()) continue;
         pid_t parent = std::atoi(stat.c_str() + paren + 4);  // ") S PPID"

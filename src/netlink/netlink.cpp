@@ -13,7 +13,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -21,6 +20,7 @@
 #include <thread>
 
 #include "ktricks/core/error.hpp"
+#include "ktricks/core/proc.hpp"
 #include "ktricks/core/service.hpp"
 
 namespace ktricks::netlink {
@@ -459,20 +459,9 @@ std::optional<NetnsId> netns_id(int netns_fd) noexcept {
 }
 
 std::vector<ProcessNetns> process_namespaces() {
-    std::vector<pid_t> pids;
-    DIR* directory = ::opendir("/proc");
-    if (!directory) return {};
-    while (dirent* entry = ::readdir(directory)) {
-        std::string_view name = entry->d_name;
-        pid_t pid = 0;
-        auto [end, error] = std::from_chars(name.data(), name.data() + name.size(), pid);
-        if (error == std::errc() && end == name.data() + name.size() && pid > 0) pids.push_back(pid);
-    }
-    ::closedir(directory);
-    std::sort(pids.begin(), pids.end());
     std::vector<ProcessNetns> out;
     std::set<NetnsId> seen;
-    for (pid_t pid : pids) {
+    for (pid_t pid : process_ids()) {
         auto id = netns_id(fmt::format("/proc/{}/ns/net", pid));
         if (id && seen.insert(*id).second) out.push_back({pid, *id});
     }

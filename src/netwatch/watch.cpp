@@ -25,6 +25,7 @@
 #include <fstream>
 #include <set>
 
+#include "ktricks/core/child.hpp"
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/event.hpp"
 #include "ktricks/core/event_loop.hpp"
@@ -410,8 +411,7 @@ void Watcher::Impl::cannot_enter(const std::string& what, const std::system_erro
 void Watcher::Impl::add_unnamed(pid_t pid, bool initial) {
     std::string label = fmt::format("pid:{}", pid);
     try {
-        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-        if (!pidfd) throw_errno("pidfd_open", label);
+        Fd pidfd = open_pidfd(pid);
         std::string path = fmt::format("/proc/{}/ns/net", pid);
         Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd) throw_errno("open", path);
@@ -452,9 +452,14 @@ void Watcher::Impl::anchor_exited(Namespace& ns) {
     ns.pidfd.reset();
     for (const auto& space : netlink::process_namespaces()) {
         if (space.id != ns.id) continue;
-        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, space.pid, 0)));
+        Fd pidfd;
+        try {
+            pidfd = open_pidfd(space.pid);
+        } catch (const std::system_error&) {
+            break;  // it exited meanwhile
+        }
         // Still in it after the pidfd was taken: the pidfd is of a process in this namespace.
-        if (!pidfd || netlink::netns_id(fmt::format("/proc/{}/ns/net", space.pid)) != ns.id) break;
+        if (netlink::netns_id(fmt::format("/proc/{}/ns/net", space.pid)) != ns.id) break;
         ns.pidfd = std::move(pidfd);
         Namespace* raw = &ns;
         ns.pid_source =

@@ -24,6 +24,7 @@ extern "C" {
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/service.hpp"
 #include "tvfs/mount_state.hpp"
+#include "tvfs/threads.hpp"
 
 namespace ktricks::tvfs {
 namespace {
@@ -68,9 +69,7 @@ Fd make_eventfd() {
 
 void Mount::State::serve() {
     auto& state = *this;
-    ::sigset_t all;
-    ::sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    enter_tvfs_thread(nullptr);  // named by whoever started it
     auto* se = fuse_get_session(state.session);
     fuse_buf buffer{};
     try {

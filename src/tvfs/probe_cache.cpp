@@ -16,6 +16,7 @@
 #include "ktricks/core/error.hpp"
 #include "ktricks/core/service.hpp"
 #include "tvfs/av.hpp"
+#include "tvfs/threads.hpp"
 
 namespace ktricks::tvfs {
 
@@ -233,7 +234,7 @@ void ProbeCache::post(std::function<void()> task, bool urgent) {
     if (workers_.empty()) {
         for (unsigned i = 0; i < usable_cpus(); ++i)
             workers_.emplace_back([this] {
-                ::pthread_setname_np(::pthread_self(), "tvfs-probe");
+                enter_tvfs_thread("tvfs-probe");
                 work();
             });
     }

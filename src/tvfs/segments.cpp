@@ -1,4 +1,5 @@
 #include "tvfs/segments.hpp"
+#include "tvfs/threads.hpp"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -66,13 +67,6 @@ std::string read_whole(const std::string& path) {
     for (ssize_t n; (n = ::read(fd.get(), buffer, sizeof(buffer))) > 0;)
         data.append(buffer, static_cast<std::size_t>(n));
     return data;
-}
-
-// Signals are the embedding program's: none of them may land on a worker thread.
-void block_signals() {
-    ::sigset_t all;
-    ::sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
 }
 
 }  // namespace
@@ -194,8 +188,7 @@ void Outputs::start_remux(Output& out) {
 // The remux's thread: appends mdat's payload to remux.mp4.part as the muxer writes it, then renames
 // it into place. Readers wait on out.changed for remux_available.
 void Outputs::stream(Output& out, RemuxPlan plan) {
-    ::pthread_setname_np(::pthread_self(), "tvfs-remux");
-    block_signals();
+    enter_tvfs_thread("tvfs-remux");
     auto final_path = out.dir + "/remux.mp4", temp = final_path + ".part";
     std::shared_ptr<Fd> file;
     {
@@ -353,18 +346,8 @@ void Outputs::ensure_worker(Output& out) {
 // repeatable with threads, media.cpp), so a sequential read uses two cores by making two segments.
 constexpr std::size_t parallel_segments = 2;
 
-namespace {
-void segment_thread_setup() {
-    ::pthread_setname_np(::pthread_self(), "tvfs-segment");  // so tests and ps can count them
-    // Signals are the embedding program's: none of them may land on this thread.
-    ::sigset_t all;
-    ::sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
-}
-}  // namespace
-
 void Outputs::work(Output& out) {
-    segment_thread_setup();
+    enter_tvfs_thread("tvfs-segment");
     auto produce = [&](std::size_t k) -> std::shared_ptr<const std::string> {
         try {
             return std::make_shared<const std::string>(produce_segment(
@@ -392,7 +375,7 @@ void Outputs::work(Output& out) {
         if (next.size() > 1) {
             try {
                 helper = std::thread([&] {
-                    segment_thread_setup();
+                    enter_tvfs_thread("tvfs-segment");
                     made[1] = produce(next[1]);
                 });
             } catch (const std::system_error&) {

@@ -10,6 +10,9 @@
 
 namespace ktricks {
 
+// The pids in /proc (processes, not threads), ascending. Empty if /proc cannot be read; a process
+// may exit right after it is listed.
+std::vector<pid_t> process_ids();
 // argv of a process from /proc/PID/cmdline; nullopt if it is gone or unreadable, an empty vector
 // for kernel threads and zombies.
 std::optional<std::vector<std::string>> process_command_line(pid_t pid);
