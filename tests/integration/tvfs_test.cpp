@@ -10,6 +10,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -100,6 +101,41 @@ std::string read_range(const std::string& path, std::uint64_t offset, std::size_
     auto n = ::pread(fd.get(), data.data(), size, static_cast<off_t>(offset));
     data.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
     return data;
+}
+
+// The files under a cache directory with their sizes, or nothing when the walk raced with tvfs
+// evicting or finishing a file (the caller asks again): a half walk would undercount.
+struct CachedFile {
+    fs::path path;
+    std::uint64_t size;
+};
+std::optional<std::vector<CachedFile>> cached_files(const std::string& dir) {
+    std::vector<CachedFile> files;
+    std::error_code error;
+    fs::recursive_directory_iterator entry(dir, error);
+    for (; !error && entry != fs::recursive_directory_iterator(); entry.increment(error)) {
+        if (!entry->is_regular_file(error)) {
+            if (error) return std::nullopt;
+            continue;
+        }
+        auto size = entry->file_size(error);
+        if (error) return std::nullopt;
+        files.push_back({entry->path(), size});
+    }
+    if (error) return std::nullopt;
+    return files;
+}
+
+// cached_files(), asked again until one walk sees no file vanish (at most 5 s).
+std::vector<CachedFile> settled_cached_files(const std::string& dir) {
+    for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);;) {
+        if (auto files = cached_files(dir)) return *files;
+        if (std::chrono::steady_clock::now() > deadline) {
+            ADD_FAILURE() << dir << ": files kept vanishing while it was read";
+            return {};
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
 }
 
 bool is_mounted(const std::string& path) {
@@ -392,8 +428,8 @@ TEST_P(TvfsSeek, ReadAt80PercentOfAColdFileReturnsQuicklyWithoutTranscodingEvery
     // Only the segments around those reads were made (plus three of read-ahead), not all 12.
     std::this_thread::sleep_for(std::chrono::seconds(1));  // read-ahead and grace run out
     std::size_t segments = 0;
-    for (const auto& entry : fs::recursive_directory_iterator(mount.cache() + "/out"))
-        if (entry.path().extension() == ".ts") ++segments;
+    for (const auto& file : settled_cached_files(mount.cache() + "/out"))
+        if (file.path.extension() == ".ts") ++segments;
     EXPECT_LE(segments, 8u) << "of 12";
     auto probe = run({"ffprobe", "-v", "error", "-show_format", path}, {}, std::chrono::seconds(20));
     EXPECT_EQ(probe.status, 0) << probe.describe;
@@ -609,14 +645,10 @@ TEST_F(Tvfs, TwoConcurrentReadersGetIdenticalBytesFromOneTranscode) {
     EXPECT_TRUE(a == b);
     // Produced once: one cache directory holds segments (the others hold only the faststart heads the
     // listing's probes made for the remuxed files).
-    int with_segments = 0;
-    for (const auto& dir : fs::directory_iterator(mount.cache() + "/out"))
-        for (const auto& file : fs::directory_iterator(dir.path()))
-            if (file.path().extension() == ".ts") {
-                ++with_segments;
-                break;
-            }
-    EXPECT_EQ(with_segments, 1);
+    std::set<fs::path> with_segments;
+    for (const auto& file : settled_cached_files(mount.cache() + "/out"))
+        if (file.path.extension() == ".ts") with_segments.insert(file.path.parent_path());
+    EXPECT_EQ(with_segments.size(), 1u);
 }
 
 // A remux source big enough that streaming it takes a while: 8 s of 720p H.264 (noise, so it does
@@ -823,9 +855,10 @@ TEST_F(Tvfs, CacheSizeLimitIsEnforcedByEvictingTheLeastRecentlyUsed) {
     for (const auto& name : {"ac3.ts", "vp9.ts", "hevc10.ts", "remux.mp4"}) bytes_read(mount / name);
     EXPECT_TRUE(eventually(
         [&] {
+            auto files = cached_files(mount.cache() + "/out");  // tvfs is evicting meanwhile
+            if (!files) return false;
             std::uint64_t total = 0;
-            for (const auto& entry : fs::recursive_directory_iterator(mount.cache() + "/out"))
-                if (entry.is_regular_file()) total += entry.file_size();
+            for (const auto& file : *files) total += file.size;
             return total <= (1u << 20);
         },
         std::chrono::seconds(5)));
@@ -856,8 +889,8 @@ TEST_F(Tvfs, AFullCacheDiskIsLoggedAndTheFileIsStillServedWhole) {
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     EXPECT_EQ(bytes_read(path), static_cast<std::uint64_t>(st.st_size));
     EXPECT_NE(process.err().find("No space left on device"), std::string::npos) << process.describe();
-    for (const auto& entry : fs::recursive_directory_iterator(disk.path()))
-        EXPECT_NE(entry.path().extension(), ".part") << entry.path();
+    for (const auto& file : settled_cached_files(disk.path()))
+        EXPECT_NE(file.path.extension(), ".part") << file.path;
 }
 
 TEST_F(Tvfs, TranscoderThreadsEndAfterTheLastCloseAndSigtermUnmounts) {
