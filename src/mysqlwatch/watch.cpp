@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -63,6 +64,15 @@ std::vector<fs::path> read_binlog_index(const fs::path& index, const fs::path& d
         files.push_back(path.is_absolute() ? path : (datadir / path).lexically_normal());
     }
     return files;
+}
+
+std::optional<std::uint64_t> binlog_sequence(const fs::path& file) {
+    auto extension = file.extension().string();  // ".000012"
+    if (extension.size() < 2) return std::nullopt;
+    std::uint64_t sequence = 0;
+    auto [end, error] = std::from_chars(extension.data() + 1, extension.data() + extension.size(), sequence);
+    if (error != std::errc() || end != extension.data() + extension.size()) return std::nullopt;
+    return sequence;
 }
 
 bool credentials_given(const Credentials& credentials) {
@@ -547,6 +557,21 @@ private:
         auto files = read_binlog_index(index_path_, options_.datadir);
         auto current = std::find(files.begin(), files.end(), binlog_path_);
         if (current == files.end()) {
+            // The server creates a new file (and writes the ROTATE event that read_binlog() follows)
+            // before it adds the file to the index: an index read in between lags behind us. Keep
+            // reading; the index write that follows calls this again. (Jumping to the index's last
+            // file here re-read the file before, reporting its changes twice.)
+            auto ours = binlog_sequence(binlog_path_);
+            std::error_code error;
+            if (ours && fs::exists(binlog_path_, error) &&
+                std::none_of(files.begin(), files.end(), [&](const fs::path& file) {
+                    auto theirs = binlog_sequence(file);
+                    return theirs && *theirs >= *ours;
+                })) {
+                read_binlog();
+                return;
+            }
+            // Ours is gone from the index (RESET MASTER, PURGE): the newest file, from its start.
             if (!files.empty()) open_binlog(files.back(), 0);
             return;
         }
