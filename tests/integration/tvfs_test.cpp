@@ -383,6 +383,27 @@ TEST_F(Tvfs, TranscodedOutputsAreAtMost5PercentPaddingAndExactlyTheirSize) {
     EXPECT_GE(checked, 7);  // ac3, hevc10, vp9, interlaced, uhd60, long, longvp9
 }
 
+// A still picture with detail (a photo, cover art) fills its budget too: each P-frame refines the
+// picture a little more. (A flat one, a text slide or black, cannot: docs/tvfs.md, "Fixed-rate
+// segments".)
+TEST_F(Tvfs, AStillPictureWithDetailIsAtMost5PercentPadding) {
+    TempDir source;
+    generate_media(source.path(),
+                   "ffmpeg -v error -nostdin -y -f lavfi -i mandelbrot=size=320x240 -frames:v 1 still.png && "
+                   "ffmpeg -v error -nostdin -y -loop 1 -framerate 25 -i still.png -f lavfi -i "
+                   "sine=frequency=440:sample_rate=48000 -t 6 -c:v libvpx-vp9 -deadline realtime -cpu-used 8 "
+                   "-crf 30 -b:v 0 -pix_fmt yuv420p -c:a libopus cover.webm && rm still.png");
+    Mount mount(source.path());
+    auto data = read_file(mount / "cover.ts");
+    struct stat st {};
+    ASSERT_EQ(::stat((mount / "cover.ts").c_str(), &st), 0);
+    EXPECT_EQ(data.size(), static_cast<std::size_t>(st.st_size));
+    auto padding = ts_padding(data);
+    double percent = 100.0 * double(padding.null_bytes + padding.filler_bytes) / double(data.size());
+    std::printf("cover.ts: %zu bytes, %.2f%% padding\n", data.size(), percent);
+    EXPECT_LE(percent, 5.0);
+}
+
 // A segment made again (after an eviction, on another mount) must have the same bytes: a reader may
 // hold the segment before it. Five cold mounts, each making vp9.ts whole and the middle of longvp9.ts
 // (two segments at once, one x264 thread each; any pass that missed its budget made again too).
