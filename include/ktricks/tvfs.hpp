@@ -36,6 +36,7 @@ struct VideoStream {
     int width = 0, height = 0;
     double fps = 0;
     bool interlaced = false;
+    int fps_num = 0, fps_den = 0;  // fps exactly (30000/1001), 0/0 unknown; last, for aggregate init
 };
 
 struct AudioStream {

@@ -15,8 +15,9 @@ struct Entry {
     Layout layout;
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(VideoStream, index, codec, profile, level, bit_depth, pix_fmt, width,
-                                   height, fps, interlaced)
+// fps_num/fps_den came later: an entry written before has 0/0 (unknown) there.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(VideoStream, index, codec, profile, level, bit_depth, pix_fmt,
+                                                width, height, fps, fps_num, fps_den, interlaced)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(AudioStream, index, codec, profile, channels, sample_rate, language,
                                    default_track)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(SubtitleStream, index, codec, language, default_track, text)

@@ -268,8 +268,8 @@ void plain_remux(const std::string& path, const Decision& decision, RemuxSink& s
     }
 }
 // Output frame rate of a full transcode: the source's, halved while above the profile (60 -> 30).
-AVRational output_rate(const AVStream* stream, const Profile& profile) {
-    AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
+// The output frame rate for a source at RATE (its avg_frame_rate, else r_frame_rate, as probe() reads it).
+AVRational output_rate(AVRational rate, const Profile& profile) {
     if (rate.num <= 0 || rate.den <= 0 || av_q2d(rate) > 240) rate = AVRational{25, 1};
     double limit = std::min(profile.max_fps, 30.0);
     while (av_q2d(rate) > limit + 0.01) rate = av_mul_q(rate, AVRational{1, 2});
@@ -385,8 +385,13 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
     layout.action = decision.action;
     if (!media.video) throw DataError(fmt::format("{}: no video stream", printable(path)));
     if (decision.action == Action::full_transcode) {
-        auto input = open_input(path);
-        AVRational rate = output_rate(input->streams[media.video->index], profile);
+        AVRational source_rate{media.video->fps_num, media.video->fps_den};
+        if (source_rate.num <= 0 || source_rate.den <= 0) {  // a probe cache entry from before fps_num
+            auto input = open_input(path);
+            const AVStream* stream = input->streams[media.video->index];
+            source_rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
+        }
+        AVRational rate = output_rate(source_rate, profile);
         layout.fps_num = rate.num;
         layout.fps_den = rate.den;
         double scale = std::min({1.0, 1920.0 / media.video->width, 1080.0 / media.video->height,

@@ -102,7 +102,11 @@ MediaInfo probe(const std::string& path) {
             v.width = par->width;
             v.height = par->height;
             AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
-            if (rate.num > 0 && rate.den > 0) v.fps = av_q2d(rate);
+            if (rate.num > 0 && rate.den > 0) {
+                v.fps = av_q2d(rate);
+                v.fps_num = rate.num;
+                v.fps_den = rate.den;
+            }
             v.interlaced = par->field_order != AV_FIELD_PROGRESSIVE && par->field_order != AV_FIELD_UNKNOWN;
             if (v.width <= 0 || v.height <= 0)
                 throw DataError(fmt::format("{}: video stream without a size", printable(path)));

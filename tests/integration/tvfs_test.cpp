@@ -16,6 +16,8 @@
 #include <sstream>
 
 #include "process_helpers.hpp"
+#include "tvfs/av.hpp"
+#include "tvfs/cache_json.hpp"
 
 namespace ktricks::test {
 namespace {
@@ -935,6 +937,46 @@ TEST_F(Tvfs, FusermountUnmountEndsTheDaemon) {
     auto result = run({"fusermount3", "-u", mount.path()});
     EXPECT_EQ(result.status, 0) << result.describe;
     EXPECT_EQ(mount.process().wait(std::chrono::seconds(10)), 0) << mount.process().describe();
+}
+
+// A full transcode's layout takes the source's frame rate from the probe (fps_num/fps_den) instead
+// of opening and probing the source a second time (half of a cold listing's time); a probe cache
+// entry written before those fields existed loads them as 0/0 and still gets the same layout, by
+// opening the source as before.
+TEST_F(Tvfs, LayoutFromTheProbedFrameRateEqualsTheOneFromReopeningTheSource) {
+    using namespace ktricks::tvfs;
+    const Profile& profile = builtin_profile("tv");
+    int checked = 0;
+    for (const auto& entry : fs::directory_iterator(media_dir())) {
+        auto path = entry.path().string();
+        MediaInfo media;
+        try {
+            media = probe(path);
+        } catch (const std::exception&) {
+            continue;  // the corpus's damaged and non-media files
+        }
+        auto decision = decide(media, profile);
+        if (decision.action != Action::full_transcode) continue;
+        SCOPED_TRACE(path);
+        ASSERT_TRUE(media.video);
+        EXPECT_GT(media.video->fps_num, 0);
+        EXPECT_GT(media.video->fps_den, 0);
+        auto probed = transcode_layout(path, media, decision, profile);
+        // The cache entry as an earlier version wrote it: no fps_num/fps_den keys.
+        auto json = nlohmann::json(*media.video);
+        json.erase("fps_num");
+        json.erase("fps_den");
+        MediaInfo old = media;
+        old.video = json.get<VideoStream>();
+        EXPECT_EQ(old.video->fps_num, 0);
+        auto reopened = transcode_layout(path, old, decision, profile);
+        EXPECT_EQ(probed.fps_num, reopened.fps_num);
+        EXPECT_EQ(probed.fps_den, reopened.fps_den);
+        EXPECT_EQ(probed.size, reopened.size);
+        EXPECT_EQ(probed.segments.size(), reopened.segments.size());
+        ++checked;
+    }
+    EXPECT_GE(checked, 4);  // hevc10, vp9, interlaced, uhd60, longvp9
 }
 
 TEST_F(Tvfs, ProbeCacheMakesListing200FilesFastTheSecondTime) {
