@@ -66,15 +66,6 @@ std::vector<fs::path> read_binlog_index(const fs::path& index, const fs::path& d
     return files;
 }
 
-std::optional<std::uint64_t> binlog_sequence(const fs::path& file) {
-    auto extension = file.extension().string();  // ".000012"
-    if (extension.size() < 2) return std::nullopt;
-    std::uint64_t sequence = 0;
-    auto [end, error] = std::from_chars(extension.data() + 1, extension.data() + extension.size(), sequence);
-    if (error != std::errc() || end != extension.data() + extension.size()) return std::nullopt;
-    return sequence;
-}
-
 bool credentials_given(const Credentials& credentials) {
     return !credentials.socket.empty() || !credentials.defaults_file.empty() || !credentials.user.empty();
 }
@@ -100,6 +91,16 @@ std::string engine_of(const fs::path& datadir, const std::string& db, const std:
 }
 
 namespace {
+
+// A binlog file's sequence number, from its extension (binlog.000012: 12).
+std::optional<std::uint64_t> binlog_sequence(const fs::path& file) {
+    auto extension = file.extension().string();  // ".000012"
+    if (extension.size() < 2) return std::nullopt;
+    std::uint64_t sequence = 0;
+    auto [end, error] = std::from_chars(extension.data() + 1, extension.data() + extension.size(), sequence);
+    if (error != std::errc() || end != extension.data() + extension.size()) return std::nullopt;
+    return sequence;
+}
 
 // No IN_MODIFY on the data directory itself: the server writes ib_logfile0, ibdata1 and the
 // binlog all the time, and a directory watch cannot filter by name. The files a path needs (the

@@ -1,7 +1,6 @@
 // Helpers shared by the watcher and the self-check.
 #pragma once
 
-#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -16,8 +15,6 @@ std::optional<std::filesystem::path> find_binlog_index(const std::filesystem::pa
 // Its entries, made absolute against the data directory.
 std::vector<std::filesystem::path> read_binlog_index(const std::filesystem::path& index,
                                                      const std::filesystem::path& datadir);
-// A binlog file's sequence number, from its extension (binlog.000012: 12).
-std::optional<std::uint64_t> binlog_sequence(const std::filesystem::path& file);
 // The engine as the table's files tell it (InnoDB, MyISAM, Aria, ...), "" if no file says.
 std::string engine_of(const std::filesystem::path& datadir, const std::string& db, const std::string& table);
 bool credentials_given(const struct Credentials& credentials);

@@ -15,7 +15,8 @@ struct Entry {
     Layout layout;
 };
 
-// fps_num/fps_den came later: an entry written before has 0/0 (unknown) there.
+// fps_num/fps_den came later. An entry written before loads with 0/0 there instead of making the whole
+// file unreadable (and every file probed again): it is complete, and only a layout uses them.
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(VideoStream, index, codec, profile, level, bit_depth, pix_fmt,
                                                 width, height, fps, fps_num, fps_den, interlaced)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(AudioStream, index, codec, profile, channels, sample_rate, language,

@@ -267,8 +267,8 @@ void plain_remux(const std::string& path, const Decision& decision, RemuxSink& s
         throw;
     }
 }
-// Output frame rate of a full transcode: the source's, halved while above the profile (60 -> 30).
-// The output frame rate for a source at RATE (its avg_frame_rate, else r_frame_rate, as probe() reads it).
+// Output frame rate of a full transcode: the source's RATE (VideoStream::fps_num/fps_den), halved while
+// above the profile (60 -> 30); 25 fps when the container gives none.
 AVRational output_rate(AVRational rate, const Profile& profile) {
     if (rate.num <= 0 || rate.den <= 0 || av_q2d(rate) > 240) rate = AVRational{25, 1};
     double limit = std::min(profile.max_fps, 30.0);
@@ -307,14 +307,17 @@ double audio_ts_bytes(double seconds, int kbps, std::size_t tracks) {
     return frames * std::ceil((frame_bytes + 23) / 184) * ts_packet * double(tracks);
 }
 
+// The H.264 bytes x264 makes of SECONDS at KBPS: with its buffer 90% full at the start it spends about
+// R x (t + 0.1 s), the IDR frame taking from the buffer (measured 1.04-1.05 x R x 2 s on testsrc2 and
+// VP9 sources).
+double nominal_video_bytes(double seconds, int kbps) { return kbps * 1000.0 / 8 * (seconds + 0.1); }
+
 // A full transcode's segment budget is the nominal size of SECONDS (FRAMES video frames) at the video and
 // audio rates: not a bound but a target, which produce_segment() makes the video fill to within
 // full_fill of it (see there).
 std::uint64_t transcode_budget(double seconds, double frames, int video_kbps, int audio_kbps,
                                std::size_t tracks) {
-    // x264 at rate R with its buffer 90% full at the start spends about R x (t + 0.1 s): the IDR frame
-    // takes from the buffer (measured 1.04-1.05 x R x 2 s on testsrc2 and VP9 sources).
-    double video = video_kbps * 1000.0 / 8 * (seconds + 0.1);
+    double video = nominal_video_bytes(seconds, video_kbps);
     double bytes = ts_bytes(video, frames) + audio_ts_bytes(seconds, audio_kbps, tracks) +
                    table_bytes(seconds, 1 + tracks);
     return round_up_packets(bytes);
@@ -385,13 +388,9 @@ Layout transcode_layout(const std::string& path, const MediaInfo& media, const D
     layout.action = decision.action;
     if (!media.video) throw DataError(fmt::format("{}: no video stream", printable(path)));
     if (decision.action == Action::full_transcode) {
-        AVRational source_rate{media.video->fps_num, media.video->fps_den};
-        if (source_rate.num <= 0 || source_rate.den <= 0) {  // a probe cache entry from before fps_num
-            auto input = open_input(path);
-            const AVStream* stream = input->streams[media.video->index];
-            source_rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
-        }
-        AVRational rate = output_rate(source_rate, profile);
+        // The probe's rate, not a second open of the file: that was half of a cold listing's work.
+        // (0/0, a rate the container does not give, becomes 25 fps there as it always did.)
+        AVRational rate = output_rate(AVRational{media.video->fps_num, media.video->fps_den}, profile);
         layout.fps_num = rate.num;
         layout.fps_den = rate.den;
         double scale = std::min({1.0, 1920.0 / media.video->width, 1080.0 / media.video->height,
@@ -1037,8 +1036,8 @@ std::string produce_segment(const std::string& path, const MediaInfo& media, con
         // at the nominal rate x264 lands within about 3% either side of the budget, so aiming at
         // the top sent half the segments over it and through a second pass (11 of 15 on
         // bench/tvfs.sh's movie).
-        double video_share =
-            layout.video_kbps * 1000.0 / 8 * (segment.end - segment.start + 0.1) * ts_packet / 184.0;
+        double video_share =  // as TS bytes
+            nominal_video_bytes(segment.end - segment.start, layout.video_kbps) * ts_packet / 184.0;
         double scale =
             std::clamp(1.0 - (1.0 - (full_fill + 1) / 2) * double(segment.bytes) / video_share, 0.5, 1.0);
         for (int pass = 0; pass < max_passes; ++pass) {

@@ -130,14 +130,10 @@ std::optional<std::vector<CachedFile>> cached_files(const std::string& dir) {
 
 // cached_files(), asked again until one walk sees no file vanish (at most 5 s).
 std::vector<CachedFile> settled_cached_files(const std::string& dir) {
-    for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);;) {
-        if (auto files = cached_files(dir)) return *files;
-        if (std::chrono::steady_clock::now() > deadline) {
-            ADD_FAILURE() << dir << ": files kept vanishing while it was read";
-            return {};
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    std::optional<std::vector<CachedFile>> files;
+    if (!eventually([&] { return (files = cached_files(dir)).has_value(); }, std::chrono::seconds(5), 20ms))
+        ADD_FAILURE() << dir << ": files kept vanishing while it was read";
+    return files.value_or(std::vector<CachedFile>{});
 }
 
 bool is_mounted(const std::string& path) {
@@ -318,6 +314,9 @@ TEST_F(Tvfs, SizeFromTheFirstStatEqualsTheBytesReadEveryTime) {
 // a PES packet and continue_counters()' split packets carry the stream, and count as stream).
 struct Padding {
     std::uint64_t null_bytes = 0, filler_bytes = 0;
+    double percent_of(std::size_t size) const {
+        return 100.0 * double(null_bytes + filler_bytes) / double(size);
+    }
 };
 
 std::uint64_t filler_nal_bytes(const std::string& es) {
@@ -374,7 +373,7 @@ TEST_F(Tvfs, TranscodedOutputsAreAtMost5PercentPaddingAndExactlyTheirSize) {
         auto data = read_file(mount / name);
         EXPECT_EQ(data.size(), static_cast<std::size_t>(st.st_size));
         auto padding = ts_padding(data);
-        double percent = 100.0 * double(padding.null_bytes + padding.filler_bytes) / double(data.size());
+        double percent = padding.percent_of(data.size());
         RecordProperty(name, fmt::format("{:.2f}", percent));
         std::printf("%s: %zu bytes, %.2f%% padding (null packets %llu, filler NAL units %llu bytes)\n",
                     name.c_str(), data.size(), percent, static_cast<unsigned long long>(padding.null_bytes),
@@ -400,8 +399,7 @@ TEST_F(Tvfs, AStillPictureWithDetailIsAtMost5PercentPadding) {
     struct stat st {};
     ASSERT_EQ(::stat((mount / "cover.ts").c_str(), &st), 0);
     EXPECT_EQ(data.size(), static_cast<std::size_t>(st.st_size));
-    auto padding = ts_padding(data);
-    double percent = 100.0 * double(padding.null_bytes + padding.filler_bytes) / double(data.size());
+    double percent = ts_padding(data).percent_of(data.size());
     std::printf("cover.ts: %zu bytes, %.2f%% padding\n", data.size(), percent);
     EXPECT_LE(percent, 5.0);
 }
@@ -940,9 +938,9 @@ TEST_F(Tvfs, FusermountUnmountEndsTheDaemon) {
 }
 
 // A full transcode's layout takes the source's frame rate from the probe (fps_num/fps_den) instead
-// of opening and probing the source a second time (half of a cold listing's time); a probe cache
-// entry written before those fields existed loads them as 0/0 and still gets the same layout, by
-// opening the source as before.
+// of opening and probing the source a second time (half of a cold listing's time): the probed rate is
+// the one that second open read, so the layout is the one it made. A probe cache entry written
+// before those fields existed still loads (with 0/0 there), so an upgrade probes nothing again.
 TEST_F(Tvfs, LayoutFromTheProbedFrameRateEqualsTheOneFromReopeningTheSource) {
     using namespace ktricks::tvfs;
     const Profile& profile = builtin_profile("tv");
@@ -962,18 +960,25 @@ TEST_F(Tvfs, LayoutFromTheProbedFrameRateEqualsTheOneFromReopeningTheSource) {
         EXPECT_GT(media.video->fps_num, 0);
         EXPECT_GT(media.video->fps_den, 0);
         auto probed = transcode_layout(path, media, decision, profile);
-        // The cache entry as an earlier version wrote it: no fps_num/fps_den keys.
-        auto json = nlohmann::json(*media.video);
-        json.erase("fps_num");
-        json.erase("fps_den");
-        MediaInfo old = media;
-        old.video = json.get<VideoStream>();
-        EXPECT_EQ(old.video->fps_num, 0);
-        auto reopened = transcode_layout(path, old, decision, profile);
+        // What the layout read before: the stream's rate from a second open of the file.
+        auto input = open_input(path);
+        const AVStream* stream = input->streams[media.video->index];
+        AVRational rate = stream->avg_frame_rate.num > 0 ? stream->avg_frame_rate : stream->r_frame_rate;
+        MediaInfo reopened_media = media;
+        reopened_media.video->fps_num = rate.num;
+        reopened_media.video->fps_den = rate.den;
+        auto reopened = transcode_layout(path, reopened_media, decision, profile);
         EXPECT_EQ(probed.fps_num, reopened.fps_num);
         EXPECT_EQ(probed.fps_den, reopened.fps_den);
         EXPECT_EQ(probed.size, reopened.size);
         EXPECT_EQ(probed.segments.size(), reopened.segments.size());
+        // The cache entry as an earlier version wrote it: no fps_num/fps_den keys.
+        auto json = nlohmann::json(*media.video);
+        json.erase("fps_num");
+        json.erase("fps_den");
+        auto old = json.get<VideoStream>();
+        EXPECT_EQ(old.fps_num, 0);
+        EXPECT_EQ(old.width, media.video->width);
         ++checked;
     }
     EXPECT_GE(checked, 4);  // hevc10, vp9, interlaced, uhd60, longvp9
